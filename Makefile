@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` (score an hour on Azurite with the local backend) and `make test`.
+# Everything else is what they need: a virtualenv with the lock, and Azurite from npm.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+AZURITE_DIR := tools/azurite
+
+.PHONY: demo test install lock bench clean
+
+demo: install
+	$(PY) -m scoring demo
+
+test: install
+	$(PY) -m pytest
+
+install: $(VENV)/.installed $(AZURITE_DIR)/node_modules/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+$(AZURITE_DIR)/node_modules/.installed: $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json
+	cd $(AZURITE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Re-resolve the lock from requirements.in in a scratch virtualenv (needs the package index).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip && .lock-venv/bin/pip install --quiet -r requirements.in
+	.lock-venv/bin/pip freeze > requirements.lock.new && rm -rf .lock-venv
+	@echo "review requirements.lock.new, keep the comments of requirements.txt, then replace it"
+
+bench: install
+	$(PY) bench/bench_scoring.py
+
+clean:
+	rm -rf .airflow .demo-output .pytest_cache

@@ -1,0 +1,112 @@
+"""Hourly scoring of per-sensor anomaly models. Wiring only: every task is a call into ``scoring``."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param, PokeReturnValue, get_current_context, task
+
+DOC = """
+### sensor_scoring
+
+Every hour: read the 1-minute windows that Stream Analytics landed in container `windows`, check them,
+score each (device, sensor) with its own OneClassSVM, and replace the hour's Parquet partition in container
+`predictions` (`date=YYYY-MM-DD/hour=HH/`). Bad windows go to container `quarantine` with a reason.
+
+**Owner:** sensor-analytics team. **Interval:** one hour, `[data_interval_start, data_interval_end)`,
+windows selected by `window_end`.
+
+**Tasks:** `wait_for_windows` (reschedules, holds no slot) -> `load_and_validate` -> `plan_shards` ->
+`score_shard` (mapped, one per shard of `sensors_per_shard` sensors, named by its sensors) -> `commit`.
+
+**Triage**
+- `wait_for_windows` timed out: Stream Analytics stopped writing. Check the job and the `windows` folders.
+- `plan_shards` says no model alias: train and promote (`python -m scoring train ... --promote`).
+- a `score_shard` failed: its log shows the shard command and output; clearing it re-runs only that shard.
+- `commit` refused the accounting: a shard output is missing or stale; clear the run to redo the hour.
+- Re-running or backfilling an hour is safe: its partition is replaced, one row per window.
+"""
+
+with DAG(
+    dag_id="sensor_scoring",
+    description="Hourly per-sensor anomaly scoring: blob windows -> OneClassSVM -> Parquet predictions",
+    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=4,
+    default_args={
+        "owner": "sensor-analytics",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(minutes=30),
+    },
+    params={
+        "sensors_per_shard": Param(250, type="integer", minimum=1, maximum=100_000, title="Sensors per shard",
+                                   description="Sensors scored together in one mapped task; 1 gives one task per sensor."),
+        "backend": Param("local", type="string", enum=["local", "azure_batch"], title="Backend",
+                         description="Where shards run: in the worker (local) or as Azure Batch tasks."),
+        "model_version": Param("production", type="string", minLength=1, title="Model version",
+                               description="A model version or alias; the hourly runs use the production alias."),
+        "window_start": Param(None, type=["null", "string"], format="date-time", title="Window start (UTC)",
+                              description="Empty: the run's data interval. A whole hour, e.g. 2026-11-25T16:00:00Z."),
+        "window_end": Param(None, type=["null", "string"], format="date-time", title="Window end (UTC)",
+                            description="Empty: the run's data interval. Exclusive; a whole hour."),
+        "late_folders": Param(1, type="integer", minimum=0, maximum=24, title="Late folders",
+                              description="Hour folders after the interval also searched for late windows."),
+        "settle_minutes": Param(5, type="number", minimum=0, title="Settle minutes",
+                                description="With no later folder yet, the hour counts as landed after this quiet time."),
+    },
+    tags=["scoring", "anomaly-detection", "azure"],
+    doc_md=DOC,
+) as dag:
+
+    @task.sensor(poke_interval=60, timeout=timedelta(hours=3), mode="reschedule")
+    def wait_for_windows(params: dict | None = None) -> PokeReturnValue:
+        """Succeeds once the interval's windows have landed; reschedules (no slot held) until then."""
+        from scoring import airflow_glue, pipeline
+
+        hour = airflow_glue.hour_for(get_current_context(), params or {})
+        done, why = pipeline.windows_landed(hour, late_folders=params["late_folders"], settle_minutes=params["settle_minutes"])
+        print(why)
+        return PokeReturnValue(is_done=done)
+
+    @task
+    def load_and_validate(params: dict | None = None) -> dict:
+        """Reads the hour's folders, keeps windows ending in the interval, quarantines bad rows."""
+        from scoring import airflow_glue, pipeline
+
+        hour = airflow_glue.hour_for(get_current_context(), params or {})
+        return pipeline.load_and_validate(hour, late_folders=params["late_folders"])
+
+    @task
+    def plan_shards(summary: dict, params: dict | None = None) -> list[dict]:
+        """Groups the hour's sensors into shards and stages one input per shard."""
+        from scoring import airflow_glue, pipeline
+
+        hour = airflow_glue.hour_for(get_current_context(), params or {})
+        return pipeline.plan_shards(hour, summary, model_version=params["model_version"],
+                                    sensors_per_shard=params["sensors_per_shard"])
+
+    @task(map_index_template="{{ shard_label }}", retries=3)
+    def score_shard(shard: dict, params: dict | None = None) -> dict:
+        """Scores one shard on the chosen backend: ``python -m scoring score-shard --spec <uri>``."""
+        from scoring import airflow_glue, backends
+
+        get_current_context()["shard_label"] = shard["label"]
+        backend = backends.get_backend(params["backend"])
+        return backend.run_shard(shard["spec_uri"], storage_setting=airflow_glue.storage_setting())
+
+    @task
+    def commit(summary: dict, results: list[dict], params: dict | None = None) -> dict:
+        """Checks landed = scored + quarantined + duplicates, then swaps in the hour's partition."""
+        from scoring import airflow_glue, models, pipeline
+
+        hour = airflow_glue.hour_for(get_current_context(), params or {})
+        version = models.resolve_version(hour.storage, hour.containers.models, params["model_version"])
+        manifests = pipeline.commit(hour, summary, list(results), model_version=version)
+        return {"hours": [m["hour"] for m in manifests], "counts": [m["counts"] for m in manifests]}
+
+    summary = load_and_validate()
+    results = score_shard.expand(shard=plan_shards(summary))
+    wait_for_windows() >> summary
+    commit(summary, results)

@@ -1,0 +1,74 @@
+"""What the DAG's tasks call: Airflow's context and params in, ``scoring.pipeline`` calls out.
+
+Airflow is imported lazily, inside functions, so the DAG file parses fast and this module imports without
+Airflow installed (the CLI and Batch image do not need it).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from scoring import config, storage as st
+from scoring.pipeline import Hour, resolve_interval
+
+log = logging.getLogger(__name__)
+
+
+def connection_to_setting(conn: Any) -> str:
+    """A storage setting (connection string) from an Airflow wasb connection.
+
+    Understood: ``extra.connection_string``; or account name in ``login`` with the key in ``password``
+    (``host`` as blob endpoint, for Azurite or sovereign clouds); or ``extra.sas_token`` with ``host``.
+    """
+    extra = conn.extra_dejson or {}
+    if extra.get("connection_string"):
+        return str(extra["connection_string"])
+    endpoint = f"BlobEndpoint={conn.host.rstrip('/')};" if conn.host else ""
+    if conn.login and conn.password:
+        protocol = "http" if (conn.host or "").startswith("http://") else "https"
+        return f"DefaultEndpointsProtocol={protocol};AccountName={conn.login};AccountKey={conn.password};{endpoint}"
+    if extra.get("sas_token") and conn.host:
+        return f"{endpoint}SharedAccessSignature={str(extra['sas_token']).lstrip('?')}"
+    raise ValueError(
+        f"Airflow connection {conn.conn_id!r} has no connection_string, account key or SAS token; "
+        "managed identity is not supported by the scoring tasks yet"
+    )
+
+
+def storage_setting() -> str:
+    """The Airflow connection ``scoring_storage`` (or ``SCORING_STORAGE_CONN_ID``) if defined, else the env."""
+    conn_id = config.storage_conn_id()
+    try:
+        from airflow.sdk import Connection
+
+        conn = Connection.get(conn_id)
+    except Exception as exc:  # not defined: the environment decides, which is the normal laptop case
+        log.info("No Airflow connection %r (%s); storage comes from %s", conn_id, type(exc).__name__, config.STORAGE_ENV)
+        return config.storage_setting()
+    log.info("Storage from Airflow connection %r", conn_id)
+    return connection_to_setting(conn)
+
+
+def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
+    """The run's storage, containers, id and interval, from the task context and params."""
+    start, end = resolve_interval(
+        params.get("window_start"),
+        params.get("window_end"),
+        context.get("data_interval_start"),
+        context.get("data_interval_end"),
+        _run_after(context),
+    )
+    return Hour(
+        storage=st.open_storage(storage_setting()),
+        containers=config.Containers.from_env(),
+        run_id=str(context["run_id"]),
+        start=start,
+        end=end,
+    )
+
+
+def _run_after(context: Mapping[str, Any]) -> datetime | None:
+    dag_run = context.get("dag_run")
+    return getattr(dag_run, "run_after", None) if dag_run is not None else None

@@ -1,0 +1,406 @@
+"""The hour's steps, one function per DAG task, with blob storage in and out and small dicts between them.
+
+Each step is idempotent: it writes to paths derived from the run and overwrites what a failed try left, so
+Airflow retries and re-runs never double a row. The DAG passes only the returned dicts (a few hundred bytes
+per shard) through XCom; the data itself stays in the staging container.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scoring import config, models, storage as st
+from scoring.scorer import score
+from scoring.storage import Storage
+from scoring.validation import REASON_COLUMN, check_windows
+from scoring.windows import (
+    SOURCE_COLUMN,
+    WINDOW,
+    WINDOW_COLUMNS,
+    folders_for_interval,
+    read_landed,
+    select_interval,
+)
+
+log = logging.getLogger(__name__)
+HOUR = timedelta(hours=1)
+
+PREDICTION_SCHEMA = pa.schema([
+    ("device_id", pa.string()),
+    ("tag", pa.string()),
+    ("window_start", pa.timestamp("us", tz="UTC")),
+    ("window_end", pa.timestamp("us", tz="UTC")),
+    ("value_avg", pa.float64()),
+    ("value_min", pa.float64()),
+    ("value_max", pa.float64()),
+    ("value_std", pa.float64()),
+    ("reading_count", pa.int64()),
+    ("score", pa.float64()),
+    ("is_anomaly", pa.bool_()),
+    ("model_version", pa.string()),
+    ("run_id", pa.string()),
+    ("scored_at", pa.timestamp("us", tz="UTC")),
+])
+QUARANTINE_SCHEMA = pa.schema([
+    ("device_id", pa.string()),
+    ("tag", pa.string()),
+    ("window_end", pa.timestamp("us", tz="UTC")),
+    ("value_avg", pa.float64()),
+    ("value_min", pa.float64()),
+    ("value_max", pa.float64()),
+    ("value_std", pa.float64()),
+    ("reading_count", pa.float64()),  # float: a quarantined count may be fractional or missing
+    (SOURCE_COLUMN, pa.string()),
+    (REASON_COLUMN, pa.string()),
+    ("run_id", pa.string()),
+])
+
+
+class AccountingError(RuntimeError):
+    """Landed windows that are neither scored, quarantined nor counted duplicates: refuse to commit."""
+
+
+@dataclass(frozen=True)
+class Hour:
+    """Where one run reads and writes: its storage, containers, id and interval [start, end)."""
+
+    storage: Storage
+    containers: config.Containers
+    run_id: str
+    start: datetime
+    end: datetime
+
+    @property
+    def run_key(self) -> str:
+        return run_key(self.run_id)
+
+
+def run_key(run_id: str) -> str:
+    """A blob-safe, collision-free folder name for a run id (Airflow ids hold ``:`` and ``+``)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)[:80]
+    return f"{slug}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
+
+
+def resolve_interval(
+    window_start: str | None,
+    window_end: str | None,
+    data_interval_start: datetime | None,
+    data_interval_end: datetime | None,
+    run_after: datetime | None = None,
+) -> tuple[datetime, datetime]:
+    """The hours a run scores: explicit params, else the data interval, else the last complete hour.
+
+    Manual runs in Airflow 3 may have no logical date and a zero-length interval; they then score the
+    hour that ended last before the run was requested. Bounds must sit on whole hours, since an hour's
+    partition is replaced as a whole.
+    """
+    if window_start or window_end:
+        if not (window_start and window_end):
+            raise ValueError("give both window_start and window_end, or neither")
+        start, end = _parse_utc(window_start), _parse_utc(window_end)
+    elif data_interval_start and data_interval_end and data_interval_end > data_interval_start:
+        start, end = data_interval_start, data_interval_end
+    else:
+        moment = run_after or data_interval_end or datetime.now(timezone.utc)
+        end = moment.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        start = end - HOUR
+    start, end = _plain_utc(start), _plain_utc(end)
+    for name, bound in (("start", start), ("end", end)):
+        if bound.minute or bound.second or bound.microsecond:
+            raise ValueError(f"window {name} {bound.isoformat()} is not on a whole hour")
+    if end <= start:
+        raise ValueError(f"window end {end.isoformat()} is not after window start {start.isoformat()}")
+    return start, end
+
+
+def _plain_utc(moment: datetime) -> datetime:
+    """A stdlib UTC datetime: pendulum's (Airflow's) loses its zone in some arithmetic."""
+    if moment.tzinfo is None:
+        raise ValueError(f"{moment} has no time zone")
+    return datetime.fromtimestamp(moment.timestamp(), tz=timezone.utc)
+
+
+def _parse_utc(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def hours_of(start: datetime, end: datetime) -> list[datetime]:
+    out, moment = [], start
+    while moment < end:
+        out.append(moment)
+        moment += HOUR
+    return out
+
+
+def windows_landed(hour: Hour, *, late_folders: int, settle_minutes: float, now: datetime | None = None) -> tuple[bool, str]:
+    """Has the interval's output landed? Stream Analytics gives no end-of-hour marker, so:
+
+    landed when a folder after the interval holds a blob (the job has moved on), or when the interval's
+    folders hold blobs and none was written in the last ``settle_minutes`` (the job has gone quiet).
+    """
+    now = now or datetime.now(timezone.utc)
+    folders = folders_for_interval(hour.start, hour.end, late_folders=0)
+    after = folders_for_interval(hour.end, hour.end + HOUR * max(1, late_folders), late_folders=0)
+    container = hour.containers.windows
+    for folder in after:
+        if hour.storage.list(container, folder + "/"):
+            return True, f"windows have landed: the stream has moved on to folder {folder}"
+    blobs = [b for folder in folders for b in hour.storage.list(container, folder + "/")]
+    if not blobs:
+        return False, f"no windows yet in {', '.join(folders)}"
+    quiet = now - max(b.last_modified for b in blobs)
+    if quiet >= timedelta(minutes=settle_minutes):
+        return True, f"windows have landed: {len(blobs)} file(s), none new for {quiet}"
+    return False, f"{len(blobs)} file(s) so far, last one {quiet} ago; waiting for {settle_minutes} quiet minutes"
+
+
+def _parquet(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False) if schema else pa.Table.from_pandas(frame, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _read_parquet(storage: Storage, container: str, path: str) -> pd.DataFrame:
+    return pq.read_table(io.BytesIO(storage.read_bytes(container, path))).to_pandas()
+
+
+def _quarantine_frame(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    out = frame.reindex(columns=[f.name for f in QUARANTINE_SCHEMA]).copy()
+    out["reading_count"] = pd.to_numeric(out["reading_count"], errors="coerce").astype("float64")
+    out["run_id"] = run_id
+    return out
+
+
+def load_and_validate(hour: Hour, *, late_folders: int = 1) -> dict[str, object]:
+    """Read the interval's folders, keep windows ending in the interval, check them, stage the result."""
+    folders = folders_for_interval(hour.start, hour.end, late_folders=late_folders)
+    landed_all, files = read_landed(hour.storage, hour.containers.windows, folders)
+    landed = select_interval(landed_all, hour.start, hour.end)
+    checked = check_windows(landed)
+    prefix = st.staging_prefix(hour.run_key)
+    staging = hour.containers.staging
+    hour.storage.write_bytes(staging, prefix + "valid.parquet", _parquet(checked.valid))
+    hour.storage.write_bytes(
+        staging, prefix + "quarantine-validate.parquet",
+        _parquet(_quarantine_frame(checked.quarantined, hour.run_id), QUARANTINE_SCHEMA),
+    )
+    per_hour_landed = Counter(landed["window_end"].dt.floor("h").map(lambda t: t.isoformat()))
+    summary = {
+        "run_id": hour.run_id,
+        "run_key": hour.run_key,
+        "start": hour.start.isoformat(),
+        "end": hour.end.isoformat(),
+        "files_read": len(files),
+        "folders": folders,
+        "landed": len(landed),
+        "landed_by_hour": dict(per_hour_landed),
+        "valid": len(checked.valid),
+        "duplicates": checked.duplicates,
+        "quarantined": len(checked.quarantined),
+        "quarantine_reasons": dict(Counter(checked.quarantined[REASON_COLUMN])) if len(checked.quarantined) else {},
+        "sensors": int(checked.valid[["device_id", "tag"]].drop_duplicates().shape[0]),
+    }
+    log.info(
+        "Read %d file(s) in %s: %d window(s) end in [%s, %s); %d valid, %d quarantined %s, %d duplicate(s) collapsed",
+        len(files), ", ".join(folders), len(landed), hour.start.isoformat(), hour.end.isoformat(),
+        len(checked.valid), len(checked.quarantined), summary["quarantine_reasons"], checked.duplicates,
+    )
+    return summary
+
+
+def plan_shards(hour: Hour, summary: dict[str, object], *, model_version: str, sensors_per_shard: int) -> list[dict[str, object]]:
+    """Group sensors with a model into shards of ``sensors_per_shard``, one input blob and spec per shard.
+
+    Sensors without a model in the chosen version are quarantined as ``no_model``. Returns one small dict
+    per shard (spec URI and a label for the UI): that list is what the DAG maps over.
+    """
+    if sensors_per_shard < 1:
+        raise ValueError("sensors_per_shard must be at least 1")
+    staging, prefix = hour.containers.staging, st.staging_prefix(hour.run_key)
+    valid = _read_parquet(hour.storage, staging, prefix + "valid.parquet")
+    version = models.resolve_version(hour.storage, hour.containers.models, model_version)
+    index = models.read_index(hour.storage, hour.containers.models, version)
+    sensors = valid[["device_id", "tag"]].drop_duplicates().sort_values(["device_id", "tag"])
+    joined = sensors.merge(index[["device_id", "tag", "pack", "row", "sha256"]], on=["device_id", "tag"], how="left")
+    has_model = joined["pack"].notna()
+    orphans = valid.merge(joined.loc[~has_model, ["device_id", "tag"]], on=["device_id", "tag"])
+    hour.storage.write_bytes(
+        staging, prefix + "quarantine-plan.parquet",
+        _parquet(_quarantine_frame(orphans.assign(**{REASON_COLUMN: "no_model"}), hour.run_id), QUARANTINE_SCHEMA),
+    )
+    modelled = joined.loc[has_model].reset_index(drop=True)
+    modelled["row"] = modelled["row"].astype("int64")
+    shards = []
+    for number, first in enumerate(range(0, len(modelled), sensors_per_shard)):
+        members = modelled.iloc[first:first + sensors_per_shard]
+        shard_dir = st.shard_prefix(hour.run_key, number)
+        rows = valid.merge(members[["device_id", "tag"]], on=["device_id", "tag"])
+        hour.storage.write_bytes(staging, shard_dir + "input.parquet", _parquet(rows))
+        spec = {
+            "run_id": hour.run_id,
+            "run_key": hour.run_key,
+            "shard": number,
+            "model_version": version,
+            "containers": {"models": hour.containers.models, "staging": staging},
+            "input": st.make_uri(staging, shard_dir + "input.parquet"),
+            "output_prefix": st.make_uri(staging, shard_dir),
+            "models": members[["device_id", "tag", "pack", "row", "sha256"]].to_dict(orient="records"),
+        }
+        spec_uri = st.make_uri(staging, shard_dir + "spec.json")
+        hour.storage.write_bytes(staging, shard_dir + "spec.json", json.dumps(spec).encode())
+        shards.append({"spec_uri": spec_uri, "shard": number, "sensors": len(members), "windows": len(rows),
+                       "label": shard_label(number, members)})
+    log.info("Model version %s: %d sensor(s) in %d shard(s) of up to %d; %d sensor(s) without a model (%d windows quarantined)",
+             version, len(modelled), len(shards), sensors_per_shard, int((~has_model).sum()), len(orphans))
+    return shards
+
+
+def shard_label(number: int, members: pd.DataFrame) -> str:
+    """Name of a mapped task instance in the UI: the sensors it scores."""
+    first = f"{members.iloc[0]['device_id']}/{members.iloc[0]['tag']}"
+    if len(members) == 1:
+        return first
+    last = f"{members.iloc[-1]['device_id']}/{members.iloc[-1]['tag']}"
+    return f"shard {number}: {first} .. {last} ({len(members)} sensors)"
+
+
+def score_shard(storage: Storage, spec_uri: str) -> dict[str, object]:
+    """The work of one shard, the same wherever it runs: load its models, score, write outputs.
+
+    ``result.json`` is written last; its presence means the shard's outputs are complete.
+    """
+    container, spec_path = st.parse_uri(spec_uri)
+    spec = json.loads(storage.read_bytes(container, spec_path))
+    in_container, in_path = st.parse_uri(spec["input"])
+    out_container, out_prefix = st.parse_uri(spec["output_prefix"])
+    windows = _read_parquet(storage, in_container, in_path)
+    wanted = pd.DataFrame(spec["models"])
+    loaded, refused = models.load_models(storage, spec["containers"]["models"], spec["model_version"], wanted)
+    keys = pd.Series(list(zip(windows["device_id"], windows["tag"])), index=windows.index)
+    usable = keys.map(lambda k: k in loaded)
+    scored = score(windows.loc[usable], loaded) if usable.any() else windows.iloc[:0].assign(score=[], is_anomaly=[])
+    now = pd.Timestamp.now(tz="UTC")
+    scored = scored.assign(
+        window_start=scored["window_end"] - WINDOW,
+        model_version=spec["model_version"],
+        run_id=spec["run_id"],
+        scored_at=now,
+    )
+    rejected = windows.loc[~usable].copy()
+    rejected[REASON_COLUMN] = keys[~usable].map(lambda k: refused.get(k, "model_missing"))
+    predictions = scored.reindex(columns=PREDICTION_SCHEMA.names)
+    storage.write_bytes(out_container, out_prefix + "predictions.parquet", _parquet(predictions, PREDICTION_SCHEMA))
+    storage.write_bytes(out_container, out_prefix + "quarantine.parquet",
+                        _parquet(_quarantine_frame(rejected, spec["run_id"]), QUARANTINE_SCHEMA))
+    result = {
+        "shard": spec["shard"],
+        "output_prefix": spec["output_prefix"],
+        "scored": len(predictions),
+        "anomalies": int(predictions["is_anomaly"].sum()),
+        "quarantined": len(rejected),
+        "sensors": len(wanted),
+        "refused_models": {f"{d}/{t}": r for (d, t), r in sorted(refused.items())},
+    }
+    storage.write_bytes(out_container, out_prefix + "result.json", json.dumps(result).encode())
+    return result
+
+
+def read_shard_result(storage: Storage, output_prefix: str) -> dict[str, object]:
+    container, prefix = st.parse_uri(output_prefix)
+    return json.loads(storage.read_bytes(container, prefix + "result.json"))
+
+
+def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str, object]], *, model_version: str) -> list[dict[str, object]]:
+    """Check the accounting, then replace each hour's predictions and quarantine partitions.
+
+    Each partition is one Parquet file uploaded in one blob commit (old or new, never a mix), followed by
+    its ``_manifest.json``. Shard outputs are streamed into per-hour files on local disk, so memory holds one
+    shard at a time however large the hour is.
+    """
+    storage, staging, prefix = hour.storage, hour.containers.staging, st.staging_prefix(hour.run_key)
+    quarantine = pd.concat(
+        [_read_parquet(storage, staging, prefix + name) for name in ("quarantine-validate.parquet", "quarantine-plan.parquet")]
+        + [_read_parquet(storage, *st.parse_uri(r["output_prefix"] + "quarantine.parquet")) for r in shard_results],
+        ignore_index=True,
+    )
+    scored_total = sum(int(r["scored"]) for r in shard_results)
+    accounted = scored_total + len(quarantine) + int(summary["duplicates"])
+    if accounted != summary["landed"]:
+        raise AccountingError(
+            f"landed {summary['landed']} windows but scored {scored_total} + quarantined {len(quarantine)} "
+            f"+ duplicates {summary['duplicates']} = {accounted}; refusing to commit"
+        )
+    hours = hours_of(hour.start, hour.end)
+    manifests = []
+    with tempfile.TemporaryDirectory(prefix="commit-") as tmp:
+        writers = {h: pq.ParquetWriter(Path(tmp) / f"{h:%Y%m%d%H}.parquet", PREDICTION_SCHEMA) for h in hours}
+        counts = {h: Counter() for h in hours}
+        try:
+            for result in sorted(shard_results, key=lambda r: int(r["shard"])):
+                table = pq.read_table(io.BytesIO(storage.read_bytes(*st.parse_uri(result["output_prefix"] + "predictions.parquet"))))
+                frame = table.to_pandas()
+                for h, rows in frame.groupby(frame["window_end"].dt.floor("h"), sort=True):
+                    h = h.to_pydatetime()
+                    writers[h].write_table(pa.Table.from_pandas(rows, schema=PREDICTION_SCHEMA, preserve_index=False))
+                    counts[h]["scored"] += len(rows)
+                    counts[h]["anomalies"] += int(rows["is_anomaly"].sum())
+        finally:
+            for writer in writers.values():
+                writer.close()
+        q_hour = quarantine["window_end"].dt.floor("h")
+        committed_at = datetime.now(timezone.utc).isoformat()
+        for h in hours:
+            part = st.partition_prefix(h)
+            local = Path(tmp) / f"{h:%Y%m%d%H}.parquet"
+            storage.upload_file(hour.containers.predictions, part + st.PARTITION_FILE, local)
+            q_rows = quarantine.loc[q_hour == pd.Timestamp(h)]
+            storage.write_bytes(hour.containers.quarantine, part + st.PARTITION_FILE, _parquet(q_rows, QUARANTINE_SCHEMA))
+            landed = int(summary["landed_by_hour"].get(h.isoformat(), 0))  # type: ignore[union-attr]
+            manifest = {
+                "run_id": hour.run_id,
+                "model_version": model_version,
+                "hour": h.isoformat(),
+                "interval": {"start": hour.start.isoformat(), "end": hour.end.isoformat()},
+                "committed_at": committed_at,
+                "counts": {
+                    "landed": landed,
+                    "scored": counts[h]["scored"],
+                    "quarantined": len(q_rows),
+                    "duplicates": landed - counts[h]["scored"] - len(q_rows),
+                    "anomalies": counts[h]["anomalies"],
+                },
+                "quarantine_reasons": dict(Counter(q_rows[REASON_COLUMN])),
+                "files": [{
+                    "container": hour.containers.predictions,
+                    "path": part + st.PARTITION_FILE,
+                    "rows": counts[h]["scored"],
+                    "bytes": local.stat().st_size,
+                    "sha256": hashlib.sha256(local.read_bytes()).hexdigest(),
+                }, {
+                    "container": hour.containers.quarantine,
+                    "path": part + st.PARTITION_FILE,
+                    "rows": len(q_rows),
+                }],
+                "source_folders": summary["folders"],
+            }
+            body = json.dumps(manifest, indent=2).encode()
+            storage.write_bytes(hour.containers.predictions, part + st.MANIFEST_FILE, body)
+            storage.write_bytes(hour.containers.quarantine, part + st.MANIFEST_FILE, body)
+            manifests.append(manifest)
+            log.info("Committed %s: %s", part, manifest["counts"])
+    storage.delete_prefix(staging, prefix)
+    return manifests

@@ -1,0 +1,243 @@
+"""The one module that knows where bytes live: Azure Blob Storage (or Azurite) and a local directory.
+
+Every other module speaks in (container, path) pairs or ``az://container/path`` URIs, so the same code runs
+against Azure, Azurite and a plain folder. Writes are atomic per blob: a block blob becomes visible only when
+its block list is committed, and a local file is written beside its target and renamed over it. That is the
+property commit relies on to replace an hour without readers seeing half of it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from scoring import config
+
+log = logging.getLogger(__name__)
+
+URI_SCHEME = "az://"
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What a listing tells about one blob."""
+
+    name: str
+    size: int
+    last_modified: datetime
+
+
+class Storage(Protocol):
+    """The operations the pipeline needs; nothing else is used, so a new backend stays small."""
+
+    def read_bytes(self, container: str, path: str) -> bytes: ...
+
+    def write_bytes(self, container: str, path: str, data: bytes) -> None: ...
+
+    def upload_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None: ...
+
+    def list(self, container: str, prefix: str = "") -> list[BlobInfo]: ...
+
+    def exists(self, container: str, path: str) -> bool: ...
+
+    def delete_prefix(self, container: str, prefix: str) -> int: ...
+
+    def describe(self) -> str: ...
+
+
+def make_uri(container: str, path: str) -> str:
+    """``az://container/path``: the form shard specs and XCom carry (no account, no secret)."""
+    return f"{URI_SCHEME}{container}/{path}"
+
+
+def parse_uri(uri: str) -> tuple[str, str]:
+    """Split an ``az://container/path`` URI; a clear error for anything else."""
+    if not uri.startswith(URI_SCHEME):
+        raise ValueError(f"expected a URI like az://container/path, got {uri!r}")
+    container, _, path = uri[len(URI_SCHEME):].partition("/")
+    if not container or not path:
+        raise ValueError(f"URI {uri!r} needs both a container and a path")
+    return container, path
+
+
+class LocalStorage:
+    """A directory per container under ``root``: for laptops without Node and for unit tests."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def _path(self, container: str, path: str) -> Path:
+        full = (self.root / container / path).resolve()
+        if not str(full).startswith(str(self.root.resolve())):
+            raise ValueError(f"path {path!r} escapes the storage root")
+        return full
+
+    def read_bytes(self, container: str, path: str) -> bytes:
+        return self._path(container, path).read_bytes()
+
+    def write_bytes(self, container: str, path: str, data: bytes) -> None:
+        target = self._path(container, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def upload_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None:
+        target = self._path(container, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        os.close(fd)
+        try:
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
+        base = self.root / container
+        if not base.is_dir():
+            return []
+        found = []
+        for file in base.rglob("*"):
+            if not file.is_file() or file.name.startswith(".tmp-"):
+                continue
+            name = file.relative_to(base).as_posix()
+            if name.startswith(prefix):
+                stat = file.stat()
+                found.append(
+                    BlobInfo(name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc))
+                )
+        return sorted(found, key=lambda info: info.name)
+
+    def exists(self, container: str, path: str) -> bool:
+        return self._path(container, path).is_file()
+
+    def delete_prefix(self, container: str, prefix: str) -> int:
+        blobs = self.list(container, prefix)
+        for info in blobs:
+            self._path(container, info.name).unlink(missing_ok=True)
+        return len(blobs)
+
+    def describe(self) -> str:
+        return f"local directory {self.root}"
+
+
+class BlobStorage:
+    """Azure Blob Storage through a connection string; Azurite is the same code on loopback.
+
+    Transient faults (connection refused, 5xx, timeouts) are retried by the SDK's exponential retry policy,
+    so a storage blip during a run costs time, not the run.
+    """
+
+    def __init__(self, connection_string: str, *, retry_total: int = 6, initial_backoff: float = 1.0) -> None:
+        from azure.storage.blob import BlobServiceClient, ExponentialRetry
+
+        # The SDK logs every request at INFO; at Airflow's default level that floods the task log.
+        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+        retry = ExponentialRetry(initial_backoff=initial_backoff, increment_base=2, retry_total=retry_total)
+        self._client = BlobServiceClient.from_connection_string(
+            connection_string, retry_policy=retry, connection_timeout=10, read_timeout=120
+        )
+        self._created: set[str] = set()
+
+    @property
+    def account_name(self) -> str:
+        return self._client.account_name or "?"
+
+    def _ensure_container(self, container: str) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        if container in self._created:
+            return
+        try:
+            self._client.create_container(container)
+        except ResourceExistsError:
+            pass
+        self._created.add(container)
+
+    def read_bytes(self, container: str, path: str) -> bytes:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self._client.get_blob_client(container, path).download_blob(max_concurrency=2).readall()
+        except ResourceNotFoundError as exc:
+            raise FileNotFoundError(make_uri(container, path)) from exc
+
+    def write_bytes(self, container: str, path: str, data: bytes) -> None:
+        self._ensure_container(container)
+        self._client.get_blob_client(container, path).upload_blob(data, overwrite=True, max_concurrency=2)
+
+    def upload_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None:
+        self._ensure_container(container)
+        with open(local_path, "rb") as handle:
+            # Large files go up as staged blocks; the blob switches to the new content only when the
+            # block list is committed, so readers see the old or the new file, never a mix.
+            self._client.get_blob_client(container, path).upload_blob(handle, overwrite=True, max_concurrency=2)
+
+    def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            blobs = self._client.get_container_client(container).list_blobs(name_starts_with=prefix or None)
+            return [BlobInfo(b.name, b.size, b.last_modified) for b in blobs]
+        except ResourceNotFoundError:
+            return []
+
+    def exists(self, container: str, path: str) -> bool:
+        return bool(self._client.get_blob_client(container, path).exists())
+
+    def delete_prefix(self, container: str, prefix: str) -> int:
+        names = [info.name for info in self.list(container, prefix)]
+        client = self._client.get_container_client(container)
+        for start in range(0, len(names), 256):
+            client.delete_blobs(*names[start:start + 256])
+        return len(names)
+
+    def describe(self) -> str:
+        return f"blob account {self.account_name} at {self._client.url}"
+
+
+def is_connection_string(setting: str) -> bool:
+    """Connection strings are ``key=value;...``; anything else is taken as a directory."""
+    return "=" in setting and (";" in setting or setting.lower().startswith("usedevelopmentstorage"))
+
+
+def open_storage(setting: str | None = None) -> Storage:
+    """Storage for a setting (connection string or directory); ``SCORING_STORAGE`` when not given."""
+    setting = setting or config.storage_setting()
+    if is_connection_string(setting):
+        return BlobStorage(setting)
+    path = setting[len("file://"):] if setting.startswith("file://") else setting
+    return LocalStorage(path)
+
+
+# --- Where things go. Every blob path of the pipeline is built here and nowhere else. ---
+
+def partition_prefix(hour: datetime) -> str:
+    """Hive-style hour partition of the predictions and quarantine containers: ``date=.../hour=HH/``."""
+    hour = hour.astimezone(timezone.utc)
+    return f"date={hour:%Y-%m-%d}/hour={hour:%H}/"
+
+
+PARTITION_FILE = "part-00000.parquet"
+MANIFEST_FILE = "_manifest.json"
+
+
+def staging_prefix(run_key: str) -> str:
+    """Scratch space of one DAG run in the staging container: shard inputs, specs and outputs."""
+    return f"runs/{run_key}/"
+
+
+def shard_prefix(run_key: str, shard: int) -> str:
+    return f"{staging_prefix(run_key)}shard-{shard:05d}/"

@@ -1,0 +1,71 @@
+"""Shared fixtures: a real Azurite server, a migrated Airflow metadata DB, fresh containers per test.
+
+Airflow reads its configuration at import, so its environment is set here, before any test imports it:
+a temporary AIRFLOW_HOME with SQLite, no examples, and the project's dags/.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="scoring-tests-airflow-")
+os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ.pop("SCORING_STORAGE", None)
+os.environ.pop("SCORING_STORAGE_CONN_ID", None)
+
+from scoring import config  # noqa: E402
+from scoring.azurite import Azurite  # noqa: E402
+from scoring.storage import BlobStorage  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory):
+    """One real Azurite blob server for the session, stopped by its process group at the end (or on failure)."""
+    server = Azurite(tmp_path_factory.mktemp("azurite")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def containers(monkeypatch: pytest.MonkeyPatch) -> config.Containers:
+    """Container names unique to the test, so tests sharing one Azurite never see each other's blobs."""
+    suffix = uuid.uuid4().hex[:8]
+    for name in config.Containers().__dict__:
+        monkeypatch.setenv(f"SCORING_CONTAINER_{name.upper()}", f"{name}-{suffix}")
+    return config.Containers.from_env()
+
+
+@pytest.fixture
+def blob(azurite: Azurite, containers: config.Containers, monkeypatch: pytest.MonkeyPatch) -> BlobStorage:
+    """Blob storage on the session's Azurite, also exported as SCORING_STORAGE for code under test."""
+    monkeypatch.setenv(config.STORAGE_ENV, azurite.connection_string)
+    return BlobStorage(azurite.connection_string)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """A migrated SQLite metadata DB in the session's AIRFLOW_HOME."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def sensor_dag(airflow_db: str):
+    """The sensor_scoring DAG, imported from its file like the DAG processor does."""
+    from scoring.demo import load_dag
+
+    return load_dag(REPO / "dags" / "sensor_scoring.py")

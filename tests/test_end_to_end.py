@@ -1,0 +1,87 @@
+"""Whole hours through the real DAG (dag.test) on a real Azurite, checked against scikit-learn itself."""
+from __future__ import annotations
+
+import io
+import json
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scoring import models
+from scoring.simulate import SimulationConfig, simulate_to_storage
+from scoring.training import train_and_register
+from scoring.windows import parse_window_file, to_asa_json_lines
+from tests.helpers import START
+
+pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
+H = timedelta(hours=1)
+SCORED_HOUR = START + 5 * H
+
+
+def read_partition(blob, container: str, hour) -> tuple[pd.DataFrame, dict]:
+    prefix = f"date={hour:%Y-%m-%d}/hour={hour:%H}/"
+    frame = pd.read_parquet(io.BytesIO(blob.read_bytes(container, prefix + "part-00000.parquet")))
+    return frame, json.loads(blob.read_bytes(container, prefix + "_manifest.json"))
+
+
+@pytest.fixture
+def landed(blob, containers):
+    """Seven simulated hours of 3 devices x 2 sensors, plus one file of trouble in the scored hour."""
+    simulate_to_storage(blob, SimulationConfig(devices=3, tags=2, seed=3), START, START + 7 * H,
+                        windows_container=containers.windows, labels_container=containers.labels)
+    manifest, trained = train_and_register(blob, containers, START, SCORED_HOUR, version="v-e2e", promote=True)
+    existing = blob.list(containers.windows, f"{SCORED_HOUR:%Y/%m/%d/%H}/")
+    found = pd.concat([parse_window_file(b.name, blob.read_bytes(containers.windows, b.name)) for b in existing])
+    one = found[found["window_end"] == pd.Timestamp(SCORED_HOUR + timedelta(minutes=10))].head(1)
+    trouble = pd.concat([
+        one,  # an exact duplicate of a landed window
+        one.assign(window_end=SCORED_HOUR + timedelta(minutes=59, seconds=30), value_std=-1.0),  # invalid
+        one.assign(device_id="dev-unknown"),  # a sensor nobody trained
+    ])
+    blob.write_bytes(containers.windows, f"{SCORED_HOUR:%Y/%m/%d/%H}/0_extra_1.json", to_asa_json_lines(trouble))
+    return manifest, {(m.device_id, m.tag): m.pipeline for m in trained}
+
+
+def test_hour_scored_by_the_dag_equals_scikit_learn(sensor_dag, blob, containers, landed):
+    _, pipelines = landed
+    run = sensor_dag.test(logical_date=SCORED_HOUR + H, run_conf={"sensors_per_shard": 2})
+    assert str(run.state) == "success"
+    assert run.data_interval_end - run.data_interval_start == H
+
+    predictions, manifest = read_partition(blob, containers.predictions, SCORED_HOUR)
+    assert len(predictions) == 6 * 60
+    assert not predictions.duplicated(["device_id", "tag", "window_end"]).any()
+    assert predictions["window_end"].min() == pd.Timestamp(SCORED_HOUR)
+    assert predictions["window_end"].max() == pd.Timestamp(SCORED_HOUR + timedelta(minutes=59))
+    assert set(predictions["model_version"]) == {"v-e2e"} and set(predictions["run_id"]) == {run.run_id}
+    for (device_id, tag), rows in predictions.groupby(["device_id", "tag"]):
+        pipeline = pipelines[(device_id, tag)]
+        features = models.feature_matrix(rows)
+        np.testing.assert_allclose(rows["score"], pipeline.decision_function(features), rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(rows["is_anomaly"], pipeline.predict(features) == -1)
+
+    counts = manifest["counts"]
+    assert counts == {"landed": 363, "scored": 360, "quarantined": 2, "duplicates": 1,
+                      "anomalies": int(predictions["is_anomaly"].sum())}
+    assert counts["landed"] == counts["scored"] + counts["quarantined"] + counts["duplicates"]
+    assert manifest["run_id"] == run.run_id and manifest["model_version"] == "v-e2e"
+    quarantine, _ = read_partition(blob, containers.quarantine, SCORED_HOUR)
+    assert sorted(quarantine["reason"]) == ["negative_std", "no_model"]
+    assert quarantine["source_file"].str.endswith("0_extra_1.json").all()
+
+
+def test_rerunning_an_hour_replaces_it_with_one_row_per_window(sensor_dag, blob, containers, landed):
+    first = sensor_dag.test(logical_date=SCORED_HOUR + H, run_conf={"sensors_per_shard": 4})
+    before, _ = read_partition(blob, containers.predictions, SCORED_HOUR)
+    second = sensor_dag.test(logical_date=SCORED_HOUR + H, run_conf={"sensors_per_shard": 1})
+    after, manifest = read_partition(blob, containers.predictions, SCORED_HOUR)
+    assert str(first.state) == str(second.state) == "success"
+    assert len(after) == len(before) == 360
+    assert not after.duplicated(["device_id", "tag", "window_end"]).any()
+    assert manifest["run_id"] == second.run_id and set(after["run_id"]) == {second.run_id}
+    key = ["device_id", "tag", "window_end"]
+    pd.testing.assert_series_equal(before.sort_values(key)["score"].reset_index(drop=True),
+                                   after.sort_values(key)["score"].reset_index(drop=True))
+    assert not blob.list(containers.staging)  # no scratch left behind by either run
