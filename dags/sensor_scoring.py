@@ -96,14 +96,14 @@ with DAG(
         backend = backends.get_backend(params["backend"])
         return backend.run_shard(shard["spec_uri"], storage_setting=airflow_glue.storage_setting())
 
-    @task
-    def commit(summary: dict, results: list[dict], params: dict | None = None) -> dict:
+    @task(trigger_rule="none_failed")  # also when no shard was mapped: quarantined rows are committed too
+    def commit(summary: dict, results: list[dict] | None = None, params: dict | None = None) -> dict:
         """Checks landed = scored + quarantined + duplicates, then swaps in the hour's partition."""
-        from scoring import airflow_glue, models, pipeline
+        from scoring import airflow_glue, pipeline
 
         hour = airflow_glue.hour_for(get_current_context(), params or {})
-        version = models.resolve_version(hour.storage, hour.containers.models, params["model_version"])
-        manifests = pipeline.commit(hour, summary, list(results), model_version=version)
+        # one slice read of the mapped results (iterating would probe past the end, logging a 404)
+        manifests = pipeline.commit(hour, summary, list(results[:]) if results else [])
         return {"hours": [m["hour"] for m in manifests], "counts": [m["counts"] for m in manifests]}
 
     summary = load_and_validate()

@@ -105,5 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("azure").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     result = args.func(args)
-    print(json.dumps(result, default=str))
+    if args.command != "demo":  # the demo prints its own summary for people; the rest answer in JSON
+        print(json.dumps(result, default=str))
     return 0

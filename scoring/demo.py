@@ -47,16 +47,20 @@ def load_dag(path: Path):
 
 
 def ensure_data(storage, containers: config.Containers, devices: int, tags: int, first: datetime, now: datetime) -> dict[str, int]:
-    """Simulate every hour from ``first`` up to now whose folder is still empty (and the current one)."""
-    from scoring.simulate import SimulationConfig, simulate_to_storage
-    from scoring.windows import HOUR, folder_for
+    """Simulate every hour from ``first`` up to now not simulated before (and the current one).
+
+    The simulator's label file marks an hour as done; a folder is no sign, since the previous hour's
+    late windows land in it too.
+    """
+    from scoring.simulate import SimulationConfig, label_path, simulate_to_storage
+    from scoring.windows import HOUR
 
     cfg = SimulationConfig(devices=devices, tags=tags, seed=42)
     totals = {"hours": 0, "windows": 0}
     hour = first
     while hour < now:
         current = hour + HOUR > now
-        if current or not storage.list(containers.windows, folder_for(hour) + "/"):
+        if current or not storage.exists(containers.labels, label_path(hour)):
             # the current hour is a live stream: land what has "happened" so far
             done = simulate_to_storage(storage, cfg, hour, min(hour + HOUR, now),
                                        windows_container=containers.windows, labels_container=containers.labels)
@@ -119,6 +123,8 @@ def summarise(storage, containers: config.Containers, hour: datetime, manifest: 
     """Numbers for the person at the terminal, including how the flags compare with the simulator's labels."""
     import pandas as pd
 
+    from scoring.simulate import label_path
+
     predictions = pd.read_parquet(local)
     counts = manifest["counts"]
     summary: dict[str, object] = {
@@ -134,7 +140,7 @@ def summarise(storage, containers: config.Containers, hour: datetime, manifest: 
         "local_copy": str(local),
     }
     try:
-        labels = pd.read_parquet(io.BytesIO(storage.read_bytes(containers.labels, hour.strftime("%Y/%m/%d/%H/labels.parquet"))))
+        labels = pd.read_parquet(io.BytesIO(storage.read_bytes(containers.labels, label_path(hour))))
         merged = predictions.merge(labels, on=["device_id", "tag", "window_end"], how="left")
         labelled = merged["anomaly"].notna()
         summary["labelled_anomalies"] = int(labelled.sum())
@@ -155,4 +161,4 @@ def print_summary(summary: dict[str, object], part: str) -> None:
     print(f"  quarantined rows   {summary['quarantined']} (duplicates collapsed: {summary['duplicates']})")
     print(f"  partition          {summary['partition']}")
     print(f"  local copy         {summary['local_copy']}")
-    print(f"  read it with       python -c \"import pandas as pd; print(pd.read_parquet('{summary['local_copy']}'))\"")
+    print(f"  read it with       .venv/bin/python -c \"import pandas as pd; print(pd.read_parquet('{summary['local_copy']}'))\"")

@@ -242,6 +242,7 @@ def plan_shards(hour: Hour, summary: dict[str, object], *, model_version: str, s
         staging, prefix + "quarantine-plan.parquet",
         _parquet(_quarantine_frame(orphans.assign(**{REASON_COLUMN: "no_model"}), hour.run_id), QUARANTINE_SCHEMA),
     )
+    hour.storage.write_bytes(staging, prefix + "plan.json", json.dumps({"model_version": version}).encode())
     modelled = joined.loc[has_model].reset_index(drop=True)
     modelled["row"] = modelled["row"].astype("int64")
     shards = []
@@ -324,7 +325,7 @@ def read_shard_result(storage: Storage, output_prefix: str) -> dict[str, object]
     return json.loads(storage.read_bytes(container, prefix + "result.json"))
 
 
-def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str, object]], *, model_version: str) -> list[dict[str, object]]:
+def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str, object]]) -> list[dict[str, object]]:
     """Check the accounting, then replace each hour's predictions and quarantine partitions.
 
     Each partition is one Parquet file uploaded in one blob commit (old or new, never a mix), followed by
@@ -332,6 +333,7 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
     shard at a time however large the hour is.
     """
     storage, staging, prefix = hour.storage, hour.containers.staging, st.staging_prefix(hour.run_key)
+    model_version = json.loads(storage.read_bytes(staging, prefix + "plan.json"))["model_version"]
     quarantine = pd.concat(
         [_read_parquet(storage, staging, prefix + name) for name in ("quarantine-validate.parquet", "quarantine-plan.parquet")]
         + [_read_parquet(storage, *st.parse_uri(r["output_prefix"] + "quarantine.parquet")) for r in shard_results],

@@ -6,7 +6,7 @@ simulating an overlapping range again yields identical windows and lands them ov
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -118,16 +118,19 @@ def simulate_to_storage(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    hour, stop = hour_floor(start), end
+    hour = hour_floor(start)
     totals = {"hours": 0, "windows": 0, "anomalous_windows": 0, "files": 0}
-    while hour < stop:
+    while hour < end:
         readings, labels = simulate_hour(cfg, hour)
         windows = aggregate_readings(readings)
+        # a range ending mid-hour is a live stream caught at ``end``: nothing after it has happened yet
+        windows = windows.loc[windows["window_end"] < pd.Timestamp(end)]
+        labels = labels.loc[labels["window_end"] < pd.Timestamp(end)]
         landing = plan or LandingPlan(seed=cfg.seed)
         totals["files"] += len(land_windows(storage, windows_container, windows, landing))
         sink = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pandas(labels, preserve_index=False), sink)
-        storage.write_bytes(labels_container, hour.strftime("%Y/%m/%d/%H/labels.parquet"), sink.getvalue().to_pybytes())
+        storage.write_bytes(labels_container, label_path(hour), sink.getvalue().to_pybytes())
         totals["hours"] += 1
         totals["windows"] += len(windows)
         totals["anomalous_windows"] += len(labels)
@@ -135,6 +138,6 @@ def simulate_to_storage(
     return totals
 
 
-def hours_between(start: datetime, end: datetime) -> int:
-    """Whole hours in [start, end)."""
-    return max(0, int((hour_floor(end) - hour_floor(start)) / timedelta(hours=1)))
+def label_path(hour: datetime) -> str:
+    """Where the labels of a simulated hour go in the labels container (never read by the DAG)."""
+    return hour_floor(hour).strftime("%Y/%m/%d/%H/labels.parquet")

@@ -13,7 +13,7 @@ from scoring import models
 from scoring.simulate import SimulationConfig, simulate_to_storage
 from scoring.training import train_and_register
 from scoring.windows import parse_window_file, to_asa_json_lines
-from tests.helpers import START
+from tests.helpers import START, fleet_windows
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 H = timedelta(hours=1)
@@ -85,3 +85,30 @@ def test_rerunning_an_hour_replaces_it_with_one_row_per_window(sensor_dag, blob,
     pd.testing.assert_series_equal(before.sort_values(key)["score"].reset_index(drop=True),
                                    after.sort_values(key)["score"].reset_index(drop=True))
     assert not blob.list(containers.staging)  # no scratch left behind by either run
+
+
+def test_hour_with_no_modelled_sensor_still_commits_its_quarantine(sensor_dag, blob, containers, landed):
+    """No shard to map: the mapped task is skipped, yet commit runs and nothing landed is lost."""
+    [other] = models.train_models(fleet_windows(devices=1, tags=1, hours=1))
+    other.device_id = "dev-elsewhere"
+    models.register(blob, containers.models, [other], version="v-other", params={}, promote=False)
+    run = sensor_dag.test(logical_date=SCORED_HOUR + H, run_conf={"model_version": "v-other"})
+    assert str(run.state) == "success"
+    predictions, manifest = read_partition(blob, containers.predictions, SCORED_HOUR)
+    quarantine, _ = read_partition(blob, containers.quarantine, SCORED_HOUR)
+    assert predictions.empty
+    assert manifest["counts"] == {"landed": 363, "scored": 0, "quarantined": 362, "duplicates": 1, "anomalies": 0}
+    assert manifest["quarantine_reasons"] == {"no_model": 361, "negative_std": 1}
+    assert manifest["model_version"] == "v-other" and len(quarantine) == 362
+
+
+def test_airflow_connection_overrides_the_environment(sensor_dag, blob, containers, landed, azurite, monkeypatch, tmp_path):
+    """Inside Airflow the wasb connection wins: SCORING_STORAGE points at an empty folder here."""
+    monkeypatch.setenv("SCORING_STORAGE", str(tmp_path / "empty"))
+    monkeypatch.setenv("AIRFLOW_CONN_SCORING_STORAGE", json.dumps(
+        {"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}))
+    run = sensor_dag.test(logical_date=SCORED_HOUR + H, run_conf={"sensors_per_shard": 3})
+    assert str(run.state) == "success"
+    predictions, manifest = read_partition(blob, containers.predictions, SCORED_HOUR)
+    assert len(predictions) == 360 and manifest["run_id"] == run.run_id
+    assert not (tmp_path / "empty").exists()

@@ -94,7 +94,7 @@ def test_score_and_commit_close_the_accounting_and_replace_the_hour(staged):
     shards = pipeline.plan_shards(hour, summary, model_version="production", sensors_per_shard=2)
     results = [pipeline.score_shard(storage, s["spec_uri"]) for s in shards]
     assert sum(r["scored"] for r in results) == 180
-    [manifest] = pipeline.commit(hour, summary, results, model_version="v1")
+    [manifest] = pipeline.commit(hour, summary, results)
     assert manifest["counts"] == {"landed": 240, "scored": 180, "quarantined": 60, "duplicates": 0,
                                   "anomalies": manifest["counts"]["anomalies"]}
     part = pd.read_parquet(tmp_file(storage, "predictions", "date=2026-11-24/hour=03/part-00000.parquet"))
@@ -113,7 +113,7 @@ def test_commit_refuses_when_a_shard_is_missing(staged):
     shards = pipeline.plan_shards(hour, summary, model_version="production", sensors_per_shard=2)
     results = [pipeline.score_shard(storage, s["spec_uri"]) for s in shards]
     with pytest.raises(pipeline.AccountingError, match="landed 240"):
-        pipeline.commit(hour, summary, results[:1], model_version="v1")
+        pipeline.commit(hour, summary, results[:1])
     assert not storage.exists("predictions", "date=2026-11-24/hour=03/part-00000.parquet")
 
 
