@@ -57,12 +57,20 @@ class ModelArrays:
         return h.hexdigest()
 
 
-def fit_pipeline(features: np.ndarray, *, nu: float = 0.02, gamma: str | float = "scale"):
+def scale_gamma(scaled: np.ndarray) -> float:
+    """scikit-learn's ``gamma="scale"`` rule, 1 / (features * variance), computed here so the fitted
+    value is an explicit, public parameter rather than the private ``_gamma``."""
+    variance = float(scaled.var())
+    return 1.0 / (scaled.shape[1] * variance) if variance > 0 else 1.0
+
+
+def fit_pipeline(features: np.ndarray, *, nu: float = 0.02):
     """Fit StandardScaler + OneClassSVM on one sensor's windows (rows x FEATURES)."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import OneClassSVM
 
+    gamma = scale_gamma(StandardScaler().fit_transform(features))
     return make_pipeline(StandardScaler(), OneClassSVM(kernel="rbf", nu=nu, gamma=gamma)).fit(features)
 
 
@@ -75,7 +83,7 @@ def arrays_of(pipeline) -> ModelArrays:
         support_vectors=np.asarray(svm.support_vectors_, dtype=float),
         dual_coef=np.asarray(svm.dual_coef_, dtype=float).ravel(),
         intercept=float(svm.intercept_[0]),
-        gamma=float(svm._gamma),
+        gamma=float(svm.gamma),
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -245,11 +246,13 @@ def plan_shards(hour: Hour, summary: dict[str, object], *, model_version: str, s
     hour.storage.write_bytes(staging, prefix + "plan.json", json.dumps({"model_version": version}).encode())
     modelled = joined.loc[has_model].reset_index(drop=True)
     modelled["row"] = modelled["row"].astype("int64")
+    modelled["shard"] = np.arange(len(modelled)) // sensors_per_shard
+    # one pass over the hour: every window learns its shard, then each shard's rows are one group
+    rows_by_shard = dict(iter(valid.merge(modelled[["device_id", "tag", "shard"]], on=["device_id", "tag"]).groupby("shard")))
     shards = []
-    for number, first in enumerate(range(0, len(modelled), sensors_per_shard)):
-        members = modelled.iloc[first:first + sensors_per_shard]
+    for number, members in modelled.groupby("shard", sort=True):
         shard_dir = st.shard_prefix(hour.run_key, number)
-        rows = valid.merge(members[["device_id", "tag"]], on=["device_id", "tag"])
+        rows = rows_by_shard[number].drop(columns="shard")
         hour.storage.write_bytes(staging, shard_dir + "input.parquet", _parquet(rows))
         spec = {
             "run_id": hour.run_id,
@@ -291,8 +294,8 @@ def score_shard(storage: Storage, spec_uri: str) -> dict[str, object]:
     windows = _read_parquet(storage, in_container, in_path)
     wanted = pd.DataFrame(spec["models"])
     loaded, refused = models.load_models(storage, spec["containers"]["models"], spec["model_version"], wanted)
-    keys = pd.Series(list(zip(windows["device_id"], windows["tag"])), index=windows.index)
-    usable = keys.map(lambda k: k in loaded)
+    sensors = pd.MultiIndex.from_frame(windows[["device_id", "tag"]])
+    usable = sensors.isin(list(loaded))
     scored = score(windows.loc[usable], loaded) if usable.any() else windows.iloc[:0].assign(score=[], is_anomaly=[])
     now = pd.Timestamp.now(tz="UTC")
     scored = scored.assign(
@@ -301,8 +304,9 @@ def score_shard(storage: Storage, spec_uri: str) -> dict[str, object]:
         run_id=spec["run_id"],
         scored_at=now,
     )
-    rejected = windows.loc[~usable].copy()
-    rejected[REASON_COLUMN] = keys[~usable].map(lambda k: refused.get(k, "model_missing"))
+    reasons = pd.DataFrame([(d, t, r) for (d, t), r in refused.items()], columns=["device_id", "tag", REASON_COLUMN])
+    rejected = windows.loc[~usable].merge(reasons, on=["device_id", "tag"], how="left")
+    rejected[REASON_COLUMN] = rejected[REASON_COLUMN].fillna("model_missing")
     predictions = scored.reindex(columns=PREDICTION_SCHEMA.names)
     storage.write_bytes(out_container, out_prefix + "predictions.parquet", _parquet(predictions, PREDICTION_SCHEMA))
     storage.write_bytes(out_container, out_prefix + "quarantine.parquet",

@@ -127,7 +127,8 @@ def simulate_to_storage(
         windows = windows.loc[windows["window_end"] < pd.Timestamp(end)]
         labels = labels.loc[labels["window_end"] < pd.Timestamp(end)]
         landing = plan or LandingPlan(seed=cfg.seed)
-        totals["files"] += len(land_windows(storage, windows_container, windows, landing))
+        batch = f"simulated/{hour.isoformat()}/{cfg.seed}"  # re-landing a growing current hour replaces it
+        totals["files"] += len(land_windows(storage, windows_container, windows, landing, batch=batch))
         sink = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pandas(labels, preserve_index=False), sink)
         storage.write_bytes(labels_container, label_path(hour), sink.getvalue().to_pybytes())

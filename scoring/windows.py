@@ -126,23 +126,25 @@ class LandingPlan:
     seed: int = 0
 
 
-def land_windows(storage: Storage, container: str, windows: pd.DataFrame, plan: LandingPlan = LandingPlan()) -> list[str]:
+def land_windows(
+    storage: Storage, container: str, windows: pd.DataFrame, plan: LandingPlan = LandingPlan(), *, batch: str | None = None
+) -> list[str]:
     """Write windows into ``container`` as Stream Analytics would, returning the blob names written.
 
-    File names are derived from the batch, the folder and the part, so landing the same windows twice
-    overwrites the same blobs instead of doubling them.
+    File names derive from the batch, the folder and the part. The batch defaults to a hash of the content,
+    so landing the same windows twice overwrites the same blobs instead of doubling them, and another batch
+    writing late windows into the same folder never overwrites this one. A caller that re-lands a growing
+    batch (the simulator's current hour) names it, so each landing replaces the previous one.
     """
     if windows.empty:
         return []
     rng = np.random.default_rng(plan.seed)
     frame = conform(windows)
+    batch = batch or hashlib.sha256(to_asa_json_lines(frame)).hexdigest()[:16]
     folder_time = frame["window_end"].dt.floor("h")
     near_end = frame["window_end"] >= folder_time + pd.Timedelta(minutes=60 - plan.late_minutes)
     late = near_end & (rng.random(len(frame)) < plan.late_share)
     frame["_folder"] = folder_time.where(~late, folder_time + pd.Timedelta(hours=1)).dt.strftime("%Y/%m/%d/%H")
-    # One landing call is one output batch: its span goes into the names, so a later batch that also
-    # writes into a folder (late windows) never overwrites this one, and re-landing it overwrites itself.
-    batch = f"{frame['window_end'].min().isoformat()}/{frame['window_end'].max().isoformat()}/{plan.seed}"
     written = []
     for folder, rows in frame.groupby("_folder", sort=True):
         rows = rows.sort_values(["window_end", "device_id", "tag"])

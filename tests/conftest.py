@@ -63,9 +63,13 @@ def airflow_db() -> str:
     return _AIRFLOW_HOME
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def sensor_dag(airflow_db: str):
-    """The sensor_scoring DAG, imported from its file like the DAG processor does."""
+    """The sensor_scoring DAG, imported afresh from its file for each test.
+
+    Fresh, because Airflow 3.3 merges a run's conf into the very Param objects of the DAG when tasks run
+    in-process (``dag.test``): a conf given to one test's run would become the next test's default.
+    """
     from scoring.demo import load_dag
 
     return load_dag(REPO / "dags" / "sensor_scoring.py")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from scoring import models
-from scoring.scorer import CHUNK_ROWS, decision_function, score
+from scoring.scorer import ELEMENT_BUDGET, decision_function, score
 from tests.helpers import START, fleet_windows
 
 
@@ -28,13 +28,23 @@ def test_scores_equal_sklearn_decision_function_and_predict(setup):
         np.testing.assert_array_equal(rows["is_anomaly"], m.pipeline.predict(features) == -1)
 
 
-def test_chunking_does_not_change_results(setup, monkeypatch):
+@pytest.mark.parametrize("budget", [1, 500, 5_000])
+def test_batching_does_not_change_results(setup, monkeypatch, budget):
+    """A tiny budget forces one model per batch and one row per step; results agree to rounding
+    (padding to another width may reorder a sum, moving the last bit)."""
     trained, test = setup
     lookup = {(m.device_id, m.tag): m.arrays for m in trained}
     whole = score(test, lookup)["score"].to_numpy()
-    monkeypatch.setattr("scoring.scorer.CHUNK_ROWS", 7)
-    np.testing.assert_array_equal(score(test, lookup)["score"].to_numpy(), whole)
-    assert CHUNK_ROWS > 7
+    monkeypatch.setattr("scoring.scorer.ELEMENT_BUDGET", budget)
+    np.testing.assert_allclose(score(test, lookup)["score"].to_numpy(), whole, rtol=1e-12, atol=1e-15)
+    assert ELEMENT_BUDGET > 5_000
+
+
+def test_rows_in_any_order_get_their_own_model(setup):
+    trained, test = setup
+    lookup = {(m.device_id, m.tag): m.arrays for m in trained}
+    shuffled = test.sample(frac=1.0, random_state=1)
+    np.testing.assert_allclose(score(shuffled, lookup).loc[test.index, "score"], score(test, lookup)["score"], rtol=1e-12, atol=1e-15)
 
 
 def test_missing_model_is_named_not_skipped(setup):

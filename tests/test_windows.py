@@ -156,3 +156,15 @@ def test_bad_type_and_garbage_are_named():
 def test_empty_file_is_no_windows():
     frame = parse_window_file("empty.json", b"")
     assert frame.empty and set(WINDOW_COLUMNS) <= set(frame.columns)
+
+
+def test_a_growing_named_batch_replaces_itself_and_other_batches_never_collide(tmp_path):
+    storage = LocalStorage(tmp_path)
+    hour = _hour_of_windows(sensors=1)
+    first = land_windows(storage, "windows", hour.head(30), batch="live/16")
+    second = land_windows(storage, "windows", hour, batch="live/16")
+    assert set(first) <= set(second)  # same names: the partial landing was replaced, not duplicated
+    landed, _ = read_landed(storage, "windows", ["2026/11/25/16", "2026/11/25/17"])
+    assert len(landed) == 60
+    other = land_windows(storage, "windows", _hour_of_windows("2026-11-25T17:00Z", sensors=1))
+    assert not set(other) & set(second)
