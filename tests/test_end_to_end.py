@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from scoring import models
+from scoring.azurite import KEY
 from scoring.simulate import SimulationConfig, simulate_to_storage
 from scoring.training import train_and_register
 from scoring.windows import parse_window_file, to_asa_json_lines
@@ -112,3 +113,20 @@ def test_airflow_connection_overrides_the_environment(sensor_dag, blob, containe
     predictions, manifest = read_partition(blob, containers.predictions, SCORED_HOUR)
     assert len(predictions) == 360 and manifest["run_id"] == run.run_id
     assert not (tmp_path / "empty").exists()
+    # the key reached the shard processes, yet no XCom, rendered field or manifest holds it
+    stored = run_records(run.run_id) + [blob.read_bytes(c, b.name).decode() for c in (containers.predictions, containers.quarantine)
+                                        for b in blob.list(c) if b.name.endswith(".json")]
+    assert len(stored) > 5 and not [text for text in stored if KEY in text or "AccountKey" in text]
+
+
+def run_records(run_id: str) -> list[str]:
+    """Every XCom value and rendered template field Airflow stored for a run, as text."""
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        xcoms = [json.dumps(x.value, default=str) for x in session.query(XComModel).filter(XComModel.run_id == run_id)]
+        fields = [json.dumps(r.rendered_fields, default=str)
+                  for r in session.query(RenderedTaskInstanceFields).filter(RenderedTaskInstanceFields.run_id == run_id)]
+    return xcoms + fields
