@@ -47,10 +47,11 @@ def load_dag(path: Path):
 
 
 def ensure_data(storage, containers: config.Containers, devices: int, tags: int, first: datetime, now: datetime) -> dict[str, int]:
-    """Simulate every hour from ``first`` up to now not simulated before (and the current one).
+    """Simulate every hour from ``first`` up to now not simulated whole before (and the current one).
 
-    The simulator's label file marks an hour as done; a folder is no sign, since the previous hour's
-    late windows land in it too.
+    An hour is done when its label file was written after the hour ended: a folder is no sign (the
+    previous hour's late windows land in it too), and an hour simulated while it was still going on is
+    partial.
     """
     from scoring.simulate import SimulationConfig, label_path, simulate_to_storage
     from scoring.windows import HOUR
@@ -60,7 +61,8 @@ def ensure_data(storage, containers: config.Containers, devices: int, tags: int,
     hour = first
     while hour < now:
         current = hour + HOUR > now
-        if current or not storage.exists(containers.labels, label_path(hour)):
+        labels = storage.list(containers.labels, label_path(hour))
+        if current or not labels or labels[0].last_modified < hour + HOUR:
             # the current hour is a live stream: land what has "happened" so far
             done = simulate_to_storage(storage, cfg, hour, min(hour + HOUR, now),
                                        windows_container=containers.windows, labels_container=containers.labels)
