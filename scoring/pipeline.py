@@ -251,6 +251,7 @@ def plan_shards(hour: Hour, summary: dict[str, object], *, model_version: str, s
     rows_by_shard = dict(iter(valid.merge(modelled[["device_id", "tag", "shard"]], on=["device_id", "tag"]).groupby("shard")))
     shards = []
     for number, members in modelled.groupby("shard", sort=True):
+        number = int(number)
         shard_dir = st.shard_prefix(hour.run_key, number)
         rows = rows_by_shard[number].drop(columns="shard")
         hour.storage.write_bytes(staging, shard_dir + "input.parquet", _parquet(rows))

@@ -106,10 +106,11 @@ class LocalStorage:
 
     def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
         base = self.root / container
-        if not base.is_dir():
+        start = base / prefix.rsplit("/", 1)[0] if "/" in prefix else base  # walk only below the prefix's folder
+        if not start.is_dir():
             return []
         found = []
-        for file in base.rglob("*"):
+        for file in start.rglob("*"):
             if not file.is_file() or file.name.startswith(".tmp-"):
                 continue
             name = file.relative_to(base).as_posix()
