@@ -9,14 +9,15 @@ import argparse
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import datetime
 
 from scoring import config
 
 
 def _utc(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    from scoring.pipeline import parse_utc
+
+    return parse_utc(text)
 
 
 def cmd_simulate(args: argparse.Namespace) -> dict[str, object]:

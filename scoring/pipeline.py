@@ -27,6 +27,7 @@ from scoring.scorer import score
 from scoring.storage import Storage
 from scoring.validation import REASON_COLUMN, check_windows
 from scoring.windows import (
+    HOUR,
     SOURCE_COLUMN,
     WINDOW,
     WINDOW_COLUMNS,
@@ -36,7 +37,6 @@ from scoring.windows import (
 )
 
 log = logging.getLogger(__name__)
-HOUR = timedelta(hours=1)
 
 PREDICTION_SCHEMA = pa.schema([
     ("device_id", pa.string()),
@@ -110,7 +110,7 @@ def resolve_interval(
     if window_start or window_end:
         if not (window_start and window_end):
             raise ValueError("give both window_start and window_end, or neither")
-        start, end = _parse_utc(window_start), _parse_utc(window_end)
+        start, end = parse_utc(window_start), parse_utc(window_end)
     elif data_interval_start and data_interval_end and data_interval_end > data_interval_start:
         start, end = data_interval_start, data_interval_end
     else:
@@ -133,7 +133,8 @@ def _plain_utc(moment: datetime) -> datetime:
     return datetime.fromtimestamp(moment.timestamp(), tz=timezone.utc)
 
 
-def _parse_utc(text: str) -> datetime:
+def parse_utc(text: str) -> datetime:
+    """An ISO time; UTC when it names no offset."""
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
