@@ -6,7 +6,6 @@ with ``dag.test()`` for the latest complete hour and prints what happened. Re-ru
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -126,6 +125,7 @@ def summarise(storage, containers: config.Containers, hour: datetime, manifest: 
     import pandas as pd
 
     from scoring.simulate import label_path
+    from scoring.storage import read_parquet
 
     predictions = pd.read_parquet(local)
     counts = manifest["counts"]
@@ -142,7 +142,7 @@ def summarise(storage, containers: config.Containers, hour: datetime, manifest: 
         "local_copy": str(local),
     }
     try:
-        labels = pd.read_parquet(io.BytesIO(storage.read_bytes(containers.labels, label_path(hour))))
+        labels = read_parquet(storage, containers.labels, label_path(hour))
         merged = predictions.merge(labels, on=["device_id", "tag", "window_end"], how="left")
         labelled = merged["anomaly"].notna()
         summary["labelled_anomalies"] = int(labelled.sum())

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from scoring import config
-from scoring.storage import Storage
+from scoring.storage import Storage, parquet_bytes, parquet_frame
 
 PACK_SIZE = 1000
 ARRAY_FIELDS = ("mean", "scale", "gamma", "intercept", "sv_offsets", "sv", "dual")
@@ -205,7 +205,7 @@ def register(
                 "support_vectors": len(model.arrays.dual_coef), "train_flagged_share": model.flagged_share,
             })
     index = pd.DataFrame(index_rows)
-    index_bytes = _parquet_bytes(index)
+    index_bytes = parquet_bytes(index)
     storage.write_bytes(container, prefix + "models.parquet", index_bytes)
     manifest = {
         "version": version,
@@ -224,15 +224,6 @@ def register(
     if promote:
         set_alias(storage, container, config.PRODUCTION_ALIAS, version)
     return manifest
-
-
-def _parquet_bytes(frame: pd.DataFrame) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
-    return sink.getvalue().to_pybytes()
 
 
 def set_alias(storage: Storage, container: str, alias: str, version: str) -> None:
@@ -262,14 +253,12 @@ def read_manifest(storage: Storage, container: str, version: str) -> dict[str, o
 
 def read_index(storage: Storage, container: str, version: str) -> pd.DataFrame:
     """The per-model table of a version, checked against the hash in its manifest."""
-    import pyarrow.parquet as pq
-
     manifest = read_manifest(storage, container, version)
     data = storage.read_bytes(container, f"versions/{version}/models.parquet")
     expected = manifest["index"]["sha256"]  # type: ignore[index]
     if hashlib.sha256(data).hexdigest() != expected:
         raise ModelIntegrityError(f"model index of version {version} does not match its manifest hash")
-    return pq.read_table(io.BytesIO(data)).to_pandas()
+    return parquet_frame(data)
 
 
 def load_models(

@@ -7,7 +7,6 @@ per shard) through XCom; the data itself stays in the staging container.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
@@ -30,7 +29,6 @@ from scoring.windows import (
     HOUR,
     SOURCE_COLUMN,
     WINDOW,
-    WINDOW_COLUMNS,
     folders_for_interval,
     read_landed,
     select_interval,
@@ -169,17 +167,6 @@ def windows_landed(hour: Hour, *, late_folders: int, settle_minutes: float, now:
     return False, f"{len(blobs)} file(s) so far, last one {quiet} ago; waiting for {settle_minutes} quiet minutes"
 
 
-def _parquet(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
-    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False) if schema else pa.Table.from_pandas(frame, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
-def _read_parquet(storage: Storage, container: str, path: str) -> pd.DataFrame:
-    return pq.read_table(io.BytesIO(storage.read_bytes(container, path))).to_pandas()
-
-
 def _quarantine_frame(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     out = frame.reindex(columns=[f.name for f in QUARANTINE_SCHEMA]).copy()
     out["reading_count"] = pd.to_numeric(out["reading_count"], errors="coerce").astype("float64")
@@ -195,10 +182,10 @@ def load_and_validate(hour: Hour, *, late_folders: int = 1) -> dict[str, object]
     checked = check_windows(landed)
     prefix = st.staging_prefix(hour.run_key)
     staging = hour.containers.staging
-    hour.storage.write_bytes(staging, prefix + "valid.parquet", _parquet(checked.valid))
+    hour.storage.write_bytes(staging, prefix + "valid.parquet", st.parquet_bytes(checked.valid))
     hour.storage.write_bytes(
         staging, prefix + "quarantine-validate.parquet",
-        _parquet(_quarantine_frame(checked.quarantined, hour.run_id), QUARANTINE_SCHEMA),
+        st.parquet_bytes(_quarantine_frame(checked.quarantined, hour.run_id), QUARANTINE_SCHEMA),
     )
     per_hour_landed = Counter(landed["window_end"].dt.floor("h").map(lambda t: t.isoformat()))
     summary = {
@@ -233,7 +220,7 @@ def plan_shards(hour: Hour, summary: dict[str, object], *, model_version: str, s
     if sensors_per_shard < 1:
         raise ValueError("sensors_per_shard must be at least 1")
     staging, prefix = hour.containers.staging, st.staging_prefix(hour.run_key)
-    valid = _read_parquet(hour.storage, staging, prefix + "valid.parquet")
+    valid = st.read_parquet(hour.storage, staging, prefix + "valid.parquet")
     version = models.resolve_version(hour.storage, hour.containers.models, model_version)
     index = models.read_index(hour.storage, hour.containers.models, version)
     sensors = valid[["device_id", "tag"]].drop_duplicates().sort_values(["device_id", "tag"])
@@ -242,7 +229,7 @@ def plan_shards(hour: Hour, summary: dict[str, object], *, model_version: str, s
     orphans = valid.merge(joined.loc[~has_model, ["device_id", "tag"]], on=["device_id", "tag"])
     hour.storage.write_bytes(
         staging, prefix + "quarantine-plan.parquet",
-        _parquet(_quarantine_frame(orphans.assign(**{REASON_COLUMN: "no_model"}), hour.run_id), QUARANTINE_SCHEMA),
+        st.parquet_bytes(_quarantine_frame(orphans.assign(**{REASON_COLUMN: "no_model"}), hour.run_id), QUARANTINE_SCHEMA),
     )
     hour.storage.write_bytes(staging, prefix + "plan.json", json.dumps({"model_version": version}).encode())
     modelled = joined.loc[has_model].reset_index(drop=True)
@@ -255,7 +242,7 @@ def plan_shards(hour: Hour, summary: dict[str, object], *, model_version: str, s
         number = int(number)
         shard_dir = st.shard_prefix(hour.run_key, number)
         rows = rows_by_shard[number].drop(columns="shard")
-        hour.storage.write_bytes(staging, shard_dir + "input.parquet", _parquet(rows))
+        hour.storage.write_bytes(staging, shard_dir + "input.parquet", st.parquet_bytes(rows))
         spec = {
             "run_id": hour.run_id,
             "run_key": hour.run_key,
@@ -293,7 +280,7 @@ def score_shard(storage: Storage, spec_uri: str) -> dict[str, object]:
     spec = json.loads(storage.read_bytes(container, spec_path))
     in_container, in_path = st.parse_uri(spec["input"])
     out_container, out_prefix = st.parse_uri(spec["output_prefix"])
-    windows = _read_parquet(storage, in_container, in_path)
+    windows = st.read_parquet(storage, in_container, in_path)
     wanted = pd.DataFrame(spec["models"])
     loaded, refused = models.load_models(storage, spec["containers"]["models"], spec["model_version"], wanted)
     sensors = pd.MultiIndex.from_frame(windows[["device_id", "tag"]])
@@ -310,9 +297,9 @@ def score_shard(storage: Storage, spec_uri: str) -> dict[str, object]:
     rejected = windows.loc[~usable].merge(reasons, on=["device_id", "tag"], how="left")
     rejected[REASON_COLUMN] = rejected[REASON_COLUMN].fillna("model_missing")
     predictions = scored.reindex(columns=PREDICTION_SCHEMA.names)
-    storage.write_bytes(out_container, out_prefix + "predictions.parquet", _parquet(predictions, PREDICTION_SCHEMA))
+    storage.write_bytes(out_container, out_prefix + "predictions.parquet", st.parquet_bytes(predictions, PREDICTION_SCHEMA))
     storage.write_bytes(out_container, out_prefix + "quarantine.parquet",
-                        _parquet(_quarantine_frame(rejected, spec["run_id"]), QUARANTINE_SCHEMA))
+                        st.parquet_bytes(_quarantine_frame(rejected, spec["run_id"]), QUARANTINE_SCHEMA))
     result = {
         "shard": spec["shard"],
         "output_prefix": spec["output_prefix"],
@@ -331,6 +318,12 @@ def read_shard_result(storage: Storage, output_prefix: str) -> dict[str, object]
     return json.loads(storage.read_bytes(container, prefix + "result.json"))
 
 
+def _file_sha256(path: Path) -> str:
+    """Hash a file in chunks: an hour's file can be far larger than one shard."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str, object]]) -> list[dict[str, object]]:
     """Check the accounting, then replace each hour's predictions and quarantine partitions.
 
@@ -341,8 +334,8 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
     storage, staging, prefix = hour.storage, hour.containers.staging, st.staging_prefix(hour.run_key)
     model_version = json.loads(storage.read_bytes(staging, prefix + "plan.json"))["model_version"]
     quarantine = pd.concat(
-        [_read_parquet(storage, staging, prefix + name) for name in ("quarantine-validate.parquet", "quarantine-plan.parquet")]
-        + [_read_parquet(storage, *st.parse_uri(r["output_prefix"] + "quarantine.parquet")) for r in shard_results],
+        [st.read_parquet(storage, staging, prefix + name) for name in ("quarantine-validate.parquet", "quarantine-plan.parquet")]
+        + [st.read_parquet(storage, *st.parse_uri(r["output_prefix"] + "quarantine.parquet")) for r in shard_results],
         ignore_index=True,
     )
     scored_total = sum(int(r["scored"]) for r in shard_results)
@@ -359,8 +352,7 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
         counts = {h: Counter() for h in hours}
         try:
             for result in sorted(shard_results, key=lambda r: int(r["shard"])):
-                table = pq.read_table(io.BytesIO(storage.read_bytes(*st.parse_uri(result["output_prefix"] + "predictions.parquet"))))
-                frame = table.to_pandas()
+                frame = st.read_parquet(storage, *st.parse_uri(result["output_prefix"] + "predictions.parquet"))
                 for h, rows in frame.groupby(frame["window_end"].dt.floor("h"), sort=True):
                     h = h.to_pydatetime()
                     writers[h].write_table(pa.Table.from_pandas(rows, schema=PREDICTION_SCHEMA, preserve_index=False))
@@ -376,7 +368,7 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
             local = Path(tmp) / f"{h:%Y%m%d%H}.parquet"
             storage.upload_file(hour.containers.predictions, part + st.PARTITION_FILE, local)
             q_rows = quarantine.loc[q_hour == pd.Timestamp(h)]
-            storage.write_bytes(hour.containers.quarantine, part + st.PARTITION_FILE, _parquet(q_rows, QUARANTINE_SCHEMA))
+            storage.write_bytes(hour.containers.quarantine, part + st.PARTITION_FILE, st.parquet_bytes(q_rows, QUARANTINE_SCHEMA))
             landed = int(summary["landed_by_hour"].get(h.isoformat(), 0))  # type: ignore[union-attr]
             manifest = {
                 "run_id": hour.run_id,
@@ -397,7 +389,7 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
                     "path": part + st.PARTITION_FILE,
                     "rows": counts[h]["scored"],
                     "bytes": local.stat().st_size,
-                    "sha256": hashlib.sha256(local.read_bytes()).hexdigest(),
+                    "sha256": _file_sha256(local),
                 }, {
                     "container": hour.containers.quarantine,
                     "path": part + st.PARTITION_FILE,

@@ -11,7 +11,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from scoring.storage import Storage
+from scoring.storage import Storage, parquet_bytes
 from scoring.windows import HOUR, LandingPlan, aggregate_readings, hour_floor, land_windows
 
 TAG_NAMES = ("temperature", "pressure", "vibration", "humidity", "voltage", "current", "flow", "rpm")
@@ -115,9 +115,6 @@ def simulate_to_storage(
     plan: LandingPlan | None = None,
 ) -> dict[str, int]:
     """Simulate [start, end) hour by hour, land the windows and put labels where the DAG never reads."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     hour = hour_floor(start)
     totals = {"hours": 0, "windows": 0, "anomalous_windows": 0, "files": 0}
     while hour < end:
@@ -129,9 +126,7 @@ def simulate_to_storage(
         landing = plan or LandingPlan(seed=cfg.seed)
         batch = f"simulated/{hour.isoformat()}/{cfg.seed}"  # re-landing a growing current hour replaces it
         totals["files"] += len(land_windows(storage, windows_container, windows, landing, batch=batch))
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pandas(labels, preserve_index=False), sink)
-        storage.write_bytes(labels_container, label_path(hour), sink.getvalue().to_pybytes())
+        storage.write_bytes(labels_container, label_path(hour), parquet_bytes(labels))
         totals["hours"] += 1
         totals["windows"] += len(windows)
         totals["anomalous_windows"] += len(labels)

@@ -14,9 +14,13 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from scoring import config
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +225,31 @@ def open_storage(setting: str | None = None) -> Storage:
         return BlobStorage(setting)
     path = setting[len("file://"):] if setting.startswith("file://") else setting
     return LocalStorage(path)
+
+
+# --- Parquet in and out of blobs: one encoding for staging, partitions, model indexes and labels. ---
+
+def parquet_bytes(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
+    """A frame as one Parquet file's bytes (cast to ``schema`` when given), without the pandas index."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def parquet_frame(data: bytes) -> pd.DataFrame:
+    """The frame in one Parquet file's bytes."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(data)).to_pandas()
+
+
+def read_parquet(storage: Storage, container: str, path: str) -> pd.DataFrame:
+    return parquet_frame(storage.read_bytes(container, path))
 
 
 # --- Where things go. Every blob path of the pipeline is built here and nowhere else. ---

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 
-from scoring.storage import Storage
+from scoring.storage import Storage, parquet_frame
 
 WINDOW = pd.Timedelta(minutes=1)
 HOUR = timedelta(hours=1)
@@ -166,9 +166,7 @@ def parse_window_file(name: str, data: bytes) -> pd.DataFrame:
     lower = name.lower()
     try:
         if lower.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            frame = pq.read_table(io.BytesIO(data)).to_pandas()
+            frame = parquet_frame(data)
         elif lower.endswith(".csv"):
             frame = pd.read_csv(io.BytesIO(data), dtype={"device_id": "string", "tag": "string"})
         elif lower.endswith(".json"):

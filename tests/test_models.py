@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from scoring import models
-from scoring.storage import LocalStorage
+from scoring.storage import LocalStorage, parquet_bytes
 from tests.helpers import fleet_windows
 
 
@@ -85,7 +85,7 @@ def test_index_tampering_is_detected(tmp_path, trained):
     models.register(storage, "models", trained, version="v1", params={}, promote=False)
     frame = models.read_index(storage, "models", "v1")
     frame.loc[0, "sha256"] = "f" * 64
-    storage.write_bytes("models", "versions/v1/models.parquet", models._parquet_bytes(frame))
+    storage.write_bytes("models", "versions/v1/models.parquet", parquet_bytes(frame))
     with pytest.raises(models.ModelIntegrityError, match="does not match"):
         models.read_index(storage, "models", "v1")
 

@@ -8,6 +8,7 @@ import pendulum
 import pytest
 
 from scoring import config, models, pipeline
+from scoring import storage as st
 from scoring.storage import LocalStorage
 from scoring.windows import LandingPlan, land_windows
 from tests.helpers import START, fleet_windows
@@ -81,7 +82,7 @@ def test_plan_shards_groups_sensors_and_quarantines_those_without_model(staged):
     assert [s["sensors"] for s in shards] == [2, 1]
     assert shards[0]["label"] == "shard 0: dev-0000/pressure .. dev-0000/temperature (2 sensors)"
     assert shards[1]["label"] == "dev-0001/temperature"
-    orphans = pipeline._read_parquet(storage, "staging", f"runs/{hour.run_key}/quarantine-plan.parquet")
+    orphans = st.read_parquet(storage, "staging", f"runs/{hour.run_key}/quarantine-plan.parquet")
     assert set(orphans["reason"]) == {"no_model"} and len(orphans) == 60
     one_each = pipeline.plan_shards(hour, summary, model_version="v1", sensors_per_shard=1)
     assert len(one_each) == 3
