@@ -107,7 +107,7 @@ class FakeBatch:
     # --- lifecycle ---
     def start(self) -> FakeBatch:
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _Server(("127.0.0.1", 0), handler)
         threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-batch").start()
         return self
 
@@ -215,6 +215,14 @@ class FakeBatch:
 
     def bodies(self, method: str, path_suffix: str) -> list[dict[str, Any]]:
         return [r["body"] for r in self.requests if r["method"] == method and r["path"].endswith(path_suffix)]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client closing its keep-alive socket is normal
+            super().handle_error(request, client_address)
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

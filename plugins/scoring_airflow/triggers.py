@@ -39,29 +39,33 @@ class BatchTaskTrigger(BaseTrigger):
         return batch.async_client_from_connection(conn)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        # the client is closed before the event is yielded: a single-event trigger is not resumed afterwards
+        async with await self._client() as client:
+            payload = await self._wait(client)
+        yield TriggerEvent(payload)
+
+    async def _wait(self, client) -> dict[str, Any]:
         from scoring import batch
 
         delay, requeues = self.poll_interval, 0
-        async with await self._client() as client:
-            while True:
-                summary = batch.task_summary(await client.get_task(self.job_id, self.batch_task_id))
-                if summary["requeue_count"] > requeues:
-                    requeues = summary["requeue_count"]
-                    self.log.warning("Batch task %s was requeued by Batch (node preempted or lost), %d time(s); "
-                                     "waiting for it to run again", self.batch_task_id, requeues)
-                if summary["state"] == "completed":
-                    yield TriggerEvent({"status": "completed", **summary})
-                    return
-                if self.deadline is not None and time.time() > self.deadline:
-                    self.log.warning("Batch task %s still %s at its deadline: terminating it",
-                                     self.batch_task_id, summary["state"])
-                    await self._terminate(client)
-                    yield TriggerEvent({"status": "timeout", "last_state": summary["state"], **summary})
-                    return
-                self.log.info("Batch task %s/%s is %s; next check in %.0fs",
-                              self.job_id, self.batch_task_id, summary["state"], delay)
-                await asyncio.sleep(delay if self.deadline is None else max(0.0, min(delay, self.deadline - time.time() + 0.01)))
-                delay = min(delay * 2, self.max_poll_interval)
+        while True:
+            summary = batch.task_summary(await client.get_task(self.job_id, self.batch_task_id))
+            if summary["requeue_count"] > requeues:
+                requeues = summary["requeue_count"]
+                self.log.warning("Batch task %s was requeued by Batch (node preempted or lost), %d time(s); "
+                                 "waiting for it to run again", self.batch_task_id, requeues)
+            if summary["state"] == "completed":
+                return {"status": "completed", **summary}
+            if self.deadline is not None and time.time() > self.deadline:
+                self.log.warning("Batch task %s still %s at its deadline: terminating it",
+                                 self.batch_task_id, summary["state"])
+                await self._terminate(client)
+                return {"status": "timeout", "last_state": summary["state"], **summary}
+            self.log.info("Batch task %s/%s is %s; next check in %.1fs",
+                          self.job_id, self.batch_task_id, summary["state"], delay)
+            pause = delay if self.deadline is None else max(0.0, min(delay, self.deadline - time.time() + 0.01))
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, self.max_poll_interval)
 
     async def _terminate(self, client) -> None:
         from azure.core.exceptions import HttpResponseError
