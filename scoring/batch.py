@@ -21,7 +21,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scoring import config
 
 if TYPE_CHECKING:
     from azure.batch import BatchClient
@@ -31,10 +30,6 @@ log = logging.getLogger(__name__)
 #: Batch ids: letters, digits, hyphens and underscores, at most 64 characters.
 MAX_ID = 64
 _NOT_ID = re.compile(r"[^A-Za-z0-9_-]+")
-#: Environment variables a Batch task of the scorer image receives (and nothing else of ours).
-TASK_ENV_NAMES = (config.STORAGE_ENV,)
-#: Task states in which a task may still run; anything else is ``completed``.
-ACTIVE_STATES = {"active", "preparing", "running"}
 FORMULA_ENV = "SCORING_BATCH_AUTOSCALE_FORMULA"
 DEFAULT_FORMULA = Path(__file__).resolve().parent.parent / "infra" / "batch" / "autoscale.formula"
 

@@ -68,6 +68,7 @@ class FakeTask:
         self.runs: list[tuple[float, float | None]] = []  # (start, end) per attempt, time.time()
         self.requeues = 0
         self.terminated = False
+        self.env: dict[str, str] = {}  # the environment its process got
         self.lock = threading.Lock()
 
     def as_json(self, base: str) -> dict[str, Any]:
@@ -145,6 +146,7 @@ class FakeBatch:
                        "AZ_BATCH_JOB_ID": task.job, "AZ_BATCH_TASK_ID": task.id, "AZ_BATCH_NODE_ID": "node-1",
                        "AZ_BATCH_TASK_WORKING_DIR": str(task.dir / "wd")}
                 env |= {s["name"]: s.get("value", "") for s in task.body.get("environmentSettings") or []}
+                task.env = env
                 (task.dir / "wd").mkdir(exist_ok=True)
                 stdout = open(task.dir / "stdout.txt", "ab")
                 stderr = open(task.dir / "stderr.txt", "ab")

@@ -101,8 +101,12 @@ def test_success_and_what_the_sdk_sends(fake, client, settings, shards, azurite,
     assert all("sig=" in url and "se=" in url for url in sas.values())
     assert no_secret_sent(fake)
     assert all(r["headers"]["Authorization"].startswith(f"SharedKey {ACCOUNT}:") for r in fake.requests)
-    # the process saw only its task's environment: no account key, no inherited SCORING_STORAGE
-    assert fake.tasks[("job-1", task["id"])].exit_code == 0
+    ran = fake.tasks[("job-1", task["id"])]
+    assert ran.exit_code == 0 and [t.id for t in client.list_tasks("job-1")] == [task["id"]]
+    # the process got the node's basics and its task's settings, nothing of the test's environment
+    assert set(ran.env) == {"PATH", "HOME", "LANG", "AZ_BATCH_JOB_ID", "AZ_BATCH_TASK_ID", "AZ_BATCH_NODE_ID",
+                            "AZ_BATCH_TASK_WORKING_DIR", "SCORING_STORAGE"}
+    assert STORAGE_KEY not in json.dumps(ran.env)
 
 
 def test_a_wrong_account_key_is_refused_by_the_shared_key_check(fake):

@@ -95,7 +95,7 @@ class ScoreShardOperator(BaseOperator):
             return self._finish(summary, client, setting)
         self.defer(
             trigger=_trigger()(settings.conn_id, submission.job_id, submission.task_id,
-                               deadline=time.time() + timeout.total_seconds() if timeout else None,
+                               deadline=_deadline(ti, timeout),
                                poll_interval=self.poll_interval or settings.poll_s,
                                max_poll_interval=self.max_poll_interval or settings.max_poll_s),
             method_name="execute_complete",
@@ -149,6 +149,16 @@ class ScoreShardOperator(BaseOperator):
         from airflow.providers.microsoft.azure.hooks.batch import AzureBatchHook
 
         return AzureBatchHook(conn_id).get_conn()
+
+
+def _deadline(ti: Any, timeout: timedelta | None) -> float | None:
+    """When the trigger gives up and terminates the Batch task: shortly before Airflow's own execution
+    timeout (counted from the try's start), which would cancel the trigger without a chance to terminate."""
+    if not timeout:
+        return None
+    start = ti.start_date.timestamp() if getattr(ti, "start_date", None) else time.time()
+    margin = min(60.0, timeout.total_seconds() * 0.05)
+    return max(time.time() + 1.0, start + timeout.total_seconds() - margin)
 
 
 def _trigger() -> type:
