@@ -129,7 +129,7 @@ class AzureBatchBackend:
         return batch.submit_shard(
             self.client, self.settings, job=job, shard=shard, spec_uri=spec_uri, spec_version=version,
             try_number=self.try_number, task_env=batch_task_env(storage_setting, containers, self.settings.sas_hours),
-            max_wall_clock=wall, label=label,
+            max_wall_clock=wall, label=label, sweep_prefix=batch.job_prefix("scoring") if self.job is None else None,
         )
 
     def wait(self, job: str, task: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ class BatchSettings:
     formula_path: str = str(DEFAULT_FORMULA)
     poll_s: float = 10.0
     max_poll_s: float = 120.0
+    job_ttl_hours: float = 24.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> BatchSettings:
@@ -76,6 +77,7 @@ class BatchSettings:
             formula_path=get(FORMULA_ENV, d.formula_path),
             poll_s=float(get("SCORING_BATCH_POLL_SECONDS", d.poll_s)),
             max_poll_s=float(get("SCORING_BATCH_MAX_POLL_SECONDS", d.max_poll_s)),
+            job_ttl_hours=float(get("SCORING_BATCH_JOB_TTL_HOURS", d.job_ttl_hours)),
         )
 
 
@@ -88,9 +90,15 @@ def _bounded_id(readable: str, unique_source: str, limit: int = MAX_ID) -> str:
     return f"{slug}-{digest}"
 
 
+def job_prefix(dag_id: str) -> str:
+    """The start of every job id of one DAG: how the sweep of idle jobs finds its own and nobody else's."""
+    return _NOT_ID.sub("-", dag_id).strip("-_")[:24] + "-"
+
+
 def job_id(dag_id: str, run_id: str) -> str:
     """One job per DAG run; the same run always maps to the same job, so a retry finds it again."""
-    return _bounded_id(f"{dag_id}-{run_id}", f"{dag_id}\n{run_id}")
+    prefix = job_prefix(dag_id)
+    return prefix + _bounded_id(run_id, f"{dag_id}\n{run_id}", MAX_ID - len(prefix))
 
 
 def task_id(shard: int, spec_version: str, try_number: int) -> str:
@@ -160,25 +168,67 @@ def ensure_pool(client: BatchClient, settings: BatchSettings) -> bool:
     return True
 
 
-def ensure_job(client: BatchClient, settings: BatchSettings, job: str, *, display_name: str = "") -> str:
-    """Create the run's job if missing (idempotent: mapped shards and retries race to create it)."""
+def ensure_job(client: BatchClient, settings: BatchSettings, job: str, *, display_name: str = "") -> bool:
+    """Create the run's job if missing (idempotent: mapped shards and retries race to create it); True if
+    this call created it. A job already completed (terminated by :func:`finish_idle_jobs` after a day, or by
+    hand) is deleted and created again, so an old run can still be cleared and re-run on Batch."""
     from azure.batch import models as bm
     from azure.core.exceptions import ResourceExistsError
 
+    options = bm.BatchJobCreateOptions(
+        id=job, display_name=display_name[:1024] or None, pool_info=bm.BatchPoolInfo(pool_id=settings.pool_id),
+        # the job stays open: shards of a run are added at different times, so "terminate when all
+        # tasks complete" could close it between two shards
+        all_tasks_complete_mode="noaction",
+    )
     try:
-        client.create_job(bm.BatchJobCreateOptions(
-            id=job, display_name=display_name[:1024] or None, pool_info=bm.BatchPoolInfo(pool_id=settings.pool_id),
-            # the job stays open: shards of a run are added at different times, so "terminate when all
-            # tasks complete" could close it between two shards
-            all_tasks_complete_mode="noaction",
-        ))
+        client.create_job(options)
         log.info("Created Batch job %s on pool %s", job, settings.pool_id)
+        return True
     except ResourceExistsError:
-        state = _enum_text(client.get_job(job).state)
-        if state != "active":
-            raise RuntimeError(f"Batch job {job} is {state}: no task can be added to it; "
-                               "delete the job (az batch job delete) to re-run this DAG run on Batch")
-    return job
+        pass
+    state = _enum_text(client.get_job(job).state)
+    if state == "active":
+        return False
+    if state != "completed":
+        raise RuntimeError(f"Batch job {job} is {state}: no task can be added to it now; retry later")
+    log.info("Batch job %s is completed: deleting and re-creating it for this re-run", job)
+    client.begin_delete_job(job, polling_interval=2).result()
+    try:
+        client.create_job(options)
+    except ResourceExistsError:  # another shard re-created it meanwhile
+        pass
+    return True
+
+
+def finish_idle_jobs(client: BatchClient, prefix: str, older_than: timedelta, *, now: datetime | None = None) -> list[str]:
+    """Terminate this DAG's jobs created more than ``older_than`` ago that have no active or running task.
+
+    Jobs are left open while their run may add shards (see ensure_job), yet every active job counts toward
+    the Batch account's active-jobs quota; each new run's job creation sweeps the old ones.
+    """
+    from azure.core.exceptions import HttpResponseError
+
+    cutoff = (now or datetime.now(timezone.utc)) - older_than
+    finished = []
+    for job in client.list_jobs(select=["id", "state", "creationTime"]):
+        if not job.id.startswith(prefix) or _enum_text(job.state) != "active" or not job.creation_time:
+            continue
+        if job.creation_time > cutoff:
+            continue
+        counts = client.get_job_task_counts(job.id).task_counts
+        if counts.active or counts.running:
+            continue
+        try:
+            # options are required in practice: azure-batch 15.1 fails to build the request without a body
+            client.begin_terminate_job(job.id, {"terminateReason": "IdleAfterRun"},
+                                       polling_interval=2)
+            finished.append(job.id)
+        except HttpResponseError as exc:
+            log.info("Could not terminate Batch job %s: %s", job.id, exc.message)
+    if finished:
+        log.info("Terminated %d idle Batch job(s) older than %s: %s", len(finished), older_than, ", ".join(finished))
+    return finished
 
 
 def shard_command_line(spec_uri: str) -> str:
@@ -225,18 +275,22 @@ class Submission:
 
 def submit_shard(client: BatchClient, settings: BatchSettings, *, job: str, shard: int, spec_uri: str,
                  spec_version: str, try_number: int, task_env: dict[str, str],
-                 max_wall_clock: timedelta | None = None, label: str = "") -> Submission:
+                 max_wall_clock: timedelta | None = None, label: str = "", sweep_prefix: str | None = None) -> Submission:
     """Add this try's task for a shard, after looking at what earlier tries left in the job.
 
     - an earlier try's task that completed with exit code 0: reused, nothing is added (its outputs are there);
     - an earlier try's task that failed, or is still running (the try was cleared or its worker died):
       terminated, deleted and replaced by this try's task;
     - this try's own task already present (the worker died right after adding it): adopted.
+
+    The call that creates the run's job also terminates idle jobs of ``sweep_prefix`` older than
+    ``settings.job_ttl_hours``.
     """
     from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
     ensure_pool(client, settings)
-    ensure_job(client, settings, job, display_name=f"scoring run {job}")
+    if ensure_job(client, settings, job, display_name=f"scoring run {job}") and sweep_prefix:
+        finish_idle_jobs(client, sweep_prefix, timedelta(hours=settings.job_ttl_hours))
     replaced: list[str] = []
     for earlier in previous_task_ids(shard, spec_version, try_number):
         try:

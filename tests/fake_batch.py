@@ -307,6 +307,21 @@ class _Handler(BaseHTTPRequestHandler):
                     if job not in fake.jobs:
                         return self._send(404, _error("JobNotFound", "The specified job does not exist."))
                     return self._send(200, fake.jobs[job])
+                case ("GET", ["jobs"]):
+                    return self._send(200, {"value": list(fake.jobs.values())})
+                case ("DELETE", ["jobs", job]):
+                    if fake.jobs.pop(job, None) is None:
+                        return self._send(404, _error("JobNotFound", "The specified job does not exist."))
+                    for key in [k for k in fake.tasks if k[0] == job]:
+                        fake._kill(fake.tasks.pop(key))
+                    return self._send(202)
+                case ("GET", ["jobs", job, "taskcounts"]):
+                    states = [t.state for (j, _), t in fake.tasks.items() if j == job]
+                    done = [t for (j, _), t in fake.tasks.items() if j == job and t.state == "completed"]
+                    counts = {"active": states.count("active") + states.count("preparing"), "running": states.count("running"),
+                              "completed": len(done), "succeeded": sum(t.exit_code == 0 for t in done),
+                              "failed": sum(t.exit_code != 0 for t in done)}
+                    return self._send(200, {"taskCounts": counts, "taskSlotCounts": counts})
                 case ("POST", ["jobs", job, "terminate"]):
                     if job not in fake.jobs:
                         return self._send(404, _error("JobNotFound", "The specified job does not exist."))

@@ -21,6 +21,7 @@ from azure.core.exceptions import HttpResponseError
 
 from scoring import backends, batch, models, pipeline
 from scoring.azurite import KEY as STORAGE_KEY
+from scoring.storage import open_storage
 from tests.fake_batch import ACCOUNT, KEY, FakeBatch
 from tests.helpers import START, fleet_windows
 
@@ -218,6 +219,37 @@ def test_shards_waiting_in_triggers_run_concurrently_on_batch(fake, client, sett
     assert [e.payload["exit_code"] for e in events] == [0, 0, 0]
     runs = [fake.tasks[(s.job_id, s.task_id)].runs[-1] for s in subs]
     assert max(start for start, _ in runs) < min(end for _, end in runs)  # all three ran at the same time
+
+
+def test_old_idle_jobs_are_terminated_and_a_completed_job_is_recreated_for_a_rerun(fake, client, settings, shards, azurite):
+    from datetime import datetime, timezone
+
+    mine, other = batch.job_prefix("sensor_scoring"), batch.job_prefix("other_dag")
+    old_idle, old_busy, recent = (batch.job_id("sensor_scoring", r) for r in ("old-idle", "old-busy", "recent"))
+    foreign = batch.job_id("other_dag", "old")
+    for job in (old_idle, old_busy, recent, foreign):
+        batch.ensure_job(client, settings, job)
+    long_ago = (datetime.now(timezone.utc) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    for job in (old_idle, old_busy, foreign):
+        fake.jobs[job]["creationTime"] = long_ago
+    busy = batch.task_options(settings, "still-running", "az://s/x/spec.json", {})
+    busy["commandLine"] = "python -c 'import time; time.sleep(60)'"
+    client.create_task(old_busy, busy)
+    fake.wait_for(lambda: fake.tasks[(old_busy, "still-running")].state == "running")
+
+    new_run = batch.job_id("sensor_scoring", "new-run")
+    _, version = backends.shard_facts(open_storage(azurite.connection_string), shards[0]["spec_uri"])
+    batch.submit_shard(client, settings, job=new_run, shard=0, spec_uri=shards[0]["spec_uri"], spec_version=version,
+                       try_number=1, task_env={}, sweep_prefix=mine)
+    states = {job: fake.jobs[job]["state"] for job in (old_idle, old_busy, recent, foreign, new_run)}
+    assert states == {old_idle: "completed", old_busy: "active", recent: "active", foreign: "active", new_run: "active"}
+    assert old_idle.startswith(mine) and foreign.startswith(other) and len(new_run) <= 64
+    assert fake.bodies("POST", f"/jobs/{old_idle}/terminate") == [{"terminateReason": "IdleAfterRun"}]
+
+    # clearing the old run later: its completed job is deleted and created again, then takes tasks
+    assert batch.ensure_job(client, settings, old_idle) is True
+    assert fake.jobs[old_idle]["state"] == "active"
+    assert [r["path"] for r in fake.requests if r["method"] == "DELETE"] == [f"/jobs/{old_idle}"]
 
 
 def test_ids_are_valid_batch_ids_and_stable():

@@ -83,6 +83,7 @@ class ScoreShardOperator(BaseOperator):
             spec_uri=self.shard["spec_uri"], spec_version=version, try_number=ti.try_number,
             task_env=backends.batch_task_env(setting, containers, settings.sas_hours),
             max_wall_clock=timeout * 1.1 if timeout else None, label=self.shard["label"],
+            sweep_prefix=batch.job_prefix(ti.dag_id),
         )
         self._batch = {"job_id": submission.job_id, "task_id": submission.task_id, "conn_id": settings.conn_id}
         urls = batch.output_file_urls(batch.account_url_of(self._connection(settings.conn_id)),
