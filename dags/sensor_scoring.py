@@ -1,9 +1,11 @@
 """Hourly scoring of per-sensor anomaly models. Wiring only: every task is a call into ``scoring``."""
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, PokeReturnValue, get_current_context, task
+from scoring_airflow.operators import ScoreShardOperator  # plugins/: on sys.path wherever Airflow runs
 
 DOC = """
 ### sensor_scoring
@@ -43,7 +45,7 @@ with DAG(
     params={
         "sensors_per_shard": Param(250, type="integer", minimum=1, maximum=100_000, title="Sensors per shard",
                                    description="Sensors scored together in one mapped task; 1 gives one task per sensor."),
-        "backend": Param("local", type="string", enum=["local", "azure_batch"], title="Backend",
+        "backend": Param(os.environ.get("SCORING_BACKEND") or "local", type="string", enum=["local", "azure_batch"], title="Backend",
                          description="Where shards run: in the worker (local) or as Azure Batch tasks."),
         "model_version": Param("production", type="string", minLength=1, title="Model version",
                                description="A model version or alias; the hourly runs use the production alias."),
@@ -87,15 +89,6 @@ with DAG(
         return pipeline.plan_shards(hour, summary, model_version=params["model_version"],
                                     sensors_per_shard=params["sensors_per_shard"])
 
-    @task(map_index_template="{{ shard_label }}", retries=3)
-    def score_shard(shard: dict, params: dict | None = None) -> dict:
-        """Scores one shard on the chosen backend: ``python -m scoring score-shard --spec <uri>``."""
-        from scoring import airflow_glue, backends
-
-        get_current_context()["shard_label"] = shard["label"]
-        backend = backends.get_backend(params["backend"])
-        return backend.run_shard(shard["spec_uri"], storage_setting=airflow_glue.storage_setting())
-
     @task(trigger_rule="none_failed")  # also when no shard was mapped: quarantined rows are committed too
     def commit(summary: dict, results: list[dict] | None = None, params: dict | None = None) -> dict:
         """Checks landed = scored + quarantined + duplicates, then swaps in the hour's partition."""
@@ -107,6 +100,10 @@ with DAG(
         return {"hours": [m["hour"] for m in manifests], "counts": [m["counts"] for m in manifests]}
 
     summary = load_and_validate()
-    results = score_shard.expand(shard=plan_shards(summary))
+    # One mapped instance per shard, named by its sensors; on azure_batch it defers while its Batch task runs.
+    results = ScoreShardOperator.partial(
+        task_id="score_shard", backend="{{ params.backend }}", map_index_template="{{ shard_label }}", retries=3,
+        doc_md="Scores one shard (`python -m scoring score-shard --spec <uri>`) in the worker or as an Azure Batch task.",
+    ).expand(shard=plan_shards(summary)).output
     wait_for_windows() >> summary
     commit(summary, results)
