@@ -40,6 +40,10 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /opt/sens
 COPY --chown=airflow:0 pyproject.toml /opt/sensor-scoring/pyproject.toml
 COPY --chown=airflow:0 scoring/ /opt/sensor-scoring/scoring/
 RUN pip install --no-cache-dir --no-deps /opt/sensor-scoring
+# The Batch pool's autoscale formula is read from a file (scoring.batch); the installed package does not sit
+# beside infra/, so the image says where its copy is.
+COPY --chown=airflow:0 infra/batch/ /opt/sensor-scoring/infra/batch/
+ENV SCORING_BATCH_AUTOSCALE_FORMULA=/opt/sensor-scoring/infra/batch/autoscale.formula
 
 # Baked in for deployments; docker-compose.yaml also bind-mounts them for local development.
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/

@@ -209,10 +209,26 @@ def test_scoring_settings_are_names_the_code_reads():
                 assert key in readable, f"{name}: {key} is not read anywhere in scoring/, plugins/ or dags/"
     batch = {"SCORING_BACKEND", "SCORING_BATCH_CONN_ID", "SCORING_BATCH_POOL_ID", "SCORING_BATCH_VM_SIZE",
              "SCORING_BATCH_MAX_NODES", "SCORING_BATCH_MAX_LOW_PRIORITY_NODES", "SCORING_SCORER_IMAGE",
-             "SCORING_BATCH_SAS_HOURS"}
+             "SCORING_BATCH_SAS_HOURS", "SCORING_BATCH_TASK_SLOTS_PER_NODE", "SCORING_BATCH_NODE_IMAGE",
+             "SCORING_BATCH_NODE_AGENT_SKU"}
     assert batch <= set(SERVICES["airflow-scheduler"]["environment"])
     assert {config.STORAGE_ENV, *(f"SCORING_CONTAINER_{n.upper()}" for n in config.Containers().__dict__)} \
         <= set(SERVICES["simulator"]["environment"])
+
+
+def test_batch_defaults_in_compose_are_the_codes_defaults():
+    """The stack's defaults are what the backend would use with the variable unset (but the image tag)."""
+    from scoring.batch import BatchSettings
+
+    environment = SERVICES["airflow-scheduler"]["environment"]
+    from_compose = BatchSettings.from_env({key: interpolate(value) for key, value in environment.items()
+                                           if isinstance(value, str) and key.startswith("SCORING_")})
+    defaults = BatchSettings()
+    for name in ("conn_id", "pool_id", "vm_size", "max_nodes", "max_low_priority_nodes", "sas_hours",
+                 "node_image", "node_agent_sku", "task_slots_per_node"):
+        assert getattr(from_compose, name) == getattr(defaults, name), name
+    assert from_compose.scorer_image == interpolate(SERVICES["simulator"]["image"])  # the tag compose builds
+    assert interpolate(environment["SCORING_BACKEND"]) == "local"
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------------------
@@ -267,6 +283,13 @@ def test_both_images_install_the_same_lock():
     assert 'os.environ["AIRFLOW_VERSION"]' in install  # and the build checks it still is
     [project] = [r for r in runs(airflow) if r.endswith("/opt/sensor-scoring")]
     assert "--no-deps" in project
+    # the installed package does not sit beside infra/: the image points scoring.batch at its formula copy
+    from scoring.batch import FORMULA_ENV
+
+    [formula] = [a.split("=", 1)[1] for i, a in airflow["steps"] if i == "ENV" and a.startswith(f"{FORMULA_ENV}=")]
+    assert "--chown=airflow:0 infra/batch/ /opt/sensor-scoring/infra/batch/" in copies(airflow)
+    assert formula == "/opt/sensor-scoring/infra/batch/autoscale.formula"
+    assert (REPO / "infra" / "batch" / Path(formula).name).is_file()
 
     build = stages["scorer-build"]
     assert any(c == "requirements-scorer.txt ./" for c in copies(build))
