@@ -2,7 +2,8 @@
 
 The scorer stage of the Dockerfile installs requirements-scorer.txt with --no-deps. Here: that file is exactly
 the lock's lines for the scoring package's dependency closure, and `python -m scoring score-shard` really runs,
-against Azurite, in an interpreter that sees those packages and nothing else (no site-packages, no Airflow).
+against Azurite, in an interpreter that sees those packages and nothing else (no site-packages, no Airflow),
+with only the SAS-URL storage setting the azure_batch backend gives a Batch task.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from scoring import models, pipeline
+from scoring import backends, models, pipeline
 from scoring.windows import land_windows
 from tests.conftest import REPO
 from tests.helpers import START, fleet_windows
@@ -83,9 +84,11 @@ def test_score_shard_runs_with_only_the_scorer_packages(blob, containers, azurit
                                    sensors_per_shard=10)
 
     farm = package_farm(tmp_path)
-    # -S: no site-packages at all; PYTHONPATH is the farm only. The environment is what a Batch task gets.
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(farm), "PYTHONDONTWRITEBYTECODE": "1",
-           "SCORING_STORAGE": azurite.connection_string,
+    # -S: no site-packages at all; PYTHONPATH is the farm only. The environment is what the azure_batch backend
+    # gives a Batch task: SAS URLs for models (read) and staging (read/write), no account key.
+    task_env = backends.batch_task_env(azurite.connection_string, containers.__dict__, sas_hours=1)
+    assert "AccountKey" not in json.dumps(task_env)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(farm), "PYTHONDONTWRITEBYTECODE": "1", **task_env,
            **{key: value for key, value in os.environ.items() if key.startswith("SCORING_CONTAINER_")}}
     isolated = [sys.executable, "-S"]
     probe = subprocess.run(isolated + ["-c", "import airflow"], env=env, capture_output=True, text=True, cwd=tmp_path)
