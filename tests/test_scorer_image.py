@@ -11,6 +11,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -54,6 +55,26 @@ def test_a_closure_member_missing_from_the_lock_is_refused(tmp_path):
     lock.write_text("numpy>=2\n")
     with pytest.raises(ValueError, match="not an exact pin"):
         scorer_requirements.lock_lines(lock)
+
+
+def test_every_scorer_package_has_a_wheel_the_slim_image_can_install():
+    """The scorer stage installs with --only-binary (no compiler there). The lock's environment was installed from
+    wheels; their tags say a wheel of that exact version exists for CPython 3.11 on glibc Linux x86_64, and that its
+    glibc floor is met by python:3.11-slim (Debian 12 ships glibc 2.36, later releases newer)."""
+    for line in pinned_lines(REPO / "requirements-scorer.txt"):
+        tags = [t.split(": ", 1)[1] for t in (importlib.metadata.distribution(line.split("==")[0]).read_text("WHEEL")
+                                              or "").splitlines() if t.startswith("Tag: ")]
+        assert tags, f"{line}: not installed from a wheel"
+        usable = False
+        for tag in tags:
+            python, abi, platform = tag.split("-")
+            if platform == "any" and "py3" in python.split("."):
+                usable = True
+            match = re.fullmatch(r"manylinux_(\d+)_(\d+)_x86_64|manylinux(1|2010|2014)_x86_64", platform)
+            if match and python == "cp311" and abi in ("cp311", "abi3"):
+                glibc = (int(match.group(1)), int(match.group(2))) if match.group(1) else (2, 17)
+                usable = usable or glibc <= (2, 36)
+        assert usable, f"{line}: wheel tags {tags} do not fit CPython 3.11 on python:3.11-slim"
 
 
 def package_farm(root: Path) -> Path:
