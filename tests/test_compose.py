@@ -64,8 +64,16 @@ def test_services_follow_airflows_official_layout_and_each_has_an_image_or_a_bui
         if "build" in service:
             assert service["build"]["context"] == "." and service["build"]["target"] in stages, name
         image = interpolate(service.get("image", ""))
-        if image and "build" not in service and not image.startswith("sensor-scoring-"):
+        if image.startswith("sensor-scoring-"):  # a local tag: built here, or compose would try to pull it
+            assert "build" in service, f"{name} uses the local image {image} without building it"
+        elif image:
             assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest"), f"{name}: {image}"
+    # one tag, one build target: services sharing an image build it identically
+    targets: dict[str, set[str]] = {}
+    for service in SERVICES.values():
+        if "build" in service:
+            targets.setdefault(interpolate(service["image"]), set()).add(service["build"]["target"])
+    assert all(len(t) == 1 for t in targets.values()), targets
     for name, command in AIRFLOW_COMPONENTS.items():
         assert SERVICES[name]["command"] == command
         assert SERVICES[name]["build"]["target"] == "airflow"
