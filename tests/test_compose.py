@@ -179,6 +179,7 @@ def test_connections_are_created_at_startup_with_the_right_types(settings):
     assert smtp.extra_dejson["disable_tls"] is True and smtp.extra_dejson["disable_ssl"] is True
     webhook = parsed["scoring_alert_webhook"]
     assert (webhook.schema, webhook.host, webhook.port) == ("http", "webhook-sink", 8000)
+    assert webhook.extra_dejson == {"endpoint": "/alerts"}  # the path; the alert code posts to it
     assert {smtp.host, webhook.host} <= set(SERVICES)
 
 
