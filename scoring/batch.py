@@ -55,7 +55,8 @@ class BatchSettings:
     task_slots_per_node: int = 1
     container_run_options: str = "--rm"
     formula_path: str = str(DEFAULT_FORMULA)
-    extra_env: dict[str, str] = field(default_factory=dict)
+    poll_s: float = 10.0
+    max_poll_s: float = 120.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> BatchSettings:
@@ -78,6 +79,8 @@ class BatchSettings:
             node_agent_sku=get("SCORING_BATCH_NODE_AGENT_SKU", d.node_agent_sku),
             task_slots_per_node=int(get("SCORING_BATCH_TASK_SLOTS_PER_NODE", d.task_slots_per_node)),
             formula_path=get(FORMULA_ENV, d.formula_path),
+            poll_s=float(get("SCORING_BATCH_POLL_SECONDS", d.poll_s)),
+            max_poll_s=float(get("SCORING_BATCH_MAX_POLL_SECONDS", d.max_poll_s)),
         )
 
 

@@ -22,6 +22,12 @@ class ShardOutputsLink(BaseOperatorLink):
 
     name = "Shard outputs"
 
+    @property
+    def xcom_key(self) -> str:
+        # the API server resolves links from the serialized DAG by (name, xcom_key) alone: the operator
+        # pushes the URL under this key while it runs
+        return XCOM_KEY
+
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         url = XCom.get_value(key=XCOM_KEY, ti_key=ti_key)
         return str(url) if url else ""

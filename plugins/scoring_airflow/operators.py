@@ -10,10 +10,6 @@ from airflow.sdk import BaseOperator, Context
 
 from scoring_airflow.links import XCOM_KEY, ShardOutputsLink
 
-#: Polling of a Batch task by the trigger: first check after this many seconds, then doubling up to the max.
-DEFAULT_POLL = 10.0
-DEFAULT_MAX_POLL = 120.0
-
 
 class ScoreShardOperator(BaseOperator):
     """Scores one shard: ``python -m scoring score-shard --spec <uri>``, where ``backend`` says.
@@ -30,7 +26,7 @@ class ScoreShardOperator(BaseOperator):
     ui_color = "#e8f4fd"
 
     def __init__(self, *, shard: dict[str, Any], backend: str = "local", batch_timeout: timedelta | None = None,
-                 poll_interval: float = DEFAULT_POLL, max_poll_interval: float = DEFAULT_MAX_POLL, **kwargs: Any) -> None:
+                 poll_interval: float | None = None, max_poll_interval: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.shard = shard
         self.backend = backend
@@ -100,7 +96,8 @@ class ScoreShardOperator(BaseOperator):
         self.defer(
             trigger=_trigger()(settings.conn_id, submission.job_id, submission.task_id,
                                deadline=time.time() + timeout.total_seconds() if timeout else None,
-                               poll_interval=self.poll_interval, max_poll_interval=self.max_poll_interval),
+                               poll_interval=self.poll_interval or settings.poll_s,
+                               max_poll_interval=self.max_poll_interval or settings.max_poll_s),
             method_name="execute_complete",
         )
 
