@@ -3,6 +3,7 @@
 No Event Hub is reachable from the build machines. The producer below has the methods (and keyword names) of
 ``EventHubProducerClient`` that ``scoring.eventhub`` calls, checked against the SDK's signatures, and hands out the
 SDK's own ``EventDataBatch`` objects, so batch sizing and partition keys are the SDK's AMQP accounting, not ours.
+One test uses the real ``EventHubProducerClient`` itself, with the link size preset and only ``send_batch`` recorded.
 """
 from __future__ import annotations
 
@@ -220,3 +221,22 @@ def test_cli_refuses_a_bad_connection_string_with_a_message_not_a_traceback():
     follow_alone = subprocess.run([sys.executable, "-m", "scoring", "simulate", "--start", START.isoformat(),
                                    "--follow", "10"], capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
     assert follow_alone.returncode != 0 and "--follow streams to an Event Hub" in follow_alone.stderr
+
+
+def test_the_real_clients_create_batch_sizes_the_batches_from_the_link():
+    """The SDK's own EventHubProducerClient.create_batch, told the link's size as the service would (no network):
+    only send_batch is replaced, by a recorder."""
+    client = eventhub.target_from(CONN, "readings").open()
+    client._max_message_size_on_link = 256 * 1024  # what a Basic-tier hub announces on the link (Standard: 1 MB)
+    sent: list[EventDataBatch] = []
+    client.send_batch = sent.append
+    cfg = SimulationConfig(devices=3, tags=3, seed=2)
+    with client:
+        totals = eventhub.send_simulated(client, cfg, START, START + timedelta(hours=1))
+        with pytest.raises(ValueError, match="too large"):  # the real client refuses more than the link allows
+            eventhub.send_readings(client, simulated(cfg, START, START + timedelta(minutes=1)), max_batch_bytes=10**6)
+    assert totals["events"] == 3 * 3 * 360 == sum(len(batch) for batch in sent)
+    assert all(batch.max_size_in_bytes == 256 * 1024 >= batch.size_in_bytes for batch in sent)
+    for batch in sent:
+        devices = {json.loads(event.body_as_str())["device_id"] for event in batch._internal_events}
+        assert len(devices) == 1 and batch._partition_key == devices.pop()
