@@ -335,7 +335,7 @@ def test_the_scorer_image_is_small_non_root_and_runs_the_batch_command_line():
 def test_dockerignore_keeps_local_state_out_but_not_what_the_images_copy():
     ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
-    assert {".git", ".venv", "tools/azurite/node_modules"} <= set(ignored)
+    assert {".git", ".venv", "tools/azurite/node_modules", ".env", "pool.json"} <= set(ignored)  # .env holds keys
     copied = {"requirements.txt", "requirements-scorer.txt", "pyproject.toml", "scoring", "dags", "plugins"}
     assert not copied & {line.rstrip("/") for line in ignored}
 
