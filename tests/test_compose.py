@@ -342,39 +342,69 @@ def test_dockerignore_keeps_local_state_out_but_not_what_the_images_copy():
 
 # --- the simulator service's loop, run for real ----------------------------------------------------------------
 
+FAKE_DATE = """#!{python}
+# `date` for the simulator loop: `date -u +FMT` answers the next of $FAKE_TIMES (then the last one again);
+# `date -u -d "-N hours" +FMT` is relative to the first. Calls are counted in $FAKE_STATE.
+import datetime, os, sys
+args = sys.argv[1:]
+fmt = next(a for a in args if a.startswith("+"))[1:]
+times = [datetime.datetime.fromisoformat(t) for t in os.environ["FAKE_TIMES"].split(",")]
+if "-d" in args:
+    moment = times[0] + datetime.timedelta(hours=int(args[args.index("-d") + 1].split()[0]))
+else:
+    state = os.environ["FAKE_STATE"]
+    calls = int(open(state).read()) if os.path.exists(state) else 0
+    moment = times[min(calls, len(times) - 1)]
+    open(state, "w").write(str(calls + 1))
+print(moment.strftime(fmt))
+"""
+
+
 @pytest.mark.azurite
-def test_simulator_service_script_lands_the_backfill_and_the_current_hour(blob, containers, azurite, tmp_path):
+def test_simulator_service_loop_lands_backfill_current_hour_and_the_end_of_each_hour(blob, containers, azurite, tmp_path):
+    """The service's own shell script, its clock replaced: rounds at 10:58:50 and 11:00:05 would leave the window
+    ending 10:59 unlanded (more than a minute between rounds) unless the loop lands an ended hour whole."""
+    import pandas as pd
+
+    from scoring.windows import folders_for_interval, read_landed
+
     service = SERVICES["simulator"]
     assert service["entrypoint"] == ["/bin/sh", "-c"]
     script = interpolate(service["command"][0])
     shim = tmp_path / "bin"
     shim.mkdir()
-    # the image's `python` is the scorer virtualenv's; here, the test environment's
-    (shim / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    (shim / "python").chmod(0o755)
+    (shim / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # the image's python
+    (shim / "date").write_text(FAKE_DATE.format(python=sys.executable))
+    for tool in shim.iterdir():
+        tool.chmod(0o755)
+    state = tmp_path / "date-calls"
     env = {"PATH": f"{shim}:{os.environ['PATH']}", "SCORING_STORAGE": azurite.connection_string,
            "SIMULATOR_DEVICES": "2", "SIMULATOR_TAGS": "1", "SIMULATOR_BACKFILL_HOURS": "1",
-           "SIMULATOR_INTERVAL_SECONDS": "1", "PYTHONPATH": str(REPO),
+           "SIMULATOR_INTERVAL_SECONDS": "0", "PYTHONPATH": str(REPO), "FAKE_STATE": str(state),
+           "FAKE_TIMES": "2026-11-24T10:58:50,2026-11-24T10:58:50,2026-11-24T11:00:05",
            **{k: v for k, v in os.environ.items() if k.startswith("SCORING_CONTAINER_")}}
     log = tmp_path / "simulator.log"
     with log.open("w") as out:
         process = subprocess.Popen(["/bin/sh", "-c", script], env=env, cwd=tmp_path, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline, hours = time.monotonic() + 180, set()
-        while time.monotonic() < deadline and process.poll() is None:
-            hours = {info.name[:13] for info in blob.list(containers.windows)}  # YYYY/MM/DD/HH folders
-            if "failed" in log.read_text():
+        deadline = time.monotonic() + 180
+        # call 1: the backfill's end; 2: the round at 10:58:50; 3: 11:00:05; 4: the next round has started
+        while time.monotonic() < deadline and process.poll() is None and "failed" not in log.read_text():
+            if state.exists() and int(state.read_text() or 0) >= 4:
                 break
-            if len(hours) >= 2 and "landing the current hour" in log.read_text():
-                time.sleep(3)  # a few more rounds of the loop
-                break
-            time.sleep(1)
+            time.sleep(0.5)
         assert process.poll() is None, "the simulator loop exited: " + log.read_text()
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
     output = log.read_text()
-    assert "simulator: backfilling the last 1 hours" in output, output
-    assert "failed" not in output, output
-    assert len(hours) >= 2, output  # the backfilled hour and the current one
+    assert "simulator: backfilling the last 1 hours" in output and "failed" not in output, output
+
+    start = pd.Timestamp("2026-11-24T09:00Z")
+    windows, _ = read_landed(blob, containers.windows, folders_for_interval(start, start + pd.Timedelta(hours=3)))
+    ends = windows.drop_duplicates(["device_id", "tag", "window_end"]).groupby(
+        windows["window_end"].dt.floor("h"))["window_end"].count()
+    # 09:00 (backfill) and 10:00 whole, 60 windows x 2 sensors each, including 10:59; 11:00 up to 11:00:05
+    assert ends.to_dict() == {start: 120, start + pd.Timedelta(hours=1): 120, start + pd.Timedelta(hours=2): 2}
+    assert not windows.duplicated(["device_id", "tag", "window_end"]).any()  # re-landings replaced, not added
