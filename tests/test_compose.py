@@ -3,7 +3,7 @@
 What would break a `docker compose up` or a build, or silently diverge from the code, is asserted on the parsed
 files: services and their images, health-gated start order, mounts, the Airflow connections (parsed by Airflow
 itself), the settings' names against what the code reads, and that both images install the one lock. The
-simulator service's shell loop is run for real against Azurite.
+simulator service's shell loop is run for real against Azurite, and the alert sinks' commands for real on loopback.
 """
 from __future__ import annotations
 
@@ -338,6 +338,59 @@ def test_dockerignore_keeps_local_state_out_but_not_what_the_images_copy():
     assert {".git", ".venv", "tools/azurite/node_modules", ".env", "pool.json"} <= set(ignored)  # .env holds keys
     copied = {"requirements.txt", "requirements-scorer.txt", "pyproject.toml", "scoring", "dags", "plugins"}
     assert not copied & {line.rstrip("/") for line in ignored}
+
+
+# --- the alert sinks, run for real (on a free port instead of their fixed in-network one) ---------------------
+
+def run_sink(name: str, port_in_compose: str, tmp_path: Path, started: list[subprocess.Popen]):
+    from scoring.azurite import free_port, port_open
+
+    port = free_port()
+    command = [part.replace(port_in_compose, str(port)).replace("0.0.0.0", "127.0.0.1")
+               for part in SERVICES[name]["entrypoint"]]
+    assert command[0] == "python"
+    command[0] = sys.executable  # the Airflow image's python: the lock's packages (aiosmtpd among them)
+    log = tmp_path / f"{name}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    started.append(process)
+    deadline = time.monotonic() + 30
+    while not port_open("127.0.0.1", port):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    return port, log
+
+
+def test_the_alert_sinks_receive_what_the_connections_send(tmp_path):
+    import smtplib
+    import urllib.request
+    from email.message import EmailMessage
+
+    started: list[subprocess.Popen] = []
+    try:
+        mail_port, mail_log = run_sink("mail-sink", "1025", tmp_path, started)
+        hook_port, hook_log = run_sink("webhook-sink", "8000", tmp_path, started)
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = "airflow@sensor-scoring.local", "oncall@x", "task_failed"
+        message.set_content("score_shard failed")
+        with smtplib.SMTP("127.0.0.1", mail_port, timeout=10) as smtp:
+            smtp.send_message(message)
+        request = urllib.request.Request(f"http://127.0.0.1:{hook_port}/alerts", data=b'{"event": "task_failed"}',
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 204
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not ("score_shard failed" in mail_log.read_text()
+                                                   and "task_failed" in hook_log.read_text()):
+            time.sleep(0.2)
+    finally:
+        for process in started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+    assert "Subject: task_failed" in mail_log.read_text() and "score_shard failed" in mail_log.read_text()
+    assert 'webhook /alerts: {"event": "task_failed"}' in hook_log.read_text()
 
 
 # --- the simulator service's loop, run for real ----------------------------------------------------------------
