@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="simulate sensors and land their 1-minute windows")
     sim.add_argument("--devices", type=int, default=10)
     sim.add_argument("--tags", type=int, default=3, help="sensors per device (1-8)")
-    sim.add_argument("--start", required=True, help="ISO time, UTC if no offset; floored to the hour")
+    sim.add_argument("--start", required=True, help="ISO time, UTC if no offset; floored to the hour when landing "
+                     "windows, exact when sending readings")
     sim.add_argument("--end", default=None, help="ISO time; windows ending before it are simulated (required "
                      "unless --follow)")
     sim.add_argument("--seed", type=int, default=0)
