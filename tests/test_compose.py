@@ -219,7 +219,7 @@ def test_scoring_settings_are_names_the_code_reads():
     batch = {"SCORING_BACKEND", "SCORING_BATCH_CONN_ID", "SCORING_BATCH_POOL_ID", "SCORING_BATCH_VM_SIZE",
              "SCORING_BATCH_MAX_NODES", "SCORING_BATCH_MAX_LOW_PRIORITY_NODES", "SCORING_SCORER_IMAGE",
              "SCORING_BATCH_SAS_HOURS", "SCORING_BATCH_TASK_SLOTS_PER_NODE", "SCORING_BATCH_NODE_IMAGE",
-             "SCORING_BATCH_NODE_AGENT_SKU"}
+             "SCORING_BATCH_NODE_AGENT_SKU", "SCORING_BATCH_POLL_SECONDS", "SCORING_BATCH_MAX_POLL_SECONDS"}
     assert batch <= set(SERVICES["airflow-scheduler"]["environment"])
     assert {config.STORAGE_ENV, *(f"SCORING_CONTAINER_{n.upper()}" for n in config.Containers().__dict__)} \
         <= set(SERVICES["simulator"]["environment"])
@@ -234,7 +234,7 @@ def test_batch_defaults_in_compose_are_the_codes_defaults():
                                            if isinstance(value, str) and key.startswith("SCORING_")})
     defaults = BatchSettings()
     for name in ("conn_id", "pool_id", "vm_size", "max_nodes", "max_low_priority_nodes", "sas_hours",
-                 "node_image", "node_agent_sku", "task_slots_per_node"):
+                 "node_image", "node_agent_sku", "task_slots_per_node", "poll_s", "max_poll_s"):
         assert getattr(from_compose, name) == getattr(defaults, name), name
     assert from_compose.scorer_image == interpolate(SERVICES["simulator"]["image"])  # the tag compose builds
     assert interpolate(environment["SCORING_BACKEND"]) == "local"
