@@ -1,11 +1,15 @@
-# Images of the project (FIRST DRAFT: not yet built on CI; to be hardened).
+# syntax=docker/dockerfile:1
+# Images of the project. Not built on the project's build machines (they have no Docker engine):
+# tests/test_compose.py checks this file's structure, and tests/test_scorer_image.py runs the scorer's exact
+# package set (requirements-scorer.txt) without Docker. See docs/deploy-azure.md, "What was tested, and how".
 #
-#   docker build --target airflow -t sensor-scoring-airflow .   # Airflow 3.3.2 + the lock + scoring + dags
+#   docker build --target airflow -t sensor-scoring-airflow .   # Airflow 3.3.2 + the lock + scoring + dags + plugins
 #   docker build --target scorer  -t sensor-scoring-scorer  .   # slim image for Azure Batch shard tasks
 #
 # Without --target the last stage (scorer) is built. docker-compose.yaml builds both targets.
-# BuildKit is assumed (the default builder since Docker 23); see the plugins COPY below.
-
+# Base images are pinned by tag (the Airflow release and the Python minor of the lock). Pin them by digest too
+# (FROM image:tag@sha256:...) where the registry can be reached: the digests could not be looked up or
+# verified from the build machines, and a made-up digest would be worse than none.
 
 # ---------------------------------------------------------------------------------------------------
 # airflow: the official Airflow image plus this project's lock, package, dags and plugins.
@@ -20,15 +24,15 @@ USER airflow
 
 # The lock alone first, so that code changes do not re-run the long install.
 COPY --chown=airflow:0 requirements.txt /opt/sensor-scoring/requirements.txt
-# The lock is installed as-is, as the airflow user (the base image sets PIP_USER, so it lands in
-# ~airflow/.local). This does not upgrade or downgrade Airflow: requirements.txt pins
-# apache-airflow==3.3.2 (and apache-airflow-core / apache-airflow-task-sdk) itself, which is the version
-# of this base image, so pip keeps the installed Airflow and only moves the other packages to the
-# versions the project tested together. "apache-airflow==${AIRFLOW_VERSION}" (AIRFLOW_VERSION is set by the
-# base image) is the pattern of Airflow's image docs: should the base tag and the lock ever disagree, pip
-# fails here on the conflicting pins instead of quietly installing another Airflow.
-# Packages of the base image that the lock does not name (other providers, FAB, psycopg2) are left alone.
-RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /opt/sensor-scoring/requirements.txt
+# Airflow's documented pattern for a requirements file ("Adding packages from requirements.txt" in the
+# docker-stack docs): install it together with "apache-airflow==${AIRFLOW_VERSION}" (AIRFLOW_VERSION is set
+# by the base image), as the airflow user. The lock pins apache-airflow==3.3.2 itself, the version of this
+# base tag, so pip keeps the installed Airflow and moves only the other packages to the versions tested
+# together; should the base tag and the lock ever disagree, pip fails here on the conflicting pins instead
+# of quietly installing another Airflow. The check after it makes that a hard guarantee.
+# Packages of the base image the lock does not name (other providers, FAB, psycopg2) are left alone.
+RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /opt/sensor-scoring/requirements.txt \
+ && python -c 'import os, airflow; v = airflow.__version__; assert v == os.environ["AIRFLOW_VERSION"], v'
 
 # The project itself, without dependencies: every one of them came from the lock above.
 # (README.md, named as readme in pyproject.toml, is not copied: it only feeds the long description, and
@@ -36,57 +40,49 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /opt/sens
 COPY --chown=airflow:0 pyproject.toml /opt/sensor-scoring/pyproject.toml
 COPY --chown=airflow:0 scoring/ /opt/sensor-scoring/scoring/
 RUN pip install --no-cache-dir --no-deps /opt/sensor-scoring
+# The Batch pool's autoscale formula is read from a file (scoring.batch); the installed package does not sit
+# beside infra/, so the image says where its copy is.
+COPY --chown=airflow:0 infra/batch/ /opt/sensor-scoring/infra/batch/
+ENV SCORING_BATCH_AUTOSCALE_FORMULA=/opt/sensor-scoring/infra/batch/autoscale.formula
 
+# Baked in for deployments; docker-compose.yaml also bind-mounts them for local development.
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/
-# plugins/ holds no file yet, and git does not keep an empty directory, so a fresh clone has no plugins/
-# and a plain "COPY plugins/" would fail there. The one-character wildcard makes the source optional
-# (BuildKit allows a wildcard that matches nothing); when plugins/ exists, its contents are copied.
-COPY --chown=airflow:0 plugin[s] /opt/airflow/plugins/
+COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
 
 
 # ---------------------------------------------------------------------------------------------------
-# scorer-build: a virtualenv with only what `python -m scoring score-shard` imports, at the lock's versions.
+# scorer-build: a virtualenv with only what `python -m scoring score-shard` needs, at the lock's versions.
 # ---------------------------------------------------------------------------------------------------
 FROM python:3.11-slim AS scorer-build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    PIP_NO_CACHE_DIR=1 \
-    PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv
+    PIP_NO_CACHE_DIR=1
+# A virtualenv without pip of its own: the base image's pip installs into it (pip --python), so the final
+# image carries the packages and no installer.
+RUN python -m venv --without-pip /opt/venv
 WORKDIR /src
 
-COPY requirements.txt ./
-# Subset of the lock: the five direct dependencies of the shard path (numpy, pandas, pyarrow, scikit-learn,
-# azure-storage-blob), with the whole lock as a *constraints* file. pip then resolves their dependencies
-# itself and every version comes from the lock. This was chosen over the two alternatives:
-#  - a `grep -E` of pins out of requirements.txt would have to name every transitive dependency by hand
-#    (18 of them today: scipy, joblib, threadpoolctl, narwhals, cloudpickle, azure-core, requests, cryptography,
-#    cffi, ...), in the lock's own spelling; a new dependency in a later lock would be silently missed, or
-#    installed unpinned;
-#  - installing all of requirements.txt would put Airflow and ~200 packages into a Batch task image.
-# The check after the install makes the subset provably "from the same lock": it fails the build if any
-# installed distribution is not pinned in requirements.txt at exactly that version (names compared
-# case- and separator-insensitively). --only-binary: the slim image has no compiler, so fail fast instead
-# of trying to build an sdist.
-RUN pip install --only-binary=:all: -c requirements.txt \
-        numpy pandas pyarrow scikit-learn azure-storage-blob \
- && sed -e 's/[[:space:]]*#.*$//' -e '/^[[:space:]]*$/d' requirements.txt | tr 'A-Z_.' 'a-z--' > /tmp/lock-pins.txt \
- && pip freeze --all | tr 'A-Z_.' 'a-z--' | grep -vE '^(pip|setuptools|wheel)==' > /tmp/installed.txt \
- && if grep -vxF -f /tmp/lock-pins.txt /tmp/installed.txt; then \
-        echo "^ installed but not pinned at this version in requirements.txt" >&2; exit 1; \
-    fi
+# requirements-scorer.txt is the scorer's part of the lock: the dependency closure of pyproject.toml's
+# dependencies, each line exactly as pinned in requirements.txt (generated by tools/scorer_requirements.py,
+# kept in step by tests/test_scorer_image.py). Installed with --no-deps, nothing is resolved here: the
+# versions are the lock's, and `pip check` fails the build if the closure were ever incomplete.
+# --only-binary: the slim image has no compiler, so fail fast instead of trying to build an sdist.
+COPY requirements-scorer.txt ./
+RUN pip --python /opt/venv/bin/python install --no-deps --only-binary=:all: -r requirements-scorer.txt \
+ && pip --python /opt/venv/bin/python check
 
 # The project, without dependencies (all installed above); the import check runs isolated (-I) so that it
 # imports the installed package, not ./scoring.
 COPY pyproject.toml ./
 COPY scoring/ ./scoring/
-RUN pip install --no-deps . \
- && python -I -c "import scoring.pipeline, scoring.simulate"
+RUN pip --python /opt/venv/bin/python install --no-deps . \
+ && /opt/venv/bin/python -I -c "import scoring.cli, scoring.pipeline, scoring.storage"
 
 
 # ---------------------------------------------------------------------------------------------------
-# scorer: what an Azure Batch task runs: `score-shard --spec az://...` (also used by the compose simulator).
+# scorer: what an Azure Batch task runs (`python -m scoring score-shard --spec az://...`); the compose
+# simulator uses it too. No compiler, no pip in its virtualenv, not root.
 # ---------------------------------------------------------------------------------------------------
 FROM python:3.11-slim AS scorer
 
@@ -102,6 +98,9 @@ RUN groupadd --system --gid 10001 scorer \
 USER 10001:10001
 WORKDIR /home/scorer
 
-# Storage comes from SCORING_STORAGE (a connection string), container names from SCORING_CONTAINER_*.
-ENTRYPOINT ["python", "-m", "scoring"]
-CMD ["--help"]
+# No ENTRYPOINT on purpose: a Batch container task's command line is the full command
+# (`python -m scoring score-shard --spec az://...`, the same as the local backend's), and an ENTRYPOINT
+# would receive it as arguments. `docker run IMAGE` alone prints the CLI's help.
+# Storage reaches the task only through its environment (SAS URLs from the azure_batch backend, or
+# SCORING_STORAGE); container names come from SCORING_CONTAINER_*.
+CMD ["python", "-m", "scoring", "--help"]

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 AZURITE_DIR := tools/azurite
 
-.PHONY: demo test install lock bench clean
+.PHONY: demo test install lock scorer-requirements bench clean
 
 demo: install
 	$(PY) -m scoring demo
@@ -32,6 +32,12 @@ lock:
 	.lock-venv/bin/pip install --quiet --upgrade pip && .lock-venv/bin/pip install --quiet -r requirements.in
 	.lock-venv/bin/pip freeze > requirements.lock.new && rm -rf .lock-venv
 	@echo "review requirements.lock.new, keep the comments of requirements.txt, then replace it"
+	@echo "and run make scorer-requirements"
+
+# Re-derive requirements-scorer.txt (the scorer image's part of the lock) after the lock changed; make test fails
+# until it matches.
+scorer-requirements: install
+	$(PY) tools/scorer_requirements.py
 
 bench: install
 	$(PY) bench/bench_scoring.py
