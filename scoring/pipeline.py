@@ -6,6 +6,7 @@ per shard) through XCom; the data itself stays in the staging container.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -65,6 +66,35 @@ QUARANTINE_SCHEMA = pa.schema([
     (REASON_COLUMN, pa.string()),
     ("run_id", pa.string()),
 ])
+
+
+class StorageUnavailable(RuntimeError):
+    """Blob storage stayed unreachable through the whole retry budget of a call."""
+
+
+def names_storage_outages(step):  # type: ignore[no-untyped-def]
+    """Say plainly when a step failed because storage stayed away, instead of a bare socket error."""
+
+    @functools.wraps(step)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return step(*args, **kwargs)
+        except Exception as exc:
+            from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
+            if not isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+                raise
+            first = args[0] if args else None
+            storage = getattr(first, "storage", first)
+            where = storage.describe() if hasattr(storage, "describe") else "blob storage"
+            retries = getattr(storage, "retry_total", "?")
+            raise StorageUnavailable(
+                f"{step.__name__}: {where} is unreachable after {retries} retries with exponential backoff "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). Check the storage account and the "
+                f"network; the budget is set by {st.RETRIES_ENV} and {st.RETRY_BACKOFF_ENV}."
+            ) from exc
+
+    return wrapper
 
 
 class AccountingError(RuntimeError):
@@ -145,6 +175,7 @@ def hours_of(start: datetime, end: datetime) -> list[datetime]:
     return out
 
 
+@names_storage_outages
 def windows_landed(hour: Hour, *, late_folders: int, settle_minutes: float, now: datetime | None = None) -> tuple[bool, str]:
     """Has the interval's output landed? Stream Analytics gives no end-of-hour marker, so:
 
@@ -226,6 +257,7 @@ def _hour_key(moment: pd.Timestamp | datetime) -> str:
     return pd.Timestamp(moment).to_pydatetime().isoformat()
 
 
+@names_storage_outages
 def load_and_validate(hour: Hour, *, late_folders: int = 1,
                       max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE) -> dict[str, object]:
     """Read the interval's folders, keep the windows it owns, validate them with the suite, stage the result.
@@ -348,6 +380,7 @@ def _corrupt_file_hour(name: str, hour: Hour) -> datetime:
     return hour.end - HOUR
 
 
+@names_storage_outages
 def plan_shards(hour: Hour, summary: dict[str, object], *, model_version: str, sensors_per_shard: int) -> list[dict[str, object]]:
     """Group sensors with a model into shards of ``sensors_per_shard``, one input blob and spec per shard.
 
@@ -408,6 +441,7 @@ def shard_label(number: int, members: pd.DataFrame) -> str:
     return f"shard {number}: {first} .. {last} ({len(members)} sensors)"
 
 
+@names_storage_outages
 def score_shard(storage: Storage, spec_uri: str) -> dict[str, object]:
     """The work of one shard, the same wherever it runs: load its models, score, write outputs.
 
@@ -490,6 +524,7 @@ def _quarantine_files(storage: Storage, hour: Hour, part: str, corrupt: list[dic
     return listed
 
 
+@names_storage_outages
 def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str, object]]) -> list[dict[str, object]]:
     """Check the accounting, then replace each hour's predictions and quarantine partitions.
 
