@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -541,3 +542,61 @@ def test_model_file_that_would_run_code_is_refused_and_nothing_runs(env, tmp_pat
     unsafe.write_bytes(_npz_with_payload(str(live)) if kind == "npz-object-array" else pickle.dumps(_Payload(str(live))))
     subprocess.run([sys.executable, "-c", probe, str(unsafe)], check=True, timeout=60, cwd=os.path.dirname(__file__) + "/..")
     assert live.exists()
+
+
+# --- 8. Through the DAG: a threshold breach fails the run at once, without retries. ---
+
+@pytest.mark.airflow
+def test_dag_run_fails_without_retries_above_the_threshold(env, sensor_dag, capfd):
+    env.land("0_bad_1.json", _bad_batch(env, 30))
+    began = time.monotonic()
+    run = sensor_dag.test(logical_date=HOUR + H, run_conf={"max_quarantine_share": 0.1, "settle_minutes": 0})
+    elapsed = time.monotonic() - began
+    assert str(run.state) == "failed"
+    states = {ti.task_id: (str(ti.state), ti.try_number) for ti in run.get_task_instances()}
+    assert states["load_and_validate"] == ("failed", 1)  # AirflowFailException: no retry wait
+    assert states["commit"][0] == "upstream_failed"
+    assert elapsed < 60  # a retry would have waited at least retry_delay (1 min)
+    out = capfd.readouterr()
+    assert "30 of 270 windows (11.1%) failed validation (negative_std 30); above max_quarantine_share 10.0%" in out.out + out.err
+    assert not env.blob.list(env.containers.predictions)
+
+
+# --- 9. Secrets: a real, never-published account key must not show up anywhere a run leaves text. ---
+
+@pytest.mark.airflow
+def test_account_key_is_in_no_log_xcom_rendered_field_or_manifest(sensor_dag, containers, trained, hour_windows,
+                                                                   tmp_path, monkeypatch, capfd, caplog):
+    import base64
+    import secrets
+
+    from tests.test_end_to_end import run_records
+
+    account, key = "scoringleak", base64.b64encode(secrets.token_bytes(64)).decode()
+    monkeypatch.setenv("AZURITE_ACCOUNTS", f"{account}:{key}")  # a dedicated Azurite that knows only this key
+    server = Azurite(tmp_path / "azurite-secret").start()
+    try:
+        endpoint = f"http://{server.host}:{server.port}/{account}"
+        blob = BlobStorage(f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};BlobEndpoint={endpoint};")
+        monkeypatch.setattr(models, "PACK_SIZE", 2)
+        models.register(blob, containers.models, trained, version="v1", params={}, promote=True)
+        land_windows(blob, containers.windows, hour_windows, LandingPlan(late_share=0.0))
+        monkeypatch.setenv(config.STORAGE_ENV, str(tmp_path / "not-used"))
+        monkeypatch.setenv("AIRFLOW_CONN_SCORING_STORAGE", json.dumps(
+            {"conn_type": "wasb", "login": account, "password": key, "host": endpoint}))
+        with caplog.at_level("DEBUG"):  # everything any logger says, the SDK's included
+            run = sensor_dag.test(logical_date=HOUR + H, run_conf={"settle_minutes": 0, "sensors_per_shard": 2})
+        assert str(run.state) == "success"
+        out = capfd.readouterr()
+        logs = [p.read_text(errors="replace") for p in Path(os.environ["AIRFLOW_HOME"], "logs").rglob("*") if p.is_file()]
+        blobs = [blob.read_bytes(c, b.name).decode() for c in (containers.predictions, containers.quarantine, containers.staging)
+                 for b in blob.list(c) if b.name.endswith(".json")]
+        texts = {"captured output": out.out + out.err + caplog.text, **{f"log file {i}": t for i, t in enumerate(logs)},
+                 **{f"record {i}": t for i, t in enumerate(run_records(run.run_id))},
+                 **{f"blob {i}": t for i, t in enumerate(blobs)}}
+        assert "[shard]" in texts["captured output"]  # the shard processes' output was captured and scanned
+        assert len(blobs) >= 3 and len(texts) > 8
+        leaks = [where for where, text in texts.items() if key in text or key[:24] in text or "AccountKey" in text]
+        assert leaks == []
+    finally:
+        server.stop()
