@@ -225,13 +225,19 @@ def folder_hour(source_file: str) -> datetime | None:
     return datetime(*map(int, match.groups()), tzinfo=timezone.utc) if match else None  # type: ignore[misc]
 
 
+def _folder_hours(files: pd.Series) -> pd.Series:
+    """``folder_hour`` of each row's source file, computed once per distinct file (an hour has few files)."""
+    hours = {name: folder_hour(str(name)) for name in pd.unique(files.dropna())}
+    return pd.to_datetime(files.map(hours), utc=True)
+
+
 def partition_hours(frame: pd.DataFrame, start: datetime, end: datetime) -> pd.Series:
     """The hour partition each row belongs to: its window_end's hour inside [start, end), else the hour of
     the folder it landed in (a stray window or one without window_end is kept where it was found)."""
     ends = frame["window_end"]
     inside = (ends >= pd.Timestamp(start)) & (ends < pd.Timestamp(end))
     by_window = ends.dt.floor("h")
-    by_folder = pd.to_datetime(frame[SOURCE_COLUMN].map(folder_hour), utc=True)
+    by_folder = _folder_hours(frame[SOURCE_COLUMN])
     return by_window.where(inside.fillna(False).astype(bool), by_folder).astype("datetime64[ns, UTC]")
 
 
@@ -245,7 +251,7 @@ def select_hour_rows(windows: pd.DataFrame, start: datetime, end: datetime, late
     """
     ends = windows["window_end"]
     inside = ((ends >= pd.Timestamp(start)) & (ends < pd.Timestamp(end))).fillna(False).astype(bool)
-    folder = pd.to_datetime(windows[SOURCE_COLUMN].map(folder_hour), utc=True)
+    folder = _folder_hours(windows[SOURCE_COLUMN])
     own = (folder >= pd.Timestamp(start)) & (folder < pd.Timestamp(end))
     own_hour = ends.dt.floor("h")
     claimed = (folder >= own_hour) & (folder <= own_hour + pd.Timedelta(hours=late_folders))
@@ -255,6 +261,11 @@ def select_hour_rows(windows: pd.DataFrame, start: datetime, end: datetime, late
 
 def _hour_key(moment: pd.Timestamp | datetime) -> str:
     return pd.Timestamp(moment).to_pydatetime().isoformat()
+
+
+def _count_by_hour(hours: pd.Series) -> Counter:
+    """Rows per partition hour, keyed by ISO hour (counted first, converted once per hour)."""
+    return Counter({_hour_key(h): int(n) for h, n in hours.value_counts(dropna=False).items() if not pd.isna(h)})
 
 
 @names_storage_outages
@@ -287,8 +298,8 @@ def load_and_validate(hour: Hour, *, late_folders: int = 1,
                              st.parquet_bytes(quarantined, QUARANTINE_SCHEMA))
 
     landed_hours = partition_hours(landed, hour.start, hour.end)
-    per_hour_landed = Counter(landed_hours.map(_hour_key))
-    dup_hours = Counter(landed_hours.loc[checked.duplicate_index].map(_hour_key)) if checked.duplicates else Counter()
+    per_hour_landed = _count_by_hour(landed_hours)
+    dup_hours = _count_by_hour(landed_hours.loc[checked.duplicate_index]) if checked.duplicates else Counter()
     q_hours = partition_hours(checked.quarantined, hour.start, hour.end).map(_hour_key) if len(checked.quarantined) else pd.Series(dtype=object)
     interval_hours = [h.isoformat() for h in hours_of(hour.start, hour.end)]
     corrupt = [{**c, "hour": _corrupt_file_hour(str(c["file"]), hour).isoformat()} for c in read.corrupt]
