@@ -5,7 +5,7 @@ sensors the hour holds. For each hour size S the hour is staged as ``load_and_va
 (``valid.parquet`` in the run's staging folder), models are registered for all S sensors, the real
 ``pipeline.plan_shards`` cuts the hour into shards of a fixed size, and the first, middle and last shard are
 each run as the real shard command, ``python -m scoring score-shard --spec <uri>``, in a fresh child process.
-The child's peak resident set (``ru_maxrss`` from ``os.wait4`` for that very child) is recorded; each shard is
+The child's peak resident set (``ru_maxrss`` from ``os.wait4``, taken by a small launcher: see LAUNCHER) is recorded; each shard is
 run ``--repeats`` times and the median is reported. A second series keeps the hour at 10k sensors and varies
 the shard size. A floor is measured too: a child that only imports what the shard command imports.
 
@@ -88,18 +88,26 @@ def register_for(storage: LocalStorage, container: str, sensors: pd.DataFrame, b
     models.register(storage, container, clones, version=version, params={"bench": "clones"}, promote=False)
 
 
+#: A small launcher runs each measured command and reports its child's peak RSS. Why not measure from here:
+#: Linux charges a child the RSS high-water mark of the process it was forked from (kept across exec), so a
+#: child forked by this big benchmark process would report this process's size. Forked from the launcher
+#: (about 10 MiB), the shard's figure is its own.
+LAUNCHER = """
+import os, subprocess, sys, time
+began = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss, time.perf_counter() - began)
+"""
+
+
 def child_peak_rss(command: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(peak RSS in MiB, wall seconds) of one child process, from the kernel's accounting of that child."""
-    began = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.stderr:
-        proc.stderr.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{command} exited {proc.returncode}: {err[-2000:]}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - began  # Linux reports KiB
+    """(peak RSS in MiB, wall seconds) of one run of ``command``, as the kernel accounts that process."""
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *command], env=env, capture_output=True, text=True)
+    code, kib, wall = done.stdout.split()
+    if done.returncode != 0 or int(code) != 0:
+        raise RuntimeError(f"{command} exited {code}: {done.stderr[-2000:]}")
+    return int(kib) / 1024, float(wall)  # Linux reports KiB
 
 
 def measure_hour(root: Path, sensors: int, shard_size: int, repeats: int, base: list[models.TrainedModel]) -> dict:
@@ -141,7 +149,7 @@ def measure_hour(root: Path, sensors: int, shard_size: int, repeats: int, base: 
 
 
 def measure_floor(repeats: int) -> float:
-    probe = [sys.executable, "-c", "import scoring.cli, scoring.pipeline, scoring.models, scoring.scorer, sklearn"]
+    probe = [sys.executable, "-c", "import scoring.cli, scoring.pipeline, scoring.storage"]  # the shard's imports
     return round(statistics.median(child_peak_rss(probe, dict(os.environ))[0] for _ in range(repeats)), 1)
 
 
