@@ -31,8 +31,6 @@ from scoring.windows import (
     SOURCE_COLUMN,
     WINDOW,
     folders_for_interval,
-    read_landed,
-    select_interval,
 )
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from scoring import storage as st
 from scoring.azurite import Azurite
 from scoring.backends import LocalBackend, ShardFailed, shard_command
 from scoring.storage import BlobStorage
-from scoring.windows import WINDOW_COLUMNS, LandingPlan, WindowSchemaError, land_windows, to_asa_json_lines
+from scoring.windows import WINDOW_COLUMNS, LandingPlan, WindowSchemaError, land_windows
 from tests.helpers import START, fleet_windows
 
 pytestmark = [pytest.mark.azurite]
