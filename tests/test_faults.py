@@ -355,16 +355,36 @@ sys.exit(cli.main(["score-shard", "--spec", sys.argv[1]]))
 """
 
 
-def test_shard_killed_mid_write_and_retried_leaves_one_copy_of_each_row(env, azurite):
+KILL_MID_UPLOAD = """
+import os, signal, sys
+from scoring import cli, storage
+write = storage.BlobStorage.write_bytes
+def dying_write(self, container, path, data):
+    if not path.endswith("predictions.parquet"):
+        return write(self, container, path, data)
+    blob = self._client.get_blob_client(container, path)
+    blob.stage_block("YmxvY2stMDAwMDA=", data[: len(data) // 2])  # half the file is staged as a block ...
+    os.kill(os.getpid(), signal.SIGKILL)  # ... and the worker dies before committing the block list
+storage.BlobStorage.write_bytes = dying_write
+sys.exit(cli.main(["score-shard", "--spec", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("script,partial_output", [
+    pytest.param(KILL_AFTER_PREDICTIONS, True, id="between-outputs"),
+    pytest.param(KILL_MID_UPLOAD, False, id="mid-upload"),
+])
+def test_shard_killed_mid_write_and_retried_leaves_one_copy_of_each_row(env, azurite, script, partial_output):
     hour = env.hour()
     summary = pipeline.load_and_validate(hour)
     shards = pipeline.plan_shards(hour, summary, model_version="production", sensors_per_shard=2)
     victim = shards[0]["spec_uri"]
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_PREDICTIONS, victim], capture_output=True, timeout=120)
+    killed = subprocess.run([sys.executable, "-c", script, victim], capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL
     out_container, out_prefix = st.parse_uri(victim.rsplit("/", 1)[0] + "/")
-    assert env.blob.exists(out_container, out_prefix + "predictions.parquet")  # a partial try's output
-    assert not env.blob.exists(out_container, out_prefix + "result.json")  # ... never marked complete
+    # between outputs: a complete predictions blob of the dead try; mid-upload: nothing (uncommitted blocks are invisible)
+    assert env.blob.exists(out_container, out_prefix + "predictions.parquet") is partial_output
+    assert not env.blob.exists(out_container, out_prefix + "result.json")  # never marked complete
     # the retry: the same command on the local backend overwrites the same paths
     results = [LocalBackend().run_shard(s["spec_uri"], storage_setting=azurite.connection_string) for s in shards]
     [manifest] = pipeline.commit(hour, summary, results)
