@@ -567,8 +567,16 @@ def test_model_file_that_would_run_code_is_refused_and_nothing_runs(env, tmp_pat
 # --- 8. Through the DAG: a threshold breach fails the run at once, without retries. ---
 
 @pytest.mark.airflow
-def test_dag_run_fails_without_retries_above_the_threshold(env, sensor_dag, capfd):
-    env.land("0_bad_1.json", _bad_batch(env, 30))
+@pytest.mark.parametrize("fault,message", [
+    pytest.param("threshold", "30 of 270 windows (11.1%) failed validation (negative_std 30); above max_quarantine_share 10.0%",
+                 id="above-threshold"),
+    pytest.param("structure", f"{FOLDER}0_x_1.csv: missing required column(s) value_std", id="missing-column"),
+])
+def test_dag_run_fails_without_retries_on_bad_data(env, sensor_dag, capfd, caplog, fault, message):
+    if fault == "threshold":
+        env.land("0_bad_1.json", _bad_batch(env, 30))
+    else:
+        env.land("0_x_1.csv", _csv([window_row(env)], drop="value_std"))
     began = time.monotonic()
     run = sensor_dag.test(logical_date=HOUR + H, run_conf={"max_quarantine_share": 0.1, "settle_minutes": 0})
     elapsed = time.monotonic() - began
@@ -578,7 +586,7 @@ def test_dag_run_fails_without_retries_above_the_threshold(env, sensor_dag, capf
     assert states["commit"][0] == "upstream_failed"
     assert elapsed < 60  # a retry would have waited at least retry_delay (1 min)
     out = capfd.readouterr()
-    assert "30 of 270 windows (11.1%) failed validation (negative_std 30); above max_quarantine_share 10.0%" in out.out + out.err
+    assert message in out.out + out.err + caplog.text
     assert not env.blob.list(env.containers.predictions)
 
 
