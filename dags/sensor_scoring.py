@@ -24,6 +24,16 @@ windows selected by `window_end`.
 - `wait_for_windows` timed out: Stream Analytics stopped writing. Check the job and the `windows` folders.
 - `plan_shards` says no model alias: train and promote (`python -m scoring train ... --promote`).
 - a `score_shard` failed: its log shows the shard command and output; clearing it re-runs only that shard.
+- `load_and_validate` failed without retries: the input is wrong. "above max_quarantine_share": too many
+  windows failed validation; the message names the counts per reason, the report
+  (`az://staging/runs/<run>/validation.json`) and the failing rows; fix the input or re-run with a higher
+  `max_quarantine_share`. "missing required column" / "column X cannot be read": the named file breaks the
+  window contract. Rules and reasons: `docs/faults.md`.
+- Corrupt or truncated files do not fail the run: each is quarantined whole and listed in the manifest's
+  `quarantined_files` (copy under `quarantine/.../files/`); the rest of the hour is scored.
+- An hour with no windows commits an empty partition with manifest `status: "empty"` and a warning in the
+  `load_and_validate` and `commit` logs; it does not fail (the sensor already waits for landed files).
+- Late windows (after the hour was committed): re-run or backfill the hour; its partition is replaced.
 - `commit` refused the accounting: a shard output is missing or stale; clear the run to redo the hour.
 - Re-running or backfilling an hour is safe: its partition is replaced, one row per window.
 """
@@ -57,6 +67,10 @@ with DAG(
                               description="Hour folders after the interval also searched for late windows."),
         "settle_minutes": Param(5, type="number", minimum=0, title="Settle minutes",
                                 description="With no later folder yet, the hour counts as landed after this quiet time."),
+        "max_quarantine_share": Param(0.1, type="number", minimum=0, maximum=1, title="Max quarantine share",
+                                      description="Per hour, the largest share of landed windows that may fail "
+                                                  "validation; above it the run fails (no retries) and nothing is "
+                                                  "committed. 1 never fails."),
     },
     tags=["scoring", "anomaly-detection", "azure"],
     doc_md=DOC,
@@ -78,7 +92,9 @@ with DAG(
         from scoring import airflow_glue, pipeline
 
         hour = airflow_glue.hour_for(get_current_context(), params or {})
-        return pipeline.load_and_validate(hour, late_folders=params["late_folders"])
+        with airflow_glue.fail_without_retry_on_bad_data():
+            return pipeline.load_and_validate(hour, late_folders=params["late_folders"],
+                                              max_quarantine_share=params["max_quarantine_share"])
 
     @task
     def plan_shards(summary: dict, params: dict | None = None) -> list[dict]:

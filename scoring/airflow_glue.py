@@ -6,7 +6,8 @@ Airflow installed (the CLI and Batch image do not need it).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -72,3 +73,18 @@ def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
 def _run_after(context: Mapping[str, Any]) -> datetime | None:
     dag_run = context.get("dag_run")
     return getattr(dag_run, "run_after", None) if dag_run is not None else None
+
+
+@contextmanager
+def fail_without_retry_on_bad_data() -> Iterator[None]:
+    """Turn errors about the input (a broken file structure, too many failing windows) into a task failure
+    without retries: the data will not change by retrying, and the failure alert should fire at once."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from scoring.pipeline import DataError
+    from scoring.windows import WindowSchemaError
+
+    try:
+        yield
+    except (DataError, WindowSchemaError) as exc:
+        raise AirflowFailException(str(exc)) from exc

@@ -6,6 +6,7 @@ per shard) through XCom; the data itself stays in the staging container.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -30,8 +31,6 @@ from scoring.windows import (
     SOURCE_COLUMN,
     WINDOW,
     folders_for_interval,
-    read_landed,
-    select_interval,
 )
 
 log = logging.getLogger(__name__)
@@ -65,6 +64,35 @@ QUARANTINE_SCHEMA = pa.schema([
     (REASON_COLUMN, pa.string()),
     ("run_id", pa.string()),
 ])
+
+
+class StorageUnavailable(RuntimeError):
+    """Blob storage stayed unreachable through the whole retry budget of a call."""
+
+
+def names_storage_outages(step):  # type: ignore[no-untyped-def]
+    """Say plainly when a step failed because storage stayed away, instead of a bare socket error."""
+
+    @functools.wraps(step)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return step(*args, **kwargs)
+        except Exception as exc:
+            from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
+            if not isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+                raise
+            first = args[0] if args else None
+            storage = getattr(first, "storage", first)
+            where = storage.describe() if hasattr(storage, "describe") else "blob storage"
+            retries = getattr(storage, "retry_total", "?")
+            raise StorageUnavailable(
+                f"{step.__name__}: {where} is unreachable after {retries} retries with exponential backoff "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). Check the storage account and the "
+                f"network; the budget is set by {st.RETRIES_ENV} and {st.RETRY_BACKOFF_ENV}."
+            ) from exc
+
+    return wrapper
 
 
 class AccountingError(RuntimeError):
@@ -145,6 +173,7 @@ def hours_of(start: datetime, end: datetime) -> list[datetime]:
     return out
 
 
+@names_storage_outages
 def windows_landed(hour: Hour, *, late_folders: int, settle_minutes: float, now: datetime | None = None) -> tuple[bool, str]:
     """Has the interval's output landed? Stream Analytics gives no end-of-hour marker, so:
 
@@ -174,26 +203,142 @@ def _quarantine_frame(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     return out
 
 
-def load_and_validate(hour: Hour, *, late_folders: int = 1) -> dict[str, object]:
-    """Read the interval's folders, keep windows ending in the interval, check them, stage the result."""
+#: Default of the DAG param ``max_quarantine_share``: above this share of an hour's landed windows failing
+#: validation, the run fails (and alerts) instead of committing.
+DEFAULT_MAX_QUARANTINE_SHARE = 0.1
+_FOLDER = re.compile(r"^(\d{4})/(\d{2})/(\d{2})/(\d{2})/")
+
+
+class DataError(ValueError):
+    """The input is wrong, not the infrastructure: retrying cannot help, so the task fails without retries."""
+
+
+class ValidationThresholdError(DataError):
+    """Too large a share of an hour's windows failed validation; the report and rows are kept in staging."""
+
+
+def folder_hour(source_file: str) -> datetime | None:
+    """The hour of the Stream Analytics folder (``YYYY/MM/DD/HH/``) a file landed in."""
+    match = _FOLDER.match(source_file)
+    return datetime(*map(int, match.groups()), tzinfo=timezone.utc) if match else None  # type: ignore[misc]
+
+
+def _folder_hours(files: pd.Series) -> pd.Series:
+    """``folder_hour`` of each row's source file, computed once per distinct file (an hour has few files)."""
+    hours = {name: folder_hour(str(name)) for name in pd.unique(files.dropna())}
+    return pd.to_datetime(files.map(hours), utc=True)
+
+
+def partition_hours(frame: pd.DataFrame, start: datetime, end: datetime) -> pd.Series:
+    """The hour partition each row belongs to: its window_end's hour inside [start, end), else the hour of
+    the folder it landed in (a stray window or one without window_end is kept where it was found)."""
+    ends = frame["window_end"]
+    inside = (ends >= pd.Timestamp(start)) & (ends < pd.Timestamp(end))
+    by_window = ends.dt.floor("h")
+    by_folder = _folder_hours(frame[SOURCE_COLUMN])
+    return by_window.where(inside.fillna(False).astype(bool), by_folder).astype("datetime64[ns, UTC]")
+
+
+def select_hour_rows(windows: pd.DataFrame, start: datetime, end: datetime, late_folders: int) -> pd.DataFrame:
+    """The rows this run owns: window_end in [start, end) from any folder read, plus strays of its own folders.
+
+    A stray sits in one of the interval's own folders but no run will ever read it there: its window_end is
+    missing, or its hour's run (which reads that hour's folder and ``late_folders`` more) does not reach this
+    folder. Strays are validated (and quarantined as ``window_outside_interval`` or ``null_key``) by this run,
+    so that nothing landed is silently skipped by every hour. Assumes every run uses the same late_folders.
+    """
+    ends = windows["window_end"]
+    inside = ((ends >= pd.Timestamp(start)) & (ends < pd.Timestamp(end))).fillna(False).astype(bool)
+    folder = _folder_hours(windows[SOURCE_COLUMN])
+    own = (folder >= pd.Timestamp(start)) & (folder < pd.Timestamp(end))
+    own_hour = ends.dt.floor("h")
+    claimed = (folder >= own_hour) & (folder <= own_hour + pd.Timedelta(hours=late_folders))
+    stray = own.fillna(False).astype(bool) & ~inside & ~claimed.fillna(False).astype(bool)
+    return windows.loc[inside | stray].reset_index(drop=True)
+
+
+def _hour_key(moment: pd.Timestamp | datetime) -> str:
+    return pd.Timestamp(moment).to_pydatetime().isoformat()
+
+
+def _count_by_hour(hours: pd.Series) -> Counter:
+    """Rows per partition hour, keyed by ISO hour (counted first, converted once per hour)."""
+    return Counter({_hour_key(h): int(n) for h, n in hours.value_counts(dropna=False).items() if not pd.isna(h)})
+
+
+@names_storage_outages
+def load_and_validate(hour: Hour, *, late_folders: int = 1,
+                      max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE) -> dict[str, object]:
+    """Read the interval's folders, keep the windows it owns, validate them with the suite, stage the result.
+
+    Corrupt files are set aside whole (listed in the summary and later the manifest); a file with a broken
+    structure raises ``WindowSchemaError`` naming file and column. Per hour, if the share of landed windows
+    failing validation exceeds ``max_quarantine_share``, ``ValidationThresholdError`` is raised after the
+    validation report and the failing rows are staged, so that the failed run shows why.
+    """
+    from scoring.expectations import ROW_REASONS, SUITE_NAME, SchemaViolation, load_bounds
+    from scoring.windows import WindowSchemaError, read_landed_files
+
     folders = folders_for_interval(hour.start, hour.end, late_folders=late_folders)
-    landed_all, files = read_landed(hour.storage, hour.containers.windows, folders)
-    landed = select_interval(landed_all, hour.start, hour.end)
-    checked = check_windows(landed)
+    read = read_landed_files(hour.storage, hour.containers.windows, folders)
+    landed = select_hour_rows(read.windows, hour.start, hour.end, late_folders)
+    bounds = load_bounds()
+    try:
+        checked = check_windows(landed, hour.start, hour.end, bounds)
+    except SchemaViolation as exc:
+        files = sorted(set(landed[SOURCE_COLUMN].dropna()))
+        raise WindowSchemaError(f"{exc} in the windows of {', '.join(files[:5])}{' ...' if len(files) > 5 else ''}") from exc
     prefix = st.staging_prefix(hour.run_key)
     staging = hour.containers.staging
+    quarantined = _quarantine_frame(checked.quarantined, hour.run_id)
     hour.storage.write_bytes(staging, prefix + "valid.parquet", st.parquet_bytes(checked.valid))
-    hour.storage.write_bytes(
-        staging, prefix + "quarantine-validate.parquet",
-        st.parquet_bytes(_quarantine_frame(checked.quarantined, hour.run_id), QUARANTINE_SCHEMA),
-    )
-    per_hour_landed = Counter(landed["window_end"].dt.floor("h").map(lambda t: t.isoformat()))
+    hour.storage.write_bytes(staging, prefix + "quarantine-validate.parquet",
+                             st.parquet_bytes(quarantined, QUARANTINE_SCHEMA))
+
+    landed_hours = partition_hours(landed, hour.start, hour.end)
+    per_hour_landed = _count_by_hour(landed_hours)
+    dup_hours = _count_by_hour(landed_hours.loc[checked.duplicate_index]) if checked.duplicates else Counter()
+    q_hours = partition_hours(checked.quarantined, hour.start, hour.end).map(_hour_key) if len(checked.quarantined) else pd.Series(dtype=object)
+    interval_hours = [h.isoformat() for h in hours_of(hour.start, hour.end)]
+    corrupt = [{**c, "hour": _corrupt_file_hour(str(c["file"]), hour).isoformat()} for c in read.corrupt]
+    reports = {}
+    for h in interval_hours:
+        rows = checked.quarantined.loc[(q_hours == h).to_numpy()] if len(checked.quarantined) else checked.quarantined
+        reasons = Counter(r for joined in rows[REASON_COLUMN] for r in str(joined).split(";")) if len(rows) else Counter()
+        failing = len(rows)
+        share = failing / per_hour_landed[h] if per_hour_landed[h] else 0.0
+        reports[h] = {
+            "suite": SUITE_NAME,
+            "hour": h,
+            "run_id": hour.run_id,
+            "landed": per_hour_landed[h],
+            "duplicates": dup_hours[h],
+            "failing_rows": failing,
+            "failing_share": round(share, 6),
+            "max_quarantine_share": max_quarantine_share,
+            "threshold_exceeded": share > max_quarantine_share,
+            "failing_rows_by_reason": {r: reasons[r] for r in ROW_REASONS if reasons[r]},
+            "quarantined_files": [c for c in corrupt if c["hour"] == h],
+            "empty_files": [f for f in read.empty if (folder_hour(f) or hour.start).isoformat() == h],
+        }
+    report = {
+        "suite": SUITE_NAME,
+        "run_id": hour.run_id,
+        "interval": {"start": hour.start.isoformat(), "end": hour.end.isoformat()},
+        "evaluated_rows": int(len(landed) - checked.duplicates),
+        "seconds": round(checked.seconds, 3),
+        "physical_bounds": bounds.as_dict(),
+        "expectations": checked.expectations,
+        "hours": reports,
+    }
+    report_uri = st.make_uri(staging, prefix + "validation.json")
+    hour.storage.write_bytes(staging, prefix + "validation.json", json.dumps(report, indent=2, default=str).encode())
     summary = {
         "run_id": hour.run_id,
         "run_key": hour.run_key,
         "start": hour.start.isoformat(),
         "end": hour.end.isoformat(),
-        "files_read": len(files),
+        "files_read": len(read.files),
         "folders": folders,
         "landed": len(landed),
         "landed_by_hour": dict(per_hour_landed),
@@ -202,15 +347,49 @@ def load_and_validate(hour: Hour, *, late_folders: int = 1) -> dict[str, object]
         "quarantined": len(checked.quarantined),
         "quarantine_reasons": dict(Counter(checked.quarantined[REASON_COLUMN])) if len(checked.quarantined) else {},
         "sensors": int(checked.valid[["device_id", "tag"]].drop_duplicates().shape[0]),
+        "quarantined_files": corrupt,
+        "empty_files": read.empty,
+        "max_quarantine_share": max_quarantine_share,
+        "validation_report": report_uri,
     }
     log.info(
-        "Read %d file(s) in %s: %d window(s) end in [%s, %s); %d valid, %d quarantined %s, %d duplicate(s) collapsed",
-        len(files), ", ".join(folders), len(landed), hour.start.isoformat(), hour.end.isoformat(),
+        "Read %d file(s) in %s: %d window(s) owned by [%s, %s); %d valid, %d quarantined %s, %d duplicate(s) collapsed",
+        len(read.files), ", ".join(folders), len(landed), hour.start.isoformat(), hour.end.isoformat(),
         len(checked.valid), len(checked.quarantined), summary["quarantine_reasons"], checked.duplicates,
     )
+    log.info("Validation (great-expectations suite %s, %d expectations, %.2f s): %s", SUITE_NAME,
+             len(checked.expectations), checked.seconds,
+             "; ".join(f"{h}: {r['failing_rows']}/{r['landed']} failing {r['failing_rows_by_reason'] or ''}"
+                       for h, r in reports.items()))
+    for c in corrupt:
+        log.warning("Quarantined corrupt file %s (%d bytes): %s", c["file"], c["bytes"], c["error"])
+    for h, r in reports.items():
+        if not r["landed"]:
+            log.warning("Hour %s: no windows landed%s; it will be committed as an empty partition (status empty)", h,
+                        f" ({len(r['quarantined_files'])} corrupt file(s))" if r["quarantined_files"] else "")
+    over = {h: r for h, r in reports.items() if r["threshold_exceeded"]}
+    if over:
+        detail = "; ".join(f"hour {h}: {r['failing_rows']} of {r['landed']} windows ({r['failing_share']:.1%}) failed "
+                           f"validation ({', '.join(f'{k} {v}' for k, v in r['failing_rows_by_reason'].items())})"
+                           for h, r in over.items())
+        raise ValidationThresholdError(
+            f"{detail}; above max_quarantine_share {max_quarantine_share:.1%}. Nothing was committed. "
+            f"Validation report: {report_uri}; failing rows: {st.make_uri(staging, prefix + 'quarantine-validate.parquet')}. "
+            "Fix the input and re-run the hour, or re-run with a higher max_quarantine_share to score the rest."
+        )
     return summary
 
 
+def _corrupt_file_hour(name: str, hour: Hour) -> datetime:
+    """A corrupt file is listed under its folder's hour if the run owns it, else under the run's last hour
+    (a late folder: the file may hold this interval's late windows)."""
+    found = folder_hour(name)
+    if found is not None and hour.start <= found < hour.end:
+        return found
+    return hour.end - HOUR
+
+
+@names_storage_outages
 def plan_shards(hour: Hour, summary: dict[str, object], *, model_version: str, sensors_per_shard: int) -> list[dict[str, object]]:
     """Group sensors with a model into shards of ``sensors_per_shard``, one input blob and spec per shard.
 
@@ -271,6 +450,7 @@ def shard_label(number: int, members: pd.DataFrame) -> str:
     return f"shard {number}: {first} .. {last} ({len(members)} sensors)"
 
 
+@names_storage_outages
 def score_shard(storage: Storage, spec_uri: str) -> dict[str, object]:
     """The work of one shard, the same wherever it runs: load its models, score, write outputs.
 
@@ -324,6 +504,36 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+VALIDATION_FILE = "_validation.json"
+
+
+def _staged_report(storage: Storage, staging: str, prefix: str) -> dict[str, object]:
+    """The run's validation report, staged by load_and_validate (absent for runs staged before it existed)."""
+    try:
+        return json.loads(storage.read_bytes(staging, prefix + "validation.json"))
+    except FileNotFoundError:
+        return {}
+
+
+def _quarantine_files(storage: Storage, hour: Hour, part: str, corrupt: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Copy each corrupt file of the hour beside its quarantine partition (under ``files/``), kept byte for byte."""
+    storage.delete_prefix(hour.containers.quarantine, part + "files/")
+    listed = []
+    for entry in corrupt:
+        name = str(entry["file"])
+        try:
+            data = storage.read_bytes(hour.containers.windows, name)
+            copy = part + "files/" + name
+            storage.write_bytes(hour.containers.quarantine, copy, data)
+            where = st.make_uri(hour.containers.quarantine, copy)
+        except FileNotFoundError:
+            where = None  # deleted from windows since it was read; the manifest still names it
+        listed.append({"file": name, "bytes": entry["bytes"], "sha256": entry["sha256"], "error": entry["error"],
+                       "reason": "corrupt_file", "copy": where})
+    return listed
+
+
+@names_storage_outages
 def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str, object]]) -> list[dict[str, object]]:
     """Check the accounting, then replace each hour's predictions and quarantine partitions.
 
@@ -361,7 +571,8 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
         finally:
             for writer in writers.values():
                 writer.close()
-        q_hour = quarantine["window_end"].dt.floor("h")
+        q_hour = partition_hours(quarantine, hour.start, hour.end)
+        report = _staged_report(storage, staging, prefix)
         committed_at = datetime.now(timezone.utc).isoformat()
         for h in hours:
             part = st.partition_prefix(h)
@@ -370,6 +581,18 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
             q_rows = quarantine.loc[q_hour == pd.Timestamp(h)]
             storage.write_bytes(hour.containers.quarantine, part + st.PARTITION_FILE, st.parquet_bytes(q_rows, QUARANTINE_SCHEMA))
             landed = int(summary["landed_by_hour"].get(h.isoformat(), 0))  # type: ignore[union-attr]
+            hour_report = (report.get("hours") or {}).get(h.isoformat(), {})
+            duplicates = landed - counts[h]["scored"] - len(q_rows)
+            if "duplicates" in hour_report and duplicates != hour_report["duplicates"]:
+                raise AccountingError(
+                    f"hour {h.isoformat()}: landed {landed} but scored {counts[h]['scored']} + quarantined {len(q_rows)} "
+                    f"+ duplicates {hour_report['duplicates']} = {counts[h]['scored'] + len(q_rows) + hour_report['duplicates']}; "
+                    "refusing to commit")
+            bad_files = _quarantine_files(storage, hour, part, [c for c in summary.get("quarantined_files", [])  # type: ignore[union-attr]
+                                                               if c["hour"] == h.isoformat()])
+            if hour_report:
+                storage.write_bytes(hour.containers.quarantine, part + VALIDATION_FILE,
+                                    json.dumps({**report, "hours": {h.isoformat(): hour_report}}, indent=2, default=str).encode())
             manifest = {
                 "run_id": hour.run_id,
                 "model_version": model_version,
@@ -380,7 +603,7 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
                     "landed": landed,
                     "scored": counts[h]["scored"],
                     "quarantined": len(q_rows),
-                    "duplicates": landed - counts[h]["scored"] - len(q_rows),
+                    "duplicates": duplicates,
                     "anomalies": counts[h]["anomalies"],
                 },
                 "quarantine_reasons": dict(Counter(q_rows[REASON_COLUMN])),
@@ -396,11 +619,26 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
                     "rows": len(q_rows),
                 }],
                 "source_folders": summary["folders"],
+                # added by issue 3: readers may rely on these keys
+                "status": "scored" if landed else "empty",
+                "quarantined_files": bad_files,
+                "empty_files": [f for f in summary.get("empty_files", []) if (folder_hour(f) or h) == h],  # type: ignore[union-attr]
+                "validation": {
+                    "suite": report.get("suite"),
+                    "report": f"az://{hour.containers.quarantine}/{part}{VALIDATION_FILE}" if hour_report else None,
+                    "failing_rows": hour_report.get("failing_rows"),
+                    "failing_share": hour_report.get("failing_share"),
+                    "failing_rows_by_reason": hour_report.get("failing_rows_by_reason"),
+                    "max_quarantine_share": hour_report.get("max_quarantine_share"),
+                },
             }
             body = json.dumps(manifest, indent=2).encode()
             storage.write_bytes(hour.containers.predictions, part + st.MANIFEST_FILE, body)
             storage.write_bytes(hour.containers.quarantine, part + st.MANIFEST_FILE, body)
             manifests.append(manifest)
             log.info("Committed %s: %s", part, manifest["counts"])
+            if not landed:
+                log.warning("Committed %s as an EMPTY hour: no windows landed for it%s", part,
+                            f"; {len(bad_files)} corrupt file(s) quarantined" if bad_files else "")
     storage.delete_prefix(staging, prefix)
     return manifests

@@ -145,12 +145,18 @@ class BlobStorage:
     so a storage blip during a run costs time, not the run.
     """
 
-    def __init__(self, connection_string: str, *, retry_total: int = 6, initial_backoff: float = 1.0) -> None:
+    def __init__(self, connection_string: str, *, retry_total: int | None = None, initial_backoff: float | None = None) -> None:
         from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
         # The SDK logs every request at INFO; at Airflow's default level that floods the task log.
         logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
-        retry = ExponentialRetry(initial_backoff=initial_backoff, increment_base=2, retry_total=retry_total)
+        retry_total, initial_backoff = retry_settings(retry_total, initial_backoff)
+        self.retry_total = retry_total
+        # retry_connect/read default to 3 in the SDK whatever retry_total says: an outage (connection refused)
+        # gets the whole budget. Waits: initial + 2**n seconds (+- jitter), i.e. about 2 min for the default 6.
+        retry = ExponentialRetry(initial_backoff=initial_backoff, increment_base=2, retry_total=retry_total,
+                                 retry_connect=retry_total, retry_read=retry_total, retry_status=retry_total,
+                                 random_jitter_range=min(3.0, initial_backoff))
         self._client = BlobServiceClient.from_connection_string(
             connection_string, retry_policy=retry, connection_timeout=10, read_timeout=120
         )
@@ -211,6 +217,21 @@ class BlobStorage:
 
     def describe(self) -> str:
         return f"blob account {self.account_name} at {self._client.url}"
+
+
+#: Retry budget of blob calls (environment, so shard processes and Batch nodes get the same): how many
+#: retries, and the first backoff in seconds (later ones add 2**n seconds).
+RETRIES_ENV = "SCORING_STORAGE_RETRIES"
+RETRY_BACKOFF_ENV = "SCORING_STORAGE_RETRY_BACKOFF_S"
+
+
+def retry_settings(retry_total: int | None = None, initial_backoff: float | None = None) -> tuple[int, float]:
+    """Explicit values, else ``SCORING_STORAGE_RETRIES`` / ``SCORING_STORAGE_RETRY_BACKOFF_S``, else 6 and 1 s."""
+    total = retry_total if retry_total is not None else int(os.environ.get(RETRIES_ENV) or 6)
+    backoff = initial_backoff if initial_backoff is not None else float(os.environ.get(RETRY_BACKOFF_ENV) or 1.0)
+    if total < 0 or backoff < 0:
+        raise ValueError(f"{RETRIES_ENV} and {RETRY_BACKOFF_ENV} must not be negative")
+    return total, backoff
 
 
 def is_connection_string(setting: str) -> bool:

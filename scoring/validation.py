@@ -1,21 +1,27 @@
 """Row checks on landed windows: what is scored, what is quarantined (with a reason), what is a duplicate.
 
-Nothing is dropped silently: every selected row ends up in exactly one of ``valid``, ``quarantined`` or the
+The rules themselves live in one place, the great-expectations suite of ``scoring.expectations``; this module
+collapses exact duplicates, runs the suite and splits the rows by its results. great-expectations is imported
+here lazily, inside the functions, so importing ``scoring.validation`` (and ``scoring.pipeline``) stays cheap
+for the tasks and shard processes that never validate.
+
+Nothing is dropped silently: every row ends up in exactly one of ``valid``, ``quarantined`` or the
 ``duplicates`` count, so the hour's accounting closes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
-from scoring.config import FEATURES, WINDOW_KEY
 from scoring.windows import WINDOW_COLUMNS
 
+if TYPE_CHECKING:
+    from scoring.expectations import Bounds
+
 REASON_COLUMN = "reason"
-#: Relative slack for ``min <= avg <= max``: an average of equal readings may differ from them by an ulp.
-ORDER_TOLERANCE = 1e-9
 
 
 @dataclass
@@ -23,46 +29,38 @@ class Checked:
     valid: pd.DataFrame
     quarantined: pd.DataFrame
     duplicates: int
+    #: Index labels (of the input) of the rows collapsed as exact duplicates, for per-hour counting.
+    duplicate_index: pd.Index = field(default_factory=lambda: pd.Index([]))
+    #: One summary per expectation of the suite (type, reason, success, unexpected count).
+    expectations: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
 
 
-def row_reasons(windows: pd.DataFrame) -> pd.Series:
-    """The failed checks of each row joined by ``;`` (empty string where the row is fine)."""
-    reasons = pd.Series("", index=windows.index, dtype="object")
+def row_reasons(windows: pd.DataFrame, start: datetime | None = None, end: datetime | None = None,
+                bounds: Bounds | None = None) -> pd.Series:
+    """The failed expectations of each row as reasons joined by ``;`` (empty string where the row is fine)."""
+    from scoring.expectations import run_suite
 
-    def flag(mask: pd.Series | np.ndarray, reason: str) -> None:
-        mask = pd.Series(mask, index=windows.index).fillna(True).astype(bool)
-        reasons[mask] = reasons[mask].map(lambda r: f"{r};{reason}" if r else reason)
-
-    keys_missing = windows[list(WINDOW_KEY)].isna().any(axis=1)
-    keys_missing |= windows["device_id"].astype("string").str.strip().eq("").fillna(True)
-    keys_missing |= windows["tag"].astype("string").str.strip().eq("").fillna(True)
-    flag(keys_missing, "null_key")
-    count = pd.to_numeric(windows["reading_count"], errors="coerce")
-    flag(count.isna() | (count % 1 != 0) | (count < 1), "reading_count_invalid")
-    values = windows[[f for f in FEATURES if f != "reading_count"]].to_numpy(dtype=float, na_value=np.nan)
-    flag(~np.isfinite(values).all(axis=1), "non_finite_value")
-    lo, avg, hi = (windows[c].to_numpy(dtype=float, na_value=np.nan) for c in ("value_min", "value_avg", "value_max"))
-    slack = ORDER_TOLERANCE * np.maximum(1.0, np.abs(hi))
-    with np.errstate(invalid="ignore"):
-        flag((lo > avg + slack) | (avg > hi + slack), "avg_outside_min_max")
-        flag(windows["value_std"].to_numpy(dtype=float, na_value=np.nan) < 0, "negative_std")
-    return reasons
+    return run_suite(windows, start, end, bounds).reasons
 
 
-def check_windows(windows: pd.DataFrame) -> Checked:
+def check_windows(windows: pd.DataFrame, start: datetime | None = None, end: datetime | None = None,
+                  bounds: Bounds | None = None) -> Checked:
     """Split an interval's windows into valid (unique per key), quarantined (with reason) and duplicates.
 
-    Exact copies of a window (same values, any file) collapse to one and are counted. Copies that disagree
-    are all quarantined as ``conflicting_duplicate``: there is no way to tell which one is right.
+    Exact copies of a window (same values, any file) collapse to one first and are counted. Copies that
+    disagree then fail the suite's uniqueness expectation and are all quarantined as
+    ``conflicting_duplicate``: there is no way to tell which one is right.
     """
-    reasons = row_reasons(windows)
-    bad = windows.loc[reasons != ""].assign(**{REASON_COLUMN: reasons[reasons != ""]})
-    good = windows.loc[reasons == ""]
-    unique = good.drop_duplicates(subset=WINDOW_COLUMNS, keep="first")
-    duplicates = len(good) - len(unique)
-    clash = unique.duplicated(subset=list(WINDOW_KEY), keep=False)
-    conflicting = unique.loc[clash].assign(**{REASON_COLUMN: "conflicting_duplicate"})
-    valid = unique.loc[~clash].copy()
+    from scoring.expectations import run_suite
+
+    copies = windows.duplicated(subset=WINDOW_COLUMNS, keep="first")
+    unique = windows.loc[~copies]
+    result = run_suite(unique, start, end, bounds)
+    reasons = result.reasons
+    bad = reasons != ""
+    quarantined = unique.loc[bad].assign(**{REASON_COLUMN: reasons[bad]}).reset_index(drop=True)
+    valid = unique.loc[~bad].copy()
     valid["reading_count"] = valid["reading_count"].astype("int64")
-    quarantined = pd.concat([bad, conflicting], ignore_index=True) if len(conflicting) else bad.reset_index(drop=True)
-    return Checked(valid=valid.reset_index(drop=True), quarantined=quarantined, duplicates=duplicates)
+    return Checked(valid=valid.reset_index(drop=True), quarantined=quarantined, duplicates=int(copies.sum()),
+                   duplicate_index=windows.index[copies], expectations=result.expectations, seconds=result.seconds)

@@ -44,6 +44,15 @@ class WindowFileError(ValueError):
     """A landed file that cannot be read as windows; the message names the file (and column)."""
 
 
+class CorruptFileError(WindowFileError):
+    """The file is not valid in its serialisation (truncated, garbage): quarantined whole, the hour goes on."""
+
+
+class WindowSchemaError(WindowFileError):
+    """The file parses but its structure breaks the contract (a required column missing, or of a type that
+    cannot be read): the input is wrong, not some rows, so the run fails naming the file and the column."""
+
+
 def aggregate_readings(readings: pd.DataFrame) -> pd.DataFrame:
     """1-minute tumbling windows per (device_id, tag), as the Stream Analytics query computes them.
 
@@ -164,10 +173,18 @@ def parse_window_file(name: str, data: bytes) -> pd.DataFrame:
     a value that cannot be cast raises ``WindowFileError`` naming the file and the column.
     """
     lower = name.lower()
+    if not lower.endswith(READABLE_SUFFIXES):
+        raise WindowFileError(f"{name}: unknown serialisation (expected {', '.join(READABLE_SUFFIXES)})")
+    if not data.strip():  # a blob created before its first write: no windows, not an error
+        frame = pd.DataFrame(columns=WINDOW_COLUMNS)
+        data = b""
     try:
-        if lower.endswith(".parquet"):
+        if not data:
+            pass
+        elif lower.endswith(".parquet"):
             frame = parquet_frame(data)
         elif lower.endswith(".csv"):
+            _check_csv_rows(data)
             frame = pd.read_csv(io.BytesIO(data), dtype={"device_id": "string", "tag": "string"})
         elif lower.endswith(".json"):
             text = data.decode("utf-8").strip()
@@ -176,18 +193,15 @@ def parse_window_file(name: str, data: bytes) -> pd.DataFrame:
             elif text.startswith("["):
                 frame = pd.DataFrame(json.loads(text))
             else:
-                frame = pd.DataFrame([json.loads(line) for line in text.splitlines() if line.strip()])
-        else:
-            raise WindowFileError(f"{name}: unknown serialisation (expected {', '.join(READABLE_SUFFIXES)})")
-    except WindowFileError:
-        raise
+                # pandas' C JSON reader: about twice as fast as json.loads per line on a 600k-window hour
+                frame = pd.read_json(io.StringIO(text), lines=True, dtype=False)
     except Exception as exc:  # every parser has its own error types; the file name is what matters
-        raise WindowFileError(f"{name}: cannot be parsed: {type(exc).__name__}: {exc}") from exc
+        raise CorruptFileError(f"{name}: cannot be parsed: {type(exc).__name__}: {exc}") from exc
     if frame.empty and not len(frame.columns):
         frame = pd.DataFrame(columns=WINDOW_COLUMNS)
     missing = [col for col in WINDOW_COLUMNS if col not in frame.columns]
     if missing:
-        raise WindowFileError(f"{name}: missing required column(s) {', '.join(missing)}")
+        raise WindowSchemaError(f"{name}: missing required column(s) {', '.join(missing)}")
     frame = frame[WINDOW_COLUMNS].copy()
     for column, dtype in WINDOW_SCHEMA.items():
         try:
@@ -203,9 +217,63 @@ def parse_window_file(name: str, data: bytes) -> pd.DataFrame:
             else:
                 frame[column] = frame[column].astype(dtype)
         except Exception as exc:
-            raise WindowFileError(f"{name}: column {column} cannot be read as {dtype}: {exc}") from exc
+            raise WindowSchemaError(f"{name}: column {column} cannot be read as {dtype}: {exc}") from exc
     frame[SOURCE_COLUMN] = name
     return frame
+
+
+def _check_csv_rows(data: bytes) -> None:
+    """A truncated CSV still parses (the cut row gets nulls); a row with fewer fields than the header gives it away."""
+    import csv
+
+    rows = csv.reader(io.StringIO(data.decode("utf-8")))
+    header = next(rows, None)
+    if header is None:
+        return
+    for number, row in enumerate(rows, start=2):
+        if row and len(row) != len(header):
+            raise ValueError(f"line {number} has {len(row)} field(s), the header has {len(header)} (truncated?)")
+
+
+@dataclass
+class LandedFiles:
+    """What the interval's folders hold: the windows read, the files read, and the files quarantined whole."""
+
+    windows: pd.DataFrame
+    files: list[str]
+    corrupt: list[dict[str, object]]
+    empty: list[str]
+
+
+def read_landed_files(storage: Storage, container: str, folders: Iterable[str]) -> LandedFiles:
+    """Like ``read_landed``, but a corrupt file is set aside (name, size, error) instead of stopping the hour.
+
+    A file whose structure breaks the contract (``WindowSchemaError``) still raises: the run must fail.
+    """
+    frames, files, corrupt, empty = [], [], [], []
+    for folder in folders:
+        for info in storage.list(container, folder.rstrip("/") + "/"):
+            if not info.name.lower().endswith(READABLE_SUFFIXES):
+                continue
+            data = storage.read_bytes(container, info.name)
+            files.append(info.name)
+            try:
+                frame = parse_window_file(info.name, data)
+            except CorruptFileError as exc:
+                corrupt.append({"file": info.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                                "error": str(exc)})
+                continue
+            if frame.empty:
+                empty.append(info.name)
+            frames.append(frame)
+    windows = pd.concat(frames, ignore_index=True) if frames else _empty_windows()
+    return LandedFiles(windows=windows, files=files, corrupt=corrupt, empty=empty)
+
+
+def _empty_windows() -> pd.DataFrame:
+    empty = pd.DataFrame({col: pd.Series(dtype=dtype) for col, dtype in WINDOW_SCHEMA.items()})
+    empty[SOURCE_COLUMN] = pd.Series(dtype="string")
+    return empty
 
 
 def read_landed(storage: Storage, container: str, folders: Iterable[str]) -> tuple[pd.DataFrame, list[str]]:

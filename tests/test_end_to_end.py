@@ -103,7 +103,8 @@ def test_hour_with_no_modelled_sensor_still_commits_its_quarantine(sensor_dag, b
     assert manifest["model_version"] == "v-other" and len(quarantine) == 362
 
 
-def test_airflow_connection_overrides_the_environment(sensor_dag, blob, containers, landed, azurite, monkeypatch, tmp_path):
+def test_airflow_connection_overrides_the_environment(sensor_dag, blob, containers, landed, azurite, monkeypatch, tmp_path,
+                                                      caplog, capfd):
     """Inside Airflow the wasb connection wins: SCORING_STORAGE points at an empty folder here."""
     monkeypatch.setenv("SCORING_STORAGE", str(tmp_path / "empty"))
     monkeypatch.setenv("AIRFLOW_CONN_SCORING_STORAGE", json.dumps(
@@ -116,7 +117,10 @@ def test_airflow_connection_overrides_the_environment(sensor_dag, blob, containe
     # the key reached the shard processes, yet no XCom, rendered field or manifest holds it
     stored = run_records(run.run_id) + [blob.read_bytes(c, b.name).decode() for c in (containers.predictions, containers.quarantine)
                                         for b in blob.list(c) if b.name.endswith(".json")]
-    assert len(stored) > 5 and not [text for text in stored if KEY in text or "AccountKey" in text]
+    out = capfd.readouterr()
+    logs = [caplog.text, out.out, out.err]  # the task logs of dag.test (shard output included), see test_faults for log files
+    assert "[shard]" in caplog.text
+    assert len(stored) > 5 and not [text for text in stored + logs if KEY in text or "AccountKey" in text]
 
 
 def run_records(run_id: str) -> list[str]:
