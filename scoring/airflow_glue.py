@@ -72,3 +72,22 @@ def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
 def _run_after(context: Mapping[str, Any]) -> datetime | None:
     dag_run = context.get("dag_run")
     return getattr(dag_run, "run_after", None) if dag_run is not None else None
+
+
+def asset_extra(manifests: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``predictions`` asset event's extra: enough for a downstream DAG to find and judge what changed."""
+    first = manifests[0] if manifests else {}
+    return {
+        "run_id": first.get("run_id"),
+        "model_version": first.get("model_version"),
+        "subset": first.get("subset"),
+        "hours": [m["hour"] for m in manifests],
+        "partitions": [f"{config.Containers.from_env().predictions}/{st.partition_prefix(_hour(m['hour']))}" for m in manifests],
+        "counts": {m["hour"]: m["counts"] for m in manifests},
+    }
+
+
+def _hour(text: str) -> datetime:
+    from scoring.pipeline import parse_utc
+
+    return parse_utc(text)
