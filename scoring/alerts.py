@@ -210,6 +210,10 @@ class ScoringAlertNotifier(BaseNotifier):
             raise ValueError(f"unknown alert event {event!r}; one of {EVENTS}")
         self.event = event
 
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Nothing to render. (BaseNotifier would build a Jinja environment from ``context["dag"]``, which for a
+        DAG-run callback under ``dag.test`` is a SerializedDAG without one, and the alert would be lost.)"""
+
     def notify(self, context: Any) -> None:
         try:
             send_alert(build_payload(self.event, context))
