@@ -48,7 +48,7 @@ windows selected by `window_end`.
 - `commit` refused the accounting: a shard output is missing or stale; clear the run to redo the hour.
 - Re-running or backfilling an hour is safe: its partition is replaced, one row per window.
 - Alerts: a task that fails after its last retry, a failed run, a run not finished `SCORING_DEADLINE_MINUTES`
-  (default 90) after it was queued, and (if `SCORING_ANOMALY_ALERT_THRESHOLD` is set) an hour with more anomalies
+  (default 90) after its hour ended, and (if `SCORING_ANOMALY_ALERT_THRESHOLD` is set) an hour with more anomalies
   go to the `scoring_smtp` email and `scoring_alert_webhook` connections. The message links the task's log.
 
 **Rescoring:** *Trigger DAG w/ config*: set `window_start`/`window_end` (whole hours), optionally `devices`
@@ -76,8 +76,11 @@ with DAG(
         "on_failure_callback": [ScoringAlertNotifier("task_failed")],  # after the last retry only
     },
     on_failure_callback=[ScoringAlertNotifier("dag_run_failed")],
-    # queued_at, not the interval: a backfill of old hours must not page anyone the moment it is queued
-    deadline=DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=DEADLINE_MINUTES),
+    # logical date = interval start, so the deadline is interval end + SCORING_DEADLINE_MINUTES. (Not queued_at:
+    # Airflow 3.3.2 fails to clear a run with an open queued_at deadline, apache/airflow#70370.) Runs queued
+    # after their deadline (backfills, reruns of old hours) are not alerted: see scoring.alerts.deadline_missed.
+    deadline=DeadlineAlert(reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
+                           interval=timedelta(hours=1, minutes=DEADLINE_MINUTES),
                            callback=AsyncCallback("scoring.alerts.deadline_missed"),
                            name="hour not scored in time") if DEADLINE_MINUTES else None,
     params={

@@ -230,6 +230,10 @@ async def deadline_missed(context: Mapping[str, Any] | None = None, **kwargs: An
     context = dict(context or {})
     deadline = context.get("deadline") or {}
     run = context.get("dag_run") or {}
+    actionable, why = deadline_is_actionable(run, deadline)
+    if not actionable:
+        log.info("Deadline of %s / %s passed, no alert: %s", run.get("dag_id"), run.get("dag_run_id"), why)
+        return {"email": "skipped", "webhook": "skipped"}
     error = (f"not finished by {deadline.get('deadline_time')} (state {run.get('state')}, "
              f"data interval {run.get('data_interval_start')} .. {run.get('data_interval_end')})")
     try:
@@ -238,6 +242,27 @@ async def deadline_missed(context: Mapping[str, Any] | None = None, **kwargs: An
         log.warning("Could not build the deadline alert: %s: %s", type(exc).__name__, exc)
         return {"email": "failed", "webhook": "failed"}
     return await asyncio.to_thread(send_alert, payload)
+
+
+def deadline_is_actionable(run: Mapping[str, Any], deadline: Mapping[str, Any]) -> tuple[bool, str]:
+    """Is a missed deadline news? Not for a run that already ended (a failed run alerted by itself; Airflow
+    may still fire its deadline, apache/airflow#60927), nor for a run queued after its deadline had passed
+    (a backfill or rerun of an old hour: nobody waits for it by the clock)."""
+    from datetime import datetime
+
+    state = str(run.get("state") or "").lower()
+    if state in ("success", "failed"):
+        return False, f"the run has already ended ({state})"
+    if str(run.get("run_type") or "").lower() == "backfill":
+        return False, "a backfill run of a past hour"
+    try:
+        due = datetime.fromisoformat(str(deadline["deadline_time"]).replace("Z", "+00:00"))
+        queued = datetime.fromisoformat(str(run["queued_at"]).replace("Z", "+00:00"))
+    except (KeyError, TypeError, ValueError):
+        return True, "deadline or queue time unknown"
+    if queued >= due:
+        return False, f"queued at {queued.isoformat()}, after its deadline {due.isoformat()}"
+    return True, "missed"
 
 
 def anomaly_threshold() -> int | None:

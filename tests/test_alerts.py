@@ -12,7 +12,7 @@ import email
 import json
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -158,29 +158,43 @@ def test_failed_run_emails_and_posts_task_and_run_alerts(fast_failing_dag, blob,
     for fact in (run.run_id, "plan_shards", "no-such-version", "try_number", "map_index", "/tasks/plan_shards"):
         assert fact in body, fact
 
-    # the same run's deadline missing: the callback through Airflow's own triggerer code, with the context
-    # the scheduler builds for it (Deadline.handle_miss)
+    # the deadline callback through Airflow's own triggerer code, with the context the scheduler builds for it
+    # (Deadline.handle_miss: the run as the REST API shows it, and the deadline)
     from airflow.api_fastapi.core_api.datamodels.dag_run import DAGRunResponse
     from airflow.models import DagRun
-    from airflow.triggers.callback import CallbackTrigger
     from airflow.utils.session import create_session
 
     with create_session() as session:
         row = session.query(DagRun).filter(DagRun.run_id == run.run_id).one()
-        context = {"dag_run": DAGRunResponse.model_validate(row).model_dump(mode="json"),
-                   "deadline": {"id": "test-deadline", "deadline_time": "2026-11-24T02:30:00+00:00"}}
-    trigger = CallbackTrigger(callback_path="scoring.alerts.deadline_missed", callback_kwargs={"context": context})
+        shown = DAGRunResponse.model_validate(row).model_dump(mode="json")
+    deadline = {"id": "test-deadline", "deadline_time": datetime(2026, 11, 24, 2, 30, tzinfo=timezone.utc)}
+    assert run_deadline_callback({"dag_run": shown, "deadline": deadline}) == ["running", "success"]
+    assert len(http_sink.received) == 2  # this run has failed (and said so): its deadline is no news
+    # the same run while it was still going, queued before its deadline: alerted
+    going = {**shown, "state": "running", "queued_at": "2026-11-24T01:00:05+00:00", "run_type": "scheduled"}
+    assert run_deadline_callback({"dag_run": going, "deadline": deadline}) == ["running", "success"]
+    post = http_sink.received[-1]["json"]
+    assert post["event"] == "deadline_missed" and post["run_id"] == run.run_id
+    assert post["dag_id"] == "sensor_scoring" and "2026-11-24 02:30:00" in post["error"]
+    assert post["log_url"].endswith(f"/dags/sensor_scoring/runs/{run.run_id.replace(':', '%3A').replace('+', '%2B')}")
+    assert smtp_sink.messages[-1][1]["Subject"].startswith("[sensor_scoring] deadline_missed")
+    # a backfill, or a run queued after its deadline (an old hour rerun), is not alerted either
+    for late in ({**going, "run_type": "backfill"}, {**going, "queued_at": "2026-11-25T09:00:00+00:00"}):
+        run_deadline_callback({"dag_run": late, "deadline": deadline})
+    assert len(http_sink.received) == 3 and len(smtp_sink.messages) == 3
+
+
+def run_deadline_callback(context: dict) -> list[str]:
+    """Run the DAG's deadline callback as the triggerer does (airflow.triggers.callback.CallbackTrigger)."""
+    from airflow.triggers.callback import CallbackTrigger
+
+    trigger = CallbackTrigger(callback_path="scoring.alerts.deadline_missed",
+                              callback_kwargs={"context": json.loads(json.dumps(context, default=str))})
 
     async def events():
         return [event.payload async for event in trigger.run()]
 
-    states = [e["state"] for e in asyncio.run(events())]
-    assert states == ["running", "success"]
-    deadline = http_sink.received[-1]["json"]
-    assert deadline["event"] == "deadline_missed" and deadline["run_id"] == run.run_id
-    assert deadline["dag_id"] == "sensor_scoring" and "2026-11-24T02:30:00" in deadline["error"]
-    assert deadline["log_url"].endswith(f"/dags/sensor_scoring/runs/{run.run_id.replace(':', '%3A').replace('+', '%2B')}")
-    assert smtp_sink.messages[-1][1]["Subject"].startswith("[sensor_scoring] deadline_missed")
+    return [e["state"] for e in asyncio.run(events())]
 
 
 def test_not_configured_channels_are_skipped_quietly(monkeypatch, caplog, airflow_db):
@@ -238,16 +252,16 @@ def test_deadline_on_the_dag_as_the_dag_processor_parses_it(airflow_db, monkeypa
 
     monkeypatch.delenv(alerts.DEADLINE_ENV, raising=False)
     [alert] = parsed().deadline
-    assert alert.interval == timedelta(minutes=90)
-    assert type(alert.reference).__name__ == "DagRunQueuedAtDeadline"
+    assert alert.interval == timedelta(hours=1, minutes=90)  # from the logical date = interval start
+    assert type(alert.reference).__name__ == "DagRunLogicalDateDeadline"
     assert alert.callback.path == "scoring.alerts.deadline_missed"
     encoded = DagSerialization.to_dict(parsed())
     [stored] = encoded["dag"]["deadline"]
-    assert stored["reference"] == {"reference_type": "DagRunQueuedAtDeadline"}
+    assert stored["reference"] == {"reference_type": "DagRunLogicalDateDeadline"}
     assert stored["callback"]["__data__"]["path"] == "scoring.alerts.deadline_missed"
     assert DagSerialization.from_dict(encoded).deadline
     monkeypatch.setenv(alerts.DEADLINE_ENV, "15")
-    assert parsed().deadline[0].interval == timedelta(minutes=15)
+    assert parsed().deadline[0].interval == timedelta(minutes=75)
     monkeypatch.setenv(alerts.DEADLINE_ENV, "0")
     assert not parsed().deadline
 
