@@ -114,7 +114,11 @@ with DAG(
 
     @task.sensor(poke_interval=60, timeout=timedelta(hours=3), mode="reschedule")
     def wait_for_windows(params: dict | None = None) -> PokeReturnValue:
-        """Succeeds once the interval's windows have landed; reschedules (no slot held) until then."""
+        """Succeeds once the interval's windows have landed; reschedules (no slot held) until then.
+
+        **Triage:** timed out (3 h) = Stream Analytics stopped writing to container `windows`: check the job and
+        the hour's folders `YYYY/MM/DD/HH/`. For a backfill or rescoring of past hours it succeeds at once.
+        """
         from scoring import airflow_glue, pipeline
 
         hour = airflow_glue.hour_for(get_current_context(), params or {})
@@ -124,7 +128,11 @@ with DAG(
 
     @task
     def load_and_validate(params: dict | None = None) -> dict:
-        """Reads the hour's folders, keeps windows ending in the interval, quarantines bad rows."""
+        """Reads the hour's folders, keeps windows ending in the interval, quarantines bad rows.
+
+        With `devices`/`tags` set (a rescoring), only those sensors' windows are taken. **Triage:** an error names
+        the file and column that could not be read; bad rows are not errors, they go to `quarantine` with a reason.
+        """
         from scoring import airflow_glue, pipeline
 
         hour = airflow_glue.hour_for(get_current_context(), params or {})
@@ -133,7 +141,12 @@ with DAG(
 
     @task
     def plan_shards(summary: dict, params: dict | None = None) -> list[dict]:
-        """Groups the hour's sensors into shards and stages one input per shard."""
+        """Groups the hour's sensors into shards and stages one input per shard.
+
+        **Triage:** "no model alias or version named ..." = the `model_version` param names nothing in container
+        `models`: fix the conf, or train and promote (`python -m scoring train ... --promote`). Sensors without
+        a model are quarantined as `no_model`, not failed.
+        """
         from scoring import airflow_glue, pipeline
 
         hour = airflow_glue.hour_for(get_current_context(), params or {})
@@ -153,7 +166,13 @@ with DAG(
     # one commit at a time across runs: a backfill and a rescoring of the same hour never interleave
     @task(trigger_rule="none_failed", outlets=[PREDICTIONS], max_active_tis_per_dag=1)
     def commit(summary: dict, results: list[dict] | None = None, params: dict | None = None) -> dict:
-        """Checks landed = scored + quarantined + duplicates, then swaps in the hour's partition."""
+        """Checks landed = scored + quarantined + duplicates, then swaps in the hour's partition.
+
+        One blob upload per partition, then `_manifest.json` (counts for the whole partition; `rescored` lists
+        subset rescorings). A subset rescoring keeps every other row of the hour as it was. Emits an event on the
+        asset `predictions` and, above `SCORING_ANOMALY_ALERT_THRESHOLD`, an `anomalies_high` alert.
+        **Triage:** "refusing to commit" = a shard output is missing or stale: clear the run to redo the hour.
+        """
         from scoring import airflow_glue, alerts, pipeline
 
         context = get_current_context()

@@ -208,3 +208,15 @@ def reload(dag):
     from tests.conftest import REPO
 
     return load_dag(REPO / "dags" / "sensor_scoring.py")
+
+
+def test_ui_explains_itself(sensor_dag):
+    """The DAG page and each task's docs say what, who and how to triage; commit feeds the predictions asset."""
+    doc = sensor_dag.doc_md
+    for words in ("Owner", "Triage", "Rescoring", "Backfill", "scoring_smtp", "scoring_alert_webhook", "predictions"):
+        assert words in doc, words
+    assert sensor_dag.owner == "sensor-analytics" and "scoring" in sensor_dag.tags
+    for name in ("wait_for_windows", "load_and_validate", "plan_shards", "commit"):
+        assert "Triage" in sensor_dag.task_dict[name].doc_md, name
+    [asset] = sensor_dag.task_dict["commit"].outlets
+    assert (asset.name, asset.uri) == ("predictions", "x-scoring://predictions")
