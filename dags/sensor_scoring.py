@@ -150,8 +150,9 @@ with DAG(
         from scoring import airflow_glue, pipeline
 
         hour = airflow_glue.hour_for(get_current_context(), params or {})
-        return pipeline.plan_shards(hour, summary, model_version=params["model_version"],
-                                    sensors_per_shard=params["sensors_per_shard"])
+        with airflow_glue.no_retry_on(LookupError):  # an unknown model version does not appear by retrying
+            return pipeline.plan_shards(hour, summary, model_version=params["model_version"],
+                                        sensors_per_shard=params["sensors_per_shard"])
 
     @task(map_index_template="{{ shard_label }}", retries=3)
     def score_shard(shard: dict, params: dict | None = None) -> dict:

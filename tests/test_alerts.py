@@ -141,7 +141,7 @@ def test_failed_run_emails_and_posts_task_and_run_alerts(fast_failing_dag, blob,
     assert list(task)[:1] == ["text"] and set(alerts.PAYLOAD_KEYS) <= set(task)
     assert task["dag_id"] == "sensor_scoring" and task["run_id"] == run.run_id
     assert task["task_id"] == "plan_shards" and task["map_index"] == -1 and task["try_number"] == 1
-    assert "LookupError" in task["error"] and "no-such-version" in task["error"]
+    assert task["error"].startswith("AirflowFailException: LookupError: no model alias or version named 'no-such-version'")
     assert task["log_url"].endswith(f"/dags/sensor_scoring/runs/{run.run_id.replace(':', '%3A').replace('+', '%2B')}"
                                     "/tasks/plan_shards?try_number=1")
     assert "plan_shards" in task["text"] and "no-such-version" in task["text"] and task["log_url"] in task["text"]
@@ -281,3 +281,15 @@ def test_failure_callbacks_fire_after_the_last_retry_only(airflow_db, monkeypatc
     monkeypatch.setenv(alerts.RETRIES_ENV, "-1")
     with pytest.raises(ValueError, match="SCORING_TASK_RETRIES"):
         load_dag(REPO / "dags" / "sensor_scoring.py")
+
+
+@pytest.mark.airflow
+def test_a_bad_conf_fails_the_first_task_at_once_despite_retries(sensor_dag, alert_connections):
+    """Cross-field conf errors the JSON schema cannot see fail without retries (retrying cannot fix them)."""
+    smtp_sink, http_sink = alert_connections
+    assert sensor_dag.task_dict["wait_for_windows"].retries >= 1
+    run = sensor_dag.test(logical_date=START + H, run_conf={"window_start": "2026-11-24T01:00:00Z"})
+    assert str(run.state) == "failed"
+    task = next(p["json"] for p in http_sink.received if p["json"]["event"] == "task_failed")
+    assert task["task_id"] == "wait_for_windows" and task["try_number"] == 1
+    assert task["error"] == ("AirflowFailException: ValueError: give both window_start and window_end, or neither")
