@@ -423,9 +423,6 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
 
 # --- Subset rescoring: replace some sensors' rows of committed hours, keep every other row as it was. ---
 
-SUBSET_FIELDS = ("devices", "tags")
-
-
 def select_sensors(windows: pd.DataFrame, devices: list[str] | None, tags: list[str] | None) -> pd.DataFrame:
     """The windows of the chosen devices and tags (an empty or missing list means all of them)."""
     mask = _subset_mask(windows, {"devices": list(devices or []), "tags": list(tags or [])})
@@ -444,16 +441,19 @@ def _subset_mask(frame: pd.DataFrame, subset: dict[str, list[str]] | None) -> pd
     return mask
 
 
-def _sensor_counts(frame: pd.DataFrame) -> Counter:
-    """Rows per (hour, device_id, tag); missing keys count under None so nothing goes unaccounted."""
+_NO_KEY = "\x00"  # stands in for a missing device_id or tag while counting, so such rows count too
+
+
+def _sensor_counts(frame: pd.DataFrame) -> pd.Series:
+    """Rows per (hour, device_id, tag), vectorised: an hour can hold millions of windows."""
     if frame.empty:
-        return Counter()
+        return pd.Series(dtype="int64", index=pd.MultiIndex.from_arrays([[], [], []], names=["hour", "device_id", "tag"]))
     keys = pd.DataFrame({
-        "hour": frame["window_end"].dt.floor("h").map(lambda t: t.isoformat()),
-        "device_id": frame["device_id"].astype("object").where(frame["device_id"].notna(), None),
-        "tag": frame["tag"].astype("object").where(frame["tag"].notna(), None),
+        "hour": frame["window_end"].dt.floor("h"),
+        "device_id": frame["device_id"].astype("string").fillna(_NO_KEY),
+        "tag": frame["tag"].astype("string").fillna(_NO_KEY),
     })
-    return Counter(keys.itertuples(index=False, name=None))
+    return keys.groupby(["hour", "device_id", "tag"]).size()
 
 
 def subset_summary(landed: pd.DataFrame, valid: pd.DataFrame, quarantined: pd.DataFrame,
@@ -463,13 +463,14 @@ def subset_summary(landed: pd.DataFrame, valid: pd.DataFrame, quarantined: pd.Da
     Duplicates are collapsed, so no row shows them afterwards; a later subset rescoring must know which
     sensors they belonged to, or the hour's ``landed`` count could not be rebuilt. Usually an empty list.
     """
-    dups = _sensor_counts(landed)
-    dups.subtract(_sensor_counts(valid))
-    dups.subtract(_sensor_counts(quarantined))
+    dups = _sensor_counts(landed).sub(_sensor_counts(valid), fill_value=0).sub(_sensor_counts(quarantined), fill_value=0)
     by_hour: dict[str, list[dict[str, object]]] = {}
-    for (h, device_id, tag), n in sorted(dups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
-        if n > 0:
-            by_hour.setdefault(h, []).append({"device_id": device_id, "tag": tag, "duplicates": int(n)})
+    for (h, device_id, tag), n in dups[dups > 0].sort_index().items():
+        by_hour.setdefault(pd.Timestamp(h).isoformat(), []).append({
+            "device_id": None if device_id == _NO_KEY else device_id,
+            "tag": None if tag == _NO_KEY else tag,
+            "duplicates": int(n),
+        })
     subset = {"devices": sorted(set(devices or [])), "tags": sorted(set(tags or []))}
     return {"subset": subset if (subset["devices"] or subset["tags"]) else None, "duplicates_by_sensor": by_hour}
 

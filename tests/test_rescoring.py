@@ -54,6 +54,10 @@ def test_subset_summary_counts_duplicates_per_sensor_and_hour():
     assert extra["duplicates_by_sensor"] == {hour: [{"device_id": "dev-0001", "tag": "temperature", "duplicates": 2}]}
     plain = subset_summary(windows, check_windows(windows).valid, check_windows(windows).quarantined, [], [])
     assert plain == {"subset": None, "duplicates_by_sensor": {}}  # negative: no subset, no duplicates
+    keyless = pd.concat([windows, one.assign(device_id=None)], ignore_index=True)  # quarantined, not a duplicate
+    checked = check_windows(keyless)
+    assert len(checked.quarantined) == 1
+    assert subset_summary(keyless, checked.valid, checked.quarantined, [], [])["duplicates_by_sensor"] == {}
 
 
 def test_params_reject_bad_subsets_and_partial_hours(sensor_dag):
