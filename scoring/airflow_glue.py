@@ -54,13 +54,14 @@ def storage_setting() -> str:
 
 def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
     """The run's storage, containers, id and interval, from the task context and params."""
-    start, end = resolve_interval(
-        params.get("window_start"),
-        params.get("window_end"),
-        context.get("data_interval_start"),
-        context.get("data_interval_end"),
-        _run_after(context),
-    )
+    with no_retry_on(ValueError):  # window params the schema cannot check alone (both or neither, end > start)
+        start, end = resolve_interval(
+            params.get("window_start"),
+            params.get("window_end"),
+            context.get("data_interval_start"),
+            context.get("data_interval_end"),
+            _run_after(context),
+        )
     return Hour(
         storage=st.open_storage(storage_setting()),
         containers=config.Containers.from_env(),
@@ -70,6 +71,21 @@ def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
     )
 
 
+@contextmanager
+def no_retry_on(*errors: type[BaseException]) -> Iterator[None]:
+    """Fail the task at once, without its retries, on errors of the run's configuration (a bad window, an
+    unknown model version): retrying cannot fix them, and the operator should hear at once. The message keeps
+    the original error's type and text. A KeyError is a bug, not configuration, and keeps its retries."""
+    try:
+        yield
+    except errors as exc:
+        if isinstance(exc, KeyError):
+            raise
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
 def _run_after(context: Mapping[str, Any]) -> datetime | None:
     dag_run = context.get("dag_run")
     return getattr(dag_run, "run_after", None) if dag_run is not None else None
@@ -77,14 +93,29 @@ def _run_after(context: Mapping[str, Any]) -> datetime | None:
 
 @contextmanager
 def fail_without_retry_on_bad_data() -> Iterator[None]:
-    """Turn errors about the input (a broken file structure, too many failing windows) into a task failure
-    without retries: the data will not change by retrying, and the failure alert should fire at once."""
-    from airflow.sdk.exceptions import AirflowFailException
-
+    """Errors about the input (a broken file structure, too many failing windows) fail the task without
+    retries: the data will not change by retrying, and the failure alert should fire at once."""
     from scoring.pipeline import DataError
     from scoring.windows import WindowSchemaError
 
-    try:
+    with no_retry_on(DataError, WindowSchemaError):
         yield
-    except (DataError, WindowSchemaError) as exc:
-        raise AirflowFailException(str(exc)) from exc
+
+
+def asset_extra(manifests: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``predictions`` asset event's extra: enough for a downstream DAG to find and judge what changed."""
+    first = manifests[0] if manifests else {}
+    return {
+        "run_id": first.get("run_id"),
+        "model_version": first.get("model_version"),
+        "subset": first.get("subset"),
+        "hours": [m["hour"] for m in manifests],
+        "partitions": [f"{config.Containers.from_env().predictions}/{st.partition_prefix(_hour(m['hour']))}" for m in manifests],
+        "counts": {m["hour"]: m["counts"] for m in manifests},
+    }
+
+
+def _hour(text: str) -> datetime:
+    from scoring.pipeline import parse_utc
+
+    return parse_utc(text)
