@@ -83,6 +83,16 @@ def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, la
     assert all(prev[1] <= nxt[0] for prev, nxt in zip(runs, runs[1:]))
 
 
+def test_scoring_backend_sets_the_default_of_the_backend_param(airflow_db, monkeypatch):
+    from scoring.demo import load_dag
+    from tests.conftest import REPO
+
+    monkeypatch.setenv("SCORING_BACKEND", "azure_batch")
+    assert load_dag(REPO / "dags" / "sensor_scoring.py").params["backend"] == "azure_batch"
+    monkeypatch.delenv("SCORING_BACKEND")
+    assert load_dag(REPO / "dags" / "sensor_scoring.py").params["backend"] == "local"
+
+
 def mapped_instances(run_id: str) -> list[dict]:
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
