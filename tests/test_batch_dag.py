@@ -12,7 +12,6 @@ import re
 from datetime import timedelta
 
 import airflow  # noqa: F401  (puts plugins/ on sys.path, as in every Airflow process)
-import pandas as pd
 import pytest
 
 from scoring.azurite import KEY as STORAGE_KEY
