@@ -12,7 +12,6 @@ import re
 from datetime import timedelta
 
 import airflow  # noqa: F401  (puts plugins/ on sys.path, as in every Airflow process)
-import pandas as pd
 import pytest
 
 from scoring.azurite import KEY as STORAGE_KEY
@@ -81,6 +80,16 @@ def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, la
     # dag.test ran the shards' triggers inline, one after another (see the module docstring)
     runs = sorted(t.runs[0] for t in tasks.values())
     assert all(prev[1] <= nxt[0] for prev, nxt in zip(runs, runs[1:]))
+
+
+def test_scoring_backend_sets_the_default_of_the_backend_param(airflow_db, monkeypatch):
+    from scoring.demo import load_dag
+    from tests.conftest import REPO
+
+    monkeypatch.setenv("SCORING_BACKEND", "azure_batch")
+    assert load_dag(REPO / "dags" / "sensor_scoring.py").params["backend"] == "azure_batch"
+    monkeypatch.delenv("SCORING_BACKEND")
+    assert load_dag(REPO / "dags" / "sensor_scoring.py").params["backend"] == "local"
 
 
 def mapped_instances(run_id: str) -> list[dict]:

@@ -54,6 +54,9 @@ def standalone(tmp_path, fake, blob, azurite):
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__CORE__PARALLELISM": "2",
+        # the log servers default to fixed ports other Airflows on this machine use too
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__TRIGGERER__CAPACITY": "50",
         "AIRFLOW_CONN_AZURE_BATCH_DEFAULT": fake.connection_json(),
         "SCORING_STORAGE": azurite.connection_string,
@@ -66,7 +69,7 @@ def standalone(tmp_path, fake, blob, azurite):
     proc = subprocess.Popen([AIRFLOW, "standalone"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        yield env, home / "airflow.db", tmp_path / "standalone.log"
+        yield env, home, tmp_path / "standalone.log"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -99,7 +102,8 @@ def wait(what: str, predicate, timeout: float, log: Path):
 
 
 def test_shards_run_concurrently_on_batch_under_the_triggerer(standalone, fake, blob, containers, landed):  # noqa: F811
-    env, db, log = standalone
+    env, home, log = standalone
+    db = home / "airflow.db"
     wait("the DAG parsed", lambda: query(db, "select 1 from serialized_dag where dag_id='sensor_scoring'"), 240, log)
     run_id = "batch_concurrency_test"
     # a manual run's data interval is the hour before it was requested: name the scored hour explicitly
@@ -124,3 +128,10 @@ def test_shards_run_concurrently_on_batch_under_the_triggerer(standalone, fake, 
     runs = [t.runs[-1] for t in tasks]
     # all three Batch tasks ran at once although the executor has only 2 slots: deferred shards hold none
     assert max(start for start, _ in runs) < min(end for _, end in runs), runs
+    # the triggerer polled each one; each resumed instance logged its own task's exit code and output URLs
+    logs = home / "logs" / "dag_id=sensor_scoring" / f"run_id={run_id}" / "task_id=score_shard"
+    for index in range(3):
+        trigger_log = (logs / f"map_index={index}" / "attempt=1.log.trigger.1.log").read_text()
+        assert "is running; next check in" in trigger_log and "Trigger fired event" in trigger_log
+        task_log = (logs / f"map_index={index}" / "attempt=1.log").read_text()
+        assert "state completed, exit code 0" in task_log and "/files/stderr.txt" in task_log

@@ -50,11 +50,12 @@ class ScoreShardOperator(BaseOperator):
             from scoring.backends import LocalBackend
 
             return LocalBackend().run_shard(self.shard["spec_uri"], storage_setting=setting)
-        if self.backend != "azure_batch":
-            from scoring.backends import get_backend
+        if self.backend == "azure_batch":
+            return self._submit_to_batch(context, setting)
+        from scoring.backends import get_backend
 
-            get_backend(self.backend)  # raises the clear "unknown backend" error
-        return self._submit_to_batch(context, setting)
+        get_backend(self.backend)  # the clear "unknown backend" error
+        raise ValueError(f"ScoreShardOperator does not run backend {self.backend!r}")
 
     def _push_link(self, context: Context, setting: str) -> None:
         from scoring import airflow_glue, config, storage as st

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,10 +34,11 @@ class BatchTaskTrigger(BaseTrigger):
     async def _client(self):
         from airflow.sdk import BaseHook
 
-        from scoring import batch
+        batch = await asyncio.to_thread(importlib.import_module, "scoring.batch")
 
         conn = await BaseHook.aget_connection(self.conn_id)
-        return batch.async_client_from_connection(conn)
+        # built in a thread: the first build imports the SDK, which would block the triggerer's event loop
+        return await asyncio.to_thread(batch.async_client_from_connection, conn)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # the client is closed before the event is yielded: a single-event trigger is not resumed afterwards
