@@ -5,13 +5,23 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 AZURITE_DIR := tools/azurite
 
-.PHONY: demo test install lock bench clean
+.PHONY: demo test install browser-deps ui lock bench clean
 
 demo: install
 	$(PY) -m scoring demo
 
-test: install
+test: install browser-deps
 	$(PY) -m pytest
+
+# The browser test drives Debian's own Chromium with Playwright's Python package: never a Playwright browser
+# download. Installed once through apt (needs root, as on CI and the build machines).
+CHROMIUM ?= /usr/bin/chromium
+browser-deps:
+	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+# Airflow standalone with the DAG, Azurite, a trained model and a simulator landing windows every minute.
+ui: install
+	$(PY) -m scoring.devstack
 
 install: $(VENV)/.installed $(AZURITE_DIR)/node_modules/.installed
 
