@@ -17,12 +17,15 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from scoring import config
 from scoring.azurite import REPO, Azurite, free_port
@@ -137,13 +140,14 @@ class AirflowApi:
         })
 
     def run(self, run_id: str, dag_id: str = DAG_ID) -> dict:
-        return self.get(f"dags/{dag_id}/dagRuns/{run_id}")
+        return self.get(f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
 
     def runs(self, dag_id: str = DAG_ID, **params: Any) -> list[dict]:
         return self.get(f"dags/{dag_id}/dagRuns", params={"limit": 100, **params})["dag_runs"]
 
     def task_instances(self, run_id: str, dag_id: str = DAG_ID) -> list[dict]:
-        return self.get(f"dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})["task_instances"]
+        return self.get(f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances",
+                        params={"limit": 1000})["task_instances"]
 
     def wait_for_runs(self, run_ids: Iterable[str], timeout_s: float = 600, dag_id: str = DAG_ID,
                       poll_s: float = 2) -> dict[str, dict]:
@@ -358,13 +362,34 @@ def live_simulator(devices: int, tags: int, every_s: float = 60) -> None:
         time.sleep(every_s)
 
 
+@contextmanager
+def stop_on_signals(signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Turns these signals into KeyboardInterrupt while inside, so ``finally`` blocks stop the children.
+
+    SIGINT too: a process started in the background by a shell inherits SIGINT ignored, and would then
+    never see Ctrl-C. Only possible in the main thread; elsewhere this does nothing.
+    """
+    def _interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in signals:
+            previous[sig] = signal.signal(sig, _interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_ui(home: Path, *, port: int | None, devices: int, tags: int, hours: int) -> None:
     """``make ui``: the stack in the foreground with a known login, until Ctrl-C (or SIGTERM)."""
-    def _terminate(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+    with stop_on_signals():
+        _run_ui(home, port=port, devices=devices, tags=tags, hours=hours)
 
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+
+def _run_ui(home: Path, *, port: int | None, devices: int, tags: int, hours: int) -> None:
     stack = DevStack(home, username="admin", password="admin", api_port=port,
                      simulator={"devices": devices, "tags": tags})
     try:
