@@ -3,7 +3,30 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param, PokeReturnValue, get_current_context, task
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AsyncCallback,
+    CronDataIntervalTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    Param,
+    PokeReturnValue,
+    get_current_context,
+    task,
+)
+
+from scoring.alerts import DEADLINE_ENV, RETRIES_ENV, RETRY_DELAY_ENV, ScoringAlertNotifier, env_int
+
+#: Updated once per committed run; the event's extra names the hours, run, model version and counts.
+PREDICTIONS = Asset(name="predictions", uri="x-scoring://predictions",
+                    extra={"what": "hourly Parquet partitions of container predictions, date=YYYY-MM-DD/hour=HH/"})
+# Read at parse time so a test or a deployment can fail fast or wait longer without editing the DAG.
+RETRIES = env_int(RETRIES_ENV, 2)
+RETRY_DELAY = timedelta(seconds=env_int(RETRY_DELAY_ENV, 60, minimum=1))
+DEADLINE_MINUTES = env_int(DEADLINE_ENV, 90)  # 0 turns the deadline alert off
+SUBSET_ITEMS = {"type": "string", "minLength": 1}
+HOUR_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:00(:00(\.0+)?)?(Z|[+-]\d{2}:?00)?$"
 
 DOC = """
 ### sensor_scoring
@@ -24,6 +47,17 @@ windows selected by `window_end`.
 - a `score_shard` failed: its log shows the shard command and output; clearing it re-runs only that shard.
 - `commit` refused the accounting: a shard output is missing or stale; clear the run to redo the hour.
 - Re-running or backfilling an hour is safe: its partition is replaced, one row per window.
+- Alerts: a task that fails after its last retry, a failed run, a run not finished `SCORING_DEADLINE_MINUTES`
+  (default 90) after its hour ended, and (if `SCORING_ANOMALY_ALERT_THRESHOLD` is set) an hour with more anomalies
+  go to the `scoring_smtp` email and `scoring_alert_webhook` connections. The message links the task's log.
+
+**Rescoring:** *Trigger DAG w/ config*: set `window_start`/`window_end` (whole hours), optionally `devices`
+and/or `tags` and a `model_version`. Only those sensors' rows of each hour are replaced; the partition's
+`_manifest.json` lists every rescoring under `rescored`. **Backfill:** *Backfill* in the DAG's menu, or
+`airflow backfill create --dag-id sensor_scoring --from-date ... --to-date ...` (see `docs/operating.md`).
+
+**Downstream:** the asset `predictions` gets an event per committed run (extra: hours, run, model version,
+counts); schedule a DAG on it with `schedule=[Asset(name="predictions", uri="x-scoring://predictions")]`.
 """
 
 with DAG(
@@ -35,11 +69,20 @@ with DAG(
     max_active_runs=4,
     default_args={
         "owner": "sensor-analytics",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
+        "retries": RETRIES,
+        "retry_delay": RETRY_DELAY,
         "retry_exponential_backoff": True,
         "execution_timeout": timedelta(minutes=30),
+        "on_failure_callback": [ScoringAlertNotifier("task_failed")],  # after the last retry only
     },
+    on_failure_callback=[ScoringAlertNotifier("dag_run_failed")],
+    # logical date = interval start, so the deadline is interval end + SCORING_DEADLINE_MINUTES. (Not queued_at:
+    # Airflow 3.3.2 fails to clear a run with an open queued_at deadline, apache/airflow#70370.) Runs queued
+    # after their deadline (backfills, reruns of old hours) are not alerted: see scoring.alerts.deadline_missed.
+    deadline=DeadlineAlert(reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
+                           interval=timedelta(hours=1, minutes=DEADLINE_MINUTES),
+                           callback=AsyncCallback("scoring.alerts.deadline_missed"),
+                           name="hour not scored in time") if DEADLINE_MINUTES else None,
     params={
         "sensors_per_shard": Param(250, type="integer", minimum=1, maximum=100_000, title="Sensors per shard",
                                    description="Sensors scored together in one mapped task; 1 gives one task per sensor."),
@@ -47,10 +90,19 @@ with DAG(
                          description="Where shards run: in the worker (local) or as Azure Batch tasks."),
         "model_version": Param("production", type="string", minLength=1, title="Model version",
                                description="A model version or alias; the hourly runs use the production alias."),
-        "window_start": Param(None, type=["null", "string"], format="date-time", title="Window start (UTC)",
-                              description="Empty: the run's data interval. A whole hour, e.g. 2026-11-25T16:00:00Z."),
-        "window_end": Param(None, type=["null", "string"], format="date-time", title="Window end (UTC)",
-                            description="Empty: the run's data interval. Exclusive; a whole hour."),
+        "window_start": Param(None, type=["null", "string"], format="date-time", pattern=HOUR_PATTERN,
+                              title="Window start (UTC)",
+                              description="Empty: the run's data interval. A whole hour, e.g. 2026-11-25T16:00:00Z; "
+                                          "with window_end, several hours are rescored in one run."),
+        "window_end": Param(None, type=["null", "string"], format="date-time", pattern=HOUR_PATTERN,
+                            title="Window end (UTC)",
+                            description="Empty: the run's data interval. Exclusive; a whole hour after window_start."),
+        "devices": Param([], type="array", items=SUBSET_ITEMS, uniqueItems=True, title="Devices",
+                         description="Rescore only these device_ids (one per line). Empty: all devices. Only the "
+                                     "chosen sensors' rows are replaced; every other row of the hour stays."),
+        "tags": Param([], type="array", items=SUBSET_ITEMS, uniqueItems=True, title="Sensor tags",
+                      description="Rescore only these tags (one per line). Empty: all tags. With devices: "
+                                  "the sensors that match both."),
         "late_folders": Param(1, type="integer", minimum=0, maximum=24, title="Late folders",
                               description="Hour folders after the interval also searched for late windows."),
         "settle_minutes": Param(5, type="number", minimum=0, title="Settle minutes",
@@ -62,7 +114,11 @@ with DAG(
 
     @task.sensor(poke_interval=60, timeout=timedelta(hours=3), mode="reschedule")
     def wait_for_windows(params: dict | None = None) -> PokeReturnValue:
-        """Succeeds once the interval's windows have landed; reschedules (no slot held) until then."""
+        """Succeeds once the interval's windows have landed; reschedules (no slot held) until then.
+
+        **Triage:** timed out (3 h) = Stream Analytics stopped writing to container `windows`: check the job and
+        the hour's folders `YYYY/MM/DD/HH/`. For a backfill or rescoring of past hours it succeeds at once.
+        """
         from scoring import airflow_glue, pipeline
 
         hour = airflow_glue.hour_for(get_current_context(), params or {})
@@ -72,20 +128,31 @@ with DAG(
 
     @task
     def load_and_validate(params: dict | None = None) -> dict:
-        """Reads the hour's folders, keeps windows ending in the interval, quarantines bad rows."""
+        """Reads the hour's folders, keeps windows ending in the interval, quarantines bad rows.
+
+        With `devices`/`tags` set (a rescoring), only those sensors' windows are taken. **Triage:** an error names
+        the file and column that could not be read; bad rows are not errors, they go to `quarantine` with a reason.
+        """
         from scoring import airflow_glue, pipeline
 
         hour = airflow_glue.hour_for(get_current_context(), params or {})
-        return pipeline.load_and_validate(hour, late_folders=params["late_folders"])
+        return pipeline.load_and_validate(hour, late_folders=params["late_folders"],
+                                          devices=params.get("devices"), tags=params.get("tags"))
 
     @task
     def plan_shards(summary: dict, params: dict | None = None) -> list[dict]:
-        """Groups the hour's sensors into shards and stages one input per shard."""
+        """Groups the hour's sensors into shards and stages one input per shard.
+
+        **Triage:** "no model alias or version named ..." = the `model_version` param names nothing in container
+        `models`: fix the conf, or train and promote (`python -m scoring train ... --promote`). Sensors without
+        a model are quarantined as `no_model`, not failed.
+        """
         from scoring import airflow_glue, pipeline
 
         hour = airflow_glue.hour_for(get_current_context(), params or {})
-        return pipeline.plan_shards(hour, summary, model_version=params["model_version"],
-                                    sensors_per_shard=params["sensors_per_shard"])
+        with airflow_glue.no_retry_on(LookupError):  # an unknown model version does not appear by retrying
+            return pipeline.plan_shards(hour, summary, model_version=params["model_version"],
+                                        sensors_per_shard=params["sensors_per_shard"])
 
     @task(map_index_template="{{ shard_label }}", retries=3)
     def score_shard(shard: dict, params: dict | None = None) -> dict:
@@ -96,14 +163,25 @@ with DAG(
         backend = backends.get_backend(params["backend"])
         return backend.run_shard(shard["spec_uri"], storage_setting=airflow_glue.storage_setting())
 
-    @task(trigger_rule="none_failed")  # also when no shard was mapped: quarantined rows are committed too
+    # also when no shard was mapped: quarantined rows are committed too
+    # one commit at a time across runs: a backfill and a rescoring of the same hour never interleave
+    @task(trigger_rule="none_failed", outlets=[PREDICTIONS], max_active_tis_per_dag=1)
     def commit(summary: dict, results: list[dict] | None = None, params: dict | None = None) -> dict:
-        """Checks landed = scored + quarantined + duplicates, then swaps in the hour's partition."""
-        from scoring import airflow_glue, pipeline
+        """Checks landed = scored + quarantined + duplicates, then swaps in the hour's partition.
 
-        hour = airflow_glue.hour_for(get_current_context(), params or {})
+        One blob upload per partition, then `_manifest.json` (counts for the whole partition; `rescored` lists
+        subset rescorings). A subset rescoring keeps every other row of the hour as it was. Emits an event on the
+        asset `predictions` and, above `SCORING_ANOMALY_ALERT_THRESHOLD`, an `anomalies_high` alert.
+        **Triage:** "refusing to commit" = a shard output is missing or stale: clear the run to redo the hour.
+        """
+        from scoring import airflow_glue, alerts, pipeline
+
+        context = get_current_context()
+        hour = airflow_glue.hour_for(context, params or {})
         # one slice read of the mapped results (iterating would probe past the end, logging a 404)
         manifests = pipeline.commit(hour, summary, list(results[:]) if results else [])
+        context["outlet_events"][PREDICTIONS].extra = airflow_glue.asset_extra(manifests)
+        alerts.check_anomalies(context, manifests)
         return {"hours": [m["hour"] for m in manifests], "counts": [m["counts"] for m in manifests]}
 
     summary = load_and_validate()

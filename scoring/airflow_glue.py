@@ -6,7 +6,8 @@ Airflow installed (the CLI and Batch image do not need it).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -53,13 +54,14 @@ def storage_setting() -> str:
 
 def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
     """The run's storage, containers, id and interval, from the task context and params."""
-    start, end = resolve_interval(
-        params.get("window_start"),
-        params.get("window_end"),
-        context.get("data_interval_start"),
-        context.get("data_interval_end"),
-        _run_after(context),
-    )
+    with no_retry_on(ValueError):  # window params the schema cannot check alone (both or neither, end > start)
+        start, end = resolve_interval(
+            params.get("window_start"),
+            params.get("window_end"),
+            context.get("data_interval_start"),
+            context.get("data_interval_end"),
+            _run_after(context),
+        )
     return Hour(
         storage=st.open_storage(storage_setting()),
         containers=config.Containers.from_env(),
@@ -69,6 +71,40 @@ def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
     )
 
 
+@contextmanager
+def no_retry_on(*errors: type[BaseException]) -> Iterator[None]:
+    """Fail the task at once, without its retries, on errors of the run's configuration (a bad window, an
+    unknown model version): retrying cannot fix them, and the operator should hear at once. The message keeps
+    the original error's type and text. A KeyError is a bug, not configuration, and keeps its retries."""
+    try:
+        yield
+    except errors as exc:
+        if isinstance(exc, KeyError):
+            raise
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
 def _run_after(context: Mapping[str, Any]) -> datetime | None:
     dag_run = context.get("dag_run")
     return getattr(dag_run, "run_after", None) if dag_run is not None else None
+
+
+def asset_extra(manifests: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``predictions`` asset event's extra: enough for a downstream DAG to find and judge what changed."""
+    first = manifests[0] if manifests else {}
+    return {
+        "run_id": first.get("run_id"),
+        "model_version": first.get("model_version"),
+        "subset": first.get("subset"),
+        "hours": [m["hour"] for m in manifests],
+        "partitions": [f"{config.Containers.from_env().predictions}/{st.partition_prefix(_hour(m['hour']))}" for m in manifests],
+        "counts": {m["hour"]: m["counts"] for m in manifests},
+    }
+
+
+def _hour(text: str) -> datetime:
+    from scoring.pipeline import parse_utc
+
+    return parse_utc(text)

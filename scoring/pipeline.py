@@ -7,6 +7,7 @@ per shard) through XCom; the data itself stays in the staging container.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
@@ -174,11 +175,16 @@ def _quarantine_frame(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
     return out
 
 
-def load_and_validate(hour: Hour, *, late_folders: int = 1) -> dict[str, object]:
-    """Read the interval's folders, keep windows ending in the interval, check them, stage the result."""
+def load_and_validate(hour: Hour, *, late_folders: int = 1, devices: list[str] | None = None,
+                      tags: list[str] | None = None) -> dict[str, object]:
+    """Read the interval's folders, keep windows ending in the interval, check them, stage the result.
+
+    With ``devices``/``tags`` (a rescoring subset) only those sensors' windows are taken: the rest of the
+    hour stays as committed before (see ``keep_unrescored``).
+    """
     folders = folders_for_interval(hour.start, hour.end, late_folders=late_folders)
     landed_all, files = read_landed(hour.storage, hour.containers.windows, folders)
-    landed = select_interval(landed_all, hour.start, hour.end)
+    landed = select_sensors(select_interval(landed_all, hour.start, hour.end), devices, tags)
     checked = check_windows(landed)
     prefix = st.staging_prefix(hour.run_key)
     staging = hour.containers.staging
@@ -203,6 +209,7 @@ def load_and_validate(hour: Hour, *, late_folders: int = 1) -> dict[str, object]
         "quarantine_reasons": dict(Counter(checked.quarantined[REASON_COLUMN])) if len(checked.quarantined) else {},
         "sensors": int(checked.valid[["device_id", "tag"]].drop_duplicates().shape[0]),
     }
+    summary.update(subset_summary(landed, checked.valid, checked.quarantined, devices, tags))
     log.info(
         "Read %d file(s) in %s: %d window(s) end in [%s, %s); %d valid, %d quarantined %s, %d duplicate(s) collapsed",
         len(files), ", ".join(folders), len(landed), hour.start.isoformat(), hour.end.isoformat(),
@@ -351,6 +358,10 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
         writers = {h: pq.ParquetWriter(Path(tmp) / f"{h:%Y%m%d%H}.parquet", PREDICTION_SCHEMA) for h in hours}
         counts = {h: Counter() for h in hours}
         try:
+            kept = keep_unrescored(hour, hours, summary.get("subset"))  # a subset rescoring keeps the other rows
+            for h, rest in kept.items():
+                writers[h].write_table(rest.predictions)
+                counts[h].update(scored=rest.scored, anomalies=rest.anomalies)
             for result in sorted(shard_results, key=lambda r: int(r["shard"])):
                 frame = st.read_parquet(storage, *st.parse_uri(result["output_prefix"] + "predictions.parquet"))
                 for h, rows in frame.groupby(frame["window_end"].dt.floor("h"), sort=True):
@@ -368,8 +379,11 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
             local = Path(tmp) / f"{h:%Y%m%d%H}.parquet"
             storage.upload_file(hour.containers.predictions, part + st.PARTITION_FILE, local)
             q_rows = quarantine.loc[q_hour == pd.Timestamp(h)]
+            if h in kept:
+                q_rows = pd.concat([kept[h].quarantine, q_rows], ignore_index=True)
             storage.write_bytes(hour.containers.quarantine, part + st.PARTITION_FILE, st.parquet_bytes(q_rows, QUARANTINE_SCHEMA))
             landed = int(summary["landed_by_hour"].get(h.isoformat(), 0))  # type: ignore[union-attr]
+            landed += kept[h].landed if h in kept else 0
             manifest = {
                 "run_id": hour.run_id,
                 "model_version": model_version,
@@ -397,6 +411,7 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
                 }],
                 "source_folders": summary["folders"],
             }
+            manifest.update(rescoring_record(manifest, summary, kept.get(h), local))
             body = json.dumps(manifest, indent=2).encode()
             storage.write_bytes(hour.containers.predictions, part + st.MANIFEST_FILE, body)
             storage.write_bytes(hour.containers.quarantine, part + st.MANIFEST_FILE, body)
@@ -404,3 +419,155 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
             log.info("Committed %s: %s", part, manifest["counts"])
     storage.delete_prefix(staging, prefix)
     return manifests
+
+
+# --- Subset rescoring: replace some sensors' rows of committed hours, keep every other row as it was. ---
+
+def select_sensors(windows: pd.DataFrame, devices: list[str] | None, tags: list[str] | None) -> pd.DataFrame:
+    """The windows of the chosen devices and tags (an empty or missing list means all of them)."""
+    mask = _subset_mask(windows, {"devices": list(devices or []), "tags": list(tags or [])})
+    return windows if mask is None else windows.loc[mask].reset_index(drop=True)
+
+
+def _subset_mask(frame: pd.DataFrame, subset: dict[str, list[str]] | None) -> pd.Series | None:
+    """Rows of ``frame`` inside the subset; None when the subset is everything (nothing to filter)."""
+    if not subset or not (subset.get("devices") or subset.get("tags")):
+        return None
+    mask = pd.Series(True, index=frame.index)
+    if subset.get("devices"):
+        mask &= frame["device_id"].isin(subset["devices"]).fillna(False).astype(bool)
+    if subset.get("tags"):
+        mask &= frame["tag"].isin(subset["tags"]).fillna(False).astype(bool)
+    return mask
+
+
+_NO_KEY = "\x00"  # stands in for a missing device_id or tag while counting, so such rows count too
+
+
+def _sensor_counts(frame: pd.DataFrame) -> pd.Series:
+    """Rows per (hour, device_id, tag), vectorised: an hour can hold millions of windows."""
+    if frame.empty:
+        return pd.Series(dtype="int64", index=pd.MultiIndex.from_arrays([[], [], []], names=["hour", "device_id", "tag"]))
+    keys = pd.DataFrame({
+        "hour": frame["window_end"].dt.floor("h"),
+        "device_id": frame["device_id"].astype("string").fillna(_NO_KEY),
+        "tag": frame["tag"].astype("string").fillna(_NO_KEY),
+    })
+    return keys.groupby(["hour", "device_id", "tag"]).size()
+
+
+def subset_summary(landed: pd.DataFrame, valid: pd.DataFrame, quarantined: pd.DataFrame,
+                   devices: list[str] | None, tags: list[str] | None) -> dict[str, object]:
+    """What ``load_and_validate`` adds to its summary for rescoring: the subset and duplicates per sensor.
+
+    Duplicates are collapsed, so no row shows them afterwards; a later subset rescoring must know which
+    sensors they belonged to, or the hour's ``landed`` count could not be rebuilt. Usually an empty list.
+    """
+    dups = _sensor_counts(landed).sub(_sensor_counts(valid), fill_value=0).sub(_sensor_counts(quarantined), fill_value=0)
+    by_hour: dict[str, list[dict[str, object]]] = {}
+    for (h, device_id, tag), n in dups[dups > 0].sort_index().items():
+        by_hour.setdefault(pd.Timestamp(h).isoformat(), []).append({
+            "device_id": None if device_id == _NO_KEY else device_id,
+            "tag": None if tag == _NO_KEY else tag,
+            "duplicates": int(n),
+        })
+    subset = {"devices": sorted(set(devices or [])), "tags": sorted(set(tags or []))}
+    return {"subset": subset if (subset["devices"] or subset["tags"]) else None, "duplicates_by_sensor": by_hour}
+
+
+@dataclass
+class Kept:
+    """The rows of one committed hour that a subset rescoring leaves alone, and what they count."""
+
+    predictions: pa.Table
+    quarantine: pd.DataFrame
+    duplicates_by_sensor: list[dict[str, object]]
+    previous: dict[str, object]
+
+    @property
+    def scored(self) -> int:
+        return self.predictions.num_rows
+
+    @property
+    def anomalies(self) -> int:
+        import pyarrow.compute as pc
+
+        return int(pc.sum(pc.cast(self.predictions["is_anomaly"], pa.int64())).as_py() or 0) if self.scored else 0
+
+    @property
+    def duplicates(self) -> int:
+        return sum(int(d["duplicates"]) for d in self.duplicates_by_sensor)
+
+    @property
+    def landed(self) -> int:
+        return self.scored + len(self.quarantine) + self.duplicates
+
+
+def keep_unrescored(hour: Hour, hours: list[datetime], subset: dict[str, list[str]] | None) -> dict[datetime, Kept]:
+    """For a subset rescoring: each hour's committed rows outside the subset (empty dict for a full run).
+
+    Predictions stay Arrow tables read straight from the committed file, so kept rows are rewritten with
+    identical values; an hour never committed before keeps nothing.
+    """
+    if not subset or not (subset.get("devices") or subset.get("tags")):
+        return {}
+    kept = {}
+    for h in hours:
+        part = st.partition_prefix(h)
+        try:
+            previous = json.loads(hour.storage.read_bytes(hour.containers.predictions, part + st.MANIFEST_FILE))
+            table = pq.read_table(io.BytesIO(hour.storage.read_bytes(hour.containers.predictions, part + st.PARTITION_FILE)))
+            quarantine = st.read_parquet(hour.storage, hour.containers.quarantine, part + st.PARTITION_FILE)
+        except FileNotFoundError:
+            log.warning("Hour %s was never committed: the subset rescoring writes only the subset's rows", h.isoformat())
+            previous, table, quarantine = {}, PREDICTION_SCHEMA.empty_table(), pd.DataFrame(columns=QUARANTINE_SCHEMA.names)
+        table = table.select(PREDICTION_SCHEMA.names).cast(PREDICTION_SCHEMA)
+        in_subset = _subset_mask(table.select(["device_id", "tag"]).to_pandas(), subset)
+        table = table.filter(pa.array(~in_subset.to_numpy(dtype=bool))) if in_subset is not None else table
+        q_in = _subset_mask(quarantine, subset)
+        quarantine = quarantine.loc[~q_in].reset_index(drop=True) if q_in is not None and len(quarantine) else quarantine
+        if "duplicates_by_sensor" in previous:
+            dups = [d for d in previous["duplicates_by_sensor"]  # type: ignore[union-attr]
+                    if not bool(_subset_mask(pd.DataFrame([d]), subset).iloc[0])]
+        else:  # committed before per-sensor duplicates were recorded: keep its count whole
+            dups = [{"device_id": None, "tag": None, "duplicates": int(previous.get("counts", {}).get("duplicates", 0))}]
+            dups = [d for d in dups if d["duplicates"]]
+        kept[h] = Kept(predictions=table, quarantine=quarantine, duplicates_by_sensor=dups, previous=previous)
+        log.info("Hour %s: keeping %d prediction(s) and %d quarantined row(s) outside the subset %s",
+                 h.isoformat(), table.num_rows, len(quarantine), subset)
+    return kept
+
+
+def rescoring_record(manifest: dict[str, object], summary: dict[str, object], kept: Kept | None,
+                     local: Path) -> dict[str, object]:
+    """Manifest fields for rescoring: what this run replaced (``subset``), the history of subset rescorings
+    since the last full run (``rescored``), duplicates per sensor and rows per model version in the file.
+    """
+    h = str(manifest["hour"])
+    dups = list(kept.duplicates_by_sensor if kept else []) + list(summary.get("duplicates_by_sensor", {}).get(h, []))  # type: ignore[union-attr]
+    versions = pq.read_table(local, columns=["model_version"]).column("model_version").to_pandas().value_counts()
+    subset = summary.get("subset")
+    history: list[dict[str, object]] = []
+    if subset:
+        counts = manifest["counts"]  # type: ignore[index]
+        mine = {
+            "scored": counts["scored"] - kept.scored,  # type: ignore[union-attr]
+            "quarantined": counts["quarantined"] - len(kept.quarantine),  # type: ignore[union-attr]
+            "duplicates": counts["duplicates"] - kept.duplicates,  # type: ignore[union-attr]
+            "anomalies": counts["anomalies"] - kept.anomalies,  # type: ignore[union-attr]
+        }
+        mine = {"landed": mine["scored"] + mine["quarantined"] + mine["duplicates"], **mine}
+        history = list(kept.previous.get("rescored", [])) + [{  # type: ignore[union-attr]
+            "run_id": manifest["run_id"],
+            "model_version": manifest["model_version"],
+            "devices": subset["devices"],  # type: ignore[index]
+            "tags": subset["tags"],  # type: ignore[index]
+            "committed_at": manifest["committed_at"],
+            "counts": mine,
+        }]
+    return {
+        "subset": subset,
+        "rescored": history,
+        "model_versions": {str(v): int(n) for v, n in sorted(versions.items())},
+        "duplicates_by_sensor": dups,
+    }
