@@ -99,12 +99,13 @@ class AirflowApi:
     def request(self, method: str, path: str, *, ok: Iterable[int] = (200, 201), **kwargs: Any) -> Any:
         """One call under ``/api/v2``; a status not in ``ok`` raises with the server's explanation."""
         url = f"{self.base_url}/api/v2/{path.lstrip('/')}"
-        headers = {"Authorization": f"Bearer {self.token()}"}
-        reply = self.session.request(method, url, headers=headers, timeout=self.timeout_s, **kwargs)
+        extra_headers = kwargs.pop("headers", {})
+        reply = self.session.request(method, url, headers={**extra_headers, "Authorization": f"Bearer {self.token()}"},
+                                     timeout=self.timeout_s, **kwargs)
         if reply.status_code == 401:  # token expired: one fresh try
             self._token = None
-            headers = {"Authorization": f"Bearer {self.token()}"}
-            reply = self.session.request(method, url, headers=headers, timeout=self.timeout_s, **kwargs)
+            reply = self.session.request(method, url, headers={**extra_headers, "Authorization": f"Bearer {self.token()}"},
+                                         timeout=self.timeout_s, **kwargs)
         if reply.status_code not in set(ok):
             raise RuntimeError(f"{method} {url} -> {reply.status_code}: {reply.text[:1000]}")
         return reply.json() if reply.content else None
