@@ -227,8 +227,7 @@ class DevStack:
         passwords.write_text(json.dumps({self.username: self.password}))
         passwords.chmod(0o600)
         venv_bin = str(Path(sys.executable).parent)  # `airflow standalone` starts its parts as `airflow ...`
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
+        env = dict(os.environ)  # the caller's AIRFLOW_CONN_* (alert channels) and AIRFLOW__* settings pass through
         env.update({
             "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
             "AIRFLOW_HOME": str(self.airflow_home),
@@ -406,7 +405,7 @@ def _run_ui(home: Path, *, port: int | None, devices: int, tags: int, hours: int
 Airflow UI   {stack.url}
 Login        {stack.username} / {stack.password}
 DAG          {stack.url}/dags/{DAG_ID} (unpaused; hourly runs score the last complete hour)
-Storage      Azurite, {stack.storage_setting.split('BlobEndpoint=')[-1]} (data in {stack.azurite.location})
+Storage      Azurite, {stack.storage_setting.split('BlobEndpoint=')[-1].rstrip(';')} (data in {stack.azurite.location})
 Simulator    lands the current hour's windows every minute (log {stack.simulator_log})
 Press Ctrl-C to stop everything.""", flush=True)
         while True:

@@ -83,7 +83,7 @@ def test_trigger_form_shows_the_params_with_titles(page, standalone: Standalone)
     dialog.get_by_text("Run Parameters").wait_for()
     dialog.get_by_text("Single Run", exact=True).wait_for()
     titles = param_titles(standalone)
-    assert {"window_start", "window_end", "model_version", "sensors_per_shard", "backend"} <= set(titles)
+    assert {"window_start", "window_end", "devices", "tags", "model_version", "sensors_per_shard", "backend"} <= set(titles)
     for name, (title, description) in titles.items():
         # the label is the title, with a "*" when the param is required
         dialog.get_by_text(re.compile(rf"^\s*{re.escape(title)}\s*\*?\s*$")).first.wait_for()
