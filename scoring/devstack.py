@@ -75,6 +75,14 @@ def tail(path: Path, lines: int = 60) -> str:
         return f"({path} does not exist)"
 
 
+class ApiError(RuntimeError):
+    """A REST API call answered with an unexpected status (kept in ``status``)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class AirflowApi:
     """The Airflow REST API v2 with a JWT from the simple auth manager's ``/auth/token``."""
 
@@ -107,7 +115,7 @@ class AirflowApi:
             reply = self.session.request(method, url, headers={**extra_headers, "Authorization": f"Bearer {self.token()}"},
                                          timeout=self.timeout_s, **kwargs)
         if reply.status_code not in set(ok):
-            raise RuntimeError(f"{method} {url} -> {reply.status_code}: {reply.text[:1000]}")
+            raise ApiError(f"{method} {url} -> {reply.status_code}: {reply.text[:1000]}", reply.status_code)
         return reply.json() if reply.content else None
 
     def get(self, path: str, **kwargs: Any) -> Any:
@@ -133,12 +141,31 @@ class AirflowApi:
         return self.post(f"dags/{dag_id}/dagRuns", body)
 
     def backfill(self, from_date: datetime, to_date: datetime, *, dag_id: str = DAG_ID,
-                 conf: Mapping[str, Any] | None = None, reprocess: str = "completed", max_active_runs: int = 3) -> dict:
-        """A backfill of the runs whose logical date lies in [from_date, to_date] (both inclusive)."""
-        return self.post("backfills", {
-            "dag_id": dag_id, "from_date": from_date.isoformat(), "to_date": to_date.isoformat(),
-            "dag_run_conf": dict(conf or {}), "reprocess_behavior": reprocess, "max_active_runs": max_active_runs,
-        })
+                 conf: Mapping[str, Any] | None = None, reprocess: str = "completed", max_active_runs: int = 3,
+                 attempts: int = 10) -> dict:
+        """A backfill of the runs whose logical date lies in [from_date, to_date] (both inclusive).
+
+        On SQLite (``airflow standalone``) creating a backfill while the scheduler writes fails with 503
+        "Database is locked" and nothing created: it is tried again. Should an attempt have gone through
+        after all, the next one gets 409 (a backfill is running) and that backfill is returned.
+        """
+        body = {"dag_id": dag_id, "from_date": from_date.isoformat(), "to_date": to_date.isoformat(),
+                "dag_run_conf": dict(conf or {}), "reprocess_behavior": reprocess, "max_active_runs": max_active_runs}
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.post("backfills", body)
+            except ApiError as exc:
+                if exc.status == 409 and attempt > 1:
+                    mine = [b for b in self.get("backfills", params={"dag_id": dag_id, "limit": 100})["backfills"]
+                            if b["completed_at"] is None
+                            and datetime.fromisoformat(b["from_date"]) == from_date
+                            and datetime.fromisoformat(b["to_date"]) == to_date]
+                    if mine:
+                        return mine[-1]
+                if exc.status != 503 or attempt == attempts:
+                    raise
+                time.sleep(min(2 * attempt, 10))
+        raise AssertionError("unreachable")
 
     def run(self, run_id: str, dag_id: str = DAG_ID) -> dict:
         return self.get(f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")

@@ -84,7 +84,7 @@ def test_subset_rescoring_replaces_only_the_subset(standalone: Standalone, full_
 def test_backfill_of_three_hours_gives_one_partition_per_hour(standalone: Standalone):
     first = standalone.now_hour - 4 * H
     hours = [first, first + H, first + 2 * H]
-    backfill = standalone.api.backfill(hours[0], hours[-1], conf={"sensors_per_shard": 3}, max_active_runs=3)
+    backfill = standalone.api.backfill(hours[0], hours[-1], conf={"sensors_per_shard": SENSORS}, max_active_runs=3)
     assert backfill["dag_id"] == "sensor_scoring"
     runs = wait_for_backfill_runs(standalone, hours)
     assert sorted(pd.Timestamp(r["data_interval_start"]) for r in runs) == [pd.Timestamp(h) for h in hours]
