@@ -34,37 +34,46 @@ DAG_ID = "sensor_scoring"
 TERMINAL_STATES = frozenset({"success", "failed"})
 
 
-def stop_process_group(proc: subprocess.Popen | None, timeout_s: float = 20) -> None:
-    """SIGTERM the child's process group, SIGKILL it if it lingers, then kill any descendant that escaped.
+def stop_process_group(proc: subprocess.Popen | None, timeout_s: float = 20) -> list[int]:
+    """SIGTERM the child's process group, SIGKILL what lingers, and kill any descendant that left the group.
 
     Airflow's task supervisor puts each task in a process group of its own, so the group of the top
-    process does not reach them: their pids are collected first and killed one by one if still alive.
+    process does not reach them: all descendants are collected first and killed by pid if still alive.
+    Returns the pids of those still running afterwards (none, unless something resists SIGKILL).
     """
-    if proc is None or proc.poll() is not None:
-        return
+    if proc is None:
+        return []
     import psutil
 
     try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
+        descendants = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
     except psutil.Error:
         descendants = []
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
     _, alive = psutil.wait_procs(descendants, timeout=5)
+    _signal_group(proc.pid, signal.SIGKILL)  # whatever of the group did not end on SIGTERM
     for child in alive:
         try:
             child.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(alive, timeout=5)
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        return [proc.pid] + [p.pid for p in alive]
+    return [p.pid for p in alive]
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def tail(path: Path, lines: int = 60) -> str:
@@ -341,12 +350,17 @@ class DevStack:
         raise TimeoutError(f"Airflow at {self.url} not ready within {timeout_s}s ({last}) {errors}\n"
                            f"log tail ({self.airflow_log}):\n{tail(self.airflow_log)}")
 
-    def stop(self) -> None:
-        """Stops Airflow, the simulator and Azurite, each through its own process group."""
-        stop_process_group(self.airflow)
-        stop_process_group(self.live_simulator)
+    def stop(self) -> list[int]:
+        """Stops Airflow, the simulator and Azurite, each through its own process group.
+
+        Returns the pids that survived (none, normally), so tests can insist that nothing leaked.
+        """
+        survivors = stop_process_group(self.airflow) + stop_process_group(self.live_simulator)
         if self.azurite is not None:
             self.azurite.stop()
+            if self.azurite.proc is not None and self.azurite.proc.poll() is None:
+                survivors.append(self.azurite.proc.pid)
+        return survivors
 
     def __enter__(self) -> DevStack:
         return self.start()

@@ -183,7 +183,8 @@ def standalone(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer
             api.unpause()
             yield Standalone(stack, api, now_hour)
         finally:
-            stack.stop()
+            survivors = stack.stop()
+    assert not survivors, f"processes of the stack still running after stop: {survivors}"
 
 
 @pytest.fixture(scope="session")
