@@ -11,13 +11,16 @@ demo: install
 	$(PY) -m scoring demo
 
 test: install browser-deps
-	$(PY) -m pytest
+	SCORING_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
 # The browser test drives Debian's own Chromium with Playwright's Python package: never a Playwright browser
 # download. Installed once through apt (needs root, as on CI and the build machines).
 CHROMIUM ?= /usr/bin/chromium
 browser-deps:
-	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	@test -x $(CHROMIUM) || { \
+	  echo "$(CHROMIUM) missing: installing Debian's chromium with apt-get (needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	} || { echo "could not install chromium: run 'apt-get install chromium' as root, or set CHROMIUM=/path"; exit 1; }
 
 # Airflow standalone with the DAG, Azurite, a trained model and a simulator landing windows every minute.
 ui: install

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from scoring import config
+from scoring.devstack import ApiError
 from scoring.storage import MANIFEST_FILE, PARTITION_FILE, partition_prefix
 from tests.standalone_stack import ALERT_FROM, ALERT_TO, H, SENSORS, WEBHOOK_PATH, Standalone
 
@@ -44,7 +45,20 @@ def assert_whole_hour(frame: pd.DataFrame, manifest: dict, blobs: list[str], hou
     assert counts["landed"] == counts["scored"] + counts["quarantined"] + counts["duplicates"]
 
 
+def test_bad_conf_is_refused_before_anything_runs(standalone: Standalone):
+    """The params' JSON schema is checked by the API server: no run is created for a bad value."""
+    before = len(standalone.api.runs())
+    with pytest.raises(ApiError) as refused:
+        standalone.api.trigger({"sensors_per_shard": 0})
+    assert refused.value.status == 400 and "sensors_per_shard" in str(refused.value)
+    with pytest.raises(ApiError) as refused:
+        standalone.api.trigger({"window_start": "2026-11-25T10:30:00Z", "window_end": "2026-11-25T11:00:00Z"})
+    assert refused.value.status == 400 and "window_start" in str(refused.value)
+    assert len(standalone.api.runs()) == before
+
+
 def test_subset_rescoring_replaces_only_the_subset(standalone: Standalone, full_run: dict):
+    assert standalone.api.get("dags/sensor_scoring")["is_paused"] is False  # unpaused through the API
     hour = full_run["hour"]
     before, manifest_before, blobs = read_hour(standalone, hour)
     assert_whole_hour(before, manifest_before, blobs, hour)
@@ -97,6 +111,13 @@ def test_backfill_of_three_hours_gives_one_partition_per_hour(standalone: Standa
         assert manifest["run_id"] == run["dag_run_id"] and set(frame["run_id"]) == {run["dag_run_id"]}
         assert set(frame["model_version"]) == {"v-e2e"}
     wait_backfill_done(standalone, backfill["id"])
+    # each committed run updated the `predictions` asset, naming its hour for downstream DAGs
+    for run in runs:
+        [event] = standalone.api.get("assets/events", params={"source_dag_id": "sensor_scoring",
+                                                                "source_run_id": run["dag_run_id"]})["asset_events"]
+        assert event["name"] == "predictions" and event["source_task_id"] == "commit"
+        assert event["extra"]["run_id"] == run["dag_run_id"]
+        assert [pd.Timestamp(h) for h in event["extra"]["hours"]] == [pd.Timestamp(run["data_interval_start"])]
 
 
 def wait_for_backfill_runs(standalone: Standalone, hours: list[datetime], timeout_s: float = 420) -> list[dict]:
