@@ -1,4 +1,4 @@
-# The README's two commands: `make demo` (score an hour on Azurite with the local backend) and `make test`.
+# The README's commands: `make demo` (score an hour on Azurite), `make ui` (Airflow standalone) and `make test`.
 # Everything else is what they need: a virtualenv with the lock, and Azurite from npm.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv

@@ -6,15 +6,21 @@ Screenshots go to ``test-artifacts/`` (ignored by git) for a person to look at.
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import subprocess
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
+import pandas as pd
 import pytest
 
-from tests.standalone_stack import Standalone
+from scoring import config
+from scoring.storage import MANIFEST_FILE, PARTITION_FILE, partition_prefix
+from tests.standalone_stack import H, Standalone
 
 pytestmark = [pytest.mark.browser, pytest.mark.standalone]
 REPO = Path(__file__).resolve().parent.parent
@@ -94,6 +100,45 @@ def test_trigger_form_shows_the_params_with_titles(page, standalone: Standalone)
     dialog.get_by_text("Reprocess Behavior").first.wait_for()
     dialog.screenshot(path=ARTIFACTS / "browser-03-backfill-form.png")
     page.keyboard.press("Escape")
+
+
+def pick_time(page, dialog, when: datetime) -> None:
+    """Airflow's date-time picker: the first empty field opens a popover with Date and Time inputs (UTC)."""
+    dialog.get_by_text("Select date and time").first.click()
+    page.get_by_placeholder("YYYY/MM/DD").fill(when.strftime("%Y/%m/%d"))
+    page.get_by_placeholder("HH:mm").fill(when.strftime("%H:%M"))
+    page.keyboard.press("Escape")  # closes the popover, not the dialog
+
+
+def test_trigger_form_starts_a_subset_rescoring(page, standalone: Standalone):
+    """What an operator does: fill the form (window, one device, another model version) and press Trigger."""
+    hour = standalone.now_hour - 6 * H  # an hour no other test scores
+    page.goto(f"{standalone.stack.url}/dags/sensor_scoring")
+    page.get_by_role("button", name="Trigger").first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Run Parameters").wait_for()
+    pick_time(page, dialog, hour)  # Window start
+    pick_time(page, dialog, hour + H)  # Window end
+    dialog.locator("textarea[name=element_devices]").fill("dev-0002")
+    dialog.locator("input[name=element_model_version]").fill("v-alt")
+    dialog.screenshot(path=ARTIFACTS / "browser-06-rescoring-filled.png")
+    dialog.get_by_role("button", name="Trigger").click()
+    dialog.wait_for(state="hidden")
+
+    [run] = [r for r in standalone.api.runs(run_type="manual")
+             if (r["conf"] or {}).get("devices") == ["dev-0002"]]
+    assert pd.Timestamp(run["conf"]["window_start"]) == pd.Timestamp(hour)
+    assert pd.Timestamp(run["conf"]["window_end"]) == pd.Timestamp(hour + H)
+    assert run["conf"]["model_version"] == "v-alt" and run["conf"]["tags"] == []
+    done = standalone.api.wait_for_runs([run["dag_run_id"]], timeout_s=300)[run["dag_run_id"]]
+    assert done["state"] == "success", done
+    prefix, container = partition_prefix(hour), config.Containers().predictions
+    frame = pd.read_parquet(io.BytesIO(standalone.storage.read_bytes(container, prefix + PARTITION_FILE)))
+    manifest = json.loads(standalone.storage.read_bytes(container, prefix + MANIFEST_FILE))
+    # the hour had never been scored: a subset rescoring writes the subset's rows only, and says so
+    assert len(frame) == 2 * 60 and set(frame["device_id"]) == {"dev-0002"}
+    assert set(frame["model_version"]) == {"v-alt"} and set(frame["run_id"]) == {run["dag_run_id"]}
+    assert manifest["subset"] == {"devices": ["dev-0002"], "tags": []}
 
 
 def test_run_shows_its_mapped_shards_named_by_sensors(page, standalone: Standalone, full_run: dict):
