@@ -51,7 +51,7 @@ windows selected by `window_end`.
   (default 90) after its hour ended, and (if `SCORING_ANOMALY_ALERT_THRESHOLD` is set) an hour with more anomalies
   go to the `scoring_smtp` email and `scoring_alert_webhook` connections. The message links the task's log.
 
-**Rescoring:** *Trigger DAG w/ config*: set `window_start`/`window_end` (whole hours), optionally `devices`
+**Rescoring:** *Trigger*, then the run parameters: set `window_start`/`window_end` (whole hours), optionally `devices`
 and/or `tags` and a `model_version`. Only those sensors' rows of each hour are replaced; the partition's
 `_manifest.json` lists every rescoring under `rescored`. **Backfill:** *Backfill* in the DAG's menu, or
 `airflow backfill create --dag-id sensor_scoring --from-date ... --to-date ...` (see `docs/operating.md`).

@@ -221,11 +221,13 @@ class ScoringAlertNotifier(BaseNotifier):
             log.warning("Could not build the %s alert: %s: %s", self.event, type(exc).__name__, exc)
 
 
-async def deadline_missed(context: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, str]:
+async def deadline_missed(context: Mapping[str, Any] | None = None, **kwargs: Any) -> str:
     """Deadline-alert callback (``AsyncCallback``, runs in the triggerer): the run has not finished in time.
 
     The triggerer passes a small context: ``dag_run`` (the REST API's DAG-run fields) and ``deadline``.
-    Sending is blocking I/O, so it runs in a thread rather than stalling the triggerer's event loop.
+    Sending is blocking I/O, so it runs in a thread rather than stalling the triggerer's event loop. Returns
+    a short text: the triggerer stores the return value in a text column, and in Airflow 3.3.2 a dict there
+    crashes the triggerer (seen with a live scheduler and triggerer).
     """
     context = dict(context or {})
     deadline = context.get("deadline") or {}
@@ -233,15 +235,16 @@ async def deadline_missed(context: Mapping[str, Any] | None = None, **kwargs: An
     actionable, why = deadline_is_actionable(run, deadline)
     if not actionable:
         log.info("Deadline of %s / %s passed, no alert: %s", run.get("dag_id"), run.get("dag_run_id"), why)
-        return {"email": "skipped", "webhook": "skipped"}
+        return f"no alert: {why}"
     error = (f"not finished by {deadline.get('deadline_time')} (state {run.get('state')}, "
              f"data interval {run.get('data_interval_start')} .. {run.get('data_interval_end')})")
     try:
         payload = build_payload("deadline_missed", context, error=error, **kwargs)
     except Exception as exc:
         log.warning("Could not build the deadline alert: %s: %s", type(exc).__name__, exc)
-        return {"email": "failed", "webhook": "failed"}
-    return await asyncio.to_thread(send_alert, payload)
+        return f"alert not built: {type(exc).__name__}"
+    outcome = await asyncio.to_thread(send_alert, payload)
+    return ", ".join(f"{channel} {result}" for channel, result in outcome.items())
 
 
 def deadline_is_actionable(run: Mapping[str, Any], deadline: Mapping[str, Any]) -> tuple[bool, str]:

@@ -453,7 +453,7 @@ def _sensor_counts(frame: pd.DataFrame) -> pd.Series:
         "device_id": frame["device_id"].astype("string").fillna(_NO_KEY),
         "tag": frame["tag"].astype("string").fillna(_NO_KEY),
     })
-    return keys.groupby(["hour", "device_id", "tag"]).size()
+    return keys.groupby(["hour", "device_id", "tag"], dropna=False).size()  # a stray without window_end counts too
 
 
 def subset_summary(landed: pd.DataFrame, valid: pd.DataFrame, quarantined: pd.DataFrame,
