@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import pandas as pd
 import pytest
+from playwright.sync_api import expect
 
 from scoring import config
 from scoring.storage import MANIFEST_FILE, PARTITION_FILE, partition_prefix
@@ -104,10 +105,12 @@ def test_trigger_form_shows_the_params_with_titles(page, standalone: Standalone)
 
 def pick_time(page, dialog, when: datetime) -> None:
     """Airflow's date-time picker: the first empty field opens a popover with Date and Time inputs (UTC)."""
+    date, time = page.get_by_placeholder("YYYY/MM/DD"), page.get_by_placeholder("HH:mm")
     dialog.get_by_text("Select date and time").first.click()
-    page.get_by_placeholder("YYYY/MM/DD").fill(when.strftime("%Y/%m/%d"))
-    page.get_by_placeholder("HH:mm").fill(when.strftime("%H:%M"))
+    date.fill(when.strftime("%Y/%m/%d"))
+    time.fill(when.strftime("%H:%M"))
     page.keyboard.press("Escape")  # closes the popover, not the dialog
+    expect(date).to_have_count(0)  # gone before the next picker opens (it lingers while it animates out)
 
 
 def test_trigger_form_starts_a_subset_rescoring(page, standalone: Standalone):
