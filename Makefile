@@ -1,17 +1,30 @@
-# The README's two commands: `make demo` (score an hour on Azurite with the local backend) and `make test`.
+# The README's commands: `make demo` (score an hour on Azurite), `make ui` (Airflow standalone) and `make test`.
 # Everything else is what they need: a virtualenv with the lock, and Azurite from npm.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 AZURITE_DIR := tools/azurite
 
-.PHONY: demo test install lock scorer-requirements bench clean
+.PHONY: demo test install browser-deps ui lock scorer-requirements bench clean
 
 demo: install
 	$(PY) -m scoring demo
 
-test: install
-	$(PY) -m pytest
+test: install browser-deps
+	SCORING_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
+
+# The browser test drives Debian's own Chromium with Playwright's Python package: never a Playwright browser
+# download. Installed once through apt (needs root, as on CI and the build machines).
+CHROMIUM ?= /usr/bin/chromium
+browser-deps:
+	@test -x $(CHROMIUM) || { \
+	  echo "$(CHROMIUM) missing: installing Debian's chromium with apt-get (needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	} || { echo "could not install chromium: run 'apt-get install chromium' as root, or set CHROMIUM=/path"; exit 1; }
+
+# Airflow standalone with the DAG, Azurite, a trained model and a simulator landing windows every minute.
+ui: install
+	$(PY) -m scoring.devstack
 
 install: $(VENV)/.installed $(AZURITE_DIR)/node_modules/.installed
 

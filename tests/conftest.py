@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# the `airflow standalone` stack and its SMTP/webhook receivers, shared by the e2e and browser tests
+pytest_plugins = ["tests.standalone_stack"]
+
 REPO = Path(__file__).resolve().parent.parent
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="scoring-tests-airflow-")
 os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME

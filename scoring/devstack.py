@@ -1,0 +1,488 @@
+"""A local Airflow stack for ``make ui`` and the standalone tests: Azurite + ``airflow standalone`` (+ simulator).
+
+Everything runs as child processes, each in its own process group (``start_new_session=True``), and is stopped
+through that group (then any straggling descendant by pid), never by name: other people on the same machine
+run the same programs. Airflow gets its own AIRFLOW_HOME (SQLite), the project's dags/ and plugins/, free
+ports, a known login (simple auth manager) and the storage connection pointing at this stack's Azurite.
+
+``python -m scoring.devstack`` (``make ui``) runs it in the foreground until Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from scoring import config
+from scoring.azurite import REPO, Azurite, free_port
+
+DAG_ID = "sensor_scoring"
+TERMINAL_STATES = frozenset({"success", "failed"})
+
+
+def stop_process_group(proc: subprocess.Popen | None, timeout_s: float = 20) -> list[int]:
+    """SIGTERM the child's process group, SIGKILL what lingers, and kill any descendant that left the group.
+
+    Airflow's task supervisor puts each task in a process group of its own, so the group of the top
+    process does not reach them: all descendants are collected first and killed by pid if still alive.
+    Returns the pids of those still running afterwards (none, unless something resists SIGKILL).
+    """
+    if proc is None:
+        return []
+    import psutil
+
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+    except psutil.Error:
+        descendants = []
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+    _, alive = psutil.wait_procs(descendants, timeout=5)
+    _signal_group(proc.pid, signal.SIGKILL)  # whatever of the group did not end on SIGTERM
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        return [proc.pid] + [p.pid for p in alive]
+    return [p.pid for p in alive]
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    """The last lines of a log file, for error messages that say why something did not come up."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+
+
+class ApiError(RuntimeError):
+    """A REST API call answered with an unexpected status (kept in ``status``)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AirflowApi:
+    """The Airflow REST API v2 with a JWT from the simple auth manager's ``/auth/token``."""
+
+    def __init__(self, base_url: str, username: str, password: str, timeout_s: float = 30) -> None:
+        import requests
+
+        self.base_url = base_url.rstrip("/")
+        self.username, self.password = username, password
+        self.timeout_s = timeout_s
+        self.session = requests.Session()
+        self._token: str | None = None
+
+    def token(self) -> str:
+        if self._token is None:
+            reply = self.session.post(f"{self.base_url}/auth/token", timeout=self.timeout_s,
+                                      json={"username": self.username, "password": self.password})
+            if reply.status_code not in (200, 201):
+                raise RuntimeError(f"POST /auth/token -> {reply.status_code}: {reply.text[:500]}")
+            self._token = reply.json()["access_token"]
+        return self._token
+
+    def request(self, method: str, path: str, *, ok: Iterable[int] = (200, 201), **kwargs: Any) -> Any:
+        """One call under ``/api/v2``; a status not in ``ok`` raises with the server's explanation."""
+        url = f"{self.base_url}/api/v2/{path.lstrip('/')}"
+        extra_headers = kwargs.pop("headers", {})
+        reply = self.session.request(method, url, headers={**extra_headers, "Authorization": f"Bearer {self.token()}"},
+                                     timeout=self.timeout_s, **kwargs)
+        if reply.status_code == 401:  # token expired: one fresh try
+            self._token = None
+            reply = self.session.request(method, url, headers={**extra_headers, "Authorization": f"Bearer {self.token()}"},
+                                         timeout=self.timeout_s, **kwargs)
+        if reply.status_code not in set(ok):
+            raise ApiError(f"{method} {url} -> {reply.status_code}: {reply.text[:1000]}", reply.status_code)
+        return reply.json() if reply.content else None
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: Mapping[str, Any], **kwargs: Any) -> Any:
+        return self.request("POST", path, json=body, **kwargs)
+
+    def patch(self, path: str, body: Mapping[str, Any], **kwargs: Any) -> Any:
+        return self.request("PATCH", path, json=body, **kwargs)
+
+    # the few calls the tests and `make ui` need
+    def unpause(self, dag_id: str = DAG_ID) -> dict:
+        return self.patch(f"dags/{dag_id}", {"is_paused": False})
+
+    def trigger(self, conf: Mapping[str, Any] | None = None, *, dag_id: str = DAG_ID,
+                logical_date: datetime | None = None, run_id: str | None = None) -> dict:
+        """A manual run; without ``logical_date`` the run has none (the conf's window decides the hours)."""
+        body: dict[str, Any] = {"conf": dict(conf or {}),
+                                "logical_date": logical_date.isoformat() if logical_date else None}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return self.post(f"dags/{dag_id}/dagRuns", body)
+
+    def backfill(self, from_date: datetime, to_date: datetime, *, dag_id: str = DAG_ID,
+                 conf: Mapping[str, Any] | None = None, reprocess: str = "completed", max_active_runs: int = 3,
+                 attempts: int = 10) -> dict:
+        """A backfill of the runs whose logical date lies in [from_date, to_date] (both inclusive).
+
+        On SQLite (``airflow standalone``) creating a backfill while the scheduler writes fails with 503
+        "Database is locked" and nothing created: it is tried again. Should an attempt have gone through
+        after all, the next one gets 409 (a backfill is running) and that backfill is returned.
+        """
+        body = {"dag_id": dag_id, "from_date": from_date.isoformat(), "to_date": to_date.isoformat(),
+                "dag_run_conf": dict(conf or {}), "reprocess_behavior": reprocess, "max_active_runs": max_active_runs}
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.post("backfills", body)
+            except ApiError as exc:
+                if exc.status == 409 and attempt > 1:
+                    mine = [b for b in self.get("backfills", params={"dag_id": dag_id, "limit": 100})["backfills"]
+                            if b["completed_at"] is None
+                            and datetime.fromisoformat(b["from_date"]) == from_date
+                            and datetime.fromisoformat(b["to_date"]) == to_date]
+                    if mine:
+                        return mine[-1]
+                if exc.status != 503 or attempt == attempts:
+                    raise
+                time.sleep(min(2 * attempt, 10))
+        raise AssertionError("unreachable")
+
+    def run(self, run_id: str, dag_id: str = DAG_ID) -> dict:
+        return self.get(f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
+
+    def runs(self, dag_id: str = DAG_ID, **params: Any) -> list[dict]:
+        return self.get(f"dags/{dag_id}/dagRuns", params={"limit": 100, **params})["dag_runs"]
+
+    def task_instances(self, run_id: str, dag_id: str = DAG_ID) -> list[dict]:
+        return self.get(f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances",
+                        params={"limit": 1000})["task_instances"]
+
+    def wait_for_runs(self, run_ids: Iterable[str], timeout_s: float = 600, dag_id: str = DAG_ID,
+                      poll_s: float = 2) -> dict[str, dict]:
+        """Polls until every run is success or failed; on timeout says which runs and tasks were where."""
+        pending = set(run_ids)
+        done: dict[str, dict] = {}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            for run_id in sorted(pending):
+                run = self.run(run_id, dag_id)
+                if run["state"] in TERMINAL_STATES:
+                    done[run_id] = run
+                    pending.discard(run_id)
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                where = {r: [(t["task_id"], t.get("map_index"), t["state"]) for t in self.task_instances(r, dag_id)]
+                         for r in sorted(pending)}
+                raise TimeoutError(f"runs not finished after {timeout_s}s: {where}")
+            time.sleep(poll_s)
+        return done
+
+
+@dataclass
+class DevStack:
+    """Azurite + ``airflow standalone`` (+ optionally a live simulator) under ``home``.
+
+    ``airflow_env`` adds or overrides Airflow's environment (fast scheduler settings, alert connections).
+    """
+
+    home: Path
+    username: str = "admin"
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    api_port: int | None = None
+    airflow_env: dict[str, str] = field(default_factory=dict)
+    simulator: dict[str, int] | None = None  # {"devices": N, "tags": M}: land new windows every minute
+    azurite: Azurite | None = None
+    airflow: subprocess.Popen | None = None
+    live_simulator: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home).resolve()
+        self.api_port = self.api_port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def airflow_log(self) -> Path:
+        return self.home / "airflow-standalone.log"
+
+    @property
+    def simulator_log(self) -> Path:
+        return self.home / "simulator.log"
+
+    @property
+    def storage_setting(self) -> str:
+        assert self.azurite is not None, "start() first"
+        return self.azurite.connection_string
+
+    def api(self) -> AirflowApi:
+        return AirflowApi(self.url, self.username, self.password)
+
+    def scoring_env(self) -> dict[str, str]:
+        """What a process needs to reach this stack's storage (the simulator, the CLI, the tests)."""
+        return {config.STORAGE_ENV: self.storage_setting}
+
+    def environment(self) -> dict[str, str]:
+        """Airflow's environment: own home and SQLite DB, project dags/plugins, free ports, known login."""
+        passwords = self.home / "passwords.json"
+        passwords.write_text(json.dumps({self.username: self.password}))
+        passwords.chmod(0o600)
+        venv_bin = str(Path(sys.executable).parent)  # `airflow standalone` starts its parts as `airflow ...`
+        env = dict(os.environ)  # the caller's AIRFLOW_CONN_* (alert channels) and AIRFLOW__* settings pass through
+        env.update({
+            "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.airflow_home / 'airflow.db'}",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(self.api_port),
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW_CONN_SCORING_STORAGE": json.dumps(
+                {"conn_type": "wasb", "extra": {"connection_string": self.storage_setting}}),
+            config.STORAGE_ENV: self.storage_setting,
+        })
+        env.update(self.airflow_env)
+        return env
+
+    def start_storage(self) -> DevStack:
+        """Azurite alone, so data can be seeded before Airflow starts."""
+        if self.azurite is None:
+            self.home.mkdir(parents=True, exist_ok=True)
+            self.azurite = Azurite(self.home / "azurite").start()
+        return self
+
+    def start(self, timeout_s: float = 300) -> DevStack:
+        """Starts what is not running yet and waits until the API is healthy and the DAG is parsed."""
+        atexit.register(self.stop)
+        try:
+            self.start_storage()
+            self.airflow_home.mkdir(parents=True, exist_ok=True)
+            if self.simulator and self.live_simulator is None:
+                self.live_simulator = self._spawn(
+                    [sys.executable, "-m", "scoring.devstack", "live-simulator",
+                     "--devices", str(self.simulator["devices"]), "--tags", str(self.simulator["tags"])],
+                    self.simulator_log, os.environ | self.scoring_env())
+            if self.airflow is None:
+                self.airflow = self._spawn([sys.executable, "-m", "airflow", "standalone"],
+                                           self.airflow_log, self.environment(), cwd=self.airflow_home)
+            self.wait_until_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @staticmethod
+    def _spawn(command: list[str], log_path: Path, env: Mapping[str, str], cwd: Path | None = None) -> subprocess.Popen:
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd,
+                                    start_new_session=True)
+
+    def wait_until_ready(self, timeout_s: float) -> None:
+        """Healthy metadatabase, scheduler, DAG processor and triggerer, and the DAG known to the API."""
+        import requests
+
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if self.airflow is not None and self.airflow.poll() is not None:
+                raise RuntimeError(f"airflow standalone exited with {self.airflow.returncode}; "
+                                   f"log tail ({self.airflow_log}):\n{tail(self.airflow_log)}")
+            try:
+                health = requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
+                unhealthy = [name for name, part in health.items()
+                             if isinstance(part, dict) and part.get("status") != "healthy"]
+                if unhealthy:
+                    last = f"unhealthy: {unhealthy}"
+                else:
+                    self.api().get(f"dags/{DAG_ID}")
+                    return
+            except Exception as exc:  # not listening yet, or the DAG is not parsed yet
+                last = f"{type(exc).__name__}: {exc}"[:300]
+            time.sleep(2)
+        errors = ""
+        try:
+            errors = json.dumps(self.api().get("importErrors"))[:2000]
+        except Exception:
+            pass
+        raise TimeoutError(f"Airflow at {self.url} not ready within {timeout_s}s ({last}) {errors}\n"
+                           f"log tail ({self.airflow_log}):\n{tail(self.airflow_log)}")
+
+    def stop(self) -> list[int]:
+        """Stops Airflow, the simulator and Azurite, each through its own process group.
+
+        Returns the pids that survived (none, normally), so tests can insist that nothing leaked.
+        """
+        survivors = stop_process_group(self.airflow) + stop_process_group(self.live_simulator)
+        if self.azurite is not None:
+            self.azurite.stop()
+            if self.azurite.proc is not None and self.azurite.proc.poll() is None:
+                survivors.append(self.azurite.proc.pid)
+        return survivors
+
+    def __enter__(self) -> DevStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def seed(storage_setting: str, *, devices: int, tags: int, hours: int, now: datetime | None = None) -> dict[str, object]:
+    """Simulated windows for the last ``hours`` hours up to now, and a promoted model version if none exists."""
+    from scoring import models
+    from scoring.demo import ensure_data
+    from scoring.storage import open_storage
+    from scoring.training import train_and_register
+
+    storage, containers = open_storage(storage_setting), config.Containers.from_env()
+    now = now or datetime.now(timezone.utc)
+    latest = now.replace(minute=0, second=0, microsecond=0)
+    first = latest - timedelta(hours=hours)
+    landed = ensure_data(storage, containers, devices, tags, first, now)
+    try:
+        version = models.resolve_version(storage, containers.models, config.PRODUCTION_ALIAS)
+    except LookupError:
+        manifest, _ = train_and_register(storage, containers, first, latest, promote=True)
+        version = str(manifest["version"])
+    return {"hours": landed["hours"], "windows": landed["windows"], "model_version": version}
+
+
+def live_simulator(devices: int, tags: int, every_s: float = 60) -> None:
+    """Lands the current hour's windows so far every minute, like a Stream Analytics job would."""
+    from scoring.demo import ensure_data
+    from scoring.storage import open_storage
+
+    storage, containers = open_storage(), config.Containers.from_env()
+    while True:
+        now = datetime.now(timezone.utc)
+        current = now.replace(minute=0, second=0, microsecond=0)
+        done = ensure_data(storage, containers, devices, tags, current - timedelta(hours=1), now)
+        print(f"{now:%H:%M:%S} landed {done['windows']} window(s) in {done['hours']} hour(s)", flush=True)
+        time.sleep(every_s)
+
+
+@contextmanager
+def stop_on_signals(signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Turns these signals into KeyboardInterrupt while inside, so ``finally`` blocks stop the children.
+
+    SIGINT too: a process started in the background by a shell inherits SIGINT ignored, and would then
+    never see Ctrl-C. Only possible in the main thread; elsewhere this does nothing.
+    """
+    def _interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in signals:
+            previous[sig] = signal.signal(sig, _interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_ui(home: Path, *, port: int | None, devices: int, tags: int, hours: int) -> None:
+    """``make ui``: the stack in the foreground with a known login, until Ctrl-C (or SIGTERM)."""
+    with stop_on_signals():
+        _run_ui(home, port=port, devices=devices, tags=tags, hours=hours)
+
+
+def _run_ui(home: Path, *, port: int | None, devices: int, tags: int, hours: int) -> None:
+    stack = DevStack(home, username="admin", password="admin", api_port=port,
+                     simulator={"devices": devices, "tags": tags})
+    try:
+        stack.start_storage()
+        print(f"Azurite on 127.0.0.1:{stack.azurite.port}; landing {hours} h of windows for "
+              f"{devices} devices x {tags} sensors and training a model if none ...", flush=True)
+        seeded = seed(stack.storage_setting, devices=devices, tags=tags, hours=hours)
+        print(f"  {seeded['hours']} hour(s) landed, model version {seeded['model_version']} (alias production)")
+        print(f"Starting airflow standalone (home {stack.airflow_home}, log {stack.airflow_log}) ...", flush=True)
+        stack.start()
+        stack.api().unpause()
+        print(f"""
+Airflow UI   {stack.url}
+Login        {stack.username} / {stack.password}
+DAG          {stack.url}/dags/{DAG_ID} (unpaused; hourly runs score the last complete hour)
+Storage      Azurite, {stack.storage_setting.split('BlobEndpoint=')[-1].rstrip(';')} (data in {stack.azurite.location})
+Simulator    lands the current hour's windows every minute (log {stack.simulator_log})
+Press Ctrl-C to stop everything.""", flush=True)
+        while True:
+            for name, proc in (("airflow standalone", stack.airflow), ("simulator", stack.live_simulator)):
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {stack.home}")
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nStopping ...", flush=True)
+    finally:
+        stack.stop()
+        print("Stopped Airflow, the simulator and Azurite (state kept in " f"{stack.home})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scoring.devstack", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    ui = sub.add_parser("ui", help="the stack in the foreground (default)")
+    ui.add_argument("--home", type=Path, default=REPO / ".airflow" / "ui")
+    ui.add_argument("--port", type=int, default=None, help="api-server port (default: a free one)")
+    ui.add_argument("--devices", type=int, default=10)
+    ui.add_argument("--tags", type=int, default=3)
+    ui.add_argument("--hours", type=int, default=6, help="past hours of windows to land before starting")
+    sim = sub.add_parser("live-simulator", help="land the current hour's windows every minute (SCORING_STORAGE)")
+    sim.add_argument("--devices", type=int, default=10)
+    sim.add_argument("--tags", type=int, default=3)
+    sim.add_argument("--every", type=float, default=60)
+    args = parser.parse_args(argv)
+    if args.command == "live-simulator":
+        live_simulator(args.devices, args.tags, args.every)
+        return 0
+    if args.command is None:
+        args = ui.parse_args([])
+    run_ui(args.home, port=args.port, devices=args.devices, tags=args.tags, hours=args.hours)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
