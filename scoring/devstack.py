@@ -290,13 +290,13 @@ class DevStack:
     def start_storage(self) -> DevStack:
         """Azurite alone, so data can be seeded before Airflow starts."""
         if self.azurite is None:
+            atexit.register(self.stop)  # a last resort; callers stop the stack in their own finally
             self.home.mkdir(parents=True, exist_ok=True)
             self.azurite = Azurite(self.home / "azurite").start()
         return self
 
     def start(self, timeout_s: float = 300) -> DevStack:
         """Starts what is not running yet and waits until the API is healthy and the DAG is parsed."""
-        atexit.register(self.stop)
         try:
             self.start_storage()
             self.airflow_home.mkdir(parents=True, exist_ok=True)
