@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from scoring.azurite import free_port
+from scoring.devstack import stop_process_group
 from tests.conftest import REPO
 from tests.test_alerts import http_sink, smtp_conn, smtp_sink, webhook_conn  # noqa: F401 (fixtures)
 
@@ -29,34 +29,6 @@ pytestmark = pytest.mark.airflow
 RUN_ID = "deadline-live"
 FAILING_ID = "failing-live"
 OLD = datetime(2026, 11, 24, tzinfo=timezone.utc)
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the standalone's process group, then SIGKILL; task processes with groups of their own by pid."""
-    import psutil
-
-    if proc.poll() is not None:
-        return
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
-    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    _, alive = psutil.wait_procs(descendants, timeout=5)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.Error:
-            pass
 
 
 def query(db: Path, sql: str) -> list[tuple]:
@@ -131,7 +103,7 @@ def test_missed_deadline_alerts_through_scheduler_and_triggerer(tmp_path, smtp_s
             rows if len(rows := query(db, "select output from callback where state = 'success'")) >= 3 else None),
             120, log_path)
     finally:
-        stop_group(proc)
+        assert not stop_process_group(proc), "processes of the standalone survived"
 
     posts = {p["json"]["event"]: p["json"] for p in http_sink.received}
     assert len(http_sink.received) == 3 and len(smtp_sink.messages) == 3

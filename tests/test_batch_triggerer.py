@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from scoring.azurite import free_port
+from scoring.devstack import stop_process_group
 from tests.conftest import REPO
 from tests.fake_batch import FakeBatch
 from tests.test_batch_dag import H, HOUR, landed  # noqa: F401  (fixture)
@@ -71,15 +71,9 @@ def standalone(tmp_path, fake, blob, azurite):
     try:
         yield env, home, tmp_path / "standalone.log"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
+        survivors = stop_process_group(proc)  # the group, then task processes that left it, by pid
         log.close()
+        assert not survivors, f"processes of the standalone survived: {survivors}"
 
 
 def query(db: Path, sql: str, *args) -> list[tuple]:
