@@ -19,11 +19,11 @@ from azure.batch import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError
 
-from scoring import backends, batch, models, pipeline
+from scoring import backends, batch
 from scoring.azurite import KEY as STORAGE_KEY
 from scoring.storage import open_storage
 from tests.fake_batch import ACCOUNT, KEY, FakeBatch
-from tests.helpers import START, fleet_windows
+from tests.helpers import planned_hour
 
 pytestmark = [pytest.mark.azurite]
 IMAGE = "registry.example/sensor-scoring-scorer:1.0"
@@ -56,13 +56,7 @@ def client(fake) -> BatchClient:
 @pytest.fixture
 def shards(blob, containers):
     """Three planned shards (2 sensors each) of a real hour on Azurite."""
-    from scoring.windows import land_windows
-
-    windows = fleet_windows(devices=3, tags=2, hours=3)
-    land_windows(blob, containers.windows, windows)
-    models.register(blob, containers.models, models.train_models(windows), version="v1", params={}, promote=True)
-    hour = pipeline.Hour(blob, containers, "batch-run", START + timedelta(hours=2), START + timedelta(hours=3))
-    return pipeline.plan_shards(hour, pipeline.load_and_validate(hour), model_version="production", sensors_per_shard=2)
+    return planned_hour(blob, containers, "batch-run", devices=3, tags=2, sensors_per_shard=2)[1]
 
 
 def backend(client, settings, **kwargs) -> backends.AzureBatchBackend:

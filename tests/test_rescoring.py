@@ -6,8 +6,6 @@ subset rescorings with another model version, checked row by row against the par
 from __future__ import annotations
 
 import copy
-import io
-import json
 from datetime import timedelta
 
 import numpy as np
@@ -21,6 +19,7 @@ from scoring.training import train_and_register
 from scoring.validation import check_windows
 from scoring.windows import parse_window_file, to_asa_json_lines
 from tests.helpers import START, fleet_windows
+from tests.test_end_to_end import read_partition
 
 H = timedelta(hours=1)
 FIRST = START + 5 * H  # the two rescored hours: FIRST and FIRST + 1h
@@ -79,12 +78,6 @@ def test_params_reject_bad_subsets_and_partial_hours(sensor_dag):
 
 
 # --- the real DAG on Azurite ------------------------------------------------------------------------------------
-
-def read_partition(blob, container: str, hour) -> tuple[pd.DataFrame, dict]:
-    prefix = f"date={hour:%Y-%m-%d}/hour={hour:%H}/"
-    frame = pd.read_parquet(io.BytesIO(blob.read_bytes(container, prefix + "part-00000.parquet")))
-    return frame, json.loads(blob.read_bytes(container, prefix + "_manifest.json"))
-
 
 @pytest.fixture
 def two_versions(blob, containers):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from azure.core.exceptions import HttpResponseError
 
-from scoring import backends, batch, config, models, pipeline, storage as st
+from scoring import backends, batch, config, storage as st
 from scoring.azurite import KEY
-from tests.helpers import START, fleet_windows
+from tests.helpers import planned_hour
 
 pytestmark = [pytest.mark.azurite]
 
@@ -21,13 +21,7 @@ pytestmark = [pytest.mark.azurite]
 @pytest.fixture
 def planned_shard(blob, containers):
     """One planned shard of a real hour on Azurite: its spec, input and models are in blob storage."""
-    from scoring.windows import land_windows
-
-    windows = fleet_windows(devices=1, tags=2, hours=3)
-    land_windows(blob, containers.windows, windows)
-    models.register(blob, containers.models, models.train_models(windows), version="v1", params={}, promote=True)
-    hour = pipeline.Hour(blob, containers, "sas-run", START + timedelta(hours=2), START + timedelta(hours=3))
-    [shard] = pipeline.plan_shards(hour, pipeline.load_and_validate(hour), model_version="production", sensors_per_shard=5)
+    hour, [shard] = planned_hour(blob, containers, "sas-run", devices=1, tags=2, sensors_per_shard=5)
     return hour, shard
 
 
