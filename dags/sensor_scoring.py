@@ -110,10 +110,10 @@ with DAG(
         "window_end": Param(None, type=["null", "string"], format="date-time", pattern=HOUR_PATTERN,
                             title="Window end (UTC)",
                             description="Empty: the run's data interval. Exclusive; a whole hour after window_start."),
-        "devices": Param([], type="array", items=SUBSET_ITEMS, uniqueItems=True, title="Devices",
+        "devices": Param([], type=["array", "null"], items=SUBSET_ITEMS, uniqueItems=True, title="Devices",
                          description="Rescore only these device_ids (one per line). Empty: all devices. Only the "
                                      "chosen sensors' rows are replaced; every other row of the hour stays."),
-        "tags": Param([], type="array", items=SUBSET_ITEMS, uniqueItems=True, title="Sensor tags",
+        "tags": Param([], type=["array", "null"], items=SUBSET_ITEMS, uniqueItems=True, title="Sensor tags",
                       description="Rescore only these tags (one per line). Empty: all tags. With devices: "
                                   "the sensors that match both."),
         "late_folders": Param(1, type="integer", minimum=0, maximum=24, title="Late folders",

@@ -91,11 +91,17 @@ def test_trigger_form_shows_the_params_with_titles(page, standalone: Standalone)
     dialog.get_by_text("Single Run", exact=True).wait_for()
     titles = param_titles(standalone)
     assert {"window_start", "window_end", "devices", "tags", "model_version", "sensors_per_shard", "backend"} <= set(titles)
+    marked = {}
     for name, (title, description) in titles.items():
         # the label is the title, with a "*" when the param is required
-        dialog.get_by_text(re.compile(rf"^\s*{re.escape(title)}\s*\*?\s*$")).first.wait_for()
+        label = dialog.locator("label").filter(has_text=re.compile(rf"^\s*{re.escape(title)}\s*\*?\s*$")).first
+        label.wait_for()
+        marked[name] = "*" in label.inner_text()
         if description:
             dialog.get_by_text(description).first.wait_for()
+    # an empty subset or window means "all" / "the run's interval": the form must not demand them
+    assert not any(marked[name] for name in ("devices", "tags", "window_start", "window_end")), marked
+    assert marked["sensors_per_shard"] and marked["model_version"], marked  # negative: a real required field is marked
     dialog.screenshot(path=ARTIFACTS / "browser-02-trigger-form.png")
     dialog.get_by_text("Backfill", exact=True).click()  # the same form creates backfills
     dialog.get_by_text("Reprocess Behavior").first.wait_for()

@@ -66,6 +66,10 @@ def test_params_reject_bad_subsets_and_partial_hours(sensor_dag):
     ok.update({"devices": ["dev-0001"], "tags": ["pressure", "temperature"], "window_start": "2026-11-25T16:00:00Z",
                "window_end": "2026-11-25T19:00:00+00:00", "model_version": "v1"})
     ok.validate()
+    for cleared in ({"devices": None}, {"tags": None}):  # what the trigger form sends for a cleared textarea: all
+        params = copy.deepcopy(sensor_dag.params)
+        params.update(cleared)
+        params.validate()
     for bad in ({"devices": "dev-0001"}, {"devices": [""]}, {"tags": [3]}, {"devices": ["a", "a"]},
                 {"window_start": "2026-11-25T16:30:00Z"}, {"window_end": "yesterday"}, {"sensors_per_shard": "ten"}):
         with pytest.raises(ParamValidationError):  # rejected when set, as the trigger form and REST API do
