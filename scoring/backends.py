@@ -87,10 +87,12 @@ def shard_facts(storage: st.Storage, spec_uri: str) -> tuple[dict[str, str], str
 
 def batch_task_env(storage_setting: str, containers: Mapping[str, str], sas_hours: float) -> dict[str, str]:
     """The whole storage access of a Batch task: SAS URLs to read ``models`` and read+write ``staging``,
-    expiring after ``sas_hours``. The account key stays in Airflow."""
+    expiring after ``sas_hours``. The account key stays in Airflow. A storage retry budget set here is
+    forwarded, so a node rides out an outage as the worker would."""
     sas = st.make_sas_setting(storage_setting, read=[containers["models"]], read_write=[containers["staging"]],
                               hours=sas_hours)
-    return {config.STORAGE_ENV: sas}
+    budget = {name: os.environ[name] for name in (st.RETRIES_ENV, st.RETRY_BACKOFF_ENV) if os.environ.get(name)}
+    return {config.STORAGE_ENV: sas, **budget}
 
 
 class AzureBatchBackend:

@@ -75,6 +75,17 @@ def run_as_batch_task(options, tmp_path: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+def test_a_batch_task_gets_the_storage_retry_budget_but_nothing_else(azurite, monkeypatch):
+    containers = {"models": "models", "staging": "staging"}
+    assert set(backends.batch_task_env(azurite.connection_string, containers, sas_hours=1)) == {config.STORAGE_ENV}
+    monkeypatch.setenv(st.RETRIES_ENV, "9")
+    monkeypatch.setenv(st.RETRY_BACKOFF_ENV, "0.5")
+    monkeypatch.setenv("SCORING_SMTP_PASSWORD", "not-for-batch")  # other settings of the worker stay there
+    env = backends.batch_task_env(azurite.connection_string, containers, sas_hours=1)
+    assert env[st.RETRIES_ENV] == "9" and env[st.RETRY_BACKOFF_ENV] == "0.5"
+    assert set(env) == {config.STORAGE_ENV, st.RETRIES_ENV, st.RETRY_BACKOFF_ENV}
+
+
 def test_the_exact_batch_command_line_scores_a_shard_with_sas_only(planned_shard, blob, containers, azurite, tmp_path):
     hour, shard = planned_shard
     storage_containers, version = backends.shard_facts(blob, shard["spec_uri"])
