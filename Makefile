@@ -52,8 +52,10 @@ lock:
 scorer-requirements: install
 	$(PY) tools/scorer_requirements.py
 
+# Both benchmarks (~11 min on 2 cores); results in bench/results/, write-ups in docs/benchmarks.md.
 bench: install
 	$(PY) bench/bench_scoring.py
+	$(PY) bench/bench_memory.py
 
 clean:
 	rm -rf .airflow .demo-output .pytest_cache
