@@ -224,6 +224,7 @@ class DevStack:
     azurite: Azurite | None = None
     airflow: subprocess.Popen | None = None
     live_simulator: subprocess.Popen | None = None
+    _env: dict[str, str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
@@ -258,7 +259,10 @@ class DevStack:
         return {config.STORAGE_ENV: self.storage_setting}
 
     def environment(self) -> dict[str, str]:
-        """Airflow's environment: own home and SQLite DB, project dags/plugins, free ports, known login."""
+        """Airflow's environment: own home and SQLite DB, project dags/plugins, free ports, known login.
+        Made once, so the CLI (``airflow_cli``) sees what the running stack sees."""
+        if self._env is not None:
+            return dict(self._env)
         passwords = self.home / "passwords.json"
         passwords.write_text(json.dumps({self.username: self.password}))
         passwords.chmod(0o600)
@@ -285,7 +289,22 @@ class DevStack:
             config.STORAGE_ENV: self.storage_setting,
         })
         env.update(self.airflow_env)
-        return env
+        self._env = env
+        return dict(env)
+
+    def airflow_cli(self, *args: str, timeout_s: float = 180, attempts: int = 5) -> subprocess.CompletedProcess:
+        """``airflow <args>`` against this stack's metadata DB, as an operator on the machine would run it.
+
+        On SQLite a write can meet "database is locked" while the scheduler writes; nothing was written then,
+        so the command is tried again.
+        """
+        for attempt in range(1, attempts + 1):
+            done = subprocess.run([sys.executable, "-m", "airflow", *args], env=self.environment(),
+                                  cwd=self.airflow_home, capture_output=True, text=True, timeout=timeout_s)
+            if done.returncode == 0 or "database is locked" not in done.stdout + done.stderr or attempt == attempts:
+                return done
+            time.sleep(2 * attempt)
+        raise AssertionError("unreachable")
 
     def start_storage(self) -> DevStack:
         """Azurite alone, so data can be seeded before Airflow starts."""

@@ -14,6 +14,7 @@ import email.policy
 import json
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -137,6 +138,32 @@ class Standalone:
         from scoring.storage import BlobStorage
 
         return BlobStorage(self.stack.storage_setting)
+
+    def wait_for_backfill_runs(self, hours: list[datetime], timeout_s: float = 420) -> list[dict]:
+        """The backfill runs of ``hours`` once all have finished (the scheduler creates them asynchronously)."""
+        wanted = set(hours)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            runs = [r for r in self.api.runs(run_type="backfill")
+                    if datetime.fromisoformat(r["data_interval_start"]) in wanted]
+            if len(runs) >= len(wanted) and all(r["state"] in ("success", "failed") for r in runs):
+                return runs
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"backfill runs: {[(r['dag_run_id'], r['state']) for r in runs]}")
+            time.sleep(3)
+
+    def wait_backfill_done(self, backfill_id: int, timeout_s: float = 60) -> dict:
+        """The scheduler marks a backfill completed a little after its last run finished."""
+        deadline = time.monotonic() + timeout_s
+        while (backfill := self.api.get(f"backfills/{backfill_id}"))["completed_at"] is None:
+            assert time.monotonic() < deadline, f"backfill {backfill_id} not marked completed"
+            time.sleep(2)
+        return backfill
+
+    def latest_backfill(self) -> dict:
+        """The newest backfill of the DAG, however it was created (UI, CLI or REST)."""
+        backfills = self.api.get("backfills", params={"dag_id": "sensor_scoring", "limit": 100})["backfills"]
+        return max(backfills, key=lambda b: b["id"])
 
 
 def alert_connections(smtp: SmtpServer, webhook: WebhookReceiver) -> dict[str, str]:

@@ -1,8 +1,9 @@
-"""The DAG in a real ``airflow standalone``, driven only through the REST API v2, like an operator would.
+"""The DAG in a real ``airflow standalone``, driven through the REST API v2 and the CLI, like an operator would.
 
 Azurite, Airflow (scheduler, DAG processor, triggerer, api-server; SQLite), a real SMTP server and a webhook
 receiver run for real (fixtures in tests/standalone_stack.py). In order: a subset rescoring of a scored hour,
-a three-hour backfill, then a run that fails and must alert by email and webhook.
+a three-hour backfill, the same hours reprocessed by a CLI backfill, a run that fails and must alert by email
+and webhook, and a scan of every log file for the storage key.
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def test_backfill_of_three_hours_gives_one_partition_per_hour(standalone: Standa
     hours = [first, first + H, first + 2 * H]
     backfill = standalone.api.backfill(hours[0], hours[-1], conf={"sensors_per_shard": SENSORS}, max_active_runs=3)
     assert backfill["dag_id"] == "sensor_scoring"
-    runs = wait_for_backfill_runs(standalone, hours)
+    runs = standalone.wait_for_backfill_runs(hours)
     assert sorted(pd.Timestamp(r["data_interval_start"]) for r in runs) == [pd.Timestamp(h) for h in hours]
     assert {r["state"] for r in runs} == {"success"}, runs
 
@@ -110,7 +111,7 @@ def test_backfill_of_three_hours_gives_one_partition_per_hour(standalone: Standa
         assert_whole_hour(frame, manifest, blobs, hour)
         assert manifest["run_id"] == run["dag_run_id"] and set(frame["run_id"]) == {run["dag_run_id"]}
         assert set(frame["model_version"]) == {"v-e2e"}
-    wait_backfill_done(standalone, backfill["id"])
+    standalone.wait_backfill_done(backfill["id"])
     # each committed run updated the `predictions` asset, naming its hour for downstream DAGs
     for run in runs:
         [event] = standalone.api.get("assets/events", params={"source_dag_id": "sensor_scoring",
@@ -120,25 +121,30 @@ def test_backfill_of_three_hours_gives_one_partition_per_hour(standalone: Standa
         assert [pd.Timestamp(h) for h in event["extra"]["hours"]] == [pd.Timestamp(run["data_interval_start"])]
 
 
-def wait_for_backfill_runs(standalone: Standalone, hours: list[datetime], timeout_s: float = 420) -> list[dict]:
-    """The backfill runs of ``hours`` once all have finished (the scheduler creates them asynchronously)."""
-    wanted = {pd.Timestamp(h) for h in hours}
-    deadline = time.monotonic() + timeout_s
-    while True:
-        runs = [r for r in standalone.api.runs(run_type="backfill") if pd.Timestamp(r["data_interval_start"]) in wanted]
-        if len(runs) >= len(wanted) and all(r["state"] in ("success", "failed") for r in runs):
-            return runs
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"backfill runs: {[(r['dag_run_id'], r['state']) for r in runs]}")
-        time.sleep(3)
+def test_backfill_from_the_cli_reprocesses_the_same_hours_in_place(standalone: Standalone):
+    """``airflow backfill create --reprocess-behavior completed`` over the hours just backfilled: each hour is
+    scored again and its partition replaced; still one partition per hour, one row per window."""
+    first = standalone.now_hour - 4 * H
+    hours = [first, first + H, first + 2 * H]
+    before = {h: read_hour(standalone, h)[1] for h in hours}
+    done = standalone.stack.airflow_cli(
+        "backfill", "create", "--dag-id", "sensor_scoring", "--from-date", hours[0].isoformat(),
+        "--to-date", hours[-1].isoformat(), "--reprocess-behavior", "completed", "--max-active-runs", "3",
+        "--dag-run-conf", json.dumps({"sensors_per_shard": SENSORS}))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    backfill = standalone.latest_backfill()
+    assert datetime.fromisoformat(backfill["from_date"]) == hours[0]
+    assert datetime.fromisoformat(backfill["to_date"]) == hours[-1]
+    assert backfill["reprocess_behavior"] == "completed"
+    standalone.wait_backfill_done(backfill["id"], timeout_s=420)
 
-
-def wait_backfill_done(standalone: Standalone, backfill_id: int, timeout_s: float = 60) -> None:
-    """The scheduler marks a backfill completed a little after its last run finished."""
-    deadline = time.monotonic() + timeout_s
-    while standalone.api.get(f"backfills/{backfill_id}")["completed_at"] is None:
-        assert time.monotonic() < deadline, f"backfill {backfill_id} not marked completed"
-        time.sleep(2)
+    runs = standalone.wait_for_backfill_runs(hours)
+    assert len(runs) == 3 and {r["state"] for r in runs} == {"success"}, runs  # the hours' runs, re-run in place
+    for hour in hours:
+        frame, manifest, blobs = read_hour(standalone, hour)
+        assert_whole_hour(frame, manifest, blobs, hour)
+        assert manifest["committed_at"] > before[hour]["committed_at"]  # committed again, by the reprocessing
+        assert manifest["counts"] == before[hour]["counts"]  # same windows, same model: the same accounting
 
 
 def test_failing_run_alerts_by_email_and_webhook(standalone: Standalone, smtp_server, webhook_receiver, full_run: dict):
