@@ -172,7 +172,6 @@ def test_run_shows_its_mapped_shards_named_by_sensors(page, standalone: Standalo
     page.screenshot(path=ARTIFACTS / "browser-05-mapped-shards.png", full_page=True)
 
 
-
 def test_backfill_form_creates_a_backfill_that_scores_the_hour(page, standalone: Standalone):
     """The operator's backfill: the Backfill tab of the trigger dialog, a date range of one hour, Run Backfill."""
     hour = standalone.now_hour - 7 * H  # the first seeded hour; no other test scores it
