@@ -5,12 +5,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 AZURITE_DIR := tools/azurite
 
-.PHONY: demo test install browser-deps ui lock scorer-requirements bench clean
+.PHONY: demo test install browser-deps postgres-deps ui lock scorer-requirements bench clean
 
 demo: install
 	$(PY) -m scoring demo
 
-test: install browser-deps
+test: install browser-deps postgres-deps
 	SCORING_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
 # The browser test drives Debian's own Chromium with Playwright's Python package: never a Playwright browser
@@ -22,8 +22,17 @@ browser-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	} || { echo "could not install chromium: run 'apt-get install chromium' as root, or set CHROMIUM=/path"; exit 1; }
 
-# Airflow standalone with the DAG, Azurite, a trained model and a simulator landing windows every minute.
-ui: install
+# Every Airflow the project starts outside containers (make ui, the tests with a scheduler) runs on a throwaway
+# PostgreSQL cluster made with the server binaries of Debian's postgresql package (scoring/postgres.py looks in
+# $$SCORING_PG_BINDIR, /usr/lib/postgresql/*/bin, then PATH). Installed once through apt (needs root).
+postgres-deps:
+	@{ test -n "$$SCORING_PG_BINDIR" && test -x "$$SCORING_PG_BINDIR/initdb"; } || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  echo "PostgreSQL server binaries (initdb, postgres) missing: installing Debian's postgresql with apt-get (needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	} || { echo "could not install postgresql: run 'apt-get install postgresql' as root, or set SCORING_PG_BINDIR to a folder with initdb and postgres"; exit 1; }
+
+# PostgreSQL + Airflow (scheduler, DAG processor, triggerer, API server), Azurite, a trained model and a simulator landing windows every minute.
+ui: install postgres-deps
 	$(PY) -m scoring.devstack
 
 install: $(VENV)/.installed $(AZURITE_DIR)/node_modules/.installed
