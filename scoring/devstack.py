@@ -1,9 +1,13 @@
-"""A local Airflow stack for ``make ui`` and the standalone tests: Azurite + ``airflow standalone`` (+ simulator).
+"""A local Airflow stack for ``make ui`` and the tests that need a scheduler: the stack the project deploys.
 
-Everything runs as child processes, each in its own process group (``start_new_session=True``), and is stopped
-through that group (then any straggling descendant by pid), never by name: other people on the same machine
-run the same programs. Airflow gets its own AIRFLOW_HOME (SQLite), the project's dags/ and plugins/, free
-ports, a known login (simple auth manager) and the storage connection pointing at this stack's Azurite.
+PostgreSQL (a throwaway cluster made with Debian's server binaries, ``scoring.postgres``), Azurite, and Airflow 3.3's
+scheduler (LocalExecutor), DAG processor, triggerer and API server as separate processes, as docker-compose.yaml
+runs them. Every one is a child process in its own process group (``start_new_session=True``), logs to its own
+file under ``<home>/logs/``, is watched (``DevStack.check``: a component that exits fails every wait at once with
+its name, exit code and log tail) and is stopped through its group (then any straggling descendant by pid), never
+by name: other people on the same machine run the same programs. Airflow gets its own AIRFLOW_HOME, the project's
+dags/ and plugins/, free ports, a known login (simple auth manager) and the storage connection pointing at this
+stack's Azurite.
 
 ``python -m scoring.devstack`` (``make ui``) runs it in the foreground until Ctrl-C.
 """
@@ -19,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -29,6 +33,7 @@ from urllib.parse import quote
 
 from scoring import config
 from scoring.azurite import REPO, Azurite, free_port
+from scoring.postgres import Postgres
 
 DAG_ID = "sensor_scoring"
 TERMINAL_STATES = frozenset({"success", "failed"})
@@ -95,9 +100,11 @@ class ApiError(RuntimeError):
 class AirflowApi:
     """The Airflow REST API v2 with a JWT from the simple auth manager's ``/auth/token``."""
 
-    def __init__(self, base_url: str, username: str, password: str, timeout_s: float = 30) -> None:
+    def __init__(self, base_url: str, username: str, password: str, timeout_s: float = 30,
+                 watch: Callable[[], None] | None = None) -> None:
         import requests
 
+        self.watch = watch or (lambda: None)  # raises when a process behind the API has died (DevStack.check)
         self.base_url = base_url.rstrip("/")
         self.username, self.password = username, password
         self.timeout_s = timeout_s
@@ -114,11 +121,23 @@ class AirflowApi:
         return self._token
 
     def request(self, method: str, path: str, *, ok: Iterable[int] = (200, 201), **kwargs: Any) -> Any:
-        """One call under ``/api/v2``; a status not in ``ok`` raises with the server's explanation."""
+        """One call under ``/api/v2``; a status not in ``ok`` raises with the server's explanation.
+
+        A dead component of the stack raises ``ComponentDied`` first: before the call, and instead of the
+        connection error a dead API server gives.
+        """
+        import requests
+
+        self.watch()
         url = f"{self.base_url}/api/v2/{path.lstrip('/')}"
         extra_headers = kwargs.pop("headers", {})
-        reply = self.session.request(method, url, headers={**extra_headers, "Authorization": f"Bearer {self.token()}"},
-                                     timeout=self.timeout_s, **kwargs)
+        try:
+            reply = self.session.request(method, url, headers={**extra_headers, "Authorization": f"Bearer {self.token()}"},
+                                         timeout=self.timeout_s, **kwargs)
+        except requests.ConnectionError:
+            time.sleep(0.5)  # a process that just died may not have been reaped yet
+            self.watch()
+            raise
         if reply.status_code == 401:  # token expired: one fresh try
             self._token = None
             reply = self.session.request(method, url, headers={**extra_headers, "Authorization": f"Bearer {self.token()}"},
@@ -150,31 +169,11 @@ class AirflowApi:
         return self.post(f"dags/{dag_id}/dagRuns", body)
 
     def backfill(self, from_date: datetime, to_date: datetime, *, dag_id: str = DAG_ID,
-                 conf: Mapping[str, Any] | None = None, reprocess: str = "completed", max_active_runs: int = 3,
-                 attempts: int = 10) -> dict:
-        """A backfill of the runs whose logical date lies in [from_date, to_date] (both inclusive).
-
-        On SQLite (``airflow standalone``) creating a backfill while the scheduler writes fails with 503
-        "Database is locked" and nothing created: it is tried again. Should an attempt have gone through
-        after all, the next one gets 409 (a backfill is running) and that backfill is returned.
-        """
+                 conf: Mapping[str, Any] | None = None, reprocess: str = "completed", max_active_runs: int = 3) -> dict:
+        """A backfill of the runs whose logical date lies in [from_date, to_date] (both inclusive)."""
         body = {"dag_id": dag_id, "from_date": from_date.isoformat(), "to_date": to_date.isoformat(),
                 "dag_run_conf": dict(conf or {}), "reprocess_behavior": reprocess, "max_active_runs": max_active_runs}
-        for attempt in range(1, attempts + 1):
-            try:
-                return self.post("backfills", body)
-            except ApiError as exc:
-                if exc.status == 409 and attempt > 1:
-                    mine = [b for b in self.get("backfills", params={"dag_id": dag_id, "limit": 100})["backfills"]
-                            if b["completed_at"] is None
-                            and datetime.fromisoformat(b["from_date"]) == from_date
-                            and datetime.fromisoformat(b["to_date"]) == to_date]
-                    if mine:
-                        return mine[-1]
-                if exc.status != 503 or attempt == attempts:
-                    raise
-                time.sleep(min(2 * attempt, 10))
-        raise AssertionError("unreachable")
+        return self.post("backfills", body)
 
     def run(self, run_id: str, dag_id: str = DAG_ID) -> dict:
         return self.get(f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
@@ -188,7 +187,11 @@ class AirflowApi:
 
     def wait_for_runs(self, run_ids: Iterable[str], timeout_s: float = 600, dag_id: str = DAG_ID,
                       poll_s: float = 2) -> dict[str, dict]:
-        """Polls until every run is success or failed; on timeout says which runs and tasks were where."""
+        """Polls until every run is success or failed; on timeout says which runs and tasks were where.
+
+        Each poll goes through ``request``, so a dead scheduler (or any process of the stack) ends the wait at
+        once with ``ComponentDied`` instead of after ``timeout_s``.
+        """
         pending = set(run_ids)
         done: dict[str, dict] = {}
         deadline = time.monotonic() + timeout_s
@@ -208,11 +211,45 @@ class AirflowApi:
         return done
 
 
+class ComponentDied(RuntimeError):
+    """A process of the stack exited: which one, its exit code and the end of its log, raised by every wait."""
+
+    def __init__(self, name: str, returncode: int | None, log: Path) -> None:
+        self.name, self.returncode, self.log = name, returncode, log
+        super().__init__(f"{name} of the dev stack exited with {returncode}; last {DIED_LOG_LINES} lines of {log}:\n"
+                         f"{tail(log, DIED_LOG_LINES)}")
+
+
+@dataclass
+class Component:
+    """One process the stack started, in its own process group, with its own log file."""
+
+    name: str
+    command: list[str]
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+
+#: The Airflow 3.3 components, as docker-compose.yaml runs them: each its own process, watched on its own.
+AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
+DIED_LOG_LINES = 50
+#: The components whose logs must never hold a traceback (``DevStack.tracebacks``).
+TRACEBACK_WATCHED = ("scheduler", "triggerer")
+#: Executor slots: several hours of a backfill, the scheduled run and a rescoring at once (2 cores here).
+PARALLELISM = 4
+
+
 @dataclass
 class DevStack:
-    """Azurite + ``airflow standalone`` (+ optionally a live simulator) under ``home``.
+    """PostgreSQL + Azurite + Airflow's scheduler, DAG processor, triggerer and API server (+ a live simulator).
 
     ``airflow_env`` adds or overrides Airflow's environment (fast scheduler settings, alert connections).
+    ``storage_setting`` given: that storage instead of a new Azurite. ``durable=False``: a throwaway database
+    (no fsync), deleted by ``stop()``. Every process is watched: ``check()`` raises ``ComponentDied`` as soon as
+    one has exited, and every wait of the stack and its API client calls it.
     """
 
     home: Path
@@ -221,9 +258,11 @@ class DevStack:
     api_port: int | None = None
     airflow_env: dict[str, str] = field(default_factory=dict)
     simulator: dict[str, int] | None = None  # {"devices": N, "tags": M}: land new windows every minute
+    storage: str | None = None
+    durable: bool = True
     azurite: Azurite | None = None
-    airflow: subprocess.Popen | None = None
-    live_simulator: subprocess.Popen | None = None
+    postgres: Postgres | None = None
+    components: dict[str, Component] = field(default_factory=dict)
     _env: dict[str, str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -239,39 +278,42 @@ class DevStack:
         return self.home / "airflow"
 
     @property
-    def airflow_log(self) -> Path:
-        return self.home / "airflow-standalone.log"
-
-    @property
-    def simulator_log(self) -> Path:
-        return self.home / "simulator.log"
+    def log_dir(self) -> Path:
+        """One log file per process of the stack (Airflow's task logs stay under ``airflow_home/logs``)."""
+        return self.home / "logs"
 
     @property
     def storage_setting(self) -> str:
-        assert self.azurite is not None, "start() first"
+        if self.storage is not None:
+            return self.storage
+        assert self.azurite is not None, "start_storage() first"
         return self.azurite.connection_string
 
     def api(self) -> AirflowApi:
-        return AirflowApi(self.url, self.username, self.password)
+        return AirflowApi(self.url, self.username, self.password, watch=self.check)
 
     def scoring_env(self) -> dict[str, str]:
         """What a process needs to reach this stack's storage (the simulator, the CLI, the tests)."""
         return {config.STORAGE_ENV: self.storage_setting}
 
     def environment(self) -> dict[str, str]:
-        """Airflow's environment: own home and SQLite DB, project dags/plugins, free ports, known login.
-        Made once, so the CLI (``airflow_cli``) sees what the running stack sees."""
+        """Airflow's environment: own home, this stack's PostgreSQL, LocalExecutor, project dags/plugins, free
+        ports, known login. Made once, so the CLI (``airflow_cli``) sees what the running stack sees."""
         if self._env is not None:
             return dict(self._env)
+        assert self.postgres is not None, "start_database() first"
+        self.home.mkdir(parents=True, exist_ok=True)
         passwords = self.home / "passwords.json"
         passwords.write_text(json.dumps({self.username: self.password}))
         passwords.chmod(0o600)
-        venv_bin = str(Path(sys.executable).parent)  # `airflow standalone` starts its parts as `airflow ...`
+        venv_bin = str(Path(sys.executable).parent)  # an operator's shell finds `airflow` on PATH
         env = dict(os.environ)  # the caller's AIRFLOW_CONN_* (alert channels) and AIRFLOW__* settings pass through
         env.update({
             "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
             "AIRFLOW_HOME": str(self.airflow_home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.airflow_home / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.url,
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
@@ -280,7 +322,7 @@ class DevStack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.api_port),
-            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__API__BASE_URL": self.url,  # the execution API (task -> server) is {BASE_URL}/execution/
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
@@ -292,52 +334,112 @@ class DevStack:
         self._env = env
         return dict(env)
 
-    def airflow_cli(self, *args: str, timeout_s: float = 180, attempts: int = 5) -> subprocess.CompletedProcess:
-        """``airflow <args>`` against this stack's metadata DB, as an operator on the machine would run it.
-
-        On SQLite a write can meet "database is locked" while the scheduler writes; nothing was written then,
-        so the command is tried again.
-        """
-        for attempt in range(1, attempts + 1):
-            done = subprocess.run([sys.executable, "-m", "airflow", *args], env=self.environment(),
-                                  cwd=self.airflow_home, capture_output=True, text=True, timeout=timeout_s)
-            if done.returncode == 0 or "database is locked" not in done.stdout + done.stderr or attempt == attempts:
-                return done
-            time.sleep(2 * attempt)
-        raise AssertionError("unreachable")
+    def airflow_cli(self, *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess:
+        """``airflow <args>`` against this stack's metadata DB, as an operator on the machine would run it."""
+        self.check()
+        return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.environment(),
+                              cwd=self.airflow_home, capture_output=True, text=True, timeout=timeout_s)
 
     def start_storage(self) -> DevStack:
-        """Azurite alone, so data can be seeded before Airflow starts."""
-        if self.azurite is None:
+        """Azurite alone (unless the stack was given a storage), so data can be seeded before Airflow starts."""
+        if self.azurite is None and self.storage is None:
             atexit.register(self.stop)  # a last resort; callers stop the stack in their own finally
             self.home.mkdir(parents=True, exist_ok=True)
             self.azurite = Azurite(self.home / "azurite").start()
+        return self
+
+    def start_database(self) -> DevStack:
+        """This stack's PostgreSQL cluster (created on first start), migrated to Airflow's schema."""
+        if self.postgres is None:
+            atexit.register(self.stop)
+            self.postgres = Postgres(self.home / "postgres", durable=self.durable).start()
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.airflow_home.mkdir(parents=True, exist_ok=True)
+            log = self.log_dir / "db-migrate.log"
+            with open(log, "ab") as out:
+                done = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=self.environment(),
+                                      cwd=self.airflow_home, stdout=out, stderr=subprocess.STDOUT, timeout=600)
+            if done.returncode != 0:
+                raise RuntimeError(f"airflow db migrate exited with {done.returncode}; log ({log}):\n{tail(log)}")
         return self
 
     def start(self, timeout_s: float = 300) -> DevStack:
         """Starts what is not running yet and waits until the API is healthy and the DAG is parsed."""
         try:
             self.start_storage()
-            self.airflow_home.mkdir(parents=True, exist_ok=True)
-            if self.simulator and self.live_simulator is None:
-                self.live_simulator = self._spawn(
-                    [sys.executable, "-m", "scoring.devstack", "live-simulator",
-                     "--devices", str(self.simulator["devices"]), "--tags", str(self.simulator["tags"])],
-                    self.simulator_log, os.environ | self.scoring_env())
-            if self.airflow is None:
-                self.airflow = self._spawn([sys.executable, "-m", "airflow", "standalone"],
-                                           self.airflow_log, self.environment(), cwd=self.airflow_home)
+            self.start_database()
+            if self.simulator and "simulator" not in self.components:
+                self._spawn("simulator", [sys.executable, "-m", "scoring.devstack", "live-simulator",
+                                          "--devices", str(self.simulator["devices"]),
+                                          "--tags", str(self.simulator["tags"])], os.environ | self.scoring_env())
+            for name in AIRFLOW_COMPONENTS:
+                if name not in self.components:
+                    self._spawn(name, [sys.executable, "-m", "airflow", name], self.environment())
             self.wait_until_ready(timeout_s)
         except BaseException:
             self.stop()
             raise
         return self
 
-    @staticmethod
-    def _spawn(command: list[str], log_path: Path, env: Mapping[str, str], cwd: Path | None = None) -> subprocess.Popen:
-        with open(log_path, "ab") as log:
-            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd,
-                                    start_new_session=True)
+    def _spawn(self, name: str, command: list[str], env: Mapping[str, str]) -> Component:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.airflow_home.mkdir(parents=True, exist_ok=True)
+        component = Component(name, command, self.log_dir / f"{name}.log")
+        with open(component.log, "ab") as log:
+            component.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(env),
+                                              cwd=self.airflow_home, start_new_session=True)
+        self.components[name] = component
+        return component
+
+    def restart(self, name: str) -> None:
+        """Start an Airflow component again (after it died or was stopped), with its earlier command and log."""
+        old = self.components.pop(name)
+        stop_process_group(old.proc, timeout_s=10)
+        env = self.environment() if name in AIRFLOW_COMPONENTS else os.environ | self.scoring_env()
+        self._spawn(name, old.command, env)
+
+    def pid(self, name: str) -> int:
+        proc = self.components[name].proc
+        assert proc is not None
+        return proc.pid
+
+    def check(self) -> None:
+        """Raises ``ComponentDied`` for the first process of the stack that has exited, else returns."""
+        if self.postgres is not None and self.postgres.proc is not None and self.postgres.proc.poll() is not None:
+            raise ComponentDied("postgres", self.postgres.proc.returncode, self.postgres.log_path)
+        if self.azurite is not None and self.azurite.proc is not None and self.azurite.proc.poll() is not None:
+            raise ComponentDied("azurite", self.azurite.proc.returncode, self.azurite.location / "azurite.log")
+        for component in self.components.values():
+            if (code := component.exited()) is not None:
+                raise ComponentDied(component.name, code, component.log)
+
+    def logs(self) -> dict[str, Path]:
+        """Each component's log file by name."""
+        return {name: c.log for name, c in self.components.items()}
+
+    def log_marks(self) -> dict[str, int]:
+        """How far each component's log has been written: pass to ``tracebacks`` to see only what came after."""
+        return {name: c.log.stat().st_size if c.log.exists() else 0 for name, c in self.components.items()}
+
+    def tracebacks(self, since: Mapping[str, int] | None = None,
+                   names: Iterable[str] = TRACEBACK_WATCHED) -> dict[str, list[str]]:
+        """The Python tracebacks these components logged (after ``since``), each with the lines around it.
+
+        A traceback in the scheduler's or the triggerer's own log is a crash or a bug being swallowed, never
+        part of a healthy run: task errors go to the task logs under ``airflow_home/logs``.
+        """
+        found: dict[str, list[str]] = {}
+        for name in names:
+            component = self.components.get(name)
+            if component is None or not component.log.exists():
+                continue
+            with open(component.log, "rb") as log:
+                log.seek((since or {}).get(name, 0))
+                lines = log.read().decode(errors="replace").splitlines()
+            hits = [i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line]
+            if hits:
+                found[name] = ["\n".join(lines[max(0, i - 3):i + 40]) for i in hits]
+        return found
 
     def wait_until_ready(self, timeout_s: float) -> None:
         """Healthy metadatabase, scheduler, DAG processor and triggerer, and the DAG known to the API."""
@@ -346,9 +448,7 @@ class DevStack:
         deadline = time.monotonic() + timeout_s
         last = "no answer yet"
         while time.monotonic() < deadline:
-            if self.airflow is not None and self.airflow.poll() is not None:
-                raise RuntimeError(f"airflow standalone exited with {self.airflow.returncode}; "
-                                   f"log tail ({self.airflow_log}):\n{tail(self.airflow_log)}")
+            self.check()
             try:
                 health = requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
                 unhealthy = [name for name, part in health.items()
@@ -358,6 +458,8 @@ class DevStack:
                 else:
                     self.api().get(f"dags/{DAG_ID}")
                     return
+            except ComponentDied:
+                raise
             except Exception as exc:  # not listening yet, or the DAG is not parsed yet
                 last = f"{type(exc).__name__}: {exc}"[:300]
             time.sleep(2)
@@ -366,15 +468,25 @@ class DevStack:
             errors = json.dumps(self.api().get("importErrors"))[:2000]
         except Exception:
             pass
-        raise TimeoutError(f"Airflow at {self.url} not ready within {timeout_s}s ({last}) {errors}\n"
-                           f"log tail ({self.airflow_log}):\n{tail(self.airflow_log)}")
+        tails = "\n".join(f"--- {name} ({c.log}):\n{tail(c.log, 20)}" for name, c in self.components.items())
+        raise TimeoutError(f"Airflow at {self.url} not ready within {timeout_s}s ({last}) {errors}\n{tails}")
 
     def stop(self) -> list[int]:
-        """Stops Airflow, the simulator and Azurite, each through its own process group.
+        """Stops Airflow's components, the simulator, PostgreSQL and Azurite, each through its own process group.
 
-        Returns the pids that survived (none, normally), so tests can insist that nothing leaked.
+        Airflow first (it holds connections to the database). A throwaway stack (``durable=False``) deletes its
+        database. Returns the pids that survived (none, normally), so tests can insist that nothing leaked.
         """
-        survivors = stop_process_group(self.airflow) + stop_process_group(self.live_simulator)
+        survivors: list[int] = []
+        for component in reversed(list(self.components.values())):
+            survivors += stop_process_group(component.proc)
+        if self.postgres is not None:
+            if self.durable:
+                self.postgres.stop()
+            else:
+                self.postgres.discard()
+            if self.postgres.proc is not None and self.postgres.proc.poll() is None:
+                survivors.append(self.postgres.proc.pid)
         if self.azurite is not None:
             self.azurite.stop()
             if self.azurite.proc is not None and self.azurite.proc.poll() is None:
@@ -458,7 +570,8 @@ def _run_ui(home: Path, *, port: int | None, devices: int, tags: int, hours: int
               f"{devices} devices x {tags} sensors and training a model if none ...", flush=True)
         seeded = seed(stack.storage_setting, devices=devices, tags=tags, hours=hours)
         print(f"  {seeded['hours']} hour(s) landed, model version {seeded['model_version']} (alias production)")
-        print(f"Starting airflow standalone (home {stack.airflow_home}, log {stack.airflow_log}) ...", flush=True)
+        print(f"Starting PostgreSQL and Airflow's scheduler, DAG processor, triggerer and API server "
+              f"(home {stack.airflow_home}, logs in {stack.log_dir}) ...", flush=True)
         stack.start()
         stack.api().unpause()
         print(f"""
@@ -466,18 +579,17 @@ Airflow UI   {stack.url}
 Login        {stack.username} / {stack.password}
 DAG          {stack.url}/dags/{DAG_ID} (unpaused; hourly runs score the last complete hour)
 Storage      Azurite, {stack.storage_setting.split('BlobEndpoint=')[-1].rstrip(';')} (data in {stack.azurite.location})
-Simulator    lands the current hour's windows every minute (log {stack.simulator_log})
+Database     PostgreSQL on 127.0.0.1:{stack.postgres.port} (cluster in {stack.postgres.location})
+Simulator    lands the current hour's windows every minute (log {stack.log_dir / 'simulator.log'})
 Press Ctrl-C to stop everything.""", flush=True)
         while True:
-            for name, proc in (("airflow standalone", stack.airflow), ("simulator", stack.live_simulator)):
-                if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {stack.home}")
+            stack.check()  # a component that died ends `make ui` with its name, exit code and log
             time.sleep(1)
     except KeyboardInterrupt:
         print("\nStopping ...", flush=True)
     finally:
         stack.stop()
-        print("Stopped Airflow, the simulator and Azurite (state kept in " f"{stack.home})")
+        print(f"Stopped Airflow, the simulator, PostgreSQL and Azurite (state kept in {stack.home})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,17 @@
-"""Session fixtures for the tests against a real ``airflow standalone``: the stack, an SMTP server, a webhook receiver.
+"""Session fixtures for the tests against a real Airflow: the dev stack, an SMTP server, a webhook receiver.
 
-Registered as a pytest plugin in conftest.py, so the end-to-end test and the browser test share one stack
-(starting Airflow costs the better part of a minute). Everything started here is stopped in ``finally``
-blocks: servers in this process by their own shutdown, child processes by their process group.
+The stack is ``scoring.devstack.DevStack``, what ``make ui`` runs: PostgreSQL, Azurite, and Airflow's scheduler
+(LocalExecutor), DAG processor, triggerer and API server. Registered as a pytest plugin in conftest.py, so the
+end-to-end test and the browser test share one stack (starting it costs half a minute). Everything started here
+is stopped in ``finally`` blocks: servers in this process by their own shutdown, child processes by their
+process group. After every test that uses the stack, a dead component or a traceback in the scheduler's or
+triggerer's log fails the test.
 
-The data: ``FLEET`` sensors, simulated from ``SEED_HOURS`` hours ago up to now, a production model version
-``v-e2e`` and a second, unpromoted ``v-alt`` (trained differently) for the subset rescoring.
+The data: ``FLEET`` sensors, simulated for the ``SEED_HOURS`` hours that ended two hours before the test session
+started, a production model version ``v-e2e`` and a second, unpromoted ``v-alt`` (trained differently) for the
+subset rescoring. The last complete hour has not landed: its scheduled run (made when the DAG is unpaused)
+waits for windows all session long, so backfills and rescorings run while a scheduled run is active, as in
+production.
 """
 from __future__ import annotations
 
@@ -30,14 +36,15 @@ H = timedelta(hours=1)
 FLEET = {"devices": 3, "tags": 2}
 SENSORS = FLEET["devices"] * FLEET["tags"]
 SEED_HOURS = 7
+#: Hours before the session's hour that have not landed (the scheduled run's hour and the one before).
+UNLANDED_HOURS = 2
 WEBHOOK_PATH = "/hooks/airflow-alerts"
 ALERT_TO = "oncall@example.com"
 ALERT_FROM = "airflow@example.com"
-#: Fast enough for a test: no retries (a failing task fails at once), a busy scheduler, few workers.
+#: Fast enough for a test: no retries (a failing task fails at once), a busy scheduler.
 FAST_AIRFLOW = {
     "SCORING_TASK_RETRIES": "0",
     "SCORING_RETRY_DELAY_SECONDS": "1",
-    "AIRFLOW__CORE__PARALLELISM": "4",
     "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_SEC": "2",
     "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
@@ -134,13 +141,32 @@ class Standalone:
     now_hour: datetime  # the hour in progress when the data was seeded
 
     @property
+    def landed_hours(self) -> list[datetime]:
+        """The seeded hours, oldest first: each test scores hours of its own among them."""
+        first = self.now_hour - (SEED_HOURS + UNLANDED_HOURS) * H
+        return [first + i * H for i in range(SEED_HOURS)]
+
+    def scheduled_run(self) -> dict:
+        """The scheduled run of an unlanded hour, waiting for windows (the DAG is unpaused at the start)."""
+        deadline = time.monotonic() + 120  # the scheduler creates it within a heartbeat or two of the unpause
+        while True:
+            runs = [r for r in self.api.runs(run_type="scheduled") if r["state"] in ("queued", "running")]
+            if runs:
+                return runs[-1]
+            assert time.monotonic() < deadline, f"no active scheduled run: {self.api.runs(run_type='scheduled')}"
+            time.sleep(2)
+
+    @property
     def storage(self):
         from scoring.storage import BlobStorage
 
         return BlobStorage(self.stack.storage_setting)
 
-    def wait_for_backfill_runs(self, hours: list[datetime], timeout_s: float = 420) -> list[dict]:
-        """The backfill runs of ``hours`` once all have finished (the scheduler creates them asynchronously)."""
+    def wait_for_backfill_runs(self, hours: list[datetime], timeout_s: float = 300) -> list[dict]:
+        """The backfill runs of ``hours`` once all have finished (the scheduler creates them asynchronously).
+
+        300 s: three one-hour runs of the test fleet take about a minute and a half on an idle 2-core machine.
+        """
         wanted = set(hours)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -153,7 +179,7 @@ class Standalone:
             time.sleep(3)
 
     def wait_backfill_done(self, backfill_id: int, timeout_s: float = 60) -> dict:
-        """The scheduler marks a backfill completed a little after its last run finished."""
+        """The scheduler marks a backfill completed a little after its last run finished (a heartbeat or two)."""
         deadline = time.monotonic() + timeout_s
         while (backfill := self.api.get(f"backfills/{backfill_id}"))["completed_at"] is None:
             assert time.monotonic() < deadline, f"backfill {backfill_id} not marked completed"
@@ -182,15 +208,16 @@ def alert_connections(smtp: SmtpServer, webhook: WebhookReceiver) -> dict[str, s
 
 
 def seed_data(stack: DevStack, now: datetime) -> datetime:
-    """``SEED_HOURS`` simulated hours up to now (the current one partly), ``v-e2e`` promoted, ``v-alt`` not."""
+    """``SEED_HOURS`` whole simulated hours ending ``UNLANDED_HOURS`` before this hour, ``v-e2e`` promoted, ``v-alt``
+    not. The last hour's late windows land in the next folder; the folders after it stay empty."""
     from scoring.demo import ensure_data
     from scoring.storage import BlobStorage
     from scoring.training import train_and_register
 
     now_hour = now.replace(minute=0, second=0, microsecond=0)
     storage, containers = BlobStorage(stack.storage_setting), config.Containers()
-    first = now_hour - SEED_HOURS * H
-    ensure_data(storage, containers, FLEET["devices"], FLEET["tags"], first, now)
+    first = now_hour - (SEED_HOURS + UNLANDED_HOURS) * H
+    ensure_data(storage, containers, FLEET["devices"], FLEET["tags"], first, now_hour - UNLANDED_HOURS * H)
     train_and_register(storage, containers, first, first + 2 * H, version="v-e2e", promote=True)
     train_and_register(storage, containers, first, first + H, version="v-alt", nu=0.2)
     return now_hour
@@ -198,14 +225,14 @@ def seed_data(stack: DevStack, now: datetime) -> datetime:
 
 @pytest.fixture(scope="session")
 def standalone(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer, webhook_receiver: WebhookReceiver):
-    """``airflow standalone`` + Azurite with seeded data and the DAG unpaused; stopped by process group."""
+    """The dev stack (PostgreSQL, Azurite, Airflow) with seeded data and the DAG unpaused; stopped by process group."""
     home: Path = tmp_path_factory.mktemp("standalone")
-    stack = DevStack(home, airflow_env=FAST_AIRFLOW | alert_connections(smtp_server, webhook_receiver))
+    stack = DevStack(home, durable=False, airflow_env=FAST_AIRFLOW | alert_connections(smtp_server, webhook_receiver))
     with stop_on_signals((signal.SIGTERM, signal.SIGHUP)):  # a terminated pytest still stops the stack
         try:
             stack.start_storage()
             now_hour = seed_data(stack, datetime.now(timezone.utc))
-            stack.start(timeout_s=300)
+            stack.start(timeout_s=300)  # ~30 s idle: migrate, then four Airflow processes and the DAG's first parse
             api = stack.api()
             api.unpause()
             yield Standalone(stack, api, now_hour)
@@ -214,12 +241,34 @@ def standalone(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer
     assert not survivors, f"processes of the stack still running after stop: {survivors}"
 
 
+@pytest.fixture(autouse=True)
+def stack_stays_healthy(request: pytest.FixtureRequest):
+    """After each test on a dev stack: every component still running, no scheduler or triggerer traceback.
+
+    Applies to tests that use the shared ``standalone`` stack, or a stack of their own through a fixture
+    named ``own_stack`` (yielding a DevStack).
+    """
+    names = [n for n in ("standalone", "own_stack") if n in request.fixturenames]
+    if not names:
+        yield
+        return
+    value = request.getfixturevalue(names[0])
+    stack: DevStack = value.stack if isinstance(value, Standalone) else value
+    marks = stack.log_marks()
+    yield
+    stack.check()
+    found = stack.tracebacks(since=marks)
+    assert not found, "tracebacks in the dev stack's logs during the test:\n" + "\n\n".join(
+        f"--- {name} ({stack.components[name].log}):\n" + "\n...\n".join(excerpts) for name, excerpts in found.items())
+
+
 @pytest.fixture(scope="session")
 def full_run(standalone: Standalone) -> dict:
     """One successful manual run scoring a whole hour with two sensors per shard (three mapped shards)."""
-    hour = standalone.now_hour - 5 * H
+    hour = standalone.landed_hours[2]
     run = standalone.api.trigger({"window_start": hour.isoformat(), "window_end": (hour + H).isoformat(),
                                   "sensors_per_shard": 2})
+    # the first run of the session: ~40 s on an idle machine, tasks start slower while the DAG processor warms up
     finished = standalone.api.wait_for_runs([run["dag_run_id"]], timeout_s=300)[run["dag_run_id"]]
     assert finished["state"] == "success", finished
     return finished | {"hour": hour}

@@ -121,7 +121,7 @@ def pick_time(page, dialog, when: datetime) -> None:
 
 def test_trigger_form_starts_a_subset_rescoring(page, standalone: Standalone):
     """What an operator does: fill the form (window, one device, another model version) and press Trigger."""
-    hour = standalone.now_hour - 6 * H  # an hour no other test scores
+    hour = standalone.landed_hours[1]  # an hour no other test scores
     page.goto(f"{standalone.stack.url}/dags/sensor_scoring")
     page.get_by_role("button", name="Trigger").first.click()
     dialog = page.get_by_role("dialog")
@@ -139,7 +139,7 @@ def test_trigger_form_starts_a_subset_rescoring(page, standalone: Standalone):
     assert pd.Timestamp(run["conf"]["window_start"]) == pd.Timestamp(hour)
     assert pd.Timestamp(run["conf"]["window_end"]) == pd.Timestamp(hour + H)
     assert run["conf"]["model_version"] == "v-alt" and run["conf"]["tags"] == []
-    done = standalone.api.wait_for_runs([run["dag_run_id"]], timeout_s=300)[run["dag_run_id"]]
+    done = standalone.api.wait_for_runs([run["dag_run_id"]], timeout_s=240)[run["dag_run_id"]]  # ~30 s idle
     assert done["state"] == "success", done
     prefix, container = partition_prefix(hour), config.Containers().predictions
     frame = pd.read_parquet(io.BytesIO(standalone.storage.read_bytes(container, prefix + PARTITION_FILE)))
@@ -174,7 +174,8 @@ def test_run_shows_its_mapped_shards_named_by_sensors(page, standalone: Standalo
 
 def test_backfill_form_creates_a_backfill_that_scores_the_hour(page, standalone: Standalone):
     """The operator's backfill: the Backfill tab of the trigger dialog, a date range of one hour, Run Backfill."""
-    hour = standalone.now_hour - 7 * H  # the first seeded hour; no other test scores it
+    hour = standalone.landed_hours[0]  # no other test scores it
+    scheduled = standalone.scheduled_run()  # waiting for its hour's windows while the backfill runs
     page.goto(f"{standalone.stack.url}/dags/sensor_scoring")
     page.get_by_role("button", name="Trigger").first.click()
     dialog = page.get_by_role("dialog")
@@ -193,6 +194,7 @@ def test_backfill_form_creates_a_backfill_that_scores_the_hour(page, standalone:
     assert backfill["reprocess_behavior"] == "completed"
     [run] = standalone.wait_for_backfill_runs([hour])
     assert run["state"] == "success", run
+    assert standalone.api.run(scheduled["dag_run_id"])["state"] == "running"
     standalone.wait_backfill_done(backfill["id"])
     prefix, container = partition_prefix(hour), config.Containers().predictions
     assert sorted(b.name for b in standalone.storage.list(container, prefix)) == [prefix + MANIFEST_FILE,

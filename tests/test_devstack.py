@@ -1,8 +1,10 @@
-"""The dev stack's process handling and Airflow environment, without starting Airflow (the standalone tests do)."""
+"""The dev stack's process handling, its PostgreSQL cluster and Airflow environment, without starting Airflow (the
+standalone tests do)."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -11,7 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from scoring.devstack import DevStack, stop_process_group, tail
+from scoring.devstack import Component, ComponentDied, DevStack, stop_process_group, tail
+from scoring.postgres import Postgres
 
 TREE = textwrap.dedent("""
     import signal, subprocess, sys, time
@@ -53,13 +56,90 @@ def test_stop_process_group_of_nothing_or_an_ended_process_is_quiet():
     assert stop_process_group(ended) == []
 
 
-def test_airflow_environment_isolates_home_ports_login_and_storage(tmp_path: Path, azurite):
+@pytest.fixture
+def postgres(tmp_path: Path):
+    """A real throwaway PostgreSQL cluster (the dev stack's), deleted afterwards."""
+    server = Postgres(tmp_path / "pg", durable=False).start()
+    try:
+        yield server
+    finally:
+        server.discard()
+    assert server.proc is not None and server.proc.poll() is not None
+
+
+def test_postgres_cluster_answers_on_loopback_with_a_password_and_stops_by_its_group(postgres: Postgres):
+    import psycopg2
+
+    assert postgres.query("select current_database(), current_user") == [("airflow", "airflow")]
+    assert postgres.query("show listen_addresses") == [("127.0.0.1",)]
+    assert postgres.query("show fsync") == [("off",)]  # a throwaway cluster
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(host="127.0.0.1", port=postgres.port, user="airflow", password="wrong", dbname="airflow")
+    assert postgres.url.startswith(f"postgresql+psycopg2://airflow:{postgres.password}@127.0.0.1:{postgres.port}/airflow")
+    assert (postgres.location / "password").stat().st_mode & 0o077 == 0
+    assert os.getpgid(postgres.proc.pid) == postgres.proc.pid  # its own process group
+    backends = [p.pid for p in psutil.Process(postgres.proc.pid).children()]  # each left the group (setsid)
+    assert backends
+    postgres.stop()
+    assert postgres.proc.poll() is not None and all(gone(pid) for pid in backends)
+
+
+def test_postgres_cluster_is_kept_between_starts_unless_discarded(tmp_path: Path):
+    server = Postgres(tmp_path / "pg").start()
+    try:
+        server.query("create table kept (x int)")
+        server.stop()
+        server = Postgres(tmp_path / "pg").start()
+        assert server.query("select count(*) from kept") == [(0,)]
+        assert server.query("show fsync") == [("on",)]  # durable by default: make ui keeps its state
+    finally:
+        server.discard()
+    assert not server.data_dir.exists() and not (tmp_path / "pg").exists()
+
+
+def test_a_dead_component_is_named_with_its_exit_code_and_log_tail(tmp_path: Path, postgres: Postgres):
+    stack = DevStack(tmp_path / "stack")
+    stack.postgres = postgres
+    stack.home.mkdir(parents=True)
+    stack.check()  # all alive
+    worker = stack._spawn("worker", [sys.executable, "-c", "print('\\n'.join(f'line {i}' for i in range(80))); raise SystemExit(3)"],
+                          os.environ)
+    worker.proc.wait(timeout=30)
+    with pytest.raises(ComponentDied) as died:
+        stack.check()
+    assert died.value.name == "worker" and died.value.returncode == 3
+    assert "line 79" in str(died.value) and "line 29" not in str(died.value)  # the last 50 lines
+    stack.components.clear()
+    os.killpg(postgres.proc.pid, signal.SIGKILL)
+    postgres.proc.wait(timeout=30)
+    with pytest.raises(ComponentDied, match="postgres of the dev stack exited with -9"):
+        stack.check()
+
+
+def test_tracebacks_are_found_in_the_watched_logs_after_a_mark(tmp_path: Path):
+    stack = DevStack(tmp_path / "stack")
+    stack.home.mkdir(parents=True)
+    log = tmp_path / "scheduler.log"
+    log.write_text("old\nTraceback (most recent call last):\n  boom\n")
+    stack.components["scheduler"] = Component("scheduler", [], log)
+    assert list(stack.tracebacks()) == ["scheduler"]
+    marks = stack.log_marks()
+    assert stack.tracebacks(since=marks) == {}
+    with open(log, "a") as out:
+        out.write("fine\nTraceback (most recent call last):\n  File x\nObjectDeletedError: gone\n")
+    [excerpt] = stack.tracebacks(since=marks)["scheduler"]
+    assert "ObjectDeletedError" in excerpt and "boom" not in excerpt
+
+
+def test_airflow_environment_isolates_home_ports_login_storage_and_database(tmp_path: Path, azurite, postgres):
     stack = DevStack(tmp_path / "stack", username="ops", password="s3cret", airflow_env={"SCORING_TASK_RETRIES": "0"})
     stack.home.mkdir(parents=True)
-    stack.azurite = azurite  # the session's Azurite stands in: nothing is started here
+    stack.azurite = azurite  # the session's Azurite stands in
+    stack.postgres = postgres
     env = stack.environment()
     assert env["AIRFLOW_HOME"] == str(stack.home / "airflow")
-    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{stack.home / 'airflow' / 'airflow.db'}"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == postgres.url
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor" and int(env["AIRFLOW__CORE__PARALLELISM"]) >= 4
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
     assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("/dags") and env["AIRFLOW__CORE__PLUGINS_FOLDER"].endswith("/plugins")
     assert env["AIRFLOW__API__PORT"] == str(stack.api_port) and env["AIRFLOW__API__BASE_URL"] == stack.url
@@ -72,7 +152,7 @@ def test_airflow_environment_isolates_home_ports_login_and_storage(tmp_path: Pat
     storage = json.loads(env["AIRFLOW_CONN_SCORING_STORAGE"])
     assert storage["conn_type"] == "wasb" and storage["extra"]["connection_string"] == azurite.connection_string
     assert env["SCORING_TASK_RETRIES"] == "0"
-    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)  # standalone starts `airflow` from PATH
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)  # an operator's shell finds `airflow`
 
 
 def test_tail_names_a_missing_log(tmp_path: Path):

@@ -1,14 +1,18 @@
-"""The DAG in a real ``airflow standalone``, driven through the REST API v2 and the CLI, like an operator would.
+"""The DAG in a real Airflow (the dev stack), driven through the REST API v2 and the CLI, like an operator would.
 
-Azurite, Airflow (scheduler, DAG processor, triggerer, api-server; SQLite), a real SMTP server and a webhook
-receiver run for real (fixtures in tests/standalone_stack.py). In order: a subset rescoring of a scored hour,
-a three-hour backfill, the same hours reprocessed by a CLI backfill, a run that fails and must alert by email
-and webhook, and a scan of every log file for the storage key.
+The dev stack (PostgreSQL, Azurite, Airflow's scheduler with LocalExecutor, DAG processor, triggerer and API
+server), a real SMTP server and a webhook receiver run for real (fixtures in tests/standalone_stack.py). In
+order: a subset rescoring of a scored hour, a three-hour backfill (REST) and the same hours reprocessed by a CLI
+backfill, both beside an active scheduled run, a run that fails and must alert by email and webhook, a scan of
+every log file for the storage key, and a scheduler killed during a wait.
 """
 from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import threading
 import time
 from datetime import datetime
 from urllib.parse import quote
@@ -19,11 +23,16 @@ import requests
 
 from scoring import config
 from scoring.azurite import KEY as ACCOUNT_KEY
-from scoring.devstack import ApiError
+from scoring.devstack import ApiError, ComponentDied
 from scoring.storage import MANIFEST_FILE, PARTITION_FILE, partition_prefix
 from tests.standalone_stack import ALERT_FROM, ALERT_TO, H, SENSORS, WEBHOOK_PATH, Standalone
 
 pytestmark = [pytest.mark.standalone, pytest.mark.azurite]
+#: Three hours of 6 sensors at max_active_runs=3: each run takes ~30 s of task starts on an idle 2-core machine, and
+#: the scheduler marks the backfill complete a heartbeat later; four times that for a loaded machine.
+BACKFILL_TIMEOUT_S = 300
+#: One run of 6 sensors (5 tasks + up to 6 mapped shards): ~40 s idle; generous for a loaded machine.
+RUN_TIMEOUT_S = 240
 KEY = ["device_id", "tag", "window_end"]
 SUBSET_DEVICE = "dev-0001"
 
@@ -69,7 +78,7 @@ def test_subset_rescoring_replaces_only_the_subset(standalone: Standalone, full_
     run = standalone.api.trigger({"window_start": hour.isoformat(), "window_end": (hour + H).isoformat(),
                                   "devices": [SUBSET_DEVICE], "tags": [], "model_version": "v-alt",
                                   "sensors_per_shard": 1})
-    done = standalone.api.wait_for_runs([run["dag_run_id"]], timeout_s=300)[run["dag_run_id"]]
+    done = standalone.api.wait_for_runs([run["dag_run_id"]], timeout_s=RUN_TIMEOUT_S)[run["dag_run_id"]]
     assert done["state"] == "success", done
     # the mapped shards of the subset are the subset's sensors only, named by them
     shards = [t for t in standalone.api.task_instances(run["dag_run_id"]) if t["task_id"] == "score_shard"]
@@ -98,11 +107,12 @@ def test_subset_rescoring_replaces_only_the_subset(standalone: Standalone, full_
 
 
 def test_backfill_of_three_hours_gives_one_partition_per_hour(standalone: Standalone):
-    first = standalone.now_hour - 4 * H
-    hours = [first, first + H, first + 2 * H]
+    hours = standalone.landed_hours[3:6]
+    scheduled = standalone.scheduled_run()  # the unlanded hour's run, waiting for its windows all along
     backfill = standalone.api.backfill(hours[0], hours[-1], conf={"sensors_per_shard": SENSORS}, max_active_runs=3)
     assert backfill["dag_id"] == "sensor_scoring"
     runs = standalone.wait_for_backfill_runs(hours)
+    assert standalone.api.run(scheduled["dag_run_id"])["state"] == "running"  # the backfill ran beside it
     assert sorted(pd.Timestamp(r["data_interval_start"]) for r in runs) == [pd.Timestamp(h) for h in hours]
     assert {r["state"] for r in runs} == {"success"}, runs
 
@@ -125,9 +135,9 @@ def test_backfill_of_three_hours_gives_one_partition_per_hour(standalone: Standa
 def test_backfill_from_the_cli_reprocesses_the_same_hours_in_place(standalone: Standalone):
     """``airflow backfill create --reprocess-behavior completed`` over the hours just backfilled: each hour is
     scored again and its partition replaced; still one partition per hour, one row per window."""
-    first = standalone.now_hour - 4 * H
-    hours = [first, first + H, first + 2 * H]
+    hours = standalone.landed_hours[3:6]
     before = {h: read_hour(standalone, h)[1] for h in hours}
+    scheduled = standalone.scheduled_run()
     done = standalone.stack.airflow_cli(
         "backfill", "create", "--dag-id", "sensor_scoring", "--from-date", hours[0].isoformat(),
         "--to-date", hours[-1].isoformat(), "--reprocess-behavior", "completed", "--max-active-runs", "3",
@@ -137,10 +147,11 @@ def test_backfill_from_the_cli_reprocesses_the_same_hours_in_place(standalone: S
     assert datetime.fromisoformat(backfill["from_date"]) == hours[0]
     assert datetime.fromisoformat(backfill["to_date"]) == hours[-1]
     assert backfill["reprocess_behavior"] == "completed"
-    standalone.wait_backfill_done(backfill["id"], timeout_s=420)
+    standalone.wait_backfill_done(backfill["id"], timeout_s=BACKFILL_TIMEOUT_S)
 
     runs = standalone.wait_for_backfill_runs(hours)
     assert len(runs) == 3 and {r["state"] for r in runs} == {"success"}, runs  # the hours' runs, re-run in place
+    assert standalone.api.run(scheduled["dag_run_id"])["state"] == "running"
     for hour in hours:
         frame, manifest, blobs = read_hour(standalone, hour)
         assert_whole_hour(frame, manifest, blobs, hour)
@@ -154,7 +165,7 @@ def test_failing_run_alerts_by_email_and_webhook(standalone: Standalone, smtp_se
     run = standalone.api.trigger({"window_start": hour.isoformat(), "window_end": (hour + H).isoformat(),
                                   "model_version": "no-such-version"})
     run_id = run["dag_run_id"]
-    done = standalone.api.wait_for_runs([run_id], timeout_s=300)[run_id]
+    done = standalone.api.wait_for_runs([run_id], timeout_s=RUN_TIMEOUT_S)[run_id]
     assert done["state"] == "failed"
     states = {t["task_id"]: t["state"] for t in standalone.api.task_instances(run_id)}
     assert states["plan_shards"] == "failed" and states["load_and_validate"] == "success"
@@ -162,9 +173,9 @@ def test_failing_run_alerts_by_email_and_webhook(standalone: Standalone, smtp_se
     assert manifest_after == manifest_before  # a failed run leaves the committed hour alone
 
     hooks = wait_for(lambda: [r for r in webhook_receiver.received if (r["json"] or {}).get("run_id") == run_id],
-                     count=2, what="webhook alerts")
+                     count=2, what="webhook alerts", stack=standalone.stack)
     mails = wait_for(lambda: [m for m in smtp_server.mailbox.messages if run_id in m.get_body(("html", "plain")).get_content()],
-                     count=2, what="alert emails")
+                     count=2, what="alert emails", stack=standalone.stack)
 
     by_event = {h["json"]["event"]: h for h in hooks}
     assert set(by_event) == {"task_failed", "dag_run_failed"}
@@ -196,10 +207,12 @@ def test_failing_run_alerts_by_email_and_webhook(standalone: Standalone, smtp_se
     assert "no-such-version" in json.dumps(log)
 
 
-def wait_for(found, *, count: int, what: str, timeout_s: float = 60) -> list:
-    """Alerts are sent by the failing task's callback and by the scheduler's: allow them a moment."""
+def wait_for(found, *, count: int, what: str, stack, timeout_s: float = 60) -> list:
+    """Alerts are sent by the failing task's callback and by the DAG processor's: allow them a moment (60 s: both
+    are sent within seconds of the run failing; a loaded machine may take a few heartbeats)."""
     deadline = time.monotonic() + timeout_s
     while True:
+        stack.check()
         items = found()
         if len(items) >= count or time.monotonic() > deadline:
             assert len(items) >= count, f"{what}: {len(items)} of {count} arrived within {timeout_s}s: {items}"
@@ -212,8 +225,43 @@ def test_no_task_log_file_holds_the_account_key(standalone: Standalone, full_run
     storage key that the scoring_storage connection and the shard processes' environment carry."""
     assert f"AccountKey={ACCOUNT_KEY};" in standalone.stack.storage_setting  # the key the stack really uses
     files = [p for p in (standalone.stack.airflow_home / "logs").rglob("*") if p.is_file()]
-    files.append(standalone.stack.airflow_log)
+    files += standalone.stack.logs().values()  # scheduler, DAG processor, triggerer, API server
     shard_logs = [p for p in files if "task_id=score_shard" in str(p)]
     assert len(shard_logs) >= 3 and all(p.stat().st_size for p in shard_logs)  # the shards' logs were written
     texts = {str(p): p.read_text(errors="replace") for p in files}
     assert [where for where, text in texts.items() if ACCOUNT_KEY in text or "AccountKey" in text] == []
+
+
+def test_a_dead_scheduler_ends_a_wait_at_once_with_its_name_exit_code_and_log(standalone: Standalone):
+    """The scheduler killed by pid while a test waits on a run: the wait raises within seconds, not at its
+    timeout, naming the scheduler, its exit code and the end of its log. The scheduler is then started again
+    (and the run it was watching goes on)."""
+    scheduled = standalone.scheduled_run()
+    pid = standalone.stack.pid("scheduler")
+    killed_at: list[float] = []
+
+    def kill() -> None:
+        time.sleep(3)  # well inside the wait
+        os.kill(pid, signal.SIGKILL)
+        killed_at.append(time.monotonic())
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    try:
+        with pytest.raises(ComponentDied) as died:
+            standalone.api.wait_for_runs([scheduled["dag_run_id"]], timeout_s=RUN_TIMEOUT_S)
+        raised_at = time.monotonic()
+    finally:
+        killer.join()
+    assert raised_at - killed_at[0] < 10
+    assert died.value.name == "scheduler" and died.value.returncode == -signal.SIGKILL
+    assert "scheduler of the dev stack exited with -9" in str(died.value)
+    assert str(standalone.stack.logs()["scheduler"]) in str(died.value)
+    log_tail = str(died.value).split(":\n", 1)[1].splitlines()
+    assert 0 < len(log_tail) <= 50  # the last 50 lines of the scheduler's log
+    standalone.stack.restart("scheduler")
+    deadline = time.monotonic() + 120  # a scheduler heartbeats within seconds of its start
+    while standalone.api.get("monitor/health")["scheduler"]["status"] != "healthy":
+        assert time.monotonic() < deadline, "the restarted scheduler did not become healthy"
+        time.sleep(2)
+    assert standalone.api.run(scheduled["dag_run_id"])["state"] == "running"
