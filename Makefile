@@ -11,7 +11,7 @@ demo: install
 	$(PY) -m scoring demo
 
 test: install browser-deps postgres-deps
-	SCORING_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
+	SCORING_CHROMIUM=$(CHROMIUM) $(PY) -m pytest --durations=15
 
 # The browser test drives Debian's own Chromium with Playwright's Python package: never a Playwright browser
 # download. Installed once through apt (needs root, as on CI and the build machines).
