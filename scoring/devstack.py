@@ -236,6 +236,8 @@ class Component:
 #: The Airflow 3.3 components, as docker-compose.yaml runs them: each its own process, watched on its own.
 AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 DIED_LOG_LINES = 50
+#: Stopped in this order, after anything else (the simulator): the API server last, as tasks report through it.
+STOP_ORDER = ("scheduler", "triggerer", "dag-processor", "api-server")
 #: The components whose logs must never hold a traceback (``DevStack.tracebacks``).
 TRACEBACK_WATCHED = ("scheduler", "triggerer")
 #: Executor slots: several hours of a backfill, the scheduled run and a rescoring at once (2 cores here).
@@ -474,11 +476,13 @@ class DevStack:
     def stop(self) -> list[int]:
         """Stops Airflow's components, the simulator, PostgreSQL and Azurite, each through its own process group.
 
-        Airflow first (it holds connections to the database). A throwaway stack (``durable=False``) deletes its
+        Airflow first (it holds connections to the database), scheduler first and API server last. A throwaway stack (``durable=False``) deletes its
         database. Returns the pids that survived (none, normally), so tests can insist that nothing leaked.
         """
         survivors: list[int] = []
-        for component in reversed(list(self.components.values())):
+        # the scheduler first, so that no task starts or loses its API server while the stack goes down
+        order = sorted(self.components.values(), key=lambda c: STOP_ORDER.index(c.name) if c.name in STOP_ORDER else -1)
+        for component in order:
             survivors += stop_process_group(component.proc)
         if self.postgres is not None:
             if self.durable:

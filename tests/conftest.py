@@ -60,7 +60,11 @@ def blob(azurite: Azurite, containers: config.Containers, monkeypatch: pytest.Mo
 
 @pytest.fixture(scope="session")
 def airflow_db() -> str:
-    """A migrated SQLite metadata DB in the session's AIRFLOW_HOME."""
+    """A migrated SQLite metadata DB in the session's AIRFLOW_HOME, for the in-process tier (``dag.test()``).
+
+    SQLite is enough there: one process, no scheduler, nothing writing concurrently. Every test with a scheduler
+    runs on a dev stack's PostgreSQL instead (tests/standalone_stack.py, scoring.devstack).
+    """
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return _AIRFLOW_HOME
