@@ -553,5 +553,6 @@ def print_summary(summary: dict[str, object], part: str, out: Story | None = Non
         say(f"  simulator labels   {summary['labelled_anomalies_flagged']} of {summary['labelled_anomalies']} injected anomalous windows flagged")
     say(f"  quarantined rows   {summary['quarantined']} (duplicates collapsed: {summary['duplicates']})")
     say(f"  partition          {summary['partition']}")
-    say(f"  local copy         {summary['local_copy']}")
-    say(f"  read it with       .venv/bin/python -c \"import pandas as pd; print(pd.read_parquet('{summary['local_copy']}'))\"")
+    local = _shown(str(summary["local_copy"]))
+    say(f"  local copy         {local}")
+    say(f"  read it with       .venv/bin/python -c \"import pandas as pd; print(pd.read_parquet('{local}'))\"")
