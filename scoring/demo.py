@@ -302,7 +302,7 @@ def scan_log(text: str) -> list[LogRecord]:
                 current = LogRecord(level, match["logger"] or "", match["message"].strip(), task, [])
                 found.append(current)
         elif line.startswith("Traceback (most recent call last)") and current is None:
-            current = LogRecord("error", "", "traceback", task, [line])
+            current = LogRecord("error", "", "Python traceback", task, [line])
             found.append(current)
         elif current is not None:
             current.lines.append(line)
@@ -346,7 +346,7 @@ def show_log_errors(story: Story, log_path: Path, *, limit: int = 16) -> None:
     records = scan_log(log_path.read_text(encoding="utf-8", errors="replace")) if log_path.exists() else []
     errors = [r for r in records if r.level == "error"]
     if not errors:
-        story.line(f"  see {_shown(log_path)} ({_counted(records)})")
+        story.line(f"  {_shown(log_path)} has {_counted(records)}")
         return
     last = errors[-1]
     where = f"{last.task}: " if last.task else ""
@@ -383,11 +383,10 @@ def run_demo(*, devices: int = 20, tags: int = 3, hours: int = 24, sensors_per_s
         except DemoFailed:
             raise
         except BaseException as exc:
-            traceback.print_exc(file=log)
-            log.flush()
             said = str(exc).splitlines()
             story.step("Failed", type(exc).__name__ + (f": {said[0]}" if said else ""))
-            show_log_errors(story, log_path)
+            show_log_errors(story, log_path)  # what went wrong before (airflow db migrate, say); Python shows the rest
+            traceback.print_exc(file=log)
             raise
 
 

@@ -101,6 +101,17 @@ def test_a_failed_run_shows_the_error_of_the_log(blob, containers, airflow_db, c
     assert len(out.splitlines()) < MAX_LINES - 1, out
 
 
+def test_an_error_before_the_dag_run_is_named_and_its_traceback_logged(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SCORING_STORAGE", str(tmp_path))  # a local directory: no Azurite needed to fail
+    with pytest.raises(ValueError, match="tags <= 8"):
+        run_demo(devices=1, tags=9, hours=2)
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["Storage      SCORING_STORAGE from the environment (no Azurite started)",
+                                "Failed       ValueError: need devices >= 1 and 1 <= tags <= 8",
+                                f"  {default_log_path()} has 0 warnings, 0 errors"]
+    assert "Traceback (most recent call last)" in default_log_path().read_text()
+
+
 @pytest.mark.azurite
 @pytest.mark.airflow
 def test_python_m_scoring_demo_prints_only_its_story(blob, containers, airflow_db):
