@@ -7,8 +7,9 @@ AZURITE_DIR := tools/azurite
 
 .PHONY: demo test install browser-deps postgres-deps ui lock scorer-requirements bench clean
 
+# One line per step and a summary; Airflow's logs go to .airflow/demo.log. VERBOSE=1 leaves them on the terminal.
 demo: install
-	$(PY) -m scoring demo
+	$(PY) -m scoring demo$(if $(VERBOSE), --verbose)
 
 test: install browser-deps postgres-deps
 	SCORING_CHROMIUM=$(CHROMIUM) $(PY) -m pytest --durations=15

@@ -89,9 +89,13 @@ def cmd_score_shard(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, object]:
-    from scoring.demo import run_demo
+    from scoring.demo import DemoFailed, run_demo
 
-    return run_demo(devices=args.devices, tags=args.tags, hours=args.hours, sensors_per_shard=args.sensors_per_shard)
+    try:
+        return run_demo(devices=args.devices, tags=args.tags, hours=args.hours,
+                        sensors_per_shard=args.sensors_per_shard, verbose=args.verbose)
+    except DemoFailed:  # the demo has shown the log's error already
+        raise SystemExit(1) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,11 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--spec", required=True, help="az://container/path of the shard spec")
     shard.set_defaults(func=cmd_score_shard)
 
-    demo = sub.add_parser("demo", help="Azurite + simulated data + models + one DAG run, with a summary")
-    demo.add_argument("--devices", type=int, default=20)
-    demo.add_argument("--tags", type=int, default=3)
-    demo.add_argument("--hours", type=int, default=24)
+    demo = sub.add_parser("demo", help="Azurite + simulated data + models + one DAG run, with a summary",
+                          description="One line per step, then a summary; Airflow's task logs and the rest go to "
+                          "$AIRFLOW_HOME/demo.log (.airflow/demo.log) unless --verbose.")
+    demo.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
+    demo.add_argument("--tags", type=int, default=3, help="sensors per device, 1-8 (default 3)")
+    demo.add_argument("--hours", type=int, default=24, help="hours of windows up to the latest complete one (default 24)")
     demo.add_argument("--sensors-per-shard", type=int, default=15)
+    demo.add_argument("-v", "--verbose", action="store_true",
+                      help="leave Airflow's logs and the libraries' output on the terminal instead of in the log file")
     demo.set_defaults(func=cmd_demo)
     return parser
 
