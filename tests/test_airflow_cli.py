@@ -1,0 +1,121 @@
+"""The DAG through Airflow's own command line, the way an operator debugs it: ``airflow dags test`` and ``airflow
+tasks test`` run as subprocesses of the real ``airflow`` CLI.
+
+One fresh AIRFLOW_HOME (SQLite, one ``airflow db migrate``) serves the module; each test has its own containers
+on the session's Azurite, which the subprocesses inherit through SCORING_STORAGE and SCORING_CONTAINER_*.
+Each ``airflow`` start costs seconds, so the tests ask for few of them.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from scoring import config
+from scoring.simulate import SimulationConfig, simulate_to_storage
+from scoring.training import train_and_register
+from scoring.windows import parse_window_file
+from tests.conftest import REPO
+from tests.helpers import START
+from tests.test_end_to_end import read_partition
+
+pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
+H = timedelta(hours=1)
+AIRFLOW = Path(sys.executable).with_name("airflow")  # the console script of the venv running the tests
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh AIRFLOW_HOME, migrated once for the module (not the session's in-process one), the DAG stored."""
+    home = tmp_path_factory.mktemp("airflow-cli-home")
+    for command in (("db", "migrate"), ("dags", "reserialize")):  # `tasks test` reads the DAG from the database
+        done = airflow(home, *command)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return home
+
+
+def airflow(home: Path, *args: str, timeout: float = 600, **settings: str) -> subprocess.CompletedProcess[str]:
+    """``airflow <args>`` in a subprocess on ``home``, with the test's storage settings from the environment."""
+    env = dict(os.environ)
+    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+               AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"), AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    env.update(settings)
+    return subprocess.run([str(AIRFLOW), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def query(home: Path, sql: str, *params: object) -> list[tuple]:
+    with sqlite3.connect(home / "airflow.db") as db:
+        return db.execute(sql, params).fetchall()
+
+
+def landed_windows(blob, containers: config.Containers, start: datetime, end: datetime) -> pd.DataFrame:
+    """Every window that landed with ``window_end`` in ``[start, end)``, from whichever folder holds it."""
+    frames = [parse_window_file(b.name, blob.read_bytes(containers.windows, b.name)) for b in blob.list(containers.windows)]
+    found = pd.concat(frames, ignore_index=True)
+    return found[(found["window_end"] >= pd.Timestamp(start)) & (found["window_end"] < pd.Timestamp(end))]
+
+
+def check_committed(blob, containers: config.Containers, hour: datetime, run_id: str, version: str) -> dict:
+    """The hour's partition holds one scored row per landed window of the hour, and its manifest says so."""
+    expected = landed_windows(blob, containers, hour, hour + H)
+    predictions, manifest = read_partition(blob, containers.predictions, hour)
+    counts = manifest["counts"]
+    assert counts["landed"] == len(expected) > 0
+    assert counts["scored"] == len(predictions) == len(expected.drop_duplicates(["device_id", "tag", "window_end"]))
+    assert counts["quarantined"] == counts["duplicates"] == 0
+    assert counts["anomalies"] == int(predictions["is_anomaly"].sum())
+    assert not predictions.duplicated(["device_id", "tag", "window_end"]).any()
+    assert manifest["run_id"] == run_id and set(predictions["run_id"]) == {run_id}
+    assert manifest["model_version"] == version and manifest["hour"] == hour.isoformat()
+    return counts
+
+
+def test_dags_test_scores_the_hour_exits_0_and_keeps_the_deadline(blob, containers, airflow_home):
+    """``airflow dags test <T>`` runs the hour that ended at T, succeeds with the deadline alert on, and exits 0."""
+    simulate_to_storage(blob, SimulationConfig(devices=2, tags=2, seed=5), START, START + 5 * H,
+                        windows_container=containers.windows, labels_container=containers.labels)
+    train_and_register(blob, containers, START, START + 3 * H, version="v-cli", promote=True)
+    logical = START + 4 * H
+
+    done = airflow(airflow_home, "dags", "test", "sensor_scoring", logical.isoformat())
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "state=success" in done.stdout + done.stderr
+
+    [(run_id, state, interval_start, run_pk)] = query(
+        airflow_home, "select run_id, state, data_interval_start, id from dag_run where dag_id = ? and logical_date = ?",
+        "sensor_scoring", f"{logical:%Y-%m-%d %H:%M:%S}.000000")
+    assert state == "success" and interval_start.startswith(f"{logical - H:%Y-%m-%d %H:%M:%S}")
+    # the deadline alert was live: Airflow recorded the run's deadline (logical date + 1 h + 90 min)
+    [(deadline_time,)] = query(airflow_home, "select deadline_time from deadline where dagrun_id = ?", run_pk)
+    assert deadline_time.startswith(f"{logical + timedelta(hours=2, minutes=30):%Y-%m-%d %H:%M:%S}")
+    check_committed(blob, containers, logical - H, run_id, "v-cli")
+    assert not blob.list(containers.predictions, f"date={logical:%Y-%m-%d}/hour={logical:%H}/")
+
+
+def test_tasks_test_runs_one_task_alone(blob, containers, airflow_home):
+    """``airflow tasks test ... load_and_validate <T>`` validates and stages the hour before T, and commits nothing."""
+    simulate_to_storage(blob, SimulationConfig(devices=2, tags=2, seed=6), START, START + 3 * H,
+                        windows_container=containers.windows, labels_container=containers.labels)
+    logical = START + 2 * H
+
+    done = airflow(airflow_home, "tasks", "test", "sensor_scoring", "load_and_validate", logical.isoformat())
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    assert "Returned value was: {" in out and "new_state=success" in out
+
+    expected = landed_windows(blob, containers, logical - H, logical)
+    [report_name] = [b.name for b in blob.list(containers.staging) if b.name.endswith("/validation.json")]
+    report = json.loads(blob.read_bytes(containers.staging, report_name))
+    assert report["interval"] == {"start": (logical - H).isoformat(), "end": logical.isoformat()}
+    assert report["hours"][(logical - H).isoformat()]["landed"] == len(expected) > 0
+    valid = pd.read_parquet(io.BytesIO(blob.read_bytes(containers.staging, report_name.replace("validation.json", "valid.parquet"))))
+    assert len(valid) == len(expected)
+    assert not blob.list(containers.predictions)  # one task only: nothing scored, nothing committed
