@@ -1,5 +1,5 @@
-"""The DAG through Airflow's own command line, the way an operator debugs it: ``airflow dags test`` and ``airflow
-tasks test`` run as subprocesses of the real ``airflow`` CLI.
+"""The DAG through Airflow's own command line, the way an operator debugs it: ``airflow dags test``, ``airflow tasks
+test``, ``airflow dags trigger`` and ``airflow backfill create`` run as subprocesses of the real ``airflow`` CLI.
 
 One fresh AIRFLOW_HOME (SQLite, one ``airflow db migrate``) serves the module; each test has its own containers
 on the session's Azurite, which the subprocesses inherit through SCORING_STORAGE and SCORING_CONTAINER_*.
@@ -44,7 +44,7 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def airflow(home: Path, *args: str, timeout: float = 600, **settings: str) -> subprocess.CompletedProcess[str]:
     """``airflow <args>`` in a subprocess on ``home``, with the test's storage settings from the environment."""
-    env = dict(os.environ)
+    env = {key: value for key, value in os.environ.items() if key != config.START_DATE_ENV}
     env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
                AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"), AIRFLOW__CORE__LOAD_EXAMPLES="False")
     env.update(settings)
@@ -119,3 +119,47 @@ def test_tasks_test_runs_one_task_alone(blob, containers, airflow_home):
     valid = pd.read_parquet(io.BytesIO(blob.read_bytes(containers.staging, report_name.replace("validation.json", "valid.parquet"))))
     assert len(valid) == len(expected)
     assert not blob.list(containers.predictions)  # one task only: nothing scored, nothing committed
+
+
+def runs_of_day(home: Path) -> list[tuple]:
+    """Runs of 2018-08-01, the day the start-date test uses (and no other test)."""
+    return query(home, "select run_id, run_type from dag_run where logical_date like '2018-08-01 %'")
+
+
+def test_an_hour_before_the_start_date_never_succeeds_empty(blob, containers, airflow_home):
+    """With SCORING_START_DATE after the hour: ``dags test`` and ``dags trigger`` refuse it; a backfill run, which
+    Airflow gives every task despite the start date, fails in its first task. None reports an empty success."""
+    late_start = {config.START_DATE_ENV: "2026-01-01T00:00Z"}
+
+    done = airflow(airflow_home, "dags", "test", "sensor_scoring", "2018-08-01T06:00:00+00:00", **late_start)
+    assert done.returncode != 0
+    assert ("ValueError: logical date 2018-08-01T06:00:00+00:00 is before the start date 2026-01-01T00:00:00+00:00 "
+            "of DAG 'sensor_scoring' (SCORING_START_DATE)") in done.stderr
+    assert "SCORING_START_DATE=2018-08-01T05:00Z" in done.stderr
+    assert not runs_of_day(airflow_home)
+
+    # The DAG as the DAG processor stores it with that setting; then Airflow's own check of default_args' start date
+    done = airflow(airflow_home, "dags", "reserialize", **late_start)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = airflow(airflow_home, "dags", "trigger", "sensor_scoring", "-l", "2018-08-01T06:00:00+00:00", **late_start)
+    assert done.returncode != 0
+    assert ("Logical date [2018-08-01T06:00:00+00:00] should be >= start_date [2026-01-01T00:00:00+00:00] "
+            "from Dag's default_args") in done.stderr
+    assert not runs_of_day(airflow_home)
+
+    done = airflow(airflow_home, "backfill", "create", "--dag-id", "sensor_scoring", "--from-date",
+                   "2018-08-01T05:00:00+00:00", "--to-date", "2018-08-01T05:00:00+00:00", **late_start)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [(run_id, run_type)] = runs_of_day(airflow_home)
+    assert run_type == "backfill"
+    tasks = {task for (task,) in query(airflow_home, "select task_id from task_instance where run_id = ?", run_id)}
+    assert tasks == {"wait_for_windows", "load_and_validate", "plan_shards", "score_shard", "commit"}
+    # what the scheduler would run first, run here by hand: it fails at once, without retries, naming the setting
+    done = airflow(airflow_home, "tasks", "test", "sensor_scoring", "wait_for_windows", run_id, **late_start)
+    out = done.stdout + done.stderr
+    assert ("AirflowFailException: ValueError: the run's hours start at 2018-08-01T05:00:00+00:00, before the DAG's "
+            "start date 2026-01-01T00:00:00+00:00 (SCORING_START_DATE)") in out
+    [(state,)] = query(airflow_home, "select state from task_instance where run_id = ? and task_id = 'wait_for_windows'",
+                       run_id)
+    assert state == "failed"
+    assert not blob.list(containers.staging) and not blob.list(containers.predictions)
