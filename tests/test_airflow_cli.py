@@ -13,9 +13,10 @@ import os
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -49,6 +50,13 @@ def airflow(home: Path, *args: str, timeout: float = 600, **settings: str) -> su
                AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"), AIRFLOW__CORE__LOAD_EXAMPLES="False")
     env.update(settings)
     return subprocess.run([str(AIRFLOW), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def scoring_cli(*args: str) -> dict:
+    """``python -m scoring <args>``, which answers in one line of JSON."""
+    done = subprocess.run([sys.executable, "-m", "scoring", *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def query(home: Path, sql: str, *params: object) -> list[tuple]:
@@ -163,3 +171,46 @@ def test_an_hour_before_the_start_date_never_succeeds_empty(blob, containers, ai
                        run_id)
     assert state == "failed"
     assert not blob.list(containers.staging) and not blob.list(containers.predictions)
+
+
+def write_reference_csv(path: Path, start: datetime, end: datetime, devices: list[str], tags: dict[str, float]) -> int:
+    """Readings in the reference architecture's sample layout (``TS,Device,Tag,Value``), five per minute per sensor
+    (seconds 06, 18, 30, 42, 54), each sensor a noisy level with a slow swing. Deterministic."""
+    rng = np.random.default_rng(2018)
+    stamps = pd.date_range(start, end, freq="12s", inclusive="left") + pd.Timedelta(seconds=6)
+    minutes = np.arange(len(stamps)) / 5.0
+    rows = []
+    for number, device in enumerate(devices):
+        for tag, level in tags.items():
+            values = level * (1 + 0.01 * number) + 0.5 * np.sin(minutes / 30.0) + rng.normal(0, 0.2, len(stamps))
+            rows.append(pd.DataFrame({"TS": stamps.strftime("%Y-%m-%d %H:%M:%S.000"), "Device": device, "Tag": tag,
+                                      "Value": values.round(4)}))
+    frame = pd.concat(rows, ignore_index=True).sort_values(["TS", "Device", "Tag"])
+    frame.to_csv(path, index=False)
+    return len(frame)
+
+
+def test_readings_from_2018_replayed_end_to_end(blob, containers, airflow_home, tmp_path):
+    """A user's migration: a 2018 readings CSV ingested and trained on with the scoring CLI, then ``airflow dags
+    test`` at 2018-08-29T03:00 on the default start date scores the hour 02:00 (the one that ended then)."""
+    first, last = datetime(2018, 8, 28, 23, tzinfo=timezone.utc), datetime(2018, 8, 29, 3, 13, tzinfo=timezone.utc)
+    readings = write_reference_csv(tmp_path / "readings.csv", first, last, ["dev-ref-0", "dev-ref-1", "dev-ref-2"],
+                                   {"temperature": 61.0, "pressure": 101.3})
+    assert readings == 6 * 253 * 5
+
+    ingested = scoring_cli("ingest-readings", str(tmp_path / "readings.csv"))
+    assert ingested["readings"] == readings and ingested["windows"] == 6 * 253
+    assert ingested["first_window_end"].startswith("2018-08-28 23:01") and ingested["last_window_end"].startswith("2018-08-29 03:13")
+    trained = scoring_cli("train", "--start", "2018-08-28T23:00Z", "--end", "2018-08-29T02:00Z", "--promote")
+    assert trained["models"] == 6 and trained["promoted"] is True
+
+    done = airflow(airflow_home, "dags", "test", "sensor_scoring", "2018-08-29T03:00:00+00:00")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    [(run_id, state)] = query(airflow_home, "select run_id, state from dag_run where logical_date = ?",
+                              "2018-08-29 03:00:00.000000")
+    assert state == "success"
+    hour = datetime(2018, 8, 29, 2, tzinfo=timezone.utc)
+    counts = check_committed(blob, containers, hour, run_id, trained["version"])
+    assert counts["landed"] == 6 * 60  # window_end 02:00 .. 02:59 for each of the six sensors
+    assert [b.name for b in blob.list(containers.predictions)] == [
+        "date=2018-08-29/hour=02/_manifest.json", "date=2018-08-29/hour=02/part-00000.parquet"]
