@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import (
-    DAG,
     Asset,
     AsyncCallback,
     CronDataIntervalTimetable,
@@ -17,9 +16,18 @@ from airflow.sdk import (
     task,
 )
 
-from scoring_airflow.operators import ScoreShardOperator  # plugins/: on sys.path wherever Airflow runs
+from scoring_airflow.dag import ScoringDAG  # plugins/: on sys.path wherever Airflow runs
+from scoring_airflow.operators import ScoreShardOperator
 
-from scoring.alerts import DEADLINE_ENV, RETRIES_ENV, RETRY_DELAY_ENV, ScoringAlertNotifier, env_int
+from scoring import config
+from scoring.alerts import (
+    DEADLINE_ENV,
+    RETRIES_ENV,
+    RETRY_DELAY_ENV,
+    EmptyRunNotifier,
+    ScoringAlertNotifier,
+    env_int,
+)
 
 #: Updated once per committed run; the event's extra names the hours, run, model version and counts.
 PREDICTIONS = Asset(name="predictions", uri="x-scoring://predictions",
@@ -28,6 +36,7 @@ PREDICTIONS = Asset(name="predictions", uri="x-scoring://predictions",
 RETRIES = env_int(RETRIES_ENV, 2)
 RETRY_DELAY = timedelta(seconds=env_int(RETRY_DELAY_ENV, 60, minimum=1))
 DEADLINE_MINUTES = env_int(DEADLINE_ENV, 90)  # 0 turns the deadline alert off
+START_DATE = config.start_date()  # SCORING_START_DATE: the first hour scored; default 2000-01-01T00:00Z
 SUBSET_ITEMS = {"type": "string", "minLength": 1}
 HOUR_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:00(:00(\.0+)?)?(Z|[+-]\d{2}:?00)?$"
 
@@ -60,6 +69,10 @@ windows selected by `window_end`.
 - Late windows (after the hour was committed): re-run or backfill the hour; its partition is replaced.
 - `commit` refused the accounting: a shard output is missing or stale; clear the run to redo the hour.
 - Re-running or backfilling an hour is safe: its partition is replaced, one row per window.
+- Hours before the start date (`SCORING_START_DATE`, default 2000-01-01T00:00Z) are never scored: `airflow dags
+  test` and `airflow dags trigger` refuse such a logical date, a backfill run fails in `wait_for_windows` naming the
+  setting, and a UI/REST trigger with such a logical date runs no task and alerts `dag_run_empty`. Set
+  `SCORING_START_DATE` earlier where the DAG is parsed (scheduler, DAG processor, workers).
 - Alerts: a task that fails after its last retry, a failed run, a run not finished `SCORING_DEADLINE_MINUTES`
   (default 90) after its hour ended, and (if `SCORING_ANOMALY_ALERT_THRESHOLD` is set) an hour with more anomalies
   go to the `scoring_smtp` email and `scoring_alert_webhook` connections. The message links the task's log.
@@ -73,15 +86,22 @@ and/or `tags` and a `model_version`. Only those sensors' rows of each hour are r
 counts); schedule a DAG on it with `schedule=[Asset(name="predictions", uri="x-scoring://predictions")]`.
 """
 
-with DAG(
+# ScoringDAG: Airflow's DAG with a test() (dag.test(), `airflow dags test`) that refuses logical dates before the
+# start date and works around apache/airflow#73428 (the deadline alert crashing a successful test run).
+with ScoringDAG(
     dag_id="sensor_scoring",
     description="Hourly per-sensor anomaly scoring: blob windows -> OneClassSVM -> Parquet predictions",
     schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
-    start_date=datetime(2026, 1, 1),
+    # Airflow creates no task instance for a run whose logical date precedes its tasks' start date and reports
+    # that run successful: a run of such an hour is refused (`airflow dags test`, ScoringDAG.test; `airflow dags
+    # trigger`, which checks default_args' start_date), or fails in its first task (backfills, which get every
+    # task; window params), or alerts as dag_run_empty (a REST/UI trigger). See docs/operating.md.
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=4,
     default_args={
         "owner": "sensor-analytics",
+        "start_date": START_DATE,
         "retries": RETRIES,
         "retry_delay": RETRY_DELAY,
         "retry_exponential_backoff": True,
@@ -89,6 +109,7 @@ with DAG(
         "on_failure_callback": [ScoringAlertNotifier("task_failed")],  # after the last retry only
     },
     on_failure_callback=[ScoringAlertNotifier("dag_run_failed")],
+    on_success_callback=[EmptyRunNotifier()],  # silent unless a run "succeeded" without running a task
     # logical date = interval start, so the deadline is interval end + SCORING_DEADLINE_MINUTES. (Not queued_at:
     # Airflow 3.3.2 fails to clear a run with an open queued_at deadline, apache/airflow#70370.) Runs queued
     # after their deadline (backfills, reruns of old hours) are not alerted: see scoring.alerts.deadline_missed.

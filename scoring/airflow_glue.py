@@ -62,6 +62,7 @@ def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
             context.get("data_interval_end"),
             _run_after(context),
         )
+        refuse_hours_before_start(start, _start_date(context))
     return Hour(
         storage=st.open_storage(storage_setting()),
         containers=config.Containers.from_env(),
@@ -84,6 +85,25 @@ def no_retry_on(*errors: type[BaseException]) -> Iterator[None]:
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def refuse_hours_before_start(start: datetime, first_hour: datetime | None) -> None:
+    """No run scores an hour before the DAG's start date (``SCORING_START_DATE``), whichever way it was made.
+
+    Airflow gives a run whose logical date precedes the start date no task at all (and calls it a success), but
+    a backfill run gets every task, and window params can name any hour: those fail here, in their first task.
+    """
+    if first_hour is not None and start < first_hour:
+        raise ValueError(
+            f"the run's hours start at {start.isoformat()}, before the DAG's start date {first_hour.isoformat()} "
+            f"({config.START_DATE_ENV}): set {config.START_DATE_ENV} to {start:%Y-%m-%dT%H:%MZ} or earlier "
+            "where the DAG is parsed, and run again"
+        )
+
+
+def _start_date(context: Mapping[str, Any]) -> datetime | None:
+    dag = context.get("dag")
+    return getattr(dag, "start_date", None) if dag is not None else None
 
 
 def _run_after(context: Mapping[str, Any]) -> datetime | None:

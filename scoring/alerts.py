@@ -1,8 +1,8 @@
 """Failure, deadline and anomaly alerts: one message, sent by email (SMTP connection) and JSON webhook (HTTP connection).
 
 Why one path for every event: an operator reads the same fields (DAG, run, task, map index, try, error, log
-link) whether a task failed after its last retry, the whole run failed, the run missed its deadline, or an hour
-found too many anomalies. Each channel is an Airflow connection; a channel without a connection is skipped with
+link) whether a task failed after its last retry, the whole run failed, a run "succeeded" without running a task,
+the run missed its deadline, or an hour found too many anomalies. Each channel is an Airflow connection; a channel without a connection is skipped with
 one info line, and a channel that fails is logged and never raised: an alert must not fail the task or run that
 it reports on, nor hide the original error.
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 EMAIL_CONN_ID = "scoring_smtp"
 WEBHOOK_CONN_ID = "scoring_alert_webhook"
 #: Events a message can carry in its ``event`` field.
-EVENTS = ("task_failed", "dag_run_failed", "deadline_missed", "anomalies_high")
+EVENTS = ("task_failed", "dag_run_failed", "dag_run_empty", "deadline_missed", "anomalies_high")
 #: Environment settings, read at DAG parse time (retries, deadline) or when the check runs (threshold).
 RETRIES_ENV = "SCORING_TASK_RETRIES"
 RETRY_DELAY_ENV = "SCORING_RETRY_DELAY_SECONDS"
@@ -89,7 +89,7 @@ def build_payload(event: str, context: Mapping[str, Any], *, error: Any = None, 
         "error": _text_of(error),
         "log_url": log_url,
     }
-    if event == "dag_run_failed" and not payload["log_url"] and dag_id and run_id:
+    if event in ("dag_run_failed", "dag_run_empty") and not payload["log_url"] and dag_id and run_id:
         payload["log_url"] = run_url(str(dag_id), str(run_id))
     if event == "deadline_missed" and dag_id and run_id:
         payload["log_url"] = payload["log_url"] or run_url(str(dag_id), str(run_id))
@@ -116,6 +116,7 @@ def _summary(p: Mapping[str, Any]) -> str:
     what = {
         "task_failed": "task failed after its last try",
         "dag_run_failed": "DAG run failed",
+        "dag_run_empty": "DAG run succeeded without running a task",
         "deadline_missed": "run missed its deadline",
         "anomalies_high": "anomaly count above threshold",
     }[str(p["event"])]
@@ -218,6 +219,35 @@ class ScoringAlertNotifier(BaseNotifier):
         try:
             send_alert(build_payload(self.event, context))
         except Exception as exc:  # building the message failed: say so, never mask the original failure
+            log.warning("Could not build the %s alert: %s: %s", self.event, type(exc).__name__, exc)
+
+
+class EmptyRunNotifier(ScoringAlertNotifier):
+    """The DAG's ``on_success_callback``: silent for a run in which a task succeeded; for a run that "succeeded"
+    without any, a ``dag_run_empty`` alert (and a warning in the log), since that run scored nothing.
+
+    Airflow creates no task instance for a run whose logical date is before the DAG's start date, and marks such
+    a run successful at once. ``airflow dags test`` and ``airflow dags trigger`` refuse those logical dates
+    (``ScoringDAG.test``; ``default_args["start_date"]``), but a run triggered from the UI or REST API with one
+    is created anyway: this is how its operator hears of it. Airflow hands a DAG success callback the last task
+    that succeeded (``ti``); a run without one had no task to run.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("dag_run_empty")
+
+    def notify(self, context: Any) -> None:
+        if context.get("ti") is not None or context.get("task_instance") is not None:
+            return  # the normal case: tasks ran and succeeded
+        dag = context.get("dag")
+        start = getattr(dag, "start_date", None)
+        error = (f"no task ran, nothing was scored. Airflow creates no task for a run whose logical date is before "
+                 f"the DAG's start date ({start.isoformat() if start else 'unknown'}, SCORING_START_DATE): set "
+                 "SCORING_START_DATE to the first hour to score (where the DAG is parsed) and trigger again")
+        log.warning("DAG run %s succeeded without running a task: %s", context.get("run_id"), error)
+        try:
+            send_alert(build_payload(self.event, context, error=error))
+        except Exception as exc:
             log.warning("Could not build the %s alert: %s: %s", self.event, type(exc).__name__, exc)
 
 

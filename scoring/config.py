@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 #: Azurite's well-known development account; the default so that a laptop needs no settings.
 DEFAULT_STORAGE = "UseDevelopmentStorage=true"
@@ -21,6 +22,10 @@ FEATURES: tuple[str, ...] = ("value_avg", "value_min", "value_max", "value_std",
 WINDOW_KEY: tuple[str, ...] = ("device_id", "tag", "window_end")
 #: The alias the hourly DAG scores with unless told otherwise.
 PRODUCTION_ALIAS = "production"
+#: The first hour the DAG scores (its Airflow ``start_date``), read when the DAG file is parsed. The default is
+#: early enough for any history a user migrates (the reference architecture's sample data is from 2018).
+START_DATE_ENV = "SCORING_START_DATE"
+DEFAULT_START_DATE = "2000-01-01T00:00Z"
 
 
 @dataclass(frozen=True)
@@ -52,3 +57,21 @@ def storage_setting() -> str:
 def storage_conn_id() -> str:
     """Airflow connection id consulted before the environment."""
     return os.environ.get(STORAGE_CONN_ID_ENV) or DEFAULT_STORAGE_CONN_ID
+
+
+def start_date() -> datetime:
+    """``SCORING_START_DATE``: an ISO date or time on a whole hour, UTC unless it names an offset.
+
+    A bad value raises a ``ValueError`` naming the variable, so the DAG file fails to parse with that message.
+    """
+    raw = os.environ.get(START_DATE_ENV, "").strip() or DEFAULT_START_DATE
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"environment variable {START_DATE_ENV}={raw!r} is not an ISO date or time "
+                         f"(e.g. 2018-08-28 or 2018-08-28T23:00Z)") from None
+    moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    if moment.minute or moment.second or moment.microsecond:
+        raise ValueError(f"environment variable {START_DATE_ENV}={raw!r} is not on a whole UTC hour: "
+                         "it names the first hour the DAG scores")
+    return moment

@@ -61,13 +61,7 @@ def load_dag(path: Path):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
-    dag = module.dag
-    # Airflow 3.3.2's dag.test() runs a copy of the DAG whose deadline alerts are still encoded dicts, not
-    # their database ids, and crashes when the run succeeds (DeadlineAlertModel.get_by_id({...})). In-process
-    # runs (this demo, the tests) therefore drop the deadline; the scheduler reads the DAG from its database
-    # and keeps it. tests/test_alerts.py checks the deadline on the DAG as the DAG processor parses it.
-    dag.deadline = None
-    return dag
+    return module.dag
 
 
 def ensure_data(storage, containers: config.Containers, devices: int, tags: int, first: datetime, now: datetime,

@@ -269,6 +269,29 @@ def test_deadline_on_the_dag_as_the_dag_processor_parses_it(airflow_db, monkeypa
     assert not parsed().deadline
 
 
+def test_deadline_workaround_decodes_encoded_alerts_only_inside_dag_test(airflow_db):
+    """apache/airflow#73428: dag.test()'s copy of the DAG holds encoded alerts; inside the workaround they are
+    decoded, outside it (the scheduler's path) get_by_id is Airflow's own again."""
+    from airflow.models.deadline_alert import DeadlineAlert as DeadlineAlertModel
+    from airflow.serialization.serialized_objects import DagSerialization
+    from scoring_airflow.dag import deadline_alerts_decoded_in_place
+
+    from scoring.demo import load_dag
+
+    dag = load_dag(REPO / "dags" / "sensor_scoring.py")
+    [encoded] = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag)).deadline  # what dag.test() holds
+    assert isinstance(encoded, dict)
+    before = DeadlineAlertModel.__dict__["get_by_id"]
+    with deadline_alerts_decoded_in_place():
+        alert = DeadlineAlertModel.get_by_id(encoded)
+        assert alert.reference_class.__name__ == "DagRunLogicalDateDeadline" and alert.name == "hour not scored in time"
+        with pytest.raises(Exception, match="No DeadlineAlert found"):  # ids still go to the table
+            DeadlineAlertModel.get_by_id("01a2337c-aaec-7166-a11e-07603ca6ab89")
+    assert DeadlineAlertModel.__dict__["get_by_id"] is before
+    with pytest.raises(Exception, match="'dict' object has no attribute 'hex'"):  # Airflow's own takes ids only
+        DeadlineAlertModel.get_by_id(encoded)
+
+
 def test_failure_callbacks_fire_after_the_last_retry_only(airflow_db, monkeypatch):
     from scoring.demo import load_dag
 

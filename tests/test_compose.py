@@ -225,6 +225,11 @@ def test_scoring_settings_are_names_the_code_reads():
         <= set(SERVICES["simulator"]["environment"])
 
 
+def test_start_date_default_in_compose_is_the_codes_default():
+    environment = SERVICES["airflow-scheduler"]["environment"]
+    assert interpolate(environment[config.START_DATE_ENV]) == config.DEFAULT_START_DATE == env_example()[config.START_DATE_ENV]
+
+
 def test_batch_defaults_in_compose_are_the_codes_defaults():
     """The stack's defaults are what the backend would use with the variable unset (but the image tag)."""
     from scoring.batch import BatchSettings
