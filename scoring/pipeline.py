@@ -633,7 +633,7 @@ def commit(hour: Hour, summary: dict[str, object], shard_results: list[dict[str,
                     "rows": len(q_rows),
                 }],
                 "source_folders": summary["folders"],
-                # added by issue 3: readers may rely on these keys
+                # the hour's status and its file-level quarantine: readers may rely on these keys
                 "status": "scored" if landed else "empty",
                 "quarantined_files": bad_files,
                 "empty_files": [f for f in summary.get("empty_files", []) if (folder_hour(f) or h) == h],  # type: ignore[union-attr]
