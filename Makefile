@@ -3,13 +3,13 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
-AZURITE_DIR := tools/azurite
+AZURITE_DIR := dev/node
 
 .PHONY: demo test install browser-deps postgres-deps ui lock scorer-requirements bench clean
 
 # One line per step and a summary; Airflow's logs go to .airflow/demo.log. VERBOSE=1 leaves them on the terminal.
 demo: install
-	$(PY) -m scoring demo$(if $(VERBOSE), --verbose)
+	$(PY) -m dev.demo$(if $(VERBOSE), --verbose)
 
 test: install browser-deps postgres-deps
 	SCORING_CHROMIUM=$(CHROMIUM) $(PY) -m pytest --durations=15
@@ -24,7 +24,7 @@ browser-deps:
 	} || { echo "could not install chromium: run 'apt-get install chromium' as root, or set CHROMIUM=/path"; exit 1; }
 
 # Every Airflow the project starts outside containers (make ui, the tests with a scheduler) runs on a throwaway
-# PostgreSQL cluster made with the server binaries of Debian's postgresql package (scoring/postgres.py looks in
+# PostgreSQL cluster made with the server binaries of Debian's postgresql package (dev/postgres.py looks in
 # $$SCORING_PG_BINDIR, /usr/lib/postgresql/*/bin, then PATH). Installed once through apt (needs root).
 postgres-deps:
 	@{ test -n "$$SCORING_PG_BINDIR" && test -x "$$SCORING_PG_BINDIR/initdb"; } || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
@@ -34,7 +34,7 @@ postgres-deps:
 
 # PostgreSQL + Airflow (scheduler, DAG processor, triggerer, API server), Azurite, a trained model and a simulator landing windows every minute.
 ui: install postgres-deps
-	$(PY) -m scoring.devstack
+	$(PY) -m dev.devstack
 
 install: $(VENV)/.installed $(AZURITE_DIR)/node_modules/.installed
 
@@ -60,7 +60,7 @@ lock:
 # Re-derive requirements-scorer.txt (the scorer image's part of the lock) after the lock changed; make test fails
 # until it matches.
 scorer-requirements: install
-	$(PY) tools/scorer_requirements.py
+	$(PY) dev/scorer_requirements.py
 
 # Both benchmarks (~11 min on 2 cores); results in bench/results/, write-ups in docs/benchmarks.md.
 bench: install

@@ -4,14 +4,14 @@ Claim under test: a shard's peak memory depends on the shard's size (``sensors_p
 sensors the hour holds. For each hour size S the hour is staged as ``load_and_validate`` leaves it
 (``valid.parquet`` in the run's staging folder), models are registered for all S sensors, the real
 ``pipeline.plan_shards`` cuts the hour into shards of a fixed size, and the first, middle and last shard are
-each run as the real shard command, ``python -m scoring score-shard --spec <uri>``, in a fresh child process.
+each run as the real shard command, ``python -m sensor_scoring score-shard --spec <uri>``, in a fresh child process.
 The child's peak resident set (``ru_maxrss`` from ``os.wait4``, taken by a small launcher: see LAUNCHER) is recorded; each shard is
 run ``--repeats`` times and the median is reported. A second series keeps the hour at 10k sensors and varies
 the shard size. A floor is measured too: a child that only imports what the shard command imports.
 
 The hour's windows are synthetic (vectorised; value, spread, count per sensor-minute), because simulating
 100k sensors' raw readings would dominate the run; the models are ``--base-models`` real OneClassSVM
-pipelines trained by ``scoring.models.train_models`` and registered under every sensor's name (the shard
+pipelines trained by ``sensor_scoring.models.train_models`` and registered under every sensor's name (the shard
 cannot tell, and a model's size is what it is). Storage is a local directory (``SCORING_STORAGE=<dir>``), so
 no blob server's memory or latency is mixed in.
 
@@ -38,12 +38,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scoring import config, models, pipeline
-from scoring import storage as st
-from scoring.backends import shard_command
-from scoring.simulate import TAG_NAMES
-from scoring.storage import LocalStorage
-from scoring.windows import LandingPlan, land_windows
+from sensor_scoring import settings as config, models, pipeline
+from sensor_scoring import storage as st
+from sensor_scoring.backends import shard_command
+from sensor_scoring.tools.simulate import TAG_NAMES
+from sensor_scoring.storage import LocalStorage
+from sensor_scoring.windows import LandingPlan, land_windows
 
 HERE = Path(__file__).resolve().parent
 HOUR = datetime(2026, 1, 5, 12, tzinfo=timezone.utc)
@@ -149,7 +149,7 @@ def measure_hour(root: Path, sensors: int, shard_size: int, repeats: int, base: 
 
 
 def measure_floor(repeats: int) -> float:
-    probe = [sys.executable, "-c", "import scoring.cli, scoring.pipeline, scoring.storage"]  # the shard's imports
+    probe = [sys.executable, "-c", "import sensor_scoring.cli, sensor_scoring.pipeline, sensor_scoring.storage"]  # the shard's imports
     return round(statistics.median(child_peak_rss(probe, dict(os.environ))[0] for _ in range(repeats)), 1)
 
 

@@ -1,8 +1,8 @@
 """Time the scoring of S sensors x 60 one-minute windows (one hour) three ways, on identical data and models.
 
-1. project          ``scoring.scorer.score`` in-process, vectorised across sensors; also
+1. project          ``sensor_scoring.scorer.score`` in-process, vectorised across sensors; also
    project+load     the same, preceded by reading the models from their packed bytes
-                    (``scoring.models.unpack``) and checking every model's digest, as the DAG does.
+                    (``sensor_scoring.models.unpack``) and checking every model's digest, as the DAG does.
 2. sklearn loop     in-process loop over sensors: each fitted pipeline's ``decision_function`` and
                     ``predict`` on that sensor's 60 windows.
 3. original design  one fresh Python process per sensor (``original_worker.py``), each reading the WHOLE
@@ -44,11 +44,11 @@ import numpy as np
 import pandas as pd
 import sklearn
 
-from scoring import models as model_store
-from scoring.models import PACK_SIZE, feature_matrix, train_models
-from scoring.scorer import score
-from scoring.simulate import SimulationConfig, simulate_hour
-from scoring.windows import aggregate_readings
+from sensor_scoring import models as model_store
+from sensor_scoring.models import PACK_SIZE, feature_matrix, train_models
+from sensor_scoring.scorer import score
+from sensor_scoring.tools.simulate import SimulationConfig, simulate_hour
+from sensor_scoring.windows import aggregate_readings
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "original_worker.py"

@@ -16,11 +16,11 @@ from airflow.sdk import (
     task,
 )
 
-from scoring_airflow.dag import ScoringDAG  # plugins/: on sys.path wherever Airflow runs
-from scoring_airflow.operators import ScoreShardOperator
+from sensor_scoring_airflow.dag import ScoringDAG
+from sensor_scoring_airflow.operators import ScoreShardOperator
 
-from scoring import config
-from scoring.alerts import (
+from sensor_scoring import settings as config
+from sensor_scoring_airflow.alerts import (
     DEADLINE_ENV,
     RETRIES_ENV,
     RETRY_DELAY_ENV,
@@ -55,7 +55,7 @@ windows selected by `window_end`.
 
 **Triage**
 - `wait_for_windows` timed out: Stream Analytics stopped writing. Check the job and the `windows` folders.
-- `plan_shards` says no model alias: train and promote (`python -m scoring train ... --promote`).
+- `plan_shards` says no model alias: train and promote (`python -m sensor_scoring train ... --promote`).
 - a `score_shard` failed: its log shows the shard command and output; clearing it re-runs only that shard.
 - `load_and_validate` failed without retries: the input is wrong. "above max_quarantine_share": too many
   windows failed validation; the message names the counts per reason, the report
@@ -112,10 +112,10 @@ with ScoringDAG(
     on_success_callback=[EmptyRunNotifier()],  # silent unless a run "succeeded" without running a task
     # logical date = interval start, so the deadline is interval end + SCORING_DEADLINE_MINUTES. (Not queued_at:
     # Airflow 3.3.2 fails to clear a run with an open queued_at deadline, apache/airflow#70370.) Runs queued
-    # after their deadline (backfills, reruns of old hours) are not alerted: see scoring.alerts.deadline_missed.
+    # after their deadline (backfills, reruns of old hours) are not alerted: see sensor_scoring_airflow.alerts.deadline_missed.
     deadline=DeadlineAlert(reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
                            interval=timedelta(hours=1, minutes=DEADLINE_MINUTES),
-                           callback=AsyncCallback("scoring.alerts.deadline_missed"),
+                           callback=AsyncCallback("sensor_scoring_airflow.alerts.deadline_missed"),
                            name="hour not scored in time") if DEADLINE_MINUTES else None,
     params={
         "sensors_per_shard": Param(250, type="integer", minimum=1, maximum=100_000, title="Sensors per shard",
@@ -157,7 +157,8 @@ with ScoringDAG(
         **Triage:** timed out (3 h) = Stream Analytics stopped writing to container `windows`: check the job and
         the hour's folders `YYYY/MM/DD/HH/`. For a backfill or rescoring of past hours it succeeds at once.
         """
-        from scoring import airflow_glue, pipeline
+        from sensor_scoring import pipeline
+        from sensor_scoring_airflow import glue as airflow_glue
 
         hour = airflow_glue.hour_for(get_current_context(), params or {})
         done, why = pipeline.windows_landed(hour, late_folders=params["late_folders"], settle_minutes=params["settle_minutes"])
@@ -171,7 +172,8 @@ with ScoringDAG(
         With `devices`/`tags` set (a rescoring), only those sensors' windows are taken. **Triage:** an error names
         the file and column that could not be read; bad rows are not errors, they go to `quarantine` with a reason.
         """
-        from scoring import airflow_glue, pipeline
+        from sensor_scoring import pipeline
+        from sensor_scoring_airflow import glue as airflow_glue
 
         hour = airflow_glue.hour_for(get_current_context(), params or {})
         with airflow_glue.fail_without_retry_on_bad_data():
@@ -184,10 +186,11 @@ with ScoringDAG(
         """Groups the hour's sensors into shards and stages one input per shard.
 
         **Triage:** "no model alias or version named ..." = the `model_version` param names nothing in container
-        `models`: fix the conf, or train and promote (`python -m scoring train ... --promote`). Sensors without
+        `models`: fix the conf, or train and promote (`python -m sensor_scoring train ... --promote`). Sensors without
         a model are quarantined as `no_model`, not failed.
         """
-        from scoring import airflow_glue, pipeline
+        from sensor_scoring import pipeline
+        from sensor_scoring_airflow import glue as airflow_glue
 
         hour = airflow_glue.hour_for(get_current_context(), params or {})
         with airflow_glue.no_retry_on(LookupError):  # an unknown model version does not appear by retrying
@@ -205,7 +208,8 @@ with ScoringDAG(
         asset `predictions` and, above `SCORING_ANOMALY_ALERT_THRESHOLD`, an `anomalies_high` alert.
         **Triage:** "refusing to commit" = a shard output is missing or stale: clear the run to redo the hour.
         """
-        from scoring import airflow_glue, alerts, pipeline
+        from sensor_scoring import pipeline
+        from sensor_scoring_airflow import alerts, glue as airflow_glue
 
         context = get_current_context()
         hour = airflow_glue.hour_for(context, params or {})
@@ -220,7 +224,7 @@ with ScoringDAG(
     results = ScoreShardOperator.partial(
         task_id="score_shard", backend="{{ params.backend }}", map_index_template="{{ shard_label }}",
         retries=RETRIES + 1,  # one more than the other tasks: a lost or preempted node is worth a try
-        doc_md="Scores one shard (`python -m scoring score-shard --spec <uri>`) in the worker or as an Azure Batch task.",
+        doc_md="Scores one shard (`python -m sensor_scoring score-shard --spec <uri>`) in the worker or as an Azure Batch task.",
     ).expand(shard=plan_shards(summary)).output
     wait_for_windows() >> summary
     commit(summary, results)

@@ -15,21 +15,20 @@ from pathlib import Path
 import pytest
 
 # the `airflow standalone` stack and its SMTP/webhook receivers, shared by the e2e and browser tests
-pytest_plugins = ["tests.standalone_stack"]
+pytest_plugins = ["tests.support.standalone_stack"]
 
 REPO = Path(__file__).resolve().parent.parent
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="scoring-tests-airflow-")
 os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
-os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ.pop("SCORING_STORAGE", None)
 os.environ.pop("SCORING_STORAGE_CONN_ID", None)
 
-from scoring import config  # noqa: E402
-from scoring.azurite import Azurite  # noqa: E402
-from scoring.storage import BlobStorage  # noqa: E402
+from sensor_scoring import settings as config  # noqa: E402
+from dev.azurite import Azurite  # noqa: E402
+from sensor_scoring.storage import BlobStorage  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +62,7 @@ def airflow_db() -> str:
     """A migrated SQLite metadata DB in the session's AIRFLOW_HOME, for the in-process tier (``dag.test()``).
 
     SQLite is enough there: one process, no scheduler, nothing writing concurrently. Every test with a scheduler
-    runs on a dev stack's PostgreSQL instead (tests/standalone_stack.py, scoring.devstack).
+    runs on a dev stack's PostgreSQL instead (tests/standalone_stack.py, dev.devstack).
     """
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -77,6 +76,6 @@ def sensor_dag(airflow_db: str):
     Fresh, because Airflow 3.3 merges a run's conf into the very Param objects of the DAG when tasks run
     in-process (``dag.test``): a conf given to one test's run would become the next test's default.
     """
-    from scoring.demo import load_dag
+    from dev.demo import load_dag
 
     return load_dag(REPO / "dags" / "sensor_scoring.py")

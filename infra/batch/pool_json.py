@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from scoring.batch import BatchSettings, pool_options
+from sensor_scoring.backends.azure_batch import BatchSettings, pool_options
 
 PASSWORD_ENV = "ACR_PASSWORD"
 

@@ -1,7 +1,0 @@
-"""``python -m scoring``: the one entry point shared by the CLI, the local backend and Azure Batch tasks."""
-from __future__ import annotations
-
-from scoring.cli import main
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,405 @@
+"""Azure Batch for shards: ids, the shared autoscaling pool, one job per DAG run, one task per shard.
+
+Airflow-free on purpose: the deferrable operator in ``plugins/`` and :class:`sensor_scoring.backends.AzureBatchBackend`
+both call these functions, and the contract tests drive them against a fake Batch REST server. Every call goes
+through the azure-batch 15 SDK (``azure.batch.BatchClient``), the client the Azure provider's
+``AzureBatchHook`` builds from the ``azure_batch_default`` connection.
+
+What the stock ``AzureBatchOperator`` gets wrong for mapped tasks, and this module does not: it never waits for
+the pool (or its nodes) to be idle, it adds one task to a job shared by the run instead of a job per call, and it
+judges a shard by its own task's exit code only.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+
+if TYPE_CHECKING:
+    from azure.batch import BatchClient
+
+log = logging.getLogger(__name__)
+
+#: Batch ids: letters, digits, hyphens and underscores, at most 64 characters.
+MAX_ID = 64
+_NOT_ID = re.compile(r"[^A-Za-z0-9_-]+")
+FORMULA_ENV = "SCORING_BATCH_AUTOSCALE_FORMULA"
+DEFAULT_FORMULA = Path(__file__).with_name("autoscale.formula")  # package data: found wherever it is installed
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Where and how shards run on Batch; every field comes from a ``SCORING_BATCH_*`` variable."""
+
+    conn_id: str = "azure_batch_default"
+    pool_id: str = "scoring-pool"
+    vm_size: str = "standard_d2s_v3"
+    max_nodes: int = 4
+    max_low_priority_nodes: int = 0
+    scorer_image: str = "sensor-scoring-scorer:latest"
+    sas_hours: float = 6.0
+    node_image: str = "microsoft-dsvm:ubuntu-hpc:2204:latest"
+    node_agent_sku: str = "batch.node.ubuntu 22.04"
+    task_slots_per_node: int = 1
+    container_run_options: str = "--rm"
+    formula_path: str = str(DEFAULT_FORMULA)
+    poll_s: float = 10.0
+    max_poll_s: float = 120.0
+    job_ttl_hours: float = 24.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> BatchSettings:
+        env = os.environ if environ is None else environ
+        d = cls()
+
+        def get(name: str, default: Any) -> str:
+            value = env.get(name)
+            return value if value not in (None, "") else str(default)
+
+        return cls(
+            conn_id=get("SCORING_BATCH_CONN_ID", d.conn_id),
+            pool_id=get("SCORING_BATCH_POOL_ID", d.pool_id),
+            vm_size=get("SCORING_BATCH_VM_SIZE", d.vm_size),
+            max_nodes=int(get("SCORING_BATCH_MAX_NODES", d.max_nodes)),
+            max_low_priority_nodes=int(get("SCORING_BATCH_MAX_LOW_PRIORITY_NODES", d.max_low_priority_nodes)),
+            scorer_image=get("SCORING_SCORER_IMAGE", d.scorer_image),
+            sas_hours=float(get("SCORING_BATCH_SAS_HOURS", d.sas_hours)),
+            node_image=get("SCORING_BATCH_NODE_IMAGE", d.node_image),
+            node_agent_sku=get("SCORING_BATCH_NODE_AGENT_SKU", d.node_agent_sku),
+            task_slots_per_node=int(get("SCORING_BATCH_TASK_SLOTS_PER_NODE", d.task_slots_per_node)),
+            formula_path=get(FORMULA_ENV, d.formula_path),
+            poll_s=float(get("SCORING_BATCH_POLL_SECONDS", d.poll_s)),
+            max_poll_s=float(get("SCORING_BATCH_MAX_POLL_SECONDS", d.max_poll_s)),
+            job_ttl_hours=float(get("SCORING_BATCH_JOB_TTL_HOURS", d.job_ttl_hours)),
+        )
+
+
+# --- ids -------------------------------------------------------------------------------------------------
+
+def _bounded_id(readable: str, unique_source: str, limit: int = MAX_ID) -> str:
+    """A valid Batch id: the readable part cleaned and cut, plus a hash of the full source (no collisions)."""
+    digest = hashlib.sha256(unique_source.encode()).hexdigest()[:10]
+    slug = _NOT_ID.sub("-", readable).strip("-_")[: limit - len(digest) - 1]
+    return f"{slug}-{digest}"
+
+
+def job_prefix(dag_id: str) -> str:
+    """The start of every job id of one DAG: how the sweep of idle jobs finds its own and nobody else's."""
+    return _NOT_ID.sub("-", dag_id).strip("-_")[:24] + "-"
+
+
+def job_id(dag_id: str, run_id: str) -> str:
+    """One job per DAG run; the same run always maps to the same job, so a retry finds it again."""
+    prefix = job_prefix(dag_id)
+    return prefix + _bounded_id(run_id, f"{dag_id}\n{run_id}", MAX_ID - len(prefix))
+
+
+def task_id(shard: int, spec_version: str, try_number: int) -> str:
+    """One task per shard and try. ``spec_version`` changes whenever plan_shards rewrites the shard, so a
+    re-planned run never reuses the output of an older plan; the try suffix lets a retry add a fresh task
+    while the failed one is still being deleted (Batch refuses a second task with the same id)."""
+    version = hashlib.sha256(spec_version.encode()).hexdigest()[:8]
+    return f"shard-{int(shard):05d}-{version}-t{int(try_number)}"
+
+
+def previous_task_ids(shard: int, spec_version: str, try_number: int) -> list[str]:
+    """Ids earlier tries of this shard used, newest first."""
+    return [task_id(shard, spec_version, t) for t in range(int(try_number) - 1, 0, -1)]
+
+
+# --- pool, job, task --------------------------------------------------------------------------------------
+
+def autoscale_formula(settings: BatchSettings) -> str:
+    """The formula of ``src/sensor_scoring/backends/autoscale.formula`` with the caps filled in (comment lines dropped)."""
+    path = Path(settings.formula_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"autoscale formula {path} not found; set {FORMULA_ENV} to its path")
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("//")]
+    text = "\n".join(lines)
+    text = text.replace("@MAX_DEDICATED@", str(int(settings.max_nodes)))
+    return text.replace("@MAX_LOW_PRIORITY@", str(int(settings.max_low_priority_nodes)))
+
+
+def pool_options(settings: BatchSettings):
+    """The pool, as created when missing: autoscaled from zero, container-enabled for the scorer image."""
+    from azure.batch import models as bm
+
+    publisher, offer, sku, version = (settings.node_image.split(":") + ["latest"])[:4]
+    return bm.BatchPoolCreateOptions(
+        id=settings.pool_id,
+        vm_size=settings.vm_size,
+        virtual_machine_configuration=bm.VirtualMachineConfiguration(
+            image_reference=bm.BatchVmImageReference(publisher=publisher, offer=offer, sku=sku, version=version),
+            node_agent_sku_id=settings.node_agent_sku,
+            container_configuration=bm.BatchContainerConfiguration(
+                type="dockerCompatible", container_image_names=[settings.scorer_image]),
+        ),
+        enable_auto_scale=True,
+        auto_scale_formula=autoscale_formula(settings),
+        auto_scale_evaluation_interval=timedelta(minutes=5),
+        task_slots_per_node=settings.task_slots_per_node,
+    )
+
+
+def ensure_pool(client: BatchClient, settings: BatchSettings) -> bool:
+    """Create the shared pool if it does not exist; True if this call created it. Never waits for nodes:
+    the autoscale formula grows the pool once tasks are queued."""
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+    try:
+        # azure-batch 15.1's error policy raises on the 404 of a missing pool before pool_exists can say False
+        if client.pool_exists(settings.pool_id):
+            return False
+    except ResourceNotFoundError:
+        pass
+    try:
+        client.create_pool(pool_options(settings))
+    except ResourceExistsError:  # another shard of the same hour created it first
+        return False
+    log.info("Created Batch pool %s (%s, autoscale up to %d dedicated + %d low-priority nodes)",
+             settings.pool_id, settings.vm_size, settings.max_nodes, settings.max_low_priority_nodes)
+    return True
+
+
+def ensure_job(client: BatchClient, settings: BatchSettings, job: str, *, display_name: str = "") -> bool:
+    """Create the run's job if missing (idempotent: mapped shards and retries race to create it); True if
+    this call created it. A job already completed (terminated by :func:`finish_idle_jobs` after a day, or by
+    hand) is deleted and created again, so an old run can still be cleared and re-run on Batch."""
+    from azure.batch import models as bm
+    from azure.core.exceptions import ResourceExistsError
+
+    options = bm.BatchJobCreateOptions(
+        id=job, display_name=display_name[:1024] or None, pool_info=bm.BatchPoolInfo(pool_id=settings.pool_id),
+        # the job stays open: shards of a run are added at different times, so "terminate when all
+        # tasks complete" could close it between two shards
+        all_tasks_complete_mode="noaction",
+    )
+    try:
+        client.create_job(options)
+        log.info("Created Batch job %s on pool %s", job, settings.pool_id)
+        return True
+    except ResourceExistsError:
+        pass
+    state = _enum_text(client.get_job(job).state)
+    if state == "active":
+        return False
+    if state != "completed":
+        raise RuntimeError(f"Batch job {job} is {state}: no task can be added to it now; retry later")
+    log.info("Batch job %s is completed: deleting and re-creating it for this re-run", job)
+    client.begin_delete_job(job, polling_interval=2).result()
+    try:
+        client.create_job(options)
+    except ResourceExistsError:  # another shard re-created it meanwhile
+        pass
+    return True
+
+
+def finish_idle_jobs(client: BatchClient, prefix: str, older_than: timedelta, *, now: datetime | None = None) -> list[str]:
+    """Terminate this DAG's jobs created more than ``older_than`` ago that have no active or running task.
+
+    Jobs are left open while their run may add shards (see ensure_job), yet every active job counts toward
+    the Batch account's active-jobs quota; each new run's job creation sweeps the old ones.
+    """
+    from azure.core.exceptions import HttpResponseError
+
+    cutoff = (now or datetime.now(timezone.utc)) - older_than
+    finished = []
+    for job in client.list_jobs(select=["id", "state", "creationTime"]):
+        if not job.id.startswith(prefix) or _enum_text(job.state) != "active" or not job.creation_time:
+            continue
+        if job.creation_time > cutoff:
+            continue
+        counts = client.get_job_task_counts(job.id).task_counts
+        if counts.active or counts.running:
+            continue
+        try:
+            # options are required in practice: azure-batch 15.1 fails to build the request without a body
+            client.begin_terminate_job(job.id, {"terminateReason": "IdleAfterRun"},
+                                       polling_interval=2)
+            finished.append(job.id)
+        except HttpResponseError as exc:
+            log.info("Could not terminate Batch job %s: %s", job.id, exc.message)
+    if finished:
+        log.info("Terminated %d idle Batch job(s) older than %s: %s", len(finished), older_than, ", ".join(finished))
+    return finished
+
+
+def shard_command_line(spec_uri: str) -> str:
+    """The task's command line: the same entry point as the local backend, quoted for Batch's shell-less exec."""
+    from sensor_scoring.backends import shard_command
+
+    return shlex.join(shard_command(spec_uri, python="python"))
+
+
+def task_options(settings: BatchSettings, task: str, spec_uri: str, task_env: dict[str, str],
+                 *, max_wall_clock: timedelta | None = None, display_name: str = ""):
+    """The Batch task of one shard. Storage reaches it only through ``task_env`` (SAS URLs, never a key)."""
+    from azure.batch import models as bm
+
+    return bm.BatchTaskCreateOptions(
+        id=task,
+        display_name=display_name[:1024] or None,
+        command_line=shard_command_line(spec_uri),
+        container_settings=bm.BatchTaskContainerSettings(
+            image_name=settings.scorer_image, container_run_options=settings.container_run_options),
+        environment_settings=[bm.EnvironmentSetting(name=k, value=v) for k, v in sorted(task_env.items())],
+        constraints=bm.BatchTaskConstraints(
+            max_wall_clock_time=max_wall_clock,
+            # Batch's own retries would hide a failure from Airflow, which owns retries (with reuse rules below)
+            max_task_retry_count=0,
+            retention_time=timedelta(days=2),
+        ),
+        user_identity=bm.UserIdentity(auto_user=bm.AutoUserSpecification(scope="task", elevation_level="nonadmin")),
+    )
+
+
+@dataclass
+class Submission:
+    """What submit_shard did: the ids, and whether an earlier try's successful task was reused."""
+
+    job_id: str
+    task_id: str
+    reused: bool = False
+    replaced: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "task_id": self.task_id, "reused": self.reused, "replaced": self.replaced}
+
+
+def submit_shard(client: BatchClient, settings: BatchSettings, *, job: str, shard: int, spec_uri: str,
+                 spec_version: str, try_number: int, task_env: dict[str, str],
+                 max_wall_clock: timedelta | None = None, label: str = "", sweep_prefix: str | None = None) -> Submission:
+    """Add this try's task for a shard, after looking at what earlier tries left in the job.
+
+    - an earlier try's task that completed with exit code 0: reused, nothing is added (its outputs are there);
+    - an earlier try's task that failed, or is still running (the try was cleared or its worker died):
+      terminated, deleted and replaced by this try's task;
+    - this try's own task already present (the worker died right after adding it): adopted.
+
+    The call that creates the run's job also terminates idle jobs of ``sweep_prefix`` older than
+    ``settings.job_ttl_hours``.
+    """
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+    ensure_pool(client, settings)
+    if ensure_job(client, settings, job, display_name=f"scoring run {job}") and sweep_prefix:
+        finish_idle_jobs(client, sweep_prefix, timedelta(hours=settings.job_ttl_hours))
+    replaced: list[str] = []
+    for earlier in previous_task_ids(shard, spec_version, try_number):
+        try:
+            found = client.get_task(job, earlier)
+        except ResourceNotFoundError:
+            continue
+        info = task_summary(found)
+        if info["state"] == "completed" and info["exit_code"] == 0:
+            log.info("Reusing Batch task %s of an earlier try: it completed with exit code 0", earlier)
+            return Submission(job, earlier, reused=True)
+        if info["state"] != "completed":
+            log.info("Terminating Batch task %s of an earlier try (still %s)", earlier, info["state"])
+            terminate_task(client, job, earlier)
+        log.info("Deleting Batch task %s of an earlier try (exit code %s)", earlier, info["exit_code"])
+        try:
+            client.delete_task(job, earlier)
+        except ResourceNotFoundError:
+            pass
+        replaced.append(earlier)
+    this = task_id(shard, spec_version, try_number)
+    try:
+        client.create_task(job, task_options(settings, this, spec_uri, task_env,
+                                             max_wall_clock=max_wall_clock, display_name=label))
+        log.info("Added Batch task %s to job %s: %s", this, job, shard_command_line(spec_uri))
+    except ResourceExistsError:
+        log.info("Batch task %s already exists (added before this try was interrupted): adopting it", this)
+    return Submission(job, this, replaced=replaced)
+
+
+def _enum_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(getattr(value, "value", value))
+
+
+def task_summary(task: Any) -> dict[str, Any]:
+    """The few facts of a Batch task the backend acts on, as plain JSON (for trigger events and logs)."""
+    info = task.execution_info
+    failure = getattr(info, "failure_info", None) if info else None
+    node = task.node_info
+    return {
+        "task_id": task.id,
+        "state": _enum_text(task.state),
+        "exit_code": getattr(info, "exit_code", None) if info else None,
+        "result": _enum_text(getattr(info, "result", None)) if info else None,
+        "requeue_count": getattr(info, "requeue_count", 0) if info else 0,
+        "start_time": info.start_time.isoformat() if info and info.start_time else None,
+        "end_time": info.end_time.isoformat() if info and info.end_time else None,
+        "failure": None if failure is None else {"category": _enum_text(failure.category), "code": failure.code,
+                                                   "message": failure.message},
+        "node_id": getattr(node, "node_id", None) if node else None,
+        "task_root_url": getattr(node, "task_root_directory_url", None) if node else None,
+    }
+
+
+def terminate_task(client: BatchClient, job: str, task: str) -> bool:
+    """Ask Batch to end a task; True if the request was made (a finished or deleted task is fine)."""
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+    try:
+        client.terminate_task(job, task)
+        return True
+    except ResourceNotFoundError:
+        return False
+    except HttpResponseError as exc:  # 409 TaskCompleted and the like: nothing left to stop
+        log.info("Terminate of Batch task %s/%s refused: %s", job, task, exc.message)
+        return False
+
+
+def output_file_urls(account_url: str, job: str, task: str) -> dict[str, str]:
+    """The Batch REST URLs of a task's stdout and stderr (readable with the Batch account's credentials,
+    ``az batch task file download``, or the portal; they stay until the task's retention time ends)."""
+    base = account_url.rstrip("/")
+    return {name: f"{base}/jobs/{job}/tasks/{task}/files/{name}.txt" for name in ("stdout", "stderr")}
+
+
+def read_task_file_tail(client: BatchClient, job: str, task: str, name: str, lines: int = 20) -> str:
+    """The last lines of a task's output file, for the Airflow log of a failed shard; '' if unreadable."""
+    try:
+        data = b"".join(client.download_task_file(job, task, name))
+    except Exception as exc:  # the node may be gone: the log then points at the URL instead
+        log.info("Could not read %s of Batch task %s/%s: %s", name, job, task, exc)
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def client_from_connection(conn: Any):
+    """A sync BatchClient from an Airflow ``azure_batch`` connection (login, key, ``extra.account_url``)."""
+    from azure.batch import BatchClient
+    from azure.core.credentials import AzureNamedKeyCredential
+
+    return BatchClient(endpoint=account_url_of(conn), credential=AzureNamedKeyCredential(conn.login, conn.password))
+
+
+def async_client_from_connection(conn: Any):
+    """The same client for asyncio (the trigger polls without blocking the triggerer's event loop)."""
+    from azure.batch.aio import BatchClient
+    from azure.core.credentials import AzureNamedKeyCredential
+
+    return BatchClient(endpoint=account_url_of(conn), credential=AzureNamedKeyCredential(conn.login, conn.password))
+
+
+def account_url_of(conn: Any) -> str:
+    """The Batch account URL of an Airflow connection, in either spelling the provider accepts."""
+    extra = conn.extra_dejson or {}
+    url = extra.get("account_url") or extra.get("extra__azure_batch__account_url")
+    if not url:
+        raise ValueError(f"Airflow connection {conn.conn_id!r} has no extra.account_url (the Batch account URL)")
+    if not (conn.login and conn.password):
+        raise ValueError(f"Airflow connection {conn.conn_id!r} needs the Batch account name (login) and key "
+                         "(password); managed identity is not supported by the scoring backend yet")
+    return str(url)

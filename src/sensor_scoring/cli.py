@@ -1,0 +1,143 @@
+"""``python -m sensor_scoring <command>``: simulate, ingest-readings, train, score-shard.
+
+Storage comes from ``SCORING_STORAGE`` (a connection string, Azurite's ``UseDevelopmentStorage=true`` by
+default, or a local directory); container names from ``SCORING_CONTAINER_*``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sensor_scoring import settings as config
+
+if TYPE_CHECKING:
+    from sensor_scoring.tools.simulate import SimulationConfig
+
+
+def _utc(text: str) -> datetime:
+    from sensor_scoring.pipeline import parse_utc
+
+    return parse_utc(text)
+
+
+def cmd_simulate(args: argparse.Namespace) -> dict[str, object]:
+    from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
+    from sensor_scoring.storage import open_storage
+
+    containers = config.Containers.from_env()
+    cfg = SimulationConfig(devices=args.devices, tags=args.tags, seed=args.seed, anomaly_rate=args.anomaly_rate)
+    to_eventhub = bool(args.eventhub or args.eventhub_connection_string)
+    if args.follow is not None and not to_eventhub:
+        raise SystemExit("simulate: --follow streams to an Event Hub; add --eventhub")
+    if args.end is None and args.follow is None:
+        raise SystemExit("simulate: --end is required (unless --follow)")
+    if to_eventhub:
+        return _simulate_to_eventhub(args, cfg)
+    return simulate_to_storage(open_storage(), cfg, _utc(args.start), _utc(args.end),
+                               windows_container=containers.windows, labels_container=containers.labels)
+
+
+def _simulate_to_eventhub(args: argparse.Namespace, cfg: SimulationConfig) -> dict[str, object]:
+    """Send readings to an Event Hub instead of landing windows: Stream Analytics makes the windows then."""
+    import os
+    from datetime import timezone
+
+    from sensor_scoring.tools import eventhub
+
+    try:
+        target = eventhub.target_from(args.eventhub_connection_string or os.environ.get(eventhub.CONNECTION_ENV),
+                                      args.eventhub_name or os.environ.get(eventhub.NAME_ENV))
+    except eventhub.EventHubConfigError as exc:
+        raise SystemExit(f"simulate: {exc}") from None
+    start = _utc(args.start)
+    with target.open() as producer:
+        if args.follow is not None:
+            done = eventhub.follow(producer, cfg, start, interval_s=args.follow,
+                                   now=lambda: datetime.now(timezone.utc))
+        else:
+            done = eventhub.send_simulated(producer, cfg, start, _utc(args.end))
+    return {"eventhub": target.eventhub_name, "namespace": target.namespace} | done
+
+
+def cmd_ingest(args: argparse.Namespace) -> dict[str, object]:
+    from sensor_scoring.tools.ingest import ingest_readings_csv
+    from sensor_scoring.storage import open_storage
+
+    return ingest_readings_csv(open_storage(), config.Containers.from_env().windows, args.file)
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, object]:
+    from sensor_scoring.models.training import train_and_register
+    from sensor_scoring.storage import open_storage
+
+    manifest, _ = train_and_register(
+        open_storage(), config.Containers.from_env(), _utc(args.start), _utc(args.end),
+        version=args.version, promote=args.promote, nu=args.nu, min_rows=args.min_rows,
+    )
+    return {key: manifest[key] for key in ("version", "models", "train_start", "train_end")} | {"promoted": args.promote}
+
+
+def cmd_score_shard(args: argparse.Namespace) -> dict[str, object]:
+    from sensor_scoring.pipeline import score_shard
+    from sensor_scoring.storage import open_storage
+
+    return score_shard(open_storage(), args.spec)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sensor_scoring", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate", help="simulate sensors and land their 1-minute windows")
+    sim.add_argument("--devices", type=int, default=10)
+    sim.add_argument("--tags", type=int, default=3, help="sensors per device (1-8)")
+    sim.add_argument("--start", required=True, help="ISO time, UTC if no offset; floored to the hour when landing "
+                     "windows, exact when sending readings")
+    sim.add_argument("--end", default=None, help="ISO time; windows ending before it are simulated (required "
+                     "unless --follow)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--anomaly-rate", type=float, default=0.15, help="share of sensor-hours with an anomaly")
+    hub = sim.add_argument_group(
+        "Event Hubs", "send each reading as a JSON event to an Event Hub (for Stream Analytics) instead of landing "
+        "windows in storage; readings with --start <= ts < --end, or live with --follow")
+    hub.add_argument("--eventhub", action="store_true",
+                     help="send to the Event Hub of $SCORING_EVENTHUB_CONNECTION / $SCORING_EVENTHUB_NAME")
+    hub.add_argument("--eventhub-connection-string", default=None,
+                     help="prefer $SCORING_EVENTHUB_CONNECTION: a command line is visible to every user of the machine")
+    hub.add_argument("--eventhub-name", default=None, help="default $SCORING_EVENTHUB_NAME or the EntityPath")
+    hub.add_argument("--follow", type=float, default=None, metavar="SECONDS",
+                     help="after --start, keep sending new readings every SECONDS (ignores --end)")
+    sim.set_defaults(func=cmd_simulate)
+
+    ing = sub.add_parser("ingest-readings", help="aggregate a TS,Device,Tag,Value CSV into windows and land them")
+    ing.add_argument("file")
+    ing.set_defaults(func=cmd_ingest)
+
+    train = sub.add_parser("train", help="train one model per sensor on landed windows and register a version")
+    train.add_argument("--start", required=True)
+    train.add_argument("--end", required=True)
+    train.add_argument("--version", default=None, help="default: v<UTC timestamp>")
+    train.add_argument("--promote", action="store_true", help="point the production alias at the new version")
+    train.add_argument("--nu", type=float, default=0.02, help="OneClassSVM nu: bound on the share flagged in training")
+    train.add_argument("--min-rows", type=int, default=30, help="sensors with fewer training windows get no model")
+    train.set_defaults(func=cmd_train)
+
+    shard = sub.add_parser("score-shard", help="score one shard (what every backend runs)")
+    shard.add_argument("--spec", required=True, help="az://container/path of the shard spec")
+    shard.set_defaults(func=cmd_score_shard)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    result = args.func(args)
+    print(json.dumps(result, default=str))  # every command answers in one line of JSON
+    return 0

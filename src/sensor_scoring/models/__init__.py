@@ -1,0 +1,291 @@
+"""Per-sensor anomaly models: training, a registry in blob storage, and loading that cannot run code.
+
+A model is a StandardScaler + RBF OneClassSVM pipeline. Only its fitted arrays are stored (scaler mean and
+scale, support vectors, dual coefficients, intercept, gamma), packed ``PACK_SIZE`` models to an ``.npz``
+file and read back with ``allow_pickle=False``: loading is parsing numbers, never unpickling, so a planted
+file cannot execute anything. Each model's arrays have a SHA-256 in the version's index, checked before use.
+
+Registry layout in the models container::
+
+    versions/<version>/manifest.json     version summary: features, params, library versions, packs, index
+    versions/<version>/models.parquet    the per-model index: pack, row, sha256, training range, rows, metrics
+    versions/<version>/pack-00000.npz    the arrays of up to PACK_SIZE models, sorted by (device_id, tag)
+    aliases/production.json              {"version": ...}: what the hourly DAG scores with
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from sensor_scoring import settings as config
+from sensor_scoring.storage import Storage, parquet_bytes, parquet_frame
+
+PACK_SIZE = 1000
+ARRAY_FIELDS = ("mean", "scale", "gamma", "intercept", "sv_offsets", "sv", "dual")
+
+
+class ModelIntegrityError(ValueError):
+    """A stored model whose bytes do not match the registry's hash, or that is not plain numbers."""
+
+
+@dataclass
+class ModelArrays:
+    """The fitted numbers of one pipeline: everything ``decision_function`` needs."""
+
+    mean: np.ndarray  # (F,)
+    scale: np.ndarray  # (F,)
+    support_vectors: np.ndarray  # (S, F), in scaled space
+    dual_coef: np.ndarray  # (S,)
+    intercept: float
+    gamma: float
+
+    def digest(self) -> str:
+        """SHA-256 over a canonical byte layout, so the same model always hashes the same."""
+        h = hashlib.sha256()
+        for part in (self.mean, self.scale, self.support_vectors, self.dual_coef,
+                     np.array([self.intercept, self.gamma])):
+            arr = np.ascontiguousarray(part, dtype="<f8")
+            h.update(str(arr.shape).encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
+
+
+def scale_gamma(scaled: np.ndarray) -> float:
+    """scikit-learn's ``gamma="scale"`` rule, 1 / (features * variance), computed here so the fitted
+    value is an explicit, public parameter rather than the private ``_gamma``."""
+    variance = float(scaled.var())
+    return 1.0 / (scaled.shape[1] * variance) if variance > 0 else 1.0
+
+
+def fit_pipeline(features: np.ndarray, *, nu: float = 0.02):
+    """Fit StandardScaler + OneClassSVM on one sensor's windows (rows x FEATURES)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import OneClassSVM
+
+    gamma = scale_gamma(StandardScaler().fit_transform(features))
+    return make_pipeline(StandardScaler(), OneClassSVM(kernel="rbf", nu=nu, gamma=gamma)).fit(features)
+
+
+def arrays_of(pipeline) -> ModelArrays:
+    """Pull the fitted numbers out of a pipeline made by ``fit_pipeline``."""
+    scaler, svm = pipeline[0], pipeline[-1]
+    return ModelArrays(
+        mean=np.asarray(scaler.mean_, dtype=float),
+        scale=np.asarray(scaler.scale_, dtype=float),
+        support_vectors=np.asarray(svm.support_vectors_, dtype=float),
+        dual_coef=np.asarray(svm.dual_coef_, dtype=float).ravel(),
+        intercept=float(svm.intercept_[0]),
+        gamma=float(svm.gamma),
+    )
+
+
+def feature_matrix(windows: pd.DataFrame) -> np.ndarray:
+    """The model input of each window, in ``config.FEATURES`` order, as float64."""
+    return windows[list(config.FEATURES)].to_numpy(dtype=float)
+
+
+@dataclass
+class TrainedModel:
+    device_id: str
+    tag: str
+    pipeline: object
+    arrays: ModelArrays
+    rows: int
+    train_start: str
+    train_end: str
+    flagged_share: float
+
+
+def train_models(windows: pd.DataFrame, *, nu: float = 0.02, min_rows: int = 30) -> list[TrainedModel]:
+    """One pipeline per (device_id, tag) with at least ``min_rows`` windows, sorted by key."""
+    trained = []
+    for (device_id, tag), rows in windows.groupby(["device_id", "tag"], sort=True, observed=True):
+        if len(rows) < min_rows:
+            continue
+        features = feature_matrix(rows)
+        pipeline = fit_pipeline(features, nu=nu)
+        trained.append(
+            TrainedModel(
+                device_id=str(device_id),
+                tag=str(tag),
+                pipeline=pipeline,
+                arrays=arrays_of(pipeline),
+                rows=len(rows),
+                train_start=rows["window_end"].min().isoformat(),
+                train_end=rows["window_end"].max().isoformat(),
+                flagged_share=float((pipeline.predict(features) == -1).mean()),
+            )
+        )
+    return trained
+
+
+def _pack_bytes(models: list[ModelArrays]) -> bytes:
+    sizes = np.array([len(m.dual_coef) for m in models])
+    arrays = {
+        "mean": np.stack([m.mean for m in models]),
+        "scale": np.stack([m.scale for m in models]),
+        "gamma": np.array([m.gamma for m in models]),
+        "intercept": np.array([m.intercept for m in models]),
+        "sv_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        "sv": np.concatenate([m.support_vectors for m in models]),
+        "dual": np.concatenate([m.dual_coef for m in models]),
+    }
+    sink = io.BytesIO()
+    np.savez(sink, **arrays)
+    return sink.getvalue()
+
+
+def unpack(data: bytes) -> list[ModelArrays]:
+    """Models of one pack; ``allow_pickle=False`` makes numpy refuse anything but plain arrays."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in ARRAY_FIELDS}
+    except (ValueError, KeyError, OSError, EOFError) as exc:
+        raise ModelIntegrityError(f"model pack is not a plain-array pack: {exc}") from exc
+    offsets = arrays["sv_offsets"]
+    return [
+        ModelArrays(
+            mean=arrays["mean"][i],
+            scale=arrays["scale"][i],
+            support_vectors=arrays["sv"][offsets[i]:offsets[i + 1]],
+            dual_coef=arrays["dual"][offsets[i]:offsets[i + 1]],
+            intercept=float(arrays["intercept"][i]),
+            gamma=float(arrays["gamma"][i]),
+        )
+        for i in range(len(arrays["gamma"]))
+    ]
+
+
+def _library_versions() -> dict[str, str]:
+    import sklearn
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
+            "scikit-learn": sklearn.__version__}
+
+
+def new_version_name(now: datetime | None = None) -> str:
+    return (now or datetime.now(timezone.utc)).strftime("v%Y%m%dT%H%M%SZ")
+
+
+def register(
+    storage: Storage,
+    container: str,
+    trained: list[TrainedModel],
+    *,
+    version: str,
+    params: dict[str, object],
+    promote: bool,
+) -> dict[str, object]:
+    """Write a version (packs, index, manifest), then move the alias if asked. Returns the manifest."""
+    if not trained:
+        raise ValueError("no models to register: no sensor had enough training windows")
+    prefix = f"versions/{version}/"
+    if storage.list(container, prefix):
+        raise FileExistsError(f"model version {version} already exists; versions are immutable")
+    index_rows, packs = [], []
+    for number, start in enumerate(range(0, len(trained), PACK_SIZE)):
+        chunk = trained[start:start + PACK_SIZE]
+        name = f"pack-{number:05d}.npz"
+        data = _pack_bytes([m.arrays for m in chunk])
+        storage.write_bytes(container, prefix + name, data)
+        packs.append({"file": name, "models": len(chunk), "sha256": hashlib.sha256(data).hexdigest()})
+        for row, model in enumerate(chunk):
+            index_rows.append({
+                "device_id": model.device_id, "tag": model.tag, "pack": name, "row": row,
+                "sha256": model.arrays.digest(), "features": ",".join(config.FEATURES),
+                "train_start": model.train_start, "train_end": model.train_end, "train_rows": model.rows,
+                "support_vectors": len(model.arrays.dual_coef), "train_flagged_share": model.flagged_share,
+            })
+    index = pd.DataFrame(index_rows)
+    index_bytes = parquet_bytes(index)
+    storage.write_bytes(container, prefix + "models.parquet", index_bytes)
+    manifest = {
+        "version": version,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "format": "npz-arrays-v1 (StandardScaler + OneClassSVM rbf; loaded with allow_pickle=False)",
+        "features": list(config.FEATURES),
+        "params": params,
+        "libraries": _library_versions(),
+        "models": len(index),
+        "train_start": min(m.train_start for m in trained),
+        "train_end": max(m.train_end for m in trained),
+        "index": {"file": "models.parquet", "sha256": hashlib.sha256(index_bytes).hexdigest()},
+        "packs": packs,
+    }
+    storage.write_bytes(container, prefix + "manifest.json", json.dumps(manifest, indent=2).encode())
+    if promote:
+        set_alias(storage, container, config.PRODUCTION_ALIAS, version)
+    return manifest
+
+
+def set_alias(storage: Storage, container: str, alias: str, version: str) -> None:
+    if not storage.exists(container, f"versions/{version}/manifest.json"):
+        raise FileNotFoundError(f"model version {version} is not registered")
+    body = {"version": version, "set_at": datetime.now(timezone.utc).isoformat()}
+    storage.write_bytes(container, f"aliases/{alias}.json", json.dumps(body).encode())
+
+
+def resolve_version(storage: Storage, container: str, name: str) -> str:
+    """An alias (``production``) or a version name -> the version name; a clear error when neither."""
+    try:
+        return str(json.loads(storage.read_bytes(container, f"aliases/{name}.json"))["version"])
+    except FileNotFoundError:
+        pass
+    if storage.exists(container, f"versions/{name}/manifest.json"):
+        return name
+    raise LookupError(
+        f"no model alias or version named {name!r} in container {container!r}; "
+        "train and promote models first: python -m sensor_scoring train --start ... --end ... --promote"
+    )
+
+
+def read_manifest(storage: Storage, container: str, version: str) -> dict[str, object]:
+    return json.loads(storage.read_bytes(container, f"versions/{version}/manifest.json"))
+
+
+def read_index(storage: Storage, container: str, version: str) -> pd.DataFrame:
+    """The per-model table of a version, checked against the hash in its manifest."""
+    manifest = read_manifest(storage, container, version)
+    data = storage.read_bytes(container, f"versions/{version}/models.parquet")
+    expected = manifest["index"]["sha256"]  # type: ignore[index]
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise ModelIntegrityError(f"model index of version {version} does not match its manifest hash")
+    return parquet_frame(data)
+
+
+def load_models(
+    storage: Storage, container: str, version: str, wanted: pd.DataFrame
+) -> tuple[dict[tuple[str, str], ModelArrays], dict[tuple[str, str], str]]:
+    """Load the models listed in ``wanted`` (columns device_id, tag, pack, row, sha256).
+
+    Each pack is read once however many of its models are wanted, so a shard of thousands of sensors costs
+    a few storage reads. Returns the verified models and, for the rest, the reason they cannot be used.
+    """
+    models: dict[tuple[str, str], ModelArrays] = {}
+    refused: dict[tuple[str, str], str] = {}
+    for pack, rows in wanted.groupby("pack", sort=True):
+        try:
+            unpacked = unpack(storage.read_bytes(container, f"versions/{version}/{pack}"))
+        except FileNotFoundError:
+            unpacked, reason = None, "model_missing"
+        except ModelIntegrityError:
+            unpacked, reason = None, "model_unreadable"
+        for device_id, tag, row, sha in rows[["device_id", "tag", "row", "sha256"]].itertuples(index=False):
+            key = (device_id, tag)
+            if unpacked is None:
+                refused[key] = reason
+            elif row >= len(unpacked):
+                refused[key] = "model_missing"
+            elif unpacked[row].digest() != sha:
+                refused[key] = "model_hash_mismatch"
+            else:
+                models[key] = unpacked[row]
+    return models, refused

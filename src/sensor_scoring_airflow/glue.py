@@ -1,0 +1,141 @@
+"""What the DAG's tasks call: Airflow's context and params in, ``sensor_scoring.pipeline`` calls out.
+
+Airflow is imported lazily, inside functions, so the DAG file parses fast and this module imports without
+Airflow installed (the CLI and Batch image do not need it).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sensor_scoring import settings as config, storage as st
+from sensor_scoring.pipeline import Hour, resolve_interval
+
+log = logging.getLogger(__name__)
+
+
+def connection_to_setting(conn: Any) -> str:
+    """A storage setting (connection string) from an Airflow wasb connection.
+
+    Understood: ``extra.connection_string``; or account name in ``login`` with the key in ``password``
+    (``host`` as blob endpoint, for Azurite or sovereign clouds); or ``extra.sas_token`` with ``host``.
+    """
+    extra = conn.extra_dejson or {}
+    if extra.get("connection_string"):
+        return str(extra["connection_string"])
+    endpoint = f"BlobEndpoint={conn.host.rstrip('/')};" if conn.host else ""
+    if conn.login and conn.password:
+        protocol = "http" if (conn.host or "").startswith("http://") else "https"
+        return f"DefaultEndpointsProtocol={protocol};AccountName={conn.login};AccountKey={conn.password};{endpoint}"
+    if extra.get("sas_token") and conn.host:
+        return f"{endpoint}SharedAccessSignature={str(extra['sas_token']).lstrip('?')}"
+    raise ValueError(
+        f"Airflow connection {conn.conn_id!r} has no connection_string, account key or SAS token; "
+        "managed identity is not supported by the scoring tasks yet"
+    )
+
+
+def storage_setting() -> str:
+    """The Airflow connection ``scoring_storage`` (or ``SCORING_STORAGE_CONN_ID``) if defined, else the env."""
+    conn_id = config.storage_conn_id()
+    try:
+        from airflow.sdk import Connection
+
+        conn = Connection.get(conn_id)
+    except Exception as exc:  # not defined: the environment decides, which is the normal laptop case
+        log.info("No Airflow connection %r (%s); storage comes from %s", conn_id, type(exc).__name__, config.STORAGE_ENV)
+        return config.storage_setting()
+    log.info("Storage from Airflow connection %r", conn_id)
+    return connection_to_setting(conn)
+
+
+def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
+    """The run's storage, containers, id and interval, from the task context and params."""
+    with no_retry_on(ValueError):  # window params the schema cannot check alone (both or neither, end > start)
+        start, end = resolve_interval(
+            params.get("window_start"),
+            params.get("window_end"),
+            context.get("data_interval_start"),
+            context.get("data_interval_end"),
+            _run_after(context),
+        )
+        refuse_hours_before_start(start, _start_date(context))
+    return Hour(
+        storage=st.open_storage(storage_setting()),
+        containers=config.Containers.from_env(),
+        run_id=str(context["run_id"]),
+        start=start,
+        end=end,
+    )
+
+
+@contextmanager
+def no_retry_on(*errors: type[BaseException]) -> Iterator[None]:
+    """Fail the task at once, without its retries, on errors of the run's configuration (a bad window, an
+    unknown model version): retrying cannot fix them, and the operator should hear at once. The message keeps
+    the original error's type and text. A KeyError is a bug, not configuration, and keeps its retries."""
+    try:
+        yield
+    except errors as exc:
+        if isinstance(exc, KeyError):
+            raise
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def refuse_hours_before_start(start: datetime, first_hour: datetime | None) -> None:
+    """No run scores an hour before the DAG's start date (``SCORING_START_DATE``), whichever way it was made.
+
+    Airflow gives a run whose logical date precedes the start date no task at all (and calls it a success), but
+    a backfill run gets every task, and window params can name any hour: those fail here, in their first task.
+    """
+    if first_hour is not None and start < first_hour:
+        raise ValueError(
+            f"the run's hours start at {start.isoformat()}, before the DAG's start date {first_hour.isoformat()} "
+            f"({config.START_DATE_ENV}): set {config.START_DATE_ENV} to {start:%Y-%m-%dT%H:%MZ} or earlier "
+            "where the DAG is parsed, and run again"
+        )
+
+
+def _start_date(context: Mapping[str, Any]) -> datetime | None:
+    dag = context.get("dag")
+    return getattr(dag, "start_date", None) if dag is not None else None
+
+
+def _run_after(context: Mapping[str, Any]) -> datetime | None:
+    dag_run = context.get("dag_run")
+    return getattr(dag_run, "run_after", None) if dag_run is not None else None
+
+
+@contextmanager
+def fail_without_retry_on_bad_data() -> Iterator[None]:
+    """Errors about the input (a broken file structure, too many failing windows) fail the task without
+    retries: the data will not change by retrying, and the failure alert should fire at once."""
+    from sensor_scoring.pipeline import DataError
+    from sensor_scoring.windows import WindowSchemaError
+
+    with no_retry_on(DataError, WindowSchemaError):
+        yield
+
+
+def asset_extra(manifests: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``predictions`` asset event's extra: enough for a downstream DAG to find and judge what changed."""
+    first = manifests[0] if manifests else {}
+    return {
+        "run_id": first.get("run_id"),
+        "model_version": first.get("model_version"),
+        "subset": first.get("subset"),
+        "hours": [m["hour"] for m in manifests],
+        "partitions": [f"{config.Containers.from_env().predictions}/{st.partition_prefix(_hour(m['hour']))}" for m in manifests],
+        "counts": {m["hour"]: m["counts"] for m in manifests},
+    }
+
+
+def _hour(text: str) -> datetime:
+    from sensor_scoring.pipeline import parse_utc
+
+    return parse_utc(text)

@@ -1,0 +1,265 @@
+"""The azure_batch backend against a fake Batch REST server (tests/fake_batch.py) and the real Azurite.
+
+The real azure-batch SDK sends real HTTP; the fake server runs each task's command line as a process with
+only the task's environment, so shards really score, with SAS-only storage access. Asserted: what the SDK
+sends (pool autoscale formula and container settings, ids, command line, environment), and how the backend,
+its trigger and the operator behave on success, failure, retry, preemption, timeout and kill.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import timedelta
+
+import airflow  # noqa: F401  (initialising Airflow puts plugins/ on sys.path, as in every Airflow process)
+import pytest
+from azure.batch import BatchClient
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import HttpResponseError
+
+from sensor_scoring import backends
+from sensor_scoring.backends import azure_batch as batch
+from dev.azurite import KEY as STORAGE_KEY
+from sensor_scoring.storage import open_storage
+from tests.support.fake_batch import ACCOUNT, KEY, FakeBatch
+from tests.support.helpers import planned_hour
+
+pytestmark = [pytest.mark.azurite]
+IMAGE = "registry.example/sensor-scoring-scorer:1.0"
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    server = FakeBatch(tmp_path / "batch").start()
+    monkeypatch.setenv("AIRFLOW_CONN_AZURE_BATCH_DEFAULT", server.connection_json())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def settings(monkeypatch) -> batch.BatchSettings:
+    for name, value in {"SCORING_BATCH_POOL_ID": "pool-x", "SCORING_BATCH_MAX_NODES": "3",
+                        "SCORING_BATCH_MAX_LOW_PRIORITY_NODES": "5", "SCORING_SCORER_IMAGE": IMAGE,
+                        "SCORING_BATCH_VM_SIZE": "standard_d4s_v3", "SCORING_BATCH_SAS_HOURS": "2"}.items():
+        monkeypatch.setenv(name, value)
+    return batch.BatchSettings.from_env()
+
+
+@pytest.fixture
+def client(fake) -> BatchClient:
+    return BatchClient(endpoint=fake.url, credential=AzureNamedKeyCredential(ACCOUNT, KEY))
+
+
+@pytest.fixture
+def shards(blob, containers):
+    """Three planned shards (2 sensors each) of a real hour on Azurite."""
+    return planned_hour(blob, containers, "batch-run", devices=3, tags=2, sensors_per_shard=2)[1]
+
+
+def backend(client, settings, **kwargs) -> backends.AzureBatchBackend:
+    return backends.AzureBatchBackend(client, settings, job=kwargs.pop("job", "job-1"), poll_s=0.2, max_poll_s=0.5, **kwargs)
+
+
+def no_secret_sent(fake: FakeBatch) -> bool:
+    sent = json.dumps([r["body"] for r in fake.requests])
+    return STORAGE_KEY not in sent and "AccountKey" not in sent and KEY not in sent
+
+
+def test_success_and_what_the_sdk_sends(fake, client, settings, shards, azurite, containers):
+    shard = shards[0]
+    result = backend(client, settings).run_shard(shard["spec_uri"], storage_setting=azurite.connection_string)
+    assert result["shard"] == 0 and result["scored"] == 120
+
+    [pool] = fake.bodies("POST", "/pools")
+    assert pool["id"] == "pool-x" and pool["vmSize"] == "standard_d4s_v3"
+    assert pool["enableAutoScale"] is True and "targetDedicatedNodes" not in pool
+    formula = pool["autoScaleFormula"]
+    assert "maxDedicated = 3;" in formula and "maxLowPriority = 5;" in formula
+    assert "$TargetDedicatedNodes" in formula and "$NodeDeallocationOption = taskcompletion" in formula
+    assert "//" not in formula and "@" not in formula
+    assert pool["virtualMachineConfiguration"]["containerConfiguration"] == {
+        "type": "dockerCompatible", "containerImageNames": [IMAGE]}
+    [job] = fake.bodies("POST", "/jobs")
+    assert job["id"] == "job-1" and job["poolInfo"] == {"poolId": "pool-x"} and job["onAllTasksComplete"] == "noaction"
+    [task] = fake.bodies("POST", "/jobs/job-1/tasks")
+    assert task["id"].startswith("shard-00000-") and task["id"].endswith("-t1")
+    assert task["commandLine"] == f"python -m sensor_scoring score-shard --spec {shard['spec_uri']}"
+    assert task["containerSettings"] == {"imageName": IMAGE, "containerRunOptions": "--rm"}
+    assert task["constraints"]["maxTaskRetryCount"] == 0
+    [env] = task["environmentSettings"]
+    assert env["name"] == "SCORING_STORAGE"
+    sas = json.loads(env["value"])["sas_containers"]
+    assert sorted(sas) == sorted([containers.models, containers.staging])  # read models, read+write staging
+    assert all("sig=" in url and "se=" in url for url in sas.values())
+    assert no_secret_sent(fake)
+    assert all(r["headers"]["Authorization"].startswith(f"SharedKey {ACCOUNT}:") for r in fake.requests)
+    ran = fake.tasks[("job-1", task["id"])]
+    assert ran.exit_code == 0 and [t.id for t in client.list_tasks("job-1")] == [task["id"]]
+    # the process got the node's basics and its task's settings, nothing of the test's environment
+    assert set(ran.env) == {"PATH", "HOME", "LANG", "AZ_BATCH_JOB_ID", "AZ_BATCH_TASK_ID", "AZ_BATCH_NODE_ID",
+                            "AZ_BATCH_TASK_WORKING_DIR", "SCORING_STORAGE"}
+    assert STORAGE_KEY not in json.dumps(ran.env)
+
+
+def test_a_wrong_account_key_is_refused_by_the_shared_key_check(fake):
+    wrong = BatchClient(endpoint=fake.url, credential=AzureNamedKeyCredential(ACCOUNT, "d3Jvbmcta2V5"))
+    with pytest.raises(HttpResponseError, match="AuthenticationFailed"):
+        wrong.get_job("job-1")
+
+
+def test_failure_exit_code_then_retry_replaces_then_reuses(fake, client, settings, shards, blob, azurite):
+    shard = shards[1]
+    container, path = shard["spec_uri"][len("az://"):].split("/", 1)
+    input_path = path.replace("spec.json", "input.parquet")
+    good_input = blob.read_bytes(container, input_path)
+    blob.write_bytes(container, input_path, b"not parquet")  # the shard command will fail on it
+
+    with pytest.raises(backends.ShardFailed, match=r"exited with code 1 .*FailureExitCode.*: .*") as failed:
+        backend(client, settings, try_number=1).run_shard(shard["spec_uri"], storage_setting=azurite.connection_string)
+    assert "arrow" in str(failed.value).lower() or "parquet" in str(failed.value).lower()
+    [first] = [t for (j, t) in fake.tasks]
+
+    blob.write_bytes(container, input_path, good_input)  # fixed; the spec (and so the task ids) unchanged
+    result = backend(client, settings, try_number=2).run_shard(shard["spec_uri"], storage_setting=azurite.connection_string)
+    assert result["scored"] == 120
+    assert [r["path"] for r in fake.requests if r["method"] == "DELETE"] == [f"/jobs/job-1/tasks/{first}"]
+    [second] = [t for (j, t) in fake.tasks]
+    assert second == first[:-2] + "t2"
+
+    added = len(fake.bodies("POST", "/jobs/job-1/tasks"))
+    again = backend(client, settings, try_number=3).run_shard(shard["spec_uri"], storage_setting=azurite.connection_string)
+    assert again == result and len(fake.bodies("POST", "/jobs/job-1/tasks")) == added  # reused, nothing added
+    assert len(fake.bodies("POST", "/jobs")) == 3  # create-if-missing on every try: 409 JobExists is fine
+
+
+def test_a_preempted_node_requeues_the_task_and_the_trigger_waits_it_out(fake, client, settings, shards, azurite):
+    from sensor_scoring_airflow.triggers import BatchTaskTrigger
+
+    fake.exec_delay_s = 1.0  # long enough to be caught running
+    sub = backend(client, settings).submit(shards[0]["spec_uri"], storage_setting=azurite.connection_string, shard=0)
+    task = fake.tasks[(sub.job_id, sub.task_id)]
+    fake.wait_for(lambda: task.state == "running")
+    first_pid = task.proc.pid
+    fake.preempt(sub.job_id, sub.task_id)
+    assert task.state in ("active", "running")
+
+    trigger = BatchTaskTrigger("azure_batch_default", sub.job_id, sub.task_id, poll_interval=0.2, max_poll_interval=0.5)
+    event = asyncio.run(anext(trigger.run()))
+    assert event.payload["status"] == "completed" and event.payload["exit_code"] == 0
+    assert event.payload["requeue_count"] == 1 and len(task.pids) == 2 and task.pids[0] == first_pid
+    assert not pid_alive(first_pid)
+
+
+def test_timeout_terminates_the_task(fake, client, settings, shards, azurite):
+    from sensor_scoring_airflow.triggers import BatchTaskTrigger
+
+    fake.start_delay_s = 30  # no node comes: the task stays queued
+    b = backend(client, settings, timeout_s=1.0)
+    with pytest.raises(backends.ShardFailed, match="did not finish in time .was active"):
+        b.run_shard(shards[0]["spec_uri"], storage_setting=azurite.connection_string)
+    sub = b.submit(shards[1]["spec_uri"], storage_setting=azurite.connection_string, shard=1)
+    trigger = BatchTaskTrigger("azure_batch_default", sub.job_id, sub.task_id, deadline=time.time() + 1,
+                               poll_interval=0.2, max_poll_interval=0.5)
+    event = asyncio.run(anext(trigger.run()))
+    assert event.payload["status"] == "timeout" and event.payload["last_state"] == "active"
+    terminated = [r["path"] for r in fake.requests if r["path"].endswith("/terminate")]
+    assert len(terminated) == 2
+    assert all(t.state == "completed" and t.failure["code"] == "TaskEnded" for t in fake.tasks.values())
+    assert all(not t.pids for t in fake.tasks.values())  # never started
+
+
+def test_kill_terminates_the_batch_task_and_its_process(fake, client, settings, shards, azurite):
+    """operator.on_kill (worker side) and trigger.on_kill (a user cleared the deferred task) both stop the task."""
+    from sensor_scoring_airflow.operators import ScoreShardOperator
+    from sensor_scoring_airflow.triggers import BatchTaskTrigger
+
+    fake.exec_delay_s = 60
+    b = backend(client, settings)
+    subs = [b.submit(s["spec_uri"], storage_setting=azurite.connection_string, shard=s["shard"]) for s in shards[:2]]
+    tasks = [fake.tasks[(s.job_id, s.task_id)] for s in subs]
+    fake.wait_for(lambda: all(t.state == "running" for t in tasks))
+    pids = [t.proc.pid for t in tasks]
+
+    op = ScoreShardOperator(task_id="score_shard", shard=shards[0], backend="azure_batch")
+    op._batch = {"job_id": subs[0].job_id, "task_id": subs[0].task_id, "conn_id": "azure_batch_default"}
+    op.on_kill()
+    trigger = BatchTaskTrigger("azure_batch_default", subs[1].job_id, subs[1].task_id)
+    asyncio.run(trigger.on_kill())
+
+    assert [r["path"] for r in fake.requests if r["path"].endswith("/terminate")] == [
+        f"/jobs/{s.job_id}/tasks/{s.task_id}/terminate" for s in subs]
+    for task, pid in zip(tasks, pids):
+        assert task.state == "completed" and task.failure["code"] == "TaskEnded" and task.exit_code != 0
+        assert not pid_alive(pid)
+
+
+def test_shards_waiting_in_triggers_run_concurrently_on_batch(fake, client, settings, shards, azurite):
+    """What the triggerer does with deferred shards: one event loop polls them all while they run at once."""
+    from sensor_scoring_airflow.triggers import BatchTaskTrigger
+
+    fake.exec_delay_s = 1.0
+    b = backend(client, settings)
+    subs = [b.submit(s["spec_uri"], storage_setting=azurite.connection_string, shard=s["shard"]) for s in shards]
+
+    async def wait_all():
+        triggers = [BatchTaskTrigger("azure_batch_default", s.job_id, s.task_id, poll_interval=0.2, max_poll_interval=0.5)
+                    for s in subs]
+        return await asyncio.gather(*(anext(t.run()) for t in triggers))
+
+    events = asyncio.run(wait_all())
+    assert [e.payload["exit_code"] for e in events] == [0, 0, 0]
+    runs = [fake.tasks[(s.job_id, s.task_id)].runs[-1] for s in subs]
+    assert max(start for start, _ in runs) < min(end for _, end in runs)  # all three ran at the same time
+
+
+def test_old_idle_jobs_are_terminated_and_a_completed_job_is_recreated_for_a_rerun(fake, client, settings, shards, azurite):
+    from datetime import datetime, timezone
+
+    mine, other = batch.job_prefix("sensor_scoring"), batch.job_prefix("other_dag")
+    old_idle, old_busy, recent = (batch.job_id("sensor_scoring", r) for r in ("old-idle", "old-busy", "recent"))
+    foreign = batch.job_id("other_dag", "old")
+    for job in (old_idle, old_busy, recent, foreign):
+        batch.ensure_job(client, settings, job)
+    long_ago = (datetime.now(timezone.utc) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    for job in (old_idle, old_busy, foreign):
+        fake.jobs[job]["creationTime"] = long_ago
+    busy = batch.task_options(settings, "still-running", "az://s/x/spec.json", {})
+    busy["commandLine"] = "python -c 'import time; time.sleep(60)'"
+    client.create_task(old_busy, busy)
+    fake.wait_for(lambda: fake.tasks[(old_busy, "still-running")].state == "running")
+
+    new_run = batch.job_id("sensor_scoring", "new-run")
+    _, version = backends.shard_facts(open_storage(azurite.connection_string), shards[0]["spec_uri"])
+    batch.submit_shard(client, settings, job=new_run, shard=0, spec_uri=shards[0]["spec_uri"], spec_version=version,
+                       try_number=1, task_env={}, sweep_prefix=mine)
+    states = {job: fake.jobs[job]["state"] for job in (old_idle, old_busy, recent, foreign, new_run)}
+    assert states == {old_idle: "completed", old_busy: "active", recent: "active", foreign: "active", new_run: "active"}
+    assert old_idle.startswith(mine) and foreign.startswith(other) and len(new_run) <= 64
+    assert fake.bodies("POST", f"/jobs/{old_idle}/terminate") == [{"terminateReason": "IdleAfterRun"}]
+
+    # clearing the old run later: its completed job is deleted and created again, then takes tasks
+    assert batch.ensure_job(client, settings, old_idle) is True
+    assert fake.jobs[old_idle]["state"] == "active"
+    assert [r["path"] for r in fake.requests if r["method"] == "DELETE"] == [f"/jobs/{old_idle}"]
+
+
+def test_ids_are_valid_batch_ids_and_stable():
+    long_run = "backfill__2026-11-25T16:00:00+00:00_" + "x" * 200
+    job = batch.job_id("sensor_scoring", long_run)
+    assert len(job) <= 64 and job == batch.job_id("sensor_scoring", long_run)
+    assert batch.job_id("sensor_scoring", long_run + "y") != job
+    assert all(ch.isalnum() or ch in "-_" for ch in job)
+    assert batch.task_id(7, "v", 2) == batch.previous_task_ids(7, "v", 3)[0]
+    assert batch.previous_task_ids(7, "v", 1) == []
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,630 @@
+"""Fault injection against a real Azurite: every case asserts its exact outcome and that nothing is lost or doubled.
+
+Each case lands one simulated hour (2 devices x 2 sensors x 60 windows = 240 windows in 3 line-separated JSON
+files, as Stream Analytics writes them), injects one fault, runs the hour's steps (``sensor_scoring.pipeline``, the
+functions the DAG tasks call) and checks the outcome: the clear error, or the quarantine reason, and the
+accounting ``landed = scored + quarantined + duplicates`` in the manifest and in the partition files.
+The table of cases is in docs/faults.md.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sensor_scoring import settings as config, models, pipeline
+from sensor_scoring import storage as st
+from dev.azurite import Azurite
+from sensor_scoring.backends import LocalBackend, ShardFailed, shard_command
+from sensor_scoring.storage import BlobStorage
+from sensor_scoring.windows import WINDOW_COLUMNS, LandingPlan, WindowSchemaError, land_windows
+from tests.support.helpers import START, fleet_windows
+
+pytestmark = [pytest.mark.azurite]
+H = timedelta(hours=1)
+HOUR = START + 3 * H  # the scored hour [HOUR, HOUR + 1h)
+FOLDER = f"{HOUR:%Y/%m/%d/%H}/"
+NEXT_FOLDER = f"{HOUR + H:%Y/%m/%d/%H}/"
+KEY = ["device_id", "tag", "window_end"]
+BASE = 240  # windows landed by the fixture
+
+
+@dataclass
+class Env:
+    blob: BlobStorage
+    containers: config.Containers
+    windows: pd.DataFrame  # what the fixture landed for HOUR
+
+    def hour(self, run_id: str = "run-1", start=HOUR, hours: int = 1) -> pipeline.Hour:
+        return pipeline.Hour(self.blob, self.containers, run_id, start, start + hours * H)
+
+    def land(self, name: str, data: bytes, folder: str = FOLDER) -> str:
+        self.blob.write_bytes(self.containers.windows, folder + name, data)
+        return folder + name
+
+
+@pytest.fixture(scope="module")
+def trained() -> list[models.TrainedModel]:
+    return models.train_models(fleet_windows(devices=2, tags=2, hours=3))
+
+
+@pytest.fixture(scope="module")
+def hour_windows() -> pd.DataFrame:
+    return fleet_windows(devices=2, tags=2, hours=1, start=HOUR)
+
+
+@pytest.fixture
+def env(blob, containers, trained, hour_windows, monkeypatch) -> Env:
+    """Models for the 4 sensors (in 2 packs of 2, so a pack's fault spares the other pack), one landed hour."""
+    monkeypatch.setattr(models, "PACK_SIZE", 2)
+    models.register(blob, containers.models, trained, version="v1", params={}, promote=True)
+    land_windows(blob, containers.windows, hour_windows, LandingPlan(late_share=0.0))
+    return Env(blob, containers, hour_windows)
+
+
+def run_hour(env: Env, run_id: str = "run-1", *, late_folders: int = 1, max_share: float = 0.5,
+             shard_size: int = 2, start=HOUR) -> dict:
+    """The DAG's steps for one hour, in-process: load_and_validate -> plan_shards -> score_shard* -> commit."""
+    hour = env.hour(run_id, start)
+    summary = pipeline.load_and_validate(hour, late_folders=late_folders, max_quarantine_share=max_share)
+    shards = pipeline.plan_shards(hour, summary, model_version="production", sensors_per_shard=shard_size)
+    results = [pipeline.score_shard(env.blob, s["spec_uri"]) for s in shards]
+    [manifest] = pipeline.commit(hour, summary, results)
+    return manifest
+
+
+def partition(env: Env, container: str, hour=HOUR) -> tuple[pd.DataFrame, dict]:
+    prefix = st.partition_prefix(hour)
+    frame = pd.read_parquet(io.BytesIO(env.blob.read_bytes(container, prefix + st.PARTITION_FILE)))
+    return frame, json.loads(env.blob.read_bytes(container, prefix + st.MANIFEST_FILE))
+
+
+def assert_accounting(env: Env, manifest: dict, *, landed: int, hour=HOUR) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Nothing lost, nothing doubled: the manifest's sum closes and the partition files hold exactly its rows."""
+    counts = manifest["counts"]
+    assert counts["landed"] == landed
+    assert counts["landed"] == counts["scored"] + counts["quarantined"] + counts["duplicates"]
+    predictions, p_manifest = partition(env, env.containers.predictions, hour)
+    quarantine, q_manifest = partition(env, env.containers.quarantine, hour)
+    assert p_manifest == q_manifest == manifest
+    assert len(predictions) == counts["scored"] and len(quarantine) == counts["quarantined"]
+    assert not predictions.duplicated(KEY).any()
+    assert dict(quarantine["reason"].value_counts()) == manifest["quarantine_reasons"]
+    return predictions, quarantine
+
+
+def window_row(env: Env, minute: int = 10, seconds: int = 30, **changes) -> dict:
+    """A landed window as Stream Analytics writes it: a copy of dev-0000/temperature's window at ``minute``,
+    moved by ``seconds`` so its key is new, with ``changes`` applied."""
+    rows = env.windows[(env.windows["device_id"] == "dev-0000") & (env.windows["tag"] == "temperature")]
+    row = rows[rows["window_end"] == pd.Timestamp(HOUR + timedelta(minutes=minute))].iloc[0]
+    record = {c: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in WINDOW_COLUMNS}
+    record["window_end"] = (row["window_end"] + pd.Timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+    record["device_id"], record["tag"] = str(row["device_id"]), str(row["tag"])
+    record.update(changes)
+    return record
+
+
+def jsonl(*records: dict) -> bytes:
+    return ("\n".join(json.dumps(r) for r in records) + "\n").encode()
+
+
+def at(moment) -> str:
+    return pd.Timestamp(moment).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+
+
+# --- 1. Bad rows: each is quarantined with its reason, the other 240 windows are scored. ---
+
+BAD_ROWS = [
+    pytest.param({"value_std": -0.5}, "negative_std", id="negative-std"),
+    pytest.param({"value_avg": 1e3}, "avg_outside_min_max", id="avg-above-max"),
+    pytest.param({"value_std": None}, "non_finite_value", id="missing-value"),
+    pytest.param({"value_max": float("inf")}, "non_finite_value;value_out_of_bounds", id="infinite-value"),
+    pytest.param({"reading_count": 0}, "reading_count_invalid", id="zero-readings"),
+    pytest.param({"reading_count": 2.5}, "reading_count_invalid", id="fractional-readings"),
+    pytest.param({"device_id": None}, "null_key", id="null-device"),
+    pytest.param({"tag": ""}, "null_key", id="blank-tag"),
+    pytest.param({"value_min": -300.0}, "value_out_of_bounds", id="below-absolute-zero"),
+    pytest.param({"window_end": None}, "null_key", id="missing-window-end"),
+    pytest.param({"window_end": at(HOUR - 48 * H)}, "window_outside_interval", id="stray-from-two-days-ago"),
+    pytest.param({"window_end": at(HOUR + H)}, "window_outside_interval", id="next-hour-window-in-this-folder"),
+    pytest.param({"device_id": "dev-9999"}, "no_model", id="unknown-sensor"),
+]
+
+
+@pytest.mark.parametrize("changes,reason", BAD_ROWS)
+def test_bad_row_is_quarantined_with_its_reason(env, changes, reason):
+    name = env.land("0_bad_1.json", jsonl(window_row(env, **changes)))
+    manifest = run_hour(env)
+    predictions, quarantine = assert_accounting(env, manifest, landed=BASE + 1)
+    assert manifest["counts"]["scored"] == BASE and manifest["counts"]["quarantined"] == 1
+    assert list(quarantine["reason"]) == [reason] and list(quarantine["source_file"]) == [name]
+    assert manifest["status"] == "scored"
+    if reason != "no_model":
+        assert manifest["validation"]["failing_rows"] == 1
+        assert manifest["validation"]["failing_rows_by_reason"] == {r: 1 for r in reason.split(";")}
+
+
+def test_exact_duplicate_is_collapsed_and_counted(env):
+    env.land("0_copy_1.json", jsonl(window_row(env, seconds=0)))
+    manifest = run_hour(env)
+    assert_accounting(env, manifest, landed=BASE + 1)
+    assert manifest["counts"]["duplicates"] == 1 and manifest["counts"]["scored"] == BASE
+
+
+def test_conflicting_copies_are_all_quarantined(env):
+    original = window_row(env, seconds=0)
+    env.land("0_conflict_1.json", jsonl({**original, "value_std": original["value_std"] + 0.01}))
+    manifest = run_hour(env)
+    _, quarantine = assert_accounting(env, manifest, landed=BASE + 1)
+    assert manifest["counts"]["scored"] == BASE - 1 and manifest["quarantine_reasons"] == {"conflicting_duplicate": 2}
+    assert quarantine["source_file"].nunique() == 2  # both copies kept, each with its file
+
+
+def test_previous_hours_late_window_in_this_folder_is_left_to_that_hour(env):
+    """A window of the hour before, landed late in this hour's folder, is read by the previous hour's run."""
+    env.land("0_prev_1.json", jsonl(window_row(env, window_end=at(HOUR - timedelta(minutes=30)))))
+    manifest = run_hour(env)
+    assert_accounting(env, manifest, landed=BASE)
+    assert manifest["quarantine_reasons"] == {}
+
+
+# --- 2. Structurally wrong input: the run fails, naming the file and the column; nothing is committed. ---
+
+def _csv(records: list[dict], drop: str | None = None) -> bytes:
+    frame = pd.DataFrame(records)
+    return frame.drop(columns=[drop] if drop else []).to_csv(index=False).encode()
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    return sink.getvalue()
+
+
+@pytest.mark.parametrize("name,make,message", [
+    pytest.param("0_x_1.csv", lambda e: _csv([window_row(e)], drop="value_std"),
+                 r"0_x_1\.csv: missing required column\(s\) value_std", id="missing-column-csv"),
+    pytest.param("0_x_1.json", lambda e: jsonl(window_row(e, value_avg="abc")),
+                 r"0_x_1\.json: column value_avg cannot be read as float64", id="wrong-type-json"),
+    pytest.param("0_x_1.parquet", lambda e: _parquet(pd.DataFrame([window_row(e, reading_count="six")])),
+                 r"0_x_1\.parquet: column reading_count cannot be read", id="wrong-type-parquet"),
+])
+def test_structurally_wrong_file_fails_naming_file_and_column(env, name, make, message):
+    env.land(name, make(env))
+    with pytest.raises(WindowSchemaError, match=message):
+        run_hour(env)
+    assert not env.blob.list(env.containers.predictions) and not env.blob.list(env.containers.quarantine)
+
+
+# --- 3. Corrupt, truncated and empty files of each serialisation. ---
+
+def _extra_rows(env: Env) -> list[dict]:
+    return [window_row(env, minute=m) for m in range(20, 26)]
+
+
+def _truncated_csv(env: Env) -> bytes:
+    data = _csv(_extra_rows(env))
+    return data[:data.rfind(b",", 0, len(data) // 2) + 1]  # cut after a comma: the last row is short
+
+
+CORRUPT = [
+    pytest.param("0_t_1.json", lambda e: jsonl(*_extra_rows(e))[:-40], id="truncated-json-lines"),
+    pytest.param("0_t_1.json", lambda e: json.dumps(_extra_rows(e)).encode()[:-40], id="truncated-json-array"),
+    pytest.param("0_t_1.csv", _truncated_csv, id="truncated-csv"),
+    pytest.param("0_t_1.parquet", lambda e: _parquet(pd.DataFrame(_extra_rows(e)))[:-100], id="truncated-parquet"),
+    pytest.param("0_t_1.json", lambda e: bytes(range(256)) * 4, id="binary-garbage-json"),
+]
+
+
+@pytest.mark.parametrize("name,make", CORRUPT)
+def test_corrupt_file_is_quarantined_whole_and_the_rest_scored(env, name, make):
+    data = make(env)
+    path = env.land(name, data)
+    manifest = run_hour(env)
+    assert_accounting(env, manifest, landed=BASE)  # its rows cannot be counted: listed by file instead
+    assert manifest["counts"]["scored"] == BASE
+    [entry] = manifest["quarantined_files"]
+    assert entry["file"] == path and entry["reason"] == "corrupt_file" and entry["bytes"] == len(data)
+    assert entry["error"].startswith(f"{path}: cannot be parsed")
+    container, copy = st.parse_uri(entry["copy"])
+    assert env.blob.read_bytes(container, copy) == data  # kept byte for byte beside the quarantine partition
+
+
+EMPTY = [
+    pytest.param("0_e_1.json", b"", id="zero-byte-json"),
+    pytest.param("0_e_1.json", b"[]", id="empty-json-array"),
+    pytest.param("0_e_1.csv", b"", id="zero-byte-csv"),
+    pytest.param("0_e_1.csv", ",".join(WINDOW_COLUMNS).encode() + b"\n", id="header-only-csv"),
+    pytest.param("0_e_1.parquet", b"", id="zero-byte-parquet"),
+    pytest.param("0_e_1.parquet", None, id="zero-row-parquet"),
+]
+
+
+@pytest.mark.parametrize("name,data", EMPTY)
+def test_empty_file_is_no_windows_and_no_error(env, name, data):
+    if data is None:
+        data = _parquet(pd.DataFrame([window_row(env)]).iloc[:0])
+    path = env.land(name, data)
+    manifest = run_hour(env)
+    assert_accounting(env, manifest, landed=BASE)
+    assert manifest["empty_files"] == [path] and manifest["quarantined_files"] == []
+
+
+def test_hour_without_windows_commits_an_empty_partition_with_status_empty(env, caplog):
+    empty_hour = HOUR + 5 * H
+    env.land("0_t_1.json", b'{"device_id": "dev-0000", "ta', folder=f"{empty_hour:%Y/%m/%d/%H}/")
+    with caplog.at_level("WARNING"):
+        manifest = run_hour(env, start=empty_hour)
+    assert_accounting(env, manifest, landed=0, hour=empty_hour)
+    assert manifest["status"] == "empty" and manifest["counts"]["scored"] == 0
+    assert [f["reason"] for f in manifest["quarantined_files"]] == ["corrupt_file"]
+    assert "EMPTY hour" in caplog.text and "no windows landed" in caplog.text
+
+
+# --- 4. The threshold on the share of failing windows. ---
+
+def _bad_batch(env: Env, n: int) -> bytes:
+    return jsonl(*(window_row(env, minute=m % 60, seconds=1 + m // 60, value_std=-1.0) for m in range(n)))
+
+
+def test_share_above_threshold_fails_and_keeps_the_report(env):
+    env.land("0_bad_1.json", _bad_batch(env, 30))  # 30 of 270 windows = 11.1%
+    with pytest.raises(pipeline.ValidationThresholdError) as caught:
+        run_hour(env, max_share=0.1)
+    message = str(caught.value)
+    assert message.startswith(f"hour {HOUR.isoformat()}: 30 of 270 windows (11.1%) failed validation (negative_std 30); "
+                              "above max_quarantine_share 10.0%. Nothing was committed.")
+    report_uri = message.split("Validation report: ")[1].split(";")[0]
+    report = json.loads(env.blob.read_bytes(*st.parse_uri(report_uri)))
+    hour_report = report["hours"][HOUR.isoformat()]
+    assert hour_report["threshold_exceeded"] and hour_report["failing_rows_by_reason"] == {"negative_std": 30}
+    assert hour_report["landed"] == hour_report["failing_rows"] + BASE + hour_report["duplicates"]
+    rejected = st.read_parquet(env.blob, *st.parse_uri(message.split("failing rows: ")[1].split(". ")[0]))
+    assert len(rejected) == 30 and set(rejected["reason"]) == {"negative_std"}
+    assert not env.blob.list(env.containers.predictions)  # failed before anything was committed
+
+
+def test_share_below_threshold_commits_and_says_what_was_quarantined(env):
+    env.land("0_bad_1.json", _bad_batch(env, 20))  # 20 of 260 = 7.7%
+    manifest = run_hour(env, max_share=0.1)
+    assert_accounting(env, manifest, landed=BASE + 20)
+    assert manifest["validation"]["failing_rows"] == 20 and manifest["validation"]["max_quarantine_share"] == 0.1
+    report = json.loads(env.blob.read_bytes(*st.parse_uri(manifest["validation"]["report"])))
+    assert report["hours"][HOUR.isoformat()]["failing_share"] == round(20 / 260, 6)
+    assert {e["reason"] for e in report["expectations"] if not e["success"]} == {"negative_std"}
+
+
+# --- 5. Late data and re-runs. ---
+
+def test_rerun_replaces_the_partition_with_one_row_per_window(env):
+    first = run_hour(env, "run-1", shard_size=4)
+    second = run_hour(env, "run-2", shard_size=1)
+    predictions, _ = assert_accounting(env, second, landed=BASE)
+    assert first["counts"] == second["counts"] and set(predictions["run_id"]) == {"run-2"}
+
+
+def test_late_windows_are_picked_up_by_a_rerun(env):
+    first = run_hour(env, "run-1")
+    assert first["counts"]["landed"] == BASE
+    late = [window_row(env, minute=m, seconds=20) for m in (57, 58)]
+    env.land("0_late_1.json", jsonl(*late), folder=NEXT_FOLDER)  # arrived after the commit, in the next folder
+    second = run_hour(env, "run-2")
+    predictions, _ = assert_accounting(env, second, landed=BASE + 2)
+    assert second["counts"]["scored"] == BASE + 2 and set(predictions["run_id"]) == {"run-2"}
+
+
+def test_window_later_than_late_folders_is_kept_by_the_hour_that_found_it(env):
+    far = f"{HOUR + 2 * H:%Y/%m/%d/%H}/"
+    env.land("0_late_1.json", jsonl(window_row(env, minute=40)), folder=far)
+    assert run_hour(env, "run-1", late_folders=1)["counts"]["landed"] == BASE  # not seen: beyond one late folder
+    found = run_hour(env, "run-2", late_folders=1, start=HOUR + 2 * H, max_share=1.0)
+    _, quarantine = assert_accounting(env, found, landed=1, hour=HOUR + 2 * H)
+    assert list(quarantine["reason"]) == ["window_outside_interval"]  # quarantined, not lost
+    assert run_hour(env, "run-3", late_folders=2)["counts"]["scored"] == BASE + 1  # a wider re-run scores it
+
+
+# --- 6. Faults in the machinery: killed shard, commit, storage outage. ---
+
+KILL_AFTER_PREDICTIONS = """
+import os, signal, sys
+from sensor_scoring import cli, storage
+write = storage.BlobStorage.write_bytes
+def dying_write(self, container, path, data):
+    write(self, container, path, data)
+    if path.endswith("predictions.parquet"):
+        os.kill(os.getpid(), signal.SIGKILL)  # the worker dies between its outputs
+storage.BlobStorage.write_bytes = dying_write
+sys.exit(cli.main(["score-shard", "--spec", sys.argv[1]]))
+"""
+
+
+KILL_MID_UPLOAD = """
+import os, signal, sys
+from sensor_scoring import cli, storage
+write = storage.BlobStorage.write_bytes
+def dying_write(self, container, path, data):
+    if not path.endswith("predictions.parquet"):
+        return write(self, container, path, data)
+    blob = self._client.get_blob_client(container, path)
+    blob.stage_block("YmxvY2stMDAwMDA=", data[: len(data) // 2])  # half the file is staged as a block ...
+    os.kill(os.getpid(), signal.SIGKILL)  # ... and the worker dies before committing the block list
+storage.BlobStorage.write_bytes = dying_write
+sys.exit(cli.main(["score-shard", "--spec", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("script,partial_output", [
+    pytest.param(KILL_AFTER_PREDICTIONS, True, id="between-outputs"),
+    pytest.param(KILL_MID_UPLOAD, False, id="mid-upload"),
+])
+def test_shard_killed_mid_write_and_retried_leaves_one_copy_of_each_row(env, azurite, script, partial_output):
+    hour = env.hour()
+    summary = pipeline.load_and_validate(hour)
+    shards = pipeline.plan_shards(hour, summary, model_version="production", sensors_per_shard=2)
+    victim = shards[0]["spec_uri"]
+    killed = subprocess.run([sys.executable, "-c", script, victim], capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    out_container, out_prefix = st.parse_uri(victim.rsplit("/", 1)[0] + "/")
+    # between outputs: a complete predictions blob of the dead try; mid-upload: nothing (uncommitted blocks are invisible)
+    assert env.blob.exists(out_container, out_prefix + "predictions.parquet") is partial_output
+    assert not env.blob.exists(out_container, out_prefix + "result.json")  # never marked complete
+    # the retry: the same command on the local backend overwrites the same paths
+    results = [LocalBackend().run_shard(s["spec_uri"], storage_setting=azurite.connection_string) for s in shards]
+    [manifest] = pipeline.commit(hour, summary, results)
+    predictions, _ = assert_accounting(env, manifest, landed=BASE)
+    assert len(predictions) == BASE
+
+
+def test_local_backend_reports_a_killed_shard(env, azurite, tmp_path):
+    hour = env.hour()
+    shards = pipeline.plan_shards(hour, pipeline.load_and_validate(hour), model_version="production", sensors_per_shard=4)
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -c '{KILL_AFTER_PREDICTIONS}' \"$5\"\n")
+    wrapper.chmod(0o755)
+    assert shard_command("X", python=str(wrapper))[5] == "X"  # $5 of the wrapper: the spec URI
+    original = sys.executable
+    try:
+        sys.executable = str(wrapper)
+        with pytest.raises(ShardFailed, match=f"exited with code {-signal.SIGKILL}"):
+            LocalBackend().run_shard(shards[0]["spec_uri"], storage_setting=azurite.connection_string)
+    finally:
+        sys.executable = original
+
+
+def test_commit_refuses_when_a_shard_result_is_missing(env):
+    hour = env.hour()
+    summary = pipeline.load_and_validate(hour)
+    shards = pipeline.plan_shards(hour, summary, model_version="production", sensors_per_shard=2)
+    results = [pipeline.score_shard(env.blob, s["spec_uri"]) for s in shards]
+    with pytest.raises(pipeline.AccountingError, match=f"landed {BASE} windows but scored 120 \\+ quarantined 0 "
+                                                        f"\\+ duplicates 0 = 120; refusing to commit"):
+        pipeline.commit(hour, summary, results[:1])
+    assert not env.blob.list(env.containers.predictions)
+
+
+def test_reader_sees_the_old_or_the_new_hour_during_a_recommit(env):
+    """A reader polls the partition while the hour is re-committed with more windows: every read is whole."""
+    run_hour(env, "run-old")
+    env.land("0_late_1.json", jsonl(*(window_row(env, minute=m, seconds=15) for m in range(60))), folder=NEXT_FOLDER)
+    seen: list[tuple[str, int]] = []
+    done = threading.Event()
+    reader = BlobStorage(os.environ[config.STORAGE_ENV])
+
+    def poll() -> None:
+        while not done.is_set():
+            frame = pd.read_parquet(io.BytesIO(reader.read_bytes(env.containers.predictions,
+                                                                 st.partition_prefix(HOUR) + st.PARTITION_FILE)))
+            seen.append((",".join(sorted(set(frame["run_id"]))), len(frame)))
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        manifest = run_hour(env, "run-new")
+    finally:
+        done.set()
+        thread.join()
+    assert_accounting(env, manifest, landed=BASE + 60)
+    assert set(seen) <= {("run-old", BASE), ("run-new", BASE + 60)} and ("run-old", BASE) in seen
+
+
+@pytest.fixture
+def own_azurite(tmp_path, containers, monkeypatch, trained, hour_windows):
+    """A dedicated Azurite (own port and data folder) that a test may stop and restart; stopped at the end."""
+    server = Azurite(tmp_path / "azurite-own").start()
+    monkeypatch.setenv(config.STORAGE_ENV, server.connection_string)
+    monkeypatch.setattr(models, "PACK_SIZE", 2)
+    try:
+        blob = BlobStorage(server.connection_string)
+        models.register(blob, containers.models, trained, version="v1", params={}, promote=True)
+        land_windows(blob, containers.windows, hour_windows, LandingPlan(late_share=0.0))
+        yield server
+    finally:
+        server.stop()
+
+
+def test_storage_outage_is_retried_with_backoff_and_the_run_completes(own_azurite, containers, hour_windows, monkeypatch):
+    monkeypatch.setenv(st.RETRIES_ENV, "8")
+    monkeypatch.setenv(st.RETRY_BACKOFF_ENV, "0.5")
+    blob = BlobStorage(own_azurite.connection_string)
+    env = Env(blob, containers, hour_windows)
+    hour = env.hour()
+    summary = pipeline.load_and_validate(hour)
+    shards = pipeline.plan_shards(hour, summary, model_version="production", sensors_per_shard=2)
+    own_azurite.stop()  # storage goes away mid-run ...
+    restarter = threading.Timer(3.0, own_azurite.start)  # ... and comes back on the same port and data folder
+    restarter.start()
+    began = time.monotonic()
+    try:
+        results = [LocalBackend().run_shard(s["spec_uri"], storage_setting=own_azurite.connection_string) for s in shards]
+    finally:
+        restarter.join()
+    assert time.monotonic() - began >= 3.0  # the shard waited the outage out
+    [manifest] = pipeline.commit(hour, summary, results)
+    assert_accounting(env, manifest, landed=BASE)
+
+
+def test_storage_that_stays_away_fails_with_a_clear_error(own_azurite, containers, hour_windows, monkeypatch):
+    monkeypatch.setenv(st.RETRIES_ENV, "2")
+    monkeypatch.setenv(st.RETRY_BACKOFF_ENV, "0.2")
+    env = Env(BlobStorage(own_azurite.connection_string), containers, hour_windows)
+    own_azurite.stop()
+    with pytest.raises(pipeline.StorageUnavailable) as caught:
+        pipeline.load_and_validate(env.hour())
+    assert re.match(f"load_and_validate: blob account devstoreaccount1 at http://127.0.0.1:{own_azurite.port}/devstoreaccount1/? "
+                    "is unreachable after 2 retries with exponential backoff \\(ServiceRequestError: .*Connection refused",
+                    str(caught.value)), str(caught.value)
+    assert "SCORING_STORAGE_RETRIES" in str(caught.value)
+
+
+# --- 7. Models: tampered, missing, and one that would run code on load. ---
+
+def _pack_path(env: Env, number: int) -> str:
+    return f"versions/v1/pack-{number:05d}.npz"
+
+
+def _sensors_of_pack(env: Env, number: int) -> set[tuple[str, str]]:
+    index = models.read_index(env.blob, env.containers.models, "v1")
+    rows = index[index["pack"] == f"pack-{number:05d}.npz"]
+    return set(zip(rows["device_id"], rows["tag"]))
+
+
+def test_tampered_model_quarantines_only_its_sensor(env):
+    path = _pack_path(env, 1)
+    with np.load(io.BytesIO(env.blob.read_bytes(env.containers.models, path)), allow_pickle=False) as npz:
+        arrays = {name: npz[name].copy() for name in npz.files}
+    arrays["intercept"][0] += 0.5  # one number of the pack's first model
+    sink = io.BytesIO()
+    np.savez(sink, **arrays)
+    env.blob.write_bytes(env.containers.models, path, sink.getvalue())
+    manifest = run_hour(env)
+    _, quarantine = assert_accounting(env, manifest, landed=BASE)
+    assert manifest["quarantine_reasons"] == {"model_hash_mismatch": 60} and manifest["counts"]["scored"] == 180
+    index = models.read_index(env.blob, env.containers.models, "v1")
+    first = index[(index["pack"] == "pack-00001.npz") & (index["row"] == 0)].iloc[0]
+    assert set(zip(quarantine["device_id"], quarantine["tag"])) == {(first["device_id"], first["tag"])}
+
+
+def test_missing_model_quarantines_its_sensors_and_scores_the_others(env):
+    env.blob.delete_prefix(env.containers.models, _pack_path(env, 1))
+    manifest = run_hour(env)
+    _, quarantine = assert_accounting(env, manifest, landed=BASE)
+    assert manifest["quarantine_reasons"] == {"model_missing": 120} and manifest["counts"]["scored"] == 120
+    assert set(zip(quarantine["device_id"], quarantine["tag"])) == _sensors_of_pack(env, 1)
+
+
+class _Payload:
+    """Unpickling this creates the marker file: what a malicious model file would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _npz_with_payload(marker: str) -> bytes:
+    sink = io.BytesIO()
+    np.savez(sink, mean=np.array([_Payload(marker)], dtype=object), scale=np.ones((1, 5)))
+    return sink.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["npz-object-array", "raw-pickle"])
+def test_model_file_that_would_run_code_is_refused_and_nothing_runs(env, tmp_path, kind):
+    marker = tmp_path / "payload-ran"
+    planted = _npz_with_payload(str(marker)) if kind == "npz-object-array" else pickle.dumps(_Payload(str(marker)))
+    env.blob.write_bytes(env.containers.models, _pack_path(env, 1), planted)
+    manifest = run_hour(env)
+    _, quarantine = assert_accounting(env, manifest, landed=BASE)
+    assert manifest["quarantine_reasons"] == {"model_unreadable": 120} and manifest["counts"]["scored"] == 120
+    assert not marker.exists()  # refused before anything was unpickled
+    # the planted file is live: loading it the unsafe way does run the payload
+    live = tmp_path / "unsafe-load-ran"
+    probe = ("import io, sys, pickle, numpy as np; d = open(sys.argv[1], 'rb').read();"
+             "np.load(io.BytesIO(d), allow_pickle=True)['mean'] if d[:2] == b'PK' else pickle.loads(d)")
+    unsafe = tmp_path / "planted"
+    unsafe.write_bytes(_npz_with_payload(str(live)) if kind == "npz-object-array" else pickle.dumps(_Payload(str(live))))
+    subprocess.run([sys.executable, "-c", probe, str(unsafe)], check=True, timeout=60, cwd=os.path.dirname(__file__) + "/../..")
+    assert live.exists()
+
+
+# --- 8. Through the DAG: a threshold breach fails the run at once, without retries. ---
+
+@pytest.mark.airflow
+@pytest.mark.parametrize("fault,message", [
+    pytest.param("threshold", "30 of 270 windows (11.1%) failed validation (negative_std 30); above max_quarantine_share 10.0%",
+                 id="above-threshold"),
+    pytest.param("structure", f"{FOLDER}0_x_1.csv: missing required column(s) value_std", id="missing-column"),
+])
+def test_dag_run_fails_without_retries_on_bad_data(env, sensor_dag, capfd, caplog, fault, message):
+    if fault == "threshold":
+        env.land("0_bad_1.json", _bad_batch(env, 30))
+    else:
+        env.land("0_x_1.csv", _csv([window_row(env)], drop="value_std"))
+    began = time.monotonic()
+    run = sensor_dag.test(logical_date=HOUR + H, run_conf={"max_quarantine_share": 0.1, "settle_minutes": 0})
+    elapsed = time.monotonic() - began
+    assert str(run.state) == "failed"
+    states = {ti.task_id: (str(ti.state), ti.try_number) for ti in run.get_task_instances()}
+    assert states["load_and_validate"] == ("failed", 1)  # AirflowFailException: no retry wait
+    assert states["commit"][0] == "upstream_failed"
+    assert elapsed < 60  # a retry would have waited at least retry_delay (1 min)
+    out = capfd.readouterr()
+    assert message in out.out + out.err + caplog.text
+    assert not env.blob.list(env.containers.predictions)
+
+
+# --- 9. Secrets: a real, never-published account key must not show up anywhere a run leaves text. ---
+
+@pytest.mark.airflow
+def test_account_key_is_in_no_log_xcom_rendered_field_or_manifest(sensor_dag, containers, trained, hour_windows,
+                                                                   tmp_path, monkeypatch, capfd, caplog):
+    import base64
+    import secrets
+
+    from tests.dag.test_end_to_end import run_records
+
+    account, key = "scoringleak", base64.b64encode(secrets.token_bytes(64)).decode()
+    monkeypatch.setenv("AZURITE_ACCOUNTS", f"{account}:{key}")  # a dedicated Azurite that knows only this key
+    server = Azurite(tmp_path / "azurite-secret").start()
+    try:
+        endpoint = f"http://{server.host}:{server.port}/{account}"
+        blob = BlobStorage(f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};BlobEndpoint={endpoint};")
+        monkeypatch.setattr(models, "PACK_SIZE", 2)
+        models.register(blob, containers.models, trained, version="v1", params={}, promote=True)
+        land_windows(blob, containers.windows, hour_windows, LandingPlan(late_share=0.0))
+        monkeypatch.setenv(config.STORAGE_ENV, str(tmp_path / "not-used"))
+        monkeypatch.setenv("AIRFLOW_CONN_SCORING_STORAGE", json.dumps(
+            {"conn_type": "wasb", "login": account, "password": key, "host": endpoint}))
+        with caplog.at_level("DEBUG"):  # everything any logger says, the SDK's included
+            run = sensor_dag.test(logical_date=HOUR + H, run_conf={"settle_minutes": 0, "sensors_per_shard": 2})
+        assert str(run.state) == "success"
+        out = capfd.readouterr()
+        logs = [p.read_text(errors="replace") for p in Path(os.environ["AIRFLOW_HOME"], "logs").rglob("*") if p.is_file()]
+        blobs = [blob.read_bytes(c, b.name).decode() for c in (containers.predictions, containers.quarantine, containers.staging)
+                 for b in blob.list(c) if b.name.endswith(".json")]
+        texts = {"captured output": out.out + out.err + caplog.text, **{f"log file {i}": t for i, t in enumerate(logs)},
+                 **{f"record {i}": t for i, t in enumerate(run_records(run.run_id))},
+                 **{f"blob {i}": t for i, t in enumerate(blobs)}}
+        assert "[shard]" in texts["captured output"]  # the shard processes' output was captured and scanned
+        assert len(blobs) >= 3 and len(texts) > 8
+        leaks = [where for where, text in texts.items() if key in text or key[:24] in text or "AccountKey" in text]
+        assert leaks == []
+    finally:
+        server.stop()

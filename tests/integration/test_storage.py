@@ -1,0 +1,78 @@
+"""Both storage implementations behave alike; the blob one against a real Azurite."""
+from __future__ import annotations
+
+import pytest
+
+from sensor_scoring import storage as st
+from sensor_scoring_airflow.glue import connection_to_setting
+from dev.azurite import KEY
+
+
+@pytest.fixture(params=["local", "azurite"])
+def any_storage(request, tmp_path):
+    if request.param == "local":
+        return st.LocalStorage(tmp_path)
+    return request.getfixturevalue("blob")
+
+
+def test_round_trip_list_overwrite_delete(any_storage, tmp_path):
+    s = any_storage
+    s.write_bytes("box", "a/1.json", b"one")
+    s.write_bytes("box", "a/2.json", b"two")
+    s.write_bytes("box", "b/3.json", b"three")
+    s.write_bytes("box", "a/1.json", b"uno")  # overwrite replaces
+    assert s.read_bytes("box", "a/1.json") == b"uno"
+    assert [b.name for b in s.list("box", "a/")] == ["a/1.json", "a/2.json"]
+    assert s.list("box", "a/")[1].size == 3 and s.list("box", "a/")[0].last_modified.tzinfo is not None
+    assert s.exists("box", "b/3.json") and not s.exists("box", "b/4.json")
+    local = tmp_path / "up.bin"
+    local.write_bytes(b"x" * 10_000)
+    s.upload_file("box", "c/big.bin", local)
+    assert s.read_bytes("box", "c/big.bin") == b"x" * 10_000
+    assert s.delete_prefix("box", "a/") == 2
+    assert [b.name for b in s.list("box")] == ["b/3.json", "c/big.bin"]
+
+
+def test_missing_blob_and_container_are_plain_answers(any_storage):
+    with pytest.raises(FileNotFoundError):
+        any_storage.read_bytes("nothing-here", "x.json")
+    assert any_storage.list("nothing-here") == []
+
+
+def test_descriptions_never_show_a_key(blob, azurite):
+    assert KEY not in blob.describe() and "devstoreaccount1" in blob.describe()
+
+
+def test_setting_picks_the_implementation(tmp_path, azurite):
+    assert isinstance(st.open_storage(str(tmp_path)), st.LocalStorage)
+    assert isinstance(st.open_storage(f"file://{tmp_path}"), st.LocalStorage)
+    assert isinstance(st.open_storage(azurite.connection_string), st.BlobStorage)
+    assert isinstance(st.open_storage("UseDevelopmentStorage=true"), st.BlobStorage)
+
+
+def test_local_storage_refuses_paths_that_escape(tmp_path):
+    with pytest.raises(ValueError, match="escapes"):
+        st.LocalStorage(tmp_path).write_bytes("box", "../../etc/x", b"")
+
+
+def test_uris_round_trip_and_reject_other_schemes():
+    assert st.parse_uri(st.make_uri("staging", "runs/r/spec.json")) == ("staging", "runs/r/spec.json")
+    for bad in ("https://acct.blob.core.windows.net/c/p", "az://only-container", "staging/x"):
+        with pytest.raises(ValueError):
+            st.parse_uri(bad)
+
+
+class FakeConn:
+    def __init__(self, conn_id="scoring_storage", host=None, login=None, password=None, extra=None):
+        self.conn_id, self.host, self.login, self.password, self.extra_dejson = conn_id, host, login, password, extra or {}
+
+
+def test_airflow_connection_forms_become_connection_strings():
+    assert connection_to_setting(FakeConn(extra={"connection_string": "UseDevelopmentStorage=true"})) == "UseDevelopmentStorage=true"
+    by_key = connection_to_setting(FakeConn(host="http://127.0.0.1:10000/devstoreaccount1", login="devstoreaccount1", password="k"))
+    assert by_key == ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=k;"
+                      "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;")
+    assert connection_to_setting(FakeConn(host="https://a.blob.core.windows.net", extra={"sas_token": "?sv=1&sig=x"})) == \
+        "BlobEndpoint=https://a.blob.core.windows.net;SharedAccessSignature=sv=1&sig=x"
+    with pytest.raises(ValueError, match="managed identity"):
+        connection_to_setting(FakeConn())

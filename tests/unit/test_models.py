@@ -1,0 +1,99 @@
+"""Model packs: the arrays round-trip, hashes are checked, and nothing but plain numbers ever loads."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sensor_scoring import models
+from sensor_scoring.storage import LocalStorage, parquet_bytes
+from tests.support.helpers import fleet_windows
+
+
+@pytest.fixture(scope="module")
+def trained() -> list[models.TrainedModel]:
+    return models.train_models(fleet_windows(devices=2, tags=2, hours=3))
+
+
+def test_pack_round_trip_keeps_every_number(trained):
+    back = models.unpack(models._pack_bytes([m.arrays for m in trained]))
+    assert [b.digest() for b in back] == [m.arrays.digest() for m in trained]
+    np.testing.assert_array_equal(back[1].support_vectors, trained[1].arrays.support_vectors)
+
+
+def test_digest_changes_with_any_number(trained):
+    arrays = trained[0].arrays
+    changed = models.ModelArrays(arrays.mean, arrays.scale, arrays.support_vectors, arrays.dual_coef,
+                                 arrays.intercept + 1e-12, arrays.gamma)
+    assert changed.digest() != arrays.digest()
+
+
+def test_pickled_payload_is_refused_not_executed(tmp_path):
+    """A pack holding an object array would need pickle to load: numpy refuses, nothing runs."""
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    sink = io.BytesIO()
+    np.savez(sink, mean=np.array([Exploit()], dtype=object))
+    with pytest.raises(models.ModelIntegrityError):
+        models.unpack(sink.getvalue())
+    assert not marker.exists()
+
+
+def test_register_writes_manifest_index_and_alias(tmp_path, trained):
+    storage = LocalStorage(tmp_path)
+    manifest = models.register(storage, "models", trained, version="v1", params={"nu": 0.02}, promote=True)
+    assert manifest["models"] == len(trained)
+    assert set(manifest["libraries"]) >= {"numpy", "scikit-learn"}
+    assert models.resolve_version(storage, "models", "production") == "v1"
+    index = models.read_index(storage, "models", "v1")
+    assert list(index.columns[:5]) == ["device_id", "tag", "pack", "row", "sha256"]
+    assert (index["train_rows"] > 0).all() and (index["features"] == "value_avg,value_min,value_max,value_std,reading_count").all()
+    with pytest.raises(FileExistsError):
+        models.register(storage, "models", trained, version="v1", params={}, promote=False)
+    with pytest.raises(LookupError, match="train and promote"):
+        models.resolve_version(storage, "models", "staging-alias")
+
+
+def test_load_models_reads_each_pack_once_and_refuses_tampering(tmp_path, trained, monkeypatch):
+    storage = LocalStorage(tmp_path)
+    monkeypatch.setattr(models, "PACK_SIZE", 2)
+    models.register(storage, "models", trained, version="v1", params={}, promote=False)
+    index = models.read_index(storage, "models", "v1")
+    reads = []
+    original = storage.read_bytes
+    monkeypatch.setattr(storage, "read_bytes", lambda c, p: reads.append(p) or original(c, p))
+    loaded, refused = models.load_models(storage, "models", "v1", index)
+    assert len(loaded) == len(trained) and not refused
+    assert sorted(reads) == ["versions/v1/pack-00000.npz", "versions/v1/pack-00001.npz"]
+    tampered = index.copy()
+    tampered.loc[0, "sha256"] = "0" * 64
+    loaded, refused = models.load_models(storage, "models", "v1", tampered)
+    assert refused == {(tampered.loc[0, "device_id"], tampered.loc[0, "tag"]): "model_hash_mismatch"}
+    storage.write_bytes("models", "versions/v1/pack-00001.npz", b"not an npz")
+    _, refused = models.load_models(storage, "models", "v1", index)
+    assert sorted(refused.values()) == ["model_unreadable", "model_unreadable"]
+
+
+def test_index_tampering_is_detected(tmp_path, trained):
+    storage = LocalStorage(tmp_path)
+    models.register(storage, "models", trained, version="v1", params={}, promote=False)
+    frame = models.read_index(storage, "models", "v1")
+    frame.loc[0, "sha256"] = "f" * 64
+    storage.write_bytes("models", "versions/v1/models.parquet", parquet_bytes(frame))
+    with pytest.raises(models.ModelIntegrityError, match="does not match"):
+        models.read_index(storage, "models", "v1")
+
+
+def test_sensors_with_too_few_windows_get_no_model():
+    windows = fleet_windows(devices=1, tags=2, hours=1)
+    sparse = pd.concat([windows[windows["tag"] == "temperature"], windows[windows["tag"] == "pressure"].head(5)])
+    trained = models.train_models(sparse, min_rows=30)
+    assert [(m.device_id, m.tag) for m in trained] == [("dev-0000", "temperature")]
+    with pytest.raises(ValueError, match="no models"):
+        models.register(LocalStorage("/nonexistent"), "models", [], version="v", params={}, promote=False)

@@ -1,0 +1,84 @@
+"""The great-expectations suite: each rule names its reason, duplicates collapse, conflicts are quarantined."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sensor_scoring.validation import check_windows, row_reasons
+
+START, END = pd.Timestamp("2026-11-25T16:00Z"), pd.Timestamp("2026-11-25T17:00Z")
+
+
+def frame(**overrides) -> pd.DataFrame:
+    base = {"device_id": ["d1", "d1"], "tag": ["t", "t"],
+            "window_end": pd.to_datetime(["2026-11-25T16:01Z", "2026-11-25T16:02Z"], utc=True),
+            "value_avg": [1.0, 2.0], "value_min": [0.5, 1.0], "value_max": [1.5, 3.0], "value_std": [0.1, 0.2],
+            "reading_count": [6, 6]}
+    base.update(overrides)
+    return pd.DataFrame(base)
+
+
+def test_clean_rows_pass():
+    checked = check_windows(frame(), START, END)
+    assert len(checked.valid) == 2 and checked.quarantined.empty and checked.duplicates == 0
+    assert checked.expectations and all(e["success"] for e in checked.expectations)
+
+
+def test_each_rule_names_its_reason():
+    bad = frame(device_id=[None, "d1"], value_avg=[1.0, 9.0], value_std=[0.1, -1.0], reading_count=[6, 0])
+    reasons = row_reasons(bad)
+    assert reasons.iloc[0] == "null_key"
+    assert reasons.iloc[1] == "reading_count_invalid;avg_outside_min_max;negative_std"
+    assert row_reasons(frame(value_std=[np.nan, 0.2])).iloc[0] == "non_finite_value"
+    assert row_reasons(frame(value_max=[np.inf, 3.0])).iloc[0] == "non_finite_value;value_out_of_bounds"
+    assert row_reasons(frame(reading_count=[2.5, 6])).iloc[0] == "reading_count_invalid"
+    assert row_reasons(frame(tag=["  ", "t"])).iloc[0] == "null_key"
+    late = frame(window_end=pd.to_datetime(["2026-11-25T17:00Z", "2026-11-25T16:59Z"], utc=True))
+    assert list(row_reasons(late, START, END)) == ["window_outside_interval", ""]
+
+
+def test_average_of_equal_readings_may_differ_by_an_ulp():
+    value = 0.1 + 0.2
+    assert row_reasons(frame(value_min=[value, 1.0], value_avg=[value * (1 + 1e-15), 2.0], value_max=[value, 3.0])).iloc[0] == ""
+    assert row_reasons(frame(value_min=[value, 1.0], value_avg=[value * (1 + 1e-6), 2.0], value_max=[value, 3.0])).iloc[0] == "avg_outside_min_max"
+
+
+def test_physical_bounds_per_tag_from_the_packaged_file_and_the_environment(monkeypatch):
+    from sensor_scoring.validation.expectations import load_bounds
+
+    cold = frame(tag=["temperature", "humidity"], value_min=[-300.0, -300.0], value_avg=[1.0, 1.0])
+    assert list(row_reasons(cold)) == ["value_out_of_bounds", ""]  # packaged: temperature >= -273.15
+    monkeypatch.setenv("SCORING_PHYSICAL_BOUNDS", json.dumps({"default": {"min": 0, "max": None},
+                                                              "tags": {"temperature": {"min": -400, "max": 50}}}))
+    assert list(row_reasons(cold)) == ["", "value_out_of_bounds"]
+    with pytest.raises(ValueError, match="min 5.0 above max 1.0"):
+        load_bounds(json.dumps({"default": {"min": 5, "max": 1}}))
+
+
+def test_exact_duplicates_collapse_and_conflicts_are_quarantined():
+    data = frame()
+    doubled = pd.concat([data, data.iloc[[0]], data.iloc[[1]].assign(value_avg=2.5)], ignore_index=True)
+    checked = check_windows(doubled)
+    assert checked.duplicates == 1 and list(checked.duplicate_index) == [2]
+    assert list(checked.valid["window_end"]) == [data["window_end"].iloc[0]]
+    assert list(checked.quarantined["reason"]) == ["conflicting_duplicate", "conflicting_duplicate"]
+    assert len(checked.valid) + len(checked.quarantined) + checked.duplicates == len(doubled)
+
+
+def test_a_wrong_column_type_is_a_schema_violation_naming_the_column():
+    from sensor_scoring.validation.expectations import SchemaViolation
+
+    with pytest.raises(SchemaViolation, match="column value_avg"):
+        check_windows(frame(value_avg=["1.0", "2.0"]))
+
+
+def test_great_expectations_is_loaded_only_by_validation():
+    """Tasks other than load_and_validate, and shard processes, import the pipeline without it."""
+    probe = "import sys, sensor_scoring.pipeline, sensor_scoring.cli, sensor_scoring_airflow.glue; print('gx' if 'great_expectations' in sys.modules else 'none')"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "none", done.stderr[-2000:]
