@@ -1,20 +1,43 @@
-"""Settings read from the environment, with the defaults DESIGN.md names.
+"""Every setting of the project, read from the environment in one place: one frozen :class:`Settings`.
 
-Kept free of heavy imports: the DAG file and the CLI read it at start-up.
+Each field names its variable, default and meaning (``field(metadata=...)``); :func:`documented` lists them for the
+README's settings table, which a test holds against this module. A value that does not parse is a ``ValueError``
+naming the variable, so a DAG file, a task or a Batch node fails at start with that message instead of running on a
+guess. Kept free of heavy imports: the DAG file and the CLI read it at start-up.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, get_type_hints
 
 #: Azurite's well-known development account; the default so that a laptop needs no settings.
 DEFAULT_STORAGE = "UseDevelopmentStorage=true"
-#: Environment variable holding a connection string or a local directory.
+#: Environment variable holding a connection string, a local directory or a SAS setting.
 STORAGE_ENV = "SCORING_STORAGE"
 #: Airflow connection (type wasb) that, when it exists, overrides ``SCORING_STORAGE`` inside Airflow.
 STORAGE_CONN_ID_ENV = "SCORING_STORAGE_CONN_ID"
 DEFAULT_STORAGE_CONN_ID = "scoring_storage"
+STORAGE_RETRIES_ENV = "SCORING_STORAGE_RETRIES"
+STORAGE_RETRY_BACKOFF_ENV = "SCORING_STORAGE_RETRY_BACKOFF_S"
+START_DATE_ENV = "SCORING_START_DATE"
+DEFAULT_START_DATE = "2000-01-01T00:00Z"
+TASK_RETRIES_ENV = "SCORING_TASK_RETRIES"
+RETRY_DELAY_ENV = "SCORING_RETRY_DELAY_SECONDS"
+DEADLINE_ENV = "SCORING_DEADLINE_MINUTES"
+ANOMALY_THRESHOLD_ENV = "SCORING_ANOMALY_ALERT_THRESHOLD"
+BOUNDS_ENV = "SCORING_PHYSICAL_BOUNDS"
+EVENTHUB_CONNECTION_ENV = "SCORING_EVENTHUB_CONNECTION"
+EVENTHUB_NAME_ENV = "SCORING_EVENTHUB_NAME"
+BACKEND_ENV = "SCORING_BACKEND"
+BACKENDS = ("local", "azure_batch")
+FORMULA_ENV = "SCORING_BATCH_AUTOSCALE_FORMULA"
+#: The Batch pool's autoscale formula, package data of the Batch backend: found wherever the package is installed.
+DEFAULT_FORMULA = Path(__file__).resolve().parent / "backends" / "autoscale.formula"
 
 #: Window features fed to every model, in this order. reading_count makes dropouts visible.
 FEATURES: tuple[str, ...] = ("value_avg", "value_min", "value_max", "value_std", "reading_count")
@@ -22,49 +45,59 @@ FEATURES: tuple[str, ...] = ("value_avg", "value_min", "value_max", "value_std",
 WINDOW_KEY: tuple[str, ...] = ("device_id", "tag", "window_end")
 #: The alias the hourly DAG scores with unless told otherwise.
 PRODUCTION_ALIAS = "production"
-#: The first hour the DAG scores (its Airflow ``start_date``), read when the DAG file is parsed. The default is
-#: early enough for any history a user migrates (the reference architecture's sample data is from 2018).
-START_DATE_ENV = "SCORING_START_DATE"
-DEFAULT_START_DATE = "2000-01-01T00:00Z"
 
 
-@dataclass(frozen=True)
-class Containers:
-    """Container names; each can be renamed with ``SCORING_CONTAINER_<NAME>``."""
-
-    windows: str = "windows"
-    models: str = "models"
-    predictions: str = "predictions"
-    quarantine: str = "quarantine"
-    staging: str = "staging"
-    labels: str = "labels"
-
-    @classmethod
-    def from_env(cls) -> Containers:
-        """Apply ``SCORING_CONTAINER_*`` overrides to the defaults."""
-        values = {
-            name: os.environ.get(f"SCORING_CONTAINER_{name.upper()}", default)
-            for name, default in cls().__dict__.items()
-        }
-        return cls(**values)
+def setting(env: str | None, default: Any, meaning: str, *, minimum: float | None = None,
+            choices: tuple[str, ...] = (), secret: bool = False, shown_default: str | None = None) -> Any:
+    """A dataclass field bound to an environment variable (``env=None``: not settable, a constant of the code)."""
+    meta = {"env": env, "meaning": meaning, "minimum": minimum, "choices": choices, "secret": secret,
+            "shown_default": shown_default}
+    return field(default=default, metadata=meta)
 
 
-def storage_setting() -> str:
-    """The storage setting from the environment (never logged: it may hold a key)."""
-    return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+def _parse(kind: Any, env: str, raw: str, meta: Mapping[str, Any]) -> Any:
+    """One variable's text as the field's type; a clear ``ValueError`` naming the variable otherwise."""
+    shown = "<hidden>" if meta["secret"] else repr(raw)
+    if kind == int | None:
+        kind = int
+    if kind is int:
+        try:
+            value: Any = int(raw)
+        except ValueError:
+            raise ValueError(f"environment variable {env}={shown} is not an integer") from None
+    elif kind is float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"environment variable {env}={shown} is not a number") from None
+    elif kind is datetime:
+        value = parse_start_date(raw)
+    else:
+        value = raw
+    if meta["minimum"] is not None and value < meta["minimum"]:
+        raise ValueError(f"environment variable {env}={shown} must be at least {meta['minimum']:g}")
+    if meta["choices"] and value not in meta["choices"]:
+        raise ValueError(f"environment variable {env}={shown} is not one of {', '.join(meta['choices'])}")
+    return value
 
 
-def storage_conn_id() -> str:
-    """Airflow connection id consulted before the environment."""
-    return os.environ.get(STORAGE_CONN_ID_ENV) or DEFAULT_STORAGE_CONN_ID
+def _from_env(cls: type[Any], environ: Mapping[str, str]) -> Any:
+    """Build the frozen dataclass ``cls`` from ``environ``: empty or unset variables keep the default."""
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            values[f.name] = _from_env(hints[f.name], environ)  # type: ignore[arg-type]
+            continue
+        env = f.metadata.get("env")
+        raw = environ.get(env, "").strip() if env else ""
+        if raw:
+            values[f.name] = _parse(hints[f.name], env, raw, f.metadata)
+    return cls(**values)
 
 
-def start_date() -> datetime:
-    """``SCORING_START_DATE``: an ISO date or time on a whole hour, UTC unless it names an offset.
-
-    A bad value raises a ``ValueError`` naming the variable, so the DAG file fails to parse with that message.
-    """
-    raw = os.environ.get(START_DATE_ENV, "").strip() or DEFAULT_START_DATE
+def parse_start_date(raw: str) -> datetime:
+    """``SCORING_START_DATE``: an ISO date or time on a whole hour, UTC unless it names an offset."""
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -75,3 +108,150 @@ def start_date() -> datetime:
         raise ValueError(f"environment variable {START_DATE_ENV}={raw!r} is not on a whole UTC hour: "
                          "it names the first hour the DAG scores")
     return moment
+
+
+@dataclass(frozen=True)
+class Containers:
+    """Blob container names; each can be renamed with ``SCORING_CONTAINER_<NAME>``."""
+
+    windows: str = setting("SCORING_CONTAINER_WINDOWS", "windows", "landed 1-minute windows (Stream Analytics output)")
+    models: str = setting("SCORING_CONTAINER_MODELS", "models", "the model registry: versions and aliases")
+    predictions: str = setting("SCORING_CONTAINER_PREDICTIONS", "predictions",
+                               "committed hourly Parquet partitions and their manifests")
+    quarantine: str = setting("SCORING_CONTAINER_QUARANTINE", "quarantine",
+                              "rows and files refused by validation, each with a reason")
+    staging: str = setting("SCORING_CONTAINER_STAGING", "staging", "shard specs and outputs of runs before commit")
+    labels: str = setting("SCORING_CONTAINER_LABELS", "labels", "the simulator's ground truth (demo and tests)")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Containers:
+        """The container names of ``environ`` (default ``os.environ``)."""
+        return _from_env(cls, os.environ if environ is None else environ)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Where and how shards run on Azure Batch (``SCORING_BACKEND=azure_batch``)."""
+
+    conn_id: str = setting("SCORING_BATCH_CONN_ID", "azure_batch_default",
+                           "Airflow connection (type azure_batch) of the Batch account")
+    pool_id: str = setting("SCORING_BATCH_POOL_ID", "scoring-pool", "the shared pool, created when missing")
+    vm_size: str = setting("SCORING_BATCH_VM_SIZE", "standard_d2s_v3", "VM size of the pool's nodes")
+    max_nodes: int = setting("SCORING_BATCH_MAX_NODES", 4, "cap on dedicated nodes in the autoscale formula",
+                             minimum=0)
+    max_low_priority_nodes: int = setting("SCORING_BATCH_MAX_LOW_PRIORITY_NODES", 0,
+                                          "cap on low-priority (spot) nodes in the autoscale formula", minimum=0)
+    scorer_image: str = setting("SCORING_SCORER_IMAGE", "sensor-scoring-scorer:latest",
+                                "container image of the shard tasks (Dockerfile target scorer)")
+    sas_hours: float = setting("SCORING_BATCH_SAS_HOURS", 6.0,
+                               "lifetime of the container SAS URLs a Batch task gets instead of the account key",
+                               minimum=0.1)
+    node_image: str = setting("SCORING_BATCH_NODE_IMAGE", "microsoft-dsvm:ubuntu-hpc:2204:latest",
+                              "marketplace image of the nodes, publisher:offer:sku:version")
+    node_agent_sku: str = setting("SCORING_BATCH_NODE_AGENT_SKU", "batch.node.ubuntu 22.04",
+                                  "Batch node agent SKU matching the node image")
+    task_slots_per_node: int = setting("SCORING_BATCH_TASK_SLOTS_PER_NODE", 1, "shard tasks run at once on one node",
+                                       minimum=1)
+    container_run_options: str = setting(None, "--rm", "docker run options of every shard task")
+    formula_path: str = setting(FORMULA_ENV, str(DEFAULT_FORMULA), "path of the pool's autoscale formula",
+                                shown_default="the packaged sensor_scoring/backends/autoscale.formula")
+    poll_s: float = setting("SCORING_BATCH_POLL_SECONDS", 10.0, "first interval between polls of a shard task",
+                            minimum=0.01)
+    max_poll_s: float = setting("SCORING_BATCH_MAX_POLL_SECONDS", 120.0, "longest interval between polls (backoff cap)",
+                                minimum=0.01)
+    job_ttl_hours: float = setting("SCORING_BATCH_JOB_TTL_HOURS", 24.0,
+                                   "idle jobs of the DAG older than this are finished when a run starts", minimum=0)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> BatchSettings:
+        """The Batch settings of ``environ`` (default ``os.environ``)."""
+        return _from_env(cls, os.environ if environ is None else environ)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of one process, read at once from the environment by :meth:`from_env`."""
+
+    storage: str = setting(STORAGE_ENV, DEFAULT_STORAGE,
+                           "an Azure Storage connection string, or a local directory (absolute path or file://...)",
+                           secret=True, shown_default="`UseDevelopmentStorage=true` (Azurite)")
+    storage_conn_id: str = setting(STORAGE_CONN_ID_ENV, DEFAULT_STORAGE_CONN_ID,
+                                   "Airflow connection (type wasb) that, inside Airflow, overrides SCORING_STORAGE")
+    storage_retries: int = setting(STORAGE_RETRIES_ENV, 6,
+                                   "retries of one storage request before the step fails naming the outage",
+                                   minimum=0)
+    storage_retry_backoff_s: float = setting(STORAGE_RETRY_BACKOFF_ENV, 1.0,
+                                             "first backoff between storage retries, doubled each time", minimum=0)
+    containers: Containers = field(default_factory=Containers)
+    start_date: datetime = setting(START_DATE_ENV, parse_start_date(DEFAULT_START_DATE),
+                                   "the DAG's start_date, the first hour it scores (a whole UTC hour, read at parse "
+                                   "time); runs of earlier hours are refused", shown_default=DEFAULT_START_DATE)
+    backend: str = setting(BACKEND_ENV, "local", "default backend of the DAG's shards: local or azure_batch",
+                           choices=BACKENDS)
+    task_retries: int = setting(TASK_RETRIES_ENV, 2, "retries of every DAG task (read at parse time)", minimum=0)
+    retry_delay_s: int = setting(RETRY_DELAY_ENV, 60, "delay before a task's retry, in seconds", minimum=1)
+    deadline_minutes: int = setting(DEADLINE_ENV, 90,
+                                    "alert when a run is not done this long after its hour closed; 0 turns it off",
+                                    minimum=0)
+    anomaly_alert_threshold: int | None = setting(ANOMALY_THRESHOLD_ENV, None,
+                                                  "alert when a committed hour has more anomalies than this; unset: "
+                                                  "no such alert", minimum=0, shown_default="unset")
+    physical_bounds: str = setting(BOUNDS_ENV, "",
+                                   "physical bounds per tag for validation: a JSON file path or inline JSON",
+                                   shown_default="the packaged sensor_scoring/validation/physical_bounds.json")
+    eventhub_connection: str = setting(EVENTHUB_CONNECTION_ENV, "",
+                                       "Event Hubs connection string of `simulate --eventhub`", secret=True,
+                                       shown_default="none")
+    eventhub_name: str = setting(EVENTHUB_NAME_ENV, "", "Event Hub of `simulate --eventhub`",
+                                 shown_default="the connection string's EntityPath")
+    batch: BatchSettings = field(default_factory=BatchSettings)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Every setting of ``environ`` (default ``os.environ``); a bad value raises naming its variable."""
+        return _from_env(cls, os.environ if environ is None else environ)  # type: ignore[no-any-return]
+
+
+def current() -> Settings:
+    """The settings of this process now. Not cached: tests and the CLI change the environment between calls."""
+    return Settings.from_env()
+
+
+@dataclass(frozen=True)
+class Documented:
+    """One row of the settings table: variable, default as shown, meaning."""
+
+    env: str
+    default: str
+    meaning: str
+
+
+def documented(cls: type[Any] = Settings) -> list[Documented]:
+    """Every environment variable the settings read, in declaration order (nested settings inline)."""
+    rows: list[Documented] = []
+    hints = get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += documented(hints[f.name])  # type: ignore[arg-type]
+        elif f.metadata.get("env"):
+            shown = f.metadata["shown_default"] or f"`{getattr(defaults, f.name)}`"
+            rows.append(Documented(f.metadata["env"], shown, f.metadata["meaning"]))
+    return rows
+
+
+# The functions below read one setting of the current environment; they are what most callers need.
+
+def storage_setting() -> str:
+    """The storage setting from the environment (never logged: it may hold a key)."""
+    return current().storage
+
+
+def storage_conn_id() -> str:
+    """Airflow connection id consulted before the environment."""
+    return current().storage_conn_id
+
+
+def start_date() -> datetime:
+    """``SCORING_START_DATE``; a bad value raises a ``ValueError`` naming the variable (the DAG fails to parse)."""
+    return current().start_date

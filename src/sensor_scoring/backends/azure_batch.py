@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sensor_scoring.settings import DEFAULT_FORMULA, FORMULA_ENV, BatchSettings
 
 if TYPE_CHECKING:
     from azure.batch import BatchClient
@@ -30,55 +31,6 @@ log = logging.getLogger(__name__)
 #: Batch ids: letters, digits, hyphens and underscores, at most 64 characters.
 MAX_ID = 64
 _NOT_ID = re.compile(r"[^A-Za-z0-9_-]+")
-FORMULA_ENV = "SCORING_BATCH_AUTOSCALE_FORMULA"
-DEFAULT_FORMULA = Path(__file__).with_name("autoscale.formula")  # package data: found wherever it is installed
-
-
-@dataclass(frozen=True)
-class BatchSettings:
-    """Where and how shards run on Batch; every field comes from a ``SCORING_BATCH_*`` variable."""
-
-    conn_id: str = "azure_batch_default"
-    pool_id: str = "scoring-pool"
-    vm_size: str = "standard_d2s_v3"
-    max_nodes: int = 4
-    max_low_priority_nodes: int = 0
-    scorer_image: str = "sensor-scoring-scorer:latest"
-    sas_hours: float = 6.0
-    node_image: str = "microsoft-dsvm:ubuntu-hpc:2204:latest"
-    node_agent_sku: str = "batch.node.ubuntu 22.04"
-    task_slots_per_node: int = 1
-    container_run_options: str = "--rm"
-    formula_path: str = str(DEFAULT_FORMULA)
-    poll_s: float = 10.0
-    max_poll_s: float = 120.0
-    job_ttl_hours: float = 24.0
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> BatchSettings:
-        env = os.environ if environ is None else environ
-        d = cls()
-
-        def get(name: str, default: Any) -> str:
-            value = env.get(name)
-            return value if value not in (None, "") else str(default)
-
-        return cls(
-            conn_id=get("SCORING_BATCH_CONN_ID", d.conn_id),
-            pool_id=get("SCORING_BATCH_POOL_ID", d.pool_id),
-            vm_size=get("SCORING_BATCH_VM_SIZE", d.vm_size),
-            max_nodes=int(get("SCORING_BATCH_MAX_NODES", d.max_nodes)),
-            max_low_priority_nodes=int(get("SCORING_BATCH_MAX_LOW_PRIORITY_NODES", d.max_low_priority_nodes)),
-            scorer_image=get("SCORING_SCORER_IMAGE", d.scorer_image),
-            sas_hours=float(get("SCORING_BATCH_SAS_HOURS", d.sas_hours)),
-            node_image=get("SCORING_BATCH_NODE_IMAGE", d.node_image),
-            node_agent_sku=get("SCORING_BATCH_NODE_AGENT_SKU", d.node_agent_sku),
-            task_slots_per_node=int(get("SCORING_BATCH_TASK_SLOTS_PER_NODE", d.task_slots_per_node)),
-            formula_path=get(FORMULA_ENV, d.formula_path),
-            poll_s=float(get("SCORING_BATCH_POLL_SECONDS", d.poll_s)),
-            max_poll_s=float(get("SCORING_BATCH_MAX_POLL_SECONDS", d.max_poll_s)),
-            job_ttl_hours=float(get("SCORING_BATCH_JOB_TTL_HOURS", d.job_ttl_hours)),
-        )
 
 
 # --- ids -------------------------------------------------------------------------------------------------
