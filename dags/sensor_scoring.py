@@ -1,7 +1,6 @@
 """Hourly scoring of per-sensor anomaly models. Wiring only: every task is a call into ``scoring``."""
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 from airflow.sdk import (
@@ -20,23 +19,18 @@ from sensor_scoring_airflow.dag import ScoringDAG
 from sensor_scoring_airflow.operators import ScoreShardOperator
 
 from sensor_scoring import settings as config
-from sensor_scoring_airflow.alerts import (
-    DEADLINE_ENV,
-    RETRIES_ENV,
-    RETRY_DELAY_ENV,
-    EmptyRunNotifier,
-    ScoringAlertNotifier,
-    env_int,
-)
+from sensor_scoring_airflow.alerts import EmptyRunNotifier, ScoringAlertNotifier
 
 #: Updated once per committed run; the event's extra names the hours, run, model version and counts.
 PREDICTIONS = Asset(name="predictions", uri="x-scoring://predictions",
                     extra={"what": "hourly Parquet partitions of container predictions, date=YYYY-MM-DD/hour=HH/"})
-# Read at parse time so a test or a deployment can fail fast or wait longer without editing the DAG.
-RETRIES = env_int(RETRIES_ENV, 2)
-RETRY_DELAY = timedelta(seconds=env_int(RETRY_DELAY_ENV, 60, minimum=1))
-DEADLINE_MINUTES = env_int(DEADLINE_ENV, 90)  # 0 turns the deadline alert off
-START_DATE = config.start_date()  # SCORING_START_DATE: the first hour scored; default 2000-01-01T00:00Z
+# Read at parse time so a test or a deployment can fail fast or wait longer without editing the DAG; a bad value
+# fails the parse naming its variable. Every setting, its default and meaning: sensor_scoring.settings.
+SETTINGS = config.current()
+RETRIES = SETTINGS.task_retries
+RETRY_DELAY = timedelta(seconds=SETTINGS.retry_delay_s)
+DEADLINE_MINUTES = SETTINGS.deadline_minutes  # 0 turns the deadline alert off
+START_DATE = SETTINGS.start_date  # the first hour scored
 SUBSET_ITEMS = {"type": "string", "minLength": 1}
 HOUR_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:00(:00(\.0+)?)?(Z|[+-]\d{2}:?00)?$"
 
@@ -120,7 +114,7 @@ with ScoringDAG(
     params={
         "sensors_per_shard": Param(250, type="integer", minimum=1, maximum=100_000, title="Sensors per shard",
                                    description="Sensors scored together in one mapped task; 1 gives one task per sensor."),
-        "backend": Param(os.environ.get("SCORING_BACKEND") or "local", type="string", enum=["local", "azure_batch"], title="Backend",
+        "backend": Param(SETTINGS.backend, type="string", enum=list(config.BACKENDS), title="Backend",
                          description="Where shards run: in the worker (local) or as Azure Batch tasks."),
         "model_version": Param("production", type="string", minLength=1, title="Model version",
                                description="A model version or alias; the hourly runs use the production alias."),
@@ -158,9 +152,9 @@ with ScoringDAG(
         the hour's folders `YYYY/MM/DD/HH/`. For a backfill or rescoring of past hours it succeeds at once.
         """
         from sensor_scoring import pipeline
-        from sensor_scoring_airflow import glue as airflow_glue
+        from sensor_scoring_airflow import context as airflow_context
 
-        hour = airflow_glue.hour_for(get_current_context(), params or {})
+        hour = airflow_context.hour_for(get_current_context(), params or {})
         done, why = pipeline.windows_landed(hour, late_folders=params["late_folders"], settle_minutes=params["settle_minutes"])
         print(why)
         return PokeReturnValue(is_done=done)
@@ -173,10 +167,10 @@ with ScoringDAG(
         the file and column that could not be read; bad rows are not errors, they go to `quarantine` with a reason.
         """
         from sensor_scoring import pipeline
-        from sensor_scoring_airflow import glue as airflow_glue
+        from sensor_scoring_airflow import context as airflow_context
 
-        hour = airflow_glue.hour_for(get_current_context(), params or {})
-        with airflow_glue.fail_without_retry_on_bad_data():
+        hour = airflow_context.hour_for(get_current_context(), params or {})
+        with airflow_context.fail_without_retry_on_bad_data():
             return pipeline.load_and_validate(hour, late_folders=params["late_folders"],
                                               max_quarantine_share=params["max_quarantine_share"],
                                               devices=params.get("devices"), tags=params.get("tags"))
@@ -190,10 +184,10 @@ with ScoringDAG(
         a model are quarantined as `no_model`, not failed.
         """
         from sensor_scoring import pipeline
-        from sensor_scoring_airflow import glue as airflow_glue
+        from sensor_scoring_airflow import context as airflow_context
 
-        hour = airflow_glue.hour_for(get_current_context(), params or {})
-        with airflow_glue.no_retry_on(LookupError):  # an unknown model version does not appear by retrying
+        hour = airflow_context.hour_for(get_current_context(), params or {})
+        with airflow_context.no_retry_on(LookupError):  # an unknown model version does not appear by retrying
             return pipeline.plan_shards(hour, summary, model_version=params["model_version"],
                                         sensors_per_shard=params["sensors_per_shard"])
 
@@ -209,13 +203,13 @@ with ScoringDAG(
         **Triage:** "refusing to commit" = a shard output is missing or stale: clear the run to redo the hour.
         """
         from sensor_scoring import pipeline
-        from sensor_scoring_airflow import alerts, glue as airflow_glue
+        from sensor_scoring_airflow import alerts, context as airflow_context
 
         context = get_current_context()
-        hour = airflow_glue.hour_for(context, params or {})
+        hour = airflow_context.hour_for(context, params or {})
         # one slice read of the mapped results (iterating would probe past the end, logging a 404)
         manifests = pipeline.commit(hour, summary, list(results[:]) if results else [])
-        context["outlet_events"][PREDICTIONS].extra = airflow_glue.asset_extra(manifests)
+        context["outlet_events"][PREDICTIONS].extra = airflow_context.asset_extra(manifests)
         alerts.check_anomalies(context, manifests)
         return {"hours": [m["hour"] for m in manifests], "counts": [m["counts"] for m in manifests]}
 

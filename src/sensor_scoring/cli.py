@@ -1,7 +1,8 @@
 """``python -m sensor_scoring <command>``: simulate, ingest-readings, train, score-shard.
 
 Storage comes from ``SCORING_STORAGE`` (a connection string, Azurite's ``UseDevelopmentStorage=true`` by
-default, or a local directory); container names from ``SCORING_CONTAINER_*``.
+default, or a local directory); container names from ``SCORING_CONTAINER_*``. Every setting is read once, at
+start (``sensor_scoring.settings``): a bad value stops the command before it touches storage, naming the variable.
 """
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ def _utc(text: str) -> datetime:
     return parse_utc(text)
 
 
-def cmd_simulate(args: argparse.Namespace) -> dict[str, object]:
+def cmd_simulate(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
     from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
     from sensor_scoring.storage import open_storage
 
-    containers = config.Containers.from_env()
+    containers = settings.containers
     cfg = SimulationConfig(devices=args.devices, tags=args.tags, seed=args.seed, anomaly_rate=args.anomaly_rate)
     to_eventhub = bool(args.eventhub or args.eventhub_connection_string)
     if args.follow is not None and not to_eventhub:
@@ -36,21 +37,21 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, object]:
     if args.end is None and args.follow is None:
         raise SystemExit("simulate: --end is required (unless --follow)")
     if to_eventhub:
-        return _simulate_to_eventhub(args, cfg)
-    return simulate_to_storage(open_storage(), cfg, _utc(args.start), _utc(args.end),
+        return _simulate_to_eventhub(args, cfg, settings)
+    return simulate_to_storage(open_storage(settings.storage), cfg, _utc(args.start), _utc(args.end),
                                windows_container=containers.windows, labels_container=containers.labels)
 
 
-def _simulate_to_eventhub(args: argparse.Namespace, cfg: SimulationConfig) -> dict[str, object]:
+def _simulate_to_eventhub(args: argparse.Namespace, cfg: SimulationConfig,
+                          settings: config.Settings) -> dict[str, object]:
     """Send readings to an Event Hub instead of landing windows: Stream Analytics makes the windows then."""
-    import os
     from datetime import timezone
 
     from sensor_scoring.tools import eventhub
 
     try:
-        target = eventhub.target_from(args.eventhub_connection_string or os.environ.get(eventhub.CONNECTION_ENV),
-                                      args.eventhub_name or os.environ.get(eventhub.NAME_ENV))
+        target = eventhub.target_from(args.eventhub_connection_string or settings.eventhub_connection,
+                                      args.eventhub_name or settings.eventhub_name)
     except eventhub.EventHubConfigError as exc:
         raise SystemExit(f"simulate: {exc}") from None
     start = _utc(args.start)
@@ -63,29 +64,30 @@ def _simulate_to_eventhub(args: argparse.Namespace, cfg: SimulationConfig) -> di
     return {"eventhub": target.eventhub_name, "namespace": target.namespace} | done
 
 
-def cmd_ingest(args: argparse.Namespace) -> dict[str, object]:
+def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
     from sensor_scoring.tools.ingest import ingest_readings_csv
     from sensor_scoring.storage import open_storage
 
-    return ingest_readings_csv(open_storage(), config.Containers.from_env().windows, args.file)
+    return ingest_readings_csv(open_storage(settings.storage), settings.containers.windows, args.file)
 
 
-def cmd_train(args: argparse.Namespace) -> dict[str, object]:
+def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
     from sensor_scoring.models.training import train_and_register
     from sensor_scoring.storage import open_storage
 
     manifest, _ = train_and_register(
-        open_storage(), config.Containers.from_env(), _utc(args.start), _utc(args.end),
+        open_storage(settings.storage), settings.containers, _utc(args.start), _utc(args.end),
         version=args.version, promote=args.promote, nu=args.nu, min_rows=args.min_rows,
     )
-    return {key: manifest[key] for key in ("version", "models", "train_start", "train_end")} | {"promoted": args.promote}
+    facts = {key: manifest[key] for key in ("version", "models", "train_start", "train_end")}
+    return facts | {"promoted": args.promote}
 
 
-def cmd_score_shard(args: argparse.Namespace) -> dict[str, object]:
+def cmd_score_shard(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
     from sensor_scoring.pipeline import score_shard
     from sensor_scoring.storage import open_storage
 
-    return score_shard(open_storage(), args.spec)
+    return score_shard(open_storage(settings.storage), args.spec)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("azure").setLevel(logging.WARNING)
-    args = build_parser().parse_args(argv)
-    result = args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = config.current()
+    except ValueError as exc:  # names the variable, never a secret's value
+        raise SystemExit(f"{args.command}: {exc}") from None
+    result = args.func(args, settings)
     print(json.dumps(result, default=str))  # every command answers in one line of JSON
     return 0

@@ -13,11 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 #: Azurite's well-known development account; the default so that a laptop needs no settings.
 DEFAULT_STORAGE = "UseDevelopmentStorage=true"
-#: Environment variable holding a connection string, a local directory or a SAS setting.
+# Environment variable names: the only spelling of each in the package (other modules import them from here).
+#: Holds a connection string, a local directory or a SAS setting.
 STORAGE_ENV = "SCORING_STORAGE"
 #: Airflow connection (type wasb) that, when it exists, overrides ``SCORING_STORAGE`` inside Airflow.
 STORAGE_CONN_ID_ENV = "SCORING_STORAGE_CONN_ID"
@@ -46,66 +50,76 @@ WINDOW_KEY: tuple[str, ...] = ("device_id", "tag", "window_end")
 #: The alias the hourly DAG scores with unless told otherwise.
 PRODUCTION_ALIAS = "production"
 
+_T = TypeVar("_T", bound="DataclassInstance")
+
 
 def setting(env: str | None, default: Any, meaning: str, *, minimum: float | None = None,
             choices: tuple[str, ...] = (), secret: bool = False, shown_default: str | None = None) -> Any:
-    """A dataclass field bound to an environment variable (``env=None``: not settable, a constant of the code)."""
+    """A dataclass field bound to an environment variable (``env=None``: not settable, a constant of the code).
+
+    A ``secret`` value (it may hold a key) is left out of the dataclass's ``repr`` and of parse errors, so that
+    logging the settings or their error never prints it.
+    """
     meta = {"env": env, "meaning": meaning, "minimum": minimum, "choices": choices, "secret": secret,
             "shown_default": shown_default}
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 def _parse(kind: Any, env: str, raw: str, meta: Mapping[str, Any]) -> Any:
     """One variable's text as the field's type; a clear ``ValueError`` naming the variable otherwise."""
-    shown = "<hidden>" if meta["secret"] else repr(raw)
+    echoed = "<hidden>" if meta["secret"] else repr(raw)
     if kind == int | None:
         kind = int
     if kind is int:
         try:
             value: Any = int(raw)
         except ValueError:
-            raise ValueError(f"environment variable {env}={shown} is not an integer") from None
+            raise ValueError(f"environment variable {env}={echoed} is not an integer") from None
     elif kind is float:
         try:
             value = float(raw)
         except ValueError:
-            raise ValueError(f"environment variable {env}={shown} is not a number") from None
+            raise ValueError(f"environment variable {env}={echoed} is not a number") from None
     elif kind is datetime:
-        value = parse_start_date(raw)
+        value = parse_start_date(raw, env)
     else:
         value = raw
     if meta["minimum"] is not None and value < meta["minimum"]:
-        raise ValueError(f"environment variable {env}={shown} must be at least {meta['minimum']:g}")
+        raise ValueError(f"environment variable {env}={echoed} must be at least {meta['minimum']:g}")
     if meta["choices"] and value not in meta["choices"]:
-        raise ValueError(f"environment variable {env}={shown} is not one of {', '.join(meta['choices'])}")
+        raise ValueError(f"environment variable {env}={echoed} is not one of {', '.join(meta['choices'])}")
     return value
 
 
-def _from_env(cls: type[Any], environ: Mapping[str, str]) -> Any:
-    """Build the frozen dataclass ``cls`` from ``environ``: empty or unset variables keep the default."""
+def load(cls: type[_T], environ: Mapping[str, str] | None = None) -> _T:
+    """The frozen dataclass ``cls`` (fields made by :func:`setting`) read from ``environ`` (default ``os.environ``).
+
+    Empty or unset variables keep the default; nested dataclass fields are read from the same environment.
+    """
+    environ = os.environ if environ is None else environ
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
-            values[f.name] = _from_env(hints[f.name], environ)  # type: ignore[arg-type]
+            values[f.name] = load(hints[f.name], environ)
             continue
-        env = f.metadata.get("env")
+        env: str | None = f.metadata.get("env")
         raw = environ.get(env, "").strip() if env else ""
-        if raw:
+        if env and raw:
             values[f.name] = _parse(hints[f.name], env, raw, f.metadata)
     return cls(**values)
 
 
-def parse_start_date(raw: str) -> datetime:
+def parse_start_date(raw: str, env: str = START_DATE_ENV) -> datetime:
     """``SCORING_START_DATE``: an ISO date or time on a whole hour, UTC unless it names an offset."""
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ValueError(f"environment variable {START_DATE_ENV}={raw!r} is not an ISO date or time "
+        raise ValueError(f"environment variable {env}={raw!r} is not an ISO date or time "
                          f"(e.g. 2018-08-28 or 2018-08-28T23:00Z)") from None
     moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
     if moment.minute or moment.second or moment.microsecond:
-        raise ValueError(f"environment variable {START_DATE_ENV}={raw!r} is not on a whole UTC hour: "
+        raise ValueError(f"environment variable {env}={raw!r} is not on a whole UTC hour: "
                          "it names the first hour the DAG scores")
     return moment
 
@@ -126,7 +140,7 @@ class Containers:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Containers:
         """The container names of ``environ`` (default ``os.environ``)."""
-        return _from_env(cls, os.environ if environ is None else environ)  # type: ignore[no-any-return]
+        return load(cls, environ)
 
 
 @dataclass(frozen=True)
@@ -165,7 +179,7 @@ class BatchSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BatchSettings:
         """The Batch settings of ``environ`` (default ``os.environ``)."""
-        return _from_env(cls, os.environ if environ is None else environ)  # type: ignore[no-any-return]
+        return load(cls, environ)
 
 
 @dataclass(frozen=True)
@@ -185,14 +199,18 @@ class Settings:
     containers: Containers = field(default_factory=Containers)
     start_date: datetime = setting(START_DATE_ENV, parse_start_date(DEFAULT_START_DATE),
                                    "the DAG's start_date, the first hour it scores (a whole UTC hour, read at parse "
-                                   "time); runs of earlier hours are refused", shown_default=DEFAULT_START_DATE)
-    backend: str = setting(BACKEND_ENV, "local", "default backend of the DAG's shards: local or azure_batch",
-                           choices=BACKENDS)
-    task_retries: int = setting(TASK_RETRIES_ENV, 2, "retries of every DAG task (read at parse time)", minimum=0)
-    retry_delay_s: int = setting(RETRY_DELAY_ENV, 60, "delay before a task's retry, in seconds", minimum=1)
+                                   "time); runs of earlier hours are refused", shown_default=f"`{DEFAULT_START_DATE}`")
+    backend: str = setting(BACKEND_ENV, "local",
+                           "default of the DAG's backend param, where shards run: local or azure_batch (read at parse "
+                           "time)", choices=BACKENDS)
+    task_retries: int = setting(TASK_RETRIES_ENV, 2,
+                                "retries of every DAG task, with exponential backoff; score_shard gets one more (read "
+                                "at parse time)", minimum=0)
+    retry_delay_s: int = setting(RETRY_DELAY_ENV, 60, "first delay before a task's retry, in seconds (read at parse "
+                                 "time)", minimum=1)
     deadline_minutes: int = setting(DEADLINE_ENV, 90,
-                                    "alert when a run is not done this long after its hour closed; 0 turns it off",
-                                    minimum=0)
+                                    "alert when a run is not done this long after its hour closed; 0 turns it off "
+                                    "(read at parse time)", minimum=0)
     anomaly_alert_threshold: int | None = setting(ANOMALY_THRESHOLD_ENV, None,
                                                   "alert when a committed hour has more anomalies than this; unset: "
                                                   "no such alert", minimum=0, shown_default="unset")
@@ -209,7 +227,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Every setting of ``environ`` (default ``os.environ``); a bad value raises naming its variable."""
-        return _from_env(cls, os.environ if environ is None else environ)  # type: ignore[no-any-return]
+        return load(cls, environ)
 
 
 def current() -> Settings:
@@ -226,6 +244,11 @@ class Documented:
     meaning: str
 
 
+def shown(value: Any) -> str:
+    """A default as the settings tables show it: in backticks, numbers without a needless ``.0``."""
+    return f"`{value:g}`" if isinstance(value, float) else f"`{value}`"
+
+
 def documented(cls: type[Any] = Settings) -> list[Documented]:
     """Every environment variable the settings read, in declaration order (nested settings inline)."""
     rows: list[Documented] = []
@@ -233,11 +256,19 @@ def documented(cls: type[Any] = Settings) -> list[Documented]:
     defaults = cls()
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
-            rows += documented(hints[f.name])  # type: ignore[arg-type]
+            rows += documented(hints[f.name])
         elif f.metadata.get("env"):
-            shown = f.metadata["shown_default"] or f"`{getattr(defaults, f.name)}`"
-            rows.append(Documented(f.metadata["env"], shown, f.metadata["meaning"]))
+            default = f.metadata["shown_default"] or shown(getattr(defaults, f.name))
+            rows.append(Documented(f.metadata["env"], default, f.metadata["meaning"]))
     return rows
+
+
+def markdown_table(rows: list[Documented] | None = None) -> str:
+    """The settings table of the README (``python -c 'from sensor_scoring import settings;
+    print(settings.markdown_table())'`` regenerates it)."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{row.env}` | {row.default} | {row.meaning} |" for row in (documented() if rows is None else rows)]
+    return "\n".join(lines)
 
 
 # The functions below read one setting of the current environment; they are what most callers need.

@@ -1,13 +1,14 @@
-"""Failure, deadline and anomaly alerts: one message, sent by email (SMTP connection) and JSON webhook (HTTP connection).
+"""Failure, deadline and anomaly alerts: one message, sent by email (SMTP connection) and JSON webhook (HTTP
+connection).
 
 Why one path for every event: an operator reads the same fields (DAG, run, task, map index, try, error, log
 link) whether a task failed after its last retry, the whole run failed, a run "succeeded" without running a task,
-the run missed its deadline, or an hour found too many anomalies. Each channel is an Airflow connection; a channel without a connection is skipped with
-one info line, and a channel that fails is logged and never raised: an alert must not fail the task or run that
-it reports on, nor hide the original error.
+the run missed its deadline, or an hour found too many anomalies. Each channel is an Airflow connection; a channel
+without a connection is skipped with one info line, and a channel that fails is logged and never raised: an alert
+must not fail the task or run that it reports on, nor hide the original error.
 
-Imported by the DAG file at parse time, so only the standard library and ``airflow.sdk`` are imported at the top;
-the providers' hooks are imported when a message is sent.
+Imported by the DAG file at parse time, so only the standard library, ``airflow.sdk`` and ``sensor_scoring.settings``
+are imported at the top; the providers' hooks are imported when a message is sent.
 """
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import asyncio
 import html
 import json
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from airflow.sdk import BaseNotifier
+
+from sensor_scoring import settings as config
 
 log = logging.getLogger(__name__)
 
@@ -28,26 +30,7 @@ EMAIL_CONN_ID = "scoring_smtp"
 WEBHOOK_CONN_ID = "scoring_alert_webhook"
 #: Events a message can carry in its ``event`` field.
 EVENTS = ("task_failed", "dag_run_failed", "dag_run_empty", "deadline_missed", "anomalies_high")
-#: Environment settings, read at DAG parse time (retries, deadline) or when the check runs (threshold).
-RETRIES_ENV = "SCORING_TASK_RETRIES"
-RETRY_DELAY_ENV = "SCORING_RETRY_DELAY_SECONDS"
-DEADLINE_ENV = "SCORING_DEADLINE_MINUTES"
-ANOMALY_THRESHOLD_ENV = "SCORING_ANOMALY_ALERT_THRESHOLD"
 PAYLOAD_KEYS = ("text", "event", "dag_id", "run_id", "task_id", "map_index", "try_number", "error", "log_url")
-
-
-def env_int(name: str, default: int, *, minimum: int = 0) -> int:
-    """An integer setting from the environment, with a clear error naming the variable when it is not one."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ValueError(f"environment variable {name}={value} must be at least {minimum}")
-    return value
 
 
 def _text_of(error: Any) -> str | None:
@@ -72,13 +55,15 @@ def build_payload(event: str, context: Mapping[str, Any], *, error: Any = None, 
     dag = context.get("dag")
     dag_id = (getattr(ti, "dag_id", None) or getattr(dag, "dag_id", None) or getattr(dag_run, "dag_id", None)
               or run_dict.get("dag_id"))
-    run_id = context.get("run_id") or getattr(ti, "run_id", None) or getattr(dag_run, "run_id", None) or run_dict.get("dag_run_id") or run_dict.get("run_id")
+    run_id = (context.get("run_id") or getattr(ti, "run_id", None) or getattr(dag_run, "run_id", None)
+              or run_dict.get("dag_run_id") or run_dict.get("run_id"))
     try:
         log_url = getattr(ti, "log_url", None) if ti is not None else None
     except Exception:  # a partly built task instance (DAG-run callback) may not know its URL
         log_url = None
     if error is None:
-        error = context.get("exception") if event == "task_failed" else context.get("reason") or context.get("exception")
+        error = context.get("exception") if event == "task_failed" else (context.get("reason")
+                                                                          or context.get("exception"))
     payload: dict[str, Any] = {
         "event": event,
         "dag_id": dag_id,
@@ -160,7 +145,8 @@ def send_email(payload: Mapping[str, Any], conn_id: str = EMAIL_CONN_ID) -> str:
     subject = f"[{payload['dag_id']}] {payload['event']}: {payload.get('task_id') or payload['run_id']}"
     rows = "".join(f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(str(payload.get(k)))}</td></tr>"
                    for k in PAYLOAD_KEYS[1:] + tuple(k for k in payload if k not in PAYLOAD_KEYS))
-    link = f"<p><a href='{html.escape(str(payload['log_url']))}'>Open in Airflow</a></p>" if payload.get("log_url") else ""
+    link = (f"<p><a href='{html.escape(str(payload['log_url']))}'>Open in Airflow</a></p>"
+            if payload.get("log_url") else "")
     body = f"<p>{html.escape(str(payload['text'])).replace(chr(10), '<br>')}</p><table>{rows}</table>{link}"
     with SmtpHook(smtp_conn_id=conn_id) as hook:
         hook.send_email_smtp(to=recipients, subject=subject, html_content=body)
@@ -190,7 +176,8 @@ def send_alert(payload: Mapping[str, Any]) -> dict[str, str]:
             outcome[name] = send(payload)
         except Exception as exc:
             log.warning("Alert by %s failed (%s: %s); the %s alert for %s / %s was not delivered",
-                        name, type(exc).__name__, exc, payload.get("event"), payload.get("dag_id"), payload.get("run_id"))
+                        name, type(exc).__name__, exc, payload.get("event"), payload.get("dag_id"),
+                        payload.get("run_id"))
             outcome[name] = f"failed: {type(exc).__name__}"
     log.info("Alert %s: %s", payload.get("event"), outcome)
     return outcome
@@ -242,8 +229,8 @@ class EmptyRunNotifier(ScoringAlertNotifier):
         dag = context.get("dag")
         start = getattr(dag, "start_date", None)
         error = (f"no task ran, nothing was scored. Airflow creates no task for a run whose logical date is before "
-                 f"the DAG's start date ({start.isoformat() if start else 'unknown'}, SCORING_START_DATE): set "
-                 "SCORING_START_DATE to the first hour to score (where the DAG is parsed) and trigger again")
+                 f"the DAG's start date ({start.isoformat() if start else 'unknown'}, {config.START_DATE_ENV}): set "
+                 f"{config.START_DATE_ENV} to the first hour to score (where the DAG is parsed) and trigger again")
         log.warning("DAG run %s succeeded without running a task: %s", context.get("run_id"), error)
         try:
             send_alert(build_payload(self.event, context, error=error))
@@ -299,9 +286,9 @@ def deadline_is_actionable(run: Mapping[str, Any], deadline: Mapping[str, Any]) 
 
 
 def anomaly_threshold() -> int | None:
-    """``SCORING_ANOMALY_ALERT_THRESHOLD`` (anomalies per hour), or None when the check is off."""
-    raw = os.environ.get(ANOMALY_THRESHOLD_ENV, "").strip()
-    return env_int(ANOMALY_THRESHOLD_ENV, 0) if raw else None
+    """``SCORING_ANOMALY_ALERT_THRESHOLD`` (anomalies per hour), or None when the check is off. Read when the
+    check runs, not at parse time: a deployment can change it without the DAG being parsed again."""
+    return config.current().anomaly_alert_threshold
 
 
 def check_anomalies(context: Mapping[str, Any], manifests: list[Mapping[str, Any]],
@@ -309,7 +296,7 @@ def check_anomalies(context: Mapping[str, Any], manifests: list[Mapping[str, Any
     """After commit: one ``anomalies_high`` alert per committed hour whose anomaly count exceeds the threshold."""
     threshold = anomaly_threshold() if threshold is None else threshold
     if threshold is None:
-        log.debug("%s not set: no anomaly-count alert", ANOMALY_THRESHOLD_ENV)
+        log.debug("%s not set: no anomaly-count alert", config.ANOMALY_THRESHOLD_ENV)
         return []
     sent = []
     for manifest in manifests:

@@ -23,6 +23,8 @@ from typing import Any
 
 from airflow.sdk import DAG
 
+from sensor_scoring.settings import START_DATE_ENV
+
 _NOT_GIVEN: Any = object()
 
 
@@ -49,9 +51,9 @@ def refuse_before_start(dag: DAG, logical_date: datetime | None) -> None:
         hour = moment.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
         raise ValueError(
             f"logical date {moment.isoformat()} is before the start date {dag.start_date.isoformat()} of DAG "
-            f"{dag.dag_id!r} (SCORING_START_DATE): Airflow would create that run without any task and report it "
+            f"{dag.dag_id!r} ({START_DATE_ENV}): Airflow would create that run without any task and report it "
             f"successful, scoring nothing. To score the hour {hour:%Y-%m-%dT%H:%MZ}, set "
-            f"SCORING_START_DATE={hour:%Y-%m-%dT%H:%MZ} (or earlier) and run again."
+            f"{START_DATE_ENV}={hour:%Y-%m-%dT%H:%MZ} (or earlier) and run again."
         )
 
 

@@ -37,10 +37,10 @@ class ScoreShardOperator(BaseOperator):
     # --- both backends ---
     def _prepare(self, context: Context) -> str:
         """Name the instance by its sensors (map_index_template); return the storage setting of the run."""
-        from sensor_scoring_airflow import glue as airflow_glue
+        from sensor_scoring_airflow.connections import storage_setting
 
         context["shard_label"] = self.shard["label"]  # type: ignore[typeddict-unknown-key]
-        setting = airflow_glue.storage_setting()
+        setting = storage_setting()
         return setting
 
     def execute(self, context: Context) -> dict[str, Any] | None:
@@ -59,10 +59,10 @@ class ScoreShardOperator(BaseOperator):
 
     def _push_link(self, context: Context, setting: str) -> None:
         from sensor_scoring import settings as config, storage as st
-        from sensor_scoring_airflow import glue as airflow_glue
+        from sensor_scoring_airflow import context as airflow_context
 
         try:
-            hour = airflow_glue.hour_for(context, context["params"])
+            hour = airflow_context.hour_for(context, context["params"])
             prefix = st.partition_prefix(hour.start) if hour.end - hour.start == timedelta(hours=1) else ""
             url = outputs_url(setting, config.Containers.from_env().predictions, prefix)
         except Exception as exc:  # a link is a convenience: never fail a shard over it

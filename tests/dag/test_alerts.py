@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from sensor_scoring import settings as config
 from sensor_scoring_airflow import alerts
 from dev.azurite import free_port
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
@@ -113,8 +114,8 @@ def fast_failing_dag(monkeypatch, airflow_db):
     """The DAG parsed with no retries, as the end-to-end tests configure it, so a failure is final at once."""
     from dev.demo import load_dag
 
-    monkeypatch.setenv(alerts.RETRIES_ENV, "0")
-    monkeypatch.setenv(alerts.RETRY_DELAY_ENV, "1")
+    monkeypatch.setenv(config.TASK_RETRIES_ENV, "0")
+    monkeypatch.setenv(config.RETRY_DELAY_ENV, "1")
     return load_dag(REPO / "dags" / "sensor_scoring.py")
 
 
@@ -231,16 +232,16 @@ def test_anomaly_alert_only_above_the_threshold(monkeypatch, alert_connections, 
     manifests = [{"hour": "2026-11-24T05:00:00+00:00", "counts": {"anomalies": 12}},
                  {"hour": "2026-11-24T06:00:00+00:00", "counts": {"anomalies": 3}}]
     context = {"run_id": "scheduled__2026-11-24T06:00:00+00:00"}
-    monkeypatch.delenv(alerts.ANOMALY_THRESHOLD_ENV, raising=False)
+    monkeypatch.delenv(config.ANOMALY_THRESHOLD_ENV, raising=False)
     assert alerts.check_anomalies(context, manifests) == []  # not configured: no check at all
-    monkeypatch.setenv(alerts.ANOMALY_THRESHOLD_ENV, "5")
+    monkeypatch.setenv(config.ANOMALY_THRESHOLD_ENV, "5")
     [sent] = alerts.check_anomalies(context, manifests)
     assert sent["outcome"] == {"email": "sent", "webhook": "sent"}
     [post] = [p["json"] for p in http_sink.received]
     assert post["event"] == "anomalies_high" and post["hour"] == "2026-11-24T05:00:00+00:00"
     assert post["anomalies"] == 12 and post["threshold"] == 5 and "12 anomalies > threshold 5" in post["error"]
     assert len(smtp_sink.messages) == 1
-    monkeypatch.setenv(alerts.ANOMALY_THRESHOLD_ENV, "many")
+    monkeypatch.setenv(config.ANOMALY_THRESHOLD_ENV, "many")
     with pytest.raises(ValueError, match="SCORING_ANOMALY_ALERT_THRESHOLD"):
         alerts.check_anomalies(context, manifests)
 
@@ -253,7 +254,7 @@ def test_deadline_on_the_dag_as_the_dag_processor_parses_it(airflow_db, monkeypa
     def parsed():
         return DagBag(dag_folder=str(REPO / "dags")).dags["sensor_scoring"]
 
-    monkeypatch.delenv(alerts.DEADLINE_ENV, raising=False)
+    monkeypatch.delenv(config.DEADLINE_ENV, raising=False)
     [alert] = parsed().deadline
     assert alert.interval == timedelta(hours=1, minutes=90)  # from the logical date = interval start
     assert type(alert.reference).__name__ == "DagRunLogicalDateDeadline"
@@ -263,9 +264,9 @@ def test_deadline_on_the_dag_as_the_dag_processor_parses_it(airflow_db, monkeypa
     assert stored["reference"] == {"reference_type": "DagRunLogicalDateDeadline"}
     assert stored["callback"]["__data__"]["path"] == "sensor_scoring_airflow.alerts.deadline_missed"
     assert DagSerialization.from_dict(encoded).deadline
-    monkeypatch.setenv(alerts.DEADLINE_ENV, "15")
+    monkeypatch.setenv(config.DEADLINE_ENV, "15")
     assert parsed().deadline[0].interval == timedelta(minutes=75)
-    monkeypatch.setenv(alerts.DEADLINE_ENV, "0")
+    monkeypatch.setenv(config.DEADLINE_ENV, "0")
     assert not parsed().deadline
 
 
@@ -295,8 +296,8 @@ def test_deadline_workaround_decodes_encoded_alerts_only_inside_dag_test(airflow
 def test_failure_callbacks_fire_after_the_last_retry_only(airflow_db, monkeypatch):
     from dev.demo import load_dag
 
-    monkeypatch.setenv(alerts.RETRIES_ENV, "3")
-    monkeypatch.setenv(alerts.RETRY_DELAY_ENV, "5")
+    monkeypatch.setenv(config.TASK_RETRIES_ENV, "3")
+    monkeypatch.setenv(config.RETRY_DELAY_ENV, "5")
     dag = load_dag(REPO / "dags" / "sensor_scoring.py")
     for name in ("wait_for_windows", "load_and_validate", "plan_shards", "commit"):
         task = dag.task_dict[name]
@@ -304,7 +305,7 @@ def test_failure_callbacks_fire_after_the_last_retry_only(airflow_db, monkeypatc
         assert [type(c).__name__ for c in task.on_failure_callback] == ["ScoringAlertNotifier"]
         assert not task.on_retry_callback
     assert [c.event for c in dag.on_failure_callback] == ["dag_run_failed"]
-    monkeypatch.setenv(alerts.RETRIES_ENV, "-1")
+    monkeypatch.setenv(config.TASK_RETRIES_ENV, "-1")
     with pytest.raises(ValueError, match="SCORING_TASK_RETRIES"):
         load_dag(REPO / "dags" / "sensor_scoring.py")
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from sensor_scoring import settings as config
-from sensor_scoring_airflow import glue as airflow_glue
+from sensor_scoring_airflow import context as airflow_context
 from tests.conftest import REPO
 from tests.dag.test_alerts import alert_connections, http_sink, smtp_sink  # noqa: F401  (fixtures)
 
@@ -92,13 +92,13 @@ def test_tasks_fail_without_retry_for_hours_before_the_start_date(monkeypatch, a
     with pytest.raises(AirflowFailException, match=r"ValueError: the run's hours start at 2026-05-31T22:00:00\+00:00, "
                                                    r"before the DAG's start date .*set SCORING_START_DATE to "
                                                    r"2026-05-31T22:00Z or earlier"):
-        airflow_glue.hour_for(backfill, {})
+        airflow_context.hour_for(backfill, {})
     rescoring = {"dag": dag, "run_id": "manual__x", "data_interval_start": start + H, "data_interval_end": start + 2 * H}
     with pytest.raises(AirflowFailException, match="before the DAG's start date"):
-        airflow_glue.hour_for(rescoring, {"window_start": "2026-05-31T23:00Z", "window_end": "2026-06-01T01:00Z"})
+        airflow_context.hour_for(rescoring, {"window_start": "2026-05-31T23:00Z", "window_end": "2026-06-01T01:00Z"})
     # the start date's own hour, and later ones, are scored
-    assert airflow_glue.hour_for({**backfill, "data_interval_start": start, "data_interval_end": start + H}, {}).start == start
-    assert airflow_glue.hour_for(rescoring, {}).start == start + H
+    assert airflow_context.hour_for({**backfill, "data_interval_start": start, "data_interval_end": start + H}, {}).start == start
+    assert airflow_context.hour_for(rescoring, {}).start == start + H
 
 
 @pytest.mark.airflow
@@ -117,6 +117,8 @@ def test_a_rest_or_ui_run_before_the_start_date_alerts_as_empty(monkeypatch, air
 
     smtp, http = alert_connections
     monkeypatch.setenv(config.START_DATE_ENV, LATE_START)
+    # store this parse even if an earlier test stored the DAG less than 30 s ago (Airflow skips such a write)
+    monkeypatch.setenv("AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL", "0")
     manager = DagBundlesManager()
     manager.sync_bundles_to_db()
     [bundle] = [b for b in manager.get_all_dag_bundles() if b.name == "dags-folder"]

@@ -162,10 +162,10 @@ def test_connections_are_created_at_startup_with_the_right_types(settings):
                {f"AIRFLOW_CONN_{conn_id.upper()}" for conn_id in expected}
     parsed = {conn_id: Connection.from_json(json.dumps(body), conn_id=conn_id) for conn_id, body in connections.items()}
 
-    # storage: what sensor_scoring_airflow.glue makes of it is a connection string to the azurite service
+    # storage: what sensor_scoring_airflow.connections makes of it is a connection string to the azurite service
     from azure.storage.blob import BlobServiceClient
 
-    from sensor_scoring_airflow.glue import connection_to_setting
+    from sensor_scoring_airflow.connections import connection_to_setting
 
     client = BlobServiceClient.from_connection_string(connection_to_setting(parsed["scoring_storage"]))
     assert client.account_name == "devstoreaccount1" and client.url.startswith("http://azurite:10000/")
@@ -188,11 +188,11 @@ def test_connections_are_read_by_airflow_from_the_environment(monkeypatch):
     """The JSON form really is how Airflow's environment backend defines them (the lookup the tasks do)."""
     from airflow.sdk import Connection
 
-    from sensor_scoring_airflow import glue as airflow_glue
+    from sensor_scoring_airflow.connections import storage_setting
 
     for conn_id, body in airflow_connections().items():
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(body))
-    assert airflow_glue.storage_setting().endswith("BlobEndpoint=http://azurite:10000/devstoreaccount1;")
+    assert storage_setting().endswith("BlobEndpoint=http://azurite:10000/devstoreaccount1;")
     assert Connection.get("scoring_smtp").extra_dejson["to"] == "oncall@sensor-scoring.local"
 
 

@@ -64,13 +64,41 @@ def test_the_documented_event_is_what_the_simulator_sends():
     assert sent == documented
 
 
-def test_every_setting_the_doc_names_is_read_by_the_code():
-    code = "\n".join(path.read_text() for folder in ("src", "dags")
-                     for path in (REPO / folder).rglob("*.py"))
-    readable = set(re.findall(r"\bSCORING_[A-Z0-9_]+\b", code))
-    readable |= {f"SCORING_CONTAINER_{name.upper()}" for name in config.Containers().__dict__}
-    named = set(re.findall(r"\bSCORING_[A-Z0-9_]*[A-Z0-9]\b", DOC)) - {"SCORING_CONTAINER"}
-    assert named and named <= readable, named - readable
+def doc_rows(text: str) -> dict[str, str]:
+    """``| `SCORING_X` | default | ...`` rows of a settings table: variable -> default as shown."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if re.fullmatch(r"`SCORING_[A-Z0-9_]+`", cells[0]):
+            rows[cells[0][1:-1]] = cells[1]
+    return rows
+
+
+@pytest.mark.parametrize("doc", ["docs/deploy-azure.md", "docs/azure-batch.md", "docs/operating.md", "docs/faults.md",
+                                 "docs/architecture.md"])
+def test_every_setting_the_docs_name_is_one_the_code_reads(doc):
+    """Names in prose, commands and tables alike: each is a variable of sensor_scoring.settings."""
+    text = (REPO / doc).read_text()
+    named = set(re.findall(r"\bSCORING_[A-Z0-9_]*[A-Z0-9]\b", text)) - {"SCORING_CONTAINER"}
+    documented = {row.env for row in config.documented()}
+    assert named <= documented, named - documented
+
+
+@pytest.mark.parametrize("doc", ["docs/azure-batch.md", "docs/operating.md"])
+def test_settings_tables_show_the_codes_defaults(doc):
+    rows = doc_rows((REPO / doc).read_text())
+    defaults = {row.env: row.default for row in config.documented()}
+    assert rows
+    for env, default in rows.items():
+        assert default == defaults[env], f"{doc}: {env} default {default}, the code's {defaults[env]}"
+
+
+def test_the_batch_table_lists_every_batch_setting():
+    rows = doc_rows((REPO / "docs" / "azure-batch.md").read_text().split("\n## Settings\n", 1)[1])
+    assert set(rows) == {row.env for row in config.documented(config.BatchSettings)} | {config.BACKEND_ENV}
+
+
+def test_the_guides_containers_are_the_codes():
     containers = re.search(r"for container in ([a-z ]+); do", DOC).group(1).split()
     assert containers == list(config.Containers().__dict__.values())
 

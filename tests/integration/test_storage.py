@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from sensor_scoring import storage as st
-from sensor_scoring_airflow.glue import connection_to_setting
+from sensor_scoring_airflow.connections import connection_to_setting
 from dev.azurite import KEY
 
 

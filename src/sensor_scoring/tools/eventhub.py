@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
+from sensor_scoring.settings import EVENTHUB_CONNECTION_ENV, EVENTHUB_NAME_ENV
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_hour
 from sensor_scoring.windows import HOUR, hour_floor
 
@@ -30,9 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Environment variables read by ``python -m sensor_scoring simulate --eventhub`` (the flags override them).
-CONNECTION_ENV = "SCORING_EVENTHUB_CONNECTION"
-NAME_ENV = "SCORING_EVENTHUB_NAME"
 #: Content type set on every event; Stream Analytics' input is configured as JSON, UTF-8.
 CONTENT_TYPE = "application/json"
 CONNECTION_FORMAT = (
@@ -78,7 +76,7 @@ def target_from(connection_string: str | None, eventhub_name: str | None = None)
     """
     if not connection_string or not connection_string.strip():
         raise EventHubConfigError(
-            f"no Event Hubs connection string: pass --eventhub-connection-string or set {CONNECTION_ENV} "
+            f"no Event Hubs connection string: pass --eventhub-connection-string or set {EVENTHUB_CONNECTION_ENV} "
             f"({CONNECTION_FORMAT})"
         )
     from azure.eventhub import parse_connection_string
@@ -98,7 +96,8 @@ def target_from(connection_string: str | None, eventhub_name: str | None = None)
     hub = eventhub_name or entity
     if not hub:
         raise EventHubConfigError(
-            f"no Event Hub name: pass --eventhub-name, set {NAME_ENV}, or use a connection string with EntityPath"
+            f"no Event Hub name: pass --eventhub-name, set {EVENTHUB_NAME_ENV}, or use a connection string with "
+            "EntityPath"
         )
     return EventHubTarget(connection_string.strip(), hub, props.fully_qualified_namespace)
 

@@ -7,39 +7,43 @@ validates, which runs in the ``load_and_validate`` task alone. DAG parsing, the 
 processes never load it.
 
 Reason names are a contract (quarantine rows, manifests, alerts, docs/faults.md): add new ones, never rename.
+
+Usage statistics stay off without touching the process environment: every validation runs in the one context of
+:func:`_context`, created with ``analytics_enabled=False`` in its configuration. great-expectations 1.x turns
+analytics off when either that variable or ``GX_ANALYTICS_ENABLED`` is false, and decides it when a context is
+created, so a worker, ``dag.test`` and ``python -m sensor_scoring train`` (the processes that validate) all
+send nothing, whatever their environment says (and the pinned 1.24.1 has no analytics code left). The scorer
+image, which Batch nodes run, does not install great-expectations.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no usage statistics phoning home from a worker
-
-import great_expectations as gx  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from great_expectations.execution_engine import PandasExecutionEngine  # noqa: E402
-from great_expectations.expectations.expectation import ColumnMapExpectation, MulticolumnMapExpectation  # noqa: E402
-from great_expectations.expectations.metrics import ColumnMapMetricProvider, column_condition_partial  # noqa: E402
-from great_expectations.expectations.metrics.map_metric_provider import (  # noqa: E402
+import great_expectations as gx
+import numpy as np
+import pandas as pd
+from great_expectations.execution_engine import PandasExecutionEngine
+from great_expectations.expectations.expectation import ColumnMapExpectation, MulticolumnMapExpectation
+from great_expectations.expectations.metrics import ColumnMapMetricProvider, column_condition_partial
+from great_expectations.expectations.metrics.map_metric_provider import (
     MulticolumnMapMetricProvider,
     multicolumn_condition_partial,
 )
-from great_expectations.expectations.row_conditions import Column  # noqa: E402
+from great_expectations.expectations.row_conditions import Column
 
-from sensor_scoring.settings import WINDOW_KEY  # noqa: E402
+from sensor_scoring import settings
+from sensor_scoring.settings import BOUNDS_ENV, WINDOW_KEY
 
 log = logging.getLogger(__name__)
 
 SUITE_NAME = "landed_windows"
-#: A path to a bounds file, or the JSON itself; default: the packaged ``physical_bounds.json``.
-BOUNDS_ENV = "SCORING_PHYSICAL_BOUNDS"
+#: The bounds when ``SCORING_PHYSICAL_BOUNDS`` (a file path or the JSON itself) is not set.
 DEFAULT_BOUNDS_FILE = Path(__file__).with_name("physical_bounds.json")
 #: Relative slack for ``min <= avg <= max``: an average of equal readings may differ from them by an ulp.
 ORDER_TOLERANCE = 1e-9
@@ -170,7 +174,7 @@ class Bounds:
 
 def load_bounds(setting: str | None = None) -> Bounds:
     """Bounds from ``setting`` or ``SCORING_PHYSICAL_BOUNDS`` (a file path or inline JSON), else the packaged file."""
-    setting = setting if setting is not None else os.environ.get(BOUNDS_ENV, "")
+    setting = setting if setting is not None else settings.current().physical_bounds
     if setting.strip().startswith("{"):
         return Bounds.from_dict(json.loads(setting), f"from {BOUNDS_ENV}")
     path = Path(setting) if setting.strip() else DEFAULT_BOUNDS_FILE
@@ -240,13 +244,19 @@ _CONTEXT: Any = None
 
 
 def _context() -> Any:
-    """One ephemeral (in-memory, file-free) context per process, without progress bars in task logs."""
+    """One ephemeral (in-memory, file-free) context per process: no usage statistics, no progress bars in task
+    logs. Both are in the configuration it is created with, since great-expectations acts on it at creation."""
     global _CONTEXT
     if _CONTEXT is None:
-        from great_expectations.data_context.types.base import ProgressBarsConfig
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
 
-        _CONTEXT = gx.get_context(mode="ephemeral")
-        _CONTEXT.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        _CONTEXT = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
+            analytics_enabled=False, store_backend_defaults=InMemoryStoreBackendDefaults(),
+            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False)))
     return _CONTEXT
 
 

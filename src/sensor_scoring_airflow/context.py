@@ -5,7 +5,6 @@ Airflow installed (the CLI and Batch image do not need it).
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -13,43 +12,7 @@ from typing import Any
 
 from sensor_scoring import settings as config, storage as st
 from sensor_scoring.pipeline import Hour, resolve_interval
-
-log = logging.getLogger(__name__)
-
-
-def connection_to_setting(conn: Any) -> str:
-    """A storage setting (connection string) from an Airflow wasb connection.
-
-    Understood: ``extra.connection_string``; or account name in ``login`` with the key in ``password``
-    (``host`` as blob endpoint, for Azurite or sovereign clouds); or ``extra.sas_token`` with ``host``.
-    """
-    extra = conn.extra_dejson or {}
-    if extra.get("connection_string"):
-        return str(extra["connection_string"])
-    endpoint = f"BlobEndpoint={conn.host.rstrip('/')};" if conn.host else ""
-    if conn.login and conn.password:
-        protocol = "http" if (conn.host or "").startswith("http://") else "https"
-        return f"DefaultEndpointsProtocol={protocol};AccountName={conn.login};AccountKey={conn.password};{endpoint}"
-    if extra.get("sas_token") and conn.host:
-        return f"{endpoint}SharedAccessSignature={str(extra['sas_token']).lstrip('?')}"
-    raise ValueError(
-        f"Airflow connection {conn.conn_id!r} has no connection_string, account key or SAS token; "
-        "managed identity is not supported by the scoring tasks yet"
-    )
-
-
-def storage_setting() -> str:
-    """The Airflow connection ``scoring_storage`` (or ``SCORING_STORAGE_CONN_ID``) if defined, else the env."""
-    conn_id = config.storage_conn_id()
-    try:
-        from airflow.sdk import Connection
-
-        conn = Connection.get(conn_id)
-    except Exception as exc:  # not defined: the environment decides, which is the normal laptop case
-        log.info("No Airflow connection %r (%s); storage comes from %s", conn_id, type(exc).__name__, config.STORAGE_ENV)
-        return config.storage_setting()
-    log.info("Storage from Airflow connection %r", conn_id)
-    return connection_to_setting(conn)
+from sensor_scoring_airflow.connections import storage_setting
 
 
 def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
@@ -65,7 +28,7 @@ def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
         refuse_hours_before_start(start, _start_date(context))
     return Hour(
         storage=st.open_storage(storage_setting()),
-        containers=config.Containers.from_env(),
+        containers=config.current().containers,
         run_id=str(context["run_id"]),
         start=start,
         end=end,
@@ -125,12 +88,13 @@ def fail_without_retry_on_bad_data() -> Iterator[None]:
 def asset_extra(manifests: list[Mapping[str, Any]]) -> dict[str, Any]:
     """The ``predictions`` asset event's extra: enough for a downstream DAG to find and judge what changed."""
     first = manifests[0] if manifests else {}
+    predictions = config.current().containers.predictions
     return {
         "run_id": first.get("run_id"),
         "model_version": first.get("model_version"),
         "subset": first.get("subset"),
         "hours": [m["hour"] for m in manifests],
-        "partitions": [f"{config.Containers.from_env().predictions}/{st.partition_prefix(_hour(m['hour']))}" for m in manifests],
+        "partitions": [f"{predictions}/{st.partition_prefix(_hour(m['hour']))}" for m in manifests],
         "counts": {m["hour"]: m["counts"] for m in manifests},
     }
 
