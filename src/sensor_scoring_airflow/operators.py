@@ -178,7 +178,7 @@ def outputs_url(storage_setting: str, container: str, prefix: str) -> str:
 
     from sensor_scoring import storage as st
 
-    if not st.is_connection_string(storage_setting):
+    if st.parse_setting(storage_setting).kind != "connection_string":
         return ""
     from azure.storage.blob import BlobServiceClient
 

@@ -51,10 +51,30 @@ def test_sas_setting_reads_models_writes_staging_and_nothing_else(blob, containe
         sas.read_bytes(containers.windows, "anything")
 
 
+def test_a_missing_container_lists_empty_as_with_the_account_key(blob, containers, azurite):
+    """A container nobody wrote to yet: both blob implementations answer an empty listing, not an error."""
+    missing = f"never-written-{containers.staging}"
+    sas = st.open_storage(st.make_sas_setting(azurite.connection_string, read=[missing], read_write=[], hours=1))
+    assert sas.list(missing) == [] == blob.list(missing)
+    assert sas.list(missing, "runs/") == [] and not sas.exists(missing, "runs/x.json")
+
+
+def test_sas_storage_has_the_retry_budget_of_the_settings(azurite, monkeypatch):
+    setting = st.make_sas_setting(azurite.connection_string, read=["models"], read_write=[], hours=1)
+    assert st.open_storage(setting).retry_total == st.BlobStorage(azurite.connection_string).retry_total == 6
+    monkeypatch.setenv(st.RETRIES_ENV, "3")
+    sas = st.open_storage(setting)
+    assert isinstance(sas, st.SasStorage) and sas.retry_total == 3
+    monkeypatch.setenv(st.RETRIES_ENV, "-1")
+    with pytest.raises(ValueError, match=st.RETRIES_ENV):
+        st.open_storage(setting)
+
+
 def test_an_expired_sas_is_refused(blob, containers, azurite):
     blob.write_bytes(containers.models, "m.txt", b"model")
     long_ago = datetime.now(timezone.utc) - timedelta(hours=3)
-    setting = st.make_sas_setting(azurite.connection_string, read=[containers.models], read_write=[], hours=1, now=long_ago)
+    setting = st.make_sas_setting(azurite.connection_string, read=[containers.models], read_write=[], hours=1,
+                                  now=long_ago)
     with pytest.raises(HttpResponseError) as refused:
         st.open_storage(setting).read_bytes(containers.models, "m.txt")
     assert refused.value.status_code == 403 and refused.value.error_code == "AuthorizationFailure"
