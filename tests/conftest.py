@@ -16,6 +16,7 @@ import pytest
 
 # the `airflow standalone` stack and its SMTP/webhook receivers, shared by the e2e and browser tests
 pytest_plugins = ["tests.support.standalone_stack"]
+pytest_plugins += ["tests.support.fake_batch"]  # the fake Azure Batch account of the Batch tests
 
 REPO = Path(__file__).resolve().parent.parent
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="scoring-tests-airflow-")

@@ -46,16 +46,11 @@ class ScoreShardOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any] | None:
         setting = self._prepare(context)
         self._push_link(context, setting)
-        if self.backend == "local":
-            from sensor_scoring.backends import LocalBackend
-
-            return LocalBackend().run_shard(self.shard["spec_uri"], storage_setting=setting)
         if self.backend == "azure_batch":
             return self._submit_to_batch(context, setting)
         from sensor_scoring.backends import get_backend
 
-        get_backend(self.backend)  # the clear "unknown backend" error
-        raise ValueError(f"ScoreShardOperator does not run backend {self.backend!r}")
+        return get_backend(self.backend).run_shard(self.shard["spec_uri"], storage_setting=setting)
 
     def _push_link(self, context: Context, setting: str) -> None:
         from sensor_scoring import settings as config, storage as st
@@ -64,7 +59,7 @@ class ScoreShardOperator(BaseOperator):
         try:
             hour = airflow_context.hour_for(context, context["params"])
             prefix = st.partition_prefix(hour.start) if hour.end - hour.start == timedelta(hours=1) else ""
-            url = outputs_url(setting, config.Containers.from_env().predictions, prefix)
+            url = outputs_url(setting, config.current().containers.predictions, prefix)
         except Exception as exc:  # a link is a convenience: never fail a shard over it
             self.log.info("No outputs link for this shard: %s", exc)
             return
@@ -73,68 +68,56 @@ class ScoreShardOperator(BaseOperator):
 
     # --- azure_batch ---
     def _submit_to_batch(self, context: Context, setting: str) -> dict[str, Any]:
-        from sensor_scoring import backends, storage as st
+        from sensor_scoring import settings as config
         from sensor_scoring.backends import azure_batch as batch
+        from sensor_scoring_airflow.triggers import BatchTaskTrigger
 
-        settings = batch.BatchSettings.from_env()
-        client = self._client(settings.conn_id)
-        containers, version = backends.shard_facts(st.open_storage(setting), self.shard["spec_uri"])
+        settings = config.current().batch
+        conn = self._connection(settings.conn_id)
+        client = batch.client_from_connection(conn)
         ti = context["ti"]
         timeout = self.batch_timeout or self.execution_timeout
         submission = batch.submit_shard(
-            client, settings, job=batch.job_id(ti.dag_id, ti.run_id), shard=int(self.shard["shard"]),
-            spec_uri=self.shard["spec_uri"], spec_version=version, try_number=ti.try_number,
-            task_env=backends.batch_task_env(setting, containers, settings.sas_hours),
+            client, settings, setting, self.shard["spec_uri"],
+            job=batch.job_id(ti.dag_id, ti.run_id), try_number=ti.try_number,
             max_wall_clock=timeout * 1.1 if timeout else None, label=self.shard["label"],
             sweep_prefix=batch.job_prefix(ti.dag_id),
         )
         self._batch = {"job_id": submission.job_id, "task_id": submission.task_id, "conn_id": settings.conn_id}
-        urls = batch.output_file_urls(batch.account_url_of(self._connection(settings.conn_id)),
-                                      submission.job_id, submission.task_id)
+        urls = batch.output_file_urls(batch.account_url_of(conn), submission.job_id, submission.task_id)
         self.log.info("Batch job %s, task %s (try %d%s). Output files: stdout %s stderr %s",
                       submission.job_id, submission.task_id, ti.try_number,
                       ", reused" if submission.reused else "", urls["stdout"], urls["stderr"])
         if submission.reused:
             summary = batch.task_summary(client.get_task(submission.job_id, submission.task_id))
-            return self._finish(summary, client, setting)
+            return self._finish({"status": "completed", **summary}, setting)
         self.defer(
-            trigger=_trigger()(settings.conn_id, submission.job_id, submission.task_id,
-                               deadline=_deadline(ti, timeout),
-                               poll_interval=self.poll_interval or settings.poll_s,
-                               max_poll_interval=self.max_poll_interval or settings.max_poll_s),
+            trigger=BatchTaskTrigger(settings.conn_id, submission.job_id, submission.task_id,
+                                     deadline=_deadline(ti, timeout),
+                                     poll_interval=self.poll_interval or settings.poll_s,
+                                     max_poll_interval=self.max_poll_interval or settings.max_poll_s),
             method_name="execute_complete",
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resumed by the trigger: judge the shard by its own Batch task's exit code."""
+        from sensor_scoring import settings as config
         from sensor_scoring.backends import azure_batch as batch
 
         setting = self._prepare(context)
-        settings = batch.BatchSettings.from_env()
         self._batch = {"job_id": batch.job_id(context["ti"].dag_id, context["ti"].run_id),
-                       "task_id": event["task_id"], "conn_id": settings.conn_id}
-        if event.get("status") == "timeout":
-            event = {**event, "state": "timeout"}
-        return self._finish(event, self._client(settings.conn_id), setting)
+                       "task_id": event["task_id"], "conn_id": config.current().batch.conn_id}
+        return self._finish(event, setting)
 
-    def _finish(self, summary: dict[str, Any], client: Any, setting: str) -> dict[str, Any]:
-        from sensor_scoring import backends
-        from sensor_scoring.backends import azure_batch as batch
+    def _finish(self, event: dict[str, Any], setting: str) -> dict[str, Any]:
+        """The verdict of :func:`~sensor_scoring.backends.azure_batch.check_outcome`, then the shard's result."""
+        from sensor_scoring.backends import azure_batch as batch, read_result
 
-        job, task = self._batch["job_id"], self._batch["task_id"]  # type: ignore[index]
-        urls = batch.output_file_urls(batch.account_url_of(self._connection(self._batch["conn_id"])), job, task)  # type: ignore[index]
-        self.log.info("Batch task %s/%s: state %s, exit code %s, requeued %s time(s), ran %s .. %s on node %s. "
-                      "stdout: %s stderr: %s", job, task, summary.get("last_state", summary["state"]),
-                      summary["exit_code"], summary.get("requeue_count", 0), summary.get("start_time"),
-                      summary.get("end_time"), summary.get("node_id"), urls["stdout"], urls["stderr"])
-        if summary["state"] == "completed" and summary["exit_code"] == 0:
-            return backends.read_result(self.shard["spec_uri"], setting)
-        for name in ("stdout.txt", "stderr.txt"):
-            tail = batch.read_task_file_tail(client, job, task, name)
-            if tail:
-                self.log.error("Tail of %s of Batch task %s:\n%s", name, task, tail)
-        backends.check_task_outcome(summary, job=job)
-        raise AssertionError("unreachable: check_task_outcome raises for a failed task")
+        assert self._batch is not None
+        conn = self._connection(self._batch["conn_id"])
+        batch.check_outcome(batch.client_from_connection(conn), self._batch["job_id"], event,
+                            account_url=batch.account_url_of(conn), log=self.log)
+        return read_result(self.shard["spec_uri"], setting)
 
     def on_kill(self) -> None:
         """The worker is told to stop this try (mark failed, clear, timeout): stop its Batch task as well."""
@@ -143,17 +126,13 @@ class ScoreShardOperator(BaseOperator):
         from sensor_scoring.backends import azure_batch as batch
 
         self.log.info("Terminating Batch task %s/%s", self._batch["job_id"], self._batch["task_id"])
-        batch.terminate_task(self._client(self._batch["conn_id"]), self._batch["job_id"], self._batch["task_id"])
+        client = batch.client_from_connection(self._connection(self._batch["conn_id"]))
+        batch.terminate_task(client, self._batch["job_id"], self._batch["task_id"])
 
     def _connection(self, conn_id: str) -> Any:
         from airflow.sdk import BaseHook
 
         return BaseHook.get_connection(conn_id)
-
-    def _client(self, conn_id: str) -> Any:
-        from airflow.providers.microsoft.azure.hooks.batch import AzureBatchHook
-
-        return AzureBatchHook(conn_id).get_conn()
 
 
 def _deadline(ti: Any, timeout: timedelta | None) -> float | None:
@@ -166,19 +145,13 @@ def _deadline(ti: Any, timeout: timedelta | None) -> float | None:
     return max(time.time() + 1.0, start + timeout.total_seconds() - margin)
 
 
-def _trigger() -> type:
-    from sensor_scoring_airflow.triggers import BatchTaskTrigger
-
-    return BatchTaskTrigger
-
-
 def outputs_url(storage_setting: str, container: str, prefix: str) -> str:
     """A browsable listing of ``container/prefix`` (Azure or Azurite); '' for local-directory storage."""
     from urllib.parse import quote
 
     from sensor_scoring import storage as st
 
-    if not st.is_connection_string(storage_setting):
+    if st.parse_setting(storage_setting).kind != "connection_string":
         return ""
     from azure.storage.blob import BlobServiceClient
 

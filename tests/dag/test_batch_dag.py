@@ -17,7 +17,7 @@ import pytest
 from dev.azurite import KEY as STORAGE_KEY
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from sensor_scoring.models.training import train_and_register
-from tests.support.fake_batch import KEY as BATCH_KEY, FakeBatch
+from tests.support.fake_batch import KEY as BATCH_KEY
 from tests.support.helpers import START
 from tests.dag.test_end_to_end import read_partition, run_records
 
@@ -27,27 +27,18 @@ HOUR = START + 5 * H
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch):
-    server = FakeBatch(tmp_path / "batch", exec_delay_s=0.5).start()
-    monkeypatch.setenv("AIRFLOW_CONN_AZURE_BATCH_DEFAULT", server.connection_json())
-    monkeypatch.setenv("SCORING_BATCH_POOL_ID", "scoring-test-pool")
-    monkeypatch.setenv("SCORING_SCORER_IMAGE", "sensor-scoring-scorer:test")
-    monkeypatch.setenv("SCORING_BATCH_POLL_SECONDS", "0.3")
-    monkeypatch.setenv("SCORING_BATCH_MAX_POLL_SECONDS", "1")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def landed(blob, containers):
     simulate_to_storage(blob, SimulationConfig(devices=3, tags=2, seed=5), START, START + 6 * H,
                         windows_container=containers.windows, labels_container=containers.labels)
     train_and_register(blob, containers, START, HOUR, version="v-batch", promote=True)
 
 
-def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, landed, fake):
+def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, landed, fake_batch, monkeypatch):
+    fake_batch.exec_delay_s = 0.5  # shards that take half a second
+    for name, value in {"SCORING_BATCH_POOL_ID": "scoring-test-pool",
+                        "SCORING_SCORER_IMAGE": "sensor-scoring-scorer:test",
+                        "SCORING_BATCH_POLL_SECONDS": "0.3", "SCORING_BATCH_MAX_POLL_SECONDS": "1"}.items():
+        monkeypatch.setenv(name, value)
     run = sensor_dag.test(logical_date=HOUR + H, run_conf={"backend": "azure_batch", "sensors_per_shard": 2})
     assert str(run.state) == "success"
 
@@ -56,21 +47,22 @@ def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, la
     assert set(predictions["run_id"]) == {run.run_id}
 
     # one job for the run, one task per shard, each run as the shard command with SAS-only storage
-    [job] = fake.jobs
-    tasks = {t.id: t for (j, t_id), t in fake.tasks.items() for t in [t] if j == job}
+    [job] = fake_batch.jobs
+    tasks = {t.id: t for (j, t_id), t in fake_batch.tasks.items() for t in [t] if j == job}
     assert len(tasks) == 3 and all(t.exit_code == 0 and len(t.runs) == 1 for t in tasks.values())
     assert sorted(t.body["commandLine"].rsplit("/", 2)[1] for t in tasks.values()) == [
         "shard-00000", "shard-00001", "shard-00002"]
     assert {t.body["containerSettings"]["imageName"] for t in tasks.values()} == {"sensor-scoring-scorer:test"}
-    assert list(fake.pools) == ["scoring-test-pool"]
-    sent = json.dumps([r["body"] for r in fake.requests])
+    assert list(fake_batch.pools) == ["scoring-test-pool"]
+    sent = json.dumps([r["body"] for r in fake_batch.requests])
     assert STORAGE_KEY not in sent and "AccountKey" not in sent and BATCH_KEY not in sent
     assert not [text for text in run_records(run.run_id) if STORAGE_KEY in text or "sig=" in text]
 
     # the mapped instances are named by their sensors and link to the hour's partition
     instances = mapped_instances(run.run_id)
     labels = [i["rendered_map_index"] for i in instances]
-    assert [re.fullmatch(r"shard (\d): (dev-\d+)/\w+ \.\. (dev-\d+)/\w+ \(2 sensors\)", label).group(1) for label in labels] == ["0", "1", "2"]
+    label_pattern = r"shard (\d): (dev-\d+)/\w+ \.\. (dev-\d+)/\w+ \(2 sensors\)"
+    assert [re.fullmatch(label_pattern, label).group(1) for label in labels] == ["0", "1", "2"]
     assert len({label.split(": ")[1].split("/")[0] for label in labels}) == 3  # one device per shard
     assert all(i["state"] == "success" and i["try_number"] == 1 for i in instances)
     links = link_urls(sensor_dag, run.run_id)
@@ -79,7 +71,7 @@ def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, la
 
     # dag.test ran the shards' triggers inline, one after another (see the module docstring)
     runs = sorted(t.runs[0] for t in tasks.values())
-    assert all(prev[1] <= nxt[0] for prev, nxt in zip(runs, runs[1:]))
+    assert all(prev[1] <= nxt[0] for prev, nxt in zip(runs, runs[1:], strict=False))
 
 
 def test_scoring_backend_sets_the_default_of_the_backend_param(airflow_db, monkeypatch):

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from sensor_scoring import backends, models, pipeline
+from sensor_scoring import models, pipeline
+from sensor_scoring.backends import azure_batch
 from sensor_scoring.windows import land_windows
 from dev import scorer_requirements
 from tests.conftest import REPO
@@ -105,7 +106,7 @@ def test_score_shard_runs_with_only_the_scorer_packages(blob, containers, azurit
     farm = package_farm(tmp_path)
     # -S: no site-packages at all; PYTHONPATH is the farm only. The environment is what the azure_batch backend
     # gives a Batch task: SAS URLs for models (read) and staging (read/write), no account key.
-    task_env = backends.batch_task_env(azurite.connection_string, containers.__dict__, sas_hours=1)
+    task_env = azure_batch.batch_task_env(azurite.connection_string, containers.__dict__, sas_hours=1)
     assert "AccountKey" not in json.dumps(task_env)
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(farm), "PYTHONDONTWRITEBYTECODE": "1", **task_env,
            **{key: value for key, value in os.environ.items() if key.startswith("SCORING_CONTAINER_")}}

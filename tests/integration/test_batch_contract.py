@@ -1,4 +1,4 @@
-"""The azure_batch backend against a fake Batch REST server (tests/fake_batch.py) and the real Azurite.
+"""The azure_batch backend against a fake Batch REST server (tests/support/fake_batch.py) and the real Azurite.
 
 The real azure-batch SDK sends real HTTP; the fake server runs each task's command line as a process with
 only the task's environment, so shards really score, with SAS-only storage access. Asserted: what the SDK
@@ -22,22 +22,11 @@ from azure.core.exceptions import HttpResponseError
 from sensor_scoring import backends
 from sensor_scoring.backends import azure_batch as batch
 from dev.azurite import KEY as STORAGE_KEY
-from sensor_scoring.storage import open_storage
 from tests.support.fake_batch import ACCOUNT, KEY, FakeBatch
 from tests.support.helpers import planned_hour
 
 pytestmark = [pytest.mark.azurite]
 IMAGE = "registry.example/sensor-scoring-scorer:1.0"
-
-
-@pytest.fixture
-def fake(tmp_path, monkeypatch):
-    server = FakeBatch(tmp_path / "batch").start()
-    monkeypatch.setenv("AIRFLOW_CONN_AZURE_BATCH_DEFAULT", server.connection_json())
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -50,8 +39,8 @@ def settings(monkeypatch) -> batch.BatchSettings:
 
 
 @pytest.fixture
-def client(fake) -> BatchClient:
-    return BatchClient(endpoint=fake.url, credential=AzureNamedKeyCredential(ACCOUNT, KEY))
+def client(fake_batch) -> BatchClient:
+    return BatchClient(endpoint=fake_batch.url, credential=AzureNamedKeyCredential(ACCOUNT, KEY))
 
 
 @pytest.fixture
@@ -60,21 +49,22 @@ def shards(blob, containers):
     return planned_hour(blob, containers, "batch-run", devices=3, tags=2, sensors_per_shard=2)[1]
 
 
-def backend(client, settings, **kwargs) -> backends.AzureBatchBackend:
-    return backends.AzureBatchBackend(client, settings, job=kwargs.pop("job", "job-1"), poll_s=0.2, max_poll_s=0.5, **kwargs)
+def backend(client, settings, **kwargs) -> batch.AzureBatchBackend:
+    return batch.AzureBatchBackend(client, settings, job=kwargs.pop("job", "job-1"), poll_s=0.2, max_poll_s=0.5,
+                                   **kwargs)
 
 
-def no_secret_sent(fake: FakeBatch) -> bool:
-    sent = json.dumps([r["body"] for r in fake.requests])
+def no_secret_sent(fake_batch: FakeBatch) -> bool:
+    sent = json.dumps([r["body"] for r in fake_batch.requests])
     return STORAGE_KEY not in sent and "AccountKey" not in sent and KEY not in sent
 
 
-def test_success_and_what_the_sdk_sends(fake, client, settings, shards, azurite, containers):
+def test_success_and_what_the_sdk_sends(fake_batch, client, settings, shards, azurite, containers):
     shard = shards[0]
     result = backend(client, settings).run_shard(shard["spec_uri"], storage_setting=azurite.connection_string)
     assert result["shard"] == 0 and result["scored"] == 120
 
-    [pool] = fake.bodies("POST", "/pools")
+    [pool] = fake_batch.bodies("POST", "/pools")
     assert pool["id"] == "pool-x" and pool["vmSize"] == "standard_d4s_v3"
     assert pool["enableAutoScale"] is True and "targetDedicatedNodes" not in pool
     formula = pool["autoScaleFormula"]
@@ -83,9 +73,9 @@ def test_success_and_what_the_sdk_sends(fake, client, settings, shards, azurite,
     assert "//" not in formula and "@" not in formula
     assert pool["virtualMachineConfiguration"]["containerConfiguration"] == {
         "type": "dockerCompatible", "containerImageNames": [IMAGE]}
-    [job] = fake.bodies("POST", "/jobs")
+    [job] = fake_batch.bodies("POST", "/jobs")
     assert job["id"] == "job-1" and job["poolInfo"] == {"poolId": "pool-x"} and job["onAllTasksComplete"] == "noaction"
-    [task] = fake.bodies("POST", "/jobs/job-1/tasks")
+    [task] = fake_batch.bodies("POST", "/jobs/job-1/tasks")
     assert task["id"].startswith("shard-00000-") and task["id"].endswith("-t1")
     assert task["commandLine"] == f"python -m sensor_scoring score-shard --spec {shard['spec_uri']}"
     assert task["containerSettings"] == {"imageName": IMAGE, "containerRunOptions": "--rm"}
@@ -95,9 +85,9 @@ def test_success_and_what_the_sdk_sends(fake, client, settings, shards, azurite,
     sas = json.loads(env["value"])["sas_containers"]
     assert sorted(sas) == sorted([containers.models, containers.staging])  # read models, read+write staging
     assert all("sig=" in url and "se=" in url for url in sas.values())
-    assert no_secret_sent(fake)
-    assert all(r["headers"]["Authorization"].startswith(f"SharedKey {ACCOUNT}:") for r in fake.requests)
-    ran = fake.tasks[("job-1", task["id"])]
+    assert no_secret_sent(fake_batch)
+    assert all(r["headers"]["Authorization"].startswith(f"SharedKey {ACCOUNT}:") for r in fake_batch.requests)
+    ran = fake_batch.tasks[("job-1", task["id"])]
     assert ran.exit_code == 0 and [t.id for t in client.list_tasks("job-1")] == [task["id"]]
     # the process got the node's basics and its task's settings, nothing of the test's environment
     assert set(ran.env) == {"PATH", "HOME", "LANG", "AZ_BATCH_JOB_ID", "AZ_BATCH_TASK_ID", "AZ_BATCH_NODE_ID",
@@ -105,13 +95,13 @@ def test_success_and_what_the_sdk_sends(fake, client, settings, shards, azurite,
     assert STORAGE_KEY not in json.dumps(ran.env)
 
 
-def test_a_wrong_account_key_is_refused_by_the_shared_key_check(fake):
-    wrong = BatchClient(endpoint=fake.url, credential=AzureNamedKeyCredential(ACCOUNT, "d3Jvbmcta2V5"))
+def test_a_wrong_account_key_is_refused_by_the_shared_key_check(fake_batch):
+    wrong = BatchClient(endpoint=fake_batch.url, credential=AzureNamedKeyCredential(ACCOUNT, "d3Jvbmcta2V5"))
     with pytest.raises(HttpResponseError, match="AuthenticationFailed"):
         wrong.get_job("job-1")
 
 
-def test_failure_exit_code_then_retry_replaces_then_reuses(fake, client, settings, shards, blob, azurite):
+def test_failure_exit_code_then_retry_replaces_then_reuses(fake_batch, client, settings, shards, blob, azurite):
     shard = shards[1]
     container, path = shard["spec_uri"][len("az://"):].split("/", 1)
     input_path = path.replace("spec.json", "input.parquet")
@@ -121,30 +111,32 @@ def test_failure_exit_code_then_retry_replaces_then_reuses(fake, client, setting
     with pytest.raises(backends.ShardFailed, match=r"exited with code 1 .*FailureExitCode.*: .*") as failed:
         backend(client, settings, try_number=1).run_shard(shard["spec_uri"], storage_setting=azurite.connection_string)
     assert "arrow" in str(failed.value).lower() or "parquet" in str(failed.value).lower()
-    [first] = [t for (j, t) in fake.tasks]
+    [first] = [t for (j, t) in fake_batch.tasks]
 
     blob.write_bytes(container, input_path, good_input)  # fixed; the spec (and so the task ids) unchanged
-    result = backend(client, settings, try_number=2).run_shard(shard["spec_uri"], storage_setting=azurite.connection_string)
+    result = backend(client, settings, try_number=2).run_shard(shard["spec_uri"],
+                                                               storage_setting=azurite.connection_string)
     assert result["scored"] == 120
-    assert [r["path"] for r in fake.requests if r["method"] == "DELETE"] == [f"/jobs/job-1/tasks/{first}"]
-    [second] = [t for (j, t) in fake.tasks]
+    assert [r["path"] for r in fake_batch.requests if r["method"] == "DELETE"] == [f"/jobs/job-1/tasks/{first}"]
+    [second] = [t for (j, t) in fake_batch.tasks]
     assert second == first[:-2] + "t2"
 
-    added = len(fake.bodies("POST", "/jobs/job-1/tasks"))
-    again = backend(client, settings, try_number=3).run_shard(shard["spec_uri"], storage_setting=azurite.connection_string)
-    assert again == result and len(fake.bodies("POST", "/jobs/job-1/tasks")) == added  # reused, nothing added
-    assert len(fake.bodies("POST", "/jobs")) == 3  # create-if-missing on every try: 409 JobExists is fine
+    added = len(fake_batch.bodies("POST", "/jobs/job-1/tasks"))
+    again = backend(client, settings, try_number=3).run_shard(shard["spec_uri"],
+                                                              storage_setting=azurite.connection_string)
+    assert again == result and len(fake_batch.bodies("POST", "/jobs/job-1/tasks")) == added  # reused, nothing added
+    assert len(fake_batch.bodies("POST", "/jobs")) == 3  # create-if-missing on every try: 409 JobExists is fine
 
 
-def test_a_preempted_node_requeues_the_task_and_the_trigger_waits_it_out(fake, client, settings, shards, azurite):
+def test_a_preempted_node_requeues_the_task_and_the_trigger_waits_it_out(fake_batch, client, settings, shards, azurite):
     from sensor_scoring_airflow.triggers import BatchTaskTrigger
 
-    fake.exec_delay_s = 1.0  # long enough to be caught running
-    sub = backend(client, settings).submit(shards[0]["spec_uri"], storage_setting=azurite.connection_string, shard=0)
-    task = fake.tasks[(sub.job_id, sub.task_id)]
-    fake.wait_for(lambda: task.state == "running")
+    fake_batch.exec_delay_s = 1.0  # long enough to be caught running
+    sub = backend(client, settings).submit(shards[0]["spec_uri"], storage_setting=azurite.connection_string)
+    task = fake_batch.tasks[(sub.job_id, sub.task_id)]
+    fake_batch.wait_for(lambda: task.state == "running")
     first_pid = task.proc.pid
-    fake.preempt(sub.job_id, sub.task_id)
+    fake_batch.preempt(sub.job_id, sub.task_id)
     assert task.state in ("active", "running")
 
     trigger = BatchTaskTrigger("azure_batch_default", sub.job_id, sub.task_id, poll_interval=0.2, max_poll_interval=0.5)
@@ -154,34 +146,34 @@ def test_a_preempted_node_requeues_the_task_and_the_trigger_waits_it_out(fake, c
     assert not pid_alive(first_pid)
 
 
-def test_timeout_terminates_the_task(fake, client, settings, shards, azurite):
+def test_timeout_terminates_the_task(fake_batch, client, settings, shards, azurite):
     from sensor_scoring_airflow.triggers import BatchTaskTrigger
 
-    fake.start_delay_s = 30  # no node comes: the task stays queued
+    fake_batch.start_delay_s = 30  # no node comes: the task stays queued
     b = backend(client, settings, timeout_s=1.0)
     with pytest.raises(backends.ShardFailed, match="did not finish in time .was active"):
         b.run_shard(shards[0]["spec_uri"], storage_setting=azurite.connection_string)
-    sub = b.submit(shards[1]["spec_uri"], storage_setting=azurite.connection_string, shard=1)
+    sub = b.submit(shards[1]["spec_uri"], storage_setting=azurite.connection_string)
     trigger = BatchTaskTrigger("azure_batch_default", sub.job_id, sub.task_id, deadline=time.time() + 1,
                                poll_interval=0.2, max_poll_interval=0.5)
     event = asyncio.run(anext(trigger.run()))
-    assert event.payload["status"] == "timeout" and event.payload["last_state"] == "active"
-    terminated = [r["path"] for r in fake.requests if r["path"].endswith("/terminate")]
+    assert event.payload["status"] == "timeout" and event.payload["state"] == "active"
+    terminated = [r["path"] for r in fake_batch.requests if r["path"].endswith("/terminate")]
     assert len(terminated) == 2
-    assert all(t.state == "completed" and t.failure["code"] == "TaskEnded" for t in fake.tasks.values())
-    assert all(not t.pids for t in fake.tasks.values())  # never started
+    assert all(t.state == "completed" and t.failure["code"] == "TaskEnded" for t in fake_batch.tasks.values())
+    assert all(not t.pids for t in fake_batch.tasks.values())  # never started
 
 
-def test_kill_terminates_the_batch_task_and_its_process(fake, client, settings, shards, azurite):
+def test_kill_terminates_the_batch_task_and_its_process(fake_batch, client, settings, shards, azurite):
     """operator.on_kill (worker side) and trigger.on_kill (a user cleared the deferred task) both stop the task."""
     from sensor_scoring_airflow.operators import ScoreShardOperator
     from sensor_scoring_airflow.triggers import BatchTaskTrigger
 
-    fake.exec_delay_s = 60
+    fake_batch.exec_delay_s = 60
     b = backend(client, settings)
-    subs = [b.submit(s["spec_uri"], storage_setting=azurite.connection_string, shard=s["shard"]) for s in shards[:2]]
-    tasks = [fake.tasks[(s.job_id, s.task_id)] for s in subs]
-    fake.wait_for(lambda: all(t.state == "running" for t in tasks))
+    subs = [b.submit(s["spec_uri"], storage_setting=azurite.connection_string) for s in shards[:2]]
+    tasks = [fake_batch.tasks[(s.job_id, s.task_id)] for s in subs]
+    fake_batch.wait_for(lambda: all(t.state == "running" for t in tasks))
     pids = [t.proc.pid for t in tasks]
 
     op = ScoreShardOperator(task_id="score_shard", shard=shards[0], backend="azure_batch")
@@ -190,33 +182,34 @@ def test_kill_terminates_the_batch_task_and_its_process(fake, client, settings, 
     trigger = BatchTaskTrigger("azure_batch_default", subs[1].job_id, subs[1].task_id)
     asyncio.run(trigger.on_kill())
 
-    assert [r["path"] for r in fake.requests if r["path"].endswith("/terminate")] == [
+    assert [r["path"] for r in fake_batch.requests if r["path"].endswith("/terminate")] == [
         f"/jobs/{s.job_id}/tasks/{s.task_id}/terminate" for s in subs]
-    for task, pid in zip(tasks, pids):
+    for task, pid in zip(tasks, pids, strict=True):
         assert task.state == "completed" and task.failure["code"] == "TaskEnded" and task.exit_code != 0
         assert not pid_alive(pid)
 
 
-def test_shards_waiting_in_triggers_run_concurrently_on_batch(fake, client, settings, shards, azurite):
+def test_shards_waiting_in_triggers_run_concurrently_on_batch(fake_batch, client, settings, shards, azurite):
     """What the triggerer does with deferred shards: one event loop polls them all while they run at once."""
     from sensor_scoring_airflow.triggers import BatchTaskTrigger
 
-    fake.exec_delay_s = 1.0
+    fake_batch.exec_delay_s = 1.0
     b = backend(client, settings)
-    subs = [b.submit(s["spec_uri"], storage_setting=azurite.connection_string, shard=s["shard"]) for s in shards]
+    subs = [b.submit(s["spec_uri"], storage_setting=azurite.connection_string) for s in shards]
 
     async def wait_all():
-        triggers = [BatchTaskTrigger("azure_batch_default", s.job_id, s.task_id, poll_interval=0.2, max_poll_interval=0.5)
-                    for s in subs]
+        triggers = [BatchTaskTrigger("azure_batch_default", s.job_id, s.task_id, poll_interval=0.2,
+                                     max_poll_interval=0.5) for s in subs]
         return await asyncio.gather(*(anext(t.run()) for t in triggers))
 
     events = asyncio.run(wait_all())
     assert [e.payload["exit_code"] for e in events] == [0, 0, 0]
-    runs = [fake.tasks[(s.job_id, s.task_id)].runs[-1] for s in subs]
+    runs = [fake_batch.tasks[(s.job_id, s.task_id)].runs[-1] for s in subs]
     assert max(start for start, _ in runs) < min(end for _, end in runs)  # all three ran at the same time
 
 
-def test_old_idle_jobs_are_terminated_and_a_completed_job_is_recreated_for_a_rerun(fake, client, settings, shards, azurite):
+def test_old_idle_jobs_are_terminated_and_a_completed_job_is_recreated_for_a_rerun(fake_batch, client, settings, shards,
+                                                                                  azurite):
     from datetime import datetime, timezone
 
     mine, other = batch.job_prefix("sensor_scoring"), batch.job_prefix("other_dag")
@@ -226,25 +219,24 @@ def test_old_idle_jobs_are_terminated_and_a_completed_job_is_recreated_for_a_rer
         batch.ensure_job(client, settings, job)
     long_ago = (datetime.now(timezone.utc) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     for job in (old_idle, old_busy, foreign):
-        fake.jobs[job]["creationTime"] = long_ago
+        fake_batch.jobs[job]["creationTime"] = long_ago
     busy = batch.task_options(settings, "still-running", "az://s/x/spec.json", {})
     busy["commandLine"] = "python -c 'import time; time.sleep(60)'"
     client.create_task(old_busy, busy)
-    fake.wait_for(lambda: fake.tasks[(old_busy, "still-running")].state == "running")
+    fake_batch.wait_for(lambda: fake_batch.tasks[(old_busy, "still-running")].state == "running")
 
     new_run = batch.job_id("sensor_scoring", "new-run")
-    _, version = backends.shard_facts(open_storage(azurite.connection_string), shards[0]["spec_uri"])
-    batch.submit_shard(client, settings, job=new_run, shard=0, spec_uri=shards[0]["spec_uri"], spec_version=version,
-                       try_number=1, task_env={}, sweep_prefix=mine)
-    states = {job: fake.jobs[job]["state"] for job in (old_idle, old_busy, recent, foreign, new_run)}
+    batch.submit_shard(client, settings, azurite.connection_string, shards[0]["spec_uri"], job=new_run, try_number=1,
+                       sweep_prefix=mine)
+    states = {job: fake_batch.jobs[job]["state"] for job in (old_idle, old_busy, recent, foreign, new_run)}
     assert states == {old_idle: "completed", old_busy: "active", recent: "active", foreign: "active", new_run: "active"}
     assert old_idle.startswith(mine) and foreign.startswith(other) and len(new_run) <= 64
-    assert fake.bodies("POST", f"/jobs/{old_idle}/terminate") == [{"terminateReason": "IdleAfterRun"}]
+    assert fake_batch.bodies("POST", f"/jobs/{old_idle}/terminate") == [{"terminateReason": "IdleAfterRun"}]
 
     # clearing the old run later: its completed job is deleted and created again, then takes tasks
     assert batch.ensure_job(client, settings, old_idle) is True
-    assert fake.jobs[old_idle]["state"] == "active"
-    assert [r["path"] for r in fake.requests if r["method"] == "DELETE"] == [f"/jobs/{old_idle}"]
+    assert fake_batch.jobs[old_idle]["state"] == "active"
+    assert [r["path"] for r in fake_batch.requests if r["method"] == "DELETE"] == [f"/jobs/{old_idle}"]
 
 
 def test_ids_are_valid_batch_ids_and_stable():

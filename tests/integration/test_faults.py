@@ -31,7 +31,8 @@ import pytest
 from sensor_scoring import settings as config, models, pipeline
 from sensor_scoring import storage as st
 from dev.azurite import Azurite
-from sensor_scoring.backends import LocalBackend, ShardFailed, shard_command
+from sensor_scoring.backends import ShardFailed, shard_command
+from sensor_scoring.backends.local import LocalBackend
 from sensor_scoring.storage import BlobStorage
 from sensor_scoring.windows import WINDOW_COLUMNS, LandingPlan, WindowSchemaError, land_windows
 from tests.support.helpers import START, fleet_windows

@@ -13,7 +13,7 @@ from azure.core.exceptions import HttpResponseError
 
 from sensor_scoring import backends, settings as config, storage as st
 from sensor_scoring.backends import azure_batch as batch
-from dev.azurite import KEY
+from dev.azurite import KEY, connection_string, free_port
 from tests.support.helpers import planned_hour
 
 pytestmark = [pytest.mark.azurite]
@@ -51,10 +51,30 @@ def test_sas_setting_reads_models_writes_staging_and_nothing_else(blob, containe
         sas.read_bytes(containers.windows, "anything")
 
 
+def test_a_missing_container_lists_empty_as_with_the_account_key(blob, containers, azurite):
+    """A container nobody wrote to yet: both blob implementations answer an empty listing, not an error."""
+    missing = f"never-written-{containers.staging}"
+    sas = st.open_storage(st.make_sas_setting(azurite.connection_string, read=[missing], read_write=[], hours=1))
+    assert sas.list(missing) == [] == blob.list(missing)
+    assert sas.list(missing, "runs/") == [] and not sas.exists(missing, "runs/x.json")
+
+
+def test_sas_storage_has_the_retry_budget_of_the_settings(azurite, monkeypatch):
+    setting = st.make_sas_setting(azurite.connection_string, read=["models"], read_write=[], hours=1)
+    assert st.open_storage(setting).retry_total == st.BlobStorage(azurite.connection_string).retry_total == 6
+    monkeypatch.setenv(st.RETRIES_ENV, "3")
+    sas = st.open_storage(setting)
+    assert isinstance(sas, st.SasStorage) and sas.retry_total == 3
+    monkeypatch.setenv(st.RETRIES_ENV, "-1")
+    with pytest.raises(ValueError, match=st.RETRIES_ENV):
+        st.open_storage(setting)
+
+
 def test_an_expired_sas_is_refused(blob, containers, azurite):
     blob.write_bytes(containers.models, "m.txt", b"model")
     long_ago = datetime.now(timezone.utc) - timedelta(hours=3)
-    setting = st.make_sas_setting(azurite.connection_string, read=[containers.models], read_write=[], hours=1, now=long_ago)
+    setting = st.make_sas_setting(azurite.connection_string, read=[containers.models], read_write=[], hours=1,
+                                  now=long_ago)
     with pytest.raises(HttpResponseError) as refused:
         st.open_storage(setting).read_bytes(containers.models, "m.txt")
     assert refused.value.status_code == 403 and refused.value.error_code == "AuthorizationFailure"
@@ -78,20 +98,21 @@ def run_as_batch_task(options, tmp_path: Path) -> subprocess.CompletedProcess:
 
 def test_a_batch_task_gets_the_storage_retry_budget_but_nothing_else(azurite, monkeypatch):
     containers = {"models": "models", "staging": "staging"}
-    assert set(backends.batch_task_env(azurite.connection_string, containers, sas_hours=1)) == {config.STORAGE_ENV}
+    assert set(batch.batch_task_env(azurite.connection_string, containers, sas_hours=1)) == {config.STORAGE_ENV}
     monkeypatch.setenv(st.RETRIES_ENV, "9")
     monkeypatch.setenv(st.RETRY_BACKOFF_ENV, "0.5")
     monkeypatch.setenv("SCORING_SMTP_PASSWORD", "not-for-batch")  # other settings of the worker stay there
-    env = backends.batch_task_env(azurite.connection_string, containers, sas_hours=1)
+    env = batch.batch_task_env(azurite.connection_string, containers, sas_hours=1)
     assert env[st.RETRIES_ENV] == "9" and env[st.RETRY_BACKOFF_ENV] == "0.5"
     assert set(env) == {config.STORAGE_ENV, st.RETRIES_ENV, st.RETRY_BACKOFF_ENV}
 
 
 def test_the_exact_batch_command_line_scores_a_shard_with_sas_only(planned_shard, blob, containers, azurite, tmp_path):
     hour, shard = planned_shard
-    storage_containers, version = backends.shard_facts(blob, shard["spec_uri"])
-    task_env = backends.batch_task_env(azurite.connection_string, storage_containers, sas_hours=1)
-    options = batch.task_options(batch.BatchSettings(), batch.task_id(0, version, 1), shard["spec_uri"], task_env)
+    facts = batch.shard_facts(blob, shard["spec_uri"])
+    task_env = batch.batch_task_env(azurite.connection_string, facts.containers, sas_hours=1)
+    options = batch.task_options(batch.BatchSettings(), batch.task_id(facts.shard, facts.version, 1), shard["spec_uri"],
+                                 task_env)
     assert options.command_line == f"python -m sensor_scoring score-shard --spec {shard['spec_uri']}"
     assert [s.name for s in options.environment_settings] == [config.STORAGE_ENV]
     assert KEY not in json.dumps(options.as_dict()) and "AccountKey" not in json.dumps(options.as_dict())
@@ -104,7 +125,8 @@ def test_the_exact_batch_command_line_scores_a_shard_with_sas_only(planned_shard
     assert blob.exists(containers.staging, f"runs/{hour.run_key}/shard-00000/predictions.parquet")
 
 
-def test_the_batch_command_line_fails_when_its_sas_does_not_allow_the_write(planned_shard, containers, azurite, tmp_path):
+def test_the_batch_command_line_fails_when_its_sas_does_not_allow_the_write(planned_shard, containers, azurite,
+                                                                           tmp_path):
     """Same task, but staging only readable: the shard reads its input and models, then its write is refused."""
     _, shard = planned_shard
     sas = st.make_sas_setting(azurite.connection_string, read=[containers.models, containers.staging],
@@ -113,3 +135,19 @@ def test_the_batch_command_line_fails_when_its_sas_does_not_allow_the_write(plan
     done = run_as_batch_task(options, tmp_path)
     assert done.returncode != 0
     assert "AuthorizationPermissionMismatch" in done.stderr or "403" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_batch_task_rides_an_outage_with_the_forwarded_budget_and_names_it(planned_shard, containers, monkeypatch,
+                                                                             tmp_path):
+    """The worker's budget reaches the node (batch_task_env), and the node's SAS storage spends exactly that
+    budget: when the account stays away, the shard fails saying how many retries it made."""
+    _, shard = planned_shard
+    monkeypatch.setenv(st.RETRIES_ENV, "2")
+    monkeypatch.setenv(st.RETRY_BACKOFF_ENV, "0.1")
+    gone = connection_string("127.0.0.1", free_port())  # the same account, unreachable: nothing listens there
+    task_env = batch.batch_task_env(gone, {"models": containers.models, "staging": containers.staging}, sas_hours=1)
+    assert task_env[st.RETRIES_ENV] == "2" and task_env[st.RETRY_BACKOFF_ENV] == "0.1"
+    done = run_as_batch_task(batch.task_options(batch.BatchSettings(), "t", shard["spec_uri"], task_env), tmp_path)
+    assert done.returncode != 0
+    assert "score_shard: SAS access to http://127.0.0.1:" in done.stderr, done.stderr[-2000:]
+    assert "is unreachable after 2 retries with exponential backoff" in done.stderr, done.stderr[-2000:]

@@ -48,6 +48,10 @@ def test_setting_picks_the_implementation(tmp_path, azurite):
     assert isinstance(st.open_storage(f"file://{tmp_path}"), st.LocalStorage)
     assert isinstance(st.open_storage(azurite.connection_string), st.BlobStorage)
     assert isinstance(st.open_storage("UseDevelopmentStorage=true"), st.BlobStorage)
+    malformed = azurite.connection_string.replace("AccountName=", "Account=").replace("BlobEndpoint=", "Blob=")
+    with pytest.raises(st.StorageSettingError, match="^SCORING_STORAGE is not a usable connection string") as refused:
+        st.open_storage(malformed)
+    assert KEY not in str(refused.value)
 
 
 def test_local_storage_refuses_paths_that_escape(tmp_path):
@@ -64,15 +68,21 @@ def test_uris_round_trip_and_reject_other_schemes():
 
 class FakeConn:
     def __init__(self, conn_id="scoring_storage", host=None, login=None, password=None, extra=None):
-        self.conn_id, self.host, self.login, self.password, self.extra_dejson = conn_id, host, login, password, extra or {}
+        self.conn_id, self.host, self.login, self.password = conn_id, host, login, password
+        self.extra_dejson = extra or {}
 
 
 def test_airflow_connection_forms_become_connection_strings():
-    assert connection_to_setting(FakeConn(extra={"connection_string": "UseDevelopmentStorage=true"})) == "UseDevelopmentStorage=true"
-    by_key = connection_to_setting(FakeConn(host="http://127.0.0.1:10000/devstoreaccount1", login="devstoreaccount1", password="k"))
+    dev = "UseDevelopmentStorage=true"
+    assert connection_to_setting(FakeConn(extra={"connection_string": dev})) == dev
+    by_key = connection_to_setting(FakeConn(host="http://127.0.0.1:10000/devstoreaccount1", login="devstoreaccount1",
+                                            password="k"))
     assert by_key == ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=k;"
                       "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;")
-    assert connection_to_setting(FakeConn(host="https://a.blob.core.windows.net", extra={"sas_token": "?sv=1&sig=x"})) == \
+    by_sas = FakeConn(host="https://a.blob.core.windows.net", extra={"sas_token": "?sv=1&sig=x"})
+    assert connection_to_setting(by_sas) == \
         "BlobEndpoint=https://a.blob.core.windows.net;SharedAccessSignature=sv=1&sig=x"
+    for setting in (dev, by_key, connection_to_setting(by_sas)):  # every form is one open_storage accepts
+        assert st.parse_setting(setting, source="Airflow connection 'scoring_storage'").kind == "connection_string"
     with pytest.raises(ValueError, match="managed identity"):
         connection_to_setting(FakeConn())

@@ -13,6 +13,8 @@ key and answers 403 when it differs, so a client with a wrong key fails here as 
 Simulations the tests switch on: ``start_delay_s`` (a task waits in ``active`` as on a pool scaling up from
 zero), ``exec_delay_s`` (the process sleeps before exec'ing the command, so it can be killed mid-run),
 and :meth:`FakeBatch.preempt` (a spot node is reclaimed: the process is killed and Batch requeues the task).
+
+The :func:`fake_batch` fixture (a pytest plugin of ``tests/conftest.py``) is how every test gets one.
 """
 from __future__ import annotations
 
@@ -31,9 +33,12 @@ import uuid
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
+
+import pytest
 
 ACCOUNT = "fakebatch"
 KEY = base64.b64encode(b"fake-batch-account-key-for-tests").decode()
@@ -84,8 +89,8 @@ class FakeTask:
                 "lastModified": _iso(self.state_changed), "state": self.state,
                 "stateTransitionTime": _iso(self.state_changed), "executionInfo": info}
         if self.start_time:
-            out["nodeInfo"] = {"poolId": "fake", "nodeId": "node-1",
-                               "taskRootDirectory": str(self.dir), "taskRootDirectoryUrl": f"{base}/fake-node/{self.job}/{self.id}"}
+            out["nodeInfo"] = {"poolId": "fake", "nodeId": "node-1", "taskRootDirectory": str(self.dir),
+                               "taskRootDirectoryUrl": f"{base}/fake-node/{self.job}/{self.id}"}
         return out
 
 
@@ -171,7 +176,8 @@ class FakeBatch:
         task.exit_code = code if code >= 0 else 128 - code  # a signal as a shell reports it
         task.result = "success" if code == 0 and not failure else "failure"
         task.failure = failure or (None if code == 0 else {
-            "category": "usererror", "code": "FailureExitCode", "message": f"The task exited with exit code {task.exit_code}"})
+            "category": "usererror", "code": "FailureExitCode",
+            "message": f"The task exited with exit code {task.exit_code}"})
         task.state, task.state_changed, task.end_time = "completed", _now(), _now()
 
     def _kill(self, task: FakeTask) -> int | None:
@@ -318,7 +324,8 @@ class _Handler(BaseHTTPRequestHandler):
                 case ("GET", ["jobs", job, "taskcounts"]):
                     states = [t.state for (j, _), t in fake.tasks.items() if j == job]
                     done = [t for (j, _), t in fake.tasks.items() if j == job and t.state == "completed"]
-                    counts = {"active": states.count("active") + states.count("preparing"), "running": states.count("running"),
+                    counts = {"active": states.count("active") + states.count("preparing"),
+                              "running": states.count("running"),
                               "completed": len(done), "succeeded": sum(t.exit_code == 0 for t in done),
                               "failed": sum(t.exit_code != 0 for t in done)}
                     return self._send(200, {"taskCounts": counts, "taskSlotCounts": counts})
@@ -334,7 +341,8 @@ class _Handler(BaseHTTPRequestHandler):
                     if job not in fake.jobs:
                         return self._send(404, _error("JobNotFound", "The specified job does not exist."))
                     if fake.jobs[job]["state"] != "active":
-                        return self._send(409, _error("JobCompleted", "The specified job is already in a completed state."))
+                        return self._send(409, _error("JobCompleted",
+                                                      "The specified job is already in a completed state."))
                     if (job, body["id"]) in fake.tasks:
                         return self._send(409, _error("TaskExists", "The specified task already exists."))
                     task = fake.tasks[(job, body["id"])] = FakeTask(job, body, fake.root)
@@ -365,6 +373,19 @@ class _Handler(BaseHTTPRequestHandler):
                     if task is None or not (task.dir / name).is_file():
                         return self._send(404, _error("FileNotFound", "The specified file does not exist."))
                     return self._send(200, raw=(task.dir / name).read_bytes())
-        return self._send(400, _error("InvalidUri", f"the fake Batch server does not implement {self.command} {url.path}"))
+        return self._send(400, _error("InvalidUri",
+                                      f"the fake Batch server does not implement {self.command} {url.path}"))
 
     do_GET = do_POST = do_DELETE = do_HEAD = do_PUT = do_PATCH = _handle
+
+
+@pytest.fixture
+def fake_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBatch]:
+    """A started fake Batch account, the ``azure_batch_default`` connection of this process; stopped (with every
+    task process) at the end. Tests switch its simulations on by setting ``start_delay_s`` / ``exec_delay_s``."""
+    server = FakeBatch(tmp_path / "batch").start()
+    monkeypatch.setenv("AIRFLOW_CONN_AZURE_BATCH_DEFAULT", server.connection_json())
+    try:
+        yield server
+    finally:
+        server.stop()

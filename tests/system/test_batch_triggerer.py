@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 
 from dev.devstack import PARALLELISM, DevStack, tail
-from tests.support.fake_batch import FakeBatch
 from tests.dag.test_batch_dag import H, HOUR, landed  # noqa: F401  (fixture)
 from tests.dag.test_end_to_end import read_partition
 
@@ -22,21 +21,14 @@ SHARDS = 6
 
 
 @pytest.fixture
-def fake(tmp_path):
+def own_stack(tmp_path, fake_batch, blob, azurite):
+    """A dev stack of this test's own (PostgreSQL, LocalExecutor) on the session's Azurite and this test's containers,
+    with the fake Batch account as its azure_batch_default connection."""
     # shards that take 45 s: long enough for all six to be submitted, four slots at a time, while the first runs
-    server = FakeBatch(tmp_path / "batch", exec_delay_s=45.0).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def own_stack(tmp_path, fake, blob, azurite):
-    """A dev stack of this test's own (PostgreSQL, LocalExecutor) on the session's Azurite and this test's containers."""
+    fake_batch.exec_delay_s = 45.0
     stack = DevStack(tmp_path / "stack", storage=azurite.connection_string, durable=False, airflow_env={
         "AIRFLOW__TRIGGERER__CAPACITY": "50",
-        "AIRFLOW_CONN_AZURE_BATCH_DEFAULT": fake.connection_json(),
+        "AIRFLOW_CONN_AZURE_BATCH_DEFAULT": fake_batch.connection_json(),
         "SCORING_BATCH_POLL_SECONDS": "1",
         "SCORING_BATCH_MAX_POLL_SECONDS": "2",
     })
@@ -46,7 +38,8 @@ def own_stack(tmp_path, fake, blob, azurite):
         assert not stack.stop(), "processes of the dev stack survived"
 
 
-def test_shards_run_concurrently_on_batch_under_the_triggerer(own_stack: DevStack, fake, blob, containers, landed):  # noqa: F811
+def test_shards_run_concurrently_on_batch_under_the_triggerer(own_stack: DevStack, fake_batch, blob, containers,
+                                                             landed):  # noqa: F811
     stack, api = own_stack, own_stack.api()
     assert stack.environment()["AIRFLOW__CORE__PARALLELISM"] == str(PARALLELISM) and PARALLELISM < SHARDS
     run_id = "batch_concurrency_test"
@@ -63,7 +56,7 @@ def test_shards_run_concurrently_on_batch_under_the_triggerer(own_stack: DevStac
 
     predictions, manifest = read_partition(blob, containers.predictions, HOUR)
     assert len(predictions) == 360 and manifest["run_id"] == run_id
-    tasks = [t for t in fake.tasks.values()]
+    tasks = list(fake_batch.tasks.values())
     assert len(tasks) == SHARDS and all(t.exit_code == 0 for t in tasks)
     runs = [t.runs[-1] for t in tasks]
     # all six Batch tasks ran at once although the executor has only four slots: deferred shards hold none

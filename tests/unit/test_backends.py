@@ -1,5 +1,10 @@
-"""The backend seam: the local backend runs the shard command; unknown and unbuilt backends say so."""
+"""The backend seam: the local backend runs the shard command; unknown backends say so; the decisions of a wait
+on a Batch task, shared by the trigger and the synchronous backend."""
 from __future__ import annotations
+
+import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -17,7 +22,8 @@ def test_local_backend_runs_the_shard_command_in_a_child_process(tmp_path, monke
     from datetime import timedelta
 
     hour = pipeline.Hour(storage, config.Containers(), "r1", START + timedelta(hours=2), START + timedelta(hours=3))
-    [shard] = pipeline.plan_shards(hour, pipeline.load_and_validate(hour), model_version="production", sensors_per_shard=5)
+    [shard] = pipeline.plan_shards(hour, pipeline.load_and_validate(hour), model_version="production",
+                                   sensors_per_shard=5)
     result = backends.get_backend("local").run_shard(shard["spec_uri"], storage_setting=str(tmp_path))
     assert result["scored"] == 120 and result["shard"] == 0
     assert storage.exists("staging", f"runs/{hour.run_key}/shard-00000/predictions.parquet")
@@ -36,3 +42,36 @@ def test_unknown_backends_are_refused_clearly():
     with pytest.raises(ValueError, match="unknown backend 'spark'"):
         backends.get_backend("spark")
     assert backends.get_backend("azure_batch").name == "azure_batch"
+
+
+def test_the_package_loads_without_the_batch_code():
+    code = ("import sys, sensor_scoring.backends as b; b.get_backend('local'); "
+            "assert 'sensor_scoring.backends.azure_batch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def summary(state: str, requeues: int = 0, exit_code: int | None = None) -> dict[str, object]:
+    return {"task_id": "t", "state": state, "exit_code": exit_code, "requeue_count": requeues, "failure": None}
+
+
+def test_a_wait_backs_off_up_to_its_cap_and_ends_when_the_task_completes(caplog):
+    from sensor_scoring.backends import azure_batch as batch
+
+    poll = batch.Poll("j", "t", delay=1.0, max_delay=3.0)
+    pauses = [batch.poll_step(poll, summary("active"), now=0.0).sleep_s for _ in range(4)]
+    assert pauses == [1.0, 2.0, 3.0, 3.0]
+    with caplog.at_level(logging.WARNING, logger=batch.__name__):
+        assert batch.poll_step(poll, summary("running", requeues=1), now=0.0).event is None
+    assert "requeued by Batch (node preempted or lost), 1 time(s)" in caplog.text
+    done = batch.poll_step(poll, summary("completed", requeues=1, exit_code=3), now=0.0)
+    assert done.event == {"status": "completed", **summary("completed", requeues=1, exit_code=3)}
+    assert not done.terminate
+
+
+def test_a_wait_sleeps_no_later_than_its_deadline_then_terminates_the_task():
+    from sensor_scoring.backends import azure_batch as batch
+
+    poll = batch.Poll("j", "t", delay=10.0, max_delay=60.0, deadline=100.0)
+    assert batch.poll_step(poll, summary("active"), now=97.0).sleep_s == pytest.approx(3.01)
+    over = batch.poll_step(poll, summary("active"), now=100.5)
+    assert over.terminate and over.event == {"status": "timeout", **summary("active")}

@@ -1,9 +1,12 @@
-"""Azure Batch for shards: ids, the shared autoscaling pool, one job per DAG run, one task per shard.
+"""Azure Batch for shards: ids, the shared autoscaling pool, one job per DAG run, one task per shard, and the
+one way of waiting for a task and judging it.
 
-Airflow-free on purpose: the deferrable operator in ``plugins/`` and :class:`sensor_scoring.backends.AzureBatchBackend`
-both call these functions, and the contract tests drive them against a fake Batch REST server. Every call goes
-through the azure-batch 15 SDK (``azure.batch.BatchClient``), the client the Azure provider's
-``AzureBatchHook`` builds from the ``azure_batch_default`` connection.
+Airflow-free on purpose: the deferrable ``ScoreShardOperator`` and its ``BatchTaskTrigger``
+(``sensor_scoring_airflow``) and :class:`AzureBatchBackend` (scripts, the contract tests) call the same
+:func:`submit_shard`, :func:`poll_step` and :func:`check_outcome`; the trigger awaits between polls in the
+triggerer's event loop, the backend sleeps. Every call goes through the azure-batch 15 SDK
+(``azure.batch.BatchClient``), built from an Airflow ``azure_batch`` connection, and the contract tests drive
+it against a fake Batch REST server.
 
 What the stock ``AzureBatchOperator`` gets wrong for mapped tasks, and this module does not: it never waits for
 the pool (or its nodes) to be idle, it adds one task to a job shared by the run instead of a job per call, and it
@@ -12,25 +15,41 @@ judges a shard by its own task's exit code only.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import os
 import re
 import shlex
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from sensor_scoring import settings as config, storage as st
+from sensor_scoring.backends import ShardFailed, read_result, shard_command
 from sensor_scoring.settings import DEFAULT_FORMULA, FORMULA_ENV, BatchSettings
 
 if TYPE_CHECKING:
-    from azure.batch import BatchClient
+    from azure.batch import BatchClient, models as bm
+    from azure.batch.aio import BatchClient as AsyncBatchClient
 
 log = logging.getLogger(__name__)
 
 #: Batch ids: letters, digits, hyphens and underscores, at most 64 characters.
 MAX_ID = 64
 _NOT_ID = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class Log(Protocol):
+    """Where the wait and the verdict are told: this module's logger, or the operator's or trigger's own
+    (Airflow files those under the task's log)."""
+
+    def info(self, msg: str, /, *args: object) -> None: ...
+
+    def warning(self, msg: str, /, *args: object) -> None: ...
+
+    def error(self, msg: str, /, *args: object) -> None: ...
 
 
 # --- ids -------------------------------------------------------------------------------------------------
@@ -69,17 +88,18 @@ def previous_task_ids(shard: int, spec_version: str, try_number: int) -> list[st
 # --- pool, job, task --------------------------------------------------------------------------------------
 
 def autoscale_formula(settings: BatchSettings) -> str:
-    """The formula of ``src/sensor_scoring/backends/autoscale.formula`` with the caps filled in (comment lines dropped)."""
+    """The formula of ``sensor_scoring/backends/autoscale.formula`` with the caps filled in (comment lines dropped)."""
     path = Path(settings.formula_path)
     if not path.is_file():
-        raise FileNotFoundError(f"autoscale formula {path} not found; set {FORMULA_ENV} to its path")
+        raise FileNotFoundError(f"autoscale formula {path} not found; set {FORMULA_ENV} to its path "
+                                f"(the package's own is {DEFAULT_FORMULA})")
     lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("//")]
     text = "\n".join(lines)
     text = text.replace("@MAX_DEDICATED@", str(int(settings.max_nodes)))
     return text.replace("@MAX_LOW_PRIORITY@", str(int(settings.max_low_priority_nodes)))
 
 
-def pool_options(settings: BatchSettings):
+def pool_options(settings: BatchSettings) -> bm.BatchPoolCreateOptions:
     """The pool, as created when missing: autoscaled from zero, container-enabled for the scorer image."""
     from azure.batch import models as bm
 
@@ -153,7 +173,8 @@ def ensure_job(client: BatchClient, settings: BatchSettings, job: str, *, displa
     return True
 
 
-def finish_idle_jobs(client: BatchClient, prefix: str, older_than: timedelta, *, now: datetime | None = None) -> list[str]:
+def finish_idle_jobs(client: BatchClient, prefix: str, older_than: timedelta, *,
+                     now: datetime | None = None) -> list[str]:
     """Terminate this DAG's jobs created more than ``older_than`` ago that have no active or running task.
 
     Jobs are left open while their run may add shards (see ensure_job), yet every active job counts toward
@@ -172,9 +193,10 @@ def finish_idle_jobs(client: BatchClient, prefix: str, older_than: timedelta, *,
         if counts.active or counts.running:
             continue
         try:
-            # options are required in practice: azure-batch 15.1 fails to build the request without a body
-            client.begin_terminate_job(job.id, {"terminateReason": "IdleAfterRun"},
-                                       polling_interval=2)
+            # options are required in practice: azure-batch 15.1 fails to build the request without a body;
+            # its options model is private, so the REST body goes as a mapping
+            body: Any = {"terminateReason": "IdleAfterRun"}
+            client.begin_terminate_job(job.id, body, polling_interval=2)
             finished.append(job.id)
         except HttpResponseError as exc:
             log.info("Could not terminate Batch job %s: %s", job.id, exc.message)
@@ -183,15 +205,50 @@ def finish_idle_jobs(client: BatchClient, prefix: str, older_than: timedelta, *,
     return finished
 
 
+# --- what a shard's task gets: command, environment, options ----------------------------------------------
+
+@dataclass(frozen=True)
+class ShardFacts:
+    """What submitting a shard needs from its spec: its number, the containers it touches, and a version of the
+    spec that changes whenever plan_shards rewrites it (its URI and last-modified time): task ids derive from it."""
+
+    shard: int
+    containers: dict[str, str]
+    version: str
+
+
+def shard_facts(storage: st.Storage, spec_uri: str) -> ShardFacts:
+    """The :class:`ShardFacts` of the spec at ``spec_uri``."""
+    container, path = st.parse_uri(spec_uri)
+    spec = json.loads(storage.read_bytes(container, path))
+    [info] = [b for b in storage.list(container, path) if b.name == path]
+    return ShardFacts(int(spec["shard"]), dict(spec["containers"]), f"{spec_uri}@{info.last_modified.isoformat()}")
+
+
+def batch_task_env(storage_setting: str, containers: Mapping[str, str], sas_hours: float,
+                   settings: config.Settings | None = None) -> dict[str, str]:
+    """The whole storage access of a Batch task: SAS URLs to read ``models`` and read+write ``staging``,
+    expiring after ``sas_hours``. The account key stays in Airflow. A storage retry budget other than the
+    default is forwarded, so a node rides out an outage as the worker would (the default is the node's too)."""
+    settings = settings or config.current()
+    sas = st.make_sas_setting(storage_setting, read=[containers["models"]], read_write=[containers["staging"]],
+                              hours=sas_hours)
+    env = {config.STORAGE_ENV: sas}
+    defaults = config.Settings()
+    if settings.storage_retries != defaults.storage_retries:
+        env[config.STORAGE_RETRIES_ENV] = str(settings.storage_retries)
+    if settings.storage_retry_backoff_s != defaults.storage_retry_backoff_s:
+        env[config.STORAGE_RETRY_BACKOFF_ENV] = str(settings.storage_retry_backoff_s)
+    return env
+
+
 def shard_command_line(spec_uri: str) -> str:
     """The task's command line: the same entry point as the local backend, quoted for Batch's shell-less exec."""
-    from sensor_scoring.backends import shard_command
-
     return shlex.join(shard_command(spec_uri, python="python"))
 
 
-def task_options(settings: BatchSettings, task: str, spec_uri: str, task_env: dict[str, str],
-                 *, max_wall_clock: timedelta | None = None, display_name: str = ""):
+def task_options(settings: BatchSettings, task: str, spec_uri: str, task_env: Mapping[str, str],
+                 *, max_wall_clock: timedelta | None = None, display_name: str = "") -> bm.BatchTaskCreateOptions:
     """The Batch task of one shard. Storage reaches it only through ``task_env`` (SAS URLs, never a key)."""
     from azure.batch import models as bm
 
@@ -212,6 +269,8 @@ def task_options(settings: BatchSettings, task: str, spec_uri: str, task_env: di
     )
 
 
+# --- submit ------------------------------------------------------------------------------------------------
+
 @dataclass
 class Submission:
     """What submit_shard did: the ids, and whether an earlier try's successful task was reused."""
@@ -221,30 +280,29 @@ class Submission:
     reused: bool = False
     replaced: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "task_id": self.task_id, "reused": self.reused, "replaced": self.replaced}
 
-
-def submit_shard(client: BatchClient, settings: BatchSettings, *, job: str, shard: int, spec_uri: str,
-                 spec_version: str, try_number: int, task_env: dict[str, str],
-                 max_wall_clock: timedelta | None = None, label: str = "", sweep_prefix: str | None = None) -> Submission:
-    """Add this try's task for a shard, after looking at what earlier tries left in the job.
+def submit_shard(client: BatchClient, settings: BatchSettings, storage_setting: str, spec_uri: str, *, job: str,
+                 try_number: int, max_wall_clock: timedelta | None = None, label: str = "",
+                 sweep_prefix: str | None = None) -> Submission:
+    """Add this try's task for the shard of ``spec_uri``, after looking at what earlier tries left in the job.
 
     - an earlier try's task that completed with exit code 0: reused, nothing is added (its outputs are there);
     - an earlier try's task that failed, or is still running (the try was cleared or its worker died):
       terminated, deleted and replaced by this try's task;
     - this try's own task already present (the worker died right after adding it): adopted.
 
+    The task reaches storage through SAS URLs signed with the key of ``storage_setting`` (:func:`batch_task_env`).
     The call that creates the run's job also terminates idle jobs of ``sweep_prefix`` older than
     ``settings.job_ttl_hours``.
     """
     from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
+    facts = shard_facts(st.open_storage(storage_setting), spec_uri)
     ensure_pool(client, settings)
     if ensure_job(client, settings, job, display_name=f"scoring run {job}") and sweep_prefix:
         finish_idle_jobs(client, sweep_prefix, timedelta(hours=settings.job_ttl_hours))
     replaced: list[str] = []
-    for earlier in previous_task_ids(shard, spec_version, try_number):
+    for earlier in previous_task_ids(facts.shard, facts.version, try_number):
         try:
             found = client.get_task(job, earlier)
         except ResourceNotFoundError:
@@ -262,7 +320,8 @@ def submit_shard(client: BatchClient, settings: BatchSettings, *, job: str, shar
         except ResourceNotFoundError:
             pass
         replaced.append(earlier)
-    this = task_id(shard, spec_version, try_number)
+    this = task_id(facts.shard, facts.version, try_number)
+    task_env = batch_task_env(storage_setting, facts.containers, settings.sas_hours)
     try:
         client.create_task(job, task_options(settings, this, spec_uri, task_env,
                                              max_wall_clock=max_wall_clock, display_name=label))
@@ -271,6 +330,8 @@ def submit_shard(client: BatchClient, settings: BatchSettings, *, job: str, shar
         log.info("Batch task %s already exists (added before this try was interrupted): adopting it", this)
     return Submission(job, this, replaced=replaced)
 
+
+# --- wait and judge ----------------------------------------------------------------------------------------
 
 def _enum_text(value: Any) -> str | None:
     if value is None:
@@ -298,16 +359,93 @@ def task_summary(task: Any) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Poll:
+    """One wait on a Batch task: the next pause (doubling up to ``max_delay``), the requeues seen so far, and
+    the ``deadline`` (epoch seconds) at which the task is terminated instead of waited for."""
+
+    job_id: str
+    task_id: str
+    delay: float
+    max_delay: float
+    deadline: float | None = None
+    requeues: int = 0
+
+
+@dataclass(frozen=True)
+class PollStep:
+    """What to do after one look at the task: the wait is over with ``event`` (after terminating the task if
+    ``terminate``), or look again after ``sleep_s``."""
+
+    event: dict[str, Any] | None = None
+    terminate: bool = False
+    sleep_s: float = 0.0
+
+
+def poll_step(poll: Poll, summary: Mapping[str, Any], *, now: float, log: Log = log) -> PollStep:
+    """Every decision of a wait on a Batch task, for the trigger's async loop and the backend's sync one alike.
+
+    The event of a finished wait is ``{"status": "completed", **summary}`` when the task completed (whatever its
+    exit code: :func:`check_outcome` judges it), or ``{"status": "timeout", **summary}`` (``state`` is what the
+    task still was) when it outlived the deadline, and must be terminated.
+    """
+    if summary["requeue_count"] > poll.requeues:
+        poll.requeues = summary["requeue_count"]
+        log.warning("Batch task %s was requeued by Batch (node preempted or lost), %d time(s); "
+                    "waiting for it to run again", poll.task_id, poll.requeues)
+    if summary["state"] == "completed":
+        return PollStep(event={"status": "completed", **summary})
+    if poll.deadline is not None and now > poll.deadline:
+        log.warning("Batch task %s still %s at its deadline: terminating it", poll.task_id, summary["state"])
+        return PollStep(event={"status": "timeout", **summary}, terminate=True)
+    log.info("Batch task %s/%s is %s; next check in %.1fs", poll.job_id, poll.task_id, summary["state"], poll.delay)
+    pause = poll.delay if poll.deadline is None else max(0.0, min(poll.delay, poll.deadline - now + 0.01))
+    poll.delay = min(poll.delay * 2, poll.max_delay)
+    return PollStep(sleep_s=pause)
+
+
+def check_outcome(client: BatchClient, job: str, event: Mapping[str, Any], *, account_url: str | None = None,
+                  log: Log = log) -> None:
+    """Log what a finished wait found; raise ShardFailed unless the task completed with exit code 0 (its own
+    code, not the job's). A failed task's output tails go to the log, stderr's last lines into the error."""
+    task = event["task_id"]
+    urls = output_file_urls(account_url, job, task) if account_url else {}
+    log.info("Batch task %s/%s: state %s, exit code %s, requeued %s time(s), ran %s .. %s on node %s. "
+             "stdout: %s stderr: %s", job, task, event["state"], event["exit_code"], event["requeue_count"],
+             event["start_time"], event["end_time"], event["node_id"], urls.get("stdout", "?"), urls.get("stderr", "?"))
+    if event["status"] == "completed" and event["exit_code"] == 0:
+        return
+    tails = {name: read_task_file_tail(client, job, task, name) for name in ("stdout.txt", "stderr.txt")}
+    for name, tail in tails.items():
+        if tail:
+            log.error("Tail of %s of Batch task %s:\n%s", name, task, tail)
+    if event["status"] == "timeout":
+        raise ShardFailed(f"Batch task {task} did not finish in time (was {event['state']}); it was terminated")
+    last = tails["stderr.txt"].splitlines()[-5:]
+    raise ShardFailed(f"Batch task {task} exited with code {event['exit_code']} (failure: {event['failure']})"
+                      + (": " + " | ".join(last) if last else ""))
+
+
 def terminate_task(client: BatchClient, job: str, task: str) -> bool:
     """Ask Batch to end a task; True if the request was made (a finished or deleted task is fine)."""
-    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+    from azure.core.exceptions import HttpResponseError
 
     try:
         client.terminate_task(job, task)
         return True
-    except ResourceNotFoundError:
+    except HttpResponseError as exc:  # 404, 409 TaskCompleted and the like: nothing left to stop
+        log.info("Terminate of Batch task %s/%s refused: %s", job, task, exc.message)
         return False
-    except HttpResponseError as exc:  # 409 TaskCompleted and the like: nothing left to stop
+
+
+async def aterminate_task(client: AsyncBatchClient, job: str, task: str, *, log: Log = log) -> bool:
+    """:func:`terminate_task` for the asyncio client of the trigger."""
+    from azure.core.exceptions import HttpResponseError
+
+    try:
+        await client.terminate_task(job, task)
+        return True
+    except HttpResponseError as exc:
         log.info("Terminate of Batch task %s/%s refused: %s", job, task, exc.message)
         return False
 
@@ -320,7 +458,7 @@ def output_file_urls(account_url: str, job: str, task: str) -> dict[str, str]:
 
 
 def read_task_file_tail(client: BatchClient, job: str, task: str, name: str, lines: int = 20) -> str:
-    """The last lines of a task's output file, for the Airflow log of a failed shard; '' if unreadable."""
+    """The last lines of a task's output file, for the log of a failed shard; '' if unreadable."""
     try:
         data = b"".join(client.download_task_file(job, task, name))
     except Exception as exc:  # the node may be gone: the log then points at the URL instead
@@ -329,7 +467,9 @@ def read_task_file_tail(client: BatchClient, job: str, task: str, name: str, lin
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
-def client_from_connection(conn: Any):
+# --- clients -----------------------------------------------------------------------------------------------
+
+def client_from_connection(conn: Any) -> BatchClient:
     """A sync BatchClient from an Airflow ``azure_batch`` connection (login, key, ``extra.account_url``)."""
     from azure.batch import BatchClient
     from azure.core.credentials import AzureNamedKeyCredential
@@ -337,7 +477,7 @@ def client_from_connection(conn: Any):
     return BatchClient(endpoint=account_url_of(conn), credential=AzureNamedKeyCredential(conn.login, conn.password))
 
 
-def async_client_from_connection(conn: Any):
+def async_client_from_connection(conn: Any) -> AsyncBatchClient:
     """The same client for asyncio (the trigger polls without blocking the triggerer's event loop)."""
     from azure.batch.aio import BatchClient
     from azure.core.credentials import AzureNamedKeyCredential
@@ -355,3 +495,66 @@ def account_url_of(conn: Any) -> str:
         raise ValueError(f"Airflow connection {conn.conn_id!r} needs the Batch account name (login) and key "
                          "(password); managed identity is not supported by the scoring backend yet")
     return str(url)
+
+
+# --- outside Airflow ---------------------------------------------------------------------------------------
+
+class AzureBatchBackend:
+    """Runs the shard command as an Azure Batch task and waits for it here, sleeping between polls.
+
+    For use outside Airflow (scripts, the contract tests). Inside Airflow the deferrable ``ScoreShardOperator``
+    runs the same steps but waits in the triggerer, holding no worker slot. Without a ``client``, one is built
+    from the Airflow connection of ``settings.conn_id``.
+    """
+
+    name = "azure_batch"
+
+    def __init__(self, client: BatchClient | None = None, settings: BatchSettings | None = None, *,
+                 account_url: str | None = None, job: str | None = None, try_number: int = 1,
+                 poll_s: float | None = None, max_poll_s: float | None = None, timeout_s: float | None = None) -> None:
+        self.settings = settings or config.current().batch
+        self._client, self.account_url = client, account_url
+        self.job = job
+        self.try_number = try_number
+        self.poll_s = self.settings.poll_s if poll_s is None else poll_s
+        self.max_poll_s = self.settings.max_poll_s if max_poll_s is None else max_poll_s
+        self.timeout_s = timeout_s
+
+    @property
+    def client(self) -> BatchClient:
+        if self._client is None:
+            from airflow.sdk import BaseHook
+
+            conn = BaseHook.get_connection(self.settings.conn_id)
+            self._client, self.account_url = client_from_connection(conn), account_url_of(conn)
+        return self._client
+
+    def submit(self, spec_uri: str, *, storage_setting: str, label: str = "") -> Submission:
+        """Add the shard's task (see :func:`submit_shard`), to ``job`` or to one job per run folder."""
+        job = self.job or job_id("scoring", spec_uri.rsplit("/", 2)[0])
+        return submit_shard(
+            self.client, self.settings, storage_setting, spec_uri, job=job, try_number=self.try_number,
+            max_wall_clock=timedelta(seconds=self.timeout_s * 1.1) if self.timeout_s else None, label=label,
+            sweep_prefix=job_prefix("scoring") if self.job is None else None,
+        )
+
+    def wait(self, job: str, task: str) -> dict[str, Any]:
+        """Poll the task until the wait is over (:func:`poll_step`); the finished wait's event."""
+        poll = Poll(job, task, self.poll_s, self.max_poll_s,
+                    deadline=time.time() + self.timeout_s if self.timeout_s is not None else None)
+        while True:
+            step = poll_step(poll, task_summary(self.client.get_task(job, task)), now=time.time())
+            if step.terminate:
+                terminate_task(self.client, job, task)
+            if step.event is not None:
+                return step.event
+            time.sleep(step.sleep_s)
+
+    def run_shard(self, spec_uri: str, *, storage_setting: str) -> dict[str, object]:
+        submission = self.submit(spec_uri, storage_setting=storage_setting)
+        if submission.reused:
+            event = {"status": "completed", **task_summary(self.client.get_task(submission.job_id, submission.task_id))}
+        else:
+            event = self.wait(submission.job_id, submission.task_id)
+        check_outcome(self.client, submission.job_id, event, account_url=self.account_url)
+        return read_result(spec_uri, storage_setting)

@@ -1,0 +1,87 @@
+"""What every storage implementation shares: the :class:`Storage` protocol, ``az://`` URIs and Parquet bytes.
+
+Every other module speaks in (container, path) pairs or ``az://container/path`` URIs, so the same code runs
+against Azure, Azurite and a plain folder.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+URI_SCHEME = "az://"
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What a listing tells about one blob."""
+
+    name: str
+    size: int
+    last_modified: datetime
+
+
+class Storage(Protocol):
+    """The operations the pipeline needs; nothing else is used, so a new backend stays small."""
+
+    def read_bytes(self, container: str, path: str) -> bytes: ...
+
+    def write_bytes(self, container: str, path: str, data: bytes) -> None: ...
+
+    def upload_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None: ...
+
+    def list(self, container: str, prefix: str = "") -> list[BlobInfo]: ...
+
+    def exists(self, container: str, path: str) -> bool: ...
+
+    def delete_prefix(self, container: str, prefix: str) -> int: ...
+
+    def describe(self) -> str: ...
+
+
+def make_uri(container: str, path: str) -> str:
+    """``az://container/path``: the form shard specs and XCom carry (no account, no secret)."""
+    return f"{URI_SCHEME}{container}/{path}"
+
+
+def parse_uri(uri: str) -> tuple[str, str]:
+    """Split an ``az://container/path`` URI; a clear error for anything else."""
+    if not uri.startswith(URI_SCHEME):
+        raise ValueError(f"expected a URI like az://container/path, got {uri!r}")
+    container, _, path = uri[len(URI_SCHEME):].partition("/")
+    if not container or not path:
+        raise ValueError(f"URI {uri!r} needs both a container and a path")
+    return container, path
+
+
+# --- Parquet in and out of blobs: one encoding for staging, partitions, model indexes and labels. ---
+
+def parquet_bytes(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
+    """A frame as one Parquet file's bytes (cast to ``schema`` when given), without the pandas index."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), sink)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
+
+
+def parquet_frame(data: bytes) -> pd.DataFrame:
+    """The frame in one Parquet file's bytes."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    frame: pd.DataFrame = pq.read_table(io.BytesIO(data)).to_pandas()
+    return frame
+
+
+def read_parquet(storage: Storage, container: str, path: str) -> pd.DataFrame:
+    """The frame of one Parquet blob."""
+    return parquet_frame(storage.read_bytes(container, path))

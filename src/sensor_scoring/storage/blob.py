@@ -1,0 +1,123 @@
+"""Azure Blob Storage (or Azurite) through a connection string, and the retry budget of every blob call.
+
+Writes are atomic per blob: a block blob becomes visible only when its block list is committed. That is the
+property commit relies on to replace an hour without readers seeing half of it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from sensor_scoring import settings as config
+from sensor_scoring.storage.base import BlobInfo, make_uri
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ExponentialRetry
+
+#: Retry budget of blob calls (environment, so shard processes and Batch nodes get the same): how many
+#: retries, and the first backoff in seconds (later ones add 2**n seconds).
+RETRIES_ENV = config.STORAGE_RETRIES_ENV
+RETRY_BACKOFF_ENV = config.STORAGE_RETRY_BACKOFF_ENV
+
+
+def retry_settings(retry_total: int | None = None, initial_backoff: float | None = None) -> tuple[int, float]:
+    """Explicit values, else ``SCORING_STORAGE_RETRIES`` / ``SCORING_STORAGE_RETRY_BACKOFF_S`` of the settings."""
+    if retry_total is None or initial_backoff is None:
+        current = config.current()
+        retry_total = current.storage_retries if retry_total is None else retry_total
+        initial_backoff = current.storage_retry_backoff_s if initial_backoff is None else initial_backoff
+    if retry_total < 0 or initial_backoff < 0:
+        raise ValueError(f"{RETRIES_ENV} and {RETRY_BACKOFF_ENV} must not be negative")
+    return retry_total, initial_backoff
+
+
+def retry_policy(retry_total: int, initial_backoff: float) -> ExponentialRetry:
+    """The SDK's exponential retry with the whole budget for every kind of fault.
+
+    retry_connect/read default to 3 in the SDK whatever retry_total says: an outage (connection refused)
+    gets the whole budget here. Waits: initial + 2**n seconds (+- jitter), i.e. about 2 min for the default 6.
+    """
+    from azure.storage.blob import ExponentialRetry
+
+    # The SDK logs every request at INFO; at Airflow's default level that floods the task log.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+    # the SDK annotates the backoffs as whole seconds; fractions work (the tests wait 0.1 s, not 1 s)
+    backoffs: dict[str, Any] = {"initial_backoff": initial_backoff, "random_jitter_range": min(3.0, initial_backoff)}
+    return ExponentialRetry(increment_base=2, retry_total=retry_total, retry_connect=retry_total,
+                            retry_read=retry_total, retry_status=retry_total, **backoffs)
+
+
+class BlobStorage:
+    """Azure Blob Storage through a connection string; Azurite is the same code on loopback.
+
+    Transient faults (connection refused, 5xx, timeouts) are retried by the SDK's exponential retry policy,
+    so a storage blip during a run costs time, not the run.
+    """
+
+    def __init__(self, connection_string: str, *, retry_total: int | None = None,
+                 initial_backoff: float | None = None) -> None:
+        from azure.storage.blob import BlobServiceClient
+
+        self.retry_total, backoff = retry_settings(retry_total, initial_backoff)
+        self._client = BlobServiceClient.from_connection_string(
+            connection_string, retry_policy=retry_policy(self.retry_total, backoff), connection_timeout=10,
+            read_timeout=120,
+        )
+        self._created: set[str] = set()
+
+    @property
+    def account_name(self) -> str:
+        return self._client.account_name or "?"
+
+    def _ensure_container(self, container: str) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        if container in self._created:
+            return
+        try:
+            self._client.create_container(container)
+        except ResourceExistsError:
+            pass
+        self._created.add(container)
+
+    def read_bytes(self, container: str, path: str) -> bytes:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self._client.get_blob_client(container, path).download_blob(max_concurrency=2).readall()
+        except ResourceNotFoundError as exc:
+            raise FileNotFoundError(make_uri(container, path)) from exc
+
+    def write_bytes(self, container: str, path: str, data: bytes) -> None:
+        self._ensure_container(container)
+        self._client.get_blob_client(container, path).upload_blob(data, overwrite=True, max_concurrency=2)
+
+    def upload_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None:
+        self._ensure_container(container)
+        with open(local_path, "rb") as handle:
+            # Large files go up as staged blocks; the blob switches to the new content only when the
+            # block list is committed, so readers see the old or the new file, never a mix.
+            self._client.get_blob_client(container, path).upload_blob(handle, overwrite=True, max_concurrency=2)
+
+    def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            blobs = self._client.get_container_client(container).list_blobs(name_starts_with=prefix or None)
+            return [BlobInfo(b.name, b.size, b.last_modified) for b in blobs]
+        except ResourceNotFoundError:  # a container nobody wrote to yet holds nothing
+            return []
+
+    def exists(self, container: str, path: str) -> bool:
+        return bool(self._client.get_blob_client(container, path).exists())
+
+    def delete_prefix(self, container: str, prefix: str) -> int:
+        names = [info.name for info in self.list(container, prefix)]
+        client = self._client.get_container_client(container)
+        for start in range(0, len(names), 256):
+            client.delete_blobs(*names[start:start + 256])
+        return len(names)
+
+    def describe(self) -> str:
+        return f"blob account {self.account_name} at {self._client.url}"
