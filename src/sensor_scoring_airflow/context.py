@@ -12,7 +12,7 @@ from typing import Any
 
 from sensor_scoring import settings as config, storage as st
 from sensor_scoring.pipeline import Hour, resolve_interval
-from sensor_scoring_airflow.connections import storage_setting
+from sensor_scoring_airflow.connections import open_storage
 
 
 def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
@@ -27,7 +27,7 @@ def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
         )
         refuse_hours_before_start(start, _start_date(context))
     return Hour(
-        storage=st.open_storage(storage_setting()),
+        storage=open_storage(),
         containers=config.current().containers,
         run_id=str(context["run_id"]),
         start=start,

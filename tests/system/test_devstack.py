@@ -141,7 +141,8 @@ def test_airflow_environment_isolates_home_ports_login_storage_and_database(tmp_
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == postgres.url
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor" and int(env["AIRFLOW__CORE__PARALLELISM"]) >= 4
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
-    assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("/dags") and env["AIRFLOW__CORE__PLUGINS_FOLDER"].endswith("/plugins")
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("/dags")
+    assert "AIRFLOW__CORE__PLUGINS_FOLDER" not in env  # the Airflow side loads through the installed entry points
     assert env["AIRFLOW__API__PORT"] == str(stack.api_port) and env["AIRFLOW__API__BASE_URL"] == stack.url
     ports = {env[k] for k in ("AIRFLOW__API__PORT", "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
                               "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT")}
