@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from dev.devstack import DevStack, tail
-from tests.dag.test_alerts import http_sink, smtp_conn, smtp_sink, webhook_conn  # noqa: F401 (fixtures)
+from tests.support.alerting import smtp_conn, webhook_conn
 
 pytestmark = pytest.mark.airflow
 RUN_ID = "deadline-live"
@@ -37,7 +37,7 @@ def wait_for(what: str, check, timeout_s: float, stack: DevStack):
 
 
 @pytest.fixture
-def own_stack(tmp_path, smtp_sink, http_sink):  # noqa: F811
+def own_stack(tmp_path, smtp_sink, http_sink):
     """A dev stack of this test's own: the deadline (1 minute) is read when the DAG is parsed."""
     from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
     from sensor_scoring.storage import LocalStorage
@@ -57,7 +57,7 @@ def own_stack(tmp_path, smtp_sink, http_sink):  # noqa: F811
         assert not stack.stop(), "processes of the dev stack survived"
 
 
-def test_missed_deadline_alerts_through_scheduler_and_triggerer(own_stack: DevStack, smtp_sink, http_sink):  # noqa: F811
+def test_missed_deadline_alerts_through_scheduler_and_triggerer(own_stack: DevStack, smtp_sink, http_sink):
     stack = own_stack
 
     def airflow(*args: str) -> None:

@@ -11,8 +11,8 @@ import pytest
 
 from dev.devstack import PARALLELISM, DevStack, tail
 from tests.support.fake_batch import FakeBatch
-from tests.dag.test_batch_dag import H, HOUR, landed  # noqa: F401  (fixture)
-from tests.dag.test_end_to_end import read_partition
+from tests.support.batch_hour import H, HOUR
+from tests.support.partitions import read_partition
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 
@@ -46,7 +46,7 @@ def own_stack(tmp_path, fake, blob, azurite):
         assert not stack.stop(), "processes of the dev stack survived"
 
 
-def test_shards_run_concurrently_on_batch_under_the_triggerer(own_stack: DevStack, fake, blob, containers, landed):  # noqa: F811
+def test_shards_run_concurrently_on_batch_under_the_triggerer(own_stack: DevStack, fake, blob, containers, batch_landed):
     stack, api = own_stack, own_stack.api()
     assert stack.environment()["AIRFLOW__CORE__PARALLELISM"] == str(PARALLELISM) and PARALLELISM < SHARDS
     run_id = "batch_concurrency_test"
