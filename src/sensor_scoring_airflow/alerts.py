@@ -1,10 +1,11 @@
-"""Failure, deadline and anomaly alerts: one message, sent by email (SMTP connection) and JSON webhook (HTTP connection).
+"""Failure, deadline and anomaly alerts: one message, sent by email (SMTP connection) and JSON webhook (HTTP
+connection).
 
 Why one path for every event: an operator reads the same fields (DAG, run, task, map index, try, error, log
 link) whether a task failed after its last retry, the whole run failed, a run "succeeded" without running a task,
-the run missed its deadline, or an hour found too many anomalies. Each channel is an Airflow connection; a channel without a connection is skipped with
-one info line, and a channel that fails is logged and never raised: an alert must not fail the task or run that
-it reports on, nor hide the original error.
+the run missed its deadline, or an hour found too many anomalies. Each channel is an Airflow connection; a channel
+without a connection is skipped with one info line, and a channel that fails is logged and never raised: an alert
+must not fail the task or run that it reports on, nor hide the original error.
 
 Imported by the DAG file at parse time, so only the standard library and ``airflow.sdk`` are imported at the top;
 the providers' hooks are imported when a message is sent.
@@ -72,13 +73,15 @@ def build_payload(event: str, context: Mapping[str, Any], *, error: Any = None, 
     dag = context.get("dag")
     dag_id = (getattr(ti, "dag_id", None) or getattr(dag, "dag_id", None) or getattr(dag_run, "dag_id", None)
               or run_dict.get("dag_id"))
-    run_id = context.get("run_id") or getattr(ti, "run_id", None) or getattr(dag_run, "run_id", None) or run_dict.get("dag_run_id") or run_dict.get("run_id")
+    run_id = (context.get("run_id") or getattr(ti, "run_id", None) or getattr(dag_run, "run_id", None)
+              or run_dict.get("dag_run_id") or run_dict.get("run_id"))
     try:
         log_url = getattr(ti, "log_url", None) if ti is not None else None
     except Exception:  # a partly built task instance (DAG-run callback) may not know its URL
         log_url = None
     if error is None:
-        error = context.get("exception") if event == "task_failed" else context.get("reason") or context.get("exception")
+        reason = context.get("reason") or context.get("exception")
+        error = context.get("exception") if event == "task_failed" else reason
     payload: dict[str, Any] = {
         "event": event,
         "dag_id": dag_id,
@@ -160,7 +163,8 @@ def send_email(payload: Mapping[str, Any], conn_id: str = EMAIL_CONN_ID) -> str:
     subject = f"[{payload['dag_id']}] {payload['event']}: {payload.get('task_id') or payload['run_id']}"
     rows = "".join(f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(str(payload.get(k)))}</td></tr>"
                    for k in PAYLOAD_KEYS[1:] + tuple(k for k in payload if k not in PAYLOAD_KEYS))
-    link = f"<p><a href='{html.escape(str(payload['log_url']))}'>Open in Airflow</a></p>" if payload.get("log_url") else ""
+    link = (f"<p><a href='{html.escape(str(payload['log_url']))}'>Open in Airflow</a></p>"
+            if payload.get("log_url") else "")
     body = f"<p>{html.escape(str(payload['text'])).replace(chr(10), '<br>')}</p><table>{rows}</table>{link}"
     with SmtpHook(smtp_conn_id=conn_id) as hook:
         hook.send_email_smtp(to=recipients, subject=subject, html_content=body)
@@ -190,7 +194,8 @@ def send_alert(payload: Mapping[str, Any]) -> dict[str, str]:
             outcome[name] = send(payload)
         except Exception as exc:
             log.warning("Alert by %s failed (%s: %s); the %s alert for %s / %s was not delivered",
-                        name, type(exc).__name__, exc, payload.get("event"), payload.get("dag_id"), payload.get("run_id"))
+                        name, type(exc).__name__, exc, payload.get("event"), payload.get("dag_id"),
+                        payload.get("run_id"))
             outcome[name] = f"failed: {type(exc).__name__}"
     log.info("Alert %s: %s", payload.get("event"), outcome)
     return outcome

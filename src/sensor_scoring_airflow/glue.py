@@ -46,7 +46,8 @@ def storage_setting() -> str:
 
         conn = Connection.get(conn_id)
     except Exception as exc:  # not defined: the environment decides, which is the normal laptop case
-        log.info("No Airflow connection %r (%s); storage comes from %s", conn_id, type(exc).__name__, config.STORAGE_ENV)
+        log.info("No Airflow connection %r (%s); storage comes from %s", conn_id, type(exc).__name__,
+                 config.STORAGE_ENV)
         return config.storage_setting()
     log.info("Storage from Airflow connection %r", conn_id)
     return connection_to_setting(conn)
@@ -130,7 +131,8 @@ def asset_extra(manifests: list[Mapping[str, Any]]) -> dict[str, Any]:
         "model_version": first.get("model_version"),
         "subset": first.get("subset"),
         "hours": [m["hour"] for m in manifests],
-        "partitions": [f"{config.Containers.from_env().predictions}/{st.partition_prefix(_hour(m['hour']))}" for m in manifests],
+        "partitions": [f"{config.Containers.from_env().predictions}/{st.partition_prefix(_hour(m['hour']))}"
+                       for m in manifests],
         "counts": {m["hour"]: m["counts"] for m in manifests},
     }
 
