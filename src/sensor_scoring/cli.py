@@ -25,8 +25,8 @@ def _utc(text: str) -> datetime:
 
 
 def cmd_simulate(args: argparse.Namespace) -> dict[str, object]:
-    from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
     from sensor_scoring.storage import open_storage
+    from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 
     containers = config.Containers.from_env()
     cfg = SimulationConfig(devices=args.devices, tags=args.tags, seed=args.seed, anomaly_rate=args.anomaly_rate)
@@ -37,13 +37,14 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, object]:
         raise SystemExit("simulate: --end is required (unless --follow)")
     if to_eventhub:
         return _simulate_to_eventhub(args, cfg)
-    return simulate_to_storage(open_storage(), cfg, _utc(args.start), _utc(args.end),
-                               windows_container=containers.windows, labels_container=containers.labels)
+    return dict(simulate_to_storage(open_storage(), cfg, _utc(args.start), _utc(args.end),
+                                    windows_container=containers.windows, labels_container=containers.labels))
 
 
 def _simulate_to_eventhub(args: argparse.Namespace, cfg: SimulationConfig) -> dict[str, object]:
     """Send readings to an Event Hub instead of landing windows: Stream Analytics makes the windows then."""
     import os
+    from contextlib import closing
     from datetime import timezone
 
     from sensor_scoring.tools import eventhub
@@ -54,18 +55,18 @@ def _simulate_to_eventhub(args: argparse.Namespace, cfg: SimulationConfig) -> di
     except eventhub.EventHubConfigError as exc:
         raise SystemExit(f"simulate: {exc}") from None
     start = _utc(args.start)
-    with target.open() as producer:
+    with closing(target.open()) as producer:  # the SDK's client closes on exit too: the protocol names close()
         if args.follow is not None:
             done = eventhub.follow(producer, cfg, start, interval_s=args.follow,
                                    now=lambda: datetime.now(timezone.utc))
         else:
             done = eventhub.send_simulated(producer, cfg, start, _utc(args.end))
-    return {"eventhub": target.eventhub_name, "namespace": target.namespace} | done
+    return {"eventhub": target.eventhub_name, "namespace": target.namespace, **done}
 
 
 def cmd_ingest(args: argparse.Namespace) -> dict[str, object]:
-    from sensor_scoring.tools.ingest import ingest_readings_csv
     from sensor_scoring.storage import open_storage
+    from sensor_scoring.tools.ingest import ingest_readings_csv
 
     return ingest_readings_csv(open_storage(), config.Containers.from_env().windows, args.file)
 
@@ -78,7 +79,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, object]:
         open_storage(), config.Containers.from_env(), _utc(args.start), _utc(args.end),
         version=args.version, promote=args.promote, nu=args.nu, min_rows=args.min_rows,
     )
-    return {key: manifest[key] for key in ("version", "models", "train_start", "train_end")} | {"promoted": args.promote}
+    summary = {key: manifest[key] for key in ("version", "models", "train_start", "train_end")}
+    return summary | {"promoted": args.promote}
 
 
 def cmd_score_shard(args: argparse.Namespace) -> dict[str, object]:

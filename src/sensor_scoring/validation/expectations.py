@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no usage statistics phoning home from a worker
 
@@ -26,10 +26,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from great_expectations.execution_engine import PandasExecutionEngine  # noqa: E402
 from great_expectations.expectations.expectation import ColumnMapExpectation, MulticolumnMapExpectation  # noqa: E402
-from great_expectations.expectations.metrics import ColumnMapMetricProvider, column_condition_partial  # noqa: E402
+from great_expectations.expectations.metrics import ColumnMapMetricProvider  # noqa: E402
 from great_expectations.expectations.metrics.map_metric_provider import (  # noqa: E402
     MulticolumnMapMetricProvider,
     multicolumn_condition_partial,
+)
+from great_expectations.expectations.metrics.map_metric_provider.column_condition_partial import (  # noqa: E402
+    column_condition_partial,  # from its own module: the package also has a submodule of that name
 )
 from great_expectations.expectations.row_conditions import Column  # noqa: E402
 
@@ -134,7 +137,7 @@ class ExpectColumnValuesMiddleBetweenOuter(MulticolumnMapExpectation):
     map_metric = "multicolumn_values.scoring_middle_between"
     success_keys = ("mostly", "tolerance")
     tolerance: float = 0.0
-    ignore_row_if: str = "never"
+    ignore_row_if: Literal["all_values_are_missing", "any_value_is_missing", "never"] = "never"  # the base's type
 
 
 # --- Physical bounds: a packaged default per tag, overridable by the environment. ---
