@@ -1,8 +1,9 @@
 """Alerts in a live Airflow: a dev stack of its own (PostgreSQL; scheduler, triggerer, DAG processor, API server).
 
 A run whose deadline passes while it still waits for windows makes the scheduler queue the DAG's callback,
-the triggerer runs ``sensor_scoring_airflow.alerts.deadline_missed``, and an email and a webhook arrive on loopback. The hourly
-run that unpausing creates was queued after its deadline had passed: its callback runs too, and sends nothing.
+the triggerer runs ``sensor_scoring_airflow.alerts.deadline_missed``, and an email and a webhook arrive on loopback.
+The hourly run that unpausing creates was queued after its deadline had passed: its callback runs too, and sends
+nothing.
 A run with an unknown model version fails in ``plan_shards``: the task's callback (in the task process) and the
 DAG's (in the DAG processor) deliver ``task_failed`` and ``dag_run_failed``.
 Everything started here is stopped by process group, also on failure.

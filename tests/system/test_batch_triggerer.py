@@ -33,7 +33,8 @@ def fake(tmp_path):
 
 @pytest.fixture
 def own_stack(tmp_path, fake, blob, azurite):
-    """A dev stack of this test's own (PostgreSQL, LocalExecutor) on the session's Azurite and this test's containers."""
+    """A dev stack of this test's own (PostgreSQL, LocalExecutor) on the session's Azurite and this test's
+    containers."""
     stack = DevStack(tmp_path / "stack", storage=azurite.connection_string, durable=False, airflow_env={
         "AIRFLOW__TRIGGERER__CAPACITY": "50",
         "AIRFLOW_CONN_AZURE_BATCH_DEFAULT": fake.connection_json(),
