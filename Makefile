@@ -1,18 +1,35 @@
-# The README's commands: `make demo` (score an hour on Azurite), `make ui` (Airflow standalone) and `make test`.
-# Everything else is what they need: a virtualenv with the lock, and Azurite from npm.
+# The README's commands: `make demo` (score an hour on Azurite), `make ui` (Airflow standalone) and `make test`;
+# while developing, `make check` (lint, format, types) and `make test-fast` (unit and DAG tests, under two minutes).
+# Everything else is what they need: a virtualenv with the lock and the dev tools, and Azurite from npm.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 AZURITE_DIR := dev/node
 
-.PHONY: demo test install browser-deps postgres-deps ui lock scorer-requirements bench clean
+.PHONY: demo test test-fast check install browser-deps postgres-deps ui lock scorer-requirements bench clean
 
 # One line per step and a summary; Airflow's logs go to .airflow/demo.log. VERBOSE=1 leaves them on the terminal.
 demo: install
 	$(PY) -m dev.demo$(if $(VERBOSE), --verbose)
 
-test: install browser-deps postgres-deps
+test: check install browser-deps postgres-deps
 	SCORING_CHROMIUM=$(CHROMIUM) $(PY) -m pytest --durations=15
+
+# Unit tests, the DAG's integrity and its parse-time rules: nothing that needs Azurite, dag.test, a scheduler, a
+# browser or a fresh virtualenv (the markers of tests/), so it runs in under two minutes on 2 cores.
+FAST_TESTS := tests/unit tests/dag
+FAST_MARKERS := not azurite and not airflow and not standalone and not browser and not deploy
+test-fast: install
+	$(PY) -m pytest -q -m "$(FAST_MARKERS)" --durations=5 $(FAST_TESTS)
+
+# Lint, formatting and types (config in pyproject.toml); each runs even when one before it failed.
+CHECKED := src dev dags tests bench
+check: install
+	@status=0; \
+	echo "ruff check"; $(PY) -m ruff check $(CHECKED) || status=1; \
+	echo "ruff format --check"; $(PY) -m ruff format --check $(CHECKED) || status=1; \
+	echo "mypy"; $(PY) -m mypy || status=1; \
+	exit $$status
 
 # The browser test drives Debian's own Chromium with Playwright's Python package: never a Playwright browser
 # download. Installed once through apt (needs root, as on CI and the build machines).
@@ -38,10 +55,10 @@ ui: install postgres-deps
 
 install: $(VENV)/.installed $(AZURITE_DIR)/node_modules/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
@@ -68,4 +85,4 @@ bench: install
 	$(PY) bench/bench_memory.py
 
 clean:
-	rm -rf .airflow .demo-output .pytest_cache
+	rm -rf .airflow .demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -29,8 +29,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
-from sensor_scoring import settings as config
 from dev.azurite import REPO, Azurite, connection_string, port_open
+from sensor_scoring import settings as config
 
 AIRFLOW_HOME = REPO / ".airflow"
 AZURITE_DATA = REPO / ".azurite"
@@ -506,8 +506,8 @@ def summarise(storage, containers: config.Containers, hour: datetime, manifest: 
     """Numbers for the person at the terminal, including how the flags compare with the simulator's labels."""
     import pandas as pd
 
-    from sensor_scoring.tools.simulate import label_path
     from sensor_scoring.storage import read_parquet
+    from sensor_scoring.tools.simulate import label_path
 
     predictions = pd.read_parquet(local)
     counts = manifest["counts"]
@@ -539,10 +539,12 @@ def print_summary(summary: dict[str, object], part: str, out: Story | None = Non
     say()
     say(f"sensor_scoring, hour {summary['hour']} -> DAG run {summary['dag_run_state']}")
     say(f"  windows read       {summary['windows_read']}")
-    say(f"  sensors scored     {summary['sensors_scored']} ({summary['windows_scored']} windows, model {summary['model_version']})")
+    say(f"  sensors scored     {summary['sensors_scored']} ({summary['windows_scored']} windows, "
+        f"model {summary['model_version']})")
     say(f"  anomalies found    {summary['anomalies']}")
     if "labelled_anomalies" in summary:
-        say(f"  simulator labels   {summary['labelled_anomalies_flagged']} of {summary['labelled_anomalies']} injected anomalous windows flagged")
+        say(f"  simulator labels   {summary['labelled_anomalies_flagged']} of {summary['labelled_anomalies']} "
+            "injected anomalous windows flagged")
     say(f"  quarantined rows   {summary['quarantined']} (duplicates collapsed: {summary['duplicates']})")
     say(f"  partition          {summary['partition']}")
     local = _shown(str(summary["local_copy"]))
@@ -560,10 +562,12 @@ def main(argv: list[str] | None = None) -> int:
         "(.airflow/demo.log) unless --verbose.")
     parser.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
     parser.add_argument("--tags", type=int, default=3, help="sensors per device, 1-8 (default 3)")
-    parser.add_argument("--hours", type=int, default=24, help="hours of windows up to the latest complete one (default 24)")
+    parser.add_argument("--hours", type=int, default=24,
+                        help="hours of windows up to the latest complete one (default 24)")
     parser.add_argument("--sensors-per-shard", type=int, default=15)
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="leave Airflow's logs and the libraries' output on the terminal instead of in the log file")
+                        help="leave Airflow's logs and the libraries' output on the terminal instead of in the "
+                        "log file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("azure").setLevel(logging.WARNING)

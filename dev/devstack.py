@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sensor_scoring import settings as config
 from dev.azurite import REPO, Azurite, free_port
 from dev.postgres import Postgres
+from sensor_scoring import settings as config
 
 DAG_ID = "sensor_scoring"
 TERMINAL_STATES = frozenset({"success", "failed"})
@@ -132,16 +132,16 @@ class AirflowApi:
         url = f"{self.base_url}/api/v2/{path.lstrip('/')}"
         extra_headers = kwargs.pop("headers", {})
         try:
-            reply = self.session.request(method, url, headers={**extra_headers, "Authorization": f"Bearer {self.token()}"},
-                                         timeout=self.timeout_s, **kwargs)
+            headers = {**extra_headers, "Authorization": f"Bearer {self.token()}"}
+            reply = self.session.request(method, url, headers=headers, timeout=self.timeout_s, **kwargs)
         except requests.ConnectionError:
             time.sleep(0.5)  # a process that just died may not have been reaped yet
             self.watch()
             raise
         if reply.status_code == 401:  # token expired: one fresh try
             self._token = None
-            reply = self.session.request(method, url, headers={**extra_headers, "Authorization": f"Bearer {self.token()}"},
-                                         timeout=self.timeout_s, **kwargs)
+            headers = {**extra_headers, "Authorization": f"Bearer {self.token()}"}
+            reply = self.session.request(method, url, headers=headers, timeout=self.timeout_s, **kwargs)
         if reply.status_code not in set(ok):
             raise ApiError(f"{method} {url} -> {reply.status_code}: {reply.text[:1000]}", reply.status_code)
         return reply.json() if reply.content else None
@@ -475,8 +475,9 @@ class DevStack:
     def stop(self) -> list[int]:
         """Stops Airflow's components, the simulator, PostgreSQL and Azurite, each through its own process group.
 
-        Airflow first (it holds connections to the database), scheduler first and API server last. A throwaway stack (``durable=False``) deletes its
-        database. Returns the pids that survived (none, normally), so tests can insist that nothing leaked.
+        Airflow first (it holds connections to the database), scheduler first and API server last. A throwaway
+        stack (``durable=False``) deletes its database. Returns the pids that survived (none, normally), so tests
+        can insist that nothing leaked.
         """
         survivors: list[int] = []
         # the scheduler first, so that no task starts or loses its API server while the stack goes down
@@ -503,12 +504,14 @@ class DevStack:
         self.stop()
 
 
-def seed(storage_setting: str, *, devices: int, tags: int, hours: int, now: datetime | None = None) -> dict[str, object]:
+def seed(
+    storage_setting: str, *, devices: int, tags: int, hours: int, now: datetime | None = None
+) -> dict[str, object]:
     """Simulated windows for the last ``hours`` hours up to now, and a promoted model version if none exists."""
-    from sensor_scoring import models
     from dev.demo import ensure_data
-    from sensor_scoring.storage import open_storage
+    from sensor_scoring import models
     from sensor_scoring.models.training import train_and_register
+    from sensor_scoring.storage import open_storage
 
     storage, containers = open_storage(storage_setting), config.Containers.from_env()
     now = now or datetime.now(timezone.utc)

@@ -5,9 +5,10 @@ project ships PostgreSQL (docker-compose.yaml): the stack the tests run is the s
 made with the server binaries of Debian's ``postgresql`` package (``make postgres-deps`` installs them):
 ``initdb`` into a folder of the stack, then ``postgres`` itself as a child process in its own process group on a
 free loopback port, TCP only (no Unix socket), password authentication. It is stopped through its pid and process
-group (and its own processes, which leave that group, by pid), never by name. PostgreSQL refuses to run as root: as root the server runs as the ``postgres`` system user
-(created by the Debian package); where that user cannot reach the stack's folder (a private temporary folder),
-the data folder goes under /tmp and the stack's folder links to it.
+group (and its own processes, which leave that group, by pid), never by name. PostgreSQL refuses to run as root:
+as root the server runs as the ``postgres`` system user (created by the Debian package); where that user cannot
+reach the stack's folder (a private temporary folder), the data folder goes under /tmp and the stack's folder
+links to it.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def find_bindir() -> Path:
     candidates: list[Path] = []
     if os.environ.get(BINDIR_ENV):
         candidates.append(Path(os.environ[BINDIR_ENV]))
-    debian = sorted(glob.glob(DEBIAN_BINDIRS), key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0)
+    debian = sorted(glob.glob(DEBIAN_BINDIRS),
+                    key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0)
     candidates += [Path(p) for p in reversed(debian)]
     on_path = shutil.which("initdb")
     if on_path:
@@ -142,8 +144,9 @@ class Postgres:
             pw_for_initdb = password_file
         try:
             done = subprocess.run(
-                [str(find_bindir() / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "--pwfile", str(pw_for_initdb),
-                 "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],
+                [str(find_bindir() / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
+                 "--pwfile", str(pw_for_initdb), "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8",
+                 "--no-instructions"],
                 capture_output=True, text=True, timeout=180, cwd=self.data_dir.parent, **run_as)  # type: ignore[call-overload]
         finally:
             if pw_for_initdb != password_file:

@@ -70,7 +70,8 @@ def one_run(number: int, loaded: bool, logs: Path, timeout_s: float) -> dict[str
             stop_load(load)
         shutil.rmtree(clone, ignore_errors=True)
     output = log.read_text(errors="replace")
-    summary = next((line.strip("= ") for line in reversed(output.splitlines()) if re.search(r"\d+ (passed|failed)", line)), "")
+    summary = next((line.strip("= ") for line in reversed(output.splitlines())
+                    if re.search(r"\d+ (passed|failed)", line)), "")
     return {"run": number, "commit": commit, "loaded": loaded, "exit_code": done.returncode,
             "wall_s": round(wall, 1), "summary": summary, "slowest": slowest(output), "log": str(log)}
 
@@ -78,7 +79,8 @@ def one_run(number: int, loaded: bool, logs: Path, timeout_s: float) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--load-runs", type=int, nargs="*", default=[2], help="run numbers (1-based) beside a busy core")
+    parser.add_argument("--load-runs", type=int, nargs="*", default=[2],
+                        help="run numbers (1-based) beside a busy core")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--logs", type=Path, default=REPO / "test-artifacts" / "soak")
     parser.add_argument("--timeout", type=float, default=90 * 60, help="per run, seconds (CI stops at 90 minutes)")

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-# the `airflow standalone` stack and its SMTP/webhook receivers, shared by the e2e and browser tests
-pytest_plugins = ["tests.support.standalone_stack"]
-pytest_plugins += ["tests.support.fake_batch"]  # the fake Azure Batch account of the Batch tests
+# Fixtures shared across tiers, by name: the `airflow standalone` stack and its SMTP/webhook receivers (e2e and
+# browser tests), the alert receivers of the DAG and live-alert tests, the landed hour of the Azure Batch tests and
+# the fake Azure Batch account they run against.
+pytest_plugins = ["tests.support.standalone_stack", "tests.support.alerting", "tests.support.batch_hour",
+                  "tests.support.fake_batch"]
 
 REPO = Path(__file__).resolve().parent.parent
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="scoring-tests-airflow-")
@@ -27,8 +29,8 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ.pop("SCORING_STORAGE", None)
 os.environ.pop("SCORING_STORAGE_CONN_ID", None)
 
-from sensor_scoring import settings as config  # noqa: E402
 from dev.azurite import Azurite  # noqa: E402
+from sensor_scoring import settings as config  # noqa: E402
 from sensor_scoring.storage import BlobStorage  # noqa: E402
 
 

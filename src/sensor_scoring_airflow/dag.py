@@ -31,8 +31,13 @@ _NOT_GIVEN: Any = object()
 class ScoringDAG(DAG):
     """The DAG class of ``sensor_scoring``: Airflow's own, but for :meth:`test`."""
 
-    def test(self, run_after: datetime | None = None, logical_date: Any = _NOT_GIVEN, **kwargs: Any) -> Any:
-        """``DAG.test()``; refuses a logical date before the start date, and survives the deadline alert."""
+    def test(self, run_after: datetime | None = None, logical_date: Any = _NOT_GIVEN, *args: Any, **kwargs: Any) -> Any:
+        """``DAG.test()``; refuses a logical date before the start date, and survives the deadline alert.
+
+        Everything after ``logical_date`` is passed on by keyword (``*args`` only keeps the signature Airflow's).
+        """
+        if args:
+            raise TypeError(f"{type(self).__name__}.test() takes run_conf and the later arguments by keyword only")
         if logical_date is not _NOT_GIVEN:
             kwargs["logical_date"] = logical_date
         # no logical date given: Airflow uses the current time; None: a run without one, which has all its tasks

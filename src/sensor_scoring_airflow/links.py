@@ -7,8 +7,8 @@ from airflow.providers.common.compat.sdk import XCom
 from airflow.sdk import BaseOperatorLink
 
 if TYPE_CHECKING:
-    from airflow.models.taskinstancekey import TaskInstanceKey
     from airflow.sdk import BaseOperator
+    from airflow.sdk.types import TaskInstanceKey
 
 XCOM_KEY = "shard_outputs_url"
 

@@ -26,7 +26,7 @@ from sensor_scoring.models.training import train_and_register
 from sensor_scoring.windows import parse_window_file
 from tests.conftest import REPO
 from tests.support.helpers import START
-from tests.dag.test_end_to_end import read_partition
+from tests.support.partitions import read_partition
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 H = timedelta(hours=1)

@@ -8,13 +8,10 @@ anomaly-count alert.
 from __future__ import annotations
 
 import asyncio
-import email
 import json
 import logging
-import threading
 from datetime import datetime, timedelta, timezone
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -23,90 +20,10 @@ from sensor_scoring_airflow import alerts
 from dev.azurite import free_port
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from tests.conftest import REPO
+from tests.support.alerting import RECIPIENTS, smtp_conn, webhook_conn
 from tests.support.helpers import START
 
 H = timedelta(hours=1)
-RECIPIENTS = ["ops@example.com", "oncall@example.com"]
-
-
-class SmtpSink:
-    """A real SMTP server (aiosmtpd) on a free loopback port, keeping what it receives."""
-
-    def __init__(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        self.messages: list[tuple[list[str], Message]] = []
-        self.port = free_port()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
-
-    async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler hook
-        self.messages.append((list(envelope.rcpt_tos), email.message_from_bytes(envelope.content)))
-        return "250 Message accepted for delivery"
-
-
-class HttpSink:
-    """A small HTTP server on a free loopback port, keeping every POSTed JSON body and its path."""
-
-    def __init__(self) -> None:
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append({"path": self.path, "content_type": self.headers.get("Content-Type"),
-                                  "json": json.loads(body)})
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-
-@pytest.fixture
-def smtp_sink():
-    sink = SmtpSink()
-    sink.controller.start()
-    try:
-        yield sink
-    finally:
-        sink.controller.stop()
-
-
-@pytest.fixture
-def http_sink():
-    sink = HttpSink()
-    sink.thread.start()
-    try:
-        yield sink
-    finally:
-        sink.server.shutdown()
-        sink.server.server_close()
-        sink.thread.join(timeout=10)
-
-
-def smtp_conn(port: int) -> str:
-    """The ``scoring_smtp`` connection as documented in docs/operating.md (plain SMTP on loopback)."""
-    return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": {
-        "to": ", ".join(RECIPIENTS), "from_email": "airflow@example.com",
-        "disable_ssl": True, "disable_tls": True, "timeout": 5, "retry_limit": 0}})
-
-
-def webhook_conn(port: int) -> str:
-    """The ``scoring_alert_webhook`` connection: host/port/schema, path in extra ``endpoint``."""
-    return json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http",
-                       "extra": {"endpoint": "/hooks/scoring"}})
-
-
-@pytest.fixture
-def alert_connections(monkeypatch, smtp_sink, http_sink):
-    monkeypatch.setenv("AIRFLOW_CONN_SCORING_SMTP", smtp_conn(smtp_sink.port))
-    monkeypatch.setenv("AIRFLOW_CONN_SCORING_ALERT_WEBHOOK", webhook_conn(http_sink.port))
-    return smtp_sink, http_sink
 
 
 @pytest.fixture

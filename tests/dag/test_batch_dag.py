@@ -9,31 +9,19 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
 
-import airflow  # noqa: F401  (puts plugins/ on sys.path, as in every Airflow process)
+import airflow  # noqa: F401  (configures Airflow before the tests import its models)
 import pytest
 
 from dev.azurite import KEY as STORAGE_KEY
-from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
-from sensor_scoring.models.training import train_and_register
+from tests.support.batch_hour import H, HOUR
 from tests.support.fake_batch import KEY as BATCH_KEY
-from tests.support.helpers import START
-from tests.dag.test_end_to_end import read_partition, run_records
+from tests.support.partitions import read_partition, run_records
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
-H = timedelta(hours=1)
-HOUR = START + 5 * H
 
 
-@pytest.fixture
-def landed(blob, containers):
-    simulate_to_storage(blob, SimulationConfig(devices=3, tags=2, seed=5), START, START + 6 * H,
-                        windows_container=containers.windows, labels_container=containers.labels)
-    train_and_register(blob, containers, START, HOUR, version="v-batch", promote=True)
-
-
-def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, landed, fake_batch, monkeypatch):
+def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, batch_landed, fake_batch, monkeypatch):
     fake_batch.exec_delay_s = 0.5  # shards that take half a second
     for name, value in {"SCORING_BATCH_POOL_ID": "scoring-test-pool",
                         "SCORING_SCORER_IMAGE": "sensor-scoring-scorer:test",

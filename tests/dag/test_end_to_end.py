@@ -1,7 +1,6 @@
 """Whole hours through the real DAG (dag.test) on a real Azurite, checked against scikit-learn itself."""
 from __future__ import annotations
 
-import io
 import json
 from datetime import timedelta
 
@@ -15,16 +14,11 @@ from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from sensor_scoring.models.training import train_and_register
 from sensor_scoring.windows import parse_window_file, to_asa_json_lines
 from tests.support.helpers import START, fleet_windows
+from tests.support.partitions import read_partition, run_records
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 H = timedelta(hours=1)
 SCORED_HOUR = START + 5 * H
-
-
-def read_partition(blob, container: str, hour) -> tuple[pd.DataFrame, dict]:
-    prefix = f"date={hour:%Y-%m-%d}/hour={hour:%H}/"
-    frame = pd.read_parquet(io.BytesIO(blob.read_bytes(container, prefix + "part-00000.parquet")))
-    return frame, json.loads(blob.read_bytes(container, prefix + "_manifest.json"))
 
 
 @pytest.fixture
@@ -121,16 +115,3 @@ def test_airflow_connection_overrides_the_environment(sensor_dag, blob, containe
     logs = [caplog.text, out.out, out.err]  # the task logs of dag.test (shard output included), see test_faults for log files
     assert "[shard]" in caplog.text
     assert len(stored) > 5 and not [text for text in stored + logs if KEY in text or "AccountKey" in text]
-
-
-def run_records(run_id: str) -> list[str]:
-    """Every XCom value and rendered template field Airflow stored for a run, as text."""
-    from airflow.models.renderedtifields import RenderedTaskInstanceFields
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        xcoms = [json.dumps(x.value, default=str) for x in session.query(XComModel).filter(XComModel.run_id == run_id)]
-        fields = [json.dumps(r.rendered_fields, default=str)
-                  for r in session.query(RenderedTaskInstanceFields).filter(RenderedTaskInstanceFields.run_id == run_id)]
-    return xcoms + fields

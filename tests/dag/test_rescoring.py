@@ -19,7 +19,7 @@ from sensor_scoring.models.training import train_and_register
 from sensor_scoring.validation import check_windows
 from sensor_scoring.windows import parse_window_file, to_asa_json_lines
 from tests.support.helpers import START, fleet_windows
-from tests.dag.test_end_to_end import read_partition
+from tests.support.partitions import read_partition
 
 H = timedelta(hours=1)
 FIRST = START + 5 * H  # the two rescored hours: FIRST and FIRST + 1h

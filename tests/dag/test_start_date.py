@@ -13,7 +13,6 @@ import pytest
 from sensor_scoring import settings as config
 from sensor_scoring_airflow import context as airflow_context
 from tests.conftest import REPO
-from tests.dag.test_alerts import alert_connections, http_sink, smtp_sink  # noqa: F401  (fixtures)
 
 H = timedelta(hours=1)
 LATE_START = "2026-06-01T00:00Z"
@@ -102,7 +101,7 @@ def test_tasks_fail_without_retry_for_hours_before_the_start_date(monkeypatch, a
 
 
 @pytest.mark.airflow
-def test_a_rest_or_ui_run_before_the_start_date_alerts_as_empty(monkeypatch, airflow_db, alert_connections):  # noqa: F811
+def test_a_rest_or_ui_run_before_the_start_date_alerts_as_empty(monkeypatch, airflow_db, alert_connections):
     """The REST API and the UI's trigger form create a run at any logical date (no start-date check in 3.3.2):
     Airflow gives it no task and marks it successful; its success callback, run as the DAG processor runs it,
     alerts ``dag_run_empty``. A run with tasks stays silent."""

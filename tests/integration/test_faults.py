@@ -599,7 +599,7 @@ def test_account_key_is_in_no_log_xcom_rendered_field_or_manifest(sensor_dag, co
     import base64
     import secrets
 
-    from tests.dag.test_end_to_end import run_records
+    from tests.support.partitions import run_records
 
     account, key = "scoringleak", base64.b64encode(secrets.token_bytes(64)).decode()
     monkeypatch.setenv("AZURITE_ACCOUNTS", f"{account}:{key}")  # a dedicated Azurite that knows only this key

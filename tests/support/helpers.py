@@ -11,7 +11,9 @@ from sensor_scoring.windows import aggregate_readings
 START = datetime(2026, 11, 24, 0, tzinfo=timezone.utc)
 
 
-def fleet_windows(devices: int = 2, tags: int = 2, hours: int = 2, start: datetime = START, seed: int = 0) -> pd.DataFrame:
+def fleet_windows(
+    devices: int = 2, tags: int = 2, hours: int = 2, start: datetime = START, seed: int = 0
+) -> pd.DataFrame:
     """Simulated windows for ``hours`` hours from ``start``."""
     cfg = SimulationConfig(devices=devices, tags=tags, seed=seed)
     return pd.concat(

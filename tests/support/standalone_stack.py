@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from sensor_scoring import settings as config
 from dev.azurite import free_port
 from dev.devstack import AirflowApi, DevStack, stop_on_signals
+from sensor_scoring import settings as config
 
 H = timedelta(hours=1)
 FLEET = {"devices": 3, "tags": 2}
@@ -211,8 +211,8 @@ def seed_data(stack: DevStack, now: datetime) -> datetime:
     """``SEED_HOURS`` whole simulated hours ending ``UNLANDED_HOURS`` before this hour, ``v-e2e`` promoted, ``v-alt``
     not. The last hour's late windows land in the next folder; the folders after it stay empty."""
     from dev.demo import ensure_data
-    from sensor_scoring.storage import BlobStorage
     from sensor_scoring.models.training import train_and_register
+    from sensor_scoring.storage import BlobStorage
 
     now_hour = now.replace(minute=0, second=0, microsecond=0)
     storage, containers = BlobStorage(stack.storage_setting), config.Containers()

@@ -1,8 +1,9 @@
 """Alerts in a live Airflow: a dev stack of its own (PostgreSQL; scheduler, triggerer, DAG processor, API server).
 
 A run whose deadline passes while it still waits for windows makes the scheduler queue the DAG's callback,
-the triggerer runs ``sensor_scoring_airflow.alerts.deadline_missed``, and an email and a webhook arrive on loopback. The hourly
-run that unpausing creates was queued after its deadline had passed: its callback runs too, and sends nothing.
+the triggerer runs ``sensor_scoring_airflow.alerts.deadline_missed``, and an email and a webhook arrive on loopback.
+The hourly run that unpausing creates was queued after its deadline had passed: its callback runs too, and sends
+nothing.
 A run with an unknown model version fails in ``plan_shards``: the task's callback (in the task process) and the
 DAG's (in the DAG processor) deliver ``task_failed`` and ``dag_run_failed``.
 Everything started here is stopped by process group, also on failure.
@@ -16,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from dev.devstack import DevStack, tail
-from tests.dag.test_alerts import http_sink, smtp_conn, smtp_sink, webhook_conn  # noqa: F401 (fixtures)
+from tests.support.alerting import smtp_conn, webhook_conn
 
 pytestmark = pytest.mark.airflow
 RUN_ID = "deadline-live"
@@ -37,7 +38,7 @@ def wait_for(what: str, check, timeout_s: float, stack: DevStack):
 
 
 @pytest.fixture
-def own_stack(tmp_path, smtp_sink, http_sink):  # noqa: F811
+def own_stack(tmp_path, smtp_sink, http_sink):
     """A dev stack of this test's own: the deadline (1 minute) is read when the DAG is parsed."""
     from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
     from sensor_scoring.storage import LocalStorage
@@ -57,7 +58,7 @@ def own_stack(tmp_path, smtp_sink, http_sink):  # noqa: F811
         assert not stack.stop(), "processes of the dev stack survived"
 
 
-def test_missed_deadline_alerts_through_scheduler_and_triggerer(own_stack: DevStack, smtp_sink, http_sink):  # noqa: F811
+def test_missed_deadline_alerts_through_scheduler_and_triggerer(own_stack: DevStack, smtp_sink, http_sink):
     stack = own_stack
 
     def airflow(*args: str) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from dev.devstack import PARALLELISM, DevStack, tail
-from tests.dag.test_batch_dag import H, HOUR, landed  # noqa: F401  (fixture)
-from tests.dag.test_end_to_end import read_partition
+from tests.support.batch_hour import H, HOUR
+from tests.support.partitions import read_partition
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 
@@ -39,7 +39,7 @@ def own_stack(tmp_path, fake_batch, blob, azurite):
 
 
 def test_shards_run_concurrently_on_batch_under_the_triggerer(own_stack: DevStack, fake_batch, blob, containers,
-                                                             landed):  # noqa: F811
+                                                             batch_landed):
     stack, api = own_stack, own_stack.api()
     assert stack.environment()["AIRFLOW__CORE__PARALLELISM"] == str(PARALLELISM) and PARALLELISM < SHARDS
     run_id = "batch_concurrency_test"

@@ -139,7 +139,7 @@ def _pack_bytes(models: list[ModelArrays]) -> bytes:
         "dual": np.concatenate([m.dual_coef for m in models]),
     }
     sink = io.BytesIO()
-    np.savez(sink, **arrays)
+    np.savez(sink, allow_pickle=False, **arrays)  # numbers only; loading refuses pickles too
     return sink.getvalue()
 
 

@@ -6,8 +6,8 @@ Events are batched per device with ``partition_key=device_id``, so one device's 
 partition (Stream Analytics orders events within a partition; across partitions only by timestamp).
 
 azure-eventhub is imported lazily: the scorer image does not ship it, and ``python -m sensor_scoring`` without an
-Event Hub must not pay for the import. No real Event Hub was used to build this: tests/integration/test_eventhub.py checks
-it at the SDK boundary (the SDK's own batches and client, no network).
+Event Hub must not pay for the import. No real Event Hub was used to build this: tests/integration/test_eventhub.py
+checks it at the SDK boundary (the SDK's own batches and client, no network).
 """
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ class EventHubConfigError(ValueError):
 class Producer(Protocol):
     """The part of ``azure.eventhub.EventHubProducerClient`` this module uses (tests implement it too)."""
 
-    def create_batch(self, *, partition_key: str | None = None, max_size_in_bytes: int | None = None) -> EventDataBatch: ...
+    def create_batch(
+        self, *, partition_key: str | None = None, max_size_in_bytes: int | None = None
+    ) -> EventDataBatch: ...
 
     def send_batch(self, event_data_batch: EventDataBatch) -> None: ...
 

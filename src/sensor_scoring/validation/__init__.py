@@ -1,9 +1,9 @@
 """Row checks on landed windows: what is scored, what is quarantined (with a reason), what is a duplicate.
 
-The rules themselves live in one place, the great-expectations suite of ``sensor_scoring.validation.expectations``; this module
-collapses exact duplicates, runs the suite and splits the rows by its results. great-expectations is imported
-here lazily, inside the functions, so importing ``sensor_scoring.validation`` (and ``sensor_scoring.pipeline``) stays cheap
-for the tasks and shard processes that never validate.
+The rules themselves live in one place, the great-expectations suite of ``sensor_scoring.validation.expectations``;
+this module collapses exact duplicates, runs the suite and splits the rows by its results. great-expectations is
+imported here lazily, inside the functions, so importing ``sensor_scoring.validation`` (and
+``sensor_scoring.pipeline``) stays cheap for the tasks and shard processes that never validate.
 
 Nothing is dropped silently: every row ends up in exactly one of ``valid``, ``quarantined`` or the
 ``duplicates`` count, so the hour's accounting closes.
