@@ -38,13 +38,14 @@ def cmd_simulate(args: argparse.Namespace, settings: config.Settings) -> dict[st
         raise SystemExit("simulate: --end is required (unless --follow)")
     if to_eventhub:
         return _simulate_to_eventhub(args, cfg, settings)
-    return simulate_to_storage(open_storage(settings.storage), cfg, _utc(args.start), _utc(args.end),
-                               windows_container=containers.windows, labels_container=containers.labels)
+    return dict(simulate_to_storage(open_storage(settings.storage), cfg, _utc(args.start), _utc(args.end),
+                                    windows_container=containers.windows, labels_container=containers.labels))
 
 
 def _simulate_to_eventhub(args: argparse.Namespace, cfg: SimulationConfig,
                           settings: config.Settings) -> dict[str, object]:
     """Send readings to an Event Hub instead of landing windows: Stream Analytics makes the windows then."""
+    from contextlib import closing
     from datetime import timezone
 
     from sensor_scoring.tools import eventhub
@@ -55,13 +56,13 @@ def _simulate_to_eventhub(args: argparse.Namespace, cfg: SimulationConfig,
     except eventhub.EventHubConfigError as exc:
         raise SystemExit(f"simulate: {exc}") from None
     start = _utc(args.start)
-    with target.open() as producer:
+    with closing(target.open()) as producer:  # the SDK's client closes on exit too: the protocol names close()
         if args.follow is not None:
             done = eventhub.follow(producer, cfg, start, interval_s=args.follow,
                                    now=lambda: datetime.now(timezone.utc))
         else:
             done = eventhub.send_simulated(producer, cfg, start, _utc(args.end))
-    return {"eventhub": target.eventhub_name, "namespace": target.namespace} | done
+    return {"eventhub": target.eventhub_name, "namespace": target.namespace, **done}
 
 
 def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:

@@ -503,8 +503,8 @@ class AzureBatchBackend:
     """Runs the shard command as an Azure Batch task and waits for it here, sleeping between polls.
 
     For use outside Airflow (scripts, the contract tests). Inside Airflow the deferrable ``ScoreShardOperator``
-    runs the same steps but waits in the triggerer, holding no worker slot. Without a ``client``, one is built
-    from the Airflow connection of ``settings.conn_id``.
+    runs the same steps but waits in the triggerer, holding no worker slot. The ``client`` is the caller's
+    (:func:`client_from_connection` of an Airflow connection, or an SDK client of its own).
     """
 
     name = "azure_batch"
@@ -522,11 +522,10 @@ class AzureBatchBackend:
 
     @property
     def client(self) -> BatchClient:
-        if self._client is None:
-            from airflow.sdk import BaseHook
-
-            conn = BaseHook.get_connection(self.settings.conn_id)
-            self._client, self.account_url = client_from_connection(conn), account_url_of(conn)
+        if self._client is None:  # this package stays Airflow-free: the connection is the caller's to resolve
+            raise RuntimeError(
+                f"AzureBatchBackend has no Batch client: build one with client_from_connection(conn) from the "
+                f"connection {self.settings.conn_id!r} (inside Airflow the ScoreShardOperator does this)")
         return self._client
 
     def submit(self, spec_uri: str, *, storage_setting: str, label: str = "") -> Submission:

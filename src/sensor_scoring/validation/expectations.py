@@ -23,14 +23,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import great_expectations as gx
 import numpy as np
 import pandas as pd
 from great_expectations.execution_engine import PandasExecutionEngine
 from great_expectations.expectations.expectation import ColumnMapExpectation, MulticolumnMapExpectation
-from great_expectations.expectations.metrics import ColumnMapMetricProvider, column_condition_partial
+from great_expectations.expectations.metrics import ColumnMapMetricProvider
+from great_expectations.expectations.metrics.map_metric_provider.column_condition_partial import (
+    column_condition_partial,  # from its own module: the package also has a submodule of that name
+)
 from great_expectations.expectations.metrics.map_metric_provider import (
     MulticolumnMapMetricProvider,
     multicolumn_condition_partial,
@@ -138,7 +141,7 @@ class ExpectColumnValuesMiddleBetweenOuter(MulticolumnMapExpectation):
     map_metric = "multicolumn_values.scoring_middle_between"
     success_keys = ("mostly", "tolerance")
     tolerance: float = 0.0
-    ignore_row_if: str = "never"
+    ignore_row_if: Literal["all_values_are_missing", "any_value_is_missing", "never"] = "never"  # the base's type
 
 
 # --- Physical bounds: a packaged default per tag, overridable by the environment. ---
