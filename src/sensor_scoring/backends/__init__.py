@@ -69,7 +69,7 @@ class LocalBackend:
 
 def read_result(spec_uri: str, storage_setting: str) -> dict[str, object]:
     """The shard's ``result.json``, beside its spec: what every backend returns."""
-    from sensor_scoring.pipeline import read_shard_result
+    from sensor_scoring.steps.score import read_shard_result
 
     spec_container, spec_path = st.parse_uri(spec_uri)
     output_prefix = st.make_uri(spec_container, spec_path.rsplit("/", 1)[0] + "/")
