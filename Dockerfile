@@ -76,7 +76,7 @@ RUN pip --python /opt/venv/bin/python install --no-deps --only-binary=:all: -r r
 COPY pyproject.toml ./
 COPY src/sensor_scoring/ ./src/sensor_scoring/
 RUN pip --python /opt/venv/bin/python install --no-deps . \
- && /opt/venv/bin/python -I -c "import sensor_scoring.cli, sensor_scoring.pipeline, sensor_scoring.storage"
+ && /opt/venv/bin/python -I -c "import sensor_scoring.cli, sensor_scoring.steps.score, sensor_scoring.storage"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Claim under test: a shard's peak memory depends on the shard's size (``sensors_per_shard``), not on how many
 sensors the hour holds. For each hour size S the hour is staged as ``load_and_validate`` leaves it
 (``valid.parquet`` in the run's staging folder), models are registered for all S sensors, the real
-``pipeline.plan_shards`` cuts the hour into shards of a fixed size, and the first, middle and last shard are
+``steps.plan.plan_shards`` cuts the hour into shards of a fixed size, and the first, middle and last shard are
 each run as the real shard command, ``python -m sensor_scoring score-shard --spec <uri>``, in a fresh child process.
 The child's peak resident set (``ru_maxrss`` from ``os.wait4``, taken by a small launcher: see LAUNCHER) is recorded; each shard is
 run ``--repeats`` times and the median is reported. A second series keeps the hour at 10k sensors and varies
@@ -16,7 +16,7 @@ cannot tell, and a model's size is what it is). Storage is a local directory (``
 no blob server's memory or latency is mixed in.
 
 Validation time: S sensors x 60 windows landed as Stream Analytics line-separated JSON (3 files) and read,
-parsed, validated by the great-expectations suite and staged by ``pipeline.load_and_validate``; the suite's
+parsed, validated by the great-expectations suite and staged by ``steps.load.load_and_validate``; the suite's
 own time is reported apart (from the validation report).
 
     .venv/bin/python bench/bench_memory.py [--sizes 1000 10000 100000] [--shard-size 250] [--repeats 3]
@@ -38,11 +38,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sensor_scoring import settings as config, models, pipeline
+from sensor_scoring import layout, models, settings as config
 from sensor_scoring import storage as st
+from sensor_scoring.contracts import ValidationReport
 from sensor_scoring.backends import shard_command
 from sensor_scoring.tools.simulate import TAG_NAMES
 from sensor_scoring.storage import LocalStorage
+from sensor_scoring.steps.interval import Hour
+from sensor_scoring.steps.load import load_and_validate
+from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.windows import LandingPlan, land_windows
 
 HERE = Path(__file__).resolve().parent
@@ -113,15 +117,15 @@ def child_peak_rss(command: list[str], env: dict[str, str]) -> tuple[float, floa
 def measure_hour(root: Path, sensors: int, shard_size: int, repeats: int, base: list[models.TrainedModel]) -> dict:
     storage = LocalStorage(root)
     containers = config.Containers()
-    hour = pipeline.Hour(storage, containers, f"bench-{sensors}-{shard_size}", HOUR, HOUR + timedelta(hours=1))
+    hour = Hour(storage, containers, f"bench-{sensors}-{shard_size}", HOUR, HOUR + timedelta(hours=1))
     windows = synthetic_windows(sensors, HOUR)
     version = f"v{sensors}"
     if not storage.list(containers.models, f"versions/{version}/"):
         register_for(storage, containers.models, windows[["device_id", "tag"]].drop_duplicates(), base, version)
-    prefix = st.staging_prefix(hour.run_key)
-    storage.write_bytes(containers.staging, prefix + "valid.parquet", st.parquet_bytes(windows))
+    run = layout.Run(hour.run_key)
+    storage.write_bytes(containers.staging, run.valid, st.parquet_bytes(windows))
     began = time.perf_counter()
-    shards = pipeline.plan_shards(hour, {"landed": len(windows)}, model_version=version, sensors_per_shard=shard_size)
+    shards = plan_shards(hour, model_version=version, sensors_per_shard=shard_size)
     plan_s = time.perf_counter() - began
     picks = sorted({0, len(shards) // 2, len(shards) - 1})
     env = {**os.environ, config.STORAGE_ENV: str(root)}
@@ -129,16 +133,15 @@ def measure_hour(root: Path, sensors: int, shard_size: int, repeats: int, base: 
     seconds: list[float] = []
     for _ in range(repeats):
         for number in picks:
-            rss, wall = child_peak_rss(shard_command(shards[number]["spec_uri"], python=sys.executable), env)
+            rss, wall = child_peak_rss(shard_command(shards[number].spec_uri, python=sys.executable), env)
             samples.setdefault(number, []).append(rss)
             seconds.append(wall)
-    input_bytes = [(root / containers.staging / st.shard_prefix(hour.run_key, n) / "input.parquet").stat().st_size
-                   for n in picks]
-    storage.delete_prefix(containers.staging, prefix)
+    input_bytes = [(root / containers.staging / run.shard(n).input).stat().st_size for n in picks]
+    storage.delete_prefix(containers.staging, run.prefix)
     medians = [statistics.median(v) for v in samples.values()]
     return {
         "hour_sensors": sensors, "hour_windows": len(windows), "shard_size": shard_size, "shards": len(shards),
-        "measured_shards": picks, "windows_per_shard": [shards[n]["windows"] for n in picks],
+        "measured_shards": picks, "windows_per_shard": [shards[n].windows for n in picks],
         "shard_input_bytes": input_bytes, "plan_shards_s": round(plan_s, 2),
         "peak_rss_mib_median": round(statistics.median(medians), 1),
         "peak_rss_mib_min": round(min(min(v) for v in samples.values()), 1),
@@ -149,7 +152,7 @@ def measure_hour(root: Path, sensors: int, shard_size: int, repeats: int, base: 
 
 
 def measure_floor(repeats: int) -> float:
-    probe = [sys.executable, "-c", "import sensor_scoring.cli, sensor_scoring.pipeline, sensor_scoring.storage"]  # the shard's imports
+    probe = [sys.executable, "-c", "import sensor_scoring.cli, sensor_scoring.steps.score, sensor_scoring.storage"]  # the shard's imports
     return round(statistics.median(child_peak_rss(probe, dict(os.environ))[0] for _ in range(repeats)), 1)
 
 
@@ -159,15 +162,16 @@ def measure_validation(root: Path, sensors: int, repeats: int) -> dict:
     land_windows(storage, containers.windows, synthetic_windows(sensors, HOUR), LandingPlan(late_share=0.0))
     totals, suite = [], []
     for r in range(repeats):
-        hour = pipeline.Hour(storage, containers, f"validate-{sensors}-{r}", HOUR, HOUR + timedelta(hours=1))
+        hour = Hour(storage, containers, f"validate-{sensors}-{r}", HOUR, HOUR + timedelta(hours=1))
         began = time.perf_counter()
-        summary = pipeline.load_and_validate(hour, late_folders=0)
+        summary = load_and_validate(hour, late_folders=0)
         totals.append(time.perf_counter() - began)
-        report = json.loads(storage.read_bytes(*st.parse_uri(summary["validation_report"])))
-        suite.append(report["seconds"])
-        assert summary["valid"] == sensors * 60, summary
-        storage.delete_prefix(containers.staging, st.staging_prefix(hour.run_key))
-    return {"hour_sensors": sensors, "windows": sensors * 60, "expectations": len(report["expectations"]),
+        report = ValidationReport.from_json(storage.read_bytes(*st.parse_uri(summary.validation_report)),
+                                            source=summary.validation_report)
+        suite.append(report.seconds)
+        assert summary.valid == sensors * 60, summary
+        storage.delete_prefix(containers.staging, layout.staging_prefix(hour.run_key))
+    return {"hour_sensors": sensors, "windows": sensors * 60, "expectations": len(report.expectations),
             "load_and_validate_s_median": round(statistics.median(totals), 2),
             "suite_s_median": round(statistics.median(suite), 2),
             "samples_load_and_validate_s": [round(x, 2) for x in totals], "samples_suite_s": suite}

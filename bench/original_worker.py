@@ -15,7 +15,7 @@ import sys
 
 import pandas as pd
 
-# The project's feature order (sensor_scoring.settings.FEATURES), repeated so the job imports nothing of the project.
+# The project's feature order (sensor_scoring.contracts.FEATURES), repeated so the job imports nothing of the project.
 FEATURES = ["value_avg", "value_min", "value_max", "value_std", "reading_count"]
 
 

@@ -1,4 +1,4 @@
-"""Hourly scoring of per-sensor anomaly models. Wiring only: every task is a call into ``scoring``."""
+"""Hourly scoring of per-sensor anomaly models. Wiring only: every task is a call into ``sensor_scoring.steps``."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -151,11 +151,11 @@ with ScoringDAG(
         **Triage:** timed out (3 h) = Stream Analytics stopped writing to container `windows`: check the job and
         the hour's folders `YYYY/MM/DD/HH/`. For a backfill or rescoring of past hours it succeeds at once.
         """
-        from sensor_scoring import pipeline
+        from sensor_scoring.steps.landed import windows_landed
         from sensor_scoring_airflow import context as airflow_context
 
         hour = airflow_context.hour_for(get_current_context(), params or {})
-        done, why = pipeline.windows_landed(hour, late_folders=params["late_folders"], settle_minutes=params["settle_minutes"])
+        done, why = windows_landed(hour, late_folders=params["late_folders"], settle_minutes=params["settle_minutes"])
         print(why)
         return PokeReturnValue(is_done=done)
 
@@ -166,14 +166,14 @@ with ScoringDAG(
         With `devices`/`tags` set (a rescoring), only those sensors' windows are taken. **Triage:** an error names
         the file and column that could not be read; bad rows are not errors, they go to `quarantine` with a reason.
         """
-        from sensor_scoring import pipeline
+        from sensor_scoring.steps.load import load_and_validate
         from sensor_scoring_airflow import context as airflow_context
 
         hour = airflow_context.hour_for(get_current_context(), params or {})
         with airflow_context.fail_without_retry_on_bad_data():
-            return pipeline.load_and_validate(hour, late_folders=params["late_folders"],
-                                              max_quarantine_share=params["max_quarantine_share"],
-                                              devices=params.get("devices"), tags=params.get("tags"))
+            return load_and_validate(hour, late_folders=params["late_folders"],
+                                     max_quarantine_share=params["max_quarantine_share"],
+                                     devices=params.get("devices"), tags=params.get("tags")).to_dict()
 
     @task
     def plan_shards(summary: dict, params: dict | None = None) -> list[dict]:
@@ -183,13 +183,16 @@ with ScoringDAG(
         `models`: fix the conf, or train and promote (`python -m sensor_scoring train ... --promote`). Sensors without
         a model are quarantined as `no_model`, not failed.
         """
-        from sensor_scoring import pipeline
+        from sensor_scoring.contracts import HourSummary
+        from sensor_scoring.steps.plan import plan_shards as plan
         from sensor_scoring_airflow import context as airflow_context
 
         hour = airflow_context.hour_for(get_current_context(), params or {})
+        # the summary only orders this task after load_and_validate, whose staged windows it reads: checked, not used
+        HourSummary.from_dict(summary, source="XCom of load_and_validate")
         with airflow_context.no_retry_on(LookupError):  # an unknown model version does not appear by retrying
-            return pipeline.plan_shards(hour, summary, model_version=params["model_version"],
-                                        sensors_per_shard=params["sensors_per_shard"])
+            shards = plan(hour, model_version=params["model_version"], sensors_per_shard=params["sensors_per_shard"])
+        return [shard.to_dict() for shard in shards]
 
     # also when no shard was mapped: quarantined rows are committed too
     # one commit at a time across runs: a backfill and a rescoring of the same hour never interleave
@@ -202,16 +205,18 @@ with ScoringDAG(
         asset `predictions` and, above `SCORING_ANOMALY_ALERT_THRESHOLD`, an `anomalies_high` alert.
         **Triage:** "refusing to commit" = a shard output is missing or stale: clear the run to redo the hour.
         """
-        from sensor_scoring import pipeline
+        from sensor_scoring.contracts import HourSummary, ShardResult
+        from sensor_scoring.steps.commit import commit as commit_hours
         from sensor_scoring_airflow import alerts, context as airflow_context
 
         context = get_current_context()
         hour = airflow_context.hour_for(context, params or {})
         # one slice read of the mapped results (iterating would probe past the end, logging a 404)
-        manifests = pipeline.commit(hour, summary, list(results[:]) if results else [])
+        shards = [ShardResult.from_dict(r, source="XCom of score_shard") for r in (results[:] if results else [])]
+        manifests = commit_hours(hour, HourSummary.from_dict(summary, source="XCom of load_and_validate"), shards)
         context["outlet_events"][PREDICTIONS].extra = airflow_context.asset_extra(manifests)
         alerts.check_anomalies(context, manifests)
-        return {"hours": [m["hour"] for m in manifests], "counts": [m["counts"] for m in manifests]}
+        return {"hours": [m.hour.isoformat() for m in manifests], "counts": [m.counts.to_dict() for m in manifests]}
 
     summary = load_and_validate()
     # One mapped instance per shard, named by its sensors; on azure_batch it defers while its Batch task runs.

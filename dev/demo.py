@@ -12,7 +12,6 @@ and traceback. ``verbose=True`` (``python -m dev.demo --verbose``) leaves all of
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import re
@@ -27,10 +26,13 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from dev.azurite import REPO, Azurite, connection_string, port_open
 from sensor_scoring import settings as config
+
+if TYPE_CHECKING:
+    from sensor_scoring.contracts import Manifest
 
 AIRFLOW_HOME = REPO / ".airflow"
 AZURITE_DATA = REPO / ".azurite"
@@ -385,13 +387,9 @@ def run_demo(*, devices: int = 20, tags: int = 3, hours: int = 24, sensors_per_s
 
 def _run(story: Story, log_path: Path | None, *, devices: int, tags: int, hours: int, sensors_per_shard: int,
          log: TextIO | None = None) -> dict[str, object]:
-    from sensor_scoring import models
-    from sensor_scoring.storage import (
-        MANIFEST_FILE,
-        PARTITION_FILE,
-        open_storage,
-        partition_prefix,
-    )
+    from sensor_scoring import layout, models
+    from sensor_scoring.contracts import Manifest
+    from sensor_scoring.storage import make_uri, open_storage
 
     azurite = None
     if config.STORAGE_ENV not in os.environ:
@@ -440,21 +438,22 @@ def _run(story: Story, log_path: Path | None, *, devices: int, tags: int, hours:
                 show_log_errors(story, log_path)
             raise DemoFailed(f"DAG run {state}" + (f"; its log: {log_path}" if log_path else ""))
 
-        part = partition_prefix(latest)
-        manifest = json.loads(storage.read_bytes(containers.predictions, part + MANIFEST_FILE))
-        local = OUTPUT / "predictions" / part / PARTITION_FILE
+        part = layout.Partition(latest)
+        manifest = Manifest.from_json(storage.read_bytes(containers.predictions, part.manifest),
+                                      source=make_uri(containers.predictions, part.manifest))
+        local = OUTPUT / "predictions" / part.data
         local.parent.mkdir(parents=True, exist_ok=True)
-        data = storage.read_bytes(containers.predictions, part + PARTITION_FILE)
+        data = storage.read_bytes(containers.predictions, part.data)
         local.write_bytes(data)
         summary = summarise(storage, containers, latest, manifest, local)
         summary["dag_run_state"] = state
-        story.step("Partition", f"{summary['partition']}{PARTITION_FILE}: {summary['windows_scored']} rows "
+        story.step("Partition", f"{summary['partition']}{layout.PARTITION_FILE}: {summary['windows_scored']} rows "
                                 f"({len(data) / 1024:.0f} KiB), copied to {_shown(OUTPUT)}/")
         if log_path is not None:
             records = scan_log(log_path.read_text(encoding="utf-8", errors="replace"))
             story.step("Log", f"{_shown(log_path)}: Airflow's and the libraries' logs, {_counted(records)} "
                               "(--verbose, or make demo VERBOSE=1, shows them here)")
-        print_summary(summary, part, out=story)
+        print_summary(summary, part.prefix, out=story)
         return summary
     finally:
         if azurite is not None:
@@ -502,7 +501,7 @@ def _tasks_line(run) -> str:
     return f"{len(tis)} task(s), " + " > ".join(parts)
 
 
-def summarise(storage, containers: config.Containers, hour: datetime, manifest: dict, local: Path) -> dict[str, object]:
+def summarise(storage, containers: config.Containers, hour: datetime, manifest: Manifest, local: Path) -> dict[str, object]:
     """Numbers for the person at the terminal, including how the flags compare with the simulator's labels."""
     import pandas as pd
 
@@ -510,16 +509,16 @@ def summarise(storage, containers: config.Containers, hour: datetime, manifest: 
     from sensor_scoring.tools.simulate import label_path
 
     predictions = pd.read_parquet(local)
-    counts = manifest["counts"]
+    counts = manifest.counts
     summary: dict[str, object] = {
         "hour": hour.isoformat(),
-        "windows_read": counts["landed"],
+        "windows_read": counts.landed,
         "sensors_scored": int(predictions[["device_id", "tag"]].drop_duplicates().shape[0]),
-        "windows_scored": counts["scored"],
-        "anomalies": counts["anomalies"],
-        "quarantined": counts["quarantined"],
-        "duplicates": counts["duplicates"],
-        "model_version": manifest["model_version"],
+        "windows_scored": counts.scored,
+        "anomalies": counts.anomalies,
+        "quarantined": counts.quarantined,
+        "duplicates": counts.duplicates,
+        "model_version": manifest.model_version,
         "partition": f"az://{containers.predictions}/{local.parent.relative_to(OUTPUT / 'predictions').as_posix()}/",
         "local_copy": str(local),
     }

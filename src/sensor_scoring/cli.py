@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def _utc(text: str) -> datetime:
-    from sensor_scoring.pipeline import parse_utc
+    from sensor_scoring.steps.interval import parse_utc
 
     return parse_utc(text)
 
@@ -85,10 +85,10 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
 
 
 def cmd_score_shard(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
-    from sensor_scoring.pipeline import score_shard
+    from sensor_scoring.steps.score import score_shard
     from sensor_scoring.storage import open_storage
 
-    return score_shard(open_storage(settings.storage), args.spec)
+    return score_shard(open_storage(settings.storage), args.spec).to_dict()
 
 
 def build_parser() -> argparse.ArgumentParser:

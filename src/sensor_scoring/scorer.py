@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sensor_scoring.settings import FEATURES
+from sensor_scoring.contracts import FEATURES
 from sensor_scoring.models import ModelArrays, feature_matrix
 
 #: Elements (float64) of the largest temporary a batch may allocate: 2M elements is 16 MB.
@@ -50,7 +50,8 @@ def decision_function(features: np.ndarray, model_index: np.ndarray, models: lis
     return out
 
 
-def _score_batch(features, batch, models, rows_of, row_order, row_start, out) -> None:
+def _score_batch(features: np.ndarray, batch: list[int], models: list[ModelArrays], rows_of: np.ndarray,
+                 row_order: np.ndarray, row_start: np.ndarray, out: np.ndarray) -> None:
     """Score the rows of the models in ``batch``, padded to their widest support-vector count."""
     picked = [models[m] for m in batch]
     width = max(len(m.dual_coef) for m in picked)

@@ -16,12 +16,15 @@ import asyncio
 import html
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseNotifier
 
 from sensor_scoring import settings as config
+
+if TYPE_CHECKING:
+    from sensor_scoring.contracts import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +294,7 @@ def anomaly_threshold() -> int | None:
     return config.current().anomaly_alert_threshold
 
 
-def check_anomalies(context: Mapping[str, Any], manifests: list[Mapping[str, Any]],
+def check_anomalies(context: Mapping[str, Any], manifests: Sequence[Manifest],
                     threshold: int | None = None) -> list[dict[str, Any]]:
     """After commit: one ``anomalies_high`` alert per committed hour whose anomaly count exceeds the threshold."""
     threshold = anomaly_threshold() if threshold is None else threshold
@@ -300,12 +303,12 @@ def check_anomalies(context: Mapping[str, Any], manifests: list[Mapping[str, Any
         return []
     sent = []
     for manifest in manifests:
-        anomalies = int(manifest["counts"]["anomalies"])
+        anomalies, hour = manifest.counts.anomalies, manifest.hour.isoformat()
         if anomalies > threshold:
             payload = build_payload(
                 "anomalies_high", context,
-                error=f"hour {manifest['hour']}: {anomalies} anomalies > threshold {threshold}",
-                hour=manifest["hour"], anomalies=anomalies, threshold=threshold,
+                error=f"hour {hour}: {anomalies} anomalies > threshold {threshold}",
+                hour=hour, anomalies=anomalies, threshold=threshold,
             )
             payload["outcome"] = send_alert(payload)
             sent.append(payload)

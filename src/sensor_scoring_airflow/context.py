@@ -1,4 +1,4 @@
-"""What the DAG's tasks call: Airflow's context and params in, ``sensor_scoring.pipeline`` calls out.
+"""What the DAG's tasks call: Airflow's context and params in, ``sensor_scoring.steps`` calls out.
 
 Airflow is imported lazily, inside functions, so the DAG file parses fast and this module imports without
 Airflow installed (the CLI and Batch image do not need it).
@@ -8,11 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sensor_scoring import settings as config, storage as st
-from sensor_scoring.pipeline import Hour, resolve_interval
+from sensor_scoring import layout, settings as config
+from sensor_scoring.steps.interval import Hour, resolve_interval
 from sensor_scoring_airflow.connections import open_storage
+
+if TYPE_CHECKING:
+    from sensor_scoring.contracts import Manifest
 
 
 def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
@@ -78,28 +81,26 @@ def _run_after(context: Mapping[str, Any]) -> datetime | None:
 def fail_without_retry_on_bad_data() -> Iterator[None]:
     """Errors about the input (a broken file structure, too many failing windows) fail the task without
     retries: the data will not change by retrying, and the failure alert should fire at once."""
-    from sensor_scoring.pipeline import DataError
+    from sensor_scoring.contracts import DataError
     from sensor_scoring.windows import WindowSchemaError
 
     with no_retry_on(DataError, WindowSchemaError):
         yield
 
 
-def asset_extra(manifests: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """The ``predictions`` asset event's extra: enough for a downstream DAG to find and judge what changed."""
-    first = manifests[0] if manifests else {}
-    predictions = config.current().containers.predictions
+def asset_extra(manifests: list[Manifest]) -> dict[str, Any]:
+    """The ``predictions`` asset event's extra: enough for a downstream DAG to find and judge what changed.
+
+    Every manifest of a commit comes from the same run, so run, model version and subset are the first one's.
+    """
+    if not manifests:
+        raise ValueError("a commit without manifests: the run has no hour")
+    first, predictions = manifests[0], config.current().containers.predictions
     return {
-        "run_id": first.get("run_id"),
-        "model_version": first.get("model_version"),
-        "subset": first.get("subset"),
-        "hours": [m["hour"] for m in manifests],
-        "partitions": [f"{predictions}/{st.partition_prefix(_hour(m['hour']))}" for m in manifests],
-        "counts": {m["hour"]: m["counts"] for m in manifests},
+        "run_id": first.run_id,
+        "model_version": first.model_version,
+        "subset": first.subset.to_dict() if first.subset else None,
+        "hours": [m.hour.isoformat() for m in manifests],
+        "partitions": [f"{predictions}/{layout.partition_prefix(m.hour)}" for m in manifests],
+        "counts": {m.hour.isoformat(): m.counts.to_dict() for m in manifests},
     }
-
-
-def _hour(text: str) -> datetime:
-    from sensor_scoring.pipeline import parse_utc
-
-    return parse_utc(text)

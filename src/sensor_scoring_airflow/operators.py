@@ -53,12 +53,12 @@ class ScoreShardOperator(BaseOperator):
         return get_backend(self.backend).run_shard(self.shard["spec_uri"], storage_setting=setting)
 
     def _push_link(self, context: Context, setting: str) -> None:
-        from sensor_scoring import settings as config, storage as st
+        from sensor_scoring import layout, settings as config
         from sensor_scoring_airflow import context as airflow_context
 
         try:
             hour = airflow_context.hour_for(context, context["params"])
-            prefix = st.partition_prefix(hour.start) if hour.end - hour.start == timedelta(hours=1) else ""
+            prefix = layout.partition_prefix(hour.start) if hour.end - hour.start == timedelta(hours=1) else ""
             url = outputs_url(setting, config.current().containers.predictions, prefix)
         except Exception as exc:  # a link is a convenience: never fail a shard over it
             self.log.info("No outputs link for this shard: %s", exc)

@@ -21,7 +21,7 @@ from dev.azurite import free_port
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from tests.conftest import REPO
 from tests.support.alerting import RECIPIENTS, smtp_conn, webhook_conn
-from tests.support.helpers import START
+from tests.support.helpers import START, sample_manifest
 
 H = timedelta(hours=1)
 
@@ -146,8 +146,8 @@ def test_unreachable_channels_are_logged_and_never_raise(monkeypatch, caplog, ai
 
 def test_anomaly_alert_only_above_the_threshold(monkeypatch, alert_connections, airflow_db):
     smtp_sink, http_sink = alert_connections
-    manifests = [{"hour": "2026-11-24T05:00:00+00:00", "counts": {"anomalies": 12}},
-                 {"hour": "2026-11-24T06:00:00+00:00", "counts": {"anomalies": 3}}]
+    manifests = [sample_manifest(START + timedelta(hours=5), anomalies=12),
+                 sample_manifest(START + timedelta(hours=6), anomalies=3)]
     context = {"run_id": "scheduled__2026-11-24T06:00:00+00:00"}
     monkeypatch.delenv(config.ANOMALY_THRESHOLD_ENV, raising=False)
     assert alerts.check_anomalies(context, manifests) == []  # not configured: no check at all

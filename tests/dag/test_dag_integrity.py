@@ -31,7 +31,7 @@ def boom(*a, **k): raise AssertionError("lookup at parse time")
 Connection.get = boom; BaseHook.get_connection = boom; Variable.get = boom
 spec = importlib.util.spec_from_file_location("dagfile", {str(DAG_FILE)!r})
 module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-heavy = [m for m in ("pandas", "numpy", "sklearn", "pyarrow", "azure.storage.blob", "great_expectations", "sensor_scoring.pipeline") if m in sys.modules]
+heavy = [m for m in ("pandas", "numpy", "sklearn", "pyarrow", "azure.storage.blob", "great_expectations", "sensor_scoring.contracts", "sensor_scoring.steps") if m in sys.modules]
 print("HEAVY", heavy)
 """
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from sensor_scoring import models
-from sensor_scoring.pipeline import select_sensors, subset_summary
+from sensor_scoring.contracts import SensorDuplicates, Subset
+from sensor_scoring.steps.rescoring import duplicates_by_sensor, select_sensors, subset_of
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from sensor_scoring.models.training import train_and_register
 from sensor_scoring.validation import check_windows
@@ -42,21 +43,22 @@ def test_select_sensors_by_devices_tags_or_both():
     assert select_sensors(windows, ["no-such-device"], []).empty  # negative: a subset that matches nothing
 
 
-def test_subset_summary_counts_duplicates_per_sensor_and_hour():
+def test_subset_and_duplicates_per_sensor_and_hour():
     windows = fleet_windows(devices=2, tags=1, hours=2)
     one = windows[windows["device_id"] == "dev-0001"].head(1)
     landed = pd.concat([windows, one, one], ignore_index=True)  # two exact copies of one window
     checked = check_windows(landed)
-    extra = subset_summary(landed, checked.valid, checked.quarantined, ["dev-0001"], [])
     hour = one["window_end"].dt.floor("h").iloc[0].isoformat()
-    assert extra["subset"] == {"devices": ["dev-0001"], "tags": []}
-    assert extra["duplicates_by_sensor"] == {hour: [{"device_id": "dev-0001", "tag": "temperature", "duplicates": 2}]}
-    plain = subset_summary(windows, check_windows(windows).valid, check_windows(windows).quarantined, [], [])
-    assert plain == {"subset": None, "duplicates_by_sensor": {}}  # negative: no subset, no duplicates
+    assert subset_of(["dev-0001", "dev-0001"], []) == Subset(devices=("dev-0001",), tags=())
+    assert subset_of([], None) is None  # negative: no devices, no tags is a full run
+    assert duplicates_by_sensor(landed, checked.valid, checked.quarantined) == {
+        hour: (SensorDuplicates(device_id="dev-0001", tag="temperature", duplicates=2),)}
+    plain = check_windows(windows)
+    assert duplicates_by_sensor(windows, plain.valid, plain.quarantined) == {}  # negative: no duplicates
     keyless = pd.concat([windows, one.assign(device_id=None)], ignore_index=True)  # quarantined, not a duplicate
     checked = check_windows(keyless)
     assert len(checked.quarantined) == 1
-    assert subset_summary(keyless, checked.valid, checked.quarantined, [], [])["duplicates_by_sensor"] == {}
+    assert duplicates_by_sensor(keyless, checked.valid, checked.quarantined) == {}
 
 
 def test_params_reject_bad_subsets_and_partial_hours(sensor_dag):

@@ -20,8 +20,11 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from sensor_scoring import models, pipeline
+from sensor_scoring import models
 from sensor_scoring.backends import azure_batch
+from sensor_scoring.steps.interval import Hour
+from sensor_scoring.steps.load import load_and_validate
+from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.windows import land_windows
 from dev import scorer_requirements
 from tests.conftest import REPO
@@ -99,9 +102,9 @@ def test_score_shard_runs_with_only_the_scorer_packages(blob, containers, azurit
     windows = fleet_windows(devices=2, tags=2, hours=3)
     land_windows(blob, containers.windows, windows)
     models.register(blob, containers.models, models.train_models(windows), version="v1", params={}, promote=True)
-    hour = pipeline.Hour(blob, containers, "image-run", START + timedelta(hours=2), START + timedelta(hours=3))
-    [shard] = pipeline.plan_shards(hour, pipeline.load_and_validate(hour), model_version="production",
-                                   sensors_per_shard=10)
+    hour = Hour(blob, containers, "image-run", START + timedelta(hours=2), START + timedelta(hours=3))
+    load_and_validate(hour)
+    [shard] = plan_shards(hour, model_version="production", sensors_per_shard=10)
 
     farm = package_farm(tmp_path)
     # -S: no site-packages at all; PYTHONPATH is the farm only. The environment is what the azure_batch backend
@@ -114,7 +117,7 @@ def test_score_shard_runs_with_only_the_scorer_packages(blob, containers, azurit
     probe = subprocess.run(isolated + ["-c", "import airflow"], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert probe.returncode != 0 and "No module named 'airflow'" in probe.stderr  # the isolation is real
 
-    done = subprocess.run(isolated + ["-m", "sensor_scoring", "score-shard", "--spec", shard["spec_uri"]],
+    done = subprocess.run(isolated + ["-m", "sensor_scoring", "score-shard", "--spec", shard.spec_uri],
                           env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

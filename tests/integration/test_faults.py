@@ -1,7 +1,7 @@
 """Fault injection against a real Azurite: every case asserts its exact outcome and that nothing is lost or doubled.
 
 Each case lands one simulated hour (2 devices x 2 sensors x 60 windows = 240 windows in 3 line-separated JSON
-files, as Stream Analytics writes them), injects one fault, runs the hour's steps (``sensor_scoring.pipeline``, the
+files, as Stream Analytics writes them), injects one fault, runs the hour's steps (``sensor_scoring.steps``, the
 functions the DAG tasks call) and checks the outcome: the clear error, or the quarantine reason, and the
 accounting ``landed = scored + quarantined + duplicates`` in the manifest and in the partition files.
 The table of cases is in docs/faults.md.
@@ -28,13 +28,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sensor_scoring import settings as config, models, pipeline
+from sensor_scoring import layout, models, settings as config
 from sensor_scoring import storage as st
+from sensor_scoring.contracts import AccountingError, ShardResult, StorageUnavailable, ValidationThresholdError
 from dev.azurite import Azurite
 from sensor_scoring.backends import ShardFailed, shard_command
 from sensor_scoring.backends.local import LocalBackend
 from sensor_scoring.storage import BlobStorage
 from sensor_scoring.windows import WINDOW_COLUMNS, LandingPlan, WindowSchemaError, land_windows
+from sensor_scoring.steps.commit import commit
+from sensor_scoring.steps.interval import Hour
+from sensor_scoring.steps.load import load_and_validate
+from sensor_scoring.steps.plan import plan_shards
+from sensor_scoring.steps.score import score_shard
 from tests.support.helpers import START, fleet_windows
 
 pytestmark = [pytest.mark.azurite]
@@ -52,8 +58,8 @@ class Env:
     containers: config.Containers
     windows: pd.DataFrame  # what the fixture landed for HOUR
 
-    def hour(self, run_id: str = "run-1", start=HOUR, hours: int = 1) -> pipeline.Hour:
-        return pipeline.Hour(self.blob, self.containers, run_id, start, start + hours * H)
+    def hour(self, run_id: str = "run-1", start=HOUR, hours: int = 1) -> Hour:
+        return Hour(self.blob, self.containers, run_id, start, start + hours * H)
 
     def land(self, name: str, data: bytes, folder: str = FOLDER) -> str:
         self.blob.write_bytes(self.containers.windows, folder + name, data)
@@ -81,19 +87,20 @@ def env(blob, containers, trained, hour_windows, monkeypatch) -> Env:
 
 def run_hour(env: Env, run_id: str = "run-1", *, late_folders: int = 1, max_share: float = 0.5,
              shard_size: int = 2, start=HOUR) -> dict:
-    """The DAG's steps for one hour, in-process: load_and_validate -> plan_shards -> score_shard* -> commit."""
+    """The DAG's steps for one hour, in-process: load_and_validate -> plan_shards -> score_shard* -> commit.
+    Returns the manifest as its blob holds it."""
     hour = env.hour(run_id, start)
-    summary = pipeline.load_and_validate(hour, late_folders=late_folders, max_quarantine_share=max_share)
-    shards = pipeline.plan_shards(hour, summary, model_version="production", sensors_per_shard=shard_size)
-    results = [pipeline.score_shard(env.blob, s["spec_uri"]) for s in shards]
-    [manifest] = pipeline.commit(hour, summary, results)
-    return manifest
+    summary = load_and_validate(hour, late_folders=late_folders, max_quarantine_share=max_share)
+    shards = plan_shards(hour, model_version="production", sensors_per_shard=shard_size)
+    results = [score_shard(env.blob, s.spec_uri) for s in shards]
+    [manifest] = commit(hour, summary, results)
+    return manifest.to_dict()
 
 
 def partition(env: Env, container: str, hour=HOUR) -> tuple[pd.DataFrame, dict]:
-    prefix = st.partition_prefix(hour)
-    frame = pd.read_parquet(io.BytesIO(env.blob.read_bytes(container, prefix + st.PARTITION_FILE)))
-    return frame, json.loads(env.blob.read_bytes(container, prefix + st.MANIFEST_FILE))
+    part = layout.Partition(hour)
+    frame = pd.read_parquet(io.BytesIO(env.blob.read_bytes(container, part.data)))
+    return frame, json.loads(env.blob.read_bytes(container, part.manifest))
 
 
 def assert_accounting(env: Env, manifest: dict, *, landed: int, hour=HOUR) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -287,7 +294,7 @@ def _bad_batch(env: Env, n: int) -> bytes:
 
 def test_share_above_threshold_fails_and_keeps_the_report(env):
     env.land("0_bad_1.json", _bad_batch(env, 30))  # 30 of 270 windows = 11.1%
-    with pytest.raises(pipeline.ValidationThresholdError) as caught:
+    with pytest.raises(ValidationThresholdError) as caught:
         run_hour(env, max_share=0.1)
     message = str(caught.value)
     assert message.startswith(f"hour {HOUR.isoformat()}: 30 of 270 windows (11.1%) failed validation (negative_std 30); "
@@ -377,9 +384,9 @@ sys.exit(cli.main(["score-shard", "--spec", sys.argv[1]]))
 ])
 def test_shard_killed_mid_write_and_retried_leaves_one_copy_of_each_row(env, azurite, script, partial_output):
     hour = env.hour()
-    summary = pipeline.load_and_validate(hour)
-    shards = pipeline.plan_shards(hour, summary, model_version="production", sensors_per_shard=2)
-    victim = shards[0]["spec_uri"]
+    summary = load_and_validate(hour)
+    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    victim = shards[0].spec_uri
     killed = subprocess.run([sys.executable, "-c", script, victim], capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL
     out_container, out_prefix = st.parse_uri(victim.rsplit("/", 1)[0] + "/")
@@ -387,15 +394,16 @@ def test_shard_killed_mid_write_and_retried_leaves_one_copy_of_each_row(env, azu
     assert env.blob.exists(out_container, out_prefix + "predictions.parquet") is partial_output
     assert not env.blob.exists(out_container, out_prefix + "result.json")  # never marked complete
     # the retry: the same command on the local backend overwrites the same paths
-    results = [LocalBackend().run_shard(s["spec_uri"], storage_setting=azurite.connection_string) for s in shards]
-    [manifest] = pipeline.commit(hour, summary, results)
-    predictions, _ = assert_accounting(env, manifest, landed=BASE)
+    results = [LocalBackend().run_shard(s.spec_uri, storage_setting=azurite.connection_string) for s in shards]
+    [manifest] = commit(hour, summary, [ShardResult.from_dict(r, source="the local backend") for r in results])
+    predictions, _ = assert_accounting(env, manifest.to_dict(), landed=BASE)
     assert len(predictions) == BASE
 
 
 def test_local_backend_reports_a_killed_shard(env, azurite, tmp_path):
     hour = env.hour()
-    shards = pipeline.plan_shards(hour, pipeline.load_and_validate(hour), model_version="production", sensors_per_shard=4)
+    load_and_validate(hour)
+    shards = plan_shards(hour, model_version="production", sensors_per_shard=4)
     wrapper = tmp_path / "python"
     wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -c '{KILL_AFTER_PREDICTIONS}' \"$5\"\n")
     wrapper.chmod(0o755)
@@ -404,19 +412,19 @@ def test_local_backend_reports_a_killed_shard(env, azurite, tmp_path):
     try:
         sys.executable = str(wrapper)
         with pytest.raises(ShardFailed, match=f"exited with code {-signal.SIGKILL}"):
-            LocalBackend().run_shard(shards[0]["spec_uri"], storage_setting=azurite.connection_string)
+            LocalBackend().run_shard(shards[0].spec_uri, storage_setting=azurite.connection_string)
     finally:
         sys.executable = original
 
 
 def test_commit_refuses_when_a_shard_result_is_missing(env):
     hour = env.hour()
-    summary = pipeline.load_and_validate(hour)
-    shards = pipeline.plan_shards(hour, summary, model_version="production", sensors_per_shard=2)
-    results = [pipeline.score_shard(env.blob, s["spec_uri"]) for s in shards]
-    with pytest.raises(pipeline.AccountingError, match=f"landed {BASE} windows but scored 120 \\+ quarantined 0 "
-                                                        f"\\+ duplicates 0 = 120; refusing to commit"):
-        pipeline.commit(hour, summary, results[:1])
+    summary = load_and_validate(hour)
+    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    results = [score_shard(env.blob, s.spec_uri) for s in shards]
+    with pytest.raises(AccountingError, match=f"landed {BASE} windows but scored 120 \\+ quarantined 0 "
+                                              f"\\+ duplicates 0 = 120; refusing to commit"):
+        commit(hour, summary, results[:1])
     assert not env.blob.list(env.containers.predictions)
 
 
@@ -431,7 +439,7 @@ def test_reader_sees_the_old_or_the_new_hour_during_a_recommit(env):
     def poll() -> None:
         while not done.is_set():
             frame = pd.read_parquet(io.BytesIO(reader.read_bytes(env.containers.predictions,
-                                                                 st.partition_prefix(HOUR) + st.PARTITION_FILE)))
+                                                                 layout.Partition(HOUR).data)))
             seen.append((",".join(sorted(set(frame["run_id"]))), len(frame)))
 
     thread = threading.Thread(target=poll)
@@ -466,19 +474,19 @@ def test_storage_outage_is_retried_with_backoff_and_the_run_completes(own_azurit
     blob = BlobStorage(own_azurite.connection_string)
     env = Env(blob, containers, hour_windows)
     hour = env.hour()
-    summary = pipeline.load_and_validate(hour)
-    shards = pipeline.plan_shards(hour, summary, model_version="production", sensors_per_shard=2)
+    summary = load_and_validate(hour)
+    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
     own_azurite.stop()  # storage goes away mid-run ...
     restarter = threading.Timer(3.0, own_azurite.start)  # ... and comes back on the same port and data folder
     restarter.start()
     began = time.monotonic()
     try:
-        results = [LocalBackend().run_shard(s["spec_uri"], storage_setting=own_azurite.connection_string) for s in shards]
+        results = [LocalBackend().run_shard(s.spec_uri, storage_setting=own_azurite.connection_string) for s in shards]
     finally:
         restarter.join()
     assert time.monotonic() - began >= 3.0  # the shard waited the outage out
-    [manifest] = pipeline.commit(hour, summary, results)
-    assert_accounting(env, manifest, landed=BASE)
+    [manifest] = commit(hour, summary, [ShardResult.from_dict(r, source="the local backend") for r in results])
+    assert_accounting(env, manifest.to_dict(), landed=BASE)
 
 
 def test_storage_that_stays_away_fails_with_a_clear_error(own_azurite, containers, hour_windows, monkeypatch):
@@ -486,8 +494,8 @@ def test_storage_that_stays_away_fails_with_a_clear_error(own_azurite, container
     monkeypatch.setenv(st.RETRY_BACKOFF_ENV, "0.2")
     env = Env(BlobStorage(own_azurite.connection_string), containers, hour_windows)
     own_azurite.stop()
-    with pytest.raises(pipeline.StorageUnavailable) as caught:
-        pipeline.load_and_validate(env.hour())
+    with pytest.raises(StorageUnavailable) as caught:
+        load_and_validate(env.hour())
     assert re.match(f"load_and_validate: blob account devstoreaccount1 at http://127.0.0.1:{own_azurite.port}/devstoreaccount1/? "
                     "is unreachable after 2 retries with exponential backoff \\(ServiceRequestError: .*Connection refused",
                     str(caught.value)), str(caught.value)

@@ -62,7 +62,10 @@ def run_cli(*args: str, env: dict[str, str]) -> dict:
 def test_cli_simulate_ingest_train_and_score_a_shard(blob, containers, azurite, tmp_path):
     import os
 
-    from sensor_scoring import settings as config, pipeline
+    from sensor_scoring import settings as config
+    from sensor_scoring.steps.interval import Hour
+    from sensor_scoring.steps.load import load_and_validate
+    from sensor_scoring.steps.plan import plan_shards
 
     env = dict(os.environ)
     start = START.isoformat()
@@ -79,11 +82,11 @@ def test_cli_simulate_ingest_train_and_score_a_shard(blob, containers, azurite, 
                       "--version", "v-cli", "--promote", env=env)
     assert trained == {"version": "v-cli", "models": 4, "train_start": trained["train_start"],
                        "train_end": trained["train_end"], "promoted": True}
-    hour = pipeline.Hour(blob, config.Containers.from_env(), "cli-run", START + timedelta(hours=2), START + timedelta(hours=3))
-    summary = pipeline.load_and_validate(hour)
-    [shard] = pipeline.plan_shards(hour, summary, model_version="production", sensors_per_shard=10)
-    result = run_cli("score-shard", "--spec", shard["spec_uri"], env=env)
-    assert result["scored"] == 240 and result["quarantined"] == 0
+    hour = Hour(blob, config.Containers.from_env(), "cli-run", START + timedelta(hours=2), START + timedelta(hours=3))
+    load_and_validate(hour)
+    [shard] = plan_shards(hour, model_version="production", sensors_per_shard=10)
+    result = run_cli("score-shard", "--spec", shard.spec_uri, env=env)
+    assert result["scored"] == 240 and result["quarantined"] == 0 and result["schema_version"] == 1
 
 
 def test_cli_reports_a_clear_error_for_a_missing_spec(tmp_path):

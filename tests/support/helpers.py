@@ -25,13 +25,32 @@ def fleet_windows(
 def planned_hour(storage, containers, run_id: str, *, devices: int, tags: int, sensors_per_shard: int):
     """A real hour made ready to score: three hours landed, models ``v1`` trained and promoted, and the third
     hour validated and planned. Returns the ``Hour`` and its shards, as the DAG's mapped task would get them."""
-    from sensor_scoring import models, pipeline
+    from sensor_scoring import models
+    from sensor_scoring.steps.interval import Hour
+    from sensor_scoring.steps.load import load_and_validate
+    from sensor_scoring.steps.plan import plan_shards
     from sensor_scoring.windows import land_windows
 
     windows = fleet_windows(devices=devices, tags=tags, hours=3)
     land_windows(storage, containers.windows, windows)
     models.register(storage, containers.models, models.train_models(windows), version="v1", params={}, promote=True)
-    hour = pipeline.Hour(storage, containers, run_id, START + timedelta(hours=2), START + timedelta(hours=3))
-    shards = pipeline.plan_shards(hour, pipeline.load_and_validate(hour), model_version="production",
-                                  sensors_per_shard=sensors_per_shard)
-    return hour, shards
+    hour = Hour(storage, containers, run_id, START + timedelta(hours=2), START + timedelta(hours=3))
+    load_and_validate(hour)
+    shards = plan_shards(hour, model_version="production", sensors_per_shard=sensors_per_shard)
+    return hour, [shard.to_dict() for shard in shards]  # the XCom form, what ScoreShardOperator is given
+
+
+def sample_manifest(hour: datetime = START, *, anomalies: int = 0, run_id: str = "run-1"):
+    """A committed hour's manifest as commit returns it, with ``anomalies`` among 60 scored windows."""
+    from sensor_scoring.contracts import Counts, Interval, Manifest, ValidationSummary
+
+    return Manifest(
+        run_id=run_id, model_version="v1", hour=hour, interval=Interval(start=hour, end=hour + timedelta(hours=1)),
+        committed_at=hour + timedelta(hours=1, minutes=5),
+        counts=Counts(landed=60, scored=60, quarantined=0, duplicates=0, anomalies=anomalies),
+        quarantine_reasons={}, files=(), source_folders=(f"{hour:%Y/%m/%d/%H}",), status="scored",
+        quarantined_files=(), empty_files=(),
+        validation=ValidationSummary(suite="landed_windows", report="az://quarantine/_validation.json", failing_rows=0,
+                                     failing_share=0.0, failing_rows_by_reason={}, max_quarantine_share=0.1),
+        subset=None, rescored=(), model_versions={"v1": 60}, duplicates_by_sensor=(),
+    )

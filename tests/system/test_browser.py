@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import expect
 
 from sensor_scoring import settings as config
-from sensor_scoring.storage import MANIFEST_FILE, PARTITION_FILE, partition_prefix
+from sensor_scoring.layout import MANIFEST_FILE, PARTITION_FILE, partition_prefix
 from tests.support.standalone_stack import H, Standalone
 
 pytestmark = [pytest.mark.browser, pytest.mark.standalone]

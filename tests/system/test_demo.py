@@ -84,12 +84,12 @@ def test_demo_tells_one_line_per_step_and_leaves_airflow_in_its_log(blob, contai
 @pytest.mark.azurite
 @pytest.mark.airflow
 def test_a_failed_run_shows_the_error_of_the_log(blob, containers, airflow_db, capsys, monkeypatch):
-    from sensor_scoring import pipeline
+    from sensor_scoring.steps import plan
 
     def plan_shards(*args, **kwargs):
         raise LookupError("no model alias or version named 'nope'")
 
-    monkeypatch.setattr(pipeline, "plan_shards", plan_shards)  # the DAG calls it in-process (dag.test)
+    monkeypatch.setattr(plan, "plan_shards", plan_shards)  # the DAG calls it in-process (dag.test)
     with pytest.raises(DemoFailed, match="DAG run failed"):
         run_demo(devices=1, tags=1, hours=2, sensors_per_shard=4)
     out = capsys.readouterr().out

@@ -24,7 +24,7 @@ import requests
 from sensor_scoring import settings as config
 from dev.azurite import KEY as ACCOUNT_KEY
 from dev.devstack import ApiError, ComponentDied
-from sensor_scoring.storage import MANIFEST_FILE, PARTITION_FILE, partition_prefix
+from sensor_scoring.layout import MANIFEST_FILE, PARTITION_FILE, partition_prefix
 from tests.support.standalone_stack import ALERT_FROM, ALERT_TO, H, SENSORS, WEBHOOK_PATH, Standalone
 
 pytestmark = [pytest.mark.standalone, pytest.mark.azurite]

@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
-from sensor_scoring import backends, settings as config, models, pipeline
+from sensor_scoring import backends, settings as config, models
+from sensor_scoring.steps.interval import Hour
+from sensor_scoring.steps.load import load_and_validate
+from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.storage import LocalStorage
 from sensor_scoring.windows import land_windows
 from tests.support.helpers import START, fleet_windows
@@ -21,10 +24,10 @@ def test_local_backend_runs_the_shard_command_in_a_child_process(tmp_path, monke
     models.register(storage, "models", models.train_models(windows), version="v1", params={}, promote=True)
     from datetime import timedelta
 
-    hour = pipeline.Hour(storage, config.Containers(), "r1", START + timedelta(hours=2), START + timedelta(hours=3))
-    [shard] = pipeline.plan_shards(hour, pipeline.load_and_validate(hour), model_version="production",
-                                   sensors_per_shard=5)
-    result = backends.get_backend("local").run_shard(shard["spec_uri"], storage_setting=str(tmp_path))
+    hour = Hour(storage, config.Containers(), "r1", START + timedelta(hours=2), START + timedelta(hours=3))
+    load_and_validate(hour)
+    [shard] = plan_shards(hour, model_version="production", sensors_per_shard=5)
+    result = backends.get_backend("local").run_shard(shard.spec_uri, storage_setting=str(tmp_path))
     assert result["scored"] == 120 and result["shard"] == 0
     assert storage.exists("staging", f"runs/{hour.run_key}/shard-00000/predictions.parquet")
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from sensor_scoring import models
-from sensor_scoring.storage import LocalStorage, parquet_bytes
+from sensor_scoring.storage import LocalStorage, parquet_bytes, read_parquet as st_read
 from tests.support.helpers import fleet_windows
 
 
@@ -97,3 +97,38 @@ def test_sensors_with_too_few_windows_get_no_model():
     assert [(m.device_id, m.tag) for m in trained] == [("dev-0000", "temperature")]
     with pytest.raises(ValueError, match="no models"):
         models.register(LocalStorage("/nonexistent"), "models", [], version="v", params={}, promote=False)
+
+
+def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_owns(tmp_path, monkeypatch):
+    """One ownership rule: train_and_register and load_and_validate read the same windows of [start, end)."""
+    from datetime import timedelta
+
+    from sensor_scoring import settings as config
+    from sensor_scoring.contracts import WINDOW_COLUMNS, WINDOW_KEY
+    from sensor_scoring.models import training
+    from sensor_scoring.steps.interval import Hour
+    from sensor_scoring.steps.load import load_and_validate
+    from sensor_scoring.windows import LandingPlan, land_windows, to_asa_json_lines
+    from tests.support.helpers import START
+
+    storage, containers, H = LocalStorage(tmp_path), config.Containers(), timedelta(hours=1)
+    windows = fleet_windows(devices=1, tags=2, hours=4)
+    land_windows(storage, containers.windows, windows, LandingPlan(late_share=1.0))  # late windows in the next folder
+    one = windows.head(1)
+    stray = one.assign(window_end=START - 24 * H)  # in an own folder, its own hour's run never reads it: quarantined
+    late = pd.concat([one.assign(window_end=START + H + timedelta(seconds=30)),  # inside, found in the late folder
+                      one.assign(window_end=START + 2 * H + timedelta(seconds=40))])  # the next hour's: not owned
+    storage.write_bytes(containers.windows, f"{START + H:%Y/%m/%d/%H}/0_stray_1.json", to_asa_json_lines(stray))
+    storage.write_bytes(containers.windows, f"{START + 2 * H:%Y/%m/%d/%H}/0_late_1.json", to_asa_json_lines(late))
+    seen = []
+    monkeypatch.setattr(training, "_train", lambda w, **kw: seen.append(w) or models.train_models(w, min_rows=kw["min_rows"]))
+    training.train_and_register(storage, containers, START, START + 2 * H, version="v1")
+    hour = Hour(storage, containers, "same-rule", START, START + 2 * H)
+    summary = load_and_validate(hour)
+    scored = st_read(storage, containers.staging, f"runs/{hour.run_key}/valid.parquet")
+    [trained_on] = seen
+    assert len(trained_on) == summary.valid == 2 * 120 + 1
+    assert summary.quarantine_reasons == {"window_outside_interval": 1}
+    key = list(WINDOW_KEY)
+    pd.testing.assert_frame_equal(trained_on[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True),
+                                  scored[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True))

@@ -78,7 +78,9 @@ def test_a_wrong_column_type_is_a_schema_violation_naming_the_column():
 
 
 def test_great_expectations_is_loaded_only_by_validation():
-    """Tasks other than load_and_validate, and shard processes, import the pipeline without it."""
-    probe = "import sys, sensor_scoring.pipeline, sensor_scoring.cli, sensor_scoring_airflow.context; print('gx' if 'great_expectations' in sys.modules else 'none')"
+    """Tasks other than load_and_validate, and shard processes, import the steps without it."""
+    steps = ", ".join(f"sensor_scoring.steps.{name}" for name in ("landed", "load", "plan", "score", "commit"))
+    probe = (f"import sys, {steps}, sensor_scoring.cli, sensor_scoring_airflow.context; "
+             "print('gx' if 'great_expectations' in sys.modules else 'none')")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "none", done.stderr[-2000:]

@@ -21,8 +21,9 @@ from sensor_scoring.windows import (
     folders_for_interval,
     land_windows,
     parse_window_file,
+    owned_windows,
     read_landed,
-    select_interval,
+    read_owned,
     to_asa_json_lines,
 )
 
@@ -108,10 +109,32 @@ def test_landing_follows_stream_analytics_layout_and_is_idempotent(tmp_path):
 
 def test_selection_is_by_window_end_not_folder():
     windows = pd.concat([_hour_of_windows("2026-11-25T15:00Z"), _hour_of_windows("2026-11-25T16:00Z")])
-    chosen = select_interval(windows, datetime(2026, 11, 25, 16, tzinfo=UTC), datetime(2026, 11, 25, 17, tzinfo=UTC))
+    windows[SOURCE_COLUMN] = "2026/11/25/16/0_x_1.json"  # both hours in the folder of 16:00 (15:00's landed late)
+    chosen = owned_windows(windows, datetime(2026, 11, 25, 16, tzinfo=UTC), datetime(2026, 11, 25, 17, tzinfo=UTC), 1)
     assert len(chosen) == 120
     assert chosen["window_end"].min() == pd.Timestamp("2026-11-25T16:00Z")
     assert chosen["window_end"].max() == pd.Timestamp("2026-11-25T16:59Z")
+
+
+def test_read_owned_reads_own_and_late_folders_and_keeps_the_strays_of_its_own(tmp_path):
+    """The one ownership rule, on landed files: own windows from any folder read, strays of its own folders."""
+    storage = LocalStorage(tmp_path)
+    one = _hour_of_windows(sensors=1).head(1).drop(columns="window_end")
+
+    def land(folder: str, *ends: str) -> None:
+        rows = pd.concat([one.assign(window_end=pd.Timestamp(end)) for end in ends], ignore_index=True)
+        storage.write_bytes("windows", f"{folder}/0_{len(ends)}_{ends[0][11:13]}.json", to_asa_json_lines(rows))
+
+    land("2026/11/25/16", "2026-11-25T16:10Z", "2026-11-25T15:59Z", "2026-11-25T12:00Z")  # own, previous', a stray
+    land("2026/11/25/17", "2026-11-25T16:59Z", "2026-11-25T17:10Z")  # own (late), the next hour's
+    land("2026/11/25/18", "2026-11-25T16:58Z")  # too late for late_folders=1: never read
+    start, end = datetime(2026, 11, 25, 16, tzinfo=UTC), datetime(2026, 11, 25, 17, tzinfo=UTC)
+    read = read_owned(storage, "windows", start, end, late_folders=1)
+    assert read.folders == ["2026/11/25/16", "2026/11/25/17"] and len(read.files) == 2
+    assert sorted(str(t) for t in read.windows["window_end"]) == [
+        "2026-11-25 12:00:00+00:00", "2026-11-25 16:10:00+00:00", "2026-11-25 16:59:00+00:00"]
+    wider = read_owned(storage, "windows", start, end, late_folders=2)
+    assert len(wider.windows) == 4  # the 18:00 folder's window joins; the stray stays a stray
 
 
 def _serialised(windows: pd.DataFrame) -> dict[str, bytes]:

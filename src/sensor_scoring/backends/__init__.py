@@ -36,7 +36,7 @@ def shard_command(spec_uri: str, python: str = "python") -> list[str]:
 
 def read_result(spec_uri: str, storage_setting: str) -> dict[str, object]:
     """The shard's ``result.json``, beside its spec: what every backend returns."""
-    from sensor_scoring.pipeline import read_shard_result
+    from sensor_scoring.steps.score import read_shard_result
 
     spec_container, spec_path = st.parse_uri(spec_uri)
     output_prefix = st.make_uri(spec_container, spec_path.rsplit("/", 1)[0] + "/")

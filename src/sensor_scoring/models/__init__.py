@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from sensor_scoring import settings as config
+from sensor_scoring.contracts import FEATURES
 from sensor_scoring.storage import Storage, parquet_bytes, parquet_frame
 
 PACK_SIZE = 1000
@@ -88,8 +89,8 @@ def arrays_of(pipeline) -> ModelArrays:
 
 
 def feature_matrix(windows: pd.DataFrame) -> np.ndarray:
-    """The model input of each window, in ``config.FEATURES`` order, as float64."""
-    return windows[list(config.FEATURES)].to_numpy(dtype=float)
+    """The model input of each window, in ``FEATURES`` order, as float64."""
+    return windows[list(FEATURES)].to_numpy(dtype=float)
 
 
 @dataclass
@@ -200,7 +201,7 @@ def register(
         for row, model in enumerate(chunk):
             index_rows.append({
                 "device_id": model.device_id, "tag": model.tag, "pack": name, "row": row,
-                "sha256": model.arrays.digest(), "features": ",".join(config.FEATURES),
+                "sha256": model.arrays.digest(), "features": ",".join(FEATURES),
                 "train_start": model.train_start, "train_end": model.train_end, "train_rows": model.rows,
                 "support_vectors": len(model.arrays.dual_coef), "train_flagged_share": model.flagged_share,
             })
@@ -211,7 +212,7 @@ def register(
         "version": version,
         "created_at": datetime.now(timezone.utc).isoformat(),
         "format": "npz-arrays-v1 (StandardScaler + OneClassSVM rbf; loaded with allow_pickle=False)",
-        "features": list(config.FEATURES),
+        "features": list(FEATURES),
         "params": params,
         "libraries": _library_versions(),
         "models": len(index),

@@ -1,4 +1,10 @@
-"""Train a model version from landed windows, the same windows the DAG would score."""
+"""Train a model version from landed windows, the same windows the DAG would score.
+
+Training reads windows by the scoring runs' own rule (``windows.ownership``): the interval's folders and
+``late_folders`` more, the windows ending inside the interval, plus the strays of its own folders, which
+validation then quarantines (with the interval given, as ``window_outside_interval`` or ``null_key``). Corrupt
+files are set aside and named in the log, as an hourly run would.
+"""
 from __future__ import annotations
 
 import logging
@@ -10,7 +16,7 @@ import pandas as pd
 from sensor_scoring import settings as config, models
 from sensor_scoring.storage import Storage
 from sensor_scoring.validation import check_windows
-from sensor_scoring.windows import folders_for_interval, read_landed, select_interval
+from sensor_scoring.windows import read_owned
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +31,19 @@ def train_and_register(
     promote: bool = False,
     nu: float = 0.02,
     min_rows: int = 30,
+    late_folders: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, object], list[models.TrainedModel]]:
-    """Train on the valid windows ending in [start, end) and register them as a new version.
+    """Train on the valid windows [start, end) owns and register them as a new version.
 
     Returns the manifest and the fitted models (the pipelines themselves, for tests to compare against).
     ``progress(done, total)`` hears of each sensor fitted (or skipped for too few windows), if given.
     """
-    landed, files = read_landed(storage, containers.windows, folders_for_interval(start, end))
-    windows = check_windows(select_interval(landed, start, end)).valid
-    log.info("Training on %d valid window(s) from %d file(s)", len(windows), len(files))
+    landed = read_owned(storage, containers.windows, start, end, late_folders)
+    for corrupt in landed.corrupt:
+        log.warning("Not training on corrupt file %s (%d bytes): %s", corrupt.file, corrupt.bytes, corrupt.error)
+    windows = check_windows(landed.windows, start, end).valid
+    log.info("Training on %d valid window(s) from %d file(s)", len(windows), len(landed.files))
     trained = _train(windows, nu=nu, min_rows=min_rows, progress=progress)
     manifest = models.register(
         storage, containers.models, trained,

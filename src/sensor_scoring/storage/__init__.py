@@ -118,24 +118,3 @@ def open_storage(setting: str | None = None, *, source: str = config.STORAGE_ENV
     if parsed.kind == "connection_string":
         return BlobStorage(parsed.value)
     return LocalStorage(parsed.value)
-
-
-# --- Where things go. Every blob path of the pipeline is built here and nowhere else. ---
-
-def partition_prefix(hour: datetime) -> str:
-    """Hive-style hour partition of the predictions and quarantine containers: ``date=.../hour=HH/``."""
-    hour = hour.astimezone(timezone.utc)
-    return f"date={hour:%Y-%m-%d}/hour={hour:%H}/"
-
-
-PARTITION_FILE = "part-00000.parquet"
-MANIFEST_FILE = "_manifest.json"
-
-
-def staging_prefix(run_key: str) -> str:
-    """Scratch space of one DAG run in the staging container: shard inputs, specs and outputs."""
-    return f"runs/{run_key}/"
-
-
-def shard_prefix(run_key: str, shard: int) -> str:
-    return f"{staging_prefix(run_key)}shard-{shard:05d}/"

@@ -3,7 +3,7 @@
 The rules themselves live in one place, the great-expectations suite of ``sensor_scoring.validation.expectations``;
 this module collapses exact duplicates, runs the suite and splits the rows by its results. great-expectations is
 imported here lazily, inside the functions, so importing ``sensor_scoring.validation`` (and
-``sensor_scoring.pipeline``) stays cheap for the tasks and shard processes that never validate.
+``sensor_scoring.steps``) stays cheap for the tasks and shard processes that never validate.
 
 Nothing is dropped silently: every row ends up in exactly one of ``valid``, ``quarantined`` or the
 ``duplicates`` count, so the hour's accounting closes.
@@ -16,12 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from sensor_scoring.windows import WINDOW_COLUMNS
+from sensor_scoring.contracts import REASON_COLUMN, WINDOW_COLUMNS
 
 if TYPE_CHECKING:
     from sensor_scoring.validation.expectations import Bounds
-
-REASON_COLUMN = "reason"
 
 
 @dataclass

@@ -41,7 +41,8 @@ from great_expectations.expectations.metrics.map_metric_provider import (
 from great_expectations.expectations.row_conditions import Column
 
 from sensor_scoring import settings
-from sensor_scoring.settings import BOUNDS_ENV, WINDOW_KEY
+from sensor_scoring.contracts import ROW_REASONS, WINDOW_KEY
+from sensor_scoring.settings import BOUNDS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,7 @@ ORDER_TOLERANCE = 1e-9
 VALUE_COLUMNS = ("value_avg", "value_min", "value_max", "value_std")
 BOUNDED_COLUMNS = ("value_min", "value_avg", "value_max")
 
-#: Row-level reasons this suite can give, in the order they are reported for a row failing several.
-ROW_REASONS: dict[str, str] = {
-    "null_key": "device_id, tag or window_end is missing (or device_id / tag is blank)",
-    "window_outside_interval": "window_end is outside the run's interval [start, end) and no other hour's run reads "
-                               "the folder it landed in (or it is missing)",
-    "reading_count_invalid": "reading_count is missing, fractional or below 1",
-    "non_finite_value": "value_avg, value_min, value_max or value_std is missing, NaN or infinite",
-    "avg_outside_min_max": "value_avg is not between value_min and value_max (relative slack 1e-9)",
-    "negative_std": "value_std is below 0",
-    "value_out_of_bounds": "value_min, value_avg or value_max is outside the tag's physical bounds",
-    "conflicting_duplicate": "another window with the same (device_id, tag, window_end) has different values",
-}
+# Row-level reasons this suite can give, in reporting order: ``contracts.ROW_REASONS``.
 #: Column-level expectations: a failure means the input's structure is wrong, and the run fails. Keys are
 #: handed to great-expectations as Python objects (its pandas type check does not know pandas 3's string
 #: dtypes) and window_end's type is not listed for the same reason (time zone-aware dtypes): both are cast,

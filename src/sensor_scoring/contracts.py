@@ -1,0 +1,413 @@
+"""What passes between the hour's tasks and processes, stated once: table schemas, reasons, errors and records.
+
+Tasks run in separate processes (Airflow workers, Batch nodes) and meet only through XCom and staged blobs, so
+each crossing is a frozen dataclass here with a ``SCHEMA_VERSION``: ``to_dict()`` is what XCom carries,
+``to_json()`` the blob's bytes, and ``from_dict``/``from_json`` check every field. A missing, unknown or
+mistyped field, or another schema version, raises ``ContractError`` naming the field and where the data came
+from: a reader never fills in a default for data it does not understand.
+
+Records: ``HourSummary`` (XCom of load_and_validate), ``ValidationReport`` (staged by load_and_validate, read
+by commit, kept beside each quarantine partition), ``PlannedShard`` (XCom of plan_shards, one per mapped
+score_shard), ``ShardPlan`` (staged by plan_shards for commit), ``ShardSpec`` (blob written by plan_shards, read
+by the shard process), ``ShardResult`` (blob written last by the shard, read back by the backends) and
+``Manifest`` (``_manifest.json`` of each committed hour). Nested records carry no version of their own: they
+are checked as part of the record holding them. The conversion itself is ``sensor_scoring.records``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from sensor_scoring.records import ContractError as ContractError, Record
+
+# --- the tables ---------------------------------------------------------------------------------------------
+
+#: Columns that identify one landed window.
+WINDOW_KEY: tuple[str, ...] = ("device_id", "tag", "window_end")
+#: Window features fed to every model, in this order. reading_count makes dropouts visible.
+FEATURES: tuple[str, ...] = ("value_avg", "value_min", "value_max", "value_std", "reading_count")
+#: Where a parsed row came from; kept through quarantine so a bad row can be traced to its file.
+SOURCE_COLUMN = "source_file"
+#: The quarantine column saying why a row was not scored (``;``-joined when it failed several rules).
+REASON_COLUMN = "reason"
+
+_UTC_TIME = pa.timestamp("us", tz="UTC")
+#: A landed window, the Stream Analytics contract of docs/architecture.md.
+WINDOW_SCHEMA = pa.schema([
+    ("device_id", pa.string()),
+    ("tag", pa.string()),
+    ("window_end", _UTC_TIME),
+    ("value_avg", pa.float64()),
+    ("value_min", pa.float64()),
+    ("value_max", pa.float64()),
+    ("value_std", pa.float64()),
+    ("reading_count", pa.int64()),
+])
+WINDOW_COLUMNS: list[str] = WINDOW_SCHEMA.names
+#: One scored window in a predictions partition.
+PREDICTION_SCHEMA = pa.schema([
+    ("device_id", pa.string()),
+    ("tag", pa.string()),
+    ("window_start", _UTC_TIME),
+    ("window_end", _UTC_TIME),
+    ("value_avg", pa.float64()),
+    ("value_min", pa.float64()),
+    ("value_max", pa.float64()),
+    ("value_std", pa.float64()),
+    ("reading_count", pa.int64()),
+    ("score", pa.float64()),
+    ("is_anomaly", pa.bool_()),
+    ("model_version", pa.string()),
+    ("run_id", pa.string()),
+    ("scored_at", _UTC_TIME),
+])
+#: One rejected row in a quarantine partition.
+QUARANTINE_SCHEMA = pa.schema([
+    ("device_id", pa.string()),
+    ("tag", pa.string()),
+    ("window_end", _UTC_TIME),
+    ("value_avg", pa.float64()),
+    ("value_min", pa.float64()),
+    ("value_max", pa.float64()),
+    ("value_std", pa.float64()),
+    ("reading_count", pa.float64()),  # float: a quarantined count may be fractional or missing
+    (SOURCE_COLUMN, pa.string()),
+    (REASON_COLUMN, pa.string()),
+    ("run_id", pa.string()),
+])
+
+# --- quarantine reasons: a contract (quarantine rows, manifests, alerts, docs/faults.md); add, never rename ---
+
+#: Row-level reasons of the validation suite, in the order they are reported for a row failing several.
+ROW_REASONS: dict[str, str] = {
+    "null_key": "device_id, tag or window_end is missing (or device_id / tag is blank)",
+    "window_outside_interval": "window_end is outside the run's interval [start, end) and no other hour's run reads "
+                               "the folder it landed in (or it is missing)",
+    "reading_count_invalid": "reading_count is missing, fractional or below 1",
+    "non_finite_value": "value_avg, value_min, value_max or value_std is missing, NaN or infinite",
+    "avg_outside_min_max": "value_avg is not between value_min and value_max (relative slack 1e-9)",
+    "negative_std": "value_std is below 0",
+    "value_out_of_bounds": "value_min, value_avg or value_max is outside the tag's physical bounds",
+    "conflicting_duplicate": "another window with the same (device_id, tag, window_end) has different values",
+}
+#: Reasons of plan_shards and score_shard: the window is fine, its model is not there or not usable.
+MODEL_REASONS: dict[str, str] = {
+    "no_model": "the model version has no model for the sensor",
+    "model_missing": "the sensor's model pack (or its row in the pack) is missing",
+    "model_unreadable": "the model pack is not a plain-array pack",
+    "model_hash_mismatch": "the model's arrays do not match the hash in the version's index",
+}
+#: The reason of a window file quarantined whole (listed in the manifest, not a quarantine row).
+CORRUPT_FILE = "corrupt_file"
+
+
+# --- errors shared by the steps -----------------------------------------------------------------------------
+
+class DataError(ValueError):
+    """The input is wrong, not the infrastructure: retrying cannot help, so the task fails without retries."""
+
+
+class ValidationThresholdError(DataError):
+    """Too large a share of an hour's windows failed validation; the report and rows are kept in staging."""
+
+
+class AccountingError(RuntimeError):
+    """Landed windows that are neither scored, quarantined nor counted duplicates: refuse to commit."""
+
+
+class StorageUnavailable(RuntimeError):
+    """Blob storage stayed unreachable through the whole retry budget of a call."""
+
+
+# --- nested records ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Interval(Record):
+    """A run's hours, [start, end)."""
+
+    KIND = "interval"
+    start: datetime
+    end: datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset(Record):
+    """The sensors a rescoring replaces: the chosen devices and tags (an empty list means all of them)."""
+
+    KIND = "subset"
+    devices: tuple[str, ...]
+    tags: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SensorDuplicates(Record):
+    """Exact copies collapsed for one sensor of an hour: no row shows them, so they are counted per sensor."""
+
+    KIND = "sensor duplicates"
+    device_id: str | None
+    tag: str | None
+    duplicates: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CorruptFile(Record):
+    """A landed file that could not be parsed, set aside whole; ``hour`` is the partition that lists it."""
+
+    KIND = "corrupt file"
+    file: str
+    bytes: int
+    sha256: str
+    error: str
+    hour: datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts(Record):
+    """What became of an hour's landed windows: ``landed = scored + quarantined + duplicates``."""
+
+    KIND = "counts"
+    landed: int
+    scored: int
+    quarantined: int
+    duplicates: int
+    anomalies: int
+
+
+# --- load_and_validate -----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class HourValidation(Record):
+    """The validation of one hour of a run: what was checked, what failed, and whether the threshold held."""
+
+    KIND = "hour validation"
+    suite: str
+    hour: datetime
+    run_id: str
+    landed: int
+    duplicates: int
+    failing_rows: int
+    failing_share: float
+    max_quarantine_share: float
+    threshold_exceeded: bool
+    failing_rows_by_reason: dict[str, int]
+    quarantined_files: tuple[CorruptFile, ...]
+    empty_files: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationReport(Record):
+    """The run's great-expectations report, keyed by ISO hour; each hour's part is kept beside its quarantine."""
+
+    KIND = "validation report"
+    SCHEMA_VERSION = 1
+    suite: str
+    run_id: str
+    interval: Interval
+    evaluated_rows: int
+    seconds: float
+    physical_bounds: dict[str, Any]
+    expectations: tuple[dict[str, Any], ...]
+    hours: dict[str, HourValidation]
+
+    def hour(self, hour: datetime) -> HourValidation:
+        """The report of one hour of the interval (every hour has one, empty hours too)."""
+        try:
+            return self.hours[hour.isoformat()]
+        except KeyError:
+            raise ContractError(f"{self.KIND} of run {self.run_id} has no hour {hour.isoformat()} "
+                                f"(hours: {', '.join(self.hours)})") from None
+
+    def only(self, hour: datetime) -> ValidationReport:
+        """The report cut down to one hour: the body of that hour's ``_validation.json``."""
+        return dataclasses.replace(self, hours={hour.isoformat(): self.hour(hour)})
+
+
+@dataclasses.dataclass(frozen=True)
+class HourSummary(Record):
+    """What load_and_validate staged for the run (its XCom): counts, files and where the report is."""
+
+    KIND = "hour summary"
+    SCHEMA_VERSION = 1
+    run_id: str
+    run_key: str
+    start: datetime
+    end: datetime
+    files_read: int
+    folders: tuple[str, ...]
+    landed: int
+    landed_by_hour: dict[str, int]
+    valid: int
+    duplicates: int
+    quarantined: int
+    quarantine_reasons: dict[str, int]
+    sensors: int
+    quarantined_files: tuple[CorruptFile, ...]
+    empty_files: tuple[str, ...]
+    max_quarantine_share: float
+    validation_report: str
+    #: The sensors of a subset rescoring; None for a full run.
+    subset: Subset | None
+    #: Per ISO hour, the duplicates collapsed for each sensor (hours without any are left out).
+    duplicates_by_sensor: dict[str, tuple[SensorDuplicates, ...]]
+
+
+# --- plan_shards and score_shard ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PlannedShard(Record):
+    """One shard as the DAG maps over it (XCom of plan_shards): its spec and a label for the UI."""
+
+    KIND = "planned shard"
+    SCHEMA_VERSION = 1
+    spec_uri: str
+    shard: int
+    sensors: int
+    windows: int
+    label: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan(Record):
+    """What plan_shards decided for the whole run, staged for commit (which runs even when no shard does)."""
+
+    KIND = "shard plan"
+    SCHEMA_VERSION = 1
+    model_version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef(Record):
+    """Where one sensor's model is: a row of a pack of the version, and the hash its arrays must have."""
+
+    KIND = "model reference"
+    device_id: str
+    tag: str
+    pack: str
+    row: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardContainers(Record):
+    """The containers a shard process touches: read ``models``, read and write ``staging``."""
+
+    KIND = "shard containers"
+    models: str
+    staging: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSpec(Record):
+    """Everything a shard process needs, wherever it runs (``spec.json``): its input, models and output folder."""
+
+    KIND = "shard spec"
+    SCHEMA_VERSION = 1
+    run_id: str
+    run_key: str
+    shard: int
+    model_version: str
+    containers: ShardContainers
+    input: str
+    output_prefix: str
+    models: tuple[ModelRef, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardResult(Record):
+    """What a shard wrote (``result.json``, written last), read back by every backend and handed to commit."""
+
+    KIND = "shard result"
+    SCHEMA_VERSION = 1
+    shard: int
+    output_prefix: str
+    scored: int
+    anomalies: int
+    quarantined: int
+    sensors: int
+    #: ``device_id/tag`` -> reason, for the models the shard would not use.
+    refused_models: dict[str, str]
+
+
+# --- commit ------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PartitionFile(Record):
+    """One Parquet file of a committed hour, with its hash so a reader can check it has the matching pair."""
+
+    KIND = "partition file"
+    container: str
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class QuarantinedFile(Record):
+    """A corrupt window file of the hour; ``copy`` is its byte-for-byte copy (None if it vanished before commit)."""
+
+    KIND = "quarantined file"
+    file: str
+    bytes: int
+    sha256: str
+    error: str
+    reason: str
+    copy: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSummary(Record):
+    """The hour's validation in its manifest; ``report`` is the URI of the hour's ``_validation.json``."""
+
+    KIND = "validation summary"
+    suite: str
+    report: str
+    failing_rows: int
+    failing_share: float
+    failing_rows_by_reason: dict[str, int]
+    max_quarantine_share: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RescoringRecord(Record):
+    """One subset rescoring of an hour since its last full run; ``counts`` are of the rows it replaced."""
+
+    KIND = "rescoring record"
+    run_id: str
+    model_version: str
+    devices: tuple[str, ...]
+    tags: tuple[str, ...]
+    committed_at: datetime
+    counts: Counts
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest(Record):
+    """``_manifest.json`` of a committed hour (the same in predictions and quarantine): what the partition holds.
+
+    ``counts`` describe the whole partition, whichever runs wrote its rows; ``run_id`` and ``model_version`` are
+    the run that wrote it last. docs/operating.md and docs/faults.md describe each field.
+    """
+
+    KIND = "manifest"
+    SCHEMA_VERSION = 1
+    run_id: str
+    model_version: str
+    hour: datetime
+    interval: Interval
+    committed_at: datetime
+    counts: Counts
+    quarantine_reasons: dict[str, int]
+    files: tuple[PartitionFile, ...]
+    source_folders: tuple[str, ...]
+    status: Literal["scored", "empty"]
+    quarantined_files: tuple[QuarantinedFile, ...]
+    empty_files: tuple[str, ...]
+    validation: ValidationSummary
+    subset: Subset | None
+    rescored: tuple[RescoringRecord, ...]
+    model_versions: dict[str, int]
+    duplicates_by_sensor: tuple[SensorDuplicates, ...]

@@ -1,0 +1,179 @@
+"""Where every blob of the hour lives: window folders, committed partitions, a run's staging and its shards.
+
+One module names them all, so a path is changed in one place and every reader and writer follows. Paths are
+relative to their container (the containers are settings); ``storage.make_uri`` turns a pair into an URI.
+
+Layout::
+
+    windows/     YYYY/MM/DD/HH/<schemahash>_<guid>_<n>.json      what Stream Analytics lands (any serialisation)
+    predictions/ date=YYYY-MM-DD/hour=HH/part-00000.parquet       the hour's scored windows
+                 date=YYYY-MM-DD/hour=HH/_manifest.json           what the partition holds (contracts.Manifest)
+    quarantine/  date=YYYY-MM-DD/hour=HH/part-00000.parquet       the hour's rejected rows, each with a reason
+                 date=YYYY-MM-DD/hour=HH/_manifest.json           the same manifest
+                 date=YYYY-MM-DD/hour=HH/_validation.json         the hour's validation report
+                 date=YYYY-MM-DD/hour=HH/files/<window blob>      corrupt window files, byte for byte
+    staging/     runs/<run key>/valid.parquet                     load_and_validate: the windows to score
+                 runs/<run key>/quarantine-validate.parquet       load_and_validate: rows failing validation
+                 runs/<run key>/validation.json                   load_and_validate: the run's validation report
+                 runs/<run key>/quarantine-plan.parquet           plan_shards: rows of sensors without a model
+                 runs/<run key>/plan.json                         plan_shards: the model version resolved
+                 runs/<run key>/shard-NNNNN/input.parquet         plan_shards: the shard's windows
+                 runs/<run key>/shard-NNNNN/spec.json             plan_shards: what the shard does (ShardSpec)
+                 runs/<run key>/shard-NNNNN/predictions.parquet   score_shard
+                 runs/<run key>/shard-NNNNN/quarantine.parquet    score_shard: rows whose model was refused
+                 runs/<run key>/shard-NNNNN/result.json           score_shard, written last (ShardResult)
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+#: The span of one window folder and of one committed partition.
+HOUR = timedelta(hours=1)
+
+# --- windows: the Stream Analytics path pattern {date}/{time}, date format YYYY/MM/DD, time format HH ---
+
+#: ``strftime`` format of a window folder (also for pandas' ``Series.dt.strftime``).
+WINDOW_FOLDER_FORMAT = "%Y/%m/%d/%H"
+_WINDOW_FOLDER = re.compile(r"^(\d{4})/(\d{2})/(\d{2})/(\d{2})/")
+
+
+def window_folder(moment: datetime) -> str:
+    """Stream Analytics ``{date}/{time}`` folder (``YYYY/MM/DD/HH``) of a UTC moment."""
+    return moment.astimezone(timezone.utc).strftime(WINDOW_FOLDER_FORMAT)
+
+
+def window_folder_hour(blob_name: str) -> datetime | None:
+    """The hour of the window folder a blob landed in; None for a name outside the layout."""
+    match = _WINDOW_FOLDER.match(blob_name)
+    if match is None:
+        return None
+    year, month, day, hour = (int(part) for part in match.groups())
+    return datetime(year, month, day, hour, tzinfo=timezone.utc)
+
+
+# --- committed hours: one hive-style partition per hour in the predictions and quarantine containers ---
+
+PARTITION_FILE = "part-00000.parquet"
+MANIFEST_FILE = "_manifest.json"
+VALIDATION_FILE = "_validation.json"
+QUARANTINED_FILES = "files/"
+
+
+def partition_prefix(hour: datetime) -> str:
+    """Hive-style hour partition of the predictions and quarantine containers: ``date=.../hour=HH/``."""
+    hour = hour.astimezone(timezone.utc)
+    return f"date={hour:%Y-%m-%d}/hour={hour:%H}/"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """The blobs of one committed hour (the same paths in predictions and quarantine)."""
+
+    hour: datetime
+
+    @property
+    def prefix(self) -> str:
+        return partition_prefix(self.hour)
+
+    @property
+    def data(self) -> str:
+        """The hour's one Parquet file: replaced by one blob commit, so readers see old or new, never a mix."""
+        return self.prefix + PARTITION_FILE
+
+    @property
+    def manifest(self) -> str:
+        return self.prefix + MANIFEST_FILE
+
+    @property
+    def validation(self) -> str:
+        """The hour's validation report (quarantine container)."""
+        return self.prefix + VALIDATION_FILE
+
+    @property
+    def quarantined_files(self) -> str:
+        """Folder of the hour's corrupt window files (quarantine container)."""
+        return self.prefix + QUARANTINED_FILES
+
+    def quarantined_copy(self, window_blob: str) -> str:
+        """Where a corrupt window file is kept: its own name under the partition's ``files/``."""
+        return self.quarantined_files + window_blob
+
+
+# --- staging: a run's scratch space, deleted once the run has committed ---
+
+def staging_prefix(run_key: str) -> str:
+    """Scratch space of one DAG run in the staging container: shard inputs, specs and outputs."""
+    return f"runs/{run_key}/"
+
+
+def shard_prefix(run_key: str, shard: int) -> str:
+    return f"{staging_prefix(run_key)}shard-{shard:05d}/"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The blobs of one shard, under its folder (a path in staging, or the folder part of an URI)."""
+
+    folder: str
+
+    @property
+    def input(self) -> str:
+        return self.folder + "input.parquet"
+
+    @property
+    def spec(self) -> str:
+        return self.folder + "spec.json"
+
+    @property
+    def predictions(self) -> str:
+        return self.folder + "predictions.parquet"
+
+    @property
+    def quarantine(self) -> str:
+        return self.folder + "quarantine.parquet"
+
+    @property
+    def result(self) -> str:
+        """Written last by the shard: its presence means the shard's outputs are complete."""
+        return self.folder + "result.json"
+
+    @classmethod
+    def of_spec(cls, spec_path: str) -> Shard:
+        """The shard whose spec is at ``spec_path`` (a path or an URI): outputs sit beside the spec."""
+        return cls(spec_path.rsplit("/", 1)[0] + "/")
+
+
+@dataclass(frozen=True)
+class Run:
+    """The staged blobs of one DAG run."""
+
+    run_key: str
+
+    @property
+    def prefix(self) -> str:
+        return staging_prefix(self.run_key)
+
+    @property
+    def valid(self) -> str:
+        return self.prefix + "valid.parquet"
+
+    @property
+    def validation_quarantine(self) -> str:
+        return self.prefix + "quarantine-validate.parquet"
+
+    @property
+    def validation_report(self) -> str:
+        return self.prefix + "validation.json"
+
+    @property
+    def plan_quarantine(self) -> str:
+        return self.prefix + "quarantine-plan.parquet"
+
+    @property
+    def plan(self) -> str:
+        return self.prefix + "plan.json"
+
+    def shard(self, number: int) -> Shard:
+        return Shard(shard_prefix(self.run_key, number))

@@ -1,0 +1,243 @@
+"""commit: check the accounting, then replace each hour's predictions and quarantine partitions.
+
+Each partition is one Parquet file uploaded in one blob commit (old or new, never a mix), followed by its
+``_manifest.json``. Shard outputs are streamed into per-hour files on local disk, so memory holds one shard at a
+time however large the hour is.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sensor_scoring import layout, storage as st
+from sensor_scoring.contracts import (
+    CORRUPT_FILE,
+    PREDICTION_SCHEMA,
+    QUARANTINE_SCHEMA,
+    REASON_COLUMN,
+    AccountingError,
+    CorruptFile,
+    Counts,
+    HourSummary,
+    HourValidation,
+    Interval,
+    Manifest,
+    PartitionFile,
+    QuarantinedFile,
+    ShardPlan,
+    ShardResult,
+    ValidationReport,
+    ValidationSummary,
+)
+from sensor_scoring.steps.common import names_storage_outages
+from sensor_scoring.steps.interval import Hour
+from sensor_scoring.steps.rescoring import Kept, keep_unrescored, model_versions, rescoring_history
+from sensor_scoring.storage import Storage
+from sensor_scoring.windows import partition_hours
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Written:
+    """One hour's predictions file on local disk, before its upload, and what it holds."""
+
+    path: Path
+    scored: int = 0
+    anomalies: int = 0
+
+
+@dataclass(frozen=True)
+class _Commit:
+    """What every hour's commit needs of the run."""
+
+    hour: Hour
+    summary: HourSummary
+    report: ValidationReport
+    model_version: str
+    committed_at: datetime
+
+
+@names_storage_outages
+def commit(hour: Hour, summary: HourSummary, shard_results: Sequence[ShardResult]) -> list[Manifest]:
+    """Check landed = scored + quarantined + duplicates for the run, then commit each of its hours in turn."""
+    storage, staging, run = hour.storage, hour.containers.staging, layout.Run(hour.run_key)
+    plan = ShardPlan.from_json(storage.read_bytes(staging, run.plan), source=st.make_uri(staging, run.plan))
+    report = ValidationReport.from_json(storage.read_bytes(staging, run.validation_report),
+                                        source=st.make_uri(staging, run.validation_report))
+    quarantine = _run_quarantine(hour, shard_results)
+    check_run_accounting(summary, shard_results, len(quarantine))
+    context = _Commit(hour, summary, report, plan.model_version, datetime.now(timezone.utc))
+    with tempfile.TemporaryDirectory(prefix="commit-") as tmp:
+        kept = keep_unrescored(hour, summary.subset)  # a subset rescoring keeps the other rows
+        written = _write_predictions(hour, Path(tmp), kept, shard_results)
+        q_hour = partition_hours(quarantine, hour.start, hour.end)
+        manifests = [_commit_hour(context, h, written[h], quarantine.loc[q_hour == pd.Timestamp(h)], kept.get(h))
+                     for h in hour.hours]
+    storage.delete_prefix(staging, run.prefix)
+    return manifests
+
+
+def _shard_outputs(result: ShardResult) -> tuple[str, layout.Shard]:
+    """The container and folder of a shard's outputs, as its result names them."""
+    container, prefix = st.parse_uri(result.output_prefix)
+    return container, layout.Shard(prefix)
+
+
+def _shard_quarantine(storage: Storage, result: ShardResult) -> pd.DataFrame:
+    container, outputs = _shard_outputs(result)
+    return st.read_parquet(storage, container, outputs.quarantine)
+
+
+def _shard_predictions(storage: Storage, result: ShardResult) -> pd.DataFrame:
+    container, outputs = _shard_outputs(result)
+    return st.read_parquet(storage, container, outputs.predictions)
+
+
+def _run_quarantine(hour: Hour, shard_results: Sequence[ShardResult]) -> pd.DataFrame:
+    """Every row the run rejected: in validation, for want of a model, and in the shards."""
+    storage, staging, run = hour.storage, hour.containers.staging, layout.Run(hour.run_key)
+    staged = [st.read_parquet(storage, staging, path) for path in (run.validation_quarantine, run.plan_quarantine)]
+    return pd.concat(staged + [_shard_quarantine(storage, r) for r in shard_results], ignore_index=True)
+
+
+def check_run_accounting(summary: HourSummary, shard_results: Sequence[ShardResult], quarantined: int) -> None:
+    """Refuse the run unless every landed window was scored, quarantined or collapsed as a duplicate."""
+    scored = sum(r.scored for r in shard_results)
+    accounted = scored + quarantined + summary.duplicates
+    if accounted != summary.landed:
+        raise AccountingError(
+            f"landed {summary.landed} windows but scored {scored} + quarantined {quarantined} "
+            f"+ duplicates {summary.duplicates} = {accounted}; refusing to commit"
+        )
+
+
+def _write_predictions(hour: Hour, folder: Path, kept: dict[datetime, Kept],
+                       shard_results: Sequence[ShardResult]) -> dict[datetime, _Written]:
+    """Stream the kept rows and every shard's predictions into one local Parquet file per hour."""
+    written = {h: _Written(folder / f"{h:%Y%m%d%H}.parquet") for h in hour.hours}
+    writers = {h: pq.ParquetWriter(w.path, PREDICTION_SCHEMA) for h, w in written.items()}
+    try:
+        for h, rest in kept.items():
+            writers[h].write_table(rest.predictions)
+            written[h].scored += rest.scored
+            written[h].anomalies += rest.anomalies
+        for result in sorted(shard_results, key=lambda r: r.shard):
+            frame = _shard_predictions(hour.storage, result)
+            for moment, rows in frame.groupby(frame["window_end"].dt.floor("h"), sort=True):
+                h = pd.Timestamp(moment).to_pydatetime()
+                writers[h].write_table(pa.Table.from_pandas(rows, schema=PREDICTION_SCHEMA, preserve_index=False))
+                written[h].scored += len(rows)
+                written[h].anomalies += int(rows["is_anomaly"].sum())
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return written
+
+
+def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFrame, kept: Kept | None) -> Manifest:
+    """Upload one hour's two partitions, its corrupt files and validation report, then its manifest."""
+    hour, storage, containers, part = run.hour, run.hour.storage, run.hour.containers, layout.Partition(h)
+    if kept is not None:
+        q_rows = pd.concat([kept.quarantine, q_rows], ignore_index=True)
+    validation = run.report.hour(h)
+    counts = hour_counts(h, validation, written, len(q_rows), kept)
+    storage.upload_file(containers.predictions, part.data, written.path)
+    q_bytes = st.parquet_bytes(q_rows, QUARANTINE_SCHEMA)
+    storage.write_bytes(containers.quarantine, part.data, q_bytes)
+    files = (
+        PartitionFile(container=containers.predictions, path=part.data, rows=counts.scored,
+                      bytes=written.path.stat().st_size, sha256=_file_sha256(written.path)),
+        PartitionFile(container=containers.quarantine, path=part.data, rows=len(q_rows), bytes=len(q_bytes),
+                      sha256=hashlib.sha256(q_bytes).hexdigest()),
+    )
+    bad_files = _quarantine_files(hour, part, validation.quarantined_files)
+    storage.write_bytes(containers.quarantine, part.validation, run.report.only(h).to_json(indent=2))
+    manifest = Manifest(
+        run_id=hour.run_id,
+        model_version=run.model_version,
+        hour=h,
+        interval=Interval(start=hour.start, end=hour.end),
+        committed_at=run.committed_at,
+        counts=counts,
+        quarantine_reasons={str(k): int(v) for k, v in Counter(q_rows[REASON_COLUMN]).items()},
+        files=files,
+        source_folders=run.summary.folders,
+        status="scored" if counts.landed else "empty",
+        quarantined_files=bad_files,
+        empty_files=validation.empty_files,
+        validation=ValidationSummary(
+            suite=validation.suite, report=st.make_uri(containers.quarantine, part.validation),
+            failing_rows=validation.failing_rows, failing_share=validation.failing_share,
+            failing_rows_by_reason=validation.failing_rows_by_reason,
+            max_quarantine_share=validation.max_quarantine_share,
+        ),
+        subset=run.summary.subset,
+        rescored=rescoring_history(run.summary.subset, kept, counts, run_id=hour.run_id,
+                                   model_version=run.model_version, committed_at=run.committed_at),
+        model_versions=model_versions(written.path),
+        duplicates_by_sensor=(*(kept.duplicates_by_sensor if kept else ()),
+                              *run.summary.duplicates_by_sensor.get(h.isoformat(), ())),
+    )
+    body = manifest.to_json(indent=2)
+    storage.write_bytes(containers.predictions, part.manifest, body)
+    storage.write_bytes(containers.quarantine, part.manifest, body)
+    _log_committed(part, manifest)
+    return manifest
+
+
+def hour_counts(h: datetime, validation: HourValidation, written: _Written, quarantined: int,
+                kept: Kept | None) -> Counts:
+    """The partition's counts, checked: its duplicates must be the ones validation collapsed (plus those a
+    subset rescoring keeps), or a window went missing between the steps."""
+    landed = validation.landed + (kept.landed if kept else 0)
+    duplicates = landed - written.scored - quarantined
+    expected = validation.duplicates + (kept.duplicates if kept else 0)
+    if duplicates != expected:
+        raise AccountingError(
+            f"hour {h.isoformat()}: landed {landed} but scored {written.scored} + quarantined {quarantined} "
+            f"+ duplicates {expected} = {written.scored + quarantined + expected}; refusing to commit")
+    return Counts(landed=landed, scored=written.scored, quarantined=quarantined, duplicates=duplicates,
+                  anomalies=written.anomalies)
+
+
+def _quarantine_files(hour: Hour, part: layout.Partition,
+                      corrupt: Sequence[CorruptFile]) -> tuple[QuarantinedFile, ...]:
+    """Copy each corrupt file of the hour beside its quarantine partition (under ``files/``), kept byte for byte."""
+    storage, containers = hour.storage, hour.containers
+    storage.delete_prefix(containers.quarantine, part.quarantined_files)
+    listed = []
+    for entry in corrupt:
+        try:
+            data = storage.read_bytes(containers.windows, entry.file)
+            storage.write_bytes(containers.quarantine, part.quarantined_copy(entry.file), data)
+            where: str | None = st.make_uri(containers.quarantine, part.quarantined_copy(entry.file))
+        except FileNotFoundError:
+            where = None  # deleted from windows since it was read; the manifest still names it
+        listed.append(QuarantinedFile(file=entry.file, bytes=entry.bytes, sha256=entry.sha256, error=entry.error,
+                                      reason=CORRUPT_FILE, copy=where))
+    return tuple(listed)
+
+
+def _file_sha256(path: Path) -> str:
+    """Hash a file in chunks: an hour's file can be far larger than one shard."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _log_committed(part: layout.Partition, manifest: Manifest) -> None:
+    log.info("Committed %s: %s", part.prefix, manifest.counts.to_dict())
+    if manifest.status == "empty":
+        bad = len(manifest.quarantined_files)
+        log.warning("Committed %s as an EMPTY hour: no windows landed for it%s", part.prefix,
+                    f"; {bad} corrupt file(s) quarantined" if bad else "")

@@ -1,0 +1,203 @@
+"""load_and_validate: read the interval's folders, keep the windows it owns, validate them, stage the result."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from sensor_scoring import layout, storage as st
+from sensor_scoring.contracts import (
+    REASON_COLUMN,
+    ROW_REASONS,
+    SOURCE_COLUMN,
+    QUARANTINE_SCHEMA,
+    CorruptFile,
+    HourSummary,
+    HourValidation,
+    Interval,
+    Subset,
+    ValidationReport,
+    ValidationThresholdError,
+)
+from sensor_scoring.layout import HOUR
+from sensor_scoring.steps.common import count_by_hour, hour_key, names_storage_outages, quarantine_frame
+from sensor_scoring.steps.interval import Hour
+from sensor_scoring.steps.rescoring import duplicates_by_sensor, select_sensors, subset_of
+from sensor_scoring.validation import Checked, check_windows
+from sensor_scoring.windows import (
+    LandedFiles,
+    UnreadableFile,
+    WindowSchemaError,
+    folder_hour,
+    partition_hours,
+    read_owned,
+)
+
+if TYPE_CHECKING:
+    from sensor_scoring.validation.expectations import Bounds
+
+log = logging.getLogger(__name__)
+
+#: Default of the DAG param ``max_quarantine_share``: above this share of an hour's landed windows failing
+#: validation, the run fails (and alerts) instead of committing.
+DEFAULT_MAX_QUARANTINE_SHARE = 0.1
+
+
+@names_storage_outages
+def load_and_validate(hour: Hour, *, late_folders: int = 1,
+                      max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE,
+                      devices: list[str] | None = None, tags: list[str] | None = None) -> HourSummary:
+    """Read the interval's folders, keep the windows it owns, validate them with the suite, stage the result.
+
+    Corrupt files are set aside whole (listed in the summary and later the manifest); a file with a broken
+    structure raises ``WindowSchemaError`` naming file and column. Per hour, if the share of landed windows
+    failing validation exceeds ``max_quarantine_share``, ``ValidationThresholdError`` is raised after the
+    validation report and the failing rows are staged, so that the failed run shows why.
+
+    With ``devices``/``tags`` (a rescoring subset) only those sensors' windows are taken: the rest of the
+    hour stays as committed before (see ``steps.rescoring``).
+    """
+    from sensor_scoring.validation.expectations import load_bounds
+
+    read = read_owned(hour.storage, hour.containers.windows, hour.start, hour.end, late_folders)
+    landed = select_sensors(read.windows, devices, tags)
+    bounds = load_bounds()
+    checked = _validate(landed, hour, bounds)
+    run, staging = layout.Run(hour.run_key), hour.containers.staging
+    hour.storage.write_bytes(staging, run.valid, st.parquet_bytes(checked.valid))
+    hour.storage.write_bytes(staging, run.validation_quarantine,
+                             st.parquet_bytes(quarantine_frame(checked.quarantined, hour.run_id), QUARANTINE_SCHEMA))
+    share = float(max_quarantine_share)
+    report = validation_report(hour, landed, checked, read, bounds.as_dict(), share)
+    hour.storage.write_bytes(staging, run.validation_report, report.to_json(indent=2))
+    summary = hour_summary(hour, landed, checked, read, report, share, subset_of(devices, tags))
+    _log_loaded(summary, report, checked)
+    refuse_above_threshold(report, share, report_uri=summary.validation_report,
+                           failing_uri=st.make_uri(staging, run.validation_quarantine))
+    return summary
+
+
+def _validate(landed: pd.DataFrame, hour: Hour, bounds: Bounds) -> Checked:
+    """The suite's split of the owned windows; a broken structure fails naming the files it came from."""
+    from sensor_scoring.validation.expectations import SchemaViolation
+
+    try:
+        return check_windows(landed, hour.start, hour.end, bounds)
+    except SchemaViolation as exc:
+        files = sorted(set(landed[SOURCE_COLUMN].dropna()))
+        more = " ..." if len(files) > 5 else ""
+        raise WindowSchemaError(f"{exc} in the windows of {', '.join(files[:5])}{more}") from exc
+
+
+def corrupt_file_hour(name: str, hour: Hour) -> datetime:
+    """A corrupt file is listed under its folder's hour if the run owns it, else under the run's last hour
+    (a late folder: the file may hold this interval's late windows)."""
+    found = folder_hour(name)
+    if found is not None and hour.start <= found < hour.end:
+        return found
+    return hour.end - HOUR
+
+
+def _corrupt_files(read: LandedFiles, hour: Hour) -> tuple[CorruptFile, ...]:
+    def listed(c: UnreadableFile) -> CorruptFile:
+        return CorruptFile(file=c.file, bytes=c.bytes, sha256=c.sha256, error=c.error,
+                           hour=corrupt_file_hour(c.file, hour))
+
+    return tuple(listed(c) for c in read.corrupt)
+
+
+def validation_report(hour: Hour, landed: pd.DataFrame, checked: Checked, read: LandedFiles,
+                      bounds: dict[str, object], max_quarantine_share: float) -> ValidationReport:
+    """The run's report: the suite's expectations and, per hour of the interval, what failed and why."""
+    from sensor_scoring.validation.expectations import SUITE_NAME
+
+    landed_hours = partition_hours(landed, hour.start, hour.end)
+    per_hour_landed = count_by_hour(landed_hours)
+    dup_hours = count_by_hour(landed_hours.loc[checked.duplicate_index]) if checked.duplicates else Counter()
+    quarantined = checked.quarantined
+    q_hours = (partition_hours(quarantined, hour.start, hour.end).map(hour_key) if len(quarantined)
+               else pd.Series(dtype=object))
+    corrupt = _corrupt_files(read, hour)
+    hours = {}
+    for h in hour.hours:
+        key = h.isoformat()
+        rows = quarantined.loc[(q_hours == key).to_numpy()] if len(quarantined) else quarantined
+        reasons = Counter(r for joined in rows[REASON_COLUMN] for r in str(joined).split(";"))
+        share = len(rows) / per_hour_landed[key] if per_hour_landed[key] else 0.0
+        hours[key] = HourValidation(
+            suite=SUITE_NAME, hour=h, run_id=hour.run_id, landed=per_hour_landed[key], duplicates=dup_hours[key],
+            failing_rows=len(rows), failing_share=round(share, 6), max_quarantine_share=max_quarantine_share,
+            threshold_exceeded=share > max_quarantine_share,
+            failing_rows_by_reason={r: reasons[r] for r in ROW_REASONS if reasons[r]},
+            quarantined_files=tuple(c for c in corrupt if c.hour == h),
+            empty_files=tuple(f for f in read.empty if (folder_hour(f) or hour.start) == h),
+        )
+    return ValidationReport(
+        suite=SUITE_NAME, run_id=hour.run_id, interval=Interval(start=hour.start, end=hour.end),
+        evaluated_rows=int(len(landed) - checked.duplicates), seconds=round(checked.seconds, 3),
+        physical_bounds=bounds, expectations=tuple(checked.expectations), hours=hours,
+    )
+
+
+def hour_summary(hour: Hour, landed: pd.DataFrame, checked: Checked, read: LandedFiles, report: ValidationReport,
+                 max_quarantine_share: float, subset: Subset | None) -> HourSummary:
+    """The XCom of load_and_validate: the run's counts, its files and where its report is staged."""
+    quarantined = checked.quarantined
+    return HourSummary(
+        run_id=hour.run_id,
+        run_key=hour.run_key,
+        start=hour.start,
+        end=hour.end,
+        files_read=len(read.files),
+        folders=tuple(read.folders),
+        landed=len(landed),
+        landed_by_hour={h: v.landed for h, v in report.hours.items() if v.landed},
+        valid=len(checked.valid),
+        duplicates=checked.duplicates,
+        quarantined=len(quarantined),
+        quarantine_reasons={str(k): int(v) for k, v in Counter(quarantined[REASON_COLUMN]).items()},
+        sensors=int(checked.valid[["device_id", "tag"]].drop_duplicates().shape[0]),
+        quarantined_files=_corrupt_files(read, hour),
+        empty_files=tuple(read.empty),
+        max_quarantine_share=max_quarantine_share,
+        validation_report=st.make_uri(hour.containers.staging, layout.Run(hour.run_key).validation_report),
+        subset=subset,
+        duplicates_by_sensor=duplicates_by_sensor(landed, checked.valid, quarantined),
+    )
+
+
+def _log_loaded(summary: HourSummary, report: ValidationReport, checked: Checked) -> None:
+    log.info(
+        "Read %d file(s) in %s: %d window(s) owned by [%s, %s); %d valid, %d quarantined %s, %d duplicate(s) collapsed",
+        summary.files_read, ", ".join(summary.folders), summary.landed, summary.start.isoformat(),
+        summary.end.isoformat(), summary.valid, summary.quarantined, summary.quarantine_reasons, summary.duplicates,
+    )
+    log.info("Validation (great-expectations suite %s, %d expectations, %.2f s): %s", report.suite,
+             len(report.expectations), checked.seconds,
+             "; ".join(f"{h}: {r.failing_rows}/{r.landed} failing {r.failing_rows_by_reason or ''}"
+                       for h, r in report.hours.items()))
+    for c in summary.quarantined_files:
+        log.warning("Quarantined corrupt file %s (%d bytes): %s", c.file, c.bytes, c.error)
+    for h, r in report.hours.items():
+        if not r.landed:
+            log.warning("Hour %s: no windows landed%s; it will be committed as an empty partition (status empty)", h,
+                        f" ({len(r.quarantined_files)} corrupt file(s))" if r.quarantined_files else "")
+
+
+def refuse_above_threshold(report: ValidationReport, max_quarantine_share: float, *, report_uri: str,
+                           failing_uri: str) -> None:
+    """Fail the run, before anything is committed, if an hour's failing share is above the threshold."""
+    over = {h: r for h, r in report.hours.items() if r.threshold_exceeded}
+    if not over:
+        return
+    detail = "; ".join(f"hour {h}: {r.failing_rows} of {r.landed} windows ({r.failing_share:.1%}) failed "
+                       f"validation ({', '.join(f'{k} {v}' for k, v in r.failing_rows_by_reason.items())})"
+                       for h, r in over.items())
+    raise ValidationThresholdError(
+        f"{detail}; above max_quarantine_share {max_quarantine_share:.1%}. Nothing was committed. "
+        f"Validation report: {report_uri}; failing rows: {failing_uri}. "
+        "Fix the input and re-run the hour, or re-run with a higher max_quarantine_share to score the rest."
+    )
