@@ -411,8 +411,8 @@ def _run(story: Story, log_path: Path | None, *, devices: int, tags: int, hours:
         bar.finish(f"{landed['hours']} hour(s) landed ({landed['windows']} windows), {landed['reused']} already there; "
                    f"{devices} devices x {tags} sensors")
         try:
-            version = models.resolve_version(storage, containers.models, config.PRODUCTION_ALIAS)
-            story.step("Models", f"version {version} reused (alias {config.PRODUCTION_ALIAS})")
+            version = models.resolve_version(storage, containers.models, models.PRODUCTION_ALIAS)
+            story.step("Models", f"version {version} reused (alias {models.PRODUCTION_ALIAS})")
         except LookupError:
             from sensor_scoring.models.training import train_and_register
 

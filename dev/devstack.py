@@ -519,7 +519,7 @@ def seed(
     first = latest - timedelta(hours=hours)
     landed = ensure_data(storage, containers, devices, tags, first, now)
     try:
-        version = models.resolve_version(storage, containers.models, config.PRODUCTION_ALIAS)
+        version = models.resolve_version(storage, containers.models, models.PRODUCTION_ALIAS)
     except LookupError:
         manifest, _ = train_and_register(storage, containers, first, latest, promote=True)
         version = str(manifest["version"])

@@ -43,12 +43,6 @@ FORMULA_ENV = "SCORING_BATCH_AUTOSCALE_FORMULA"
 #: The Batch pool's autoscale formula, package data of the Batch backend: found wherever the package is installed.
 DEFAULT_FORMULA = Path(__file__).resolve().parent / "backends" / "autoscale.formula"
 
-#: Window features fed to every model, in this order. reading_count makes dropouts visible.
-FEATURES: tuple[str, ...] = ("value_avg", "value_min", "value_max", "value_std", "reading_count")
-#: Columns that identify one landed window.
-WINDOW_KEY: tuple[str, ...] = ("device_id", "tag", "window_end")
-#: The alias the hourly DAG scores with unless told otherwise.
-PRODUCTION_ALIAS = "production"
 
 _T = TypeVar("_T", bound="DataclassInstance")
 

@@ -24,10 +24,11 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from sensor_scoring import settings as config
 from sensor_scoring.contracts import FEATURES
 from sensor_scoring.storage import Storage, parquet_bytes, parquet_frame
 
+#: The alias the hourly DAG scores with unless told otherwise.
+PRODUCTION_ALIAS = "production"
 PACK_SIZE = 1000
 ARRAY_FIELDS = ("mean", "scale", "gamma", "intercept", "sv_offsets", "sv", "dual")
 
@@ -223,7 +224,7 @@ def register(
     }
     storage.write_bytes(container, prefix + "manifest.json", json.dumps(manifest, indent=2).encode())
     if promote:
-        set_alias(storage, container, config.PRODUCTION_ALIAS, version)
+        set_alias(storage, container, PRODUCTION_ALIAS, version)
     return manifest
 
 
