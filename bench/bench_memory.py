@@ -5,9 +5,9 @@ sensors the hour holds. For each hour size S the hour is staged as ``load_and_va
 (``valid.parquet`` in the run's staging folder), models are registered for all S sensors, the real
 ``steps.plan.plan_shards`` cuts the hour into shards of a fixed size, and the first, middle and last shard are
 each run as the real shard command, ``python -m sensor_scoring score-shard --spec <uri>``, in a fresh child process.
-The child's peak resident set (``ru_maxrss`` from ``os.wait4``, taken by a small launcher: see LAUNCHER) is recorded; each shard is
-run ``--repeats`` times and the median is reported. A second series keeps the hour at 10k sensors and varies
-the shard size. A floor is measured too: a child that only imports what the shard command imports.
+The child's peak resident set (``ru_maxrss`` from ``os.wait4``, taken by a small launcher: see LAUNCHER) is
+recorded; each shard is run ``--repeats`` times and the median is reported. A second series keeps the hour at 10k
+sensors and varies the shard size. A floor is measured too: a child that only imports what the shard command imports.
 
 The hour's windows are synthetic (vectorised; value, spread, count per sensor-minute), because simulating
 100k sensors' raw readings would dominate the run; the models are ``--base-models`` real OneClassSVM
@@ -21,6 +21,7 @@ own time is reported apart (from the validation report).
 
     .venv/bin/python bench/bench_memory.py [--sizes 1000 10000 100000] [--shard-size 250] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,15 +39,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sensor_scoring import layout, models, settings as config
-from sensor_scoring import storage as st
-from sensor_scoring.contracts import ValidationReport
+from sensor_scoring import layout, models, settings as config, storage as st
 from sensor_scoring.backends import shard_command
-from sensor_scoring.tools.simulate import TAG_NAMES
-from sensor_scoring.storage import LocalStorage
+from sensor_scoring.contracts import ValidationReport
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
+from sensor_scoring.storage import LocalStorage
+from sensor_scoring.tools.simulate import TAG_NAMES
 from sensor_scoring.windows import LandingPlan, land_windows
 
 HERE = Path(__file__).resolve().parent
@@ -63,16 +63,18 @@ def synthetic_windows(sensors: int, start: datetime, hours: int = 1, seed: int =
     base = rng.uniform(10, 100, sensors)[sensor]
     avg = base + rng.normal(0, 1, len(sensor))
     std = np.abs(rng.normal(0.5, 0.1, len(sensor)))
-    frame = pd.DataFrame({
-        "device_id": pd.Series(sensor // TAGS).map("dev-{:06d}".format).astype("string"),
-        "tag": pd.Series(np.array(TAG_NAMES[:TAGS])[sensor % TAGS]).astype("string"),
-        "window_end": pd.Timestamp(start) + pd.to_timedelta(minute, unit="min"),
-        "value_avg": avg,
-        "value_min": avg - 2 * std,
-        "value_max": avg + 2 * std,
-        "value_std": std,
-        "reading_count": np.full(len(sensor), 6, dtype="int64"),
-    })
+    frame = pd.DataFrame(
+        {
+            "device_id": pd.Series(sensor // TAGS).map("dev-{:06d}".format).astype("string"),
+            "tag": pd.Series(np.array(TAG_NAMES[:TAGS])[sensor % TAGS]).astype("string"),
+            "window_end": pd.Timestamp(start) + pd.to_timedelta(minute, unit="min"),
+            "value_avg": avg,
+            "value_min": avg - 2 * std,
+            "value_max": avg + 2 * std,
+            "value_std": std,
+            "reading_count": np.full(len(sensor), 6, dtype="int64"),
+        }
+    )
     frame["window_end"] = frame["window_end"].astype("datetime64[ns, UTC]")
     return frame
 
@@ -82,13 +84,23 @@ def base_models(count: int) -> list[models.TrainedModel]:
     return models.train_models(history)
 
 
-def register_for(storage: LocalStorage, container: str, sensors: pd.DataFrame, base: list[models.TrainedModel],
-                 version: str) -> None:
+def register_for(
+    storage: LocalStorage, container: str, sensors: pd.DataFrame, base: list[models.TrainedModel], version: str
+) -> None:
     """Every sensor of the hour gets one of the real base models, under its own name."""
-    clones = [models.TrainedModel(device_id=d, tag=t, pipeline=None, arrays=base[i % len(base)].arrays,
-                                  rows=base[0].rows, train_start=base[0].train_start, train_end=base[0].train_end,
-                                  flagged_share=0.0)
-              for i, (d, t) in enumerate(sensors.itertuples(index=False, name=None))]
+    clones = [
+        models.TrainedModel(
+            device_id=d,
+            tag=t,
+            pipeline=None,
+            arrays=base[i % len(base)].arrays,
+            rows=base[0].rows,
+            train_start=base[0].train_start,
+            train_end=base[0].train_end,
+            flagged_share=0.0,
+        )
+        for i, (d, t) in enumerate(sensors.itertuples(index=False, name=None))
+    ]
     models.register(storage, container, clones, version=version, params={"bench": "clones"}, promote=False)
 
 
@@ -140,9 +152,14 @@ def measure_hour(root: Path, sensors: int, shard_size: int, repeats: int, base: 
     storage.delete_prefix(containers.staging, run.prefix)
     medians = [statistics.median(v) for v in samples.values()]
     return {
-        "hour_sensors": sensors, "hour_windows": len(windows), "shard_size": shard_size, "shards": len(shards),
-        "measured_shards": picks, "windows_per_shard": [shards[n].windows for n in picks],
-        "shard_input_bytes": input_bytes, "plan_shards_s": round(plan_s, 2),
+        "hour_sensors": sensors,
+        "hour_windows": len(windows),
+        "shard_size": shard_size,
+        "shards": len(shards),
+        "measured_shards": picks,
+        "windows_per_shard": [shards[n].windows for n in picks],
+        "shard_input_bytes": input_bytes,
+        "plan_shards_s": round(plan_s, 2),
         "peak_rss_mib_median": round(statistics.median(medians), 1),
         "peak_rss_mib_min": round(min(min(v) for v in samples.values()), 1),
         "peak_rss_mib_max": round(max(max(v) for v in samples.values()), 1),
@@ -152,7 +169,11 @@ def measure_hour(root: Path, sensors: int, shard_size: int, repeats: int, base: 
 
 
 def measure_floor(repeats: int) -> float:
-    probe = [sys.executable, "-c", "import sensor_scoring.cli, sensor_scoring.steps.score, sensor_scoring.storage"]  # the shard's imports
+    probe = [
+        sys.executable,
+        "-c",
+        "import sensor_scoring.cli, sensor_scoring.steps.score, sensor_scoring.storage",
+    ]  # the shard's imports
     return round(statistics.median(child_peak_rss(probe, dict(os.environ))[0] for _ in range(repeats)), 1)
 
 
@@ -166,15 +187,21 @@ def measure_validation(root: Path, sensors: int, repeats: int) -> dict:
         began = time.perf_counter()
         summary = load_and_validate(hour, late_folders=0)
         totals.append(time.perf_counter() - began)
-        report = ValidationReport.from_json(storage.read_bytes(*st.parse_uri(summary.validation_report)),
-                                            source=summary.validation_report)
+        report = ValidationReport.from_json(
+            storage.read_bytes(*st.parse_uri(summary.validation_report)), source=summary.validation_report
+        )
         suite.append(report.seconds)
         assert summary.valid == sensors * 60, summary
         storage.delete_prefix(containers.staging, layout.staging_prefix(hour.run_key))
-    return {"hour_sensors": sensors, "windows": sensors * 60, "expectations": len(report.expectations),
-            "load_and_validate_s_median": round(statistics.median(totals), 2),
-            "suite_s_median": round(statistics.median(suite), 2),
-            "samples_load_and_validate_s": [round(x, 2) for x in totals], "samples_suite_s": suite}
+    return {
+        "hour_sensors": sensors,
+        "windows": sensors * 60,
+        "expectations": len(report.expectations),
+        "load_and_validate_s_median": round(statistics.median(totals), 2),
+        "suite_s_median": round(statistics.median(suite), 2),
+        "samples_load_and_validate_s": [round(x, 2) for x in totals],
+        "samples_suite_s": suite,
+    }
 
 
 def main() -> None:
@@ -190,11 +217,21 @@ def main() -> None:
     args = parser.parse_args()
     began = time.perf_counter()
     base = base_models(args.base_models)
-    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                           "numpy": np.__version__, "pandas": pd.__version__},
-               "command": " ".join([Path(sys.executable).name, *sys.argv]),
-               "support_vectors_median": statistics.median(len(m.arrays.dual_coef) for m in base),
-               "floor_mib": measure_floor(args.repeats), "by_hour_size": [], "by_shard_size": [], "validation": []}
+    results = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+        },
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "support_vectors_median": statistics.median(len(m.arrays.dual_coef) for m in base),
+        "floor_mib": measure_floor(args.repeats),
+        "by_hour_size": [],
+        "by_shard_size": [],
+        "validation": [],
+    }
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         for sensors in args.sizes:
             row = measure_hour(Path(tmp), sensors, args.shard_size, args.repeats, base)

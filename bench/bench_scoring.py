@@ -21,6 +21,7 @@ of the whole hour is also timed alone, in-process, for every size (it grows with
 
     .venv/bin/python bench/bench_scoring.py [--sizes 10 100 1000] [--process-sizes 10 50] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,7 +94,7 @@ class Fleet:
         self.pipelines = {key: m.pipeline for key, m in zip(self.keys, self.trained)}
         # What the registry holds: packs of up to PACK_SIZE models, and each model's digest in the index.
         self.packs = [
-            model_store._pack_bytes([m.arrays for m in self.trained[start:start + PACK_SIZE]])
+            model_store._pack_bytes([m.arrays for m in self.trained[start : start + PACK_SIZE]])
             for start in range(0, sensors, PACK_SIZE)
         ]
         self.digests = [m.arrays.digest() for m in self.trained]
@@ -142,8 +143,9 @@ def check_against_sklearn(fleet: Fleet, scored: pd.DataFrame, label: str) -> flo
     assert (merged["_merge"] == "both").all() and len(merged) == len(fleet.windows), f"{label}: rows differ"
     gap = float(np.max(np.abs(merged["score"].to_numpy(float) - merged["score_ref"].to_numpy(float))))
     assert gap <= TOLERANCE, f"{label}: score differs from decision_function by {gap:g} > {TOLERANCE:g}"
-    assert (merged["is_anomaly"].astype(bool) == merged["is_anomaly_ref"].astype(bool)).all(), \
+    assert (merged["is_anomaly"].astype(bool) == merged["is_anomaly_ref"].astype(bool)).all(), (
         f"{label}: is_anomaly differs from predict == -1"
+    )
     return gap
 
 
@@ -196,8 +198,15 @@ def run_original(hour_csv: Path, pickles: dict, outdir: Path, parallel: int) -> 
 
     def job(item):
         number, ((device_id, tag), model) = item
-        command = [sys.executable, str(WORKER), str(hour_csv), str(model), device_id, tag,
-                   str(outdir / f"pred-{number:05d}.csv")]
+        command = [
+            sys.executable,
+            str(WORKER),
+            str(hour_csv),
+            str(model),
+            device_id,
+            tag,
+            str(outdir / f"pred-{number:05d}.csv"),
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"worker for {device_id}/{tag} failed: {done.stderr[-2000:]}")
@@ -275,8 +284,10 @@ def markdown_table(rows: list[dict[str, object]]) -> str:
 
 def reread_table(results: dict) -> str:
     """The original design's second cost: every one of the S jobs re-reads the whole hour."""
-    lines = ["| sensors | hour CSV bytes | re-read + filter, per job (ms) | x S jobs (s per hour) |",
-             "|---:|---:|---:|---:|"]
+    lines = [
+        "| sensors | hour CSV bytes | re-read + filter, per job (ms) | x S jobs (s per hour) |",
+        "|---:|---:|---:|---:|",
+    ]
     for size in sorted(results, key=int):
         entry = results[size]
         per_job = entry["reread_whole_hour_per_job_s"]
@@ -296,25 +307,50 @@ def _fmt(value: float) -> str:
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000],
-                        help="sensor counts for the in-process approaches (default: 10 100 1000)")
-    parser.add_argument("--process-sizes", type=int, nargs="*", default=[10, 50],
-                        help="sensor counts for the process-per-sensor original design (default: 10 50; "
-                             "~1 s per process); these sizes are timed in-process too, for the ratios")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[10, 100, 1000],
+        help="sensor counts for the in-process approaches (default: 10 100 1000)",
+    )
+    parser.add_argument(
+        "--process-sizes",
+        type=int,
+        nargs="*",
+        default=[10, 50],
+        help="sensor counts for the process-per-sensor original design (default: 10 50; "
+        "~1 s per process); these sizes are timed in-process too, for the ratios",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the in-process timings (default 5)")
-    parser.add_argument("--process-repeats", type=int, default=3,
-                        help="repeats of each process-per-sensor hour (default 3: each repeat is a whole hour)")
-    parser.add_argument("--min-time", type=float, default=0.2,
-                        help="an in-process repeat calls the approach until it lasts at least this (s)")
+    parser.add_argument(
+        "--process-repeats",
+        type=int,
+        default=3,
+        help="repeats of each process-per-sensor hour (default 3: each repeat is a whole hour)",
+    )
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        default=0.2,
+        help="an in-process repeat calls the approach until it lasts at least this (s)",
+    )
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.json",
-                        help="JSON results file (default bench/results/latest.json)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "results" / "latest.json",
+        help="JSON results file (default bench/results/latest.json)",
+    )
     args = parser.parse_args(argv)
 
     command = shlex.join([os.path.relpath(sys.executable), *sys.argv]) if argv is None else None
     info = machine()
-    print(f"# {info['cpu_model']} x{info['cpu_count']}, {info['platform']}, python {info['python']}, "
-          f"numpy {info['numpy']}, scikit-learn {info['scikit-learn']}", flush=True)
+    print(
+        f"# {info['cpu_model']} x{info['cpu_count']}, {info['platform']}, python {info['python']}, "
+        f"numpy {info['numpy']}, scikit-learn {info['scikit-learn']}",
+        flush=True,
+    )
     started_all = time.perf_counter()
     results: dict[str, dict] = {}
     for size in sorted(set(args.sizes) | set(args.process_sizes)):
@@ -331,11 +367,17 @@ def main(argv: list[str] | None = None) -> int:
         gaps = {name: check_against_sklearn(fleet, IN_PROCESS[name](fleet), name) for name in (PROJECT, PROJECT_LOAD)}
         samples, loops = time_in_process(fleet, args.repeats, args.min_time)
         for name, values in samples.items():
-            entry["approaches"][name] = {"median_s": statistics.median(values), "samples_s": values,
-                                         "calls_per_repeat": loops[name],
-                                         "max_score_gap": gaps.get(name, "reference")}
-        print(f"S={size}: {len(fleet.windows)} windows, setup {fleet.setup_seconds:.1f} s; "
-              + ", ".join(f"{n} {statistics.median(v) * 1e3:.2f} ms" for n, v in samples.items()), flush=True)
+            entry["approaches"][name] = {
+                "median_s": statistics.median(values),
+                "samples_s": values,
+                "calls_per_repeat": loops[name],
+                "max_score_gap": gaps.get(name, "reference"),
+            }
+        print(
+            f"S={size}: {len(fleet.windows)} windows, setup {fleet.setup_seconds:.1f} s; "
+            + ", ".join(f"{n} {statistics.median(v) * 1e3:.2f} ms" for n, v in samples.items()),
+            flush=True,
+        )
 
         with tempfile.TemporaryDirectory(prefix="bench-original-") as tmp:
             workdir = Path(tmp)
@@ -351,8 +393,11 @@ def main(argv: list[str] | None = None) -> int:
                 whole[(whole["device_id"] == device_id) & (whole["tag"] == tag)]
                 reads.append(time.perf_counter() - t0)
             entry["reread_whole_hour_per_job_s"] = statistics.median(reads)
-            print(f"S={size}: re-reading the whole hour ({entry['hour_csv_bytes']:,} bytes of CSV) "
-                  f"costs {entry['reread_whole_hour_per_job_s'] * 1e3:.1f} ms per job", flush=True)
+            print(
+                f"S={size}: re-reading the whole hour ({entry['hour_csv_bytes']:,} bytes of CSV) "
+                f"costs {entry['reread_whole_hour_per_job_s'] * 1e3:.1f} ms per job",
+                flush=True,
+            )
             if size in args.process_sizes:
                 proc: dict[str, list[float]] = {PROC_SEQ: [], PROC_PAR: []}
                 gaps = {}
@@ -360,13 +405,19 @@ def main(argv: list[str] | None = None) -> int:
                     for name, parallel in ((PROC_SEQ, 1), (PROC_PAR, 2)):
                         outdir = workdir / "predictions"
                         proc[name].append(run_original(hour_csv, pickles, outdir, parallel))
-                        gaps[name] = max(gaps.get(name, 0.0),
-                                         check_against_sklearn(fleet, read_original_outputs(outdir), name))
+                        gaps[name] = max(
+                            gaps.get(name, 0.0), check_against_sklearn(fleet, read_original_outputs(outdir), name)
+                        )
                 for name, values in proc.items():
-                    entry["approaches"][name] = {"median_s": statistics.median(values), "samples_s": values,
-                                                 "calls_per_repeat": 1, "max_score_gap": gaps[name]}
-                print(f"S={size}: " + ", ".join(f"{n} {statistics.median(v):.2f} s" for n, v in proc.items()),
-                      flush=True)
+                    entry["approaches"][name] = {
+                        "median_s": statistics.median(values),
+                        "samples_s": values,
+                        "calls_per_repeat": 1,
+                        "max_score_gap": gaps[name],
+                    }
+                print(
+                    f"S={size}: " + ", ".join(f"{n} {statistics.median(v):.2f} s" for n, v in proc.items()), flush=True
+                )
 
     rows = summarise(results)
     table = markdown_table(rows)
@@ -377,10 +428,19 @@ def main(argv: list[str] | None = None) -> int:
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "total_run_s": round(time.perf_counter() - started_all, 1),
         "machine": info,
-        "settings": {"sizes": args.sizes, "process_sizes": args.process_sizes, "repeats": args.repeats,
-                     "process_repeats": args.process_repeats, "min_time_s": args.min_time, "seed": args.seed,
-                     "tags": TAGS, "train_hours": TRAIN_HOURS, "windows_per_sensor": 60,
-                     "tolerance": TOLERANCE, "pack_size": PACK_SIZE},
+        "settings": {
+            "sizes": args.sizes,
+            "process_sizes": args.process_sizes,
+            "repeats": args.repeats,
+            "process_repeats": args.process_repeats,
+            "min_time_s": args.min_time,
+            "seed": args.seed,
+            "tags": TAGS,
+            "train_hours": TRAIN_HOURS,
+            "windows_per_sensor": 60,
+            "tolerance": TOLERANCE,
+            "pack_size": PACK_SIZE,
+        },
         "sizes": results,
         "table_markdown": table,
         "reread_table_markdown": reread,
@@ -391,8 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print()
     print(reread)
-    print(f"\nAll scores matched scikit-learn within {TOLERANCE:g}. Results: {args.out} "
-          f"(total {report['total_run_s']} s)")
+    print(
+        f"\nAll scores matched scikit-learn within {TOLERANCE:g}. Results: {args.out} (total {report['total_run_s']} s)"
+    )
     return 0
 
 

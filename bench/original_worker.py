@@ -8,6 +8,7 @@ predictions. This script does exactly that, so that ``bench_scoring.py`` can tim
 
 Pickle is used here because the original did; it is for the benchmark only (the project never unpickles).
 """
+
 from __future__ import annotations
 
 import pickle

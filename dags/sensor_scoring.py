@@ -1,4 +1,5 @@
 """Hourly scoring of per-sensor anomaly models. Wiring only: every task is a call into ``sensor_scoring.steps``."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -15,15 +16,17 @@ from airflow.sdk import (
     task,
 )
 
+from sensor_scoring import settings as config
+from sensor_scoring_airflow.alerts import EmptyRunNotifier, ScoringAlertNotifier
 from sensor_scoring_airflow.dag import ScoringDAG
 from sensor_scoring_airflow.operators import ScoreShardOperator
 
-from sensor_scoring import settings as config
-from sensor_scoring_airflow.alerts import EmptyRunNotifier, ScoringAlertNotifier
-
 #: Updated once per committed run; the event's extra names the hours, run, model version and counts.
-PREDICTIONS = Asset(name="predictions", uri="x-scoring://predictions",
-                    extra={"what": "hourly Parquet partitions of container predictions, date=YYYY-MM-DD/hour=HH/"})
+PREDICTIONS = Asset(
+    name="predictions",
+    uri="x-scoring://predictions",
+    extra={"what": "hourly Parquet partitions of container predictions, date=YYYY-MM-DD/hour=HH/"},
+)
 # Read at parse time so a test or a deployment can fail fast or wait longer without editing the DAG; a bad value
 # fails the parse naming its variable. Every setting, its default and meaning: sensor_scoring.settings.
 SETTINGS = config.current()
@@ -106,39 +109,99 @@ with ScoringDAG(
     on_success_callback=[EmptyRunNotifier()],  # silent unless a run "succeeded" without running a task
     # logical date = interval start, so the deadline is interval end + SCORING_DEADLINE_MINUTES. (Not queued_at:
     # Airflow 3.3.2 fails to clear a run with an open queued_at deadline, apache/airflow#70370.) Runs queued
-    # after their deadline (backfills, reruns of old hours) are not alerted: see sensor_scoring_airflow.alerts.deadline_missed.
-    deadline=DeadlineAlert(reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
-                           interval=timedelta(hours=1, minutes=DEADLINE_MINUTES),
-                           callback=AsyncCallback("sensor_scoring_airflow.alerts.deadline_missed"),
-                           name="hour not scored in time") if DEADLINE_MINUTES else None,
+    # after their deadline (backfills, reruns of old hours) are not alerted: see
+    # sensor_scoring_airflow.alerts.deadline_missed.
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
+        interval=timedelta(hours=1, minutes=DEADLINE_MINUTES),
+        callback=AsyncCallback("sensor_scoring_airflow.alerts.deadline_missed"),
+        name="hour not scored in time",
+    )
+    if DEADLINE_MINUTES
+    else None,
     params={
-        "sensors_per_shard": Param(250, type="integer", minimum=1, maximum=100_000, title="Sensors per shard",
-                                   description="Sensors scored together in one mapped task; 1 gives one task per sensor."),
-        "backend": Param(SETTINGS.backend, type="string", enum=list(config.BACKENDS), title="Backend",
-                         description="Where shards run: in the worker (local) or as Azure Batch tasks."),
-        "model_version": Param("production", type="string", minLength=1, title="Model version",
-                               description="A model version or alias; the hourly runs use the production alias."),
-        "window_start": Param(None, type=["null", "string"], format="date-time", pattern=HOUR_PATTERN,
-                              title="Window start (UTC)",
-                              description="Empty: the run's data interval. A whole hour, e.g. 2026-11-25T16:00:00Z; "
-                                          "with window_end, several hours are rescored in one run."),
-        "window_end": Param(None, type=["null", "string"], format="date-time", pattern=HOUR_PATTERN,
-                            title="Window end (UTC)",
-                            description="Empty: the run's data interval. Exclusive; a whole hour after window_start."),
-        "devices": Param([], type=["array", "null"], items=SUBSET_ITEMS, uniqueItems=True, title="Devices",
-                         description="Rescore only these device_ids (one per line). Empty: all devices. Only the "
-                                     "chosen sensors' rows are replaced; every other row of the hour stays."),
-        "tags": Param([], type=["array", "null"], items=SUBSET_ITEMS, uniqueItems=True, title="Sensor tags",
-                      description="Rescore only these tags (one per line). Empty: all tags. With devices: "
-                                  "the sensors that match both."),
-        "late_folders": Param(1, type="integer", minimum=0, maximum=24, title="Late folders",
-                              description="Hour folders after the interval also searched for late windows."),
-        "settle_minutes": Param(5, type="number", minimum=0, title="Settle minutes",
-                                description="With no later folder yet, the hour counts as landed after this quiet time."),
-        "max_quarantine_share": Param(0.1, type="number", minimum=0, maximum=1, title="Max quarantine share",
-                                      description="Per hour, the largest share of landed windows that may fail "
-                                                  "validation; above it the run fails (no retries) and nothing is "
-                                                  "committed. 1 never fails."),
+        "sensors_per_shard": Param(
+            250,
+            type="integer",
+            minimum=1,
+            maximum=100_000,
+            title="Sensors per shard",
+            description="Sensors scored together in one mapped task; 1 gives one task per sensor.",
+        ),
+        "backend": Param(
+            SETTINGS.backend,
+            type="string",
+            enum=list(config.BACKENDS),
+            title="Backend",
+            description="Where shards run: in the worker (local) or as Azure Batch tasks.",
+        ),
+        "model_version": Param(
+            "production",
+            type="string",
+            minLength=1,
+            title="Model version",
+            description="A model version or alias; the hourly runs use the production alias.",
+        ),
+        "window_start": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            pattern=HOUR_PATTERN,
+            title="Window start (UTC)",
+            description="Empty: the run's data interval. A whole hour, e.g. 2026-11-25T16:00:00Z; "
+            "with window_end, several hours are rescored in one run.",
+        ),
+        "window_end": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            pattern=HOUR_PATTERN,
+            title="Window end (UTC)",
+            description="Empty: the run's data interval. Exclusive; a whole hour after window_start.",
+        ),
+        "devices": Param(
+            [],
+            type=["array", "null"],
+            items=SUBSET_ITEMS,
+            uniqueItems=True,
+            title="Devices",
+            description="Rescore only these device_ids (one per line). Empty: all devices. Only the "
+            "chosen sensors' rows are replaced; every other row of the hour stays.",
+        ),
+        "tags": Param(
+            [],
+            type=["array", "null"],
+            items=SUBSET_ITEMS,
+            uniqueItems=True,
+            title="Sensor tags",
+            description="Rescore only these tags (one per line). Empty: all tags. With devices: "
+            "the sensors that match both.",
+        ),
+        "late_folders": Param(
+            1,
+            type="integer",
+            minimum=0,
+            maximum=24,
+            title="Late folders",
+            description="Hour folders after the interval also searched for late windows.",
+        ),
+        "settle_minutes": Param(
+            5,
+            type="number",
+            minimum=0,
+            title="Settle minutes",
+            description="With no later folder yet, the hour counts as landed after this quiet time.",
+        ),
+        "max_quarantine_share": Param(
+            0.1,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Max quarantine share",
+            description="Per hour, the largest share of landed windows that may fail "
+            "validation; above it the run fails (no retries) and nothing is "
+            "committed. 1 never fails.",
+        ),
     },
     tags=["scoring", "anomaly-detection", "azure"],
     doc_md=DOC,
@@ -171,9 +234,13 @@ with ScoringDAG(
 
         hour = airflow_context.hour_for(get_current_context(), params or {})
         with airflow_context.fail_without_retry_on_bad_data():
-            return load_and_validate(hour, late_folders=params["late_folders"],
-                                     max_quarantine_share=params["max_quarantine_share"],
-                                     devices=params.get("devices"), tags=params.get("tags")).to_dict()
+            return load_and_validate(
+                hour,
+                late_folders=params["late_folders"],
+                max_quarantine_share=params["max_quarantine_share"],
+                devices=params.get("devices"),
+                tags=params.get("tags"),
+            ).to_dict()
 
     @task
     def plan_shards(summary: dict, params: dict | None = None) -> list[dict]:
@@ -220,10 +287,17 @@ with ScoringDAG(
 
     summary = load_and_validate()
     # One mapped instance per shard, named by its sensors; on azure_batch it defers while its Batch task runs.
-    results = ScoreShardOperator.partial(
-        task_id="score_shard", backend="{{ params.backend }}", map_index_template="{{ shard_label }}",
-        retries=RETRIES + 1,  # one more than the other tasks: a lost or preempted node is worth a try
-        doc_md="Scores one shard (`python -m sensor_scoring score-shard --spec <uri>`) in the worker or as an Azure Batch task.",
-    ).expand(shard=plan_shards(summary)).output
+    results = (
+        ScoreShardOperator.partial(
+            task_id="score_shard",
+            backend="{{ params.backend }}",
+            map_index_template="{{ shard_label }}",
+            retries=RETRIES + 1,  # one more than the other tasks: a lost or preempted node is worth a try
+            doc_md="Scores one shard (`python -m sensor_scoring score-shard --spec <uri>`) in the worker or as an "
+            "Azure Batch task.",
+        )
+        .expand(shard=plan_shards(summary))
+        .output
+    )
     wait_for_windows() >> summary
     commit(summary, results)

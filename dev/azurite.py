@@ -3,6 +3,7 @@
 Azurite is installed by ``make`` from ``dev/node/package.json`` (npm). The server runs in its own
 process group and is stopped through that group, never by name.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,10 @@ def port_open(host: str, port: int) -> bool:
 
 
 def connection_string(host: str, port: int) -> str:
-    return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
-            f"BlobEndpoint=http://{host}:{port}/{ACCOUNT};")
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+        f"BlobEndpoint=http://{host}:{port}/{ACCOUNT};"
+    )
 
 
 class Azurite:
@@ -55,9 +58,21 @@ class Azurite:
         self.location.mkdir(parents=True, exist_ok=True)
         log = open(self.location / "azurite.log", "ab")
         self.proc = subprocess.Popen(
-            [str(BINARY), "--blobHost", self.host, "--blobPort", str(self.port), "--location", str(self.location),
-             "--skipApiVersionCheck", "--loose", "--silent"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(BINARY),
+                "--blobHost",
+                self.host,
+                "--blobPort",
+                str(self.port),
+                "--location",
+                str(self.location),
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout_s

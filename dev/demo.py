@@ -9,6 +9,7 @@ elsewhere), then the summary. Everything else (Airflow's task logs, ``airflow db
 logging and warnings) goes to ``$AIRFLOW_HOME/demo.log``, named at the end; a failed run shows the log's error
 and traceback. ``verbose=True`` (``python -m dev.demo --verbose``) leaves all of it on the terminal.
 """
+
 from __future__ import annotations
 
 import io
@@ -51,8 +52,12 @@ def prepare_airflow(home: Path, dags_folder: Path, output: TextIO | None = None)
     Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     if output is not None:
         output.flush()
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                   stdout=output or subprocess.DEVNULL, stderr=output or subprocess.PIPE)
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        stdout=output or subprocess.DEVNULL,
+        stderr=output or subprocess.PIPE,
+    )
 
 
 def load_dag(path: Path):
@@ -65,8 +70,16 @@ def load_dag(path: Path):
     return module.dag
 
 
-def ensure_data(storage, containers: config.Containers, devices: int, tags: int, first: datetime, now: datetime,
-                *, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+def ensure_data(
+    storage,
+    containers: config.Containers,
+    devices: int,
+    tags: int,
+    first: datetime,
+    now: datetime,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, int]:
     """Simulate every hour from ``first`` up to now not simulated whole before (and the current one).
 
     An hour is done when its label file was written after the hour ended: a folder is no sign (the
@@ -91,8 +104,14 @@ def ensure_data(storage, containers: config.Containers, devices: int, tags: int,
         progress(0, len(todo))
     for done, hour in enumerate(todo, 1):
         # the current hour is a live stream: land what has "happened" so far
-        landed = simulate_to_storage(storage, cfg, hour, min(hour + HOUR, now),
-                                     windows_container=containers.windows, labels_container=containers.labels)
+        landed = simulate_to_storage(
+            storage,
+            cfg,
+            hour,
+            min(hour + HOUR, now),
+            windows_container=containers.windows,
+            labels_container=containers.labels,
+        )
         totals["hours"] += landed["hours"]
         totals["windows"] += landed["windows"]
         if progress is not None:
@@ -140,7 +159,7 @@ class Story:
         with self._lock:
             if self.live:
                 if not final:  # one row of the terminal, or the carriage return would not get back to its start
-                    line = line[:shutil.get_terminal_size().columns - 1]
+                    line = line[: shutil.get_terminal_size().columns - 1]
                 # carriage return, the line, clear to its end: it replaces the transient line that was there
                 self.out.write(("\r" + line + "\x1b[K" if self._pending else line) + ("\n" if final else ""))
                 self._pending = not final
@@ -221,8 +240,9 @@ _SINK = _Sink()
 def _console_handlers() -> list[logging.StreamHandler]:
     """Every plain ``logging.StreamHandler`` (a console handler: Airflow's, ``basicConfig``'s); not files or
     other subclasses such as a test runner's capture."""
-    loggers = [logging.getLogger()] + [lg for lg in list(logging.Logger.manager.loggerDict.values())
-                                       if isinstance(lg, logging.Logger)]
+    loggers = [logging.getLogger()] + [
+        lg for lg in list(logging.Logger.manager.loggerDict.values()) if isinstance(lg, logging.Logger)
+    ]
     return [h for lg in loggers for h in lg.handlers if type(h) is logging.StreamHandler]
 
 
@@ -314,8 +334,11 @@ def condensed_traceback(lines: list[str]) -> list[str]:
             frame = [line]
         elif len(frame) == 1 and line.startswith("    ") and text.strip("^~ "):
             frame.append(line)
-        elif line and not line[0].isspace() and not line.startswith(
-                ("Traceback (most recent call last)", "The above exception", "During handling")):
+        elif (
+            line
+            and not line[0].isspace()
+            and not line.startswith(("Traceback (most recent call last)", "The above exception", "During handling"))
+        ):
             out += frame + [line]
             frame = []
     return out
@@ -360,8 +383,15 @@ def default_log_path() -> Path:
     return Path(os.environ.get("AIRFLOW_HOME") or AIRFLOW_HOME) / "demo.log"
 
 
-def run_demo(*, devices: int = 20, tags: int = 3, hours: int = 24, sensors_per_shard: int = 15,
-             verbose: bool = False, log_path: Path | None = None) -> dict[str, object]:
+def run_demo(
+    *,
+    devices: int = 20,
+    tags: int = 3,
+    hours: int = 24,
+    sensors_per_shard: int = 15,
+    verbose: bool = False,
+    log_path: Path | None = None,
+) -> dict[str, object]:
     """Run the demo and return its summary; raises ``DemoFailed`` (after saying why) if the DAG run failed."""
     fleet = {"devices": devices, "tags": tags, "hours": hours, "sensors_per_shard": sensors_per_shard}
     if verbose:
@@ -385,8 +415,16 @@ def run_demo(*, devices: int = 20, tags: int = 3, hours: int = 24, sensors_per_s
             raise
 
 
-def _run(story: Story, log_path: Path | None, *, devices: int, tags: int, hours: int, sensors_per_shard: int,
-         log: TextIO | None = None) -> dict[str, object]:
+def _run(
+    story: Story,
+    log_path: Path | None,
+    *,
+    devices: int,
+    tags: int,
+    hours: int,
+    sensors_per_shard: int,
+    log: TextIO | None = None,
+) -> dict[str, object]:
     from sensor_scoring import layout, models
     from sensor_scoring.contracts import Manifest
     from sensor_scoring.storage import make_uri, open_storage
@@ -408,8 +446,10 @@ def _run(story: Story, log_path: Path | None, *, devices: int, tags: int, hours:
         first = latest - timedelta(hours=hours - 1)
         bar = story.progress("Windows", "hours")
         landed = ensure_data(storage, containers, devices, tags, first, now, progress=bar)
-        bar.finish(f"{landed['hours']} hour(s) landed ({landed['windows']} windows), {landed['reused']} already there; "
-                   f"{devices} devices x {tags} sensors")
+        bar.finish(
+            f"{landed['hours']} hour(s) landed ({landed['windows']} windows), {landed['reused']} already there; "
+            f"{devices} devices x {tags} sensors"
+        )
         try:
             version = models.resolve_version(storage, containers.models, models.PRODUCTION_ALIAS)
             story.step("Models", f"version {version} reused (alias {models.PRODUCTION_ALIAS})")
@@ -419,16 +459,20 @@ def _run(story: Story, log_path: Path | None, *, devices: int, tags: int, hours:
             bar = story.progress("Models", "sensors")
             manifest, _ = train_and_register(storage, containers, first, latest, promote=True, progress=bar)
             version = str(manifest["version"])
-            bar.finish(f"{manifest['models']} model(s) trained on [{first:%Y-%m-%d %H:%M}, {latest:%H:%M}) UTC "
-                       f"as {version}, promoted")
+            bar.finish(
+                f"{manifest['models']} model(s) trained on [{first:%Y-%m-%d %H:%M}, {latest:%H:%M}) UTC "
+                f"as {version}, promoted"
+            )
 
         story.transient("Airflow", "migrating the metadata DB, loading the DAG ...", force=True)
         started = time.monotonic()
         prepare_airflow(AIRFLOW_HOME, REPO / "dags", output=log)
         dag = load_dag(REPO / "dags" / "sensor_scoring.py")
         home = Path(os.environ["AIRFLOW_HOME"])
-        story.step("Airflow", f"metadata DB migrated in {_shown(home)}/, DAG {dag.dag_id} loaded "
-                              f"({time.monotonic() - started:.1f} s)")
+        story.step(
+            "Airflow",
+            f"metadata DB migrated in {_shown(home)}/, DAG {dag.dag_id} loaded ({time.monotonic() - started:.1f} s)",
+        )
 
         run, took = _dag_run(story, dag, latest, sensors_per_shard)
         state = str(getattr(run, "state", "unknown"))
@@ -439,20 +483,28 @@ def _run(story: Story, log_path: Path | None, *, devices: int, tags: int, hours:
             raise DemoFailed(f"DAG run {state}" + (f"; its log: {log_path}" if log_path else ""))
 
         part = layout.Partition(latest)
-        manifest = Manifest.from_json(storage.read_bytes(containers.predictions, part.manifest),
-                                      source=make_uri(containers.predictions, part.manifest))
+        manifest = Manifest.from_json(
+            storage.read_bytes(containers.predictions, part.manifest),
+            source=make_uri(containers.predictions, part.manifest),
+        )
         local = OUTPUT / "predictions" / part.data
         local.parent.mkdir(parents=True, exist_ok=True)
         data = storage.read_bytes(containers.predictions, part.data)
         local.write_bytes(data)
         summary = summarise(storage, containers, latest, manifest, local)
         summary["dag_run_state"] = state
-        story.step("Partition", f"{summary['partition']}{layout.PARTITION_FILE}: {summary['windows_scored']} rows "
-                                f"({len(data) / 1024:.0f} KiB), copied to {_shown(OUTPUT)}/")
+        story.step(
+            "Partition",
+            f"{summary['partition']}{layout.PARTITION_FILE}: {summary['windows_scored']} rows "
+            f"({len(data) / 1024:.0f} KiB), copied to {_shown(OUTPUT)}/",
+        )
         if log_path is not None:
             records = scan_log(log_path.read_text(encoding="utf-8", errors="replace"))
-            story.step("Log", f"{_shown(log_path)}: Airflow's and the libraries' logs, {_counted(records)} "
-                              "(--verbose, or make demo VERBOSE=1, shows them here)")
+            story.step(
+                "Log",
+                f"{_shown(log_path)}: Airflow's and the libraries' logs, {_counted(records)} "
+                "(--verbose, or make demo VERBOSE=1, shows them here)",
+            )
         print_summary(summary, part.prefix, out=story)
         return summary
     finally:
@@ -496,12 +548,16 @@ def _tasks_line(run) -> str:
             groups[-1] = (ti.task_id, ti_state, groups[-1][2] + 1)
         else:
             groups.append((ti.task_id, ti_state, 1))
-    parts = [task + (f" x{count}" if count > 1 else "") + ("" if ti_state == "success" else f" {ti_state}")
-             for task, ti_state, count in groups]
+    parts = [
+        task + (f" x{count}" if count > 1 else "") + ("" if ti_state == "success" else f" {ti_state}")
+        for task, ti_state, count in groups
+    ]
     return f"{len(tis)} task(s), " + " > ".join(parts)
 
 
-def summarise(storage, containers: config.Containers, hour: datetime, manifest: Manifest, local: Path) -> dict[str, object]:
+def summarise(
+    storage, containers: config.Containers, hour: datetime, manifest: Manifest, local: Path
+) -> dict[str, object]:
     """Numbers for the person at the terminal, including how the flags compare with the simulator's labels."""
     import pandas as pd
 
@@ -538,12 +594,16 @@ def print_summary(summary: dict[str, object], part: str, out: Story | None = Non
     say()
     say(f"sensor_scoring, hour {summary['hour']} -> DAG run {summary['dag_run_state']}")
     say(f"  windows read       {summary['windows_read']}")
-    say(f"  sensors scored     {summary['sensors_scored']} ({summary['windows_scored']} windows, "
-        f"model {summary['model_version']})")
+    say(
+        f"  sensors scored     {summary['sensors_scored']} ({summary['windows_scored']} windows, "
+        f"model {summary['model_version']})"
+    )
     say(f"  anomalies found    {summary['anomalies']}")
     if "labelled_anomalies" in summary:
-        say(f"  simulator labels   {summary['labelled_anomalies_flagged']} of {summary['labelled_anomalies']} "
-            "injected anomalous windows flagged")
+        say(
+            f"  simulator labels   {summary['labelled_anomalies_flagged']} of {summary['labelled_anomalies']} "
+            "injected anomalous windows flagged"
+        )
     say(f"  quarantined rows   {summary['quarantined']} (duplicates collapsed: {summary['duplicates']})")
     say(f"  partition          {summary['partition']}")
     local = _shown(str(summary["local_copy"]))
@@ -556,23 +616,34 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m dev.demo", description="Azurite + simulated data + models + one DAG run, with a summary. "
+        prog="python -m dev.demo",
+        description="Azurite + simulated data + models + one DAG run, with a summary. "
         "One line per step, then a summary; Airflow's task logs and the rest go to $AIRFLOW_HOME/demo.log "
-        "(.airflow/demo.log) unless --verbose.")
+        "(.airflow/demo.log) unless --verbose.",
+    )
     parser.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
     parser.add_argument("--tags", type=int, default=3, help="sensors per device, 1-8 (default 3)")
-    parser.add_argument("--hours", type=int, default=24,
-                        help="hours of windows up to the latest complete one (default 24)")
+    parser.add_argument(
+        "--hours", type=int, default=24, help="hours of windows up to the latest complete one (default 24)"
+    )
     parser.add_argument("--sensors-per-shard", type=int, default=15)
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="leave Airflow's logs and the libraries' output on the terminal instead of in the "
-                        "log file")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="leave Airflow's logs and the libraries' output on the terminal instead of in the log file",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("azure").setLevel(logging.WARNING)
     try:
-        run_demo(devices=args.devices, tags=args.tags, hours=args.hours, sensors_per_shard=args.sensors_per_shard,
-                 verbose=args.verbose)
+        run_demo(
+            devices=args.devices,
+            tags=args.tags,
+            hours=args.hours,
+            sensors_per_shard=args.sensors_per_shard,
+            verbose=args.verbose,
+        )
     except DemoFailed:  # the demo has shown the log's error already
         return 1
     return 0

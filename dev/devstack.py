@@ -11,6 +11,7 @@ stack's Azurite.
 
 ``python -m dev.devstack`` (``make ui``) runs it in the foreground until Ctrl-C.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,8 +101,14 @@ class ApiError(RuntimeError):
 class AirflowApi:
     """The Airflow REST API v2 with a JWT from the simple auth manager's ``/auth/token``."""
 
-    def __init__(self, base_url: str, username: str, password: str, timeout_s: float = 30,
-                 watch: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        timeout_s: float = 30,
+        watch: Callable[[], None] | None = None,
+    ) -> None:
         import requests
 
         self.watch = watch or (lambda: None)  # raises when a process behind the API has died (DevStack.check)
@@ -113,8 +120,11 @@ class AirflowApi:
 
     def token(self) -> str:
         if self._token is None:
-            reply = self.session.post(f"{self.base_url}/auth/token", timeout=self.timeout_s,
-                                      json={"username": self.username, "password": self.password})
+            reply = self.session.post(
+                f"{self.base_url}/auth/token",
+                timeout=self.timeout_s,
+                json={"username": self.username, "password": self.password},
+            )
             if reply.status_code not in (200, 201):
                 raise RuntimeError(f"POST /auth/token -> {reply.status_code}: {reply.text[:500]}")
             self._token = reply.json()["access_token"]
@@ -159,20 +169,42 @@ class AirflowApi:
     def unpause(self, dag_id: str = DAG_ID) -> dict:
         return self.patch(f"dags/{dag_id}", {"is_paused": False})
 
-    def trigger(self, conf: Mapping[str, Any] | None = None, *, dag_id: str = DAG_ID,
-                logical_date: datetime | None = None, run_id: str | None = None) -> dict:
+    def trigger(
+        self,
+        conf: Mapping[str, Any] | None = None,
+        *,
+        dag_id: str = DAG_ID,
+        logical_date: datetime | None = None,
+        run_id: str | None = None,
+    ) -> dict:
         """A manual run; without ``logical_date`` the run has none (the conf's window decides the hours)."""
-        body: dict[str, Any] = {"conf": dict(conf or {}),
-                                "logical_date": logical_date.isoformat() if logical_date else None}
+        body: dict[str, Any] = {
+            "conf": dict(conf or {}),
+            "logical_date": logical_date.isoformat() if logical_date else None,
+        }
         if run_id:
             body["dag_run_id"] = run_id
         return self.post(f"dags/{dag_id}/dagRuns", body)
 
-    def backfill(self, from_date: datetime, to_date: datetime, *, dag_id: str = DAG_ID,
-                 conf: Mapping[str, Any] | None = None, reprocess: str = "completed", max_active_runs: int = 3) -> dict:
+    def backfill(
+        self,
+        from_date: datetime,
+        to_date: datetime,
+        *,
+        dag_id: str = DAG_ID,
+        conf: Mapping[str, Any] | None = None,
+        reprocess: str = "completed",
+        max_active_runs: int = 3,
+    ) -> dict:
         """A backfill of the runs whose logical date lies in [from_date, to_date] (both inclusive)."""
-        body = {"dag_id": dag_id, "from_date": from_date.isoformat(), "to_date": to_date.isoformat(),
-                "dag_run_conf": dict(conf or {}), "reprocess_behavior": reprocess, "max_active_runs": max_active_runs}
+        body = {
+            "dag_id": dag_id,
+            "from_date": from_date.isoformat(),
+            "to_date": to_date.isoformat(),
+            "dag_run_conf": dict(conf or {}),
+            "reprocess_behavior": reprocess,
+            "max_active_runs": max_active_runs,
+        }
         return self.post("backfills", body)
 
     def run(self, run_id: str, dag_id: str = DAG_ID) -> dict:
@@ -182,11 +214,13 @@ class AirflowApi:
         return self.get(f"dags/{dag_id}/dagRuns", params={"limit": 100, **params})["dag_runs"]
 
     def task_instances(self, run_id: str, dag_id: str = DAG_ID) -> list[dict]:
-        return self.get(f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances",
-                        params={"limit": 1000})["task_instances"]
+        return self.get(f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances", params={"limit": 1000})[
+            "task_instances"
+        ]
 
-    def wait_for_runs(self, run_ids: Iterable[str], timeout_s: float = 600, dag_id: str = DAG_ID,
-                      poll_s: float = 2) -> dict[str, dict]:
+    def wait_for_runs(
+        self, run_ids: Iterable[str], timeout_s: float = 600, dag_id: str = DAG_ID, poll_s: float = 2
+    ) -> dict[str, dict]:
         """Polls until every run is success or failed; on timeout says which runs and tasks were where.
 
         Each poll goes through ``request``, so a dead scheduler (or any process of the stack) ends the wait at
@@ -204,8 +238,10 @@ class AirflowApi:
             if not pending:
                 break
             if time.monotonic() > deadline:
-                where = {r: [(t["task_id"], t.get("map_index"), t["state"]) for t in self.task_instances(r, dag_id)]
-                         for r in sorted(pending)}
+                where = {
+                    r: [(t["task_id"], t.get("map_index"), t["state"]) for t in self.task_instances(r, dag_id)]
+                    for r in sorted(pending)
+                }
                 raise TimeoutError(f"runs not finished after {timeout_s}s: {where}")
             time.sleep(poll_s)
         return done
@@ -216,8 +252,10 @@ class ComponentDied(RuntimeError):
 
     def __init__(self, name: str, returncode: int | None, log: Path) -> None:
         self.name, self.returncode, self.log = name, returncode, log
-        super().__init__(f"{name} of the dev stack exited with {returncode}; last {DIED_LOG_LINES} lines of {log}:\n"
-                         f"{tail(log, DIED_LOG_LINES)}")
+        super().__init__(
+            f"{name} of the dev stack exited with {returncode}; last {DIED_LOG_LINES} lines of {log}:\n"
+            f"{tail(log, DIED_LOG_LINES)}"
+        )
 
 
 @dataclass
@@ -310,27 +348,30 @@ class DevStack:
         passwords.chmod(0o600)
         venv_bin = str(Path(sys.executable).parent)  # an operator's shell finds `airflow` on PATH
         env = dict(os.environ)  # the caller's AIRFLOW_CONN_* (alert channels) and AIRFLOW__* settings pass through
-        env.update({
-            "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-            "AIRFLOW_HOME": str(self.airflow_home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.url,
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(self.api_port),
-            "AIRFLOW__API__BASE_URL": self.url,  # the execution API (task -> server) is {BASE_URL}/execution/
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW_CONN_SCORING_STORAGE": json.dumps(
-                {"conn_type": "wasb", "extra": {"connection_string": self.storage_setting}}),
-            config.STORAGE_ENV: self.storage_setting,
-        })
+        env.update(
+            {
+                "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+                "AIRFLOW_HOME": str(self.airflow_home),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.url,
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+                "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(self.api_port),
+                "AIRFLOW__API__BASE_URL": self.url,  # the execution API (task -> server) is {BASE_URL}/execution/
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW_CONN_SCORING_STORAGE": json.dumps(
+                    {"conn_type": "wasb", "extra": {"connection_string": self.storage_setting}}
+                ),
+                config.STORAGE_ENV: self.storage_setting,
+            }
+        )
         env.update(self.airflow_env)
         self._env = env
         return dict(env)
@@ -338,8 +379,14 @@ class DevStack:
     def airflow_cli(self, *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess:
         """``airflow <args>`` against this stack's metadata DB, as an operator on the machine would run it."""
         self.check()
-        return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.environment(),
-                              cwd=self.airflow_home, capture_output=True, text=True, timeout=timeout_s)
+        return subprocess.run(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.environment(),
+            cwd=self.airflow_home,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
 
     def start_storage(self) -> DevStack:
         """Azurite alone (unless the stack was given a storage), so data can be seeded before Airflow starts."""
@@ -358,8 +405,14 @@ class DevStack:
             self.airflow_home.mkdir(parents=True, exist_ok=True)
             log = self.log_dir / "db-migrate.log"
             with open(log, "ab") as out:
-                done = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=self.environment(),
-                                      cwd=self.airflow_home, stdout=out, stderr=subprocess.STDOUT, timeout=600)
+                done = subprocess.run(
+                    [sys.executable, "-m", "airflow", "db", "migrate"],
+                    env=self.environment(),
+                    cwd=self.airflow_home,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=600,
+                )
             if done.returncode != 0:
                 raise RuntimeError(f"airflow db migrate exited with {done.returncode}; log ({log}):\n{tail(log)}")
         return self
@@ -370,9 +423,20 @@ class DevStack:
             self.start_storage()
             self.start_database()
             if self.simulator and "simulator" not in self.components:
-                self._spawn("simulator", [sys.executable, "-m", "dev.devstack", "live-simulator",
-                                          "--devices", str(self.simulator["devices"]),
-                                          "--tags", str(self.simulator["tags"])], os.environ | self.scoring_env())
+                self._spawn(
+                    "simulator",
+                    [
+                        sys.executable,
+                        "-m",
+                        "dev.devstack",
+                        "live-simulator",
+                        "--devices",
+                        str(self.simulator["devices"]),
+                        "--tags",
+                        str(self.simulator["tags"]),
+                    ],
+                    os.environ | self.scoring_env(),
+                )
             for name in AIRFLOW_COMPONENTS:
                 if name not in self.components:
                     self._spawn(name, [sys.executable, "-m", "airflow", name], self.environment())
@@ -387,8 +451,14 @@ class DevStack:
         self.airflow_home.mkdir(parents=True, exist_ok=True)
         component = Component(name, command, self.log_dir / f"{name}.log")
         with open(component.log, "ab") as log:
-            component.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(env),
-                                              cwd=self.airflow_home, start_new_session=True)
+            component.proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                cwd=self.airflow_home,
+                start_new_session=True,
+            )
         self.components[name] = component
         return component
 
@@ -422,8 +492,9 @@ class DevStack:
         """How far each component's log has been written: pass to ``tracebacks`` to see only what came after."""
         return {name: c.log.stat().st_size if c.log.exists() else 0 for name, c in self.components.items()}
 
-    def tracebacks(self, since: Mapping[str, int] | None = None,
-                   names: Iterable[str] = TRACEBACK_WATCHED) -> dict[str, list[str]]:
+    def tracebacks(
+        self, since: Mapping[str, int] | None = None, names: Iterable[str] = TRACEBACK_WATCHED
+    ) -> dict[str, list[str]]:
         """The Python tracebacks these components logged (after ``since``), each with the lines around it.
 
         A traceback in the scheduler's or the triggerer's own log is a crash or a bug being swallowed, never
@@ -439,7 +510,7 @@ class DevStack:
                 lines = log.read().decode(errors="replace").splitlines()
             hits = [i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line]
             if hits:
-                found[name] = ["\n".join(lines[max(0, i - 3):i + 40]) for i in hits]
+                found[name] = ["\n".join(lines[max(0, i - 3) : i + 40]) for i in hits]
         return found
 
     def wait_until_ready(self, timeout_s: float) -> None:
@@ -452,8 +523,9 @@ class DevStack:
             self.check()
             try:
                 health = requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
-                unhealthy = [name for name, part in health.items()
-                             if isinstance(part, dict) and part.get("status") != "healthy"]
+                unhealthy = [
+                    name for name, part in health.items() if isinstance(part, dict) and part.get("status") != "healthy"
+                ]
                 if unhealthy:
                     last = f"unhealthy: {unhealthy}"
                 else:
@@ -547,6 +619,7 @@ def stop_on_signals(signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM, sig
     SIGINT too: a process started in the background by a shell inherits SIGINT ignored, and would then
     never see Ctrl-C. Only possible in the main thread; elsewhere this does nothing.
     """
+
     def _interrupt(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
@@ -568,26 +641,36 @@ def run_ui(home: Path, *, port: int | None, devices: int, tags: int, hours: int)
 
 
 def _run_ui(home: Path, *, port: int | None, devices: int, tags: int, hours: int) -> None:
-    stack = DevStack(home, username="admin", password="admin", api_port=port,
-                     simulator={"devices": devices, "tags": tags})
+    stack = DevStack(
+        home, username="admin", password="admin", api_port=port, simulator={"devices": devices, "tags": tags}
+    )
     try:
         stack.start_storage()
-        print(f"Azurite on 127.0.0.1:{stack.azurite.port}; landing {hours} h of windows for "
-              f"{devices} devices x {tags} sensors and training a model if none ...", flush=True)
+        print(
+            f"Azurite on 127.0.0.1:{stack.azurite.port}; landing {hours} h of windows for "
+            f"{devices} devices x {tags} sensors and training a model if none ...",
+            flush=True,
+        )
         seeded = seed(stack.storage_setting, devices=devices, tags=tags, hours=hours)
         print(f"  {seeded['hours']} hour(s) landed, model version {seeded['model_version']} (alias production)")
-        print(f"Starting PostgreSQL and Airflow's scheduler, DAG processor, triggerer and API server "
-              f"(home {stack.airflow_home}, logs in {stack.log_dir}) ...", flush=True)
+        print(
+            f"Starting PostgreSQL and Airflow's scheduler, DAG processor, triggerer and API server "
+            f"(home {stack.airflow_home}, logs in {stack.log_dir}) ...",
+            flush=True,
+        )
         stack.start()
         stack.api().unpause()
-        print(f"""
+        print(
+            f"""
 Airflow UI   {stack.url}
 Login        {stack.username} / {stack.password}
 DAG          {stack.url}/dags/{DAG_ID} (unpaused; hourly runs score the last complete hour)
-Storage      Azurite, {stack.storage_setting.split('BlobEndpoint=')[-1].rstrip(';')} (data in {stack.azurite.location})
+Storage      Azurite, {stack.storage_setting.split("BlobEndpoint=")[-1].rstrip(";")} (data in {stack.azurite.location})
 Database     PostgreSQL on 127.0.0.1:{stack.postgres.port} (cluster in {stack.postgres.location})
-Simulator    lands the current hour's windows every minute (log {stack.log_dir / 'simulator.log'})
-Press Ctrl-C to stop everything.""", flush=True)
+Simulator    lands the current hour's windows every minute (log {stack.log_dir / "simulator.log"})
+Press Ctrl-C to stop everything.""",
+            flush=True,
+        )
         while True:
             stack.check()  # a component that died ends `make ui` with its name, exit code and log
             time.sleep(1)

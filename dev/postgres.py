@@ -10,6 +10,7 @@ as root the server runs as the ``postgres`` system user (created by the Debian p
 reach the stack's folder (a private temporary folder), the data folder goes under /tmp and the stack's folder
 links to it.
 """
+
 from __future__ import annotations
 
 import glob
@@ -40,8 +41,9 @@ def find_bindir() -> Path:
     candidates: list[Path] = []
     if os.environ.get(BINDIR_ENV):
         candidates.append(Path(os.environ[BINDIR_ENV]))
-    debian = sorted(glob.glob(DEBIAN_BINDIRS),
-                    key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0)
+    debian = sorted(
+        glob.glob(DEBIAN_BINDIRS), key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0
+    )
     candidates += [Path(p) for p in reversed(debian)]
     on_path = shutil.which("initdb")
     if on_path:
@@ -51,7 +53,8 @@ def find_bindir() -> Path:
             return folder
     raise FileNotFoundError(
         "PostgreSQL server binaries (initdb, postgres) not found in $SCORING_PG_BINDIR, /usr/lib/postgresql/*/bin "
-        "or on PATH: run `make postgres-deps` (apt-get install postgresql, needs root) or set SCORING_PG_BINDIR")
+        "or on PATH: run `make postgres-deps` (apt-get install postgresql, needs root) or set SCORING_PG_BINDIR"
+    )
 
 
 class PostgresDied(RuntimeError):
@@ -66,8 +69,14 @@ class Postgres:
     commit: right for a test cluster that is thrown away, wrong for anything kept.
     """
 
-    def __init__(self, location: str | os.PathLike[str], port: int | None = None, *, durable: bool = True,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        location: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        durable: bool = True,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.location = Path(location).resolve()
         self.host = host
         self.port = port or free_port(host)
@@ -104,8 +113,10 @@ class Postgres:
         try:
             user = pwd.getpwnam(SERVICE_USER)
         except KeyError:
-            raise RuntimeError(f"running as root, and there is no {SERVICE_USER!r} user to run PostgreSQL as: "
-                               "install Debian's postgresql package (make postgres-deps)") from None
+            raise RuntimeError(
+                f"running as root, and there is no {SERVICE_USER!r} user to run PostgreSQL as: "
+                "install Debian's postgresql package (make postgres-deps)"
+            ) from None
         return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
     @staticmethod
@@ -144,10 +155,25 @@ class Postgres:
             pw_for_initdb = password_file
         try:
             done = subprocess.run(
-                [str(find_bindir() / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
-                 "--pwfile", str(pw_for_initdb), "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8",
-                 "--no-instructions"],
-                capture_output=True, text=True, timeout=180, cwd=self.data_dir.parent, **run_as)  # type: ignore[call-overload]
+                [
+                    str(find_bindir() / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    SUPERUSER,
+                    "--pwfile",
+                    str(pw_for_initdb),
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-instructions",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=180,
+                cwd=self.data_dir.parent,
+                **run_as,
+            )  # type: ignore[call-overload]
         finally:
             if pw_for_initdb != password_file:
                 pw_for_initdb.unlink(missing_ok=True)
@@ -158,7 +184,9 @@ class Postgres:
         """Start the server (initialising the cluster first if needed), create the database, wait until it answers."""
         self.initialise()
         settings = {
-            "listen_addresses": self.host, "port": str(self.port), "unix_socket_directories": "",
+            "listen_addresses": self.host,
+            "port": str(self.port),
+            "unix_socket_directories": "",
             # the scheduler, DAG processor, triggerer, API server and the executor's workers each hold a pool
             "max_connections": "200",
         }
@@ -168,19 +196,28 @@ class Postgres:
         for name, value in settings.items():
             command += ["-c", f"{name}={value}"]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir.parent,
-                                         start_new_session=True, **self._run_as())  # type: ignore[call-overload]
+            self.proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir.parent,
+                start_new_session=True,
+                **self._run_as(),
+            )  # type: ignore[call-overload]
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
-                raise PostgresDied(f"postgres exited with {self.proc.returncode}; log ({self.log_path}):\n"
-                                   + "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:]))
+                raise PostgresDied(
+                    f"postgres exited with {self.proc.returncode}; log ({self.log_path}):\n"
+                    + "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+                )
             if port_open(self.host, self.port) and self._create_database():
                 return self
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"PostgreSQL did not answer on {self.host}:{self.port} within {timeout_s}s; "
-                                   f"see {self.log_path}")
+                raise TimeoutError(
+                    f"PostgreSQL did not answer on {self.host}:{self.port} within {timeout_s}s; see {self.log_path}"
+                )
             time.sleep(0.2)
 
     def _create_database(self) -> bool:
@@ -188,8 +225,14 @@ class Postgres:
         import psycopg2
 
         try:
-            conn = psycopg2.connect(host=self.host, port=self.port, user=SUPERUSER, password=self.password,
-                                    dbname="postgres", connect_timeout=5)
+            conn = psycopg2.connect(
+                host=self.host,
+                port=self.port,
+                user=SUPERUSER,
+                password=self.password,
+                dbname="postgres",
+                connect_timeout=5,
+            )
         except psycopg2.OperationalError:  # starting up ("the database system is starting up")
             return False
         try:
@@ -206,8 +249,9 @@ class Postgres:
         """Rows of one statement on the ``airflow`` database (tests read Airflow's tables with it)."""
         import psycopg2
 
-        conn = psycopg2.connect(host=self.host, port=self.port, user=SUPERUSER, password=self.password,
-                                dbname=DATABASE, connect_timeout=10)
+        conn = psycopg2.connect(
+            host=self.host, port=self.port, user=SUPERUSER, password=self.password, dbname=DATABASE, connect_timeout=10
+        )
         try:
             with conn, conn.cursor() as cursor:
                 cursor.execute(sql, args)

@@ -11,6 +11,7 @@ one a subset. ``tests/deploy/test_compose.py`` regenerates it and fails when it 
     .venv/bin/python dev/scorer_requirements.py          # rewrite requirements-scorer.txt
     .venv/bin/python dev/scorer_requirements.py --check  # exit 1 if it differs from what the lock gives
 """
+
 from __future__ import annotations
 
 import argparse

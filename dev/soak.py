@@ -8,6 +8,7 @@ its own process group before the run and stopped by that group (pid) after it, a
 
     .venv/bin/python dev/soak.py --runs 3 --load-runs 2 --out bench/results/suite-soak.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,7 @@ def slowest(output: str, limit: int = 10) -> list[str]:
         start = next(i for i, line in enumerate(lines) if "slowest" in line and "durations" in line)
     except StopIteration:
         return []
-    found = [line.strip() for line in lines[start + 1:] if re.match(r"^\s*\d+(\.\d+)?s (call|setup|teardown)", line)]
+    found = [line.strip() for line in lines[start + 1 :] if re.match(r"^\s*\d+(\.\d+)?s (call|setup|teardown)", line)]
     return found[:limit]
 
 
@@ -59,28 +60,40 @@ def one_run(number: int, loaded: bool, logs: Path, timeout_s: float) -> dict[str
     started = time.monotonic()
     try:
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=300)
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, check=True, capture_output=True,
-                                text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=clone, check=True, capture_output=True, text=True
+        ).stdout.strip()
         with open(log, "wb") as out:
-            done = subprocess.run(["bash", ".ci/run"], cwd=clone, stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=timeout_s, check=False)
+            done = subprocess.run(
+                ["bash", ".ci/run"], cwd=clone, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, check=False
+            )
         wall = time.monotonic() - started
     finally:
         if load is not None:
             stop_load(load)
         shutil.rmtree(clone, ignore_errors=True)
     output = log.read_text(errors="replace")
-    summary = next((line.strip("= ") for line in reversed(output.splitlines())
-                    if re.search(r"\d+ (passed|failed)", line)), "")
-    return {"run": number, "commit": commit, "loaded": loaded, "exit_code": done.returncode,
-            "wall_s": round(wall, 1), "summary": summary, "slowest": slowest(output), "log": str(log)}
+    summary = next(
+        (line.strip("= ") for line in reversed(output.splitlines()) if re.search(r"\d+ (passed|failed)", line)), ""
+    )
+    return {
+        "run": number,
+        "commit": commit,
+        "loaded": loaded,
+        "exit_code": done.returncode,
+        "wall_s": round(wall, 1),
+        "summary": summary,
+        "slowest": slowest(output),
+        "log": str(log),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--load-runs", type=int, nargs="*", default=[2],
-                        help="run numbers (1-based) beside a busy core")
+    parser.add_argument(
+        "--load-runs", type=int, nargs="*", default=[2], help="run numbers (1-based) beside a busy core"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--logs", type=Path, default=REPO / "test-artifacts" / "soak")
     parser.add_argument("--timeout", type=float, default=90 * 60, help="per run, seconds (CI stops at 90 minutes)")

@@ -3,6 +3,7 @@
 Airflow reads its configuration at import, so its environment is set here, before any test imports it:
 a temporary AIRFLOW_HOME with SQLite, no examples, and the project's dags/.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,12 @@ import pytest
 # Fixtures shared across tiers, by name: the `airflow standalone` stack and its SMTP/webhook receivers (e2e and
 # browser tests), the alert receivers of the DAG and live-alert tests, the landed hour of the Azure Batch tests and
 # the fake Azure Batch account they run against.
-pytest_plugins = ["tests.support.standalone_stack", "tests.support.alerting", "tests.support.batch_hour",
-                  "tests.support.fake_batch"]
+pytest_plugins = [
+    "tests.support.standalone_stack",
+    "tests.support.alerting",
+    "tests.support.batch_hour",
+    "tests.support.fake_batch",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="scoring-tests-airflow-")
@@ -67,8 +72,12 @@ def airflow_db() -> str:
     SQLite is enough there: one process, no scheduler, nothing writing concurrently. Every test with a scheduler
     runs on a dev stack's PostgreSQL instead (tests/standalone_stack.py, dev.devstack).
     """
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     return _AIRFLOW_HOME
 
 

@@ -4,6 +4,7 @@ Storage comes from ``SCORING_STORAGE`` (a connection string, Azurite's ``UseDeve
 default, or a local directory); container names from ``SCORING_CONTAINER_*``. Every setting is read once, at
 start (``sensor_scoring.settings``): a bad value stops the command before it touches storage, naming the variable.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,8 @@ def _utc(text: str) -> datetime:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
-    from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
     from sensor_scoring.storage import open_storage
+    from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 
     containers = settings.containers
     cfg = SimulationConfig(devices=args.devices, tags=args.tags, seed=args.seed, anomaly_rate=args.anomaly_rate)
@@ -38,12 +39,21 @@ def cmd_simulate(args: argparse.Namespace, settings: config.Settings) -> dict[st
         raise SystemExit("simulate: --end is required (unless --follow)")
     if to_eventhub:
         return _simulate_to_eventhub(args, cfg, settings)
-    return dict(simulate_to_storage(open_storage(settings.storage), cfg, _utc(args.start), _utc(args.end),
-                                    windows_container=containers.windows, labels_container=containers.labels))
+    return dict(
+        simulate_to_storage(
+            open_storage(settings.storage),
+            cfg,
+            _utc(args.start),
+            _utc(args.end),
+            windows_container=containers.windows,
+            labels_container=containers.labels,
+        )
+    )
 
 
-def _simulate_to_eventhub(args: argparse.Namespace, cfg: SimulationConfig,
-                          settings: config.Settings) -> dict[str, object]:
+def _simulate_to_eventhub(
+    args: argparse.Namespace, cfg: SimulationConfig, settings: config.Settings
+) -> dict[str, object]:
     """Send readings to an Event Hub instead of landing windows: Stream Analytics makes the windows then."""
     from contextlib import closing
     from datetime import timezone
@@ -51,23 +61,24 @@ def _simulate_to_eventhub(args: argparse.Namespace, cfg: SimulationConfig,
     from sensor_scoring.tools import eventhub
 
     try:
-        target = eventhub.target_from(args.eventhub_connection_string or settings.eventhub_connection,
-                                      args.eventhub_name or settings.eventhub_name)
+        target = eventhub.target_from(
+            args.eventhub_connection_string or settings.eventhub_connection,
+            args.eventhub_name or settings.eventhub_name,
+        )
     except eventhub.EventHubConfigError as exc:
         raise SystemExit(f"simulate: {exc}") from None
     start = _utc(args.start)
     with closing(target.open()) as producer:  # the SDK's client closes on exit too: the protocol names close()
         if args.follow is not None:
-            done = eventhub.follow(producer, cfg, start, interval_s=args.follow,
-                                   now=lambda: datetime.now(timezone.utc))
+            done = eventhub.follow(producer, cfg, start, interval_s=args.follow, now=lambda: datetime.now(timezone.utc))
         else:
             done = eventhub.send_simulated(producer, cfg, start, _utc(args.end))
     return {"eventhub": target.eventhub_name, "namespace": target.namespace, **done}
 
 
 def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
-    from sensor_scoring.tools.ingest import ingest_readings_csv
     from sensor_scoring.storage import open_storage
+    from sensor_scoring.tools.ingest import ingest_readings_csv
 
     return ingest_readings_csv(open_storage(settings.storage), settings.containers.windows, args.file)
 
@@ -77,8 +88,14 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
     from sensor_scoring.storage import open_storage
 
     manifest, _ = train_and_register(
-        open_storage(settings.storage), settings.containers, _utc(args.start), _utc(args.end),
-        version=args.version, promote=args.promote, nu=args.nu, min_rows=args.min_rows,
+        open_storage(settings.storage),
+        settings.containers,
+        _utc(args.start),
+        _utc(args.end),
+        version=args.version,
+        promote=args.promote,
+        nu=args.nu,
+        min_rows=args.min_rows,
     )
     facts = {key: manifest[key] for key in ("version", "models", "train_start", "train_end")}
     return facts | {"promoted": args.promote}
@@ -92,29 +109,47 @@ def cmd_score_shard(args: argparse.Namespace, settings: config.Settings) -> dict
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sensor_scoring", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sensor_scoring", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="simulate sensors and land their 1-minute windows")
     sim.add_argument("--devices", type=int, default=10)
     sim.add_argument("--tags", type=int, default=3, help="sensors per device (1-8)")
-    sim.add_argument("--start", required=True, help="ISO time, UTC if no offset; floored to the hour when landing "
-                     "windows, exact when sending readings")
-    sim.add_argument("--end", default=None, help="ISO time; windows ending before it are simulated (required "
-                     "unless --follow)")
+    sim.add_argument(
+        "--start",
+        required=True,
+        help="ISO time, UTC if no offset; floored to the hour when landing windows, exact when sending readings",
+    )
+    sim.add_argument(
+        "--end", default=None, help="ISO time; windows ending before it are simulated (required unless --follow)"
+    )
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--anomaly-rate", type=float, default=0.15, help="share of sensor-hours with an anomaly")
     hub = sim.add_argument_group(
-        "Event Hubs", "send each reading as a JSON event to an Event Hub (for Stream Analytics) instead of landing "
-        "windows in storage; readings with --start <= ts < --end, or live with --follow")
-    hub.add_argument("--eventhub", action="store_true",
-                     help="send to the Event Hub of $SCORING_EVENTHUB_CONNECTION / $SCORING_EVENTHUB_NAME")
-    hub.add_argument("--eventhub-connection-string", default=None,
-                     help="prefer $SCORING_EVENTHUB_CONNECTION: a command line is visible to every user of the machine")
+        "Event Hubs",
+        "send each reading as a JSON event to an Event Hub (for Stream Analytics) instead of landing "
+        "windows in storage; readings with --start <= ts < --end, or live with --follow",
+    )
+    hub.add_argument(
+        "--eventhub",
+        action="store_true",
+        help="send to the Event Hub of $SCORING_EVENTHUB_CONNECTION / $SCORING_EVENTHUB_NAME",
+    )
+    hub.add_argument(
+        "--eventhub-connection-string",
+        default=None,
+        help="prefer $SCORING_EVENTHUB_CONNECTION: a command line is visible to every user of the machine",
+    )
     hub.add_argument("--eventhub-name", default=None, help="default $SCORING_EVENTHUB_NAME or the EntityPath")
-    hub.add_argument("--follow", type=float, default=None, metavar="SECONDS",
-                     help="after --start, keep sending new readings every SECONDS (ignores --end)")
+    hub.add_argument(
+        "--follow",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="after --start, keep sending new readings every SECONDS (ignores --end)",
+    )
     sim.set_defaults(func=cmd_simulate)
 
     ing = sub.add_parser("ingest-readings", help="aggregate a TS,Device,Tag,Value CSV into windows and land them")

@@ -13,6 +13,7 @@ by the shard process), ``ShardResult`` (blob written last by the shard, read bac
 ``Manifest`` (``_manifest.json`` of each committed hour). Nested records carry no version of their own: they
 are checked as part of the record holding them. The conversion itself is ``sensor_scoring.records``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,48 +37,54 @@ REASON_COLUMN = "reason"
 
 _UTC_TIME = pa.timestamp("us", tz="UTC")
 #: A landed window, the Stream Analytics contract of docs/architecture.md.
-WINDOW_SCHEMA = pa.schema([
-    ("device_id", pa.string()),
-    ("tag", pa.string()),
-    ("window_end", _UTC_TIME),
-    ("value_avg", pa.float64()),
-    ("value_min", pa.float64()),
-    ("value_max", pa.float64()),
-    ("value_std", pa.float64()),
-    ("reading_count", pa.int64()),
-])
+WINDOW_SCHEMA = pa.schema(
+    [
+        ("device_id", pa.string()),
+        ("tag", pa.string()),
+        ("window_end", _UTC_TIME),
+        ("value_avg", pa.float64()),
+        ("value_min", pa.float64()),
+        ("value_max", pa.float64()),
+        ("value_std", pa.float64()),
+        ("reading_count", pa.int64()),
+    ]
+)
 WINDOW_COLUMNS: list[str] = WINDOW_SCHEMA.names
 #: One scored window in a predictions partition.
-PREDICTION_SCHEMA = pa.schema([
-    ("device_id", pa.string()),
-    ("tag", pa.string()),
-    ("window_start", _UTC_TIME),
-    ("window_end", _UTC_TIME),
-    ("value_avg", pa.float64()),
-    ("value_min", pa.float64()),
-    ("value_max", pa.float64()),
-    ("value_std", pa.float64()),
-    ("reading_count", pa.int64()),
-    ("score", pa.float64()),
-    ("is_anomaly", pa.bool_()),
-    ("model_version", pa.string()),
-    ("run_id", pa.string()),
-    ("scored_at", _UTC_TIME),
-])
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("device_id", pa.string()),
+        ("tag", pa.string()),
+        ("window_start", _UTC_TIME),
+        ("window_end", _UTC_TIME),
+        ("value_avg", pa.float64()),
+        ("value_min", pa.float64()),
+        ("value_max", pa.float64()),
+        ("value_std", pa.float64()),
+        ("reading_count", pa.int64()),
+        ("score", pa.float64()),
+        ("is_anomaly", pa.bool_()),
+        ("model_version", pa.string()),
+        ("run_id", pa.string()),
+        ("scored_at", _UTC_TIME),
+    ]
+)
 #: One rejected row in a quarantine partition.
-QUARANTINE_SCHEMA = pa.schema([
-    ("device_id", pa.string()),
-    ("tag", pa.string()),
-    ("window_end", _UTC_TIME),
-    ("value_avg", pa.float64()),
-    ("value_min", pa.float64()),
-    ("value_max", pa.float64()),
-    ("value_std", pa.float64()),
-    ("reading_count", pa.float64()),  # float: a quarantined count may be fractional or missing
-    (SOURCE_COLUMN, pa.string()),
-    (REASON_COLUMN, pa.string()),
-    ("run_id", pa.string()),
-])
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("device_id", pa.string()),
+        ("tag", pa.string()),
+        ("window_end", _UTC_TIME),
+        ("value_avg", pa.float64()),
+        ("value_min", pa.float64()),
+        ("value_max", pa.float64()),
+        ("value_std", pa.float64()),
+        ("reading_count", pa.float64()),  # float: a quarantined count may be fractional or missing
+        (SOURCE_COLUMN, pa.string()),
+        (REASON_COLUMN, pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
 
 # --- quarantine reasons: a contract (quarantine rows, manifests, alerts, docs/faults.md); add, never rename ---
 
@@ -85,7 +92,7 @@ QUARANTINE_SCHEMA = pa.schema([
 ROW_REASONS: dict[str, str] = {
     "null_key": "device_id, tag or window_end is missing (or device_id / tag is blank)",
     "window_outside_interval": "window_end is outside the run's interval [start, end) and no other hour's run reads "
-                               "the folder it landed in (or it is missing)",
+    "the folder it landed in (or it is missing)",
     "reading_count_invalid": "reading_count is missing, fractional or below 1",
     "non_finite_value": "value_avg, value_min, value_max or value_std is missing, NaN or infinite",
     "avg_outside_min_max": "value_avg is not between value_min and value_max (relative slack 1e-9)",
@@ -106,6 +113,7 @@ CORRUPT_FILE = "corrupt_file"
 
 # --- errors shared by the steps -----------------------------------------------------------------------------
 
+
 class DataError(ValueError):
     """The input is wrong, not the infrastructure: retrying cannot help, so the task fails without retries."""
 
@@ -123,6 +131,7 @@ class StorageUnavailable(RuntimeError):
 
 
 # --- nested records ---------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Interval(Record):
@@ -178,6 +187,7 @@ class Counts(Record):
 
 # --- load_and_validate -----------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class HourValidation(Record):
     """The validation of one hour of a run: what was checked, what failed, and whether the threshold held."""
@@ -217,8 +227,9 @@ class ValidationReport(Record):
         try:
             return self.hours[hour.isoformat()]
         except KeyError:
-            raise ContractError(f"{self.KIND} of run {self.run_id} has no hour {hour.isoformat()} "
-                                f"(hours: {', '.join(self.hours)})") from None
+            raise ContractError(
+                f"{self.KIND} of run {self.run_id} has no hour {hour.isoformat()} (hours: {', '.join(self.hours)})"
+            ) from None
 
     def only(self, hour: datetime) -> ValidationReport:
         """The report cut down to one hour: the body of that hour's ``_validation.json``."""
@@ -255,6 +266,7 @@ class HourSummary(Record):
 
 
 # --- plan_shards and score_shard ---------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class PlannedShard(Record):
@@ -332,6 +344,7 @@ class ShardResult(Record):
 
 
 # --- commit ------------------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class PartitionFile(Record):

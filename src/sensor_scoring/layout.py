@@ -23,6 +23,7 @@ Layout::
                  runs/<run key>/shard-NNNNN/quarantine.parquet    score_shard: rows whose model was refused
                  runs/<run key>/shard-NNNNN/result.json           score_shard, written last (ShardResult)
 """
+
 from __future__ import annotations
 
 import re
@@ -102,6 +103,7 @@ class Partition:
 
 
 # --- staging: a run's scratch space, deleted once the run has committed ---
+
 
 def staging_prefix(run_key: str) -> str:
     """Scratch space of one DAG run in the staging container: shard inputs, specs and outputs."""

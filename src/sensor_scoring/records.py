@@ -6,6 +6,7 @@ states its schema once: ``to_dict`` gives plain JSON values (datetimes as ISO te
 integer is accepted), ``bool``, ``datetime`` (ISO text with an offset), ``X | None``, ``Literal[...]``,
 ``tuple[X, ...]``, ``dict[str, X]``, ``Any`` (passed through) and nested records.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,11 +64,15 @@ class Record:
             data = dict(data)
             version = data.pop("schema_version", None)
             if version is None:
-                raise ContractError(f"{where}: field 'schema_version' is missing (written before records were "
-                                    f"versioned?); this code reads schema_version {cls.SCHEMA_VERSION}")
+                raise ContractError(
+                    f"{where}: field 'schema_version' is missing (written before records were "
+                    f"versioned?); this code reads schema_version {cls.SCHEMA_VERSION}"
+                )
             if version != cls.SCHEMA_VERSION:
-                raise ContractError(f"{where}: schema_version {version!r} is not {cls.SCHEMA_VERSION}, the version "
-                                    "this code reads (written by another release of sensor_scoring?)")
+                raise ContractError(
+                    f"{where}: schema_version {version!r} is not {cls.SCHEMA_VERSION}, the version "
+                    "this code reads (written by another release of sensor_scoring?)"
+                )
         return cls._build(data, where, "")
 
     @classmethod

@@ -8,6 +8,7 @@ Sensors are scored in batches: models sorted by support-vector count are grouped
 common count wastes little, and each batch's (rows x support vectors x features) temporary stays within
 ``ELEMENT_BUDGET`` elements, so one large model neither slows nor bloats the rest of the shard.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,8 +51,15 @@ def decision_function(features: np.ndarray, model_index: np.ndarray, models: lis
     return out
 
 
-def _score_batch(features: np.ndarray, batch: list[int], models: list[ModelArrays], rows_of: np.ndarray,
-                 row_order: np.ndarray, row_start: np.ndarray, out: np.ndarray) -> None:
+def _score_batch(
+    features: np.ndarray,
+    batch: list[int],
+    models: list[ModelArrays],
+    rows_of: np.ndarray,
+    row_order: np.ndarray,
+    row_start: np.ndarray,
+    out: np.ndarray,
+) -> None:
     """Score the rows of the models in ``batch``, padded to their widest support-vector count."""
     picked = [models[m] for m in batch]
     width = max(len(m.dual_coef) for m in picked)
@@ -65,11 +73,11 @@ def _score_batch(features: np.ndarray, batch: list[int], models: list[ModelArray
     scale = np.stack([m.scale for m in picked])
     gamma = np.array([m.gamma for m in picked])
     intercept = np.array([m.intercept for m in picked])
-    rows = np.concatenate([row_order[row_start[m]:row_start[m + 1]] for m in batch])
+    rows = np.concatenate([row_order[row_start[m] : row_start[m + 1]] for m in batch])
     local = np.repeat(np.arange(len(batch)), rows_of[batch])
     step = max(1, ELEMENT_BUDGET // (width * n_feat))
     for start in range(0, len(rows), step):
-        r, j = rows[start:start + step], local[start:start + step]
+        r, j = rows[start : start + step], local[start : start + step]
         scaled = features[r] - mean[j]
         scaled /= scale[j]
         diff = scaled[:, None, :] - sv[j]

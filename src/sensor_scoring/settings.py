@@ -5,6 +5,7 @@ README's settings table, which a test holds against this module. A value that do
 naming the variable, so a DAG file, a task or a Batch node fails at start with that message instead of running on a
 guess. Kept free of heavy imports: the DAG file and the CLI read it at start-up.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,15 +48,29 @@ DEFAULT_FORMULA = Path(__file__).resolve().parent / "backends" / "autoscale.form
 _T = TypeVar("_T", bound="DataclassInstance")
 
 
-def setting(env: str | None, default: Any, meaning: str, *, minimum: float | None = None,
-            choices: tuple[str, ...] = (), secret: bool = False, shown_default: str | None = None) -> Any:
+def setting(
+    env: str | None,
+    default: Any,
+    meaning: str,
+    *,
+    minimum: float | None = None,
+    choices: tuple[str, ...] = (),
+    secret: bool = False,
+    shown_default: str | None = None,
+) -> Any:
     """A dataclass field bound to an environment variable (``env=None``: not settable, a constant of the code).
 
     A ``secret`` value (it may hold a key) is left out of the dataclass's ``repr`` and of parse errors, so that
     logging the settings or their error never prints it.
     """
-    meta = {"env": env, "meaning": meaning, "minimum": minimum, "choices": choices, "secret": secret,
-            "shown_default": shown_default}
+    meta = {
+        "env": env,
+        "meaning": meaning,
+        "minimum": minimum,
+        "choices": choices,
+        "secret": secret,
+        "shown_default": shown_default,
+    }
     return field(default=default, metadata=meta, repr=not secret)
 
 
@@ -109,12 +124,14 @@ def parse_start_date(raw: str, env: str = START_DATE_ENV) -> datetime:
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ValueError(f"environment variable {env}={raw!r} is not an ISO date or time "
-                         f"(e.g. 2018-08-28 or 2018-08-28T23:00Z)") from None
+        raise ValueError(
+            f"environment variable {env}={raw!r} is not an ISO date or time (e.g. 2018-08-28 or 2018-08-28T23:00Z)"
+        ) from None
     moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
     if moment.minute or moment.second or moment.microsecond:
-        raise ValueError(f"environment variable {env}={raw!r} is not on a whole UTC hour: "
-                         "it names the first hour the DAG scores")
+        raise ValueError(
+            f"environment variable {env}={raw!r} is not on a whole UTC hour: it names the first hour the DAG scores"
+        )
     return moment
 
 
@@ -124,10 +141,12 @@ class Containers:
 
     windows: str = setting("SCORING_CONTAINER_WINDOWS", "windows", "landed 1-minute windows (Stream Analytics output)")
     models: str = setting("SCORING_CONTAINER_MODELS", "models", "the model registry: versions and aliases")
-    predictions: str = setting("SCORING_CONTAINER_PREDICTIONS", "predictions",
-                               "committed hourly Parquet partitions and their manifests")
-    quarantine: str = setting("SCORING_CONTAINER_QUARANTINE", "quarantine",
-                              "rows and files refused by validation, each with a reason")
+    predictions: str = setting(
+        "SCORING_CONTAINER_PREDICTIONS", "predictions", "committed hourly Parquet partitions and their manifests"
+    )
+    quarantine: str = setting(
+        "SCORING_CONTAINER_QUARANTINE", "quarantine", "rows and files refused by validation, each with a reason"
+    )
     staging: str = setting("SCORING_CONTAINER_STAGING", "staging", "shard specs and outputs of runs before commit")
     labels: str = setting("SCORING_CONTAINER_LABELS", "labels", "the simulator's ground truth (demo and tests)")
 
@@ -141,34 +160,59 @@ class Containers:
 class BatchSettings:
     """Where and how shards run on Azure Batch (``SCORING_BACKEND=azure_batch``)."""
 
-    conn_id: str = setting("SCORING_BATCH_CONN_ID", "azure_batch_default",
-                           "Airflow connection (type azure_batch) of the Batch account")
+    conn_id: str = setting(
+        "SCORING_BATCH_CONN_ID", "azure_batch_default", "Airflow connection (type azure_batch) of the Batch account"
+    )
     pool_id: str = setting("SCORING_BATCH_POOL_ID", "scoring-pool", "the shared pool, created when missing")
     vm_size: str = setting("SCORING_BATCH_VM_SIZE", "standard_d2s_v3", "VM size of the pool's nodes")
-    max_nodes: int = setting("SCORING_BATCH_MAX_NODES", 4, "cap on dedicated nodes in the autoscale formula",
-                             minimum=0)
-    max_low_priority_nodes: int = setting("SCORING_BATCH_MAX_LOW_PRIORITY_NODES", 0,
-                                          "cap on low-priority (spot) nodes in the autoscale formula", minimum=0)
-    scorer_image: str = setting("SCORING_SCORER_IMAGE", "sensor-scoring-scorer:latest",
-                                "container image of the shard tasks (Dockerfile target scorer)")
-    sas_hours: float = setting("SCORING_BATCH_SAS_HOURS", 6.0,
-                               "lifetime of the container SAS URLs a Batch task gets instead of the account key",
-                               minimum=0.1)
-    node_image: str = setting("SCORING_BATCH_NODE_IMAGE", "microsoft-dsvm:ubuntu-hpc:2204:latest",
-                              "marketplace image of the nodes, publisher:offer:sku:version")
-    node_agent_sku: str = setting("SCORING_BATCH_NODE_AGENT_SKU", "batch.node.ubuntu 22.04",
-                                  "Batch node agent SKU matching the node image")
-    task_slots_per_node: int = setting("SCORING_BATCH_TASK_SLOTS_PER_NODE", 1, "shard tasks run at once on one node",
-                                       minimum=1)
+    max_nodes: int = setting("SCORING_BATCH_MAX_NODES", 4, "cap on dedicated nodes in the autoscale formula", minimum=0)
+    max_low_priority_nodes: int = setting(
+        "SCORING_BATCH_MAX_LOW_PRIORITY_NODES",
+        0,
+        "cap on low-priority (spot) nodes in the autoscale formula",
+        minimum=0,
+    )
+    scorer_image: str = setting(
+        "SCORING_SCORER_IMAGE",
+        "sensor-scoring-scorer:latest",
+        "container image of the shard tasks (Dockerfile target scorer)",
+    )
+    sas_hours: float = setting(
+        "SCORING_BATCH_SAS_HOURS",
+        6.0,
+        "lifetime of the container SAS URLs a Batch task gets instead of the account key",
+        minimum=0.1,
+    )
+    node_image: str = setting(
+        "SCORING_BATCH_NODE_IMAGE",
+        "microsoft-dsvm:ubuntu-hpc:2204:latest",
+        "marketplace image of the nodes, publisher:offer:sku:version",
+    )
+    node_agent_sku: str = setting(
+        "SCORING_BATCH_NODE_AGENT_SKU", "batch.node.ubuntu 22.04", "Batch node agent SKU matching the node image"
+    )
+    task_slots_per_node: int = setting(
+        "SCORING_BATCH_TASK_SLOTS_PER_NODE", 1, "shard tasks run at once on one node", minimum=1
+    )
     container_run_options: str = setting(None, "--rm", "docker run options of every shard task")
-    formula_path: str = setting(FORMULA_ENV, str(DEFAULT_FORMULA), "path of the pool's autoscale formula",
-                                shown_default="the packaged sensor_scoring/backends/autoscale.formula")
-    poll_s: float = setting("SCORING_BATCH_POLL_SECONDS", 10.0, "first interval between polls of a shard task",
-                            minimum=0.01)
-    max_poll_s: float = setting("SCORING_BATCH_MAX_POLL_SECONDS", 120.0, "longest interval between polls (backoff cap)",
-                                minimum=0.01)
-    job_ttl_hours: float = setting("SCORING_BATCH_JOB_TTL_HOURS", 24.0,
-                                   "idle jobs of the DAG older than this are finished when a run starts", minimum=0)
+    formula_path: str = setting(
+        FORMULA_ENV,
+        str(DEFAULT_FORMULA),
+        "path of the pool's autoscale formula",
+        shown_default="the packaged sensor_scoring/backends/autoscale.formula",
+    )
+    poll_s: float = setting(
+        "SCORING_BATCH_POLL_SECONDS", 10.0, "first interval between polls of a shard task", minimum=0.01
+    )
+    max_poll_s: float = setting(
+        "SCORING_BATCH_MAX_POLL_SECONDS", 120.0, "longest interval between polls (backoff cap)", minimum=0.01
+    )
+    job_ttl_hours: float = setting(
+        "SCORING_BATCH_JOB_TTL_HOURS",
+        24.0,
+        "idle jobs of the DAG older than this are finished when a run starts",
+        minimum=0,
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BatchSettings:
@@ -180,42 +224,76 @@ class BatchSettings:
 class Settings:
     """All settings of one process, read at once from the environment by :meth:`from_env`."""
 
-    storage: str = setting(STORAGE_ENV, DEFAULT_STORAGE,
-                           "an Azure Storage connection string, or a local directory (absolute path or file://...)",
-                           secret=True, shown_default="`UseDevelopmentStorage=true` (Azurite)")
-    storage_conn_id: str = setting(STORAGE_CONN_ID_ENV, DEFAULT_STORAGE_CONN_ID,
-                                   "Airflow connection (type wasb) that, inside Airflow, overrides SCORING_STORAGE")
-    storage_retries: int = setting(STORAGE_RETRIES_ENV, 6,
-                                   "retries of one storage request before the step fails naming the outage",
-                                   minimum=0)
-    storage_retry_backoff_s: float = setting(STORAGE_RETRY_BACKOFF_ENV, 1.0,
-                                             "first backoff between storage retries, doubled each time", minimum=0)
+    storage: str = setting(
+        STORAGE_ENV,
+        DEFAULT_STORAGE,
+        "an Azure Storage connection string, or a local directory (absolute path or file://...)",
+        secret=True,
+        shown_default="`UseDevelopmentStorage=true` (Azurite)",
+    )
+    storage_conn_id: str = setting(
+        STORAGE_CONN_ID_ENV,
+        DEFAULT_STORAGE_CONN_ID,
+        "Airflow connection (type wasb) that, inside Airflow, overrides SCORING_STORAGE",
+    )
+    storage_retries: int = setting(
+        STORAGE_RETRIES_ENV, 6, "retries of one storage request before the step fails naming the outage", minimum=0
+    )
+    storage_retry_backoff_s: float = setting(
+        STORAGE_RETRY_BACKOFF_ENV, 1.0, "first backoff between storage retries, doubled each time", minimum=0
+    )
     containers: Containers = field(default_factory=Containers)
-    start_date: datetime = setting(START_DATE_ENV, parse_start_date(DEFAULT_START_DATE),
-                                   "the DAG's start_date, the first hour it scores (a whole UTC hour, read at parse "
-                                   "time); runs of earlier hours are refused", shown_default=f"`{DEFAULT_START_DATE}`")
-    backend: str = setting(BACKEND_ENV, "local",
-                           "default of the DAG's backend param, where shards run: local or azure_batch (read at parse "
-                           "time)", choices=BACKENDS)
-    task_retries: int = setting(TASK_RETRIES_ENV, 2,
-                                "retries of every DAG task, with exponential backoff; score_shard gets one more (read "
-                                "at parse time)", minimum=0)
-    retry_delay_s: int = setting(RETRY_DELAY_ENV, 60, "first delay before a task's retry, in seconds (read at parse "
-                                 "time)", minimum=1)
-    deadline_minutes: int = setting(DEADLINE_ENV, 90,
-                                    "alert when a run is not done this long after its hour closed; 0 turns it off "
-                                    "(read at parse time)", minimum=0)
-    anomaly_alert_threshold: int | None = setting(ANOMALY_THRESHOLD_ENV, None,
-                                                  "alert when a committed hour has more anomalies than this; unset: "
-                                                  "no such alert", minimum=0, shown_default="unset")
-    physical_bounds: str = setting(BOUNDS_ENV, "",
-                                   "physical bounds per tag for validation: a JSON file path or inline JSON",
-                                   shown_default="the packaged sensor_scoring/validation/physical_bounds.json")
-    eventhub_connection: str = setting(EVENTHUB_CONNECTION_ENV, "",
-                                       "Event Hubs connection string of `simulate --eventhub`", secret=True,
-                                       shown_default="none")
-    eventhub_name: str = setting(EVENTHUB_NAME_ENV, "", "Event Hub of `simulate --eventhub`",
-                                 shown_default="the connection string's EntityPath")
+    start_date: datetime = setting(
+        START_DATE_ENV,
+        parse_start_date(DEFAULT_START_DATE),
+        "the DAG's start_date, the first hour it scores (a whole UTC hour, read at parse "
+        "time); runs of earlier hours are refused",
+        shown_default=f"`{DEFAULT_START_DATE}`",
+    )
+    backend: str = setting(
+        BACKEND_ENV,
+        "local",
+        "default of the DAG's backend param, where shards run: local or azure_batch (read at parse time)",
+        choices=BACKENDS,
+    )
+    task_retries: int = setting(
+        TASK_RETRIES_ENV,
+        2,
+        "retries of every DAG task, with exponential backoff; score_shard gets one more (read at parse time)",
+        minimum=0,
+    )
+    retry_delay_s: int = setting(
+        RETRY_DELAY_ENV, 60, "first delay before a task's retry, in seconds (read at parse time)", minimum=1
+    )
+    deadline_minutes: int = setting(
+        DEADLINE_ENV,
+        90,
+        "alert when a run is not done this long after its hour closed; 0 turns it off (read at parse time)",
+        minimum=0,
+    )
+    anomaly_alert_threshold: int | None = setting(
+        ANOMALY_THRESHOLD_ENV,
+        None,
+        "alert when a committed hour has more anomalies than this; unset: no such alert",
+        minimum=0,
+        shown_default="unset",
+    )
+    physical_bounds: str = setting(
+        BOUNDS_ENV,
+        "",
+        "physical bounds per tag for validation: a JSON file path or inline JSON",
+        shown_default="the packaged sensor_scoring/validation/physical_bounds.json",
+    )
+    eventhub_connection: str = setting(
+        EVENTHUB_CONNECTION_ENV,
+        "",
+        "Event Hubs connection string of `simulate --eventhub`",
+        secret=True,
+        shown_default="none",
+    )
+    eventhub_name: str = setting(
+        EVENTHUB_NAME_ENV, "", "Event Hub of `simulate --eventhub`", shown_default="the connection string's EntityPath"
+    )
     batch: BatchSettings = field(default_factory=BatchSettings)
 
     @classmethod
@@ -266,6 +344,7 @@ def markdown_table(rows: list[Documented] | None = None) -> str:
 
 
 # The functions below read one setting of the current environment; they are what most callers need.
+
 
 def storage_setting() -> str:
     """The storage setting from the environment (never logged: it may hold a key)."""

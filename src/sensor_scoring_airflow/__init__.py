@@ -6,6 +6,7 @@ Installed with the distribution ``sensor-scoring`` and registered the way provid
 loads the extra link and the DAG file imports with nothing but the DAGs folder. Modules import only Airflow's
 authoring API and light ``sensor_scoring`` modules at import time: the DAG file imports them at parse time.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -10,6 +10,7 @@ must not fail the task or run that it reports on, nor hide the original error.
 Imported by the DAG file at parse time, so only the standard library, ``airflow.sdk`` and ``sensor_scoring.settings``
 are imported at the top; the providers' hooks are imported when a message is sent.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -56,17 +57,27 @@ def build_payload(event: str, context: Mapping[str, Any], *, error: Any = None, 
     dag_run = context.get("dag_run")
     run_dict = dag_run if isinstance(dag_run, Mapping) else {}
     dag = context.get("dag")
-    dag_id = (getattr(ti, "dag_id", None) or getattr(dag, "dag_id", None) or getattr(dag_run, "dag_id", None)
-              or run_dict.get("dag_id"))
-    run_id = (context.get("run_id") or getattr(ti, "run_id", None) or getattr(dag_run, "run_id", None)
-              or run_dict.get("dag_run_id") or run_dict.get("run_id"))
+    dag_id = (
+        getattr(ti, "dag_id", None)
+        or getattr(dag, "dag_id", None)
+        or getattr(dag_run, "dag_id", None)
+        or run_dict.get("dag_id")
+    )
+    run_id = (
+        context.get("run_id")
+        or getattr(ti, "run_id", None)
+        or getattr(dag_run, "run_id", None)
+        or run_dict.get("dag_run_id")
+        or run_dict.get("run_id")
+    )
     try:
         log_url = getattr(ti, "log_url", None) if ti is not None else None
     except Exception:  # a partly built task instance (DAG-run callback) may not know its URL
         log_url = None
     if error is None:
-        error = context.get("exception") if event == "task_failed" else (context.get("reason")
-                                                                          or context.get("exception"))
+        error = (
+            context.get("exception") if event == "task_failed" else (context.get("reason") or context.get("exception"))
+        )
     payload: dict[str, Any] = {
         "event": event,
         "dag_id": dag_id,
@@ -146,10 +157,13 @@ def send_email(payload: Mapping[str, Any], conn_id: str = EMAIL_CONN_ID) -> str:
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
     subject = f"[{payload['dag_id']}] {payload['event']}: {payload.get('task_id') or payload['run_id']}"
-    rows = "".join(f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(str(payload.get(k)))}</td></tr>"
-                   for k in PAYLOAD_KEYS[1:] + tuple(k for k in payload if k not in PAYLOAD_KEYS))
-    link = (f"<p><a href='{html.escape(str(payload['log_url']))}'>Open in Airflow</a></p>"
-            if payload.get("log_url") else "")
+    rows = "".join(
+        f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(str(payload.get(k)))}</td></tr>"
+        for k in PAYLOAD_KEYS[1:] + tuple(k for k in payload if k not in PAYLOAD_KEYS)
+    )
+    link = (
+        f"<p><a href='{html.escape(str(payload['log_url']))}'>Open in Airflow</a></p>" if payload.get("log_url") else ""
+    )
     body = f"<p>{html.escape(str(payload['text'])).replace(chr(10), '<br>')}</p><table>{rows}</table>{link}"
     with SmtpHook(smtp_conn_id=conn_id) as hook:
         hook.send_email_smtp(to=recipients, subject=subject, html_content=body)
@@ -165,8 +179,10 @@ def send_webhook(payload: Mapping[str, Any], conn_id: str = WEBHOOK_CONN_ID) -> 
 
     endpoint = (conn.extra_dejson or {}).get("endpoint")
     HttpHook(method="POST", http_conn_id=conn_id).run(
-        endpoint=endpoint, data=json.dumps(payload, default=str),
-        headers={"Content-Type": "application/json"}, extra_options={"timeout": 10},
+        endpoint=endpoint,
+        data=json.dumps(payload, default=str),
+        headers={"Content-Type": "application/json"},
+        extra_options={"timeout": 10},
     )
     return "sent"
 
@@ -178,9 +194,15 @@ def send_alert(payload: Mapping[str, Any]) -> dict[str, str]:
         try:
             outcome[name] = send(payload)
         except Exception as exc:
-            log.warning("Alert by %s failed (%s: %s); the %s alert for %s / %s was not delivered",
-                        name, type(exc).__name__, exc, payload.get("event"), payload.get("dag_id"),
-                        payload.get("run_id"))
+            log.warning(
+                "Alert by %s failed (%s: %s); the %s alert for %s / %s was not delivered",
+                name,
+                type(exc).__name__,
+                exc,
+                payload.get("event"),
+                payload.get("dag_id"),
+                payload.get("run_id"),
+            )
             outcome[name] = f"failed: {type(exc).__name__}"
     log.info("Alert %s: %s", payload.get("event"), outcome)
     return outcome
@@ -231,9 +253,11 @@ class EmptyRunNotifier(ScoringAlertNotifier):
             return  # the normal case: tasks ran and succeeded
         dag = context.get("dag")
         start = getattr(dag, "start_date", None)
-        error = (f"no task ran, nothing was scored. Airflow creates no task for a run whose logical date is before "
-                 f"the DAG's start date ({start.isoformat() if start else 'unknown'}, {config.START_DATE_ENV}): set "
-                 f"{config.START_DATE_ENV} to the first hour to score (where the DAG is parsed) and trigger again")
+        error = (
+            f"no task ran, nothing was scored. Airflow creates no task for a run whose logical date is before "
+            f"the DAG's start date ({start.isoformat() if start else 'unknown'}, {config.START_DATE_ENV}): set "
+            f"{config.START_DATE_ENV} to the first hour to score (where the DAG is parsed) and trigger again"
+        )
         log.warning("DAG run %s succeeded without running a task: %s", context.get("run_id"), error)
         try:
             send_alert(build_payload(self.event, context, error=error))
@@ -256,8 +280,10 @@ async def deadline_missed(context: Mapping[str, Any] | None = None, **kwargs: An
     if not actionable:
         log.info("Deadline of %s / %s passed, no alert: %s", run.get("dag_id"), run.get("dag_run_id"), why)
         return f"no alert: {why}"
-    error = (f"not finished by {deadline.get('deadline_time')} (state {run.get('state')}, "
-             f"data interval {run.get('data_interval_start')} .. {run.get('data_interval_end')})")
+    error = (
+        f"not finished by {deadline.get('deadline_time')} (state {run.get('state')}, "
+        f"data interval {run.get('data_interval_start')} .. {run.get('data_interval_end')})"
+    )
     try:
         payload = build_payload("deadline_missed", context, error=error, **kwargs)
     except Exception as exc:
@@ -294,8 +320,9 @@ def anomaly_threshold() -> int | None:
     return config.current().anomaly_alert_threshold
 
 
-def check_anomalies(context: Mapping[str, Any], manifests: Sequence[Manifest],
-                    threshold: int | None = None) -> list[dict[str, Any]]:
+def check_anomalies(
+    context: Mapping[str, Any], manifests: Sequence[Manifest], threshold: int | None = None
+) -> list[dict[str, Any]]:
     """After commit: one ``anomalies_high`` alert per committed hour whose anomaly count exceeds the threshold."""
     threshold = anomaly_threshold() if threshold is None else threshold
     if threshold is None:
@@ -306,9 +333,12 @@ def check_anomalies(context: Mapping[str, Any], manifests: Sequence[Manifest],
         anomalies, hour = manifest.counts.anomalies, manifest.hour.isoformat()
         if anomalies > threshold:
             payload = build_payload(
-                "anomalies_high", context,
+                "anomalies_high",
+                context,
                 error=f"hour {hour}: {anomalies} anomalies > threshold {threshold}",
-                hour=hour, anomalies=anomalies, threshold=threshold,
+                hour=hour,
+                anomalies=anomalies,
+                threshold=threshold,
             )
             payload["outcome"] = send_alert(payload)
             sent.append(payload)

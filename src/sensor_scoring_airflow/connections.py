@@ -1,8 +1,9 @@
 """Storage from Airflow's connections: the ``scoring_storage`` wasb connection, else ``SCORING_STORAGE``.
 
-Airflow is imported inside :func:`storage_setting_and_source` only, so this module imports without it (a connection object
-is anything with ``conn_id``, ``host``, ``login``, ``password`` and ``extra_dejson``).
+Airflow is imported inside :func:`storage_setting_and_source` only, so this module imports without it (a connection
+object is anything with ``conn_id``, ``host``, ``login``, ``password`` and ``extra_dejson``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,12 @@ def storage_setting_and_source() -> tuple[str, str]:
 
         conn = Connection.get(settings.storage_conn_id)
     except Exception as exc:  # not defined: the environment decides, which is the normal laptop case
-        log.info("No Airflow connection %r (%s); storage comes from %s", settings.storage_conn_id,
-                 type(exc).__name__, config.STORAGE_ENV)
+        log.info(
+            "No Airflow connection %r (%s); storage comes from %s",
+            settings.storage_conn_id,
+            type(exc).__name__,
+            config.STORAGE_ENV,
+        )
         return settings.storage, config.STORAGE_ENV
     log.info("Storage from Airflow connection %r", settings.storage_conn_id)
     return connection_to_setting(conn), f"Airflow connection {settings.storage_conn_id!r}"

@@ -3,6 +3,7 @@
 Airflow is imported lazily, inside functions, so the DAG file parses fast and this module imports without
 Airflow installed (the CLI and Batch image do not need it).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping

@@ -14,6 +14,7 @@ through :meth:`ScoringDAG.test`, which adds two things to Airflow 3.3.2's own:
   proposed fix does; ids (what the scheduler holds) take Airflow's own path. The scheduler, DAG processor and
   workers never call ``test()`` and are untouched. Remove the workaround once the installed Airflow has the fix.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
@@ -78,8 +79,12 @@ def deadline_alerts_decoded_in_place() -> Iterator[None]:
     def get_by_id(cls: type[DeadlineAlertModel], deadline_alert_id: Any, **kwargs: Any) -> DeadlineAlertModel:
         if isinstance(deadline_alert_id, Mapping):
             data = deadline_alert_id.get("__var", deadline_alert_id)
-            return cls(name=data.get("name"), reference=data["reference"], interval=data["interval"],
-                       callback_def=data["callback"])
+            return cls(
+                name=data.get("name"),
+                reference=data["reference"],
+                interval=data["interval"],
+                callback_def=data["callback"],
+            )
         return original(deadline_alert_id, **kwargs)
 
     DeadlineAlertModel.get_by_id = classmethod(get_by_id)  # type: ignore[method-assign,assignment]

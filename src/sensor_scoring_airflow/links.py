@@ -1,4 +1,5 @@
 """The "Shard outputs" button of each mapped ``score_shard`` instance."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

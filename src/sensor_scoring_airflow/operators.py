@@ -1,4 +1,5 @@
 """``ScoreShardOperator``: one mapped instance per shard, on the local or the Azure Batch backend."""
+
 from __future__ import annotations
 
 import time
@@ -25,8 +26,16 @@ class ScoreShardOperator(BaseOperator):
     operator_extra_links = (ShardOutputsLink(),)
     ui_color = "#e8f4fd"
 
-    def __init__(self, *, shard: dict[str, Any], backend: str = "local", batch_timeout: timedelta | None = None,
-                 poll_interval: float | None = None, max_poll_interval: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        shard: dict[str, Any],
+        backend: str = "local",
+        batch_timeout: timedelta | None = None,
+        poll_interval: float | None = None,
+        max_poll_interval: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.shard = shard
         self.backend = backend
@@ -78,24 +87,39 @@ class ScoreShardOperator(BaseOperator):
         ti = context["ti"]
         timeout = self.batch_timeout or self.execution_timeout
         submission = batch.submit_shard(
-            client, settings, setting, self.shard["spec_uri"],
-            job=batch.job_id(ti.dag_id, ti.run_id), try_number=ti.try_number,
-            max_wall_clock=timeout * 1.1 if timeout else None, label=self.shard["label"],
+            client,
+            settings,
+            setting,
+            self.shard["spec_uri"],
+            job=batch.job_id(ti.dag_id, ti.run_id),
+            try_number=ti.try_number,
+            max_wall_clock=timeout * 1.1 if timeout else None,
+            label=self.shard["label"],
             sweep_prefix=batch.job_prefix(ti.dag_id),
         )
         self._batch = {"job_id": submission.job_id, "task_id": submission.task_id, "conn_id": settings.conn_id}
         urls = batch.output_file_urls(batch.account_url_of(conn), submission.job_id, submission.task_id)
-        self.log.info("Batch job %s, task %s (try %d%s). Output files: stdout %s stderr %s",
-                      submission.job_id, submission.task_id, ti.try_number,
-                      ", reused" if submission.reused else "", urls["stdout"], urls["stderr"])
+        self.log.info(
+            "Batch job %s, task %s (try %d%s). Output files: stdout %s stderr %s",
+            submission.job_id,
+            submission.task_id,
+            ti.try_number,
+            ", reused" if submission.reused else "",
+            urls["stdout"],
+            urls["stderr"],
+        )
         if submission.reused:
             summary = batch.task_summary(client.get_task(submission.job_id, submission.task_id))
             return self._finish({"status": "completed", **summary}, setting)
         self.defer(
-            trigger=BatchTaskTrigger(settings.conn_id, submission.job_id, submission.task_id,
-                                     deadline=_deadline(ti, timeout),
-                                     poll_interval=self.poll_interval or settings.poll_s,
-                                     max_poll_interval=self.max_poll_interval or settings.max_poll_s),
+            trigger=BatchTaskTrigger(
+                settings.conn_id,
+                submission.job_id,
+                submission.task_id,
+                deadline=_deadline(ti, timeout),
+                poll_interval=self.poll_interval or settings.poll_s,
+                max_poll_interval=self.max_poll_interval or settings.max_poll_s,
+            ),
             method_name="execute_complete",
         )
 
@@ -105,8 +129,11 @@ class ScoreShardOperator(BaseOperator):
         from sensor_scoring.backends import azure_batch as batch
 
         setting = self._prepare(context)
-        self._batch = {"job_id": batch.job_id(context["ti"].dag_id, context["ti"].run_id),
-                       "task_id": event["task_id"], "conn_id": config.current().batch.conn_id}
+        self._batch = {
+            "job_id": batch.job_id(context["ti"].dag_id, context["ti"].run_id),
+            "task_id": event["task_id"],
+            "conn_id": config.current().batch.conn_id,
+        }
         return self._finish(event, setting)
 
     def _finish(self, event: dict[str, Any], setting: str) -> dict[str, Any]:
@@ -115,8 +142,13 @@ class ScoreShardOperator(BaseOperator):
 
         assert self._batch is not None
         conn = self._connection(self._batch["conn_id"])
-        batch.check_outcome(batch.client_from_connection(conn), self._batch["job_id"], event,
-                            account_url=batch.account_url_of(conn), log=self.log)
+        batch.check_outcome(
+            batch.client_from_connection(conn),
+            self._batch["job_id"],
+            event,
+            account_url=batch.account_url_of(conn),
+            log=self.log,
+        )
         return read_result(self.shard["spec_uri"], setting)
 
     def on_kill(self) -> None:

@@ -1,5 +1,6 @@
 """The Airflow plugin of the distribution (entry point ``airflow.plugins``): the "Shard outputs" link of the shard
 operator, which the API server resolves from the serialized DAG."""
+
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin

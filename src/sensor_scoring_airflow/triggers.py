@@ -1,4 +1,5 @@
 """The trigger a Batch shard defers to: polls its own Batch task, never the pool or the job."""
+
 from __future__ import annotations
 
 import asyncio
@@ -24,16 +25,29 @@ class BatchTaskTrigger(BaseTrigger):
     judges it. ``on_kill`` (a user cleared or marked the deferred task) terminates the task.
     """
 
-    def __init__(self, conn_id: str, job_id: str, task_id: str, *, deadline: float | None = None,
-                 poll_interval: float = 10.0, max_poll_interval: float = 120.0) -> None:
+    def __init__(
+        self,
+        conn_id: str,
+        job_id: str,
+        task_id: str,
+        *,
+        deadline: float | None = None,
+        poll_interval: float = 10.0,
+        max_poll_interval: float = 120.0,
+    ) -> None:
         super().__init__()
         self.conn_id, self.job_id, self.batch_task_id = conn_id, job_id, task_id
         self.deadline, self.poll_interval, self.max_poll_interval = deadline, poll_interval, max_poll_interval
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return CLASSPATH, {"conn_id": self.conn_id, "job_id": self.job_id, "task_id": self.batch_task_id,
-                           "deadline": self.deadline, "poll_interval": self.poll_interval,
-                           "max_poll_interval": self.max_poll_interval}
+        return CLASSPATH, {
+            "conn_id": self.conn_id,
+            "job_id": self.job_id,
+            "task_id": self.batch_task_id,
+            "deadline": self.deadline,
+            "poll_interval": self.poll_interval,
+            "max_poll_interval": self.max_poll_interval,
+        }
 
     async def _client(self) -> BatchClient:
         from airflow.sdk import BaseHook

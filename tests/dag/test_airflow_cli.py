@@ -5,6 +5,7 @@ One fresh AIRFLOW_HOME (SQLite, one ``airflow db migrate``) serves the module; e
 on the session's Azurite, which the subprocesses inherit through SCORING_STORAGE and SCORING_CONTAINER_*.
 Each ``airflow`` start costs seconds, so the tests ask for few of them.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,8 +22,8 @@ import pandas as pd
 import pytest
 
 from sensor_scoring import settings as config
-from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from sensor_scoring.models.training import train_and_register
+from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from sensor_scoring.windows import parse_window_file
 from tests.conftest import REPO
 from tests.support.helpers import START
@@ -46,8 +47,9 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def airflow(home: Path, *args: str, timeout: float = 600, **settings: str) -> subprocess.CompletedProcess[str]:
     """``airflow <args>`` in a subprocess on ``home``, with the test's storage settings from the environment."""
     env = {key: value for key, value in os.environ.items() if key != config.START_DATE_ENV}
-    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
-               AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    env.update(
+        AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"), AIRFLOW__CORE__LOAD_EXAMPLES="False"
+    )
     env.update(settings)
     return subprocess.run([str(AIRFLOW), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -66,7 +68,9 @@ def query(home: Path, sql: str, *params: object) -> list[tuple]:
 
 def landed_windows(blob, containers: config.Containers, start: datetime, end: datetime) -> pd.DataFrame:
     """Every window that landed with ``window_end`` in ``[start, end)``, from whichever folder holds it."""
-    frames = [parse_window_file(b.name, blob.read_bytes(containers.windows, b.name)) for b in blob.list(containers.windows)]
+    frames = [
+        parse_window_file(b.name, blob.read_bytes(containers.windows, b.name)) for b in blob.list(containers.windows)
+    ]
     found = pd.concat(frames, ignore_index=True)
     return found[(found["window_end"] >= pd.Timestamp(start)) & (found["window_end"] < pd.Timestamp(end))]
 
@@ -88,8 +92,14 @@ def check_committed(blob, containers: config.Containers, hour: datetime, run_id:
 
 def test_dags_test_scores_the_hour_exits_0_and_keeps_the_deadline(blob, containers, airflow_home):
     """``airflow dags test <T>`` runs the hour that ended at T, succeeds with the deadline alert on, and exits 0."""
-    simulate_to_storage(blob, SimulationConfig(devices=2, tags=2, seed=5), START, START + 5 * H,
-                        windows_container=containers.windows, labels_container=containers.labels)
+    simulate_to_storage(
+        blob,
+        SimulationConfig(devices=2, tags=2, seed=5),
+        START,
+        START + 5 * H,
+        windows_container=containers.windows,
+        labels_container=containers.labels,
+    )
     train_and_register(blob, containers, START, START + 3 * H, version="v-cli", promote=True)
     logical = START + 4 * H
 
@@ -98,8 +108,11 @@ def test_dags_test_scores_the_hour_exits_0_and_keeps_the_deadline(blob, containe
     assert "state=success" in done.stdout + done.stderr
 
     [(run_id, state, interval_start, run_pk)] = query(
-        airflow_home, "select run_id, state, data_interval_start, id from dag_run where dag_id = ? and logical_date = ?",
-        "sensor_scoring", f"{logical:%Y-%m-%d %H:%M:%S}.000000")
+        airflow_home,
+        "select run_id, state, data_interval_start, id from dag_run where dag_id = ? and logical_date = ?",
+        "sensor_scoring",
+        f"{logical:%Y-%m-%d %H:%M:%S}.000000",
+    )
     assert state == "success" and interval_start.startswith(f"{logical - H:%Y-%m-%d %H:%M:%S}")
     # the deadline alert was live: Airflow recorded the run's deadline (logical date + 1 h + 90 min)
     [(deadline_time,)] = query(airflow_home, "select deadline_time from deadline where dagrun_id = ?", run_pk)
@@ -110,8 +123,14 @@ def test_dags_test_scores_the_hour_exits_0_and_keeps_the_deadline(blob, containe
 
 def test_tasks_test_runs_one_task_alone(blob, containers, airflow_home):
     """``airflow tasks test ... load_and_validate <T>`` validates and stages the hour before T, and commits nothing."""
-    simulate_to_storage(blob, SimulationConfig(devices=2, tags=2, seed=6), START, START + 3 * H,
-                        windows_container=containers.windows, labels_container=containers.labels)
+    simulate_to_storage(
+        blob,
+        SimulationConfig(devices=2, tags=2, seed=6),
+        START,
+        START + 3 * H,
+        windows_container=containers.windows,
+        labels_container=containers.labels,
+    )
     logical = START + 2 * H
 
     done = airflow(airflow_home, "tasks", "test", "sensor_scoring", "load_and_validate", logical.isoformat())
@@ -124,7 +143,9 @@ def test_tasks_test_runs_one_task_alone(blob, containers, airflow_home):
     report = json.loads(blob.read_bytes(containers.staging, report_name))
     assert report["interval"] == {"start": (logical - H).isoformat(), "end": logical.isoformat()}
     assert report["hours"][(logical - H).isoformat()]["landed"] == len(expected) > 0
-    valid = pd.read_parquet(io.BytesIO(blob.read_bytes(containers.staging, report_name.replace("validation.json", "valid.parquet"))))
+    valid = pd.read_parquet(
+        io.BytesIO(blob.read_bytes(containers.staging, report_name.replace("validation.json", "valid.parquet")))
+    )
     assert len(valid) == len(expected)
     assert not blob.list(containers.predictions)  # one task only: nothing scored, nothing committed
 
@@ -141,8 +162,10 @@ def test_an_hour_before_the_start_date_never_succeeds_empty(blob, containers, ai
 
     done = airflow(airflow_home, "dags", "test", "sensor_scoring", "2018-08-01T06:00:00+00:00", **late_start)
     assert done.returncode != 0
-    assert ("ValueError: logical date 2018-08-01T06:00:00+00:00 is before the start date 2026-01-01T00:00:00+00:00 "
-            "of DAG 'sensor_scoring' (SCORING_START_DATE)") in done.stderr
+    assert (
+        "ValueError: logical date 2018-08-01T06:00:00+00:00 is before the start date 2026-01-01T00:00:00+00:00 "
+        "of DAG 'sensor_scoring' (SCORING_START_DATE)"
+    ) in done.stderr
     assert "SCORING_START_DATE=2018-08-01T05:00Z" in done.stderr
     assert not runs_of_day(airflow_home)
 
@@ -151,12 +174,24 @@ def test_an_hour_before_the_start_date_never_succeeds_empty(blob, containers, ai
     assert done.returncode == 0, done.stderr[-3000:]
     done = airflow(airflow_home, "dags", "trigger", "sensor_scoring", "-l", "2018-08-01T06:00:00+00:00", **late_start)
     assert done.returncode != 0
-    assert ("Logical date [2018-08-01T06:00:00+00:00] should be >= start_date [2026-01-01T00:00:00+00:00] "
-            "from Dag's default_args") in done.stderr
+    assert (
+        "Logical date [2018-08-01T06:00:00+00:00] should be >= start_date [2026-01-01T00:00:00+00:00] "
+        "from Dag's default_args"
+    ) in done.stderr
     assert not runs_of_day(airflow_home)
 
-    done = airflow(airflow_home, "backfill", "create", "--dag-id", "sensor_scoring", "--from-date",
-                   "2018-08-01T05:00:00+00:00", "--to-date", "2018-08-01T05:00:00+00:00", **late_start)
+    done = airflow(
+        airflow_home,
+        "backfill",
+        "create",
+        "--dag-id",
+        "sensor_scoring",
+        "--from-date",
+        "2018-08-01T05:00:00+00:00",
+        "--to-date",
+        "2018-08-01T05:00:00+00:00",
+        **late_start,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     [(run_id, run_type)] = runs_of_day(airflow_home)
     assert run_type == "backfill"
@@ -165,10 +200,13 @@ def test_an_hour_before_the_start_date_never_succeeds_empty(blob, containers, ai
     # what the scheduler would run first, run here by hand: it fails at once, without retries, naming the setting
     done = airflow(airflow_home, "tasks", "test", "sensor_scoring", "wait_for_windows", run_id, **late_start)
     out = done.stdout + done.stderr
-    assert ("AirflowFailException: ValueError: the run's hours start at 2018-08-01T05:00:00+00:00, before the DAG's "
-            "start date 2026-01-01T00:00:00+00:00 (SCORING_START_DATE)") in out
-    [(state,)] = query(airflow_home, "select state from task_instance where run_id = ? and task_id = 'wait_for_windows'",
-                       run_id)
+    assert (
+        "AirflowFailException: ValueError: the run's hours start at 2018-08-01T05:00:00+00:00, before the DAG's "
+        "start date 2026-01-01T00:00:00+00:00 (SCORING_START_DATE)"
+    ) in out
+    [(state,)] = query(
+        airflow_home, "select state from task_instance where run_id = ? and task_id = 'wait_for_windows'", run_id
+    )
     assert state == "failed"
     assert not blob.list(containers.staging) and not blob.list(containers.predictions)
 
@@ -183,8 +221,16 @@ def write_reference_csv(path: Path, start: datetime, end: datetime, devices: lis
     for number, device in enumerate(devices):
         for tag, level in tags.items():
             values = level * (1 + 0.01 * number) + 0.5 * np.sin(minutes / 30.0) + rng.normal(0, 0.2, len(stamps))
-            rows.append(pd.DataFrame({"TS": stamps.strftime("%Y-%m-%d %H:%M:%S.000"), "Device": device, "Tag": tag,
-                                      "Value": values.round(4)}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "TS": stamps.strftime("%Y-%m-%d %H:%M:%S.000"),
+                        "Device": device,
+                        "Tag": tag,
+                        "Value": values.round(4),
+                    }
+                )
+            )
     frame = pd.concat(rows, ignore_index=True).sort_values(["TS", "Device", "Tag"])
     frame.to_csv(path, index=False)
     return len(frame)
@@ -194,23 +240,33 @@ def test_readings_from_2018_replayed_end_to_end(blob, containers, airflow_home, 
     """A user's migration: a 2018 readings CSV ingested and trained on with the scoring CLI, then ``airflow dags
     test`` at 2018-08-29T03:00 on the default start date scores the hour 02:00 (the one that ended then)."""
     first, last = datetime(2018, 8, 28, 23, tzinfo=timezone.utc), datetime(2018, 8, 29, 3, 13, tzinfo=timezone.utc)
-    readings = write_reference_csv(tmp_path / "readings.csv", first, last, ["dev-ref-0", "dev-ref-1", "dev-ref-2"],
-                                   {"temperature": 61.0, "pressure": 101.3})
+    readings = write_reference_csv(
+        tmp_path / "readings.csv",
+        first,
+        last,
+        ["dev-ref-0", "dev-ref-1", "dev-ref-2"],
+        {"temperature": 61.0, "pressure": 101.3},
+    )
     assert readings == 6 * 253 * 5
 
     ingested = scoring_cli("ingest-readings", str(tmp_path / "readings.csv"))
     assert ingested["readings"] == readings and ingested["windows"] == 6 * 253
-    assert ingested["first_window_end"].startswith("2018-08-28 23:01") and ingested["last_window_end"].startswith("2018-08-29 03:13")
+    assert ingested["first_window_end"].startswith("2018-08-28 23:01") and ingested["last_window_end"].startswith(
+        "2018-08-29 03:13"
+    )
     trained = scoring_cli("train", "--start", "2018-08-28T23:00Z", "--end", "2018-08-29T02:00Z", "--promote")
     assert trained["models"] == 6 and trained["promoted"] is True
 
     done = airflow(airflow_home, "dags", "test", "sensor_scoring", "2018-08-29T03:00:00+00:00")
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    [(run_id, state)] = query(airflow_home, "select run_id, state from dag_run where logical_date = ?",
-                              "2018-08-29 03:00:00.000000")
+    [(run_id, state)] = query(
+        airflow_home, "select run_id, state from dag_run where logical_date = ?", "2018-08-29 03:00:00.000000"
+    )
     assert state == "success"
     hour = datetime(2018, 8, 29, 2, tzinfo=timezone.utc)
     counts = check_committed(blob, containers, hour, run_id, trained["version"])
     assert counts["landed"] == 6 * 60  # window_end 02:00 .. 02:59 for each of the six sensors
     assert [b.name for b in blob.list(containers.predictions)] == [
-        "date=2018-08-29/hour=02/_manifest.json", "date=2018-08-29/hour=02/part-00000.parquet"]
+        "date=2018-08-29/hour=02/_manifest.json",
+        "date=2018-08-29/hour=02/part-00000.parquet",
+    ]

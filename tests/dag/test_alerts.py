@@ -5,6 +5,7 @@ channels skipped quietly when not configured, logged (never raised) when unreach
 DAG as the DAG processor parses it, its callback run through Airflow's own triggerer callback trigger, and the
 anomaly-count alert.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,10 +16,10 @@ from email.message import Message
 
 import pytest
 
-from sensor_scoring import settings as config
-from sensor_scoring_airflow import alerts
 from dev.azurite import free_port
+from sensor_scoring import settings as config
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
+from sensor_scoring_airflow import alerts
 from tests.conftest import REPO
 from tests.support.alerting import RECIPIENTS, smtp_conn, webhook_conn
 from tests.support.helpers import START, sample_manifest
@@ -46,8 +47,14 @@ def html_of(message: Message) -> str:
 def test_failed_run_emails_and_posts_task_and_run_alerts(fast_failing_dag, blob, containers, alert_connections):
     smtp_sink, http_sink = alert_connections
     assert fast_failing_dag.task_dict["plan_shards"].retries == 0
-    simulate_to_storage(blob, SimulationConfig(devices=2, tags=1, seed=1), START, START + 2 * H,
-                        windows_container=containers.windows, labels_container=containers.labels)
+    simulate_to_storage(
+        blob,
+        SimulationConfig(devices=2, tags=1, seed=1),
+        START,
+        START + 2 * H,
+        windows_container=containers.windows,
+        labels_container=containers.labels,
+    )
     run = fast_failing_dag.test(logical_date=START + H, run_conf={"model_version": "no-such-version"})
     assert str(run.state) == "failed"
 
@@ -59,9 +66,12 @@ def test_failed_run_emails_and_posts_task_and_run_alerts(fast_failing_dag, blob,
     assert list(task)[:1] == ["text"] and set(alerts.PAYLOAD_KEYS) <= set(task)
     assert task["dag_id"] == "sensor_scoring" and task["run_id"] == run.run_id
     assert task["task_id"] == "plan_shards" and task["map_index"] == -1 and task["try_number"] == 1
-    assert task["error"].startswith("AirflowFailException: LookupError: no model alias or version named 'no-such-version'")
-    assert task["log_url"].endswith(f"/dags/sensor_scoring/runs/{run.run_id.replace(':', '%3A').replace('+', '%2B')}"
-                                    "/tasks/plan_shards?try_number=1")
+    assert task["error"].startswith(
+        "AirflowFailException: LookupError: no model alias or version named 'no-such-version'"
+    )
+    assert task["log_url"].endswith(
+        f"/dags/sensor_scoring/runs/{run.run_id.replace(':', '%3A').replace('+', '%2B')}/tasks/plan_shards?try_number=1"
+    )
     assert "plan_shards" in task["text"] and "no-such-version" in task["text"] and task["log_url"] in task["text"]
     dag_run = posts["dag_run_failed"]["json"]
     assert dag_run["run_id"] == run.run_id and dag_run["task_id"] == "plan_shards"
@@ -106,8 +116,10 @@ def run_deadline_callback(context: dict) -> list[str]:
     """Run the DAG's deadline callback as the triggerer does (airflow.triggers.callback.CallbackTrigger)."""
     from airflow.triggers.callback import CallbackTrigger
 
-    trigger = CallbackTrigger(callback_path="sensor_scoring_airflow.alerts.deadline_missed",
-                              callback_kwargs={"context": json.loads(json.dumps(context, default=str))})
+    trigger = CallbackTrigger(
+        callback_path="sensor_scoring_airflow.alerts.deadline_missed",
+        callback_kwargs={"context": json.loads(json.dumps(context, default=str))},
+    )
 
     async def events():
         return [event.payload async for event in trigger.run()]
@@ -122,8 +134,9 @@ def test_not_configured_channels_are_skipped_quietly(monkeypatch, caplog, airflo
     monkeypatch.delenv("AIRFLOW_CONN_SCORING_SMTP", raising=False)
     monkeypatch.delenv("AIRFLOW_CONN_SCORING_ALERT_WEBHOOK", raising=False)
     caplog.set_level(logging.INFO, logger="sensor_scoring_airflow.alerts")
-    payload = alerts.build_payload("dag_run_failed", {"run_id": "manual__1", "reason": "task_failure"},
-                                   dag_id="sensor_scoring")
+    payload = alerts.build_payload(
+        "dag_run_failed", {"run_id": "manual__1", "reason": "task_failure"}, dag_id="sensor_scoring"
+    )
     assert alerts.send_alert(payload) == {"email": "skipped", "webhook": "skipped"}
     skipped = [r for r in caplog.records if "not configured" in r.getMessage()]
     assert len(skipped) == 2 and all(r.levelno == logging.INFO for r in skipped)
@@ -146,8 +159,10 @@ def test_unreachable_channels_are_logged_and_never_raise(monkeypatch, caplog, ai
 
 def test_anomaly_alert_only_above_the_threshold(monkeypatch, alert_connections, airflow_db):
     smtp_sink, http_sink = alert_connections
-    manifests = [sample_manifest(START + timedelta(hours=5), anomalies=12),
-                 sample_manifest(START + timedelta(hours=6), anomalies=3)]
+    manifests = [
+        sample_manifest(START + timedelta(hours=5), anomalies=12),
+        sample_manifest(START + timedelta(hours=6), anomalies=3),
+    ]
     context = {"run_id": "scheduled__2026-11-24T06:00:00+00:00"}
     monkeypatch.delenv(config.ANOMALY_THRESHOLD_ENV, raising=False)
     assert alerts.check_anomalies(context, manifests) == []  # not configured: no check at all
@@ -192,9 +207,9 @@ def test_deadline_workaround_decodes_encoded_alerts_only_inside_dag_test(airflow
     decoded, outside it (the scheduler's path) get_by_id is Airflow's own again."""
     from airflow.models.deadline_alert import DeadlineAlert as DeadlineAlertModel
     from airflow.serialization.serialized_objects import DagSerialization
-    from sensor_scoring_airflow.dag import deadline_alerts_decoded_in_place
 
     from dev.demo import load_dag
+    from sensor_scoring_airflow.dag import deadline_alerts_decoded_in_place
 
     dag = load_dag(REPO / "dags" / "sensor_scoring.py")
     [encoded] = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag)).deadline  # what dag.test() holds

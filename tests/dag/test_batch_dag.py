@@ -5,6 +5,7 @@ mapped instance: under dag.test the shards' Batch tasks therefore run one after 
 once is the triggerer's job (one event loop polling every deferred shard); test_batch_contract shows the
 triggers doing that, and the assertion below records that dag.test did not.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import airflow  # noqa: F401  (configures Airflow before the tests import its mo
 import pytest
 
 from dev.azurite import KEY as STORAGE_KEY
-from tests.support.batch_hour import H, HOUR
+from tests.support.batch_hour import HOUR, H
 from tests.support.fake_batch import KEY as BATCH_KEY
 from tests.support.partitions import read_partition, run_records
 
@@ -23,9 +24,12 @@ pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 
 def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, batch_landed, fake_batch, monkeypatch):
     fake_batch.exec_delay_s = 0.5  # shards that take half a second
-    for name, value in {"SCORING_BATCH_POOL_ID": "scoring-test-pool",
-                        "SCORING_SCORER_IMAGE": "sensor-scoring-scorer:test",
-                        "SCORING_BATCH_POLL_SECONDS": "0.3", "SCORING_BATCH_MAX_POLL_SECONDS": "1"}.items():
+    for name, value in {
+        "SCORING_BATCH_POOL_ID": "scoring-test-pool",
+        "SCORING_SCORER_IMAGE": "sensor-scoring-scorer:test",
+        "SCORING_BATCH_POLL_SECONDS": "0.3",
+        "SCORING_BATCH_MAX_POLL_SECONDS": "1",
+    }.items():
         monkeypatch.setenv(name, value)
     run = sensor_dag.test(logical_date=HOUR + H, run_conf={"backend": "azure_batch", "sensors_per_shard": 2})
     assert str(run.state) == "success"
@@ -39,7 +43,10 @@ def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, ba
     tasks = {t.id: t for (j, t_id), t in fake_batch.tasks.items() for t in [t] if j == job}
     assert len(tasks) == 3 and all(t.exit_code == 0 and len(t.runs) == 1 for t in tasks.values())
     assert sorted(t.body["commandLine"].rsplit("/", 2)[1] for t in tasks.values()) == [
-        "shard-00000", "shard-00001", "shard-00002"]
+        "shard-00000",
+        "shard-00001",
+        "shard-00002",
+    ]
     assert {t.body["containerSettings"]["imageName"] for t in tasks.values()} == {"sensor-scoring-scorer:test"}
     assert list(fake_batch.pools) == ["scoring-test-pool"]
     sent = json.dumps([r["body"] for r in fake_batch.requests])
@@ -55,7 +62,8 @@ def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, ba
     assert all(i["state"] == "success" and i["try_number"] == 1 for i in instances)
     links = link_urls(sensor_dag, run.run_id)
     assert len(set(links)) == 1 and links[0].endswith(
-        f"/{containers.predictions}?restype=container&comp=list&prefix=date%3D{HOUR:%Y-%m-%d}/hour%3D{HOUR:%H}/")
+        f"/{containers.predictions}?restype=container&comp=list&prefix=date%3D{HOUR:%Y-%m-%d}/hour%3D{HOUR:%H}/"
+    )
 
     # dag.test ran the shards' triggers inline, one after another (see the module docstring)
     runs = sorted(t.runs[0] for t in tasks.values())
@@ -77,10 +85,16 @@ def mapped_instances(run_id: str) -> list[dict]:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        tis = (session.query(TaskInstance).filter(TaskInstance.run_id == run_id, TaskInstance.task_id == "score_shard")
-               .order_by(TaskInstance.map_index).all())
-        return [{"rendered_map_index": ti.rendered_map_index, "state": str(ti.state), "try_number": ti.try_number}
-                for ti in tis]
+        tis = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.run_id == run_id, TaskInstance.task_id == "score_shard")
+            .order_by(TaskInstance.map_index)
+            .all()
+        )
+        return [
+            {"rendered_map_index": ti.rendered_map_index, "state": str(ti.state), "try_number": ti.try_number}
+            for ti in tis
+        ]
 
 
 def link_urls(dag, run_id: str) -> list[str]:
@@ -92,6 +106,10 @@ def link_urls(dag, run_id: str) -> list[str]:
 
     task = DagSerialization.from_dict(DagSerialization.to_dict(dag)).task_dict["score_shard"]
     with create_session() as session:
-        tis = (session.query(TaskInstance).filter(TaskInstance.run_id == run_id, TaskInstance.task_id == "score_shard")
-               .order_by(TaskInstance.map_index).all())
+        tis = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.run_id == run_id, TaskInstance.task_id == "score_shard")
+            .order_by(TaskInstance.map_index)
+            .all()
+        )
         return [task.get_extra_links(ti, "Shard outputs") for ti in tis]

@@ -1,4 +1,5 @@
 """The DAG file as the scheduler sees it: imports cleanly and cheaply, hourly with a real interval, valid params."""
+
 from __future__ import annotations
 
 import copy
@@ -31,7 +32,8 @@ def boom(*a, **k): raise AssertionError("lookup at parse time")
 Connection.get = boom; BaseHook.get_connection = boom; Variable.get = boom
 spec = importlib.util.spec_from_file_location("dagfile", {str(DAG_FILE)!r})
 module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-heavy = [m for m in ("pandas", "numpy", "sklearn", "pyarrow", "azure.storage.blob", "great_expectations", "sensor_scoring.contracts", "sensor_scoring.steps") if m in sys.modules]
+heavy = [m for m in ("pandas", "numpy", "sklearn", "pyarrow", "azure.storage.blob", "great_expectations",
+                     "sensor_scoring.contracts", "sensor_scoring.steps") if m in sys.modules]
 print("HEAVY", heavy)
 """
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
@@ -58,7 +60,13 @@ def test_schedule_gives_one_hour_data_intervals(sensor_dag):
 def test_shape_retries_and_docs(sensor_dag):
     assert sensor_dag.catchup is False
     assert sensor_dag.doc_md and "Triage" in sensor_dag.doc_md
-    assert set(sensor_dag.task_dict) == {"wait_for_windows", "load_and_validate", "plan_shards", "score_shard", "commit"}
+    assert set(sensor_dag.task_dict) == {
+        "wait_for_windows",
+        "load_and_validate",
+        "plan_shards",
+        "score_shard",
+        "commit",
+    }
     assert sensor_dag.task_dict["load_and_validate"].upstream_task_ids == {"wait_for_windows"}
     assert sensor_dag.task_dict["commit"].upstream_task_ids == {"load_and_validate", "score_shard"}
     assert sensor_dag.task_dict["score_shard"].map_index_template == "{{ shard_label }}"

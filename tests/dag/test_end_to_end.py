@@ -1,4 +1,5 @@
 """Whole hours through the real DAG (dag.test) on a real Azurite, checked against scikit-learn itself."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sensor_scoring import models
 from dev.azurite import KEY
-from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
+from sensor_scoring import models
 from sensor_scoring.models.training import train_and_register
+from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from sensor_scoring.windows import parse_window_file, to_asa_json_lines
 from tests.support.helpers import START, fleet_windows
 from tests.support.partitions import read_partition, run_records
@@ -24,17 +25,25 @@ SCORED_HOUR = START + 5 * H
 @pytest.fixture
 def landed(blob, containers):
     """Seven simulated hours of 3 devices x 2 sensors, plus one file of trouble in the scored hour."""
-    simulate_to_storage(blob, SimulationConfig(devices=3, tags=2, seed=3), START, START + 7 * H,
-                        windows_container=containers.windows, labels_container=containers.labels)
+    simulate_to_storage(
+        blob,
+        SimulationConfig(devices=3, tags=2, seed=3),
+        START,
+        START + 7 * H,
+        windows_container=containers.windows,
+        labels_container=containers.labels,
+    )
     manifest, trained = train_and_register(blob, containers, START, SCORED_HOUR, version="v-e2e", promote=True)
     existing = blob.list(containers.windows, f"{SCORED_HOUR:%Y/%m/%d/%H}/")
     found = pd.concat([parse_window_file(b.name, blob.read_bytes(containers.windows, b.name)) for b in existing])
     one = found[found["window_end"] == pd.Timestamp(SCORED_HOUR + timedelta(minutes=10))].head(1)
-    trouble = pd.concat([
-        one,  # an exact duplicate of a landed window
-        one.assign(window_end=SCORED_HOUR + timedelta(minutes=59, seconds=30), value_std=-1.0),  # invalid
-        one.assign(device_id="dev-unknown"),  # a sensor nobody trained
-    ])
+    trouble = pd.concat(
+        [
+            one,  # an exact duplicate of a landed window
+            one.assign(window_end=SCORED_HOUR + timedelta(minutes=59, seconds=30), value_std=-1.0),  # invalid
+            one.assign(device_id="dev-unknown"),  # a sensor nobody trained
+        ]
+    )
     blob.write_bytes(containers.windows, f"{SCORED_HOUR:%Y/%m/%d/%H}/0_extra_1.json", to_asa_json_lines(trouble))
     return manifest, {(m.device_id, m.tag): m.pipeline for m in trained}
 
@@ -58,8 +67,13 @@ def test_hour_scored_by_the_dag_equals_scikit_learn(sensor_dag, blob, containers
         np.testing.assert_array_equal(rows["is_anomaly"], pipeline.predict(features) == -1)
 
     counts = manifest["counts"]
-    assert counts == {"landed": 363, "scored": 360, "quarantined": 2, "duplicates": 1,
-                      "anomalies": int(predictions["is_anomaly"].sum())}
+    assert counts == {
+        "landed": 363,
+        "scored": 360,
+        "quarantined": 2,
+        "duplicates": 1,
+        "anomalies": int(predictions["is_anomaly"].sum()),
+    }
     assert counts["landed"] == counts["scored"] + counts["quarantined"] + counts["duplicates"]
     assert manifest["run_id"] == run.run_id and manifest["model_version"] == "v-e2e"
     quarantine, _ = read_partition(blob, containers.quarantine, SCORED_HOUR)
@@ -77,8 +91,9 @@ def test_rerunning_an_hour_replaces_it_with_one_row_per_window(sensor_dag, blob,
     assert not after.duplicated(["device_id", "tag", "window_end"]).any()
     assert manifest["run_id"] == second.run_id and set(after["run_id"]) == {second.run_id}
     key = ["device_id", "tag", "window_end"]
-    pd.testing.assert_series_equal(before.sort_values(key)["score"].reset_index(drop=True),
-                                   after.sort_values(key)["score"].reset_index(drop=True))
+    pd.testing.assert_series_equal(
+        before.sort_values(key)["score"].reset_index(drop=True), after.sort_values(key)["score"].reset_index(drop=True)
+    )
     assert not blob.list(containers.staging)  # no scratch left behind by either run
 
 
@@ -97,21 +112,32 @@ def test_hour_with_no_modelled_sensor_still_commits_its_quarantine(sensor_dag, b
     assert manifest["model_version"] == "v-other" and len(quarantine) == 362
 
 
-def test_airflow_connection_overrides_the_environment(sensor_dag, blob, containers, landed, azurite, monkeypatch, tmp_path,
-                                                      caplog, capfd):
+def test_airflow_connection_overrides_the_environment(
+    sensor_dag, blob, containers, landed, azurite, monkeypatch, tmp_path, caplog, capfd
+):
     """Inside Airflow the wasb connection wins: SCORING_STORAGE points at an empty folder here."""
     monkeypatch.setenv("SCORING_STORAGE", str(tmp_path / "empty"))
-    monkeypatch.setenv("AIRFLOW_CONN_SCORING_STORAGE", json.dumps(
-        {"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SCORING_STORAGE",
+        json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string}}),
+    )
     run = sensor_dag.test(logical_date=SCORED_HOUR + H, run_conf={"sensors_per_shard": 3})
     assert str(run.state) == "success"
     predictions, manifest = read_partition(blob, containers.predictions, SCORED_HOUR)
     assert len(predictions) == 360 and manifest["run_id"] == run.run_id
     assert not (tmp_path / "empty").exists()
     # the key reached the shard processes, yet no XCom, rendered field or manifest holds it
-    stored = run_records(run.run_id) + [blob.read_bytes(c, b.name).decode() for c in (containers.predictions, containers.quarantine)
-                                        for b in blob.list(c) if b.name.endswith(".json")]
+    stored = run_records(run.run_id) + [
+        blob.read_bytes(c, b.name).decode()
+        for c in (containers.predictions, containers.quarantine)
+        for b in blob.list(c)
+        if b.name.endswith(".json")
+    ]
     out = capfd.readouterr()
-    logs = [caplog.text, out.out, out.err]  # the task logs of dag.test (shard output included), see test_faults for log files
+    logs = [
+        caplog.text,
+        out.out,
+        out.err,
+    ]  # the task logs of dag.test (shard output included), see test_faults for log files
     assert "[shard]" in caplog.text
     assert len(stored) > 5 and not [text for text in stored + logs if KEY in text or "AccountKey" in text]

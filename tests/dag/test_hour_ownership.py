@@ -1,4 +1,5 @@
 """Which windows an hour owns (selection by window_end, plus strays of its own folders), and its threshold param."""
+
 from __future__ import annotations
 
 import copy
@@ -15,10 +16,12 @@ START, END = datetime(2026, 11, 25, 16, tzinfo=timezone.utc), datetime(2026, 11,
 
 def windows(*rows: tuple[str, str | None]) -> pd.DataFrame:
     """(source folder, window_end) pairs."""
-    return pd.DataFrame({
-        "source_file": [f"{folder}/0_x_1.json" for folder, _ in rows],
-        "window_end": pd.to_datetime([end for _, end in rows], utc=True),
-    })
+    return pd.DataFrame(
+        {
+            "source_file": [f"{folder}/0_x_1.json" for folder, _ in rows],
+            "window_end": pd.to_datetime([end for _, end in rows], utc=True),
+        }
+    )
 
 
 def test_hour_owns_its_windows_from_any_folder_and_the_strays_of_its_own_folders():
@@ -28,20 +31,25 @@ def test_hour_owns_its_windows_from_any_folder_and_the_strays_of_its_own_folders
         ("2026/11/25/16", "2026-11-25T15:30Z"),  # previous hour's late window: that run reads this folder
         ("2026/11/25/16", "2026-11-25T13:30Z"),  # too late for its own run (late_folders=1): a stray, owned
         ("2026/11/25/16", "2026-11-25T17:00Z"),  # next hour's window in an earlier folder: a stray, owned
-        ("2026/11/25/16", None),                 # no window_end: a stray, owned
+        ("2026/11/25/16", None),  # no window_end: a stray, owned
         ("2026/11/25/17", "2026-11-25T17:30Z"),  # next hour's, in its own folder: not this run's business
-        ("2026/11/25/17", None),                 # no window_end in the late folder: the next run's stray
+        ("2026/11/25/17", None),  # no window_end in the late folder: the next run's stray
     )
     owned = owned_windows(found, START, END, late_folders=1)
     assert [str(t) for t in owned["window_end"]] == [
-        "2026-11-25 16:10:00+00:00", "2026-11-25 16:59:00+00:00", "2026-11-25 13:30:00+00:00",
-        "2026-11-25 17:00:00+00:00", "NaT"]
+        "2026-11-25 16:10:00+00:00",
+        "2026-11-25 16:59:00+00:00",
+        "2026-11-25 13:30:00+00:00",
+        "2026-11-25 17:00:00+00:00",
+        "NaT",
+    ]
     assert len(owned_windows(found, START, END, late_folders=3)) == 4  # 13:30 is claimed by its hour now
 
 
 def test_partition_hour_is_the_window_end_hour_inside_the_interval_else_the_folder_hour():
-    found = windows(("2026/11/25/17", "2026-11-25T16:59Z"), ("2026/11/25/16", "2026-11-24T02:00Z"),
-                    ("2026/11/25/16", None))
+    found = windows(
+        ("2026/11/25/17", "2026-11-25T16:59Z"), ("2026/11/25/16", "2026-11-24T02:00Z"), ("2026/11/25/16", None)
+    )
     assert [str(h) for h in partition_hours(found, START, END)] == ["2026-11-25 16:00:00+00:00"] * 3
     assert folder_hour("not/a/folder.json") is None
 

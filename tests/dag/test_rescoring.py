@@ -3,6 +3,7 @@
 Pure functions on tiny frames first, then the real DAG (dag.test) on a real Azurite: a full multi-hour run, then
 subset rescorings with another model version, checked row by row against the partition before.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,9 +15,9 @@ import pytest
 
 from sensor_scoring import models
 from sensor_scoring.contracts import SensorDuplicates, Subset
+from sensor_scoring.models.training import train_and_register
 from sensor_scoring.steps.rescoring import duplicates_by_sensor, select_sensors, subset_of
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
-from sensor_scoring.models.training import train_and_register
 from sensor_scoring.validation import check_windows
 from sensor_scoring.windows import parse_window_file, to_asa_json_lines
 from tests.support.helpers import START, fleet_windows
@@ -30,6 +31,7 @@ SUBSET = ("dev-0000", "temperature")
 
 # --- pure functions -------------------------------------------------------------------------------------------
 
+
 def test_select_sensors_by_devices_tags_or_both():
     windows = fleet_windows(devices=3, tags=2, hours=1)
     assert len(select_sensors(windows, [], [])) == len(windows)
@@ -39,7 +41,10 @@ def test_select_sensors_by_devices_tags_or_both():
     only_tag = select_sensors(windows, [], ["pressure"])
     assert set(only_tag["tag"]) == {"pressure"} and only_tag["device_id"].nunique() == 3
     both = select_sensors(windows, ["dev-0001", "dev-0002"], ["pressure"])
-    assert set(map(tuple, both[["device_id", "tag"]].drop_duplicates().values)) == {("dev-0001", "pressure"), ("dev-0002", "pressure")}
+    assert set(map(tuple, both[["device_id", "tag"]].drop_duplicates().values)) == {
+        ("dev-0001", "pressure"),
+        ("dev-0002", "pressure"),
+    }
     assert select_sensors(windows, ["no-such-device"], []).empty  # negative: a subset that matches nothing
 
 
@@ -52,7 +57,8 @@ def test_subset_and_duplicates_per_sensor_and_hour():
     assert subset_of(["dev-0001", "dev-0001"], []) == Subset(devices=("dev-0001",), tags=())
     assert subset_of([], None) is None  # negative: no devices, no tags is a full run
     assert duplicates_by_sensor(landed, checked.valid, checked.quarantined) == {
-        hour: (SensorDuplicates(device_id="dev-0001", tag="temperature", duplicates=2),)}
+        hour: (SensorDuplicates(device_id="dev-0001", tag="temperature", duplicates=2),)
+    }
     plain = check_windows(windows)
     assert duplicates_by_sensor(windows, plain.valid, plain.quarantined) == {}  # negative: no duplicates
     keyless = pd.concat([windows, one.assign(device_id=None)], ignore_index=True)  # quarantined, not a duplicate
@@ -65,15 +71,29 @@ def test_params_reject_bad_subsets_and_partial_hours(sensor_dag):
     from airflow.sdk.exceptions import ParamValidationError
 
     ok = copy.deepcopy(sensor_dag.params)
-    ok.update({"devices": ["dev-0001"], "tags": ["pressure", "temperature"], "window_start": "2026-11-25T16:00:00Z",
-               "window_end": "2026-11-25T19:00:00+00:00", "model_version": "v1"})
+    ok.update(
+        {
+            "devices": ["dev-0001"],
+            "tags": ["pressure", "temperature"],
+            "window_start": "2026-11-25T16:00:00Z",
+            "window_end": "2026-11-25T19:00:00+00:00",
+            "model_version": "v1",
+        }
+    )
     ok.validate()
     for cleared in ({"devices": None}, {"tags": None}):  # what the trigger form sends for a cleared textarea: all
         params = copy.deepcopy(sensor_dag.params)
         params.update(cleared)
         params.validate()
-    for bad in ({"devices": "dev-0001"}, {"devices": [""]}, {"tags": [3]}, {"devices": ["a", "a"]},
-                {"window_start": "2026-11-25T16:30:00Z"}, {"window_end": "yesterday"}, {"sensors_per_shard": "ten"}):
+    for bad in (
+        {"devices": "dev-0001"},
+        {"devices": [""]},
+        {"tags": [3]},
+        {"devices": ["a", "a"]},
+        {"window_start": "2026-11-25T16:30:00Z"},
+        {"window_end": "yesterday"},
+        {"sensors_per_shard": "ten"},
+    ):
         with pytest.raises(ParamValidationError):  # rejected when set, as the trigger form and REST API do
             params = copy.deepcopy(sensor_dag.params)
             params.update(bad)
@@ -85,14 +105,21 @@ def test_params_reject_bad_subsets_and_partial_hours(sensor_dag):
 
 # --- the real DAG on Azurite ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def two_versions(blob, containers):
     """Eight simulated hours of 3 devices x 2 sensors, a promoted version and a different second one, and
     trouble in the first rescored hour: one duplicate and one invalid window of the subset sensor, one
     duplicate and one invalid window of another sensor.
     """
-    simulate_to_storage(blob, SimulationConfig(devices=3, tags=2, seed=5), START, START + 8 * H,
-                        windows_container=containers.windows, labels_container=containers.labels)
+    simulate_to_storage(
+        blob,
+        SimulationConfig(devices=3, tags=2, seed=5),
+        START,
+        START + 8 * H,
+        windows_container=containers.windows,
+        labels_container=containers.labels,
+    )
     train_and_register(blob, containers, START, FIRST, version="v-one", promote=True)
     _, trained = train_and_register(blob, containers, START, START + 3 * H, version="v-two", nu=0.2)
     existing = blob.list(containers.windows, f"{FIRST:%Y/%m/%d/%H}/")
@@ -100,9 +127,14 @@ def two_versions(blob, containers):
     at = found["window_end"] == pd.Timestamp(FIRST + timedelta(minutes=10))
     mine = found[at & (found["device_id"] == SUBSET[0]) & (found["tag"] == SUBSET[1])].head(1)
     other = found[at & (found["device_id"] == "dev-0002") & (found["tag"] == "pressure")].head(1)
-    trouble = pd.concat([mine, other,
-                         mine.assign(window_end=FIRST + timedelta(minutes=30, seconds=30), value_std=-1.0),
-                         other.assign(window_end=FIRST + timedelta(minutes=40, seconds=30), value_std=-1.0)])
+    trouble = pd.concat(
+        [
+            mine,
+            other,
+            mine.assign(window_end=FIRST + timedelta(minutes=30, seconds=30), value_std=-1.0),
+            other.assign(window_end=FIRST + timedelta(minutes=40, seconds=30), value_std=-1.0),
+        ]
+    )
     blob.write_bytes(containers.windows, f"{FIRST:%Y/%m/%d/%H}/0_extra_1.json", to_asa_json_lines(trouble))
     return {(m.device_id, m.tag): m.pipeline for m in trained}
 
@@ -112,10 +144,16 @@ def asset_events(run_id: str) -> list[dict]:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        rows = session.query(AssetEvent, AssetModel).join(AssetModel, AssetEvent.asset_id == AssetModel.id).filter(
-            AssetEvent.source_run_id == run_id).all()
-        return [{"name": asset.name, "uri": asset.uri, "task_id": event.source_task_id, "extra": event.extra}
-                for event, asset in rows]
+        rows = (
+            session.query(AssetEvent, AssetModel)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetEvent.source_run_id == run_id)
+            .all()
+        )
+        return [
+            {"name": asset.name, "uri": asset.uri, "task_id": event.source_task_id, "extra": event.extra}
+            for event, asset in rows
+        ]
 
 
 @pytest.mark.azurite
@@ -128,12 +166,19 @@ def test_subset_rescoring_replaces_only_the_chosen_sensors(sensor_dag, blob, con
     before = {h: read_partition(blob, containers.predictions, h) for h in hours}
     q_before = {h: read_partition(blob, containers.quarantine, h)[0] for h in hours}
     first_manifest = before[FIRST][1]
-    assert first_manifest["counts"] == {"landed": 364, "scored": 360, "quarantined": 2, "duplicates": 2,
-                                        "anomalies": int(before[FIRST][0]["is_anomaly"].sum())}
+    assert first_manifest["counts"] == {
+        "landed": 364,
+        "scored": 360,
+        "quarantined": 2,
+        "duplicates": 2,
+        "anomalies": int(before[FIRST][0]["is_anomaly"].sum()),
+    }
     assert first_manifest["subset"] is None and first_manifest["rescored"] == []
     assert first_manifest["model_versions"] == {"v-one": 360}
     assert sorted((d["device_id"], d["tag"], d["duplicates"]) for d in first_manifest["duplicates_by_sensor"]) == [
-        ("dev-0000", "temperature", 1), ("dev-0002", "pressure", 1)]
+        ("dev-0000", "temperature", 1),
+        ("dev-0002", "pressure", 1),
+    ]
     # the asset event names the hours, run, model version and counts
     [event] = asset_events(full.run_id)
     assert event["name"] == "predictions" and event["task_id"] == "commit"
@@ -143,8 +188,10 @@ def test_subset_rescoring_replaces_only_the_chosen_sensors(sensor_dag, blob, con
 
     # rescoring one sensor of both hours with another model version
     sensor_dag_2 = reload(sensor_dag)
-    sub = sensor_dag_2.test(logical_date=FIRST + H, run_conf={
-        **window, "devices": [SUBSET[0]], "tags": [SUBSET[1]], "model_version": "v-two"})
+    sub = sensor_dag_2.test(
+        logical_date=FIRST + H,
+        run_conf={**window, "devices": [SUBSET[0]], "tags": [SUBSET[1]], "model_version": "v-two"},
+    )
     assert str(sub.state) == "success" and sub.run_id != full.run_id
     for h in hours:
         old, old_manifest = before[h]
@@ -152,20 +199,23 @@ def test_subset_rescoring_replaces_only_the_chosen_sensors(sensor_dag, blob, con
         in_old = (old["device_id"] == SUBSET[0]) & (old["tag"] == SUBSET[1])
         in_new = (new["device_id"] == SUBSET[0]) & (new["tag"] == SUBSET[1])
         # every other row exactly as before, the subset's rows new and from the other version
-        pd.testing.assert_frame_equal(old[~in_old].sort_values(KEY).reset_index(drop=True),
-                                      new[~in_new].sort_values(KEY).reset_index(drop=True))
+        pd.testing.assert_frame_equal(
+            old[~in_old].sort_values(KEY).reset_index(drop=True), new[~in_new].sort_values(KEY).reset_index(drop=True)
+        )
         assert in_new.sum() == in_old.sum() == 60
         rows = new[in_new]
         assert set(rows["model_version"]) == {"v-two"} and set(rows["run_id"]) == {sub.run_id}
         assert (rows["scored_at"] > old["scored_at"].max()).all()
         pipeline = two_versions[SUBSET]
-        np.testing.assert_allclose(rows["score"], pipeline.decision_function(models.feature_matrix(rows)),
-                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            rows["score"], pipeline.decision_function(models.feature_matrix(rows)), rtol=1e-9, atol=1e-12
+        )
         assert not new.duplicated(KEY).any() and len(new) == len(old)
         # counts still mean the whole partition, and still close
         counts = manifest["counts"]
         assert {k: counts[k] for k in ("landed", "scored", "quarantined", "duplicates")} == {
-            k: old_manifest["counts"][k] for k in ("landed", "scored", "quarantined", "duplicates")}
+            k: old_manifest["counts"][k] for k in ("landed", "scored", "quarantined", "duplicates")
+        }
         assert counts["anomalies"] == int(new["is_anomaly"].sum())
         assert counts["landed"] == counts["scored"] + counts["quarantined"] + counts["duplicates"]
         assert manifest["run_id"] == sub.run_id and manifest["model_version"] == "v-two"
@@ -175,19 +225,28 @@ def test_subset_rescoring_replaces_only_the_chosen_sensors(sensor_dag, blob, con
         assert entry["run_id"] == sub.run_id and entry["model_version"] == "v-two"
         assert entry["devices"] == [SUBSET[0]] and entry["tags"] == [SUBSET[1]]
         assert entry["counts"]["scored"] == 60
-        assert entry["counts"]["landed"] == entry["counts"]["scored"] + entry["counts"]["quarantined"] + entry["counts"]["duplicates"]
+        assert (
+            entry["counts"]["landed"]
+            == entry["counts"]["scored"] + entry["counts"]["quarantined"] + entry["counts"]["duplicates"]
+        )
         # quarantine: the other sensor's row kept as it was, the subset's row re-quarantined by this run
         q_new, _ = read_partition(blob, containers.quarantine, h)
         q_old = q_before[h]
         assert len(q_new) == len(q_old)
         keep_old = q_old[~((q_old["device_id"] == SUBSET[0]) & (q_old["tag"] == SUBSET[1]))]
         keep_new = q_new[~((q_new["device_id"] == SUBSET[0]) & (q_new["tag"] == SUBSET[1]))]
-        pd.testing.assert_frame_equal(keep_old.sort_values(KEY).reset_index(drop=True),
-                                      keep_new.sort_values(KEY).reset_index(drop=True))
+        pd.testing.assert_frame_equal(
+            keep_old.sort_values(KEY).reset_index(drop=True), keep_new.sort_values(KEY).reset_index(drop=True)
+        )
         assert set(q_new.loc[q_new["device_id"] == SUBSET[0], "run_id"]) <= {sub.run_id}
     first = read_partition(blob, containers.predictions, FIRST)[1]
-    assert first["rescored"][0]["counts"] == {"landed": 62, "scored": 60, "quarantined": 1, "duplicates": 1,
-                                              "anomalies": first["rescored"][0]["counts"]["anomalies"]}
+    assert first["rescored"][0]["counts"] == {
+        "landed": 62,
+        "scored": 60,
+        "quarantined": 1,
+        "duplicates": 1,
+        "anomalies": first["rescored"][0]["counts"]["anomalies"],
+    }
 
     # a second rescoring, by tag only and back on production, is added to the history
     third = reload(sensor_dag).test(logical_date=FIRST + H, run_conf={**window, "tags": ["temperature"]})

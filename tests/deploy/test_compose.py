@@ -5,6 +5,7 @@ files: services and their images, health-gated start order, mounts, the Airflow 
 itself), the settings' names against what the code reads, and that both images install the one lock. The
 simulator service's shell loop is run for real against Azurite, and the alert sinks' commands for real on loopback.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,12 @@ from tests.conftest import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
 SERVICES: dict[str, dict] = COMPOSE["services"]
-AIRFLOW_COMPONENTS = {"airflow-apiserver": "api-server", "airflow-scheduler": "scheduler",
-                      "airflow-dag-processor": "dag-processor", "airflow-triggerer": "triggerer"}
+AIRFLOW_COMPONENTS = {
+    "airflow-apiserver": "api-server",
+    "airflow-scheduler": "scheduler",
+    "airflow-dag-processor": "dag-processor",
+    "airflow-triggerer": "triggerer",
+}
 AIRFLOW_SERVICES = [*AIRFLOW_COMPONENTS, "airflow-init"]
 #: ${NAME}, ${NAME:-default}, ${NAME-default}; "$$" escapes a dollar for the container's shell.
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
@@ -102,7 +107,9 @@ def test_start_order_is_gated_on_health_and_on_the_init_service_finishing():
     for name in AIRFLOW_COMPONENTS:
         needs = SERVICES[name]["depends_on"]
         assert needs["airflow-init"]["condition"] == "service_completed_successfully"
-        assert needs["postgres"]["condition"] == "service_healthy" and needs["azurite"]["condition"] == "service_healthy"
+        assert (
+            needs["postgres"]["condition"] == "service_healthy" and needs["azurite"]["condition"] == "service_healthy"
+        )
         assert SERVICES[name]["healthcheck"]["test"] and SERVICES[name]["restart"] == "always"
     assert SERVICES["airflow-init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert SERVICES["simulator"]["depends_on"]["azurite"]["condition"] == "service_healthy"
@@ -136,15 +143,22 @@ def test_airflow_services_mount_dags_from_the_checkout():
         assert mounts["airflow-logs"] == "/opt/airflow/logs"
         assert "AIRFLOW__CORE__DAGS_FOLDER" not in SERVICES[name]["environment"]  # the image default is the mount
     assert (REPO / "dags" / "sensor_scoring.py").is_file() and not (REPO / "plugins").exists()
-    named = {volume.split(":")[0] for service in SERVICES.values() for volume in service.get("volumes", [])
-             if not volume.startswith(".")}
+    named = {
+        volume.split(":")[0]
+        for service in SERVICES.values()
+        for volume in service.get("volumes", [])
+        if not volume.startswith(".")
+    }
     assert named <= set(COMPOSE["volumes"])
 
 
 def airflow_connections(env: dict[str, str] | None = None) -> dict[str, dict]:
     values = SERVICES["airflow-scheduler"]["environment"]
-    return {key.removeprefix("AIRFLOW_CONN_").lower(): json.loads(interpolate(value, env))
-            for key, value in values.items() if key.startswith("AIRFLOW_CONN_")}
+    return {
+        key.removeprefix("AIRFLOW_CONN_").lower(): json.loads(interpolate(value, env))
+        for key, value in values.items()
+        if key.startswith("AIRFLOW_CONN_")
+    }
 
 
 @pytest.mark.parametrize("settings", ["defaults", ".env.example"])
@@ -154,12 +168,17 @@ def test_connections_are_created_at_startup_with_the_right_types(settings):
 
     env = env_example() if settings == ".env.example" else None
     connections = airflow_connections(env)
-    expected = {"scoring_storage": "wasb", "azure_batch_default": "azure_batch", "scoring_smtp": "smtp",
-                "scoring_alert_webhook": "http"}
+    expected = {
+        "scoring_storage": "wasb",
+        "azure_batch_default": "azure_batch",
+        "scoring_smtp": "smtp",
+        "scoring_alert_webhook": "http",
+    }
     assert {conn_id: body["conn_type"] for conn_id, body in connections.items()} == expected
     for name in AIRFLOW_SERVICES:  # the same connections in every component
-        assert {k for k in SERVICES[name]["environment"] if k.startswith("AIRFLOW_CONN_")} == \
-               {f"AIRFLOW_CONN_{conn_id.upper()}" for conn_id in expected}
+        assert {k for k in SERVICES[name]["environment"] if k.startswith("AIRFLOW_CONN_")} == {
+            f"AIRFLOW_CONN_{conn_id.upper()}" for conn_id in expected
+        }
     parsed = {conn_id: Connection.from_json(json.dumps(body), conn_id=conn_id) for conn_id, body in connections.items()}
 
     # storage: what sensor_scoring_airflow.connections makes of it is a connection string to the azurite service
@@ -170,8 +189,11 @@ def test_connections_are_created_at_startup_with_the_right_types(settings):
     client = BlobServiceClient.from_connection_string(connection_to_setting(parsed["scoring_storage"]))
     assert client.account_name == "devstoreaccount1" and client.url.startswith("http://azurite:10000/")
     # Batch: the provider's default connection id, with the fields its hook reads
-    assert AzureBatchHook.default_conn_name == "azure_batch_default" == interpolate(
-        SERVICES["airflow-scheduler"]["environment"]["SCORING_BATCH_CONN_ID"], env)
+    assert (
+        AzureBatchHook.default_conn_name
+        == "azure_batch_default"
+        == interpolate(SERVICES["airflow-scheduler"]["environment"]["SCORING_BATCH_CONN_ID"], env)
+    )
     assert set(parsed["azure_batch_default"].extra_dejson) == {"account_url"}
     # alerts: the sinks of this stack, with what the alert code reads
     smtp = parsed["scoring_smtp"]
@@ -199,8 +221,9 @@ def test_connections_are_read_by_airflow_from_the_environment(monkeypatch):
 def test_env_example_lists_every_setting_with_the_compose_default():
     example = env_example()
     used = variables(COMPOSE)
-    assert set(example) == set(used), f"only in .env.example: {set(example) - set(used)}; " \
-                                      f"only in compose: {set(used) - set(example)}"
+    assert set(example) == set(used), (
+        f"only in .env.example: {set(example) - set(used)}; only in compose: {set(used) - set(example)}"
+    )
     for name, defaults in used.items():
         assert defaults == {example[name]}, f"{name}: compose defaults {defaults}, .env.example {example[name]!r}"
 
@@ -217,18 +240,34 @@ def test_scoring_settings_are_names_the_code_reads():
         for key in service.get("environment") or {}:
             if key.startswith("SCORING_"):
                 assert key in readable, f"{name}: {key} is not read anywhere in src/ or dags/"
-    batch = {"SCORING_BACKEND", "SCORING_BATCH_CONN_ID", "SCORING_BATCH_POOL_ID", "SCORING_BATCH_VM_SIZE",
-             "SCORING_BATCH_MAX_NODES", "SCORING_BATCH_MAX_LOW_PRIORITY_NODES", "SCORING_SCORER_IMAGE",
-             "SCORING_BATCH_SAS_HOURS", "SCORING_BATCH_TASK_SLOTS_PER_NODE", "SCORING_BATCH_NODE_IMAGE",
-             "SCORING_BATCH_NODE_AGENT_SKU", "SCORING_BATCH_POLL_SECONDS", "SCORING_BATCH_MAX_POLL_SECONDS"}
+    batch = {
+        "SCORING_BACKEND",
+        "SCORING_BATCH_CONN_ID",
+        "SCORING_BATCH_POOL_ID",
+        "SCORING_BATCH_VM_SIZE",
+        "SCORING_BATCH_MAX_NODES",
+        "SCORING_BATCH_MAX_LOW_PRIORITY_NODES",
+        "SCORING_SCORER_IMAGE",
+        "SCORING_BATCH_SAS_HOURS",
+        "SCORING_BATCH_TASK_SLOTS_PER_NODE",
+        "SCORING_BATCH_NODE_IMAGE",
+        "SCORING_BATCH_NODE_AGENT_SKU",
+        "SCORING_BATCH_POLL_SECONDS",
+        "SCORING_BATCH_MAX_POLL_SECONDS",
+    }
     assert batch <= set(SERVICES["airflow-scheduler"]["environment"])
-    assert {config.STORAGE_ENV, *(f"SCORING_CONTAINER_{n.upper()}" for n in config.Containers().__dict__)} \
-        <= set(SERVICES["simulator"]["environment"])
+    assert {config.STORAGE_ENV, *(f"SCORING_CONTAINER_{n.upper()}" for n in config.Containers().__dict__)} <= set(
+        SERVICES["simulator"]["environment"]
+    )
 
 
 def test_start_date_default_in_compose_is_the_codes_default():
     environment = SERVICES["airflow-scheduler"]["environment"]
-    assert interpolate(environment[config.START_DATE_ENV]) == config.DEFAULT_START_DATE == env_example()[config.START_DATE_ENV]
+    assert (
+        interpolate(environment[config.START_DATE_ENV])
+        == config.DEFAULT_START_DATE
+        == env_example()[config.START_DATE_ENV]
+    )
 
 
 def test_batch_defaults_in_compose_are_the_codes_defaults():
@@ -236,17 +275,34 @@ def test_batch_defaults_in_compose_are_the_codes_defaults():
     from sensor_scoring.backends.azure_batch import BatchSettings
 
     environment = SERVICES["airflow-scheduler"]["environment"]
-    from_compose = BatchSettings.from_env({key: interpolate(value) for key, value in environment.items()
-                                           if isinstance(value, str) and key.startswith("SCORING_")})
+    from_compose = BatchSettings.from_env(
+        {
+            key: interpolate(value)
+            for key, value in environment.items()
+            if isinstance(value, str) and key.startswith("SCORING_")
+        }
+    )
     defaults = BatchSettings()
-    for name in ("conn_id", "pool_id", "vm_size", "max_nodes", "max_low_priority_nodes", "sas_hours",
-                 "node_image", "node_agent_sku", "task_slots_per_node", "poll_s", "max_poll_s"):
+    for name in (
+        "conn_id",
+        "pool_id",
+        "vm_size",
+        "max_nodes",
+        "max_low_priority_nodes",
+        "sas_hours",
+        "node_image",
+        "node_agent_sku",
+        "task_slots_per_node",
+        "poll_s",
+        "max_poll_s",
+    ):
         assert getattr(from_compose, name) == getattr(defaults, name), name
     assert from_compose.scorer_image == interpolate(SERVICES["simulator"]["image"])  # the tag compose builds
     assert interpolate(environment["SCORING_BACKEND"]) == "local"
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------------------
+
 
 def dockerfile_stages(path: Path = REPO / "Dockerfile") -> dict[str, dict]:
     """Stage name -> {"from": image, "steps": [(INSTRUCTION, arguments)]}, continuation lines joined."""
@@ -339,8 +395,11 @@ def test_the_scorer_image_is_small_non_root_and_runs_the_batch_command_line():
 
 
 def test_dockerignore_keeps_local_state_out_but_not_what_the_images_copy():
-    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert {".git", ".venv", "dev/node/node_modules", ".env", "pool.json"} <= set(ignored)  # .env holds keys
     copied = {"requirements.txt", "requirements-scorer.txt", "pyproject.toml", "src", "src/sensor_scoring", "dags"}
     assert not copied & {line.rstrip("/") for line in ignored}
@@ -348,18 +407,26 @@ def test_dockerignore_keeps_local_state_out_but_not_what_the_images_copy():
 
 # --- the alert sinks, run for real (on a free port instead of their fixed in-network one) ---------------------
 
+
 def run_sink(name: str, port_in_compose: str, tmp_path: Path, started: list[subprocess.Popen]):
     from dev.azurite import free_port, port_open
 
     port = free_port()
-    command = [part.replace(port_in_compose, str(port)).replace("0.0.0.0", "127.0.0.1")
-               for part in SERVICES[name]["entrypoint"]]
+    command = [
+        part.replace(port_in_compose, str(port)).replace("0.0.0.0", "127.0.0.1")
+        for part in SERVICES[name]["entrypoint"]
+    ]
     assert command[0] == "python"
     command[0] = sys.executable  # the Airflow image's python: the lock's packages (aiosmtpd among them)
     log = tmp_path / f"{name}.log"
     with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
     started.append(process)
     deadline = time.monotonic() + 30
     while not port_open("127.0.0.1", port):
@@ -382,13 +449,18 @@ def test_the_alert_sinks_receive_what_the_connections_send(tmp_path):
         message.set_content("score_shard failed")
         with smtplib.SMTP("127.0.0.1", mail_port, timeout=10) as smtp:
             smtp.send_message(message)
-        request = urllib.request.Request(f"http://127.0.0.1:{hook_port}/alerts", data=b'{"event": "task_failed"}',
-                                         headers={"Content-Type": "application/json"}, method="POST")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{hook_port}/alerts",
+            data=b'{"event": "task_failed"}',
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 204
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not ("score_shard failed" in mail_log.read_text()
-                                                   and "task_failed" in hook_log.read_text()):
+        while time.monotonic() < deadline and not (
+            "score_shard failed" in mail_log.read_text() and "task_failed" in hook_log.read_text()
+        ):
             time.sleep(0.2)
     finally:
         for process in started:
@@ -420,7 +492,9 @@ print(moment.strftime(fmt))
 
 
 @pytest.mark.azurite
-def test_simulator_service_loop_lands_backfill_current_hour_and_the_end_of_each_hour(blob, containers, azurite, tmp_path):
+def test_simulator_service_loop_lands_backfill_current_hour_and_the_end_of_each_hour(
+    blob, containers, azurite, tmp_path
+):
     """The service's own shell script, its clock replaced: rounds at 10:58:50 and 11:00:05 would leave the window
     ending 10:59 unlanded (more than a minute between rounds) unless the loop lands an ended hour whole."""
     import pandas as pd
@@ -437,15 +511,28 @@ def test_simulator_service_loop_lands_backfill_current_hour_and_the_end_of_each_
     for tool in shim.iterdir():
         tool.chmod(0o755)
     state = tmp_path / "date-calls"
-    env = {"PATH": f"{shim}:{os.environ['PATH']}", "SCORING_STORAGE": azurite.connection_string,
-           "SIMULATOR_DEVICES": "2", "SIMULATOR_TAGS": "1", "SIMULATOR_BACKFILL_HOURS": "1",
-           "SIMULATOR_INTERVAL_SECONDS": "0", "PYTHONPATH": str(REPO), "FAKE_STATE": str(state),
-           "FAKE_TIMES": "2026-11-24T10:58:50,2026-11-24T10:58:50,2026-11-24T11:00:05",
-           **{k: v for k, v in os.environ.items() if k.startswith("SCORING_CONTAINER_")}}
+    env = {
+        "PATH": f"{shim}:{os.environ['PATH']}",
+        "SCORING_STORAGE": azurite.connection_string,
+        "SIMULATOR_DEVICES": "2",
+        "SIMULATOR_TAGS": "1",
+        "SIMULATOR_BACKFILL_HOURS": "1",
+        "SIMULATOR_INTERVAL_SECONDS": "0",
+        "PYTHONPATH": str(REPO),
+        "FAKE_STATE": str(state),
+        "FAKE_TIMES": "2026-11-24T10:58:50,2026-11-24T10:58:50,2026-11-24T11:00:05",
+        **{k: v for k, v in os.environ.items() if k.startswith("SCORING_CONTAINER_")},
+    }
     log = tmp_path / "simulator.log"
     with log.open("w") as out:
-        process = subprocess.Popen(["/bin/sh", "-c", script], env=env, cwd=tmp_path, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", script],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         # call 1: the backfill's end; 2: the round at 10:58:50; 3: 11:00:05; 4: the next round has started
@@ -462,8 +549,11 @@ def test_simulator_service_loop_lands_backfill_current_hour_and_the_end_of_each_
 
     start = pd.Timestamp("2026-11-24T09:00Z")
     windows, _ = read_landed(blob, containers.windows, folders_for_interval(start, start + pd.Timedelta(hours=3)))
-    ends = windows.drop_duplicates(["device_id", "tag", "window_end"]).groupby(
-        windows["window_end"].dt.floor("h"))["window_end"].count()
+    ends = (
+        windows.drop_duplicates(["device_id", "tag", "window_end"])
+        .groupby(windows["window_end"].dt.floor("h"))["window_end"]
+        .count()
+    )
     # 09:00 (backfill) and 10:00 whole, 60 windows x 2 sensors each, including 10:59; 11:00 up to 11:00:05
     assert ends.to_dict() == {start: 120, start + pd.Timedelta(hours=1): 120, start + pd.Timedelta(hours=2): 2}
     assert not windows.duplicated(["device_id", "tag", "window_end"]).any()  # re-landings replaced, not added

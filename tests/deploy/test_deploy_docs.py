@@ -1,5 +1,6 @@
 """docs/deploy-azure.md against the code: the Azure side cannot run here, so what it configures must at least
 agree with what the code reads and writes (folder layout, query names, settings, payload, pool definition)."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,10 @@ def test_stream_analytics_output_lands_in_the_folders_the_dag_reads():
     time_format = re.sub("|".join(dotnet), lambda m: dotnet[m.group(0)], output["timeFormat"])
     moment = datetime(2026, 3, 7, 5, 42, tzinfo=timezone.utc)
     assert moment.strftime(f"{date_format}/{time_format}") == folder_for(moment) == "2026/03/07/05"
-    assert heredoc("asa-serialization.json") == {"type": "Json", "properties": {"encoding": "UTF8", "format": "LineSeparated"}}
+    assert heredoc("asa-serialization.json") == {
+        "type": "Json",
+        "properties": {"encoding": "UTF8", "format": "LineSeparated"},
+    }
 
 
 def test_stream_analytics_input_and_output_names_are_the_querys():
@@ -58,9 +62,20 @@ def test_the_documented_event_is_what_the_simulator_sends():
 
     [sample] = re.findall(r'`(\{"ts": [^`]+\})`', DOC)
     documented = json.loads(sample)
-    sent = json.loads(next(reading_bodies(pd.DataFrame({
-        "ts": [pd.Timestamp(documented["ts"])], "device_id": [documented["device_id"]],
-        "tag": [documented["tag"]], "value": [documented["value"]]}))))
+    sent = json.loads(
+        next(
+            reading_bodies(
+                pd.DataFrame(
+                    {
+                        "ts": [pd.Timestamp(documented["ts"])],
+                        "device_id": [documented["device_id"]],
+                        "tag": [documented["tag"]],
+                        "value": [documented["value"]],
+                    }
+                )
+            )
+        )
+    )
     assert sent == documented
 
 
@@ -74,8 +89,10 @@ def doc_rows(text: str) -> dict[str, str]:
     return rows
 
 
-@pytest.mark.parametrize("doc", ["docs/deploy-azure.md", "docs/azure-batch.md", "docs/operating.md", "docs/faults.md",
-                                 "docs/architecture.md"])
+@pytest.mark.parametrize(
+    "doc",
+    ["docs/deploy-azure.md", "docs/azure-batch.md", "docs/operating.md", "docs/faults.md", "docs/architecture.md"],
+)
 def test_every_setting_the_docs_name_is_one_the_code_reads(doc):
     """Names in prose, commands and tables alike: each is a variable of sensor_scoring.settings."""
     text = (REPO / doc).read_text()
@@ -106,23 +123,40 @@ def test_the_guides_containers_are_the_codes():
 def test_pool_json_is_the_backends_pool_with_the_registry_added():
     from sensor_scoring.backends.azure_batch import BatchSettings, autoscale_formula
 
-    env = dict(os.environ, ACR_PASSWORD="not-a-real-password", SCORING_SCORER_IMAGE="myacr.azurecr.io/scorer:0.1.0",
-               SCORING_BATCH_MAX_NODES="7", PYTHONPATH=str(REPO))
+    env = dict(
+        os.environ,
+        ACR_PASSWORD="not-a-real-password",
+        SCORING_SCORER_IMAGE="myacr.azurecr.io/scorer:0.1.0",
+        SCORING_BATCH_MAX_NODES="7",
+        PYTHONPATH=str(REPO),
+    )
     args = ["--registry-server", "myacr.azurecr.io", "--registry-username", "myacr"]
-    done = subprocess.run([sys.executable, str(REPO / "infra" / "batch" / "pool_json.py"), *args],
-                          capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "infra" / "batch" / "pool_json.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr
     pool = json.loads(done.stdout)
     containers = pool["virtualMachineConfiguration"]["containerConfiguration"]
     assert containers["containerImageNames"] == ["myacr.azurecr.io/scorer:0.1.0"]
     assert containers["containerRegistries"] == [
-        {"registryServer": "myacr.azurecr.io", "username": "myacr", "password": "not-a-real-password"}]
+        {"registryServer": "myacr.azurecr.io", "username": "myacr", "password": "not-a-real-password"}
+    ]
     assert pool["enableAutoScale"] is True and "maxDedicated = 7;" in pool["autoScaleFormula"]
     assert pool["autoScaleFormula"] == autoscale_formula(BatchSettings(max_nodes=7))
     assert "not-a-real-password" not in " ".join(args)  # the password never travels on the command line
-    missing = subprocess.run([sys.executable, str(REPO / "infra" / "batch" / "pool_json.py"), *args],
-                             capture_output=True, text=True, timeout=120, cwd=REPO,
-                             env={k: v for k, v in env.items() if k != "ACR_PASSWORD"})
+    missing = subprocess.run(
+        [sys.executable, str(REPO / "infra" / "batch" / "pool_json.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={k: v for k, v in env.items() if k != "ACR_PASSWORD"},
+    )
     assert missing.returncode != 0 and "ACR_PASSWORD" in missing.stderr
 
 

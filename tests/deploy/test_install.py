@@ -68,13 +68,20 @@ class Newcomer:
 
     def run(self, program: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """``<venv>/bin/<program> <args>`` from the working folder, with the installation's environment only."""
-        return subprocess.run([str(self.bin / program), *args], cwd=self.root / "work", env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(self.bin / program), *args],
+            cwd=self.root / "work",
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def ok(self, program: str, *args: str, timeout: float = 600) -> str:
         done = self.run(program, *args, timeout=timeout)
-        assert done.returncode == 0, f"{program} {' '.join(args)} exited {done.returncode}:\n" + (
-            done.stdout + done.stderr)[-4000:]
+        assert done.returncode == 0, (
+            f"{program} {' '.join(args)} exited {done.returncode}:\n" + (done.stdout + done.stderr)[-4000:]
+        )
         return done.stdout
 
     def json(self, program: str, *args: str) -> Any:
@@ -95,9 +102,23 @@ def build_wheel(root: Path) -> Path:
         shutil.copy2(REPO / name, source / name)
     shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     offline = int(metadata.version("setuptools").split(".")[0]) >= 77  # pyproject.toml's build requirement
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(root / "dist"),
-                           *(["--no-build-isolation"] if offline else []), str(source)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "-w",
+            str(root / "dist"),
+            *(["--no-build-isolation"] if offline else []),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     [wheel] = (root / "dist").glob("sensor_scoring-*.whl")
     return wheel
@@ -118,8 +139,11 @@ def link_the_lock(venv: Path, lock_site: Path) -> None:
     here = Path(sysconfig.get_paths()["purelib"])
     pins = lock_pins()
     found = {canonicalize_name(d.metadata["Name"]): d for d in metadata.distributions(path=[str(here)])}
-    wrong = {name: (pin, found[name].version if name in found else None) for name, pin in pins.items()
-             if name not in found or found[name].version != pin}
+    wrong = {
+        name: (pin, found[name].version if name in found else None)
+        for name, pin in pins.items()
+        if name not in found or found[name].version != pin
+    }
     assert not wrong, f"the running environment is not the lock (make install): {wrong}"
     lock_site.mkdir()
     scripts = venv / "bin"
@@ -131,8 +155,10 @@ def link_the_lock(venv: Path, lock_site: Path) -> None:
         for entry in dist.entry_points.select(group="console_scripts"):
             module, _, attr = entry.value.partition(":")
             script = scripts / entry.name
-            script.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom {module} import {attr.split('.')[0]}\n"
-                              f"sys.exit({attr}())\n")
+            script.write_text(
+                f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom {module} import {attr.split('.')[0]}\n"
+                f"sys.exit({attr}())\n"
+            )
             script.chmod(0o755)
     leaks = [p.name for p in lock_site.iterdir() if "sensor_scoring" in p.name or p.name.startswith("__editable__")]
     assert not leaks, leaks
@@ -161,8 +187,7 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Newcomer:
     )
     installation = Newcomer(root, venv, wheel, env)
     if os.environ.get("SCORING_DEPLOY_FULL_INSTALL") == "1":
-        installation.ok("python", "-m", "pip", "install", "--quiet", "-r", str(REPO / "requirements.txt"),
-                        timeout=1800)
+        installation.ok("python", "-m", "pip", "install", "--quiet", "-r", str(REPO / "requirements.txt"), timeout=1800)
     else:
         link_the_lock(venv, root / "lock-site")
     installation.ok("python", "-m", "pip", "install", "--quiet", "--no-deps", str(wheel))
@@ -174,7 +199,9 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Newcomer:
 def test_the_wheel_holds_the_two_packages_and_their_data(newcomer: Newcomer) -> None:
     names = zipfile.ZipFile(newcomer.wheel).namelist()
     assert {name.split("/")[0] for name in names if not name.startswith("sensor_scoring-")} == {
-        "sensor_scoring", "sensor_scoring_airflow"}  # neither dev/ nor tests/ nor dags/
+        "sensor_scoring",
+        "sensor_scoring_airflow",
+    }  # neither dev/ nor tests/ nor dags/
     assert "sensor_scoring/validation/physical_bounds.json" in names
     assert "sensor_scoring/backends/autoscale.formula" in names
     [entry_points] = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
@@ -183,10 +210,12 @@ def test_the_wheel_holds_the_two_packages_and_their_data(newcomer: Newcomer) -> 
 
 
 def test_the_packages_resolve_inside_the_venv_and_dev_is_not_there(newcomer: Newcomer) -> None:
-    probe = ("import json, sys, sensor_scoring, sensor_scoring_airflow, sensor_scoring.validation as v\n"
-             "from importlib import resources\n"
-             "print(json.dumps({'files': [sensor_scoring.__file__, sensor_scoring_airflow.__file__], 'path': sys.path,"
-             " 'bounds': resources.files(v).joinpath('physical_bounds.json').is_file()}))")
+    probe = (
+        "import json, sys, sensor_scoring, sensor_scoring_airflow, sensor_scoring.validation as v\n"
+        "from importlib import resources\n"
+        "print(json.dumps({'files': [sensor_scoring.__file__, sensor_scoring_airflow.__file__], 'path': sys.path,"
+        " 'bounds': resources.files(v).joinpath('physical_bounds.json').is_file()}))"
+    )
     found = newcomer.json("python", "-c", probe)
     site = newcomer.venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     assert all(Path(file).is_relative_to(site) for file in found["files"]), found["files"]
@@ -210,7 +239,8 @@ def test_the_extra_link_and_the_provider_are_registered(newcomer: Newcomer) -> N
     assert plugin["name"] == "sensor_scoring" and plugin["source"].startswith("sensor-scoring==0.1.0: EntryPoint(")
     assert plugin["operator_extra_links"] == ["<sensor_scoring_airflow.links.ShardOutputsLink object>"]
     assert newcomer.json("airflow", "providers", "get", "sensor-scoring", "--output", "json") == [
-        {"Provider": "sensor-scoring", "Version": "0.1.0"}]
+        {"Provider": "sensor-scoring", "Version": "0.1.0"}
+    ]
     links = newcomer.json("airflow", "providers", "links", "--output", "json")
     assert {"extra_link_class_name": "sensor_scoring_airflow.links.ShardOutputsLink"} in links
 
@@ -218,11 +248,32 @@ def test_the_extra_link_and_the_provider_are_registered(newcomer: Newcomer) -> N
 def test_airflow_dags_test_scores_an_hour_on_local_storage(newcomer: Newcomer) -> None:
     """Windows and a promoted model made with the venv's own CLI, then ``airflow dags test`` of the hour ending at
     START + 4 h commits one prediction per landed window of hour START + 3 h."""
-    landed = newcomer.json("sensor-scoring", "simulate", "--devices", str(DEVICES), "--tags", str(TAGS),
-                           "--start", START.isoformat(), "--end", (START + 4 * H).isoformat(), "--seed", "7")
+    landed = newcomer.json(
+        "sensor-scoring",
+        "simulate",
+        "--devices",
+        str(DEVICES),
+        "--tags",
+        str(TAGS),
+        "--start",
+        START.isoformat(),
+        "--end",
+        (START + 4 * H).isoformat(),
+        "--seed",
+        "7",
+    )
     assert landed["hours"] == 4 and landed["windows"] == DEVICES * TAGS * 4 * 60
-    trained = newcomer.json("sensor-scoring", "train", "--start", START.isoformat(), "--end",
-                            (START + 3 * H).isoformat(), "--version", "v-newcomer", "--promote")
+    trained = newcomer.json(
+        "sensor-scoring",
+        "train",
+        "--start",
+        START.isoformat(),
+        "--end",
+        (START + 3 * H).isoformat(),
+        "--version",
+        "v-newcomer",
+        "--promote",
+    )
     assert trained["models"] == DEVICES * TAGS and trained["promoted"] is True
 
     done = newcomer.run("airflow", "dags", "test", "sensor_scoring", (START + 4 * H).isoformat(), timeout=900)

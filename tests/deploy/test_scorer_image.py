@@ -5,6 +5,7 @@ the lock's lines for the scoring package's dependency closure, and `python -m se
 against Azurite, in an interpreter that sees those packages and nothing else (no site-packages, no Airflow),
 with only the SAS-URL storage setting the azure_batch backend gives a Batch task.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -20,16 +21,15 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
+from dev import scorer_requirements
 from sensor_scoring import models
 from sensor_scoring.backends import azure_batch
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.windows import land_windows
-from dev import scorer_requirements
 from tests.conftest import REPO
 from tests.support.helpers import START, fleet_windows
-
 
 
 def pinned_lines(path: Path) -> list[str]:
@@ -50,8 +50,12 @@ def test_scorer_requirements_are_the_locks_lines_for_the_packages_closure():
 
 def test_a_closure_member_missing_from_the_lock_is_refused(tmp_path):
     lock = tmp_path / "requirements.txt"
-    lock.write_text("\n".join(line for line in (REPO / "requirements.txt").read_text().splitlines()
-                              if not line.startswith("scipy==")) + "\n")
+    lock.write_text(
+        "\n".join(
+            line for line in (REPO / "requirements.txt").read_text().splitlines() if not line.startswith("scipy==")
+        )
+        + "\n"
+    )
     with pytest.raises(ValueError, match="scipy is needed by the scorer but not pinned"):
         scorer_requirements.scorer_lines(lock)
     lock.write_text("numpy>=2\n")
@@ -64,8 +68,11 @@ def test_every_scorer_package_has_a_wheel_the_slim_image_can_install():
     wheels; their tags say a wheel of that exact version exists for CPython 3.11 on glibc Linux x86_64, and that its
     glibc floor is met by python:3.11-slim (Debian 12 ships glibc 2.36, later releases newer)."""
     for line in pinned_lines(REPO / "requirements-scorer.txt"):
-        tags = [t.split(": ", 1)[1] for t in (importlib.metadata.distribution(line.split("==")[0]).read_text("WHEEL")
-                                              or "").splitlines() if t.startswith("Tag: ")]
+        tags = [
+            t.split(": ", 1)[1]
+            for t in (importlib.metadata.distribution(line.split("==")[0]).read_text("WHEEL") or "").splitlines()
+            if t.startswith("Tag: ")
+        ]
         assert tags, f"{line}: not installed from a wheel"
         usable = False
         for tag in tags:
@@ -111,14 +118,25 @@ def test_score_shard_runs_with_only_the_scorer_packages(blob, containers, azurit
     # gives a Batch task: SAS URLs for models (read) and staging (read/write), no account key.
     task_env = azure_batch.batch_task_env(azurite.connection_string, containers.__dict__, sas_hours=1)
     assert "AccountKey" not in json.dumps(task_env)
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(farm), "PYTHONDONTWRITEBYTECODE": "1", **task_env,
-           **{key: value for key, value in os.environ.items() if key.startswith("SCORING_CONTAINER_")}}
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(farm),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **task_env,
+        **{key: value for key, value in os.environ.items() if key.startswith("SCORING_CONTAINER_")},
+    }
     isolated = [sys.executable, "-S"]
     probe = subprocess.run(isolated + ["-c", "import airflow"], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert probe.returncode != 0 and "No module named 'airflow'" in probe.stderr  # the isolation is real
 
-    done = subprocess.run(isolated + ["-m", "sensor_scoring", "score-shard", "--spec", shard.spec_uri],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        isolated + ["-m", "sensor_scoring", "score-shard", "--spec", shard.spec_uri],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["scored"] == 4 * 60 and result["quarantined"] == 0

@@ -5,6 +5,7 @@ only the task's environment, so shards really score, with SAS-only storage acces
 sends (pool autoscale formula and container settings, ids, command line, environment), and how the backend,
 its trigger and the operator behave on success, failure, retry, preemption, timeout and kill.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,9 +20,9 @@ from azure.batch import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError
 
+from dev.azurite import KEY as STORAGE_KEY
 from sensor_scoring import backends
 from sensor_scoring.backends import azure_batch as batch
-from dev.azurite import KEY as STORAGE_KEY
 from tests.support.fake_batch import ACCOUNT, KEY, FakeBatch
 from tests.support.helpers import planned_hour
 
@@ -31,9 +32,14 @@ IMAGE = "registry.example/sensor-scoring-scorer:1.0"
 
 @pytest.fixture
 def settings(monkeypatch) -> batch.BatchSettings:
-    for name, value in {"SCORING_BATCH_POOL_ID": "pool-x", "SCORING_BATCH_MAX_NODES": "3",
-                        "SCORING_BATCH_MAX_LOW_PRIORITY_NODES": "5", "SCORING_SCORER_IMAGE": IMAGE,
-                        "SCORING_BATCH_VM_SIZE": "standard_d4s_v3", "SCORING_BATCH_SAS_HOURS": "2"}.items():
+    for name, value in {
+        "SCORING_BATCH_POOL_ID": "pool-x",
+        "SCORING_BATCH_MAX_NODES": "3",
+        "SCORING_BATCH_MAX_LOW_PRIORITY_NODES": "5",
+        "SCORING_SCORER_IMAGE": IMAGE,
+        "SCORING_BATCH_VM_SIZE": "standard_d4s_v3",
+        "SCORING_BATCH_SAS_HOURS": "2",
+    }.items():
         monkeypatch.setenv(name, value)
     return batch.BatchSettings.from_env()
 
@@ -50,8 +56,9 @@ def shards(blob, containers):
 
 
 def backend(client, settings, **kwargs) -> batch.AzureBatchBackend:
-    return batch.AzureBatchBackend(client, settings, job=kwargs.pop("job", "job-1"), poll_s=0.2, max_poll_s=0.5,
-                                   **kwargs)
+    return batch.AzureBatchBackend(
+        client, settings, job=kwargs.pop("job", "job-1"), poll_s=0.2, max_poll_s=0.5, **kwargs
+    )
 
 
 def no_secret_sent(fake_batch: FakeBatch) -> bool:
@@ -72,7 +79,9 @@ def test_success_and_what_the_sdk_sends(fake_batch, client, settings, shards, az
     assert "$TargetDedicatedNodes" in formula and "$NodeDeallocationOption = taskcompletion" in formula
     assert "//" not in formula and "@" not in formula
     assert pool["virtualMachineConfiguration"]["containerConfiguration"] == {
-        "type": "dockerCompatible", "containerImageNames": [IMAGE]}
+        "type": "dockerCompatible",
+        "containerImageNames": [IMAGE],
+    }
     [job] = fake_batch.bodies("POST", "/jobs")
     assert job["id"] == "job-1" and job["poolInfo"] == {"poolId": "pool-x"} and job["onAllTasksComplete"] == "noaction"
     [task] = fake_batch.bodies("POST", "/jobs/job-1/tasks")
@@ -90,8 +99,16 @@ def test_success_and_what_the_sdk_sends(fake_batch, client, settings, shards, az
     ran = fake_batch.tasks[("job-1", task["id"])]
     assert ran.exit_code == 0 and [t.id for t in client.list_tasks("job-1")] == [task["id"]]
     # the process got the node's basics and its task's settings, nothing of the test's environment
-    assert set(ran.env) == {"PATH", "HOME", "LANG", "AZ_BATCH_JOB_ID", "AZ_BATCH_TASK_ID", "AZ_BATCH_NODE_ID",
-                            "AZ_BATCH_TASK_WORKING_DIR", "SCORING_STORAGE"}
+    assert set(ran.env) == {
+        "PATH",
+        "HOME",
+        "LANG",
+        "AZ_BATCH_JOB_ID",
+        "AZ_BATCH_TASK_ID",
+        "AZ_BATCH_NODE_ID",
+        "AZ_BATCH_TASK_WORKING_DIR",
+        "SCORING_STORAGE",
+    }
     assert STORAGE_KEY not in json.dumps(ran.env)
 
 
@@ -103,7 +120,7 @@ def test_a_wrong_account_key_is_refused_by_the_shared_key_check(fake_batch):
 
 def test_failure_exit_code_then_retry_replaces_then_reuses(fake_batch, client, settings, shards, blob, azurite):
     shard = shards[1]
-    container, path = shard["spec_uri"][len("az://"):].split("/", 1)
+    container, path = shard["spec_uri"][len("az://") :].split("/", 1)
     input_path = path.replace("spec.json", "input.parquet")
     good_input = blob.read_bytes(container, input_path)
     blob.write_bytes(container, input_path, b"not parquet")  # the shard command will fail on it
@@ -114,16 +131,18 @@ def test_failure_exit_code_then_retry_replaces_then_reuses(fake_batch, client, s
     [first] = [t for (j, t) in fake_batch.tasks]
 
     blob.write_bytes(container, input_path, good_input)  # fixed; the spec (and so the task ids) unchanged
-    result = backend(client, settings, try_number=2).run_shard(shard["spec_uri"],
-                                                               storage_setting=azurite.connection_string)
+    result = backend(client, settings, try_number=2).run_shard(
+        shard["spec_uri"], storage_setting=azurite.connection_string
+    )
     assert result["scored"] == 120
     assert [r["path"] for r in fake_batch.requests if r["method"] == "DELETE"] == [f"/jobs/job-1/tasks/{first}"]
     [second] = [t for (j, t) in fake_batch.tasks]
     assert second == first[:-2] + "t2"
 
     added = len(fake_batch.bodies("POST", "/jobs/job-1/tasks"))
-    again = backend(client, settings, try_number=3).run_shard(shard["spec_uri"],
-                                                              storage_setting=azurite.connection_string)
+    again = backend(client, settings, try_number=3).run_shard(
+        shard["spec_uri"], storage_setting=azurite.connection_string
+    )
     assert again == result and len(fake_batch.bodies("POST", "/jobs/job-1/tasks")) == added  # reused, nothing added
     assert len(fake_batch.bodies("POST", "/jobs")) == 3  # create-if-missing on every try: 409 JobExists is fine
 
@@ -154,8 +173,14 @@ def test_timeout_terminates_the_task(fake_batch, client, settings, shards, azuri
     with pytest.raises(backends.ShardFailed, match="did not finish in time .was active"):
         b.run_shard(shards[0]["spec_uri"], storage_setting=azurite.connection_string)
     sub = b.submit(shards[1]["spec_uri"], storage_setting=azurite.connection_string)
-    trigger = BatchTaskTrigger("azure_batch_default", sub.job_id, sub.task_id, deadline=time.time() + 1,
-                               poll_interval=0.2, max_poll_interval=0.5)
+    trigger = BatchTaskTrigger(
+        "azure_batch_default",
+        sub.job_id,
+        sub.task_id,
+        deadline=time.time() + 1,
+        poll_interval=0.2,
+        max_poll_interval=0.5,
+    )
     event = asyncio.run(anext(trigger.run()))
     assert event.payload["status"] == "timeout" and event.payload["state"] == "active"
     terminated = [r["path"] for r in fake_batch.requests if r["path"].endswith("/terminate")]
@@ -183,7 +208,8 @@ def test_kill_terminates_the_batch_task_and_its_process(fake_batch, client, sett
     asyncio.run(trigger.on_kill())
 
     assert [r["path"] for r in fake_batch.requests if r["path"].endswith("/terminate")] == [
-        f"/jobs/{s.job_id}/tasks/{s.task_id}/terminate" for s in subs]
+        f"/jobs/{s.job_id}/tasks/{s.task_id}/terminate" for s in subs
+    ]
     for task, pid in zip(tasks, pids, strict=True):
         assert task.state == "completed" and task.failure["code"] == "TaskEnded" and task.exit_code != 0
         assert not pid_alive(pid)
@@ -198,8 +224,10 @@ def test_shards_waiting_in_triggers_run_concurrently_on_batch(fake_batch, client
     subs = [b.submit(s["spec_uri"], storage_setting=azurite.connection_string) for s in shards]
 
     async def wait_all():
-        triggers = [BatchTaskTrigger("azure_batch_default", s.job_id, s.task_id, poll_interval=0.2,
-                                     max_poll_interval=0.5) for s in subs]
+        triggers = [
+            BatchTaskTrigger("azure_batch_default", s.job_id, s.task_id, poll_interval=0.2, max_poll_interval=0.5)
+            for s in subs
+        ]
         return await asyncio.gather(*(anext(t.run()) for t in triggers))
 
     events = asyncio.run(wait_all())
@@ -208,8 +236,9 @@ def test_shards_waiting_in_triggers_run_concurrently_on_batch(fake_batch, client
     assert max(start for start, _ in runs) < min(end for _, end in runs)  # all three ran at the same time
 
 
-def test_old_idle_jobs_are_terminated_and_a_completed_job_is_recreated_for_a_rerun(fake_batch, client, settings, shards,
-                                                                                  azurite):
+def test_old_idle_jobs_are_terminated_and_a_completed_job_is_recreated_for_a_rerun(
+    fake_batch, client, settings, shards, azurite
+):
     from datetime import datetime, timezone
 
     mine, other = batch.job_prefix("sensor_scoring"), batch.job_prefix("other_dag")
@@ -226,8 +255,9 @@ def test_old_idle_jobs_are_terminated_and_a_completed_job_is_recreated_for_a_rer
     fake_batch.wait_for(lambda: fake_batch.tasks[(old_busy, "still-running")].state == "running")
 
     new_run = batch.job_id("sensor_scoring", "new-run")
-    batch.submit_shard(client, settings, azurite.connection_string, shards[0]["spec_uri"], job=new_run, try_number=1,
-                       sweep_prefix=mine)
+    batch.submit_shard(
+        client, settings, azurite.connection_string, shards[0]["spec_uri"], job=new_run, try_number=1, sweep_prefix=mine
+    )
     states = {job: fake_batch.jobs[job]["state"] for job in (old_idle, old_busy, recent, foreign, new_run)}
     assert states == {old_idle: "completed", old_busy: "active", recent: "active", foreign: "active", new_run: "active"}
     assert old_idle.startswith(mine) and foreign.startswith(other) and len(new_run) <= 64

@@ -1,10 +1,12 @@
 """The Event Hubs sender at the SDK boundary: real azure-eventhub batches and events, no network.
 
 No Event Hub is reachable from the build machines. The producer below has the methods (and keyword names) of
-``EventHubProducerClient`` that ``sensor_scoring.tools.eventhub`` calls, checked against the SDK's signatures, and hands out the
-SDK's own ``EventDataBatch`` objects, so batch sizing and partition keys are the SDK's AMQP accounting, not ours.
+``EventHubProducerClient`` that ``sensor_scoring.tools.eventhub`` calls, checked against the SDK's signatures, and hands
+out the SDK's own ``EventDataBatch`` objects, so batch sizing and partition keys are the SDK's AMQP accounting, not
+ours.
 One test uses the real ``EventHubProducerClient`` itself, with the link size preset and only ``send_batch`` recorded.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -44,12 +46,16 @@ class RecordingProducer:
         self.sent: list[EventDataBatch] = []
         self.closed = False
 
-    def create_batch(self, *, partition_id: str | None = None, partition_key: str | None = None,
-                     max_size_in_bytes: int | None = None) -> EventDataBatch:
+    def create_batch(
+        self, *, partition_id: str | None = None, partition_key: str | None = None, max_size_in_bytes: int | None = None
+    ) -> EventDataBatch:
         if max_size_in_bytes and max_size_in_bytes > self.link_max_bytes:  # what the real client refuses
             raise ValueError("Max message size exceeds link limit")
-        return EventDataBatch(max_size_in_bytes=max_size_in_bytes or self.link_max_bytes,
-                              partition_id=partition_id, partition_key=partition_key)
+        return EventDataBatch(
+            max_size_in_bytes=max_size_in_bytes or self.link_max_bytes,
+            partition_id=partition_id,
+            partition_key=partition_key,
+        )
 
     def send_batch(self, event_data_batch: EventDataBatch, **kwargs: object) -> None:
         assert isinstance(event_data_batch, EventDataBatch) and not kwargs
@@ -112,7 +118,7 @@ def test_every_reading_is_sent_once_in_per_device_batches_under_the_limit():
 
     for batch in producer.sent:
         assert 0 < len(batch) and batch.size_in_bytes <= batch.max_size_in_bytes == limit
-    for batch, event in producer.events():
+    for _batch, event in producer.events():
         body = json.loads(event.body_as_str())
         # the SDK stamps the batch's partition key on each event: it must be the reading's device
         assert event.partition_key == body["device_id"].encode() or event.partition_key == body["device_id"]
@@ -162,10 +168,18 @@ def test_payload_fields_types_and_stream_analytics_equivalence():
 def test_adjacent_ranges_and_follow_send_each_reading_exactly_once():
     cfg = SimulationConfig(devices=2, tags=2, seed=5)
     producer = RecordingProducer()
-    clock = iter([START + timedelta(minutes=17), START + timedelta(minutes=17),
-                  START + timedelta(minutes=61, seconds=5), START + timedelta(minutes=95)])
+    clock = iter(
+        [
+            START + timedelta(minutes=17),
+            START + timedelta(minutes=17),
+            START + timedelta(minutes=61, seconds=5),
+            START + timedelta(minutes=95),
+        ]
+    )
     sleeps: list[float] = []
-    totals = eventhub.follow(producer, cfg, START, interval_s=30, now=lambda: next(clock), sleep=sleeps.append, rounds=4)
+    totals = eventhub.follow(
+        producer, cfg, START, interval_s=30, now=lambda: next(clock), sleep=sleeps.append, rounds=4
+    )
     assert sleeps == [30, 30, 30] and totals["rounds"] == 4
     expected = simulated(cfg, START, START + timedelta(minutes=95))
     assert totals["events"] == len(expected)
@@ -182,14 +196,17 @@ def test_a_reading_that_cannot_fit_an_empty_batch_is_a_clear_error():
         eventhub.send_readings(RecordingProducer(), bad)
 
 
-@pytest.mark.parametrize("conn, hub, message", [
-    ("", "hub", "no Event Hubs connection string"),
-    ("not a connection string", "hub", "connection string is malformed"),
-    ("Endpoint=sb://sensors-ns.servicebus.windows.net/;SharedAccessKeyName=send", "hub", "malformed"),
-    (f"SharedAccessKeyName=send;SharedAccessKey={FAKE_KEY}", "hub", "malformed"),
-    (CONN, None, "no Event Hub name"),
-    (CONN + ";EntityPath=readings", "other", "differs from EntityPath 'readings'"),
-])
+@pytest.mark.parametrize(
+    "conn, hub, message",
+    [
+        ("", "hub", "no Event Hubs connection string"),
+        ("not a connection string", "hub", "connection string is malformed"),
+        ("Endpoint=sb://sensors-ns.servicebus.windows.net/;SharedAccessKeyName=send", "hub", "malformed"),
+        (f"SharedAccessKeyName=send;SharedAccessKey={FAKE_KEY}", "hub", "malformed"),
+        (CONN, None, "no Event Hub name"),
+        (CONN + ";EntityPath=readings", "other", "differs from EntityPath 'readings'"),
+    ],
+)
 def test_bad_connection_settings_fail_before_any_network_without_echoing_the_key(conn, hub, message):
     with pytest.raises(eventhub.EventHubConfigError, match=message) as caught:
         eventhub.target_from(conn, hub)
@@ -210,16 +227,40 @@ def test_a_good_connection_string_opens_the_real_client_without_connecting():
 
 
 def test_cli_refuses_a_bad_connection_string_with_a_message_not_a_traceback():
-    env = dict(os.environ, SCORING_EVENTHUB_CONNECTION=f"Endpoint=nowhere;SharedAccessKey={FAKE_KEY}",
-               SCORING_EVENTHUB_NAME="readings")
-    done = subprocess.run([sys.executable, "-m", "sensor_scoring", "simulate", "--eventhub", "--start", START.isoformat(),
-                           "--end", (START + timedelta(hours=1)).isoformat()],
-                          capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+    env = dict(
+        os.environ,
+        SCORING_EVENTHUB_CONNECTION=f"Endpoint=nowhere;SharedAccessKey={FAKE_KEY}",
+        SCORING_EVENTHUB_NAME="readings",
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sensor_scoring",
+            "simulate",
+            "--eventhub",
+            "--start",
+            START.isoformat(),
+            "--end",
+            (START + timedelta(hours=1)).isoformat(),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=REPO,
+    )
     assert done.returncode != 0
     assert "simulate: Event Hubs connection string is malformed" in done.stderr
     assert "Traceback" not in done.stderr and FAKE_KEY not in done.stderr + done.stdout
-    follow_alone = subprocess.run([sys.executable, "-m", "sensor_scoring", "simulate", "--start", START.isoformat(),
-                                   "--follow", "10"], capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+    follow_alone = subprocess.run(
+        [sys.executable, "-m", "sensor_scoring", "simulate", "--start", START.isoformat(), "--follow", "10"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=REPO,
+    )
     assert follow_alone.returncode != 0 and "--follow streams to an Event Hub" in follow_alone.stderr
 
 

@@ -6,6 +6,7 @@ functions the DAG tasks call) and checks the outcome: the clear error, or the qu
 accounting ``landed = scored + quarantined + duplicates`` in the manifest and in the partition files.
 The table of cases is in docs/faults.md.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,19 +29,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sensor_scoring import layout, models, settings as config
-from sensor_scoring import storage as st
-from sensor_scoring.contracts import AccountingError, ShardResult, StorageUnavailable, ValidationThresholdError
 from dev.azurite import Azurite
+from sensor_scoring import layout, models, settings as config, storage as st
 from sensor_scoring.backends import ShardFailed, shard_command
 from sensor_scoring.backends.local import LocalBackend
-from sensor_scoring.storage import BlobStorage
-from sensor_scoring.windows import WINDOW_COLUMNS, LandingPlan, WindowSchemaError, land_windows
+from sensor_scoring.contracts import AccountingError, ShardResult, StorageUnavailable, ValidationThresholdError
 from sensor_scoring.steps.commit import commit
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.steps.score import score_shard
+from sensor_scoring.storage import BlobStorage
+from sensor_scoring.windows import WINDOW_COLUMNS, LandingPlan, WindowSchemaError, land_windows
 from tests.support.helpers import START, fleet_windows
 
 pytestmark = [pytest.mark.azurite]
@@ -85,8 +85,9 @@ def env(blob, containers, trained, hour_windows, monkeypatch) -> Env:
     return Env(blob, containers, hour_windows)
 
 
-def run_hour(env: Env, run_id: str = "run-1", *, late_folders: int = 1, max_share: float = 0.5,
-             shard_size: int = 2, start=HOUR) -> dict:
+def run_hour(
+    env: Env, run_id: str = "run-1", *, late_folders: int = 1, max_share: float = 0.5, shard_size: int = 2, start=HOUR
+) -> dict:
     """The DAG's steps for one hour, in-process: load_and_validate -> plan_shards -> score_shard* -> commit.
     Returns the manifest as its blob holds it."""
     hour = env.hour(run_id, start)
@@ -195,6 +196,7 @@ def test_previous_hours_late_window_in_this_folder_is_left_to_that_hour(env):
 
 # --- 2. Structurally wrong input: the run fails, naming the file and the column; nothing is committed. ---
 
+
 def _csv(records: list[dict], drop: str | None = None) -> bytes:
     frame = pd.DataFrame(records)
     return frame.drop(columns=[drop] if drop else []).to_csv(index=False).encode()
@@ -206,14 +208,29 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     return sink.getvalue()
 
 
-@pytest.mark.parametrize("name,make,message", [
-    pytest.param("0_x_1.csv", lambda e: _csv([window_row(e)], drop="value_std"),
-                 r"0_x_1\.csv: missing required column\(s\) value_std", id="missing-column-csv"),
-    pytest.param("0_x_1.json", lambda e: jsonl(window_row(e, value_avg="abc")),
-                 r"0_x_1\.json: column value_avg cannot be read as float64", id="wrong-type-json"),
-    pytest.param("0_x_1.parquet", lambda e: _parquet(pd.DataFrame([window_row(e, reading_count="six")])),
-                 r"0_x_1\.parquet: column reading_count cannot be read", id="wrong-type-parquet"),
-])
+@pytest.mark.parametrize(
+    "name,make,message",
+    [
+        pytest.param(
+            "0_x_1.csv",
+            lambda e: _csv([window_row(e)], drop="value_std"),
+            r"0_x_1\.csv: missing required column\(s\) value_std",
+            id="missing-column-csv",
+        ),
+        pytest.param(
+            "0_x_1.json",
+            lambda e: jsonl(window_row(e, value_avg="abc")),
+            r"0_x_1\.json: column value_avg cannot be read as float64",
+            id="wrong-type-json",
+        ),
+        pytest.param(
+            "0_x_1.parquet",
+            lambda e: _parquet(pd.DataFrame([window_row(e, reading_count="six")])),
+            r"0_x_1\.parquet: column reading_count cannot be read",
+            id="wrong-type-parquet",
+        ),
+    ],
+)
 def test_structurally_wrong_file_fails_naming_file_and_column(env, name, make, message):
     env.land(name, make(env))
     with pytest.raises(WindowSchemaError, match=message):
@@ -223,13 +240,14 @@ def test_structurally_wrong_file_fails_naming_file_and_column(env, name, make, m
 
 # --- 3. Corrupt, truncated and empty files of each serialisation. ---
 
+
 def _extra_rows(env: Env) -> list[dict]:
     return [window_row(env, minute=m) for m in range(20, 26)]
 
 
 def _truncated_csv(env: Env) -> bytes:
     data = _csv(_extra_rows(env))
-    return data[:data.rfind(b",", 0, len(data) // 2) + 1]  # cut after a comma: the last row is short
+    return data[: data.rfind(b",", 0, len(data) // 2) + 1]  # cut after a comma: the last row is short
 
 
 CORRUPT = [
@@ -288,6 +306,7 @@ def test_hour_without_windows_commits_an_empty_partition_with_status_empty(env, 
 
 # --- 4. The threshold on the share of failing windows. ---
 
+
 def _bad_batch(env: Env, n: int) -> bytes:
     return jsonl(*(window_row(env, minute=m % 60, seconds=1 + m // 60, value_std=-1.0) for m in range(n)))
 
@@ -297,8 +316,10 @@ def test_share_above_threshold_fails_and_keeps_the_report(env):
     with pytest.raises(ValidationThresholdError) as caught:
         run_hour(env, max_share=0.1)
     message = str(caught.value)
-    assert message.startswith(f"hour {HOUR.isoformat()}: 30 of 270 windows (11.1%) failed validation (negative_std 30); "
-                              "above max_quarantine_share 10.0%. Nothing was committed.")
+    assert message.startswith(
+        f"hour {HOUR.isoformat()}: 30 of 270 windows (11.1%) failed validation (negative_std 30); "
+        "above max_quarantine_share 10.0%. Nothing was committed."
+    )
     report_uri = message.split("Validation report: ")[1].split(";")[0]
     report = json.loads(env.blob.read_bytes(*st.parse_uri(report_uri)))
     hour_report = report["hours"][HOUR.isoformat()]
@@ -320,6 +341,7 @@ def test_share_below_threshold_commits_and_says_what_was_quarantined(env):
 
 
 # --- 5. Late data and re-runs. ---
+
 
 def test_rerun_replaces_the_partition_with_one_row_per_window(env):
     first = run_hour(env, "run-1", shard_size=4)
@@ -378,10 +400,13 @@ sys.exit(cli.main(["score-shard", "--spec", sys.argv[1]]))
 """
 
 
-@pytest.mark.parametrize("script,partial_output", [
-    pytest.param(KILL_AFTER_PREDICTIONS, True, id="between-outputs"),
-    pytest.param(KILL_MID_UPLOAD, False, id="mid-upload"),
-])
+@pytest.mark.parametrize(
+    "script,partial_output",
+    [
+        pytest.param(KILL_AFTER_PREDICTIONS, True, id="between-outputs"),
+        pytest.param(KILL_MID_UPLOAD, False, id="mid-upload"),
+    ],
+)
 def test_shard_killed_mid_write_and_retried_leaves_one_copy_of_each_row(env, azurite, script, partial_output):
     hour = env.hour()
     summary = load_and_validate(hour)
@@ -390,7 +415,8 @@ def test_shard_killed_mid_write_and_retried_leaves_one_copy_of_each_row(env, azu
     killed = subprocess.run([sys.executable, "-c", script, victim], capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL
     out_container, out_prefix = st.parse_uri(victim.rsplit("/", 1)[0] + "/")
-    # between outputs: a complete predictions blob of the dead try; mid-upload: nothing (uncommitted blocks are invisible)
+    # between outputs: a complete predictions blob of the dead try; mid-upload: nothing (uncommitted blocks are
+    # invisible)
     assert env.blob.exists(out_container, out_prefix + "predictions.parquet") is partial_output
     assert not env.blob.exists(out_container, out_prefix + "result.json")  # never marked complete
     # the retry: the same command on the local backend overwrites the same paths
@@ -422,8 +448,10 @@ def test_commit_refuses_when_a_shard_result_is_missing(env):
     summary = load_and_validate(hour)
     shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
     results = [score_shard(env.blob, s.spec_uri) for s in shards]
-    with pytest.raises(AccountingError, match=f"landed {BASE} windows but scored 120 \\+ quarantined 0 "
-                                              f"\\+ duplicates 0 = 120; refusing to commit"):
+    with pytest.raises(
+        AccountingError,
+        match=f"landed {BASE} windows but scored 120 \\+ quarantined 0 \\+ duplicates 0 = 120; refusing to commit",
+    ):
         commit(hour, summary, results[:1])
     assert not env.blob.list(env.containers.predictions)
 
@@ -438,8 +466,9 @@ def test_reader_sees_the_old_or_the_new_hour_during_a_recommit(env):
 
     def poll() -> None:
         while not done.is_set():
-            frame = pd.read_parquet(io.BytesIO(reader.read_bytes(env.containers.predictions,
-                                                                 layout.Partition(HOUR).data)))
+            frame = pd.read_parquet(
+                io.BytesIO(reader.read_bytes(env.containers.predictions, layout.Partition(HOUR).data))
+            )
             seen.append((",".join(sorted(set(frame["run_id"]))), len(frame)))
 
     thread = threading.Thread(target=poll)
@@ -468,7 +497,9 @@ def own_azurite(tmp_path, containers, monkeypatch, trained, hour_windows):
         server.stop()
 
 
-def test_storage_outage_is_retried_with_backoff_and_the_run_completes(own_azurite, containers, hour_windows, monkeypatch):
+def test_storage_outage_is_retried_with_backoff_and_the_run_completes(
+    own_azurite, containers, hour_windows, monkeypatch
+):
     monkeypatch.setenv(st.RETRIES_ENV, "8")
     monkeypatch.setenv(st.RETRY_BACKOFF_ENV, "0.5")
     blob = BlobStorage(own_azurite.connection_string)
@@ -496,13 +527,16 @@ def test_storage_that_stays_away_fails_with_a_clear_error(own_azurite, container
     own_azurite.stop()
     with pytest.raises(StorageUnavailable) as caught:
         load_and_validate(env.hour())
-    assert re.match(f"load_and_validate: blob account devstoreaccount1 at http://127.0.0.1:{own_azurite.port}/devstoreaccount1/? "
-                    "is unreachable after 2 retries with exponential backoff \\(ServiceRequestError: .*Connection refused",
-                    str(caught.value)), str(caught.value)
+    assert re.match(
+        f"load_and_validate: blob account devstoreaccount1 at http://127.0.0.1:{own_azurite.port}/devstoreaccount1/? "
+        "is unreachable after 2 retries with exponential backoff \\(ServiceRequestError: .*Connection refused",
+        str(caught.value),
+    ), str(caught.value)
     assert "SCORING_STORAGE_RETRIES" in str(caught.value)
 
 
 # --- 7. Models: tampered, missing, and one that would run code on load. ---
+
 
 def _pack_path(env: Env, number: int) -> str:
     return f"versions/v1/pack-{number:05d}.npz"
@@ -565,22 +599,35 @@ def test_model_file_that_would_run_code_is_refused_and_nothing_runs(env, tmp_pat
     assert not marker.exists()  # refused before anything was unpickled
     # the planted file is live: loading it the unsafe way does run the payload
     live = tmp_path / "unsafe-load-ran"
-    probe = ("import io, sys, pickle, numpy as np; d = open(sys.argv[1], 'rb').read();"
-             "np.load(io.BytesIO(d), allow_pickle=True)['mean'] if d[:2] == b'PK' else pickle.loads(d)")
+    probe = (
+        "import io, sys, pickle, numpy as np; d = open(sys.argv[1], 'rb').read();"
+        "np.load(io.BytesIO(d), allow_pickle=True)['mean'] if d[:2] == b'PK' else pickle.loads(d)"
+    )
     unsafe = tmp_path / "planted"
-    unsafe.write_bytes(_npz_with_payload(str(live)) if kind == "npz-object-array" else pickle.dumps(_Payload(str(live))))
-    subprocess.run([sys.executable, "-c", probe, str(unsafe)], check=True, timeout=60, cwd=os.path.dirname(__file__) + "/../..")
+    unsafe.write_bytes(
+        _npz_with_payload(str(live)) if kind == "npz-object-array" else pickle.dumps(_Payload(str(live)))
+    )
+    subprocess.run(
+        [sys.executable, "-c", probe, str(unsafe)], check=True, timeout=60, cwd=os.path.dirname(__file__) + "/../.."
+    )
     assert live.exists()
 
 
 # --- 8. Through the DAG: a threshold breach fails the run at once, without retries. ---
 
+
 @pytest.mark.airflow
-@pytest.mark.parametrize("fault,message", [
-    pytest.param("threshold", "30 of 270 windows (11.1%) failed validation (negative_std 30); above max_quarantine_share 10.0%",
-                 id="above-threshold"),
-    pytest.param("structure", f"{FOLDER}0_x_1.csv: missing required column(s) value_std", id="missing-column"),
-])
+@pytest.mark.parametrize(
+    "fault,message",
+    [
+        pytest.param(
+            "threshold",
+            "30 of 270 windows (11.1%) failed validation (negative_std 30); above max_quarantine_share 10.0%",
+            id="above-threshold",
+        ),
+        pytest.param("structure", f"{FOLDER}0_x_1.csv: missing required column(s) value_std", id="missing-column"),
+    ],
+)
 def test_dag_run_fails_without_retries_on_bad_data(env, sensor_dag, capfd, caplog, fault, message):
     if fault == "threshold":
         env.land("0_bad_1.json", _bad_batch(env, 30))
@@ -601,9 +648,11 @@ def test_dag_run_fails_without_retries_on_bad_data(env, sensor_dag, capfd, caplo
 
 # --- 9. Secrets: a real, never-published account key must not show up anywhere a run leaves text. ---
 
+
 @pytest.mark.airflow
-def test_account_key_is_in_no_log_xcom_rendered_field_or_manifest(sensor_dag, containers, trained, hour_windows,
-                                                                   tmp_path, monkeypatch, capfd, caplog):
+def test_account_key_is_in_no_log_xcom_rendered_field_or_manifest(
+    sensor_dag, containers, trained, hour_windows, tmp_path, monkeypatch, capfd, caplog
+):
     import base64
     import secrets
 
@@ -614,23 +663,36 @@ def test_account_key_is_in_no_log_xcom_rendered_field_or_manifest(sensor_dag, co
     server = Azurite(tmp_path / "azurite-secret").start()
     try:
         endpoint = f"http://{server.host}:{server.port}/{account}"
-        blob = BlobStorage(f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};BlobEndpoint={endpoint};")
+        blob = BlobStorage(
+            f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};BlobEndpoint={endpoint};"
+        )
         monkeypatch.setattr(models, "PACK_SIZE", 2)
         models.register(blob, containers.models, trained, version="v1", params={}, promote=True)
         land_windows(blob, containers.windows, hour_windows, LandingPlan(late_share=0.0))
         monkeypatch.setenv(config.STORAGE_ENV, str(tmp_path / "not-used"))
-        monkeypatch.setenv("AIRFLOW_CONN_SCORING_STORAGE", json.dumps(
-            {"conn_type": "wasb", "login": account, "password": key, "host": endpoint}))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_SCORING_STORAGE",
+            json.dumps({"conn_type": "wasb", "login": account, "password": key, "host": endpoint}),
+        )
         with caplog.at_level("DEBUG"):  # everything any logger says, the SDK's included
             run = sensor_dag.test(logical_date=HOUR + H, run_conf={"settle_minutes": 0, "sensors_per_shard": 2})
         assert str(run.state) == "success"
         out = capfd.readouterr()
-        logs = [p.read_text(errors="replace") for p in Path(os.environ["AIRFLOW_HOME"], "logs").rglob("*") if p.is_file()]
-        blobs = [blob.read_bytes(c, b.name).decode() for c in (containers.predictions, containers.quarantine, containers.staging)
-                 for b in blob.list(c) if b.name.endswith(".json")]
-        texts = {"captured output": out.out + out.err + caplog.text, **{f"log file {i}": t for i, t in enumerate(logs)},
-                 **{f"record {i}": t for i, t in enumerate(run_records(run.run_id))},
-                 **{f"blob {i}": t for i, t in enumerate(blobs)}}
+        logs = [
+            p.read_text(errors="replace") for p in Path(os.environ["AIRFLOW_HOME"], "logs").rglob("*") if p.is_file()
+        ]
+        blobs = [
+            blob.read_bytes(c, b.name).decode()
+            for c in (containers.predictions, containers.quarantine, containers.staging)
+            for b in blob.list(c)
+            if b.name.endswith(".json")
+        ]
+        texts = {
+            "captured output": out.out + out.err + caplog.text,
+            **{f"log file {i}": t for i, t in enumerate(logs)},
+            **{f"record {i}": t for i, t in enumerate(run_records(run.run_id))},
+            **{f"blob {i}": t for i, t in enumerate(blobs)},
+        }
         assert "[shard]" in texts["captured output"]  # the shard processes' output was captured and scanned
         assert len(blobs) >= 3 and len(texts) > 8
         leaks = [where for where, text in texts.items() if key in text or key[:24] in text or "AccountKey" in text]

@@ -1,4 +1,5 @@
 """SAS-only storage on the real Azurite: what a Batch task can and cannot do, and its exact command line run here."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 from azure.core.exceptions import HttpResponseError
 
+from dev.azurite import KEY, connection_string, free_port
 from sensor_scoring import backends, settings as config, storage as st
 from sensor_scoring.backends import azure_batch as batch
-from dev.azurite import KEY, connection_string, free_port
 from tests.support.helpers import planned_hour
 
 pytestmark = [pytest.mark.azurite]
@@ -30,8 +31,9 @@ def test_sas_setting_reads_models_writes_staging_and_nothing_else(blob, containe
     blob.write_bytes(containers.models, "m.txt", b"model")
     blob.write_bytes(containers.staging, "keep.txt", b"x")
     blob.write_bytes(containers.predictions, "p.txt", b"p")
-    setting = st.make_sas_setting(azurite.connection_string, read=[containers.models],
-                                  read_write=[containers.staging], hours=1)
+    setting = st.make_sas_setting(
+        azurite.connection_string, read=[containers.models], read_write=[containers.staging], hours=1
+    )
     assert KEY not in setting and "AccountKey" not in setting
     assert set(json.loads(setting)[st.SAS_SETTING_KEY]) == {containers.models, containers.staging}
     sas = st.open_storage(setting)
@@ -73,8 +75,9 @@ def test_sas_storage_has_the_retry_budget_of_the_settings(azurite, monkeypatch):
 def test_an_expired_sas_is_refused(blob, containers, azurite):
     blob.write_bytes(containers.models, "m.txt", b"model")
     long_ago = datetime.now(timezone.utc) - timedelta(hours=3)
-    setting = st.make_sas_setting(azurite.connection_string, read=[containers.models], read_write=[], hours=1,
-                                  now=long_ago)
+    setting = st.make_sas_setting(
+        azurite.connection_string, read=[containers.models], read_write=[], hours=1, now=long_ago
+    )
     with pytest.raises(HttpResponseError) as refused:
         st.open_storage(setting).read_bytes(containers.models, "m.txt")
     assert refused.value.status_code == 403 and refused.value.error_code == "AuthorizationFailure"
@@ -83,8 +86,9 @@ def test_an_expired_sas_is_refused(blob, containers, azurite):
 def test_a_sas_needs_an_account_key_to_be_minted(azurite):
     endpoint = azurite.connection_string.split("BlobEndpoint=")[1]
     with pytest.raises(ValueError, match="account key"):
-        st.make_sas_setting(f"BlobEndpoint={endpoint}SharedAccessSignature=sv=2020-08-04&sig=x", read=["a"],
-                            read_write=[], hours=1)
+        st.make_sas_setting(
+            f"BlobEndpoint={endpoint}SharedAccessSignature=sv=2020-08-04&sig=x", read=["a"], read_write=[], hours=1
+        )
 
 
 def run_as_batch_task(options, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -92,8 +96,9 @@ def run_as_batch_task(options, tmp_path: Path) -> subprocess.CompletedProcess:
     (plus a PATH whose ``python`` is this interpreter, as the scorer image puts its venv first)."""
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
     env |= {s.name: s.value for s in options.environment_settings}
-    return subprocess.run(shlex.split(options.command_line), env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        shlex.split(options.command_line), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_a_batch_task_gets_the_storage_retry_budget_but_nothing_else(azurite, monkeypatch):
@@ -111,8 +116,9 @@ def test_the_exact_batch_command_line_scores_a_shard_with_sas_only(planned_shard
     hour, shard = planned_shard
     facts = batch.shard_facts(blob, shard["spec_uri"])
     task_env = batch.batch_task_env(azurite.connection_string, facts.containers, sas_hours=1)
-    options = batch.task_options(batch.BatchSettings(), batch.task_id(facts.shard, facts.version, 1), shard["spec_uri"],
-                                 task_env)
+    options = batch.task_options(
+        batch.BatchSettings(), batch.task_id(facts.shard, facts.version, 1), shard["spec_uri"], task_env
+    )
     assert options.command_line == f"python -m sensor_scoring score-shard --spec {shard['spec_uri']}"
     assert [s.name for s in options.environment_settings] == [config.STORAGE_ENV]
     assert KEY not in json.dumps(options.as_dict()) and "AccountKey" not in json.dumps(options.as_dict())
@@ -125,20 +131,23 @@ def test_the_exact_batch_command_line_scores_a_shard_with_sas_only(planned_shard
     assert blob.exists(containers.staging, f"runs/{hour.run_key}/shard-00000/predictions.parquet")
 
 
-def test_the_batch_command_line_fails_when_its_sas_does_not_allow_the_write(planned_shard, containers, azurite,
-                                                                           tmp_path):
+def test_the_batch_command_line_fails_when_its_sas_does_not_allow_the_write(
+    planned_shard, containers, azurite, tmp_path
+):
     """Same task, but staging only readable: the shard reads its input and models, then its write is refused."""
     _, shard = planned_shard
-    sas = st.make_sas_setting(azurite.connection_string, read=[containers.models, containers.staging],
-                              read_write=[], hours=1)
+    sas = st.make_sas_setting(
+        azurite.connection_string, read=[containers.models, containers.staging], read_write=[], hours=1
+    )
     options = batch.task_options(batch.BatchSettings(), "t", shard["spec_uri"], {config.STORAGE_ENV: sas})
     done = run_as_batch_task(options, tmp_path)
     assert done.returncode != 0
     assert "AuthorizationPermissionMismatch" in done.stderr or "403" in done.stderr, done.stderr[-2000:]
 
 
-def test_a_batch_task_rides_an_outage_with_the_forwarded_budget_and_names_it(planned_shard, containers, monkeypatch,
-                                                                             tmp_path):
+def test_a_batch_task_rides_an_outage_with_the_forwarded_budget_and_names_it(
+    planned_shard, containers, monkeypatch, tmp_path
+):
     """The worker's budget reaches the node (batch_task_env), and the node's SAS storage spends exactly that
     budget: when the account stays away, the shard fails saying how many retries it made."""
     _, shard = planned_shard

@@ -1,4 +1,5 @@
 """The simulator's faults and determinism, the raw-readings import, and the CLI as a user runs it."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def test_invalid_fleet_is_refused():
 
 def test_raw_readings_in_the_reference_layout(tmp_path):
     path = tmp_path / "readings.csv"
-    path.write_text("TS,Device,Tag,Value\n2018-08-28 23:00:05.000,Machine1,Pressure,1.5\n"
-                    "2018-08-28 23:00:35.000,Machine1,Pressure,2.5\n2018-08-28 23:01:05.000,Machine1,Pressure,\n")
+    path.write_text(
+        "TS,Device,Tag,Value\n2018-08-28 23:00:05.000,Machine1,Pressure,1.5\n"
+        "2018-08-28 23:00:35.000,Machine1,Pressure,2.5\n2018-08-28 23:01:05.000,Machine1,Pressure,\n"
+    )
     windows = aggregate_readings(read_raw_readings(path))
     assert len(windows) == 1
     assert windows.iloc[0]["window_end"] == pd.Timestamp("2018-08-28T23:01:00Z")
@@ -53,7 +56,9 @@ def test_raw_readings_in_the_reference_layout(tmp_path):
 
 
 def run_cli(*args: str, env: dict[str, str]) -> dict:
-    done = subprocess.run([sys.executable, "-m", "sensor_scoring", *args], capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "sensor_scoring", *args], capture_output=True, text=True, env=env, timeout=300, cwd=REPO
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -69,19 +74,50 @@ def test_cli_simulate_ingest_train_and_score_a_shard(blob, containers, azurite, 
 
     env = dict(os.environ)
     start = START.isoformat()
-    sim = run_cli("simulate", "--devices", "2", "--tags", "2", "--start", start,
-                  "--end", (START + timedelta(hours=3)).isoformat(), "--seed", "1", env=env)
+    sim = run_cli(
+        "simulate",
+        "--devices",
+        "2",
+        "--tags",
+        "2",
+        "--start",
+        start,
+        "--end",
+        (START + timedelta(hours=3)).isoformat(),
+        "--seed",
+        "1",
+        env=env,
+    )
     assert sim["hours"] == 3 and sim["windows"] == 3 * 4 * 60
     raw = tmp_path / "raw.csv"
-    raw.write_text("TS,Device,Tag,Value\n" + "\n".join(
-        f"{(START + timedelta(hours=3, seconds=10 * i)).strftime('%Y-%m-%d %H:%M:%S.000')},Machine1,Pressure,{np.sin(i):.4f}"
-        for i in range(360)) + "\n")
+    raw.write_text(
+        "TS,Device,Tag,Value\n"
+        + "\n".join(
+            f"{START + timedelta(hours=3, seconds=10 * i):%Y-%m-%d %H:%M:%S.000},Machine1,Pressure,{np.sin(i):.4f}"
+            for i in range(360)
+        )
+        + "\n"
+    )
     ingested = run_cli("ingest-readings", str(raw), env=env)
     assert ingested["windows"] == 61 and ingested["readings"] == 360  # the first reading opens 03:00:10 -> 03:01
-    trained = run_cli("train", "--start", start, "--end", (START + timedelta(hours=3)).isoformat(),
-                      "--version", "v-cli", "--promote", env=env)
-    assert trained == {"version": "v-cli", "models": 4, "train_start": trained["train_start"],
-                       "train_end": trained["train_end"], "promoted": True}
+    trained = run_cli(
+        "train",
+        "--start",
+        start,
+        "--end",
+        (START + timedelta(hours=3)).isoformat(),
+        "--version",
+        "v-cli",
+        "--promote",
+        env=env,
+    )
+    assert trained == {
+        "version": "v-cli",
+        "models": 4,
+        "train_start": trained["train_start"],
+        "train_end": trained["train_end"],
+        "promoted": True,
+    }
     hour = Hour(blob, config.Containers.from_env(), "cli-run", START + timedelta(hours=2), START + timedelta(hours=3))
     load_and_validate(hour)
     [shard] = plan_shards(hour, model_version="production", sensors_per_shard=10)
@@ -93,6 +129,11 @@ def test_cli_reports_a_clear_error_for_a_missing_spec(tmp_path):
     import os
 
     env = dict(os.environ, SCORING_STORAGE=str(tmp_path))
-    done = subprocess.run([sys.executable, "-m", "sensor_scoring", "score-shard", "--spec", "az://staging/none/spec.json"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "sensor_scoring", "score-shard", "--spec", "az://staging/none/spec.json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode != 0 and "spec.json" in done.stderr

@@ -1,11 +1,12 @@
 """Both storage implementations behave alike; the blob one against a real Azurite."""
+
 from __future__ import annotations
 
 import pytest
 
+from dev.azurite import KEY
 from sensor_scoring import storage as st
 from sensor_scoring_airflow.connections import connection_to_setting
-from dev.azurite import KEY
 
 
 @pytest.fixture(params=["local", "azurite"])
@@ -75,13 +76,17 @@ class FakeConn:
 def test_airflow_connection_forms_become_connection_strings():
     dev = "UseDevelopmentStorage=true"
     assert connection_to_setting(FakeConn(extra={"connection_string": dev})) == dev
-    by_key = connection_to_setting(FakeConn(host="http://127.0.0.1:10000/devstoreaccount1", login="devstoreaccount1",
-                                            password="k"))
-    assert by_key == ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=k;"
-                      "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;")
+    by_key = connection_to_setting(
+        FakeConn(host="http://127.0.0.1:10000/devstoreaccount1", login="devstoreaccount1", password="k")
+    )
+    assert by_key == (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=k;"
+        "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+    )
     by_sas = FakeConn(host="https://a.blob.core.windows.net", extra={"sas_token": "?sv=1&sig=x"})
-    assert connection_to_setting(by_sas) == \
-        "BlobEndpoint=https://a.blob.core.windows.net;SharedAccessSignature=sv=1&sig=x"
+    assert (
+        connection_to_setting(by_sas) == "BlobEndpoint=https://a.blob.core.windows.net;SharedAccessSignature=sv=1&sig=x"
+    )
     for setting in (dev, by_key, connection_to_setting(by_sas)):  # every form is one open_storage accepts
         assert st.parse_setting(setting, source="Airflow connection 'scoring_storage'").kind == "connection_string"
     with pytest.raises(ValueError, match="managed identity"):

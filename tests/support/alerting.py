@@ -46,8 +46,9 @@ class HttpSink:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append({"path": self.path, "content_type": self.headers.get("Content-Type"),
-                                 "json": json.loads(body)})
+                received.append(
+                    {"path": self.path, "content_type": self.headers.get("Content-Type"), "json": json.loads(body)}
+                )
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(b"ok")
@@ -84,20 +85,40 @@ def http_sink() -> Iterator[HttpSink]:
 
 def smtp_conn(port: int) -> str:
     """The ``scoring_smtp`` connection as documented in docs/operating.md (plain SMTP on loopback)."""
-    return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": {
-        "to": ", ".join(RECIPIENTS), "from_email": "airflow@example.com",
-        "disable_ssl": True, "disable_tls": True, "timeout": 5, "retry_limit": 0}})
+    return json.dumps(
+        {
+            "conn_type": "smtp",
+            "host": "127.0.0.1",
+            "port": port,
+            "extra": {
+                "to": ", ".join(RECIPIENTS),
+                "from_email": "airflow@example.com",
+                "disable_ssl": True,
+                "disable_tls": True,
+                "timeout": 5,
+                "retry_limit": 0,
+            },
+        }
+    )
 
 
 def webhook_conn(port: int) -> str:
     """The ``scoring_alert_webhook`` connection: host/port/schema, path in extra ``endpoint``."""
-    return json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http",
-                       "extra": {"endpoint": "/hooks/scoring"}})
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": "127.0.0.1",
+            "port": port,
+            "schema": "http",
+            "extra": {"endpoint": "/hooks/scoring"},
+        }
+    )
 
 
 @pytest.fixture
-def alert_connections(monkeypatch: pytest.MonkeyPatch, smtp_sink: SmtpSink,
-                      http_sink: HttpSink) -> tuple[SmtpSink, HttpSink]:
+def alert_connections(
+    monkeypatch: pytest.MonkeyPatch, smtp_sink: SmtpSink, http_sink: HttpSink
+) -> tuple[SmtpSink, HttpSink]:
     """Both alert channels configured for the test, pointing at its receivers."""
     monkeypatch.setenv("AIRFLOW_CONN_SCORING_SMTP", smtp_conn(smtp_sink.port))
     monkeypatch.setenv("AIRFLOW_CONN_SCORING_ALERT_WEBHOOK", webhook_conn(http_sink.port))

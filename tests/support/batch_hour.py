@@ -22,6 +22,12 @@ HOUR = START + 5 * H
 @pytest.fixture
 def batch_landed(blob: BlobStorage, containers: config.Containers) -> None:
     """Six simulated hours of 3 devices x 2 sensors, models ``v-batch`` trained on the five before HOUR, promoted."""
-    simulate_to_storage(blob, SimulationConfig(devices=3, tags=2, seed=5), START, START + 6 * H,
-                        windows_container=containers.windows, labels_container=containers.labels)
+    simulate_to_storage(
+        blob,
+        SimulationConfig(devices=3, tags=2, seed=5),
+        START,
+        START + 6 * H,
+        windows_container=containers.windows,
+        labels_container=containers.labels,
+    )
     train_and_register(blob, containers, START, HOUR, version="v-batch", promote=True)

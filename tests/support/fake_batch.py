@@ -16,6 +16,7 @@ and :meth:`FakeBatch.preempt` (a spot node is reclaimed: the process is killed a
 
 The :func:`fake_batch` fixture (a pytest plugin of ``tests/conftest.py``) is how every test gets one.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,10 +31,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -42,8 +43,19 @@ import pytest
 
 ACCOUNT = "fakebatch"
 KEY = base64.b64encode(b"fake-batch-account-key-for-tests").decode()
-SIGNED_HEADERS = ["content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",
-                  "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range"]
+SIGNED_HEADERS = [
+    "content-encoding",
+    "content-language",
+    "content-length",
+    "content-md5",
+    "content-type",
+    "date",
+    "if-modified-since",
+    "if-match",
+    "if-none-match",
+    "if-unmodified-since",
+    "range",
+]
 
 
 def _now() -> datetime:
@@ -85,20 +97,31 @@ class FakeTask:
             if self.failure:
                 info["failureInfo"] = self.failure
         out = {k: v for k, v in self.body.items()}
-        out |= {"url": f"{base}/jobs/{self.job}/tasks/{self.id}", "eTag": "0x1", "creationTime": _iso(self.created),
-                "lastModified": _iso(self.state_changed), "state": self.state,
-                "stateTransitionTime": _iso(self.state_changed), "executionInfo": info}
+        out |= {
+            "url": f"{base}/jobs/{self.job}/tasks/{self.id}",
+            "eTag": "0x1",
+            "creationTime": _iso(self.created),
+            "lastModified": _iso(self.state_changed),
+            "state": self.state,
+            "stateTransitionTime": _iso(self.state_changed),
+            "executionInfo": info,
+        }
         if self.start_time:
-            out["nodeInfo"] = {"poolId": "fake", "nodeId": "node-1", "taskRootDirectory": str(self.dir),
-                               "taskRootDirectoryUrl": f"{base}/fake-node/{self.job}/{self.id}"}
+            out["nodeInfo"] = {
+                "poolId": "fake",
+                "nodeId": "node-1",
+                "taskRootDirectory": str(self.dir),
+                "taskRootDirectoryUrl": f"{base}/fake-node/{self.job}/{self.id}",
+            }
         return out
 
 
 class FakeBatch:
     """The server: start() on a free loopback port, stop() ends every task process and the server."""
 
-    def __init__(self, root: Path, *, start_delay_s: float = 0.0, exec_delay_s: float = 0.0,
-                 python_dir: str | None = None) -> None:
+    def __init__(
+        self, root: Path, *, start_delay_s: float = 0.0, exec_delay_s: float = 0.0, python_dir: str | None = None
+    ) -> None:
         self.root = Path(root)
         self.pools: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -124,8 +147,9 @@ class FakeBatch:
 
     def connection_json(self) -> str:
         """An Airflow ``azure_batch`` connection (for AIRFLOW_CONN_AZURE_BATCH_DEFAULT) to this server."""
-        return json.dumps({"conn_type": "azure_batch", "login": ACCOUNT, "password": KEY,
-                           "extra": {"account_url": self.url}})
+        return json.dumps(
+            {"conn_type": "azure_batch", "login": ACCOUNT, "password": KEY, "extra": {"account_url": self.url}}
+        )
 
     def stop(self) -> None:
         with self.lock:
@@ -138,6 +162,7 @@ class FakeBatch:
     # --- task execution ---
     def _launch(self, task: FakeTask) -> None:
         """Run the task after ``start_delay_s`` (node allocation), as its own process group."""
+
         def run() -> None:
             time.sleep(self.start_delay_s)
             with task.lock:
@@ -145,18 +170,30 @@ class FakeBatch:
                     return
                 argv = shlex.split(task.body["commandLine"])
                 if self.exec_delay_s:
-                    argv = [sys.executable, "-c", "import os, sys, time; time.sleep(float(sys.argv[1])); "
-                            "os.execvp(sys.argv[2], sys.argv[2:])", str(self.exec_delay_s), *argv]
-                env = {"PATH": f"{self.python_dir}:/usr/bin:/bin", "HOME": str(task.dir), "LANG": "C.UTF-8",
-                       "AZ_BATCH_JOB_ID": task.job, "AZ_BATCH_TASK_ID": task.id, "AZ_BATCH_NODE_ID": "node-1",
-                       "AZ_BATCH_TASK_WORKING_DIR": str(task.dir / "wd")}
+                    argv = [
+                        sys.executable,
+                        "-c",
+                        "import os, sys, time; time.sleep(float(sys.argv[1])); os.execvp(sys.argv[2], sys.argv[2:])",
+                        str(self.exec_delay_s),
+                        *argv,
+                    ]
+                env = {
+                    "PATH": f"{self.python_dir}:/usr/bin:/bin",
+                    "HOME": str(task.dir),
+                    "LANG": "C.UTF-8",
+                    "AZ_BATCH_JOB_ID": task.job,
+                    "AZ_BATCH_TASK_ID": task.id,
+                    "AZ_BATCH_NODE_ID": "node-1",
+                    "AZ_BATCH_TASK_WORKING_DIR": str(task.dir / "wd"),
+                }
                 env |= {s["name"]: s.get("value", "") for s in task.body.get("environmentSettings") or []}
                 task.env = env
                 (task.dir / "wd").mkdir(exist_ok=True)
                 stdout = open(task.dir / "stdout.txt", "ab")
                 stderr = open(task.dir / "stderr.txt", "ab")
-                task.proc = subprocess.Popen(argv, env=env, cwd=task.dir / "wd", stdout=stdout, stderr=stderr,
-                                             start_new_session=True)
+                task.proc = subprocess.Popen(
+                    argv, env=env, cwd=task.dir / "wd", stdout=stdout, stderr=stderr, start_new_session=True
+                )
                 stdout.close(), stderr.close()
                 task.pids.append(task.proc.pid)
                 task.state, task.state_changed = "running", _now()
@@ -175,9 +212,15 @@ class FakeBatch:
     def _complete(self, task: FakeTask, code: int, failure: dict[str, Any] | None = None) -> None:
         task.exit_code = code if code >= 0 else 128 - code  # a signal as a shell reports it
         task.result = "success" if code == 0 and not failure else "failure"
-        task.failure = failure or (None if code == 0 else {
-            "category": "usererror", "code": "FailureExitCode",
-            "message": f"The task exited with exit code {task.exit_code}"})
+        task.failure = failure or (
+            None
+            if code == 0
+            else {
+                "category": "usererror",
+                "code": "FailureExitCode",
+                "message": f"The task exited with exit code {task.exit_code}",
+            }
+        )
         task.state, task.state_changed, task.end_time = "completed", _now(), _now()
 
     def _kill(self, task: FakeTask) -> int | None:
@@ -200,8 +243,11 @@ class FakeBatch:
             code = self._kill(task)
             if task.runs and task.runs[-1][1] is None:
                 task.runs[-1] = (task.runs[-1][0], time.time())
-            self._complete(task, code if code is not None else -signal.SIGTERM,
-                           {"category": "usererror", "code": "TaskEnded", "message": "Task Was Ended by User Request"})
+            self._complete(
+                task,
+                code if code is not None else -signal.SIGTERM,
+                {"category": "usererror", "code": "TaskEnded", "message": "Task Was Ended by User Request"},
+            )
 
     def preempt(self, job: str, task_id: str) -> None:
         """A low-priority node is reclaimed: the running process dies and Batch puts the task back in the queue."""
@@ -234,8 +280,11 @@ class _Server(ThreadingHTTPServer):
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
-    return {"odata.metadata": "fake/$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element",
-            "code": code, "message": {"lang": "en-US", "value": message}}
+    return {
+        "odata.metadata": "fake/$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element",
+        "code": code,
+        "message": {"lang": "en-US", "value": message},
+    }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -285,8 +334,15 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else None
         fake = self.fake
-        fake.requests.append({"method": self.command, "path": url.path, "query": url.query, "body": body,
-                              "headers": dict(self.headers.items())})
+        fake.requests.append(
+            {
+                "method": self.command,
+                "path": url.path,
+                "query": url.query,
+                "body": body,
+                "headers": dict(self.headers.items()),
+            }
+        )
         if not self._signature_ok(url):
             return self._send(403, _error("AuthenticationFailed", "Server failed to authenticate the request."))
         parts = [unquote(p) for p in url.path.strip("/").split("/")]
@@ -296,8 +352,11 @@ class _Handler(BaseHTTPRequestHandler):
                 case ("POST", ["pools"]):
                     if body["id"] in fake.pools:
                         return self._send(409, _error("PoolExists", "The specified pool already exists."))
-                    fake.pools[body["id"]] = body | {"state": "active", "allocationState": "steady",
-                                                     "url": f"{base}/pools/{body['id']}"}
+                    fake.pools[body["id"]] = body | {
+                        "state": "active",
+                        "allocationState": "steady",
+                        "url": f"{base}/pools/{body['id']}",
+                    }
                     return self._send(201)
                 case ("HEAD" | "GET", ["pools", pool]):
                     if pool not in fake.pools:
@@ -306,8 +365,11 @@ class _Handler(BaseHTTPRequestHandler):
                 case ("POST", ["jobs"]):
                     if body["id"] in fake.jobs:
                         return self._send(409, _error("JobExists", "The specified job already exists."))
-                    fake.jobs[body["id"]] = body | {"state": "active", "url": f"{base}/jobs/{body['id']}",
-                                                    "creationTime": _iso(_now())}
+                    fake.jobs[body["id"]] = body | {
+                        "state": "active",
+                        "url": f"{base}/jobs/{body['id']}",
+                        "creationTime": _iso(_now()),
+                    }
                     return self._send(201)
                 case ("GET", ["jobs", job]):
                     if job not in fake.jobs:
@@ -324,15 +386,18 @@ class _Handler(BaseHTTPRequestHandler):
                 case ("GET", ["jobs", job, "taskcounts"]):
                     states = [t.state for (j, _), t in fake.tasks.items() if j == job]
                     done = [t for (j, _), t in fake.tasks.items() if j == job and t.state == "completed"]
-                    counts = {"active": states.count("active") + states.count("preparing"),
-                              "running": states.count("running"),
-                              "completed": len(done), "succeeded": sum(t.exit_code == 0 for t in done),
-                              "failed": sum(t.exit_code != 0 for t in done)}
+                    counts = {
+                        "active": states.count("active") + states.count("preparing"),
+                        "running": states.count("running"),
+                        "completed": len(done),
+                        "succeeded": sum(t.exit_code == 0 for t in done),
+                        "failed": sum(t.exit_code != 0 for t in done),
+                    }
                     return self._send(200, {"taskCounts": counts, "taskSlotCounts": counts})
                 case ("POST", ["jobs", job, "terminate"]):
                     if job not in fake.jobs:
                         return self._send(404, _error("JobNotFound", "The specified job does not exist."))
-                    for (j, t) in list(fake.tasks):
+                    for j, t in list(fake.tasks):
                         if j == job:
                             fake.terminate(j, t)
                     fake.jobs[job]["state"] = "completed"
@@ -341,8 +406,9 @@ class _Handler(BaseHTTPRequestHandler):
                     if job not in fake.jobs:
                         return self._send(404, _error("JobNotFound", "The specified job does not exist."))
                     if fake.jobs[job]["state"] != "active":
-                        return self._send(409, _error("JobCompleted",
-                                                      "The specified job is already in a completed state."))
+                        return self._send(
+                            409, _error("JobCompleted", "The specified job is already in a completed state.")
+                        )
                     if (job, body["id"]) in fake.tasks:
                         return self._send(409, _error("TaskExists", "The specified task already exists."))
                     task = fake.tasks[(job, body["id"])] = FakeTask(job, body, fake.root)
@@ -373,8 +439,9 @@ class _Handler(BaseHTTPRequestHandler):
                     if task is None or not (task.dir / name).is_file():
                         return self._send(404, _error("FileNotFound", "The specified file does not exist."))
                     return self._send(200, raw=(task.dir / name).read_bytes())
-        return self._send(400, _error("InvalidUri",
-                                      f"the fake Batch server does not implement {self.command} {url.path}"))
+        return self._send(
+            400, _error("InvalidUri", f"the fake Batch server does not implement {self.command} {url.path}")
+        )
 
     do_GET = do_POST = do_DELETE = do_HEAD = do_PUT = do_PATCH = _handle
 

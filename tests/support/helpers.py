@@ -1,4 +1,5 @@
 """Small builders shared by tests."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -45,12 +46,28 @@ def sample_manifest(hour: datetime = START, *, anomalies: int = 0, run_id: str =
     from sensor_scoring.contracts import Counts, Interval, Manifest, ValidationSummary
 
     return Manifest(
-        run_id=run_id, model_version="v1", hour=hour, interval=Interval(start=hour, end=hour + timedelta(hours=1)),
+        run_id=run_id,
+        model_version="v1",
+        hour=hour,
+        interval=Interval(start=hour, end=hour + timedelta(hours=1)),
         committed_at=hour + timedelta(hours=1, minutes=5),
         counts=Counts(landed=60, scored=60, quarantined=0, duplicates=0, anomalies=anomalies),
-        quarantine_reasons={}, files=(), source_folders=(f"{hour:%Y/%m/%d/%H}",), status="scored",
-        quarantined_files=(), empty_files=(),
-        validation=ValidationSummary(suite="landed_windows", report="az://quarantine/_validation.json", failing_rows=0,
-                                     failing_share=0.0, failing_rows_by_reason={}, max_quarantine_share=0.1),
-        subset=None, rescored=(), model_versions={"v1": 60}, duplicates_by_sensor=(),
+        quarantine_reasons={},
+        files=(),
+        source_folders=(f"{hour:%Y/%m/%d/%H}",),
+        status="scored",
+        quarantined_files=(),
+        empty_files=(),
+        validation=ValidationSummary(
+            suite="landed_windows",
+            report="az://quarantine/_validation.json",
+            failing_rows=0,
+            failing_share=0.0,
+            failing_rows_by_reason={},
+            max_quarantine_share=0.1,
+        ),
+        subset=None,
+        rescored=(),
+        model_versions={"v1": 60},
+        duplicates_by_sensor=(),
     )

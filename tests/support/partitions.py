@@ -29,4 +29,5 @@ def run_records(run_id: str) -> list[str]:
         xcoms = session.query(XComModel).filter(XComModel.run_id == run_id)
         rendered = session.query(RenderedTaskInstanceFields).filter(RenderedTaskInstanceFields.run_id == run_id)
         return [json.dumps(x.value, default=str) for x in xcoms] + [
-            json.dumps(r.rendered_fields, default=str) for r in rendered]
+            json.dumps(r.rendered_fields, default=str) for r in rendered
+        ]

@@ -13,6 +13,7 @@ subset rescoring. The last complete hour has not landed: its scheduled run (made
 waits for windows all session long, so backfills and rescorings run while a scheduled run is active, as in
 production.
 """
+
 from __future__ import annotations
 
 import email
@@ -170,8 +171,11 @@ class Standalone:
         wanted = set(hours)
         deadline = time.monotonic() + timeout_s
         while True:
-            runs = [r for r in self.api.runs(run_type="backfill")
-                    if datetime.fromisoformat(r["data_interval_start"]) in wanted]
+            runs = [
+                r
+                for r in self.api.runs(run_type="backfill")
+                if datetime.fromisoformat(r["data_interval_start"]) in wanted
+            ]
             if len(runs) >= len(wanted) and all(r["state"] in ("success", "failed") for r in runs):
                 return runs
             if time.monotonic() > deadline:
@@ -195,15 +199,30 @@ class Standalone:
 def alert_connections(smtp: SmtpServer, webhook: WebhookReceiver) -> dict[str, str]:
     """The two alert channels as Airflow connections in the environment (see docs/operating.md)."""
     return {
-        "AIRFLOW_CONN_SCORING_SMTP": json.dumps({
-            "conn_type": "smtp", "host": smtp.host, "port": smtp.port,
-            "extra": {"to": ALERT_TO, "from_email": ALERT_FROM, "disable_ssl": True, "disable_tls": True,
-                      "timeout": 10, "retry_limit": 1},
-        }),
-        "AIRFLOW_CONN_SCORING_ALERT_WEBHOOK": json.dumps({
-            "conn_type": "http", "host": "127.0.0.1", "port": webhook.server_address[1], "schema": "http",
-            "extra": {"endpoint": WEBHOOK_PATH},
-        }),
+        "AIRFLOW_CONN_SCORING_SMTP": json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": smtp.host,
+                "port": smtp.port,
+                "extra": {
+                    "to": ALERT_TO,
+                    "from_email": ALERT_FROM,
+                    "disable_ssl": True,
+                    "disable_tls": True,
+                    "timeout": 10,
+                    "retry_limit": 1,
+                },
+            }
+        ),
+        "AIRFLOW_CONN_SCORING_ALERT_WEBHOOK": json.dumps(
+            {
+                "conn_type": "http",
+                "host": "127.0.0.1",
+                "port": webhook.server_address[1],
+                "schema": "http",
+                "extra": {"endpoint": WEBHOOK_PATH},
+            }
+        ),
     }
 
 
@@ -259,15 +278,17 @@ def stack_stays_healthy(request: pytest.FixtureRequest):
     stack.check()
     found = stack.tracebacks(since=marks)
     assert not found, "tracebacks in the dev stack's logs during the test:\n" + "\n\n".join(
-        f"--- {name} ({stack.components[name].log}):\n" + "\n...\n".join(excerpts) for name, excerpts in found.items())
+        f"--- {name} ({stack.components[name].log}):\n" + "\n...\n".join(excerpts) for name, excerpts in found.items()
+    )
 
 
 @pytest.fixture(scope="session")
 def full_run(standalone: Standalone) -> dict:
     """One successful manual run scoring a whole hour with two sensors per shard (three mapped shards)."""
     hour = standalone.landed_hours[2]
-    run = standalone.api.trigger({"window_start": hour.isoformat(), "window_end": (hour + H).isoformat(),
-                                  "sensors_per_shard": 2})
+    run = standalone.api.trigger(
+        {"window_start": hour.isoformat(), "window_end": (hour + H).isoformat(), "sensors_per_shard": 2}
+    )
     # the first run of the session: ~40 s on an idle machine, tasks start slower while the DAG processor warms up
     finished = standalone.api.wait_for_runs([run["dag_run_id"]], timeout_s=300)[run["dag_run_id"]]
     assert finished["state"] == "success", finished

@@ -8,6 +8,7 @@ A run with an unknown model version fails in ``plan_shards``: the task's callbac
 DAG's (in the DAG processor) deliver ``task_failed`` and ``dag_run_failed``.
 Everything started here is stopped by process group, also on failure.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,25 +34,38 @@ def wait_for(what: str, check, timeout_s: float, stack: DevStack):
         if result:
             return result
         time.sleep(3)
-    raise AssertionError(f"timed out waiting for {what}; scheduler and triggerer log tails:\n"
-                         + "\n".join(tail(stack.logs()[name], 40) for name in ("scheduler", "triggerer")))
+    raise AssertionError(
+        f"timed out waiting for {what}; scheduler and triggerer log tails:\n"
+        + "\n".join(tail(stack.logs()[name], 40) for name in ("scheduler", "triggerer"))
+    )
 
 
 @pytest.fixture
 def own_stack(tmp_path, smtp_sink, http_sink):
     """A dev stack of this test's own: the deadline (1 minute) is read when the DAG is parsed."""
-    from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
     from sensor_scoring.storage import LocalStorage
+    from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 
     # windows for three old hours only: the deadline run (this hour) keeps waiting, the failing run does not
-    simulate_to_storage(LocalStorage(tmp_path / "storage"), SimulationConfig(devices=2, tags=1, seed=2), OLD,
-                        OLD + timedelta(hours=3), windows_container="windows", labels_container="labels")
-    stack = DevStack(tmp_path / "stack", storage=str(tmp_path / "storage"), durable=False, airflow_env={
-        "SCORING_DEADLINE_MINUTES": "1",
-        "SCORING_TASK_RETRIES": "0",
-        "AIRFLOW_CONN_SCORING_SMTP": smtp_conn(smtp_sink.port),
-        "AIRFLOW_CONN_SCORING_ALERT_WEBHOOK": webhook_conn(http_sink.port),
-    })
+    simulate_to_storage(
+        LocalStorage(tmp_path / "storage"),
+        SimulationConfig(devices=2, tags=1, seed=2),
+        OLD,
+        OLD + timedelta(hours=3),
+        windows_container="windows",
+        labels_container="labels",
+    )
+    stack = DevStack(
+        tmp_path / "stack",
+        storage=str(tmp_path / "storage"),
+        durable=False,
+        airflow_env={
+            "SCORING_DEADLINE_MINUTES": "1",
+            "SCORING_TASK_RETRIES": "0",
+            "AIRFLOW_CONN_SCORING_SMTP": smtp_conn(smtp_sink.port),
+            "AIRFLOW_CONN_SCORING_ALERT_WEBHOOK": webhook_conn(http_sink.port),
+        },
+    )
     try:
         yield stack.start(timeout_s=300)  # ~30 s idle: migrate, four Airflow processes, the DAG's first parse
     finally:
@@ -69,17 +83,40 @@ def test_missed_deadline_alerts_through_scheduler_and_triggerer(own_stack: DevSt
     logical = (datetime.now(timezone.utc) - timedelta(minutes=59, seconds=30)).replace(microsecond=0)
     airflow("dags", "trigger", "sensor_scoring", "--logical-date", logical.isoformat(), "--run-id", RUN_ID)
     airflow("dags", "unpause", "sensor_scoring")
-    window = {"window_start": (OLD + timedelta(hours=1)).isoformat(), "window_end": (OLD + timedelta(hours=2)).isoformat()}
-    airflow("dags", "trigger", "sensor_scoring", "--logical-date", (OLD + timedelta(hours=2)).isoformat(),
-            "--run-id", FAILING_ID, "--conf", json.dumps({**window, "model_version": "no-such-version"}))
+    window = {
+        "window_start": (OLD + timedelta(hours=1)).isoformat(),
+        "window_end": (OLD + timedelta(hours=2)).isoformat(),
+    }
+    airflow(
+        "dags",
+        "trigger",
+        "sensor_scoring",
+        "--logical-date",
+        (OLD + timedelta(hours=2)).isoformat(),
+        "--run-id",
+        FAILING_ID,
+        "--conf",
+        json.dumps({**window, "model_version": "no-such-version"}),
+    )
     events = {"deadline_missed", "task_failed", "dag_run_failed"}
     # the deadline passes ~90 s from now and the scheduler checks deadlines every heartbeat; the triggerer then
     # runs the callback: 420 s leaves room for a loaded machine
-    wait_for("the deadline and failure webhooks", lambda: events <= {p["json"]["event"] for p in http_sink.received},
-             420, stack)
-    outputs = wait_for("the deadline callbacks to finish", lambda: (
-        rows if len(rows := stack.postgres.query("select output from callback where state = 'success'")) >= 3 else None),
-        120, stack)
+    wait_for(
+        "the deadline and failure webhooks",
+        lambda: events <= {p["json"]["event"] for p in http_sink.received},
+        420,
+        stack,
+    )
+    outputs = wait_for(
+        "the deadline callbacks to finish",
+        lambda: (
+            rows
+            if len(rows := stack.postgres.query("select output from callback where state = 'success'")) >= 3
+            else None
+        ),
+        120,
+        stack,
+    )
 
     posts = {p["json"]["event"]: p["json"] for p in http_sink.received}
     assert len(http_sink.received) == 3 and len(smtp_sink.messages) == 3
@@ -87,8 +124,11 @@ def test_missed_deadline_alerts_through_scheduler_and_triggerer(own_stack: DevSt
     assert post["run_id"] == RUN_ID and post["dag_id"] == "sensor_scoring"
     assert "state running" in post["error"] and post["log_url"] == f"{stack.url}/dags/sensor_scoring/runs/{RUN_ID}"
     subjects = sorted(m["Subject"] for _, m in smtp_sink.messages)
-    assert subjects == ["[sensor_scoring] dag_run_failed: plan_shards", f"[sensor_scoring] deadline_missed: {RUN_ID}",
-                        "[sensor_scoring] task_failed: plan_shards"]
+    assert subjects == [
+        "[sensor_scoring] dag_run_failed: plan_shards",
+        f"[sensor_scoring] deadline_missed: {RUN_ID}",
+        "[sensor_scoring] task_failed: plan_shards",
+    ]
     texts = sorted(output for (output,) in outputs)  # the scheduled and the failing run's deadlines: no alert
     assert texts[0] == "email sent, webhook sent"
     assert all(t.startswith("no alert: ") for t in texts[1:]), texts
@@ -97,4 +137,6 @@ def test_missed_deadline_alerts_through_scheduler_and_triggerer(own_stack: DevSt
         assert post["run_id"] == FAILING_ID and post["task_id"] == "plan_shards" and post["try_number"] == 1
         assert post["log_url"] == f"{stack.url}/dags/sensor_scoring/runs/{FAILING_ID}/tasks/plan_shards?try_number=1"
     assert "no-such-version" in posts["task_failed"]["error"] and posts["dag_run_failed"]["error"] == "task_failure"
-    assert "Exception when executing TriggerRunnerSupervisor" not in stack.logs()["triggerer"].read_text(errors="replace")
+    assert "Exception when executing TriggerRunnerSupervisor" not in stack.logs()["triggerer"].read_text(
+        errors="replace"
+    )

@@ -5,6 +5,7 @@ the CLI and the REST API call. Running the queued runs needs a scheduler: the en
 ``airflow standalone`` does that. That re-running an hour replaces its partition is tested in
 test_end_to_end.py (``test_rerunning_an_hour_replaces_it_with_one_row_per_window``) and test_rescoring.py.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -70,11 +71,13 @@ def test_backfill_makes_one_run_per_hour_and_reprocesses_on_request(stored_dag):
 
     # a bad conf is refused by the params' JSON schema before any run exists
     with pytest.raises(InvalidBackfillConf, match="sensors_per_shard"):
-        _create_backfill(from_date=DAY, to_date=DAY + 2 * H, max_active_runs=2,
-                         dag_run_conf={"sensors_per_shard": 0}, **create)
+        _create_backfill(
+            from_date=DAY, to_date=DAY + 2 * H, max_active_runs=2, dag_run_conf={"sensors_per_shard": 0}, **create
+        )
 
-    first = _create_backfill(from_date=DAY + H, to_date=DAY + 3 * H, max_active_runs=2,
-                             dag_run_conf={"sensors_per_shard": 50}, **create)
+    first = _create_backfill(
+        from_date=DAY + H, to_date=DAY + 3 * H, max_active_runs=2, dag_run_conf={"sensors_per_shard": 50}, **create
+    )
     assert first.max_active_runs == 2
     runs = runs_of(first.id)
     assert [r.logical_date for r in runs] == [DAY + H, DAY + 2 * H, DAY + 3 * H]  # both ends inclusive
@@ -87,15 +90,27 @@ def test_backfill_makes_one_run_per_hour_and_reprocesses_on_request(stored_dag):
     finish(first.id)
 
     # default reprocess behaviour ("none"): hours that already ran are left alone, only the new hour gets a run
-    second = _create_backfill(from_date=DAY + H, to_date=DAY + 4 * H, max_active_runs=2, dag_run_conf=None,
-                              reprocess_behavior=ReprocessBehavior.NONE, **create)
+    second = _create_backfill(
+        from_date=DAY + H,
+        to_date=DAY + 4 * H,
+        max_active_runs=2,
+        dag_run_conf=None,
+        reprocess_behavior=ReprocessBehavior.NONE,
+        **create,
+    )
     assert [r.logical_date for r in runs_of(second.id)] == [DAY + 4 * H]
     finish(second.id)
 
     # "reprocess completed" (the UI's "All runs"): the existing run of each hour is cleared and queued again,
     # so an hour still has exactly one DAG run, and that run replaces the hour's partition
-    third = _create_backfill(from_date=DAY + H, to_date=DAY + 2 * H, max_active_runs=1, dag_run_conf=None,
-                             reprocess_behavior=ReprocessBehavior.COMPLETED, **create)
+    third = _create_backfill(
+        from_date=DAY + H,
+        to_date=DAY + 2 * H,
+        max_active_runs=1,
+        dag_run_conf=None,
+        reprocess_behavior=ReprocessBehavior.COMPLETED,
+        **create,
+    )
     again = runs_of(third.id)
     assert [r.run_id for r in again] == [r.run_id for r in runs[:2]]
     assert all(str(r.state) in ("queued", "DagRunState.QUEUED") for r in again)
@@ -105,8 +120,12 @@ def test_backfill_makes_one_run_per_hour_and_reprocesses_on_request(stored_dag):
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        dates = [r.logical_date for r in session.query(DagRun).filter(
-            DagRun.dag_id == "sensor_scoring", DagRun.logical_date >= DAY, DagRun.logical_date < DAY + 24 * H)]
+        dates = [
+            r.logical_date
+            for r in session.query(DagRun).filter(
+                DagRun.dag_id == "sensor_scoring", DagRun.logical_date >= DAY, DagRun.logical_date < DAY + 24 * H
+            )
+        ]
     assert sorted(dates) == [DAY + H, DAY + 2 * H, DAY + 3 * H, DAY + 4 * H]
 
 

@@ -5,12 +5,13 @@ freeing its worker slot, and the triggerer polls all of them in one event loop. 
 runs each trigger inline before starting the next instance; see test_batch_dag.) Everything started here is
 stopped by its process group, also on failure.
 """
+
 from __future__ import annotations
 
 import pytest
 
 from dev.devstack import PARALLELISM, DevStack, tail
-from tests.support.batch_hour import H, HOUR
+from tests.support.batch_hour import HOUR, H
 from tests.support.partitions import read_partition
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
@@ -26,31 +27,47 @@ def own_stack(tmp_path, fake_batch, blob, azurite):
     with the fake Batch account as its azure_batch_default connection."""
     # shards that take 45 s: long enough for all six to be submitted, four slots at a time, while the first runs
     fake_batch.exec_delay_s = 45.0
-    stack = DevStack(tmp_path / "stack", storage=azurite.connection_string, durable=False, airflow_env={
-        "AIRFLOW__TRIGGERER__CAPACITY": "50",
-        "AIRFLOW_CONN_AZURE_BATCH_DEFAULT": fake_batch.connection_json(),
-        "SCORING_BATCH_POLL_SECONDS": "1",
-        "SCORING_BATCH_MAX_POLL_SECONDS": "2",
-    })
+    stack = DevStack(
+        tmp_path / "stack",
+        storage=azurite.connection_string,
+        durable=False,
+        airflow_env={
+            "AIRFLOW__TRIGGERER__CAPACITY": "50",
+            "AIRFLOW_CONN_AZURE_BATCH_DEFAULT": fake_batch.connection_json(),
+            "SCORING_BATCH_POLL_SECONDS": "1",
+            "SCORING_BATCH_MAX_POLL_SECONDS": "2",
+        },
+    )
     try:
         yield stack.start(timeout_s=300)  # ~30 s idle: migrate, four Airflow processes, the DAG's first parse
     finally:
         assert not stack.stop(), "processes of the dev stack survived"
 
 
-def test_shards_run_concurrently_on_batch_under_the_triggerer(own_stack: DevStack, fake_batch, blob, containers,
-                                                             batch_landed):
+def test_shards_run_concurrently_on_batch_under_the_triggerer(
+    own_stack: DevStack, fake_batch, blob, containers, batch_landed
+):
     stack, api = own_stack, own_stack.api()
     assert stack.environment()["AIRFLOW__CORE__PARALLELISM"] == str(PARALLELISM) and PARALLELISM < SHARDS
     run_id = "batch_concurrency_test"
     # a manual run's data interval is the hour before it was requested: name the scored hour explicitly
-    api.trigger({"backend": "azure_batch", "sensors_per_shard": 1,
-                 "window_start": HOUR.isoformat(), "window_end": (HOUR + H).isoformat()}, run_id=run_id)
+    api.trigger(
+        {
+            "backend": "azure_batch",
+            "sensors_per_shard": 1,
+            "window_start": HOUR.isoformat(),
+            "window_end": (HOUR + H).isoformat(),
+        },
+        run_id=run_id,
+    )
     api.unpause()
     # six 45 s Batch tasks at once, then the commit: ~2 min idle
     state = api.wait_for_runs([run_id], timeout_s=420)[run_id]["state"]
-    instances = sorted((t["map_index"], t["state"], t["try_number"]) for t in api.task_instances(run_id)
-                       if t["task_id"] == "score_shard")
+    instances = sorted(
+        (t["map_index"], t["state"], t["try_number"])
+        for t in api.task_instances(run_id)
+        if t["task_id"] == "score_shard"
+    )
     assert state == "success", (instances, tail(stack.logs()["scheduler"]))
     assert [(m, s) for m, s, _ in instances] == [(i, "success") for i in range(SHARDS)]
 

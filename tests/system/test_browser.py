@@ -4,6 +4,7 @@ No browser is ever downloaded: Playwright launches ``/usr/bin/chromium`` (instal
 a prerequisite of ``make test``). The server is the shared ``airflow standalone`` of tests/standalone_stack.py.
 Screenshots go to ``test-artifacts/`` (ignored by git) for a person to look at.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,16 +29,26 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = Path(os.environ.get("SCORING_CHROMIUM", "/usr/bin/chromium"))
 # Headless, and nothing that phones home: this runs on closed networks where such calls only hang.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TIMEOUT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make browser-deps` (apt-get install chromium); "
-                    "Playwright's own browser downloads are not used")
+        pytest.fail(
+            f"{CHROMIUM} is missing: run `make browser-deps` (apt-get install chromium); "
+            "Playwright's own browser downloads are not used"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -79,8 +90,10 @@ def page(browser, standalone: Standalone):
 def param_titles(standalone: Standalone) -> dict[str, tuple[str, str]]:
     """Each param's title and description as the API serves them: what the trigger form must render."""
     params = standalone.api.get("dags/sensor_scoring/details")["params"]
-    return {name: (spec["schema"]["title"], spec.get("description") or spec["schema"].get("description", ""))
-            for name, spec in params.items()}
+    return {
+        name: (spec["schema"]["title"], spec.get("description") or spec["schema"].get("description", ""))
+        for name, spec in params.items()
+    }
 
 
 def test_trigger_form_shows_the_params_with_titles(page, standalone: Standalone):
@@ -90,7 +103,9 @@ def test_trigger_form_shows_the_params_with_titles(page, standalone: Standalone)
     dialog.get_by_text("Run Parameters").wait_for()
     dialog.get_by_text("Single Run", exact=True).wait_for()
     titles = param_titles(standalone)
-    assert {"window_start", "window_end", "devices", "tags", "model_version", "sensors_per_shard", "backend"} <= set(titles)
+    assert {"window_start", "window_end", "devices", "tags", "model_version", "sensors_per_shard", "backend"} <= set(
+        titles
+    )
     marked = {}
     for name, (title, description) in titles.items():
         # the label is the title, with a "*" when the param is required
@@ -134,8 +149,7 @@ def test_trigger_form_starts_a_subset_rescoring(page, standalone: Standalone):
     dialog.get_by_role("button", name="Trigger").click()
     dialog.wait_for(state="hidden")
 
-    [run] = [r for r in standalone.api.runs(run_type="manual")
-             if (r["conf"] or {}).get("devices") == ["dev-0002"]]
+    [run] = [r for r in standalone.api.runs(run_type="manual") if (r["conf"] or {}).get("devices") == ["dev-0002"]]
     assert pd.Timestamp(run["conf"]["window_start"]) == pd.Timestamp(hour)
     assert pd.Timestamp(run["conf"]["window_end"]) == pd.Timestamp(hour + H)
     assert run["conf"]["model_version"] == "v-alt" and run["conf"]["tags"] == []
@@ -197,8 +211,10 @@ def test_backfill_form_creates_a_backfill_that_scores_the_hour(page, standalone:
     assert standalone.api.run(scheduled["dag_run_id"])["state"] == "running"
     standalone.wait_backfill_done(backfill["id"])
     prefix, container = partition_prefix(hour), config.Containers().predictions
-    assert sorted(b.name for b in standalone.storage.list(container, prefix)) == [prefix + MANIFEST_FILE,
-                                                                                prefix + PARTITION_FILE]
+    assert sorted(b.name for b in standalone.storage.list(container, prefix)) == [
+        prefix + MANIFEST_FILE,
+        prefix + PARTITION_FILE,
+    ]
     manifest = json.loads(standalone.storage.read_bytes(container, prefix + MANIFEST_FILE))
     counts = manifest["counts"]
     assert manifest["run_id"] == run["dag_run_id"] and counts["scored"] > 0

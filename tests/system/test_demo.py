@@ -2,6 +2,7 @@
 
 The demo tells its story in one line per step; Airflow's logs go to ``$AIRFLOW_HOME/demo.log`` unless verbose.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,7 +44,10 @@ def test_progress_redraws_in_place_on_a_terminal_and_is_one_line_elsewhere():
             assert text.startswith("Windows      [....") and text.count("\r") >= 2 and "\x1b[K\n" in text
         else:
             assert text == "Windows      [" + "#" * 24 + "] 24 hour(s) landed\n"
-    assert Progress(Story(io.StringIO(), live=False), "Models", "sensors", done=3, total=6).bar() == "[" + "#" * 12 + "." * 12 + "]"
+    assert (
+        Progress(Story(io.StringIO(), live=False), "Models", "sensors", done=3, total=6).bar()
+        == "[" + "#" * 12 + "." * 12 + "]"
+    )
 
 
 @pytest.mark.azurite
@@ -68,7 +72,9 @@ def test_demo_tells_one_line_per_step_and_leaves_airflow_in_its_log(blob, contai
     # only the live current hour again (two if the clock passed an hour between the runs)
     assert " 1 hour(s) landed" in steps["Windows"][0] or " 2 hour(s) landed" in steps["Windows"][0]
     assert f"version {first['model_version']} reused" in steps["Models"][0]
-    assert steps["DAG run"][0].startswith("DAG run      success in ") and "score_shard x2 > commit" in steps["DAG run"][0]
+    assert (
+        steps["DAG run"][0].startswith("DAG run      success in ") and "score_shard x2 > commit" in steps["DAG run"][0]
+    )
     assert not [line for line in lines if any(mark in line for mark in AIRFLOW_LINES)], out
     assert second["windows_scored"] == 360 and second["model_version"] == first["model_version"]
 
@@ -106,9 +112,11 @@ def test_an_error_before_the_dag_run_is_named_and_its_traceback_logged(tmp_path,
     with pytest.raises(ValueError, match="tags <= 8"):
         run_demo(devices=1, tags=9, hours=2)
     out = capsys.readouterr().out
-    assert out.splitlines() == ["Storage      SCORING_STORAGE from the environment (no Azurite started)",
-                                "Failed       ValueError: need devices >= 1 and 1 <= tags <= 8",
-                                f"  {default_log_path()} has 0 warnings, 0 errors"]
+    assert out.splitlines() == [
+        "Storage      SCORING_STORAGE from the environment (no Azurite started)",
+        "Failed       ValueError: need devices >= 1 and 1 <= tags <= 8",
+        f"  {default_log_path()} has 0 warnings, 0 errors",
+    ]
     assert "Traceback (most recent call last)" in default_log_path().read_text()
 
 
@@ -126,9 +134,15 @@ def test_python_m_scoring_demo_prints_only_its_story(blob, containers, airflow_d
     train_and_register(blob, containers, latest - timedelta(hours=1), latest, promote=True)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # as from a shell, not pytest
-    done = subprocess.run([sys.executable, "-m", "dev.demo", "--devices", "2", "--tags", "1", "--hours", "2",
-                           "--sensors-per-shard", "1"], check=False, capture_output=True, text=True, env=env, cwd=REPO,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "dev.demo", "--devices", "2", "--tags", "1", "--hours", "2", "--sensors-per-shard", "1"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stderr == ""
     lines = done.stdout.splitlines()

@@ -1,5 +1,6 @@
 """The dev stack's process handling, its PostgreSQL cluster and Airflow environment, without starting Airflow (the
 standalone tests do)."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,8 @@ from dev.postgres import Postgres
 
 TREE = textwrap.dedent("""
     import signal, subprocess, sys, time
-    sleep = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"]
+    ignore = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    sleep = [sys.executable, "-c", ignore]
     same = subprocess.Popen(sleep)                            # in our group, ignores SIGTERM
     own = subprocess.Popen(sleep, start_new_session=True)     # its own group, like an Airflow task
     print(same.pid, own.pid, flush=True)
@@ -75,7 +77,9 @@ def test_postgres_cluster_answers_on_loopback_with_a_password_and_stops_by_its_g
     assert postgres.query("show fsync") == [("off",)]  # a throwaway cluster
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
         psycopg2.connect(host="127.0.0.1", port=postgres.port, user="airflow", password="wrong", dbname="airflow")
-    assert postgres.url.startswith(f"postgresql+psycopg2://airflow:{postgres.password}@127.0.0.1:{postgres.port}/airflow")
+    assert postgres.url.startswith(
+        f"postgresql+psycopg2://airflow:{postgres.password}@127.0.0.1:{postgres.port}/airflow"
+    )
     assert (postgres.location / "password").stat().st_mode & 0o077 == 0
     assert os.getpgid(postgres.proc.pid) == postgres.proc.pid  # its own process group
     backends = [p.pid for p in psutil.Process(postgres.proc.pid).children()]  # each left the group (setsid)
@@ -102,8 +106,11 @@ def test_a_dead_component_is_named_with_its_exit_code_and_log_tail(tmp_path: Pat
     stack.postgres = postgres
     stack.home.mkdir(parents=True)
     stack.check()  # all alive
-    worker = stack._spawn("worker", [sys.executable, "-c", "print('\\n'.join(f'line {i}' for i in range(80))); raise SystemExit(3)"],
-                          os.environ)
+    worker = stack._spawn(
+        "worker",
+        [sys.executable, "-c", "print('\\n'.join(f'line {i}' for i in range(80))); raise SystemExit(3)"],
+        os.environ,
+    )
     worker.proc.wait(timeout=30)
     with pytest.raises(ComponentDied) as died:
         stack.check()
@@ -144,8 +151,14 @@ def test_airflow_environment_isolates_home_ports_login_storage_and_database(tmp_
     assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("/dags")
     assert "AIRFLOW__CORE__PLUGINS_FOLDER" not in env  # the Airflow side loads through the installed entry points
     assert env["AIRFLOW__API__PORT"] == str(stack.api_port) and env["AIRFLOW__API__BASE_URL"] == stack.url
-    ports = {env[k] for k in ("AIRFLOW__API__PORT", "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
-                              "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT")}
+    ports = {
+        env[k]
+        for k in (
+            "AIRFLOW__API__PORT",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
+        )
+    }
     assert len(ports) == 3 and "8080" not in ports and "8793" not in ports
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "ops:admin"
     passwords = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])

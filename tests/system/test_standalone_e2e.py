@@ -6,6 +6,7 @@ order: a subset rescoring of a scored hour, a three-hour backfill (REST) and the
 backfill, both beside an active scheduled run, a run that fails and must alert by email and webhook, a scan of
 every log file for the storage key, and a scheduler killed during a wait.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,11 +22,11 @@ import pandas as pd
 import pytest
 import requests
 
-from sensor_scoring import settings as config
 from dev.azurite import KEY as ACCOUNT_KEY
 from dev.devstack import ApiError, ComponentDied
+from sensor_scoring import settings as config
 from sensor_scoring.layout import MANIFEST_FILE, PARTITION_FILE, partition_prefix
-from tests.support.standalone_stack import ALERT_FROM, ALERT_TO, H, SENSORS, WEBHOOK_PATH, Standalone
+from tests.support.standalone_stack import ALERT_FROM, ALERT_TO, SENSORS, WEBHOOK_PATH, H, Standalone
 
 pytestmark = [pytest.mark.standalone, pytest.mark.azurite]
 #: Three hours of 6 sensors at max_active_runs=3: each run takes ~30 s of task starts on an idle 2-core machine, and
@@ -50,7 +51,9 @@ def assert_whole_hour(frame: pd.DataFrame, manifest: dict, blobs: list[str], hou
     prefix = partition_prefix(hour)
     assert blobs == [prefix + MANIFEST_FILE, prefix + PARTITION_FILE]  # one file per partition, nothing stray
     assert len(frame) == SENSORS * 60 and not frame.duplicated(KEY).any()
-    assert frame["window_end"].min() == pd.Timestamp(hour) and frame["window_end"].max() == pd.Timestamp(hour + H - pd.Timedelta(minutes=1))
+    assert frame["window_end"].min() == pd.Timestamp(hour) and frame["window_end"].max() == pd.Timestamp(
+        hour + H - pd.Timedelta(minutes=1)
+    )
     counts = manifest["counts"]
     assert counts["scored"] == SENSORS * 60
     assert counts["landed"] == counts["scored"] + counts["quarantined"] + counts["duplicates"]
@@ -75,14 +78,24 @@ def test_subset_rescoring_replaces_only_the_subset(standalone: Standalone, full_
     assert_whole_hour(before, manifest_before, blobs, hour)
     assert set(before["run_id"]) == {full_run["dag_run_id"]} and set(before["model_version"]) == {"v-e2e"}
 
-    run = standalone.api.trigger({"window_start": hour.isoformat(), "window_end": (hour + H).isoformat(),
-                                  "devices": [SUBSET_DEVICE], "tags": [], "model_version": "v-alt",
-                                  "sensors_per_shard": 1})
+    run = standalone.api.trigger(
+        {
+            "window_start": hour.isoformat(),
+            "window_end": (hour + H).isoformat(),
+            "devices": [SUBSET_DEVICE],
+            "tags": [],
+            "model_version": "v-alt",
+            "sensors_per_shard": 1,
+        }
+    )
     done = standalone.api.wait_for_runs([run["dag_run_id"]], timeout_s=RUN_TIMEOUT_S)[run["dag_run_id"]]
     assert done["state"] == "success", done
     # the mapped shards of the subset are the subset's sensors only, named by them
     shards = [t for t in standalone.api.task_instances(run["dag_run_id"]) if t["task_id"] == "score_shard"]
-    assert sorted(t["rendered_map_index"] for t in shards) == [f"{SUBSET_DEVICE}/pressure", f"{SUBSET_DEVICE}/temperature"]
+    assert sorted(t["rendered_map_index"] for t in shards) == [
+        f"{SUBSET_DEVICE}/pressure",
+        f"{SUBSET_DEVICE}/temperature",
+    ]
 
     after, manifest, blobs = read_hour(standalone, hour)
     assert_whole_hour(after, manifest, blobs, hour)
@@ -125,8 +138,9 @@ def test_backfill_of_three_hours_gives_one_partition_per_hour(standalone: Standa
     standalone.wait_backfill_done(backfill["id"])
     # each committed run updated the `predictions` asset, naming its hour for downstream DAGs
     for run in runs:
-        [event] = standalone.api.get("assets/events", params={"source_dag_id": "sensor_scoring",
-                                                                "source_run_id": run["dag_run_id"]})["asset_events"]
+        [event] = standalone.api.get(
+            "assets/events", params={"source_dag_id": "sensor_scoring", "source_run_id": run["dag_run_id"]}
+        )["asset_events"]
         assert event["name"] == "predictions" and event["source_task_id"] == "commit"
         assert event["extra"]["run_id"] == run["dag_run_id"]
         assert [pd.Timestamp(h) for h in event["extra"]["hours"]] == [pd.Timestamp(run["data_interval_start"])]
@@ -139,9 +153,21 @@ def test_backfill_from_the_cli_reprocesses_the_same_hours_in_place(standalone: S
     before = {h: read_hour(standalone, h)[1] for h in hours}
     scheduled = standalone.scheduled_run()
     done = standalone.stack.airflow_cli(
-        "backfill", "create", "--dag-id", "sensor_scoring", "--from-date", hours[0].isoformat(),
-        "--to-date", hours[-1].isoformat(), "--reprocess-behavior", "completed", "--max-active-runs", "3",
-        "--dag-run-conf", json.dumps({"sensors_per_shard": SENSORS}))
+        "backfill",
+        "create",
+        "--dag-id",
+        "sensor_scoring",
+        "--from-date",
+        hours[0].isoformat(),
+        "--to-date",
+        hours[-1].isoformat(),
+        "--reprocess-behavior",
+        "completed",
+        "--max-active-runs",
+        "3",
+        "--dag-run-conf",
+        json.dumps({"sensors_per_shard": SENSORS}),
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     backfill = standalone.latest_backfill()
     assert datetime.fromisoformat(backfill["from_date"]) == hours[0]
@@ -162,8 +188,9 @@ def test_backfill_from_the_cli_reprocesses_the_same_hours_in_place(standalone: S
 def test_failing_run_alerts_by_email_and_webhook(standalone: Standalone, smtp_server, webhook_receiver, full_run: dict):
     hour = full_run["hour"]
     _, manifest_before, _ = read_hour(standalone, hour)
-    run = standalone.api.trigger({"window_start": hour.isoformat(), "window_end": (hour + H).isoformat(),
-                                  "model_version": "no-such-version"})
+    run = standalone.api.trigger(
+        {"window_start": hour.isoformat(), "window_end": (hour + H).isoformat(), "model_version": "no-such-version"}
+    )
     run_id = run["dag_run_id"]
     done = standalone.api.wait_for_runs([run_id], timeout_s=RUN_TIMEOUT_S)[run_id]
     assert done["state"] == "failed"
@@ -172,10 +199,18 @@ def test_failing_run_alerts_by_email_and_webhook(standalone: Standalone, smtp_se
     _, manifest_after, _ = read_hour(standalone, hour)
     assert manifest_after == manifest_before  # a failed run leaves the committed hour alone
 
-    hooks = wait_for(lambda: [r for r in webhook_receiver.received if (r["json"] or {}).get("run_id") == run_id],
-                     count=2, what="webhook alerts", stack=standalone.stack)
-    mails = wait_for(lambda: [m for m in smtp_server.mailbox.messages if run_id in m.get_body(("html", "plain")).get_content()],
-                     count=2, what="alert emails", stack=standalone.stack)
+    hooks = wait_for(
+        lambda: [r for r in webhook_receiver.received if (r["json"] or {}).get("run_id") == run_id],
+        count=2,
+        what="webhook alerts",
+        stack=standalone.stack,
+    )
+    mails = wait_for(
+        lambda: [m for m in smtp_server.mailbox.messages if run_id in m.get_body(("html", "plain")).get_content()],
+        count=2,
+        what="alert emails",
+        stack=standalone.stack,
+    )
 
     by_event = {h["json"]["event"]: h for h in hooks}
     assert set(by_event) == {"task_failed", "dag_run_failed"}
@@ -202,8 +237,10 @@ def test_failing_run_alerts_by_email_and_webhook(standalone: Standalone, smtp_se
     assert (ALERT_FROM, [ALERT_TO]) in smtp_server.mailbox.envelopes
 
     # the task's own log, through the API, holds the error the alert quotes
-    log = standalone.api.get(f"dags/sensor_scoring/dagRuns/{quote(run_id, safe='')}/taskInstances/plan_shards/logs/1",
-                             headers={"Accept": "application/json"})
+    log = standalone.api.get(
+        f"dags/sensor_scoring/dagRuns/{quote(run_id, safe='')}/taskInstances/plan_shards/logs/1",
+        headers={"Accept": "application/json"},
+    )
     assert "no-such-version" in json.dumps(log)
 
 

@@ -1,5 +1,6 @@
 """The backend seam: the local backend runs the shard command; unknown backends say so; the decisions of a wait
 on a Batch task, shared by the trigger and the synchronous backend."""
+
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from sensor_scoring import backends, settings as config, models
+from sensor_scoring import backends, models, settings as config
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
@@ -38,7 +39,14 @@ def test_local_backend_fails_with_the_exit_code_and_output(tmp_path):
 
 
 def test_shard_command_is_the_same_everywhere():
-    assert backends.shard_command("az://s/x/spec.json") == ["python", "-m", "sensor_scoring", "score-shard", "--spec", "az://s/x/spec.json"]
+    assert backends.shard_command("az://s/x/spec.json") == [
+        "python",
+        "-m",
+        "sensor_scoring",
+        "score-shard",
+        "--spec",
+        "az://s/x/spec.json",
+    ]
 
 
 def test_unknown_backends_are_refused_clearly():
@@ -48,8 +56,10 @@ def test_unknown_backends_are_refused_clearly():
 
 
 def test_the_package_loads_without_the_batch_code():
-    code = ("import sys, sensor_scoring.backends as b; b.get_backend('local'); "
-            "assert 'sensor_scoring.backends.azure_batch' not in sys.modules")
+    code = (
+        "import sys, sensor_scoring.backends as b; b.get_backend('local'); "
+        "assert 'sensor_scoring.backends.azure_batch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

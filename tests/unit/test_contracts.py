@@ -1,4 +1,5 @@
 """The records between tasks: each round-trips through XCom and JSON, and anything else is refused by name."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,16 +17,30 @@ SOURCE = "az://staging/runs/r/x.json"
 
 
 def corrupt() -> c.CorruptFile:
-    return c.CorruptFile(file="2026/11/24/00/0_t_1.json", bytes=12, sha256="ab" * 32, error="cannot be parsed",
-                         hour=START)
+    return c.CorruptFile(
+        file="2026/11/24/00/0_t_1.json", bytes=12, sha256="ab" * 32, error="cannot be parsed", hour=START
+    )
 
 
 def summary() -> c.HourSummary:
     return c.HourSummary(
-        run_id="manual__2026-11-24T01:02:03+00:00", run_key="manual-1", start=START, end=START + H, files_read=3,
-        folders=("2026/11/24/00", "2026/11/24/01"), landed=241, landed_by_hour={START.isoformat(): 241}, valid=239,
-        duplicates=1, quarantined=1, quarantine_reasons={"negative_std": 1}, sensors=4, quarantined_files=(corrupt(),),
-        empty_files=("2026/11/24/00/0_e_1.json",), max_quarantine_share=0.1, validation_report=SOURCE,
+        run_id="manual__2026-11-24T01:02:03+00:00",
+        run_key="manual-1",
+        start=START,
+        end=START + H,
+        files_read=3,
+        folders=("2026/11/24/00", "2026/11/24/01"),
+        landed=241,
+        landed_by_hour={START.isoformat(): 241},
+        valid=239,
+        duplicates=1,
+        quarantined=1,
+        quarantine_reasons={"negative_std": 1},
+        sensors=4,
+        quarantined_files=(corrupt(),),
+        empty_files=("2026/11/24/00/0_e_1.json",),
+        max_quarantine_share=0.1,
+        validation_report=SOURCE,
         subset=c.Subset(devices=("dev-0000",), tags=()),
         duplicates_by_sensor={START.isoformat(): (c.SensorDuplicates(device_id="dev-0000", tag=None, duplicates=1),)},
     )
@@ -33,39 +48,79 @@ def summary() -> c.HourSummary:
 
 def report() -> c.ValidationReport:
     hour = c.HourValidation(
-        suite="landed_windows", hour=START, run_id="r", landed=241, duplicates=1, failing_rows=1,
-        failing_share=round(1 / 241, 6), max_quarantine_share=0.1, threshold_exceeded=False,
-        failing_rows_by_reason={"negative_std": 1}, quarantined_files=(corrupt(),), empty_files=())
-    return c.ValidationReport(suite="landed_windows", run_id="r", interval=c.Interval(START, START + H),
-                              evaluated_rows=240, seconds=0.25, physical_bounds={"default": [None, None]},
-                              expectations=({"expectation": "expect_column_to_exist", "success": True},),
-                              hours={START.isoformat(): hour})
+        suite="landed_windows",
+        hour=START,
+        run_id="r",
+        landed=241,
+        duplicates=1,
+        failing_rows=1,
+        failing_share=round(1 / 241, 6),
+        max_quarantine_share=0.1,
+        threshold_exceeded=False,
+        failing_rows_by_reason={"negative_std": 1},
+        quarantined_files=(corrupt(),),
+        empty_files=(),
+    )
+    return c.ValidationReport(
+        suite="landed_windows",
+        run_id="r",
+        interval=c.Interval(START, START + H),
+        evaluated_rows=240,
+        seconds=0.25,
+        physical_bounds={"default": [None, None]},
+        expectations=({"expectation": "expect_column_to_exist", "success": True},),
+        hours={START.isoformat(): hour},
+    )
 
 
 def spec() -> c.ShardSpec:
-    return c.ShardSpec(run_id="r", run_key="r-1", shard=3, model_version="v1",
-                       containers=c.ShardContainers(models="models", staging="staging"),
-                       input="az://staging/runs/r-1/shard-00003/input.parquet",
-                       output_prefix="az://staging/runs/r-1/shard-00003/",
-                       models=(c.ModelRef(device_id="d", tag="t", pack="pack-00000.npz", row=7, sha256="0" * 64),))
+    return c.ShardSpec(
+        run_id="r",
+        run_key="r-1",
+        shard=3,
+        model_version="v1",
+        containers=c.ShardContainers(models="models", staging="staging"),
+        input="az://staging/runs/r-1/shard-00003/input.parquet",
+        output_prefix="az://staging/runs/r-1/shard-00003/",
+        models=(c.ModelRef(device_id="d", tag="t", pack="pack-00000.npz", row=7, sha256="0" * 64),),
+    )
 
 
 def result() -> c.ShardResult:
-    return c.ShardResult(shard=3, output_prefix="az://staging/runs/r-1/shard-00003/", scored=118, anomalies=4,
-                         quarantined=2, sensors=2, refused_models={"d/t": "model_hash_mismatch"})
+    return c.ShardResult(
+        shard=3,
+        output_prefix="az://staging/runs/r-1/shard-00003/",
+        scored=118,
+        anomalies=4,
+        quarantined=2,
+        sensors=2,
+        refused_models={"d/t": "model_hash_mismatch"},
+    )
 
 
 def manifest() -> c.Manifest:
     base = sample_manifest(START, anomalies=3)
-    entry = c.RescoringRecord(run_id="manual-2", model_version="v2", devices=("d",), tags=(),
-                              committed_at=START + 2 * H, counts=c.Counts(61, 60, 1, 0, 1))
+    entry = c.RescoringRecord(
+        run_id="manual-2",
+        model_version="v2",
+        devices=("d",),
+        tags=(),
+        committed_at=START + 2 * H,
+        counts=c.Counts(61, 60, 1, 0, 1),
+    )
     part = c.PartitionFile("predictions", "date=2026-11-24/hour=00/part-00000.parquet", 60, 9000, "1" * 64)
     return dataclasses.replace(base, rescored=(entry,), subset=c.Subset(("d",), ()), files=(part,))
 
 
-RECORDS = [summary, report, spec, result, manifest,
-           lambda: c.PlannedShard(spec_uri=SOURCE, shard=0, sensors=2, windows=120, label="shard 0: a .. b"),
-           lambda: c.ShardPlan(model_version="v1")]
+RECORDS = [
+    summary,
+    report,
+    spec,
+    result,
+    manifest,
+    lambda: c.PlannedShard(spec_uri=SOURCE, shard=0, sensors=2, windows=120, label="shard 0: a .. b"),
+    lambda: c.ShardPlan(model_version="v1"),
+]
 
 
 @pytest.mark.parametrize("make", RECORDS, ids=lambda make: type(make()).__name__)
@@ -79,15 +134,46 @@ def test_every_record_round_trips_through_xcom_and_json(make):
 
 def test_blob_field_names_stay_what_the_docs_describe():
     body = manifest().to_dict()
-    assert list(body) == ["schema_version", "run_id", "model_version", "hour", "interval", "committed_at", "counts",
-                          "quarantine_reasons", "files", "source_folders", "status", "quarantined_files", "empty_files",
-                          "validation", "subset", "rescored", "model_versions", "duplicates_by_sensor"]
+    assert list(body) == [
+        "schema_version",
+        "run_id",
+        "model_version",
+        "hour",
+        "interval",
+        "committed_at",
+        "counts",
+        "quarantine_reasons",
+        "files",
+        "source_folders",
+        "status",
+        "quarantined_files",
+        "empty_files",
+        "validation",
+        "subset",
+        "rescored",
+        "model_versions",
+        "duplicates_by_sensor",
+    ]
     assert body["hour"] == "2026-11-24T00:00:00+00:00" and body["interval"]["end"] == "2026-11-24T01:00:00+00:00"
-    assert body["rescored"][0]["counts"] == {"landed": 61, "scored": 60, "quarantined": 1, "duplicates": 0,
-                                             "anomalies": 1}
+    assert body["rescored"][0]["counts"] == {
+        "landed": 61,
+        "scored": 60,
+        "quarantined": 1,
+        "duplicates": 0,
+        "anomalies": 1,
+    }
     assert body["subset"] == {"devices": ["d"], "tags": []}
-    assert list(spec().to_dict()) == ["schema_version", "run_id", "run_key", "shard", "model_version", "containers",
-                                      "input", "output_prefix", "models"]
+    assert list(spec().to_dict()) == [
+        "schema_version",
+        "run_id",
+        "run_key",
+        "shard",
+        "model_version",
+        "containers",
+        "input",
+        "output_prefix",
+        "models",
+    ]
 
 
 def _broken(make, change) -> dict:
@@ -96,37 +182,92 @@ def _broken(make, change) -> dict:
     return body
 
 
-@pytest.mark.parametrize("make,change,message", [
-    pytest.param(manifest, lambda b: b["counts"].pop("scored"), "manifest from {src}: field 'counts.scored' is missing",
-                 id="missing-nested-field"),
-    pytest.param(manifest, lambda b: b.pop("status"), "manifest from {src}: field 'status' is missing",
-                 id="missing-field"),
-    pytest.param(manifest, lambda b: b.update(state="scored"), "manifest from {src}: unknown field(s) 'state'",
-                 id="unknown-field"),
-    pytest.param(manifest, lambda b: b["files"][0].update(etag="x"),
-                 "manifest from {src}: unknown field(s) 'files[0].etag'", id="unknown-nested-field"),
-    pytest.param(manifest, lambda b: b.pop("schema_version"),
-                 "manifest from {src}: field 'schema_version' is missing", id="unversioned"),
-    pytest.param(manifest, lambda b: b.update(schema_version=2),
-                 "manifest from {src}: schema_version 2 is not 1", id="other-version"),
-    pytest.param(manifest, lambda b: b.update(status="done"),
-                 "manifest from {src}: field 'status' should be 'scored' or 'empty', got str 'done'", id="bad-literal"),
-    pytest.param(manifest, lambda b: b["counts"].update(landed="61"),
-                 "manifest from {src}: field 'counts.landed' should be an integer, got str '61'", id="text-for-int"),
-    pytest.param(manifest, lambda b: b["counts"].update(landed=True),
-                 "field 'counts.landed' should be an integer, got bool True", id="bool-for-int"),
-    pytest.param(manifest, lambda b: b.update(hour="2026-11-24T00:00:00"),
-                 "field 'hour' should be an ISO time with its UTC offset", id="naive-time"),
-    pytest.param(summary, lambda b: b["duplicates_by_sensor"][START.isoformat()][0].pop("tag"),
-                 "hour summary from {src}: field 'duplicates_by_sensor.2026-11-24T00:00:00+00:00[0].tag' is missing",
-                 id="missing-in-list-of-map"),
-    pytest.param(summary, lambda b: b.update(folders="2026/11/24/00"),
-                 "field 'folders' should be a list, got str", id="text-for-list"),
-    pytest.param(result, lambda b: b.update(refused_models=[]),
-                 "shard result from {src}: field 'refused_models' should be an object, got list []", id="list-for-map"),
-    pytest.param(spec, lambda b: b.update(containers=None),
-                 "shard spec from {src}: field 'containers' should be an object (shard containers)", id="null-record"),
-])
+@pytest.mark.parametrize(
+    "make,change,message",
+    [
+        pytest.param(
+            manifest,
+            lambda b: b["counts"].pop("scored"),
+            "manifest from {src}: field 'counts.scored' is missing",
+            id="missing-nested-field",
+        ),
+        pytest.param(
+            manifest, lambda b: b.pop("status"), "manifest from {src}: field 'status' is missing", id="missing-field"
+        ),
+        pytest.param(
+            manifest,
+            lambda b: b.update(state="scored"),
+            "manifest from {src}: unknown field(s) 'state'",
+            id="unknown-field",
+        ),
+        pytest.param(
+            manifest,
+            lambda b: b["files"][0].update(etag="x"),
+            "manifest from {src}: unknown field(s) 'files[0].etag'",
+            id="unknown-nested-field",
+        ),
+        pytest.param(
+            manifest,
+            lambda b: b.pop("schema_version"),
+            "manifest from {src}: field 'schema_version' is missing",
+            id="unversioned",
+        ),
+        pytest.param(
+            manifest,
+            lambda b: b.update(schema_version=2),
+            "manifest from {src}: schema_version 2 is not 1",
+            id="other-version",
+        ),
+        pytest.param(
+            manifest,
+            lambda b: b.update(status="done"),
+            "manifest from {src}: field 'status' should be 'scored' or 'empty', got str 'done'",
+            id="bad-literal",
+        ),
+        pytest.param(
+            manifest,
+            lambda b: b["counts"].update(landed="61"),
+            "manifest from {src}: field 'counts.landed' should be an integer, got str '61'",
+            id="text-for-int",
+        ),
+        pytest.param(
+            manifest,
+            lambda b: b["counts"].update(landed=True),
+            "field 'counts.landed' should be an integer, got bool True",
+            id="bool-for-int",
+        ),
+        pytest.param(
+            manifest,
+            lambda b: b.update(hour="2026-11-24T00:00:00"),
+            "field 'hour' should be an ISO time with its UTC offset",
+            id="naive-time",
+        ),
+        pytest.param(
+            summary,
+            lambda b: b["duplicates_by_sensor"][START.isoformat()][0].pop("tag"),
+            "hour summary from {src}: field 'duplicates_by_sensor.2026-11-24T00:00:00+00:00[0].tag' is missing",
+            id="missing-in-list-of-map",
+        ),
+        pytest.param(
+            summary,
+            lambda b: b.update(folders="2026/11/24/00"),
+            "field 'folders' should be a list, got str",
+            id="text-for-list",
+        ),
+        pytest.param(
+            result,
+            lambda b: b.update(refused_models=[]),
+            "shard result from {src}: field 'refused_models' should be an object, got list []",
+            id="list-for-map",
+        ),
+        pytest.param(
+            spec,
+            lambda b: b.update(containers=None),
+            "shard spec from {src}: field 'containers' should be an object (shard containers)",
+            id="null-record",
+        ),
+    ],
+)
 def test_a_record_that_breaks_its_contract_is_refused_naming_field_and_source(make, change, message):
     with pytest.raises(c.ContractError) as caught:
         type(make()).from_dict(_broken(make, change), source=SOURCE)

@@ -118,8 +118,13 @@ def cycle_through(graph: dict[str, set[str]], component: set[str]) -> list[str]:
 
 def forbidden_imports(layer: str, banned: tuple[str, ...]) -> list[str]:
     """``module:line -> name`` for every import from a module of ``layer`` of a name under ``banned``."""
-    return [f"{name}:{line} -> {target}" for name, path in MODULES.items() if top(name) == layer
-            for target, line in imported_names(name, path) if top(target) in banned]
+    return [
+        f"{name}:{line} -> {target}"
+        for name, path in MODULES.items()
+        if top(name) == layer
+        for target, line in imported_names(name, path)
+        if top(target) in banned
+    ]
 
 
 def test_the_graph_is_read_from_src() -> None:

@@ -1,4 +1,5 @@
 """Model packs: the arrays round-trip, hashes are checked, and nothing but plain numbers ever loads."""
+
 from __future__ import annotations
 
 import io
@@ -25,8 +26,9 @@ def test_pack_round_trip_keeps_every_number(trained):
 
 def test_digest_changes_with_any_number(trained):
     arrays = trained[0].arrays
-    changed = models.ModelArrays(arrays.mean, arrays.scale, arrays.support_vectors, arrays.dual_coef,
-                                 arrays.intercept + 1e-12, arrays.gamma)
+    changed = models.ModelArrays(
+        arrays.mean, arrays.scale, arrays.support_vectors, arrays.dual_coef, arrays.intercept + 1e-12, arrays.gamma
+    )
     assert changed.digest() != arrays.digest()
 
 
@@ -53,7 +55,9 @@ def test_register_writes_manifest_index_and_alias(tmp_path, trained):
     assert models.resolve_version(storage, "models", "production") == "v1"
     index = models.read_index(storage, "models", "v1")
     assert list(index.columns[:5]) == ["device_id", "tag", "pack", "row", "sha256"]
-    assert (index["train_rows"] > 0).all() and (index["features"] == "value_avg,value_min,value_max,value_std,reading_count").all()
+    assert (index["train_rows"] > 0).all() and (
+        index["features"] == "value_avg,value_min,value_max,value_std,reading_count"
+    ).all()
     with pytest.raises(FileExistsError):
         models.register(storage, "models", trained, version="v1", params={}, promote=False)
     with pytest.raises(LookupError, match="train and promote"):
@@ -116,12 +120,18 @@ def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_
     land_windows(storage, containers.windows, windows, LandingPlan(late_share=1.0))  # late windows in the next folder
     one = windows.head(1)
     stray = one.assign(window_end=START - 24 * H)  # in an own folder, its own hour's run never reads it: quarantined
-    late = pd.concat([one.assign(window_end=START + H + timedelta(seconds=30)),  # inside, found in the late folder
-                      one.assign(window_end=START + 2 * H + timedelta(seconds=40))])  # the next hour's: not owned
+    late = pd.concat(
+        [
+            one.assign(window_end=START + H + timedelta(seconds=30)),  # inside, found in the late folder
+            one.assign(window_end=START + 2 * H + timedelta(seconds=40)),
+        ]
+    )  # the next hour's: not owned
     storage.write_bytes(containers.windows, f"{START + H:%Y/%m/%d/%H}/0_stray_1.json", to_asa_json_lines(stray))
     storage.write_bytes(containers.windows, f"{START + 2 * H:%Y/%m/%d/%H}/0_late_1.json", to_asa_json_lines(late))
     seen = []
-    monkeypatch.setattr(training, "_train", lambda w, **kw: seen.append(w) or models.train_models(w, min_rows=kw["min_rows"]))
+    monkeypatch.setattr(
+        training, "_train", lambda w, **kw: seen.append(w) or models.train_models(w, min_rows=kw["min_rows"])
+    )
     training.train_and_register(storage, containers, START, START + 2 * H, version="v1")
     hour = Hour(storage, containers, "same-rule", START, START + 2 * H)
     summary = load_and_validate(hour)
@@ -130,5 +140,7 @@ def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_
     assert len(trained_on) == summary.valid == 2 * 120 + 1
     assert summary.quarantine_reasons == {"window_outside_interval": 1}
     key = list(WINDOW_KEY)
-    pd.testing.assert_frame_equal(trained_on[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True),
-                                  scored[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        trained_on[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True),
+        scored[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True),
+    )

@@ -1,4 +1,5 @@
 """The vectorised scorer against scikit-learn itself, sensor by sensor."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,7 +45,9 @@ def test_rows_in_any_order_get_their_own_model(setup):
     trained, test = setup
     lookup = {(m.device_id, m.tag): m.arrays for m in trained}
     shuffled = test.sample(frac=1.0, random_state=1)
-    np.testing.assert_allclose(score(shuffled, lookup).loc[test.index, "score"], score(test, lookup)["score"], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        score(shuffled, lookup).loc[test.index, "score"], score(test, lookup)["score"], rtol=1e-12, atol=1e-15
+    )
 
 
 def test_missing_model_is_named_not_skipped(setup):

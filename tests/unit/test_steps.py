@@ -1,4 +1,6 @@
-"""The hour's steps (sensor_scoring.steps) on a local directory: intervals, landing detection, sharding, shard scoring, commit."""
+"""The hour's steps (sensor_scoring.steps) on a local directory: intervals, landing detection, sharding, shard scoring,
+commit."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +10,7 @@ import pandas as pd
 import pendulum
 import pytest
 
-from sensor_scoring import layout, models, settings as config
-from sensor_scoring import storage as st
+from sensor_scoring import layout, models, settings as config, storage as st
 from sensor_scoring.contracts import PREDICTION_SCHEMA, AccountingError, ShardSpec
 from sensor_scoring.steps.commit import commit
 from sensor_scoring.steps.interval import Hour, resolve_interval, run_key
@@ -27,20 +28,31 @@ H = timedelta(hours=1)
 
 def test_interval_from_params_data_interval_or_last_complete_hour():
     di = (pendulum.datetime(2026, 11, 25, 15), pendulum.datetime(2026, 11, 25, 16))
-    assert resolve_interval(None, None, *di) == (datetime(2026, 11, 25, 15, tzinfo=UTC), datetime(2026, 11, 25, 16, tzinfo=UTC))
+    assert resolve_interval(None, None, *di) == (
+        datetime(2026, 11, 25, 15, tzinfo=UTC),
+        datetime(2026, 11, 25, 16, tzinfo=UTC),
+    )
     assert resolve_interval("2026-11-25T10:00:00Z", "2026-11-25T13:00:00+00:00", *di) == (
-        datetime(2026, 11, 25, 10, tzinfo=UTC), datetime(2026, 11, 25, 13, tzinfo=UTC))
+        datetime(2026, 11, 25, 10, tzinfo=UTC),
+        datetime(2026, 11, 25, 13, tzinfo=UTC),
+    )
     # Airflow 3 manual run: zero-length interval, no logical date -> the hour before the request
     zero = pendulum.datetime(2026, 11, 25, 16, 20)
-    assert resolve_interval(None, None, zero, zero, zero) == (datetime(2026, 11, 25, 15, tzinfo=UTC), datetime(2026, 11, 25, 16, tzinfo=UTC))
+    assert resolve_interval(None, None, zero, zero, zero) == (
+        datetime(2026, 11, 25, 15, tzinfo=UTC),
+        datetime(2026, 11, 25, 16, tzinfo=UTC),
+    )
     assert resolve_interval(None, None, None, None, zero)[1] == datetime(2026, 11, 25, 16, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("start,end,message", [
-    ("2026-11-25T10:30:00Z", "2026-11-25T11:00:00Z", "not on a whole hour"),
-    ("2026-11-25T11:00:00Z", "2026-11-25T10:00:00Z", "not after"),
-    ("2026-11-25T11:00:00Z", None, "both"),
-])
+@pytest.mark.parametrize(
+    "start,end,message",
+    [
+        ("2026-11-25T10:30:00Z", "2026-11-25T11:00:00Z", "not on a whole hour"),
+        ("2026-11-25T11:00:00Z", "2026-11-25T10:00:00Z", "not after"),
+        ("2026-11-25T11:00:00Z", None, "both"),
+    ],
+)
 def test_interval_refuses_partial_hours_and_reversed_ranges(start, end, message):
     with pytest.raises(ValueError, match=message):
         resolve_interval(start, end, None, None)
@@ -64,7 +76,9 @@ def test_windows_landed_rules(tmp_path):
     now = datetime.now(UTC)
     assert windows_landed(hour, late_folders=1, settle_minutes=5, now=now)[0] is False  # fresh, stream not moved on
     assert windows_landed(hour, late_folders=1, settle_minutes=5, now=now + timedelta(minutes=6))[0] is True
-    land_windows(storage, "windows", fleet_windows(devices=1, tags=1, hours=1, start=hour.end), LandingPlan(late_share=0.0))
+    land_windows(
+        storage, "windows", fleet_windows(devices=1, tags=1, hours=1, start=hour.end), LandingPlan(late_share=0.0)
+    )
     done, why = windows_landed(hour, late_folders=1, settle_minutes=5, now=now)
     assert done and "moved on" in why
 
@@ -75,7 +89,10 @@ def staged(tmp_path):
     storage = LocalStorage(tmp_path)
     windows = fleet_windows(devices=2, tags=2, hours=4)
     land_windows(storage, "windows", windows)
-    train = windows[(windows["window_end"] < START + 3 * H) & ~((windows["device_id"] == "dev-0001") & (windows["tag"] == "pressure"))]
+    train = windows[
+        (windows["window_end"] < START + 3 * H)
+        & ~((windows["device_id"] == "dev-0001") & (windows["tag"] == "pressure"))
+    ]
     trained = models.train_models(train)
     models.register(storage, "models", trained, version="v1", params={}, promote=True)
     hour = _hour(storage)
@@ -104,8 +121,13 @@ def test_score_and_commit_close_the_accounting_and_replace_the_hour(staged):
     results = [score_shard(storage, s.spec_uri) for s in shards]
     assert sum(r.scored for r in results) == 180
     [manifest] = commit(hour, summary, results)
-    assert manifest.counts.to_dict() == {"landed": 240, "scored": 180, "quarantined": 60, "duplicates": 0,
-                                         "anomalies": manifest.counts.anomalies}
+    assert manifest.counts.to_dict() == {
+        "landed": 240,
+        "scored": 180,
+        "quarantined": 60,
+        "duplicates": 0,
+        "anomalies": manifest.counts.anomalies,
+    }
     part = pd.read_parquet(tmp_file(storage, "predictions", "date=2026-11-24/hour=03/part-00000.parquet"))
     assert len(part) == 180 and not part.duplicated(["device_id", "tag", "window_end"]).any()
     assert list(part.columns) == PREDICTION_SCHEMA.names

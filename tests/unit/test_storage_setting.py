@@ -1,4 +1,5 @@
 """The storage setting is one of a few strict forms; anything else is an error that names the setting, not its value."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,17 @@ from sensor_scoring import settings as config, storage as st
 KEY = "c2VjcmV0LWtleS1vZi10aGUtYWNjb3VudA=="  # an account key's shape; none of the messages may show it
 
 
-@pytest.mark.parametrize("setting", [
-    "UseDevelopmentStorage=true",
-    "usedevelopmentstorage=true;",
-    f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={KEY};EndpointSuffix=core.windows.net",
-    f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};"
-    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;",
-    "BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=sv=2020-08-04&sig=x%3D",
-])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "UseDevelopmentStorage=true",
+        "usedevelopmentstorage=true;",
+        f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={KEY};EndpointSuffix=core.windows.net",
+        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};"
+        "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;",
+        "BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=sv=2020-08-04&sig=x%3D",
+    ],
+)
 def test_connection_strings_open_blob_storage(setting):
     assert st.parse_setting(setting).kind == "connection_string"
     assert isinstance(st.open_storage(setting), st.BlobStorage)
@@ -31,8 +35,12 @@ def test_a_sas_setting_opens_sas_storage():
 
 def test_absolute_paths_and_file_urls_open_a_local_directory(tmp_path):
     partition_like = tmp_path / "date=2026-01-01"  # an "=" does not make a path a connection string
-    for setting, root in [(str(tmp_path), tmp_path), (f"file://{tmp_path}", tmp_path),
-                          (str(partition_like), partition_like), ("file://data/scoring", "data/scoring")]:
+    for setting, root in [
+        (str(tmp_path), tmp_path),
+        (f"file://{tmp_path}", tmp_path),
+        (str(partition_like), partition_like),
+        ("file://data/scoring", "data/scoring"),
+    ]:
         assert st.parse_setting(setting).kind == "directory"
         storage = st.open_storage(setting)
         assert isinstance(storage, st.LocalStorage) and str(storage.root) == str(root)
@@ -44,18 +52,21 @@ def test_the_setting_defaults_to_scoring_storage_of_the_environment(tmp_path, mo
     assert isinstance(storage, st.LocalStorage) and storage.root == tmp_path
 
 
-@pytest.mark.parametrize("setting, problem", [
-    (f"DefaultEndpointsProtocol=https;AccountName=acct;AcountKey={KEY}", "neither AccountName with AccountKey"),
-    (f"AccountName=acct;AccountKey {KEY.rstrip('=')}", "part 2 is not key=value"),
-    (f"AccountKey={KEY};EndpointSuffix=core.windows.net", "neither AccountName with AccountKey nor BlobEndpoint"),
-    ("UseDevelopmentStorage=TRUE", "UseDevelopmentStorage must be true"),
-    ("relative/folder", "absolute path or file://"),
-    (f"relative/folder/{KEY}", "not a usable connection string"),
-    ("", "is empty"),
-    ("file://", "without a path"),
-    (json.dumps({"containers": {"models": f"https://x/models?sig={KEY}"}}), "not a usable SAS setting"),
-    (json.dumps({st.SAS_SETTING_KEY: {"models": ""}}), "must map container names to SAS URLs"),
-])
+@pytest.mark.parametrize(
+    "setting, problem",
+    [
+        (f"DefaultEndpointsProtocol=https;AccountName=acct;AcountKey={KEY}", "neither AccountName with AccountKey"),
+        (f"AccountName=acct;AccountKey {KEY.rstrip('=')}", "part 2 is not key=value"),
+        (f"AccountKey={KEY};EndpointSuffix=core.windows.net", "neither AccountName with AccountKey nor BlobEndpoint"),
+        ("UseDevelopmentStorage=TRUE", "UseDevelopmentStorage must be true"),
+        ("relative/folder", "absolute path or file://"),
+        (f"relative/folder/{KEY}", "not a usable connection string"),
+        ("", "is empty"),
+        ("file://", "without a path"),
+        (json.dumps({"containers": {"models": f"https://x/models?sig={KEY}"}}), "not a usable SAS setting"),
+        (json.dumps({st.SAS_SETTING_KEY: {"models": ""}}), "must map container names to SAS URLs"),
+    ],
+)
 def test_a_malformed_setting_is_an_error_naming_the_variable_not_the_value(setting, problem, monkeypatch):
     with pytest.raises(st.StorageSettingError) as refused:
         st.open_storage(setting)
@@ -71,8 +82,9 @@ def test_a_malformed_setting_is_an_error_naming_the_variable_not_the_value(setti
 
 
 def test_the_caller_names_where_the_setting_came_from():
-    with pytest.raises(st.StorageSettingError,
-                       match="^Airflow connection 'scoring_storage' is not a usable connection"):
+    with pytest.raises(
+        st.StorageSettingError, match="^Airflow connection 'scoring_storage' is not a usable connection"
+    ):
         st.open_storage(f"AccountName=acct;Key={KEY}", source="Airflow connection 'scoring_storage'")
 
 

@@ -1,4 +1,5 @@
 """The great-expectations suite: each rule names its reason, duplicates collapse, conflicts are quarantined."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,16 @@ START, END = pd.Timestamp("2026-11-25T16:00Z"), pd.Timestamp("2026-11-25T17:00Z"
 
 
 def frame(**overrides) -> pd.DataFrame:
-    base = {"device_id": ["d1", "d1"], "tag": ["t", "t"],
-            "window_end": pd.to_datetime(["2026-11-25T16:01Z", "2026-11-25T16:02Z"], utc=True),
-            "value_avg": [1.0, 2.0], "value_min": [0.5, 1.0], "value_max": [1.5, 3.0], "value_std": [0.1, 0.2],
-            "reading_count": [6, 6]}
+    base = {
+        "device_id": ["d1", "d1"],
+        "tag": ["t", "t"],
+        "window_end": pd.to_datetime(["2026-11-25T16:01Z", "2026-11-25T16:02Z"], utc=True),
+        "value_avg": [1.0, 2.0],
+        "value_min": [0.5, 1.0],
+        "value_max": [1.5, 3.0],
+        "value_std": [0.1, 0.2],
+        "reading_count": [6, 6],
+    }
     base.update(overrides)
     return pd.DataFrame(base)
 
@@ -44,8 +51,14 @@ def test_each_rule_names_its_reason():
 
 def test_average_of_equal_readings_may_differ_by_an_ulp():
     value = 0.1 + 0.2
-    assert row_reasons(frame(value_min=[value, 1.0], value_avg=[value * (1 + 1e-15), 2.0], value_max=[value, 3.0])).iloc[0] == ""
-    assert row_reasons(frame(value_min=[value, 1.0], value_avg=[value * (1 + 1e-6), 2.0], value_max=[value, 3.0])).iloc[0] == "avg_outside_min_max"
+    assert (
+        row_reasons(frame(value_min=[value, 1.0], value_avg=[value * (1 + 1e-15), 2.0], value_max=[value, 3.0])).iloc[0]
+        == ""
+    )
+    assert (
+        row_reasons(frame(value_min=[value, 1.0], value_avg=[value * (1 + 1e-6), 2.0], value_max=[value, 3.0])).iloc[0]
+        == "avg_outside_min_max"
+    )
 
 
 def test_physical_bounds_per_tag_from_the_packaged_file_and_the_environment(monkeypatch):
@@ -53,8 +66,10 @@ def test_physical_bounds_per_tag_from_the_packaged_file_and_the_environment(monk
 
     cold = frame(tag=["temperature", "humidity"], value_min=[-300.0, -300.0], value_avg=[1.0, 1.0])
     assert list(row_reasons(cold)) == ["value_out_of_bounds", ""]  # packaged: temperature >= -273.15
-    monkeypatch.setenv("SCORING_PHYSICAL_BOUNDS", json.dumps({"default": {"min": 0, "max": None},
-                                                              "tags": {"temperature": {"min": -400, "max": 50}}}))
+    monkeypatch.setenv(
+        "SCORING_PHYSICAL_BOUNDS",
+        json.dumps({"default": {"min": 0, "max": None}, "tags": {"temperature": {"min": -400, "max": 50}}}),
+    )
     assert list(row_reasons(cold)) == ["", "value_out_of_bounds"]
     with pytest.raises(ValueError, match="min 5.0 above max 1.0"):
         load_bounds(json.dumps({"default": {"min": 5, "max": 1}}))
@@ -80,7 +95,9 @@ def test_a_wrong_column_type_is_a_schema_violation_naming_the_column():
 def test_great_expectations_is_loaded_only_by_validation():
     """Tasks other than load_and_validate, and shard processes, import the steps without it."""
     steps = ", ".join(f"sensor_scoring.steps.{name}" for name in ("landed", "load", "plan", "score", "commit"))
-    probe = (f"import sys, {steps}, sensor_scoring.cli, sensor_scoring_airflow.context; "
-             "print('gx' if 'great_expectations' in sys.modules else 'none')")
+    probe = (
+        f"import sys, {steps}, sensor_scoring.cli, sensor_scoring_airflow.context; "
+        "print('gx' if 'great_expectations' in sys.modules else 'none')"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "none", done.stderr[-2000:]

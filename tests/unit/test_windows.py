@@ -1,4 +1,5 @@
 """Aggregation (the Stream Analytics twin), landing layout and the parsers of every serialisation."""
+
 from __future__ import annotations
 
 import io
@@ -20,8 +21,8 @@ from sensor_scoring.windows import (
     aggregate_readings,
     folders_for_interval,
     land_windows,
-    parse_window_file,
     owned_windows,
+    parse_window_file,
     read_landed,
     read_owned,
     to_asa_json_lines,
@@ -35,11 +36,15 @@ def readings(rows: list[tuple[str, str, str, float | None]]) -> pd.DataFrame:
 
 
 def test_aggregate_matches_hand_computed_window():
-    frame = aggregate_readings(readings([
-        ("2026-11-25T16:00:10Z", "d1", "t", 1.0),
-        ("2026-11-25T16:00:30Z", "d1", "t", 2.0),
-        ("2026-11-25T16:00:50Z", "d1", "t", 6.0),
-    ]))
+    frame = aggregate_readings(
+        readings(
+            [
+                ("2026-11-25T16:00:10Z", "d1", "t", 1.0),
+                ("2026-11-25T16:00:30Z", "d1", "t", 2.0),
+                ("2026-11-25T16:00:50Z", "d1", "t", 6.0),
+            ]
+        )
+    )
     assert len(frame) == 1
     row = frame.iloc[0]
     assert row["window_end"] == pd.Timestamp("2026-11-25T16:01:00Z")
@@ -48,24 +53,35 @@ def test_aggregate_matches_hand_computed_window():
 
 
 def test_window_is_open_at_start_and_closed_at_end():
-    frame = aggregate_readings(readings([
-        ("2026-11-25T16:01:00Z", "d1", "t", 1.0),  # exactly on the boundary: closes the window ending 16:01
-        ("2026-11-25T16:01:00.001Z", "d1", "t", 5.0),  # just after: next window
-    ]))
+    frame = aggregate_readings(
+        readings(
+            [
+                ("2026-11-25T16:01:00Z", "d1", "t", 1.0),  # exactly on the boundary: closes the window ending 16:01
+                ("2026-11-25T16:01:00.001Z", "d1", "t", 5.0),  # just after: next window
+            ]
+        )
+    )
     assert list(frame["window_end"]) == [pd.Timestamp("2026-11-25T16:01Z"), pd.Timestamp("2026-11-25T16:02Z")]
 
 
 def test_single_reading_has_zero_std_and_nulls_are_ignored():
-    frame = aggregate_readings(readings([("2026-11-25T16:00:10Z", "d1", "t", 4.0), ("2026-11-25T16:00:20Z", "d1", "t", None)]))
+    frame = aggregate_readings(
+        readings([("2026-11-25T16:00:10Z", "d1", "t", 4.0), ("2026-11-25T16:00:20Z", "d1", "t", None)])
+    )
     assert frame.iloc[0]["value_std"] == 0.0
     assert frame.iloc[0]["reading_count"] == 1
 
 
 def test_aggregate_groups_by_device_and_tag():
-    frame = aggregate_readings(readings([
-        ("2026-11-25T16:00:10Z", "d1", "a", 1.0), ("2026-11-25T16:00:10Z", "d1", "b", 2.0),
-        ("2026-11-25T16:00:10Z", "d2", "a", 3.0),
-    ]))
+    frame = aggregate_readings(
+        readings(
+            [
+                ("2026-11-25T16:00:10Z", "d1", "a", 1.0),
+                ("2026-11-25T16:00:10Z", "d1", "b", 2.0),
+                ("2026-11-25T16:00:10Z", "d2", "a", 3.0),
+            ]
+        )
+    )
     assert sorted(zip(frame["device_id"], frame["tag"])) == [("d1", "a"), ("d1", "b"), ("d2", "a")]
 
 
@@ -77,18 +93,32 @@ def test_aggregate_refuses_missing_columns():
 def test_folders_include_late_ones_and_refuse_empty_interval():
     start = datetime(2026, 11, 25, 23, tzinfo=UTC)
     assert folders_for_interval(start, datetime(2026, 11, 26, 0, tzinfo=UTC)) == ["2026/11/25/23", "2026/11/26/00"]
-    assert folders_for_interval(start, datetime(2026, 11, 26, 1, tzinfo=UTC), late_folders=0) == ["2026/11/25/23", "2026/11/26/00"]
+    assert folders_for_interval(start, datetime(2026, 11, 26, 1, tzinfo=UTC), late_folders=0) == [
+        "2026/11/25/23",
+        "2026/11/26/00",
+    ]
     with pytest.raises(ValueError):
         folders_for_interval(start, start)
 
 
 def _hour_of_windows(hour: str = "2026-11-25T16:00Z", sensors: int = 2) -> pd.DataFrame:
     ends = pd.date_range(hour, periods=60, freq="min", tz="UTC")
-    frame = pd.DataFrame([
-        {"device_id": f"d{s}", "tag": "t", "window_end": end, "value_avg": 1.0, "value_min": 0.5,
-         "value_max": 1.5, "value_std": 0.2, "reading_count": 6}
-        for s in range(sensors) for end in ends
-    ])
+    frame = pd.DataFrame(
+        [
+            {
+                "device_id": f"d{s}",
+                "tag": "t",
+                "window_end": end,
+                "value_avg": 1.0,
+                "value_min": 0.5,
+                "value_max": 1.5,
+                "value_std": 0.2,
+                "reading_count": 6,
+            }
+            for s in range(sensors)
+            for end in ends
+        ]
+    )
     return frame
 
 
@@ -132,7 +162,10 @@ def test_read_owned_reads_own_and_late_folders_and_keeps_the_strays_of_its_own(t
     read = read_owned(storage, "windows", start, end, late_folders=1)
     assert read.folders == ["2026/11/25/16", "2026/11/25/17"] and len(read.files) == 2
     assert sorted(str(t) for t in read.windows["window_end"]) == [
-        "2026-11-25 12:00:00+00:00", "2026-11-25 16:10:00+00:00", "2026-11-25 16:59:00+00:00"]
+        "2026-11-25 12:00:00+00:00",
+        "2026-11-25 16:10:00+00:00",
+        "2026-11-25 16:59:00+00:00",
+    ]
     wider = read_owned(storage, "windows", start, end, late_folders=2)
     assert len(wider.windows) == 4  # the 18:00 folder's window joins; the stray stays a stray
 
@@ -150,8 +183,9 @@ def test_every_stream_analytics_serialisation_parses_to_the_same_windows():
     windows = _hour_of_windows(sensors=1).head(5)
     parsed = [parse_window_file(name, data) for name, data in _serialised(windows).items()]
     for frame in parsed:
-        pd.testing.assert_frame_equal(frame[WINDOW_COLUMNS].reset_index(drop=True),
-                                      parsed[0][WINDOW_COLUMNS].reset_index(drop=True))
+        pd.testing.assert_frame_equal(
+            frame[WINDOW_COLUMNS].reset_index(drop=True), parsed[0][WINDOW_COLUMNS].reset_index(drop=True)
+        )
     assert parsed[0]["window_end"].iloc[0] == pd.Timestamp("2026-11-25T16:00Z")
 
 

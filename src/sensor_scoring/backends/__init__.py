@@ -8,6 +8,7 @@ The implementations live in :mod:`sensor_scoring.backends.local` and :mod:`senso
 they import this module, and this module names them only in :data:`BACKENDS` (imported when asked for), so the
 package has no import cycle and loading it never loads the Batch code.
 """
+
 from __future__ import annotations
 
 import importlib

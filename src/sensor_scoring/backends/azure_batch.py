@@ -12,6 +12,7 @@ What the stock ``AzureBatchOperator`` gets wrong for mapped tasks, and this modu
 the pool (or its nodes) to be idle, it adds one task to a job shared by the run instead of a job per call, and it
 judges a shard by its own task's exit code only.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,6 +55,7 @@ class Log(Protocol):
 
 # --- ids -------------------------------------------------------------------------------------------------
 
+
 def _bounded_id(readable: str, unique_source: str, limit: int = MAX_ID) -> str:
     """A valid Batch id: the readable part cleaned and cut, plus a hash of the full source (no collisions)."""
     digest = hashlib.sha256(unique_source.encode()).hexdigest()[:10]
@@ -87,12 +89,15 @@ def previous_task_ids(shard: int, spec_version: str, try_number: int) -> list[st
 
 # --- pool, job, task --------------------------------------------------------------------------------------
 
+
 def autoscale_formula(settings: BatchSettings) -> str:
     """The formula of ``sensor_scoring/backends/autoscale.formula`` with the caps filled in (comment lines dropped)."""
     path = Path(settings.formula_path)
     if not path.is_file():
-        raise FileNotFoundError(f"autoscale formula {path} not found; set {FORMULA_ENV} to its path "
-                                f"(the package's own is {DEFAULT_FORMULA})")
+        raise FileNotFoundError(
+            f"autoscale formula {path} not found; set {FORMULA_ENV} to its path "
+            f"(the package's own is {DEFAULT_FORMULA})"
+        )
     lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("//")]
     text = "\n".join(lines)
     text = text.replace("@MAX_DEDICATED@", str(int(settings.max_nodes)))
@@ -111,7 +116,8 @@ def pool_options(settings: BatchSettings) -> bm.BatchPoolCreateOptions:
             image_reference=bm.BatchVmImageReference(publisher=publisher, offer=offer, sku=sku, version=version),
             node_agent_sku_id=settings.node_agent_sku,
             container_configuration=bm.BatchContainerConfiguration(
-                type="dockerCompatible", container_image_names=[settings.scorer_image]),
+                type="dockerCompatible", container_image_names=[settings.scorer_image]
+            ),
         ),
         enable_auto_scale=True,
         auto_scale_formula=autoscale_formula(settings),
@@ -135,8 +141,13 @@ def ensure_pool(client: BatchClient, settings: BatchSettings) -> bool:
         client.create_pool(pool_options(settings))
     except ResourceExistsError:  # another shard of the same hour created it first
         return False
-    log.info("Created Batch pool %s (%s, autoscale up to %d dedicated + %d low-priority nodes)",
-             settings.pool_id, settings.vm_size, settings.max_nodes, settings.max_low_priority_nodes)
+    log.info(
+        "Created Batch pool %s (%s, autoscale up to %d dedicated + %d low-priority nodes)",
+        settings.pool_id,
+        settings.vm_size,
+        settings.max_nodes,
+        settings.max_low_priority_nodes,
+    )
     return True
 
 
@@ -148,7 +159,9 @@ def ensure_job(client: BatchClient, settings: BatchSettings, job: str, *, displa
     from azure.core.exceptions import ResourceExistsError
 
     options = bm.BatchJobCreateOptions(
-        id=job, display_name=display_name[:1024] or None, pool_info=bm.BatchPoolInfo(pool_id=settings.pool_id),
+        id=job,
+        display_name=display_name[:1024] or None,
+        pool_info=bm.BatchPoolInfo(pool_id=settings.pool_id),
         # the job stays open: shards of a run are added at different times, so "terminate when all
         # tasks complete" could close it between two shards
         all_tasks_complete_mode="noaction",
@@ -173,8 +186,9 @@ def ensure_job(client: BatchClient, settings: BatchSettings, job: str, *, displa
     return True
 
 
-def finish_idle_jobs(client: BatchClient, prefix: str, older_than: timedelta, *,
-                     now: datetime | None = None) -> list[str]:
+def finish_idle_jobs(
+    client: BatchClient, prefix: str, older_than: timedelta, *, now: datetime | None = None
+) -> list[str]:
     """Terminate this DAG's jobs created more than ``older_than`` ago that have no active or running task.
 
     Jobs are left open while their run may add shards (see ensure_job), yet every active job counts toward
@@ -207,6 +221,7 @@ def finish_idle_jobs(client: BatchClient, prefix: str, older_than: timedelta, *,
 
 # --- what a shard's task gets: command, environment, options ----------------------------------------------
 
+
 @dataclass(frozen=True)
 class ShardFacts:
     """What submitting a shard needs from its spec: its number, the containers it touches, and a version of the
@@ -225,14 +240,16 @@ def shard_facts(storage: st.Storage, spec_uri: str) -> ShardFacts:
     return ShardFacts(int(spec["shard"]), dict(spec["containers"]), f"{spec_uri}@{info.last_modified.isoformat()}")
 
 
-def batch_task_env(storage_setting: str, containers: Mapping[str, str], sas_hours: float,
-                   settings: config.Settings | None = None) -> dict[str, str]:
+def batch_task_env(
+    storage_setting: str, containers: Mapping[str, str], sas_hours: float, settings: config.Settings | None = None
+) -> dict[str, str]:
     """The whole storage access of a Batch task: SAS URLs to read ``models`` and read+write ``staging``,
     expiring after ``sas_hours``. The account key stays in Airflow. A storage retry budget other than the
     default is forwarded, so a node rides out an outage as the worker would (the default is the node's too)."""
     settings = settings or config.current()
-    sas = st.make_sas_setting(storage_setting, read=[containers["models"]], read_write=[containers["staging"]],
-                              hours=sas_hours)
+    sas = st.make_sas_setting(
+        storage_setting, read=[containers["models"]], read_write=[containers["staging"]], hours=sas_hours
+    )
     env = {config.STORAGE_ENV: sas}
     defaults = config.Settings()
     if settings.storage_retries != defaults.storage_retries:
@@ -247,8 +264,15 @@ def shard_command_line(spec_uri: str) -> str:
     return shlex.join(shard_command(spec_uri, python="python"))
 
 
-def task_options(settings: BatchSettings, task: str, spec_uri: str, task_env: Mapping[str, str],
-                 *, max_wall_clock: timedelta | None = None, display_name: str = "") -> bm.BatchTaskCreateOptions:
+def task_options(
+    settings: BatchSettings,
+    task: str,
+    spec_uri: str,
+    task_env: Mapping[str, str],
+    *,
+    max_wall_clock: timedelta | None = None,
+    display_name: str = "",
+) -> bm.BatchTaskCreateOptions:
     """The Batch task of one shard. Storage reaches it only through ``task_env`` (SAS URLs, never a key)."""
     from azure.batch import models as bm
 
@@ -257,7 +281,8 @@ def task_options(settings: BatchSettings, task: str, spec_uri: str, task_env: Ma
         display_name=display_name[:1024] or None,
         command_line=shard_command_line(spec_uri),
         container_settings=bm.BatchTaskContainerSettings(
-            image_name=settings.scorer_image, container_run_options=settings.container_run_options),
+            image_name=settings.scorer_image, container_run_options=settings.container_run_options
+        ),
         environment_settings=[bm.EnvironmentSetting(name=k, value=v) for k, v in sorted(task_env.items())],
         constraints=bm.BatchTaskConstraints(
             max_wall_clock_time=max_wall_clock,
@@ -271,6 +296,7 @@ def task_options(settings: BatchSettings, task: str, spec_uri: str, task_env: Ma
 
 # --- submit ------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Submission:
     """What submit_shard did: the ids, and whether an earlier try's successful task was reused."""
@@ -281,9 +307,18 @@ class Submission:
     replaced: list[str] = field(default_factory=list)
 
 
-def submit_shard(client: BatchClient, settings: BatchSettings, storage_setting: str, spec_uri: str, *, job: str,
-                 try_number: int, max_wall_clock: timedelta | None = None, label: str = "",
-                 sweep_prefix: str | None = None) -> Submission:
+def submit_shard(
+    client: BatchClient,
+    settings: BatchSettings,
+    storage_setting: str,
+    spec_uri: str,
+    *,
+    job: str,
+    try_number: int,
+    max_wall_clock: timedelta | None = None,
+    label: str = "",
+    sweep_prefix: str | None = None,
+) -> Submission:
     """Add this try's task for the shard of ``spec_uri``, after looking at what earlier tries left in the job.
 
     - an earlier try's task that completed with exit code 0: reused, nothing is added (its outputs are there);
@@ -323,8 +358,9 @@ def submit_shard(client: BatchClient, settings: BatchSettings, storage_setting: 
     this = task_id(facts.shard, facts.version, try_number)
     task_env = batch_task_env(storage_setting, facts.containers, settings.sas_hours)
     try:
-        client.create_task(job, task_options(settings, this, spec_uri, task_env,
-                                             max_wall_clock=max_wall_clock, display_name=label))
+        client.create_task(
+            job, task_options(settings, this, spec_uri, task_env, max_wall_clock=max_wall_clock, display_name=label)
+        )
         log.info("Added Batch task %s to job %s: %s", this, job, shard_command_line(spec_uri))
     except ResourceExistsError:
         log.info("Batch task %s already exists (added before this try was interrupted): adopting it", this)
@@ -332,6 +368,7 @@ def submit_shard(client: BatchClient, settings: BatchSettings, storage_setting: 
 
 
 # --- wait and judge ----------------------------------------------------------------------------------------
+
 
 def _enum_text(value: Any) -> str | None:
     if value is None:
@@ -352,8 +389,9 @@ def task_summary(task: Any) -> dict[str, Any]:
         "requeue_count": getattr(info, "requeue_count", 0) if info else 0,
         "start_time": info.start_time.isoformat() if info and info.start_time else None,
         "end_time": info.end_time.isoformat() if info and info.end_time else None,
-        "failure": None if failure is None else {"category": _enum_text(failure.category), "code": failure.code,
-                                                   "message": failure.message},
+        "failure": None
+        if failure is None
+        else {"category": _enum_text(failure.category), "code": failure.code, "message": failure.message},
         "node_id": getattr(node, "node_id", None) if node else None,
         "task_root_url": getattr(node, "task_root_directory_url", None) if node else None,
     }
@@ -391,8 +429,11 @@ def poll_step(poll: Poll, summary: Mapping[str, Any], *, now: float, log: Log = 
     """
     if summary["requeue_count"] > poll.requeues:
         poll.requeues = summary["requeue_count"]
-        log.warning("Batch task %s was requeued by Batch (node preempted or lost), %d time(s); "
-                    "waiting for it to run again", poll.task_id, poll.requeues)
+        log.warning(
+            "Batch task %s was requeued by Batch (node preempted or lost), %d time(s); waiting for it to run again",
+            poll.task_id,
+            poll.requeues,
+        )
     if summary["state"] == "completed":
         return PollStep(event={"status": "completed", **summary})
     if poll.deadline is not None and now > poll.deadline:
@@ -404,15 +445,26 @@ def poll_step(poll: Poll, summary: Mapping[str, Any], *, now: float, log: Log = 
     return PollStep(sleep_s=pause)
 
 
-def check_outcome(client: BatchClient, job: str, event: Mapping[str, Any], *, account_url: str | None = None,
-                  log: Log = log) -> None:
+def check_outcome(
+    client: BatchClient, job: str, event: Mapping[str, Any], *, account_url: str | None = None, log: Log = log
+) -> None:
     """Log what a finished wait found; raise ShardFailed unless the task completed with exit code 0 (its own
     code, not the job's). A failed task's output tails go to the log, stderr's last lines into the error."""
     task = event["task_id"]
     urls = output_file_urls(account_url, job, task) if account_url else {}
-    log.info("Batch task %s/%s: state %s, exit code %s, requeued %s time(s), ran %s .. %s on node %s. "
-             "stdout: %s stderr: %s", job, task, event["state"], event["exit_code"], event["requeue_count"],
-             event["start_time"], event["end_time"], event["node_id"], urls.get("stdout", "?"), urls.get("stderr", "?"))
+    log.info(
+        "Batch task %s/%s: state %s, exit code %s, requeued %s time(s), ran %s .. %s on node %s. stdout: %s stderr: %s",
+        job,
+        task,
+        event["state"],
+        event["exit_code"],
+        event["requeue_count"],
+        event["start_time"],
+        event["end_time"],
+        event["node_id"],
+        urls.get("stdout", "?"),
+        urls.get("stderr", "?"),
+    )
     if event["status"] == "completed" and event["exit_code"] == 0:
         return
     tails = {name: read_task_file_tail(client, job, task, name) for name in ("stdout.txt", "stderr.txt")}
@@ -422,8 +474,10 @@ def check_outcome(client: BatchClient, job: str, event: Mapping[str, Any], *, ac
     if event["status"] == "timeout":
         raise ShardFailed(f"Batch task {task} did not finish in time (was {event['state']}); it was terminated")
     last = tails["stderr.txt"].splitlines()[-5:]
-    raise ShardFailed(f"Batch task {task} exited with code {event['exit_code']} (failure: {event['failure']})"
-                      + (": " + " | ".join(last) if last else ""))
+    raise ShardFailed(
+        f"Batch task {task} exited with code {event['exit_code']} (failure: {event['failure']})"
+        + (": " + " | ".join(last) if last else "")
+    )
 
 
 def terminate_task(client: BatchClient, job: str, task: str) -> bool:
@@ -469,6 +523,7 @@ def read_task_file_tail(client: BatchClient, job: str, task: str, name: str, lin
 
 # --- clients -----------------------------------------------------------------------------------------------
 
+
 def client_from_connection(conn: Any) -> BatchClient:
     """A sync BatchClient from an Airflow ``azure_batch`` connection (login, key, ``extra.account_url``)."""
     from azure.batch import BatchClient
@@ -492,12 +547,15 @@ def account_url_of(conn: Any) -> str:
     if not url:
         raise ValueError(f"Airflow connection {conn.conn_id!r} has no extra.account_url (the Batch account URL)")
     if not (conn.login and conn.password):
-        raise ValueError(f"Airflow connection {conn.conn_id!r} needs the Batch account name (login) and key "
-                         "(password); managed identity is not supported by the scoring backend yet")
+        raise ValueError(
+            f"Airflow connection {conn.conn_id!r} needs the Batch account name (login) and key "
+            "(password); managed identity is not supported by the scoring backend yet"
+        )
     return str(url)
 
 
 # --- outside Airflow ---------------------------------------------------------------------------------------
+
 
 class AzureBatchBackend:
     """Runs the shard command as an Azure Batch task and waits for it here, sleeping between polls.
@@ -509,9 +567,18 @@ class AzureBatchBackend:
 
     name = "azure_batch"
 
-    def __init__(self, client: BatchClient | None = None, settings: BatchSettings | None = None, *,
-                 account_url: str | None = None, job: str | None = None, try_number: int = 1,
-                 poll_s: float | None = None, max_poll_s: float | None = None, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        client: BatchClient | None = None,
+        settings: BatchSettings | None = None,
+        *,
+        account_url: str | None = None,
+        job: str | None = None,
+        try_number: int = 1,
+        poll_s: float | None = None,
+        max_poll_s: float | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
         self.settings = settings or config.current().batch
         self._client, self.account_url = client, account_url
         self.job = job
@@ -525,22 +592,34 @@ class AzureBatchBackend:
         if self._client is None:  # this package stays Airflow-free: the connection is the caller's to resolve
             raise RuntimeError(
                 f"AzureBatchBackend has no Batch client: build one with client_from_connection(conn) from the "
-                f"connection {self.settings.conn_id!r} (inside Airflow the ScoreShardOperator does this)")
+                f"connection {self.settings.conn_id!r} (inside Airflow the ScoreShardOperator does this)"
+            )
         return self._client
 
     def submit(self, spec_uri: str, *, storage_setting: str, label: str = "") -> Submission:
         """Add the shard's task (see :func:`submit_shard`), to ``job`` or to one job per run folder."""
         job = self.job or job_id("scoring", spec_uri.rsplit("/", 2)[0])
         return submit_shard(
-            self.client, self.settings, storage_setting, spec_uri, job=job, try_number=self.try_number,
-            max_wall_clock=timedelta(seconds=self.timeout_s * 1.1) if self.timeout_s else None, label=label,
+            self.client,
+            self.settings,
+            storage_setting,
+            spec_uri,
+            job=job,
+            try_number=self.try_number,
+            max_wall_clock=timedelta(seconds=self.timeout_s * 1.1) if self.timeout_s else None,
+            label=label,
             sweep_prefix=job_prefix("scoring") if self.job is None else None,
         )
 
     def wait(self, job: str, task: str) -> dict[str, Any]:
         """Poll the task until the wait is over (:func:`poll_step`); the finished wait's event."""
-        poll = Poll(job, task, self.poll_s, self.max_poll_s,
-                    deadline=time.time() + self.timeout_s if self.timeout_s is not None else None)
+        poll = Poll(
+            job,
+            task,
+            self.poll_s,
+            self.max_poll_s,
+            deadline=time.time() + self.timeout_s if self.timeout_s is not None else None,
+        )
         while True:
             step = poll_step(poll, task_summary(self.client.get_task(job, task)), now=time.time())
             if step.terminate:

@@ -1,4 +1,5 @@
 """The ``local`` backend: the shard command as a child process of the worker."""
+
 from __future__ import annotations
 
 import logging

@@ -12,6 +12,7 @@ Registry layout in the models container::
     versions/<version>/pack-00000.npz    the arrays of up to PACK_SIZE models, sorted by (device_id, tag)
     aliases/production.json              {"version": ...}: what the hourly DAG scores with
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,8 +52,13 @@ class ModelArrays:
     def digest(self) -> str:
         """SHA-256 over a canonical byte layout, so the same model always hashes the same."""
         h = hashlib.sha256()
-        for part in (self.mean, self.scale, self.support_vectors, self.dual_coef,
-                     np.array([self.intercept, self.gamma])):
+        for part in (
+            self.mean,
+            self.scale,
+            self.support_vectors,
+            self.dual_coef,
+            np.array([self.intercept, self.gamma]),
+        ):
             arr = np.ascontiguousarray(part, dtype="<f8")
             h.update(str(arr.shape).encode())
             h.update(arr.tobytes())
@@ -157,8 +163,8 @@ def unpack(data: bytes) -> list[ModelArrays]:
         ModelArrays(
             mean=arrays["mean"][i],
             scale=arrays["scale"][i],
-            support_vectors=arrays["sv"][offsets[i]:offsets[i + 1]],
-            dual_coef=arrays["dual"][offsets[i]:offsets[i + 1]],
+            support_vectors=arrays["sv"][offsets[i] : offsets[i + 1]],
+            dual_coef=arrays["dual"][offsets[i] : offsets[i + 1]],
             intercept=float(arrays["intercept"][i]),
             gamma=float(arrays["gamma"][i]),
         )
@@ -169,8 +175,12 @@ def unpack(data: bytes) -> list[ModelArrays]:
 def _library_versions() -> dict[str, str]:
     import sklearn
 
-    return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
-            "scikit-learn": sklearn.__version__}
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
 
 
 def new_version_name(now: datetime | None = None) -> str:
@@ -194,18 +204,27 @@ def register(
         raise FileExistsError(f"model version {version} already exists; versions are immutable")
     index_rows, packs = [], []
     for number, start in enumerate(range(0, len(trained), PACK_SIZE)):
-        chunk = trained[start:start + PACK_SIZE]
+        chunk = trained[start : start + PACK_SIZE]
         name = f"pack-{number:05d}.npz"
         data = _pack_bytes([m.arrays for m in chunk])
         storage.write_bytes(container, prefix + name, data)
         packs.append({"file": name, "models": len(chunk), "sha256": hashlib.sha256(data).hexdigest()})
         for row, model in enumerate(chunk):
-            index_rows.append({
-                "device_id": model.device_id, "tag": model.tag, "pack": name, "row": row,
-                "sha256": model.arrays.digest(), "features": ",".join(FEATURES),
-                "train_start": model.train_start, "train_end": model.train_end, "train_rows": model.rows,
-                "support_vectors": len(model.arrays.dual_coef), "train_flagged_share": model.flagged_share,
-            })
+            index_rows.append(
+                {
+                    "device_id": model.device_id,
+                    "tag": model.tag,
+                    "pack": name,
+                    "row": row,
+                    "sha256": model.arrays.digest(),
+                    "features": ",".join(FEATURES),
+                    "train_start": model.train_start,
+                    "train_end": model.train_end,
+                    "train_rows": model.rows,
+                    "support_vectors": len(model.arrays.dual_coef),
+                    "train_flagged_share": model.flagged_share,
+                }
+            )
     index = pd.DataFrame(index_rows)
     index_bytes = parquet_bytes(index)
     storage.write_bytes(container, prefix + "models.parquet", index_bytes)

@@ -5,6 +5,7 @@ Training reads windows by the scoring runs' own rule (``windows.ownership``): th
 validation then quarantines (with the interval given, as ``window_outside_interval`` or ``null_key``). Corrupt
 files are set aside and named in the log, as an hourly run would.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,7 @@ from datetime import datetime
 
 import pandas as pd
 
-from sensor_scoring import settings as config, models
+from sensor_scoring import models, settings as config
 from sensor_scoring.storage import Storage
 from sensor_scoring.validation import check_windows
 from sensor_scoring.windows import read_owned
@@ -46,7 +47,9 @@ def train_and_register(
     log.info("Training on %d valid window(s) from %d file(s)", len(windows), len(landed.files))
     trained = _train(windows, nu=nu, min_rows=min_rows, progress=progress)
     manifest = models.register(
-        storage, containers.models, trained,
+        storage,
+        containers.models,
+        trained,
         version=version or models.new_version_name(),
         params={"nu": nu, "gamma": "scale", "kernel": "rbf", "min_rows": min_rows, "scaler": "StandardScaler"},
         promote=promote,
@@ -54,8 +57,9 @@ def train_and_register(
     return manifest, trained
 
 
-def _train(windows: pd.DataFrame, *, nu: float, min_rows: int,
-           progress: Callable[[int, int], None] | None) -> list[models.TrainedModel]:
+def _train(
+    windows: pd.DataFrame, *, nu: float, min_rows: int, progress: Callable[[int, int], None] | None
+) -> list[models.TrainedModel]:
     """``models.train_models``, one sensor at a time when someone is watching (the same models, in key order)."""
     if progress is None:
         return models.train_models(windows, nu=nu, min_rows=min_rows)

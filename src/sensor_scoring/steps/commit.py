@@ -4,6 +4,7 @@ Each partition is one Parquet file uploaded in one blob commit (old or new, neve
 ``_manifest.json``. Shard outputs are streamed into per-hour files on local disk, so memory holds one shard at a
 time however large the hour is.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,8 +74,9 @@ def commit(hour: Hour, summary: HourSummary, shard_results: Sequence[ShardResult
     """Check landed = scored + quarantined + duplicates for the run, then commit each of its hours in turn."""
     storage, staging, run = hour.storage, hour.containers.staging, layout.Run(hour.run_key)
     plan = ShardPlan.from_json(storage.read_bytes(staging, run.plan), source=st.make_uri(staging, run.plan))
-    report = ValidationReport.from_json(storage.read_bytes(staging, run.validation_report),
-                                        source=st.make_uri(staging, run.validation_report))
+    report = ValidationReport.from_json(
+        storage.read_bytes(staging, run.validation_report), source=st.make_uri(staging, run.validation_report)
+    )
     quarantine = _run_quarantine(hour, shard_results)
     check_run_accounting(summary, shard_results, len(quarantine))
     context = _Commit(hour, summary, report, plan.model_version, datetime.now(timezone.utc))
@@ -82,8 +84,10 @@ def commit(hour: Hour, summary: HourSummary, shard_results: Sequence[ShardResult
         kept = keep_unrescored(hour, summary.subset)  # a subset rescoring keeps the other rows
         written = _write_predictions(hour, Path(tmp), kept, shard_results)
         q_hour = partition_hours(quarantine, hour.start, hour.end)
-        manifests = [_commit_hour(context, h, written[h], quarantine.loc[q_hour == pd.Timestamp(h)], kept.get(h))
-                     for h in hour.hours]
+        manifests = [
+            _commit_hour(context, h, written[h], quarantine.loc[q_hour == pd.Timestamp(h)], kept.get(h))
+            for h in hour.hours
+        ]
     storage.delete_prefix(staging, run.prefix)
     return manifests
 
@@ -122,8 +126,9 @@ def check_run_accounting(summary: HourSummary, shard_results: Sequence[ShardResu
         )
 
 
-def _write_predictions(hour: Hour, folder: Path, kept: dict[datetime, Kept],
-                       shard_results: Sequence[ShardResult]) -> dict[datetime, _Written]:
+def _write_predictions(
+    hour: Hour, folder: Path, kept: dict[datetime, Kept], shard_results: Sequence[ShardResult]
+) -> dict[datetime, _Written]:
     """Stream the kept rows and every shard's predictions into one local Parquet file per hour."""
     written = {h: _Written(folder / f"{h:%Y%m%d%H}.parquet") for h in hour.hours}
     writers = {h: pq.ParquetWriter(w.path, PREDICTION_SCHEMA) for h, w in written.items()}
@@ -156,10 +161,20 @@ def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFr
     q_bytes = st.parquet_bytes(q_rows, QUARANTINE_SCHEMA)
     storage.write_bytes(containers.quarantine, part.data, q_bytes)
     files = (
-        PartitionFile(container=containers.predictions, path=part.data, rows=counts.scored,
-                      bytes=written.path.stat().st_size, sha256=_file_sha256(written.path)),
-        PartitionFile(container=containers.quarantine, path=part.data, rows=len(q_rows), bytes=len(q_bytes),
-                      sha256=hashlib.sha256(q_bytes).hexdigest()),
+        PartitionFile(
+            container=containers.predictions,
+            path=part.data,
+            rows=counts.scored,
+            bytes=written.path.stat().st_size,
+            sha256=_file_sha256(written.path),
+        ),
+        PartitionFile(
+            container=containers.quarantine,
+            path=part.data,
+            rows=len(q_rows),
+            bytes=len(q_bytes),
+            sha256=hashlib.sha256(q_bytes).hexdigest(),
+        ),
     )
     bad_files = _quarantine_files(hour, part, validation.quarantined_files)
     storage.write_bytes(containers.quarantine, part.validation, run.report.only(h).to_json(indent=2))
@@ -177,17 +192,27 @@ def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFr
         quarantined_files=bad_files,
         empty_files=validation.empty_files,
         validation=ValidationSummary(
-            suite=validation.suite, report=st.make_uri(containers.quarantine, part.validation),
-            failing_rows=validation.failing_rows, failing_share=validation.failing_share,
+            suite=validation.suite,
+            report=st.make_uri(containers.quarantine, part.validation),
+            failing_rows=validation.failing_rows,
+            failing_share=validation.failing_share,
             failing_rows_by_reason=validation.failing_rows_by_reason,
             max_quarantine_share=validation.max_quarantine_share,
         ),
         subset=run.summary.subset,
-        rescored=rescoring_history(run.summary.subset, kept, counts, run_id=hour.run_id,
-                                   model_version=run.model_version, committed_at=run.committed_at),
+        rescored=rescoring_history(
+            run.summary.subset,
+            kept,
+            counts,
+            run_id=hour.run_id,
+            model_version=run.model_version,
+            committed_at=run.committed_at,
+        ),
         model_versions=model_versions(written.path),
-        duplicates_by_sensor=(*(kept.duplicates_by_sensor if kept else ()),
-                              *run.summary.duplicates_by_sensor.get(h.isoformat(), ())),
+        duplicates_by_sensor=(
+            *(kept.duplicates_by_sensor if kept else ()),
+            *run.summary.duplicates_by_sensor.get(h.isoformat(), ()),
+        ),
     )
     body = manifest.to_json(indent=2)
     storage.write_bytes(containers.predictions, part.manifest, body)
@@ -196,8 +221,9 @@ def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFr
     return manifest
 
 
-def hour_counts(h: datetime, validation: HourValidation, written: _Written, quarantined: int,
-                kept: Kept | None) -> Counts:
+def hour_counts(
+    h: datetime, validation: HourValidation, written: _Written, quarantined: int, kept: Kept | None
+) -> Counts:
     """The partition's counts, checked: its duplicates must be the ones validation collapsed (plus those a
     subset rescoring keeps), or a window went missing between the steps."""
     landed = validation.landed + (kept.landed if kept else 0)
@@ -206,13 +232,20 @@ def hour_counts(h: datetime, validation: HourValidation, written: _Written, quar
     if duplicates != expected:
         raise AccountingError(
             f"hour {h.isoformat()}: landed {landed} but scored {written.scored} + quarantined {quarantined} "
-            f"+ duplicates {expected} = {written.scored + quarantined + expected}; refusing to commit")
-    return Counts(landed=landed, scored=written.scored, quarantined=quarantined, duplicates=duplicates,
-                  anomalies=written.anomalies)
+            f"+ duplicates {expected} = {written.scored + quarantined + expected}; refusing to commit"
+        )
+    return Counts(
+        landed=landed,
+        scored=written.scored,
+        quarantined=quarantined,
+        duplicates=duplicates,
+        anomalies=written.anomalies,
+    )
 
 
-def _quarantine_files(hour: Hour, part: layout.Partition,
-                      corrupt: Sequence[CorruptFile]) -> tuple[QuarantinedFile, ...]:
+def _quarantine_files(
+    hour: Hour, part: layout.Partition, corrupt: Sequence[CorruptFile]
+) -> tuple[QuarantinedFile, ...]:
     """Copy each corrupt file of the hour beside its quarantine partition (under ``files/``), kept byte for byte."""
     storage, containers = hour.storage, hour.containers
     storage.delete_prefix(containers.quarantine, part.quarantined_files)
@@ -224,8 +257,16 @@ def _quarantine_files(hour: Hour, part: layout.Partition,
             where: str | None = st.make_uri(containers.quarantine, part.quarantined_copy(entry.file))
         except FileNotFoundError:
             where = None  # deleted from windows since it was read; the manifest still names it
-        listed.append(QuarantinedFile(file=entry.file, bytes=entry.bytes, sha256=entry.sha256, error=entry.error,
-                                      reason=CORRUPT_FILE, copy=where))
+        listed.append(
+            QuarantinedFile(
+                file=entry.file,
+                bytes=entry.bytes,
+                sha256=entry.sha256,
+                error=entry.error,
+                reason=CORRUPT_FILE,
+                copy=where,
+            )
+        )
     return tuple(listed)
 
 
@@ -239,5 +280,8 @@ def _log_committed(part: layout.Partition, manifest: Manifest) -> None:
     log.info("Committed %s: %s", part.prefix, manifest.counts.to_dict())
     if manifest.status == "empty":
         bad = len(manifest.quarantined_files)
-        log.warning("Committed %s as an EMPTY hour: no windows landed for it%s", part.prefix,
-                    f"; {bad} corrupt file(s) quarantined" if bad else "")
+        log.warning(
+            "Committed %s as an EMPTY hour: no windows landed for it%s",
+            part.prefix,
+            f"; {bad} corrupt file(s) quarantined" if bad else "",
+        )

@@ -1,4 +1,5 @@
 """What several steps share: naming storage outages, the quarantine frame, and per-hour counting."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Which hours a run scores, and the ``Hour`` every step is given: storage, containers, run id and interval."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """wait_for_windows: has Stream Analytics finished landing the interval's windows?"""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -10,8 +11,9 @@ from sensor_scoring.windows import folders_for_interval
 
 
 @names_storage_outages
-def windows_landed(hour: Hour, *, late_folders: int, settle_minutes: float,
-                   now: datetime | None = None) -> tuple[bool, str]:
+def windows_landed(
+    hour: Hour, *, late_folders: int, settle_minutes: float, now: datetime | None = None
+) -> tuple[bool, str]:
     """Has the interval's output landed? Stream Analytics gives no end-of-hour marker, so:
 
     landed when a folder after the interval holds a blob (the job has moved on), or when the interval's

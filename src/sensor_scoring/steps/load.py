@@ -1,4 +1,5 @@
 """load_and_validate: read the interval's folders, keep the windows it owns, validate them, stage the result."""
+
 from __future__ import annotations
 
 import logging
@@ -10,10 +11,10 @@ import pandas as pd
 
 from sensor_scoring import layout, storage as st
 from sensor_scoring.contracts import (
+    QUARANTINE_SCHEMA,
     REASON_COLUMN,
     ROW_REASONS,
     SOURCE_COLUMN,
-    QUARANTINE_SCHEMA,
     CorruptFile,
     HourSummary,
     HourValidation,
@@ -47,9 +48,14 @@ DEFAULT_MAX_QUARANTINE_SHARE = 0.1
 
 
 @names_storage_outages
-def load_and_validate(hour: Hour, *, late_folders: int = 1,
-                      max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE,
-                      devices: list[str] | None = None, tags: list[str] | None = None) -> HourSummary:
+def load_and_validate(
+    hour: Hour,
+    *,
+    late_folders: int = 1,
+    max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE,
+    devices: list[str] | None = None,
+    tags: list[str] | None = None,
+) -> HourSummary:
     """Read the interval's folders, keep the windows it owns, validate them with the suite, stage the result.
 
     Corrupt files are set aside whole (listed in the summary and later the manifest); a file with a broken
@@ -68,15 +74,19 @@ def load_and_validate(hour: Hour, *, late_folders: int = 1,
     checked = _validate(landed, hour, bounds)
     run, staging = layout.Run(hour.run_key), hour.containers.staging
     hour.storage.write_bytes(staging, run.valid, st.parquet_bytes(checked.valid))
-    hour.storage.write_bytes(staging, run.validation_quarantine,
-                             st.parquet_bytes(quarantine_frame(checked.quarantined, hour.run_id), QUARANTINE_SCHEMA))
+    hour.storage.write_bytes(
+        staging,
+        run.validation_quarantine,
+        st.parquet_bytes(quarantine_frame(checked.quarantined, hour.run_id), QUARANTINE_SCHEMA),
+    )
     share = float(max_quarantine_share)
     report = validation_report(hour, landed, checked, read, bounds.as_dict(), share)
     hour.storage.write_bytes(staging, run.validation_report, report.to_json(indent=2))
     summary = hour_summary(hour, landed, checked, read, report, share, subset_of(devices, tags))
     _log_loaded(summary, report, checked)
-    refuse_above_threshold(report, share, report_uri=summary.validation_report,
-                           failing_uri=st.make_uri(staging, run.validation_quarantine))
+    refuse_above_threshold(
+        report, share, report_uri=summary.validation_report, failing_uri=st.make_uri(staging, run.validation_quarantine)
+    )
     return summary
 
 
@@ -103,14 +113,21 @@ def corrupt_file_hour(name: str, hour: Hour) -> datetime:
 
 def _corrupt_files(read: LandedFiles, hour: Hour) -> tuple[CorruptFile, ...]:
     def listed(c: UnreadableFile) -> CorruptFile:
-        return CorruptFile(file=c.file, bytes=c.bytes, sha256=c.sha256, error=c.error,
-                           hour=corrupt_file_hour(c.file, hour))
+        return CorruptFile(
+            file=c.file, bytes=c.bytes, sha256=c.sha256, error=c.error, hour=corrupt_file_hour(c.file, hour)
+        )
 
     return tuple(listed(c) for c in read.corrupt)
 
 
-def validation_report(hour: Hour, landed: pd.DataFrame, checked: Checked, read: LandedFiles,
-                      bounds: dict[str, object], max_quarantine_share: float) -> ValidationReport:
+def validation_report(
+    hour: Hour,
+    landed: pd.DataFrame,
+    checked: Checked,
+    read: LandedFiles,
+    bounds: dict[str, object],
+    max_quarantine_share: float,
+) -> ValidationReport:
     """The run's report: the suite's expectations and, per hour of the interval, what failed and why."""
     from sensor_scoring.validation.expectations import SUITE_NAME
 
@@ -118,8 +135,11 @@ def validation_report(hour: Hour, landed: pd.DataFrame, checked: Checked, read: 
     per_hour_landed = count_by_hour(landed_hours)
     dup_hours = count_by_hour(landed_hours.loc[checked.duplicate_index]) if checked.duplicates else Counter()
     quarantined = checked.quarantined
-    q_hours = (partition_hours(quarantined, hour.start, hour.end).map(hour_key) if len(quarantined)
-               else pd.Series(dtype=object))
+    q_hours = (
+        partition_hours(quarantined, hour.start, hour.end).map(hour_key)
+        if len(quarantined)
+        else pd.Series(dtype=object)
+    )
     corrupt = _corrupt_files(read, hour)
     hours = {}
     for h in hour.hours:
@@ -128,22 +148,40 @@ def validation_report(hour: Hour, landed: pd.DataFrame, checked: Checked, read: 
         reasons = Counter(r for joined in rows[REASON_COLUMN] for r in str(joined).split(";"))
         share = len(rows) / per_hour_landed[key] if per_hour_landed[key] else 0.0
         hours[key] = HourValidation(
-            suite=SUITE_NAME, hour=h, run_id=hour.run_id, landed=per_hour_landed[key], duplicates=dup_hours[key],
-            failing_rows=len(rows), failing_share=round(share, 6), max_quarantine_share=max_quarantine_share,
+            suite=SUITE_NAME,
+            hour=h,
+            run_id=hour.run_id,
+            landed=per_hour_landed[key],
+            duplicates=dup_hours[key],
+            failing_rows=len(rows),
+            failing_share=round(share, 6),
+            max_quarantine_share=max_quarantine_share,
             threshold_exceeded=share > max_quarantine_share,
             failing_rows_by_reason={r: reasons[r] for r in ROW_REASONS if reasons[r]},
             quarantined_files=tuple(c for c in corrupt if c.hour == h),
             empty_files=tuple(f for f in read.empty if (folder_hour(f) or hour.start) == h),
         )
     return ValidationReport(
-        suite=SUITE_NAME, run_id=hour.run_id, interval=Interval(start=hour.start, end=hour.end),
-        evaluated_rows=int(len(landed) - checked.duplicates), seconds=round(checked.seconds, 3),
-        physical_bounds=bounds, expectations=tuple(checked.expectations), hours=hours,
+        suite=SUITE_NAME,
+        run_id=hour.run_id,
+        interval=Interval(start=hour.start, end=hour.end),
+        evaluated_rows=int(len(landed) - checked.duplicates),
+        seconds=round(checked.seconds, 3),
+        physical_bounds=bounds,
+        expectations=tuple(checked.expectations),
+        hours=hours,
     )
 
 
-def hour_summary(hour: Hour, landed: pd.DataFrame, checked: Checked, read: LandedFiles, report: ValidationReport,
-                 max_quarantine_share: float, subset: Subset | None) -> HourSummary:
+def hour_summary(
+    hour: Hour,
+    landed: pd.DataFrame,
+    checked: Checked,
+    read: LandedFiles,
+    report: ValidationReport,
+    max_quarantine_share: float,
+    subset: Subset | None,
+) -> HourSummary:
     """The XCom of load_and_validate: the run's counts, its files and where its report is staged."""
     quarantined = checked.quarantined
     return HourSummary(
@@ -172,30 +210,49 @@ def hour_summary(hour: Hour, landed: pd.DataFrame, checked: Checked, read: Lande
 def _log_loaded(summary: HourSummary, report: ValidationReport, checked: Checked) -> None:
     log.info(
         "Read %d file(s) in %s: %d window(s) owned by [%s, %s); %d valid, %d quarantined %s, %d duplicate(s) collapsed",
-        summary.files_read, ", ".join(summary.folders), summary.landed, summary.start.isoformat(),
-        summary.end.isoformat(), summary.valid, summary.quarantined, summary.quarantine_reasons, summary.duplicates,
+        summary.files_read,
+        ", ".join(summary.folders),
+        summary.landed,
+        summary.start.isoformat(),
+        summary.end.isoformat(),
+        summary.valid,
+        summary.quarantined,
+        summary.quarantine_reasons,
+        summary.duplicates,
     )
-    log.info("Validation (great-expectations suite %s, %d expectations, %.2f s): %s", report.suite,
-             len(report.expectations), checked.seconds,
-             "; ".join(f"{h}: {r.failing_rows}/{r.landed} failing {r.failing_rows_by_reason or ''}"
-                       for h, r in report.hours.items()))
+    log.info(
+        "Validation (great-expectations suite %s, %d expectations, %.2f s): %s",
+        report.suite,
+        len(report.expectations),
+        checked.seconds,
+        "; ".join(
+            f"{h}: {r.failing_rows}/{r.landed} failing {r.failing_rows_by_reason or ''}"
+            for h, r in report.hours.items()
+        ),
+    )
     for c in summary.quarantined_files:
         log.warning("Quarantined corrupt file %s (%d bytes): %s", c.file, c.bytes, c.error)
     for h, r in report.hours.items():
         if not r.landed:
-            log.warning("Hour %s: no windows landed%s; it will be committed as an empty partition (status empty)", h,
-                        f" ({len(r.quarantined_files)} corrupt file(s))" if r.quarantined_files else "")
+            log.warning(
+                "Hour %s: no windows landed%s; it will be committed as an empty partition (status empty)",
+                h,
+                f" ({len(r.quarantined_files)} corrupt file(s))" if r.quarantined_files else "",
+            )
 
 
-def refuse_above_threshold(report: ValidationReport, max_quarantine_share: float, *, report_uri: str,
-                           failing_uri: str) -> None:
+def refuse_above_threshold(
+    report: ValidationReport, max_quarantine_share: float, *, report_uri: str, failing_uri: str
+) -> None:
     """Fail the run, before anything is committed, if an hour's failing share is above the threshold."""
     over = {h: r for h, r in report.hours.items() if r.threshold_exceeded}
     if not over:
         return
-    detail = "; ".join(f"hour {h}: {r.failing_rows} of {r.landed} windows ({r.failing_share:.1%}) failed "
-                       f"validation ({', '.join(f'{k} {v}' for k, v in r.failing_rows_by_reason.items())})"
-                       for h, r in over.items())
+    detail = "; ".join(
+        f"hour {h}: {r.failing_rows} of {r.landed} windows ({r.failing_share:.1%}) failed "
+        f"validation ({', '.join(f'{k} {v}' for k, v in r.failing_rows_by_reason.items())})"
+        for h, r in over.items()
+    )
     raise ValidationThresholdError(
         f"{detail}; above max_quarantine_share {max_quarantine_share:.1%}. Nothing was committed. "
         f"Validation report: {report_uri}; failing rows: {failing_uri}. "

@@ -1,4 +1,5 @@
 """plan_shards: group the hour's sensors into shards and stage one input and one spec per shard."""
+
 from __future__ import annotations
 
 import logging
@@ -51,16 +52,26 @@ def plan_shards(hour: Hour, *, model_version: str, sensors_per_shard: int) -> li
     # one pass over the hour: every window learns its shard, then each shard's rows are one group
     with_shard = valid.merge(modelled[["device_id", "tag", "shard"]], on=["device_id", "tag"])
     rows_by_shard = dict(iter(with_shard.groupby("shard")))
-    shards = [_stage_shard(hour, run, int(number), members, rows_by_shard[number].drop(columns="shard"), version)
-              for number, members in modelled.groupby("shard", sort=True)]
-    log.info("Model version %s: %d sensor(s) in %d shard(s) of up to %d; %d sensor(s) without a model "
-             "(%d windows quarantined)", version, len(modelled), len(shards), sensors_per_shard,
-             int((~has_model).sum()), len(orphans))
+    shards = [
+        _stage_shard(hour, run, int(number), members, rows_by_shard[number].drop(columns="shard"), version)
+        for number, members in modelled.groupby("shard", sort=True)
+    ]
+    log.info(
+        "Model version %s: %d sensor(s) in %d shard(s) of up to %d; %d sensor(s) without a model "
+        "(%d windows quarantined)",
+        version,
+        len(modelled),
+        len(shards),
+        sensors_per_shard,
+        int((~has_model).sum()),
+        len(orphans),
+    )
     return shards
 
 
-def _stage_shard(hour: Hour, run: layout.Run, number: int, members: pd.DataFrame, rows: pd.DataFrame,
-                 version: str) -> PlannedShard:
+def _stage_shard(
+    hour: Hour, run: layout.Run, number: int, members: pd.DataFrame, rows: pd.DataFrame, version: str
+) -> PlannedShard:
     """Write one shard's input and spec; the spec names everything the shard process needs."""
     staging, shard = hour.containers.staging, run.shard(number)
     hour.storage.write_bytes(staging, shard.input, st.parquet_bytes(rows))
@@ -72,12 +83,19 @@ def _stage_shard(hour: Hour, run: layout.Run, number: int, members: pd.DataFrame
         containers=ShardContainers(models=hour.containers.models, staging=staging),
         input=st.make_uri(staging, shard.input),
         output_prefix=st.make_uri(staging, shard.folder),
-        models=tuple(ModelRef(device_id=str(m.device_id), tag=str(m.tag), pack=str(m.pack), row=int(m.row),
-                              sha256=str(m.sha256)) for m in members[_MODEL_COLUMNS].itertuples(index=False)),
+        models=tuple(
+            ModelRef(device_id=str(m.device_id), tag=str(m.tag), pack=str(m.pack), row=int(m.row), sha256=str(m.sha256))
+            for m in members[_MODEL_COLUMNS].itertuples(index=False)
+        ),
     )
     hour.storage.write_bytes(staging, shard.spec, spec.to_json())
-    return PlannedShard(spec_uri=st.make_uri(staging, shard.spec), shard=number, sensors=len(members),
-                        windows=len(rows), label=shard_label(number, members))
+    return PlannedShard(
+        spec_uri=st.make_uri(staging, shard.spec),
+        shard=number,
+        sensors=len(members),
+        windows=len(rows),
+        label=shard_label(number, members),
+    )
 
 
 def shard_label(number: int, members: pd.DataFrame) -> str:

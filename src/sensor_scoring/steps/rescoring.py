@@ -5,6 +5,7 @@ hour's committed partition, keeps the rows outside the subset (``keep_unrescored
 the new ones, so the partition's counts still describe the whole hour. Duplicates leave no row behind, so they
 are recorded per sensor: a later subset rescoring must know which sensors they belonged to.
 """
+
 from __future__ import annotations
 
 import io
@@ -69,26 +70,31 @@ def _sensor_counts(frame: pd.DataFrame) -> pd.Series:
     if frame.empty:
         empty = pd.MultiIndex.from_arrays([[], [], []], names=["hour", "device_id", "tag"])
         return pd.Series(dtype="int64", index=empty)
-    keys = pd.DataFrame({
-        "hour": frame["window_end"].dt.floor("h"),
-        "device_id": frame["device_id"].astype("string").fillna(_NO_KEY),
-        "tag": frame["tag"].astype("string").fillna(_NO_KEY),
-    })
+    keys = pd.DataFrame(
+        {
+            "hour": frame["window_end"].dt.floor("h"),
+            "device_id": frame["device_id"].astype("string").fillna(_NO_KEY),
+            "tag": frame["tag"].astype("string").fillna(_NO_KEY),
+        }
+    )
     return keys.groupby(["hour", "device_id", "tag"], dropna=False).size()  # a stray without window_end counts too
 
 
-def duplicates_by_sensor(landed: pd.DataFrame, valid: pd.DataFrame,
-                         quarantined: pd.DataFrame) -> dict[str, tuple[SensorDuplicates, ...]]:
+def duplicates_by_sensor(
+    landed: pd.DataFrame, valid: pd.DataFrame, quarantined: pd.DataFrame
+) -> dict[str, tuple[SensorDuplicates, ...]]:
     """Per ISO hour, the exact copies collapsed for each sensor (usually nothing): landed - valid - quarantined."""
     dups = _sensor_counts(landed).sub(_sensor_counts(valid), fill_value=0)
     dups = dups.sub(_sensor_counts(quarantined), fill_value=0)
     by_hour: dict[str, list[SensorDuplicates]] = {}
     for (h, device_id, tag), n in dups[dups > 0].sort_index().items():
-        by_hour.setdefault(pd.Timestamp(h).isoformat(), []).append(SensorDuplicates(
-            device_id=None if device_id == _NO_KEY else str(device_id),
-            tag=None if tag == _NO_KEY else str(tag),
-            duplicates=int(n),
-        ))
+        by_hour.setdefault(pd.Timestamp(h).isoformat(), []).append(
+            SensorDuplicates(
+                device_id=None if device_id == _NO_KEY else str(device_id),
+                tag=None if tag == _NO_KEY else str(tag),
+                duplicates=int(n),
+            )
+        )
     return {h: tuple(entries) for h, entries in by_hour.items()}
 
 
@@ -137,8 +143,13 @@ def keep_unrescored(hour: Hour, subset: Subset | None) -> dict[datetime, Kept]:
     kept = {}
     for h in hour.hours:
         kept[h] = _keep_hour(hour, h, subset)
-        log.info("Hour %s: keeping %d prediction(s) and %d quarantined row(s) outside the subset %s",
-                 h.isoformat(), kept[h].scored, len(kept[h].quarantine), subset.to_dict())
+        log.info(
+            "Hour %s: keeping %d prediction(s) and %d quarantined row(s) outside the subset %s",
+            h.isoformat(),
+            kept[h].scored,
+            len(kept[h].quarantine),
+            subset.to_dict(),
+        )
     return kept
 
 
@@ -163,8 +174,9 @@ def _keep_hour(hour: Hour, h: datetime, subset: Subset) -> Kept:
     return Kept(predictions=table, quarantine=quarantine, duplicates_by_sensor=dups, previous=previous)
 
 
-def rescoring_history(subset: Subset | None, kept: Kept | None, counts: Counts, *, run_id: str,
-                      model_version: str, committed_at: datetime) -> tuple[RescoringRecord, ...]:
+def rescoring_history(
+    subset: Subset | None, kept: Kept | None, counts: Counts, *, run_id: str, model_version: str, committed_at: datetime
+) -> tuple[RescoringRecord, ...]:
     """The manifest's ``rescored``: the subset rescorings since the last full run, this one last (empty for a
     full run, which replaces the whole hour). This run's entry counts only the rows it replaced."""
     if subset is None or kept is None:
@@ -172,10 +184,21 @@ def rescoring_history(subset: Subset | None, kept: Kept | None, counts: Counts, 
     scored = counts.scored - kept.scored
     quarantined = counts.quarantined - len(kept.quarantine)
     duplicates = counts.duplicates - kept.duplicates
-    mine = Counts(landed=scored + quarantined + duplicates, scored=scored, quarantined=quarantined,
-                  duplicates=duplicates, anomalies=counts.anomalies - kept.anomalies)
-    entry = RescoringRecord(run_id=run_id, model_version=model_version, devices=subset.devices, tags=subset.tags,
-                            committed_at=committed_at, counts=mine)
+    mine = Counts(
+        landed=scored + quarantined + duplicates,
+        scored=scored,
+        quarantined=quarantined,
+        duplicates=duplicates,
+        anomalies=counts.anomalies - kept.anomalies,
+    )
+    entry = RescoringRecord(
+        run_id=run_id,
+        model_version=model_version,
+        devices=subset.devices,
+        tags=subset.tags,
+        committed_at=committed_at,
+        counts=mine,
+    )
     return (*kept.history, entry)
 
 

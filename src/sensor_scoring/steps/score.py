@@ -1,4 +1,5 @@
 """score_shard: the work of one shard, the same wherever it runs (``python -m sensor_scoring score-shard``)."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -44,8 +45,9 @@ def score_shard(storage: Storage, spec_uri: str) -> ShardResult:
     out_container, out_prefix = st.parse_uri(spec.output_prefix)
     outputs = layout.Shard(out_prefix)
     storage.write_bytes(out_container, outputs.predictions, st.parquet_bytes(predictions, PREDICTION_SCHEMA))
-    storage.write_bytes(out_container, outputs.quarantine,
-                        st.parquet_bytes(quarantine_frame(rejected, spec.run_id), QUARANTINE_SCHEMA))
+    storage.write_bytes(
+        out_container, outputs.quarantine, st.parquet_bytes(quarantine_frame(rejected, spec.run_id), QUARANTINE_SCHEMA)
+    )
     result = ShardResult(
         shard=spec.shard,
         output_prefix=spec.output_prefix,

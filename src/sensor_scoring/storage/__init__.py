@@ -8,11 +8,11 @@ property commit relies on to replace an hour without readers seeing half of it.
 Which implementation a process gets is decided by :func:`open_storage` from one setting of a few strict forms;
 anything else is an error naming where the setting came from, so a typo never becomes a local folder.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Literal
 
 from sensor_scoring import settings as config
@@ -32,16 +32,36 @@ from sensor_scoring.storage.sas import SAS_SETTING_KEY, SasStorage, make_sas_set
 
 #: The names of the submodules re-exported here, and the setting parser (the blob paths below are public too).
 __all__ = [
-    "RETRIES_ENV", "RETRY_BACKOFF_ENV", "SAS_SETTING_KEY", "URI_SCHEME", "BlobInfo", "BlobStorage", "LocalStorage",
-    "SasStorage", "Storage", "StorageSetting", "StorageSettingError", "make_sas_setting", "make_uri", "open_storage",
-    "parquet_bytes", "parquet_frame", "parse_setting", "parse_uri", "read_parquet", "retry_policy", "retry_settings",
+    "RETRIES_ENV",
+    "RETRY_BACKOFF_ENV",
+    "SAS_SETTING_KEY",
+    "URI_SCHEME",
+    "BlobInfo",
+    "BlobStorage",
+    "LocalStorage",
+    "SasStorage",
+    "Storage",
+    "StorageSetting",
+    "StorageSettingError",
+    "make_sas_setting",
+    "make_uri",
+    "open_storage",
+    "parquet_bytes",
+    "parquet_frame",
+    "parse_setting",
+    "parse_uri",
+    "read_parquet",
+    "retry_policy",
+    "retry_settings",
     "sas_container_urls",
 ]
 
 #: What :func:`parse_setting` accepts, for its error messages.
-ACCEPTED_FORMS = ("a connection string (key=value;... with AccountName and AccountKey, or with BlobEndpoint; or "
-                  'UseDevelopmentStorage=true), a SAS setting (JSON {"sas_containers": ...}), file://<path> or an '
-                  "absolute directory path")
+ACCEPTED_FORMS = (
+    "a connection string (key=value;... with AccountName and AccountKey, or with BlobEndpoint; or "
+    'UseDevelopmentStorage=true), a SAS setting (JSON {"sas_containers": ...}), file://<path> or an '
+    "absolute directory path"
+)
 FILE_SCHEME = "file://"
 StorageKind = Literal["connection_string", "sas", "directory"]
 
@@ -74,7 +94,7 @@ def parse_setting(setting: str, *, source: str = config.STORAGE_ENV) -> StorageS
             raise StorageSettingError(f"{source} is not a usable SAS setting: {exc}") from None
         return StorageSetting("sas", text)
     if text.startswith(FILE_SCHEME):
-        path = text[len(FILE_SCHEME):]
+        path = text[len(FILE_SCHEME) :]
         if not path:
             raise StorageSettingError(f"{source} is file:// without a path; expected {ACCEPTED_FORMS}")
         return StorageSetting("directory", path)
@@ -83,11 +103,14 @@ def parse_setting(setting: str, *, source: str = config.STORAGE_ENV) -> StorageS
     if "=" in text:
         problem = _connection_string_problem(text)
         if problem:
-            raise StorageSettingError(f"{source} is not a usable connection string: {problem}; "
-                                      f"expected {ACCEPTED_FORMS}")
+            raise StorageSettingError(
+                f"{source} is not a usable connection string: {problem}; expected {ACCEPTED_FORMS}"
+            )
         return StorageSetting("connection_string", text)
-    raise StorageSettingError(f"{source} is of no accepted form (a local directory needs an absolute path or "
-                              f"file://); expected {ACCEPTED_FORMS}")
+    raise StorageSettingError(
+        f"{source} is of no accepted form (a local directory needs an absolute path or "
+        f"file://); expected {ACCEPTED_FORMS}"
+    )
 
 
 def _connection_string_problem(text: str) -> str:

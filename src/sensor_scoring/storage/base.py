@@ -3,6 +3,7 @@
 Every other module speaks in (container, path) pairs or ``az://container/path`` URIs, so the same code runs
 against Azure, Azurite and a plain folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,13 +54,14 @@ def parse_uri(uri: str) -> tuple[str, str]:
     """Split an ``az://container/path`` URI; a clear error for anything else."""
     if not uri.startswith(URI_SCHEME):
         raise ValueError(f"expected a URI like az://container/path, got {uri!r}")
-    container, _, path = uri[len(URI_SCHEME):].partition("/")
+    container, _, path = uri[len(URI_SCHEME) :].partition("/")
     if not container or not path:
         raise ValueError(f"URI {uri!r} needs both a container and a path")
     return container, path
 
 
 # --- Parquet in and out of blobs: one encoding for staging, partitions, model indexes and labels. ---
+
 
 def parquet_bytes(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
     """A frame as one Parquet file's bytes (cast to ``schema`` when given), without the pandas index."""

@@ -3,6 +3,7 @@
 Writes are atomic per blob: a block blob becomes visible only when its block list is committed. That is the
 property commit relies on to replace an hour without readers seeing half of it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,14 @@ def retry_policy(retry_total: int, initial_backoff: float) -> ExponentialRetry:
     logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     # the SDK annotates the backoffs as whole seconds; fractions work (the tests wait 0.1 s, not 1 s)
     backoffs: dict[str, Any] = {"initial_backoff": initial_backoff, "random_jitter_range": min(3.0, initial_backoff)}
-    return ExponentialRetry(increment_base=2, retry_total=retry_total, retry_connect=retry_total,
-                            retry_read=retry_total, retry_status=retry_total, **backoffs)
+    return ExponentialRetry(
+        increment_base=2,
+        retry_total=retry_total,
+        retry_connect=retry_total,
+        retry_read=retry_total,
+        retry_status=retry_total,
+        **backoffs,
+    )
 
 
 class BlobStorage:
@@ -55,13 +62,16 @@ class BlobStorage:
     so a storage blip during a run costs time, not the run.
     """
 
-    def __init__(self, connection_string: str, *, retry_total: int | None = None,
-                 initial_backoff: float | None = None) -> None:
+    def __init__(
+        self, connection_string: str, *, retry_total: int | None = None, initial_backoff: float | None = None
+    ) -> None:
         from azure.storage.blob import BlobServiceClient
 
         self.retry_total, backoff = retry_settings(retry_total, initial_backoff)
         self._client = BlobServiceClient.from_connection_string(
-            connection_string, retry_policy=retry_policy(self.retry_total, backoff), connection_timeout=10,
+            connection_string,
+            retry_policy=retry_policy(self.retry_total, backoff),
+            connection_timeout=10,
             read_timeout=120,
         )
         self._created: set[str] = set()
@@ -116,7 +126,7 @@ class BlobStorage:
         names = [info.name for info in self.list(container, prefix)]
         client = self._client.get_container_client(container)
         for start in range(0, len(names), 256):
-            client.delete_blobs(*names[start:start + 256])
+            client.delete_blobs(*names[start : start + 256])
         return len(names)
 
     def describe(self) -> str:

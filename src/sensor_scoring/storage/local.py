@@ -2,6 +2,7 @@
 
 Writes are atomic per file, as a committed block blob is: a file is written beside its target and renamed over it.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,9 +65,7 @@ class LocalStorage:
             name = file.relative_to(base).as_posix()
             if name.startswith(prefix):
                 stat = file.stat()
-                found.append(
-                    BlobInfo(name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc))
-                )
+                found.append(BlobInfo(name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc)))
         return sorted(found, key=lambda info: info.name)
 
     def exists(self, container: str, path: str) -> bool:

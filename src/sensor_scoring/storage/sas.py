@@ -1,4 +1,5 @@
 """Storage through container SAS URLs only: what an Azure Batch task gets instead of the account key."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ def sas_container_urls(setting: str) -> dict[str, str]:
     try:
         urls = json.loads(setting)[SAS_SETTING_KEY]
     except (ValueError, KeyError, TypeError):
-        raise ValueError(f'a SAS storage setting is JSON like {{"{SAS_SETTING_KEY}": '
-                         '{"container": "https://...?sv=..."}}') from None
+        raise ValueError(
+            f'a SAS storage setting is JSON like {{"{SAS_SETTING_KEY}": {{"container": "https://...?sv=..."}}}}'
+        ) from None
     if not isinstance(urls, dict) or not urls or not all(isinstance(u, str) and u for u in urls.values()):
         raise ValueError(f"{SAS_SETTING_KEY} must map container names to SAS URLs")
     return {str(name): url for name, url in urls.items()}
@@ -37,8 +39,9 @@ class SasStorage:
     ``SCORING_STORAGE_RETRIES`` / ``SCORING_STORAGE_RETRY_BACKOFF_S``), which a Batch task gets from its worker.
     """
 
-    def __init__(self, container_urls: dict[str, str], *, retry_total: int | None = None,
-                 initial_backoff: float | None = None) -> None:
+    def __init__(
+        self, container_urls: dict[str, str], *, retry_total: int | None = None, initial_backoff: float | None = None
+    ) -> None:
         from azure.storage.blob import ContainerClient
 
         self.retry_total, backoff = retry_settings(retry_total, initial_backoff)
@@ -86,15 +89,16 @@ class SasStorage:
     def delete_prefix(self, container: str, prefix: str) -> int:
         names = [info.name for info in self.list(container, prefix)]
         for start in range(0, len(names), 256):
-            self._client(container).delete_blobs(*names[start:start + 256])
+            self._client(container).delete_blobs(*names[start : start + 256])
         return len(names)
 
     def describe(self) -> str:  # the URLs without their signatures
         return "SAS access to " + ", ".join(f"{c.url.split('?', 1)[0]}" for c in self._clients.values())
 
 
-def make_sas_setting(connection_string: str, *, read: list[str], read_write: list[str], hours: float,
-                     now: datetime | None = None) -> str:
+def make_sas_setting(
+    connection_string: str, *, read: list[str], read_write: list[str], hours: float, now: datetime | None = None
+) -> str:
     """A SAS storage setting for some containers, signed with the account key of ``connection_string``.
 
     ``read`` containers get read+list, ``read_write`` ones read+list+create+write+add. A container SAS covers
@@ -107,15 +111,20 @@ def make_sas_setting(connection_string: str, *, read: list[str], read_write: lis
     credential = client.credential
     key = getattr(credential, "account_key", None)
     if not key:
-        raise ValueError("SAS tokens for Batch tasks are signed with the storage account key; the storage "
-                         "setting has none (a SAS-only or token connection cannot mint them)")
+        raise ValueError(
+            "SAS tokens for Batch tasks are signed with the storage account key; the storage "
+            "setting has none (a SAS-only or token connection cannot mint them)"
+        )
     now = now or datetime.now(timezone.utc)
     urls = {}
     for container in [*read, *read_write]:
         writable = container in read_write
         permission = ContainerSasPermissions(read=True, list=True, write=writable, create=writable, add=writable)
         token = generate_container_sas(
-            credential.account_name, container, account_key=key, permission=permission,
+            credential.account_name,
+            container,
+            account_key=key,
+            permission=permission,
             start=now - timedelta(minutes=5),  # tolerate clock skew between Airflow and the Batch node
             expiry=now + timedelta(hours=hours),
         )

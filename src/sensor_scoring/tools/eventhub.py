@@ -9,6 +9,7 @@ azure-eventhub is imported lazily: the scorer image does not ship it, and ``pyth
 Event Hub must not pay for the import. No real Event Hub was used to build this: tests/integration/test_eventhub.py
 checks it at the SDK boundary (the SDK's own batches and client, no network).
 """
+
 from __future__ import annotations
 
 import json
@@ -116,17 +117,20 @@ def format_ts(ts: pd.Series) -> pd.Series:
 
 def reading_bodies(readings: pd.DataFrame) -> Iterator[bytes]:
     """One JSON body per reading, in the frame's order; a non-finite value is refused (JSON has no NaN)."""
-    frame = pd.DataFrame({
-        "ts": format_ts(readings["ts"]),
-        "device_id": readings["device_id"].astype(str),
-        "tag": readings["tag"].astype(str),
-        "value": readings["value"].astype("float64"),
-    })
+    frame = pd.DataFrame(
+        {
+            "ts": format_ts(readings["ts"]),
+            "device_id": readings["device_id"].astype(str),
+            "tag": readings["tag"].astype(str),
+            "value": readings["value"].astype("float64"),
+        }
+    )
     for ts, device, tag, value in frame.itertuples(index=False, name=None):
         if not math.isfinite(value):
             raise ValueError(f"reading of {device}/{tag} at {ts} has a non-finite value {value!r}")
-        yield json.dumps({"ts": ts, "device_id": device, "tag": tag, "value": float(value)},
-                         separators=(",", ":")).encode()
+        yield json.dumps(
+            {"ts": ts, "device_id": device, "tag": tag, "value": float(value)}, separators=(",", ":")
+        ).encode()
 
 
 def send_readings(producer: Producer, readings: pd.DataFrame, *, max_batch_bytes: int | None = None) -> dict[str, int]:

@@ -1,4 +1,5 @@
 """Import raw readings in the original reference architecture's sample layout (``TS,Device,Tag,Value``)."""
+
 from __future__ import annotations
 
 import os
@@ -31,5 +32,10 @@ def ingest_readings_csv(storage: Storage, container: str, path: str | os.PathLik
     readings = read_raw_readings(path)
     windows = aggregate_readings(readings)
     files = land_windows(storage, container, windows)
-    return {"readings": len(readings), "windows": len(windows), "files": len(files),
-            "first_window_end": str(windows["window_end"].min()), "last_window_end": str(windows["window_end"].max())}
+    return {
+        "readings": len(readings),
+        "windows": len(windows),
+        "files": len(files),
+        "first_window_end": str(windows["window_end"].min()),
+        "last_window_end": str(windows["window_end"].max()),
+    }

@@ -3,6 +3,7 @@
 Readings are generated one hour of windows at a time, from a random generator seeded by (seed, hour), so
 simulating an overlapping range again yields identical windows and lands them over the same blobs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,18 +90,20 @@ def simulate_hour(cfg: SimulationConfig, hour: datetime) -> tuple[pd.DataFrame, 
     device = np.repeat([d for d, _ in sensors], ticks).reshape(n, ticks)
     tag = np.repeat([t for _, t in sensors], ticks).reshape(n, ticks)
     ts = origin + pd.to_timedelta(offsets[keep], unit="s")
-    readings = pd.DataFrame(
-        {"ts": ts, "device_id": device[keep], "tag": tag[keep], "value": values[keep]}
-    )
+    readings = pd.DataFrame({"ts": ts, "device_id": device[keep], "tag": tag[keep], "value": values[keep]})
     flagged = kind != ""
-    labels = pd.DataFrame(
-        {
-            "device_id": device[flagged],
-            "tag": tag[flagged],
-            "window_end": (origin + pd.to_timedelta(offsets[flagged], unit="s")).ceil("min"),
-            "anomaly": kind[flagged].astype(str),
-        }
-    ).drop_duplicates(["device_id", "tag", "window_end"]).reset_index(drop=True)
+    labels = (
+        pd.DataFrame(
+            {
+                "device_id": device[flagged],
+                "tag": tag[flagged],
+                "window_end": (origin + pd.to_timedelta(offsets[flagged], unit="s")).ceil("min"),
+                "anomaly": kind[flagged].astype(str),
+            }
+        )
+        .drop_duplicates(["device_id", "tag", "window_end"])
+        .reset_index(drop=True)
+    )
     return readings, labels
 
 

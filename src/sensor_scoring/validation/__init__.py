@@ -8,6 +8,7 @@ imported here lazily, inside the functions, so importing ``sensor_scoring.valida
 Nothing is dropped silently: every row ends up in exactly one of ``valid``, ``quarantined`` or the
 ``duplicates`` count, so the hour's accounting closes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,16 +35,18 @@ class Checked:
     seconds: float = 0.0
 
 
-def row_reasons(windows: pd.DataFrame, start: datetime | None = None, end: datetime | None = None,
-                bounds: Bounds | None = None) -> pd.Series:
+def row_reasons(
+    windows: pd.DataFrame, start: datetime | None = None, end: datetime | None = None, bounds: Bounds | None = None
+) -> pd.Series:
     """The failed expectations of each row as reasons joined by ``;`` (empty string where the row is fine)."""
     from sensor_scoring.validation.expectations import run_suite
 
     return run_suite(windows, start, end, bounds).reasons
 
 
-def check_windows(windows: pd.DataFrame, start: datetime | None = None, end: datetime | None = None,
-                  bounds: Bounds | None = None) -> Checked:
+def check_windows(
+    windows: pd.DataFrame, start: datetime | None = None, end: datetime | None = None, bounds: Bounds | None = None
+) -> Checked:
     """Split an interval's windows into valid (unique per key), quarantined (with reason) and duplicates.
 
     Exact copies of a window (same values, any file) collapse to one first and are counted. Copies that
@@ -60,5 +63,11 @@ def check_windows(windows: pd.DataFrame, start: datetime | None = None, end: dat
     quarantined = unique.loc[bad].assign(**{REASON_COLUMN: reasons[bad]}).reset_index(drop=True)
     valid = unique.loc[~bad].copy()
     valid["reading_count"] = valid["reading_count"].astype("int64")
-    return Checked(valid=valid.reset_index(drop=True), quarantined=quarantined, duplicates=int(copies.sum()),
-                   duplicate_index=windows.index[copies], expectations=result.expectations, seconds=result.seconds)
+    return Checked(
+        valid=valid.reset_index(drop=True),
+        quarantined=quarantined,
+        duplicates=int(copies.sum()),
+        duplicate_index=windows.index[copies],
+        expectations=result.expectations,
+        seconds=result.seconds,
+    )

@@ -15,6 +15,7 @@ created, so a worker, ``dag.test`` and ``python -m sensor_scoring train`` (the p
 send nothing, whatever their environment says (and the pinned 1.24.1 has no analytics code left). The scorer
 image, which Batch nodes run, does not install great-expectations.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,12 +32,12 @@ import pandas as pd
 from great_expectations.execution_engine import PandasExecutionEngine
 from great_expectations.expectations.expectation import ColumnMapExpectation, MulticolumnMapExpectation
 from great_expectations.expectations.metrics import ColumnMapMetricProvider
-from great_expectations.expectations.metrics.map_metric_provider.column_condition_partial import (
-    column_condition_partial,  # from its own module: the package also has a submodule of that name
-)
 from great_expectations.expectations.metrics.map_metric_provider import (
     MulticolumnMapMetricProvider,
     multicolumn_condition_partial,
+)
+from great_expectations.expectations.metrics.map_metric_provider.column_condition_partial import (
+    column_condition_partial,  # from its own module: the package also has a submodule of that name
 )
 from great_expectations.expectations.row_conditions import Column
 
@@ -74,14 +75,17 @@ SCHEMA_TYPES: dict[str, list[str] | None] = {
 # --- Two rules the core expectations cannot say exactly: NaN/inf as failures, and min <= avg <= max with an
 # --- ulp of slack. Registered with great-expectations when this module is imported.
 
+
 class ColumnValuesFinite(ColumnMapMetricProvider):
     condition_metric_name = "column_values.scoring_finite"
     filter_column_isnull = False  # a missing value is a failure here, not a row to skip
 
     @column_condition_partial(engine=PandasExecutionEngine)
     def _pandas(cls, column: pd.Series, **kwargs: Any) -> pd.Series:
-        return pd.Series(np.isfinite(pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)),
-                         index=column.index)
+        return pd.Series(
+            np.isfinite(pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)),
+            index=column.index,
+        )
 
 
 class ExpectColumnValuesToBeFinite(ColumnMapExpectation):
@@ -136,6 +140,7 @@ class ExpectColumnValuesMiddleBetweenOuter(MulticolumnMapExpectation):
 
 # --- Physical bounds: a packaged default per tag, overridable by the environment. ---
 
+
 @dataclass(frozen=True)
 class Bounds:
     """Inclusive [min, max] per tag for the window's value columns; ``default`` for unlisted tags."""
@@ -157,12 +162,16 @@ class Bounds:
         tags = data.get("tags") or {}
         if not isinstance(tags, dict):
             raise ValueError(f"physical bounds {source}: 'tags' must be an object")
-        return cls(default=pair(data.get("default", {}), "default"),
-                   tags={str(tag): pair(entry, f"tag {tag!r}") for tag, entry in tags.items()})
+        return cls(
+            default=pair(data.get("default", {}), "default"),
+            tags={str(tag): pair(entry, f"tag {tag!r}") for tag, entry in tags.items()},
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"default": {"min": self.default[0], "max": self.default[1]},
-                "tags": {t: {"min": lo, "max": hi} for t, (lo, hi) in sorted(self.tags.items())}}
+        return {
+            "default": {"min": self.default[0], "max": self.default[1]},
+            "tags": {t: {"min": lo, "max": hi} for t, (lo, hi) in sorted(self.tags.items())},
+        }
 
 
 def load_bounds(setting: str | None = None) -> Bounds:
@@ -175,6 +184,7 @@ def load_bounds(setting: str | None = None) -> Bounds:
 
 
 # --- The suite. ---
+
 
 def build_suite(start: datetime | None, end: datetime | None, bounds: Bounds) -> gx.ExpectationSuite:
     """The expectations for landed windows of the interval [start, end) (no interval rule when not given)."""
@@ -194,27 +204,41 @@ def build_suite(start: datetime | None, end: datetime | None, bounds: Bounds) ->
     for column in ("device_id", "tag"):
         add(E.ExpectColumnValuesToMatchRegex(column=column, regex=r"\S"), "null_key")
     if start is not None and end is not None:
-        add(E.ExpectColumnValuesToBeBetween(column="window_end", min_value=pd.Timestamp(start),
-                                            max_value=pd.Timestamp(end), strict_max=True), "window_outside_interval")
+        add(
+            E.ExpectColumnValuesToBeBetween(
+                column="window_end", min_value=pd.Timestamp(start), max_value=pd.Timestamp(end), strict_max=True
+            ),
+            "window_outside_interval",
+        )
     add(ExpectColumnValuesToBeWholeNumbers(column="reading_count"), "reading_count_invalid")
     add(E.ExpectColumnValuesToBeBetween(column="reading_count", min_value=1), "reading_count_invalid")
     for column in VALUE_COLUMNS:
         add(ExpectColumnValuesToBeFinite(column=column), "non_finite_value")
-    add(ExpectColumnValuesMiddleBetweenOuter(column_list=["value_min", "value_avg", "value_max"],
-                                             tolerance=ORDER_TOLERANCE), "avg_outside_min_max")
+    add(
+        ExpectColumnValuesMiddleBetweenOuter(
+            column_list=["value_min", "value_avg", "value_max"], tolerance=ORDER_TOLERANCE
+        ),
+        "avg_outside_min_max",
+    )
     add(E.ExpectColumnValuesToBeBetween(column="value_std", min_value=0), "negative_std")
     for tag, (lo, hi) in sorted(bounds.tags.items()):
         if lo is None and hi is None:
             continue
         for column in BOUNDED_COLUMNS:
-            add(E.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi,
-                                                row_condition=Column("tag") == tag), "value_out_of_bounds")
+            add(
+                E.ExpectColumnValuesToBeBetween(
+                    column=column, min_value=lo, max_value=hi, row_condition=Column("tag") == tag
+                ),
+                "value_out_of_bounds",
+            )
     lo, hi = bounds.default
     if lo is not None or hi is not None:
         others = Column("tag").is_not_in(sorted(bounds.tags)) if bounds.tags else None
         for column in BOUNDED_COLUMNS:
-            add(E.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi, row_condition=others),
-                "value_out_of_bounds")
+            add(
+                E.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi, row_condition=others),
+                "value_out_of_bounds",
+            )
     add(E.ExpectCompoundColumnsToBeUnique(column_list=list(WINDOW_KEY)), "conflicting_duplicate")
     return suite
 
@@ -247,14 +271,20 @@ def _context() -> Any:
             ProgressBarsConfig,
         )
 
-        _CONTEXT = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
-            analytics_enabled=False, store_backend_defaults=InMemoryStoreBackendDefaults(),
-            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False)))
+        _CONTEXT = gx.get_context(
+            mode="ephemeral",
+            project_config=DataContextConfig(
+                analytics_enabled=False,
+                store_backend_defaults=InMemoryStoreBackendDefaults(),
+                progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+            ),
+        )
     return _CONTEXT
 
 
-def run_suite(windows: pd.DataFrame, start: datetime | None = None, end: datetime | None = None,
-              bounds: Bounds | None = None) -> SuiteResult:
+def run_suite(
+    windows: pd.DataFrame, start: datetime | None = None, end: datetime | None = None, bounds: Bounds | None = None
+) -> SuiteResult:
     """Validate ``windows`` with the suite; each failing row gets the reasons of the expectations it failed.
 
     Row positions come from great-expectations' ``unexpected_index_list`` (result format COMPLETE), on a frame
@@ -269,12 +299,21 @@ def run_suite(windows: pd.DataFrame, start: datetime | None = None, end: datetim
     context = _context()
     name = f"hour-{time.time_ns()}"
     source = context.data_sources.add_pandas(name)
-    batch = source.add_dataframe_asset("windows").add_batch_definition_whole_dataframe("all").get_batch(
-        batch_parameters={"dataframe": frame})
+    batch = (
+        source.add_dataframe_asset("windows")
+        .add_batch_definition_whole_dataframe("all")
+        .get_batch(batch_parameters={"dataframe": frame})
+    )
     suite = build_suite(start, end, bounds)
     try:
-        result = batch.validate(suite, result_format={"result_format": "COMPLETE", "partial_unexpected_count": 0,
-                                                      "return_unexpected_index_query": False})
+        result = batch.validate(
+            suite,
+            result_format={
+                "result_format": "COMPLETE",
+                "partial_unexpected_count": 0,
+                "return_unexpected_index_query": False,
+            },
+        )
     finally:
         context.data_sources.delete(name)
     order = list(ROW_REASONS)
@@ -285,25 +324,30 @@ def run_suite(windows: pd.DataFrame, start: datetime | None = None, end: datetim
         reason = (config.meta or {}).get("reason", "schema")
         info = item.result or {}
         if item.exception_info and item.exception_info.get("raised_exception"):
-            raise RuntimeError(f"expectation {config.type} {config.kwargs} could not run: "
-                               f"{item.exception_info.get('exception_message')}")
+            raise RuntimeError(
+                f"expectation {config.type} {config.kwargs} could not run: "
+                f"{item.exception_info.get('exception_message')}"
+            )
         indexes = info.get("unexpected_index_list") or []
-        summaries.append({
-            "expectation": config.type,
-            "kwargs": {k: str(v) for k, v in config.kwargs.items() if k not in ("batch_id",)},
-            "reason": reason,
-            "success": bool(item.success),
-            "element_count": info.get("element_count"),
-            "unexpected_count": info.get("unexpected_count", 0 if item.success else None),
-        })
+        summaries.append(
+            {
+                "expectation": config.type,
+                "kwargs": {k: str(v) for k, v in config.kwargs.items() if k not in ("batch_id",)},
+                "reason": reason,
+                "success": bool(item.success),
+                "element_count": info.get("element_count"),
+                "unexpected_count": info.get("unexpected_count", 0 if item.success else None),
+            }
+        )
         if item.success:
             continue
         if reason == "schema":
             column = config.kwargs.get("column")
             observed = info.get("observed_value")
-            raise SchemaViolation(f"column {column}: {config.type} failed"
-                                  + (f" (observed type {observed}, expected one of {config.kwargs.get('type_list')})"
-                                     if observed else ""))
+            raise SchemaViolation(
+                f"column {column}: {config.type} failed"
+                + (f" (observed type {observed}, expected one of {config.kwargs.get('type_list')})" if observed else "")
+            )
         for index in indexes:
             position = int(index) if not isinstance(index, dict) else int(next(iter(index.values())))
             failed.setdefault(position, set()).add(reason)
@@ -311,5 +355,6 @@ def run_suite(windows: pd.DataFrame, start: datetime | None = None, end: datetim
     if failed:
         positions = np.fromiter(failed, dtype=np.int64)
         reasons.iloc[positions] = [";".join(r for r in order if r in failed[p]) for p in failed]
-    return SuiteResult(reasons=reasons, expectations=summaries, success=bool(result.success),
-                       seconds=time.perf_counter() - began)
+    return SuiteResult(
+        reasons=reasons, expectations=summaries, success=bool(result.success), seconds=time.perf_counter() - began
+    )

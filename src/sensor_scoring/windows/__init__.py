@@ -4,6 +4,7 @@
 raw-readings import both go through it, so what they land is what the real job would land. Reading files is
 ``windows.formats``; which hour owns a window, for training and scoring alike, is ``windows.ownership``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,11 +45,34 @@ from sensor_scoring.windows.ownership import (
 )
 
 __all__ = [
-    "HOUR", "READABLE_SUFFIXES", "SCHEMA_HASH", "SOURCE_COLUMN", "WINDOW", "WINDOW_COLUMNS", "WINDOW_DTYPES",
-    "CorruptFileError", "LandedFiles", "LandingPlan", "UnreadableFile", "WindowFileError", "WindowSchemaError",
-    "aggregate_readings", "conform", "empty_windows", "folder_for", "folder_hour", "folders_for_interval",
-    "hour_floor", "land_windows", "owned_windows", "parse_window_file", "partition_hours", "read_landed",
-    "read_landed_files", "read_owned", "to_asa_json_lines",
+    "HOUR",
+    "READABLE_SUFFIXES",
+    "SCHEMA_HASH",
+    "SOURCE_COLUMN",
+    "WINDOW",
+    "WINDOW_COLUMNS",
+    "WINDOW_DTYPES",
+    "CorruptFileError",
+    "LandedFiles",
+    "LandingPlan",
+    "UnreadableFile",
+    "WindowFileError",
+    "WindowSchemaError",
+    "aggregate_readings",
+    "conform",
+    "empty_windows",
+    "folder_for",
+    "folder_hour",
+    "folders_for_interval",
+    "hour_floor",
+    "land_windows",
+    "owned_windows",
+    "parse_window_file",
+    "partition_hours",
+    "read_landed",
+    "read_landed_files",
+    "read_owned",
+    "to_asa_json_lines",
 ]
 
 #: A window is (window_end - WINDOW, window_end].
@@ -86,7 +110,11 @@ class LandingPlan:
 
 
 def land_windows(
-    storage: Storage, container: str, windows: pd.DataFrame, plan: LandingPlan = LandingPlan(), *,
+    storage: Storage,
+    container: str,
+    windows: pd.DataFrame,
+    plan: LandingPlan = LandingPlan(),
+    *,
     batch: str | None = None,
 ) -> list[str]:
     """Write windows into ``container`` as Stream Analytics would, returning the blob names written.

@@ -3,6 +3,7 @@
 A corrupt file (truncated, garbage) is set aside whole and the hour goes on; a file that parses but breaks the
 contract's structure (a column missing, or unreadable as its type) stops the run, naming file and column.
 """
+
 from __future__ import annotations
 
 import csv

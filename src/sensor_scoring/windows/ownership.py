@@ -13,6 +13,7 @@ and ``late_folders`` more, and owns:
 The rule assumes every run uses the same ``late_folders``. A window's partition (the hour it is committed
 under) is its window_end's hour when inside the interval, else the hour of the folder it was found in.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
