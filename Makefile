@@ -1,4 +1,4 @@
-# The README's commands: `make demo` (score an hour on Azurite), `make ui` (Airflow standalone) and `make test`;
+# The README's commands: `make demo` (score an hour on Azurite), `make ui` (the dev stack: PostgreSQL + Airflow) and `make test`;
 # while developing, `make check` (lint, format, types) and `make test-fast` (unit and DAG tests, under two minutes).
 # Everything else is what they need: a virtualenv with the lock and the dev tools, and Azurite from npm.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
