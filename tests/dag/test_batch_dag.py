@@ -80,36 +80,31 @@ def test_scoring_backend_sets_the_default_of_the_backend_param(airflow_db, monke
     assert load_dag(REPO / "dags" / "sensor_scoring.py").params["backend"] == "local"
 
 
-def mapped_instances(run_id: str) -> list[dict]:
+def shard_instances(run_id: str) -> list:
+    """The run's mapped score_shard task instances, in map order."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        tis = (
+        return (
             session.query(TaskInstance)
             .filter(TaskInstance.run_id == run_id, TaskInstance.task_id == "score_shard")
             .order_by(TaskInstance.map_index)
             .all()
         )
-        return [
-            {"rendered_map_index": ti.rendered_map_index, "state": str(ti.state), "try_number": ti.try_number}
-            for ti in tis
-        ]
+
+
+def mapped_instances(run_id: str) -> list[dict]:
+    return [
+        {"rendered_map_index": ti.rendered_map_index, "state": str(ti.state), "try_number": ti.try_number}
+        for ti in shard_instances(run_id)
+    ]
 
 
 def link_urls(dag, run_id: str) -> list[str]:
     """What the UI's "Shard outputs" button of each mapped instance opens, resolved as the API server does:
     from the serialized DAG's operator and the task instance."""
-    from airflow.models.taskinstance import TaskInstance
     from airflow.serialization.serialized_objects import DagSerialization
-    from airflow.utils.session import create_session
 
     task = DagSerialization.from_dict(DagSerialization.to_dict(dag)).task_dict["score_shard"]
-    with create_session() as session:
-        tis = (
-            session.query(TaskInstance)
-            .filter(TaskInstance.run_id == run_id, TaskInstance.task_id == "score_shard")
-            .order_by(TaskInstance.map_index)
-            .all()
-        )
-        return [task.get_extra_links(ti, "Shard outputs") for ti in tis]
+    return [task.get_extra_links(ti, "Shard outputs") for ti in shard_instances(run_id)]

@@ -15,7 +15,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Protocol, cast
 
-from sensor_scoring import storage as st
+from sensor_scoring import layout, storage as st
 
 
 class ShardFailed(RuntimeError):
@@ -39,9 +39,7 @@ def read_result(spec_uri: str, storage_setting: str) -> dict[str, object]:
     """The shard's ``result.json``, beside its spec: what every backend returns."""
     from sensor_scoring.steps.score import read_shard_result
 
-    spec_container, spec_path = st.parse_uri(spec_uri)
-    output_prefix = st.make_uri(spec_container, spec_path.rsplit("/", 1)[0] + "/")
-    return read_shard_result(st.open_storage(storage_setting), output_prefix)
+    return read_shard_result(st.open_storage(storage_setting), layout.Shard.of_spec(spec_uri).folder)
 
 
 #: Backend name -> ``module:class`` of its implementation.
