@@ -4,7 +4,8 @@ The base of every record of ``sensor_scoring.contracts``. Conversion is driven b
 states its schema once: ``to_dict`` gives plain JSON values (datetimes as ISO text, tuples as lists) and
 ``from_dict`` checks every field, converting back. Understood annotations: ``str``, ``int``, ``float`` (an
 integer is accepted), ``bool``, ``datetime`` (ISO text with an offset), ``X | None``, ``Literal[...]``,
-``tuple[X, ...]``, ``dict[str, X]``, ``Any`` (passed through) and nested records.
+``tuple[X, ...]``, ``dict[str, X]``, ``Any`` (passed through) and nested records. A field with a default may be
+absent from the dict (how a field is added without a new schema version); every other field must be present.
 """
 
 from __future__ import annotations
@@ -83,8 +84,12 @@ class Record:
         if unknown:
             raise ContractError(f"{where}: unknown field(s) {', '.join(repr(path + k) for k in unknown)}")
         values = {}
-        for name in names:
+        for item in dataclasses.fields(cls):
+            name = item.name
             if name not in data:
+                # a field added after a record was first written carries a default: older blobs still read
+                if item.default is not dataclasses.MISSING or item.default_factory is not dataclasses.MISSING:
+                    continue
                 raise ContractError(f"{where}: field {path + name!r} is missing")
             values[name] = _load(hints[name], data[name], where, path + name)
         return cls(**values)

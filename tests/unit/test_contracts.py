@@ -274,7 +274,7 @@ def test_a_record_that_breaks_its_contract_is_refused_naming_field_and_source(ma
     assert message.format(src=SOURCE) in str(caught.value)
 
 
-def test_optional_fields_take_null_and_nothing_else_is_defaulted():
+def test_optional_fields_take_null():
     body = _broken(manifest, lambda b: b.update(subset=None))
     assert c.Manifest.from_dict(body, source=SOURCE).subset is None
     body = _broken(summary, lambda b: b.update(max_quarantine_share=1))  # a whole-number share, as a param gives it
@@ -308,3 +308,20 @@ def test_times_keep_their_instant_through_json():
     moment = datetime(2026, 11, 24, 3, 4, 5, 123456, tzinfo=timezone.utc)
     back = c.Interval.from_dict(c.Interval(moment, moment + H).to_dict(), source=SOURCE)
     assert back.start == moment and back.end - back.start == H
+
+
+def test_a_field_with_a_default_may_be_absent_and_no_other():
+    import dataclasses
+
+    from sensor_scoring.records import Record
+
+    @dataclasses.dataclass(frozen=True)
+    class Versioned(Record):
+        KIND = "versioned"
+        SCHEMA_VERSION = 1
+        name: str
+        added_later: tuple[str, ...] = ()
+
+    assert Versioned.from_dict({"schema_version": 1, "name": "a"}, source=SOURCE) == Versioned("a")
+    with pytest.raises(c.ContractError, match="field 'name' is missing"):
+        Versioned.from_dict({"schema_version": 1, "added_later": []}, source=SOURCE)
