@@ -49,6 +49,7 @@ windows selected by `window_end`.
 
 **Tasks:** `wait_for_windows` (reschedules, holds no slot) -> `load_and_validate` -> `plan_shards` ->
 `score_shard` (mapped, one per shard of `sensors_per_shard` sensors, named by its sensors) -> `commit`.
+With `max_failed_shard_share` above 0, `commit` also runs when shards failed: the hour is committed `partial`.
 
 **Triage**
 - `wait_for_windows` timed out: Stream Analytics stopped writing. Check the job and the `windows` folders.
@@ -202,6 +203,16 @@ with ScoringDAG(
             "validation; above it the run fails (no retries) and nothing is "
             "committed. 1 never fails.",
         ),
+        "max_failed_shard_share": Param(
+            0,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Max failed shard share",
+            description="The largest share of shards that may fail after their last retry and the hour still "
+            "commits, as partial: their windows quarantined as shard_failed, an alert sent; clearing the failed "
+            "shard or re-running the hour fills it in. 0: any failed shard fails the run, nothing committed.",
+        ),
     },
     tags=["scoring", "anomaly-detection", "azure"],
     doc_md=DOC,
@@ -261,9 +272,10 @@ with ScoringDAG(
             shards = plan(hour, model_version=params["model_version"], sensors_per_shard=params["sensors_per_shard"])
         return [shard.to_dict() for shard in shards]
 
-    # also when no shard was mapped: quarantined rows are committed too
+    # also when no shard was mapped: quarantined rows are committed too; all_done, because a partial hour commits
+    # with failed shards: the task itself refuses a failed upstream (sensor_scoring_airflow.partial)
     # one commit at a time across runs: a backfill and a rescoring of the same hour never interleave
-    @task(trigger_rule="none_failed", outlets=[PREDICTIONS], max_active_tis_per_dag=1)
+    @task(trigger_rule="all_done", outlets=[PREDICTIONS], max_active_tis_per_dag=1)
     def commit(summary: dict, results: list[dict] | None = None, params: dict | None = None) -> dict:
         """Checks landed = scored + quarantined + duplicates, then swaps in the hour's partition.
 
@@ -271,18 +283,23 @@ with ScoringDAG(
         subset rescorings). A subset rescoring keeps every other row of the hour as it was. Emits an event on the
         asset `predictions` and, above `SCORING_ANOMALY_ALERT_THRESHOLD`, an `anomalies_high` alert.
         **Triage:** "refusing to commit" = a shard output is missing or stale: clear the run to redo the hour.
+        "shard(s) failed ... nothing committed": more shards failed than `max_failed_shard_share`; a `partial` hour:
+        clear the failed `score_shard` (with downstream) or re-run the hour.
         """
         from sensor_scoring.contracts import HourSummary, ShardResult
         from sensor_scoring.steps.commit import commit as commit_hours
-        from sensor_scoring_airflow import alerts, context as airflow_context
+        from sensor_scoring_airflow import alerts, context as airflow_context, partial
 
         context = get_current_context()
+        failed = partial.shards_to_give_up(context, (params or {}).get("max_failed_shard_share", 0))
         hour = airflow_context.hour_for(context, params or {})
         # one slice read of the mapped results (iterating would probe past the end, logging a 404)
         shards = [ShardResult.from_dict(r, source="XCom of score_shard") for r in (results[:] if results else [])]
-        manifests = commit_hours(hour, HourSummary.from_dict(summary, source="XCom of load_and_validate"), shards)
+        summary_record = HourSummary.from_dict(summary, source="XCom of load_and_validate")
+        manifests = commit_hours(hour, summary_record, shards, failed_shards=failed)
         context["outlet_events"][PREDICTIONS].extra = airflow_context.asset_extra(manifests)
         alerts.check_anomalies(context, manifests)
+        partial.alert_partial(context, manifests, failed)
         return {"hours": [m.hour.isoformat() for m in manifests], "counts": [m.counts.to_dict() for m in manifests]}
 
     summary = load_and_validate()

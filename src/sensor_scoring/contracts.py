@@ -109,6 +109,9 @@ MODEL_REASONS: dict[str, str] = {
 }
 #: The reason of a window file quarantined whole (listed in the manifest, not a quarantine row).
 CORRUPT_FILE = "corrupt_file"
+#: The reason of a window whose shard failed after its last retry, in an hour committed as ``partial``
+#: (DAG param ``max_failed_shard_share``); clearing the shard or re-running the hour scores it.
+SHARD_FAILED = "shard_failed"
 
 
 # --- errors shared by the steps -----------------------------------------------------------------------------
@@ -398,6 +401,18 @@ class RescoringRecord(Record):
 
 
 @dataclasses.dataclass(frozen=True)
+class FailedShard(Record):
+    """A shard that failed after its last retry, named in a ``partial`` hour's manifest."""
+
+    KIND = "failed shard"
+    shard: int
+    label: str
+    sensors: int
+    windows: int
+    spec: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest(Record):
     """``_manifest.json`` of a committed hour (the same in predictions and quarantine): what the partition holds.
 
@@ -416,7 +431,7 @@ class Manifest(Record):
     quarantine_reasons: dict[str, int]
     files: tuple[PartitionFile, ...]
     source_folders: tuple[str, ...]
-    status: Literal["scored", "empty"]
+    status: Literal["scored", "empty", "partial"]
     quarantined_files: tuple[QuarantinedFile, ...]
     empty_files: tuple[str, ...]
     validation: ValidationSummary
@@ -424,3 +439,5 @@ class Manifest(Record):
     rescored: tuple[RescoringRecord, ...]
     model_versions: dict[str, int]
     duplicates_by_sensor: tuple[SensorDuplicates, ...]
+    #: The shards that failed after their last retry (status ``partial``); their windows are ``shard_failed``.
+    failed_shards: tuple[FailedShard, ...] = ()

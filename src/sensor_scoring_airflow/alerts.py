@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 EMAIL_CONN_ID = "scoring_smtp"
 WEBHOOK_CONN_ID = "scoring_alert_webhook"
 #: Events a message can carry in its ``event`` field.
-EVENTS = ("task_failed", "dag_run_failed", "dag_run_empty", "deadline_missed", "anomalies_high")
+EVENTS = ("task_failed", "dag_run_failed", "dag_run_empty", "deadline_missed", "anomalies_high", "partial_hour")
 PAYLOAD_KEYS = ("text", "event", "dag_id", "run_id", "task_id", "map_index", "try_number", "error", "log_url")
 
 
@@ -118,6 +118,7 @@ def _summary(p: Mapping[str, Any]) -> str:
         "dag_run_empty": "DAG run succeeded without running a task",
         "deadline_missed": "run missed its deadline",
         "anomalies_high": "anomaly count above threshold",
+        "partial_hour": "hour committed as partial: shard(s) failed",
     }[str(p["event"])]
     where = f"{p['dag_id']} / {p['run_id']}"
     if p.get("task_id"):
@@ -228,6 +229,10 @@ class ScoringAlertNotifier(BaseNotifier):
         DAG-run callback under ``dag.test`` is a SerializedDAG without one, and the alert would be lost.)"""
 
     def notify(self, context: Any) -> None:
+        if getattr(context.get("exception"), "alerted_upstream", False):
+            # e.g. commit refusing an hour whose shard failed: that shard's own alert already said so
+            log.info("No %s alert: %s", self.event, context.get("exception"))
+            return
         try:
             send_alert(build_payload(self.event, context))
         except Exception as exc:  # building the message failed: say so, never mask the original failure

@@ -29,17 +29,20 @@ from sensor_scoring.contracts import (
     AccountingError,
     CorruptFile,
     Counts,
+    FailedShard,
     HourSummary,
     HourValidation,
     Interval,
     Manifest,
     PartitionFile,
+    PlannedShard,
     QuarantinedFile,
     ShardPlan,
     ShardResult,
     ValidationReport,
     ValidationSummary,
 )
+from sensor_scoring.steps import partial
 from sensor_scoring.steps.common import names_storage_outages
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.rescoring import Kept, keep_unrescored, model_versions, rescoring_history
@@ -67,19 +70,39 @@ class _Commit:
     report: ValidationReport
     model_version: str
     committed_at: datetime
+    failed_shards: tuple[FailedShard, ...] = ()
 
 
 @names_storage_outages
-def commit(hour: Hour, summary: HourSummary, shard_results: Sequence[ShardResult]) -> list[Manifest]:
-    """Check landed = scored + quarantined + duplicates for the run, then commit each of its hours in turn."""
+def commit(
+    hour: Hour,
+    summary: HourSummary,
+    shard_results: Sequence[ShardResult],
+    *,
+    failed_shards: Sequence[PlannedShard] = (),
+) -> list[Manifest]:
+    """Check landed = scored + quarantined + duplicates for the run, then commit each of its hours in turn.
+
+    ``failed_shards`` (a partial hour, see :mod:`sensor_scoring.steps.partial`): their windows are quarantined as
+    ``shard_failed``, the hours they touch are ``partial``, and the run's staging is kept for the retry.
+    """
     storage, staging, run = hour.storage, hour.containers.staging, layout.Run(hour.run_key)
     plan = ShardPlan.from_json(storage.read_bytes(staging, run.plan), source=st.make_uri(staging, run.plan))
     report = ValidationReport.from_json(
         storage.read_bytes(staging, run.validation_report), source=st.make_uri(staging, run.validation_report)
     )
     quarantine = _run_quarantine(hour, shard_results)
+    if failed_shards:
+        quarantine = pd.concat([quarantine, partial.failed_shard_quarantine(hour, failed_shards)], ignore_index=True)
     check_run_accounting(summary, shard_results, len(quarantine))
-    context = _Commit(hour, summary, report, plan.model_version, datetime.now(timezone.utc))
+    context = _Commit(
+        hour,
+        summary,
+        report,
+        plan.model_version,
+        datetime.now(timezone.utc),
+        failed_shards=partial.failed_shard_records(failed_shards),
+    )
     with tempfile.TemporaryDirectory(prefix="commit-") as tmp:
         kept = keep_unrescored(hour, summary.subset)  # a subset rescoring keeps the other rows
         written = _write_predictions(hour, Path(tmp), kept, shard_results)
@@ -88,7 +111,10 @@ def commit(hour: Hour, summary: HourSummary, shard_results: Sequence[ShardResult
             _commit_hour(context, h, written[h], quarantine.loc[q_hour == pd.Timestamp(h)], kept.get(h))
             for h in hour.hours
         ]
-    storage.delete_prefix(staging, run.prefix)
+    if failed_shards:
+        partial.log_partial(hour, failed_shards)  # staging kept: the failed shards' specs and inputs are retried
+    else:
+        storage.delete_prefix(staging, run.prefix)
     return manifests
 
 
@@ -188,7 +214,7 @@ def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFr
         quarantine_reasons={str(k): int(v) for k, v in Counter(q_rows[REASON_COLUMN]).items()},
         files=files,
         source_folders=run.summary.folders,
-        status="scored" if counts.landed else "empty",
+        status=(status := partial.hour_status(counts, q_rows)),
         quarantined_files=bad_files,
         empty_files=validation.empty_files,
         validation=ValidationSummary(
@@ -213,6 +239,7 @@ def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFr
             *(kept.duplicates_by_sensor if kept else ()),
             *run.summary.duplicates_by_sensor.get(h.isoformat(), ()),
         ),
+        failed_shards=run.failed_shards if status == "partial" else (),
     )
     body = manifest.to_json(indent=2)
     storage.write_bytes(containers.predictions, part.manifest, body)
