@@ -95,6 +95,7 @@ def commit(
     if failed_shards:
         quarantine = pd.concat([quarantine, partial.failed_shard_quarantine(hour, failed_shards)], ignore_index=True)
     check_run_accounting(summary, shard_results, len(quarantine))
+    superseded = partial.superseded_staging(hour)
     context = _Commit(
         hour,
         summary,
@@ -115,6 +116,7 @@ def commit(
         partial.log_partial(hour, failed_shards)  # staging kept: the failed shards' specs and inputs are retried
     else:
         storage.delete_prefix(staging, run.prefix)
+    partial.delete_superseded(hour, superseded)
     return manifests
 
 

@@ -16,7 +16,7 @@ from typing import Literal
 import pandas as pd
 
 from sensor_scoring import layout, storage as st
-from sensor_scoring.contracts import REASON_COLUMN, SHARD_FAILED, Counts, FailedShard, PlannedShard
+from sensor_scoring.contracts import REASON_COLUMN, SHARD_FAILED, Counts, FailedShard, Manifest, PlannedShard
 from sensor_scoring.steps.common import quarantine_frame
 from sensor_scoring.steps.interval import Hour
 
@@ -75,3 +75,29 @@ def log_partial(hour: Hour, failed: Sequence[PlannedShard]) -> None:
         SHARD_FAILED,
         st.make_uri(hour.containers.staging, layout.Run(hour.run_key).prefix),
     )
+
+
+def superseded_staging(hour: Hour) -> list[str]:
+    """The staging folders of earlier runs that committed one of these hours as partial (read before this run's
+    manifests replace theirs): once this run commits, nobody will retry those runs' failed shards."""
+    storage, containers, own = hour.storage, hour.containers, layout.Run(hour.run_key).prefix
+    folders: set[str] = set()
+    for h in hour.hours:
+        path = layout.Partition(h).manifest
+        if not storage.exists(containers.predictions, path):
+            continue
+        manifest = Manifest.from_json(
+            storage.read_bytes(containers.predictions, path), source=st.make_uri(containers.predictions, path)
+        )
+        for failed in manifest.failed_shards:
+            container, spec = st.parse_uri(failed.spec)
+            run_folder = layout.Shard.of_spec(spec).folder.rstrip("/").rsplit("/", 1)[0] + "/"
+            if container == containers.staging and run_folder != own:
+                folders.add(run_folder)
+    return sorted(folders)
+
+
+def delete_superseded(hour: Hour, folders: Sequence[str]) -> None:
+    for folder in folders:
+        log.info("Deleting the staging of a superseded partial run: %s", folder)
+        hour.storage.delete_prefix(hour.containers.staging, folder)
