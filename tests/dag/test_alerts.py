@@ -74,14 +74,15 @@ def test_failed_run_emails_and_posts_task_and_run_alerts(fast_failing_dag, blob,
     )
     assert "plan_shards" in task["text"] and "no-such-version" in task["text"] and task["log_url"] in task["text"]
     dag_run = posts["dag_run_failed"]["json"]
-    assert dag_run["run_id"] == run.run_id and dag_run["task_id"] == "plan_shards"
+    # Airflow names the last failed task: commit, which runs on all_done (partial hours) and refuses the run
+    assert dag_run["run_id"] == run.run_id and dag_run["task_id"] == "commit"
     assert dag_run["error"] == "task_failure" and dag_run["log_url"]
 
     assert len(smtp_sink.messages) == 2
     for recipients, message in smtp_sink.messages:
         assert sorted(recipients) == sorted(RECIPIENTS) and message["From"] == "airflow@example.com"
     subjects = sorted(m["Subject"] for _, m in smtp_sink.messages)
-    assert subjects == ["[sensor_scoring] dag_run_failed: plan_shards", "[sensor_scoring] task_failed: plan_shards"]
+    assert subjects == ["[sensor_scoring] dag_run_failed: commit", "[sensor_scoring] task_failed: plan_shards"]
     body = html_of(next(m for _, m in smtp_sink.messages if "task_failed" in m["Subject"]))
     for fact in (run.run_id, "plan_shards", "no-such-version", "try_number", "map_index", "/tasks/plan_shards"):
         assert fact in body, fact

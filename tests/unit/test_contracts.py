@@ -153,6 +153,7 @@ def test_blob_field_names_stay_what_the_docs_describe():
         "rescored",
         "model_versions",
         "duplicates_by_sensor",
+        "failed_shards",
     ]
     assert body["hour"] == "2026-11-24T00:00:00+00:00" and body["interval"]["end"] == "2026-11-24T01:00:00+00:00"
     assert body["rescored"][0]["counts"] == {
@@ -221,7 +222,7 @@ def _broken(make, change) -> dict:
         pytest.param(
             manifest,
             lambda b: b.update(status="done"),
-            "manifest from {src}: field 'status' should be 'scored' or 'empty', got str 'done'",
+            "manifest from {src}: field 'status' should be 'scored' or 'empty' or 'partial', got str 'done'",
             id="bad-literal",
         ),
         pytest.param(
