@@ -48,7 +48,8 @@ score each (device, sensor) with its own OneClassSVM, and replace the hour's Par
 windows selected by `window_end`.
 
 **Tasks:** `wait_for_windows` (reschedules, holds no slot) -> `load_and_validate` -> `plan_shards` ->
-`score_shard` (mapped, one per shard of `sensors_per_shard` sensors, named by its sensors) -> `commit`.
+`score_shard` (mapped, one per shard: sized to the work, or of `sensors_per_shard` sensors; named by its sensors)
+-> `commit`.
 With `max_failed_shard_share` above 0, `commit` also runs when shards failed: the hour is committed `partial`.
 
 **Triage**
@@ -122,12 +123,13 @@ with ScoringDAG(
     else None,
     params={
         "sensors_per_shard": Param(
-            250,
-            type="integer",
+            None,
+            type=["null", "integer"],
             minimum=1,
             maximum=100_000,
             title="Sensors per shard",
-            description="Sensors scored together in one mapped task; 1 gives one task per sensor.",
+            description="Sensors scored together in one mapped task; 1 gives one task per sensor. Empty: shards "
+            "sized to the work (windows x support vectors, at most 64 tasks).",
         ),
         "backend": Param(
             SETTINGS.backend,

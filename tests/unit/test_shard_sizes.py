@@ -1,0 +1,29 @@
+"""Shards sized to the work: bounded mapped tasks, bounded windows per shard, about equal cost, and the fixed size
+still there when asked for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sensor_scoring.steps.plan import MAX_SHARD_WINDOWS, MAX_SHARDS, shard_numbers
+
+
+@pytest.mark.parametrize("sensors,expected", [(1_000, 1), (10_000, 3), (100_000, 24), (1_000_000, MAX_SHARDS)])
+def test_auto_sizing_bounds_the_mapped_tasks_and_balances_cost(sensors, expected):
+    windows = np.full(sensors, 60)
+    cost = windows * np.random.default_rng(7).integers(10, 60, sensors)  # support vectors per model
+    numbers = shard_numbers(windows, cost, None)
+    assert numbers.max() + 1 == expected
+    assert np.all(np.diff(numbers) >= 0)  # contiguous runs of sensors, in plan order
+    per_shard = np.bincount(numbers, weights=cost)
+    assert per_shard.max() / per_shard.min() < 1.1  # about equal cost
+    if expected < MAX_SHARDS:
+        assert np.bincount(numbers, weights=windows).max() <= 1.1 * MAX_SHARD_WINDOWS  # balanced by cost, not windows
+
+
+def test_fixed_size_and_edge_cases():
+    assert shard_numbers(np.full(5, 60), np.full(5, 600), 2).tolist() == [0, 0, 1, 1, 2]
+    assert shard_numbers(np.zeros(0, dtype="int64"), np.zeros(0, dtype="int64"), None).tolist() == []
+    # one sensor costlier than a shard: it gets its own, and the numbers have no gaps
+    assert shard_numbers(np.full(3, 60), np.array([10**9, 1, 1]), None).tolist() == [0, 1, 1]
