@@ -30,9 +30,9 @@ class Backend(Protocol):
         ...
 
 
-def shard_command(spec_uri: str, python: str = "python") -> list[str]:
-    """The one command line of a shard, shared by every backend."""
-    return [python, "-m", "sensor_scoring", "score-shard", "--spec", spec_uri]
+def shard_command(spec_uri: str, python: str = "python", command: str = "score-shard") -> list[str]:
+    """The one command line of a shard, shared by every backend (``train-shard`` for a training shard)."""
+    return [python, "-m", "sensor_scoring", command, "--spec", spec_uri]
 
 
 def read_result(spec_uri: str, storage_setting: str) -> dict[str, object]:

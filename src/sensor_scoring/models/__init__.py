@@ -10,7 +10,12 @@ Registry layout in the models container::
     versions/<version>/manifest.json     version summary: features, params, library versions, packs, index
     versions/<version>/models.parquet    the per-model index: pack, row, sha256, training range, rows, metrics
     versions/<version>/pack-00000.npz    the arrays of up to PACK_SIZE models, sorted by (device_id, tag)
-    aliases/production.json              {"version": ...}: what the hourly DAG scores with
+    versions/<version>/evaluation.parquet   per-sensor evaluation of the training DAG (candidate vs production)
+    aliases/production.json              {"version": ...}: what the hourly DAG scores with (and why, when moved
+                                         by the training DAG or a rollback: see ``models.promotion``)
+    aliases/production-history.json      every move of the alias, newest last: the rollback path
+
+The manifest's ``lineage`` (training DAG runs) names the training run, data range, parameters and evaluation.
 """
 
 from __future__ import annotations
@@ -195,8 +200,14 @@ def register(
     version: str,
     params: dict[str, object],
     promote: bool,
+    lineage: dict[str, object] | None = None,
+    evaluation: pd.DataFrame | None = None,
 ) -> dict[str, object]:
-    """Write a version (packs, index, manifest), then move the alias if asked. Returns the manifest."""
+    """Write a version (packs, index, manifest), then move the alias if asked. Returns the manifest.
+
+    ``lineage`` (the training run, data range, evaluation) goes into the manifest; ``evaluation`` (per-sensor
+    metrics) is stored beside it as ``evaluation.parquet``.
+    """
     if not trained:
         raise ValueError("no models to register: no sensor had enough training windows")
     prefix = f"versions/{version}/"
@@ -228,6 +239,8 @@ def register(
     index = pd.DataFrame(index_rows)
     index_bytes = parquet_bytes(index)
     storage.write_bytes(container, prefix + "models.parquet", index_bytes)
+    if evaluation is not None:
+        storage.write_bytes(container, prefix + "evaluation.parquet", parquet_bytes(evaluation))
     manifest = {
         "version": version,
         "created_at": datetime.now(timezone.utc).isoformat(),
@@ -241,16 +254,21 @@ def register(
         "index": {"file": "models.parquet", "sha256": hashlib.sha256(index_bytes).hexdigest()},
         "packs": packs,
     }
+    if lineage is not None:
+        manifest["lineage"] = lineage
     storage.write_bytes(container, prefix + "manifest.json", json.dumps(manifest, indent=2).encode())
     if promote:
         set_alias(storage, container, PRODUCTION_ALIAS, version)
     return manifest
 
 
-def set_alias(storage: Storage, container: str, alias: str, version: str) -> None:
+def set_alias(
+    storage: Storage, container: str, alias: str, version: str, note: dict[str, object] | None = None
+) -> None:
+    """Point ``alias`` at ``version``; ``note`` (who moved it and why) is kept in the alias blob."""
     if not storage.exists(container, f"versions/{version}/manifest.json"):
         raise FileNotFoundError(f"model version {version} is not registered")
-    body = {"version": version, "set_at": datetime.now(timezone.utc).isoformat()}
+    body = {"version": version, "set_at": datetime.now(timezone.utc).isoformat(), **(note or {})}
     storage.write_bytes(container, f"aliases/{alias}.json", json.dumps(body).encode())
 
 
