@@ -11,6 +11,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param, get_current_conte
 
 from sensor_scoring import settings as config
 from sensor_scoring_airflow.alerts import ScoringAlertNotifier
+from sensor_scoring_airflow.operators import ScoreShardOperator
 
 SETTINGS = config.current()
 SUBSET_ITEMS = {"type": "string", "minLength": 1}
@@ -25,8 +26,9 @@ on), register it in container `models` with its lineage, and move the `productio
 policy holds.
 
 **Tasks:** `gather` (reads the range as scoring does: same ownership, the great-expectations suite; quarantined
-windows are not trained on) -> `train_shard` (mapped, one per `sensors_per_shard` sensors, each its own process:
-`python -m sensor_scoring train-shard --spec <uri>`) -> `evaluate` -> `register` -> `promote`.
+windows are not trained on) -> `train_shard` (mapped, one per `sensors_per_shard` sensors, each its own process,
+`python -m sensor_scoring train-shard --spec <uri>`, on the `backend` param's backend: local or Azure Batch)
+-> `evaluate` -> `register` -> `promote`.
 
 **Evaluation:** flagged share of the held-back windows; where the `labels` container has a file for a held-back hour
 (`YYYY/MM/DD/HH/labels.parquet`, columns device_id, tag, window_end, anomaly: see `docs/models.md`), precision,
@@ -122,6 +124,13 @@ with DAG(
             description="Sensors trained together in one mapped task (one process).",
         ),
         "late_folders": Param(1, type="integer", minimum=0, maximum=24, title="Late folders"),
+        "backend": Param(
+            SETTINGS.backend,
+            type="string",
+            enum=list(config.BACKENDS),
+            title="Backend",
+            description="Where shards train: in the worker (local) or as Azure Batch tasks (the scorer image).",
+        ),
         "version": Param(
             None,
             type=["null", "string"],
@@ -176,23 +185,6 @@ with DAG(
                 late_folders=params["late_folders"],
             )
         return [s.to_dict() for s in shards]
-
-    @task(map_index_template="{{ shard_label }}")
-    def train_shard(shard: dict) -> dict:
-        """Trains one shard in its own process: `python -m sensor_scoring train-shard --spec <uri>`."""
-        import sys
-
-        from sensor_scoring.backends import shard_command
-        from sensor_scoring.backends.local import LocalBackend
-        from sensor_scoring.steps.training import read_training_result
-        from sensor_scoring.storage import open_storage
-        from sensor_scoring_airflow.connections import storage_setting
-
-        get_current_context()["shard_label"] = shard["label"]  # type: ignore[typeddict-unknown-key]
-        setting = storage_setting()
-        command = shard_command(shard["spec_uri"], python=sys.executable, command="train-shard")
-        LocalBackend().run_command(command, storage_setting=setting)
-        return read_training_result(open_storage(setting), shard["spec_uri"])
 
     @task
     def evaluate(results: list[dict], params: dict | None = None) -> dict:
@@ -249,8 +241,20 @@ with DAG(
             )
         return outcome
 
-    shards = gather()
-    results = train_shard.expand(shard=shards)
+    # the scoring DAG's operator and backends, running the training command: local, or one Azure Batch task per shard
+    results = (
+        ScoreShardOperator.partial(
+            task_id="train_shard",
+            backend="{{ params.backend }}",
+            command="train-shard",
+            map_index_template="{{ shard_label }}",
+            retries=SETTINGS.task_retries + 1,
+            doc_md="Trains one shard (`python -m sensor_scoring train-shard --spec <uri>`) in the worker or as an "
+            "Azure Batch task.",
+        )
+        .expand(shard=gather())
+        .output
+    )
     verdict = evaluate(results)
     promote(register(results, verdict))
 

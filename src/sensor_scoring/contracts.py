@@ -354,6 +354,8 @@ class TrainingShardSpec(Record):
     SCHEMA_VERSION = 1
     run_id: str
     shard: int
+    #: the containers a Batch task gets SAS access to (it writes only to staging)
+    containers: ShardContainers
     input: str
     output_prefix: str
     nu: float

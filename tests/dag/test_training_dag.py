@@ -141,3 +141,27 @@ def test_rollback_form_and_command(airflow_db, landed, containers, capsys):
     bad = rollback.test(run_conf={"to_version": "v-none"})
     assert str(bad.state) == "failed"
     assert models.resolve_version(landed, containers.models, "production") == "v-b"
+
+
+def test_training_shards_on_azure_batch(airflow_db, landed, containers, fake_batch, monkeypatch):
+    """The same DAG with backend=azure_batch: each shard is a Batch task (the fake account runs its command line
+    with only the task's SAS environment), judged and read back like a scoring shard."""
+    from dev.azurite import KEY as STORAGE_KEY
+
+    for name, value in {
+        "SCORING_BATCH_POOL_ID": "training-test-pool",
+        "SCORING_SCORER_IMAGE": "sensor-scoring-scorer:test",
+        "SCORING_BATCH_POLL_SECONDS": "0.3",
+        "SCORING_BATCH_MAX_POLL_SECONDS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    training, _ = load_dags()
+    run = training.test(run_conf={**BASE_CONF, "version": "v-batch", "backend": "azure_batch"})
+    assert str(run.state) == "success"
+    [job] = fake_batch.jobs
+    tasks = [t for (j, _), t in fake_batch.tasks.items() if j == job]
+    assert len(tasks) == 2 and all(t.exit_code == 0 for t in tasks)
+    assert all(" train-shard --spec az://" in t.body["commandLine"] for t in tasks)
+    assert STORAGE_KEY not in json.dumps([r["body"] for r in fake_batch.requests])
+    assert models.read_manifest(landed, containers.models, "v-batch")["models"] == 6
+    assert models.resolve_version(landed, containers.models, "production") == "v-batch"

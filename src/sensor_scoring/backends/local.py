@@ -25,9 +25,11 @@ class LocalBackend:
     def __init__(self, timeout_s: float | None = None) -> None:
         self.timeout_s = timeout_s
 
-    def run_shard(self, spec_uri: str, *, storage_setting: str) -> dict[str, object]:
-        self.run_command(shard_command(spec_uri, python=sys.executable), storage_setting=storage_setting)
-        return read_result(spec_uri, storage_setting)
+    def run_shard(self, spec_uri: str, *, storage_setting: str, command: str = "score-shard") -> dict[str, object]:
+        self.run_command(
+            shard_command(spec_uri, python=sys.executable, command=command), storage_setting=storage_setting
+        )
+        return read_result(spec_uri, storage_setting, command)
 
     def run_command(self, command: list[str], *, storage_setting: str) -> None:
         """Run one shard command (scoring or training) to completion; ``ShardFailed`` when it exits non-zero."""

@@ -18,7 +18,13 @@ import numpy as np
 import pandas as pd
 
 from sensor_scoring import layout, models, storage as st
-from sensor_scoring.contracts import REASON_COLUMN, PlannedShard, TrainingShardResult, TrainingShardSpec
+from sensor_scoring.contracts import (
+    REASON_COLUMN,
+    PlannedShard,
+    ShardContainers,
+    TrainingShardResult,
+    TrainingShardSpec,
+)
 from sensor_scoring.layout import HOUR
 from sensor_scoring.models import evaluation, promotion
 from sensor_scoring.steps.common import names_storage_outages
@@ -109,6 +115,7 @@ def _stage(
     spec = TrainingShardSpec(
         run_id=run.run_id,
         shard=number,
+        containers=ShardContainers(models=run.containers.models, staging=staging),
         input=st.make_uri(staging, shard.input),
         output_prefix=st.make_uri(staging, shard.folder),
         nu=nu,
@@ -164,10 +171,9 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
     return result
 
 
-def read_training_result(storage: Storage, spec_uri: str) -> dict[str, object]:
-    """The result.json beside a training shard's spec, checked, in its XCom form."""
-    shard = layout.Shard.of_spec(spec_uri)
-    container, prefix = st.parse_uri(shard.folder)
+def read_training_result(storage: Storage, output_prefix: str) -> dict[str, object]:
+    """The result.json a training shard wrote under ``output_prefix`` (an URI), checked, in its XCom form."""
+    container, prefix = st.parse_uri(output_prefix)
     path = layout.Shard(prefix).result
     return TrainingShardResult.from_json(
         storage.read_bytes(container, path), source=st.make_uri(container, path)
