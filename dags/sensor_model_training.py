@@ -112,6 +112,15 @@ with DAG(
             title="nu",
             description="OneClassSVM nu: upper bound on the share of training windows flagged.",
         ),
+        "threshold_quantile": Param(
+            0.001,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            exclusiveMaximum=1,
+            title="Threshold quantile",
+            description="Each model flags only windows scoring below this quantile of its own training windows "
+            "(calibrated threshold, at most scikit-learn's 0). Empty: scikit-learn's predict.",
+        ),
         "min_rows": Param(
             30, type="integer", minimum=2, title="Minimum windows", description="Sensors with fewer get no model."
         ),
@@ -180,6 +189,7 @@ with DAG(
                 sensors_per_shard=params["sensors_per_shard"],
                 nu=params["nu"],
                 min_rows=params["min_rows"],
+                threshold_quantile=params.get("threshold_quantile"),
                 devices=params.get("devices"),
                 tags=params.get("tags"),
                 late_folders=params["late_folders"],

@@ -97,6 +97,7 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
         promote=args.promote,
         nu=args.nu,
         min_rows=args.min_rows,
+        threshold_quantile=args.threshold_quantile,
     )
     facts = {key: manifest[key] for key in ("version", "models", "train_start", "train_end")}
     return facts | {"promoted": args.promote}
@@ -196,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--promote", action="store_true", help="point the production alias at the new version")
     train.add_argument("--nu", type=float, default=0.02, help="OneClassSVM nu: bound on the share flagged in training")
     train.add_argument("--min-rows", type=int, default=30, help="sensors with fewer training windows get no model")
+    train.add_argument(
+        "--threshold-quantile",
+        type=float,
+        default=None,
+        help="calibrate each model's anomaly threshold at this quantile of its training decision values "
+        "(e.g. 0.001; default: scikit-learn's predict)",
+    )
     train.set_defaults(func=cmd_train)
 
     shard = sub.add_parser("score-shard", help="score one shard (what every backend runs)")

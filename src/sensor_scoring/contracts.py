@@ -360,6 +360,8 @@ class TrainingShardSpec(Record):
     output_prefix: str
     nu: float
     min_rows: int
+    #: calibrate each model's threshold at this quantile of its training decision values (None: threshold 0)
+    threshold_quantile: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,7 +60,9 @@ def version_name(params: Mapping[str, Any], run: Hour) -> str:
 
 def model_params(params: Mapping[str, Any]) -> dict[str, object]:
     """The parameters recorded in the version's manifest (as the CLI's ``train`` records them)."""
+    quantile = params.get("threshold_quantile")
     return {
+        "threshold_quantile": None if quantile is None else float(quantile),
         "nu": float(params["nu"]),
         "gamma": "scale",
         "kernel": "rbf",

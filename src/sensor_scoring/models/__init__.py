@@ -53,16 +53,21 @@ class ModelArrays:
     dual_coef: np.ndarray  # (S,)
     intercept: float
     gamma: float
+    #: a window is an anomaly where its decision value is <= threshold: 0 is scikit-learn's ``predict``; a model
+    #: trained with ``threshold_quantile`` has the quantile of its training decision values (calibrated, <= 0)
+    threshold: float = 0.0
 
     def digest(self) -> str:
-        """SHA-256 over a canonical byte layout, so the same model always hashes the same."""
+        """SHA-256 over a canonical byte layout, so the same model always hashes the same (a model without a
+        calibrated threshold hashes as before thresholds existed)."""
         h = hashlib.sha256()
+        scalars = [self.intercept, self.gamma] + ([self.threshold] if self.threshold != 0.0 else [])
         for part in (
             self.mean,
             self.scale,
             self.support_vectors,
             self.dual_coef,
-            np.array([self.intercept, self.gamma]),
+            np.array(scalars),
         ):
             arr = np.ascontiguousarray(part, dtype="<f8")
             h.update(str(arr.shape).encode())
@@ -117,24 +122,48 @@ class TrainedModel:
     flagged_share: float
 
 
-def train_models(windows: pd.DataFrame, *, nu: float = 0.02, min_rows: int = 30) -> list[TrainedModel]:
-    """One pipeline per (device_id, tag) with at least ``min_rows`` windows, sorted by key."""
+def calibrated_threshold(decision: np.ndarray, quantile: float | None) -> float:
+    """The anomaly threshold of a model: 0 (scikit-learn's ``predict``) without ``quantile``; else the ``quantile``
+    of its training decision values, capped at 0 so a calibrated model never flags more than ``predict`` would.
+
+    Why: ``nu`` bounds the share of training windows outside the boundary (2%), and about as many ordinary
+    windows fall outside it later: most of the flags. A low quantile (0.001) keeps the boundary's shape and
+    flags only what lies further out than almost all training windows (bench/bench_detection.py, docs/models.md).
+    """
+    if quantile is None:
+        return 0.0
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"threshold_quantile must be in (0, 1), got {quantile}")
+    return min(0.0, float(np.quantile(decision, quantile)))
+
+
+def train_models(
+    windows: pd.DataFrame, *, nu: float = 0.02, min_rows: int = 30, threshold_quantile: float | None = None
+) -> list[TrainedModel]:
+    """One pipeline per (device_id, tag) with at least ``min_rows`` windows, sorted by key.
+
+    ``threshold_quantile``: calibrate each model's anomaly threshold on its training decision values (see
+    :func:`calibrated_threshold`); None keeps scikit-learn's ``predict`` (threshold 0).
+    """
     trained = []
     for (device_id, tag), rows in windows.groupby(["device_id", "tag"], sort=True, observed=True):
         if len(rows) < min_rows:
             continue
         features = feature_matrix(rows)
         pipeline = fit_pipeline(features, nu=nu)
+        decision = pipeline.decision_function(features)
+        arrays = arrays_of(pipeline)
+        arrays.threshold = calibrated_threshold(decision, threshold_quantile)
         trained.append(
             TrainedModel(
                 device_id=str(device_id),
                 tag=str(tag),
                 pipeline=pipeline,
-                arrays=arrays_of(pipeline),
+                arrays=arrays,
                 rows=len(rows),
                 train_start=rows["window_end"].min().isoformat(),
                 train_end=rows["window_end"].max().isoformat(),
-                flagged_share=float((pipeline.predict(features) == -1).mean()),
+                flagged_share=float((decision <= arrays.threshold).mean()),
             )
         )
     return trained
@@ -150,6 +179,7 @@ def _pack_bytes(models: list[ModelArrays]) -> bytes:
         "sv_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
         "sv": np.concatenate([m.support_vectors for m in models]),
         "dual": np.concatenate([m.dual_coef for m in models]),
+        "threshold": np.array([m.threshold for m in models]),
     }
     sink = io.BytesIO()
     np.savez(sink, allow_pickle=False, **arrays)  # numbers only; loading refuses pickles too
@@ -161,6 +191,8 @@ def unpack(data: bytes) -> list[ModelArrays]:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in ARRAY_FIELDS}
+            # packs written before calibrated thresholds have none: threshold 0, scikit-learn's predict
+            arrays["threshold"] = npz["threshold"] if "threshold" in npz.files else np.zeros(len(arrays["gamma"]))
     except (ValueError, KeyError, OSError, EOFError) as exc:
         raise ModelIntegrityError(f"model pack is not a plain-array pack: {exc}") from exc
     offsets = arrays["sv_offsets"]
@@ -172,6 +204,7 @@ def unpack(data: bytes) -> list[ModelArrays]:
             dual_coef=arrays["dual"][offsets[i] : offsets[i + 1]],
             intercept=float(arrays["intercept"][i]),
             gamma=float(arrays["gamma"][i]),
+            threshold=float(arrays["threshold"][i]),
         )
         for i in range(len(arrays["gamma"]))
     ]
