@@ -30,6 +30,9 @@ windows are not trained on) -> `train_shard` (mapped, one per `sensors_per_shard
 `python -m sensor_scoring train-shard --spec <uri>`, on the `backend` param's backend: local or Azure Batch)
 -> `evaluate` -> `register` -> `promote`.
 
+**Models:** one StandardScaler + OneClassSVM per sensor (`nu`, `min_rows`); each flags only windows scoring below the
+`threshold_quantile` of its own training windows (a calibrated threshold, `docs/models.md`).
+
 **Evaluation:** flagged share of the held-back windows; where the `labels` container has a file for a held-back hour
 (`YYYY/MM/DD/HH/labels.parquet`, columns device_id, tag, window_end, anomaly: see `docs/models.md`), precision,
 recall and F1, per sensor and for the fleet, of the candidate and of production on the same windows. Stored in the
@@ -125,12 +128,13 @@ with DAG(
             30, type="integer", minimum=2, title="Minimum windows", description="Sensors with fewer get no model."
         ),
         "sensors_per_shard": Param(
-            1000,
+            100,
             type="integer",
             minimum=1,
             maximum=100_000,
             title="Sensors per shard",
-            description="Sensors trained together in one mapped task (one process).",
+            description="Sensors trained together in one mapped task (one process). Its memory grows with its "
+            "windows: about 840 MiB for 1.4M (1000 sensors x 24 h; 100 sensors x a week is 1M): bench/bench_training.py.",
         ),
         "late_folders": Param(1, type="integer", minimum=0, maximum=24, title="Late folders"),
         "backend": Param(
