@@ -19,6 +19,8 @@ from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from tests.conftest import REPO
 from tests.support.helpers import START
 
+pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
+
 H = timedelta(hours=1)
 RANGE = {"train_start": START.isoformat(), "train_end": (START + 26 * H).isoformat()}
 BASE_CONF = {**RANGE, "holdout_hours": 2, "sensors_per_shard": 4}
