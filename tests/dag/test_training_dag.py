@@ -82,6 +82,7 @@ def test_promoted_then_refused_with_lineage_and_alert(airflow_db, landed, contai
     )
     assert len(table) == 6 and set(table["model"]) == {"candidate"}
     assert not [p for p in http_sink.received if p["json"]["event"] == "model_not_promoted"]
+    assert not landed.list(containers.staging, "training/")  # the run's scratch space is gone
 
     # a policy the candidate cannot meet: registered, not promoted, the run says why and alerts
     training, _ = load_dags()

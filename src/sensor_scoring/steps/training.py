@@ -309,7 +309,14 @@ def promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, objec
     """Move the production alias to ``version`` if its evaluation allows it (and ``promote`` is on).
 
     Returns ``promoted`` and, when not, ``reason``: "not promoted because ...", for the log and the alert.
+    The run's staging folder goes in either case: the version holds everything worth keeping.
     """
+    outcome = _promote_or_not(run, version, promote=promote)
+    run.storage.delete_prefix(run.containers.staging, layout.TrainingRun(run.run_key).prefix)
+    return outcome
+
+
+def _promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, object]:
     verdict = dict(models.read_manifest(run.storage, run.containers.models, version)["lineage"])["evaluation"]  # type: ignore[call-overload]
     if not verdict["promotable"]:
         reason = "not promoted because " + "; ".join(verdict["reasons"])
