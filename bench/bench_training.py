@@ -49,7 +49,7 @@ def measure(size: int, hours: int, repeats: int) -> dict[str, object]:
         labels_container=containers.labels,
     )
     run = Hour(storage, containers, f"bench-{size}", START, START + timedelta(hours=hours))
-    [shard] = gather(run, holdout_hours=1, sensors_per_shard=10**9, nu=0.02, min_rows=30, threshold_quantile=0.001)
+    [shard] = gather(run, holdout_hours=1, sensors_per_shard=10**9, nu=0.02, min_rows=30, threshold_mads=5.0)
     env = {**os.environ, config.STORAGE_ENV: root}
     command = [sys.executable, "-m", "sensor_scoring", "train-shard", "--spec", shard.spec_uri]
     runs = [child_peak_rss(command, env) for _ in range(repeats)]

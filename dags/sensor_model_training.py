@@ -31,7 +31,8 @@ windows are not trained on) -> `train_shard` (mapped, one per `sensors_per_shard
 -> `evaluate` -> `register` -> `promote`.
 
 **Models:** one StandardScaler + OneClassSVM per sensor (`nu`, `min_rows`); each flags only windows scoring below the
-`threshold_quantile` of its own training windows (a calibrated threshold, `docs/models.md`).
+`threshold_mads` robust deviations below its training windows' median score (a calibrated threshold,
+`docs/models.md`).
 
 **Evaluation:** flagged share of the held-back windows; where the `labels` container has a file for a held-back hour
 (`YYYY/MM/DD/HH/labels.parquet`, columns device_id, tag, window_end, anomaly: see `docs/models.md`), precision,
@@ -115,14 +116,13 @@ with DAG(
             title="nu",
             description="OneClassSVM nu: upper bound on the share of training windows flagged.",
         ),
-        "threshold_quantile": Param(
-            0.001,
+        "threshold_mads": Param(
+            5.0,
             type=["null", "number"],
             exclusiveMinimum=0,
-            exclusiveMaximum=1,
-            title="Threshold quantile",
-            description="Each model flags only windows scoring below this quantile of its own training windows "
-            "(calibrated threshold, at most scikit-learn's 0). Empty: scikit-learn's predict.",
+            title="Threshold (robust deviations)",
+            description="Each model flags only windows scoring this many robust deviations (1.4826 MAD) below "
+            "the median score of its own training windows (at most scikit-learn's 0). Empty: predict's 0.",
         ),
         "min_rows": Param(
             30, type="integer", minimum=2, title="Minimum windows", description="Sensors with fewer get no model."
@@ -193,7 +193,7 @@ with DAG(
                 sensors_per_shard=params["sensors_per_shard"],
                 nu=params["nu"],
                 min_rows=params["min_rows"],
-                threshold_quantile=params.get("threshold_quantile"),
+                threshold_mads=params.get("threshold_mads"),
                 devices=params.get("devices"),
                 tags=params.get("tags"),
                 late_folders=params["late_folders"],

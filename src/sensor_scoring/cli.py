@@ -97,7 +97,7 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
         promote=args.promote,
         nu=args.nu,
         min_rows=args.min_rows,
-        threshold_quantile=args.threshold_quantile,
+        threshold_mads=args.threshold_mads,
     )
     facts = {key: manifest[key] for key in ("version", "models", "train_start", "train_end")}
     return facts | {"promoted": args.promote}
@@ -198,11 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nu", type=float, default=0.02, help="OneClassSVM nu: bound on the share flagged in training")
     train.add_argument("--min-rows", type=int, default=30, help="sensors with fewer training windows get no model")
     train.add_argument(
-        "--threshold-quantile",
+        "--threshold-mads",
         type=float,
         default=None,
-        help="calibrate each model's anomaly threshold at this quantile of its training decision values "
-        "(e.g. 0.001; default: scikit-learn's predict)",
+        help="calibrate each model's anomaly threshold this many robust deviations below the median of its "
+        "training decision values (e.g. 5; default: scikit-learn's predict)",
     )
     train.set_defaults(func=cmd_train)
 

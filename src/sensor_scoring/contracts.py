@@ -360,8 +360,9 @@ class TrainingShardSpec(Record):
     output_prefix: str
     nu: float
     min_rows: int
-    #: calibrate each model's threshold at this quantile of its training decision values (None: threshold 0)
-    threshold_quantile: float | None = None
+    #: calibrate each model's threshold this many robust deviations below its training decision values' median
+    #: (``models.calibrated_threshold``; None: threshold 0)
+    threshold_mads: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

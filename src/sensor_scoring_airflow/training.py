@@ -60,9 +60,9 @@ def version_name(params: Mapping[str, Any], run: Hour) -> str:
 
 def model_params(params: Mapping[str, Any]) -> dict[str, object]:
     """The parameters recorded in the version's manifest (as the CLI's ``train`` records them)."""
-    quantile = params.get("threshold_quantile")
+    mads = params.get("threshold_mads")
     return {
-        "threshold_quantile": None if quantile is None else float(quantile),
+        "threshold_mads": None if mads is None else float(mads),
         "nu": float(params["nu"]),
         "gamma": "scale",
         "kernel": "rbf",

@@ -54,7 +54,7 @@ class ModelArrays:
     intercept: float
     gamma: float
     #: a window is an anomaly where its decision value is <= threshold: 0 is scikit-learn's ``predict``; a model
-    #: trained with ``threshold_quantile`` has the quantile of its training decision values (calibrated, <= 0)
+    #: trained with ``threshold_mads`` has one calibrated on its training decision values (<= 0)
     threshold: float = 0.0
 
     def digest(self) -> str:
@@ -122,27 +122,31 @@ class TrainedModel:
     flagged_share: float
 
 
-def calibrated_threshold(decision: np.ndarray, quantile: float | None) -> float:
-    """The anomaly threshold of a model: 0 (scikit-learn's ``predict``) without ``quantile``; else the ``quantile``
-    of its training decision values, capped at 0 so a calibrated model never flags more than ``predict`` would.
+def calibrated_threshold(decision: np.ndarray, mads: float | None) -> float:
+    """The anomaly threshold of a model: 0 (scikit-learn's ``predict``) without ``mads``; else the median of its
+    training decision values minus ``mads`` robust standard deviations (1.4826 x their median absolute deviation),
+    capped at 0 so a calibrated model never flags more than ``predict`` would.
 
     Why: ``nu`` bounds the share of training windows outside the boundary (2%), and about as many ordinary
-    windows fall outside it later: most of the flags. A low quantile (0.001) keeps the boundary's shape and
-    flags only what lies further out than almost all training windows (bench/bench_detection.py, docs/models.md).
+    windows fall outside it later: most of the flags. A threshold well below the training windows' usual values
+    keeps the boundary's shape and flags only what lies far out. Median and MAD, not a low quantile: training
+    windows include real anomalies, and a quantile would land among them (bench/bench_detection.py, docs/models.md).
     """
-    if quantile is None:
+    if mads is None:
         return 0.0
-    if not 0.0 < quantile < 1.0:
-        raise ValueError(f"threshold_quantile must be in (0, 1), got {quantile}")
-    return min(0.0, float(np.quantile(decision, quantile)))
+    if not mads > 0:
+        raise ValueError(f"threshold_mads must be above 0, got {mads}")
+    median = float(np.median(decision))
+    spread = 1.4826 * float(np.median(np.abs(decision - median)))
+    return min(0.0, median - mads * spread)
 
 
 def train_models(
-    windows: pd.DataFrame, *, nu: float = 0.02, min_rows: int = 30, threshold_quantile: float | None = None
+    windows: pd.DataFrame, *, nu: float = 0.02, min_rows: int = 30, threshold_mads: float | None = None
 ) -> list[TrainedModel]:
     """One pipeline per (device_id, tag) with at least ``min_rows`` windows, sorted by key.
 
-    ``threshold_quantile``: calibrate each model's anomaly threshold on its training decision values (see
+    ``threshold_mads``: calibrate each model's anomaly threshold on its training decision values (see
     :func:`calibrated_threshold`); None keeps scikit-learn's ``predict`` (threshold 0).
     """
     trained = []
@@ -153,7 +157,7 @@ def train_models(
         pipeline = fit_pipeline(features, nu=nu)
         decision = pipeline.decision_function(features)
         arrays = arrays_of(pipeline)
-        arrays.threshold = calibrated_threshold(decision, threshold_quantile)
+        arrays.threshold = calibrated_threshold(decision, threshold_mads)
         trained.append(
             TrainedModel(
                 device_id=str(device_id),

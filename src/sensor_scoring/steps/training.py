@@ -44,7 +44,7 @@ def gather(
     sensors_per_shard: int,
     nu: float,
     min_rows: int,
-    threshold_quantile: float | None = None,
+    threshold_mads: float | None = None,
     devices: list[str] | None = None,
     tags: list[str] | None = None,
     late_folders: int = 1,
@@ -95,9 +95,7 @@ def gather(
     shards = []
     for number, rows in with_shard.groupby("shard", sort=True):
         members = sensors.loc[sensors["shard"] == number]
-        shards.append(
-            _stage(run, plan, int(number), rows.drop(columns="shard"), members, nu, min_rows, threshold_quantile)
-        )
+        shards.append(_stage(run, plan, int(number), rows.drop(columns="shard"), members, nu, min_rows, threshold_mads))
     return shards
 
 
@@ -109,7 +107,7 @@ def _stage(
     members: pd.DataFrame,
     nu: float,
     min_rows: int,
-    threshold_quantile: float | None,
+    threshold_mads: float | None,
 ) -> PlannedShard:
     from sensor_scoring.steps.plan import shard_label
 
@@ -123,7 +121,7 @@ def _stage(
         output_prefix=st.make_uri(staging, shard.folder),
         nu=nu,
         min_rows=min_rows,
-        threshold_quantile=threshold_quantile,
+        threshold_mads=threshold_mads,
     )
     run.storage.write_bytes(staging, shard.spec, spec.to_json())
     return PlannedShard(
@@ -141,9 +139,7 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
     container, path = st.parse_uri(spec_uri)
     spec = TrainingShardSpec.from_json(storage.read_bytes(container, path), source=spec_uri)
     windows = st.read_parquet(storage, *st.parse_uri(spec.input))
-    trained = models.train_models(
-        windows, nu=spec.nu, min_rows=spec.min_rows, threshold_quantile=spec.threshold_quantile
-    )
+    trained = models.train_models(windows, nu=spec.nu, min_rows=spec.min_rows, threshold_mads=spec.threshold_mads)
     out_container, prefix = st.parse_uri(spec.output_prefix)
     shard = layout.TrainingShard(prefix)
     if trained:
