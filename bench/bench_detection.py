@@ -37,7 +37,7 @@ from sensor_scoring.windows import aggregate_readings
 START = datetime(2026, 11, 24, tzinfo=timezone.utc)
 H = timedelta(hours=1)
 TRAIN_HOURS, SCORED_HOURS = 24, 6
-#: ``predict`` = threshold 0 (before calibration); ``calibrated`` = the training DAG's default threshold_mads
+#: ``predict`` = threshold 0 (the default); ``calibrated`` = ``threshold_mads`` 5
 VARIANTS = {"predict": None, "calibrated": 5.0}
 SHAPES = ("level_shift", "variance_burst", "flatline", "slow_drift", "spike", "irregular_sampling")
 

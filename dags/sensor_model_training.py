@@ -30,9 +30,9 @@ windows are not trained on) -> `train_shard` (mapped, one per `sensors_per_shard
 `python -m sensor_scoring train-shard --spec <uri>`, on the `backend` param's backend: local or Azure Batch)
 -> `evaluate` -> `register` -> `promote`.
 
-**Models:** one StandardScaler + OneClassSVM per sensor (`nu`, `min_rows`); each flags only windows scoring below the
-`threshold_mads` robust deviations below its training windows' median score (a calibrated threshold,
-`docs/models.md`).
+**Models:** one StandardScaler + OneClassSVM per sensor (`nu`, `min_rows`); with `threshold_mads` set, each flags only
+windows scoring that many robust deviations below its training windows' median score (a calibrated threshold,
+`docs/models.md`); empty: scikit-learn's `predict`.
 
 **Evaluation:** flagged share of the held-back windows; where the `labels` container has a file for a held-back hour
 (`YYYY/MM/DD/HH/labels.parquet`, columns device_id, tag, window_end, anomaly: see `docs/models.md`), precision,
@@ -117,7 +117,7 @@ with DAG(
             description="OneClassSVM nu: upper bound on the share of training windows flagged.",
         ),
         "threshold_mads": Param(
-            5.0,
+            None,
             type=["null", "number"],
             exclusiveMinimum=0,
             title="Threshold (robust deviations)",

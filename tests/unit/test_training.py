@@ -42,6 +42,10 @@ def test_policy_promotes_only_when_it_holds():
     assert not ok and "above max_flagged_share" in why[0]
     ok, why = promotion.decide(summary(0.0, 0.0, 0.81), policy)
     assert not ok and len(why) == 2  # below the share floor and worse F1
+    blind = summary(0.01, 0.0, None)
+    blind["candidate_all"] |= {"anomalous": 14, "recall": 0.0}
+    ok, why = promotion.decide(blind, policy)
+    assert not ok and why == ["it finds none of the 14 labelled anomalous held-back windows"]
     empty = {"candidate_all": {"windows": 0, "flagged_share": 0.0, "f1": None}, "production": None}
     assert promotion.decide(empty, policy)[0] is False
 

@@ -49,6 +49,8 @@ def decide(summary: dict[str, object], policy: Policy) -> tuple[bool, list[str]]
         reasons.append(
             f"it flags {share:.1%} of the held-back windows, below min_flagged_share {policy.min_flagged_share:.1%}"
         )
+    if cand.get("anomalous") and not cand.get("recall"):
+        reasons.append(f"it finds none of the {cand['anomalous']} labelled anomalous held-back windows")
     common, prod = summary.get("candidate"), summary.get("production")
     if isinstance(common, dict) and isinstance(prod, dict) and common["f1"] is not None and prod["f1"] is not None:
         if float(common["f1"]) < float(prod["f1"]) - policy.max_f1_drop:
