@@ -1,4 +1,5 @@
-"""``python -m sensor_scoring <command>``: simulate, ingest-readings, train, score-shard.
+"""``python -m sensor_scoring <command>``: simulate, ingest-readings, train, score-shard, train-shard, rollback,
+lineage.
 
 Storage comes from ``SCORING_STORAGE`` (a connection string, Azurite's ``UseDevelopmentStorage=true`` by
 default, or a local directory); container names from ``SCORING_CONTAINER_*``. Every setting is read once, at
@@ -96,6 +97,7 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
         promote=args.promote,
         nu=args.nu,
         min_rows=args.min_rows,
+        threshold_mads=args.threshold_mads,
     )
     facts = {key: manifest[key] for key in ("version", "models", "train_start", "train_end")}
     return facts | {"promoted": args.promote}
@@ -106,6 +108,38 @@ def cmd_score_shard(args: argparse.Namespace, settings: config.Settings) -> dict
     from sensor_scoring.storage import open_storage
 
     return score_shard(open_storage(settings.storage), args.spec).to_dict()
+
+
+def cmd_train_shard(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
+    from sensor_scoring.steps.training import train_shard
+    from sensor_scoring.storage import open_storage
+
+    return train_shard(open_storage(settings.storage), args.spec).to_dict()
+
+
+def cmd_rollback(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
+    import getpass
+
+    from sensor_scoring.models import promotion
+    from sensor_scoring.storage import open_storage
+
+    storage = open_storage(settings.storage)
+    try:
+        return promotion.rollback(
+            storage, settings.containers.models, args.to, by=f"cli rollback ({getpass.getuser()})"
+        )
+    except (LookupError, ValueError) as exc:
+        raise SystemExit(f"rollback: {exc}") from None
+
+
+def cmd_lineage(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
+    from sensor_scoring import models
+    from sensor_scoring.models import promotion
+    from sensor_scoring.storage import open_storage
+
+    storage = open_storage(settings.storage)
+    version = models.resolve_version(storage, settings.containers.models, args.version)
+    return promotion.lineage(storage, settings.containers.models, version)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,11 +197,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--promote", action="store_true", help="point the production alias at the new version")
     train.add_argument("--nu", type=float, default=0.02, help="OneClassSVM nu: bound on the share flagged in training")
     train.add_argument("--min-rows", type=int, default=30, help="sensors with fewer training windows get no model")
+    train.add_argument(
+        "--threshold-mads",
+        type=float,
+        default=None,
+        help="calibrate each model's anomaly threshold this many robust deviations below the median of its "
+        "training decision values (e.g. 5; default: scikit-learn's predict)",
+    )
     train.set_defaults(func=cmd_train)
 
     shard = sub.add_parser("score-shard", help="score one shard (what every backend runs)")
     shard.add_argument("--spec", required=True, help="az://container/path of the shard spec")
     shard.set_defaults(func=cmd_score_shard)
+
+    tshard = sub.add_parser("train-shard", help="train one training shard (what the training DAG's backends run)")
+    tshard.add_argument("--spec", required=True, help="az://container/path of the training shard spec")
+    tshard.set_defaults(func=cmd_train_shard)
+
+    back = sub.add_parser("rollback", help="point the production alias back at an earlier model version")
+    back.add_argument("--to", default=None, help="a registered version; default: the one before the current one")
+    back.set_defaults(func=cmd_rollback)
+
+    lin = sub.add_parser("lineage", help="where a model version came from and every move of the alias to or from it")
+    lin.add_argument("version", nargs="?", default="production", help="a version or alias (default production)")
+    lin.set_defaults(func=cmd_lineage)
 
     return parser
 

@@ -346,6 +346,43 @@ class ShardResult(Record):
     refused_models: dict[str, str]
 
 
+# --- training ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingShardSpec(Record):
+    """Everything a training shard needs (``spec.json``): its windows, model parameters and output folder."""
+
+    KIND = "training shard spec"
+    SCHEMA_VERSION = 1
+    run_id: str
+    shard: int
+    #: the containers a Batch task gets SAS access to (it writes only to staging)
+    containers: ShardContainers
+    input: str
+    output_prefix: str
+    nu: float
+    min_rows: int
+    #: calibrate each model's threshold this many robust deviations below its training decision values' median
+    #: (``models.calibrated_threshold``; None: threshold 0)
+    threshold_mads: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingShardResult(Record):
+    """What a training shard wrote (``result.json``, written last): how many sensors got a model."""
+
+    KIND = "training shard result"
+    SCHEMA_VERSION = 1
+    shard: int
+    output_prefix: str
+    models: int
+    sensors: int
+    windows: int
+    #: sensors without a model for too few valid windows, as ``device_id/tag``
+    skipped: tuple[str, ...]
+
+
 # --- commit ------------------------------------------------------------------------------------------------------
 
 

@@ -179,3 +179,49 @@ class Run:
 
     def shard(self, number: int) -> Shard:
         return Shard(shard_prefix(self.run_key, number))
+
+
+# --- training: a training run's scratch space in staging ---
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """The staged blobs of one run of the training DAG: held-back windows, shard folders, the evaluation."""
+
+    run_key: str
+
+    @property
+    def prefix(self) -> str:
+        return f"training/{self.run_key}/"
+
+    @property
+    def holdout(self) -> str:
+        """Valid windows of the held-back hours: evaluated on, never trained on."""
+        return self.prefix + "holdout.parquet"
+
+    @property
+    def evaluation(self) -> str:
+        return self.prefix + "evaluation.json"
+
+    @property
+    def evaluation_table(self) -> str:
+        """Per-sensor metrics of the candidate and of production, one row per (device_id, tag, model)."""
+        return self.prefix + "evaluation.parquet"
+
+    def shard(self, number: int) -> TrainingShard:
+        return TrainingShard(f"{self.prefix}shard-{number:05d}/")
+
+
+@dataclass(frozen=True)
+class TrainingShard(Shard):
+    """A training shard's folder: input windows and spec as a scoring shard, and the fitted models it wrote."""
+
+    @property
+    def pack(self) -> str:
+        """The shard's fitted models, in the registry's pack format."""
+        return self.folder + "models.npz"
+
+    @property
+    def index(self) -> str:
+        """One row per fitted model (key, training range, rows, flagged share), in the pack's order."""
+        return self.folder + "models.parquet"

@@ -2,7 +2,8 @@
 
 Pure compute, no I/O. The decision function is the one libsvm evaluates for an RBF OneClassSVM after a
 StandardScaler: ``sum_i dual_i * exp(-gamma * |x_scaled - sv_i|^2) + intercept``, and a window is an
-anomaly where scikit-learn's ``predict`` says -1, i.e. where that sum is not above zero.
+anomaly where scikit-learn's ``predict`` says -1, i.e. where that sum is not above zero (not above the model's
+threshold, for a model whose threshold was calibrated at training: ``models.calibrated_threshold``).
 
 Sensors are scored in batches: models sorted by support-vector count are grouped so that padding them to a
 common count wastes little, and each batch's (rows x support vectors x features) temporary stays within
@@ -104,5 +105,6 @@ def score(windows: pd.DataFrame, models: dict[tuple[str, str], ModelArrays]) -> 
     values = decision_function(feature_matrix(windows), codes, [models[k] for k in keys])
     out = windows.copy()
     out["score"] = values
-    out["is_anomaly"] = values <= 0.0
+    thresholds = np.array([models[k].threshold for k in keys])  # 0 unless calibrated at training
+    out["is_anomaly"] = values <= thresholds[codes]
     return out

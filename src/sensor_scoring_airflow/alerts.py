@@ -33,7 +33,15 @@ log = logging.getLogger(__name__)
 EMAIL_CONN_ID = "scoring_smtp"
 WEBHOOK_CONN_ID = "scoring_alert_webhook"
 #: Events a message can carry in its ``event`` field.
-EVENTS = ("task_failed", "dag_run_failed", "dag_run_empty", "deadline_missed", "anomalies_high", "partial_hour")
+EVENTS = (
+    "task_failed",
+    "dag_run_failed",
+    "dag_run_empty",
+    "deadline_missed",
+    "anomalies_high",
+    "partial_hour",
+    "model_not_promoted",
+)
 PAYLOAD_KEYS = ("text", "event", "dag_id", "run_id", "task_id", "map_index", "try_number", "error", "log_url")
 
 
@@ -119,6 +127,7 @@ def _summary(p: Mapping[str, Any]) -> str:
         "deadline_missed": "run missed its deadline",
         "anomalies_high": "anomaly count above threshold",
         "partial_hour": "hour committed as partial: shard(s) failed",
+        "model_not_promoted": "new model version not promoted",
     }[str(p["event"])]
     where = f"{p['dag_id']} / {p['run_id']}"
     if p.get("task_id"):

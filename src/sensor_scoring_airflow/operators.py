@@ -34,9 +34,11 @@ class ScoreShardOperator(BaseOperator):
         batch_timeout: timedelta | None = None,
         poll_interval: float | None = None,
         max_poll_interval: float | None = None,
+        command: str = "score-shard",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.command = command  # train-shard: the training DAG's shards, through the same backends
         self.shard = shard
         self.backend = backend
         self.batch_timeout = batch_timeout
@@ -59,7 +61,9 @@ class ScoreShardOperator(BaseOperator):
             return self._submit_to_batch(context, setting)
         from sensor_scoring.backends import get_backend
 
-        return get_backend(self.backend).run_shard(self.shard["spec_uri"], storage_setting=setting)
+        return get_backend(self.backend).run_shard(
+            self.shard["spec_uri"], storage_setting=setting, command=self.command
+        )
 
     def _push_link(self, context: Context, setting: str) -> None:
         from sensor_scoring import layout, settings as config
@@ -96,6 +100,7 @@ class ScoreShardOperator(BaseOperator):
             max_wall_clock=timeout * 1.1 if timeout else None,
             label=self.shard["label"],
             sweep_prefix=batch.job_prefix(ti.dag_id),
+            command=self.command,
         )
         self._batch = {"job_id": submission.job_id, "task_id": submission.task_id, "conn_id": settings.conn_id}
         urls = batch.output_file_urls(batch.account_url_of(conn), submission.job_id, submission.task_id)
@@ -149,7 +154,7 @@ class ScoreShardOperator(BaseOperator):
             account_url=batch.account_url_of(conn),
             log=self.log,
         )
-        return read_result(self.shard["spec_uri"], setting)
+        return read_result(self.shard["spec_uri"], setting, self.command)
 
     def on_kill(self) -> None:
         """The worker is told to stop this try (mark failed, clear, timeout): stop its Batch task as well."""

@@ -20,7 +20,7 @@ def test_dagbag_imports_without_errors(airflow_db):
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
-    assert list(bag.dags) == ["sensor_scoring"]
+    assert sorted(bag.dags) == ["sensor_model_rollback", "sensor_model_training", "sensor_scoring"]
 
 
 def test_parse_does_no_connection_variable_or_heavy_work():

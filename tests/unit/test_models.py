@@ -144,3 +144,43 @@ def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_
         trained_on[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True),
         scored[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True),
     )
+
+
+def test_calibrated_threshold_round_trips_and_keeps_sklearn_parity():
+    """A threshold calibrated on the training decision values: stored in the pack, hashed, and the scorer flags
+    exactly where scikit-learn's decision_function is at or below it."""
+    from sensor_scoring.scorer import score
+
+    windows = fleet_windows(devices=2, tags=2, hours=3)
+    calibrated = models.train_models(windows, threshold_mads=5.0)
+    plain = models.train_models(windows)
+    for c, p in zip(calibrated, plain, strict=True):
+        features = models.feature_matrix(windows[(windows["device_id"] == c.device_id) & (windows["tag"] == c.tag)])
+        decision = c.pipeline.decision_function(features)
+        spread = 1.4826 * np.median(np.abs(decision - np.median(decision)))
+        assert c.arrays.threshold == min(0.0, float(np.median(decision) - 5.0 * spread)) < 0.0
+        assert c.flagged_share == float((decision <= c.arrays.threshold).mean()) < p.flagged_share
+        assert p.arrays.threshold == 0.0 and c.arrays.digest() != p.arrays.digest()
+    back = models.unpack(models._pack_bytes([m.arrays for m in calibrated]))
+    assert [b.threshold for b in back] == [m.arrays.threshold for m in calibrated]
+    assert [b.digest() for b in back] == [m.arrays.digest() for m in calibrated]
+    scored = score(windows, {(m.device_id, m.tag): b for m, b in zip(calibrated, back, strict=True)})
+    for m in calibrated:
+        rows = scored[(scored["device_id"] == m.device_id) & (scored["tag"] == m.tag)]
+        decision = m.pipeline.decision_function(models.feature_matrix(rows))
+        np.testing.assert_allclose(rows["score"], decision, rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(rows["is_anomaly"], decision <= m.arrays.threshold)
+    with pytest.raises(ValueError, match="threshold_mads"):
+        models.train_models(windows, threshold_mads=0.0)
+
+
+def test_a_pack_written_before_thresholds_reads_with_threshold_zero(trained):
+    """Older packs have no threshold array: their models flag as scikit-learn's predict, and hash as before."""
+    data = models._pack_bytes([m.arrays for m in trained])
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        old = {name: npz[name] for name in models.ARRAY_FIELDS}  # every array but threshold
+    sink = io.BytesIO()
+    np.savez(sink, allow_pickle=False, **old)
+    back = models.unpack(sink.getvalue())
+    assert [b.threshold for b in back] == [0.0] * len(trained)
+    assert [b.digest() for b in back] == [m.arrays.digest() for m in trained]

@@ -25,21 +25,31 @@ class ShardFailed(RuntimeError):
 class Backend(Protocol):
     name: str
 
-    def run_shard(self, spec_uri: str, *, storage_setting: str) -> dict[str, object]:
+    def run_shard(self, spec_uri: str, *, storage_setting: str, command: str = "score-shard") -> dict[str, object]:
         """Run one shard to completion and return its result (the shard's ``result.json``)."""
         ...
 
 
-def shard_command(spec_uri: str, python: str = "python") -> list[str]:
-    """The one command line of a shard, shared by every backend."""
-    return [python, "-m", "sensor_scoring", "score-shard", "--spec", spec_uri]
+#: Shard command -> ``module:function(storage, output_prefix)`` reading the result.json that command writes last.
+RESULT_READERS: Mapping[str, str] = {
+    "score-shard": "sensor_scoring.steps.score:read_shard_result",
+    "train-shard": "sensor_scoring.steps.training:read_training_result",
+}
 
 
-def read_result(spec_uri: str, storage_setting: str) -> dict[str, object]:
-    """The shard's ``result.json``, beside its spec: what every backend returns."""
-    from sensor_scoring.steps.score import read_shard_result
+def shard_command(spec_uri: str, python: str = "python", command: str = "score-shard") -> list[str]:
+    """The one command line of a shard, shared by every backend (``train-shard`` for a training shard)."""
+    return [python, "-m", "sensor_scoring", command, "--spec", spec_uri]
 
-    return read_shard_result(st.open_storage(storage_setting), layout.Shard.of_spec(spec_uri).folder)
+
+def read_result(spec_uri: str, storage_setting: str, command: str = "score-shard") -> dict[str, object]:
+    """The shard's ``result.json``, beside its spec, checked by the contract of ``command``: what every backend
+    returns."""
+    if command not in RESULT_READERS:
+        raise ValueError(f"unknown shard command {command!r}; one of {sorted(RESULT_READERS)}")
+    module, _, function = RESULT_READERS[command].partition(":")
+    reader = getattr(importlib.import_module(module), function)
+    return cast(dict[str, object], reader(st.open_storage(storage_setting), layout.Shard.of_spec(spec_uri).folder))
 
 
 #: Backend name -> ``module:class`` of its implementation.

@@ -259,9 +259,9 @@ def batch_task_env(
     return env
 
 
-def shard_command_line(spec_uri: str) -> str:
+def shard_command_line(spec_uri: str, command: str = "score-shard") -> str:
     """The task's command line: the same entry point as the local backend, quoted for Batch's shell-less exec."""
-    return shlex.join(shard_command(spec_uri, python="python"))
+    return shlex.join(shard_command(spec_uri, python="python", command=command))
 
 
 def task_options(
@@ -272,6 +272,7 @@ def task_options(
     *,
     max_wall_clock: timedelta | None = None,
     display_name: str = "",
+    command: str = "score-shard",
 ) -> bm.BatchTaskCreateOptions:
     """The Batch task of one shard. Storage reaches it only through ``task_env`` (SAS URLs, never a key)."""
     from azure.batch import models as bm
@@ -279,7 +280,7 @@ def task_options(
     return bm.BatchTaskCreateOptions(
         id=task,
         display_name=display_name[:1024] or None,
-        command_line=shard_command_line(spec_uri),
+        command_line=shard_command_line(spec_uri, command),
         container_settings=bm.BatchTaskContainerSettings(
             image_name=settings.scorer_image, container_run_options=settings.container_run_options
         ),
@@ -318,6 +319,7 @@ def submit_shard(
     max_wall_clock: timedelta | None = None,
     label: str = "",
     sweep_prefix: str | None = None,
+    command: str = "score-shard",
 ) -> Submission:
     """Add this try's task for the shard of ``spec_uri``, after looking at what earlier tries left in the job.
 
@@ -359,9 +361,12 @@ def submit_shard(
     task_env = batch_task_env(storage_setting, facts.containers, settings.sas_hours)
     try:
         client.create_task(
-            job, task_options(settings, this, spec_uri, task_env, max_wall_clock=max_wall_clock, display_name=label)
+            job,
+            task_options(
+                settings, this, spec_uri, task_env, max_wall_clock=max_wall_clock, display_name=label, command=command
+            ),
         )
-        log.info("Added Batch task %s to job %s: %s", this, job, shard_command_line(spec_uri))
+        log.info("Added Batch task %s to job %s: %s", this, job, shard_command_line(spec_uri, command))
     except ResourceExistsError:
         log.info("Batch task %s already exists (added before this try was interrupted): adopting it", this)
     return Submission(job, this, replaced=replaced)
@@ -596,7 +601,9 @@ class AzureBatchBackend:
             )
         return self._client
 
-    def submit(self, spec_uri: str, *, storage_setting: str, label: str = "") -> Submission:
+    def submit(
+        self, spec_uri: str, *, storage_setting: str, label: str = "", command: str = "score-shard"
+    ) -> Submission:
         """Add the shard's task (see :func:`submit_shard`), to ``job`` or to one job per run folder."""
         job = self.job or job_id("scoring", spec_uri.rsplit("/", 2)[0])
         return submit_shard(
@@ -609,6 +616,7 @@ class AzureBatchBackend:
             max_wall_clock=timedelta(seconds=self.timeout_s * 1.1) if self.timeout_s else None,
             label=label,
             sweep_prefix=job_prefix("scoring") if self.job is None else None,
+            command=command,
         )
 
     def wait(self, job: str, task: str) -> dict[str, Any]:
@@ -628,11 +636,11 @@ class AzureBatchBackend:
                 return step.event
             time.sleep(step.sleep_s)
 
-    def run_shard(self, spec_uri: str, *, storage_setting: str) -> dict[str, object]:
-        submission = self.submit(spec_uri, storage_setting=storage_setting)
+    def run_shard(self, spec_uri: str, *, storage_setting: str, command: str = "score-shard") -> dict[str, object]:
+        submission = self.submit(spec_uri, storage_setting=storage_setting, command=command)
         if submission.reused:
             event = {"status": "completed", **task_summary(self.client.get_task(submission.job_id, submission.task_id))}
         else:
             event = self.wait(submission.job_id, submission.task_id)
         check_outcome(self.client, submission.job_id, event, account_url=self.account_url)
-        return read_result(spec_uri, storage_setting)
+        return read_result(spec_uri, storage_setting, command)

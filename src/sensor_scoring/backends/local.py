@@ -25,10 +25,16 @@ class LocalBackend:
     def __init__(self, timeout_s: float | None = None) -> None:
         self.timeout_s = timeout_s
 
-    def run_shard(self, spec_uri: str, *, storage_setting: str) -> dict[str, object]:
+    def run_shard(self, spec_uri: str, *, storage_setting: str, command: str = "score-shard") -> dict[str, object]:
+        self.run_command(
+            shard_command(spec_uri, python=sys.executable, command=command), storage_setting=storage_setting
+        )
+        return read_result(spec_uri, storage_setting, command)
+
+    def run_command(self, command: list[str], *, storage_setting: str) -> None:
+        """Run one shard command (scoring or training) to completion; ``ShardFailed`` when it exits non-zero."""
         env = dict(os.environ)  # the worker's whole environment: the shard reads the same settings
         env[config.STORAGE_ENV] = storage_setting  # through the environment: never on a command line or log
-        command = shard_command(spec_uri, python=sys.executable)
         log.info("Running %s", " ".join(command))
         tail: list[str] = []
         with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
@@ -39,4 +45,3 @@ class LocalBackend:
             code = proc.wait(timeout=self.timeout_s)
         if code != 0:
             raise ShardFailed(f"shard command exited with code {code}: " + " | ".join(tail[-5:]))
-        return read_result(spec_uri, storage_setting)

@@ -10,7 +10,12 @@ Registry layout in the models container::
     versions/<version>/manifest.json     version summary: features, params, library versions, packs, index
     versions/<version>/models.parquet    the per-model index: pack, row, sha256, training range, rows, metrics
     versions/<version>/pack-00000.npz    the arrays of up to PACK_SIZE models, sorted by (device_id, tag)
-    aliases/production.json              {"version": ...}: what the hourly DAG scores with
+    versions/<version>/evaluation.parquet   per-sensor evaluation of the training DAG (candidate vs production)
+    aliases/production.json              {"version": ...}: what the hourly DAG scores with (and why, when moved
+                                         by the training DAG or a rollback: see ``models.promotion``)
+    aliases/production-history.json      every move of the alias, newest last: the rollback path
+
+The manifest's ``lineage`` (training DAG runs) names the training run, data range, parameters and evaluation.
 """
 
 from __future__ import annotations
@@ -48,16 +53,21 @@ class ModelArrays:
     dual_coef: np.ndarray  # (S,)
     intercept: float
     gamma: float
+    #: a window is an anomaly where its decision value is <= threshold: 0 is scikit-learn's ``predict``; a model
+    #: trained with ``threshold_mads`` has one calibrated on its training decision values (<= 0)
+    threshold: float = 0.0
 
     def digest(self) -> str:
-        """SHA-256 over a canonical byte layout, so the same model always hashes the same."""
+        """SHA-256 over a canonical byte layout, so the same model always hashes the same (a model without a
+        calibrated threshold hashes as before thresholds existed)."""
         h = hashlib.sha256()
+        scalars = [self.intercept, self.gamma] + ([self.threshold] if self.threshold != 0.0 else [])
         for part in (
             self.mean,
             self.scale,
             self.support_vectors,
             self.dual_coef,
-            np.array([self.intercept, self.gamma]),
+            np.array(scalars),
         ):
             arr = np.ascontiguousarray(part, dtype="<f8")
             h.update(str(arr.shape).encode())
@@ -112,24 +122,52 @@ class TrainedModel:
     flagged_share: float
 
 
-def train_models(windows: pd.DataFrame, *, nu: float = 0.02, min_rows: int = 30) -> list[TrainedModel]:
-    """One pipeline per (device_id, tag) with at least ``min_rows`` windows, sorted by key."""
+def calibrated_threshold(decision: np.ndarray, mads: float | None) -> float:
+    """The anomaly threshold of a model: 0 (scikit-learn's ``predict``) without ``mads``; else the median of its
+    training decision values minus ``mads`` robust standard deviations (1.4826 x their median absolute deviation),
+    capped at 0 so a calibrated model never flags more than ``predict`` would.
+
+    Why: ``nu`` bounds the share of training windows outside the boundary (2%), and about as many ordinary
+    windows fall outside it later: most of the flags. A threshold well below the training windows' usual values
+    keeps the boundary's shape and flags only what lies far out. Median and MAD, not a low quantile: training
+    windows include real anomalies, and a quantile would land among them (bench/bench_detection.py, docs/models.md).
+    """
+    if mads is None:
+        return 0.0
+    if not mads > 0:
+        raise ValueError(f"threshold_mads must be above 0, got {mads}")
+    median = float(np.median(decision))
+    spread = 1.4826 * float(np.median(np.abs(decision - median)))
+    return min(0.0, median - mads * spread)
+
+
+def train_models(
+    windows: pd.DataFrame, *, nu: float = 0.02, min_rows: int = 30, threshold_mads: float | None = None
+) -> list[TrainedModel]:
+    """One pipeline per (device_id, tag) with at least ``min_rows`` windows, sorted by key.
+
+    ``threshold_mads``: calibrate each model's anomaly threshold on its training decision values (see
+    :func:`calibrated_threshold`); None keeps scikit-learn's ``predict`` (threshold 0).
+    """
     trained = []
     for (device_id, tag), rows in windows.groupby(["device_id", "tag"], sort=True, observed=True):
         if len(rows) < min_rows:
             continue
         features = feature_matrix(rows)
         pipeline = fit_pipeline(features, nu=nu)
+        decision = pipeline.decision_function(features)
+        arrays = arrays_of(pipeline)
+        arrays.threshold = calibrated_threshold(decision, threshold_mads)
         trained.append(
             TrainedModel(
                 device_id=str(device_id),
                 tag=str(tag),
                 pipeline=pipeline,
-                arrays=arrays_of(pipeline),
+                arrays=arrays,
                 rows=len(rows),
                 train_start=rows["window_end"].min().isoformat(),
                 train_end=rows["window_end"].max().isoformat(),
-                flagged_share=float((pipeline.predict(features) == -1).mean()),
+                flagged_share=float((decision <= arrays.threshold).mean()),
             )
         )
     return trained
@@ -145,6 +183,7 @@ def _pack_bytes(models: list[ModelArrays]) -> bytes:
         "sv_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
         "sv": np.concatenate([m.support_vectors for m in models]),
         "dual": np.concatenate([m.dual_coef for m in models]),
+        "threshold": np.array([m.threshold for m in models]),
     }
     sink = io.BytesIO()
     np.savez(sink, allow_pickle=False, **arrays)  # numbers only; loading refuses pickles too
@@ -156,6 +195,8 @@ def unpack(data: bytes) -> list[ModelArrays]:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in ARRAY_FIELDS}
+            # packs written before calibrated thresholds have none: threshold 0, scikit-learn's predict
+            arrays["threshold"] = npz["threshold"] if "threshold" in npz.files else np.zeros(len(arrays["gamma"]))
     except (ValueError, KeyError, OSError, EOFError) as exc:
         raise ModelIntegrityError(f"model pack is not a plain-array pack: {exc}") from exc
     offsets = arrays["sv_offsets"]
@@ -167,6 +208,7 @@ def unpack(data: bytes) -> list[ModelArrays]:
             dual_coef=arrays["dual"][offsets[i] : offsets[i + 1]],
             intercept=float(arrays["intercept"][i]),
             gamma=float(arrays["gamma"][i]),
+            threshold=float(arrays["threshold"][i]),
         )
         for i in range(len(arrays["gamma"]))
     ]
@@ -195,8 +237,14 @@ def register(
     version: str,
     params: dict[str, object],
     promote: bool,
+    lineage: dict[str, object] | None = None,
+    evaluation: pd.DataFrame | None = None,
 ) -> dict[str, object]:
-    """Write a version (packs, index, manifest), then move the alias if asked. Returns the manifest."""
+    """Write a version (packs, index, manifest), then move the alias if asked. Returns the manifest.
+
+    ``lineage`` (the training run, data range, evaluation) goes into the manifest; ``evaluation`` (per-sensor
+    metrics) is stored beside it as ``evaluation.parquet``.
+    """
     if not trained:
         raise ValueError("no models to register: no sensor had enough training windows")
     prefix = f"versions/{version}/"
@@ -228,6 +276,8 @@ def register(
     index = pd.DataFrame(index_rows)
     index_bytes = parquet_bytes(index)
     storage.write_bytes(container, prefix + "models.parquet", index_bytes)
+    if evaluation is not None:
+        storage.write_bytes(container, prefix + "evaluation.parquet", parquet_bytes(evaluation))
     manifest = {
         "version": version,
         "created_at": datetime.now(timezone.utc).isoformat(),
@@ -241,16 +291,21 @@ def register(
         "index": {"file": "models.parquet", "sha256": hashlib.sha256(index_bytes).hexdigest()},
         "packs": packs,
     }
+    if lineage is not None:
+        manifest["lineage"] = lineage
     storage.write_bytes(container, prefix + "manifest.json", json.dumps(manifest, indent=2).encode())
     if promote:
         set_alias(storage, container, PRODUCTION_ALIAS, version)
     return manifest
 
 
-def set_alias(storage: Storage, container: str, alias: str, version: str) -> None:
+def set_alias(
+    storage: Storage, container: str, alias: str, version: str, note: dict[str, object] | None = None
+) -> None:
+    """Point ``alias`` at ``version``; ``note`` (who moved it and why) is kept in the alias blob."""
     if not storage.exists(container, f"versions/{version}/manifest.json"):
         raise FileNotFoundError(f"model version {version} is not registered")
-    body = {"version": version, "set_at": datetime.now(timezone.utc).isoformat()}
+    body = {"version": version, "set_at": datetime.now(timezone.utc).isoformat(), **(note or {})}
     storage.write_bytes(container, f"aliases/{alias}.json", json.dumps(body).encode())
 
 

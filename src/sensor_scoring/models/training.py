@@ -32,6 +32,7 @@ def train_and_register(
     promote: bool = False,
     nu: float = 0.02,
     min_rows: int = 30,
+    threshold_mads: float | None = None,
     late_folders: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, object], list[models.TrainedModel]]:
@@ -45,28 +46,40 @@ def train_and_register(
         log.warning("Not training on corrupt file %s (%d bytes): %s", corrupt.file, corrupt.bytes, corrupt.error)
     windows = check_windows(landed.windows, start, end).valid
     log.info("Training on %d valid window(s) from %d file(s)", len(windows), len(landed.files))
-    trained = _train(windows, nu=nu, min_rows=min_rows, progress=progress)
+    trained = _train(windows, nu=nu, min_rows=min_rows, threshold_mads=threshold_mads, progress=progress)
     manifest = models.register(
         storage,
         containers.models,
         trained,
         version=version or models.new_version_name(),
-        params={"nu": nu, "gamma": "scale", "kernel": "rbf", "min_rows": min_rows, "scaler": "StandardScaler"},
+        params={
+            "nu": nu,
+            "gamma": "scale",
+            "kernel": "rbf",
+            "min_rows": min_rows,
+            "scaler": "StandardScaler",
+            "threshold_mads": threshold_mads,
+        },
         promote=promote,
     )
     return manifest, trained
 
 
 def _train(
-    windows: pd.DataFrame, *, nu: float, min_rows: int, progress: Callable[[int, int], None] | None
+    windows: pd.DataFrame,
+    *,
+    nu: float,
+    min_rows: int,
+    threshold_mads: float | None,
+    progress: Callable[[int, int], None] | None,
 ) -> list[models.TrainedModel]:
     """``models.train_models``, one sensor at a time when someone is watching (the same models, in key order)."""
     if progress is None:
-        return models.train_models(windows, nu=nu, min_rows=min_rows)
+        return models.train_models(windows, nu=nu, min_rows=min_rows, threshold_mads=threshold_mads)
     sensors = [rows for _, rows in windows.groupby(["device_id", "tag"], sort=True, observed=True)]
     trained: list[models.TrainedModel] = []
     progress(0, len(sensors))
     for done, rows in enumerate(sensors, 1):
-        trained += models.train_models(rows, nu=nu, min_rows=min_rows)
+        trained += models.train_models(rows, nu=nu, min_rows=min_rows, threshold_mads=threshold_mads)
         progress(done, len(sensors))
     return trained

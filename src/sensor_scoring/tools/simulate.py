@@ -139,4 +139,6 @@ def simulate_to_storage(
 
 def label_path(hour: datetime) -> str:
     """Where the labels of a simulated hour go in the labels container (never read by the DAG)."""
-    return hour_floor(hour).strftime("%Y/%m/%d/%H/labels.parquet")
+    from sensor_scoring.models.evaluation import label_path as labels_of_hour  # the layout operators upload to
+
+    return labels_of_hour(hour_floor(hour))

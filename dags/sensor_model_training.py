@@ -1,0 +1,313 @@
+"""Weekly retraining of the per-sensor models, with evaluation and a promotion gate; and a rollback form.
+
+Wiring only: every task is a call into ``sensor_scoring.steps.training`` (through ``sensor_scoring_airflow.training``).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param, get_current_context, task
+
+from sensor_scoring import settings as config
+from sensor_scoring_airflow.alerts import ScoringAlertNotifier
+from sensor_scoring_airflow.operators import ScoreShardOperator
+
+SETTINGS = config.current()
+SUBSET_ITEMS = {"type": "string", "minLength": 1}
+HOUR_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:00(:00(\.0+)?)?(Z|[+-]\d{2}:?00)?$"
+
+DOC = """
+### sensor_model_training
+
+Every Monday 03:00 UTC (or from the *Trigger* form): train one OneClassSVM per (device, sensor) on the landed windows
+of the range, evaluate the new version against `production` on the last `holdout_hours` of the range (never trained
+on), register it in container `models` with its lineage, and move the `production` alias only if the promotion
+policy holds.
+
+**Tasks:** `gather` (reads the range as scoring does: same ownership, the great-expectations suite; quarantined
+windows are not trained on) -> `train_shard` (mapped, one per `sensors_per_shard` sensors, each its own process,
+`python -m sensor_scoring train-shard --spec <uri>`, on the `backend` param's backend: local or Azure Batch)
+-> `evaluate` -> `register` -> `promote`.
+
+**Models:** one StandardScaler + OneClassSVM per sensor (`nu`, `min_rows`); with `threshold_mads` set, each flags only
+windows scoring that many robust deviations below its training windows' median score (a calibrated threshold,
+`docs/models.md`); empty: scikit-learn's `predict`.
+
+**Evaluation:** flagged share of the held-back windows; where the `labels` container has a file for a held-back hour
+(`YYYY/MM/DD/HH/labels.parquet`, columns device_id, tag, window_end, anomaly: see `docs/models.md`), precision,
+recall and F1, per sensor and for the fleet, of the candidate and of production on the same windows. Stored in the
+version's manifest (`lineage.evaluation`) and `evaluation.parquet`.
+
+**Promotion:** the alias moves when the candidate flags between `min_flagged_share` and `max_flagged_share` of the
+held-back windows and its F1 is at most `max_f1_drop` below production's. Otherwise `promote` logs "not promoted
+because ..." and sends a `model_not_promoted` alert (the run still succeeds: the version is registered, unpromoted).
+
+**Triage:** `gather` failed with "no valid window to train on": the range, subset or `holdout_hours` selects nothing.
+`evaluate` failed with "no sensor had enough valid training windows": lower `min_rows` or widen the range.
+
+**Rollback:** the DAG `sensor_model_rollback` (a form with one field), or `python -m sensor_scoring rollback
+[--to VERSION]`. `python -m sensor_scoring lineage [VERSION]` shows where a version came from and who moved the alias.
+"""
+
+with DAG(
+    dag_id="sensor_model_training",
+    description="Weekly retraining of per-sensor OneClassSVMs, evaluated against production; promoted by policy",
+    # a data interval of one week, ending at the run (plain cron gives zero-length intervals in Airflow 3)
+    schedule=CronDataIntervalTimetable("0 3 * * 1", timezone="UTC"),
+    start_date=SETTINGS.start_date,
+    catchup=False,
+    max_active_runs=1,
+    default_args={
+        "owner": "sensor-analytics",
+        "retries": SETTINGS.task_retries,
+        "retry_delay": timedelta(seconds=SETTINGS.retry_delay_s),
+        "execution_timeout": timedelta(hours=6),
+        "on_failure_callback": [ScoringAlertNotifier("task_failed")],
+    },
+    on_failure_callback=[ScoringAlertNotifier("dag_run_failed")],
+    params={
+        "train_start": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            pattern=HOUR_PATTERN,
+            title="Training range start (UTC)",
+            description="Empty: the run's data interval (the week before a scheduled run; the last 7 days for a "
+            "manual one). A whole hour.",
+        ),
+        "train_end": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            pattern=HOUR_PATTERN,
+            title="Training range end (UTC)",
+            description="Exclusive; the last holdout_hours before it are held back for evaluation.",
+        ),
+        "holdout_hours": Param(
+            6,
+            type="integer",
+            minimum=1,
+            maximum=168,
+            title="Held-back hours",
+            description="Evaluated on, not trained on.",
+        ),
+        "devices": Param(
+            [],
+            type=["array", "null"],
+            items=SUBSET_ITEMS,
+            uniqueItems=True,
+            title="Devices",
+            description="Train only these device_ids (one per line). Empty: all.",
+        ),
+        "tags": Param(
+            [],
+            type=["array", "null"],
+            items=SUBSET_ITEMS,
+            uniqueItems=True,
+            title="Sensor tags",
+            description="Train only these tags (one per line). Empty: all. With devices: sensors matching both.",
+        ),
+        "nu": Param(
+            0.02,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            title="nu",
+            description="OneClassSVM nu: upper bound on the share of training windows flagged.",
+        ),
+        "threshold_mads": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            title="Threshold (robust deviations)",
+            description="Each model flags only windows scoring this many robust deviations (1.4826 MAD) below "
+            "the median score of its own training windows (at most scikit-learn's 0). Empty: predict's 0.",
+        ),
+        "min_rows": Param(
+            30, type="integer", minimum=2, title="Minimum windows", description="Sensors with fewer get no model."
+        ),
+        "sensors_per_shard": Param(
+            100,
+            type="integer",
+            minimum=1,
+            maximum=100_000,
+            title="Sensors per shard",
+            description="Sensors trained together in one mapped task (one process). Its memory grows with its "
+            "windows: about 840 MiB for 1.4M (1000 sensors x 24 h; 100 sensors x a week is 1M).",
+        ),
+        "late_folders": Param(1, type="integer", minimum=0, maximum=24, title="Late folders"),
+        "backend": Param(
+            SETTINGS.backend,
+            type="string",
+            enum=list(config.BACKENDS),
+            title="Backend",
+            description="Where shards train: in the worker (local) or as Azure Batch tasks (the scorer image).",
+        ),
+        "version": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+            title="Version name",
+            description="Empty: v<UTC timestamp>. Versions are immutable: a name already registered fails.",
+        ),
+        "promote": Param(
+            True,
+            type="boolean",
+            title="Promote",
+            description="Move production when the policy holds (off: register only).",
+        ),
+        "max_f1_drop": Param(
+            0.0,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Max F1 drop",
+            description="Largest F1 loss against production on labelled held-back windows (0: no worse).",
+        ),
+        "min_flagged_share": Param(0.0, type="number", minimum=0, maximum=1, title="Min flagged share"),
+        "max_flagged_share": Param(
+            0.1,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Max flagged share",
+            description="Largest share of held-back windows the new version may flag.",
+        ),
+    },
+    tags=["training", "anomaly-detection"],
+    doc_md=DOC,
+) as dag:
+
+    @task
+    def gather(params: dict | None = None) -> list[dict]:
+        """Reads and validates the range as scoring does; stages held-back windows and one input per shard."""
+        from sensor_scoring.steps.training import gather as gather_windows
+        from sensor_scoring_airflow import context as airflow_context, training
+
+        run = training.training_run(get_current_context(), params or {})
+        with airflow_context.no_retry_on(ValueError):
+            shards = gather_windows(
+                run,
+                holdout_hours=params["holdout_hours"],
+                sensors_per_shard=params["sensors_per_shard"],
+                nu=params["nu"],
+                min_rows=params["min_rows"],
+                threshold_mads=params.get("threshold_mads"),
+                devices=params.get("devices"),
+                tags=params.get("tags"),
+                late_folders=params["late_folders"],
+            )
+        return [s.to_dict() for s in shards]
+
+    @task
+    def evaluate(results: list[dict], params: dict | None = None) -> dict:
+        """Judges the candidate and production on the held-back windows (and labels); decides the policy."""
+        from sensor_scoring.contracts import TrainingShardResult
+        from sensor_scoring.models.promotion import Policy
+        from sensor_scoring.steps.training import evaluate as judge
+        from sensor_scoring_airflow import context as airflow_context, training
+
+        run = training.training_run(get_current_context(), params or {})
+        shards = [TrainingShardResult.from_dict(r, source="XCom of train_shard") for r in results[:]]
+        policy = Policy(
+            max_f1_drop=params["max_f1_drop"],
+            min_flagged_share=params["min_flagged_share"],
+            max_flagged_share=params["max_flagged_share"],
+        )
+        with airflow_context.no_retry_on(ValueError):
+            verdict = judge(run, shards, policy)
+        return {k: verdict[k] for k in ("candidate", "production", "production_version", "promotable", "reasons")}
+
+    @task
+    def register(results: list[dict], verdict: dict, params: dict | None = None) -> dict:
+        """Registers the candidate (unpromoted) with its lineage: run, data range, parameters, evaluation."""
+        from sensor_scoring.contracts import TrainingShardResult
+        from sensor_scoring.steps.training import register as register_version
+        from sensor_scoring_airflow import context as airflow_context, training
+
+        run = training.training_run(get_current_context(), params or {})
+        shards = [TrainingShardResult.from_dict(r, source="XCom of train_shard") for r in results[:]]
+        with airflow_context.no_retry_on(ValueError, FileExistsError):
+            return register_version(
+                run,
+                shards,
+                version=training.version_name(params, run),
+                params=training.model_params(params),
+                data_range=training.data_range(run, params),
+            )
+
+    @task
+    def promote(registered: dict, params: dict | None = None) -> dict:
+        """Moves `production` to the new version if the policy held; else "not promoted because ..." and an alert."""
+        from sensor_scoring.steps.training import promote_or_not
+        from sensor_scoring_airflow import alerts, training
+
+        context = get_current_context()
+        run = training.training_run(context, params or {})
+        outcome = promote_or_not(run, registered["version"], promote=params["promote"])
+        print(f"{registered['version']}: {outcome['reason']}")
+        if not outcome["promoted"]:
+            alerts.send_alert(
+                alerts.build_payload(
+                    "model_not_promoted", context, error=outcome["reason"], version=registered["version"]
+                )
+            )
+        return outcome
+
+    # the scoring DAG's operator and backends, running the training command: local, or one Azure Batch task per shard
+    results = (
+        ScoreShardOperator.partial(
+            task_id="train_shard",
+            backend="{{ params.backend }}",
+            command="train-shard",
+            map_index_template="{{ shard_label }}",
+            retries=SETTINGS.task_retries + 1,
+            doc_md="Trains one shard (`python -m sensor_scoring train-shard --spec <uri>`) in the worker or as an "
+            "Azure Batch task.",
+        )
+        .expand(shard=gather())
+        .output
+    )
+    verdict = evaluate(results)
+    promote(register(results, verdict))
+
+
+with DAG(
+    dag_id="sensor_model_rollback",
+    description="Point the production model alias back at an earlier version",
+    schedule=None,
+    start_date=SETTINGS.start_date,
+    catchup=False,
+    default_args={"owner": "sensor-analytics", "on_failure_callback": [ScoringAlertNotifier("task_failed")]},
+    params={
+        "to_version": Param(
+            None,
+            type=["null", "string"],
+            title="Roll back to",
+            description="A registered version. Empty: the version production pointed at before the current one.",
+        ),
+    },
+    tags=["training", "anomaly-detection"],
+    doc_md="### sensor_model_rollback\n\nOne task: points `production` at `to_version` (or the previous version) "
+    "and records the move in `aliases/production-history.json`. Same as `python -m sensor_scoring rollback`.",
+) as rollback_dag:
+
+    @task
+    def rollback(params: dict | None = None) -> dict:
+        """Moves the alias back; a version that is not registered fails at once, naming it."""
+        from sensor_scoring import settings as config
+        from sensor_scoring.models import promotion
+        from sensor_scoring_airflow import context as airflow_context
+        from sensor_scoring_airflow.connections import open_storage
+
+        context = get_current_context()
+        with airflow_context.no_retry_on(LookupError, ValueError):
+            return promotion.rollback(
+                open_storage(),
+                config.current().containers.models,
+                (params or {}).get("to_version") or None,
+                by=f"rollback run {context['run_id']}",
+            )
+
+    rollback()

@@ -1,0 +1,334 @@
+"""The training DAG's steps: gather, train a shard, evaluate, register, promote or not.
+
+Gathering reads the range by the scoring runs' own rules: ``windows.read_owned`` (ownership, late folders, corrupt
+files set aside), the rescoring subset selection, and the great-expectations suite (``validation.check_windows``);
+quarantined windows are not trained on. The last ``holdout_hours`` of the range are held back: the candidate and
+production are evaluated on them (``models.evaluation``), never trained on. Training runs in shards of
+``sensors_per_shard`` sensors, each in its own process (``python -m sensor_scoring train-shard --spec <uri>``), so a
+shard's memory is its own sensors' windows and models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+from sensor_scoring import layout, models, storage as st
+from sensor_scoring.contracts import (
+    REASON_COLUMN,
+    PlannedShard,
+    ShardContainers,
+    TrainingShardResult,
+    TrainingShardSpec,
+)
+from sensor_scoring.layout import HOUR
+from sensor_scoring.models import evaluation, promotion
+from sensor_scoring.steps.common import names_storage_outages
+from sensor_scoring.steps.interval import Hour
+from sensor_scoring.steps.rescoring import select_sensors
+from sensor_scoring.storage import Storage
+
+log = logging.getLogger(__name__)
+KEY = ["device_id", "tag"]
+
+
+@names_storage_outages
+def gather(
+    run: Hour,
+    *,
+    holdout_hours: int,
+    sensors_per_shard: int,
+    nu: float,
+    min_rows: int,
+    threshold_mads: float | None = None,
+    devices: list[str] | None = None,
+    tags: list[str] | None = None,
+    late_folders: int = 1,
+) -> list[PlannedShard]:
+    """Valid windows of [start, end): the last ``holdout_hours`` staged for evaluation, the rest in training shards."""
+    from sensor_scoring.validation import check_windows
+    from sensor_scoring.validation.expectations import load_bounds
+    from sensor_scoring.windows import read_owned
+
+    if sensors_per_shard < 1:
+        raise ValueError("sensors_per_shard must be at least 1")
+    cut = run.end - holdout_hours * HOUR
+    if cut <= run.start:
+        raise ValueError(
+            f"holdout_hours {holdout_hours} leaves no training hour in [{run.start.isoformat()}, {run.end.isoformat()})"
+        )
+    read = read_owned(run.storage, run.containers.windows, run.start, run.end, late_folders)
+    for corrupt in read.corrupt:
+        log.warning("Not training on corrupt file %s (%d bytes): %s", corrupt.file, corrupt.bytes, corrupt.error)
+    checked = check_windows(select_sensors(read.windows, devices, tags), run.start, run.end, load_bounds())
+    reasons = Counter(str(r) for r in checked.quarantined[REASON_COLUMN]) if len(checked.quarantined) else Counter()
+    valid = checked.valid
+    held = valid["window_end"] >= pd.Timestamp(cut)
+    train, holdout = valid.loc[~held], valid.loc[held]
+    log.info(
+        "Range [%s, %s): %d valid window(s) from %d file(s), %d quarantined %s (not trained on); %d for training "
+        "before %s, %d held back",
+        run.start.isoformat(),
+        run.end.isoformat(),
+        len(valid),
+        len(read.files),
+        len(checked.quarantined),
+        dict(reasons),
+        len(train),
+        cut.isoformat(),
+        len(holdout),
+    )
+    if train.empty:
+        raise ValueError(
+            f"no valid window to train on in [{run.start.isoformat()}, {cut.isoformat()}) of container "
+            f"{run.containers.windows!r}: check the range, devices/tags and holdout_hours"
+        )
+    plan = layout.TrainingRun(run.run_key)
+    run.storage.write_bytes(run.containers.staging, plan.holdout, st.parquet_bytes(holdout.reset_index(drop=True)))
+    sensors = train[KEY].drop_duplicates().sort_values(KEY).reset_index(drop=True)
+    sensors["shard"] = np.arange(len(sensors)) // sensors_per_shard
+    with_shard = train.merge(sensors, on=KEY)
+    shards = []
+    for number, rows in with_shard.groupby("shard", sort=True):
+        members = sensors.loc[sensors["shard"] == number]
+        shards.append(_stage(run, plan, int(number), rows.drop(columns="shard"), members, nu, min_rows, threshold_mads))
+    return shards
+
+
+def _stage(
+    run: Hour,
+    plan: layout.TrainingRun,
+    number: int,
+    rows: pd.DataFrame,
+    members: pd.DataFrame,
+    nu: float,
+    min_rows: int,
+    threshold_mads: float | None,
+) -> PlannedShard:
+    from sensor_scoring.steps.plan import shard_label
+
+    staging, shard = run.containers.staging, plan.shard(number)
+    run.storage.write_bytes(staging, shard.input, st.parquet_bytes(rows.reset_index(drop=True)))
+    spec = TrainingShardSpec(
+        run_id=run.run_id,
+        shard=number,
+        containers=ShardContainers(models=run.containers.models, staging=staging),
+        input=st.make_uri(staging, shard.input),
+        output_prefix=st.make_uri(staging, shard.folder),
+        nu=nu,
+        min_rows=min_rows,
+        threshold_mads=threshold_mads,
+    )
+    run.storage.write_bytes(staging, shard.spec, spec.to_json())
+    return PlannedShard(
+        spec_uri=st.make_uri(staging, shard.spec),
+        shard=number,
+        sensors=len(members),
+        windows=len(rows),
+        label=shard_label(number, members.reset_index(drop=True)),
+    )
+
+
+@names_storage_outages
+def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
+    """Fit one model per sensor of the shard and write them (pack + index) beside the spec; result.json last."""
+    container, path = st.parse_uri(spec_uri)
+    spec = TrainingShardSpec.from_json(storage.read_bytes(container, path), source=spec_uri)
+    windows = st.read_parquet(storage, *st.parse_uri(spec.input))
+    trained = models.train_models(windows, nu=spec.nu, min_rows=spec.min_rows, threshold_mads=spec.threshold_mads)
+    out_container, prefix = st.parse_uri(spec.output_prefix)
+    shard = layout.TrainingShard(prefix)
+    if trained:
+        storage.write_bytes(out_container, shard.pack, models._pack_bytes([m.arrays for m in trained]))
+    index = pd.DataFrame(
+        [
+            {
+                "device_id": m.device_id,
+                "tag": m.tag,
+                "train_start": m.train_start,
+                "train_end": m.train_end,
+                "train_rows": m.rows,
+                "train_flagged_share": m.flagged_share,
+            }
+            for m in trained
+        ],
+        columns=["device_id", "tag", "train_start", "train_end", "train_rows", "train_flagged_share"],
+    )
+    storage.write_bytes(out_container, shard.index, st.parquet_bytes(index))
+    fitted = {(m.device_id, m.tag) for m in trained}
+    keys = windows[KEY].drop_duplicates().sort_values(KEY).itertuples(index=False)
+    result = TrainingShardResult(
+        shard=spec.shard,
+        output_prefix=spec.output_prefix,
+        models=len(trained),
+        sensors=int(windows[KEY].drop_duplicates().shape[0]),
+        windows=len(windows),
+        skipped=tuple(f"{d}/{t}" for d, t in keys if (d, t) not in fitted),
+    )
+    storage.write_bytes(out_container, shard.result, result.to_json())
+    return result
+
+
+def read_training_result(storage: Storage, output_prefix: str) -> dict[str, object]:
+    """The result.json a training shard wrote under ``output_prefix`` (an URI), checked, in its XCom form."""
+    container, prefix = st.parse_uri(output_prefix)
+    path = layout.Shard(prefix).result
+    return TrainingShardResult.from_json(
+        storage.read_bytes(container, path), source=st.make_uri(container, path)
+    ).to_dict()
+
+
+def load_trained(storage: Storage, results: list[TrainingShardResult]) -> list[models.TrainedModel]:
+    """The fitted models of every shard, in key order, as ``models.register`` takes them."""
+    trained: list[models.TrainedModel] = []
+    for result in sorted(results, key=lambda r: r.shard):
+        if not result.models:
+            continue
+        container, prefix = st.parse_uri(result.output_prefix)
+        shard = layout.TrainingShard(prefix)
+        arrays = models.unpack(storage.read_bytes(container, shard.pack))
+        index = st.read_parquet(storage, container, shard.index)
+        if len(index) != len(arrays) or len(arrays) != result.models:
+            raise models.ModelIntegrityError(f"training shard {result.shard}: pack and index disagree on the models")
+        for row, fitted in zip(index.itertuples(index=False), arrays, strict=True):
+            trained.append(
+                models.TrainedModel(
+                    device_id=str(row.device_id),
+                    tag=str(row.tag),
+                    pipeline=None,
+                    arrays=fitted,
+                    rows=int(row.train_rows),
+                    train_start=str(row.train_start),
+                    train_end=str(row.train_end),
+                    flagged_share=float(row.train_flagged_share),
+                )
+            )
+    return sorted(trained, key=lambda m: (m.device_id, m.tag))
+
+
+def _production_models(
+    run: Hour, windows: pd.DataFrame, baseline: str
+) -> tuple[str | None, dict[tuple[str, str], models.ModelArrays] | None]:
+    """The baseline version's models of the held-back sensors; (None, None) before any version is promoted."""
+    try:
+        version = models.resolve_version(run.storage, run.containers.models, baseline)
+    except LookupError:
+        log.info("No %r version yet: the candidate is judged on its own", baseline)
+        return None, None
+    index = models.read_index(run.storage, run.containers.models, version)
+    wanted = index.merge(windows[KEY].drop_duplicates(), on=KEY)
+    loaded, refused = models.load_models(run.storage, run.containers.models, version, wanted)
+    if refused:
+        log.warning(
+            "Production %s: %d model(s) unusable, not compared: %s",
+            version,
+            len(refused),
+            dict(list(refused.items())[:5]),
+        )
+    return version, loaded
+
+
+@names_storage_outages
+def evaluate(
+    run: Hour, results: list[TrainingShardResult], policy: promotion.Policy, *, baseline: str = models.PRODUCTION_ALIAS
+) -> dict[str, object]:
+    """Judge the candidate against the baseline on the held-back windows and labels; stage the verdict.
+
+    Returns the evaluation (fleet metrics of both, the policy and its decision with reasons), also staged as
+    ``evaluation.json``; the per-sensor table is staged as ``evaluation.parquet``.
+    """
+    plan, staging = layout.TrainingRun(run.run_key), run.containers.staging
+    windows = st.read_parquet(run.storage, staging, plan.holdout)
+    candidate = {(m.device_id, m.tag): m.arrays for m in load_trained(run.storage, results)}
+    if not candidate:
+        raise ValueError("no sensor had enough valid training windows for a model (see min_rows): nothing to evaluate")
+    first = windows["window_end"].min().floor("h").to_pydatetime() if len(windows) else run.end
+    labels, labelled = evaluation.read_labels(run.storage, run.containers.labels, first, run.end)
+    production_version, production = _production_models(run, windows, baseline)
+    summary, table = evaluation.compare(windows, candidate, production, labels, labelled)
+    ok, reasons = promotion.decide(summary, policy)
+    verdict: dict[str, object] = {
+        **summary,
+        "production_version": production_version,
+        "policy": policy.to_dict(),
+        "promotable": ok,
+        "reasons": reasons,
+    }
+    run.storage.write_bytes(staging, plan.evaluation, json.dumps(verdict, indent=2, default=str).encode())
+    run.storage.write_bytes(staging, plan.evaluation_table, st.parquet_bytes(table))
+    log.info(
+        "Evaluation: %s", json.dumps({k: verdict[k] for k in ("candidate", "production", "promotable", "reasons")})
+    )
+    return verdict
+
+
+@names_storage_outages
+def register(
+    run: Hour,
+    results: list[TrainingShardResult],
+    *,
+    version: str,
+    params: dict[str, object],
+    data_range: dict[str, object],
+) -> dict[str, object]:
+    """Register the candidate as ``version`` (not promoted) with its lineage and the staged evaluation."""
+    plan, staging = layout.TrainingRun(run.run_key), run.containers.staging
+    verdict = json.loads(run.storage.read_bytes(staging, plan.evaluation))
+    table = st.read_parquet(run.storage, staging, plan.evaluation_table)
+    lineage = {
+        "training_run": run.run_id,
+        "data_range": data_range,
+        "params": params,
+        "evaluation": verdict,
+        "shards": len(results),
+        "skipped_sensors": sum(len(r.skipped) for r in results),
+    }
+    manifest = models.register(
+        run.storage,
+        run.containers.models,
+        load_trained(run.storage, results),
+        version=version,
+        params=params,
+        promote=False,
+        lineage=lineage,
+        evaluation=table,
+    )
+    return {k: manifest[k] for k in ("version", "models", "train_start", "train_end")}
+
+
+@names_storage_outages
+def promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, object]:
+    """Move the production alias to ``version`` if its evaluation allows it (and ``promote`` is on).
+
+    Returns ``promoted`` and, when not, ``reason``: "not promoted because ...", for the log and the alert.
+    The run's staging folder goes in either case: the version holds everything worth keeping.
+    """
+    outcome = _promote_or_not(run, version, promote=promote)
+    run.storage.delete_prefix(run.containers.staging, layout.TrainingRun(run.run_key).prefix)
+    return outcome
+
+
+def _promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, object]:
+    verdict = dict(models.read_manifest(run.storage, run.containers.models, version)["lineage"])["evaluation"]  # type: ignore[call-overload]
+    if not verdict["promotable"]:
+        reason = "not promoted because " + "; ".join(verdict["reasons"])
+    elif not promote:
+        reason = "not promoted because the run's promote param is off (the policy held)"
+    else:
+        cand, prod = verdict["candidate"], verdict["production"]
+        why = f"policy held: flagged share {cand['flagged_share']:.1%}" + (
+            f", F1 {cand['f1']:.3f} vs production {prod['f1']:.3f}"
+            if prod and cand["f1"] is not None and prod["f1"] is not None
+            else ""
+        )
+        record = promotion.move_alias(
+            run.storage, run.containers.models, version, action="promote", reason=why, by=f"training run {run.run_id}"
+        )
+        log.info("Promoted %s (was %s): %s", version, record["previous"], why)
+        return {"version": version, "promoted": True, "reason": why, "previous": record["previous"]}
+    log.warning("Version %s %s", version, reason)
+    return {"version": version, "promoted": False, "reason": reason, "previous": None}

@@ -1,0 +1,170 @@
+"""The training DAG for real (dag.test on Azurite, shards in their own processes): promoted, refused, rolled back.
+
+Small data: 3 devices x 2 sensors, 26 simulated hours with the simulator's labels; the last 2 hours are held back
+(at times of day the first day trained on: the simulated baselines follow the day).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from sensor_scoring import cli, models
+from sensor_scoring.models import promotion
+from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
+from tests.conftest import REPO
+from tests.support.helpers import START
+
+pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
+
+H = timedelta(hours=1)
+RANGE = {"train_start": START.isoformat(), "train_end": (START + 26 * H).isoformat()}
+BASE_CONF = {**RANGE, "holdout_hours": 2, "sensors_per_shard": 4}
+
+
+def load_dags():
+    """Both DAGs of the file, imported afresh (a run's conf sticks to the Param objects of the DAG it ran)."""
+    spec = importlib.util.spec_from_file_location("sensor_model_training", REPO / "dags" / "sensor_model_training.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.dag, module.rollback_dag
+
+
+@pytest.fixture
+def landed(blob, containers):
+    simulate_to_storage(
+        blob,
+        SimulationConfig(devices=3, tags=2, seed=3, anomaly_rate=0.3),
+        START,
+        START + 26 * H,
+        windows_container=containers.windows,
+        labels_container=containers.labels,
+    )
+    return blob
+
+
+def last_json_line(capsys) -> dict:
+    """The CLI's one-line JSON answer (Airflow's own logging may precede it on stdout in-process)."""
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def alias_body(storage, containers) -> dict:
+    return json.loads(storage.read_bytes(containers.models, "aliases/production.json"))
+
+
+def test_promoted_then_refused_with_lineage_and_alert(airflow_db, landed, containers, alert_connections):
+    _, http_sink = alert_connections
+    training, _ = load_dags()
+    run = training.test(run_conf={**BASE_CONF, "version": "v-first"})
+    assert str(run.state) == "success"
+    assert len([ti for ti in run.get_task_instances() if ti.task_id == "train_shard"]) == 2  # 6 sensors, 4 per shard
+
+    body = alias_body(landed, containers)
+    assert body["version"] == "v-first" and body["action"] == "promote" and body["previous"] is None
+    assert body["by"] == f"training run {run.run_id}"
+    manifest = models.read_manifest(landed, containers.models, "v-first")
+    assert manifest["models"] == 6 and manifest["params"]["nu"] == 0.02
+    lineage = manifest["lineage"]
+    assert lineage["training_run"] == run.run_id
+    assert lineage["data_range"]["start"] == START.isoformat()
+    assert lineage["data_range"]["held_back_from"] == (START + 24 * H).isoformat()
+    assert manifest["train_end"] < (START + 24 * H).isoformat()  # held-back hours never trained on
+    ev = lineage["evaluation"]
+    assert ev["promotable"] and ev["production"] is None and ev["held_back_windows"] == 6 * 120
+    assert ev["candidate"]["labelled"] == 720 and ev["candidate"]["f1"] is not None  # the simulator's labels
+    assert len(ev["labelled_hours"]) == 2
+    table = pd.read_parquet(
+        pd.io.common.BytesIO(landed.read_bytes(containers.models, "versions/v-first/evaluation.parquet"))
+    )
+    assert len(table) == 6 and set(table["model"]) == {"candidate"}
+    assert not [p for p in http_sink.received if p["json"]["event"] == "model_not_promoted"]
+    assert not landed.list(containers.staging, "training/")  # the run's scratch space is gone
+
+    # a policy the candidate cannot meet: registered, not promoted, the run says why and alerts
+    training, _ = load_dags()
+    refused = training.test(run_conf={**BASE_CONF, "version": "v-second", "max_flagged_share": 0.0})
+    assert str(refused.state) == "success"
+    assert alias_body(landed, containers)["version"] == "v-first"
+    second = models.read_manifest(landed, containers.models, "v-second")["lineage"]["evaluation"]
+    assert not second["promotable"] and second["production_version"] == "v-first"
+    assert second["production"]["windows"] == second["candidate"]["windows"] == 720  # compared on the same windows
+    [alert] = [p["json"] for p in http_sink.received if p["json"]["event"] == "model_not_promoted"]
+    assert alert["error"].startswith("not promoted because it flags") and "max_flagged_share 0.0%" in alert["error"]
+    assert alert["version"] == "v-second" and alert["task_id"] == "promote"
+    assert "new model version not promoted" in alert["text"]
+    table = pd.read_parquet(
+        pd.io.common.BytesIO(landed.read_bytes(containers.models, "versions/v-second/evaluation.parquet"))
+    )
+    assert sorted(set(table["model"])) == ["candidate", "production"]
+    assert [m["version"] for m in promotion.history(landed, containers.models)] == ["v-first"]
+
+
+def test_bad_range_fails_at_once_naming_it(airflow_db, landed, containers):
+    training, _ = load_dags()
+    run = training.test(run_conf={**RANGE, "holdout_hours": 26})
+    assert str(run.state) == "failed"
+    [gather] = [ti for ti in run.get_task_instances() if ti.task_id == "gather"]
+    assert str(gather.state) == "failed" and gather.try_number == 1  # no retries on a bad range
+    assert not landed.list(containers.models, "versions/")
+
+
+def test_rollback_form_and_command(airflow_db, landed, containers, capsys):
+    from sensor_scoring.windows import read_owned
+
+    windows = read_owned(landed, containers.windows, START, START + 4 * H, 0).windows
+    for name in ("v-a", "v-b"):
+        models.register(landed, containers.models, models.train_models(windows), version=name, params={}, promote=False)
+        promotion.move_alias(landed, containers.models, name, action="promote", reason="test", by="test")
+    _, rollback = load_dags()
+    run = rollback.test(run_conf={})
+    assert str(run.state) == "success"
+    body = alias_body(landed, containers)
+    assert body["version"] == "v-a" and body["action"] == "rollback" and body["previous"] == "v-b"
+    assert body["by"] == f"rollback run {run.run_id}"
+
+    assert cli.main(["rollback", "--to", "v-b"]) == 0
+    assert last_json_line(capsys)["version"] == "v-b"
+    assert models.resolve_version(landed, containers.models, "production") == "v-b"
+    with pytest.raises(SystemExit, match="'v-none' is not registered"):
+        cli.main(["rollback", "--to", "v-none"])
+    assert cli.main(["lineage", "v-a"]) == 0
+    moves = last_json_line(capsys)["alias_moves"]
+    assert [(m["action"], m["version"]) for m in moves] == [
+        ("promote", "v-a"),
+        ("promote", "v-b"),
+        ("rollback", "v-a"),
+        ("rollback", "v-b"),
+    ]
+
+    _, rollback = load_dags()
+    bad = rollback.test(run_conf={"to_version": "v-none"})
+    assert str(bad.state) == "failed"
+    assert models.resolve_version(landed, containers.models, "production") == "v-b"
+
+
+def test_training_shards_on_azure_batch(airflow_db, landed, containers, fake_batch, monkeypatch):
+    """The same DAG with backend=azure_batch: each shard is a Batch task (the fake account runs its command line
+    with only the task's SAS environment), judged and read back like a scoring shard."""
+    from dev.azurite import KEY as STORAGE_KEY
+
+    for name, value in {
+        "SCORING_BATCH_POOL_ID": "training-test-pool",
+        "SCORING_SCORER_IMAGE": "sensor-scoring-scorer:test",
+        "SCORING_BATCH_POLL_SECONDS": "0.3",
+        "SCORING_BATCH_MAX_POLL_SECONDS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    training, _ = load_dags()
+    run = training.test(run_conf={**BASE_CONF, "version": "v-batch", "backend": "azure_batch"})
+    assert str(run.state) == "success"
+    [job] = fake_batch.jobs
+    tasks = [t for (j, _), t in fake_batch.tasks.items() if j == job]
+    assert len(tasks) == 2 and all(t.exit_code == 0 for t in tasks)
+    assert all(" train-shard --spec az://" in t.body["commandLine"] for t in tasks)
+    assert STORAGE_KEY not in json.dumps([r["body"] for r in fake_batch.requests])
+    assert models.read_manifest(landed, containers.models, "v-batch")["models"] == 6
+    assert models.resolve_version(landed, containers.models, "production") == "v-batch"

@@ -1,0 +1,71 @@
+"""Evaluation metrics, the promotion policy and the label layout, on tiny frames."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from sensor_scoring.models import evaluation, promotion
+from sensor_scoring.storage import LocalStorage, parquet_bytes
+from tests.support.helpers import START
+
+
+def judged(flags: list[bool], truth: list[bool], labelled: bool = True) -> pd.DataFrame:
+    return pd.DataFrame({"is_anomaly": flags, "truth": truth, "labelled": [labelled] * len(flags)})
+
+
+def test_metrics_precision_recall_f1_and_unlabelled():
+    m = evaluation.metrics(judged([True, True, False, False], [True, False, True, False]))
+    assert (m["precision"], m["recall"], m["f1"]) == (0.5, 0.5, 0.5)
+    assert m["flagged_share"] == 0.5 and m["labelled"] == 4 and m["anomalous"] == 2
+    nothing = evaluation.metrics(judged([False, False], [True, False]))
+    assert nothing["precision"] == 0.0 and nothing["f1"] == 0.0  # flagging nothing never looks perfect
+    unlabelled = evaluation.metrics(judged([True, False], [False, False], labelled=False))
+    assert unlabelled["f1"] is None and unlabelled["flagged_share"] == 0.5  # negative: no labels, no F1
+
+
+def summary(share: float, f1: float | None, prod_f1: float | None) -> dict:
+    cand = {"windows": 100, "flagged_share": share, "f1": f1, "labelled": 100}
+    prod = None if prod_f1 is None else {"windows": 100, "flagged_share": 0.05, "f1": prod_f1, "labelled": 100}
+    return {"candidate_all": cand, "candidate": cand, "production": prod}
+
+
+def test_policy_promotes_only_when_it_holds():
+    policy = promotion.Policy(max_f1_drop=0.02, min_flagged_share=0.01, max_flagged_share=0.1)
+    assert promotion.decide(summary(0.05, 0.80, 0.81), policy) == (True, [])
+    assert promotion.decide(summary(0.05, None, None), policy) == (True, [])  # unlabelled: the share alone
+    ok, why = promotion.decide(summary(0.05, 0.70, 0.81), policy)
+    assert not ok and "F1 0.700" in why[0] and "production's 0.810" in why[0]
+    ok, why = promotion.decide(summary(0.30, 0.90, 0.81), policy)
+    assert not ok and "above max_flagged_share" in why[0]
+    ok, why = promotion.decide(summary(0.0, 0.0, 0.81), policy)
+    assert not ok and len(why) == 2  # below the share floor and worse F1
+    blind = summary(0.01, 0.0, None)
+    blind["candidate_all"] |= {"anomalous": 14, "recall": 0.0}
+    ok, why = promotion.decide(blind, policy)
+    assert not ok and why == ["it finds none of the 14 labelled anomalous held-back windows"]
+    empty = {"candidate_all": {"windows": 0, "flagged_share": 0.0, "f1": None}, "production": None}
+    assert promotion.decide(empty, policy)[0] is False
+
+
+def test_labels_layout_marks_hours_labelled_and_refuses_bad_files(tmp_path):
+    storage = LocalStorage(tmp_path)
+    hour = START
+    rows = pd.DataFrame(
+        {
+            "device_id": ["d"],
+            "tag": ["t"],
+            "window_end": [pd.Timestamp(hour) + pd.Timedelta(minutes=5)],
+            "anomaly": ["spike"],
+        }
+    )
+    storage.write_bytes("labels", evaluation.label_path(hour), parquet_bytes(rows))
+    storage.write_bytes("labels", evaluation.label_path(hour + timedelta(hours=1)), parquet_bytes(rows.iloc[:0]))
+    labels, hours = evaluation.read_labels(storage, "labels", hour, hour + timedelta(hours=3))
+    assert hours == [hour.isoformat(), (hour + timedelta(hours=1)).isoformat()]  # the third hour has no file
+    assert len(labels) == 1
+    storage.write_bytes("labels", evaluation.label_path(hour), parquet_bytes(rows.drop(columns="anomaly")))
+    with pytest.raises(ValueError, match="lacks column"):
+        evaluation.read_labels(storage, "labels", hour, hour + timedelta(hours=1))
