@@ -107,8 +107,24 @@ MODEL_REASONS: dict[str, str] = {
     "model_unreadable": "the model pack is not a plain-array pack",
     "model_hash_mismatch": "the model's arrays do not match the hash in the version's index",
 }
+#: Row-level reasons of the window reader (``windows.formats``): the value cannot be taken as its contract type.
+#: A row rejected by the reader is quarantined with these reasons only (it never reaches the suite).
+READER_REASONS: dict[str, str] = {
+    "wrong_type": "a value is not of its contract type: a key that is not a string, a value or count that is "
+    "a string or a boolean, a count beyond 2**53, a window_end that is neither text nor a timestamp",
+    "bad_timestamp": "window_end is not ISO 8601 with Z or an offset, not a real date, or outside 1677-2262",
+    "window_not_on_minute": "window_end has seconds or a fraction: a 1-minute window ends on the minute",
+}
 #: The reason of a window file quarantined whole (listed in the manifest, not a quarantine row).
 CORRUPT_FILE = "corrupt_file"
+NOT_UTF8 = "not_utf8"
+UNSUPPORTED_FORMAT = "unsupported_format"
+#: Every reason a landed file is quarantined whole for (``QuarantinedFile.reason``).
+FILE_REASONS: dict[str, str] = {
+    CORRUPT_FILE: "the file is not valid in its serialisation (truncated, garbage)",
+    NOT_UTF8: "a text file (no Parquet or Avro magic bytes) that is not UTF-8",
+    UNSUPPORTED_FORMAT: "UTF-8 text that is neither JSON (lines or an array) nor CSV with the contract's header",
+}
 
 
 # --- errors shared by the steps -----------------------------------------------------------------------------
@@ -171,6 +187,19 @@ class CorruptFile(Record):
     sha256: str
     error: str
     hour: datetime
+    #: Why it was set aside: a key of ``FILE_REASONS``.
+    reason: str = CORRUPT_FILE
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceFiles(Record):
+    """Every blob of the folders a run read: ``seen = read + empty + quarantined`` (nothing is skipped by name)."""
+
+    KIND = "source files"
+    seen: int
+    read: int
+    empty: int
+    quarantined: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +292,8 @@ class HourSummary(Record):
     subset: Subset | None
     #: Per ISO hour, the duplicates collapsed for each sensor (hours without any are left out).
     duplicates_by_sensor: dict[str, tuple[SensorDuplicates, ...]]
+    #: What became of every blob in the folders read.
+    source_files: SourceFiles | None = None
 
 
 # --- plan_shards and score_shard ---------------------------------------------------------------------------------
@@ -424,3 +455,5 @@ class Manifest(Record):
     rescored: tuple[RescoringRecord, ...]
     model_versions: dict[str, int]
     duplicates_by_sensor: tuple[SensorDuplicates, ...]
+    #: What became of every blob in the folders the run that wrote it read (None in manifests written before).
+    source_files: SourceFiles | None = None

@@ -16,6 +16,7 @@ from sensor_scoring.storage import LocalStorage
 from sensor_scoring.windows import (
     SOURCE_COLUMN,
     WINDOW_COLUMNS,
+    CorruptFileError,
     LandingPlan,
     WindowFileError,
     aggregate_readings,
@@ -24,7 +25,10 @@ from sensor_scoring.windows import (
     owned_windows,
     parse_window_file,
     read_landed,
+    read_landed_files,
     read_owned,
+    read_window_file,
+    sniff,
     to_asa_json_lines,
 )
 
@@ -200,14 +204,170 @@ def test_missing_column_error_names_file_and_column():
         parse_window_file("2026/11/25/16/x.json", data)
 
 
-def test_bad_type_and_garbage_are_named():
-    windows = _hour_of_windows(sensors=1).head(1).assign(value_avg="warm")
-    with pytest.raises(WindowFileError, match="f.csv: column value_avg"):
-        parse_window_file("f.csv", windows.to_csv(index=False).encode())
-    with pytest.raises(WindowFileError, match="g.parquet: cannot be parsed"):
-        parse_window_file("g.parquet", b"PAR1 not really")
-    with pytest.raises(WindowFileError, match="unknown serialisation"):
-        parse_window_file("h.avro", b"")
+def test_bad_type_is_a_rejected_row_and_garbage_a_corrupt_file():
+    windows = _hour_of_windows(sensors=1).head(2)
+    windows["value_avg"] = windows["value_avg"].astype(object)
+    windows.loc[0, "value_avg"] = "warm"
+    parsed = read_window_file("f.csv", windows.to_csv(index=False).encode())
+    assert len(parsed.windows) == 1 and list(parsed.rejected["reason"]) == ["wrong_type"]
+    with pytest.raises(CorruptFileError, match="g.parquet: cannot be parsed as parquet") as caught:
+        read_window_file("g.parquet", b"PAR1 not really")
+    assert caught.value.reason == "corrupt_file"
+    with pytest.raises(CorruptFileError, match="h.avro: unsupported format") as caught:
+        read_window_file("h.avro", b"just some words\n")
+    assert caught.value.reason == "unsupported_format"
+    with pytest.raises(CorruptFileError, match="i.json: not UTF-8") as caught:
+        read_window_file("i.json", b"{\xff\xfe}")
+    assert caught.value.reason == "not_utf8"
+
+
+def _asa_row(**changes: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "device_id": "dev-1",
+        "tag": "temperature",
+        "window_end": "2026-11-25T16:10:00.0000000Z",
+        "value_avg": 0.30000000000000004,
+        "value_min": 0.1,
+        "value_max": 1.7976931348623157e308,
+        "value_std": 5e-324,
+        "reading_count": 60,
+    }
+    return {**row, **changes}
+
+
+STRICT = [
+    pytest.param({}, None, id="as-stream-analytics-writes-it"),
+    pytest.param({"reading_count": 60.0}, None, id="whole-float-count-is-that-integer"),
+    pytest.param({"window_end": "2026-11-25T17:10:00+01:00"}, None, id="offset-is-converted-to-utc"),
+    pytest.param({"window_end": "2026-11-25 16:10:00Z"}, None, id="space-separator"),
+    pytest.param({"device_id": 123}, "wrong_type", id="numeric-device-id"),
+    pytest.param({"device_id": 123.0}, "wrong_type", id="float-device-id"),
+    pytest.param({"tag": True}, "wrong_type", id="boolean-tag"),
+    pytest.param({"value_avg": "NaN"}, "wrong_type", id="nan-string"),
+    pytest.param({"value_min": "3"}, "wrong_type", id="number-in-a-string"),
+    pytest.param({"value_std": False}, "wrong_type", id="boolean-value"),
+    pytest.param({"reading_count": True}, "wrong_type", id="boolean-count"),
+    pytest.param({"reading_count": "3"}, "wrong_type", id="count-in-a-string"),
+    pytest.param({"reading_count": 2**60}, "wrong_type", id="count-beyond-2-53"),
+    pytest.param({"window_end": 1764087000}, "wrong_type", id="epoch-number-window-end"),
+    pytest.param({"window_end": "2500-01-01T00:00:00.0000000Z"}, "bad_timestamp", id="year-2500"),
+    pytest.param({"window_end": "2026-11-25T16:10:00"}, "bad_timestamp", id="no-time-zone"),
+    pytest.param({"window_end": "2026-13-25T16:10:00Z"}, "bad_timestamp", id="month-13"),
+    pytest.param({"window_end": "yesterday"}, "bad_timestamp", id="not-a-timestamp"),
+    pytest.param({"window_end": "2026-11-25T16:10:00.0000001Z"}, "window_not_on_minute", id="seventh-digit"),
+    pytest.param({"window_end": "2026-11-25T16:05:30.0000000Z"}, "window_not_on_minute", id="off-the-minute"),
+    pytest.param({"device_id": 7, "window_end": "2500-01-01T00:00:00Z"}, "wrong_type;bad_timestamp", id="two"),
+]
+
+
+@pytest.mark.parametrize("changes,reason", STRICT)
+def test_each_value_is_taken_by_its_stated_rule_or_rejected_with_a_reason(changes, reason):
+    good = _asa_row(window_end="2026-11-25T16:11:00Z")
+    parsed = read_window_file("w.json", (json.dumps(_asa_row(**changes)) + "\n" + json.dumps(good)).encode())
+    assert parsed.rows == 2 and len(parsed.windows) == (2 if reason is None else 1)  # the good row always stays
+    if reason is None:
+        row = parsed.windows.iloc[0]
+        assert row["window_end"] == pd.Timestamp("2026-11-25T16:10Z") and row["reading_count"] == 60
+        assert parsed.windows["reading_count"].dtype == "int64"
+    else:
+        assert list(parsed.rejected["reason"]) == [reason] and list(parsed.rejected[SOURCE_COLUMN]) == ["w.json"]
+
+
+def _avro(rows: list[dict[str, object]], timestamp: bool) -> bytes:
+    import fastavro
+
+    stamp = {"type": "long", "logicalType": "timestamp-micros"} if timestamp else "string"
+    fields = [
+        {"name": "device_id", "type": "string"},
+        {"name": "tag", "type": "string"},
+        {"name": "window_end", "type": stamp},
+        *({"name": c, "type": "double"} for c in ("value_avg", "value_min", "value_max", "value_std")),
+        {"name": "reading_count", "type": "long"},
+    ]
+    schema = fastavro.parse_schema({"type": "record", "name": "window", "fields": fields})
+    records = [
+        {**r, "window_end": pd.Timestamp(str(r["window_end"])).to_pydatetime()} if timestamp else r for r in rows
+    ]
+    sink = io.BytesIO()
+    fastavro.writer(sink, schema, records)
+    return sink.getvalue()
+
+
+def _all_serialisations(rows: list[dict[str, object]]) -> dict[str, bytes]:
+    lines = "\n".join(json.dumps(r) for r in rows).encode()
+    frame = pd.DataFrame(rows)
+    typed_frame = frame.assign(window_end=pd.to_datetime(frame["window_end"], utc=True))
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(typed_frame, preserve_index=False), sink)
+    return {
+        "lines.json": lines,
+        "bom.jsonl": b"\xef\xbb\xbf" + lines,
+        "array.json": json.dumps(rows).encode(),
+        "table.csv": frame.to_csv(index=False).encode(),
+        "bom.csv": b"\xef\xbb\xbf" + frame.to_csv(index=False).encode(),
+        "table.parquet": sink.getvalue(),
+        "strings.avro": _avro(rows, timestamp=False),
+        "micros.avro": _avro(rows, timestamp=True),
+        "no-extension": lines,
+        "2026/11/25/16/.upload-tmp": frame.to_csv(index=False).encode(),
+    }
+
+
+def test_numbers_round_trip_bit_exactly_in_every_serialisation():
+    """Floats that a sloppy parser rounds (the last bit, the largest double, a subnormal) read back exactly."""
+    rng = np.random.default_rng(7)
+    rows = [
+        _asa_row(
+            window_end=f"2026-11-25T16:{m:02d}:00.0000000Z",
+            value_avg=float(rng.normal() * 10.0 ** int(rng.integers(-300, 300))),
+            value_min=float(np.nextafter(0.1, 1.0)),
+        )
+        for m in range(20)
+    ]
+    expected = np.array([[r[c] for c in ("value_avg", "value_min", "value_max", "value_std")] for r in rows])
+    for name, data in _all_serialisations(rows).items():
+        parsed = read_window_file(name, data)
+        assert len(parsed.windows) == 20 and parsed.rejected.empty, name
+        got = parsed.windows[["value_avg", "value_min", "value_max", "value_std"]].to_numpy()
+        assert (got.view(np.int64) == expected.view(np.int64)).all(), name  # the same bits, not merely close
+        assert list(parsed.windows["reading_count"]) == [60] * 20, name
+        assert parsed.windows["window_end"].iloc[3] == pd.Timestamp("2026-11-25T16:03Z"), name
+
+
+def test_format_is_recognised_by_content_not_name():
+    assert sniff(b"PAR1...") == "parquet" and sniff(b"Obj\x01...") == "avro" and sniff(b" \n") == "empty"
+    assert sniff(b'\xef\xbb\xbf{"a": 1}') == "json" and sniff(b"device_id,tag,window_end\n") == "csv"
+    assert sniff(b"hello") == ""
+
+
+def test_parquet_timestamp_beyond_nanoseconds_is_a_rejected_row():
+    table = pa.table(
+        {
+            **{c: pa.array(["d", "d"]) for c in ("device_id", "tag")},
+            "window_end": pa.array([datetime(2500, 1, 1, tzinfo=UTC), datetime(2026, 11, 25, 16, tzinfo=UTC)]),
+            **{c: pa.array([1.0, 1.0]) for c in ("value_avg", "value_min", "value_max", "value_std")},
+            "reading_count": pa.array([3, 3]),
+        }
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    parsed = read_window_file("p.parquet", sink.getvalue())
+    assert len(parsed.windows) == 1 and list(parsed.rejected["reason"]) == ["bad_timestamp"]
+
+
+def test_every_blob_of_a_folder_is_read_empty_or_quarantined(tmp_path):
+    storage = LocalStorage(tmp_path)
+    rows = [_asa_row(window_end=f"2026-11-25T16:{m:02d}:00Z") for m in range(3)]
+    for name, data in _all_serialisations(rows).items():
+        storage.write_bytes("windows", f"2026/11/25/16/{name.rsplit('/', 1)[-1]}", data)
+    storage.write_bytes("windows", "2026/11/25/16/zero.avro", b"")
+    storage.write_bytes("windows", "2026/11/25/16/notes.txt", b"not windows at all")
+    storage.write_bytes("windows", "2026/11/25/16/latin1.json", '{"tag": "caf\xe9"}'.encode("latin-1"))
+    read = read_landed_files(storage, "windows", ["2026/11/25/16"])
+    assert len(read.files) == 13 == len(read.read) + len(read.empty) + len(read.corrupt)
+    assert read.empty == ["2026/11/25/16/zero.avro"]
+    assert sorted(c.reason for c in read.corrupt) == ["not_utf8", "unsupported_format"]
+    assert len(read.windows) == 10 * 3 and read.rejected.empty
 
 
 def test_empty_file_is_no_windows():

@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 
 from sensor_scoring import layout, storage as st
 from sensor_scoring.contracts import (
-    CORRUPT_FILE,
     PREDICTION_SCHEMA,
     QUARANTINE_SCHEMA,
     REASON_COLUMN,
@@ -188,6 +187,7 @@ def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFr
         quarantine_reasons={str(k): int(v) for k, v in Counter(q_rows[REASON_COLUMN]).items()},
         files=files,
         source_folders=run.summary.folders,
+        source_files=run.summary.source_files,
         status="scored" if counts.landed else "empty",
         quarantined_files=bad_files,
         empty_files=validation.empty_files,
@@ -263,7 +263,7 @@ def _quarantine_files(
                 bytes=entry.bytes,
                 sha256=entry.sha256,
                 error=entry.error,
-                reason=CORRUPT_FILE,
+                reason=entry.reason,
                 copy=where,
             )
         )

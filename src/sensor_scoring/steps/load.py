@@ -12,6 +12,7 @@ import pandas as pd
 from sensor_scoring import layout, storage as st
 from sensor_scoring.contracts import (
     QUARANTINE_SCHEMA,
+    READER_REASONS,
     REASON_COLUMN,
     ROW_REASONS,
     SOURCE_COLUMN,
@@ -19,6 +20,7 @@ from sensor_scoring.contracts import (
     HourSummary,
     HourValidation,
     Interval,
+    SourceFiles,
     Subset,
     ValidationReport,
     ValidationThresholdError,
@@ -70,8 +72,10 @@ def load_and_validate(
 
     read = read_owned(hour.storage, hour.containers.windows, hour.start, hour.end, late_folders)
     landed = select_sensors(read.windows, devices, tags)
+    rejected = select_sensors(read.rejected, devices, tags)
     bounds = load_bounds()
-    checked = _validate(landed, hour, bounds)
+    checked = with_rejected(_validate(landed, hour, bounds), rejected)
+    landed = pd.concat([landed, rejected.drop(columns=[REASON_COLUMN])], ignore_index=True) if len(rejected) else landed
     run, staging = layout.Run(hour.run_key), hour.containers.staging
     hour.storage.write_bytes(staging, run.valid, st.parquet_bytes(checked.valid))
     hour.storage.write_bytes(
@@ -102,6 +106,21 @@ def _validate(landed: pd.DataFrame, hour: Hour, bounds: Bounds) -> Checked:
         raise WindowSchemaError(f"{exc} in the windows of {', '.join(files[:5])}{more}") from exc
 
 
+def with_rejected(checked: Checked, rejected: pd.DataFrame) -> Checked:
+    """The suite's split plus the rows the reader rejected (a value not of its type): quarantined with the
+    reader's reason, after the suite's rows. ``duplicate_index`` stays valid: rejected rows come after the
+    landed rows in the frame the counts are taken from."""
+    if not len(rejected):
+        return checked
+    checked.quarantined = pd.concat([checked.quarantined, rejected], ignore_index=True)
+    return checked
+
+
+def source_files(read: LandedFiles) -> SourceFiles:
+    """Every blob of the folders read, accounted for: read, empty or quarantined whole."""
+    return SourceFiles(seen=len(read.files), read=len(read.read), empty=len(read.empty), quarantined=len(read.corrupt))
+
+
 def corrupt_file_hour(name: str, hour: Hour) -> datetime:
     """A corrupt file is listed under its folder's hour if the run owns it, else under the run's last hour
     (a late folder: the file may hold this interval's late windows)."""
@@ -114,7 +133,12 @@ def corrupt_file_hour(name: str, hour: Hour) -> datetime:
 def _corrupt_files(read: LandedFiles, hour: Hour) -> tuple[CorruptFile, ...]:
     def listed(c: UnreadableFile) -> CorruptFile:
         return CorruptFile(
-            file=c.file, bytes=c.bytes, sha256=c.sha256, error=c.error, hour=corrupt_file_hour(c.file, hour)
+            file=c.file,
+            bytes=c.bytes,
+            sha256=c.sha256,
+            error=c.error,
+            hour=corrupt_file_hour(c.file, hour),
+            reason=c.reason,
         )
 
     return tuple(listed(c) for c in read.corrupt)
@@ -157,7 +181,7 @@ def validation_report(
             failing_share=round(share, 6),
             max_quarantine_share=max_quarantine_share,
             threshold_exceeded=share > max_quarantine_share,
-            failing_rows_by_reason={r: reasons[r] for r in ROW_REASONS if reasons[r]},
+            failing_rows_by_reason={r: reasons[r] for r in (*READER_REASONS, *ROW_REASONS) if reasons[r]},
             quarantined_files=tuple(c for c in corrupt if c.hour == h),
             empty_files=tuple(f for f in read.empty if (folder_hour(f) or hour.start) == h),
         )
@@ -204,6 +228,7 @@ def hour_summary(
         validation_report=st.make_uri(hour.containers.staging, layout.Run(hour.run_key).validation_report),
         subset=subset,
         duplicates_by_sensor=duplicates_by_sensor(landed, checked.valid, quarantined),
+        source_files=source_files(read),
     )
 
 
@@ -231,7 +256,7 @@ def _log_loaded(summary: HourSummary, report: ValidationReport, checked: Checked
         ),
     )
     for c in summary.quarantined_files:
-        log.warning("Quarantined corrupt file %s (%d bytes): %s", c.file, c.bytes, c.error)
+        log.warning("Quarantined file %s (%d bytes, %s): %s", c.file, c.bytes, c.reason, c.error)
     for h, r in report.hours.items():
         if not r.landed:
             log.warning(

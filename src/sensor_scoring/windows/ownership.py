@@ -87,4 +87,5 @@ def read_owned(storage: Storage, container: str, start: datetime, end: datetime,
     """Read the folders of [start, end) and ``late_folders`` more, keeping the windows the interval owns."""
     read = read_landed_files(storage, container, folders_for_interval(start, end, late_folders=late_folders))
     read.windows = owned_windows(read.windows, start, end, late_folders)
+    read.rejected = owned_windows(read.rejected, start, end, late_folders)
     return read
