@@ -385,3 +385,17 @@ def test_a_growing_named_batch_replaces_itself_and_other_batches_never_collide(t
     assert len(landed) == 60
     other = land_windows(storage, "windows", _hour_of_windows("2026-11-25T17:00Z", sensors=1))
     assert not set(other) & set(second)
+
+
+def test_columnar_json_reader_and_row_wise_reader_agree():
+    """Clean JSON lines take pyarrow's columnar path; the row-wise reader (used when a value is off) gives the
+    same frame, bit for bit."""
+    from sensor_scoring.windows import formats
+
+    rows = [_asa_row(window_end=f"2026-11-25T16:{m:02d}:00+00:00", value_avg=m / 7) for m in range(30)]
+    text = "\n".join(json.dumps(r) for r in rows)
+    fast = formats._json_lines_columnar(text, "x.json")
+    assert fast is not None and fast.rejected.empty
+    slow = formats.typed(formats._json_columns(text), "x.json")
+    pd.testing.assert_frame_equal(fast.windows, slow.windows)
+    assert formats._json_lines_columnar(text.replace('"reading_count": 60', '"reading_count": "60"'), "x") is None

@@ -38,10 +38,11 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from sensor_scoring.contracts import (
     CORRUPT_FILE,
@@ -52,9 +53,6 @@ from sensor_scoring.contracts import (
     WINDOW_COLUMNS,
 )
 from sensor_scoring.storage import BlobInfo, Storage
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 #: Column -> pandas dtype of a landed window (the columns of ``contracts.WINDOW_SCHEMA``, in its order).
 WINDOW_DTYPES: dict[str, str] = {
@@ -75,6 +73,12 @@ READABLE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".txt", ".csv", ".parquet", "
 DOWNLOAD_CONCURRENCY = 8
 
 _KEYS = ("device_id", "tag")
+#: The types pyarrow's JSON reader must find (window_end is text, parsed by the one timestamp rule here).
+_ARROW_JSON_SCHEMA = pa.schema(
+    [(c, pa.string()) for c in ("device_id", "tag", "window_end")]
+    + [(c, pa.float64()) for c in ("value_avg", "value_min", "value_max", "value_std")]
+    + [("reading_count", pa.int64())]
+)
 _VALUES = ("value_avg", "value_min", "value_max", "value_std")
 _BOM = b"\xef\xbb\xbf"
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})")
@@ -182,6 +186,10 @@ def read_window_file(name: str, data: bytes) -> ParsedFile:
             f"{name}: unsupported format (not JSON lines, a JSON array, CSV with a header, Parquet or Avro)",
             UNSUPPORTED_FORMAT,
         )
+    if kind == "json" and isinstance(source, str):
+        fast = _json_lines_columnar(source, name)
+        if fast is not None:
+            return fast
     try:
         columns = _PARSERS[kind](source)
     except Exception as exc:  # every parser has its own error types; the file name is what matters
@@ -216,6 +224,39 @@ def _json_columns(text: str) -> _Columns:
         raise ValueError("every row must be a JSON object")
     names = list(dict.fromkeys(k for r in records for k in r))
     return {col: [r.get(col) for r in records] for col in names}
+
+
+def _json_lines_columnar(text: str, name: str) -> ParsedFile | None:
+    """JSON lines through pyarrow's reader with the contract's types: columnar, about twice as fast as
+    ``json.loads`` per line, and exact (Arrow parses floats correctly rounded). It refuses a value of another
+    JSON type (a number for a key, a string or boolean for a value, ``3.0`` for a count), so then, and when a
+    column is absent or the text is not JSON lines, None: the row-wise reader decides, row by row."""
+    import pyarrow.json as pj
+
+    if text.lstrip().startswith("["):
+        return None
+    options = pj.ParseOptions(explicit_schema=_ARROW_JSON_SCHEMA, unexpected_field_behavior="ignore")
+    try:
+        table = pj.read_json(io.BytesIO(text.encode()), parse_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    rows = table.num_rows
+    if not rows or any(table.column(col).null_count == rows for col in WINDOW_COLUMNS):
+        return None  # an absent column (a structural error) or an empty file: the row-wise reader names it
+    reasons: list[set[str]] = [set() for _ in range(rows)]
+    counts = table.column("reading_count").to_numpy(zero_copy_only=False).astype("float64")
+    if (np.abs(counts[~np.isnan(counts)]) > 2**53).any():
+        return None
+    frame = pd.DataFrame(
+        {
+            "device_id": pd.array(table.column("device_id").to_pylist(), dtype="string"),
+            "tag": pd.array(table.column("tag").to_pylist(), dtype="string"),
+            "window_end": _timestamps(table.column("window_end").to_pylist(), reasons),
+            **{col: table.column(col).to_numpy(zero_copy_only=False).astype("float64") for col in _VALUES},
+            "reading_count": counts,
+        }
+    )
+    return _split(frame, reasons, name)
 
 
 def _csv_columns(text: str) -> _Columns:
@@ -260,7 +301,6 @@ def _parquet_columns(data: bytes) -> _Columns:
 
 def _arrow_values(column: pa.ChunkedArray) -> Sequence[object]:
     """Python values of an Arrow column; timestamps as pandas Timestamps (to_pylist drops nanoseconds)."""
-    import pyarrow as pa
 
     if pa.types.is_timestamp(column.type):
         return _arrow_timestamps(column)
@@ -270,7 +310,6 @@ def _arrow_values(column: pa.ChunkedArray) -> Sequence[object]:
 
 def _arrow_timestamps(column: pa.ChunkedArray) -> list[object]:
     """Timestamps of any unit as tz-aware pandas Timestamps; one out of nanosecond range becomes a marker."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     unit = column.type.unit
@@ -337,6 +376,12 @@ def typed(columns: _Columns, name: str) -> ParsedFile:
             "reading_count": np.asarray(out["reading_count"], dtype="float64"),
         }
     )
+    return _split(frame, reasons, name)
+
+
+def _split(frame: pd.DataFrame, reasons: list[set[str]], name: str) -> ParsedFile:
+    """The rows without a reason are windows (count int64 when all are whole), the others rejected rows."""
+    rows = len(frame)
     frame[SOURCE_COLUMN] = pd.array([name] * rows, dtype="string")
     joined = [";".join(r for r in READER_ORDER if r in found) for found in reasons]
     bad = np.array([bool(j) for j in joined], dtype=bool) if rows else np.zeros(0, dtype=bool)
