@@ -134,6 +134,16 @@ class DataError(ValueError):
     """The input is wrong, not the infrastructure: retrying cannot help, so the task fails without retries."""
 
 
+class InvalidName(DataError):
+    """A parameter value that is not a name (a path, a control character, ...): refused before any I/O
+    (``sensor_scoring.names``)."""
+
+
+class RegistryError(DataError, LookupError):
+    """The model registry does not hold what the run names (an alias to a missing version, a version without
+    its manifest or index, an index that does not match its manifest): configuration, so no retries."""
+
+
 class ValidationThresholdError(DataError):
     """Too large a share of an hour's windows failed validation; the report and rows are kept in staging."""
 

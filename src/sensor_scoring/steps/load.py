@@ -26,6 +26,7 @@ from sensor_scoring.contracts import (
     ValidationThresholdError,
 )
 from sensor_scoring.layout import HOUR
+from sensor_scoring.names import check_sensor_names
 from sensor_scoring.steps.common import count_by_hour, hour_key, names_storage_outages, quarantine_frame
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.rescoring import duplicates_by_sensor, select_sensors, subset_of
@@ -70,6 +71,7 @@ def load_and_validate(
     """
     from sensor_scoring.validation.expectations import load_bounds
 
+    devices, tags = check_sensor_names(devices, "devices"), check_sensor_names(tags, "tags")
     read = read_owned(hour.storage, hour.containers.windows, hour.start, hour.end, late_folders)
     landed = select_sensors(read.windows, devices, tags)
     rejected = select_sensors(read.rejected, devices, tags)

@@ -11,7 +11,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sensor_scoring.storage.base import BlobInfo
+from sensor_scoring.storage.base import BlobInfo, UnsafePathError, safe_path
 
 
 class LocalStorage:
@@ -21,9 +21,11 @@ class LocalStorage:
         self.root = Path(root)
 
     def _path(self, container: str, path: str) -> Path:
-        full = (self.root / container / path).resolve()
-        if not str(full).startswith(str(self.root.resolve())):
-            raise ValueError(f"path {path!r} escapes the storage root")
+        safe_path(container, path)
+        base = (self.root / container).resolve()
+        full = (base / path).resolve()
+        if not full.is_relative_to(base):  # a symlink inside the root that points out of it
+            raise UnsafePathError(f"path {path!r} escapes container {container!r} of {self.root}")
         return full
 
     def read_bytes(self, container: str, path: str) -> bytes:
@@ -54,6 +56,7 @@ class LocalStorage:
             raise
 
     def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
+        safe_path(container, prefix, prefix=True)
         base = self.root / container
         start = base / prefix.rsplit("/", 1)[0] if "/" in prefix else base  # walk only below the prefix's folder
         if not start.is_dir():
