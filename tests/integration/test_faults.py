@@ -33,7 +33,15 @@ from dev.azurite import Azurite
 from sensor_scoring import layout, models, settings as config, storage as st
 from sensor_scoring.backends import ShardFailed, shard_command
 from sensor_scoring.backends.local import LocalBackend
-from sensor_scoring.contracts import AccountingError, ShardResult, StorageUnavailable, ValidationThresholdError
+from sensor_scoring.contracts import (
+    AccountingError,
+    DataError,
+    InvalidName,
+    RegistryError,
+    ShardResult,
+    StorageUnavailable,
+    ValidationThresholdError,
+)
 from sensor_scoring.steps.commit import commit
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
@@ -639,6 +647,92 @@ def _sensors_of_pack(env: Env, number: int) -> set[tuple[str, str]]:
     index = models.read_index(env.blob, env.containers.models, "v1")
     rows = index[index["pack"] == f"pack-{number:05d}.npz"]
     return set(zip(rows["device_id"], rows["tag"]))
+
+
+def _alias_to_missing_version(env: Env) -> str:
+    env.blob.write_bytes(env.containers.models, "aliases/broken.json", json.dumps({"version": "v9"}).encode())
+    return "broken"
+
+
+def _version_without_manifest(env: Env) -> str:
+    index = env.blob.read_bytes(env.containers.models, "versions/v1/models.parquet")
+    env.blob.write_bytes(env.containers.models, "versions/v2/models.parquet", index)  # an interrupted register
+    return "v2"
+
+
+def _version_without_index(env: Env) -> str:
+    manifest = env.blob.read_bytes(env.containers.models, "versions/v1/manifest.json")
+    env.blob.write_bytes(env.containers.models, "versions/v3/manifest.json", manifest)
+    return "v3"
+
+
+def _index_not_matching_manifest(env: Env) -> str:
+    frame = models.read_index(env.blob, env.containers.models, "v1")
+    frame.loc[0, "sha256"] = "f" * 64
+    env.blob.write_bytes(env.containers.models, "versions/v1/models.parquet", st.parquet_bytes(frame))
+    return "production"
+
+
+REGISTRY_FAULTS = [
+    pytest.param(
+        _alias_to_missing_version,
+        r"model alias 'broken' points at version 'v9', which has no manifest in container '[^']+'; "
+        r"existing versions: v1\. Point the alias at an existing version",
+        id="alias-to-missing-version",
+    ),
+    pytest.param(
+        _version_without_manifest,
+        r"no model alias or version named 'v2' in container '[^']+' \(existing versions: v1\)",
+        id="version-without-manifest",
+    ),
+    pytest.param(
+        _version_without_index,
+        r"model version 'v3' has a manifest but no index \(models\.parquet\) .*; existing versions: v1, v3",
+        id="version-without-index",
+    ),
+    pytest.param(
+        _index_not_matching_manifest,
+        r"model index of version 'v1' does not match its manifest hash; existing versions: v1",
+        id="index-not-matching-manifest",
+    ),
+    pytest.param(lambda env: "../versions/v1", r"model_version '\.\./versions/v1' is not a name", id="path-version"),
+    pytest.param(lambda env: "v1/", r"model_version 'v1/' is not a name", id="trailing-slash-version"),
+]
+
+
+@pytest.mark.parametrize("make,message", REGISTRY_FAULTS)
+def test_registry_fault_fails_at_once_naming_alias_version_and_existing_versions(env, make, message, monkeypatch):
+    """A configuration error, not a transient one: one attempt, a DataError (no task retries), a clear message."""
+    name = make(env)
+    hour = env.hour()
+    load_and_validate(hour)
+    reads: list[str] = []
+    original = env.blob.read_bytes
+    monkeypatch.setattr(env.blob, "read_bytes", lambda c, p: reads.append(p) or original(c, p))
+    with pytest.raises(RegistryError, match=message) as caught:
+        plan_shards(hour, model_version=name, sensors_per_shard=2)
+    assert isinstance(caught.value, DataError) and isinstance(caught.value, LookupError)
+    assert len(reads) == len(set(reads))  # nothing read twice: no retry loop
+    assert not env.blob.list(env.containers.predictions)
+
+
+@pytest.mark.parametrize("field", ["devices", "tags"])
+@pytest.mark.parametrize("value", ["../dev-0000", "dev/0000", "dev\x00", ".."])
+def test_path_like_device_or_tag_is_refused_before_reading(env, field, value):
+    with pytest.raises(InvalidName, match=f"{field} .* is not a name"):
+        load_and_validate(env.hour(), **{field: [value]})
+    assert not env.blob.list(env.containers.staging)
+
+
+@pytest.mark.airflow
+@pytest.mark.parametrize("value", ["../versions/v1", "v1/", "a..b", "v1\u0007"])
+def test_params_schema_refuses_path_like_names(sensor_dag, value):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    for field, given in [("model_version", value), ("devices", [value]), ("tags", [value])]:
+        with pytest.raises(ParamValidationError):
+            sensor_dag.params.get_param(field).resolve(given)
+    assert sensor_dag.params.get_param("model_version").resolve("v1.2-rc_3") == "v1.2-rc_3"
 
 
 def test_tampered_model_quarantines_only_its_sensor(env):
