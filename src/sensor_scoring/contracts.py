@@ -144,6 +144,11 @@ class RegistryError(DataError, LookupError):
     its manifest or index, an index that does not match its manifest): configuration, so no retries."""
 
 
+class SupersededError(DataError):
+    """Another run committed the hour after this run read it: this run's view is older, so it commits nothing
+    for the hour (the other run's partition stays; the landed windows are all still there to re-run)."""
+
+
 class ValidationThresholdError(DataError):
     """Too large a share of an hour's windows failed validation; the report and rows are kept in staging."""
 
@@ -304,6 +309,9 @@ class HourSummary(Record):
     duplicates_by_sensor: dict[str, tuple[SensorDuplicates, ...]]
     #: What became of every blob in the folders read.
     source_files: SourceFiles | None = None
+    #: Per ISO hour, the generation of the hour's committed manifest when the run began reading ("" when none):
+    #: commit is conditional on it (``steps.fence``), so a run that read an older state never overwrites a newer one.
+    generations: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 # --- plan_shards and score_shard ---------------------------------------------------------------------------------

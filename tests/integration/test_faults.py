@@ -9,6 +9,7 @@ The table of cases is in docs/faults.md.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -40,6 +41,7 @@ from sensor_scoring.contracts import (
     RegistryError,
     ShardResult,
     StorageUnavailable,
+    SupersededError,
     ValidationThresholdError,
 )
 from sensor_scoring.steps.commit import commit
@@ -469,6 +471,79 @@ def test_window_later_than_late_folders_is_kept_by_the_hour_that_found_it(env):
     _, quarantine = assert_accounting(env, found, landed=1, hour=HOUR + 2 * H)
     assert list(quarantine["reason"]) == ["window_outside_interval"]  # quarantined, not lost
     assert run_hour(env, "run-3", late_folders=2)["counts"]["scored"] == BASE + 1  # a wider re-run scores it
+
+
+def test_stale_run_cannot_overwrite_a_newer_commit_superseded_by_the_other_run(env):
+    """Run A reads the hour; late windows land; run B reads, scores and commits; then A commits: A fails with
+    "superseded by run run-B" and B's partition, with the late windows, stays."""
+    hour_a = env.hour("run-A")
+    summary_a = load_and_validate(hour_a)
+    shards_a = plan_shards(hour_a, model_version="production", sensors_per_shard=2)
+    results_a = [score_shard(env.blob, s.spec_uri) for s in shards_a]
+    env.land("0_late_1.json", jsonl(*(window_row(env, minute=m) for m in (57, 58))), folder=NEXT_FOLDER)
+    manifest_b = run_hour(env, "run-B")
+    assert manifest_b["counts"]["landed"] == BASE + 2
+    with pytest.raises(SupersededError, match=r"superseded by run run-B \(committed at .*\), which committed it"):
+        commit(hour_a, summary_a, results_a)
+    predictions, _ = assert_accounting(env, manifest_b, landed=BASE + 2)  # B's partition, whole and untouched
+    assert set(predictions["run_id"]) == {"run-B"}
+    rerun = run_hour(env, "run-C")  # nothing lost: a re-run scores everything that landed
+    assert rerun["counts"]["scored"] == BASE + 2
+
+
+def test_retried_commit_of_the_same_run_is_not_a_conflict(env):
+    hour = env.hour("run-1")
+    summary = load_and_validate(hour)
+    results = [
+        score_shard(env.blob, s.spec_uri) for s in plan_shards(hour, model_version="production", sensors_per_shard=2)
+    ]
+    first = commit(hour, summary, results)
+    # a retry after the first try committed (the staging is gone, so re-stage the same run's outputs)
+    summary = load_and_validate(hour)
+    results = [
+        score_shard(env.blob, s.spec_uri) for s in plan_shards(hour, model_version="production", sensors_per_shard=2)
+    ]
+    assert commit(hour, dataclasses.replace(summary, generations={}), results)[0].counts == first[0].counts
+
+
+def test_two_runs_racing_on_one_hour_leave_the_winner_whole(env):
+    """Both runs read the same generation and commit at the same moment: the manifest write is conditional, so
+    exactly one wins and the other fails superseded; the partition is the winner's."""
+    staged = []
+    for run_id in ("run-X", "run-Y"):
+        hour = env.hour(run_id)
+        summary = load_and_validate(hour)
+        staged.append(
+            (
+                hour,
+                summary,
+                [
+                    score_shard(env.blob, s.spec_uri)
+                    for s in plan_shards(hour, model_version="production", sensors_per_shard=2)
+                ],
+            )
+        )
+    outcomes: dict[str, str] = {}
+    barrier = threading.Barrier(2)
+
+    def race(hour, summary, results) -> None:
+        barrier.wait()
+        try:
+            commit(hour, summary, results)
+            outcomes[hour.run_id] = "committed"
+        except SupersededError as exc:
+            outcomes[hour.run_id] = str(exc)
+
+    threads = [threading.Thread(target=race, args=args) for args in staged]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    winners = [r for r, o in outcomes.items() if o == "committed"]
+    assert len(winners) == 1 and len(outcomes) == 2
+    [loser] = set(outcomes) - set(winners)
+    assert f"superseded by run {winners[0]}" in outcomes[loser]
+    _, manifest = partition(env, env.containers.predictions)
+    assert manifest["run_id"] == winners[0]
+    assert_accounting(env, manifest, landed=BASE)
 
 
 # --- 6. Faults in the machinery: killed shard, commit, storage outage. ---

@@ -40,6 +40,7 @@ from sensor_scoring.contracts import (
     ValidationSummary,
 )
 from sensor_scoring.steps.common import names_storage_outages
+from sensor_scoring.steps.fence import check_fence, write_fenced_manifest
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.rescoring import Kept, keep_unrescored, model_versions, rescoring_history
 from sensor_scoring.storage import Storage
@@ -152,6 +153,7 @@ def _write_predictions(
 def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFrame, kept: Kept | None) -> Manifest:
     """Upload one hour's two partitions, its corrupt files and validation report, then its manifest."""
     hour, storage, containers, part = run.hour, run.hour.storage, run.hour.containers, layout.Partition(h)
+    generation = check_fence(hour, run.summary, h)  # before anything of the hour is written
     if kept is not None:
         q_rows = pd.concat([kept.quarantine, q_rows], ignore_index=True)
     validation = run.report.hour(h)
@@ -215,7 +217,7 @@ def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFr
         ),
     )
     body = manifest.to_json(indent=2)
-    storage.write_bytes(containers.predictions, part.manifest, body)
+    write_fenced_manifest(hour, h, body, generation)
     storage.write_bytes(containers.quarantine, part.manifest, body)
     _log_committed(part, manifest)
     return manifest

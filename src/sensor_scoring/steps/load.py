@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from datetime import datetime
@@ -28,6 +29,7 @@ from sensor_scoring.contracts import (
 from sensor_scoring.layout import HOUR
 from sensor_scoring.names import check_sensor_names
 from sensor_scoring.steps.common import count_by_hour, hour_key, names_storage_outages, quarantine_frame
+from sensor_scoring.steps.fence import read_generations
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.rescoring import duplicates_by_sensor, select_sensors, subset_of
 from sensor_scoring.validation import Checked, check_windows
@@ -72,6 +74,7 @@ def load_and_validate(
     from sensor_scoring.validation.expectations import load_bounds
 
     devices, tags = check_sensor_names(devices, "devices"), check_sensor_names(tags, "tags")
+    generations = read_generations(hour)  # before any window is read: what commit is fenced on
     read = read_owned(hour.storage, hour.containers.windows, hour.start, hour.end, late_folders)
     landed = select_sensors(read.windows, devices, tags)
     rejected = select_sensors(read.rejected, devices, tags)
@@ -89,6 +92,7 @@ def load_and_validate(
     report = validation_report(hour, landed, checked, read, bounds.as_dict(), share)
     hour.storage.write_bytes(staging, run.validation_report, report.to_json(indent=2))
     summary = hour_summary(hour, landed, checked, read, report, share, subset_of(devices, tags))
+    summary = dataclasses.replace(summary, generations=generations)
     _log_loaded(summary, report, checked)
     refuse_above_threshold(
         report, share, report_uri=summary.validation_report, failing_uri=st.make_uri(staging, run.validation_quarantine)

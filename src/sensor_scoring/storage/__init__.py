@@ -19,6 +19,7 @@ from sensor_scoring import settings as config
 from sensor_scoring.storage.base import (
     URI_SCHEME,
     BlobInfo,
+    GenerationMismatch,
     Storage,
     UnsafePathError,
     make_uri,
@@ -40,6 +41,7 @@ __all__ = [
     "URI_SCHEME",
     "BlobInfo",
     "BlobStorage",
+    "GenerationMismatch",
     "LocalStorage",
     "SasStorage",
     "Storage",

@@ -45,6 +45,19 @@ class Storage(Protocol):
 
     def describe(self) -> str: ...
 
+    def generation(self, container: str, path: str) -> str | None:
+        """An opaque token that changes whenever the blob is written (its ETag); None if it does not exist."""
+        ...
+
+    def write_bytes_if(self, container: str, path: str, data: bytes, generation: str | None) -> None:
+        """Write only if the blob is still at ``generation`` (None: only if it does not exist), atomically with
+        the check; else ``GenerationMismatch``. What fences a commit against a run that committed in between."""
+        ...
+
+
+class GenerationMismatch(RuntimeError):
+    """A conditional write found the blob at another generation than the one the writer read."""
+
 
 class UnsafePathError(ValueError):
     """A container or blob name that could resolve outside its container (``..``, a leading ``/``, ...)."""

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from sensor_scoring.storage.base import BlobInfo, make_uri, safe_path
-from sensor_scoring.storage.blob import retry_policy, retry_settings
+from sensor_scoring.storage.blob import blob_generation, conditional_upload, retry_policy, retry_settings
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -96,6 +96,14 @@ class SasStorage:
         for start in range(0, len(names), 256):
             self._client(container).delete_blobs(*names[start : start + 256])
         return len(names)
+
+    def generation(self, container: str, path: str) -> str | None:
+        safe_path(container, path)
+        return blob_generation(self._client(container).get_blob_client(path))
+
+    def write_bytes_if(self, container: str, path: str, data: bytes, generation: str | None) -> None:
+        safe_path(container, path)
+        conditional_upload(self._client(container).get_blob_client(path), data, generation, make_uri(container, path))
 
     def describe(self) -> str:  # the URLs without their signatures
         return "SAS access to " + ", ".join(f"{c.url.split('?', 1)[0]}" for c in self._clients.values())

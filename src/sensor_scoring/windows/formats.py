@@ -69,8 +69,10 @@ WINDOW_DTYPES: dict[str, str] = {
 SCHEMA_HASH = str(int(hashlib.sha256(",".join(WINDOW_COLUMNS).encode()).hexdigest()[:8], 16))
 #: Names whose serialisation is obvious; kept for callers that land files. Reading goes by content.
 READABLE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".txt", ".csv", ".parquet", ".avro")
-#: Concurrent downloads of one hour's blobs: small files are latency-bound, 8 in flight keeps 2 cores busy.
-DOWNLOAD_CONCURRENCY = 8
+#: Concurrent listings and downloads of one hour's blobs: small files are latency-bound, 8 in flight keep
+#: 2 cores busy (bench/bench_many_files.py); bounded, so an hour of 5,000 files never opens 5,000 connections.
+DOWNLOAD_CONCURRENCY_DEFAULT = 8
+DOWNLOAD_CONCURRENCY = DOWNLOAD_CONCURRENCY_DEFAULT
 
 _KEYS = ("device_id", "tag")
 #: The types pyarrow's JSON reader must find (window_end is text, parsed by the one timestamp rule here).
