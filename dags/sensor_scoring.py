@@ -186,7 +186,8 @@ with ScoringDAG(
             minimum=0,
             maximum=24,
             title="Late folders",
-            description="Hour folders after the interval also searched for late windows.",
+            description="Hour folders after the interval also searched for late windows (at least "
+            "LATE_HORIZON are always read; a window's owner never depends on this value).",
         ),
         "settle_minutes": Param(
             5,

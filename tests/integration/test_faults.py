@@ -463,14 +463,27 @@ def test_late_windows_are_picked_up_by_a_rerun(env):
     assert second["counts"]["scored"] == BASE + 2 and set(predictions["run_id"]) == {"run-2"}
 
 
-def test_window_later_than_late_folders_is_kept_by_the_hour_that_found_it(env):
+def test_window_beyond_the_late_horizon_is_owned_by_the_hour_that_found_it_whatever_late_folders(env):
+    """Ownership by the window alone: a window two folders late (LATE_HORIZON is 1) belongs to the folder's hour,
+    quarantined there, and a re-run of its own hour with a larger late_folders does not take it a second time."""
     far = f"{HOUR + 2 * H:%Y/%m/%d/%H}/"
     env.land("0_late_1.json", jsonl(window_row(env, minute=40)), folder=far)
-    assert run_hour(env, "run-1", late_folders=1)["counts"]["landed"] == BASE  # not seen: beyond one late folder
-    found = run_hour(env, "run-2", late_folders=1, start=HOUR + 2 * H, max_share=1.0)
+    assert run_hour(env, "run-1", late_folders=1)["counts"]["landed"] == BASE
+    found = run_hour(env, "run-2", late_folders=0, start=HOUR + 2 * H, max_share=1.0)
     _, quarantine = assert_accounting(env, found, landed=1, hour=HOUR + 2 * H)
     assert list(quarantine["reason"]) == ["window_outside_interval"]  # quarantined, not lost
-    assert run_hour(env, "run-3", late_folders=2)["counts"]["scored"] == BASE + 1  # a wider re-run scores it
+    wider = run_hour(env, "run-3", late_folders=3)  # reads the far folder too: changes no owner
+    assert wider["counts"]["landed"] == BASE and len(wider["source_folders"]) == 4
+
+
+def test_late_windows_of_an_hour_run_with_late_folders_0_are_still_its_own(env):
+    """late_folders 0 on one hour and the default on the next: the first hour's late windows are in its own
+    partition, and not in the next hour's."""
+    env.land("0_late_1.json", jsonl(*(window_row(env, minute=m) for m in (57, 58))), folder=NEXT_FOLDER)
+    first = run_hour(env, "run-1", late_folders=0)
+    assert first["counts"]["scored"] == BASE + 2  # every run reads LATE_HORIZON folders at least
+    nxt = run_hour(env, "run-2", start=HOUR + H, max_share=1.0)
+    assert nxt["counts"]["landed"] == 0
 
 
 def test_stale_run_cannot_overwrite_a_newer_commit_superseded_by_the_other_run(env):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -161,7 +161,7 @@ def test_read_owned_reads_own_and_late_folders_and_keeps_the_strays_of_its_own(t
 
     land("2026/11/25/16", "2026-11-25T16:10Z", "2026-11-25T15:59Z", "2026-11-25T12:00Z")  # own, previous', a stray
     land("2026/11/25/17", "2026-11-25T16:59Z", "2026-11-25T17:10Z")  # own (late), the next hour's
-    land("2026/11/25/18", "2026-11-25T16:58Z")  # too late for late_folders=1: never read
+    land("2026/11/25/18", "2026-11-25T16:58Z")  # beyond LATE_HORIZON (1): a stray of the 18:00 folder
     start, end = datetime(2026, 11, 25, 16, tzinfo=UTC), datetime(2026, 11, 25, 17, tzinfo=UTC)
     read = read_owned(storage, "windows", start, end, late_folders=1)
     assert read.folders == ["2026/11/25/16", "2026/11/25/17"] and len(read.files) == 2
@@ -171,7 +171,47 @@ def test_read_owned_reads_own_and_late_folders_and_keeps_the_strays_of_its_own(t
         "2026-11-25 16:59:00+00:00",
     ]
     wider = read_owned(storage, "windows", start, end, late_folders=2)
-    assert len(wider.windows) == 4  # the 18:00 folder's window joins; the stray stays a stray
+    assert len(wider.files) == 3 and len(wider.windows) == 3  # more folders read, no owner changed
+    narrower = read_owned(storage, "windows", start, end, late_folders=0)
+    assert narrower.folders == read.folders and len(narrower.windows) == 3  # never fewer than LATE_HORIZON
+    eighteen = read_owned(storage, "windows", end + timedelta(hours=1), end + timedelta(hours=2), late_folders=0)
+    assert list(eighteen.windows["window_end"].astype(str)) == ["2026-11-25 16:58:00+00:00"]  # its owner
+
+
+def test_every_landed_window_has_one_owner_whatever_late_folders_and_run_order():
+    """Property over seeded random landings and run sequences (hours run, re-run and backfilled in any order,
+    each with its own late_folders 0-3): after every hour has run at least once, each landed window is in
+    exactly one hour's last result."""
+    rng = np.random.default_rng(20261202)
+    base = datetime(2026, 11, 25, 0, tzinfo=UTC)
+    hours = [base + timedelta(hours=h) for h in range(8)]
+    for trial in range(12):
+        n = 200
+        own = rng.integers(0, 8, n)
+        lateness = rng.choice([-2, -1, 0, 0, 0, 1, 1, 2, 3, 30], n)  # early, on time, late, very late, strays
+        folder = np.clip(own + lateness, 0, 7)
+        ends = [base + timedelta(hours=int(h), minutes=int(m)) for h, m in zip(own, rng.integers(0, 60, n))]
+        windows = pd.DataFrame(
+            {
+                "window_id": range(n),
+                "window_end": pd.to_datetime(ends, utc=True),
+                SOURCE_COLUMN: [
+                    f"{base + timedelta(hours=int(f)):%Y/%m/%d/%H}/0_{i}_1.json" for i, f in enumerate(folder)
+                ],
+            }
+        )
+        windows.loc[rng.random(n) < 0.05, "window_end"] = pd.NaT  # no window_end: a stray of its folder
+        last: dict[datetime, set[int]] = {}
+        order = list(rng.permutation(8)) + list(rng.integers(0, 8, 12))  # every hour once, then re-runs
+        for h in order:
+            start, late = hours[int(h)], int(rng.integers(0, 4))
+            folders = folders_for_interval(start, start + timedelta(hours=1), late_folders=max(late, 1))
+            seen = windows[windows[SOURCE_COLUMN].str[:13].isin(folders)]  # what this run reads
+            last[start] = set(owned_windows(seen, start, start + timedelta(hours=1), late)["window_id"])
+        owners = [h for h, ids in last.items() for _ in ids]
+        everything = [i for ids in last.values() for i in ids]
+        assert sorted(everything) == list(range(n)), f"trial {trial}: a window in no or in two hours"
+        assert len(owners) == n
 
 
 def _serialised(windows: pd.DataFrame) -> dict[str, bytes]:

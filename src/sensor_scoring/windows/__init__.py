@@ -40,17 +40,21 @@ from sensor_scoring.windows.formats import (
 )
 from sensor_scoring.windows.ownership import (
     HOUR,
+    LATE_HORIZON,
     folder_for,
     folder_hour,
     folders_for_interval,
     hour_floor,
     owned_windows,
+    owner_hours,
     partition_hours,
     read_owned,
+    strays,
 )
 
 __all__ = [
     "HOUR",
+    "LATE_HORIZON",
     "READABLE_SUFFIXES",
     "SCHEMA_HASH",
     "SOURCE_COLUMN",
@@ -75,6 +79,7 @@ __all__ = [
     "hour_floor",
     "land_windows",
     "owned_windows",
+    "owner_hours",
     "parse_window_file",
     "partition_hours",
     "read_landed",
@@ -82,6 +87,7 @@ __all__ = [
     "read_owned",
     "read_window_file",
     "sniff",
+    "strays",
     "to_asa_json_lines",
 ]
 
