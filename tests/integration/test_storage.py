@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from dev.azurite import KEY
@@ -152,34 +154,34 @@ def test_directory_symlink_out_of_the_root_is_refused(tmp_path):
 
 def test_conditional_write_checks_the_generation_it_read(any_storage):
     """The fence of commit: If-Match on the ETag (Azurite), a lock and the content's hash (directory)."""
-    s = any_storage
-    assert s.generation("box", "m.json") is None
-    s.write_bytes_if("box", "m.json", b"first", None)  # only if absent
+    s, name = any_storage, f"m-{uuid.uuid4().hex}.json"  # the Azurite is shared by the session's tests
+    assert s.generation("box", name) is None
+    s.write_bytes_if("box", name, b"first", None)  # only if absent
     with pytest.raises(st.GenerationMismatch):
-        s.write_bytes_if("box", "m.json", b"again", None)
-    first = s.generation("box", "m.json")
+        s.write_bytes_if("box", name, b"again", None)
+    first = s.generation("box", name)
     assert first
-    s.write_bytes_if("box", "m.json", b"second", first)
-    second = s.generation("box", "m.json")
+    s.write_bytes_if("box", name, b"second", first)
+    second = s.generation("box", name)
     assert second and second != first
     with pytest.raises(st.GenerationMismatch):
-        s.write_bytes_if("box", "m.json", b"stale", first)  # a writer that read the first version loses
-    assert s.read_bytes("box", "m.json") == b"second"
-    assert [b.name for b in s.list("box")] == ["m.json"]  # no lock or temporary file is listed
+        s.write_bytes_if("box", name, b"stale", first)  # a writer that read the first version loses
+    assert s.read_bytes("box", name) == b"second"
+    assert [b.name for b in s.list("box", name)] == [name]  # no lock or temporary file is listed
 
 
 def test_racing_conditional_writes_have_exactly_one_winner(any_storage):
     import threading
 
-    s = any_storage
-    s.write_bytes("box", "m.json", b"base")
-    read = s.generation("box", "m.json")
+    s, name = any_storage, f"m-{uuid.uuid4().hex}.json"
+    s.write_bytes("box", name, b"base")
+    read = s.generation("box", name)
     barrier, won, lost = threading.Barrier(8), [], []
 
     def write(n: int) -> None:
         barrier.wait()
         try:
-            s.write_bytes_if("box", "m.json", f"writer {n}".encode(), read)
+            s.write_bytes_if("box", name, f"writer {n}".encode(), read)
             won.append(n)
         except st.GenerationMismatch:
             lost.append(n)
@@ -188,4 +190,4 @@ def test_racing_conditional_writes_have_exactly_one_winner(any_storage):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert len(won) == 1 and len(lost) == 7
-    assert s.read_bytes("box", "m.json") == f"writer {won[0]}".encode()
+    assert s.read_bytes("box", name) == f"writer {won[0]}".encode()
