@@ -439,3 +439,27 @@ def test_columnar_json_reader_and_row_wise_reader_agree():
     slow = formats.typed(formats._json_columns(text), "x.json")
     pd.testing.assert_frame_equal(fast.windows, slow.windows)
     assert formats._json_lines_columnar(text.replace('"reading_count": 60', '"reading_count": "60"'), "x") is None
+
+
+def test_many_small_json_lines_files_are_read_together_exactly_as_each_alone(tmp_path):
+    """The one-parse read of many clean files gives what reading each file gives; one dirty file makes every
+    file be read alone, so its rows are judged row by row and the others are unchanged."""
+    storage = LocalStorage(tmp_path)
+    rows = [_asa_row(window_end=f"2026-11-25T16:{m:02d}:00Z", value_avg=m / 3) for m in range(12)]
+    for m, row in enumerate(rows):
+        storage.write_bytes("windows", f"2026/11/25/16/0_{m:02d}_1.json", (json.dumps(row) + "\n").encode())
+    together = read_landed_files(storage, "windows", ["2026/11/25/16"])
+    alone = pd.concat(
+        [parse_window_file(b.name, storage.read_bytes("windows", b.name)) for b in storage.list("windows")],
+        ignore_index=True,
+    )
+    key = ["window_end"]
+    pd.testing.assert_frame_equal(
+        together.windows.sort_values(key).reset_index(drop=True), alone.sort_values(key).reset_index(drop=True)
+    )
+    storage.write_bytes("windows", "2026/11/25/16/0_99_1.json", (json.dumps(_asa_row(value_avg="3")) + "\n").encode())
+    dirty = read_landed_files(storage, "windows", ["2026/11/25/16"])
+    assert len(dirty.windows) == 12 and list(dirty.rejected["reason"]) == ["wrong_type"]
+    storage.write_bytes("windows", "2026/11/25/16/0_98_1.json", b'{"device_id": "d", "tag": "t"}\n')
+    with pytest.raises(WindowFileError, match="0_98_1.json: missing required column"):
+        read_landed_files(storage, "windows", ["2026/11/25/16"])
