@@ -17,6 +17,7 @@ from airflow.sdk import (
 )
 
 from sensor_scoring import settings as config
+from sensor_scoring.names import SENSOR_NAME_PATTERN, VERSION_PATTERN
 from sensor_scoring_airflow.alerts import EmptyRunNotifier, ScoringAlertNotifier
 from sensor_scoring_airflow.dag import ScoringDAG
 from sensor_scoring_airflow.operators import ScoreShardOperator
@@ -34,7 +35,8 @@ RETRIES = SETTINGS.task_retries
 RETRY_DELAY = timedelta(seconds=SETTINGS.retry_delay_s)
 DEADLINE_MINUTES = SETTINGS.deadline_minutes  # 0 turns the deadline alert off
 START_DATE = SETTINGS.start_date  # the first hour scored
-SUBSET_ITEMS = {"type": "string", "minLength": 1}
+# names, never paths: the patterns of sensor_scoring.names (the package checks them again)
+SUBSET_ITEMS = {"type": "string", "minLength": 1, "pattern": SENSOR_NAME_PATTERN}
 HOUR_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:00(:00(\.0+)?)?(Z|[+-]\d{2}:?00)?$"
 
 DOC = """
@@ -142,6 +144,7 @@ with ScoringDAG(
             "production",
             type="string",
             minLength=1,
+            pattern=VERSION_PATTERN,
             title="Model version",
             description="A model version or alias; the hourly runs use the production alias.",
         ),
@@ -186,7 +189,8 @@ with ScoringDAG(
             minimum=0,
             maximum=24,
             title="Late folders",
-            description="Hour folders after the interval also searched for late windows.",
+            description="Hour folders after the interval also searched for late windows (at least "
+            "LATE_HORIZON are always read; a window's owner never depends on this value).",
         ),
         "settle_minutes": Param(
             5,

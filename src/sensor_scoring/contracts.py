@@ -107,8 +107,24 @@ MODEL_REASONS: dict[str, str] = {
     "model_unreadable": "the model pack is not a plain-array pack",
     "model_hash_mismatch": "the model's arrays do not match the hash in the version's index",
 }
+#: Row-level reasons of the window reader (``windows.formats``): the value cannot be taken as its contract type.
+#: A row rejected by the reader is quarantined with these reasons only (it never reaches the suite).
+READER_REASONS: dict[str, str] = {
+    "wrong_type": "a value is not of its contract type: a key that is not a string, a value or count that is "
+    "a string or a boolean, a count beyond 2**53, a window_end that is neither text nor a timestamp",
+    "bad_timestamp": "window_end is not ISO 8601 with Z or an offset, not a real date, or outside 1677-2262",
+    "window_not_on_minute": "window_end has seconds or a fraction: a 1-minute window ends on the minute",
+}
 #: The reason of a window file quarantined whole (listed in the manifest, not a quarantine row).
 CORRUPT_FILE = "corrupt_file"
+NOT_UTF8 = "not_utf8"
+UNSUPPORTED_FORMAT = "unsupported_format"
+#: Every reason a landed file is quarantined whole for (``QuarantinedFile.reason``).
+FILE_REASONS: dict[str, str] = {
+    CORRUPT_FILE: "the file is not valid in its serialisation (truncated, garbage)",
+    NOT_UTF8: "a text file (no Parquet or Avro magic bytes) that is not UTF-8",
+    UNSUPPORTED_FORMAT: "UTF-8 text that is neither JSON (lines or an array) nor CSV with the contract's header",
+}
 #: The reason of a window whose shard failed after its last retry, in an hour committed as ``partial``
 #: (DAG param ``max_failed_shard_share``); clearing the shard or re-running the hour scores it.
 SHARD_FAILED = "shard_failed"
@@ -119,6 +135,21 @@ SHARD_FAILED = "shard_failed"
 
 class DataError(ValueError):
     """The input is wrong, not the infrastructure: retrying cannot help, so the task fails without retries."""
+
+
+class InvalidName(DataError):
+    """A parameter value that is not a name (a path, a control character, ...): refused before any I/O
+    (``sensor_scoring.names``)."""
+
+
+class RegistryError(DataError, LookupError):
+    """The model registry does not hold what the run names (an alias to a missing version, a version without
+    its manifest or index, an index that does not match its manifest): configuration, so no retries."""
+
+
+class SupersededError(DataError):
+    """Another run committed the hour after this run read it: this run's view is older, so it commits nothing
+    for the hour (the other run's partition stays; the landed windows are all still there to re-run)."""
 
 
 class ValidationThresholdError(DataError):
@@ -174,6 +205,19 @@ class CorruptFile(Record):
     sha256: str
     error: str
     hour: datetime
+    #: Why it was set aside: a key of ``FILE_REASONS``.
+    reason: str = CORRUPT_FILE
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceFiles(Record):
+    """Every blob of the folders a run read: ``seen = read + empty + quarantined`` (nothing is skipped by name)."""
+
+    KIND = "source files"
+    seen: int
+    read: int
+    empty: int
+    quarantined: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +310,11 @@ class HourSummary(Record):
     subset: Subset | None
     #: Per ISO hour, the duplicates collapsed for each sensor (hours without any are left out).
     duplicates_by_sensor: dict[str, tuple[SensorDuplicates, ...]]
+    #: What became of every blob in the folders read.
+    source_files: SourceFiles | None = None
+    #: Per ISO hour, the generation of the hour's committed manifest when the run began reading ("" when none):
+    #: commit is conditional on it (``steps.fence``), so a run that read an older state never overwrites a newer one.
+    generations: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 # --- plan_shards and score_shard ---------------------------------------------------------------------------------
@@ -478,3 +527,5 @@ class Manifest(Record):
     duplicates_by_sensor: tuple[SensorDuplicates, ...]
     #: The shards that failed after their last retry (status ``partial``); their windows are ``shard_failed``.
     failed_shards: tuple[FailedShard, ...] = ()
+    #: What became of every blob in the folders the run that wrote it read (None in manifests written before).
+    source_files: SourceFiles | None = None

@@ -67,7 +67,7 @@ def test_failed_run_emails_and_posts_task_and_run_alerts(fast_failing_dag, blob,
     assert task["dag_id"] == "sensor_scoring" and task["run_id"] == run.run_id
     assert task["task_id"] == "plan_shards" and task["map_index"] == -1 and task["try_number"] == 1
     assert task["error"].startswith(
-        "AirflowFailException: LookupError: no model alias or version named 'no-such-version'"
+        "AirflowFailException: RegistryError: no model alias or version named 'no-such-version'"
     )
     assert task["log_url"].endswith(
         f"/dags/sensor_scoring/runs/{run.run_id.replace(':', '%3A').replace('+', '%2B')}/tasks/plan_shards?try_number=1"

@@ -40,7 +40,7 @@ def landed(blob, containers):
     trouble = pd.concat(
         [
             one,  # an exact duplicate of a landed window
-            one.assign(window_end=SCORED_HOUR + timedelta(minutes=59, seconds=30), value_std=-1.0),  # invalid
+            one.assign(device_id="dev-invalid", value_std=-1.0),  # invalid (a new key, on the minute)
             one.assign(device_id="dev-unknown"),  # a sensor nobody trained
         ]
     )

@@ -29,7 +29,7 @@ def test_hour_owns_its_windows_from_any_folder_and_the_strays_of_its_own_folders
         ("2026/11/25/16", "2026-11-25T16:10Z"),  # its own window, own folder: owned
         ("2026/11/25/17", "2026-11-25T16:59Z"),  # its own window, late folder: owned
         ("2026/11/25/16", "2026-11-25T15:30Z"),  # previous hour's late window: that run reads this folder
-        ("2026/11/25/16", "2026-11-25T13:30Z"),  # too late for its own run (late_folders=1): a stray, owned
+        ("2026/11/25/16", "2026-11-25T13:30Z"),  # beyond LATE_HORIZON of its own hour: a stray, owned
         ("2026/11/25/16", "2026-11-25T17:00Z"),  # next hour's window in an earlier folder: a stray, owned
         ("2026/11/25/16", None),  # no window_end: a stray, owned
         ("2026/11/25/17", "2026-11-25T17:30Z"),  # next hour's, in its own folder: not this run's business
@@ -43,7 +43,7 @@ def test_hour_owns_its_windows_from_any_folder_and_the_strays_of_its_own_folders
         "2026-11-25 17:00:00+00:00",
         "NaT",
     ]
-    assert len(owned_windows(found, START, END, late_folders=3)) == 4  # 13:30 is claimed by its hour now
+    assert len(owned_windows(found, START, END, late_folders=3)) == 5  # no parameter changes an owner
 
 
 def test_partition_hour_is_the_window_end_hour_inside_the_interval_else_the_folder_hour():

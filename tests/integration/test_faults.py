@@ -9,6 +9,7 @@ The table of cases is in docs/faults.md.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -33,7 +34,16 @@ from dev.azurite import Azurite
 from sensor_scoring import layout, models, settings as config, storage as st
 from sensor_scoring.backends import ShardFailed, shard_command
 from sensor_scoring.backends.local import LocalBackend
-from sensor_scoring.contracts import AccountingError, ShardResult, StorageUnavailable, ValidationThresholdError
+from sensor_scoring.contracts import (
+    AccountingError,
+    DataError,
+    InvalidName,
+    RegistryError,
+    ShardResult,
+    StorageUnavailable,
+    SupersededError,
+    ValidationThresholdError,
+)
 from sensor_scoring.steps.commit import commit
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
@@ -68,7 +78,8 @@ class Env:
 
 @pytest.fixture(scope="module")
 def trained() -> list[models.TrainedModel]:
-    return models.train_models(fleet_windows(devices=2, tags=2, hours=3))
+    # a third device has models but lands no windows in the fixture: the spare keys extra windows take
+    return models.train_models(fleet_windows(devices=3, tags=2, hours=3))
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +129,17 @@ def assert_accounting(env: Env, manifest: dict, *, landed: int, hour=HOUR) -> tu
     return predictions, quarantine
 
 
-def window_row(env: Env, minute: int = 10, seconds: int = 30, **changes) -> dict:
+SPARE_DEVICE = "dev-0002"  # has models, lands nothing in the fixture
+
+
+def window_row(env: Env, minute: int = 10, new_key: bool = True, **changes) -> dict:
     """A landed window as Stream Analytics writes it: a copy of dev-0000/temperature's window at ``minute``,
-    moved by ``seconds`` so its key is new, with ``changes`` applied."""
+    under the spare device (a new key, on the minute, with a model) unless ``new_key`` is False, with ``changes``."""
     rows = env.windows[(env.windows["device_id"] == "dev-0000") & (env.windows["tag"] == "temperature")]
     row = rows[rows["window_end"] == pd.Timestamp(HOUR + timedelta(minutes=minute))].iloc[0]
     record = {c: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in WINDOW_COLUMNS}
-    record["window_end"] = (row["window_end"] + pd.Timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
-    record["device_id"], record["tag"] = str(row["device_id"]), str(row["tag"])
+    record["window_end"] = row["window_end"].strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+    record["device_id"], record["tag"] = SPARE_DEVICE if new_key else str(row["device_id"]), str(row["tag"])
     record.update(changes)
     return record
 
@@ -154,6 +168,20 @@ BAD_ROWS = [
     pytest.param({"window_end": at(HOUR - 48 * H)}, "window_outside_interval", id="stray-from-two-days-ago"),
     pytest.param({"window_end": at(HOUR + H)}, "window_outside_interval", id="next-hour-window-in-this-folder"),
     pytest.param({"device_id": "dev-9999"}, "no_model", id="unknown-sensor"),
+    # values the reader cannot take as their contract type (windows.formats): the row, not the hour, fails
+    pytest.param({"value_avg": "abc"}, "wrong_type", id="text-value"),
+    pytest.param({"value_std": "NaN"}, "wrong_type", id="nan-string"),
+    pytest.param({"value_min": "3"}, "wrong_type", id="number-in-a-string"),
+    pytest.param({"reading_count": True}, "wrong_type", id="boolean-count"),
+    pytest.param({"device_id": 123}, "wrong_type", id="numeric-device-id"),
+    pytest.param({"window_end": "2500-01-01T00:00:00.0000000Z"}, "bad_timestamp", id="year-2500"),
+    pytest.param({"window_end": "2026-01-01T03:10:00"}, "bad_timestamp", id="timestamp-without-zone"),
+    pytest.param({"window_end": at(HOUR + timedelta(minutes=5, seconds=30))}, "window_not_on_minute", id="off-minute"),
+    pytest.param(
+        {"window_end": f"{HOUR + timedelta(minutes=5):%Y-%m-%dT%H:%M:%S}.0000001Z"},
+        "window_not_on_minute",
+        id="seventh-fraction-digit",
+    ),
 ]
 
 
@@ -171,14 +199,14 @@ def test_bad_row_is_quarantined_with_its_reason(env, changes, reason):
 
 
 def test_exact_duplicate_is_collapsed_and_counted(env):
-    env.land("0_copy_1.json", jsonl(window_row(env, seconds=0)))
+    env.land("0_copy_1.json", jsonl(window_row(env, new_key=False)))
     manifest = run_hour(env)
     assert_accounting(env, manifest, landed=BASE + 1)
     assert manifest["counts"]["duplicates"] == 1 and manifest["counts"]["scored"] == BASE
 
 
 def test_conflicting_copies_are_all_quarantined(env):
-    original = window_row(env, seconds=0)
+    original = window_row(env, new_key=False)
     env.land("0_conflict_1.json", jsonl({**original, "value_std": original["value_std"] + 0.01}))
     manifest = run_hour(env)
     _, quarantine = assert_accounting(env, manifest, landed=BASE + 1)
@@ -219,15 +247,15 @@ def _parquet(frame: pd.DataFrame) -> bytes:
         ),
         pytest.param(
             "0_x_1.json",
-            lambda e: jsonl(window_row(e, value_avg="abc")),
-            r"0_x_1\.json: column value_avg cannot be read as float64",
-            id="wrong-type-json",
+            lambda e: jsonl({k: v for k, v in window_row(e).items() if k != "value_avg"}),
+            r"0_x_1\.json: missing required column\(s\) value_avg",
+            id="missing-column-json",
         ),
         pytest.param(
             "0_x_1.parquet",
-            lambda e: _parquet(pd.DataFrame([window_row(e, reading_count="six")])),
-            r"0_x_1\.parquet: column reading_count cannot be read",
-            id="wrong-type-parquet",
+            lambda e: _parquet(pd.DataFrame([window_row(e)]).drop(columns="reading_count")),
+            r"0_x_1\.parquet: missing required column\(s\) reading_count",
+            id="missing-column-parquet",
         ),
     ],
 )
@@ -250,27 +278,101 @@ def _truncated_csv(env: Env) -> bytes:
     return data[: data.rfind(b",", 0, len(data) // 2) + 1]  # cut after a comma: the last row is short
 
 
+def _avro(records: list[dict]) -> bytes:
+    import fastavro
+
+    fields = [
+        {"name": "device_id", "type": "string"},
+        {"name": "tag", "type": "string"},
+        {"name": "window_end", "type": "string"},  # Stream Analytics writes datetime as ISO text in Avro
+        *({"name": c, "type": "double"} for c in ("value_avg", "value_min", "value_max", "value_std")),
+        {"name": "reading_count", "type": "long"},
+    ]
+    sink = io.BytesIO()
+    fastavro.writer(sink, fastavro.parse_schema({"type": "record", "name": "w", "fields": fields}), records)
+    return sink.getvalue()
+
+
 CORRUPT = [
-    pytest.param("0_t_1.json", lambda e: jsonl(*_extra_rows(e))[:-40], id="truncated-json-lines"),
-    pytest.param("0_t_1.json", lambda e: json.dumps(_extra_rows(e)).encode()[:-40], id="truncated-json-array"),
-    pytest.param("0_t_1.csv", _truncated_csv, id="truncated-csv"),
-    pytest.param("0_t_1.parquet", lambda e: _parquet(pd.DataFrame(_extra_rows(e)))[:-100], id="truncated-parquet"),
-    pytest.param("0_t_1.json", lambda e: bytes(range(256)) * 4, id="binary-garbage-json"),
+    pytest.param("0_t_1.json", lambda e: jsonl(*_extra_rows(e))[:-40], "corrupt_file", id="truncated-json-lines"),
+    pytest.param(
+        "0_t_1.json", lambda e: json.dumps(_extra_rows(e)).encode()[:-40], "corrupt_file", id="truncated-json-array"
+    ),
+    pytest.param("0_t_1.csv", _truncated_csv, "corrupt_file", id="truncated-csv"),
+    pytest.param(
+        "0_t_1.parquet", lambda e: _parquet(pd.DataFrame(_extra_rows(e)))[:-100], "corrupt_file", id="truncated-parquet"
+    ),
+    pytest.param("0_t_1.avro", lambda e: _avro(_extra_rows(e))[:-30], "corrupt_file", id="truncated-avro"),
+    pytest.param("0_t_1.json", lambda e: bytes(range(256)) * 4, "not_utf8", id="binary-garbage-json"),
+    pytest.param("0_t_1.json", lambda e: '{"tag": "caf\xe9"}'.encode("latin-1"), "not_utf8", id="latin-1-json"),
+    pytest.param("0_t_1.txt", lambda e: b"hello, these are not windows\n", "unsupported_format", id="plain-text"),
 ]
+ERRORS = {"corrupt_file": "cannot be parsed", "not_utf8": "not UTF-8", "unsupported_format": "unsupported format"}
 
 
-@pytest.mark.parametrize("name,make", CORRUPT)
-def test_corrupt_file_is_quarantined_whole_and_the_rest_scored(env, name, make):
+@pytest.mark.parametrize("name,make,reason", CORRUPT)
+def test_corrupt_file_is_quarantined_whole_and_the_rest_scored(env, name, make, reason):
     data = make(env)
     path = env.land(name, data)
     manifest = run_hour(env)
     assert_accounting(env, manifest, landed=BASE)  # its rows cannot be counted: listed by file instead
     assert manifest["counts"]["scored"] == BASE
     [entry] = manifest["quarantined_files"]
-    assert entry["file"] == path and entry["reason"] == "corrupt_file" and entry["bytes"] == len(data)
-    assert entry["error"].startswith(f"{path}: cannot be parsed")
+    assert entry["file"] == path and entry["reason"] == reason and entry["bytes"] == len(data)
+    assert entry["error"].startswith(f"{path}: {ERRORS[reason]}")
     container, copy = st.parse_uri(entry["copy"])
     assert env.blob.read_bytes(container, copy) == data  # kept byte for byte beside the quarantine partition
+    assert manifest["source_files"] == {"seen": 4, "read": 3, "empty": 0, "quarantined": 1}
+
+
+def test_every_blob_in_the_folders_is_read_empty_or_quarantined(env):
+    """Any name, any serialisation: nothing in a folder the hour reads is skipped without a trace."""
+    rows = [window_row(env, minute=m) for m in range(12)]
+    frame = pd.DataFrame(rows[8:10]).assign(window_end=lambda f: pd.to_datetime(f["window_end"], utc=True))
+    planted = {
+        "0_a_1.avro": _avro(rows[0:2]),
+        "0_b_1.jsonl": jsonl(*rows[2:4]),
+        "0_c_1.ndjson": b"\xef\xbb\xbf" + jsonl(*rows[4:6]),  # with a byte-order mark
+        "0_d_1.txt": _csv(rows[6:8]),
+        ".0_e_1.tmp": _parquet(frame),  # a temporary upload name: still read
+        "0_f_1": json.dumps(rows[10:12]).encode(),  # no extension at all
+        "0_g_1.avro": b"",
+        "0_h_1.bin": b"\x00\x01 not a known serialisation",
+        "0_i_1.json": b'{"device_id": "dev',
+        "0_j_1.json": '{"tag": "caf\xe9"}'.encode("latin-1"),
+    }
+    for name, data in planted.items():
+        env.land(name, data)
+    manifest = run_hour(env)
+    assert_accounting(env, manifest, landed=BASE + 12)
+    assert manifest["counts"]["scored"] == BASE + 12
+    seen = manifest["source_files"]
+    assert seen == {"seen": 3 + 10, "read": 3 + 6, "empty": 1, "quarantined": 3}
+    assert seen["seen"] == seen["read"] + seen["empty"] + seen["quarantined"]
+    assert manifest["empty_files"] == [FOLDER + "0_g_1.avro"]
+    assert {f["file"]: f["reason"] for f in manifest["quarantined_files"]} == {
+        FOLDER + "0_h_1.bin": "unsupported_format",
+        FOLDER + "0_i_1.json": "corrupt_file",
+        FOLDER + "0_j_1.json": "not_utf8",
+    }
+
+
+@pytest.mark.parametrize("serialise", ["csv", "parquet", "avro", "json-array"])
+def test_a_window_landed_in_two_serialisations_is_one_duplicate(env, serialise):
+    """Exact parsing: the same window as JSON lines and as another serialisation is equal, bit for bit."""
+    row = window_row(env, minute=33, value_avg=0.1 + 0.2, value_min=0.1, value_max=0.30000000000000004 * 3)
+    frame = pd.DataFrame([row]).assign(window_end=lambda f: pd.to_datetime(f["window_end"], utc=True))
+    other = {
+        "csv": lambda: _csv([row]),
+        "parquet": lambda: _parquet(frame),
+        "avro": lambda: _avro([row]),
+        "json-array": lambda: json.dumps([row]).encode(),
+    }[serialise]()
+    env.land("0_one_1.json", jsonl(row))
+    env.land("0_two_1.dat", other)
+    manifest = run_hour(env)
+    assert_accounting(env, manifest, landed=BASE + 2)
+    assert manifest["counts"]["duplicates"] == 1 and manifest["counts"]["scored"] == BASE + 1
 
 
 EMPTY = [
@@ -308,7 +410,8 @@ def test_hour_without_windows_commits_an_empty_partition_with_status_empty(env, 
 
 
 def _bad_batch(env: Env, n: int) -> bytes:
-    return jsonl(*(window_row(env, minute=m % 60, seconds=1 + m // 60, value_std=-1.0) for m in range(n)))
+    assert n <= 60  # one new key per minute
+    return jsonl(*(window_row(env, minute=m, value_std=-1.0) for m in range(n)))
 
 
 def test_share_above_threshold_fails_and_keeps_the_report(env):
@@ -353,21 +456,107 @@ def test_rerun_replaces_the_partition_with_one_row_per_window(env):
 def test_late_windows_are_picked_up_by_a_rerun(env):
     first = run_hour(env, "run-1")
     assert first["counts"]["landed"] == BASE
-    late = [window_row(env, minute=m, seconds=20) for m in (57, 58)]
+    late = [window_row(env, minute=m) for m in (57, 58)]
     env.land("0_late_1.json", jsonl(*late), folder=NEXT_FOLDER)  # arrived after the commit, in the next folder
     second = run_hour(env, "run-2")
     predictions, _ = assert_accounting(env, second, landed=BASE + 2)
     assert second["counts"]["scored"] == BASE + 2 and set(predictions["run_id"]) == {"run-2"}
 
 
-def test_window_later_than_late_folders_is_kept_by_the_hour_that_found_it(env):
+def test_window_beyond_the_late_horizon_is_owned_by_the_hour_that_found_it_whatever_late_folders(env):
+    """Ownership by the window alone: a window two folders late (LATE_HORIZON is 1) belongs to the folder's hour,
+    quarantined there, and a re-run of its own hour with a larger late_folders does not take it a second time."""
     far = f"{HOUR + 2 * H:%Y/%m/%d/%H}/"
     env.land("0_late_1.json", jsonl(window_row(env, minute=40)), folder=far)
-    assert run_hour(env, "run-1", late_folders=1)["counts"]["landed"] == BASE  # not seen: beyond one late folder
-    found = run_hour(env, "run-2", late_folders=1, start=HOUR + 2 * H, max_share=1.0)
+    assert run_hour(env, "run-1", late_folders=1)["counts"]["landed"] == BASE
+    found = run_hour(env, "run-2", late_folders=0, start=HOUR + 2 * H, max_share=1.0)
     _, quarantine = assert_accounting(env, found, landed=1, hour=HOUR + 2 * H)
     assert list(quarantine["reason"]) == ["window_outside_interval"]  # quarantined, not lost
-    assert run_hour(env, "run-3", late_folders=2)["counts"]["scored"] == BASE + 1  # a wider re-run scores it
+    wider = run_hour(env, "run-3", late_folders=3)  # reads the far folder too: changes no owner
+    assert wider["counts"]["landed"] == BASE and len(wider["source_folders"]) == 4
+
+
+def test_late_windows_of_an_hour_run_with_late_folders_0_are_still_its_own(env):
+    """late_folders 0 on one hour and the default on the next: the first hour's late windows are in its own
+    partition, and not in the next hour's."""
+    env.land("0_late_1.json", jsonl(*(window_row(env, minute=m) for m in (57, 58))), folder=NEXT_FOLDER)
+    first = run_hour(env, "run-1", late_folders=0)
+    assert first["counts"]["scored"] == BASE + 2  # every run reads LATE_HORIZON folders at least
+    nxt = run_hour(env, "run-2", start=HOUR + H, max_share=1.0)
+    assert nxt["counts"]["landed"] == 0
+
+
+def test_stale_run_cannot_overwrite_a_newer_commit_superseded_by_the_other_run(env):
+    """Run A reads the hour; late windows land; run B reads, scores and commits; then A commits: A fails with
+    "superseded by run run-B" and B's partition, with the late windows, stays."""
+    hour_a = env.hour("run-A")
+    summary_a = load_and_validate(hour_a)
+    shards_a = plan_shards(hour_a, model_version="production", sensors_per_shard=2)
+    results_a = [score_shard(env.blob, s.spec_uri) for s in shards_a]
+    env.land("0_late_1.json", jsonl(*(window_row(env, minute=m) for m in (57, 58))), folder=NEXT_FOLDER)
+    manifest_b = run_hour(env, "run-B")
+    assert manifest_b["counts"]["landed"] == BASE + 2
+    with pytest.raises(SupersededError, match=r"superseded by run run-B \(committed at .*\), which committed it"):
+        commit(hour_a, summary_a, results_a)
+    predictions, _ = assert_accounting(env, manifest_b, landed=BASE + 2)  # B's partition, whole and untouched
+    assert set(predictions["run_id"]) == {"run-B"}
+    rerun = run_hour(env, "run-C")  # nothing lost: a re-run scores everything that landed
+    assert rerun["counts"]["scored"] == BASE + 2
+
+
+def test_retried_commit_of_the_same_run_is_not_a_conflict(env):
+    hour = env.hour("run-1")
+    summary = load_and_validate(hour)
+    results = [
+        score_shard(env.blob, s.spec_uri) for s in plan_shards(hour, model_version="production", sensors_per_shard=2)
+    ]
+    first = commit(hour, summary, results)
+    # a retry after the first try committed (the staging is gone, so re-stage the same run's outputs)
+    summary = load_and_validate(hour)
+    results = [
+        score_shard(env.blob, s.spec_uri) for s in plan_shards(hour, model_version="production", sensors_per_shard=2)
+    ]
+    assert commit(hour, dataclasses.replace(summary, generations={}), results)[0].counts == first[0].counts
+
+
+def test_two_runs_racing_on_one_hour_leave_the_winner_whole(env):
+    """Both runs read the same generation and commit at the same moment: the manifest write is conditional, so
+    exactly one wins and the other fails superseded; the partition is the winner's."""
+    staged = []
+    for run_id in ("run-X", "run-Y"):
+        hour = env.hour(run_id)
+        summary = load_and_validate(hour)
+        staged.append(
+            (
+                hour,
+                summary,
+                [
+                    score_shard(env.blob, s.spec_uri)
+                    for s in plan_shards(hour, model_version="production", sensors_per_shard=2)
+                ],
+            )
+        )
+    outcomes: dict[str, str] = {}
+    barrier = threading.Barrier(2)
+
+    def race(hour, summary, results) -> None:
+        barrier.wait()
+        try:
+            commit(hour, summary, results)
+            outcomes[hour.run_id] = "committed"
+        except SupersededError as exc:
+            outcomes[hour.run_id] = str(exc)
+
+    threads = [threading.Thread(target=race, args=args) for args in staged]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    winners = [r for r, o in outcomes.items() if o == "committed"]
+    assert len(winners) == 1 and len(outcomes) == 2
+    [loser] = set(outcomes) - set(winners)
+    assert f"superseded by run {winners[0]}" in outcomes[loser]
+    _, manifest = partition(env, env.containers.predictions)
+    assert manifest["run_id"] == winners[0]
+    assert_accounting(env, manifest, landed=BASE)
 
 
 # --- 6. Faults in the machinery: killed shard, commit, storage outage. ---
@@ -459,7 +648,7 @@ def test_commit_refuses_when_a_shard_result_is_missing(env):
 def test_reader_sees_the_old_or_the_new_hour_during_a_recommit(env):
     """A reader polls the partition while the hour is re-committed with more windows: every read is whole."""
     run_hour(env, "run-old")
-    env.land("0_late_1.json", jsonl(*(window_row(env, minute=m, seconds=15) for m in range(60))), folder=NEXT_FOLDER)
+    env.land("0_late_1.json", jsonl(*(window_row(env, minute=m) for m in range(60))), folder=NEXT_FOLDER)
     seen: list[tuple[str, int]] = []
     done = threading.Event()
     reader = BlobStorage(os.environ[config.STORAGE_ENV])
@@ -546,6 +735,92 @@ def _sensors_of_pack(env: Env, number: int) -> set[tuple[str, str]]:
     index = models.read_index(env.blob, env.containers.models, "v1")
     rows = index[index["pack"] == f"pack-{number:05d}.npz"]
     return set(zip(rows["device_id"], rows["tag"]))
+
+
+def _alias_to_missing_version(env: Env) -> str:
+    env.blob.write_bytes(env.containers.models, "aliases/broken.json", json.dumps({"version": "v9"}).encode())
+    return "broken"
+
+
+def _version_without_manifest(env: Env) -> str:
+    index = env.blob.read_bytes(env.containers.models, "versions/v1/models.parquet")
+    env.blob.write_bytes(env.containers.models, "versions/v2/models.parquet", index)  # an interrupted register
+    return "v2"
+
+
+def _version_without_index(env: Env) -> str:
+    manifest = env.blob.read_bytes(env.containers.models, "versions/v1/manifest.json")
+    env.blob.write_bytes(env.containers.models, "versions/v3/manifest.json", manifest)
+    return "v3"
+
+
+def _index_not_matching_manifest(env: Env) -> str:
+    frame = models.read_index(env.blob, env.containers.models, "v1")
+    frame.loc[0, "sha256"] = "f" * 64
+    env.blob.write_bytes(env.containers.models, "versions/v1/models.parquet", st.parquet_bytes(frame))
+    return "production"
+
+
+REGISTRY_FAULTS = [
+    pytest.param(
+        _alias_to_missing_version,
+        r"model alias 'broken' points at version 'v9', which has no manifest in container '[^']+'; "
+        r"existing versions: v1\. Point the alias at an existing version",
+        id="alias-to-missing-version",
+    ),
+    pytest.param(
+        _version_without_manifest,
+        r"no model alias or version named 'v2' in container '[^']+' \(existing versions: v1\)",
+        id="version-without-manifest",
+    ),
+    pytest.param(
+        _version_without_index,
+        r"model version 'v3' has a manifest but no index \(models\.parquet\) .*; existing versions: v1, v3",
+        id="version-without-index",
+    ),
+    pytest.param(
+        _index_not_matching_manifest,
+        r"model index of version 'v1' does not match its manifest hash; existing versions: v1",
+        id="index-not-matching-manifest",
+    ),
+    pytest.param(lambda env: "../versions/v1", r"model_version '\.\./versions/v1' is not a name", id="path-version"),
+    pytest.param(lambda env: "v1/", r"model_version 'v1/' is not a name", id="trailing-slash-version"),
+]
+
+
+@pytest.mark.parametrize("make,message", REGISTRY_FAULTS)
+def test_registry_fault_fails_at_once_naming_alias_version_and_existing_versions(env, make, message, monkeypatch):
+    """A configuration error, not a transient one: one attempt, a DataError (no task retries), a clear message."""
+    name = make(env)
+    hour = env.hour()
+    load_and_validate(hour)
+    reads: list[str] = []
+    original = env.blob.read_bytes
+    monkeypatch.setattr(env.blob, "read_bytes", lambda c, p: reads.append(p) or original(c, p))
+    with pytest.raises(RegistryError, match=message) as caught:
+        plan_shards(hour, model_version=name, sensors_per_shard=2)
+    assert isinstance(caught.value, DataError) and isinstance(caught.value, LookupError)
+    assert len(reads) == len(set(reads))  # nothing read twice: no retry loop
+    assert not env.blob.list(env.containers.predictions)
+
+
+@pytest.mark.parametrize("field", ["devices", "tags"])
+@pytest.mark.parametrize("value", ["../dev-0000", "dev/0000", "dev\x00", ".."])
+def test_path_like_device_or_tag_is_refused_before_reading(env, field, value):
+    with pytest.raises(InvalidName, match=f"{field} .* is not a name"):
+        load_and_validate(env.hour(), **{field: [value]})
+    assert not env.blob.list(env.containers.staging)
+
+
+@pytest.mark.airflow
+@pytest.mark.parametrize("value", ["../versions/v1", "v1/", "a..b", "v1\u0007"])
+def test_params_schema_refuses_path_like_names(sensor_dag, value):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    for field, given in [("model_version", value), ("devices", [value]), ("tags", [value])]:
+        with pytest.raises(ParamValidationError):
+            sensor_dag.params.get_param(field).resolve(given)
+    assert sensor_dag.params.get_param("model_version").resolve("v1.2-rc_3") == "v1.2-rc_3"
 
 
 def test_tampered_model_quarantines_only_its_sensor(env):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from dev.azurite import KEY
@@ -56,7 +58,7 @@ def test_setting_picks_the_implementation(tmp_path, azurite):
 
 
 def test_local_storage_refuses_paths_that_escape(tmp_path):
-    with pytest.raises(ValueError, match="escapes"):
+    with pytest.raises(ValueError, match="not a plain relative name"):  # UnsafePathError is a ValueError
         st.LocalStorage(tmp_path).write_bytes("box", "../../etc/x", b"")
 
 
@@ -91,3 +93,101 @@ def test_airflow_connection_forms_become_connection_strings():
         assert st.parse_setting(setting, source="Airflow connection 'scoring_storage'").kind == "connection_string"
     with pytest.raises(ValueError, match="managed identity"):
         connection_to_setting(FakeConn())
+
+
+ESCAPES = [
+    "../predictions/secret.json",  # another container
+    "a/../../outside.json",  # out of the root on a directory
+    "/etc/hostname",
+    "a/./b.json",
+    "a//b.json",
+    "a\\..\\b.json",
+    "a\x00b.json",
+    "a/\nb.json",
+    "",
+]
+
+
+@pytest.mark.parametrize("path", ESCAPES, ids=repr)
+def test_no_name_resolves_outside_its_container(any_storage, tmp_path, path):
+    """Every call refuses a path that could leave its container, before any I/O (an HTTP stack may normalise
+    dot segments, a directory resolves them)."""
+    any_storage.write_bytes("predictions", "secret.json", b"other container")
+    calls = [
+        lambda: any_storage.read_bytes("box", path),
+        lambda: any_storage.write_bytes("box", path, b"x"),
+        lambda: any_storage.exists("box", path),
+        lambda: any_storage.upload_file("box", path, __file__),
+    ]
+    for call in calls:
+        with pytest.raises(st.UnsafePathError, match="not a plain relative name"):
+            call()
+    assert any_storage.read_bytes("predictions", "secret.json") == b"other container"
+    assert not (tmp_path.parent / "outside.json").exists()
+
+
+@pytest.mark.parametrize("container", ["..", "../box", "a/b", "Box", "x", ""])
+def test_a_container_is_a_container_name(any_storage, container):
+    with pytest.raises(st.UnsafePathError, match="not a container name"):
+        any_storage.read_bytes(container, "x.json")
+    with pytest.raises(st.UnsafePathError):
+        any_storage.list(container, "")
+
+
+def test_listing_prefix_is_checked_too(any_storage):
+    any_storage.write_bytes("box", "a/1.json", b"1")
+    assert [b.name for b in any_storage.list("box", "a/")] == ["a/1.json"]
+    with pytest.raises(st.UnsafePathError):
+        any_storage.list("box", "../")
+
+
+def test_directory_symlink_out_of_the_root_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.json").write_bytes(b"outside")
+    root = tmp_path / "root"
+    (root / "box").mkdir(parents=True)
+    (root / "box" / "link").symlink_to(outside)
+    with pytest.raises(st.UnsafePathError, match="escapes container"):
+        st.LocalStorage(root).read_bytes("box", "link/x.json")
+
+
+def test_conditional_write_checks_the_generation_it_read(any_storage):
+    """The fence of commit: If-Match on the ETag (Azurite), a lock and the content's hash (directory)."""
+    s, name = any_storage, f"m-{uuid.uuid4().hex}.json"  # the Azurite is shared by the session's tests
+    assert s.generation("box", name) is None
+    s.write_bytes_if("box", name, b"first", None)  # only if absent
+    with pytest.raises(st.GenerationMismatch):
+        s.write_bytes_if("box", name, b"again", None)
+    first = s.generation("box", name)
+    assert first
+    s.write_bytes_if("box", name, b"second", first)
+    second = s.generation("box", name)
+    assert second and second != first
+    with pytest.raises(st.GenerationMismatch):
+        s.write_bytes_if("box", name, b"stale", first)  # a writer that read the first version loses
+    assert s.read_bytes("box", name) == b"second"
+    assert [b.name for b in s.list("box", name)] == [name]  # no lock or temporary file is listed
+
+
+def test_racing_conditional_writes_have_exactly_one_winner(any_storage):
+    import threading
+
+    s, name = any_storage, f"m-{uuid.uuid4().hex}.json"
+    s.write_bytes("box", name, b"base")
+    read = s.generation("box", name)
+    barrier, won, lost = threading.Barrier(8), [], []
+
+    def write(n: int) -> None:
+        barrier.wait()
+        try:
+            s.write_bytes_if("box", name, f"writer {n}".encode(), read)
+            won.append(n)
+        except st.GenerationMismatch:
+            lost.append(n)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(won) == 1 and len(lost) == 7
+    assert s.read_bytes("box", name) == f"writer {won[0]}".encode()

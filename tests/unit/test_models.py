@@ -122,8 +122,9 @@ def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_
     stray = one.assign(window_end=START - 24 * H)  # in an own folder, its own hour's run never reads it: quarantined
     late = pd.concat(
         [
-            one.assign(window_end=START + H + timedelta(seconds=30)),  # inside, found in the late folder
-            one.assign(window_end=START + 2 * H + timedelta(seconds=40)),
+            # new keys on the minute (a window off the minute is rejected by the reader)
+            one.assign(device_id="dev-late", window_end=START + H),  # inside, found in the late folder
+            one.assign(device_id="dev-late", window_end=START + 2 * H),
         ]
     )  # the next hour's: not owned
     storage.write_bytes(containers.windows, f"{START + H:%Y/%m/%d/%H}/0_stray_1.json", to_asa_json_lines(stray))

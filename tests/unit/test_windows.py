@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,7 @@ from sensor_scoring.storage import LocalStorage
 from sensor_scoring.windows import (
     SOURCE_COLUMN,
     WINDOW_COLUMNS,
+    CorruptFileError,
     LandingPlan,
     WindowFileError,
     aggregate_readings,
@@ -24,7 +25,10 @@ from sensor_scoring.windows import (
     owned_windows,
     parse_window_file,
     read_landed,
+    read_landed_files,
     read_owned,
+    read_window_file,
+    sniff,
     to_asa_json_lines,
 )
 
@@ -157,7 +161,7 @@ def test_read_owned_reads_own_and_late_folders_and_keeps_the_strays_of_its_own(t
 
     land("2026/11/25/16", "2026-11-25T16:10Z", "2026-11-25T15:59Z", "2026-11-25T12:00Z")  # own, previous', a stray
     land("2026/11/25/17", "2026-11-25T16:59Z", "2026-11-25T17:10Z")  # own (late), the next hour's
-    land("2026/11/25/18", "2026-11-25T16:58Z")  # too late for late_folders=1: never read
+    land("2026/11/25/18", "2026-11-25T16:58Z")  # beyond LATE_HORIZON (1): a stray of the 18:00 folder
     start, end = datetime(2026, 11, 25, 16, tzinfo=UTC), datetime(2026, 11, 25, 17, tzinfo=UTC)
     read = read_owned(storage, "windows", start, end, late_folders=1)
     assert read.folders == ["2026/11/25/16", "2026/11/25/17"] and len(read.files) == 2
@@ -167,7 +171,47 @@ def test_read_owned_reads_own_and_late_folders_and_keeps_the_strays_of_its_own(t
         "2026-11-25 16:59:00+00:00",
     ]
     wider = read_owned(storage, "windows", start, end, late_folders=2)
-    assert len(wider.windows) == 4  # the 18:00 folder's window joins; the stray stays a stray
+    assert len(wider.files) == 3 and len(wider.windows) == 3  # more folders read, no owner changed
+    narrower = read_owned(storage, "windows", start, end, late_folders=0)
+    assert narrower.folders == read.folders and len(narrower.windows) == 3  # never fewer than LATE_HORIZON
+    eighteen = read_owned(storage, "windows", end + timedelta(hours=1), end + timedelta(hours=2), late_folders=0)
+    assert list(eighteen.windows["window_end"].astype(str)) == ["2026-11-25 16:58:00+00:00"]  # its owner
+
+
+def test_every_landed_window_has_one_owner_whatever_late_folders_and_run_order():
+    """Property over seeded random landings and run sequences (hours run, re-run and backfilled in any order,
+    each with its own late_folders 0-3): after every hour has run at least once, each landed window is in
+    exactly one hour's last result."""
+    rng = np.random.default_rng(20261202)
+    base = datetime(2026, 11, 25, 0, tzinfo=UTC)
+    hours = [base + timedelta(hours=h) for h in range(8)]
+    for trial in range(12):
+        n = 200
+        own = rng.integers(0, 8, n)
+        lateness = rng.choice([-2, -1, 0, 0, 0, 1, 1, 2, 3, 30], n)  # early, on time, late, very late, strays
+        folder = np.clip(own + lateness, 0, 7)
+        ends = [base + timedelta(hours=int(h), minutes=int(m)) for h, m in zip(own, rng.integers(0, 60, n))]
+        windows = pd.DataFrame(
+            {
+                "window_id": range(n),
+                "window_end": pd.to_datetime(ends, utc=True),
+                SOURCE_COLUMN: [
+                    f"{base + timedelta(hours=int(f)):%Y/%m/%d/%H}/0_{i}_1.json" for i, f in enumerate(folder)
+                ],
+            }
+        )
+        windows.loc[rng.random(n) < 0.05, "window_end"] = pd.NaT  # no window_end: a stray of its folder
+        last: dict[datetime, set[int]] = {}
+        order = list(rng.permutation(8)) + list(rng.integers(0, 8, 12))  # every hour once, then re-runs
+        for h in order:
+            start, late = hours[int(h)], int(rng.integers(0, 4))
+            folders = folders_for_interval(start, start + timedelta(hours=1), late_folders=max(late, 1))
+            seen = windows[windows[SOURCE_COLUMN].str[:13].isin(folders)]  # what this run reads
+            last[start] = set(owned_windows(seen, start, start + timedelta(hours=1), late)["window_id"])
+        owners = [h for h, ids in last.items() for _ in ids]
+        everything = [i for ids in last.values() for i in ids]
+        assert sorted(everything) == list(range(n)), f"trial {trial}: a window in no or in two hours"
+        assert len(owners) == n
 
 
 def _serialised(windows: pd.DataFrame) -> dict[str, bytes]:
@@ -200,14 +244,170 @@ def test_missing_column_error_names_file_and_column():
         parse_window_file("2026/11/25/16/x.json", data)
 
 
-def test_bad_type_and_garbage_are_named():
-    windows = _hour_of_windows(sensors=1).head(1).assign(value_avg="warm")
-    with pytest.raises(WindowFileError, match="f.csv: column value_avg"):
-        parse_window_file("f.csv", windows.to_csv(index=False).encode())
-    with pytest.raises(WindowFileError, match="g.parquet: cannot be parsed"):
-        parse_window_file("g.parquet", b"PAR1 not really")
-    with pytest.raises(WindowFileError, match="unknown serialisation"):
-        parse_window_file("h.avro", b"")
+def test_bad_type_is_a_rejected_row_and_garbage_a_corrupt_file():
+    windows = _hour_of_windows(sensors=1).head(2)
+    windows["value_avg"] = windows["value_avg"].astype(object)
+    windows.loc[0, "value_avg"] = "warm"
+    parsed = read_window_file("f.csv", windows.to_csv(index=False).encode())
+    assert len(parsed.windows) == 1 and list(parsed.rejected["reason"]) == ["wrong_type"]
+    with pytest.raises(CorruptFileError, match="g.parquet: cannot be parsed as parquet") as caught:
+        read_window_file("g.parquet", b"PAR1 not really")
+    assert caught.value.reason == "corrupt_file"
+    with pytest.raises(CorruptFileError, match="h.avro: unsupported format") as caught:
+        read_window_file("h.avro", b"just some words\n")
+    assert caught.value.reason == "unsupported_format"
+    with pytest.raises(CorruptFileError, match="i.json: not UTF-8") as caught:
+        read_window_file("i.json", b"{\xff\xfe}")
+    assert caught.value.reason == "not_utf8"
+
+
+def _asa_row(**changes: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "device_id": "dev-1",
+        "tag": "temperature",
+        "window_end": "2026-11-25T16:10:00.0000000Z",
+        "value_avg": 0.30000000000000004,
+        "value_min": 0.1,
+        "value_max": 1.7976931348623157e308,
+        "value_std": 5e-324,
+        "reading_count": 60,
+    }
+    return {**row, **changes}
+
+
+STRICT = [
+    pytest.param({}, None, id="as-stream-analytics-writes-it"),
+    pytest.param({"reading_count": 60.0}, None, id="whole-float-count-is-that-integer"),
+    pytest.param({"window_end": "2026-11-25T17:10:00+01:00"}, None, id="offset-is-converted-to-utc"),
+    pytest.param({"window_end": "2026-11-25 16:10:00Z"}, None, id="space-separator"),
+    pytest.param({"device_id": 123}, "wrong_type", id="numeric-device-id"),
+    pytest.param({"device_id": 123.0}, "wrong_type", id="float-device-id"),
+    pytest.param({"tag": True}, "wrong_type", id="boolean-tag"),
+    pytest.param({"value_avg": "NaN"}, "wrong_type", id="nan-string"),
+    pytest.param({"value_min": "3"}, "wrong_type", id="number-in-a-string"),
+    pytest.param({"value_std": False}, "wrong_type", id="boolean-value"),
+    pytest.param({"reading_count": True}, "wrong_type", id="boolean-count"),
+    pytest.param({"reading_count": "3"}, "wrong_type", id="count-in-a-string"),
+    pytest.param({"reading_count": 2**60}, "wrong_type", id="count-beyond-2-53"),
+    pytest.param({"window_end": 1764087000}, "wrong_type", id="epoch-number-window-end"),
+    pytest.param({"window_end": "2500-01-01T00:00:00.0000000Z"}, "bad_timestamp", id="year-2500"),
+    pytest.param({"window_end": "2026-11-25T16:10:00"}, "bad_timestamp", id="no-time-zone"),
+    pytest.param({"window_end": "2026-13-25T16:10:00Z"}, "bad_timestamp", id="month-13"),
+    pytest.param({"window_end": "yesterday"}, "bad_timestamp", id="not-a-timestamp"),
+    pytest.param({"window_end": "2026-11-25T16:10:00.0000001Z"}, "window_not_on_minute", id="seventh-digit"),
+    pytest.param({"window_end": "2026-11-25T16:05:30.0000000Z"}, "window_not_on_minute", id="off-the-minute"),
+    pytest.param({"device_id": 7, "window_end": "2500-01-01T00:00:00Z"}, "wrong_type;bad_timestamp", id="two"),
+]
+
+
+@pytest.mark.parametrize("changes,reason", STRICT)
+def test_each_value_is_taken_by_its_stated_rule_or_rejected_with_a_reason(changes, reason):
+    good = _asa_row(window_end="2026-11-25T16:11:00Z")
+    parsed = read_window_file("w.json", (json.dumps(_asa_row(**changes)) + "\n" + json.dumps(good)).encode())
+    assert parsed.rows == 2 and len(parsed.windows) == (2 if reason is None else 1)  # the good row always stays
+    if reason is None:
+        row = parsed.windows.iloc[0]
+        assert row["window_end"] == pd.Timestamp("2026-11-25T16:10Z") and row["reading_count"] == 60
+        assert parsed.windows["reading_count"].dtype == "int64"
+    else:
+        assert list(parsed.rejected["reason"]) == [reason] and list(parsed.rejected[SOURCE_COLUMN]) == ["w.json"]
+
+
+def _avro(rows: list[dict[str, object]], timestamp: bool) -> bytes:
+    import fastavro
+
+    stamp = {"type": "long", "logicalType": "timestamp-micros"} if timestamp else "string"
+    fields = [
+        {"name": "device_id", "type": "string"},
+        {"name": "tag", "type": "string"},
+        {"name": "window_end", "type": stamp},
+        *({"name": c, "type": "double"} for c in ("value_avg", "value_min", "value_max", "value_std")),
+        {"name": "reading_count", "type": "long"},
+    ]
+    schema = fastavro.parse_schema({"type": "record", "name": "window", "fields": fields})
+    records = [
+        {**r, "window_end": pd.Timestamp(str(r["window_end"])).to_pydatetime()} if timestamp else r for r in rows
+    ]
+    sink = io.BytesIO()
+    fastavro.writer(sink, schema, records)
+    return sink.getvalue()
+
+
+def _all_serialisations(rows: list[dict[str, object]]) -> dict[str, bytes]:
+    lines = "\n".join(json.dumps(r) for r in rows).encode()
+    frame = pd.DataFrame(rows)
+    typed_frame = frame.assign(window_end=pd.to_datetime(frame["window_end"], utc=True))
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(typed_frame, preserve_index=False), sink)
+    return {
+        "lines.json": lines,
+        "bom.jsonl": b"\xef\xbb\xbf" + lines,
+        "array.json": json.dumps(rows).encode(),
+        "table.csv": frame.to_csv(index=False).encode(),
+        "bom.csv": b"\xef\xbb\xbf" + frame.to_csv(index=False).encode(),
+        "table.parquet": sink.getvalue(),
+        "strings.avro": _avro(rows, timestamp=False),
+        "micros.avro": _avro(rows, timestamp=True),
+        "no-extension": lines,
+        "2026/11/25/16/.upload-tmp": frame.to_csv(index=False).encode(),
+    }
+
+
+def test_numbers_round_trip_bit_exactly_in_every_serialisation():
+    """Floats that a sloppy parser rounds (the last bit, the largest double, a subnormal) read back exactly."""
+    rng = np.random.default_rng(7)
+    rows = [
+        _asa_row(
+            window_end=f"2026-11-25T16:{m:02d}:00.0000000Z",
+            value_avg=float(rng.normal() * 10.0 ** int(rng.integers(-300, 300))),
+            value_min=float(np.nextafter(0.1, 1.0)),
+        )
+        for m in range(20)
+    ]
+    expected = np.array([[r[c] for c in ("value_avg", "value_min", "value_max", "value_std")] for r in rows])
+    for name, data in _all_serialisations(rows).items():
+        parsed = read_window_file(name, data)
+        assert len(parsed.windows) == 20 and parsed.rejected.empty, name
+        got = parsed.windows[["value_avg", "value_min", "value_max", "value_std"]].to_numpy()
+        assert (got.view(np.int64) == expected.view(np.int64)).all(), name  # the same bits, not merely close
+        assert list(parsed.windows["reading_count"]) == [60] * 20, name
+        assert parsed.windows["window_end"].iloc[3] == pd.Timestamp("2026-11-25T16:03Z"), name
+
+
+def test_format_is_recognised_by_content_not_name():
+    assert sniff(b"PAR1...") == "parquet" and sniff(b"Obj\x01...") == "avro" and sniff(b" \n") == "empty"
+    assert sniff(b'\xef\xbb\xbf{"a": 1}') == "json" and sniff(b"device_id,tag,window_end\n") == "csv"
+    assert sniff(b"hello") == ""
+
+
+def test_parquet_timestamp_beyond_nanoseconds_is_a_rejected_row():
+    table = pa.table(
+        {
+            **{c: pa.array(["d", "d"]) for c in ("device_id", "tag")},
+            "window_end": pa.array([datetime(2500, 1, 1, tzinfo=UTC), datetime(2026, 11, 25, 16, tzinfo=UTC)]),
+            **{c: pa.array([1.0, 1.0]) for c in ("value_avg", "value_min", "value_max", "value_std")},
+            "reading_count": pa.array([3, 3]),
+        }
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    parsed = read_window_file("p.parquet", sink.getvalue())
+    assert len(parsed.windows) == 1 and list(parsed.rejected["reason"]) == ["bad_timestamp"]
+
+
+def test_every_blob_of_a_folder_is_read_empty_or_quarantined(tmp_path):
+    storage = LocalStorage(tmp_path)
+    rows = [_asa_row(window_end=f"2026-11-25T16:{m:02d}:00Z") for m in range(3)]
+    for name, data in _all_serialisations(rows).items():
+        storage.write_bytes("windows", f"2026/11/25/16/{name.rsplit('/', 1)[-1]}", data)
+    storage.write_bytes("windows", "2026/11/25/16/zero.avro", b"")
+    storage.write_bytes("windows", "2026/11/25/16/notes.txt", b"not windows at all")
+    storage.write_bytes("windows", "2026/11/25/16/latin1.json", '{"tag": "caf\xe9"}'.encode("latin-1"))
+    read = read_landed_files(storage, "windows", ["2026/11/25/16"])
+    assert len(read.files) == 13 == len(read.read) + len(read.empty) + len(read.corrupt)
+    assert read.empty == ["2026/11/25/16/zero.avro"]
+    assert sorted(c.reason for c in read.corrupt) == ["not_utf8", "unsupported_format"]
+    assert len(read.windows) == 10 * 3 and read.rejected.empty
 
 
 def test_empty_file_is_no_windows():
@@ -225,3 +425,41 @@ def test_a_growing_named_batch_replaces_itself_and_other_batches_never_collide(t
     assert len(landed) == 60
     other = land_windows(storage, "windows", _hour_of_windows("2026-11-25T17:00Z", sensors=1))
     assert not set(other) & set(second)
+
+
+def test_columnar_json_reader_and_row_wise_reader_agree():
+    """Clean JSON lines take pyarrow's columnar path; the row-wise reader (used when a value is off) gives the
+    same frame, bit for bit."""
+    from sensor_scoring.windows import formats
+
+    rows = [_asa_row(window_end=f"2026-11-25T16:{m:02d}:00+00:00", value_avg=m / 7) for m in range(30)]
+    text = "\n".join(json.dumps(r) for r in rows)
+    fast = formats._json_lines_columnar(text, "x.json")
+    assert fast is not None and fast.rejected.empty
+    slow = formats.typed(formats._json_columns(text), "x.json")
+    pd.testing.assert_frame_equal(fast.windows, slow.windows)
+    assert formats._json_lines_columnar(text.replace('"reading_count": 60', '"reading_count": "60"'), "x") is None
+
+
+def test_many_small_json_lines_files_are_read_together_exactly_as_each_alone(tmp_path):
+    """The one-parse read of many clean files gives what reading each file gives; one dirty file makes every
+    file be read alone, so its rows are judged row by row and the others are unchanged."""
+    storage = LocalStorage(tmp_path)
+    rows = [_asa_row(window_end=f"2026-11-25T16:{m:02d}:00Z", value_avg=m / 3) for m in range(12)]
+    for m, row in enumerate(rows):
+        storage.write_bytes("windows", f"2026/11/25/16/0_{m:02d}_1.json", (json.dumps(row) + "\n").encode())
+    together = read_landed_files(storage, "windows", ["2026/11/25/16"])
+    alone = pd.concat(
+        [parse_window_file(b.name, storage.read_bytes("windows", b.name)) for b in storage.list("windows")],
+        ignore_index=True,
+    )
+    key = ["window_end"]
+    pd.testing.assert_frame_equal(
+        together.windows.sort_values(key).reset_index(drop=True), alone.sort_values(key).reset_index(drop=True)
+    )
+    storage.write_bytes("windows", "2026/11/25/16/0_99_1.json", (json.dumps(_asa_row(value_avg="3")) + "\n").encode())
+    dirty = read_landed_files(storage, "windows", ["2026/11/25/16"])
+    assert len(dirty.windows) == 12 and list(dirty.rejected["reason"]) == ["wrong_type"]
+    storage.write_bytes("windows", "2026/11/25/16/0_98_1.json", b'{"device_id": "d", "tag": "t"}\n')
+    with pytest.raises(WindowFileError, match="0_98_1.json: missing required column"):
+        read_landed_files(storage, "windows", ["2026/11/25/16"])

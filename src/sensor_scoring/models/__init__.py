@@ -30,7 +30,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from sensor_scoring.contracts import FEATURES
+from sensor_scoring.contracts import FEATURES, InvalidName, RegistryError
+from sensor_scoring.names import check_version
 from sensor_scoring.storage import Storage, parquet_bytes, parquet_frame
 
 #: The alias the hourly DAG scores with unless told otherwise.
@@ -41,6 +42,10 @@ ARRAY_FIELDS = ("mean", "scale", "gamma", "intercept", "sv_offsets", "sv", "dual
 
 class ModelIntegrityError(ValueError):
     """A stored model whose bytes do not match the registry's hash, or that is not plain numbers."""
+
+
+class IndexMismatchError(RegistryError, ModelIntegrityError):
+    """A version's index whose bytes do not match its manifest: the whole version is unusable, fail at once."""
 
 
 @dataclass
@@ -309,31 +314,86 @@ def set_alias(
     storage.write_bytes(container, f"aliases/{alias}.json", json.dumps(body).encode())
 
 
+def list_versions(storage: Storage, container: str) -> list[str]:
+    """The registered versions: those with a ``manifest.json`` (written last by ``register``)."""
+    names = {info.name.split("/")[1] for info in storage.list(container, "versions/") if info.name.count("/") >= 2}
+    return sorted(n for n in names if storage.exists(container, f"versions/{n}/manifest.json"))
+
+
+def _existing(storage: Storage, container: str) -> str:
+    versions = list_versions(storage, container)
+    return f"existing versions: {', '.join(versions)}" if versions else "no version is registered"
+
+
 def resolve_version(storage: Storage, container: str, name: str) -> str:
-    """An alias (``production``) or a version name -> the version name; a clear error when neither."""
+    """An alias (``production``) or a version name -> the version name.
+
+    Registry faults are configuration, not transient: ``RegistryError`` (no retries) naming the alias, the
+    version it points at and the versions that exist."""
     try:
-        return str(json.loads(storage.read_bytes(container, f"aliases/{name}.json"))["version"])
+        check_version(name)
+    except InvalidName as exc:
+        raise RegistryError(str(exc)) from None
+    try:
+        alias = storage.read_bytes(container, f"aliases/{name}.json")
     except FileNotFoundError:
-        pass
+        alias = None
+    if alias is not None:
+        try:
+            version = check_version(json.loads(alias)["version"], f"version of alias {name!r}")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RegistryError(
+                f"model alias {name!r} in container {container!r} is unreadable ({exc}); "
+                f"{_existing(storage, container)}"
+            ) from None
+        if not storage.exists(container, f"versions/{version}/manifest.json"):
+            raise RegistryError(
+                f"model alias {name!r} points at version {version!r}, which has no manifest in container "
+                f"{container!r}; {_existing(storage, container)}. Point the alias at an existing version"
+            )
+        return version
     if storage.exists(container, f"versions/{name}/manifest.json"):
         return name
-    raise LookupError(
-        f"no model alias or version named {name!r} in container {container!r}; "
+    raise RegistryError(
+        f"no model alias or version named {name!r} in container {container!r} ({_existing(storage, container)}); "
         "train and promote models first: python -m sensor_scoring train --start ... --end ... --promote"
     )
 
 
 def read_manifest(storage: Storage, container: str, version: str) -> dict[str, object]:
-    return json.loads(storage.read_bytes(container, f"versions/{version}/manifest.json"))
+    """A version's manifest; ``RegistryError`` if it has none or it is not JSON."""
+    check_version(version)
+    try:
+        manifest: dict[str, object] = json.loads(storage.read_bytes(container, f"versions/{version}/manifest.json"))
+    except FileNotFoundError:
+        raise RegistryError(
+            f"model version {version!r} has no manifest.json in container {container!r}; "
+            f"{_existing(storage, container)}"
+        ) from None
+    except ValueError as exc:
+        raise RegistryError(f"manifest of model version {version!r} is not JSON: {exc}") from None
+    return manifest
 
 
 def read_index(storage: Storage, container: str, version: str) -> pd.DataFrame:
-    """The per-model table of a version, checked against the hash in its manifest."""
+    """The per-model table of a version, checked against the hash in its manifest (``RegistryError`` if it is
+    missing or does not match: a configuration fault, failed at once)."""
     manifest = read_manifest(storage, container, version)
-    data = storage.read_bytes(container, f"versions/{version}/models.parquet")
-    expected = manifest["index"]["sha256"]  # type: ignore[index]
+    try:
+        data = storage.read_bytes(container, f"versions/{version}/models.parquet")
+    except FileNotFoundError:
+        raise RegistryError(
+            f"model version {version!r} has a manifest but no index (models.parquet) in container {container!r}; "
+            f"{_existing(storage, container)}"
+        ) from None
+    try:
+        expected = manifest["index"]["sha256"]  # type: ignore[index]
+    except (KeyError, TypeError):
+        raise RegistryError(f"manifest of model version {version!r} names no index hash") from None
     if hashlib.sha256(data).hexdigest() != expected:
-        raise ModelIntegrityError(f"model index of version {version} does not match its manifest hash")
+        raise IndexMismatchError(
+            f"model index of version {version!r} does not match its manifest hash; {_existing(storage, container)}"
+        )
     return parquet_frame(data)
 
 

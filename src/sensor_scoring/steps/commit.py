@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 
 from sensor_scoring import layout, storage as st
 from sensor_scoring.contracts import (
-    CORRUPT_FILE,
     PREDICTION_SCHEMA,
     QUARANTINE_SCHEMA,
     REASON_COLUMN,
@@ -44,6 +43,7 @@ from sensor_scoring.contracts import (
 )
 from sensor_scoring.steps import partial
 from sensor_scoring.steps.common import names_storage_outages
+from sensor_scoring.steps.fence import check_fence, write_fenced_manifest
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.rescoring import Kept, keep_unrescored, model_versions, rescoring_history
 from sensor_scoring.storage import Storage
@@ -181,6 +181,7 @@ def _write_predictions(
 def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFrame, kept: Kept | None) -> Manifest:
     """Upload one hour's two partitions, its corrupt files and validation report, then its manifest."""
     hour, storage, containers, part = run.hour, run.hour.storage, run.hour.containers, layout.Partition(h)
+    generation = check_fence(hour, run.summary, h)  # before anything of the hour is written
     if kept is not None:
         q_rows = pd.concat([kept.quarantine, q_rows], ignore_index=True)
     validation = run.report.hour(h)
@@ -216,6 +217,7 @@ def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFr
         quarantine_reasons={str(k): int(v) for k, v in Counter(q_rows[REASON_COLUMN]).items()},
         files=files,
         source_folders=run.summary.folders,
+        source_files=run.summary.source_files,
         status=(status := partial.hour_status(counts, q_rows)),
         quarantined_files=bad_files,
         empty_files=validation.empty_files,
@@ -244,7 +246,7 @@ def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFr
         failed_shards=run.failed_shards if status == "partial" else (),
     )
     body = manifest.to_json(indent=2)
-    storage.write_bytes(containers.predictions, part.manifest, body)
+    write_fenced_manifest(hour, h, body, generation)
     storage.write_bytes(containers.quarantine, part.manifest, body)
     _log_committed(part, manifest)
     return manifest
@@ -292,7 +294,7 @@ def _quarantine_files(
                 bytes=entry.bytes,
                 sha256=entry.sha256,
                 error=entry.error,
-                reason=CORRUPT_FILE,
+                reason=entry.reason,
                 copy=where,
             )
         )

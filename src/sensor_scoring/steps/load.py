@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from datetime import datetime
@@ -12,6 +13,7 @@ import pandas as pd
 from sensor_scoring import layout, storage as st
 from sensor_scoring.contracts import (
     QUARANTINE_SCHEMA,
+    READER_REASONS,
     REASON_COLUMN,
     ROW_REASONS,
     SOURCE_COLUMN,
@@ -19,12 +21,15 @@ from sensor_scoring.contracts import (
     HourSummary,
     HourValidation,
     Interval,
+    SourceFiles,
     Subset,
     ValidationReport,
     ValidationThresholdError,
 )
 from sensor_scoring.layout import HOUR
+from sensor_scoring.names import check_sensor_names
 from sensor_scoring.steps.common import count_by_hour, hour_key, names_storage_outages, quarantine_frame
+from sensor_scoring.steps.fence import read_generations
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.rescoring import duplicates_by_sensor, select_sensors, subset_of
 from sensor_scoring.validation import Checked, check_windows
@@ -35,6 +40,7 @@ from sensor_scoring.windows import (
     folder_hour,
     partition_hours,
     read_owned,
+    strays,
 )
 
 if TYPE_CHECKING:
@@ -68,10 +74,15 @@ def load_and_validate(
     """
     from sensor_scoring.validation.expectations import load_bounds
 
+    devices, tags = check_sensor_names(devices, "devices"), check_sensor_names(tags, "tags")
+    generations = read_generations(hour)  # before any window is read: what commit is fenced on
     read = read_owned(hour.storage, hour.containers.windows, hour.start, hour.end, late_folders)
-    landed = select_sensors(read.windows, devices, tags)
+    landed, rejected = set_aside_strays(
+        select_sensors(read.windows, devices, tags), select_sensors(read.rejected, devices, tags)
+    )
     bounds = load_bounds()
-    checked = _validate(landed, hour, bounds)
+    checked = with_rejected(_validate(landed, hour, bounds), rejected)
+    landed = pd.concat([landed, rejected.drop(columns=[REASON_COLUMN])], ignore_index=True) if len(rejected) else landed
     run, staging = layout.Run(hour.run_key), hour.containers.staging
     hour.storage.write_bytes(staging, run.valid, st.parquet_bytes(checked.valid))
     hour.storage.write_bytes(
@@ -83,6 +94,7 @@ def load_and_validate(
     report = validation_report(hour, landed, checked, read, bounds.as_dict(), share)
     hour.storage.write_bytes(staging, run.validation_report, report.to_json(indent=2))
     summary = hour_summary(hour, landed, checked, read, report, share, subset_of(devices, tags))
+    summary = dataclasses.replace(summary, generations=generations)
     _log_loaded(summary, report, checked)
     refuse_above_threshold(
         report, share, report_uri=summary.validation_report, failing_uri=st.make_uri(staging, run.validation_quarantine)
@@ -102,6 +114,34 @@ def _validate(landed: pd.DataFrame, hour: Hour, bounds: Bounds) -> Checked:
         raise WindowSchemaError(f"{exc} in the windows of {', '.join(files[:5])}{more}") from exc
 
 
+def set_aside_strays(landed: pd.DataFrame, rejected: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Strays (owned by the folder they landed in, not by their window_end's hour: see ``windows.ownership``)
+    are quarantined ``window_outside_interval`` whatever else they are, also when their window_end lies inside a
+    multi-hour interval; a missing window_end is left to the suite (``null_key``)."""
+    stray = (strays(landed) & landed["window_end"].notna()).to_numpy()
+    if not stray.any():
+        return landed, rejected
+    moved = landed.loc[stray].assign(**{REASON_COLUMN: "window_outside_interval"})
+    moved["reading_count"] = moved["reading_count"].astype("float64")
+    kept = landed.loc[~stray].reset_index(drop=True)
+    return kept, pd.concat([rejected, moved], ignore_index=True)
+
+
+def with_rejected(checked: Checked, rejected: pd.DataFrame) -> Checked:
+    """The suite's split plus the rows the reader rejected (a value not of its type): quarantined with the
+    reader's reason, after the suite's rows. ``duplicate_index`` stays valid: rejected rows come after the
+    landed rows in the frame the counts are taken from."""
+    if not len(rejected):
+        return checked
+    checked.quarantined = pd.concat([checked.quarantined, rejected], ignore_index=True)
+    return checked
+
+
+def source_files(read: LandedFiles) -> SourceFiles:
+    """Every blob of the folders read, accounted for: read, empty or quarantined whole."""
+    return SourceFiles(seen=len(read.files), read=len(read.read), empty=len(read.empty), quarantined=len(read.corrupt))
+
+
 def corrupt_file_hour(name: str, hour: Hour) -> datetime:
     """A corrupt file is listed under its folder's hour if the run owns it, else under the run's last hour
     (a late folder: the file may hold this interval's late windows)."""
@@ -114,7 +154,12 @@ def corrupt_file_hour(name: str, hour: Hour) -> datetime:
 def _corrupt_files(read: LandedFiles, hour: Hour) -> tuple[CorruptFile, ...]:
     def listed(c: UnreadableFile) -> CorruptFile:
         return CorruptFile(
-            file=c.file, bytes=c.bytes, sha256=c.sha256, error=c.error, hour=corrupt_file_hour(c.file, hour)
+            file=c.file,
+            bytes=c.bytes,
+            sha256=c.sha256,
+            error=c.error,
+            hour=corrupt_file_hour(c.file, hour),
+            reason=c.reason,
         )
 
     return tuple(listed(c) for c in read.corrupt)
@@ -157,7 +202,7 @@ def validation_report(
             failing_share=round(share, 6),
             max_quarantine_share=max_quarantine_share,
             threshold_exceeded=share > max_quarantine_share,
-            failing_rows_by_reason={r: reasons[r] for r in ROW_REASONS if reasons[r]},
+            failing_rows_by_reason={r: reasons[r] for r in (*READER_REASONS, *ROW_REASONS) if reasons[r]},
             quarantined_files=tuple(c for c in corrupt if c.hour == h),
             empty_files=tuple(f for f in read.empty if (folder_hour(f) or hour.start) == h),
         )
@@ -204,6 +249,7 @@ def hour_summary(
         validation_report=st.make_uri(hour.containers.staging, layout.Run(hour.run_key).validation_report),
         subset=subset,
         duplicates_by_sensor=duplicates_by_sensor(landed, checked.valid, quarantined),
+        source_files=source_files(read),
     )
 
 
@@ -231,7 +277,7 @@ def _log_loaded(summary: HourSummary, report: ValidationReport, checked: Checked
         ),
     )
     for c in summary.quarantined_files:
-        log.warning("Quarantined corrupt file %s (%d bytes): %s", c.file, c.bytes, c.error)
+        log.warning("Quarantined file %s (%d bytes, %s): %s", c.file, c.bytes, c.reason, c.error)
     for h, r in report.hours.items():
         if not r.landed:
             log.warning(

@@ -19,12 +19,15 @@ from sensor_scoring import settings as config
 from sensor_scoring.storage.base import (
     URI_SCHEME,
     BlobInfo,
+    GenerationMismatch,
     Storage,
+    UnsafePathError,
     make_uri,
     parquet_bytes,
     parquet_frame,
     parse_uri,
     read_parquet,
+    safe_path,
 )
 from sensor_scoring.storage.blob import RETRIES_ENV, RETRY_BACKOFF_ENV, BlobStorage, retry_policy, retry_settings
 from sensor_scoring.storage.local import LocalStorage
@@ -38,11 +41,13 @@ __all__ = [
     "URI_SCHEME",
     "BlobInfo",
     "BlobStorage",
+    "GenerationMismatch",
     "LocalStorage",
     "SasStorage",
     "Storage",
     "StorageSetting",
     "StorageSettingError",
+    "UnsafePathError",
     "make_sas_setting",
     "make_uri",
     "open_storage",
@@ -53,6 +58,7 @@ __all__ = [
     "read_parquet",
     "retry_policy",
     "retry_settings",
+    "safe_path",
     "sas_container_urls",
 ]
 

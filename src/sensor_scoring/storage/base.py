@@ -7,6 +7,7 @@ against Azure, Azurite and a plain folder.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -43,6 +44,54 @@ class Storage(Protocol):
     def delete_prefix(self, container: str, prefix: str) -> int: ...
 
     def describe(self) -> str: ...
+
+    def generation(self, container: str, path: str) -> str | None:
+        """An opaque token that changes whenever the blob is written (its ETag); None if it does not exist."""
+        ...
+
+    def write_bytes_if(self, container: str, path: str, data: bytes, generation: str | None) -> None:
+        """Write only if the blob is still at ``generation`` (None: only if it does not exist), atomically with
+        the check; else ``GenerationMismatch``. What fences a commit against a run that committed in between."""
+        ...
+
+
+class GenerationMismatch(RuntimeError):
+    """A conditional write found the blob at another generation than the one the writer read."""
+
+
+class UnsafePathError(ValueError):
+    """A container or blob name that could resolve outside its container (``..``, a leading ``/``, ...)."""
+
+
+#: Azure's container names: 3-63 lowercase letters, digits and dashes, starting and ending with a letter or digit.
+_CONTAINER = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+
+
+def safe_path(container: str, path: str, *, prefix: bool = False) -> str:
+    """``path`` if it names a blob inside ``container`` on every storage (a directory resolves ``..`` and an HTTP
+    stack may normalise dot segments), else ``UnsafePathError``. A listing ``prefix`` may be empty or end in ``/``.
+
+    Every implementation calls this first, so no parameter that reaches a path can leave its container.
+    """
+    if not _CONTAINER.fullmatch(container):
+        raise UnsafePathError(f"container {container!r} is not a container name (3-63 of a-z, 0-9, -)")
+    if prefix and not path:
+        return path
+    segments = path.split("/")
+    if prefix and len(segments) > 1 and segments[-1] == "":
+        segments = segments[:-1]
+    bad = (
+        not path
+        or "\\" in path
+        or any(ord(ch) < 32 or ord(ch) == 127 for ch in path)
+        or any(seg in ("", ".", "..") for seg in segments)
+    )
+    if bad:
+        raise UnsafePathError(
+            f"blob path {path!r} in container {container!r} is not a plain relative name "
+            "(no empty, '.' or '..' segment, no leading '/', backslash or control character)"
+        )
+    return path
 
 
 def make_uri(container: str, path: str) -> str:

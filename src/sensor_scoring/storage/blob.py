@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from sensor_scoring import settings as config
-from sensor_scoring.storage.base import BlobInfo, make_uri
+from sensor_scoring.storage.base import BlobInfo, GenerationMismatch, make_uri, safe_path
 
 if TYPE_CHECKING:
     from azure.storage.blob import ExponentialRetry
@@ -92,6 +92,7 @@ class BlobStorage:
         self._created.add(container)
 
     def read_bytes(self, container: str, path: str) -> bytes:
+        safe_path(container, path)
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
@@ -100,10 +101,12 @@ class BlobStorage:
             raise FileNotFoundError(make_uri(container, path)) from exc
 
     def write_bytes(self, container: str, path: str, data: bytes) -> None:
+        safe_path(container, path)
         self._ensure_container(container)
         self._client.get_blob_client(container, path).upload_blob(data, overwrite=True, max_concurrency=2)
 
     def upload_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None:
+        safe_path(container, path)
         self._ensure_container(container)
         with open(local_path, "rb") as handle:
             # Large files go up as staged blocks; the blob switches to the new content only when the
@@ -111,6 +114,7 @@ class BlobStorage:
             self._client.get_blob_client(container, path).upload_blob(handle, overwrite=True, max_concurrency=2)
 
     def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
+        safe_path(container, prefix, prefix=True)
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
@@ -120,6 +124,7 @@ class BlobStorage:
             return []
 
     def exists(self, container: str, path: str) -> bool:
+        safe_path(container, path)
         return bool(self._client.get_blob_client(container, path).exists())
 
     def delete_prefix(self, container: str, prefix: str) -> int:
@@ -131,3 +136,38 @@ class BlobStorage:
 
     def describe(self) -> str:
         return f"blob account {self.account_name} at {self._client.url}"
+
+    def generation(self, container: str, path: str) -> str | None:
+        safe_path(container, path)
+        return blob_generation(self._client.get_blob_client(container, path))
+
+    def write_bytes_if(self, container: str, path: str, data: bytes, generation: str | None) -> None:
+        safe_path(container, path)
+        self._ensure_container(container)
+        conditional_upload(self._client.get_blob_client(container, path), data, generation, make_uri(container, path))
+
+
+def blob_generation(client: Any) -> str | None:
+    """The blob's ETag, None if it does not exist."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return str(client.get_blob_properties().etag)
+    except ResourceNotFoundError:
+        return None
+
+
+def conditional_upload(client: Any, data: bytes, generation: str | None, where: str) -> None:
+    """Upload with If-Match on ``generation`` (If-None-Match * when None): the service checks and writes at once."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+
+    try:
+        if generation is None:
+            client.upload_blob(data, overwrite=False)
+        else:
+            client.upload_blob(data, overwrite=True, etag=generation, match_condition=MatchConditions.IfNotModified)
+    except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError) as exc:
+        raise GenerationMismatch(
+            f"{where} is no longer at generation {generation or '(absent)'}: written by someone else meanwhile"
+        ) from exc

@@ -5,13 +5,15 @@ Writes are atomic per file, as a committed block blob is: a file is written besi
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sensor_scoring.storage.base import BlobInfo
+from sensor_scoring.storage.base import BlobInfo, GenerationMismatch, UnsafePathError, safe_path
 
 
 class LocalStorage:
@@ -21,9 +23,11 @@ class LocalStorage:
         self.root = Path(root)
 
     def _path(self, container: str, path: str) -> Path:
-        full = (self.root / container / path).resolve()
-        if not str(full).startswith(str(self.root.resolve())):
-            raise ValueError(f"path {path!r} escapes the storage root")
+        safe_path(container, path)
+        base = (self.root / container).resolve()
+        full = (base / path).resolve()
+        if not full.is_relative_to(base):  # a symlink inside the root that points out of it
+            raise UnsafePathError(f"path {path!r} escapes container {container!r} of {self.root}")
         return full
 
     def read_bytes(self, container: str, path: str) -> bytes:
@@ -54,6 +58,7 @@ class LocalStorage:
             raise
 
     def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
+        safe_path(container, prefix, prefix=True)
         base = self.root / container
         start = base / prefix.rsplit("/", 1)[0] if "/" in prefix else base  # walk only below the prefix's folder
         if not start.is_dir():
@@ -79,3 +84,29 @@ class LocalStorage:
 
     def describe(self) -> str:
         return f"local directory {self.root}"
+
+    def generation(self, container: str, path: str) -> str | None:
+        """The content's sha256 (a directory has no ETag; the content is what a writer read)."""
+        target = self._path(container, path)
+        try:
+            return hashlib.sha256(target.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            return None
+
+    def write_bytes_if(self, container: str, path: str, data: bytes, generation: str | None) -> None:
+        """Check and write under an exclusive lock on a lock file beside the target (``flock``: every writer of
+        this directory through this method takes it), so the check and the rename are one step."""
+        target = self._path(container, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.parent / f".tmp-lock-{target.name}", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = self.generation(container, path)
+                if current != generation:
+                    raise GenerationMismatch(
+                        f"{container}/{path} is no longer at generation {generation or '(absent)'} "
+                        f"(now {current or 'absent'}): written by someone else meanwhile"
+                    )
+                self.write_bytes(container, path, data)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)

@@ -7,8 +7,8 @@ import os
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from sensor_scoring.storage.base import BlobInfo, make_uri
-from sensor_scoring.storage.blob import retry_policy, retry_settings
+from sensor_scoring.storage.base import BlobInfo, make_uri, safe_path
+from sensor_scoring.storage.blob import blob_generation, conditional_upload, retry_policy, retry_settings
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -60,6 +60,7 @@ class SasStorage:
             ) from None
 
     def read_bytes(self, container: str, path: str) -> bytes:
+        safe_path(container, path)
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
@@ -68,13 +69,16 @@ class SasStorage:
             raise FileNotFoundError(make_uri(container, path)) from exc
 
     def write_bytes(self, container: str, path: str, data: bytes) -> None:
+        safe_path(container, path)
         self._client(container).upload_blob(path, data, overwrite=True, max_concurrency=2)
 
     def upload_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None:
+        safe_path(container, path)
         with open(local_path, "rb") as handle:
             self._client(container).upload_blob(path, handle, overwrite=True, max_concurrency=2)
 
     def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
+        safe_path(container, prefix, prefix=True)
         from azure.core.exceptions import ResourceNotFoundError
 
         blobs = self._client(container).list_blobs(name_starts_with=prefix or None)
@@ -84,6 +88,7 @@ class SasStorage:
             return []
 
     def exists(self, container: str, path: str) -> bool:
+        safe_path(container, path)
         return bool(self._client(container).get_blob_client(path).exists())
 
     def delete_prefix(self, container: str, prefix: str) -> int:
@@ -91,6 +96,14 @@ class SasStorage:
         for start in range(0, len(names), 256):
             self._client(container).delete_blobs(*names[start : start + 256])
         return len(names)
+
+    def generation(self, container: str, path: str) -> str | None:
+        safe_path(container, path)
+        return blob_generation(self._client(container).get_blob_client(path))
+
+    def write_bytes_if(self, container: str, path: str, data: bytes, generation: str | None) -> None:
+        safe_path(container, path)
+        conditional_upload(self._client(container).get_blob_client(path), data, generation, make_uri(container, path))
 
     def describe(self) -> str:  # the URLs without their signatures
         return "SAS access to " + ", ".join(f"{c.url.split('?', 1)[0]}" for c in self._clients.values())

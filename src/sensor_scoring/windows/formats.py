@@ -1,7 +1,29 @@
-"""The landed-window files: their columns and dtypes, every Stream Analytics serialisation, and reading folders.
+"""The landed-window files: their columns and types, every Stream Analytics serialisation, and reading folders.
 
-A corrupt file (truncated, garbage) is set aside whole and the hour goes on; a file that parses but breaks the
-contract's structure (a column missing, or unreadable as its type) stops the run, naming file and column.
+Three levels of fault, each kept at its own level (docs/faults.md):
+
+- a **file** that cannot be read (not UTF-8, garbage, truncated, a serialisation we do not know) is set aside
+  whole with a reason (``contracts.FILE_REASONS``) and the hour goes on;
+- a file that parses but lacks a contract column stops the run, naming file and column (the producer is wrong);
+- a **row** whose value cannot be taken as its contract type (``contracts.READER_REASONS``) is kept as a
+  rejected row with its reason and quarantined by the hour that owns it: it never fails the file or the hour.
+
+The strict types (the contract of docs/architecture.md, "Landed windows"):
+
+- ``device_id``, ``tag``: strings (a JSON number or boolean is ``wrong_type``; CSV cells are text);
+- ``window_end``: an ISO 8601 text with ``Z`` or an offset, to 9 fractional digits, or a timestamp of the
+  serialisation (Parquet, Avro; a time zone-less one is UTC); outside pandas' nanosecond range (1677-2262) or
+  not a real date it is ``bad_timestamp``; a window must end on the minute exactly (any second or fraction
+  is ``window_not_on_minute``), so the microsecond unit of the partitions never truncates a scored window
+  (a rejected one is quarantined with its window_end floored to the microsecond);
+- values: numbers (JSON ints and floats; bare ``NaN``/``Infinity`` tokens are the floats, left to validation);
+  a string (``"NaN"``, ``"3"``) or a boolean is ``wrong_type``; floats are parsed correctly rounded
+  (Python's ``float``, Arrow's readers), so the features are bit-exact the landed text;
+- ``reading_count``: an integer (a float with no fraction, ``3.0``, is that integer; a fractional count is
+  left to validation, ``reading_count_invalid``); a string or boolean is ``wrong_type``.
+
+Files are recognised by their content (Parquet and Avro by their magic bytes, JSON by its first character,
+CSV by a header naming the contract columns); the name does not decide. UTF-8 with or without byte-order mark.
 """
 
 from __future__ import annotations
@@ -10,14 +32,27 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from sensor_scoring.contracts import SOURCE_COLUMN, WINDOW_COLUMNS
-from sensor_scoring.storage import Storage, parquet_frame
+from sensor_scoring.contracts import (
+    CORRUPT_FILE,
+    NOT_UTF8,
+    REASON_COLUMN,
+    SOURCE_COLUMN,
+    UNSUPPORTED_FORMAT,
+    WINDOW_COLUMNS,
+)
+from sensor_scoring.storage import BlobInfo, Storage
 
 #: Column -> pandas dtype of a landed window (the columns of ``contracts.WINDOW_SCHEMA``, in its order).
 WINDOW_DTYPES: dict[str, str] = {
@@ -32,7 +67,25 @@ WINDOW_DTYPES: dict[str, str] = {
 }
 #: Stream Analytics writes a numeric schema hash in front of its file names; ours is fixed per column set.
 SCHEMA_HASH = str(int(hashlib.sha256(",".join(WINDOW_COLUMNS).encode()).hexdigest()[:8], 16))
-READABLE_SUFFIXES = (".json", ".csv", ".parquet")
+#: Names whose serialisation is obvious; kept for callers that land files. Reading goes by content.
+READABLE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".txt", ".csv", ".parquet", ".avro")
+#: Concurrent listings and downloads of one hour's blobs: small files are latency-bound, 8 in flight keep
+#: 2 cores busy (bench/bench_many_files.py); bounded, so an hour of 5,000 files never opens 5,000 connections.
+DOWNLOAD_CONCURRENCY_DEFAULT = 8
+DOWNLOAD_CONCURRENCY = DOWNLOAD_CONCURRENCY_DEFAULT
+
+_KEYS = ("device_id", "tag")
+#: The types pyarrow's JSON reader must find (window_end is text, parsed by the one timestamp rule here).
+_ARROW_JSON_SCHEMA = pa.schema(
+    [(c, pa.string()) for c in ("device_id", "tag", "window_end")]
+    + [(c, pa.float64()) for c in ("value_avg", "value_min", "value_max", "value_std")]
+    + [("reading_count", pa.int64())]
+)
+_VALUES = ("value_avg", "value_min", "value_max", "value_std")
+_BOM = b"\xef\xbb\xbf"
+_ISO = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})")
+_NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
+_INTEGER = re.compile(r"-?(0|[1-9]\d*)")
 
 
 class WindowFileError(ValueError):
@@ -40,12 +93,17 @@ class WindowFileError(ValueError):
 
 
 class CorruptFileError(WindowFileError):
-    """The file is not valid in its serialisation (truncated, garbage): quarantined whole, the hour goes on."""
+    """The file cannot be read (not UTF-8, garbage, truncated, unknown serialisation): quarantined whole with
+    ``reason``, the hour goes on."""
+
+    def __init__(self, message: str, reason: str = CORRUPT_FILE) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class WindowSchemaError(WindowFileError):
-    """The file parses but its structure breaks the contract (a required column missing, or of a type that
-    cannot be read): the input is wrong, not some rows, so the run fails naming the file and the column."""
+    """The file parses but its structure breaks the contract (a required column missing): the input is wrong,
+    not some rows, so the run fails naming the file and the column."""
 
 
 def conform(frame: pd.DataFrame) -> pd.DataFrame:
@@ -74,125 +132,501 @@ def _records(frame: pd.DataFrame) -> Iterable[dict[str, object]]:
         yield {col: (val.item() if isinstance(val, np.generic) else val) for col, val in zip(columns, row)}
 
 
-def parse_window_file(name: str, data: bytes) -> pd.DataFrame:
-    """Read one landed file in any Stream Analytics serialisation into the contract's columns.
+# --- one file: recognise, parse into raw columns, take each value as its type ----------------------------------
 
-    Line-separated JSON, a JSON array, CSV (with header) and Parquet are understood. A missing column or
-    a value that cannot be cast raises ``WindowFileError`` naming the file and the column.
+
+@dataclass
+class ParsedFile:
+    """One file's rows: the windows taken as their types, and the rows rejected with the reader's reason."""
+
+    windows: pd.DataFrame
+    rejected: pd.DataFrame
+
+    @property
+    def rows(self) -> int:
+        return len(self.windows) + len(self.rejected)
+
+
+_Columns = dict[str, Sequence[object]]
+
+
+def sniff(data: bytes) -> str:
+    """The serialisation of a file by its content: parquet, avro, json, csv, empty, or '' (unknown)."""
+    if data.startswith(b"PAR1"):
+        return "parquet"
+    if data.startswith(b"Obj\x01"):
+        return "avro"
+    head = data[len(_BOM) :] if data.startswith(_BOM) else data
+    head = head.lstrip()
+    if not head:
+        return "empty"
+    if head[:1] in (b"{", b"["):
+        return "json"
+    first = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    if "," in first and any(col in first for col in WINDOW_COLUMNS):
+        return "csv"
+    return ""
+
+
+def read_window_file(name: str, data: bytes) -> ParsedFile:
+    """Read one landed file, whatever its serialisation, into typed windows and rejected rows.
+
+    ``CorruptFileError`` (with its reason) if the file cannot be read; ``WindowSchemaError`` if a column of the
+    contract is missing.
     """
-    lower = name.lower()
-    if not lower.endswith(READABLE_SUFFIXES):
-        raise WindowFileError(f"{name}: unknown serialisation (expected {', '.join(READABLE_SUFFIXES)})")
-    try:
-        frame = _parse(lower, data)
-    except Exception as exc:  # every parser has its own error types; the file name is what matters
-        raise CorruptFileError(f"{name}: cannot be parsed: {type(exc).__name__}: {exc}") from exc
-    if frame.empty and not len(frame.columns):
-        frame = pd.DataFrame(columns=WINDOW_COLUMNS)
-    missing = [col for col in WINDOW_COLUMNS if col not in frame.columns]
-    if missing:
-        raise WindowSchemaError(f"{name}: missing required column(s) {', '.join(missing)}")
-    frame = frame[WINDOW_COLUMNS].copy()
-    for column, dtype in WINDOW_DTYPES.items():
+    kind = sniff(data)
+    if kind == "empty":
+        return ParsedFile(empty_windows(), empty_rejected())
+    source: str | bytes = data
+    if kind in ("json", "csv", ""):
         try:
-            frame[column] = _cast(frame[column], column, dtype)
-        except Exception as exc:
-            raise WindowSchemaError(f"{name}: column {column} cannot be read as {dtype}: {exc}") from exc
-    frame[SOURCE_COLUMN] = name
-    return frame
+            source = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise CorruptFileError(f"{name}: not UTF-8 text: {exc}", NOT_UTF8) from exc
+    if not kind:
+        raise CorruptFileError(
+            f"{name}: unsupported format (not JSON lines, a JSON array, CSV with a header, Parquet or Avro)",
+            UNSUPPORTED_FORMAT,
+        )
+    if kind == "json" and isinstance(source, str):
+        fast = _json_lines_columnar(source, name)
+        if fast is not None:
+            return fast
+    try:
+        columns = _PARSERS[kind](source)
+    except Exception as exc:  # every parser has its own error types; the file name is what matters
+        raise CorruptFileError(f"{name}: cannot be parsed as {kind}: {type(exc).__name__}: {exc}") from exc
+    missing = [col for col in WINDOW_COLUMNS if col not in columns]
+    if missing and _rows(columns):
+        raise WindowSchemaError(f"{name}: missing required column(s) {', '.join(missing)}")
+    return typed(columns, name)
 
 
-def _parse(lower_name: str, data: bytes) -> pd.DataFrame:
-    """The file's rows as parsed, before any cast; a blob created before its first write is no windows."""
-    if not data.strip():
-        return pd.DataFrame(columns=WINDOW_COLUMNS)
-    if lower_name.endswith(".parquet"):
-        return parquet_frame(data)
-    if lower_name.endswith(".csv"):
-        _check_csv_rows(data)
-        return pd.read_csv(io.BytesIO(data), dtype={"device_id": "string", "tag": "string"})
-    text = data.decode("utf-8").strip()
-    if text.startswith("["):
-        return pd.DataFrame(json.loads(text))
-    # pandas' C JSON reader: about twice as fast as json.loads per line on a 600k-window hour
-    return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+def parse_window_file(name: str, data: bytes) -> pd.DataFrame:
+    """The windows of one landed file that the reader takes as their types (rejected rows left out)."""
+    return read_window_file(name, data).windows
 
 
-def _cast(values: pd.Series, column: str, dtype: str) -> pd.Series:
-    if column == "window_end":
-        return pd.to_datetime(values, utc=True, format="ISO8601").astype(dtype)
-    if column == "reading_count":
-        numbers = pd.to_numeric(values, errors="raise")
-        # A missing or fractional count is kept as float so that validation quarantines the row.
-        whole = bool(numbers.notna().all() and (numbers % 1 == 0).all())
-        return numbers.astype("int64" if whole else "float64")
-    if dtype == "float64":
-        return pd.to_numeric(values, errors="raise").astype(dtype)
-    return values.astype(dtype)
+def _rows(columns: _Columns) -> int:
+    return max((len(v) for v in columns.values()), default=0)
 
 
-def _check_csv_rows(data: bytes) -> None:
-    """A truncated CSV still parses (the cut row gets nulls); a row with fewer fields than the header gives it away."""
-    rows = csv.reader(io.StringIO(data.decode("utf-8")))
+def _json_columns(text: str) -> _Columns:
+    """JSON lines or one JSON array of objects, as raw columns (a key absent from a row is null there).
+
+    ``json.loads`` parses floats correctly rounded; pandas' ``read_json`` does not (without precise_float)."""
+    stripped = text.strip()
+    if stripped.startswith("["):
+        records = json.loads(stripped)
+        if not isinstance(records, list):
+            raise ValueError("a JSON array of window objects expected")
+    else:
+        records = [json.loads(line) for line in stripped.splitlines() if line.strip()]
+    if not all(isinstance(r, dict) for r in records):
+        raise ValueError("every row must be a JSON object")
+    names = list(dict.fromkeys(k for r in records for k in r))
+    return {col: [r.get(col) for r in records] for col in names}
+
+
+def _json_lines_columnar(text: str, name: str | list[str]) -> ParsedFile | None:
+    """JSON lines through pyarrow's reader with the contract's types: columnar, about twice as fast as
+    ``json.loads`` per line, and exact (Arrow parses floats correctly rounded). It refuses a value of another
+    JSON type (a number for a key, a string or boolean for a value, ``3.0`` for a count), so then, and when a
+    column is absent or the text is not JSON lines, None: the row-wise reader decides, row by row."""
+    import pyarrow.json as pj
+
+    if text.lstrip().startswith("["):
+        return None
+    options = pj.ParseOptions(explicit_schema=_ARROW_JSON_SCHEMA, unexpected_field_behavior="ignore")
+    try:
+        table = pj.read_json(io.BytesIO(text.encode()), parse_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    rows = table.num_rows
+    if not isinstance(name, str) and rows != len(name):
+        return None  # a line holding more or fewer than one object: each file is read alone
+    if not rows or any(table.column(col).null_count == rows for col in WINDOW_COLUMNS):
+        return None  # an absent column (a structural error) or an empty file: the row-wise reader names it
+    reasons: list[set[str]] = [set() for _ in range(rows)]
+    counts = table.column("reading_count").to_numpy(zero_copy_only=False).astype("float64")
+    if (np.abs(counts[~np.isnan(counts)]) > 2**53).any():
+        return None
+    frame = pd.DataFrame(
+        {
+            "device_id": pd.array(table.column("device_id").to_pylist(), dtype="string"),
+            "tag": pd.array(table.column("tag").to_pylist(), dtype="string"),
+            "window_end": _timestamps(table.column("window_end").to_pylist(), reasons),
+            **{col: table.column(col).to_numpy(zero_copy_only=False).astype("float64") for col in _VALUES},
+            "reading_count": counts,
+        }
+    )
+    return _split(frame, reasons, name)
+
+
+def _csv_columns(text: str) -> _Columns:
+    """CSV with a header; a row with another number of fields than the header is a truncated file."""
+    rows = csv.reader(io.StringIO(text))
     header = next(rows, None)
     if header is None:
-        return
+        return {}
+    body = []
     for number, row in enumerate(rows, start=2):
-        if row and len(row) != len(header):
+        if not row:
+            continue
+        if len(row) != len(header):
             raise ValueError(f"line {number} has {len(row)} field(s), the header has {len(header)} (truncated?)")
+        body.append(row)
+    columns: _Columns = {}
+    for position, col in enumerate(header):
+        cells = [row[position] for row in body]
+        columns[col] = [_csv_cell(col, cell) for cell in cells]
+    return columns
+
+
+def _csv_cell(column: str, cell: str) -> object:
+    """A CSV cell as the JSON value it stands for: empty is null; numbers in numeric columns are numbers
+    (exactly when they are JSON number literals); anything else stays text, for the type check to judge."""
+    if cell == "":
+        return None
+    if column in _VALUES or column == "reading_count":
+        if _INTEGER.fullmatch(cell):
+            return int(cell)
+        if _NUMBER.fullmatch(cell):
+            return float(cell)
+    return cell
+
+
+def _parquet_columns(data: bytes) -> _Columns:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(data))
+    return {name: _arrow_values(table.column(name)) for name in table.column_names}
+
+
+def _arrow_values(column: pa.ChunkedArray) -> Sequence[object]:
+    """Python values of an Arrow column; timestamps as pandas Timestamps (to_pylist drops nanoseconds)."""
+
+    if pa.types.is_timestamp(column.type):
+        return _arrow_timestamps(column)
+    values: list[object] = column.to_pylist()
+    return values
+
+
+def _arrow_timestamps(column: pa.ChunkedArray) -> list[object]:
+    """Timestamps of any unit as tz-aware pandas Timestamps; one out of nanosecond range becomes a marker."""
+    import pyarrow.compute as pc
+
+    unit = column.type.unit
+    scale = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[unit]
+    tz = column.type.tz or "UTC"
+    ints = pc.cast(column, pa.int64()).to_pylist()
+    out: list[object] = []
+    for value in ints:
+        if value is None:
+            out.append(None)
+            continue
+        try:
+            out.append(pd.Timestamp(value * scale, unit="ns", tz="UTC").tz_convert(tz))
+        except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime):
+            out.append(_OutOfRange(f"{value} {unit}"))
+    return out
+
+
+def _avro_columns(data: bytes) -> _Columns:
+    import fastavro
+
+    records: list[dict[str, Any]] = []
+    for record in fastavro.reader(io.BytesIO(data)):
+        if not isinstance(record, dict):
+            raise ValueError("every Avro record must be a record of the window's fields")
+        records.append(record)
+    names = list(dict.fromkeys(k for r in records for k in r))
+    return {col: [r.get(col) for r in records] for col in names}
+
+
+_PARSERS: dict[str, Callable[[Any], _Columns]] = {
+    "json": _json_columns,
+    "csv": _csv_columns,
+    "parquet": _parquet_columns,
+    "avro": _avro_columns,
+}
+
+
+@dataclass(frozen=True)
+class _OutOfRange:
+    """A timestamp value outside pandas' nanosecond range."""
+
+    text: str
+
+
+def typed(columns: _Columns, name: str) -> ParsedFile:
+    """Take each raw value as its contract type (the rules of the module docstring); a row with a value that
+    cannot be taken is rejected with the reasons, the others are windows."""
+    rows = _rows(columns)
+    reasons: list[set[str]] = [set() for _ in range(rows)]
+    out: dict[str, object] = {}
+    for col in _KEYS:
+        out[col] = _strings(columns.get(col, [None] * rows), reasons)
+    out["window_end"] = _timestamps(columns.get("window_end", [None] * rows), reasons)
+    for col in _VALUES:
+        out[col] = _floats(columns.get(col, [None] * rows), reasons)
+    out["reading_count"] = _counts(columns.get("reading_count", [None] * rows), reasons)
+    frame = pd.DataFrame(
+        {
+            "device_id": pd.array(out["device_id"], dtype="string"),
+            "tag": pd.array(out["tag"], dtype="string"),
+            "window_end": out["window_end"],
+            **{col: np.asarray(out[col], dtype="float64") for col in _VALUES},
+            "reading_count": np.asarray(out["reading_count"], dtype="float64"),
+        }
+    )
+    return _split(frame, reasons, name)
+
+
+def _split(frame: pd.DataFrame, reasons: list[set[str]], name: str | list[str]) -> ParsedFile:
+    """The rows without a reason are windows (count int64 when all are whole), the others rejected rows.
+    ``name`` is the source file of every row, or one per row."""
+    rows = len(frame)
+    frame[SOURCE_COLUMN] = pd.array([name] * rows if isinstance(name, str) else name, dtype="string")
+    joined = [";".join(r for r in READER_ORDER if r in found) for found in reasons]
+    bad = np.array([bool(j) for j in joined], dtype=bool) if rows else np.zeros(0, dtype=bool)
+    windows = frame.loc[~bad].reset_index(drop=True)
+    counts = windows["reading_count"]
+    # a fractional or missing count stays float so that validation quarantines the row
+    whole = bool(counts.notna().all() and (counts % 1 == 0).all())
+    windows["reading_count"] = counts.astype("int64" if whole else "float64")
+    rejected = frame.loc[bad].reset_index(drop=True)
+    # partitions hold microseconds: a rejected window ending within a microsecond keeps it floored (its reason,
+    # window_not_on_minute, says it was off); a taken window is on the minute and never truncated
+    rejected["window_end"] = rejected["window_end"].dt.floor("us")
+    rejected[REASON_COLUMN] = [j for j in joined if j]
+    return ParsedFile(windows, rejected)
+
+
+#: The reader's reasons in the order they are joined for a row with several.
+READER_ORDER = ("wrong_type", "bad_timestamp", "window_not_on_minute")
+
+
+def _strings(values: Sequence[object], reasons: list[set[str]]) -> list[object]:
+    out: list[object] = []
+    for row, value in enumerate(values):
+        if value is None or isinstance(value, str):
+            out.append(value)
+        else:
+            reasons[row].add("wrong_type")
+            out.append(None)
+    return out
+
+
+def _floats(values: Sequence[object], reasons: list[set[str]]) -> list[float]:
+    out: list[float] = []
+    for row, value in enumerate(values):
+        if value is None:
+            out.append(math.nan)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append(float(value))
+        else:
+            reasons[row].add("wrong_type")
+            out.append(math.nan)
+    return out
+
+
+def _counts(values: Sequence[object], reasons: list[set[str]]) -> list[float]:
+    """Counts as floats here (NaN for missing); made int64 for the windows when every one is whole."""
+    out: list[float] = []
+    for row, value in enumerate(values):
+        if value is None:
+            out.append(math.nan)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) > 2**53:
+                reasons[row].add("wrong_type")  # not exactly representable: never rounded silently
+                out.append(math.nan)
+            else:
+                out.append(float(value))
+        else:
+            reasons[row].add("wrong_type")
+            out.append(math.nan)
+    return out
+
+
+def _timestamps(values: Sequence[object], reasons: list[set[str]]) -> pd.Series:
+    """window_end as UTC nanoseconds; texts are parsed together (one vectorised call), checked first by a strict
+    ISO 8601 pattern so that nothing is guessed."""
+    nanos = np.full(len(values), np.iinfo(np.int64).min, dtype="int64")  # NaT until a value is taken
+    texts: dict[int, str] = {}
+    for row, value in enumerate(values):
+        if value is None:
+            continue
+        if isinstance(value, str):
+            if _ISO.fullmatch(value):
+                texts[row] = value
+            else:
+                reasons[row].add("bad_timestamp")
+        elif isinstance(value, _OutOfRange):
+            reasons[row].add("bad_timestamp")
+        elif isinstance(value, datetime):
+            try:
+                stamp = pd.Timestamp(value)
+                stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+                nanos[row] = stamp.as_unit("ns").value
+            except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime):
+                reasons[row].add("bad_timestamp")
+        else:
+            reasons[row].add("wrong_type")
+    if texts:
+        parsed = pd.to_datetime(pd.Series(list(texts.values())), utc=True, format="ISO8601", errors="coerce")
+        # pandas may parse beyond nanoseconds (another unit): outside 1677-2262 is refused, never wrapped
+        lowest, highest = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
+        taken = (parsed.notna() & (parsed >= lowest) & (parsed <= highest)).to_numpy()
+        rows = np.fromiter(texts, dtype="int64", count=len(texts))
+        in_ns = parsed[taken].astype("datetime64[ns, UTC]")
+        nanos[rows[taken]] = in_ns.dt.tz_localize(None).to_numpy().view("int64")
+        for row in rows[~taken].tolist():
+            reasons[row].add("bad_timestamp")  # not a real date, or outside 1677-2262
+    out = pd.Series(nanos.view("datetime64[ns]")).dt.tz_localize("UTC")
+    off = out.notna() & (out != out.dt.floor("min"))
+    for position in np.flatnonzero(off.to_numpy()).tolist():
+        reasons[position].add("window_not_on_minute")
+    return out
+
+
+# --- folders: every blob listed, downloaded concurrently, read, empty or quarantined ----------------------------
 
 
 @dataclass(frozen=True)
 class UnreadableFile:
-    """A landed file set aside whole because it cannot be parsed."""
+    """A landed file set aside whole because it cannot be read, with the reason (``contracts.FILE_REASONS``)."""
 
     file: str
     bytes: int
     sha256: str
     error: str
+    reason: str = CORRUPT_FILE
 
 
 @dataclass
 class LandedFiles:
-    """What folders hold: the windows read, the files read, the files set aside whole and the empty ones."""
+    """What folders hold: the windows read, the rows rejected by the reader, and every file seen.
+
+    ``files`` is every blob of the folders; each one is read (it held rows), ``empty`` or ``corrupt``.
+    """
 
     folders: list[str]
     windows: pd.DataFrame
     files: list[str]
     corrupt: list[UnreadableFile]
     empty: list[str]
+    rejected: pd.DataFrame = field(default_factory=lambda: empty_rejected())
+
+    @property
+    def read(self) -> list[str]:
+        """The files that held rows."""
+        skipped = set(self.empty) | {c.file for c in self.corrupt}
+        return [f for f in self.files if f not in skipped]
+
+
+def list_folders(storage: Storage, container: str, folders: Sequence[str]) -> list[BlobInfo]:
+    """Every blob in the folders, listed concurrently (one listing per folder), in folder order."""
+    prefixes = [folder.rstrip("/") + "/" for folder in folders]
+    if len(prefixes) <= 1:
+        return [info for prefix in prefixes for info in storage.list(container, prefix)]
+    with ThreadPoolExecutor(max_workers=min(DOWNLOAD_CONCURRENCY, len(prefixes))) as pool:
+        listings = list(pool.map(lambda prefix: storage.list(container, prefix), prefixes))
+    return [info for listing in listings for info in listing]
 
 
 def read_landed_files(storage: Storage, container: str, folders: Iterable[str]) -> LandedFiles:
-    """Every window in the folders, with its source file; a corrupt file is set aside (name, size, error).
-
-    A file whose structure breaks the contract (``WindowSchemaError``) still raises: the run must fail.
-    """
+    """Every blob in the folders, downloaded concurrently (bounded): read, listed as empty, or set aside whole
+    with a reason. A file whose structure breaks the contract (``WindowSchemaError``) still raises."""
     folders = list(folders)
-    frames, files, corrupt, empty = [], [], [], []
-    for folder in folders:
-        for info in storage.list(container, folder.rstrip("/") + "/"):
-            if not info.name.lower().endswith(READABLE_SUFFIXES):
-                continue
-            data = storage.read_bytes(container, info.name)
-            files.append(info.name)
-            try:
-                frame = parse_window_file(info.name, data)
-            except CorruptFileError as exc:
-                corrupt.append(UnreadableFile(info.name, len(data), hashlib.sha256(data).hexdigest(), str(exc)))
-                continue
-            if frame.empty:
-                empty.append(info.name)
-            frames.append(frame)
-    windows = pd.concat(frames, ignore_index=True) if frames else empty_windows()
-    return LandedFiles(folders=folders, windows=windows, files=files, corrupt=corrupt, empty=empty)
+    blobs = list_folders(storage, container, folders)
+
+    def load(info: BlobInfo) -> tuple[BlobInfo, bytes]:
+        return info, storage.read_bytes(container, info.name)
+
+    frames, rejected, corrupt, empty = [], [], [], []
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_CONCURRENCY) as pool:
+        downloaded = list(pool.map(load, blobs))
+    files = [info.name for info, _ in downloaded]
+    batched = _read_json_lines_together(downloaded)
+    for info, data in downloaded:
+        if info.name in batched.names:
+            continue
+        try:
+            parsed = read_window_file(info.name, data)
+        except CorruptFileError as exc:
+            digest = hashlib.sha256(data).hexdigest()
+            corrupt.append(UnreadableFile(info.name, len(data), digest, str(exc), exc.reason))
+            continue
+        if not parsed.rows:
+            empty.append(info.name)
+            continue
+        frames.append(parsed.windows)
+        if len(parsed.rejected):
+            rejected.append(parsed.rejected)
+    if batched.parsed is not None:
+        frames.append(batched.parsed.windows)
+        rejected.append(batched.parsed.rejected)
+    windows = _concat(frames, empty_windows())
+    return LandedFiles(
+        folders=folders,
+        windows=windows,
+        files=files,
+        corrupt=corrupt,
+        empty=empty,
+        rejected=_concat(rejected, empty_rejected()),
+    )
+
+
+@dataclass
+class _Batch:
+    names: set[str]
+    parsed: ParsedFile | None
+
+
+def _read_json_lines_together(downloaded: list[tuple[BlobInfo, bytes]]) -> _Batch:
+    """Every clean JSON-lines file of the folders in one columnar parse: Stream Analytics may flush a file per
+    window, and the per-file cost of a frame is what made 5,000 small files slow. Exactly what reading each
+    file alone gives (same rules, same source per row); if any file is not clean, none is batched."""
+    names, lines, sources = set(), [], []
+    for info, data in downloaded:
+        if sniff(data) != "json":
+            continue
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            continue
+        if text.lstrip().startswith("[") or not all(f'"{col}"' in text for col in WINDOW_COLUMNS):
+            continue  # an array, or a file that may lack a column (read alone, so that the error names it)
+        rows = [line for line in text.splitlines() if line.strip()]
+        names.add(info.name)
+        lines.extend(rows)
+        sources.extend([info.name] * len(rows))
+    if len(names) < 2:
+        return _Batch(set(), None)
+    parsed = _json_lines_columnar("\n".join(lines), sources)
+    if parsed is None or len(parsed.rejected) or set(parsed.windows[SOURCE_COLUMN]) != names:
+        return _Batch(set(), None)  # something is off in one of them: each file is read alone, row by row
+    return _Batch(names, parsed)
+
+
+def _concat(frames: list[pd.DataFrame], empty: pd.DataFrame) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return empty
+    out = pd.concat(frames, ignore_index=True)
+    if "reading_count" in out and out["reading_count"].dtype != "int64":
+        counts = out["reading_count"].astype("float64")
+        whole = bool(counts.notna().all() and (counts % 1 == 0).all())
+        out["reading_count"] = counts.astype("int64" if whole else "float64")
+    return out
 
 
 def read_landed(storage: Storage, container: str, folders: Iterable[str]) -> tuple[pd.DataFrame, list[str]]:
-    """All windows in the given folders and the files read; the first corrupt file raises ``CorruptFileError``."""
+    """All windows in the given folders and the files seen; the first corrupt file raises ``CorruptFileError``."""
     read = read_landed_files(storage, container, folders)
     if read.corrupt:
-        raise CorruptFileError(read.corrupt[0].error)
+        raise CorruptFileError(read.corrupt[0].error, read.corrupt[0].reason)
     return read.windows, read.files
 
 
@@ -200,4 +634,12 @@ def empty_windows() -> pd.DataFrame:
     """No windows, in the contract's dtypes (with the source column)."""
     empty = pd.DataFrame({col: pd.Series(dtype=dtype) for col, dtype in WINDOW_DTYPES.items()})
     empty[SOURCE_COLUMN] = pd.Series(dtype="string")
+    return empty
+
+
+def empty_rejected() -> pd.DataFrame:
+    """No rejected rows: the window columns (reading_count as float), the source file and the reason."""
+    empty = empty_windows()
+    empty["reading_count"] = empty["reading_count"].astype("float64")
+    empty[REASON_COLUMN] = pd.Series(dtype="object")
     return empty

@@ -1,17 +1,18 @@
 """Which hour owns a landed window: the one rule that training and scoring both read windows by.
 
 Stream Analytics batches its output, so a folder ``YYYY/MM/DD/HH`` may hold windows of neighbouring hours and
-an hour's windows may land up to ``late_folders`` folders later. A run of [start, end) reads its own folders
-and ``late_folders`` more, and owns:
+an hour's windows may land a folder or so later. The owner of a window is decided by the window alone (its
+``window_end`` and the folder it landed in), never by which run read which folders with which parameter:
 
-- every window whose ``window_end`` lies in [start, end), from whichever folder it was read; and
-- the *strays* of its own folders: windows that no run will ever read where they are, because their
-  ``window_end`` is missing or their own hour's run (which reads that hour's folder and ``late_folders``
-  more) does not reach this folder. Strays are validated, and so quarantined as ``window_outside_interval``
-  or ``null_key``, by the run that found them: nothing landed is silently skipped by every hour.
+- a window whose folder is its own hour's or at most ``LATE_HORIZON`` folders later belongs to the hour of
+  its ``window_end``;
+- any other window (``window_end`` missing or unreadable, later than its folder's hour, or landed more than
+  ``LATE_HORIZON`` folders late) is a **stray** of the folder it landed in: that folder's hour owns it and
+  quarantines it (``window_outside_interval``, or the reader's reason), so nothing landed is skipped.
 
-The rule assumes every run uses the same ``late_folders``. A window's partition (the hour it is committed
-under) is its window_end's hour when inside the interval, else the hour of the folder it was found in.
+Every run reads its interval's folders and at least ``LATE_HORIZON`` more (a larger ``late_folders`` reads more
+folders but changes no owner), so whatever ``late_folders`` each run used and in whatever order hours are run,
+re-run or backfilled, a landed window ends in exactly one hour's partition. A window's partition is its owner.
 """
 
 from __future__ import annotations
@@ -51,40 +52,60 @@ def folders_for_interval(start: datetime, end: datetime, late_folders: int = 1) 
     return folders
 
 
+#: Folders after its own hour's in which a window still belongs to its hour (the default ``late_folders`` of
+#: the DAG); one constant for every run, so that no parameter of a run changes an owner.
+LATE_HORIZON = 1
+
+
 def _folder_hours(files: pd.Series) -> pd.Series:
     """``folder_hour`` of each row's source file, computed once per distinct file (an hour has few files)."""
     hours = {name: folder_hour(str(name)) for name in pd.unique(files.dropna())}
     return pd.to_datetime(files.map(hours), utc=True)
 
 
-def _inside(ends: pd.Series, start: datetime, end: datetime) -> pd.Series:
-    """window_end in [start, end); a missing window_end is not inside."""
-    return ((ends >= pd.Timestamp(start)) & (ends < pd.Timestamp(end))).fillna(False).astype(bool)
-
-
-def owned_windows(windows: pd.DataFrame, start: datetime, end: datetime, late_folders: int) -> pd.DataFrame:
-    """The rows of ``windows`` (read from the run's folders) that the run of [start, end) owns: see the module."""
-    ends = windows["window_end"]
-    inside = _inside(ends, start, end)
+def owner_hours(windows: pd.DataFrame) -> pd.Series:
+    """The hour that owns each row (see the module): its window_end's hour if it landed in that hour's folder
+    or up to ``LATE_HORIZON`` folders later, else the hour of the folder it landed in. A row whose file is in no
+    hour folder is owned by its window_end's hour."""
+    own_hour = windows["window_end"].dt.floor("h")
     folder = _folder_hours(windows[SOURCE_COLUMN])
-    own_folder = ((folder >= pd.Timestamp(start)) & (folder < pd.Timestamp(end))).fillna(False).astype(bool)
-    own_hour = ends.dt.floor("h")
-    claimed = ((folder >= own_hour) & (folder <= own_hour + pd.Timedelta(hours=late_folders))).fillna(False)
-    stray = own_folder & ~inside & ~claimed.astype(bool)
-    return windows.loc[inside | stray].reset_index(drop=True)
+    lateness = folder - own_hour
+    in_horizon = ((lateness >= pd.Timedelta(0)) & (lateness <= LATE_HORIZON * pd.Timedelta(hours=1))).fillna(False)
+    owner = own_hour.where(in_horizon.astype(bool) | folder.isna(), folder)
+    return owner.astype("datetime64[ns, UTC]")
+
+
+def _inside(hours: pd.Series, start: datetime, end: datetime) -> pd.Series:
+    """hour in [start, end); a missing one is not inside."""
+    return ((hours >= pd.Timestamp(start)) & (hours < pd.Timestamp(end))).fillna(False).astype(bool)
+
+
+def owned_windows(windows: pd.DataFrame, start: datetime, end: datetime, late_folders: int = 0) -> pd.DataFrame:
+    """The rows of ``windows`` that the run of [start, end) owns (see the module). ``late_folders`` is accepted
+    for the callers that pass it: it changes which folders are read, never who owns a window."""
+    del late_folders
+    return windows.loc[_inside(owner_hours(windows), start, end)].reset_index(drop=True)
+
+
+def strays(windows: pd.DataFrame) -> pd.Series:
+    """Rows owned by their folder's hour rather than their window_end's (a missing window_end included)."""
+    own_hour = windows["window_end"].dt.floor("h")
+    return (owner_hours(windows) != own_hour).fillna(True).astype(bool) | own_hour.isna()
 
 
 def partition_hours(frame: pd.DataFrame, start: datetime, end: datetime) -> pd.Series:
-    """The hour partition each row belongs to: its window_end's hour inside [start, end), else the hour of
-    the folder it landed in (a stray, or a window without window_end, is kept where it was found)."""
-    ends = frame["window_end"]
-    by_window = ends.dt.floor("h")
-    by_folder = _folder_hours(frame[SOURCE_COLUMN])
-    return by_window.where(_inside(ends, start, end), by_folder).astype("datetime64[ns, UTC]")
+    """The hour partition each row belongs to: its owner (``start``/``end`` kept for the callers' signature)."""
+    del start, end
+    return owner_hours(frame)
 
 
-def read_owned(storage: Storage, container: str, start: datetime, end: datetime, late_folders: int) -> LandedFiles:
-    """Read the folders of [start, end) and ``late_folders`` more, keeping the windows the interval owns."""
-    read = read_landed_files(storage, container, folders_for_interval(start, end, late_folders=late_folders))
+def read_owned(
+    storage: Storage, container: str, start: datetime, end: datetime, late_folders: int = LATE_HORIZON
+) -> LandedFiles:
+    """Read the folders of [start, end) and ``max(late_folders, LATE_HORIZON)`` more (fewer would miss windows
+    the interval owns), keeping the windows the interval owns."""
+    later = max(late_folders, LATE_HORIZON)
+    read = read_landed_files(storage, container, folders_for_interval(start, end, late_folders=later))
     read.windows = owned_windows(read.windows, start, end, late_folders)
+    read.rejected = owned_windows(read.rejected, start, end, late_folders)
     return read
