@@ -26,6 +26,7 @@ from sensor_scoring import settings as config
 
 if TYPE_CHECKING:
     from sensor_scoring.contracts import Manifest
+    from sensor_scoring.steps.health import HealthManifest
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 EMAIL_CONN_ID = "scoring_smtp"
 WEBHOOK_CONN_ID = "scoring_alert_webhook"
 #: Events a message can carry in its ``event`` field.
-EVENTS = ("task_failed", "dag_run_failed", "dag_run_empty", "deadline_missed", "anomalies_high")
+EVENTS = ("task_failed", "dag_run_failed", "dag_run_empty", "deadline_missed", "anomalies_high", "model_drift")
 PAYLOAD_KEYS = ("text", "event", "dag_id", "run_id", "task_id", "map_index", "try_number", "error", "log_url")
 
 
@@ -118,6 +119,7 @@ def _summary(p: Mapping[str, Any]) -> str:
         "dag_run_empty": "DAG run succeeded without running a task",
         "deadline_missed": "run missed its deadline",
         "anomalies_high": "anomaly count above threshold",
+        "model_drift": "sensor models drifting",
     }[str(p["event"])]
     where = f"{p['dag_id']} / {p['run_id']}"
     if p.get("task_id"):
@@ -342,4 +344,32 @@ def check_anomalies(
             )
             payload["outcome"] = send_alert(payload)
             sent.append(payload)
+    return sent
+
+
+def check_drift(context: Mapping[str, Any], manifests: Sequence[HealthManifest]) -> list[dict[str, Any]]:
+    """After model_health: one ``model_drift`` alert per hour with sensors drifting for the configured number of
+    consecutive hours, listing them (one message per hour, however many sensors: the manifest names the first
+    ``steps.health.MAX_LISTED``; the hour's health partition has them all)."""
+    sent = []
+    for manifest in manifests:
+        if not manifest.alerting:
+            continue
+        hour, t = manifest.hour.isoformat(), manifest.thresholds
+        more = manifest.alerting - len(manifest.alerting_sensors)
+        listed = ", ".join(manifest.alerting_sensors) + (f" and {more} more" if more > 0 else "")
+        payload = build_payload(
+            "model_drift",
+            context,
+            error=(
+                f"hour {hour}: {manifest.alerting} sensor(s) drifting for {t.hours}+ consecutive hours "
+                f"(PSI >= {t.psi:g} or anomaly rate >= training share + {t.anomaly_excess:g}): {listed}"
+            ),
+            hour=hour,
+            sensors=list(manifest.alerting_sensors),
+            alerting=manifest.alerting,
+            thresholds=t.to_dict(),
+        )
+        payload["outcome"] = send_alert(payload)
+        sent.append(payload)
     return sent
