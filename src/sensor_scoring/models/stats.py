@@ -56,7 +56,7 @@ def training_statistics(arrays: ModelArrays, features: np.ndarray, *, bins: int 
     }
 
 
-def bin_counts(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+def bin_counts(values: np.ndarray, edges: Sequence[float] | np.ndarray) -> np.ndarray:
     """Windows per bin of open-ended bins split at ``edges`` (a value equal to an edge goes to the upper bin)."""
     return np.bincount(np.searchsorted(np.asarray(edges, dtype=float), values, side="right"), minlength=len(edges) + 1)
 
