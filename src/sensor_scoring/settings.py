@@ -286,14 +286,16 @@ class Settings:
     )
     drift_psi: float = setting(
         DRIFT_PSI_ENV,
-        0.25,
-        "model health: a sensor drifts in an hour when the PSI of its scores against training reaches this",
+        0.0,
+        "model health: a sensor also drifts in an hour when the PSI of its scores against training reaches this; "
+        "0: PSI is reported, not judged (an hour of a daily cycle differs from a training day: docs/operating.md)",
         minimum=0,
+        shown_default="`0` (off)",
     )
     drift_anomaly_excess: float = setting(
         DRIFT_ANOMALY_EXCESS_ENV,
         0.2,
-        "model health: a sensor also drifts when its anomaly rate exceeds its training flagged share by this much",
+        "model health: a sensor drifts in an hour when its anomaly rate exceeds its training flagged share by this much",
         minimum=0,
     )
     drift_hours: int = setting(

@@ -363,7 +363,8 @@ def check_drift(context: Mapping[str, Any], manifests: Sequence[HealthManifest])
             context,
             error=(
                 f"hour {hour}: {manifest.alerting} sensor(s) drifting for {t.hours}+ consecutive hours "
-                f"(PSI >= {t.psi:g} or anomaly rate >= training share + {t.anomaly_excess:g}): {listed}"
+                f"(anomaly rate >= training share + {t.anomaly_excess:g}"
+                f"{f' or PSI >= {t.psi:g}' if t.psi > 0 else ''}): {listed}"
             ),
             hour=hour,
             sensors=list(manifest.alerting_sensors),

@@ -18,18 +18,18 @@ from tests.support.partitions import read_partition
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 H = timedelta(hours=1)
-FIRST = START + 4 * H  # hours 0-3 train, 4-6 are scored
+FIRST = START + 24 * H  # a day trains (the signals have a daily cycle), the next three hours are scored
 DRIFTING = ("dev-0001", "temperature")
 
 
 @pytest.fixture
 def drifted(blob, containers):
-    """Eight hours of 3 devices x 2 sensors; from hour 4 on, one sensor reads 5 degrees higher."""
-    windows = fleet_windows(devices=3, tags=2, hours=8, seed=4)
+    """28 hours of 3 devices x 2 sensors; after the training day, one sensor reads 30 degrees higher."""
+    windows = fleet_windows(devices=3, tags=2, hours=28, seed=4)
     late = (windows["window_end"] > pd.Timestamp(FIRST)) & (windows["device_id"] == DRIFTING[0])
     late &= windows["tag"] == DRIFTING[1]
     for column in ("value_avg", "value_min", "value_max"):
-        windows.loc[late, column] += 5.0
+        windows.loc[late, column] += 30.0
     land_windows(blob, containers.windows, windows)
     manifest, _ = train_and_register(blob, containers, START, FIRST, version="v-health", promote=True)
     assert stats.read(blob, containers.models, "v-health") is not None
@@ -59,7 +59,7 @@ def test_health_of_three_hours_and_the_drift_alert(
         assert (rows["status"] == health.STATUS_OK).all() and rows["psi"].notna().all()
         drifting = rows.set_index(["device_id", "tag"]).loc[[DRIFTING]].iloc[0]
         assert drifting["drifting"] and drifting["drift_hours"] == number + 1
-        assert drifting["psi"] >= 0.25 and drifting["psi"] == rows["psi"].max()
+        assert drifting["psi"] > 1 and drifting["anomaly_rate"] > 0.9
         if manifest["alerting"]:
             alerted_hours.append(hour.isoformat())
             assert "/".join(DRIFTING) in manifest["alerting_sensors"]

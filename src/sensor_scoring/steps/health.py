@@ -8,9 +8,13 @@ the model versions the hour used (``models.stats``). Per sensor and hour:
   its own training windows;
 - ``psi``, the population stability index of the hour's decision values over the training deciles;
 - ``quarantine_share``, quarantined / (scored + quarantined) of the sensor's windows;
-- ``drifting``: PSI >= ``SCORING_DRIFT_PSI`` or anomaly rate >= training share + ``SCORING_DRIFT_ANOMALY_EXCESS``,
-  judged only with at least ``MIN_WINDOWS`` scored windows (fewer say too little); ``drift_hours`` counts the
-  consecutive drifting hours, carried from the previous hour's health partition.
+- ``drifting``: anomaly rate >= training share + ``SCORING_DRIFT_ANOMALY_EXCESS``, or (when ``SCORING_DRIFT_PSI`` is
+  above 0) PSI >= it; judged only with at least ``MIN_WINDOWS`` scored windows (fewer say too little).
+  ``drift_hours`` counts the consecutive drifting hours, carried from the previous hour's health partition.
+
+PSI is always computed but judged only when configured: one hour of a signal with a daily cycle covers a slice of
+what a model trained on days saw, so its PSI against the whole training distribution is large for a healthy sensor
+(measured: 3 to 6 on the simulator's sensors). It separates drift where models are trained on stationary signals.
 
 A sensor whose version was registered without statistics gets ``status = "no training statistics"`` and no PSI:
 health never fails for it. Written as ``health/date=YYYY-MM-DD/hour=HH/part-00000.parquet`` (``layout.Partition``)
