@@ -295,7 +295,7 @@ class Settings:
     drift_anomaly_excess: float = setting(
         DRIFT_ANOMALY_EXCESS_ENV,
         0.2,
-        "model health: a sensor drifts in an hour when its anomaly rate exceeds its training flagged share by this much",
+        "model health: a sensor drifts in an hour when its anomaly rate exceeds its training flagged share by this",
         minimum=0,
     )
     drift_hours: int = setting(
