@@ -91,9 +91,9 @@ def fleet_view(
 ) -> FleetView:
     """The fleet page's data over [start, end), from the health partitions and manifests only."""
     hours = check_range(start, end, MAX_FLEET_HOURS)
-    tables, runs, missing, reasons = [], {}, [], {}
+    per_device, drifting_tables, runs, missing, reasons = [], [], {}, [], {}
     totals = {"windows": 0, "anomalies": 0, "quarantined": 0, "sensors_drifting": 0}
-    for h in hours:
+    for number, h in enumerate(hours):
         manifest = health.read_manifest(storage, containers, h)
         table = _read_table(storage, containers.health, layout.Partition(h).data, HEALTH_COLUMNS)
         if manifest is None or table is None:
@@ -105,23 +105,21 @@ def fleet_view(
         totals["anomalies"] += manifest.anomalies
         totals["quarantined"] += manifest.quarantined + manifest.unattributed_quarantined
         totals["sensors_drifting"] += manifest.drifting
-        tables.append(table.append_column("hour", pa.array([pd.Timestamp(h)] * len(table), pa.timestamp("us", "UTC"))))
-    if tables:
-        rows = pa.concat_tables(tables)
-    else:
-        rows = pa.table({c: pa.array([], t) for c, t in zip(HEALTH_COLUMNS, _HEALTH_TYPES)}).append_column(
-            "hour", pa.array([], pa.timestamp("us", "UTC"))
-        )
-    by_device = rows.group_by(["device_id", "hour"]).aggregate([("anomalies", "sum")]).to_pandas()
+        # aggregated hour by hour: what is kept is one row per device, plus the few drifting sensors
+        devices = table.group_by("device_id").aggregate([("anomalies", "sum")]).to_pandas()
+        per_device.append(devices.assign(hour=number))
+        drifting_tables.append(table.filter(pc.field("drifting")))
+    by_device = pd.concat(per_device, ignore_index=True) if per_device else _EMPTY_BY_DEVICE
     order = by_device.groupby("device_id")["anomalies_sum"].sum().sort_values(ascending=False, kind="stable")
     devices = list(order.index[device_page * devices_per_page : (device_page + 1) * devices_per_page])
     shown = by_device[by_device["device_id"].isin(devices)]
     heatmap = (
         shown.pivot_table(index="hour", columns="device_id", values="anomalies_sum", aggfunc="sum", fill_value=0)
-        .reindex(index=[pd.Timestamp(h) for h in hours], columns=devices, fill_value=0)
+        .reindex(index=range(len(hours)), columns=devices, fill_value=0)
         .astype("int64")
     )
-    drifting_rows = rows.filter(pc.field("drifting"))
+    heatmap.index = pd.DatetimeIndex([pd.Timestamp(h) for h in hours], name="hour")
+    drifting_rows = pa.concat_tables(drifting_tables) if drifting_tables else _empty_health()
     drifting = (
         drifting_rows.group_by(["device_id", "tag"])
         .aggregate(
@@ -157,6 +155,13 @@ def fleet_view(
 
 
 _HEALTH_TYPES = [pa.string(), pa.string(), pa.int64(), pa.int64(), pa.float64(), pa.bool_(), pa.int64(), pa.int64()]
+_EMPTY_BY_DEVICE = pd.DataFrame(
+    {"device_id": pd.Series(dtype=str), "anomalies_sum": pd.Series(dtype="int64"), "hour": []}
+)
+
+
+def _empty_health() -> pa.Table:
+    return pa.table({c: pa.array([], t) for c, t in zip(HEALTH_COLUMNS, _HEALTH_TYPES)})
 
 
 @dataclass

@@ -228,30 +228,10 @@ def _hour_health(
         storage, containers.health, layout.Partition(h - layout.HOUR).data, ["device_id", "tag", "drift_hours"]
     )
     rows = sensor_health(predictions, attributed, {v: stats_cache[v] for v in versions}, previous, thresholds)
-    storage.write_bytes(containers.health, part.data, st.parquet_bytes(rows, HEALTH_SCHEMA))
-    alerting = rows[rows["drift_hours"] >= thresholds.hours].sort_values(
-        ["drift_hours", "psi"], ascending=False, na_position="last"
+    reasons = {str(k): int(v) for k, v in quarantine[REASON_COLUMN].value_counts().items()}
+    manifest = write_health(
+        storage, containers, h, rows, hour.run_id, thresholds, len(quarantine) - len(attributed), reasons
     )
-    manifest = HealthManifest(
-        hour=h,
-        run_id=hour.run_id,
-        computed_at=datetime.now(timezone.utc),
-        model_versions=tuple(versions),
-        thresholds=thresholds,
-        sensors=len(rows),
-        windows=int(rows["windows"].sum()),
-        anomalies=int(rows["anomalies"].sum()),
-        quarantined=int(rows["quarantined"].sum()),
-        unattributed_quarantined=len(quarantine) - len(attributed),
-        no_statistics=int((rows["status"] == STATUS_NO_STATS).sum()),
-        drifting=int(rows["drifting"].sum()),
-        alerting=len(alerting),
-        alerting_sensors=tuple(
-            f"{d}/{t}" for d, t in alerting[["device_id", "tag"]].head(MAX_LISTED).itertuples(False)
-        ),
-        quarantine_reasons={str(k): int(v) for k, v in quarantine[REASON_COLUMN].value_counts().items()},
-    )
-    storage.write_bytes(containers.health, part.manifest, manifest.to_json(indent=2))
     log.info(
         "Model health of %s: %d sensor(s), %d drifting, %d drifting %d+ hours, %d without training statistics",
         part.prefix,
@@ -261,6 +241,45 @@ def _hour_health(
         thresholds.hours,
         manifest.no_statistics,
     )
+    return manifest
+
+
+def write_health(
+    storage: Storage,
+    containers: config.Containers,
+    h: datetime,
+    rows: pd.DataFrame,
+    run_id: str,
+    thresholds: Thresholds,
+    unattributed_quarantined: int,
+    quarantine_reasons: dict[str, int],
+) -> HealthManifest:
+    """Write an hour's health rows (``sensor_health``) and then its manifest, whose totals are the rows' sums."""
+    part = layout.Partition(h)
+    storage.write_bytes(containers.health, part.data, st.parquet_bytes(rows, HEALTH_SCHEMA))
+    alerting = rows[rows["drift_hours"] >= thresholds.hours].sort_values(
+        ["drift_hours", "psi"], ascending=False, na_position="last"
+    )
+    manifest = HealthManifest(
+        hour=h,
+        run_id=run_id,
+        computed_at=datetime.now(timezone.utc),
+        model_versions=tuple(sorted(str(v) for v in rows["model_version"].dropna().unique())),
+        thresholds=thresholds,
+        sensors=len(rows),
+        windows=int(rows["windows"].sum()),
+        anomalies=int(rows["anomalies"].sum()),
+        quarantined=int(rows["quarantined"].sum()),
+        unattributed_quarantined=unattributed_quarantined,
+        no_statistics=int((rows["status"] == STATUS_NO_STATS).sum()),
+        drifting=int(rows["drifting"].sum()),
+        alerting=len(alerting),
+        alerting_sensors=tuple(
+            f"{d}/{t}" for d, t in alerting[["device_id", "tag"]].head(MAX_LISTED).itertuples(index=False)
+        ),
+        quarantine_reasons=quarantine_reasons,
+    )
+    storage.write_bytes(containers.health, part.manifest, manifest.to_json(indent=2))
     return manifest
 
 
