@@ -50,7 +50,7 @@ def heatmap_svg(heatmap: pd.DataFrame, sensor_link: SensorLink = None) -> str:
     count (title and ``data-anomalies``) so people and tests can read it."""
     cell, left, topm = 16, 130, 90
     hours, devices = list(heatmap.index), list(heatmap.columns)
-    width, height = left + cell * max(len(devices), 1) + 10, topm + cell * max(len(hours), 1) + 10
+    width, height = left + cell * max(len(devices), 1) + 60, topm + cell * max(len(hours), 1) + 10
     peak = int(heatmap.to_numpy().max()) if heatmap.size else 0
     parts = [f"<svg class='heatmap' width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg'>"]
     for j, device in enumerate(devices):
@@ -172,10 +172,11 @@ def _fmt(value: object) -> str:
 
 def fleet_body(view: FleetView, sensor_link: SensorLink = None, run_link: RunLink = None, page_link=None) -> str:
     """The fleet section: totals, the heatmap (one page of devices), drifting sensors, quarantine reasons, runs."""
-    first, last = view.hours[0], view.hours[-1]
+    first, end = view.hours[0], view.hours[-1] + timedelta(hours=1)
     t = view.totals
     out = [
-        f"<p>Hours {first:%Y-%m-%d %H:00} to {last:%Y-%m-%d %H:00} UTC: {t.get('windows', 0)} windows scored, "
+        f"<p>{len(view.hours)} hour(s), {first:%Y-%m-%d %H:00} to {end:%Y-%m-%d %H:00} UTC: {t.get('windows', 0)} "
+        "windows scored, "
         f"<b class='anomalies-total'>{t.get('anomalies', 0)}</b> anomalies, {t.get('quarantined', 0)} quarantined, "
         f"{view.devices_total} devices.</p>"
     ]
@@ -210,7 +211,8 @@ def sensor_body(view: SensorView) -> str:
     anomalies = int(view.windows["is_anomaly"].sum()) if len(view.windows) else 0
     out = [
         f"<p>{len(view.windows)} windows scored, <b class='anomaly-count'>{anomalies}</b> anomalies, "
-        f"{len(view.quarantined)} quarantined, {view.hours[0]:%Y-%m-%d %H:00} to {view.hours[-1]:%Y-%m-%d %H:00} UTC"
+        f"{len(view.quarantined)} quarantined, {view.hours[0]:%Y-%m-%d %H:00} to "
+        f"{view.hours[-1] + timedelta(hours=1):%Y-%m-%d %H:00} UTC"
         f"{' (latest windows only)' if view.truncated else ''}.</p>",
         "<h2>Model</h2><ul class='models'>",
     ]
