@@ -1,5 +1,5 @@
 """``python -m sensor_scoring <command>``: simulate, ingest-readings, train, score-shard, train-shard, rollback,
-lineage.
+lineage, report.
 
 Storage comes from ``SCORING_STORAGE`` (a connection string, Azurite's ``UseDevelopmentStorage=true`` by
 default, or a local directory); container names from ``SCORING_CONTAINER_*``. Every setting is read once, at
@@ -142,6 +142,33 @@ def cmd_lineage(args: argparse.Namespace, settings: config.Settings) -> dict[str
     return promotion.lineage(storage, settings.containers.models, version)
 
 
+def cmd_report(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
+    """Write the self-contained HTML report (the fleet page's charts and the most drifting sensors) to ``--out``."""
+    from pathlib import Path
+
+    from sensor_scoring.fleet import RangeError
+    from sensor_scoring.report import build_report
+    from sensor_scoring.storage import open_storage
+
+    try:
+        text, facts = build_report(
+            open_storage(settings.storage), settings.containers, _utc(args.start), _utc(args.end), sensors=args.sensors
+        )
+    except RangeError as exc:
+        raise SystemExit(f"report: {exc}") from None
+    Path(args.out).write_text(text, encoding="utf-8")
+    return {"out": str(args.out), "bytes": len(text.encode()), **facts}
+
+
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser("report", help="write a self-contained HTML report of anomalies, drift and quarantine")
+    report.add_argument("--start", required=True, help="ISO time of the first hour (whole hour, UTC if no offset)")
+    report.add_argument("--end", required=True, help="ISO time, exclusive (at most a week after --start)")
+    report.add_argument("--out", required=True, help="the HTML file to write")
+    report.add_argument("--sensors", type=int, default=3, help="most drifting sensors given a section of their own")
+    report.set_defaults(func=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sensor_scoring", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -209,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard = sub.add_parser("score-shard", help="score one shard (what every backend runs)")
     shard.add_argument("--spec", required=True, help="az://container/path of the shard spec")
     shard.set_defaults(func=cmd_score_shard)
+    add_report_parser(sub)
 
     tshard = sub.add_parser("train-shard", help="train one training shard (what the training DAG's backends run)")
     tshard.add_argument("--spec", required=True, help="az://container/path of the training shard spec")

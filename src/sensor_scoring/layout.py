@@ -12,6 +12,8 @@ Layout::
                  date=YYYY-MM-DD/hour=HH/_manifest.json           the same manifest
                  date=YYYY-MM-DD/hour=HH/_validation.json         the hour's validation report
                  date=YYYY-MM-DD/hour=HH/files/<window blob>      corrupt window files, byte for byte
+    health/      date=YYYY-MM-DD/hour=HH/part-00000.parquet       model health per sensor (steps.health)
+                 date=YYYY-MM-DD/hour=HH/_manifest.json           its totals and the sensors alerted as drifting
     staging/     runs/<run key>/valid.parquet                     load_and_validate: the windows to score
                  runs/<run key>/quarantine-validate.parquet       load_and_validate: rows failing validation
                  runs/<run key>/validation.json                   load_and_validate: the run's validation report

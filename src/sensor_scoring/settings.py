@@ -36,6 +36,9 @@ RETRY_DELAY_ENV = "SCORING_RETRY_DELAY_SECONDS"
 DEADLINE_ENV = "SCORING_DEADLINE_MINUTES"
 ANOMALY_THRESHOLD_ENV = "SCORING_ANOMALY_ALERT_THRESHOLD"
 BOUNDS_ENV = "SCORING_PHYSICAL_BOUNDS"
+DRIFT_PSI_ENV = "SCORING_DRIFT_PSI"
+DRIFT_ANOMALY_EXCESS_ENV = "SCORING_DRIFT_ANOMALY_EXCESS"
+DRIFT_HOURS_ENV = "SCORING_DRIFT_HOURS"
 EVENTHUB_CONNECTION_ENV = "SCORING_EVENTHUB_CONNECTION"
 EVENTHUB_NAME_ENV = "SCORING_EVENTHUB_NAME"
 BACKEND_ENV = "SCORING_BACKEND"
@@ -149,6 +152,9 @@ class Containers:
     )
     staging: str = setting("SCORING_CONTAINER_STAGING", "staging", "shard specs and outputs of runs before commit")
     labels: str = setting("SCORING_CONTAINER_LABELS", "labels", "the simulator's ground truth (demo and tests)")
+    health: str = setting(
+        "SCORING_CONTAINER_HEALTH", "health", "hourly model health per sensor (drift, anomaly and quarantine share)"
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Containers:
@@ -277,6 +283,26 @@ class Settings:
         "alert when a committed hour has more anomalies than this; unset: no such alert",
         minimum=0,
         shown_default="unset",
+    )
+    drift_psi: float = setting(
+        DRIFT_PSI_ENV,
+        0.0,
+        "model health: a sensor also drifts in an hour when the PSI of its scores against training reaches this; "
+        "0: PSI is reported, not judged (an hour of a daily cycle differs from a training day: docs/operating.md)",
+        minimum=0,
+        shown_default="`0` (off)",
+    )
+    drift_anomaly_excess: float = setting(
+        DRIFT_ANOMALY_EXCESS_ENV,
+        0.2,
+        "model health: a sensor drifts in an hour when its anomaly rate exceeds its training flagged share by this",
+        minimum=0,
+    )
+    drift_hours: int = setting(
+        DRIFT_HOURS_ENV,
+        3,
+        "model health: a sensor drifting this many consecutive hours is listed in that hour's model_drift alert",
+        minimum=1,
     )
     physical_bounds: str = setting(
         BOUNDS_ENV,

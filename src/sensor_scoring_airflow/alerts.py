@@ -26,6 +26,7 @@ from sensor_scoring import settings as config
 
 if TYPE_CHECKING:
     from sensor_scoring.contracts import Manifest
+    from sensor_scoring.steps.health import HealthManifest
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ EVENTS = (
     "anomalies_high",
     "partial_hour",
     "model_not_promoted",
+    "model_drift",
 )
 PAYLOAD_KEYS = ("text", "event", "dag_id", "run_id", "task_id", "map_index", "try_number", "error", "log_url")
 
@@ -128,6 +130,7 @@ def _summary(p: Mapping[str, Any]) -> str:
         "anomalies_high": "anomaly count above threshold",
         "partial_hour": "hour committed as partial: shard(s) failed",
         "model_not_promoted": "new model version not promoted",
+        "model_drift": "sensor models drifting",
     }[str(p["event"])]
     where = f"{p['dag_id']} / {p['run_id']}"
     if p.get("task_id"):
@@ -356,4 +359,33 @@ def check_anomalies(
             )
             payload["outcome"] = send_alert(payload)
             sent.append(payload)
+    return sent
+
+
+def check_drift(context: Mapping[str, Any], manifests: Sequence[HealthManifest]) -> list[dict[str, Any]]:
+    """After model_health: one ``model_drift`` alert per hour with sensors drifting for the configured number of
+    consecutive hours, listing them (one message per hour, however many sensors: the manifest names the first
+    ``steps.health.MAX_LISTED``; the hour's health partition has them all)."""
+    sent = []
+    for manifest in manifests:
+        if not manifest.alerting:
+            continue
+        hour, t = manifest.hour.isoformat(), manifest.thresholds
+        more = manifest.alerting - len(manifest.alerting_sensors)
+        listed = ", ".join(manifest.alerting_sensors) + (f" and {more} more" if more > 0 else "")
+        payload = build_payload(
+            "model_drift",
+            context,
+            error=(
+                f"hour {hour}: {manifest.alerting} sensor(s) drifting for {t.hours}+ consecutive hours "
+                f"(anomaly rate >= training share + {t.anomaly_excess:g}"
+                f"{f' or PSI >= {t.psi:g}' if t.psi > 0 else ''}): {listed}"
+            ),
+            hour=hour,
+            sensors=list(manifest.alerting_sensors),
+            alerting=manifest.alerting,
+            thresholds=t.to_dict(),
+        )
+        payload["outcome"] = send_alert(payload)
+        sent.append(payload)
     return sent

@@ -196,7 +196,7 @@ def test_an_hour_before_the_start_date_never_succeeds_empty(blob, containers, ai
     [(run_id, run_type)] = runs_of_day(airflow_home)
     assert run_type == "backfill"
     tasks = {task for (task,) in query(airflow_home, "select task_id from task_instance where run_id = ?", run_id)}
-    assert tasks == {"wait_for_windows", "load_and_validate", "plan_shards", "score_shard", "commit"}
+    assert tasks == {"wait_for_windows", "load_and_validate", "plan_shards", "score_shard", "commit", "model_health"}
     # what the scheduler would run first, run here by hand: it fails at once, without retries, naming the setting
     done = airflow(airflow_home, "tasks", "test", "sensor_scoring", "wait_for_windows", run_id, **late_start)
     out = done.stdout + done.stderr

@@ -66,7 +66,9 @@ def test_shape_retries_and_docs(sensor_dag):
         "plan_shards",
         "score_shard",
         "commit",
+        "model_health",
     }
+    assert sensor_dag.task_dict["model_health"].upstream_task_ids == {"commit"}
     assert sensor_dag.task_dict["load_and_validate"].upstream_task_ids == {"wait_for_windows"}
     assert sensor_dag.task_dict["commit"].upstream_task_ids == {"load_and_validate", "score_shard"}
     assert sensor_dag.task_dict["score_shard"].map_index_template == "{{ shard_label }}"

@@ -15,6 +15,7 @@ from datetime import datetime
 import pandas as pd
 
 from sensor_scoring import models, settings as config
+from sensor_scoring.models import stats
 from sensor_scoring.storage import Storage
 from sensor_scoring.validation import check_windows
 from sensor_scoring.windows import read_owned
@@ -62,6 +63,7 @@ def train_and_register(
         },
         promote=promote,
     )
+    stats.store(storage, containers.models, str(manifest["version"]), trained, windows)  # for model health
     return manifest, trained
 
 

@@ -1,0 +1,293 @@
+"""model_health: after commit, how each sensor's model did in each committed hour, against its training.
+
+Cheap by construction: it reads only the hour's two committed partitions (predictions and quarantine, a few
+columns), the previous hour's health partition (for consecutive drifting hours) and the training statistics of
+the model versions the hour used (``models.stats``). Per sensor and hour:
+
+- ``anomaly_rate`` (anomalies / windows scored) against ``train_flagged_share``, the share its model flagged on
+  its own training windows;
+- ``psi``, the population stability index of the hour's decision values over the training deciles;
+- ``quarantine_share``, quarantined / (scored + quarantined) of the sensor's windows;
+- ``drifting``: anomaly rate >= training share + ``SCORING_DRIFT_ANOMALY_EXCESS``, or (when ``SCORING_DRIFT_PSI`` is
+  above 0) PSI >= it; judged only with at least ``MIN_WINDOWS`` scored windows (fewer say too little).
+  ``drift_hours`` counts the consecutive drifting hours, carried from the previous hour's health partition.
+
+PSI is always computed but judged only when configured: one hour of a signal with a daily cycle covers a slice of
+what a model trained on days saw, so its PSI against the whole training distribution is large for a healthy sensor
+(measured: 3 to 6 on the simulator's sensors). It separates drift where models are trained on stationary signals.
+
+A sensor whose version was registered without statistics gets ``status = "no training statistics"`` and no PSI:
+health never fails for it. Written as ``health/date=YYYY-MM-DD/hour=HH/part-00000.parquet`` (``layout.Partition``)
+with ``_manifest.json`` (:class:`HealthManifest`), the pre-aggregated source of the fleet page and the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from datetime import datetime, timezone
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sensor_scoring import layout, settings as config, storage as st
+from sensor_scoring.contracts import REASON_COLUMN
+from sensor_scoring.models import stats as model_stats
+from sensor_scoring.records import Record
+from sensor_scoring.steps.common import names_storage_outages
+from sensor_scoring.steps.interval import Hour
+from sensor_scoring.storage import Storage
+
+log = logging.getLogger(__name__)
+
+#: Fewer scored windows than this in an hour say too little to call a sensor drifting.
+MIN_WINDOWS = 10
+#: Sensors named in a manifest (and so in an alert); the partition lists them all.
+MAX_LISTED = 100
+STATUS_OK = "ok"
+STATUS_NO_STATS = "no training statistics"
+STATUS_NOT_SCORED = "not scored"
+
+HEALTH_SCHEMA = pa.schema(
+    [
+        ("device_id", pa.string()),
+        ("tag", pa.string()),
+        ("model_version", pa.string()),
+        ("windows", pa.int64()),
+        ("anomalies", pa.int64()),
+        ("anomaly_rate", pa.float64()),
+        ("train_flagged_share", pa.float64()),
+        ("psi", pa.float64()),
+        ("score_mean", pa.float64()),
+        ("quarantined", pa.int64()),
+        ("quarantine_share", pa.float64()),
+        ("drifting", pa.bool_()),
+        ("drift_hours", pa.int64()),
+        ("status", pa.string()),
+    ]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds(Record):
+    """When a sensor drifts, and for how many hours before it is alerted (settings ``SCORING_DRIFT_*``)."""
+
+    KIND = "drift thresholds"
+    psi: float
+    anomaly_excess: float
+    hours: int
+
+    @classmethod
+    def from_settings(cls, settings: config.Settings | None = None) -> Thresholds:
+        s = settings or config.current()
+        return cls(psi=s.drift_psi, anomaly_excess=s.drift_anomaly_excess, hours=s.drift_hours)
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthManifest(Record):
+    """``_manifest.json`` of an hour's health partition: totals (equal to the partition's sums) and the sensors
+    drifting for ``thresholds.hours`` consecutive hours (``alerting``; the first ``MAX_LISTED`` named)."""
+
+    KIND: ClassVar[str] = "health manifest"
+    SCHEMA_VERSION: ClassVar[int | None] = 1
+    hour: datetime
+    run_id: str
+    computed_at: datetime
+    model_versions: tuple[str, ...]
+    thresholds: Thresholds
+    sensors: int
+    windows: int
+    anomalies: int
+    quarantined: int
+    unattributed_quarantined: int
+    no_statistics: int
+    drifting: int
+    alerting: int
+    alerting_sensors: tuple[str, ...]
+    quarantine_reasons: dict[str, int]
+
+
+@names_storage_outages
+def model_health(hour: Hour, thresholds: Thresholds | None = None) -> list[HealthManifest]:
+    """Compute and write the health partition of every hour of the run, in order (so drift hours carry)."""
+    thresholds = thresholds or Thresholds.from_settings()
+    stats_cache: dict[str, pd.DataFrame | None] = {}
+    return [_hour_health(hour, h, thresholds, stats_cache) for h in hour.hours]
+
+
+def _read_columns(storage: Storage, container: str, path: str, columns: list[str]) -> pd.DataFrame | None:
+    """Only ``columns`` of a committed Parquet blob; None when the hour has no such partition."""
+    try:
+        data = storage.read_bytes(container, path)
+    except FileNotFoundError:
+        return None
+    frame: pd.DataFrame = pq.read_table(io.BytesIO(data), columns=columns).to_pandas()
+    return frame
+
+
+def sensor_health(
+    predictions: pd.DataFrame,
+    quarantine: pd.DataFrame,
+    training: dict[str, pd.DataFrame | None],
+    previous: pd.DataFrame | None,
+    thresholds: Thresholds,
+) -> pd.DataFrame:
+    """The health rows of one hour (``HEALTH_SCHEMA``), from its predictions (device_id, tag, score, is_anomaly,
+    model_version), its attributed quarantine rows (device_id, tag), the statistics table of each model version
+    (None: registered without) and the previous hour's health rows (None: no previous hour)."""
+    keys = ["device_id", "tag"]
+    scored = predictions.groupby(keys, sort=True, observed=True).agg(
+        windows=("score", "size"),
+        anomalies=("is_anomaly", "sum"),
+        score_mean=("score", "mean"),
+        model_version=("model_version", "max"),
+    )
+    q = quarantine.groupby(keys, sort=True, observed=True).size().rename("quarantined")
+    out = scored.join(q, how="outer").reset_index()
+    out["windows"] = out["windows"].fillna(0).astype("int64")
+    out["anomalies"] = out["anomalies"].fillna(0).astype("int64")
+    out["quarantined"] = out["quarantined"].fillna(0).astype("int64")
+    out["anomaly_rate"] = np.where(out["windows"] > 0, out["anomalies"] / out["windows"].clip(lower=1), np.nan)
+    out["quarantine_share"] = out["quarantined"] / (out["windows"] + out["quarantined"])
+    out["train_flagged_share"] = np.nan
+    out["psi"] = np.nan
+    out["status"] = np.where(out["windows"] > 0, STATUS_NO_STATS, STATUS_NOT_SCORED)
+    for version, table in training.items():
+        if table is None or table.empty:
+            continue
+        _add_psi(out, predictions[predictions["model_version"] == version], version, table)
+    judged = (out["status"] == STATUS_OK) & (out["windows"] >= MIN_WINDOWS)
+    out["drifting"] = judged & (
+        (out["psi"] >= thresholds.psi) | (out["anomaly_rate"] >= out["train_flagged_share"] + thresholds.anomaly_excess)
+    )
+    before = 0
+    if previous is not None and not previous.empty:
+        carried = previous.set_index(keys)["drift_hours"]
+        before = pd.MultiIndex.from_frame(out[keys]).map(carried.to_dict()).fillna(0).astype("int64")
+    out["drift_hours"] = np.where(out["drifting"], np.asarray(before) + 1, 0).astype("int64")
+    return out[HEALTH_SCHEMA.names]
+
+
+def _add_psi(out: pd.DataFrame, predictions: pd.DataFrame, version: str, table: pd.DataFrame) -> None:
+    """PSI of each sensor scored with ``version``, vectorised: every sensor's edges padded to ``BINS - 1`` with
+    +inf (empty padded bins count zero on both sides, so they add nothing), one bincount over all rows."""
+    keys = ["device_id", "tag"]
+    ref = table.reset_index(drop=True)
+    ref_index = pd.MultiIndex.from_frame(ref[keys])
+    row_sensor = ref_index.get_indexer(pd.MultiIndex.from_frame(predictions[keys]))
+    known = row_sensor >= 0
+    width = model_stats.BINS - 1
+    edges = np.full((len(ref), width), np.inf)
+    counts = np.zeros((len(ref), width + 1))
+    for i, (e, c) in enumerate(zip(ref["edges"], ref["counts"])):
+        edges[i, : len(e)] = e
+        counts[i, : len(c)] = c
+    values = predictions["score"].to_numpy(dtype=float)[known]
+    sensor = row_sensor[known]
+    bins = np.zeros(len(values), dtype=np.int64)
+    for start in range(0, len(values), 1_000_000):  # (rows x edges) booleans, a million rows at a time
+        part = slice(start, start + 1_000_000)
+        bins[part] = (values[part, None] >= edges[sensor[part]]).sum(axis=1)
+    observed = np.bincount(sensor * (width + 1) + bins, minlength=len(ref) * (width + 1)).reshape(len(ref), -1)
+    have = observed.sum(axis=1) > 0
+    r = np.clip(counts / counts.sum(axis=1, keepdims=True).clip(min=1), model_stats.PSI_EPSILON, None)
+    o = np.clip(observed / observed.sum(axis=1, keepdims=True).clip(min=1), model_stats.PSI_EPSILON, None)
+    value = np.where(have, ((o - r) * np.log(o / r)).sum(axis=1), np.nan)
+    # a sensor whose rows this hour were scored by this version takes its numbers
+    at = pd.MultiIndex.from_frame(out[keys]).get_indexer(ref_index)
+    hit = (at >= 0) & have
+    rows = at[hit]
+    out.loc[rows, "psi"] = value[hit]
+    out.loc[rows, "train_flagged_share"] = ref["train_flagged_share"].to_numpy(dtype=float)[hit]
+    out.loc[rows, "status"] = STATUS_OK
+
+
+def _hour_health(
+    hour: Hour, h: datetime, thresholds: Thresholds, stats_cache: dict[str, pd.DataFrame | None]
+) -> HealthManifest:
+    storage, containers, part = hour.storage, hour.containers, layout.Partition(h)
+    columns = ["device_id", "tag", "score", "is_anomaly", "model_version"]
+    predictions = _read_columns(storage, containers.predictions, part.data, columns)
+    if predictions is None:
+        predictions = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(columns, [str, str, float, bool, str])})
+    quarantine = _read_columns(storage, containers.quarantine, part.data, ["device_id", "tag", REASON_COLUMN])
+    if quarantine is None:
+        quarantine = pd.DataFrame({c: pd.Series(dtype=str) for c in ["device_id", "tag", REASON_COLUMN]})
+    attributed = quarantine.dropna(subset=["device_id", "tag"])
+    versions = sorted(str(v) for v in predictions["model_version"].dropna().unique())
+    for version in versions:
+        if version not in stats_cache:
+            stats_cache[version] = model_stats.read(storage, containers.models, version)
+            if stats_cache[version] is None:
+                log.warning("Model version %s has no training statistics: its sensors get no PSI", version)
+    previous = _read_columns(
+        storage, containers.health, layout.Partition(h - layout.HOUR).data, ["device_id", "tag", "drift_hours"]
+    )
+    rows = sensor_health(predictions, attributed, {v: stats_cache[v] for v in versions}, previous, thresholds)
+    reasons = {str(k): int(v) for k, v in quarantine[REASON_COLUMN].value_counts().items()}
+    manifest = write_health(
+        storage, containers, h, rows, hour.run_id, thresholds, len(quarantine) - len(attributed), reasons
+    )
+    log.info(
+        "Model health of %s: %d sensor(s), %d drifting, %d drifting %d+ hours, %d without training statistics",
+        part.prefix,
+        manifest.sensors,
+        manifest.drifting,
+        manifest.alerting,
+        thresholds.hours,
+        manifest.no_statistics,
+    )
+    return manifest
+
+
+def write_health(
+    storage: Storage,
+    containers: config.Containers,
+    h: datetime,
+    rows: pd.DataFrame,
+    run_id: str,
+    thresholds: Thresholds,
+    unattributed_quarantined: int,
+    quarantine_reasons: dict[str, int],
+) -> HealthManifest:
+    """Write an hour's health rows (``sensor_health``) and then its manifest, whose totals are the rows' sums."""
+    part = layout.Partition(h)
+    storage.write_bytes(containers.health, part.data, st.parquet_bytes(rows, HEALTH_SCHEMA))
+    alerting = rows[rows["drift_hours"] >= thresholds.hours].sort_values(
+        ["drift_hours", "psi"], ascending=False, na_position="last"
+    )
+    manifest = HealthManifest(
+        hour=h,
+        run_id=run_id,
+        computed_at=datetime.now(timezone.utc),
+        model_versions=tuple(sorted(str(v) for v in rows["model_version"].dropna().unique())),
+        thresholds=thresholds,
+        sensors=len(rows),
+        windows=int(rows["windows"].sum()),
+        anomalies=int(rows["anomalies"].sum()),
+        quarantined=int(rows["quarantined"].sum()),
+        unattributed_quarantined=unattributed_quarantined,
+        no_statistics=int((rows["status"] == STATUS_NO_STATS).sum()),
+        drifting=int(rows["drifting"].sum()),
+        alerting=len(alerting),
+        alerting_sensors=tuple(
+            f"{d}/{t}" for d, t in alerting[["device_id", "tag"]].head(MAX_LISTED).itertuples(index=False)
+        ),
+        quarantine_reasons=quarantine_reasons,
+    )
+    storage.write_bytes(containers.health, part.manifest, manifest.to_json(indent=2))
+    return manifest
+
+
+def read_manifest(storage: Storage, containers: config.Containers, h: datetime) -> HealthManifest | None:
+    """The health manifest of an hour, or None when the hour has no health partition."""
+    path = layout.Partition(h).manifest
+    try:
+        data = storage.read_bytes(containers.health, path)
+    except FileNotFoundError:
+        return None
+    return HealthManifest.from_json(data, source=st.make_uri(containers.health, path))

@@ -1,0 +1,40 @@
+"""Fleet queries and the report on hours without health: every hour named as missing, the page still renders;
+ranges the pages refuse are refused with the reason."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from sensor_scoring import fleet, report, settings as config
+from sensor_scoring.storage import LocalStorage
+from tests.support.helpers import START
+
+
+def test_hours_without_health_are_named_and_the_report_renders(tmp_path):
+    storage, containers = LocalStorage(tmp_path), config.Containers()
+    view = fleet.fleet_view(storage, containers, START, START + timedelta(hours=3))
+    assert view.missing_hours == view.hours and view.heatmap.empty and view.drifting.empty
+    text, facts = report.build_report(storage, containers, START, START + timedelta(hours=3))
+    assert facts["hours_without_health"] == 3 and facts["sensors"] == []
+    assert "No health for 3 hour(s)" in text and text.endswith("</html>")
+    sensor = fleet.sensor_view(storage, containers, "d", "t", START, START + timedelta(hours=1))
+    assert sensor.windows.empty and "no scored windows" in report.score_svg(sensor)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        (START, START, "not after"),
+        (START, START + timedelta(minutes=30), "whole hours"),
+        (START, START + timedelta(days=8), "at most 168"),
+    ],
+)
+def test_refused_ranges(tmp_path, start, end, message):
+    with pytest.raises(fleet.RangeError, match=message):
+        fleet.fleet_view(LocalStorage(tmp_path), config.Containers(), start, end)
+
+
+def test_text_is_escaped():
+    assert report.esc("<script>") == "&lt;script&gt;"
