@@ -227,3 +227,8 @@ class TrainingShard(Shard):
     def index(self) -> str:
         """One row per fitted model (key, training range, rows, flagged share), in the pack's order."""
         return self.folder + "models.parquet"
+
+    @property
+    def stats(self) -> str:
+        """The training statistics of the shard's models (``models.stats``), gathered into the version's."""
+        return self.folder + "training_stats.parquet"

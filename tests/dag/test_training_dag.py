@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from sensor_scoring import cli, models
-from sensor_scoring.models import promotion
+from sensor_scoring.models import promotion, stats as model_stats
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from tests.conftest import REPO
 from tests.support.helpers import START
@@ -81,6 +81,9 @@ def test_promoted_then_refused_with_lineage_and_alert(airflow_db, landed, contai
         pd.io.common.BytesIO(landed.read_bytes(containers.models, "versions/v-first/evaluation.parquet"))
     )
     assert len(table) == 6 and set(table["model"]) == {"candidate"}
+    trained_stats = model_stats.read(landed, containers.models, "v-first")  # what model health compares hours with
+    assert trained_stats is not None and len(trained_stats) == 6
+    assert set(zip(trained_stats["device_id"], trained_stats["tag"])) == set(zip(table["device_id"], table["tag"]))
     assert not [p for p in http_sink.received if p["json"]["event"] == "model_not_promoted"]
     assert not landed.list(containers.staging, "training/")  # the run's scratch space is gone
 

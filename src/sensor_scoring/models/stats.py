@@ -95,7 +95,11 @@ def store(
     """Write a registered version's statistics table (``windows``: what it was trained on); returns the models
     it covers. Called by training right after ``models.register`` (models cannot import this module: the scorer,
     whose decision function it uses, imports models)."""
-    table = statistics_table(trained, windows)
+    return store_table(storage, container, version, statistics_table(trained, windows))
+
+
+def store_table(storage: Storage, container: str, version: str, table: pd.DataFrame) -> int:
+    """Write a version's statistics from tables already computed (the training DAG's shards); returns its rows."""
     if table.empty:
         return 0
     storage.write_bytes(container, stats_path(version), parquet_bytes(table))

@@ -26,7 +26,7 @@ from sensor_scoring.contracts import (
     TrainingShardSpec,
 )
 from sensor_scoring.layout import HOUR
-from sensor_scoring.models import evaluation, promotion
+from sensor_scoring.models import evaluation, promotion, stats
 from sensor_scoring.steps.common import names_storage_outages
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.rescoring import select_sensors
@@ -159,6 +159,8 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
         columns=["device_id", "tag", "train_start", "train_end", "train_rows", "train_flagged_share"],
     )
     storage.write_bytes(out_container, shard.index, st.parquet_bytes(index))
+    # model health compares each hour with these: computed here, where the shard's windows are in memory
+    storage.write_bytes(out_container, shard.stats, st.parquet_bytes(stats.statistics_table(trained, windows)))
     fitted = {(m.device_id, m.tag) for m in trained}
     keys = windows[KEY].drop_duplicates().sort_values(KEY).itertuples(index=False)
     result = TrainingShardResult(
@@ -297,6 +299,13 @@ def register(
         lineage=lineage,
         evaluation=table,
     )
+    tables = []
+    for result in results:
+        if result.models:
+            container, prefix = st.parse_uri(result.output_prefix)
+            tables.append(st.read_parquet(run.storage, container, layout.TrainingShard(prefix).stats))
+    if tables:
+        stats.store_table(run.storage, run.containers.models, version, pd.concat(tables, ignore_index=True))
     return {k: manifest[k] for k in ("version", "models", "train_start", "train_end")}
 
 
