@@ -37,10 +37,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def child(root: Path, sensors: int) -> None:
+def child(root: Path, sensors: int, suite_chunk_rows: int | None) -> None:
     """Run the step once on the landed hour and print its timings as one JSON line."""
     began = time.perf_counter()
-    from sensor_scoring import settings as config, storage as st
+    from sensor_scoring import settings as config, storage as st, validation
     from sensor_scoring.contracts import ValidationReport
     from sensor_scoring.steps import load
     from sensor_scoring.steps.interval import Hour
@@ -66,6 +66,8 @@ def child(root: Path, sensors: int) -> None:
         suite_runs.append(1)
         return real_suite(*args, **kwargs)
 
+    if suite_chunk_rows is not None:  # the chunk size under test (0: the whole hour in one suite run)
+        validation.SUITE_CHUNK_ROWS = suite_chunk_rows or 2**62
     load.read_owned = timed_read
     expectations.run_suite = counted_suite
     storage = LocalStorage(root)
@@ -91,6 +93,7 @@ def child(root: Path, sensors: int) -> None:
                 "suite_s": round(report.seconds, 3),
                 "rest_s": round(step_s - sum(read_s) - report.seconds, 3),
                 "suite_runs": len(suite_runs),
+                "suite_chunk_rows": validation.SUITE_CHUNK_ROWS,
                 "files_read": summary.files_read,
                 "landed": summary.landed,
                 "valid": summary.valid,
@@ -101,7 +104,7 @@ def child(root: Path, sensors: int) -> None:
     )
 
 
-def measure(root: Path, sensors: int, file_windows: int) -> dict:
+def measure(root: Path, sensors: int, file_windows: int, suite_chunk_rows: int | None) -> dict:
     from bench_memory import HOUR, synthetic_windows
 
     from sensor_scoring import settings as config
@@ -120,7 +123,14 @@ def measure(root: Path, sensors: int, file_windows: int) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     began = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--child", str(root), str(sensors)],
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            str(root),
+            str(sensors),
+            *([] if suite_chunk_rows is None else ["--suite-chunk-rows", str(suite_chunk_rows)]),
+        ],
         stdout=subprocess.PIPE,
         env=env,
     )
@@ -148,10 +158,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--file-windows", type=int, default=100_000)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "load.json")
+    parser.add_argument(
+        "--suite-chunk-rows", type=int, help="validation.SUITE_CHUNK_ROWS for the step (0: one suite run per hour)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("ROOT", "SENSORS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(Path(args.child[0]), int(args.child[1]))
+        child(Path(args.child[0]), int(args.child[1]), args.suite_chunk_rows)
         return
     import numpy as np
     import pandas as pd
@@ -173,7 +186,7 @@ def main() -> None:
     }
     for sensors in args.sizes:
         with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-            row = measure(Path(tmp), sensors, args.file_windows)
+            row = measure(Path(tmp), sensors, args.file_windows, args.suite_chunk_rows)
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
