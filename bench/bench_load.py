@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,7 @@ def child(root: Path, sensors: int, suite_chunk_rows: int | None) -> None:
     gx_import_s = time.perf_counter() - import_began
     read_s: list[float] = []
     suite_runs: list[int] = []
+    read_peak_kib: list[int] = []
     real_read, real_suite = load.read_owned, expectations.run_suite
 
     def timed_read(*args, **kwargs):
@@ -61,6 +63,7 @@ def child(root: Path, sensors: int, suite_chunk_rows: int | None) -> None:
             return real_read(*args, **kwargs)
         finally:
             read_s.append(time.perf_counter() - t)
+            read_peak_kib.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
     def counted_suite(*args, **kwargs):
         suite_runs.append(1)
@@ -92,6 +95,7 @@ def child(root: Path, sensors: int, suite_chunk_rows: int | None) -> None:
                 "read_s": round(sum(read_s), 3),
                 "suite_s": round(report.seconds, 3),
                 "rest_s": round(step_s - sum(read_s) - report.seconds, 3),
+                "peak_rss_after_read_mib": round(max(read_peak_kib) / 1024, 1),
                 "suite_runs": len(suite_runs),
                 "suite_chunk_rows": validation.SUITE_CHUNK_ROWS,
                 "files_read": summary.files_read,
