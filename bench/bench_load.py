@@ -38,10 +38,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def child(root: Path, sensors: int, suite_chunk_rows: int | None) -> None:
+def child(root: Path, sensors: int) -> None:
     """Run the step once on the landed hour and print its timings as one JSON line."""
     began = time.perf_counter()
-    from sensor_scoring import settings as config, storage as st, validation
+    from sensor_scoring import settings as config, storage as st
     from sensor_scoring.contracts import ValidationReport
     from sensor_scoring.steps import load
     from sensor_scoring.steps.interval import Hour
@@ -69,8 +69,6 @@ def child(root: Path, sensors: int, suite_chunk_rows: int | None) -> None:
         suite_runs.append(1)
         return real_suite(*args, **kwargs)
 
-    if suite_chunk_rows is not None:  # the chunk size under test (0: the whole hour in one suite run)
-        validation.SUITE_CHUNK_ROWS = suite_chunk_rows or 2**62
     load.read_owned = timed_read
     expectations.run_suite = counted_suite
     storage = LocalStorage(root)
@@ -97,7 +95,6 @@ def child(root: Path, sensors: int, suite_chunk_rows: int | None) -> None:
                 "rest_s": round(step_s - sum(read_s) - report.seconds, 3),
                 "peak_rss_after_read_mib": round(max(read_peak_kib) / 1024, 1),
                 "suite_runs": len(suite_runs),
-                "suite_chunk_rows": validation.SUITE_CHUNK_ROWS,
                 "files_read": summary.files_read,
                 "landed": summary.landed,
                 "valid": summary.valid,
@@ -108,7 +105,7 @@ def child(root: Path, sensors: int, suite_chunk_rows: int | None) -> None:
     )
 
 
-def measure(root: Path, sensors: int, file_windows: int, suite_chunk_rows: int | None) -> dict:
+def measure(root: Path, sensors: int, file_windows: int) -> dict:
     from bench_memory import HOUR, synthetic_windows
 
     from sensor_scoring import settings as config
@@ -127,14 +124,7 @@ def measure(root: Path, sensors: int, file_windows: int, suite_chunk_rows: int |
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     began = time.perf_counter()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--child",
-            str(root),
-            str(sensors),
-            *([] if suite_chunk_rows is None else ["--suite-chunk-rows", str(suite_chunk_rows)]),
-        ],
+        [sys.executable, str(Path(__file__).resolve()), "--child", str(root), str(sensors)],
         stdout=subprocess.PIPE,
         env=env,
     )
@@ -162,13 +152,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--file-windows", type=int, default=100_000)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "load.json")
-    parser.add_argument(
-        "--suite-chunk-rows", type=int, help="validation.SUITE_CHUNK_ROWS for the step (0: one suite run per hour)"
-    )
     parser.add_argument("--child", nargs=2, metavar=("ROOT", "SENSORS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(Path(args.child[0]), int(args.child[1]), args.suite_chunk_rows)
+        child(Path(args.child[0]), int(args.child[1]))
         return
     import numpy as np
     import pandas as pd
@@ -190,7 +177,7 @@ def main() -> None:
     }
     for sensors in args.sizes:
         with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-            row = measure(Path(tmp), sensors, args.file_windows, args.suite_chunk_rows)
+            row = measure(Path(tmp), sensors, args.file_windows)
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sensor_scoring.contracts import REASON_COLUMN
 from sensor_scoring.validation import check_windows, row_reasons
 
 START, END = pd.Timestamp("2026-11-25T16:00Z"), pd.Timestamp("2026-11-25T17:00Z")
@@ -102,36 +101,3 @@ def test_great_expectations_is_loaded_only_by_validation():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "none", done.stderr[-2000:]
-
-
-def test_chunks_of_whole_sensors_give_what_one_run_gives(monkeypatch):
-    """An hour larger than SUITE_CHUNK_ROWS is validated in chunks of whole sensors: the same rows valid, the same
-    reasons (conflicting copies of one key land in one chunk; null keys together), the same expectation counts."""
-    rng = np.random.default_rng(0)
-    n = 240
-    hour = frame(
-        device_id=[f"d{i % 12}" for i in range(n)],
-        tag=["t" if i % 2 else "u" for i in range(n)],
-        window_end=START + pd.to_timedelta(np.arange(n) // 12, unit="min"),
-        value_avg=rng.uniform(1, 2, n),
-        value_min=np.full(n, 0.5),
-        value_max=np.full(n, 3.0),
-        value_std=np.full(n, 0.1),
-        reading_count=np.full(n, 6),
-    )
-    hour.loc[[3, 50], "value_std"] = -1.0
-    hour.loc[[7, 8], "device_id"] = None
-    conflict = hour.iloc[[100]].assign(value_avg=1.99)  # same key as row 100, other values
-    hour = pd.concat([hour, conflict, hour.iloc[[5]]], ignore_index=True)  # and one exact copy
-    whole = check_windows(hour, START, END)
-    assert whole.quarantined[REASON_COLUMN].str.contains("conflicting_duplicate").sum() == 2
-    monkeypatch.setattr("sensor_scoring.validation.SUITE_CHUNK_ROWS", 50)
-    chunked = check_windows(hour, START, END)
-    pd.testing.assert_frame_equal(chunked.valid, whole.valid)
-    key = ["device_id", "tag", "window_end", "value_avg"]
-    pd.testing.assert_frame_equal(
-        chunked.quarantined.sort_values(key).reset_index(drop=True),
-        whole.quarantined.sort_values(key).reset_index(drop=True),
-    )
-    assert chunked.duplicates == whole.duplicates == 1
-    assert chunked.expectations == whole.expectations

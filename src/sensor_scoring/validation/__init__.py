@@ -15,18 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from sensor_scoring.contracts import REASON_COLUMN, WINDOW_COLUMNS
 
 if TYPE_CHECKING:
-    from sensor_scoring.validation.expectations import Bounds, SuiteResult
-
-#: Rows the suite validates at once. A larger hour is validated in chunks of whole sensors (every copy of a
-#: window key in one chunk, so the uniqueness rule sees them together), bounding what great-expectations holds
-#: in memory at a time; the chunks' results merge into one result, the same as one run would give.
-SUITE_CHUNK_ROWS = 1_000_000
+    from sensor_scoring.validation.expectations import Bounds
 
 
 @dataclass
@@ -45,7 +39,9 @@ def row_reasons(
     windows: pd.DataFrame, start: datetime | None = None, end: datetime | None = None, bounds: Bounds | None = None
 ) -> pd.Series:
     """The failed expectations of each row as reasons joined by ``;`` (empty string where the row is fine)."""
-    return run_suite_in_chunks(windows, start, end, bounds).reasons
+    from sensor_scoring.validation.expectations import run_suite
+
+    return run_suite(windows, start, end, bounds).reasons
 
 
 def check_windows(
@@ -57,9 +53,11 @@ def check_windows(
     disagree then fail the suite's uniqueness expectation and are all quarantined as
     ``conflicting_duplicate``: there is no way to tell which one is right.
     """
+    from sensor_scoring.validation.expectations import run_suite
+
     copies = windows.duplicated(subset=WINDOW_COLUMNS, keep="first")
     unique = windows.loc[~copies]
-    result = run_suite_in_chunks(unique, start, end, bounds)
+    result = run_suite(unique, start, end, bounds)
     reasons = result.reasons
     bad = reasons != ""
     quarantined = unique.loc[bad].assign(**{REASON_COLUMN: reasons[bad]}).reset_index(drop=True)
@@ -72,46 +70,4 @@ def check_windows(
         duplicate_index=windows.index[copies],
         expectations=result.expectations,
         seconds=result.seconds,
-    )
-
-
-def run_suite_in_chunks(
-    windows: pd.DataFrame, start: datetime | None, end: datetime | None, bounds: Bounds | None
-) -> SuiteResult:
-    """The suite over ``windows``, run on chunks of at most about ``SUITE_CHUNK_ROWS`` rows of whole sensors.
-
-    Rows with a null device or tag all go to one chunk, so rules across rows treat them as one run would.
-    """
-    from sensor_scoring.validation.expectations import SuiteResult, run_suite
-
-    chunks = -(-len(windows) // SUITE_CHUNK_ROWS)
-    if chunks <= 1:
-        return run_suite(windows, start, end, bounds)
-    codes, uniques = pd.MultiIndex.from_frame(windows[["device_id", "tag"]].astype(object)).factorize()
-    chunk_of = np.where(codes < 0, 0, codes * chunks // max(1, len(uniques)))
-    reasons = pd.Series("", index=windows.index, dtype="object")
-    results = []
-    for c in range(chunks):
-        positions = np.flatnonzero(chunk_of == c)
-        if len(positions):
-            result = run_suite(windows.iloc[positions], start, end, bounds)
-            reasons.iloc[positions] = result.reasons.to_numpy()
-            results.append(result)
-    merged = []
-    for parts in zip(*(r.expectations for r in results), strict=True):
-        counts = [p["unexpected_count"] for p in parts]
-        elements = [p["element_count"] for p in parts]
-        merged.append(
-            {
-                **parts[0],
-                "success": all(p["success"] for p in parts),
-                "element_count": None if None in elements else sum(elements),
-                "unexpected_count": None if None in counts else sum(counts),
-            }
-        )
-    return SuiteResult(
-        reasons=reasons,
-        expectations=merged,
-        success=all(r.success for r in results),
-        seconds=sum(r.seconds for r in results),
     )
