@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from sensor_scoring import models
@@ -63,3 +64,51 @@ def test_shape_errors_are_clear(setup):
     with pytest.raises(IndexError):
         decision_function(np.zeros((1, 5)), np.array([4]), [trained[0].arrays])
     assert decision_function(np.zeros((0, 5)), np.zeros(0, dtype=int), []).shape == (0,)
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    """Models of very different support-vector counts (nu from 0.01 to 0.9) on one fleet's history."""
+    windows = fleet_windows(devices=3, tags=2, hours=5, seed=3)
+    history = windows[windows["window_end"] < START.replace(hour=4)]
+    keys = sorted(history.groupby(["device_id", "tag"]).groups)
+    pipelines = {}
+    for key, nu in zip(keys, [0.01, 0.05, 0.2, 0.5, 0.9, 0.02], strict=True):
+        rows = history[(history["device_id"] == key[0]) & (history["tag"] == key[1])]
+        pipelines[key] = models.fit_pipeline(models.feature_matrix(rows), nu=nu)
+    return pipelines, windows
+
+
+def assert_equals_sklearn(pipelines, rows):
+    out = score(rows, {key: models.arrays_of(p) for key, p in pipelines.items()})
+    for key, pipeline in pipelines.items():
+        mine = out[(out["device_id"] == key[0]) & (out["tag"] == key[1])]
+        if len(mine):
+            features = models.feature_matrix(mine)
+            np.testing.assert_allclose(mine["score"], pipeline.decision_function(features), rtol=0, atol=1e-9)
+            np.testing.assert_array_equal(mine["is_anomaly"], pipeline.predict(features) == -1)
+
+
+def test_models_of_very_different_support_vector_counts(mixed):
+    pipelines, windows = mixed
+    widths = sorted(len(p[-1].dual_coef_.ravel()) for p in pipelines.values())
+    assert widths[-1] > 10 * widths[0]  # the batches really mix narrow and wide models
+    assert_equals_sklearn(pipelines, windows[windows["window_end"] >= START.replace(hour=4)])
+
+
+def test_one_window_many_windows_and_uneven_counts(mixed):
+    """One window for one sensor, five hours (300 windows, several row blocks) for another, a few for the rest:
+    blocks of different lengths in one batch, and a batch padded in rows and in support vectors."""
+    pipelines, windows = mixed
+    keys = sorted(pipelines)
+    of = [windows[(windows["device_id"] == k[0]) & (windows["tag"] == k[1])] for k in keys]
+    rows = pd.concat([of[0].iloc[:1], of[1], of[2].iloc[:7], of[3].iloc[:65], of[4].iloc[:129], of[5].iloc[:2]])
+    assert_equals_sklearn(pipelines, rows.sample(frac=1.0, random_state=2))
+    assert_equals_sklearn(pipelines, of[4].iloc[:1])  # a single window, alone
+
+
+@pytest.mark.parametrize("budget", [1, 2_000])
+def test_small_budgets_still_equal_sklearn(mixed, monkeypatch, budget):
+    pipelines, windows = mixed
+    monkeypatch.setattr("sensor_scoring.scorer.ELEMENT_BUDGET", budget)
+    assert_equals_sklearn(pipelines, windows)
