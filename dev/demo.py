@@ -359,10 +359,18 @@ def _counted(records: list[LogRecord]) -> str:
     return f"{warnings} warning{'s' * (warnings != 1)}, {errors} error{'s' * (errors != 1)}"
 
 
+#: The exception of commit refusing a run whose upstream failed (``sensor_scoring_airflow.partial``; named, not
+#: imported, so the demo imports no Airflow before it needs to).
+UPSTREAM_REFUSAL = "UpstreamNotCommitted"
+
+
 def show_log_errors(story: Story, log_path: Path, *, limit: int = 16) -> None:
     """The log's last error (condensed traceback) on the story's output, so nobody has to open the log."""
     records = scan_log(log_path.read_text(encoding="utf-8", errors="replace")) if log_path.exists() else []
     errors = [r for r in records if r.level == "error"]
+    # commit refusing a run whose upstream failed names that failure: show the failure itself, not the refusal
+    causes = [r for r in errors if not any(UPSTREAM_REFUSAL in line for line in [r.message, *r.lines])]
+    errors = causes or errors
     if not errors:
         story.line(f"  {_shown(log_path)} has {_counted(records)}")
         return
