@@ -125,17 +125,18 @@ def test_missed_deadline_alerts_through_scheduler_and_triggerer(own_stack: DevSt
     assert "state running" in post["error"] and post["log_url"] == f"{stack.url}/dags/sensor_scoring/runs/{RUN_ID}"
     subjects = sorted(m["Subject"] for _, m in smtp_sink.messages)
     assert subjects == [
-        "[sensor_scoring] dag_run_failed: plan_shards",
+        # Airflow names the run's last failed task: commit, which runs on all_done and refuses the run
+        "[sensor_scoring] dag_run_failed: commit",
         f"[sensor_scoring] deadline_missed: {RUN_ID}",
         "[sensor_scoring] task_failed: plan_shards",
     ]
     texts = sorted(output for (output,) in outputs)  # the scheduled and the failing run's deadlines: no alert
     assert texts[0] == "email sent, webhook sent"
     assert all(t.startswith("no alert: ") for t in texts[1:]), texts
-    for event in ("task_failed", "dag_run_failed"):
+    for event, task_id in (("task_failed", "plan_shards"), ("dag_run_failed", "commit")):
         post = posts[event]
-        assert post["run_id"] == FAILING_ID and post["task_id"] == "plan_shards" and post["try_number"] == 1
-        assert post["log_url"] == f"{stack.url}/dags/sensor_scoring/runs/{FAILING_ID}/tasks/plan_shards?try_number=1"
+        assert post["run_id"] == FAILING_ID and post["task_id"] == task_id and post["try_number"] == 1
+        assert post["log_url"] == f"{stack.url}/dags/sensor_scoring/runs/{FAILING_ID}/tasks/{task_id}?try_number=1"
     assert "no-such-version" in posts["task_failed"]["error"] and posts["dag_run_failed"]["error"] == "task_failure"
     assert "Exception when executing TriggerRunnerSupervisor" not in stack.logs()["triggerer"].read_text(
         errors="replace"

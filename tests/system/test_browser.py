@@ -115,8 +115,9 @@ def test_trigger_form_shows_the_params_with_titles(page, standalone: Standalone)
         if description:
             dialog.get_by_text(description).first.wait_for()
     # an empty subset or window means "all" / "the run's interval": the form must not demand them
-    assert not any(marked[name] for name in ("devices", "tags", "window_start", "window_end")), marked
-    assert marked["sensors_per_shard"] and marked["model_version"], marked  # negative: a real required field is marked
+    # an empty sensors_per_shard sizes the shards to the work: not demanded either
+    assert not any(marked[name] for name in ("devices", "tags", "window_start", "window_end", "sensors_per_shard"))
+    assert marked["backend"] and marked["model_version"], marked  # negative: a real required field is marked
     dialog.screenshot(path=ARTIFACTS / "browser-02-trigger-form.png")
     dialog.get_by_text("Backfill", exact=True).click()  # the same form creates backfills
     dialog.get_by_text("Reprocess Behavior").first.wait_for()
