@@ -51,7 +51,8 @@ windows selected by `window_end`.
 
 **Tasks:** `wait_for_windows` (reschedules, holds no slot) -> `load_and_validate` -> `plan_shards` ->
 `score_shard` (mapped, one per shard: sized to the work, or of `sensors_per_shard` sensors; named by its sensors)
--> `commit`.
+-> `commit` -> `model_health` (per sensor: anomaly rate and score shift against training; the *Sensor fleet* page
+in the navigation).
 With `max_failed_shard_share` above 0, `commit` also runs when shards failed: the hour is committed `partial`.
 
 **Triage**
