@@ -10,12 +10,12 @@ from datetime import timedelta
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, get_current_context, task
 
 from sensor_scoring import settings as config
+from sensor_scoring.names import HOUR_PATTERN, SENSOR_NAME_PATTERN, VERSION_PATTERN
 from sensor_scoring_airflow.alerts import ScoringAlertNotifier
 from sensor_scoring_airflow.operators import ScoreShardOperator
 
 SETTINGS = config.current()
-SUBSET_ITEMS = {"type": "string", "minLength": 1}
-HOUR_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:00(:00(\.0+)?)?(Z|[+-]\d{2}:?00)?$"
+SUBSET_ITEMS = {"type": "string", "minLength": 1, "pattern": SENSOR_NAME_PATTERN}
 
 DOC = """
 ### sensor_model_training
@@ -147,7 +147,7 @@ with DAG(
         "version": Param(
             None,
             type=["null", "string"],
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+            pattern=VERSION_PATTERN,
             title="Version name",
             description="Empty: v<UTC timestamp>. Versions are immutable: a name already registered fails.",
         ),
@@ -284,6 +284,7 @@ with DAG(
         "to_version": Param(
             None,
             type=["null", "string"],
+            pattern=VERSION_PATTERN,
             title="Roll back to",
             description="A registered version. Empty: the version production pointed at before the current one.",
         ),

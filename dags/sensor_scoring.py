@@ -17,7 +17,7 @@ from airflow.sdk import (
 )
 
 from sensor_scoring import settings as config
-from sensor_scoring.names import SENSOR_NAME_PATTERN, VERSION_PATTERN
+from sensor_scoring.names import HOUR_PATTERN, SENSOR_NAME_PATTERN, VERSION_PATTERN
 from sensor_scoring_airflow.alerts import EmptyRunNotifier, ScoringAlertNotifier
 from sensor_scoring_airflow.dag import ScoringDAG
 from sensor_scoring_airflow.operators import ScoreShardOperator
@@ -37,7 +37,6 @@ DEADLINE_MINUTES = SETTINGS.deadline_minutes  # 0 turns the deadline alert off
 START_DATE = SETTINGS.start_date  # the first hour scored
 # names, never paths: the patterns of sensor_scoring.names (the package checks them again)
 SUBSET_ITEMS = {"type": "string", "minLength": 1, "pattern": SENSOR_NAME_PATTERN}
-HOUR_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:00(:00(\.0+)?)?(Z|[+-]\d{2}:?00)?$"
 
 DOC = """
 ### sensor_scoring

@@ -69,3 +69,16 @@ def test_labels_layout_marks_hours_labelled_and_refuses_bad_files(tmp_path):
     storage.write_bytes("labels", evaluation.label_path(hour), parquet_bytes(rows.drop(columns="anomaly")))
     with pytest.raises(ValueError, match="lacks column"):
         evaluation.read_labels(storage, "labels", hour, hour + timedelta(hours=1))
+
+
+@pytest.mark.parametrize("name", ["../versions/v1", "v1/", "..", "v1\n"])
+def test_registering_or_rolling_back_to_a_path_is_refused(tmp_path, name):
+    from sensor_scoring import models
+    from sensor_scoring.contracts import InvalidName
+
+    storage = LocalStorage(str(tmp_path))
+    with pytest.raises(InvalidName, match="is not a name"):
+        models.register(storage, "models", [], version=name, params={}, promote=False)
+    with pytest.raises(InvalidName, match="is not a name"):
+        promotion.rollback(storage, "models", name, by="test")
+    assert not list(tmp_path.rglob("*"))  # nothing written

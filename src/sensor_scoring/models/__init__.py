@@ -250,6 +250,7 @@ def register(
     ``lineage`` (the training run, data range, evaluation) goes into the manifest; ``evaluation`` (per-sensor
     metrics) is stored beside it as ``evaluation.parquet``.
     """
+    check_version(version)
     if not trained:
         raise ValueError("no models to register: no sensor had enough training windows")
     prefix = f"versions/{version}/"

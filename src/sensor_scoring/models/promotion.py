@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from sensor_scoring import models
+from sensor_scoring.names import check_version
 from sensor_scoring.storage import Storage
 
 
@@ -118,6 +119,7 @@ def rollback(
                 f"alias {alias!r} (now {now}) has no earlier version in its history; name one: rollback --to <version>"
             )
         to = str(earlier[0])
+    check_version(to, "rollback version")
     if to == now:
         raise ValueError(f"alias {alias!r} already points at {to}")
     if not storage.exists(container, f"versions/{to}/manifest.json"):

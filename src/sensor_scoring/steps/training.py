@@ -27,6 +27,7 @@ from sensor_scoring.contracts import (
 )
 from sensor_scoring.layout import HOUR
 from sensor_scoring.models import evaluation, promotion, stats
+from sensor_scoring.names import check_sensor_names
 from sensor_scoring.steps.common import names_storage_outages
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.rescoring import select_sensors
@@ -56,6 +57,7 @@ def gather(
 
     if sensors_per_shard < 1:
         raise ValueError("sensors_per_shard must be at least 1")
+    devices, tags = check_sensor_names(devices, "devices"), check_sensor_names(tags, "tags")
     cut = run.end - holdout_hours * HOUR
     if cut <= run.start:
         raise ValueError(
