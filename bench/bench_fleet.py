@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from bench_scoring import machine  # noqa: E402
 
 from sensor_scoring import layout, settings as config  # noqa: E402
 from sensor_scoring.fleet import fleet_view  # noqa: E402
@@ -146,15 +147,8 @@ def main() -> None:
             f"| {r['fleet_view_median_s']:.3f} | {r['page_median_s']:.3f} | {r['raw_read_median_s']:.3f} "
             f"| {r['ratio_to_raw_read']:.2f} |"
         )
-    machine = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": __import__("os").cpu_count(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "pyarrow": __import__("pyarrow").__version__,
-    }
-    args.out.write_text(json.dumps({"command": sys.argv, "machine": machine, "results": results}, indent=2))
+    info = {**machine(), "pyarrow": __import__("pyarrow").__version__}
+    args.out.write_text(json.dumps({"command": sys.argv, "machine": info, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import pandas as pd
-import sklearn
+from bench_scoring import machine
 
 from sensor_scoring import models
 from sensor_scoring.scorer import decision_function, sensor_codes
@@ -146,7 +145,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "kernel.json")
     args = parser.parse_args()
-    began = time.perf_counter()
+    began, load_at_start = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     windows = simulated(args.devices, args.tags, 4, START)
     train = windows[windows["window_end"] < START + timedelta(hours=3)]
     hour = windows[windows["window_end"] >= START + timedelta(hours=3)].reset_index(drop=True)
@@ -154,13 +153,9 @@ def main() -> None:
     keep = ("sensors", "project_s", "sklearn_loop_s", "reference_s", "max_abs_diff")
     results = {
         "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__,
+            **machine(),
             "numba": numba.__version__,
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "load_average_at_start": load_at_start,
         },
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "kernel": {k: runs[0][k] for k in keep},

@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -157,20 +156,12 @@ def main() -> None:
     if args.child:
         child(Path(args.child[0]), int(args.child[1]))
         return
-    import numpy as np
-    import pandas as pd
+    from bench_scoring import machine
 
     from sensor_scoring.windows import read_landed_files
 
     results: dict = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "pandas": pd.__version__,
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": {**machine(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "reader": f"{read_landed_files.__module__}.read_landed_files",
         "runs": [],

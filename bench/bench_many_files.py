@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+from bench_scoring import machine
 
 from dev.azurite import Azurite
 from sensor_scoring import settings as config
@@ -103,7 +104,7 @@ def main() -> None:
     report = {
         "benchmark": "many_files",
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "windows": len(windows),
         "files": {"many": files, "three": 3},
         "repeats": args.repeats,
