@@ -57,6 +57,22 @@ def _wait_task(standalone: Standalone, run_id: str, task_id: str, state: str) ->
         time.sleep(1)
 
 
+def _commit_try(standalone: Standalone, run_id: str) -> int:
+    return next(t["try_number"] for t in standalone.api.task_instances(run_id) if t["task_id"] == "commit")
+
+
+def _wait_commit_retried(standalone: Standalone, run_id: str, before: int) -> None:
+    """The cleared commit ran again and ended (a short task: polling for "running" could miss it)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        standalone.stack.check()
+        commit = next(t for t in standalone.api.task_instances(run_id) if t["task_id"] == "commit")
+        if commit["try_number"] > before and commit["state"] in ("success", "failed"):
+            return
+        assert time.monotonic() < deadline, f"commit of {run_id} not run again: {commit}"
+        time.sleep(1)
+
+
 def _land_late(standalone: Standalone, hour) -> None:
     ends = [hour + pd.Timedelta(minutes=50 + i) for i in range(LATE_WINDOWS)]
     late = pd.DataFrame(
@@ -96,6 +112,7 @@ def test_a_stale_run_committing_last_is_superseded_and_loses_nothing(standalone:
     assert b_manifest["run_id"] == run_b and b_manifest["quarantine_reasons"].get("no_model") == LATE_WINDOWS
 
     # the operator clears A's failed commit: A's older view must not replace B's partition
+    before = _commit_try(standalone, run_a)
     standalone.api.post(
         "dags/sensor_scoring/clearTaskInstances",
         {
@@ -107,11 +124,12 @@ def test_a_stale_run_committing_last_is_superseded_and_loses_nothing(standalone:
             "reset_dag_runs": True,
         },
     )
-    _wait_task(standalone, run_a, "commit", "running")  # cleared and started again
+    _wait_commit_retried(standalone, run_a, before)  # cleared, run again, and ended
     a_again = standalone.api.wait_for_runs([run_a], timeout_s=RUN_TIMEOUT_S)[run_a]
     assert a_again["state"] == "failed"
-    tries = {t["task_id"]: t["try_number"] for t in standalone.api.task_instances(run_a)}
-    log = standalone.api.get(_path(run_a, f"commit/logs/{tries['commit']}"), headers={"Accept": "application/json"})
+    log = standalone.api.get(
+        _path(run_a, f"commit/logs/{_commit_try(standalone, run_a)}"), headers={"Accept": "application/json"}
+    )
     assert f"superseded by run {run_b}" in json.dumps(log)
 
     after = json.loads(standalone.storage.read_bytes(containers.predictions, prefix + MANIFEST_FILE))
