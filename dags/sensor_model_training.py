@@ -44,6 +44,7 @@ held-back windows and its F1 is at most `max_f1_drop` below production's. Otherw
 because ..." and sends a `model_not_promoted` alert (the run still succeeds: the version is registered, unpromoted).
 
 **Triage:** `gather` failed with "no valid window to train on": the range, subset or `holdout_hours` selects nothing.
+A *scheduled* week with no valid window skips its tasks instead (nothing trained, production unchanged, no alert).
 `evaluate` failed with "no sensor had enough valid training windows": lower `min_rows` or widen the range.
 
 **Rollback:** the DAG `sensor_model_rollback` (a form with one field), or `python -m sensor_scoring rollback
@@ -185,8 +186,9 @@ with DAG(
         from sensor_scoring.steps.training import gather as gather_windows
         from sensor_scoring_airflow import context as airflow_context, training
 
-        run = training.training_run(get_current_context(), params or {})
-        with airflow_context.no_retry_on(ValueError):
+        context = get_current_context()
+        run = training.training_run(context, params or {})
+        with airflow_context.no_retry_on(ValueError), training.scheduled_runs_skip_when_nothing_landed(context):
             shards = gather_windows(
                 run,
                 holdout_hours=params["holdout_hours"],

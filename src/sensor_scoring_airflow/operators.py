@@ -66,13 +66,18 @@ class ScoreShardOperator(BaseOperator):
         )
 
     def _push_link(self, context: Context, setting: str) -> None:
-        from sensor_scoring import layout, settings as config
+        from sensor_scoring import layout, settings as config, storage as st
         from sensor_scoring_airflow import context as airflow_context
 
         try:
-            hour = airflow_context.hour_for(context, context["params"])
-            prefix = layout.partition_prefix(hour.start) if hour.end - hour.start == timedelta(hours=1) else ""
-            url = outputs_url(setting, config.current().containers.predictions, prefix)
+            if self.command == "score-shard":  # the hour's partition, where the shard's predictions end up
+                hour = airflow_context.hour_for(context, context["params"])
+                prefix = layout.partition_prefix(hour.start) if hour.end - hour.start == timedelta(hours=1) else ""
+                container = config.current().containers.predictions
+            else:  # any other command (train-shard): the folder its spec and outputs are staged in
+                container, spec_path = st.parse_uri(self.shard["spec_uri"])
+                prefix = spec_path.rpartition("/")[0] + "/"
+            url = outputs_url(setting, container, prefix)
         except Exception as exc:  # a link is a convenience: never fail a shard over it
             self.log.info("No outputs link for this shard: %s", exc)
             return

@@ -82,3 +82,23 @@ def test_registering_or_rolling_back_to_a_path_is_refused(tmp_path, name):
     with pytest.raises(InvalidName, match="is not a name"):
         promotion.rollback(storage, "models", name, by="test")
     assert not list(tmp_path.rglob("*"))  # nothing written
+
+
+@pytest.mark.parametrize("run_type", ["scheduled", "manual", "backfill", "asset_triggered"])
+def test_only_a_scheduled_week_without_data_skips(run_type):
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from sensor_scoring.steps.training import NoTrainingData
+    from sensor_scoring_airflow.training import scheduled_runs_skip_when_nothing_landed
+
+    context = {"dag_run": SimpleNamespace(run_type=run_type)}
+    expected = AirflowSkipException if run_type == "scheduled" else NoTrainingData
+    with pytest.raises(expected, match="no valid window"):
+        with scheduled_runs_skip_when_nothing_landed(context):
+            raise NoTrainingData("no valid window to train on in [a, b)")
+    with scheduled_runs_skip_when_nothing_landed(context):  # other errors and success pass through untouched
+        pass
+    with pytest.raises(ValueError, match="other"), scheduled_runs_skip_when_nothing_landed(context):
+        raise ValueError("other")

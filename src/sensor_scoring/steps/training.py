@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 KEY = ["device_id", "tag"]
 
 
+class NoTrainingData(ValueError):
+    """The range holds no valid window to train on: a configuration error for a run that named its range, and
+    nothing to do for a scheduled run over a week with no data (the training DAG skips it)."""
+
+
 @names_storage_outages
 def gather(
     run: Hour,
@@ -85,7 +90,7 @@ def gather(
         len(holdout),
     )
     if train.empty:
-        raise ValueError(
+        raise NoTrainingData(
             f"no valid window to train on in [{run.start.isoformat()}, {cut.isoformat()}) of container "
             f"{run.containers.windows!r}: check the range, devices/tags and holdout_hours"
         )
