@@ -126,25 +126,31 @@ def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_
             one.assign(device_id="dev-late", window_end=START + H),  # inside, found in the late folder
             one.assign(device_id="dev-late", window_end=START + 2 * H),
         ]
-    )  # the next hour's: not owned
+    )  # with a two-hour range, the third hour's: not owned
+    # ahead of its folder: a stray of START + H, whose run quarantines it; inside a three-hour range all the same
+    ahead = one.assign(device_id="dev-ahead", window_end=START + 2 * H + pd.Timedelta(minutes=10))
+    stray = pd.concat([stray, ahead])
     storage.write_bytes(containers.windows, f"{START + H:%Y/%m/%d/%H}/0_stray_1.json", to_asa_json_lines(stray))
     storage.write_bytes(containers.windows, f"{START + 2 * H:%Y/%m/%d/%H}/0_late_1.json", to_asa_json_lines(late))
     seen = []
     monkeypatch.setattr(
         training, "_train", lambda w, **kw: seen.append(w) or models.train_models(w, min_rows=kw["min_rows"])
     )
-    training.train_and_register(storage, containers, START, START + 2 * H, version="v1")
-    hour = Hour(storage, containers, "same-rule", START, START + 2 * H)
-    summary = load_and_validate(hour)
-    scored = st_read(storage, containers.staging, f"runs/{hour.run_key}/valid.parquet")
-    [trained_on] = seen
-    assert len(trained_on) == summary.valid == 2 * 120 + 1
-    assert summary.quarantine_reasons == {"window_outside_interval": 1}
     key = list(WINDOW_KEY)
-    pd.testing.assert_frame_equal(
-        trained_on[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True),
-        scored[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True),
-    )
+    for hours, valid, outside in ((2, 2 * 120 + 1, 2), (3, 3 * 120 + 2, 2)):
+        seen.clear()
+        training.train_and_register(storage, containers, START, START + hours * H, version=f"v{hours}")
+        hour = Hour(storage, containers, f"same-rule-{hours}", START, START + hours * H)
+        summary = load_and_validate(hour)
+        scored = st_read(storage, containers.staging, f"runs/{hour.run_key}/valid.parquet")
+        [trained_on] = seen
+        assert len(trained_on) == summary.valid == valid
+        assert summary.quarantine_reasons == {"window_outside_interval": outside}
+        assert "dev-ahead" not in set(trained_on["device_id"])
+        pd.testing.assert_frame_equal(
+            trained_on[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True),
+            scored[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True),
+        )
 
 
 def test_calibrated_threshold_round_trips_and_keeps_sklearn_parity():

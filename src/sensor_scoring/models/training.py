@@ -1,9 +1,9 @@
 """Train a model version from landed windows, the same windows the DAG would score.
 
 Training reads windows by the scoring runs' own rule (``windows.ownership``): the interval's folders and
-``late_folders`` more, the windows ending inside the interval, plus the strays of its own folders, which
-validation then quarantines (with the interval given, as ``window_outside_interval`` or ``null_key``). Corrupt
-files are set aside and named in the log, as an hourly run would.
+``late_folders`` more, the windows the interval owns; the strays among them (landed in a folder other than their
+window_end's hour's or the next) and the windows validation quarantines are not trained on, as they are not
+scored. Corrupt files are set aside and named in the log, as an hourly run would.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sensor_scoring import models, settings as config
 from sensor_scoring.models import stats
 from sensor_scoring.storage import Storage
 from sensor_scoring.validation import check_windows
-from sensor_scoring.windows import read_owned
+from sensor_scoring.windows import read_owned, set_aside_strays
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def train_and_register(
     landed = read_owned(storage, containers.windows, start, end, late_folders)
     for corrupt in landed.corrupt:
         log.warning("Not training on corrupt file %s (%d bytes): %s", corrupt.file, corrupt.bytes, corrupt.error)
-    windows = check_windows(landed.windows, start, end).valid
+    owned, _ = set_aside_strays(landed.windows, landed.rejected)  # strays: quarantined by their folder's hour
+    windows = check_windows(owned, start, end).valid
     log.info("Training on %d valid window(s) from %d file(s)", len(windows), len(landed.files))
     trained = _train(windows, nu=nu, min_rows=min_rows, threshold_mads=threshold_mads, progress=progress)
     manifest = models.register(

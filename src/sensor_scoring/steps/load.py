@@ -40,7 +40,7 @@ from sensor_scoring.windows import (
     folder_hour,
     partition_hours,
     read_owned,
-    strays,
+    set_aside_strays,
 )
 
 if TYPE_CHECKING:
@@ -112,19 +112,6 @@ def _validate(landed: pd.DataFrame, hour: Hour, bounds: Bounds) -> Checked:
         files = sorted(set(landed[SOURCE_COLUMN].dropna()))
         more = " ..." if len(files) > 5 else ""
         raise WindowSchemaError(f"{exc} in the windows of {', '.join(files[:5])}{more}") from exc
-
-
-def set_aside_strays(landed: pd.DataFrame, rejected: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Strays (owned by the folder they landed in, not by their window_end's hour: see ``windows.ownership``)
-    are quarantined ``window_outside_interval`` whatever else they are, also when their window_end lies inside a
-    multi-hour interval; a missing window_end is left to the suite (``null_key``)."""
-    stray = (strays(landed) & landed["window_end"].notna()).to_numpy()
-    if not stray.any():
-        return landed, rejected
-    moved = landed.loc[stray].assign(**{REASON_COLUMN: "window_outside_interval"})
-    moved["reading_count"] = moved["reading_count"].astype("float64")
-    kept = landed.loc[~stray].reset_index(drop=True)
-    return kept, pd.concat([rejected, moved], ignore_index=True)
 
 
 def with_rejected(checked: Checked, rejected: pd.DataFrame) -> Checked:

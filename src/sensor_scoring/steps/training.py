@@ -56,9 +56,10 @@ def gather(
     late_folders: int = 1,
 ) -> list[PlannedShard]:
     """Valid windows of [start, end): the last ``holdout_hours`` staged for evaluation, the rest in training shards."""
+    from sensor_scoring.steps.load import with_rejected
     from sensor_scoring.validation import check_windows
     from sensor_scoring.validation.expectations import load_bounds
-    from sensor_scoring.windows import read_owned
+    from sensor_scoring.windows import read_owned, set_aside_strays
 
     if sensors_per_shard < 1:
         raise ValueError("sensors_per_shard must be at least 1")
@@ -71,7 +72,11 @@ def gather(
     read = read_owned(run.storage, run.containers.windows, run.start, run.end, late_folders)
     for corrupt in read.corrupt:
         log.warning("Not training on corrupt file %s (%d bytes): %s", corrupt.file, corrupt.bytes, corrupt.error)
-    checked = check_windows(select_sensors(read.windows, devices, tags), run.start, run.end, load_bounds())
+    # strays are quarantined by the hour they landed in, even inside the range: never trained on, as never scored
+    landed, rejected = set_aside_strays(
+        select_sensors(read.windows, devices, tags), select_sensors(read.rejected, devices, tags)
+    )
+    checked = with_rejected(check_windows(landed, run.start, run.end, load_bounds()), rejected)
     reasons = Counter(str(r) for r in checked.quarantined[REASON_COLUMN]) if len(checked.quarantined) else Counter()
     valid = checked.valid
     held = valid["window_end"] >= pd.Timestamp(cut)

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 
 from sensor_scoring import layout
-from sensor_scoring.contracts import SOURCE_COLUMN
+from sensor_scoring.contracts import REASON_COLUMN, SOURCE_COLUMN
 from sensor_scoring.storage import Storage
 from sensor_scoring.windows.formats import LandedFiles, read_landed_files
 
@@ -109,3 +109,16 @@ def read_owned(
     read.windows = owned_windows(read.windows, start, end, late_folders)
     read.rejected = owned_windows(read.rejected, start, end, late_folders)
     return read
+
+
+def set_aside_strays(landed: pd.DataFrame, rejected: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Strays (owned by the folder they landed in, not by their window_end's hour: see the module) are
+    quarantined ``window_outside_interval`` whatever else they are, also when their window_end lies inside a
+    multi-hour interval; a missing window_end is left to the suite (``null_key``)."""
+    stray = (strays(landed) & landed["window_end"].notna()).to_numpy()
+    if not stray.any():
+        return landed, rejected
+    moved = landed.loc[stray].assign(**{REASON_COLUMN: "window_outside_interval"})
+    moved["reading_count"] = moved["reading_count"].astype("float64")
+    kept = landed.loc[~stray].reset_index(drop=True)
+    return kept, pd.concat([rejected, moved], ignore_index=True)
