@@ -28,6 +28,7 @@ Layout::
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -110,6 +111,13 @@ class Partition:
 def staging_prefix(run_key: str) -> str:
     """Scratch space of one DAG run in the staging container: shard inputs, specs and outputs."""
     return f"runs/{run_key}/"
+
+
+def commit_claim(hour: datetime, generation: str) -> str:
+    """Where a run claims the commit of an hour from the manifest generation it read (staging container): one
+    blob per (hour, generation), created once, so two runs that read the same state cannot both write the hour."""
+    token = hashlib.sha256(generation.encode()).hexdigest()[:32]
+    return f"claims/{hour:%Y/%m/%d/%H}/{token}.json"
 
 
 def shard_prefix(run_key: str, shard: int) -> str:

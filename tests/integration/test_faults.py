@@ -10,6 +10,7 @@ The table of cases is in docs/faults.md.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -556,6 +557,84 @@ def test_two_runs_racing_on_one_hour_leave_the_winner_whole(env):
     assert f"superseded by run {winners[0]}" in outcomes[loser]
     _, manifest = partition(env, env.containers.predictions)
     assert manifest["run_id"] == winners[0]
+    assert_accounting(env, manifest, landed=BASE)
+
+
+def _staged_runs(env: Env, *run_ids: str) -> list[tuple[Hour, object, list]]:
+    """Each run loaded, planned and scored, ready to commit (all read the same manifest generation)."""
+    staged = []
+    for run_id in run_ids:
+        hour = env.hour(run_id)
+        summary = load_and_validate(hour)
+        plan = plan_shards(hour, model_version="production", sensors_per_shard=2)
+        staged.append((hour, summary, [score_shard(env.blob, s.spec_uri) for s in plan]))
+    return staged
+
+
+def test_the_run_that_claimed_a_commit_first_is_the_only_one_writing_the_hour(env, monkeypatch):
+    """Run X claims the commit and is held while it uploads; run Y, from the same state, stops at its claim with
+    nothing of the hour written, and X's commit completes whole: the partition file is X's, never Y's."""
+    (x, x_summary, x_results), (y, y_summary, y_results) = _staged_runs(env, "run-X", "run-Y")
+    claimed, release = threading.Event(), threading.Event()
+    upload = BlobStorage.upload_file
+
+    def held_upload(self, container, path, local):
+        if threading.current_thread().name == "commit-X":
+            claimed.set()
+            assert release.wait(60)
+        return upload(self, container, path, local)
+
+    monkeypatch.setattr(BlobStorage, "upload_file", held_upload)
+    errors: list[BaseException] = []
+    thread = threading.Thread(
+        target=lambda: _record_errors(errors, commit, x, x_summary, x_results), name="commit-X", daemon=True
+    )
+    thread.start()
+    assert claimed.wait(60)
+    part = layout.Partition(HOUR)
+    with pytest.raises(SupersededError, match="superseded by run run-X, which claimed its commit from the same state"):
+        commit(y, y_summary, y_results)
+    assert env.blob.generation(env.containers.predictions, part.data) is None  # Y wrote nothing of the hour
+    release.set()
+    thread.join(60)
+    assert not errors and not thread.is_alive()
+    _, manifest = partition(env, env.containers.predictions)
+    predictions, _ = assert_accounting(env, manifest, landed=BASE)
+    assert manifest["run_id"] == "run-X" and set(predictions["run_id"]) == {"run-X"}
+    data = env.blob.read_bytes(env.containers.predictions, part.data)
+    assert manifest["files"][0]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def _record_errors(errors: list[BaseException], call, *args) -> None:
+    try:
+        call(*args)
+    except BaseException as exc:  # the test thread's failure, reported by the test
+        errors.append(exc)
+
+
+def test_a_claim_left_by_a_dead_commit_blocks_other_runs_until_it_expires(env):
+    """A commit that died after its claim leaves the hour claimed: another run fails, naming it and when the claim
+    expires; once expired, the next run takes it over and commits. The claiming run's own retry never waits."""
+    from datetime import datetime, timezone
+
+    from sensor_scoring.steps import fence
+
+    [(hour, summary, results)] = _staged_runs(env, "run-2")
+    path = layout.commit_claim(HOUR, "")  # the hour was never committed: generation ""
+    now = datetime.now(timezone.utc)
+    dead = {"run_id": "run-dead", "hour": HOUR.isoformat(), "claimed_at": now.isoformat()}
+    env.blob.write_bytes(env.containers.staging, path, json.dumps(dead).encode())
+    with pytest.raises(SupersededError, match="superseded by run run-dead.*clear it, or wait until"):
+        commit(hour, summary, results)
+    assert env.blob.generation(env.containers.predictions, layout.Partition(HOUR).data) is None
+    fence.claim_commit(env.hour("run-dead"), HOUR, "")  # the dead run's own retry goes on
+
+    dead["claimed_at"] = (now - fence.CLAIM_TTL - timedelta(minutes=1)).isoformat()
+    env.blob.write_bytes(env.containers.staging, path, json.dumps(dead).encode())
+    commit(hour, summary, results)
+    _, manifest = partition(env, env.containers.predictions)
+    assert manifest["run_id"] == "run-2"
+    assert json.loads(env.blob.read_bytes(env.containers.staging, path))["run_id"] == "run-2"
     assert_accounting(env, manifest, landed=BASE)
 
 

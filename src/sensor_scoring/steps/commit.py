@@ -43,7 +43,7 @@ from sensor_scoring.contracts import (
 )
 from sensor_scoring.steps import partial
 from sensor_scoring.steps.common import names_storage_outages
-from sensor_scoring.steps.fence import check_fence, write_fenced_manifest
+from sensor_scoring.steps.fence import check_fence, claim_commit, write_fenced_manifest
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.rescoring import Kept, keep_unrescored, model_versions, rescoring_history
 from sensor_scoring.storage import Storage
@@ -182,6 +182,7 @@ def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFr
     """Upload one hour's two partitions, its corrupt files and validation report, then its manifest."""
     hour, storage, containers, part = run.hour, run.hour.storage, run.hour.containers, layout.Partition(h)
     generation = check_fence(hour, run.summary, h)  # before anything of the hour is written
+    claim_commit(hour, h, generation)  # of two runs that read this generation, only one goes on
     if kept is not None:
         q_rows = pd.concat([kept.quarantine, q_rows], ignore_index=True)
     validation = run.report.hour(h)

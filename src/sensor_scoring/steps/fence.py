@@ -8,17 +8,27 @@ checks it before it writes the hour's partition (``check_fence``) and writes the
 run that read the older state fails with ``SupersededError`` "superseded by run X", commits nothing for that
 hour, and loses nothing (every landed window is still in its folder for a re-run). A retry of the same run
 (its own earlier try committed the hour) is not a conflict.
+
+Two runs that read the *same* generation and commit at the same instant are told apart before either writes a
+byte of the hour: each first claims the commit of that generation (``claim_commit``: a create-only blob in the
+staging container, one per hour and generation, kept), and only the run whose claim was created goes on. So the
+loser never replaces the winner's partition file, even where nothing else serialises the commits (two
+deployments, the CLI beside the DAG). A claim whose commit died before its manifest blocks other runs for
+``CLAIM_TTL``, then may be taken over; the claiming run's own retry goes on at once.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from sensor_scoring import layout
 from sensor_scoring.contracts import HourSummary, SupersededError
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.storage import GenerationMismatch
+
+#: How long a claim whose run never wrote its manifest (a commit that died) keeps other runs from the hour.
+CLAIM_TTL = timedelta(hours=1)
 
 
 def read_generations(hour: Hour) -> dict[str, str]:
@@ -68,4 +78,40 @@ def write_fenced_manifest(hour: Hour, h: datetime, body: bytes, generation: str 
         raise SupersededError(
             f"hour {h.isoformat()}: superseded by run {_committed_by(hour, h)} while run {hour.run_id} was "
             f"committing it ({exc}); re-run the hour"
+        ) from exc
+
+
+def claim_commit(hour: Hour, h: datetime, generation: str | None, now: datetime | None = None) -> None:
+    """Claim the commit of hour ``h`` from manifest ``generation`` (what ``check_fence`` returned), before any
+    of the hour is written; ``SupersededError`` if another run claimed that generation first."""
+    storage, container = hour.storage, hour.containers.staging
+    path = layout.commit_claim(h, generation or "")
+    moment = now or datetime.now(timezone.utc)
+    body = json.dumps({"run_id": hour.run_id, "hour": h.isoformat(), "claimed_at": moment.isoformat()}).encode()
+    try:
+        storage.write_bytes_if(container, path, body, None)
+        return
+    except GenerationMismatch:
+        pass
+    claim_generation = storage.generation(container, path)
+    try:
+        claim = json.loads(storage.read_bytes(container, path))
+        claimant, claimed_at = str(claim["run_id"]), datetime.fromisoformat(str(claim["claimed_at"]))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        claimant, claimed_at = "?", moment - CLAIM_TTL  # an unreadable claim protects nothing: take it over
+    if claimant == hour.run_id:
+        return  # a retry of the run that claimed it
+    if moment - claimed_at < CLAIM_TTL:
+        raise SupersededError(
+            f"hour {h.isoformat()}: superseded by run {claimant}, which claimed its commit from the same state at "
+            f"{claimed_at.isoformat()}; run {hour.run_id} wrote nothing for this hour and nothing is lost: re-run the "
+            f"hour (if run {claimant}'s commit died before its manifest, clear it, or wait until "
+            f"{(claimed_at + CLAIM_TTL).isoformat()})"
+        )
+    try:
+        storage.write_bytes_if(container, path, body, claim_generation)  # the stale claim, taken over once
+    except GenerationMismatch as exc:
+        raise SupersededError(
+            f"hour {h.isoformat()}: another run took over the stale commit claim of run {claimant} first; "
+            f"run {hour.run_id} wrote nothing for this hour: re-run the hour"
         ) from exc
