@@ -300,6 +300,29 @@ def measure_size(
             print(f"processes still running after stop: {survivors}", file=sys.stderr)
 
 
+STAGES = ("wait_for_windows", "load_and_validate", "plan_shards", "score_shard", "commit", "model_health")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The per-stage table of docs/benchmarks.md from a results file."""
+    head = "| sensors | mode | e2e s | " + " | ".join(STAGES) + " | gaps s | mapped | kernel s | e2e / kernel |"
+    lines = [head, "|" + "---|" * (len(STAGES) + 7)]
+    for run in results["runs"]:
+        walls = [run["stages"].get(stage, {}).get("wall_s") or 0.0 for stage in STAGES]
+        gaps = run["run_wall_s"] - sum(walls)
+        cells = [f"{run['sensors']:,}", run["mode"], f"{run['e2e_wall_s']:.1f}", *(f"{w:.1f}" for w in walls)]
+        cells += [f"{gaps:.1f}", str(run["mapped_tasks"]), f"{run['kernel_s']:.2f}"]
+        cells.append(f"{run['e2e_wall_s'] / run['kernel_s']:.0f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| sensors | mode | " + " | ".join(f"{s} MiB" for s in (*STAGES, "score_shard child")) + " |"]
+    lines.append("|" + "---|" * (len(STAGES) + 3))
+    for run in results["runs"]:
+        peaks = [run["peak_rss_mib"].get(s) for s in (*STAGES, "score_shard child")]
+        row = [f"{run['sensors']:,}", run["mode"], *("" if p is None else f"{p:.0f}" for p in peaks)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
@@ -311,7 +334,11 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=0.25, help="how often /proc is sampled")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for one run")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "hour.json")
+    parser.add_argument("--table", type=Path, help="print the Markdown tables of this results file and stop")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())))
+        return
     results: dict[str, Any] = {
         "machine": {**machine(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
