@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 AZURITE_DIR := dev/node
 
-.PHONY: demo test test-fast check install browser-deps postgres-deps ui lock scorer-requirements bench clean
+.PHONY: demo test test-fast check install browser-deps postgres-deps ui lock scorer-requirements bench bench-hour clean
 
 # One line per step and a summary; Airflow's logs go to .airflow/demo.log. VERBOSE=1 leaves them on the terminal.
 demo: install
@@ -83,6 +83,11 @@ scorer-requirements: install
 bench: install
 	$(PY) bench/bench_scoring.py
 	$(PY) bench/bench_memory.py
+
+# A whole hour (1k, 10k, 100k sensors) through the dev stack's scheduler, against the bare kernel (~25 min on 2
+# cores); results in bench/results/hour.json, write-up in docs/benchmarks.md. The root on the path: dev/ is not installed.
+bench-hour: install postgres-deps
+	PYTHONPATH=.$(if $(PYTHONPATH),:$(PYTHONPATH)) $(PY) bench/bench_hour.py
 
 clean:
 	rm -rf .airflow .demo-output .pytest_cache .mypy_cache .ruff_cache

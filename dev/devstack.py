@@ -462,12 +462,13 @@ class DevStack:
         self.components[name] = component
         return component
 
-    def restart(self, name: str) -> None:
-        """Start an Airflow component again (after it died or was stopped), with its earlier command and log."""
+    def restart(self, name: str, extra_env: Mapping[str, str] | None = None) -> None:
+        """Start a component again (after it died or was stopped), with its earlier command and log;
+        ``extra_env`` overrides its environment this once (a benchmark switching a worker setting)."""
         old = self.components.pop(name)
         stop_process_group(old.proc, timeout_s=10)
         env = self.environment() if name in AIRFLOW_COMPONENTS else os.environ | self.scoring_env()
-        self._spawn(name, old.command, env)
+        self._spawn(name, old.command, {**env, **(extra_env or {})})
 
     def pid(self, name: str) -> int:
         proc = self.components[name].proc

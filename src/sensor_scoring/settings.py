@@ -43,6 +43,9 @@ EVENTHUB_CONNECTION_ENV = "SCORING_EVENTHUB_CONNECTION"
 EVENTHUB_NAME_ENV = "SCORING_EVENTHUB_NAME"
 BACKEND_ENV = "SCORING_BACKEND"
 BACKENDS = ("local", "azure_batch")
+LOCAL_SHARDS_ENV = "SCORING_LOCAL_SHARDS"
+#: Where the local backend runs a shard: in the task's own process, or as a child process of the task.
+LOCAL_SHARD_MODES = ("task", "process")
 FORMULA_ENV = "SCORING_BATCH_AUTOSCALE_FORMULA"
 #: The Batch pool's autoscale formula, package data of the Batch backend: found wherever the package is installed.
 DEFAULT_FORMULA = Path(__file__).resolve().parent / "backends" / "autoscale.formula"
@@ -261,6 +264,13 @@ class Settings:
         "local",
         "default of the DAG's backend param, where shards run: local or azure_batch (read at parse time)",
         choices=BACKENDS,
+    )
+    local_shards: str = setting(
+        LOCAL_SHARDS_ENV,
+        "task",
+        "local backend: run a shard's step in the task's own process (task), or as the shard command in a child "
+        "process (process: a fresh interpreter, as on Batch)",
+        choices=LOCAL_SHARD_MODES,
     )
     task_retries: int = setting(
         TASK_RETRIES_ENV,

@@ -15,11 +15,13 @@ from sensor_scoring_airflow.links import XCOM_KEY, ShardOutputsLink
 class ScoreShardOperator(BaseOperator):
     """Scores one shard: ``python -m sensor_scoring score-shard --spec <uri>``, where ``backend`` says.
 
-    ``local``: a child process of the worker, as before. ``azure_batch``: adds the shard's task to the run's
-    Batch job (pool and job created when missing), then defers to :class:`BatchTaskTrigger`, so a shard waiting
-    on Batch holds no worker slot and all shards of an hour run on Batch at once. It resumes in
-    ``execute_complete`` and succeeds or fails on its own task's exit code. The Batch task reaches storage
-    only through SAS URLs (read ``models``, read+write ``staging``) that expire after ``SCORING_BATCH_SAS_HOURS``.
+    ``local``: in the task's own process (the step the command calls), or the command as a child process with
+    ``SCORING_LOCAL_SHARDS=process`` (:class:`~sensor_scoring.backends.local.LocalBackend`). ``azure_batch``: adds
+    the shard's task to the run's Batch job (pool and job created when missing), then defers to
+    :class:`BatchTaskTrigger`, so a shard waiting on Batch holds no worker slot and all shards of an hour run on
+    Batch at once. It resumes in ``execute_complete`` and succeeds or fails on its own task's exit code. The Batch
+    task reaches storage only through SAS URLs (read ``models``, read+write ``staging``) that expire after
+    ``SCORING_BATCH_SAS_HOURS``.
     """
 
     template_fields: Sequence[str] = ("backend",)

@@ -126,7 +126,7 @@ def test_airflow_connection_overrides_the_environment(
     predictions, manifest = read_partition(blob, containers.predictions, SCORED_HOUR)
     assert len(predictions) == 360 and manifest["run_id"] == run.run_id
     assert not (tmp_path / "empty").exists()
-    # the key reached the shard processes, yet no XCom, rendered field or manifest holds it
+    # the key reached the shards, yet no XCom, rendered field or manifest holds it
     stored = run_records(run.run_id) + [
         blob.read_bytes(c, b.name).decode()
         for c in (containers.predictions, containers.quarantine)
@@ -139,5 +139,5 @@ def test_airflow_connection_overrides_the_environment(
         out.out,
         out.err,
     ]  # the task logs of dag.test (shard output included), see test_faults for log files
-    assert "[shard]" in caplog.text
+    assert "Shard done in" in caplog.text
     assert len(stored) > 5 and not [text for text in stored + logs if KEY in text or "AccountKey" in text]

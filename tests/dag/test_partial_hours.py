@@ -46,7 +46,8 @@ def failing_dag(monkeypatch, airflow_db, blob, containers, tmp_path):
         f'exec {sys.executable} "$@"\n'
     )
     wrapper.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(wrapper))  # the local backend runs shards with sys.executable
+    monkeypatch.setattr(sys, "executable", str(wrapper))  # the local backend runs shard children with sys.executable
+    monkeypatch.setenv(config.LOCAL_SHARDS_ENV, "process")  # a wrapper needs the child process
     monkeypatch.setenv(config.TASK_RETRIES_ENV, "0")
     monkeypatch.setenv(config.RETRY_DELAY_ENV, "1")
     return load_dag(REPO / "dags" / "sensor_scoring.py"), flag

@@ -18,24 +18,60 @@ from sensor_scoring.windows import land_windows
 from tests.support.helpers import START, fleet_windows
 
 
-def test_local_backend_runs_the_shard_command_in_a_child_process(tmp_path, monkeypatch):
+def planned_shard(tmp_path):
+    from datetime import timedelta
+
     storage = LocalStorage(tmp_path)
     windows = fleet_windows(devices=1, tags=2, hours=3)
     land_windows(storage, "windows", windows)
     models.register(storage, "models", models.train_models(windows), version="v1", params={}, promote=True)
-    from datetime import timedelta
-
     hour = Hour(storage, config.Containers(), "r1", START + timedelta(hours=2), START + timedelta(hours=3))
     load_and_validate(hour)
     [shard] = plan_shards(hour, model_version="production", sensors_per_shard=5)
-    result = backends.get_backend("local").run_shard(shard.spec_uri, storage_setting=str(tmp_path))
+    return storage, hour, shard
+
+
+def test_local_backend_runs_the_shard_command_in_a_child_process(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(config.LOCAL_SHARDS_ENV, "process")
+    storage, hour, shard = planned_shard(tmp_path)
+    with caplog.at_level(logging.INFO, logger="sensor_scoring.backends.local"):
+        result = backends.get_backend("local").run_shard(shard.spec_uri, storage_setting=str(tmp_path))
     assert result["scored"] == 120 and result["shard"] == 0
     assert storage.exists("staging", f"runs/{hour.run_key}/shard-00000/predictions.parquet")
+    assert "[shard]" in caplog.text and "(process mode); peak RSS" in caplog.text
 
 
-def test_local_backend_fails_with_the_exit_code_and_output(tmp_path):
-    with pytest.raises(backends.ShardFailed, match="exited with code 1.*spec.json"):
-        backends.get_backend("local").run_shard("az://staging/missing/spec.json", storage_setting=str(tmp_path))
+def test_local_backend_runs_the_step_in_the_tasks_process_by_default(tmp_path, monkeypatch, caplog):
+    """The default: the step the shard command calls, here; the same result, read back from result.json."""
+    monkeypatch.delenv(config.LOCAL_SHARDS_ENV, raising=False)
+    storage, hour, shard = planned_shard(tmp_path)
+    in_task = backends.get_backend("local")
+    assert in_task.mode == "task"  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO, logger="sensor_scoring.backends.local"):
+        result = in_task.run_shard(shard.spec_uri, storage_setting=str(tmp_path))
+    assert "in the task's process" in caplog.text and "[shard]" not in caplog.text
+    from sensor_scoring.backends.local import LocalBackend
+
+    assert LocalBackend(mode="process").run_shard(shard.spec_uri, storage_setting=str(tmp_path)) == result
+
+
+@pytest.mark.parametrize("mode", config.LOCAL_SHARD_MODES)
+def test_local_backend_fails_naming_what_went_wrong(tmp_path, mode):
+    from sensor_scoring.backends.local import LocalBackend
+
+    expected = "exited with code 1.*spec.json" if mode == "process" else "failed in the task's process.*spec.json"
+    with pytest.raises(backends.ShardFailed, match=expected):
+        LocalBackend(mode=mode).run_shard("az://staging/missing/spec.json", storage_setting=str(tmp_path))
+
+
+def test_local_backend_refuses_an_unknown_mode(monkeypatch):
+    from sensor_scoring.backends.local import LocalBackend
+
+    with pytest.raises(ValueError, match="unknown local shard mode 'thread'"):
+        LocalBackend(mode="thread")
+    monkeypatch.setenv(config.LOCAL_SHARDS_ENV, "thread")
+    with pytest.raises(ValueError, match="SCORING_LOCAL_SHARDS='thread' is not one of task, process"):
+        backends.get_backend("local")
 
 
 def test_shard_command_is_the_same_everywhere():

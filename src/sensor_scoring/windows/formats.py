@@ -247,20 +247,37 @@ def _json_lines_columnar(text: str, name: str | list[str]) -> ParsedFile | None:
         return None  # a line holding more or fewer than one object: each file is read alone
     if not rows or any(table.column(col).null_count == rows for col in WINDOW_COLUMNS):
         return None  # an absent column (a structural error) or an empty file: the row-wise reader names it
-    reasons: list[set[str]] = [set() for _ in range(rows)]
     counts = table.column("reading_count").to_numpy(zero_copy_only=False).astype("float64")
     if (np.abs(counts[~np.isnan(counts)]) > 2**53).any():
         return None
+    window_end, joined = _distinct_timestamps(table.column("window_end"))
     frame = pd.DataFrame(
         {
-            "device_id": pd.array(table.column("device_id").to_pylist(), dtype="string"),
-            "tag": pd.array(table.column("tag").to_pylist(), dtype="string"),
-            "window_end": _timestamps(table.column("window_end").to_pylist(), reasons),
+            # Arrow's strings stay Arrow's (the "string" dtype is Arrow-backed): no Python object per key
+            "device_id": pd.array(table.column("device_id"), dtype="string"),
+            "tag": pd.array(table.column("tag"), dtype="string"),
+            "window_end": window_end,
             **{col: table.column(col).to_numpy(zero_copy_only=False).astype("float64") for col in _VALUES},
             "reading_count": counts,
         }
     )
-    return _split(frame, reasons, name)
+    return _split(frame, joined, name)
+
+
+def _distinct_timestamps(column: pa.ChunkedArray) -> tuple[pd.Series, np.ndarray]:
+    """window_end of every row and its reader reasons, judged once per distinct text by :func:`_timestamps`.
+
+    An hour holds about 60 distinct window ends among millions of rows; judging each text once (the rule judges
+    a value alone) keeps no Python string and no reason set per row, which is what made reading an hour of 100k
+    sensors peak at several GiB."""
+    encoded = column.combine_chunks().dictionary_encode()
+    values: list[object] = [*encoded.dictionary.to_pylist(), None]  # the last entry stands for a null
+    reasons: list[set[str]] = [set() for _ in values]
+    stamps = _timestamps(values, reasons)
+    import pyarrow.compute as pc
+
+    codes = pc.fill_null(encoded.indices, len(values) - 1).to_numpy(zero_copy_only=False).astype("int64")
+    return pd.Series(stamps.array.take(codes)), _joined(reasons)[codes]
 
 
 def _csv_columns(text: str) -> _Columns:
@@ -380,26 +397,33 @@ def typed(columns: _Columns, name: str) -> ParsedFile:
             "reading_count": np.asarray(out["reading_count"], dtype="float64"),
         }
     )
-    return _split(frame, reasons, name)
+    return _split(frame, _joined(reasons), name)
 
 
-def _split(frame: pd.DataFrame, reasons: list[set[str]], name: str | list[str]) -> ParsedFile:
-    """The rows without a reason are windows (count int64 when all are whole), the others rejected rows.
-    ``name`` is the source file of every row, or one per row."""
+def _joined(reasons: list[set[str]]) -> np.ndarray:
+    """Each row's reader reasons as one text in ``READER_ORDER`` ('' for none), an object array."""
+    joined = np.empty(len(reasons), dtype=object)
+    joined[:] = [";".join(r for r in READER_ORDER if r in found) for found in reasons]
+    return joined
+
+
+def _split(frame: pd.DataFrame, joined: np.ndarray, name: str | list[str]) -> ParsedFile:
+    """The rows without a reason ('' in ``joined``) are windows (count int64 when all are whole), the others
+    rejected rows. ``name`` is the source file of every row, or one per row."""
     rows = len(frame)
     frame[SOURCE_COLUMN] = pd.array([name] * rows if isinstance(name, str) else name, dtype="string")
-    joined = [";".join(r for r in READER_ORDER if r in found) for found in reasons]
-    bad = np.array([bool(j) for j in joined], dtype=bool) if rows else np.zeros(0, dtype=bool)
-    windows = frame.loc[~bad].reset_index(drop=True)
+    bad = (joined != "").astype(bool) if rows else np.zeros(0, dtype=bool)
+    rejected = frame.loc[bad].reset_index(drop=True)
+    # no rejected row (the usual hour): the frame itself, not a copy of it
+    windows = frame.loc[~bad].reset_index(drop=True) if bad.any() else frame
     counts = windows["reading_count"]
     # a fractional or missing count stays float so that validation quarantines the row
     whole = bool(counts.notna().all() and (counts % 1 == 0).all())
     windows["reading_count"] = counts.astype("int64" if whole else "float64")
-    rejected = frame.loc[bad].reset_index(drop=True)
     # partitions hold microseconds: a rejected window ending within a microsecond keeps it floored (its reason,
     # window_not_on_minute, says it was off); a taken window is on the minute and never truncated
     rejected["window_end"] = rejected["window_end"].dt.floor("us")
-    rejected[REASON_COLUMN] = [j for j in joined if j]
+    rejected[REASON_COLUMN] = list(joined[bad])
     return ParsedFile(windows, rejected)
 
 
