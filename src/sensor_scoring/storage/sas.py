@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from sensor_scoring.storage.base import BlobInfo, make_uri, safe_path
-from sensor_scoring.storage.blob import blob_generation, conditional_upload, retry_policy, retry_settings
+from sensor_scoring.storage.base import READ_CONCURRENCY, BlobInfo, make_uri, safe_path
+from sensor_scoring.storage.blob import (
+    blob_generation,
+    conditional_upload,
+    read_blobs,
+    retry_policy,
+    retry_settings,
+)
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -67,6 +74,11 @@ class SasStorage:
             return self._client(container).download_blob(path, max_concurrency=2).readall()
         except ResourceNotFoundError as exc:
             raise FileNotFoundError(make_uri(container, path)) from exc
+
+    def read_many(self, container: str, paths: Sequence[str], concurrency: int = READ_CONCURRENCY) -> list[bytes]:
+        for path in paths:
+            safe_path(container, path)
+        return read_blobs(self._client(container), paths, concurrency, lambda path: self.read_bytes(container, path))
 
     def write_bytes(self, container: str, path: str, data: bytes) -> None:
         safe_path(container, path)
