@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlencode
 
 from sensor_scoring import settings as config
 from sensor_scoring.storage.base import READ_CONCURRENCY, BlobInfo, GenerationMismatch, make_uri, safe_path
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 #: retries, and the first backoff in seconds (later ones add 2**n seconds).
 RETRIES_ENV = config.STORAGE_RETRIES_ENV
 RETRY_BACKOFF_ENV = config.STORAGE_RETRY_BACKOFF_ENV
+#: Blobs per List Blobs page: the service's most.
+LIST_PAGE_SIZE = 5000
 
 
 def retry_settings(retry_total: int | None = None, initial_backoff: float | None = None) -> tuple[int, float]:
@@ -134,11 +136,14 @@ class BlobStorage:
         safe_path(container, prefix, prefix=True)
         from azure.core.exceptions import ResourceNotFoundError
 
-        try:
-            blobs = self._client.get_container_client(container).list_blobs(name_starts_with=prefix or None)
-            return [BlobInfo(b.name, b.size, b.last_modified) for b in blobs]
-        except ResourceNotFoundError:  # a container nobody wrote to yet holds nothing
-            return []
+        def sdk_listing() -> list[BlobInfo]:
+            try:
+                blobs = self._container(container).list_blobs(name_starts_with=prefix or None)
+                return [BlobInfo(b.name, b.size, b.last_modified) for b in blobs]
+            except ResourceNotFoundError:  # a container nobody wrote to yet holds nothing
+                return []
+
+        return list_blobs(self._container(container), prefix, sdk_listing)
 
     def exists(self, container: str, path: str) -> bool:
         safe_path(container, path)
@@ -164,6 +169,56 @@ class BlobStorage:
         conditional_upload(self._client.get_blob_client(container, path), data, generation, make_uri(container, path))
 
 
+def list_blobs(client: ContainerClient, prefix: str, sdk_listing: Callable[[], list[BlobInfo]]) -> list[BlobInfo]:
+    """The blobs under ``prefix`` by the service's List Blobs pages, parsed for the three fields a listing gives.
+
+    The SDK turns every listed blob into a properties object of some forty fields, which costs more than the
+    service's answer for a folder of thousands of small files. The pages are fetched on the client's pipeline
+    (authentication, retries, outages as with the SDK); anything but a 200 page is answered by
+    ``sdk_listing``, the SDK's own listing, so a missing container and every refusal are exactly its answers.
+    """
+    import xml.etree.ElementTree as ET
+    from email.utils import parsedate_to_datetime
+
+    from azure.core.exceptions import AzureError
+    from azure.core.rest import HttpRequest
+
+    base, _, sas = client.url.partition("?")
+    found: list[BlobInfo] = []
+    marker = ""
+    while True:
+        query = {"restype": "container", "comp": "list", "maxresults": str(LIST_PAGE_SIZE)}
+        query |= {"prefix": prefix} if prefix else {}
+        query |= {"marker": marker} if marker else {}
+        url = f"{base}?{urlencode(query, quote_via=quote, safe='/~')}" + (f"&{sas}" if sas else "")
+        request = HttpRequest("GET", url, headers={"x-ms-version": client.api_version})
+        # streamed, so that the pipeline does not parse the page into a tree first (its private pipeline: see
+        # _get_blob)
+        response = client._pipeline.run(request, stream=True).http_response
+        try:
+            page = response.read() if response.status_code == 200 else None
+        except AzureError:  # cut short mid-page
+            page = None
+        finally:
+            response.close()
+        if page is None:
+            return sdk_listing()
+        root = ET.fromstring(page)
+        for blob in root.iter("Blob"):
+            name = blob.find("Name")
+            text = "" if name is None or name.text is None else name.text
+            found.append(
+                BlobInfo(
+                    unquote(text) if name is not None and name.get("Encoded") == "true" else text,
+                    int(blob.findtext("Properties/Content-Length") or 0),
+                    parsedate_to_datetime(blob.findtext("Properties/Last-Modified") or ""),
+                )
+            )
+        marker = root.findtext("NextMarker") or ""
+        if not marker:
+            return found
+
+
 def read_blobs(
     client: ContainerClient, paths: Sequence[str], concurrency: int, read_one: Callable[[str], bytes]
 ) -> list[bytes]:
@@ -173,9 +228,9 @@ def read_blobs(
     first request, fifty response headers deserialised into properties) and that Python runs under the GIL,
     so threads do not hide it (docs/benchmarks.md, many small files). The GET goes through the same pipeline:
     the same authentication (key or SAS), retry budget and errors for a storage that stays away. Anything but
-    a whole 200 answer (missing, refused, cut short) is read again by ``read_one``, the SDK's downloader, so
-    errors and mid-body retries are exactly those of ``read_bytes``. Bytes are returned as stored (no content
-    decoding), as the downloader returns them.
+    a whole 200 answer of plain bytes (missing, refused, cut short, or stored with a Content-Encoding, which
+    the downloader decodes) is read again by ``read_one``, the SDK's downloader, so errors, mid-body retries
+    and the bytes are exactly those of ``read_bytes``.
     """
     if concurrency <= 1 or len(paths) <= 1:
         return [_get_blob(client, path, read_one) for path in paths]
@@ -194,7 +249,7 @@ def _get_blob(client: ContainerClient, path: str, read_one: Callable[[str], byte
     # the pipeline the container client's own operations run on (private in the SDK; stable since 12.0)
     response = client._pipeline.run(request, stream=True).http_response
     try:
-        if response.status_code == 200:
+        if response.status_code == 200 and not response.headers.get("Content-Encoding"):
             data = b"".join(response.iter_raw())
             length = response.headers.get("Content-Length")
             if length is not None and int(length) == len(data):

@@ -12,6 +12,7 @@ from sensor_scoring.storage.base import READ_CONCURRENCY, BlobInfo, make_uri, sa
 from sensor_scoring.storage.blob import (
     blob_generation,
     conditional_upload,
+    list_blobs,
     read_blobs,
     retry_policy,
     retry_settings,
@@ -93,11 +94,18 @@ class SasStorage:
         safe_path(container, prefix, prefix=True)
         from azure.core.exceptions import ResourceNotFoundError
 
-        blobs = self._client(container).list_blobs(name_starts_with=prefix or None)
-        try:
-            return [BlobInfo(b.name, b.size, b.last_modified) for b in blobs]
-        except ResourceNotFoundError:  # as BlobStorage: a container nobody wrote to yet holds nothing
-            return []
+        client = self._client(container)
+
+        def sdk_listing() -> list[BlobInfo]:
+            try:
+                return [
+                    BlobInfo(b.name, b.size, b.last_modified)
+                    for b in client.list_blobs(name_starts_with=prefix or None)
+                ]
+            except ResourceNotFoundError:  # as BlobStorage: a container nobody wrote to yet holds nothing
+                return []
+
+        return list_blobs(client, prefix, sdk_listing)
 
     def exists(self, container: str, path: str) -> bool:
         safe_path(container, path)
