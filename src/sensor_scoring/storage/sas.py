@@ -6,12 +6,13 @@ import json
 import os
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sensor_scoring.storage.base import READ_CONCURRENCY, BlobInfo, make_uri, safe_path
 from sensor_scoring.storage.blob import (
     blob_generation,
     conditional_upload,
+    http_options,
     list_blobs,
     read_blobs,
     retry_policy,
@@ -54,8 +55,13 @@ class SasStorage:
 
         self.retry_total, backoff = retry_settings(retry_total, initial_backoff)
         retry = retry_policy(self.retry_total, backoff)
+        options: dict[str, Any] = {
+            "connection_timeout": 10,
+            "read_timeout": 120,
+            **http_options(),
+        }
         self._clients = {
-            name: ContainerClient.from_container_url(url, retry_policy=retry, connection_timeout=10, read_timeout=120)
+            name: ContainerClient.from_container_url(url, retry_policy=retry, **options)
             for name, url in container_urls.items()
         }
 
