@@ -17,6 +17,7 @@ from typing import Literal
 
 from sensor_scoring import settings as config
 from sensor_scoring.storage.base import (
+    READ_CONCURRENCY,
     URI_SCHEME,
     BlobInfo,
     GenerationMismatch,
@@ -35,6 +36,7 @@ from sensor_scoring.storage.sas import SAS_SETTING_KEY, SasStorage, make_sas_set
 
 #: The names of the submodules re-exported here, and the setting parser (the blob paths below are public too).
 __all__ = [
+    "READ_CONCURRENCY",
     "RETRIES_ENV",
     "RETRY_BACKOFF_ENV",
     "SAS_SETTING_KEY",

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sensor_scoring.storage.base import BlobInfo, make_uri, safe_path
-from sensor_scoring.storage.blob import blob_generation, conditional_upload, retry_policy, retry_settings
+from sensor_scoring.storage.base import READ_CONCURRENCY, BlobInfo, make_uri, safe_path
+from sensor_scoring.storage.blob import (
+    blob_generation,
+    conditional_upload,
+    http_options,
+    list_blobs,
+    read_blobs,
+    retry_policy,
+    retry_settings,
+)
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -46,8 +55,13 @@ class SasStorage:
 
         self.retry_total, backoff = retry_settings(retry_total, initial_backoff)
         retry = retry_policy(self.retry_total, backoff)
+        options: dict[str, Any] = {
+            "connection_timeout": 10,
+            "read_timeout": 120,
+            **http_options(),
+        }
         self._clients = {
-            name: ContainerClient.from_container_url(url, retry_policy=retry, connection_timeout=10, read_timeout=120)
+            name: ContainerClient.from_container_url(url, retry_policy=retry, **options)
             for name, url in container_urls.items()
         }
 
@@ -68,6 +82,11 @@ class SasStorage:
         except ResourceNotFoundError as exc:
             raise FileNotFoundError(make_uri(container, path)) from exc
 
+    def read_many(self, container: str, paths: Sequence[str], concurrency: int = READ_CONCURRENCY) -> list[bytes]:
+        for path in paths:
+            safe_path(container, path)
+        return read_blobs(self._client(container), paths, concurrency, lambda path: self.read_bytes(container, path))
+
     def write_bytes(self, container: str, path: str, data: bytes) -> None:
         safe_path(container, path)
         self._client(container).upload_blob(path, data, overwrite=True, max_concurrency=2)
@@ -81,11 +100,18 @@ class SasStorage:
         safe_path(container, prefix, prefix=True)
         from azure.core.exceptions import ResourceNotFoundError
 
-        blobs = self._client(container).list_blobs(name_starts_with=prefix or None)
-        try:
-            return [BlobInfo(b.name, b.size, b.last_modified) for b in blobs]
-        except ResourceNotFoundError:  # as BlobStorage: a container nobody wrote to yet holds nothing
-            return []
+        client = self._client(container)
+
+        def sdk_listing() -> list[BlobInfo]:
+            try:
+                return [
+                    BlobInfo(b.name, b.size, b.last_modified)
+                    for b in client.list_blobs(name_starts_with=prefix or None)
+                ]
+            except ResourceNotFoundError:  # as BlobStorage: a container nobody wrote to yet holds nothing
+                return []
+
+        return list_blobs(client, prefix, sdk_listing)
 
     def exists(self, container: str, path: str) -> bool:
         safe_path(container, path)

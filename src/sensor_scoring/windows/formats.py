@@ -52,7 +52,7 @@ from sensor_scoring.contracts import (
     UNSUPPORTED_FORMAT,
     WINDOW_COLUMNS,
 )
-from sensor_scoring.storage import BlobInfo, Storage
+from sensor_scoring.storage import READ_CONCURRENCY, BlobInfo, Storage
 
 #: Column -> pandas dtype of a landed window (the columns of ``contracts.WINDOW_SCHEMA``, in its order).
 WINDOW_DTYPES: dict[str, str] = {
@@ -69,9 +69,9 @@ WINDOW_DTYPES: dict[str, str] = {
 SCHEMA_HASH = str(int(hashlib.sha256(",".join(WINDOW_COLUMNS).encode()).hexdigest()[:8], 16))
 #: Names whose serialisation is obvious; kept for callers that land files. Reading goes by content.
 READABLE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".txt", ".csv", ".parquet", ".avro")
-#: Concurrent listings and downloads of one hour's blobs: small files are latency-bound, 8 in flight keep
-#: 2 cores busy (bench/bench_many_files.py); bounded, so an hour of 5,000 files never opens 5,000 connections.
-DOWNLOAD_CONCURRENCY_DEFAULT = 8
+#: Concurrent listings and downloads of one hour's blobs (``Storage.read_many``): small files are latency-bound
+#: (bench/bench_many_files.py); bounded, so an hour of 5,000 files never opens 5,000 connections.
+DOWNLOAD_CONCURRENCY_DEFAULT = READ_CONCURRENCY
 DOWNLOAD_CONCURRENCY = DOWNLOAD_CONCURRENCY_DEFAULT
 
 _KEYS = ("device_id", "tag")
@@ -564,13 +564,9 @@ def read_landed_files(storage: Storage, container: str, folders: Iterable[str]) 
     with a reason. A file whose structure breaks the contract (``WindowSchemaError``) still raises."""
     folders = list(folders)
     blobs = list_folders(storage, container, folders)
-
-    def load(info: BlobInfo) -> tuple[BlobInfo, bytes]:
-        return info, storage.read_bytes(container, info.name)
-
     frames, rejected, corrupt, empty = [], [], [], []
-    with ThreadPoolExecutor(max_workers=DOWNLOAD_CONCURRENCY) as pool:
-        downloaded = list(pool.map(load, blobs))
+    contents = storage.read_many(container, [info.name for info in blobs], concurrency=DOWNLOAD_CONCURRENCY)
+    downloaded = list(zip(blobs, contents))
     files = [info.name for info, _ in downloaded]
     batched = _read_json_lines_together(downloaded)
     for info, data in downloaded:
