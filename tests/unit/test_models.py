@@ -55,9 +55,9 @@ def test_register_writes_manifest_index_and_alias(tmp_path, trained):
     assert models.resolve_version(storage, "models", "production") == "v1"
     index = models.read_index(storage, "models", "v1")
     assert list(index.columns[:5]) == ["device_id", "tag", "pack", "row", "sha256"]
-    assert (index["train_rows"] > 0).all() and (
-        index["features"] == "value_avg,value_min,value_max,value_std,reading_count"
-    ).all()
+    assert (index["train_rows"] > 0).all() and (index["features"] == "window-v1").all()
+    assert manifest["features"] == "window-v1"
+    assert manifest["feature_columns"] == ["value_avg", "value_min", "value_max", "value_std", "reading_count"]
     with pytest.raises(FileExistsError):
         models.register(storage, "models", trained, version="v1", params={}, promote=False)
     with pytest.raises(LookupError, match="train and promote"):
@@ -74,7 +74,9 @@ def test_load_models_reads_each_pack_once_and_refuses_tampering(tmp_path, traine
     monkeypatch.setattr(storage, "read_bytes", lambda c, p: reads.append(p) or original(c, p))
     loaded, refused = models.load_models(storage, "models", "v1", index)
     assert len(loaded) == len(trained) and not refused
-    assert sorted(reads) == ["versions/v1/pack-00000.npz", "versions/v1/pack-00001.npz"]
+    # each pack once, and the manifest once: the version's feature set, which the loaded models carry
+    assert sorted(reads) == ["versions/v1/manifest.json", "versions/v1/pack-00000.npz", "versions/v1/pack-00001.npz"]
+    assert {m.features for m in loaded.values()} == {"window-v1"}
     tampered = index.copy()
     tampered.loc[0, "sha256"] = "0" * 64
     loaded, refused = models.load_models(storage, "models", "v1", tampered)
