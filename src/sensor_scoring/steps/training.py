@@ -5,7 +5,9 @@ files set aside), the rescoring subset selection, and the great-expectations sui
 quarantined windows are not trained on. The last ``holdout_hours`` of the range are held back: the candidate and
 production are evaluated on them (``models.evaluation``), never trained on. Training runs in shards of
 ``sensors_per_shard`` sensors, each in its own process (``python -m sensor_scoring train-shard --spec <uri>``), so a
-shard's memory is its own sensors' windows and models.
+shard's memory is its own sensors' windows and models. Features (``sensor_scoring.features``) are derived once, in
+gather, over the whole range with the hour before it as lookback, as scoring derives them: held-back windows get the
+same values an hourly run would give them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from sensor_scoring import layout, models, storage as st
+from sensor_scoring import features as feature_sets, layout, models, storage as st
 from sensor_scoring.contracts import (
     REASON_COLUMN,
     PlannedShard,
@@ -49,14 +51,17 @@ def gather(
     devices: list[str] | None = None,
     tags: list[str] | None = None,
     late_folders: int = 1,
+    features: str = feature_sets.DEFAULT_FEATURE_SET,
 ) -> list[PlannedShard]:
-    """Valid windows of [start, end): the last ``holdout_hours`` staged for evaluation, the rest in training shards."""
+    """Valid windows of [start, end): the last ``holdout_hours`` staged for evaluation, the rest in training shards
+    (for models of feature set ``features``)."""
     from sensor_scoring.validation import check_windows
     from sensor_scoring.validation.expectations import load_bounds
     from sensor_scoring.windows import read_owned
 
     if sensors_per_shard < 1:
         raise ValueError("sensors_per_shard must be at least 1")
+    feature_sets.columns(features)  # an unknown set fails before anything is read
     devices, tags = check_sensor_names(devices, "devices"), check_sensor_names(tags, "tags")
     cut = run.end - holdout_hours * HOUR
     if cut <= run.start:
@@ -68,7 +73,8 @@ def gather(
         log.warning("Not training on corrupt file %s (%d bytes): %s", corrupt.file, corrupt.bytes, corrupt.error)
     checked = check_windows(select_sensors(read.windows, devices, tags), run.start, run.end, load_bounds())
     reasons = Counter(str(r) for r in checked.quarantined[REASON_COLUMN]) if len(checked.quarantined) else Counter()
-    valid = checked.valid
+    context = feature_sets.read_context(run.storage, run.containers.windows, run.start, late_folders=late_folders)
+    valid = feature_sets.add_features(checked.valid, select_sensors(context, devices, tags))
     held = valid["window_end"] >= pd.Timestamp(cut)
     train, holdout = valid.loc[~held], valid.loc[held]
     log.info(
@@ -97,7 +103,9 @@ def gather(
     shards = []
     for number, rows in with_shard.groupby("shard", sort=True):
         members = sensors.loc[sensors["shard"] == number]
-        shards.append(_stage(run, plan, int(number), rows.drop(columns="shard"), members, nu, min_rows, threshold_mads))
+        shards.append(
+            _stage(run, plan, int(number), rows.drop(columns="shard"), members, nu, min_rows, threshold_mads, features)
+        )
     return shards
 
 
@@ -110,6 +118,7 @@ def _stage(
     nu: float,
     min_rows: int,
     threshold_mads: float | None,
+    features: str,
 ) -> PlannedShard:
     from sensor_scoring.steps.plan import shard_label
 
@@ -124,6 +133,7 @@ def _stage(
         nu=nu,
         min_rows=min_rows,
         threshold_mads=threshold_mads,
+        features=features,
     )
     run.storage.write_bytes(staging, shard.spec, spec.to_json())
     return PlannedShard(
@@ -141,7 +151,9 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
     container, path = st.parse_uri(spec_uri)
     spec = TrainingShardSpec.from_json(storage.read_bytes(container, path), source=spec_uri)
     windows = st.read_parquet(storage, *st.parse_uri(spec.input))
-    trained = models.train_models(windows, nu=spec.nu, min_rows=spec.min_rows, threshold_mads=spec.threshold_mads)
+    trained = models.train_models(
+        windows, nu=spec.nu, min_rows=spec.min_rows, threshold_mads=spec.threshold_mads, features=spec.features
+    )
     out_container, prefix = st.parse_uri(spec.output_prefix)
     shard = layout.TrainingShard(prefix)
     if trained:
@@ -155,10 +167,11 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
                 "train_end": m.train_end,
                 "train_rows": m.rows,
                 "train_flagged_share": m.flagged_share,
+                "features": m.arrays.features,
             }
             for m in trained
         ],
-        columns=["device_id", "tag", "train_start", "train_end", "train_rows", "train_flagged_share"],
+        columns=["device_id", "tag", "train_start", "train_end", "train_rows", "train_flagged_share", "features"],
     )
     storage.write_bytes(out_container, shard.index, st.parquet_bytes(index))
     # model health compares each hour with these: computed here, where the shard's windows are in memory
@@ -199,6 +212,7 @@ def load_trained(storage: Storage, results: list[TrainingShardResult]) -> list[m
         if len(index) != len(arrays) or len(arrays) != result.models:
             raise models.ModelIntegrityError(f"training shard {result.shard}: pack and index disagree on the models")
         for row, fitted in zip(index.itertuples(index=False), arrays, strict=True):
+            fitted.features = str(row.features)
             trained.append(
                 models.TrainedModel(
                     device_id=str(row.device_id),
