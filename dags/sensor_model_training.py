@@ -124,6 +124,14 @@ with DAG(
             description="Each model flags only windows scoring this many robust deviations (1.4826 MAD) below "
             "the median score of its own training windows (at most scikit-learn's 0). Empty: predict's 0.",
         ),
+        "features": Param(
+            "context-v1",
+            type="string",
+            enum=["context-v1", "window-v1"],
+            title="Feature set",
+            description="The new version's model input (sensor_scoring.features): context-v1 adds the deviation "
+            "from the sensor's trailing level; window-v1 is the window's own five aggregates.",
+        ),
         "min_rows": Param(
             30, type="integer", minimum=2, title="Minimum windows", description="Sensors with fewer get no model."
         ),
@@ -194,6 +202,7 @@ with DAG(
                 nu=params["nu"],
                 min_rows=params["min_rows"],
                 threshold_mads=params.get("threshold_mads"),
+                features=params["features"],
                 devices=params.get("devices"),
                 tags=params.get("tags"),
                 late_folders=params["late_folders"],

@@ -169,7 +169,8 @@ def read_context(
 ) -> pd.DataFrame:
     """The lookback of a run (scoring or training) whose first hour starts at ``start``: the valid windows the hour
     before owns (``windows.ownership``: its folder and the late ones, as that hour's own run reads them), ending in
-    its last ``LOOKBACK_MINUTES``, validated by the same suite.
+    its last ``LOOKBACK_MINUTES`` (from ``start - LOOKBACK_MINUTES`` on: the lookback of the window ending at
+    ``start``), validated by the same suite.
 
     They are context only: never scored, quarantined or counted by the run that reads them; a window the suite
     rejects is simply not looked back at (that hour's own run quarantines it). So a window's features depend only on
@@ -181,5 +182,5 @@ def read_context(
     before = start - HOUR
     read = read_owned(storage, container, before, start, late_folders)
     ends = read.windows["window_end"]
-    recent = read.windows.loc[(ends > pd.Timestamp(start - timedelta(minutes=LOOKBACK_MINUTES))).to_numpy()]
+    recent = read.windows.loc[(ends >= pd.Timestamp(start - timedelta(minutes=LOOKBACK_MINUTES))).to_numpy()]
     return check_windows(recent.reset_index(drop=True), before, start, bounds).valid
