@@ -12,7 +12,8 @@ Models: ``models.train_models`` (the registry's pipeline: StandardScaler + OneCl
 on each feature set of ``sensor_scoring.features`` (``window-v1``: the window's own aggregates; ``context-v1``: with
 the deviation from the trailing level), flagging at scikit-learn's ``predict`` (threshold 0) and at a threshold
 calibrated on the training decision values (``threshold_mads=5``: median minus 5 robust deviations of the training
-scores), scored by ``sensor_scoring.scorer`` (the hourly scorer). Features come from ``features.add_features``, the
+scores), and with that threshold plus each sensor's nu from its own training windows (``adaptive_nu``), scored by
+``sensor_scoring.scorer`` (the hourly scorer). Features come from ``features.add_features``, the
 function training and scoring use: training windows on their own (the first hour has no lookback: the gap rule),
 scored windows with the training windows as their context, as an hourly run has the hour before. Per anomaly type,
 precision/recall/F1 are over the normal windows plus that type's windows (so a type's precision counts every false
@@ -43,8 +44,9 @@ from sensor_scoring.windows import aggregate_readings
 START = datetime(2026, 11, 24, tzinfo=timezone.utc)
 H = timedelta(hours=1)
 TRAIN_HOURS, SCORED_HOURS = 24, 6
-#: ``predict`` = threshold 0 (the default); ``calibrated`` = ``threshold_mads`` 5
-VARIANTS = {"predict": None, "calibrated": 5.0}
+#: variant -> (threshold_mads, adaptive nu): ``predict`` = threshold 0 (the default); ``calibrated`` =
+#: ``threshold_mads`` 5; ``calibrated+adaptive-nu``: and each sensor's nu from its own windows (``models.adaptive_nu``)
+VARIANTS = {"predict": (None, False), "calibrated": (5.0, False), "calibrated+adaptive-nu": (5.0, True)}
 SHAPES = ("level_shift", "variance_burst", "flatline", "slow_drift", "spike", "irregular_sampling")
 
 
@@ -173,9 +175,10 @@ def judge(
     labels: pd.DataFrame,
     threshold_mads: float | None,
     feature_set: str = features.WINDOW_V1,
+    adaptive_nu: bool = False,
 ) -> dict[str, dict[str, float]]:
     train, scored = features.add_features(train), features.add_features(scored, context=train)
-    trained = models.train_models(train, threshold_mads=threshold_mads, features=feature_set)
+    trained = models.train_models(train, threshold_mads=threshold_mads, features=feature_set, adaptive=adaptive_nu)
     flagged = score(scored, {(m.device_id, m.tag): m.arrays for m in trained})
     judged = flagged.merge(labels, on=["device_id", "tag", "window_end"], how="left")
     judged["anomaly"] = judged["anomaly"].fillna("")
@@ -204,10 +207,10 @@ def main() -> None:
     for name, generator in generators:
         data = generator()
         for feature_set in args.features:
-            for variant, mads in VARIANTS.items():
+            for variant, (mads, adaptive) in VARIANTS.items():
                 began = time.perf_counter()
                 key = f"{name}/{feature_set}/{variant}"
-                results[key] = judge(*data, mads, feature_set)
+                results[key] = judge(*data, mads, feature_set, adaptive)
                 print(key, f"{time.perf_counter() - began:.1f} s", json.dumps(results[key]["all"]))
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -124,6 +124,13 @@ with DAG(
             description="Each model flags only windows scoring this many robust deviations (1.4826 MAD) below "
             "the median score of its own training windows (at most scikit-learn's 0). Empty: predict's 0.",
         ),
+        "adaptive_nu": Param(
+            False,
+            type="boolean",
+            title="Adaptive nu",
+            description="Each sensor's nu from its own training windows (at least nu): more where its history holds "
+            "more far-out windows.",
+        ),
         "features": Param(
             "context-v1",
             type="string",
@@ -203,6 +210,7 @@ with DAG(
                 min_rows=params["min_rows"],
                 threshold_mads=params.get("threshold_mads"),
                 features=params["features"],
+                adaptive_nu=params["adaptive_nu"],
                 devices=params.get("devices"),
                 tags=params.get("tags"),
                 late_folders=params["late_folders"],

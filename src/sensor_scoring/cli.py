@@ -99,6 +99,7 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
         min_rows=args.min_rows,
         threshold_mads=args.threshold_mads,
         features=args.features,
+        adaptive_nu=args.adaptive_nu,
     )
     facts = {key: manifest[key] for key in ("version", "models", "train_start", "train_end", "features")}
     return facts | {"promoted": args.promote}
@@ -240,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(feature_sets.FEATURE_SETS),
         help="the new version's feature set (sensor_scoring.features; default context-v1: level, log spread, "
         "log count, deviation from the trailing level; window-v1: the window's own five aggregates)",
+    )
+    train.add_argument(
+        "--adaptive-nu",
+        action="store_true",
+        help="each sensor's nu from its own training windows (at least --nu): more where its history holds more "
+        "far-out windows (models.adaptive_nu)",
     )
     train.set_defaults(func=cmd_train)
 

@@ -419,6 +419,8 @@ class TrainingShardSpec(Record):
     #: the feature set of the models (``sensor_scoring.features``); the input holds its derived columns. Specs
     #: written before feature sets had names trained on the window's own columns
     features: str = "window-v1"
+    #: each sensor's nu from its own windows, at least ``nu`` (``models.adaptive_nu``)
+    adaptive_nu: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -132,6 +132,8 @@ class TrainedModel:
     train_start: str
     train_end: str
     flagged_share: float
+    #: the OneClassSVM's nu (the run's, or the sensor's own with ``adaptive``); None where not recorded
+    nu: float | None = None
 
 
 def calibrated_threshold(decision: np.ndarray, mads: float | None) -> float:
@@ -153,6 +155,28 @@ def calibrated_threshold(decision: np.ndarray, mads: float | None) -> float:
     return min(0.0, median - mads * spread)
 
 
+#: ``adaptive_nu``: a training window is an outlier where one of its features lies this many robust deviations
+#: (1.4826 x MAD) from the sensor's median; nu is twice the outlier share plus NU_MARGIN, within [nu, NU_MAX].
+OUTLIER_MADS = 8.0
+NU_MARGIN = 0.01
+NU_MAX = 0.2
+
+
+def adaptive_nu(matrix: np.ndarray, floor: float) -> float:
+    """A sensor's nu from its own training windows: ``floor`` unless they hold more far-out windows than it allows.
+
+    Why: nu bounds the share of training windows left outside the boundary; where history holds more anomalies
+    than that (real history does), the boundary wraps some of them and they later score as normal. A robust count
+    of far-out windows (median and MAD, which those windows barely move) estimates that share per sensor; clean
+    sensors keep ``floor`` (bench/bench_detection.py, docs/models.md).
+    """
+    median = np.median(matrix, axis=0)
+    spread = 1.4826 * np.median(np.abs(matrix - median), axis=0)
+    far = np.abs(matrix - median) > OUTLIER_MADS * np.where(spread > 0, spread, np.inf)
+    share = float(far.any(axis=1).mean())
+    return float(min(max(2 * share + NU_MARGIN, floor), max(NU_MAX, floor)))
+
+
 def train_models(
     windows: pd.DataFrame,
     *,
@@ -160,12 +184,14 @@ def train_models(
     min_rows: int = 30,
     threshold_mads: float | None = None,
     features: str = feature_sets.WINDOW_V1,
+    adaptive: bool = False,
 ) -> list[TrainedModel]:
     """One pipeline per (device_id, tag) with at least ``min_rows`` windows, sorted by key.
 
     ``threshold_mads``: calibrate each model's anomaly threshold on its training decision values (see
     :func:`calibrated_threshold`); None keeps scikit-learn's ``predict`` (threshold 0). ``features``: the feature
-    set (a set with derived columns needs them in ``windows``: ``features.add_features``).
+    set (a set with derived columns needs them in ``windows``: ``features.add_features``). ``adaptive``: each
+    sensor's nu from its own windows (:func:`adaptive_nu`, at least ``nu``), else ``nu`` for all.
     """
     feature_sets.columns(features)  # an unknown set fails before any fit
     trained = []
@@ -173,7 +199,8 @@ def train_models(
         if len(rows) < min_rows:
             continue
         matrix = feature_matrix(rows, features)
-        pipeline = fit_pipeline(matrix, nu=nu)
+        sensor_nu = adaptive_nu(matrix, nu) if adaptive else nu
+        pipeline = fit_pipeline(matrix, nu=sensor_nu)
         decision = pipeline.decision_function(matrix)
         arrays = arrays_of(pipeline)
         arrays.threshold = calibrated_threshold(decision, threshold_mads)
@@ -188,6 +215,7 @@ def train_models(
                 train_start=rows["window_end"].min().isoformat(),
                 train_end=rows["window_end"].max().isoformat(),
                 flagged_share=float((decision <= arrays.threshold).mean()),
+                nu=sensor_nu,
             )
         )
     return trained
@@ -296,6 +324,7 @@ def register(
                     "train_rows": model.rows,
                     "support_vectors": len(model.arrays.dual_coef),
                     "train_flagged_share": model.flagged_share,
+                    "nu": model.nu,
                 }
             )
     index = pd.DataFrame(index_rows)

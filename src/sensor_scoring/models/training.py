@@ -38,12 +38,14 @@ def train_and_register(
     late_folders: int = 1,
     progress: Callable[[int, int], None] | None = None,
     features: str = feature_sets.DEFAULT_FEATURE_SET,
+    adaptive_nu: bool = False,
 ) -> tuple[dict[str, object], list[models.TrainedModel]]:
     """Train on the valid windows [start, end) owns and register them as a new version.
 
     Returns the manifest and the fitted models (the pipelines themselves, for tests to compare against).
     ``progress(done, total)`` hears of each sensor fitted (or skipped for too few windows), if given.
-    ``features``: the feature set of the new version (``sensor_scoring.features``).
+    ``features``: the feature set of the new version (``sensor_scoring.features``); ``adaptive_nu``: each sensor's
+    nu from its own windows, at least ``nu`` (``models.adaptive_nu``).
     """
     feature_sets.columns(features)  # an unknown set fails before anything is read
     landed = read_owned(storage, containers.windows, start, end, late_folders)
@@ -54,7 +56,13 @@ def train_and_register(
     windows = feature_sets.add_features(windows, context)
     log.info("Training on %d valid window(s) from %d file(s), features %s", len(windows), len(landed.files), features)
     trained = _train(
-        windows, nu=nu, min_rows=min_rows, threshold_mads=threshold_mads, progress=progress, features=features
+        windows,
+        nu=nu,
+        min_rows=min_rows,
+        threshold_mads=threshold_mads,
+        progress=progress,
+        features=features,
+        adaptive_nu=adaptive_nu,
     )
     manifest = models.register(
         storage,
@@ -68,6 +76,7 @@ def train_and_register(
             "min_rows": min_rows,
             "scaler": "StandardScaler",
             "threshold_mads": threshold_mads,
+            "adaptive_nu": adaptive_nu,
         },
         promote=promote,
     )
@@ -83,14 +92,19 @@ def _train(
     threshold_mads: float | None,
     progress: Callable[[int, int], None] | None,
     features: str,
+    adaptive_nu: bool,
 ) -> list[models.TrainedModel]:
     """``models.train_models``, one sensor at a time when someone is watching (the same models, in key order)."""
     if progress is None:
-        return models.train_models(windows, nu=nu, min_rows=min_rows, threshold_mads=threshold_mads, features=features)
+        return models.train_models(
+            windows, nu=nu, min_rows=min_rows, threshold_mads=threshold_mads, features=features, adaptive=adaptive_nu
+        )
     sensors = [rows for _, rows in windows.groupby(["device_id", "tag"], sort=True, observed=True)]
     trained: list[models.TrainedModel] = []
     progress(0, len(sensors))
     for done, rows in enumerate(sensors, 1):
-        trained += models.train_models(rows, nu=nu, min_rows=min_rows, threshold_mads=threshold_mads, features=features)
+        trained += models.train_models(
+            rows, nu=nu, min_rows=min_rows, threshold_mads=threshold_mads, features=features, adaptive=adaptive_nu
+        )
         progress(done, len(sensors))
     return trained

@@ -52,9 +52,10 @@ def gather(
     tags: list[str] | None = None,
     late_folders: int = 1,
     features: str = feature_sets.DEFAULT_FEATURE_SET,
+    adaptive_nu: bool = False,
 ) -> list[PlannedShard]:
     """Valid windows of [start, end): the last ``holdout_hours`` staged for evaluation, the rest in training shards
-    (for models of feature set ``features``)."""
+    (for models of feature set ``features``, with each sensor's own nu if ``adaptive_nu``)."""
     from sensor_scoring.validation import check_windows
     from sensor_scoring.validation.expectations import load_bounds
     from sensor_scoring.windows import read_owned
@@ -104,7 +105,18 @@ def gather(
     for number, rows in with_shard.groupby("shard", sort=True):
         members = sensors.loc[sensors["shard"] == number]
         shards.append(
-            _stage(run, plan, int(number), rows.drop(columns="shard"), members, nu, min_rows, threshold_mads, features)
+            _stage(
+                run,
+                plan,
+                int(number),
+                rows.drop(columns="shard"),
+                members,
+                nu,
+                min_rows,
+                threshold_mads,
+                features,
+                adaptive_nu,
+            )
         )
     return shards
 
@@ -119,6 +131,7 @@ def _stage(
     min_rows: int,
     threshold_mads: float | None,
     features: str,
+    adaptive_nu: bool,
 ) -> PlannedShard:
     from sensor_scoring.steps.plan import shard_label
 
@@ -134,6 +147,7 @@ def _stage(
         min_rows=min_rows,
         threshold_mads=threshold_mads,
         features=features,
+        adaptive_nu=adaptive_nu,
     )
     run.storage.write_bytes(staging, shard.spec, spec.to_json())
     return PlannedShard(
@@ -152,7 +166,12 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
     spec = TrainingShardSpec.from_json(storage.read_bytes(container, path), source=spec_uri)
     windows = st.read_parquet(storage, *st.parse_uri(spec.input))
     trained = models.train_models(
-        windows, nu=spec.nu, min_rows=spec.min_rows, threshold_mads=spec.threshold_mads, features=spec.features
+        windows,
+        nu=spec.nu,
+        min_rows=spec.min_rows,
+        threshold_mads=spec.threshold_mads,
+        features=spec.features,
+        adaptive=spec.adaptive_nu,
     )
     out_container, prefix = st.parse_uri(spec.output_prefix)
     shard = layout.TrainingShard(prefix)
@@ -168,10 +187,20 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
                 "train_rows": m.rows,
                 "train_flagged_share": m.flagged_share,
                 "features": m.arrays.features,
+                "nu": m.nu,
             }
             for m in trained
         ],
-        columns=["device_id", "tag", "train_start", "train_end", "train_rows", "train_flagged_share", "features"],
+        columns=[
+            "device_id",
+            "tag",
+            "train_start",
+            "train_end",
+            "train_rows",
+            "train_flagged_share",
+            "features",
+            "nu",
+        ],
     )
     storage.write_bytes(out_container, shard.index, st.parquet_bytes(index))
     # model health compares each hour with these: computed here, where the shard's windows are in memory
@@ -223,6 +252,7 @@ def load_trained(storage: Storage, results: list[TrainingShardResult]) -> list[m
                     train_start=str(row.train_start),
                     train_end=str(row.train_end),
                     flagged_share=float(row.train_flagged_share),
+                    nu=float(row.nu),
                 )
             )
     return sorted(trained, key=lambda m: (m.device_id, m.tag))
