@@ -101,7 +101,8 @@ def add_features(windows: pd.DataFrame, context: pd.DataFrame | None = None) -> 
     key = (device * (int(tag.max(initial=0)) + 1) + tag) * (1 << 32) + (minute - int(minute.min(initial=0)))
     order = np.argsort(key, kind="stable")  # windows before context windows of the same key
     sorted_key = key[order]
-    repeated = np.concatenate([[False], sorted_key[1:] == sorted_key[:-1]])
+    repeated = np.zeros(len(sorted_key), dtype=bool)
+    repeated[1:] = sorted_key[1:] == sorted_key[:-1]
     n = len(windows)
     if (repeated & (order < n)).any():
         raise ValueError("add_features needs windows unique per (device_id, tag, window_end)")
@@ -183,4 +184,6 @@ def read_context(
     read = read_owned(storage, container, before, start, late_folders)
     ends = read.windows["window_end"]
     recent = read.windows.loc[(ends >= pd.Timestamp(start - timedelta(minutes=LOOKBACK_MINUTES))).to_numpy()]
+    if recent.empty:  # nothing landed before (a new fleet, a gap): no suite run on nothing
+        return recent
     return check_windows(recent.reset_index(drop=True), before, start, bounds).valid

@@ -99,3 +99,9 @@ def test_derived_columns_are_never_made_up_where_the_context_is_unknown(windows)
     with pytest.raises(KeyError, match="add_features"):
         features.feature_matrix(windows, "context-v1")
     assert features.feature_matrix(windows).shape == (len(windows), len(FEATURES))
+
+
+def test_no_windows_or_no_context(windows):
+    empty = features.add_features(windows.iloc[:0], context=windows)
+    assert empty.empty and set(features.DERIVED) <= set(empty.columns)
+    assert len(features.add_features(windows, context=windows.iloc[:0])) == len(windows)
