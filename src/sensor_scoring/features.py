@@ -175,15 +175,25 @@ def read_context(
 
     They are context only: never scored, quarantined or counted by the run that reads them; a window the suite
     rejects is simply not looked back at (that hour's own run quarantines it). So a window's features depend only on
-    what landed, never on which hours were scored, or in which order.
+    what landed, never on which hours were scored, or in which order. A file with a broken structure fails the run
+    (``WindowSchemaError`` naming it, as it fails its own hour's): a lookback without it would change once it is
+    repaired.
     """
     from sensor_scoring.validation import check_windows
-    from sensor_scoring.windows import read_owned
+    from sensor_scoring.validation.expectations import SchemaViolation
+    from sensor_scoring.windows import WindowSchemaError, read_owned
 
     before = start - HOUR
-    read = read_owned(storage, container, before, start, late_folders)
+    lookback = f"(read as the lookback of the windows from {start.isoformat()} on)"
+    try:
+        read = read_owned(storage, container, before, start, late_folders)
+    except WindowSchemaError as exc:  # a broken file fails its own hour and every hour that looks back at it
+        raise WindowSchemaError(f"{exc} {lookback}") from exc
     ends = read.windows["window_end"]
     recent = read.windows.loc[(ends >= pd.Timestamp(start - timedelta(minutes=LOOKBACK_MINUTES))).to_numpy()]
     if recent.empty:  # nothing landed before (a new fleet, a gap): no suite run on nothing
         return recent
-    return check_windows(recent.reset_index(drop=True), before, start, bounds).valid
+    try:
+        return check_windows(recent.reset_index(drop=True), before, start, bounds).valid
+    except SchemaViolation as exc:
+        raise WindowSchemaError(f"{exc} in the windows of the hour before {lookback}") from exc

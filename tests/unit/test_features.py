@@ -105,3 +105,17 @@ def test_no_windows_or_no_context(windows):
     empty = features.add_features(windows.iloc[:0], context=windows)
     assert empty.empty and set(features.DERIVED) <= set(empty.columns)
     assert len(features.add_features(windows, context=windows.iloc[:0])) == len(windows)
+
+
+def test_a_broken_file_in_the_hour_before_fails_the_run_naming_it(tmp_path):
+    from sensor_scoring.storage import LocalStorage
+    from sensor_scoring.windows import WindowSchemaError, land_windows
+
+    storage = LocalStorage(tmp_path)
+    windows = fleet_windows(devices=1, tags=1, hours=2)
+    land_windows(storage, "windows", windows)
+    assert len(features.read_context(storage, "windows", START + timedelta(hours=1))) == 30  # its last 30 minutes
+    assert features.read_context(storage, "windows", START).empty  # nothing landed before: the gap rule
+    storage.write_bytes("windows", f"{START:%Y/%m/%d/%H}/0_broken_1.json", b'{"device_id": "d", "tag": "t"}\n')
+    with pytest.raises(WindowSchemaError, match=r"0_broken_1\.json: missing required column.*lookback"):
+        features.read_context(storage, "windows", START + timedelta(hours=1))
