@@ -67,11 +67,6 @@ def columns(feature_set: str) -> tuple[str, ...]:
         raise ValueError(f"unknown feature set {feature_set!r}; known: {', '.join(FEATURE_SETS)}") from None
 
 
-def needs_context(feature_set: str) -> bool:
-    """Whether the set looks at earlier windows (a scoring run then reads the previous hour's)."""
-    return "level_deviation" in columns(feature_set)
-
-
 def recorded_set(recorded: object) -> str:
     """The feature set a manifest or index records: a set's name, or (versions registered before sets had names)
     the list, or comma-joined text, of ``window-v1``'s columns."""

@@ -87,7 +87,6 @@ def test_feature_sets_and_what_old_versions_recorded():
     assert features.recorded_set(list(FEATURES)) == "window-v1"  # manifests before sets had names
     assert features.recorded_set(",".join(FEATURES)) == "window-v1"  # their index column
     assert features.recorded_set("context-v1") == "context-v1"
-    assert features.needs_context("context-v1") and not features.needs_context("window-v1")
     for bad in (["value_avg"], "context-v9", None):
         with pytest.raises(ValueError, match="unknown feature set"):
             features.recorded_set(bad)
