@@ -9,27 +9,34 @@ hours scored with anomalies injected into a share of the sensor-hours.
   drift, spike, irregular sampling, on baselines with a daily and a 20-minute cycle.
 
 Models: ``models.train_models`` (the registry's pipeline: StandardScaler + OneClassSVM, nu=0.02, gamma="scale"),
-flagging at scikit-learn's ``predict`` (threshold 0) and at a threshold calibrated on the training decision values
-(``threshold_mads=5``: median minus 5 robust deviations of the training scores),
-scored by ``sensor_scoring.scorer`` (the hourly scorer). Per anomaly type, precision/recall/F1 are over the normal
-windows plus that type's windows (so a type's precision counts every false alarm); ``all`` is over every window.
+on each feature set of ``sensor_scoring.features`` (``window-v1``: the window's own aggregates; ``context-v1``: with
+the deviation from the trailing level), flagging at scikit-learn's ``predict`` (threshold 0) and at a threshold
+calibrated on the training decision values (``threshold_mads=5``: median minus 5 robust deviations of the training
+scores), and with that threshold plus each sensor's nu from its own training windows (``adaptive_nu``), scored by
+``sensor_scoring.scorer`` (the hourly scorer). Features come from ``features.add_features``, the
+function training and scoring use: training windows on their own (the first hour has no lookback: the gap rule),
+scored windows with the training windows as their context, as an hourly run has the hour before. Per anomaly type,
+precision/recall/F1 are over the normal windows plus that type's windows (so a type's precision counts every false
+alarm); ``all`` is over every window.
 
-    .venv/bin/python bench/bench_detection.py [--out bench/results/detection.json]
+    .venv/bin/python bench/bench_detection.py [--out bench/results/detection.json] [--features window-v1 ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_scoring import machine
 
-from sensor_scoring import models
+from sensor_scoring import features, models
 from sensor_scoring.scorer import score
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_hour
 from sensor_scoring.windows import aggregate_readings
@@ -37,8 +44,9 @@ from sensor_scoring.windows import aggregate_readings
 START = datetime(2026, 11, 24, tzinfo=timezone.utc)
 H = timedelta(hours=1)
 TRAIN_HOURS, SCORED_HOURS = 24, 6
-#: ``predict`` = threshold 0 (the default); ``calibrated`` = ``threshold_mads`` 5
-VARIANTS = {"predict": None, "calibrated": 5.0}
+#: variant -> (threshold_mads, adaptive nu): ``predict`` = threshold 0 (the default); ``calibrated`` =
+#: ``threshold_mads`` 5; ``calibrated+adaptive-nu``: and each sensor's nu from its own windows (``models.adaptive_nu``)
+VARIANTS = {"predict": (None, False), "calibrated": (5.0, False), "calibrated+adaptive-nu": (5.0, True)}
 SHAPES = ("level_shift", "variance_burst", "flatline", "slow_drift", "spike", "irregular_sampling")
 
 
@@ -162,9 +170,15 @@ def prf(flag: pd.Series, truth: pd.Series) -> dict[str, float]:
 
 
 def judge(
-    train: pd.DataFrame, scored: pd.DataFrame, labels: pd.DataFrame, threshold_mads: float | None
+    train: pd.DataFrame,
+    scored: pd.DataFrame,
+    labels: pd.DataFrame,
+    threshold_mads: float | None,
+    feature_set: str = features.WINDOW_V1,
+    adaptive_nu: bool = False,
 ) -> dict[str, dict[str, float]]:
-    trained = models.train_models(train, threshold_mads=threshold_mads)
+    train, scored = features.add_features(train), features.add_features(scored, context=train)
+    trained = models.train_models(train, threshold_mads=threshold_mads, features=feature_set, adaptive=adaptive_nu)
     flagged = score(scored, {(m.device_id, m.tag): m.arrays for m in trained})
     judged = flagged.merge(labels, on=["device_id", "tag", "window_end"], how="left")
     judged["anomaly"] = judged["anomaly"].fillna("")
@@ -181,16 +195,23 @@ def judge(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/detection.json")
+    parser.add_argument("--features", nargs="+", default=list(features.FEATURE_SETS), choices=features.FEATURE_SETS)
     args = parser.parse_args()
-    results: dict[str, object] = {"machine": platform.platform(), "python": platform.python_version()}
+    results: dict[str, object] = {
+        "command": sys.argv,
+        "machine": machine(),
+        "load_average": os.getloadavg(),
+        "lookback_minutes": features.LOOKBACK_MINUTES,
+    }
     generators = (("simulator", simulator), ("simulator_contaminated", simulator_contaminated), ("shapes", shapes))
     for name, generator in generators:
         data = generator()
-        for variant, mads in VARIANTS.items():
-            began = time.perf_counter()
-            key = f"{name}/{variant}"
-            results[key] = judge(*data, mads)
-            print(key, f"{time.perf_counter() - began:.1f} s", json.dumps(results[key]["all"]))
+        for feature_set in args.features:
+            for variant, (mads, adaptive) in VARIANTS.items():
+                began = time.perf_counter()
+                key = f"{name}/{feature_set}/{variant}"
+                results[key] = judge(*data, mads, feature_set, adaptive)
+                print(key, f"{time.perf_counter() - began:.1f} s", json.dumps(results[key]["all"]))
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 
 

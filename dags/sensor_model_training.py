@@ -125,6 +125,21 @@ with DAG(
             description="Each model flags only windows scoring this many robust deviations (1.4826 MAD) below "
             "the median score of its own training windows (at most scikit-learn's 0). Empty: predict's 0.",
         ),
+        "adaptive_nu": Param(
+            False,
+            type="boolean",
+            title="Adaptive nu",
+            description="Each sensor's nu from its own training windows (at least nu): more where its history holds "
+            "more far-out windows.",
+        ),
+        "features": Param(
+            "context-v1",
+            type="string",
+            enum=["context-v1", "window-v1"],
+            title="Feature set",
+            description="The new version's model input (sensor_scoring.features): context-v1 adds the deviation "
+            "from the sensor's trailing level; window-v1 is the window's own five aggregates.",
+        ),
         "min_rows": Param(
             30, type="integer", minimum=2, title="Minimum windows", description="Sensors with fewer get no model."
         ),
@@ -196,6 +211,8 @@ with DAG(
                 nu=params["nu"],
                 min_rows=params["min_rows"],
                 threshold_mads=params.get("threshold_mads"),
+                features=params["features"],
+                adaptive_nu=params["adaptive_nu"],
                 devices=params.get("devices"),
                 tags=params.get("tags"),
                 late_folders=params["late_folders"],

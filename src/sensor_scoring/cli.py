@@ -98,8 +98,10 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
         nu=args.nu,
         min_rows=args.min_rows,
         threshold_mads=args.threshold_mads,
+        features=args.features,
+        adaptive_nu=args.adaptive_nu,
     )
-    facts = {key: manifest[key] for key in ("version", "models", "train_start", "train_end")}
+    facts = {key: manifest[key] for key in ("version", "models", "train_start", "train_end", "features")}
     return facts | {"promoted": args.promote}
 
 
@@ -170,6 +172,8 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sensor_scoring import features as feature_sets
+
     parser = argparse.ArgumentParser(
         prog="python -m sensor_scoring", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -230,6 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="calibrate each model's anomaly threshold this many robust deviations below the median of its "
         "training decision values (e.g. 5; default: scikit-learn's predict)",
+    )
+    train.add_argument(
+        "--features",
+        default=feature_sets.DEFAULT_FEATURE_SET,
+        choices=tuple(feature_sets.FEATURE_SETS),
+        help="the new version's feature set (sensor_scoring.features; default context-v1: level, log spread, "
+        "log count, deviation from the trailing level; window-v1: the window's own five aggregates)",
+    )
+    train.add_argument(
+        "--adaptive-nu",
+        action="store_true",
+        help="each sensor's nu from its own training windows (at least --nu): more where its history holds more "
+        "far-out windows (models.adaptive_nu)",
     )
     train.set_defaults(func=cmd_train)
 

@@ -28,7 +28,8 @@ from sensor_scoring.records import ContractError as ContractError, Record
 
 #: Columns that identify one landed window.
 WINDOW_KEY: tuple[str, ...] = ("device_id", "tag", "window_end")
-#: Window features fed to every model, in this order. reading_count makes dropouts visible.
+#: The window's own aggregates, in this order: the input of feature set ``window-v1`` (``sensor_scoring.features``
+#: names the sets a model version can be trained on). reading_count makes dropouts visible.
 FEATURES: tuple[str, ...] = ("value_avg", "value_min", "value_max", "value_std", "reading_count")
 #: Where a parsed row came from; kept through quarantine so a bad row can be traced to its file.
 SOURCE_COLUMN = "source_file"
@@ -415,6 +416,11 @@ class TrainingShardSpec(Record):
     #: calibrate each model's threshold this many robust deviations below its training decision values' median
     #: (``models.calibrated_threshold``; None: threshold 0)
     threshold_mads: float | None = None
+    #: the feature set of the models (``sensor_scoring.features``); the input holds its derived columns. Specs
+    #: written before feature sets had names trained on the window's own columns
+    features: str = "window-v1"
+    #: each sensor's nu from its own windows, at least ``nu`` (``models.adaptive_nu``)
+    adaptive_nu: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

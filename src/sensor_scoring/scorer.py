@@ -13,6 +13,9 @@ product, one vectorised ``exp`` and a matrix-vector product with the dual coeffi
 ``BLOCK_ROWS``; blocks sorted by support-vector count are stacked into batches padded to their widest model
 (padding carries zero weight), and a batch's (blocks x block rows x support vectors) temporary stays within
 ``ELEMENT_BUDGET`` elements, so one large model neither slows nor bloats the rest of the shard.
+
+The input of each model is its feature set's columns (``sensor_scoring.features``), which every model of one call
+shares: a call scores one model version's models.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sensor_scoring.contracts import FEATURES
 from sensor_scoring.models import ModelArrays, feature_matrix
 
 #: Elements (float64) of the largest temporary a batch may allocate: 128k elements is 1 MB, about a core's cache.
@@ -30,9 +32,13 @@ BLOCK_ROWS = 64
 
 
 def decision_function(features: np.ndarray, model_index: np.ndarray, models: list[ModelArrays]) -> np.ndarray:
-    """Decision value of each row under the model ``models[model_index[row]]``."""
-    if features.ndim != 2 or features.shape[1] != len(FEATURES):
-        raise ValueError(f"features must be (rows, {len(FEATURES)}), got {features.shape}")
+    """Decision value of each row under the model ``models[model_index[row]]`` (all models of one width)."""
+    widths = {len(m.mean) for m in models}
+    if len(widths) > 1:
+        raise ValueError(f"models of different input widths {sorted(widths)} cannot be scored together")
+    n_feat = widths.pop() if widths else features.shape[-1]
+    if features.ndim != 2 or features.shape[1] != n_feat:
+        raise ValueError(f"features must be (rows, {n_feat}), got {features.shape}")
     if len(features) != len(model_index):
         raise ValueError("features and model_index differ in length")
     out = np.empty(len(features))
@@ -72,7 +78,7 @@ class _Stacked:
     """All models' numbers in flat arrays, so a batch gathers them by index instead of a Python loop."""
 
     def __init__(self, models: list[ModelArrays]) -> None:
-        n_feat = len(FEATURES)
+        n_feat = len(models[0].mean)
         self.mean = np.concatenate([m.mean for m in models]).reshape(-1, n_feat)
         self.scale = np.concatenate([m.scale for m in models]).reshape(-1, n_feat)
         self.gamma = np.array([m.gamma for m in models])
@@ -134,13 +140,18 @@ def score(windows: pd.DataFrame, models: dict[tuple[str, str], ModelArrays]) -> 
     """Score every window; adds ``score`` and ``is_anomaly``.
 
     Raises ``KeyError`` naming the sensors without a model: deciding what to do with them (quarantine)
-    is the caller's job, not something to hide here.
+    is the caller's job, not something to hide here. The windows carry the columns of the models' feature set
+    (``features.add_features`` derives those that are not the window's own).
     """
     codes, keys = sensor_codes(windows)
     missing = [key for key in keys if key not in models]
     if missing:
         raise KeyError(f"no model for {len(missing)} sensor(s), e.g. {missing[:3]}")
-    values = decision_function(feature_matrix(windows), codes, [models[k] for k in keys])
+    sets = sorted({models[k].features for k in keys})
+    if len(sets) > 1:
+        raise ValueError(f"models of several feature sets {sets} cannot be scored together: score each version alone")
+    matrix = feature_matrix(windows, sets[0]) if sets else np.empty((0, 0))
+    values = decision_function(matrix, codes, [models[k] for k in keys])
     out = windows.copy()
     out["score"] = values
     thresholds = np.array([models[k].threshold for k in keys])  # 0 unless calibrated at training

@@ -65,6 +65,8 @@ def model_params(params: Mapping[str, Any]) -> dict[str, object]:
     return {
         "threshold_mads": None if mads is None else float(mads),
         "nu": float(params["nu"]),
+        "adaptive_nu": bool(params.get("adaptive_nu", False)),
+        "features": str(params.get("features", "context-v1")),
         "gamma": "scale",
         "kernel": "rbf",
         "min_rows": int(params["min_rows"]),

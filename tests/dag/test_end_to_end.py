@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from dev.azurite import KEY
-from sensor_scoring import models
+from sensor_scoring import features, models
 from sensor_scoring.models.training import train_and_register
-from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
-from sensor_scoring.windows import parse_window_file, to_asa_json_lines
+from sensor_scoring.tools.simulate import SimulationConfig, simulate_hour, simulate_to_storage
+from sensor_scoring.windows import aggregate_readings, parse_window_file, to_asa_json_lines
 from tests.support.helpers import START, fleet_windows
 from tests.support.partitions import read_partition, run_records
 
@@ -34,6 +34,7 @@ def landed(blob, containers):
         labels_container=containers.labels,
     )
     manifest, trained = train_and_register(blob, containers, START, SCORED_HOUR, version="v-e2e", promote=True)
+    assert manifest["features"] == features.DEFAULT_FEATURE_SET == "context-v1"
     existing = blob.list(containers.windows, f"{SCORED_HOUR:%Y/%m/%d/%H}/")
     found = pd.concat([parse_window_file(b.name, blob.read_bytes(containers.windows, b.name)) for b in existing])
     one = found[found["window_end"] == pd.Timestamp(SCORED_HOUR + timedelta(minutes=10))].head(1)
@@ -60,11 +61,17 @@ def test_hour_scored_by_the_dag_equals_scikit_learn(sensor_dag, blob, containers
     assert predictions["window_end"].min() == pd.Timestamp(SCORED_HOUR)
     assert predictions["window_end"].max() == pd.Timestamp(SCORED_HOUR + timedelta(minutes=59))
     assert set(predictions["model_version"]) == {"v-e2e"} and set(predictions["run_id"]) == {run.run_id}
-    for (device_id, tag), rows in predictions.groupby(["device_id", "tag"]):
+    # the model input, derived from the simulated windows: the scored hour with the hour before as its lookback
+    cfg = SimulationConfig(devices=3, tags=2, seed=3)
+    hour, before = (aggregate_readings(simulate_hour(cfg, h)[0]) for h in (SCORED_HOUR, SCORED_HOUR - H))
+    window_key = ["device_id", "tag", "window_end"]
+    derived = features.add_features(hour, context=before)[[*window_key, *features.DERIVED]]
+    with_input = predictions.merge(derived, on=window_key, how="left", validate="one_to_one")
+    for (device_id, tag), rows in with_input.groupby(["device_id", "tag"]):
         pipeline = pipelines[(device_id, tag)]
-        features = models.feature_matrix(rows)
-        np.testing.assert_allclose(rows["score"], pipeline.decision_function(features), rtol=1e-9, atol=1e-12)
-        np.testing.assert_array_equal(rows["is_anomaly"], pipeline.predict(features) == -1)
+        matrix = models.feature_matrix(rows, features.CONTEXT_V1)
+        np.testing.assert_allclose(rows["score"], pipeline.decision_function(matrix), rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(rows["is_anomaly"], pipeline.predict(matrix) == -1)
 
     counts = manifest["counts"]
     assert counts == {

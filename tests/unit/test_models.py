@@ -55,9 +55,9 @@ def test_register_writes_manifest_index_and_alias(tmp_path, trained):
     assert models.resolve_version(storage, "models", "production") == "v1"
     index = models.read_index(storage, "models", "v1")
     assert list(index.columns[:5]) == ["device_id", "tag", "pack", "row", "sha256"]
-    assert (index["train_rows"] > 0).all() and (
-        index["features"] == "value_avg,value_min,value_max,value_std,reading_count"
-    ).all()
+    assert (index["train_rows"] > 0).all() and (index["features"] == "window-v1").all()
+    assert manifest["features"] == "window-v1"
+    assert manifest["feature_columns"] == ["value_avg", "value_min", "value_max", "value_std", "reading_count"]
     with pytest.raises(FileExistsError):
         models.register(storage, "models", trained, version="v1", params={}, promote=False)
     with pytest.raises(LookupError, match="train and promote"):
@@ -74,7 +74,9 @@ def test_load_models_reads_each_pack_once_and_refuses_tampering(tmp_path, traine
     monkeypatch.setattr(storage, "read_bytes", lambda c, p: reads.append(p) or original(c, p))
     loaded, refused = models.load_models(storage, "models", "v1", index)
     assert len(loaded) == len(trained) and not refused
-    assert sorted(reads) == ["versions/v1/pack-00000.npz", "versions/v1/pack-00001.npz"]
+    # each pack once, and the manifest once: the version's feature set, which the loaded models carry
+    assert sorted(reads) == ["versions/v1/manifest.json", "versions/v1/pack-00000.npz", "versions/v1/pack-00001.npz"]
+    assert {m.features for m in loaded.values()} == {"window-v1"}
     tampered = index.copy()
     tampered.loc[0, "sha256"] = "0" * 64
     loaded, refused = models.load_models(storage, "models", "v1", tampered)
@@ -191,3 +193,25 @@ def test_a_pack_written_before_thresholds_reads_with_threshold_zero(trained):
     back = models.unpack(sink.getvalue())
     assert [b.threshold for b in back] == [0.0] * len(trained)
     assert [b.digest() for b in back] == [m.arrays.digest() for m in trained]
+
+
+def test_adaptive_nu_keeps_the_floor_on_clean_windows_and_rises_with_far_out_ones():
+    rng = np.random.default_rng(0)
+    clean = rng.normal(0, 1, (1000, 4))
+    assert models.adaptive_nu(clean, 0.02) == 0.02
+    dirty = clean.copy()
+    dirty[:40, 1] = 50.0  # 4% of windows far out in one feature
+    assert models.adaptive_nu(dirty, 0.02) == pytest.approx(2 * 0.04 + models.NU_MARGIN)
+    dirty[:, 2] = 1.0  # a constant feature (MAD 0) marks nothing far out by itself
+    assert models.adaptive_nu(dirty, 0.02) == pytest.approx(2 * 0.04 + models.NU_MARGIN)
+    dirty[:600, 1] = 50.0
+    assert models.adaptive_nu(dirty, 0.02) <= models.NU_MAX
+    assert models.adaptive_nu(clean, 0.3) == 0.3  # never below the run's nu
+
+
+def test_train_models_records_each_sensors_nu():
+    windows = fleet_windows(devices=1, tags=2, hours=2)
+    fixed = models.train_models(windows, nu=0.05)
+    assert {m.nu for m in fixed} == {0.05}
+    adaptive = models.train_models(windows, nu=0.02, adaptive=True)
+    assert all(m.nu is not None and 0.02 <= m.nu <= models.NU_MAX for m in adaptive)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sensor_scoring import models
+from sensor_scoring import features, models
 from sensor_scoring.scorer import ELEMENT_BUDGET, decision_function, score
 from tests.support.helpers import START, fleet_windows
 
@@ -112,3 +112,38 @@ def test_small_budgets_still_equal_sklearn(mixed, monkeypatch, budget):
     pipelines, windows = mixed
     monkeypatch.setattr("sensor_scoring.scorer.ELEMENT_BUDGET", budget)
     assert_equals_sklearn(pipelines, windows)
+
+
+@pytest.fixture(scope="module")
+def context_setup():
+    """Models of feature set context-v1: features derived as training and scoring derive them, the scored hour with
+    the training hours as its lookback."""
+    windows = fleet_windows(devices=3, tags=3, hours=4, seed=3)
+    train = windows[windows["window_end"] <= START.replace(hour=3)]
+    test = windows[windows["window_end"] > START.replace(hour=3)]
+    trained = models.train_models(features.add_features(train), features=features.CONTEXT_V1, threshold_mads=5.0)
+    return trained, features.add_features(test, context=train)
+
+
+def test_context_features_score_equal_to_sklearn(context_setup):
+    trained, test = context_setup
+    out = score(test.sample(frac=1.0, random_state=1), {(m.device_id, m.tag): m.arrays for m in trained})
+    assert len(out) == len(test) and {m.arrays.features for m in trained} == {"context-v1"}
+    for m in trained:
+        rows = out[(out["device_id"] == m.device_id) & (out["tag"] == m.tag)]
+        matrix = models.feature_matrix(rows, features.CONTEXT_V1)
+        assert matrix.shape[1] == len(features.FEATURE_SETS["context-v1"])
+        np.testing.assert_allclose(rows["score"], m.pipeline.decision_function(matrix), rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(rows["is_anomaly"], rows["score"] <= m.arrays.threshold)
+
+
+def test_context_models_need_their_derived_columns_and_one_set_per_call(context_setup, setup):
+    trained, test = context_setup
+    lookup = {(m.device_id, m.tag): m.arrays for m in trained}
+    plain = test[[c for c in test.columns if c not in features.DERIVED]]
+    with pytest.raises(KeyError, match="level_deviation"):
+        score(plain, lookup)
+    old, old_test = setup
+    mixed = {**{(m.device_id, m.tag): m.arrays for m in old}, ("dev-0000", "temperature"): trained[0].arrays}
+    with pytest.raises(ValueError, match="several feature sets"):
+        score(features.add_features(old_test), mixed)

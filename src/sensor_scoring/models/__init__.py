@@ -7,7 +7,7 @@ file cannot execute anything. Each model's arrays have a SHA-256 in the version'
 
 Registry layout in the models container::
 
-    versions/<version>/manifest.json     version summary: features, params, library versions, packs, index
+    versions/<version>/manifest.json     version summary: feature set, params, library versions, packs, index
     versions/<version>/models.parquet    the per-model index: pack, row, sha256, training range, rows, metrics
     versions/<version>/pack-00000.npz    the arrays of up to PACK_SIZE models, sorted by (device_id, tag)
     versions/<version>/evaluation.parquet   per-sensor evaluation of the training DAG (candidate vs production)
@@ -15,7 +15,10 @@ Registry layout in the models container::
                                          by the training DAG or a rollback: see ``models.promotion``)
     aliases/production-history.json      every move of the alias, newest last: the rollback path
 
-The manifest's ``lineage`` (training DAG runs) names the training run, data range, parameters and evaluation.
+A version records the feature set its models were trained on (``features``: a name from
+``sensor_scoring.features``; versions from before sets had names list ``window-v1``'s columns), and is scored with
+it: loaded models carry their version's set. The manifest's ``lineage`` (training DAG runs) names the training run,
+data range, parameters and evaluation.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from sensor_scoring.contracts import FEATURES, InvalidName, RegistryError
+from sensor_scoring import features as feature_sets
+from sensor_scoring.contracts import InvalidName, RegistryError
 from sensor_scoring.names import check_version
 from sensor_scoring.storage import Storage, parquet_bytes, parquet_frame
 
@@ -61,6 +65,9 @@ class ModelArrays:
     #: a window is an anomaly where its decision value is <= threshold: 0 is scikit-learn's ``predict``; a model
     #: trained with ``threshold_mads`` has one calibrated on its training decision values (<= 0)
     threshold: float = 0.0
+    #: the feature set (``sensor_scoring.features``) the model was trained on: what the scorer feeds it. Not hashed:
+    #: it is the version's (manifest and index, the index hashed in the manifest), not the pack's
+    features: str = feature_sets.WINDOW_V1
 
     def digest(self) -> str:
         """SHA-256 over a canonical byte layout, so the same model always hashes the same (a model without a
@@ -88,7 +95,7 @@ def scale_gamma(scaled: np.ndarray) -> float:
 
 
 def fit_pipeline(features: np.ndarray, *, nu: float = 0.02):
-    """Fit StandardScaler + OneClassSVM on one sensor's windows (rows x FEATURES)."""
+    """Fit StandardScaler + OneClassSVM on one sensor's feature matrix (rows x the set's columns)."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import OneClassSVM
@@ -110,9 +117,9 @@ def arrays_of(pipeline) -> ModelArrays:
     )
 
 
-def feature_matrix(windows: pd.DataFrame) -> np.ndarray:
-    """The model input of each window, in ``FEATURES`` order, as float64."""
-    return windows[list(FEATURES)].to_numpy(dtype=float)
+def feature_matrix(windows: pd.DataFrame, feature_set: str = feature_sets.WINDOW_V1) -> np.ndarray:
+    """The model input of each window for ``feature_set`` (``features.feature_matrix``), as float64."""
+    return feature_sets.feature_matrix(windows, feature_set)
 
 
 @dataclass
@@ -125,6 +132,8 @@ class TrainedModel:
     train_start: str
     train_end: str
     flagged_share: float
+    #: the OneClassSVM's nu (the run's, or the sensor's own with ``adaptive``); None where not recorded
+    nu: float | None = None
 
 
 def calibrated_threshold(decision: np.ndarray, mads: float | None) -> float:
@@ -146,23 +155,56 @@ def calibrated_threshold(decision: np.ndarray, mads: float | None) -> float:
     return min(0.0, median - mads * spread)
 
 
+#: ``adaptive_nu``: a training window is an outlier where one of its features lies this many robust deviations
+#: (1.4826 x MAD) from the sensor's median; nu is twice the outlier share plus NU_MARGIN, within [nu, NU_MAX].
+OUTLIER_MADS = 8.0
+NU_MARGIN = 0.01
+NU_MAX = 0.2
+
+
+def adaptive_nu(matrix: np.ndarray, floor: float) -> float:
+    """A sensor's nu from its own training windows: ``floor`` unless they hold more far-out windows than it allows.
+
+    Why: nu bounds the share of training windows left outside the boundary; where history holds more anomalies
+    than that (real history does), the boundary wraps some of them and they later score as normal. A robust count
+    of far-out windows (median and MAD, which those windows barely move) estimates that share per sensor; clean
+    sensors keep ``floor`` (bench/bench_detection.py, docs/models.md).
+    """
+    median = np.median(matrix, axis=0)
+    spread = 1.4826 * np.median(np.abs(matrix - median), axis=0)
+    far = np.abs(matrix - median) > OUTLIER_MADS * np.where(spread > 0, spread, np.inf)
+    share = float(far.any(axis=1).mean())
+    return float(min(max(2 * share + NU_MARGIN, floor), max(NU_MAX, floor)))
+
+
 def train_models(
-    windows: pd.DataFrame, *, nu: float = 0.02, min_rows: int = 30, threshold_mads: float | None = None
+    windows: pd.DataFrame,
+    *,
+    nu: float = 0.02,
+    min_rows: int = 30,
+    threshold_mads: float | None = None,
+    features: str = feature_sets.WINDOW_V1,
+    adaptive: bool = False,
 ) -> list[TrainedModel]:
     """One pipeline per (device_id, tag) with at least ``min_rows`` windows, sorted by key.
 
     ``threshold_mads``: calibrate each model's anomaly threshold on its training decision values (see
-    :func:`calibrated_threshold`); None keeps scikit-learn's ``predict`` (threshold 0).
+    :func:`calibrated_threshold`); None keeps scikit-learn's ``predict`` (threshold 0). ``features``: the feature
+    set (a set with derived columns needs them in ``windows``: ``features.add_features``). ``adaptive``: each
+    sensor's nu from its own windows (:func:`adaptive_nu`, at least ``nu``), else ``nu`` for all.
     """
+    feature_sets.columns(features)  # an unknown set fails before any fit
     trained = []
     for (device_id, tag), rows in windows.groupby(["device_id", "tag"], sort=True, observed=True):
         if len(rows) < min_rows:
             continue
-        features = feature_matrix(rows)
-        pipeline = fit_pipeline(features, nu=nu)
-        decision = pipeline.decision_function(features)
+        matrix = feature_matrix(rows, features)
+        sensor_nu = adaptive_nu(matrix, nu) if adaptive else nu
+        pipeline = fit_pipeline(matrix, nu=sensor_nu)
+        decision = pipeline.decision_function(matrix)
         arrays = arrays_of(pipeline)
         arrays.threshold = calibrated_threshold(decision, threshold_mads)
+        arrays.features = features
         trained.append(
             TrainedModel(
                 device_id=str(device_id),
@@ -173,6 +215,7 @@ def train_models(
                 train_start=rows["window_end"].min().isoformat(),
                 train_end=rows["window_end"].max().isoformat(),
                 flagged_share=float((decision <= arrays.threshold).mean()),
+                nu=sensor_nu,
             )
         )
     return trained
@@ -253,6 +296,10 @@ def register(
     check_version(version)
     if not trained:
         raise ValueError("no models to register: no sensor had enough training windows")
+    sets = sorted({m.arrays.features for m in trained})
+    if len(sets) != 1:
+        raise ValueError(f"a version has one feature set; these models were trained on {sets}")
+    feature_set = sets[0]
     prefix = f"versions/{version}/"
     if storage.list(container, prefix):
         raise FileExistsError(f"model version {version} already exists; versions are immutable")
@@ -271,12 +318,13 @@ def register(
                     "pack": name,
                     "row": row,
                     "sha256": model.arrays.digest(),
-                    "features": ",".join(FEATURES),
+                    "features": feature_set,
                     "train_start": model.train_start,
                     "train_end": model.train_end,
                     "train_rows": model.rows,
                     "support_vectors": len(model.arrays.dual_coef),
                     "train_flagged_share": model.flagged_share,
+                    "nu": model.nu,
                 }
             )
     index = pd.DataFrame(index_rows)
@@ -288,7 +336,8 @@ def register(
         "version": version,
         "created_at": datetime.now(timezone.utc).isoformat(),
         "format": "npz-arrays-v1 (StandardScaler + OneClassSVM rbf; loaded with allow_pickle=False)",
-        "features": list(FEATURES),
+        "features": feature_set,
+        "feature_columns": list(feature_sets.columns(feature_set)),
         "params": params,
         "libraries": _library_versions(),
         "models": len(index),
@@ -376,6 +425,14 @@ def read_manifest(storage: Storage, container: str, version: str) -> dict[str, o
     return manifest
 
 
+def version_features(manifest: dict[str, object]) -> str:
+    """The feature set a version's manifest records (``features.recorded_set``); ``RegistryError`` if unknown."""
+    try:
+        return feature_sets.recorded_set(manifest.get("features"))
+    except ValueError as exc:
+        raise RegistryError(f"model version {manifest.get('version')!r}: {exc}") from None
+
+
 def read_index(storage: Storage, container: str, version: str) -> pd.DataFrame:
     """The per-model table of a version, checked against the hash in its manifest (``RegistryError`` if it is
     missing or does not match: a configuration fault, failed at once)."""
@@ -404,8 +461,10 @@ def load_models(
     """Load the models listed in ``wanted`` (columns device_id, tag, pack, row, sha256).
 
     Each pack is read once however many of its models are wanted, so a shard of thousands of sensors costs
-    a few storage reads. Returns the verified models and, for the rest, the reason they cannot be used.
+    a few storage reads. Returns the verified models, each carrying its version's feature set, and, for the rest,
+    the reason they cannot be used.
     """
+    feature_set = version_features(read_manifest(storage, container, version))
     models: dict[tuple[str, str], ModelArrays] = {}
     refused: dict[tuple[str, str], str] = {}
     for pack, rows in wanted.groupby("pack", sort=True):
@@ -425,4 +484,5 @@ def load_models(
                 refused[key] = "model_hash_mismatch"
             else:
                 models[key] = unpacked[row]
+                models[key].features = feature_set
     return models, refused

@@ -77,12 +77,17 @@ def psi(reference: Sequence[int], observed: Sequence[int], epsilon: float = PSI_
 
 
 def statistics_table(trained: Sequence[TrainedModel], windows: pd.DataFrame) -> pd.DataFrame:
-    """One row per trained model (``COLUMNS``), from its arrays and its own training windows in ``windows``."""
+    """One row per trained model (``COLUMNS``), from its arrays and its own training windows in ``windows`` (with
+    the columns of the models' feature set)."""
     by_sensor = {
         (str(d), str(t)): rows for (d, t), rows in windows.groupby(["device_id", "tag"], sort=False, observed=True)
     }
     rows = [
-        {"device_id": m.device_id, "tag": m.tag, **training_statistics(m.arrays, feature_matrix(by_sensor[key]))}
+        {
+            "device_id": m.device_id,
+            "tag": m.tag,
+            **training_statistics(m.arrays, feature_matrix(by_sensor[key], m.arrays.features)),
+        }
         for m in trained
         if (key := (m.device_id, m.tag)) in by_sensor
     ]

@@ -26,6 +26,7 @@ from sensor_scoring.contracts import (
     ValidationReport,
     ValidationThresholdError,
 )
+from sensor_scoring.features import add_features, read_context
 from sensor_scoring.layout import HOUR
 from sensor_scoring.names import check_sensor_names
 from sensor_scoring.steps.common import count_by_hour, hour_key, names_storage_outages, quarantine_frame
@@ -82,6 +83,7 @@ def load_and_validate(
     )
     bounds = load_bounds()
     checked = with_rejected(_validate(landed, hour, bounds), rejected)
+    checked.valid = with_features(hour, checked.valid, late_folders=late_folders, devices=devices, tags=tags)
     landed = pd.concat([landed, rejected.drop(columns=[REASON_COLUMN])], ignore_index=True) if len(rejected) else landed
     run, staging = layout.Run(hour.run_key), hour.containers.staging
     hour.storage.write_bytes(staging, run.valid, st.parquet_bytes(checked.valid))
@@ -112,6 +114,25 @@ def _validate(landed: pd.DataFrame, hour: Hour, bounds: Bounds) -> Checked:
         files = sorted(set(landed[SOURCE_COLUMN].dropna()))
         more = " ..." if len(files) > 5 else ""
         raise WindowSchemaError(f"{exc} in the windows of {', '.join(files[:5])}{more}") from exc
+
+
+def with_features(
+    hour: Hour,
+    valid: pd.DataFrame,
+    *,
+    late_folders: int,
+    devices: list[str] | None = None,
+    tags: list[str] | None = None,
+) -> pd.DataFrame:
+    """The valid windows with every derived feature column (``features.add_features``), staged with them so each
+    shard scores its version's feature set without reading anything more.
+
+    The lookback of the interval's first windows is the hour before it (``features.read_context``: the valid
+    windows that hour owns, context only, never scored or quarantined here); later windows look back at the
+    interval's own valid windows, exactly the windows an hour-by-hour run would take as context.
+    """
+    context = read_context(hour.storage, hour.containers.windows, hour.start, late_folders=late_folders)
+    return add_features(valid, select_sensors(context, devices, tags))
 
 
 def with_rejected(checked: Checked, rejected: pd.DataFrame) -> Checked:

@@ -5,7 +5,9 @@ files set aside), the rescoring subset selection, and the great-expectations sui
 quarantined windows are not trained on. The last ``holdout_hours`` of the range are held back: the candidate and
 production are evaluated on them (``models.evaluation``), never trained on. Training runs in shards of
 ``sensors_per_shard`` sensors, each in its own process (``python -m sensor_scoring train-shard --spec <uri>``), so a
-shard's memory is its own sensors' windows and models.
+shard's memory is its own sensors' windows and models. Features (``sensor_scoring.features``) are derived once, in
+gather, over the whole range with the hour before it as lookback, as scoring derives them: held-back windows get the
+same values an hourly run would give them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from sensor_scoring import layout, models, storage as st
+from sensor_scoring import features as feature_sets, layout, models, storage as st
 from sensor_scoring.contracts import (
     REASON_COLUMN,
     PlannedShard,
@@ -54,8 +56,11 @@ def gather(
     devices: list[str] | None = None,
     tags: list[str] | None = None,
     late_folders: int = 1,
+    features: str = feature_sets.DEFAULT_FEATURE_SET,
+    adaptive_nu: bool = False,
 ) -> list[PlannedShard]:
-    """Valid windows of [start, end): the last ``holdout_hours`` staged for evaluation, the rest in training shards."""
+    """Valid windows of [start, end): the last ``holdout_hours`` staged for evaluation, the rest in training shards
+    (for models of feature set ``features``, with each sensor's own nu if ``adaptive_nu``)."""
     from sensor_scoring.steps.load import with_rejected
     from sensor_scoring.validation import check_windows
     from sensor_scoring.validation.expectations import load_bounds
@@ -63,6 +68,7 @@ def gather(
 
     if sensors_per_shard < 1:
         raise ValueError("sensors_per_shard must be at least 1")
+    feature_sets.columns(features)  # an unknown set fails before anything is read
     devices, tags = check_sensor_names(devices, "devices"), check_sensor_names(tags, "tags")
     cut = run.end - holdout_hours * HOUR
     if cut <= run.start:
@@ -78,7 +84,8 @@ def gather(
     )
     checked = with_rejected(check_windows(landed, run.start, run.end, load_bounds()), rejected)
     reasons = Counter(str(r) for r in checked.quarantined[REASON_COLUMN]) if len(checked.quarantined) else Counter()
-    valid = checked.valid
+    context = feature_sets.read_context(run.storage, run.containers.windows, run.start, late_folders=late_folders)
+    valid = feature_sets.add_features(checked.valid, select_sensors(context, devices, tags))
     held = valid["window_end"] >= pd.Timestamp(cut)
     train, holdout = valid.loc[~held], valid.loc[held]
     log.info(
@@ -107,7 +114,20 @@ def gather(
     shards = []
     for number, rows in with_shard.groupby("shard", sort=True):
         members = sensors.loc[sensors["shard"] == number]
-        shards.append(_stage(run, plan, int(number), rows.drop(columns="shard"), members, nu, min_rows, threshold_mads))
+        shards.append(
+            _stage(
+                run,
+                plan,
+                int(number),
+                rows.drop(columns="shard"),
+                members,
+                nu,
+                min_rows,
+                threshold_mads,
+                features,
+                adaptive_nu,
+            )
+        )
     return shards
 
 
@@ -120,6 +140,8 @@ def _stage(
     nu: float,
     min_rows: int,
     threshold_mads: float | None,
+    features: str,
+    adaptive_nu: bool,
 ) -> PlannedShard:
     from sensor_scoring.steps.plan import shard_label
 
@@ -134,6 +156,8 @@ def _stage(
         nu=nu,
         min_rows=min_rows,
         threshold_mads=threshold_mads,
+        features=features,
+        adaptive_nu=adaptive_nu,
     )
     run.storage.write_bytes(staging, shard.spec, spec.to_json())
     return PlannedShard(
@@ -151,7 +175,14 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
     container, path = st.parse_uri(spec_uri)
     spec = TrainingShardSpec.from_json(storage.read_bytes(container, path), source=spec_uri)
     windows = st.read_parquet(storage, *st.parse_uri(spec.input))
-    trained = models.train_models(windows, nu=spec.nu, min_rows=spec.min_rows, threshold_mads=spec.threshold_mads)
+    trained = models.train_models(
+        windows,
+        nu=spec.nu,
+        min_rows=spec.min_rows,
+        threshold_mads=spec.threshold_mads,
+        features=spec.features,
+        adaptive=spec.adaptive_nu,
+    )
     out_container, prefix = st.parse_uri(spec.output_prefix)
     shard = layout.TrainingShard(prefix)
     if trained:
@@ -165,10 +196,21 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
                 "train_end": m.train_end,
                 "train_rows": m.rows,
                 "train_flagged_share": m.flagged_share,
+                "features": m.arrays.features,
+                "nu": m.nu,
             }
             for m in trained
         ],
-        columns=["device_id", "tag", "train_start", "train_end", "train_rows", "train_flagged_share"],
+        columns=[
+            "device_id",
+            "tag",
+            "train_start",
+            "train_end",
+            "train_rows",
+            "train_flagged_share",
+            "features",
+            "nu",
+        ],
     )
     storage.write_bytes(out_container, shard.index, st.parquet_bytes(index))
     # model health compares each hour with these: computed here, where the shard's windows are in memory
@@ -209,6 +251,7 @@ def load_trained(storage: Storage, results: list[TrainingShardResult]) -> list[m
         if len(index) != len(arrays) or len(arrays) != result.models:
             raise models.ModelIntegrityError(f"training shard {result.shard}: pack and index disagree on the models")
         for row, fitted in zip(index.itertuples(index=False), arrays, strict=True):
+            fitted.features = str(row.features)
             trained.append(
                 models.TrainedModel(
                     device_id=str(row.device_id),
@@ -219,6 +262,7 @@ def load_trained(storage: Storage, results: list[TrainingShardResult]) -> list[m
                     train_start=str(row.train_start),
                     train_end=str(row.train_end),
                     flagged_share=float(row.train_flagged_share),
+                    nu=float(row.nu),
                 )
             )
     return sorted(trained, key=lambda m: (m.device_id, m.tag))
