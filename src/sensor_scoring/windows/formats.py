@@ -83,6 +83,9 @@ _ARROW_JSON_SCHEMA = pa.schema(
 )
 _VALUES = ("value_avg", "value_min", "value_max", "value_std")
 _BOM = b"\xef\xbb\xbf"
+_LEADING_SPACE = re.compile(rb"\s*")
+_BLANK_LINE = re.compile(rb"(?:\A|\n)[ \t\r\f\v]*(?:\n|\Z)")
+_QUOTED_COLUMNS = tuple(f'"{col}"'.encode() for col in WINDOW_COLUMNS)
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})")
 _NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
 _INTEGER = re.compile(r"-?(0|[1-9]\d*)")
@@ -188,8 +191,8 @@ def read_window_file(name: str, data: bytes) -> ParsedFile:
             f"{name}: unsupported format (not JSON lines, a JSON array, CSV with a header, Parquet or Avro)",
             UNSUPPORTED_FORMAT,
         )
-    if kind == "json" and isinstance(source, str):
-        fast = _json_lines_columnar(source, name)
+    if kind == "json":
+        fast = _json_lines_columnar(data, name)
         if fast is not None:
             return fast
     try:
@@ -228,28 +231,52 @@ def _json_columns(text: str) -> _Columns:
     return {col: [r.get(col) for r in records] for col in names}
 
 
-def _json_lines_columnar(text: str, name: str | list[str]) -> ParsedFile | None:
+def _json_lines_columnar(data: bytes | str, name: str | list[str]) -> ParsedFile | None:
+    """One JSON-lines file through pyarrow's columnar reader (:func:`_json_lines_table`), or None."""
+    table = _json_lines_table(data.encode() if isinstance(data, str) else data)
+    return None if table is None else _table_windows(table, name)
+
+
+def _json_lines_table(data: bytes) -> pa.Table | None:
     """JSON lines through pyarrow's reader with the contract's types: columnar, about twice as fast as
     ``json.loads`` per line, and exact (Arrow parses floats correctly rounded). It refuses a value of another
     JSON type (a number for a key, a string or boolean for a value, ``3.0`` for a count), so then, and when a
-    column is absent or the text is not JSON lines, None: the row-wise reader decides, row by row."""
+    column is absent, a line holds other than one object, or the text is not JSON lines, None: the row-wise
+    reader decides, row by row. Reads the bytes in place (no decoded copy, no Python string per line)."""
     import pyarrow.json as pj
 
-    if text.lstrip().startswith("["):
-        return None
+    body = data[len(_BOM) :] if data.startswith(_BOM) else data
+    start = _LEADING_SPACE.match(body).end()  # type: ignore[union-attr]  # \s* matches anywhere
+    if body[start : start + 1] != b"{":
+        return None  # an array, or not JSON
+    if not all(quoted in body for quoted in _QUOTED_COLUMNS):
+        return None  # a file that may lack a column: read alone, so that the error names it
     options = pj.ParseOptions(explicit_schema=_ARROW_JSON_SCHEMA, unexpected_field_behavior="ignore")
     try:
-        table = pj.read_json(io.BytesIO(text.encode()), parse_options=options)
+        table = pj.read_json(pa.BufferReader(body), parse_options=options)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     rows = table.num_rows
-    if not isinstance(name, str) and rows != len(name):
-        return None  # a line holding more or fewer than one object: each file is read alone
-    if not rows or any(table.column(col).null_count == rows for col in WINDOW_COLUMNS):
-        return None  # an absent column (a structural error) or an empty file: the row-wise reader names it
+    if not rows or rows != _object_lines(body) or any(table.column(c).null_count == rows for c in WINDOW_COLUMNS):
+        return None  # an absent column (a structural error), an empty file, or a line of two objects
     counts = table.column("reading_count").to_numpy(zero_copy_only=False).astype("float64")
     if (np.abs(counts[~np.isnan(counts)]) > 2**53).any():
-        return None
+        return None  # not exact as a float: the row-wise reader rejects the row
+    return table
+
+
+def _object_lines(body: bytes) -> int:
+    """Lines holding anything but whitespace: the objects a JSON-lines file must hold, one per line."""
+    end = len(body) - 1 if body.endswith(b"\n") else len(body)  # a final newline ends the last line
+    if _BLANK_LINE.search(body, 0, end) is None:
+        return body.count(b"\n") + (0 if body.endswith(b"\n") else 1)  # the usual file: counted, not split
+    return sum(1 for line in body.splitlines() if line.strip())
+
+
+def _table_windows(table: pa.Table, name: str | list[str] | pd.api.extensions.ExtensionArray) -> ParsedFile:
+    """The typed windows and rejected rows of a table :func:`_json_lines_table` took; ``name`` the source file of
+    every row, or one per row."""
+    counts = table.column("reading_count").to_numpy(zero_copy_only=False).astype("float64")
     window_end, joined = _distinct_timestamps(table.column("window_end"))
     frame = pd.DataFrame(
         {
@@ -566,11 +593,15 @@ def read_landed_files(storage: Storage, container: str, folders: Iterable[str]) 
     blobs = list_folders(storage, container, folders)
     frames, rejected, corrupt, empty = [], [], [], []
     contents = storage.read_many(container, [info.name for info in blobs], concurrency=DOWNLOAD_CONCURRENCY)
-    downloaded = list(zip(blobs, contents))
-    files = [info.name for info, _ in downloaded]
-    batched = _read_json_lines_together(downloaded)
-    for info, data in downloaded:
-        if info.name in batched.names:
+    files = [info.name for info in blobs]
+    tables: list[pa.Table] = []
+    table_files: list[str] = []
+    for index, info in enumerate(blobs):
+        data, contents[index] = contents[index], b""  # a file's bytes are let go once it is read
+        table = _clean_json_lines(data)
+        if table is not None:  # the usual file: parsed columnar, framed with the others below
+            tables.append(table)
+            table_files.append(info.name)
             continue
         try:
             parsed = read_window_file(info.name, data)
@@ -584,9 +615,13 @@ def read_landed_files(storage: Storage, container: str, folders: Iterable[str]) 
         frames.append(parsed.windows)
         if len(parsed.rejected):
             rejected.append(parsed.rejected)
-    if batched.parsed is not None:
-        frames.append(batched.parsed.windows)
-        rejected.append(batched.parsed.rejected)
+    if tables:
+        # one frame for every columnar file: Stream Analytics may flush a file per window, and the per-file cost of
+        # a frame is what made 5,000 small files slow; each row keeps its own file as its source
+        sources = np.repeat(np.array(table_files, dtype=object), [t.num_rows for t in tables])
+        together = _table_windows(pa.concat_tables(tables), pd.array(sources, dtype="string"))
+        frames.append(together.windows)
+        rejected.append(together.rejected)
     windows = _concat(frames, empty_windows())
     return LandedFiles(
         folders=folders,
@@ -598,36 +633,16 @@ def read_landed_files(storage: Storage, container: str, folders: Iterable[str]) 
     )
 
 
-@dataclass
-class _Batch:
-    names: set[str]
-    parsed: ParsedFile | None
-
-
-def _read_json_lines_together(downloaded: list[tuple[BlobInfo, bytes]]) -> _Batch:
-    """Every clean JSON-lines file of the folders in one columnar parse: Stream Analytics may flush a file per
-    window, and the per-file cost of a frame is what made 5,000 small files slow. Exactly what reading each
-    file alone gives (same rules, same source per row); if any file is not clean, none is batched."""
-    names, lines, sources = set(), [], []
-    for info, data in downloaded:
-        if sniff(data) != "json":
-            continue
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            continue
-        if text.lstrip().startswith("[") or not all(f'"{col}"' in text for col in WINDOW_COLUMNS):
-            continue  # an array, or a file that may lack a column (read alone, so that the error names it)
-        rows = [line for line in text.splitlines() if line.strip()]
-        names.add(info.name)
-        lines.extend(rows)
-        sources.extend([info.name] * len(rows))
-    if len(names) < 2:
-        return _Batch(set(), None)
-    parsed = _json_lines_columnar("\n".join(lines), sources)
-    if parsed is None or len(parsed.rejected) or set(parsed.windows[SOURCE_COLUMN]) != names:
-        return _Batch(set(), None)  # something is off in one of them: each file is read alone, row by row
-    return _Batch(names, parsed)
+def _clean_json_lines(data: bytes) -> pa.Table | None:
+    """The Arrow table of a JSON-lines file that is UTF-8 and that the columnar reader takes whole, else None (the
+    file is then read alone by :func:`read_window_file`, which names what is wrong with it)."""
+    if sniff(data) != "json":
+        return None
+    try:
+        data.decode("utf-8-sig")  # what read_window_file checks first: a file that is not UTF-8 is quarantined
+    except UnicodeDecodeError:
+        return None
+    return _json_lines_table(data)
 
 
 def _concat(frames: list[pd.DataFrame], empty: pd.DataFrame) -> pd.DataFrame:
