@@ -41,7 +41,7 @@ def main() -> None:
     from sensor_scoring.steps import load
     from sensor_scoring.steps.interval import Hour
     from sensor_scoring.storage import LocalStorage
-    from sensor_scoring.windows import LandingPlan, land_windows
+    from sensor_scoring.windows import LandingPlan, land_windows, read_owned
 
     started_load = [round(x, 2) for x in os.getloadavg()]
     root = Path(tempfile.mkdtemp(prefix="bench-context-"))
@@ -56,15 +56,21 @@ def main() -> None:
             load.load_and_validate(Hour(storage, containers, name, HOUR, HOUR + timedelta(hours=1)), late_folders=0)
             return time.perf_counter() - began
 
-        real = load.with_features
+        real, real_read = load.with_features, load.read_owned_with_lookback
+
+        def without_lookback(storage, container, start, end, late_folders):  # type: ignore[no-untyped-def]
+            return read_owned(storage, container, start, end, late_folders), None
+
         run("warm-up")
         times: dict[str, list[float]] = {"with_context": [], "without_context": []}
         for i in range(args.repeats):
-            load.with_features = real
+            load.with_features, load.read_owned_with_lookback = real, real_read
             times["with_context"].append(run(f"with-{i}"))
-            load.with_features = lambda hour, valid, **_: valid  # type: ignore[assignment]
+            # no lookback: the interval's own folders only, and no derived columns
+            load.read_owned_with_lookback = without_lookback
+            load.with_features = lambda hour, valid, before, **_: valid  # type: ignore[assignment]
             times["without_context"].append(run(f"without-{i}"))
-        load.with_features = real
+        load.with_features, load.read_owned_with_lookback = real, real_read
         began = time.perf_counter()
         context = features.read_context(storage, containers.windows, HOUR, late_folders=0)
         read_context_s = time.perf_counter() - began

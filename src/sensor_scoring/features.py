@@ -34,6 +34,7 @@ from sensor_scoring.layout import HOUR
 if TYPE_CHECKING:
     from sensor_scoring.storage import Storage
     from sensor_scoring.validation.expectations import Bounds
+    from sensor_scoring.windows import LandedFiles
 
 WINDOW_V1 = "window-v1"
 CONTEXT_V1 = "context-v1"
@@ -162,6 +163,7 @@ def read_context(
     *,
     late_folders: int = 1,
     bounds: Bounds | None = None,
+    read: LandedFiles | None = None,
 ) -> pd.DataFrame:
     """The lookback of a run (scoring or training) whose first hour starts at ``start``: the valid windows the hour
     before owns (``windows.ownership``: its folder and the late ones, as that hour's own run reads them), ending in
@@ -172,7 +174,7 @@ def read_context(
     rejects is simply not looked back at (that hour's own run quarantines it). So a window's features depend only on
     what landed, never on which hours were scored, or in which order. A file with a broken structure fails the run
     (``WindowSchemaError`` naming it, as it fails its own hour's): a lookback without it would change once it is
-    repaired.
+    repaired. ``read``: what the hour before owns, when the caller read it with its own folders.
     """
     from sensor_scoring.validation import check_windows
     from sensor_scoring.validation.expectations import SchemaViolation
@@ -180,10 +182,11 @@ def read_context(
 
     before = start - HOUR
     lookback = f"(read as the lookback of the windows from {start.isoformat()} on)"
-    try:
-        read = read_owned(storage, container, before, start, late_folders)
-    except WindowSchemaError as exc:  # a broken file fails its own hour and every hour that looks back at it
-        raise WindowSchemaError(f"{exc} {lookback}") from exc
+    if read is None:  # not read with the run's own windows (``windows.read_owned_with_lookback``): read here
+        try:
+            read = read_owned(storage, container, before, start, late_folders)
+        except WindowSchemaError as exc:  # a broken file fails its own hour and every hour that looks back at it
+            raise WindowSchemaError(f"{exc} {lookback}") from exc
     ends = read.windows["window_end"]
     recent = read.windows.loc[(ends >= pd.Timestamp(start - timedelta(minutes=LOOKBACK_MINUTES))).to_numpy()]
     if recent.empty:  # nothing landed before (a new fleet, a gap): no suite run on nothing

@@ -121,7 +121,11 @@ def two_versions(blob, containers):
         labels_container=containers.labels,
     )
     train_and_register(blob, containers, START, FIRST, version="v-one", promote=True)
-    _, trained = train_and_register(blob, containers, START, START + 3 * H, version="v-two", nu=0.2)
+    # the window's own aggregates (window-v1), so the parity below can be computed from the partition's columns;
+    # a version of the older set rescoring beside a context-v1 production version, as after an upgrade
+    _, trained = train_and_register(
+        blob, containers, START, START + 3 * H, version="v-two", nu=0.2, features="window-v1"
+    )
     existing = blob.list(containers.windows, f"{FIRST:%Y/%m/%d/%H}/")
     found = pd.concat([parse_window_file(b.name, blob.read_bytes(containers.windows, b.name)) for b in existing])
     at = found["window_end"] == pd.Timestamp(FIRST + timedelta(minutes=10))

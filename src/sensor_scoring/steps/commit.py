@@ -43,7 +43,7 @@ from sensor_scoring.contracts import (
 )
 from sensor_scoring.steps import partial
 from sensor_scoring.steps.common import names_storage_outages
-from sensor_scoring.steps.fence import check_fence, claim_commit, write_fenced_manifest
+from sensor_scoring.steps.fence import check_fence, claim_commit, release_claims, write_fenced_manifest
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.rescoring import Kept, keep_unrescored, model_versions, rescoring_history
 from sensor_scoring.storage import Storage
@@ -180,9 +180,24 @@ def _write_predictions(
 
 def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFrame, kept: Kept | None) -> Manifest:
     """Upload one hour's two partitions, its corrupt files and validation report, then its manifest."""
+    hour = run.hour
+    read = run.summary.generations.get(h.isoformat())
+    # before anything of the hour is written: of two runs that read this generation, only one goes on
+    claims = [] if read is None else [claim_commit(hour, h, read)]
+    try:
+        generation = check_fence(hour, run.summary, h)
+        if read is None or (generation or "") != read:  # a summary without generations, or this run's own retry
+            claims.append(claim_commit(hour, h, generation))
+        return _write_hour(run, h, generation, written, q_rows, kept)
+    finally:
+        release_claims(hour, claims)
+
+
+def _write_hour(
+    run: _Commit, h: datetime, generation: str | None, written: _Written, q_rows: pd.DataFrame, kept: Kept | None
+) -> Manifest:
+    """The hour's writes, once its commit is claimed and fenced; the manifest last, conditional on ``generation``."""
     hour, storage, containers, part = run.hour, run.hour.storage, run.hour.containers, layout.Partition(h)
-    generation = check_fence(hour, run.summary, h)  # before anything of the hour is written
-    claim_commit(hour, h, generation)  # of two runs that read this generation, only one goes on
     if kept is not None:
         q_rows = pd.concat([kept.quarantine, q_rows], ignore_index=True)
     validation = run.report.hour(h)

@@ -11,10 +11,12 @@ hour, and loses nothing (every landed window is still in its folder for a re-run
 
 Two runs that read the *same* generation and commit at the same instant are told apart before either writes a
 byte of the hour: each first claims the commit of that generation (``claim_commit``: a create-only blob in the
-staging container, one per hour and generation, kept), and only the run whose claim was created goes on. So the
-loser never replaces the winner's partition file, even where nothing else serialises the commits (two
-deployments, the CLI beside the DAG). A claim whose commit died before its manifest blocks other runs for
-``CLAIM_TTL``, then may be taken over; the claiming run's own retry goes on at once.
+staging container, one per hour and generation), then checks the fence, and only the run whose claim was created
+goes on. So the loser never replaces the winner's partition file, even where nothing else serialises the commits
+(two deployments, the CLI beside the DAG). The claim is released when the commit ends (``release_claims``): a run
+claiming that generation later finds the manifest moved on at its fence check. A claim whose commit died before
+releasing it blocks other runs for ``CLAIM_TTL``, then may be taken over; the claiming run's own retry goes on at
+once.
 """
 
 from __future__ import annotations
@@ -81,16 +83,22 @@ def write_fenced_manifest(hour: Hour, h: datetime, body: bytes, generation: str 
         ) from exc
 
 
-def claim_commit(hour: Hour, h: datetime, generation: str | None, now: datetime | None = None) -> None:
-    """Claim the commit of hour ``h`` from manifest ``generation`` (what ``check_fence`` returned), before any
-    of the hour is written; ``SupersededError`` if another run claimed that generation first."""
+def release_claims(hour: Hour, paths: list[str]) -> None:
+    """Delete the claims a commit made, when it ends (committed or not)."""
+    for path in paths:
+        hour.storage.delete_prefix(hour.containers.staging, path)
+
+
+def claim_commit(hour: Hour, h: datetime, generation: str | None, now: datetime | None = None) -> str:
+    """Claim the commit of hour ``h`` from manifest ``generation`` before any of the hour is written, and return
+    the claim's path (for ``release_claims``); ``SupersededError`` if another run holds that generation's claim."""
     storage, container = hour.storage, hour.containers.staging
     path = layout.commit_claim(h, generation or "")
     moment = now or datetime.now(timezone.utc)
     body = json.dumps({"run_id": hour.run_id, "hour": h.isoformat(), "claimed_at": moment.isoformat()}).encode()
     try:
         storage.write_bytes_if(container, path, body, None)
-        return
+        return path
     except GenerationMismatch:
         pass
     claim_generation = storage.generation(container, path)
@@ -100,7 +108,7 @@ def claim_commit(hour: Hour, h: datetime, generation: str | None, now: datetime 
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         claimant, claimed_at = "?", moment - CLAIM_TTL  # an unreadable claim protects nothing: take it over
     if claimant == hour.run_id:
-        return  # a retry of the run that claimed it
+        return path  # a retry of the run that claimed it
     if moment - claimed_at < CLAIM_TTL:
         raise SupersededError(
             f"hour {h.isoformat()}: superseded by run {claimant}, which claimed its commit from the same state at "
@@ -115,3 +123,4 @@ def claim_commit(hour: Hour, h: datetime, generation: str | None, now: datetime 
             f"hour {h.isoformat()}: another run took over the stale commit claim of run {claimant} first; "
             f"run {hour.run_id} wrote nothing for this hour: re-run the hour"
         ) from exc
+    return path

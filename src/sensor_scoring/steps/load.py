@@ -40,7 +40,7 @@ from sensor_scoring.windows import (
     WindowSchemaError,
     folder_hour,
     partition_hours,
-    read_owned,
+    read_owned_with_lookback,
     set_aside_strays,
 )
 
@@ -77,13 +77,14 @@ def load_and_validate(
 
     devices, tags = check_sensor_names(devices, "devices"), check_sensor_names(tags, "tags")
     generations = read_generations(hour)  # before any window is read: what commit is fenced on
-    read = read_owned(hour.storage, hour.containers.windows, hour.start, hour.end, late_folders)
+    # the interval's windows and the lookback's (the hour before), the folder they share read once
+    read, before = read_owned_with_lookback(hour.storage, hour.containers.windows, hour.start, hour.end, late_folders)
     landed, rejected = set_aside_strays(
         select_sensors(read.windows, devices, tags), select_sensors(read.rejected, devices, tags)
     )
     bounds = load_bounds()
     checked = with_rejected(_validate(landed, hour, bounds), rejected)
-    checked.valid = with_features(hour, checked.valid, late_folders=late_folders, devices=devices, tags=tags)
+    checked.valid = with_features(hour, checked.valid, before, devices=devices, tags=tags)
     landed = pd.concat([landed, rejected.drop(columns=[REASON_COLUMN])], ignore_index=True) if len(rejected) else landed
     run, staging = layout.Run(hour.run_key), hour.containers.staging
     hour.storage.write_bytes(staging, run.valid, st.parquet_bytes(checked.valid))
@@ -119,8 +120,8 @@ def _validate(landed: pd.DataFrame, hour: Hour, bounds: Bounds) -> Checked:
 def with_features(
     hour: Hour,
     valid: pd.DataFrame,
+    before: LandedFiles | None,
     *,
-    late_folders: int,
     devices: list[str] | None = None,
     tags: list[str] | None = None,
 ) -> pd.DataFrame:
@@ -129,9 +130,10 @@ def with_features(
 
     The lookback of the interval's first windows is the hour before it (``features.read_context``: the valid
     windows that hour owns, context only, never scored or quarantined here); later windows look back at the
-    interval's own valid windows, exactly the windows an hour-by-hour run would take as context.
+    interval's own valid windows, exactly the windows an hour-by-hour run would take as context. ``before``: what
+    the hour before owns, if the caller read it already (None: read here).
     """
-    context = read_context(hour.storage, hour.containers.windows, hour.start, late_folders=late_folders)
+    context = read_context(hour.storage, hour.containers.windows, hour.start, read=before)
     return add_features(valid, select_sensors(context, devices, tags))
 
 

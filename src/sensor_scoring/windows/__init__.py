@@ -49,6 +49,7 @@ from sensor_scoring.windows.ownership import (
     owner_hours,
     partition_hours,
     read_owned,
+    read_owned_with_lookback,
     set_aside_strays,
     strays,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "read_landed",
     "read_landed_files",
     "read_owned",
+    "read_owned_with_lookback",
     "read_window_file",
     "set_aside_strays",
     "sniff",

@@ -111,6 +111,32 @@ def read_owned(
     return read
 
 
+def read_owned_with_lookback(
+    storage: Storage, container: str, start: datetime, end: datetime, late_folders: int = LATE_HORIZON
+) -> tuple[LandedFiles, LandedFiles]:
+    """``read_owned`` of [start, end) and of the hour before it (what a lookback reads), from one read: the folder
+    they share (``start``'s, where the hour before's late windows land) is listed, downloaded and parsed once. Each
+    result names only its own folders' files, so the interval's file accounting is what ``read_owned`` gives."""
+    before = start - HOUR
+    own = folders_for_interval(start, end, late_folders=max(late_folders, LATE_HORIZON))
+    previous = folders_for_interval(before, start, late_folders=LATE_HORIZON)
+    read = read_landed_files(storage, container, list(dict.fromkeys(previous + own)))
+    return _restricted(read, own, start, end), _restricted(read, previous, before, start)
+
+
+def _restricted(read: LandedFiles, folders: list[str], start: datetime, end: datetime) -> LandedFiles:
+    """What reading only ``folders`` would have given, keeping the windows [start, end) owns."""
+    prefixes = tuple(f.rstrip("/") + "/" for f in folders)
+    return LandedFiles(
+        folders=folders,
+        windows=owned_windows(read.windows, start, end),
+        files=[f for f in read.files if f.startswith(prefixes)],
+        corrupt=[c for c in read.corrupt if c.file.startswith(prefixes)],
+        empty=[f for f in read.empty if f.startswith(prefixes)],
+        rejected=owned_windows(read.rejected, start, end),
+    )
+
+
 def set_aside_strays(landed: pd.DataFrame, rejected: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Strays (owned by the folder they landed in, not by their window_end's hour: see the module) are
     quarantined ``window_outside_interval`` whatever else they are, also when their window_end lies inside a
