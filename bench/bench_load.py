@@ -8,8 +8,9 @@ process (this script with ``--child``) times, in order:
 
 - ``gx_import_s``: importing great-expectations and the project's suite module, before the step, so the step
   itself finds it imported (it imports it lazily, once per process);
-- the step, ``load_and_validate(hour, late_folders=0)``, split into ``read_s`` (``read_owned``: list, read and
-  parse the files, keep the owned windows; timed by wrapping the step's own reference to it), ``suite_s`` (the
+- the step, ``load_and_validate(hour, late_folders=0)``, split into ``read_s`` (``read_owned_with_lookback``:
+  list, read and parse the files of the hour and of its lookback, keep the owned windows; timed by wrapping the
+  step's own reference to it), ``suite_s`` (the
   suite's own time from the validation report: building the suite, the context on first use, the validation)
   and ``rest_s`` (selection, duplicate collapse, casting, staging the Parquet and the report);
 - ``suite_runs``: how many times the step ran the suite (counted by wrapping ``run_suite``): 1 per hour.
@@ -54,7 +55,7 @@ def child(root: Path, sensors: int) -> None:
     read_s: list[float] = []
     suite_runs: list[int] = []
     read_peak_kib: list[int] = []
-    real_read, real_suite = load.read_owned, expectations.run_suite
+    real_read, real_suite = load.read_owned_with_lookback, expectations.run_suite
 
     def timed_read(*args, **kwargs):
         t = time.perf_counter()
@@ -68,7 +69,7 @@ def child(root: Path, sensors: int) -> None:
         suite_runs.append(1)
         return real_suite(*args, **kwargs)
 
-    load.read_owned = timed_read
+    load.read_owned_with_lookback = timed_read
     expectations.run_suite = counted_suite
     storage = LocalStorage(root)
     containers = config.Containers()
