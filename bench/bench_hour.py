@@ -47,8 +47,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from bench_kernel import reference, sklearn_loop
-from bench_memory import HOUR, base_models, synthetic_windows
+from bench_kernel import reference, sklearn_loop, timed
+from bench_memory import HOUR, base_models, register_for, synthetic_windows
 from bench_scoring import machine
 
 from dev.devstack import DAG_ID, DevStack, stop_on_signals
@@ -112,22 +112,9 @@ def register_hour(
     storage: BlobStorage, containers: config.Containers, windows: pd.DataFrame, base: list[models.TrainedModel]
 ) -> float:
     """Every sensor gets one of the real base models under its own name; the version is promoted to production."""
-    sensors = windows[["device_id", "tag"]].drop_duplicates()
-    clones = [
-        models.TrainedModel(
-            device_id=d,
-            tag=t,
-            pipeline=None,
-            arrays=base[i % len(base)].arrays,
-            rows=base[0].rows,
-            train_start=base[0].train_start,
-            train_end=base[0].train_end,
-            flagged_share=0.0,
-        )
-        for i, (d, t) in enumerate(sensors.itertuples(index=False, name=None))
-    ]
     began = time.perf_counter()
-    models.register(storage, containers.models, clones, version=VERSION, params={"bench": "clones"}, promote=True)
+    sensors = windows[["device_id", "tag"]].drop_duplicates()
+    register_for(storage, containers.models, sensors, base, VERSION, promote=True)
     return round(time.perf_counter() - began, 1)
 
 
@@ -230,16 +217,6 @@ def run_hour(stack: DevStack, mode: str, sample_s: float, timeout_s: float) -> d
     }
 
 
-def timed(fn, repeats: int) -> tuple[float, Any]:
-    result = fn()  # warm-up (numba compiles here)
-    samples = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        result = fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples), result
-
-
 def kernel_at(sensors: int, base: list[models.TrainedModel], sample: int, repeats: int) -> dict[str, Any]:
     """The bare kernel, the scikit-learn loop (on a sample, scaled) and the numba reference on the hour's data."""
     windows = synthetic_windows(sensors, HOUR)
@@ -249,12 +226,12 @@ def kernel_at(sensors: int, base: list[models.TrainedModel], sample: int, repeat
     arrays = [m.arrays for m in picked]
     features = models.feature_matrix(windows)
     by_key = dict(zip(keys, arrays, strict=True))
-    score_s, _ = timed(lambda: score(windows, by_key), repeats)
-    project_s, project = timed(lambda: decision_function(features, codes, arrays), repeats)
-    reference_s, ref = timed(lambda: reference(features, codes, arrays), repeats)
+    score_s, _, _ = timed(lambda: score(windows, by_key), repeats)
+    project_s, _, project = timed(lambda: decision_function(features, codes, arrays), repeats)
+    reference_s, _, ref = timed(lambda: reference(features, codes, arrays), repeats)
     sample = min(sample, len(keys))
     rows = codes < sample
-    loop_sample_s, loop = timed(
+    loop_sample_s, _, loop = timed(
         lambda: sklearn_loop(features[rows], codes[rows], [m.pipeline for m in picked[:sample]]), 1
     )
     return {

@@ -85,7 +85,13 @@ def base_models(count: int) -> list[models.TrainedModel]:
 
 
 def register_for(
-    storage: LocalStorage, container: str, sensors: pd.DataFrame, base: list[models.TrainedModel], version: str
+    storage: st.Storage,
+    container: str,
+    sensors: pd.DataFrame,
+    base: list[models.TrainedModel],
+    version: str,
+    *,
+    promote: bool = False,
 ) -> None:
     """Every sensor of the hour gets one of the real base models, under its own name."""
     clones = [
@@ -101,7 +107,7 @@ def register_for(
         )
         for i, (d, t) in enumerate(sensors.itertuples(index=False, name=None))
     ]
-    models.register(storage, container, clones, version=version, params={"bench": "clones"}, promote=False)
+    models.register(storage, container, clones, version=version, params={"bench": "clones"}, promote=promote)
 
 
 #: A small launcher runs each measured command and reports its child's peak RSS. Why not measure from here:

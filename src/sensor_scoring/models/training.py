@@ -20,7 +20,7 @@ from sensor_scoring import features as feature_sets, models, settings as config
 from sensor_scoring.models import stats
 from sensor_scoring.storage import Storage
 from sensor_scoring.validation import check_windows
-from sensor_scoring.windows import read_owned, set_aside_strays
+from sensor_scoring.windows import read_owned_with_lookback, set_aside_strays
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,12 @@ def train_and_register(
     nu from its own windows, at least ``nu`` (``models.adaptive_nu``).
     """
     feature_sets.columns(features)  # an unknown set fails before anything is read
-    landed = read_owned(storage, containers.windows, start, end, late_folders)
+    landed, before = read_owned_with_lookback(storage, containers.windows, start, end, late_folders)
     for corrupt in landed.corrupt:
         log.warning("Not training on corrupt file %s (%d bytes): %s", corrupt.file, corrupt.bytes, corrupt.error)
     owned, _ = set_aside_strays(landed.windows, landed.rejected)  # strays: quarantined by their folder's hour
     windows = check_windows(owned, start, end).valid
-    context = feature_sets.read_context(storage, containers.windows, start, late_folders=late_folders)
+    context = feature_sets.read_context(storage, containers.windows, start, read=before)
     windows = feature_sets.add_features(windows, context)
     log.info("Training on %d valid window(s) from %d file(s), features %s", len(windows), len(landed.files), features)
     trained = _train(

@@ -64,7 +64,7 @@ def gather(
     from sensor_scoring.steps.load import with_rejected
     from sensor_scoring.validation import check_windows
     from sensor_scoring.validation.expectations import load_bounds
-    from sensor_scoring.windows import read_owned, set_aside_strays
+    from sensor_scoring.windows import read_owned_with_lookback, set_aside_strays
 
     if sensors_per_shard < 1:
         raise ValueError("sensors_per_shard must be at least 1")
@@ -75,7 +75,8 @@ def gather(
         raise ValueError(
             f"holdout_hours {holdout_hours} leaves no training hour in [{run.start.isoformat()}, {run.end.isoformat()})"
         )
-    read = read_owned(run.storage, run.containers.windows, run.start, run.end, late_folders)
+    # the range's windows and its lookback's (the hour before), the folder they share read once
+    read, before = read_owned_with_lookback(run.storage, run.containers.windows, run.start, run.end, late_folders)
     for corrupt in read.corrupt:
         log.warning("Not training on corrupt file %s (%d bytes): %s", corrupt.file, corrupt.bytes, corrupt.error)
     # strays are quarantined by the hour they landed in, even inside the range: never trained on, as never scored
@@ -84,7 +85,7 @@ def gather(
     )
     checked = with_rejected(check_windows(landed, run.start, run.end, load_bounds()), rejected)
     reasons = Counter(str(r) for r in checked.quarantined[REASON_COLUMN]) if len(checked.quarantined) else Counter()
-    context = feature_sets.read_context(run.storage, run.containers.windows, run.start, late_folders=late_folders)
+    context = feature_sets.read_context(run.storage, run.containers.windows, run.start, read=before)
     valid = feature_sets.add_features(checked.valid, select_sensors(context, devices, tags))
     held = valid["window_end"] >= pd.Timestamp(cut)
     train, holdout = valid.loc[~held], valid.loc[held]
