@@ -135,12 +135,11 @@ def cmd_rollback(args: argparse.Namespace, settings: config.Settings) -> dict[st
 
 
 def cmd_lineage(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
-    from sensor_scoring import models
-    from sensor_scoring.models import promotion
+    from sensor_scoring.models import promotion, registry
     from sensor_scoring.storage import open_storage
 
     storage = open_storage(settings.storage)
-    version = models.resolve_version(storage, settings.containers.models, args.version)
+    version = registry.resolve_version(storage, settings.containers.models, args.version)
     return promotion.lineage(storage, settings.containers.models, version)
 
 
@@ -246,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--adaptive-nu",
         action="store_true",
         help="each sensor's nu from its own training windows (at least --nu): more where its history holds more "
-        "far-out windows (models.adaptive_nu)",
+        "far-out windows (fitting.adaptive_nu)",
     )
     train.set_defaults(func=cmd_train)
 

@@ -17,8 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sensor_scoring import layout, models, settings as config
+from sensor_scoring import layout, settings as config
 from sensor_scoring.contracts import REASON_COLUMN
+from sensor_scoring.models import pack, registry
 from sensor_scoring.steps import health
 from sensor_scoring.steps.interval import hours_of
 from sensor_scoring.storage import Storage
@@ -232,8 +233,8 @@ def _training_of(
 ) -> dict[str, object]:
     """The sensor's row of a version's index: its training range; empty when the registry lacks it."""
     try:
-        index = models.read_index(storage, containers.models, version)
-    except (FileNotFoundError, models.ModelIntegrityError):
+        index = registry.read_index(storage, containers.models, version)
+    except (FileNotFoundError, pack.ModelIntegrityError):
         return {}
     row = index[(index["device_id"] == device_id) & (index["tag"] == tag)]
     if row.empty:
