@@ -16,7 +16,7 @@ a login the JSON routes answer 401 and the pages redirect to the auth manager's 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -37,17 +37,9 @@ async def _user(request: Request) -> Any:
 
 
 User = Annotated[Any, Depends(_user)]
-
-
-def _range(start: str | None, end: str | None, default_hours: int) -> tuple[datetime, datetime]:
-    from sensor_scoring.steps.interval import parse_utc
-
-    if end:
-        stop = parse_utc(end)
-    else:
-        stop = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    first = parse_utc(start) if start else stop - timedelta(hours=default_hours)
-    return first, stop
+#: The heatmap's page of devices (``fleet.DEVICES_PER_PAGE`` a page), 0 to ``fleet.MAX_DEVICE_PAGE`` (repeated
+#: here: ``fleet`` is imported when a page is asked for, not when the API server loads the plugin); else 422.
+Page = Annotated[int, Query(ge=0, le=100_000)]
 
 
 def _sources() -> tuple[Any, Any]:
@@ -59,19 +51,23 @@ def _sources() -> tuple[Any, Any]:
 
 
 def _fleet(start: str | None, end: str | None, page: int):
-    from sensor_scoring.fleet import fleet_view
+    """Every parameter is checked (``fleet.request_range``, ``check_page``) before storage is even opened."""
+    from sensor_scoring.fleet import MAX_FLEET_HOURS, check_page, fleet_view, request_range
 
-    first, stop = _range(start, end, 24)
+    hours = request_range(start, end, MAX_FLEET_HOURS)
+    check_page(page)
     storage, containers = _sources()
-    return fleet_view(storage, containers, first, stop, device_page=page)
+    return fleet_view(storage, containers, hours[0], hours[-1] + timedelta(hours=1), device_page=page)
 
 
 def _sensor(device_id: str, tag: str, start: str | None, end: str | None):
-    from sensor_scoring.fleet import sensor_view
+    from sensor_scoring.fleet import MAX_SENSOR_HOURS, check_name, request_range, sensor_view
 
-    first, stop = _range(start, end, 24)
+    hours = request_range(start, end, MAX_SENSOR_HOURS)
+    check_name(device_id, "device_id")
+    check_name(tag, "tag")
     storage, containers = _sources()
-    return sensor_view(storage, containers, device_id, tag, first, stop)
+    return sensor_view(storage, containers, device_id, tag, hours[0], hours[-1] + timedelta(hours=1))
 
 
 def create_app() -> FastAPI:
@@ -82,6 +78,7 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(RangeError)
     async def bad_range(request: Request, exc: RangeError) -> Response:
+        """A parameter refused before any read: 400 with the rule it broke (FastAPI's own type checks answer 422)."""
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     @app.exception_handler(HTTPException)
@@ -94,7 +91,7 @@ def create_app() -> FastAPI:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
     @app.get("/api/fleet")
-    def fleet_data(user: User, start: str | None = None, end: str | None = None, page: int = Query(0, ge=0)) -> dict:
+    def fleet_data(user: User, start: str | None = None, end: str | None = None, page: Page = 0) -> dict:
         view = _fleet(start, end, page)
         return {
             "hours": [h.isoformat() for h in view.hours],
@@ -129,7 +126,7 @@ def create_app() -> FastAPI:
         }
 
     @app.get("/fleet", response_class=HTMLResponse)
-    def fleet_page(user: User, start: str | None = None, end: str | None = None, page: int = Query(0, ge=0)) -> str:
+    def fleet_page(user: User, start: str | None = None, end: str | None = None, page: Page = 0) -> str:
         from sensor_scoring import report
 
         view = _fleet(start, end, page)
