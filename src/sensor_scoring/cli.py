@@ -162,13 +162,17 @@ def cmd_report(args: argparse.Namespace, settings: config.Settings) -> dict[str,
     except RangeError as exc:
         raise SystemExit(f"report: {exc}") from None
     if not 0 <= args.sensors <= TOP_DRIFTING:
-        raise SystemExit(f"report: --sensors must be 0 to {TOP_DRIFTING} (the drifting sensors listed), got {args.sensors}")
+        raise SystemExit(
+            f"report: --sensors must be 0 to {TOP_DRIFTING} (the drifting sensors listed), got {args.sensors}"
+        )
     if out.is_dir():
         raise SystemExit(f"report: --out {out} is a folder; name the HTML file to write")
     if not out.parent.is_dir():
         raise SystemExit(f"report: the folder of --out ({out.parent}) does not exist; create it first")
     try:
-        text, facts = build_report(open_storage(settings.storage), settings.containers, start, end, sensors=args.sensors)
+        text, facts = build_report(
+            open_storage(settings.storage), settings.containers, start, end, sensors=args.sensors
+        )
     except RangeError as exc:
         raise SystemExit(f"report: {exc}") from None
     try:
@@ -181,11 +185,17 @@ def cmd_report(args: argparse.Namespace, settings: config.Settings) -> dict[str,
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser("report", help="write a self-contained HTML report of anomalies, drift and quarantine")
     report.add_argument(
-        "--start", required=True, help="ISO time of the first hour: a whole UTC hour (UTC if no offset; offsets converted)"
+        "--start",
+        required=True,
+        help="ISO time of the first hour: a whole UTC hour (UTC if no offset; offsets converted)",
     )
-    report.add_argument("--end", required=True, help="ISO time, exclusive (a whole UTC hour, at most a week after --start)")
+    report.add_argument(
+        "--end", required=True, help="ISO time, exclusive (a whole UTC hour, at most a week after --start)"
+    )
     report.add_argument("--out", required=True, help="the HTML file to write")
-    report.add_argument("--sensors", type=int, default=3, help="most drifting sensors given a section of their own (0-20)")
+    report.add_argument(
+        "--sensors", type=int, default=3, help="most drifting sensors given a section of their own (0-20)"
+    )
     report.set_defaults(func=cmd_report)
 
 

@@ -11,6 +11,11 @@ none of the core API's dependencies, so it is open unless it asks. Every route h
 ``airflow.api_fastapi.core_api.security.get_user``: the same check as the core API (a ``Bearer`` token, else the
 UI's ``_token`` cookie, refreshed by the root app's ``JWTRefreshMiddleware``, which wraps mounted apps too). Without
 a login the JSON routes answer 401 and the pages redirect to the auth manager's login URL.
+
+Limits: every parameter is checked (``sensor_scoring.fleet.request_range``, ``check_page``, ``check_name``) before
+storage is opened, so a refused request reads nothing and answers 400 with the rule (422 for FastAPI's own type
+checks); times are whole UTC hours (offsets converted), and a request reads at most ``fleet.FLEET_MAX_READS`` or
+``fleet.SENSOR_MAX_READS`` blobs (docs/operating.md).
 """
 
 from __future__ import annotations
