@@ -228,6 +228,7 @@ def test_the_longest_range_reads_at_most_the_documented_cap(client, store, route
     assert ask(client, store, route, too_long).status_code == 400 and store[0].reads == 0
 
 
+@pytest.mark.airflow
 def test_the_api_server_refuses_them_behind_its_login(store, airflow_db, monkeypatch):
     """The same refusals through the Airflow API server's own app (the plugin mounted, a real JWT)."""
     from airflow.api_fastapi.app import create_app, get_auth_manager
