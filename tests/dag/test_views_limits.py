@@ -12,6 +12,7 @@ The cases are listed in docs/faults.md ("Views, report and alerts").
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -117,6 +118,15 @@ def ask(client, store, route: str, params: dict[str, Any]):
     return client.get(f"/{route.lstrip('/')}", params=params)
 
 
+def rule_of(answer) -> str:
+    """What a refusal says: ``detail`` of the JSON routes, the text of the pages' refusal (HTML-escaped)."""
+    if answer.headers["content-type"].startswith("application/json"):
+        detail = answer.json()["detail"]
+        return detail if isinstance(detail, str) else json.dumps(detail)
+    assert answer.text.startswith("<!doctype html>") and "<h1>Request refused</h1>" in answer.text
+    return html.unescape(answer.text.split("<p class='refused'>", 1)[1].split("</p>", 1)[0])
+
+
 def cap_of(route: str) -> int:
     return fleet.SENSOR_MAX_READS if "sensor" in route else fleet.FLEET_MAX_READS
 
@@ -131,8 +141,8 @@ def sensor_params(route: str, device_id: str = HOSTILE, tag: str = TAG) -> dict[
 @pytest.mark.parametrize("route", ROUTES)
 def test_an_absurd_range_is_refused_at_once_before_any_read(client, store, route):
     answer = ask(client, store, route, {**ABSURD, **sensor_params(route)})
-    assert answer.status_code == 400 and "at most" in answer.json()["detail"]
-    assert "narrow the range" in answer.json()["detail"] and store[0].reads == 0
+    assert answer.status_code == 400 and "at most" in rule_of(answer)
+    assert "narrow the range" in rule_of(answer) and store[0].reads == 0
 
 
 def test_the_range_check_does_arithmetic_not_a_list_of_hours():
@@ -164,7 +174,7 @@ def test_the_range_check_does_arithmetic_not_a_list_of_hours():
 def test_times_that_are_not_whole_utc_hours_answer_400_with_the_rule(client, store, route, params, rule):
     answer = ask(client, store, route, {**params, **sensor_params(route)})
     assert answer.status_code == 400, answer.text
-    detail = answer.json()["detail"]
+    detail = rule_of(answer)
     assert rule in detail and store[0].reads == 0
     if "leaves" not in detail and "not after" not in detail:
         assert "ISO 8601 time on a whole UTC hour, like 2026-11-24T05:00Z" in detail
@@ -181,7 +191,7 @@ def test_offsets_are_converted_to_utc_and_labelled_in_utc(client, store):
     page = ask(client, store, "/fleet", {"start": "2026-11-24T04:00+01:00", "end": "2026-11-24T07:00+02:00"}).text
     assert "2026-11-24 03:00 to 2026-11-24 05:00 UTC" in page and "+01:00" not in page
     india = ask(client, store, "/api/fleet", {"start": "2026-11-24T09:00+05:30", "end": "2026-11-24T10:00+05:30"})
-    assert india.status_code == 400 and "(2026-11-24T03:30Z in UTC) is not on a whole UTC hour" in india.text
+    assert india.status_code == 400 and "(2026-11-24T03:30Z in UTC) is not on a whole UTC hour" in rule_of(india)
 
 
 @pytest.mark.parametrize(
@@ -198,7 +208,7 @@ def test_offsets_are_converted_to_utc_and_labelled_in_utc(client, store):
 )
 def test_names_and_pages_out_of_bounds_answer_4xx_with_the_rule(client, store, route, params, status, rule):
     answer = ask(client, store, route, params)
-    assert answer.status_code == status and rule in answer.text and store[0].reads == 0
+    assert answer.status_code == status and rule in rule_of(answer) and store[0].reads == 0
 
 
 def test_the_page_bound_is_the_packages():
@@ -245,7 +255,7 @@ def test_the_api_server_refuses_them_behind_its_login(store, airflow_db, monkeyp
         absurd = api.get(f"/scoring{route}", params={**ABSURD, **sensor_params(route)}, headers=auth)
         bad_day = api.get(f"/scoring{route}", params={"start": "2026-02-30", **sensor_params(route)}, headers=auth)
         assert absurd.status_code == bad_day.status_code == 400 and store[0].reads == 0
-        assert "at most" in absurd.json()["detail"] and "day is out of range" in bad_day.json()["detail"]
+        assert "at most" in rule_of(absurd) and "day is out of range" in rule_of(bad_day)
 
 
 # --- the report command ---
@@ -361,9 +371,10 @@ def test_fuzzed_requests_answer_2xx_or_4xx_within_the_read_cap(client, store, ro
     assert 200 <= answer.status_code < 500, (answer.status_code, answer.text[:500])
     assert store[0].reads <= cap_of(route) and store[0].calls["list"] == 0
     if answer.status_code >= 400:
-        assert store[0].reads == 0 and answer.json()["detail"]  # refused before any read, with the rule
+        assert store[0].reads == 0 and rule_of(answer)  # refused before any read, with the rule
     elif route.startswith("/api/"):
         assert all(hour.endswith("+00:00") for hour in answer.json()["hours"])
-    else:
+    if not route.startswith("/api/"):  # a page or its refusal: names and rules shown as text, never as markup
         text = answer.text
         assert text.startswith("<!doctype html>") and "<script" not in text and "<!channel>" not in text
+        assert answer.headers["content-type"].startswith("text/html")

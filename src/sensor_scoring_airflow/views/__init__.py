@@ -26,6 +26,8 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,16 @@ def create_app() -> FastAPI:
     @app.exception_handler(RangeError)
     async def bad_range(request: Request, exc: RangeError) -> Response:
         """A parameter refused before any read: 400 with the rule it broke (FastAPI's own type checks answer 422)."""
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return _refused(request, str(exc), 400)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's own checks (a page that is no whole number, a missing device_id): 422, FastAPI's JSON for the
+        JSON routes, the same rules as a page for the pages."""
+        if "/api/" in request.url.path:
+            return await request_validation_exception_handler(request, exc)
+        rules = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+        return _refused(request, rules, 422)
 
     @app.exception_handler(HTTPException)
     async def login_first(request: Request, exc: HTTPException) -> Response:
@@ -157,6 +168,17 @@ def create_app() -> FastAPI:
         return report.page(f"Sensor {view.device_id} / {view.tag}", report.sensor_body(view))
 
     return app
+
+
+def _refused(request: Request, rule: str, status: int) -> Response:
+    """A refused request: ``{"detail": rule}`` for the JSON routes, a short HTML page saying it for the pages."""
+    if "/api/" in request.url.path:
+        return JSONResponse({"detail": rule}, status_code=status)
+    from sensor_scoring import report
+
+    return HTMLResponse(
+        report.page("Request refused", f"<p class='refused'>{report.esc(rule)}</p>"), status_code=status
+    )
 
 
 def pd_iso(moment: Any) -> str:
