@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta, timezone
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from sensor_scoring import fleet, report, settings as config
 from sensor_scoring.storage import LocalStorage
@@ -60,3 +61,18 @@ def test_default_range_is_the_last_day_up_to_the_end_of_the_current_hour():
     hours = fleet.request_range(None, None, fleet.MAX_FLEET_HOURS, now=now)
     assert len(hours) == 24 and hours[-1] == START + timedelta(hours=30)
     assert len(fleet.request_range(None, None, fleet.MAX_SENSOR_HOURS, default_hours=48, now=now)) == 24
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    start=st.one_of(st.none(), st.text(max_size=70), st.datetimes().map(lambda d: d.isoformat())),
+    end=st.one_of(st.none(), st.text(max_size=70), st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())),
+    limit=st.sampled_from([fleet.MAX_SENSOR_HOURS, fleet.MAX_FLEET_HOURS]),
+)
+def test_any_start_and_end_give_whole_utc_hours_within_the_limit_or_a_range_error(start, end, limit):
+    try:
+        hours = fleet.request_range(start, end, limit)
+    except fleet.RangeError as exc:
+        assert str(exc)
+        return
+    assert 1 <= len(hours) <= limit and all(h.tzinfo is timezone.utc and h.minute == 0 for h in hours)
