@@ -220,6 +220,7 @@ def test_names_are_filters_never_paths_and_shown_escaped(client, store):
     window = {"start": FIRST.isoformat(), "end": END.isoformat()}
     data = ask(client, store, "/api/sensor", {**window, "device_id": HOSTILE, "tag": TAG}).json()
     assert data["device_id"] == HOSTILE and len(data["windows"]) == 119 and len(data["quarantined"]) == 1
+    assert list(data["models"]) == ["v1"] and int(data["models"]["v1"]["train_rows"]) > 0
     page = ask(client, store, "/sensor", {**window, "device_id": HOSTILE, "tag": TAG}).text
     assert HOSTILE not in page and "&lt;!channel&gt; &lt;https://evil.example/login|Open the runbook&gt;" in page
     fleet_page = ask(client, store, "/fleet", window).text
