@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 
 def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, batch_landed, fake_batch, monkeypatch):
     fake_batch.exec_delay_s = 0.5  # shards that take half a second
+    fake_batch.allow_key_signed_sas = True  # Azurite here is key-authenticated: its SAS URLs are key-signed
     for name, value in {
         "SCORING_BATCH_POOL_ID": "scoring-test-pool",
         "SCORING_SCORER_IMAGE": "sensor-scoring-scorer:test",
