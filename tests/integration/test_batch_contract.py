@@ -3,7 +3,10 @@
 The real azure-batch SDK sends real HTTP; the fake server runs each task's command line as a process with
 only the task's environment, so shards really score, with SAS-only storage access. Asserted: what the SDK
 sends (pool autoscale formula and container settings, ids, command line, environment), and how the backend,
-its trigger and the operator behave on success, failure, retry, preemption, timeout and kill.
+its trigger and the operator behave on success, failure, retry, preemption, timeout and kill. Without keys:
+the Batch account reached with Entra ID (the provider's hook and azure-identity, real tokens from a loopback
+managed-identity endpoint, HTTPS), the pool-identity task environment, and user-delegation SAS accepted where a
+key-signed one is refused. Nothing here ran against a real Batch account.
 """
 
 from __future__ import annotations
