@@ -226,10 +226,9 @@ def documented_exports() -> dict[str, str]:
 def test_the_guides_connections_hold_no_secret_and_the_providers_hooks_take_entra_id(monkeypatch):
     """The documented connections, read by the installed provider's hooks: both end up with azure-identity's
     DefaultAzureCredential (nothing is sent: building a client makes no request)."""
-    from azure.identity import DefaultAzureCredential
-
     from airflow.providers.microsoft.azure.hooks.batch import AzureBatchHook
     from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+    from azure.identity import DefaultAzureCredential
 
     exports = documented_exports()
     storage, batch_conn = (json.loads(exports[f"AIRFLOW_CONN_{n}"]) for n in ("SCORING_STORAGE", "AZURE_BATCH_DEFAULT"))
