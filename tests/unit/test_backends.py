@@ -153,7 +153,7 @@ def test_one_job_naming_for_the_operator_and_the_backend():
     assert backend.job_for(spec) == batch.job_id("sensor_scoring", "scheduled__2026-01-01T00:00:00+00:00")
     assert backend.job_for(spec).startswith(batch.job_prefix("sensor_scoring"))
     with pytest.raises(RuntimeError, match="neither a Batch client nor an account_url"):
-        batch.AzureBatchBackend().client
+        _ = batch.AzureBatchBackend().client
 
 
 def test_batch_client_outside_airflow_defaults_to_default_azure_credential(monkeypatch):
