@@ -376,15 +376,20 @@ def test_a_bearer_token_for_another_resource_or_over_http_is_refused(entra_batch
 
 
 def test_pool_identity_mode_gives_tasks_the_account_url_and_client_id_and_no_secret(
-    fake_batch, client, settings, shards, azurite, monkeypatch
+    fake_batch, fake_identity, client, settings, shards, azurite, monkeypatch
 ):
     fake_batch.allow_key_signed_sas = False  # nothing key-signed may reach a task here
+    fake_batch.identity = fake_identity  # the pool's nodes answer token requests for its identity
     monkeypatch.setenv("SCORING_BATCH_POOL_IDENTITY_CLIENT_ID", POOL_IDENTITY)
     pool_settings = batch.BatchSettings.from_env()
-    fake_batch.start_delay_s = 60  # the definition is the subject: its storage access needs a token-aware Azurite
     fake_batch.add_pool_with_identity(pool_settings.pool_id, POOL_IDENTITY)
 
+    # the shard's task is the subject, not its run: the scorer's storage access as the identity is the storage
+    # package's (tested against Azurite there), so it is ended before a node takes it
+    fake_batch.start_delay_s = 1.0
     sub = backend(client, pool_settings).submit(shards[0]["spec_uri"], storage_setting=azurite.connection_string)
+    batch.terminate_task(client, sub.job_id, sub.task_id)
+    fake_batch.start_delay_s = 0.0
     [task] = fake_batch.bodies("POST", f"/jobs/{JOB}/tasks")
     env = {e["name"]: e["value"] for e in task["environmentSettings"]}
     assert env == {
@@ -393,6 +398,22 @@ def test_pool_identity_mode_gives_tasks_the_account_url_and_client_id_and_no_sec
     }
     assert sub.task_id == task["id"] and not fake_batch.bodies("POST", "/pools")  # the ARM pool is used as it is
     assert no_secret_sent(fake_batch) and "sig=" not in json.dumps(task)
+
+    # what the task authenticates as: with exactly this environment on a node of the pool, azure-identity's
+    # DefaultAzureCredential gets a storage token of the pool's identity from the node, and nothing else
+    probe = batch.task_options(pool_settings, "probe", shards[0]["spec_uri"], env)
+    probe["commandLine"] = (
+        'python -c "from azure.identity import DefaultAzureCredential as C; '
+        "C().get_token('https://storage.azure.com/.default'); print('token')\""
+    )
+    client.create_task(JOB, probe)
+    fake_batch.wait_for(lambda: fake_batch.tasks[(JOB, "probe")].state == "completed")
+    ran = fake_batch.tasks[(JOB, "probe")]
+    assert ran.exit_code == 0, (ran.dir / "stderr.txt").read_text()
+    assert [(q["resource"], q.get("client_id")) for q in fake_identity.requests] == [
+        ("https://storage.azure.com", POOL_IDENTITY)
+    ]
+    assert not fake_batch.tasks[(JOB, sub.task_id)].pids  # the shard's own task never ran
 
     # an account URL setting (blob or dfs endpoint) is handed on as it is; nothing with a secret is
     for url in ("https://acct.blob.core.windows.net", "https://acct.dfs.core.windows.net/"):

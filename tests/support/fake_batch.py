@@ -14,6 +14,8 @@ be one :class:`FakeIdentity` issued for the Batch resource). :class:`FakeIdentit
 on loopback speaking the App Service protocol (``IDENTITY_ENDPOINT`` / ``IDENTITY_HEADER``), so the real
 azure-identity ``ManagedIdentityCredential`` / ``DefaultAzureCredential`` fetch real (opaque) tokens from it.
 Each recorded request names its ``principal``: ``SharedKey`` or the client id of the identity whose token it bore.
+The tasks of a pool that has an identity (:meth:`FakeBatch.add_pool_with_identity`) see the identity endpoint, as
+a node's processes see Azure's instance metadata endpoint.
 
 Task definitions are checked as a key-free deployment needs them (:func:`key_material`): a task whose environment
 or command line holds ``AccountKey=``, the Batch account key, or a SAS signed with an account key (a ``sig``
@@ -130,6 +132,8 @@ class FakeTask:
         return out
 
 
+#: The tenant of the identities :class:`FakeIdentity` issues tokens for.
+TENANT = "72f988bf-0000-0000-0000-2d7cd011db47"
 #: The Entra ID resource of Azure Batch (azure-batch asks for the scope ``<resource>/.default``).
 BATCH_RESOURCE = "https://batch.core.windows.net/"
 #: The signed fields only a user delegation SAS carries (the delegating principal and its key's validity).
@@ -177,6 +181,26 @@ class FakeIdentity:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}/msi/token"
 
+    def token(self, resource: str, client_id: str) -> str:
+        """A JWT-shaped access token as Entra ID issues them (audience, issuer, tenant, the identity's ids, validity),
+        signed with a random key nobody checks: services here accept exactly the tokens in :attr:`issued` (and
+        Azurite's ``--oauth basic`` checks only the claims)."""
+        now = int(time.time())
+        claims = {
+            "aud": resource.rstrip("/"),
+            "iss": f"https://sts.windows.net/{TENANT}/",
+            "tid": TENANT,
+            "appid": client_id,
+            "oid": client_id,
+            "sub": client_id,
+            "iat": now - 60,
+            "nbf": now - 60,
+            "exp": now + 3600,
+        }
+        parts = [{"alg": "HS256", "typ": "JWT"}, claims]
+        text = ".".join(base64.urlsafe_b64encode(json.dumps(p).encode()).rstrip(b"=").decode() for p in parts)
+        return text + "." + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+
     def env(self) -> dict[str, str]:
         """The environment that makes azure-identity's managed identity credential use this endpoint."""
         return {"IDENTITY_ENDPOINT": self.endpoint, "IDENTITY_HEADER": self.header}
@@ -203,7 +227,7 @@ class _IdentityHandler(BaseHTTPRequestHandler):
             status, body = 400, {"error": "invalid_resource", "error_description": "no resource"}
         else:
             client_id = query.get("client_id") or self.identity.default_client_id
-            token = secrets.token_urlsafe(24)
+            token = self.identity.token(query["resource"], client_id)
             self.identity.issued[token] = {"resource": query["resource"], "client_id": client_id}
             status = 200
             body = {
@@ -361,6 +385,10 @@ class FakeBatch:
                     "AZ_BATCH_NODE_ID": "node-1",
                     "AZ_BATCH_TASK_WORKING_DIR": str(task.dir / "wd"),
                 }
+                pool = self.pools.get(self.jobs.get(task.job, {}).get("poolInfo", {}).get("poolId", ""), {})
+                if pool.get("identity") and self.identity is not None:
+                    # a node of a pool with an identity answers token requests for it (IMDS on Azure)
+                    env |= self.identity.env()
                 env |= {s["name"]: s.get("value", "") for s in task.body.get("environmentSettings") or []}
                 task.env = env
                 (task.dir / "wd").mkdir(exist_ok=True)
