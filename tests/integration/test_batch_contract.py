@@ -366,6 +366,15 @@ def test_a_bearer_token_for_another_resource_or_over_http_is_refused(entra_batch
         timeout=10,
     )
     assert refused.status_code == 403 and "AuthenticationFailed" in refused.text
+    expired = fake_identity.token("https://batch.core.windows.net/", AIRFLOW_IDENTITY, lifetime_s=-10)
+    for token in (expired, "not-a-jwt", fake_identity.token("https://batch.core.windows.net/", AIRFLOW_IDENTITY)):
+        answer = requests.get(
+            f"{entra_batch.url}/jobs/x",
+            headers={"Authorization": f"Bearer {token}"},
+            verify=str(entra_batch.ca_file),
+            timeout=10,
+        )
+        assert answer.status_code == (404 if token.count(".") == 2 and token != expired else 403), token[:12]
     plain = FakeBatch(entra_batch.root / "plain", identity=fake_identity).start()  # no TLS: Bearer never accepted
     try:
         batch_token = ManagedIdentityCredential().get_token(batch.BATCH_SCOPE).token

@@ -10,7 +10,8 @@ Authentication, both ways Batch accepts: shared key (the SDK signs every request
 standard headers, ``ocp-*`` headers, account and path; the server recomputes that signature with the fake account
 key and answers 403 when it differs, so a client with a wrong key fails here as it would on Azure), and Entra ID
 (``Authorization: Bearer``, accepted only over HTTPS as azure-core sends it: start with ``tls=True``; the token must
-be one :class:`FakeIdentity` issued for the Batch resource). :class:`FakeIdentity` is a managed-identity endpoint
+be an Entra access token for the Batch resource, its claims checked as Azurite's OAuth mode checks them, without
+the signature: :func:`token_claims`). :class:`FakeIdentity` is a managed-identity endpoint
 on loopback speaking the App Service protocol (``IDENTITY_ENDPOINT`` / ``IDENTITY_HEADER``), so the real
 azure-identity ``ManagedIdentityCredential`` / ``DefaultAzureCredential`` fetch real (opaque) tokens from it.
 Each recorded request names its ``principal``: ``SharedKey`` or the client id of the identity whose token it bore.
@@ -158,10 +159,29 @@ def key_material(text: str, *, batch_key: str = KEY, allow_key_signed_sas: bool 
     return found
 
 
+def token_claims(token: str, resource: str = BATCH_RESOURCE) -> dict[str, Any] | None:
+    """The claims of an Entra access token for ``resource``, checked as a service checks them except for the
+    signature (as Azurite's ``--oauth basic`` does): a JWT, audience, Entra issuer, validity window; else None."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    now = time.time()
+    issuers = ("https://sts.windows.net/", "https://login.microsoftonline.com/")
+    if not isinstance(claims, dict) or str(claims.get("aud", "")).rstrip("/") != resource.rstrip("/"):
+        return None
+    if not str(claims.get("iss", "")).startswith(issuers):
+        return None
+    if not float(claims.get("nbf", 0)) <= now < float(claims.get("exp", 0)):
+        return None
+    return claims
+
+
 class FakeIdentity:
     """A managed-identity token endpoint on loopback (App Service protocol): what azure-identity's
     ``ManagedIdentityCredential`` finds through ``IDENTITY_ENDPOINT`` and ``IDENTITY_HEADER``. Issues opaque tokens
-    per (resource, client id); ``issued`` maps each token to them, so a service can tell who called it."""
+    per (resource, client id), JWT-shaped (:meth:`token`); ``issued`` records each token's resource and client id."""
 
     def __init__(self, default_client_id: str = "00000000-0000-0000-0000-0000000000a1") -> None:
         self.default_client_id = default_client_id
@@ -181,10 +201,10 @@ class FakeIdentity:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}/msi/token"
 
-    def token(self, resource: str, client_id: str) -> str:
+    def token(self, resource: str, client_id: str, *, lifetime_s: int = 3600) -> str:
         """A JWT-shaped access token as Entra ID issues them (audience, issuer, tenant, the identity's ids, validity),
-        signed with a random key nobody checks: services here accept exactly the tokens in :attr:`issued` (and
-        Azurite's ``--oauth basic`` checks only the claims)."""
+        signed with a random key nobody checks (the fake Batch service, like Azurite's ``--oauth basic``, checks
+        the claims only)."""
         now = int(time.time())
         claims = {
             "aud": resource.rstrip("/"),
@@ -195,7 +215,7 @@ class FakeIdentity:
             "sub": client_id,
             "iat": now - 60,
             "nbf": now - 60,
-            "exp": now + 3600,
+            "exp": now + lifetime_s,
         }
         parts = [{"alg": "HS256", "typ": "JWT"}, claims]
         text = ".".join(base64.urlsafe_b64encode(json.dumps(p).encode()).rstrip(b"=").decode() for p in parts)
@@ -281,8 +301,8 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
 
 class FakeBatch:
     """The server: start() on a free loopback port, stop() ends every task process and the server. With ``tls``
-    it serves HTTPS (a certificate of its own, :attr:`ca_file`), which Entra ID (Bearer) clients require; with an
-    ``identity`` it accepts the Batch tokens that identity endpoint issued."""
+    it serves HTTPS (a certificate of its own, :attr:`ca_file`), which Entra ID (Bearer) clients require; its
+    ``identity`` endpoint is what the nodes of a pool with an identity ask for tokens."""
 
     def __init__(
         self,
@@ -501,11 +521,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Who sent the request: ``SharedKey``, the client id of a valid Entra token, or None (refused)."""
         auth = self.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
-            identity = self.fake.identity
-            issued = identity.issued.get(auth[len("Bearer ") :]) if identity else None
-            if not self.fake.tls or issued is None or issued["resource"].rstrip("/") != BATCH_RESOURCE.rstrip("/"):
+            claims = token_claims(auth[len("Bearer ") :])
+            if not self.fake.tls or claims is None:
                 return None
-            return issued["client_id"]
+            return str(claims.get("appid") or claims.get("oid") or claims.get("sub") or "?")
         return "SharedKey" if self._signature_ok(url) else None
 
     def _signature_ok(self, url) -> bool:
