@@ -156,6 +156,7 @@ def test_training_shards_on_azure_batch(airflow_db, landed, containers, fake_bat
     with only the task's SAS environment), judged and read back like a scoring shard."""
     from dev.azurite import KEY as STORAGE_KEY
 
+    fake_batch.allow_key_signed_sas = True  # Azurite here is key-authenticated: its SAS URLs are key-signed
     for name, value in {
         "SCORING_BATCH_POOL_ID": "training-test-pool",
         "SCORING_SCORER_IMAGE": "sensor-scoring-scorer:test",
