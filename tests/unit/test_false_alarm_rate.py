@@ -3,6 +3,7 @@ tie-aware so identical windows never flip a sensor to all-anomalous, and a state
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from datetime import timedelta
@@ -54,11 +55,9 @@ def clean_sensor_data() -> pd.DataFrame:
     return src.readings.loc[src.readings["tag"] != "setpoint"], src.cut
 
 
-@pytest.mark.parametrize("source", ["simulator", "shapes", "sparse"])
-@pytest.mark.parametrize("rate", [0.01, fitting.DEFAULT_FALSE_ALARM_RATE])
-def test_flagged_share_of_normal_held_out_windows_stays_within_the_binomial_bound(source, rate):
-    """Each evaluation source without injected anomalies: train on its training part, score its later part (every
-    window normal) with the hourly scorer; the share flagged stays within the bound of the conformal guarantee."""
+@functools.cache
+def held_out(source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A source without injected anomalies as windows with their features: its training part, its later part."""
     from sensor_scoring.windows import aggregate_readings
 
     if source == "sparse":
@@ -69,7 +68,15 @@ def test_flagged_share_of_normal_held_out_windows_stays_within_the_binomial_boun
     windows = aggregate_readings(readings)
     later = (windows["window_end"] > cut).to_numpy()
     train = features.add_features(windows.loc[~later].reset_index(drop=True))
-    scored = features.add_features(windows.loc[later].reset_index(drop=True), context=train)
+    return train, features.add_features(windows.loc[later].reset_index(drop=True), context=train)
+
+
+@pytest.mark.parametrize("source", ["simulator", "shapes", "sparse"])
+@pytest.mark.parametrize("rate", [0.01, fitting.DEFAULT_FALSE_ALARM_RATE])
+def test_flagged_share_of_normal_held_out_windows_stays_within_the_binomial_bound(source, rate):
+    """Each evaluation source without injected anomalies: train on its training part, score its later part (every
+    window normal) with the hourly scorer; the share flagged stays within the bound of the conformal guarantee."""
+    train, scored = held_out(source)
     trained, skipped = fitting.fit_sensors(
         train, nu=fitting.DEFAULT_NU, features=features.DEFAULT_FEATURE_SET, false_alarm_rate=rate
     )
