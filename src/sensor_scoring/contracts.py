@@ -427,6 +427,16 @@ class TrainingShardSpec(Record):
 
 
 @dataclasses.dataclass(frozen=True)
+class SkippedSensor(Record):
+    """A sensor of a training shard without a model, and why (``models.fitting.SKIP_REASONS``)."""
+
+    KIND = "skipped sensor"
+    device_id: str
+    tag: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainingShardResult(Record):
     """What a training shard wrote (``result.json``, written last): how many sensors got a model."""
 
@@ -439,8 +449,8 @@ class TrainingShardResult(Record):
     windows: int
     #: sensors without a model, as ``device_id/tag``
     skipped: tuple[str, ...]
-    #: why, in the order of ``skipped`` (``models.fitting.SKIP_REASONS``); results written before reasons: empty
-    skipped_reasons: tuple[str, ...] = ()
+    #: the same sensors with their reason; results written before reasons: empty (their reason: too few windows)
+    skipped_sensors: tuple[SkippedSensor, ...] = ()
 
 
 # --- commit ------------------------------------------------------------------------------------------------------

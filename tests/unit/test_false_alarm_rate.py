@@ -3,6 +3,7 @@ tie-aware so identical windows never flip a sensor to all-anomalous, and a state
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 
 from sensor_scoring import features
-from sensor_scoring.contracts import ShardContainers, TrainingShardResult, TrainingShardSpec
+from sensor_scoring.contracts import ShardContainers, SkippedSensor, TrainingShardResult, TrainingShardSpec
 from sensor_scoring.models import fitting, pack, registry
 from sensor_scoring.scorer import score
 from sensor_scoring.storage import LocalStorage, make_uri, parquet_bytes, read_parquet
@@ -184,7 +185,8 @@ def test_a_training_shard_calibrates_records_and_the_version_keeps_skipped_senso
     )
     storage.write_bytes("staging", "shard/spec.json", spec.to_json())
     result = train_shard(storage, make_uri("staging", "shard/spec.json"))
-    assert (result.models, result.skipped, result.skipped_reasons) == (1, ("dev-0000/flat",), ("constant_history",))
+    assert (result.models, result.skipped) == (1, ("dev-0000/flat",))
+    assert result.skipped_sensors == (SkippedSensor("dev-0000", "flat", "constant_history"),)
     trained = load_trained(storage, [result])
     assert trained[0].false_alarm_rate == 0.02 and trained[0].calibration_windows == 100
     manifest = registry.register(
@@ -210,6 +212,8 @@ def test_a_training_shard_calibrates_records_and_the_version_keeps_skipped_senso
 
 
 def test_specs_and_results_written_before_the_rate_still_read():
+    from sensor_scoring.steps.training import skipped_table
+
     spec = json.loads(
         TrainingShardSpec(
             run_id="r",
@@ -225,5 +229,11 @@ def test_specs_and_results_written_before_the_rate_still_read():
     assert TrainingShardSpec.from_dict(spec, source="old spec").false_alarm_rate is None
     result = TrainingShardResult(shard=0, output_prefix="az://s/o", models=1, sensors=2, windows=3, skipped=("d/t",))
     old = result.to_dict()
-    del old["skipped_reasons"]
-    assert TrainingShardResult.from_dict(old, source="old result").skipped_reasons == ()
+    del old["skipped_sensors"]
+    older = TrainingShardResult.from_dict(old, source="old result")
+    assert older.skipped_sensors == ()
+    assert skipped_table([older]).to_dict("records") == [{"device_id": "d", "tag": "t", "reason": "too_few_windows"}]
+    back = TrainingShardResult.from_json(
+        dataclasses.replace(result, skipped_sensors=(SkippedSensor("a/b", "t", "constant_history"),)).to_json(), "r"
+    )
+    assert skipped_table([back]).to_dict("records") == [{"device_id": "a/b", "tag": "t", "reason": "constant_history"}]

@@ -24,6 +24,7 @@ from sensor_scoring.contracts import (
     REASON_COLUMN,
     PlannedShard,
     ShardContainers,
+    SkippedSensor,
     TrainingShardResult,
     TrainingShardSpec,
 )
@@ -236,7 +237,7 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
         sensors=int(windows[KEY].drop_duplicates().shape[0]),
         windows=len(windows),
         skipped=tuple(f"{s.device_id}/{s.tag}" for s in skipped),
-        skipped_reasons=tuple(s.reason for s in skipped),
+        skipped_sensors=tuple(SkippedSensor(s.device_id, s.tag, s.reason) for s in skipped),
     )
     storage.write_bytes(out_container, shard.result, result.to_json())
     return result
@@ -290,11 +291,12 @@ def _optional(value: object) -> float | None:
 
 def skipped_table(results: list[TrainingShardResult]) -> pd.DataFrame:
     """The sensors of the training data without a model and why (``device_id, tag, reason``), in key order."""
-    rows = [
-        {"device_id": key.split("/", 1)[0], "tag": key.split("/", 1)[1], "reason": reason}
-        for r in results
-        for key, reason in zip(r.skipped, r.skipped_reasons or ("too_few_windows",) * len(r.skipped), strict=True)
-    ]
+    rows = []
+    for r in results:
+        if r.skipped_sensors or not r.skipped:
+            rows += [{"device_id": s.device_id, "tag": s.tag, "reason": s.reason} for s in r.skipped_sensors]
+        else:  # written before reasons were recorded: skipped for too few windows, keyed ``device_id/tag``
+            rows += [dict(zip(KEY, key.split("/", 1), strict=True), reason="too_few_windows") for key in r.skipped]
     return pd.DataFrame(rows, columns=["device_id", "tag", "reason"]).sort_values(KEY, ignore_index=True)
 
 
