@@ -100,9 +100,21 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
         threshold_mads=args.threshold_mads,
         features=args.features,
         adaptive_nu=args.adaptive_nu,
+        false_alarm_rate=_false_alarm_rate(args),
     )
     facts = {key: manifest[key] for key in ("version", "models", "train_start", "train_end", "features")}
     return facts | {"promoted": args.promote}
+
+
+def _false_alarm_rate(args: argparse.Namespace) -> float | None:
+    """``--false-alarm-rate``, its default unless ``--threshold-mads`` asks for the older threshold instead."""
+    from sensor_scoring.models.fitting import DEFAULT_FALSE_ALARM_RATE
+
+    if args.false_alarm_rate is not None and args.threshold_mads is not None:
+        raise ValueError("give --false-alarm-rate or --threshold-mads, not both")
+    if args.threshold_mads is not None:
+        return None
+    return DEFAULT_FALSE_ALARM_RATE if args.false_alarm_rate is None else float(args.false_alarm_rate)
 
 
 def cmd_score_shard(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
@@ -257,18 +269,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nu", type=float, default=0.02, help="OneClassSVM nu: bound on the share flagged in training")
     train.add_argument("--min-rows", type=int, default=30, help="sensors with fewer training windows get no model")
     train.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        default=None,
+        help="the share of normal windows each model may flag: its threshold calibrated on its latest training "
+        "windows, held back from its fit (split conformal; default 0.02, chosen by leave-one-source-out)",
+    )
+    train.add_argument(
         "--threshold-mads",
         type=float,
         default=None,
-        help="calibrate each model's anomaly threshold this many robust deviations below the median of its "
-        "training decision values (e.g. 5; default: scikit-learn's predict)",
+        help="instead of --false-alarm-rate: each model's anomaly threshold this many robust deviations below the "
+        "median of its training decision values (e.g. 5)",
     )
     train.add_argument(
         "--features",
         default=feature_sets.DEFAULT_FEATURE_SET,
         choices=tuple(feature_sets.FEATURE_SETS),
-        help="the new version's feature set (sensor_scoring.features; default context-v1: level, log spread, "
-        "log count, deviation from the trailing level; window-v1: the window's own five aggregates)",
+        help="the new version's feature set (sensor_scoring.features; default window-v1: the window's own five "
+        "aggregates; context-v1: level, log spread, log count, deviation from the trailing level)",
     )
     train.add_argument(
         "--adaptive-nu",

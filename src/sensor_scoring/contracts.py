@@ -421,6 +421,19 @@ class TrainingShardSpec(Record):
     features: str = "window-v1"
     #: each sensor's nu from its own windows, at least ``nu`` (``models.fitting.adaptive_nu``)
     adaptive_nu: bool = False
+    #: the share of normal windows each model may flag: its threshold calibrated on the latest windows, held back
+    #: from its fit (``models.fitting.conformal_threshold``). Specs written before it: None (``threshold_mads``)
+    false_alarm_rate: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedSensor(Record):
+    """A sensor of a training shard without a model, and why (``models.fitting.SKIP_REASONS``)."""
+
+    KIND = "skipped sensor"
+    device_id: str
+    tag: str
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -434,8 +447,10 @@ class TrainingShardResult(Record):
     models: int
     sensors: int
     windows: int
-    #: sensors without a model for too few valid windows, as ``device_id/tag``
+    #: sensors without a model, as ``device_id/tag``
     skipped: tuple[str, ...]
+    #: the same sensors with their reason; results written before reasons: empty (their reason: too few windows)
+    skipped_sensors: tuple[SkippedSensor, ...] = ()
 
 
 # --- commit ------------------------------------------------------------------------------------------------------

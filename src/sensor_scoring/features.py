@@ -39,8 +39,10 @@ if TYPE_CHECKING:
 WINDOW_V1 = "window-v1"
 CONTEXT_V1 = "context-v1"
 #: What new versions are trained with unless a parameter says otherwise (the CLI's --features, the training DAG's
-#: ``features`` param). Versions keep the set they were trained with.
-DEFAULT_FEATURE_SET = CONTEXT_V1
+#: ``features`` param): chosen by leave-one-source-out (bench/bench_detection.py, docs/models.md), where context-v1
+#: flagged more normal windows than its calibrated rate allows on a source with a wandering baseline. Versions keep
+#: the set they were trained with.
+DEFAULT_FEATURE_SET = WINDOW_V1
 #: Minutes of earlier windows the trailing level looks back over; a scoring run needs this much of the previous hour.
 LOOKBACK_MINUTES = 30
 #: Added to ``value_std`` before its logarithm: an exactly constant window (std 0) stays finite and far out.

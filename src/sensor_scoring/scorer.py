@@ -3,7 +3,8 @@
 Pure compute, no I/O. The decision function is the one libsvm evaluates for an RBF OneClassSVM after a
 StandardScaler: ``sum_i dual_i * exp(-gamma * |x_scaled - sv_i|^2) + intercept``, and a window is an
 anomaly where scikit-learn's ``predict`` says -1, i.e. where that sum is not above zero (not above the model's
-threshold, for a model whose threshold was calibrated at training: ``models.fitting.calibrated_threshold``).
+threshold, for a model whose threshold was calibrated at training: ``models.fitting.conformal_threshold``, which
+places it just below the calibration value it must stay under, so windows tied with that value are not flagged).
 
 The exponent is expanded as ``-gamma * (|x|^2 + |sv|^2 - 2 x.sv)`` (the rounding this adds is ~1e-15 on
 the scores, far inside the 1e-9 parity with scikit-learn the tests hold) and folded into one small matrix
@@ -45,7 +46,8 @@ class ModelArrays:
     intercept: float
     gamma: float
     #: a window is an anomaly where its decision value is <= threshold: 0 is scikit-learn's ``predict``; a model
-    #: trained with ``threshold_mads`` has one calibrated on its training decision values (<= 0)
+    #: trained with ``false_alarm_rate`` has one calibrated on held-back windows (``fitting.conformal_threshold``),
+    #: one trained with ``threshold_mads`` on its training decision values (<= 0)
     threshold: float = 0.0
     #: the feature set (``sensor_scoring.features``) the model was trained on: what the scorer feeds it. Not hashed:
     #: it is the version's (manifest and index, the index hashed in the manifest), not the pack's

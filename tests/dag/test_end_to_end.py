@@ -35,8 +35,10 @@ def landed(blob, containers):
         windows_container=containers.windows,
         labels_container=containers.labels,
     )
-    manifest, trained = train_and_register(blob, containers, START, SCORED_HOUR, version="v-e2e", promote=True)
-    assert manifest["features"] == features.DEFAULT_FEATURE_SET == "context-v1"
+    manifest, trained = train_and_register(
+        blob, containers, START, SCORED_HOUR, version="v-e2e", promote=True, features=features.CONTEXT_V1
+    )
+    assert manifest["features"] == "context-v1"  # the set that looks back into the previous hour
     existing = blob.list(containers.windows, f"{SCORED_HOUR:%Y/%m/%d/%H}/")
     found = pd.concat([parse_window_file(b.name, blob.read_bytes(containers.windows, b.name)) for b in existing])
     one = found[found["window_end"] == pd.Timestamp(SCORED_HOUR + timedelta(minutes=10))].head(1)

@@ -120,7 +120,7 @@ def two_versions(blob, containers):
         windows_container=containers.windows,
         labels_container=containers.labels,
     )
-    train_and_register(blob, containers, START, FIRST, version="v-one", promote=True)
+    train_and_register(blob, containers, START, FIRST, version="v-one", promote=True, features="context-v1")
     # the window's own aggregates (window-v1), so the parity below can be computed from the partition's columns;
     # a version of the older set rescoring beside a context-v1 production version, as after an upgrade
     _, trained = train_and_register(

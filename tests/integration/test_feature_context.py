@@ -50,7 +50,9 @@ def landed(blob, containers):
     assert bad.sum() == 2  # dev-0000's two sensors
     windows.loc[bad.to_numpy(), "value_std"] = -1.0  # negative_std: quarantined by hour 3, never looked back at
     land_windows(blob, containers.windows, windows, LandingPlan(late_share=0.5, late_minutes=3))
-    manifest, _ = train_and_register(blob, containers, START, START + 3 * H, version="v1", promote=True)
+    manifest, _ = train_and_register(
+        blob, containers, START, START + 3 * H, version="v1", promote=True, features=features.CONTEXT_V1
+    )
     assert manifest["features"] == "context-v1"
     assert manifest["feature_columns"] == list(features.FEATURE_SETS["context-v1"])
     return windows

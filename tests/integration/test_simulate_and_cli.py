@@ -117,7 +117,7 @@ def test_cli_simulate_ingest_train_and_score_a_shard(blob, containers, azurite, 
         "train_start": trained["train_start"],
         "train_end": trained["train_end"],
         "promoted": True,
-        "features": "context-v1",  # the default feature set of new versions
+        "features": "window-v1",  # the default feature set of new versions
     }
     hour = Hour(blob, config.Containers.from_env(), "cli-run", START + timedelta(hours=2), START + timedelta(hours=3))
     load_and_validate(hour)

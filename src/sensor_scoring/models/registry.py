@@ -11,6 +11,7 @@ Registry layout in the models container::
     versions/<version>/models.parquet    the per-model index: pack, row, sha256, training range, rows, metrics
     versions/<version>/pack-00000.npz    the arrays of up to PACK_SIZE models, sorted by (device_id, tag)
     versions/<version>/evaluation.parquet   per-sensor evaluation of the training DAG (candidate vs production)
+    versions/<version>/skipped.parquet      the sensors of the training data without a model, and why
     aliases/production.json              {"version": ...}: what the hourly DAG scores with (and why, when moved
                                          by the training DAG or a rollback: see ``models.promotion``)
     aliases/production-history.json      every move of the alias, newest last: the rollback path
@@ -72,11 +73,14 @@ def register(
     promote: bool,
     lineage: dict[str, object] | None = None,
     evaluation: pd.DataFrame | None = None,
+    skipped: pd.DataFrame | None = None,
 ) -> dict[str, object]:
     """Write a version (packs, index, manifest), then move the alias if asked. Returns the manifest.
 
     ``lineage`` (the training run, data range, evaluation) goes into the manifest; ``evaluation`` (per-sensor
-    metrics) is stored beside it as ``evaluation.parquet``.
+    metrics) is stored beside it as ``evaluation.parquet``; ``skipped`` (device_id, tag, reason: the sensors of the
+    training data without a model, ``fitting.SKIP_REASONS``) as ``skipped.parquet``, counted by reason in the
+    manifest's ``skipped``.
     """
     check_version(version)
     if not trained:
@@ -110,6 +114,8 @@ def register(
                     "support_vectors": len(model.arrays.dual_coef),
                     "train_flagged_share": model.flagged_share,
                     "nu": model.nu,
+                    "false_alarm_rate": model.false_alarm_rate,
+                    "calibration_windows": model.calibration_windows,
                 }
             )
     index = pd.DataFrame(index_rows)
@@ -117,6 +123,8 @@ def register(
     storage.write_bytes(container, prefix + "models.parquet", index_bytes)
     if evaluation is not None:
         storage.write_bytes(container, prefix + "evaluation.parquet", parquet_bytes(evaluation))
+    if skipped is not None:
+        storage.write_bytes(container, prefix + "skipped.parquet", parquet_bytes(skipped))
     manifest = {
         "version": version,
         "created_at": datetime.now(timezone.utc).isoformat(),
@@ -131,6 +139,8 @@ def register(
         "index": {"file": "models.parquet", "sha256": hashlib.sha256(index_bytes).hexdigest()},
         "packs": packs,
     }
+    if skipped is not None:
+        manifest["skipped"] = {str(k): int(v) for k, v in skipped["reason"].value_counts(sort=False).items()}
     if lineage is not None:
         manifest["lineage"] = lineage
     storage.write_bytes(container, prefix + "manifest.json", json.dumps(manifest, indent=2).encode())

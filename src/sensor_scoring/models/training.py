@@ -40,6 +40,7 @@ def train_and_register(
     progress: Callable[[int, int], None] | None = None,
     features: str = feature_sets.DEFAULT_FEATURE_SET,
     adaptive_nu: bool = False,
+    false_alarm_rate: float | None = None,
 ) -> tuple[dict[str, object], list[fitting.TrainedModel]]:
     """Train on the valid windows [start, end) owns and register them as a new version.
 
@@ -65,6 +66,7 @@ def train_and_register(
         progress=progress,
         features=features,
         adaptive_nu=adaptive_nu,
+        false_alarm_rate=false_alarm_rate,
     )
     manifest = registry.register(
         storage,
@@ -79,6 +81,7 @@ def train_and_register(
             "scaler": "StandardScaler",
             "threshold_mads": threshold_mads,
             "adaptive_nu": adaptive_nu,
+            "false_alarm_rate": false_alarm_rate,
         },
         promote=promote,
     )
@@ -95,18 +98,31 @@ def _train(
     progress: Callable[[int, int], None] | None,
     features: str,
     adaptive_nu: bool,
+    false_alarm_rate: float | None = None,
 ) -> list[fitting.TrainedModel]:
     """``fitting.train_models``, one sensor at a time when someone is watching (the same models, in key order)."""
     if progress is None:
         return fitting.train_models(
-            windows, nu=nu, min_rows=min_rows, threshold_mads=threshold_mads, features=features, adaptive=adaptive_nu
+            windows,
+            nu=nu,
+            min_rows=min_rows,
+            threshold_mads=threshold_mads,
+            features=features,
+            adaptive=adaptive_nu,
+            false_alarm_rate=false_alarm_rate,
         )
     sensors = [rows for _, rows in windows.groupby(["device_id", "tag"], sort=True, observed=True)]
     trained: list[fitting.TrainedModel] = []
     progress(0, len(sensors))
     for done, rows in enumerate(sensors, 1):
         trained += fitting.train_models(
-            rows, nu=nu, min_rows=min_rows, threshold_mads=threshold_mads, features=features, adaptive=adaptive_nu
+            rows,
+            nu=nu,
+            min_rows=min_rows,
+            threshold_mads=threshold_mads,
+            features=features,
+            adaptive=adaptive_nu,
+            false_alarm_rate=false_alarm_rate,
         )
         progress(done, len(sensors))
     return trained

@@ -24,6 +24,7 @@ from sensor_scoring.contracts import (
     REASON_COLUMN,
     PlannedShard,
     ShardContainers,
+    SkippedSensor,
     TrainingShardResult,
     TrainingShardSpec,
 )
@@ -59,9 +60,11 @@ def gather(
     late_folders: int = 1,
     features: str = feature_sets.DEFAULT_FEATURE_SET,
     adaptive_nu: bool = False,
+    false_alarm_rate: float | None = None,
 ) -> list[PlannedShard]:
     """Valid windows of [start, end): the last ``holdout_hours`` staged for evaluation, the rest in training shards
-    (for models of feature set ``features``, with each sensor's own nu if ``adaptive_nu``)."""
+    (for models of feature set ``features``, with each sensor's own nu if ``adaptive_nu``, each threshold
+    calibrated for ``false_alarm_rate``)."""
     from sensor_scoring.steps.load import with_rejected
     from sensor_scoring.validation import check_windows
     from sensor_scoring.validation.expectations import load_bounds
@@ -70,6 +73,8 @@ def gather(
     if sensors_per_shard < 1:
         raise ValueError("sensors_per_shard must be at least 1")
     feature_sets.columns(features)  # an unknown set fails before anything is read
+    if false_alarm_rate is not None and threshold_mads is not None:
+        raise ValueError("give false_alarm_rate or threshold_mads, not both (empty the other)")
     devices, tags = check_sensor_names(devices, "devices"), check_sensor_names(tags, "tags")
     cut = run.end - holdout_hours * HOUR
     if cut <= run.start:
@@ -128,6 +133,7 @@ def gather(
                 threshold_mads,
                 features,
                 adaptive_nu,
+                false_alarm_rate,
             )
         )
     return shards
@@ -144,6 +150,7 @@ def _stage(
     threshold_mads: float | None,
     features: str,
     adaptive_nu: bool,
+    false_alarm_rate: float | None = None,
 ) -> PlannedShard:
     from sensor_scoring.steps.plan import shard_label
 
@@ -160,6 +167,7 @@ def _stage(
         threshold_mads=threshold_mads,
         features=features,
         adaptive_nu=adaptive_nu,
+        false_alarm_rate=false_alarm_rate,
     )
     run.storage.write_bytes(staging, shard.spec, spec.to_json())
     return PlannedShard(
@@ -177,13 +185,14 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
     container, path = st.parse_uri(spec_uri)
     spec = TrainingShardSpec.from_json(storage.read_bytes(container, path), source=spec_uri)
     windows = st.read_parquet(storage, *st.parse_uri(spec.input))
-    trained = fitting.train_models(
+    trained, skipped = fitting.fit_sensors(
         windows,
         nu=spec.nu,
         min_rows=spec.min_rows,
         threshold_mads=spec.threshold_mads,
         features=spec.features,
         adaptive=spec.adaptive_nu,
+        false_alarm_rate=spec.false_alarm_rate,
     )
     out_container, prefix = st.parse_uri(spec.output_prefix)
     shard = layout.TrainingShard(prefix)
@@ -200,6 +209,8 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
                 "train_flagged_share": m.flagged_share,
                 "features": m.arrays.features,
                 "nu": m.nu,
+                "false_alarm_rate": m.false_alarm_rate,
+                "calibration_windows": m.calibration_windows,
             }
             for m in trained
         ],
@@ -212,20 +223,21 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
             "train_flagged_share",
             "features",
             "nu",
+            "false_alarm_rate",
+            "calibration_windows",
         ],
     )
     storage.write_bytes(out_container, shard.index, st.parquet_bytes(index))
     # model health compares each hour with these: computed here, where the shard's windows are in memory
     storage.write_bytes(out_container, shard.stats, st.parquet_bytes(stats.statistics_table(trained, windows)))
-    fitted = {(m.device_id, m.tag) for m in trained}
-    keys = windows[KEY].drop_duplicates().sort_values(KEY).itertuples(index=False)
     result = TrainingShardResult(
         shard=spec.shard,
         output_prefix=spec.output_prefix,
         models=len(trained),
         sensors=int(windows[KEY].drop_duplicates().shape[0]),
         windows=len(windows),
-        skipped=tuple(f"{d}/{t}" for d, t in keys if (d, t) not in fitted),
+        skipped=tuple(f"{s.device_id}/{s.tag}" for s in skipped),
+        skipped_sensors=tuple(SkippedSensor(s.device_id, s.tag, s.reason) for s in skipped),
     )
     storage.write_bytes(out_container, shard.result, result.to_json())
     return result
@@ -265,9 +277,27 @@ def load_trained(storage: Storage, results: list[TrainingShardResult]) -> list[f
                     train_end=str(row.train_end),
                     flagged_share=float(row.train_flagged_share),
                     nu=float(row.nu),
+                    false_alarm_rate=_optional(getattr(row, "false_alarm_rate", None)),
+                    calibration_windows=int(getattr(row, "calibration_windows", 0)),
                 )
             )
     return sorted(trained, key=lambda m: (m.device_id, m.tag))
+
+
+def _optional(value: object) -> float | None:
+    """A float column's value, None where it is null (a model without a calibrated rate)."""
+    return None if value is None or pd.isna(value) else float(value)  # type: ignore[arg-type]
+
+
+def skipped_table(results: list[TrainingShardResult]) -> pd.DataFrame:
+    """The sensors of the training data without a model and why (``device_id, tag, reason``), in key order."""
+    rows = []
+    for r in results:
+        if r.skipped_sensors or not r.skipped:
+            rows += [{"device_id": s.device_id, "tag": s.tag, "reason": s.reason} for s in r.skipped_sensors]
+        else:  # written before reasons were recorded: skipped for too few windows, keyed ``device_id/tag``
+            rows += [dict(zip(KEY, key.split("/", 1), strict=True), reason="too_few_windows") for key in r.skipped]
+    return pd.DataFrame(rows, columns=["device_id", "tag", "reason"]).sort_values(KEY, ignore_index=True)
 
 
 def _production_models(
@@ -360,6 +390,7 @@ def register(
         promote=False,
         lineage=lineage,
         evaluation=table,
+        skipped=skipped_table(results),
     )
     tables = []
     for result in results:
