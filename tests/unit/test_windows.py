@@ -280,8 +280,11 @@ STRICT = [
     pytest.param({"reading_count": 60.0}, None, id="whole-float-count-is-that-integer"),
     pytest.param({"window_end": "2026-11-25T17:10:00+01:00"}, None, id="offset-is-converted-to-utc"),
     pytest.param({"window_end": "2026-11-25 16:10:00Z"}, None, id="space-separator"),
-    pytest.param({"device_id": 123}, "wrong_type", id="numeric-device-id"),
+    pytest.param({"device_id": 123}, None, id="integer-device-id-is-its-decimal-text"),
     pytest.param({"device_id": 123.0}, "wrong_type", id="float-device-id"),
+    pytest.param({"device_id": 1e3}, "wrong_type", id="exponent-device-id"),
+    pytest.param({"device_id": {"id": 1}}, "wrong_type", id="object-device-id"),
+    pytest.param({"tag": [1]}, "wrong_type", id="array-tag"),
     pytest.param({"tag": True}, "wrong_type", id="boolean-tag"),
     pytest.param({"value_avg": "NaN"}, "wrong_type", id="nan-string"),
     pytest.param({"value_min": "3"}, "wrong_type", id="number-in-a-string"),
@@ -296,7 +299,7 @@ STRICT = [
     pytest.param({"window_end": "yesterday"}, "bad_timestamp", id="not-a-timestamp"),
     pytest.param({"window_end": "2026-11-25T16:10:00.0000001Z"}, "window_not_on_minute", id="seventh-digit"),
     pytest.param({"window_end": "2026-11-25T16:05:30.0000000Z"}, "window_not_on_minute", id="off-the-minute"),
-    pytest.param({"device_id": 7, "window_end": "2500-01-01T00:00:00Z"}, "wrong_type;bad_timestamp", id="two"),
+    pytest.param({"device_id": 7.5, "window_end": "2500-01-01T00:00:00Z"}, "wrong_type;bad_timestamp", id="two"),
 ]
 
 
@@ -311,6 +314,43 @@ def test_each_value_is_taken_by_its_stated_rule_or_rejected_with_a_reason(change
         assert parsed.windows["reading_count"].dtype == "int64"
     else:
         assert list(parsed.rejected["reason"]) == [reason] and list(parsed.rejected[SOURCE_COLUMN]) == ["w.json"]
+
+
+INTEGER_KEYS = [
+    pytest.param(123, "123", id="integer"),
+    pytest.param(-7, "-7", id="negative"),
+    pytest.param(0, "0", id="zero"),
+    pytest.param(2**70, str(2**70), id="beyond-int64"),
+]
+
+
+@pytest.mark.parametrize("value,text", INTEGER_KEYS)
+def test_integer_keys_are_their_decimal_text_in_every_serialisation(value, text):
+    """One rule for every format: an integer key is its decimal text; a float or boolean key is ``wrong_type``."""
+    rows = [_asa_row(device_id=value, tag=value), _asa_row(device_id=1.0, window_end="2026-11-25T16:11:00Z")]
+    as_array = read_window_file("a.json", json.dumps(rows).encode())
+    as_lines = read_window_file("l.json", "\n".join(json.dumps(r) for r in rows).encode())
+    for parsed in (as_array, as_lines):
+        assert list(parsed.windows["device_id"]) == [text] and list(parsed.windows["tag"]) == [text]
+        assert list(parsed.rejected["reason"]) == ["wrong_type"]  # the float id
+    if abs(value) < 2**63:  # Parquet and Avro integer columns hold int64
+        frame = pd.DataFrame([_asa_row(device_id=value)]).assign(window_end=pd.Timestamp("2026-11-25T16:10Z"))
+        frame["device_id"] = frame["device_id"].astype("int64")
+        sink = io.BytesIO()
+        frame.to_parquet(sink, index=False)
+        assert list(read_window_file("p.parquet", sink.getvalue()).windows["device_id"]) == [text]
+        import fastavro
+
+        fields = [{"name": "device_id", "type": "long"}, {"name": "tag", "type": "string"}]
+        fields += [{"name": "window_end", "type": "string"}]
+        fields += [{"name": c, "type": "double"} for c in ("value_avg", "value_min", "value_max", "value_std")]
+        fields += [{"name": "reading_count", "type": "long"}]
+        avro = io.BytesIO()
+        schema = fastavro.parse_schema({"type": "record", "name": "w", "fields": fields})
+        fastavro.writer(avro, schema, [_asa_row(device_id=value)])
+        assert list(read_window_file("v.avro", avro.getvalue()).windows["device_id"]) == [text]
+    csv_text = pd.DataFrame([_asa_row(device_id=f"{value}.0")]).to_csv(index=False).encode()
+    assert list(read_window_file("c.csv", csv_text).windows["device_id"]) == [f"{value}.0"]  # CSV text, as written
 
 
 def _avro(rows: list[dict[str, object]], timestamp: bool) -> bytes:
