@@ -310,6 +310,26 @@ def test_broken_file_of_the_hour_before_read_only_as_lookback_never_fails_this_h
         run_hour(env, "run-2")
 
 
+def test_ingest_reports_every_unparseable_reading_and_strict_lands_nothing(env, tmp_path):
+    """ingest-readings on a file with 4 unparseable readings of 18: each is in the report with its line and reason,
+    counted apart from the readings; strict lands nothing; the default lands the windows of the readings taken."""
+    from sensor_scoring.tools.ingest import IngestRejected, ingest_readings_csv
+    from tests.unit.test_ingest import EXPECTED, RAW
+
+    path = tmp_path / "readings.csv"
+    path.write_text(RAW)
+    before = {b.name for b in env.blob.list(env.containers.windows)}
+    with pytest.raises(IngestRejected, match=r"4 of 18 line\(s\) rejected"):
+        ingest_readings_csv(env.blob, env.containers.windows, path, strict=True)
+    assert {b.name for b in env.blob.list(env.containers.windows)} == before
+    facts = ingest_readings_csv(env.blob, env.containers.windows, path)
+    assert (facts["lines"], facts["readings"], facts["rejected"], facts["windows"]) == (18, 14, 4, 3)
+    report = pd.read_csv(facts["rejected_report"])
+    assert list(zip(report["line"], report["reason"])) == EXPECTED
+    landed = {b.name for b in env.blob.list(env.containers.windows)} - before
+    assert landed and all(name.startswith("2018/08/28/23/") for name in landed)
+
+
 # --- 3. Corrupt, truncated and empty files of each serialisation. ---
 
 
