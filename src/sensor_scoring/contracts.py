@@ -118,7 +118,8 @@ MODEL_REASONS: dict[str, str] = {
 #: Row-level reasons of the window reader (``windows.formats``): the value cannot be taken as its contract type.
 #: A row rejected by the reader is quarantined with these reasons only (it never reaches the suite).
 READER_REASONS: dict[str, str] = {
-    "wrong_type": "a value is not of its contract type: a key that is not a string, a value or count that is "
+    "wrong_type": "a value is not of its contract type: a key that is neither a string nor an integer (an "
+    "integer is taken as its decimal text), a value or count that is "
     "a string or a boolean, a count beyond 2**53, a window_end that is neither text nor a timestamp",
     "bad_timestamp": "window_end is not ISO 8601 with Z or an offset, not a real date, or outside 1677-2262",
     "window_not_on_minute": "window_end has seconds or a fraction: a 1-minute window ends on the minute",

@@ -5,7 +5,7 @@ dropped unseen. A blank ``Value`` is a reading without a value, which Stream Ana
 NULL``), counted apart as ``null_values``. Rejected lines go to a report (a CSV: ``line,reason,error,text``) beside
 the input unless told otherwise. By default the readings taken are aggregated and landed and the command succeeds
 with the rejected lines counted (like an hour, where one bad row never fails the rest); ``strict`` lands nothing
-when any line is rejected and fails (docs/operating.md, "Importing raw readings").
+when any line is rejected and fails (docs/faults.md, "Importing raw readings").
 """
 
 from __future__ import annotations
