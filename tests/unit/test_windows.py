@@ -27,7 +27,9 @@ from sensor_scoring.windows import (
     read_landed,
     read_landed_files,
     read_owned,
+    read_owned_with_lookback,
     read_window_file,
+    set_aside_strays,
     sniff,
     to_asa_json_lines,
 )
@@ -212,6 +214,41 @@ def test_every_landed_window_has_one_owner_whatever_late_folders_and_run_order()
         everything = [i for ids in last.values() for i in ids]
         assert sorted(everything) == list(range(n)), f"trial {trial}: a window in no or in two hours"
         assert len(owners) == n
+
+
+def test_a_stray_ahead_of_its_folder_landed_early_and_one_far_behind_is_outside_the_interval():
+    """The window ending exactly at 17:00 found in folder 16 came early (its hour's runs never read folder 16 as
+    their own): quarantined by 16:00 as ``window_landed_early``; a window two folders late is
+    ``window_outside_interval``; both are owned by their folder's hour."""
+    from sensor_scoring.windows import empty_rejected, owner_hours
+
+    frame = _hour_of_windows(sensors=1).head(3).copy()
+    frame["window_end"] = pd.to_datetime(["2026-11-25T17:00Z", "2026-11-25T14:30Z", "2026-11-25T16:30Z"], utc=True)
+    frame[SOURCE_COLUMN] = pd.array(["2026/11/25/16/a.json"] * 3, dtype="string")
+    assert list(owner_hours(frame)) == [pd.Timestamp("2026-11-25T16:00Z")] * 3
+    kept, moved = set_aside_strays(frame, empty_rejected())
+    assert list(kept["window_end"]) == [pd.Timestamp("2026-11-25T16:30Z")]
+    assert list(moved["reason"]) == ["window_landed_early", "window_outside_interval"]
+
+
+def test_a_broken_file_read_only_for_the_lookback_is_kept_aside_and_one_of_the_interval_fails(tmp_path):
+    """read_owned_with_lookback: a file without a contract column in the hour before's own folder is in the
+    lookback's ``broken`` (its windows left out); the same file in a folder the interval reads fails it."""
+    storage = LocalStorage(tmp_path)
+    start = datetime(2026, 11, 25, 16, tzinfo=UTC)
+    land_windows(storage, "windows", _hour_of_windows(sensors=1), LandingPlan(late_share=0.0))
+    broken = b'{"device_id": "d", "tag": "t", "window_end": "2026-11-25T15:10:00Z"}\n'
+    storage.write_bytes("windows", "2026/11/25/15/0_x_1.json", broken)
+    storage.write_bytes("windows", "2026/11/25/15/0_t_1.json", b'{"device_id": "d')
+    own, before = read_owned_with_lookback(storage, "windows", start, start + timedelta(hours=1))
+    assert len(own.windows) == 60 and not own.broken and not own.corrupt
+    [skipped] = before.broken
+    assert skipped.file == "2026/11/25/15/0_x_1.json" and "missing required column(s) value_avg" in skipped.error
+    assert [c.file for c in before.corrupt] == ["2026/11/25/15/0_t_1.json"]
+    assert skipped.file not in before.read
+    storage.write_bytes("windows", "2026/11/25/17/0_x_1.json", broken)  # the interval's late folder
+    with pytest.raises(WindowFileError, match=r"17/0_x_1\.json: missing required column"):
+        read_owned_with_lookback(storage, "windows", start, start + timedelta(hours=1))
 
 
 def _serialised(windows: pd.DataFrame) -> dict[str, bytes]:
