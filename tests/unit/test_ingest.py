@@ -67,11 +67,28 @@ def test_rejected_lines_are_reported_counted_apart_and_strict_lands_nothing(tmp_
     assert [(int(r["line"]), r["reason"]) for r in rows] == EXPECTED and rows[0]["error"] == "Value 'abc'"
 
 
+def test_a_clean_import_empties_an_earlier_report_and_makes_none_otherwise(tmp_path):
+    path = tmp_path / "readings.csv"
+    path.write_text(RAW)
+    storage = LocalStorage(tmp_path / "store")
+    report = tmp_path / "readings.rejected.csv"
+    ingest_readings_csv(storage, "windows", path)
+    assert len(report.read_text().splitlines()) == 1 + 4
+    path.write_text("\n".join(RAW.splitlines()[:4:2]) + "\n")  # the header and one good line
+    facts = ingest_readings_csv(storage, "windows", path)
+    assert facts["rejected"] == 0 and facts["rejected_report"] is None
+    assert report.read_text().splitlines() == ["line,reason,error,text"]  # not left stale
+    clean = tmp_path / "clean.csv"
+    clean.write_text("TS,Device,Tag,Value\n2018-08-28 23:00:05.000,Machine1,Pressure,1.5\n")
+    ingest_readings_csv(storage, "windows", clean)
+    assert not (tmp_path / "clean.rejected.csv").exists()
+
+
 def test_wrong_field_count_and_a_file_of_another_layout(tmp_path):
     path = tmp_path / "short.csv"
     path.write_text("TS,Device,Tag,Value\n2018-08-28 23:00:05.000,Machine1,Pressure\n\n")
     [line] = read_raw_readings(path).rejected
-    assert (line.line, line.reason) == (2, "wrong_field_count")
+    assert (line.line, line.reason, line.text) == (2, "wrong_field_count", "2018-08-28 23:00:05.000,Machine1,Pressure")
     other = tmp_path / "other.csv"
     other.write_text("time,device,value\n1,2,3\n")
     with pytest.raises(ValueError, match="missing TS, Device, Tag, Value"):

@@ -48,7 +48,7 @@ class IngestRejected(DataError):
 
 @dataclass(frozen=True)
 class RejectedLine:
-    """A data line that is not a reading: where it is, why, and the line as it was."""
+    """A data line that is not a reading: where it is, why, and its fields (joined by commas)."""
 
     line: int
     reason: str
@@ -89,6 +89,7 @@ def read_raw_readings(path: str | os.PathLike[str]) -> RawReadings:
         where = [header.index(col) for col in RAW_COLUMNS]
         lines: list[int] = []
         cells: list[list[str]] = []
+        texts: list[str] = []
         rejected: list[RejectedLine] = []
         for row in rows:
             if not row or (len(row) == 1 and not row[0].strip()):
@@ -100,12 +101,13 @@ def read_raw_readings(path: str | os.PathLike[str]) -> RawReadings:
                 continue
             lines.append(number)
             cells.append([row[i] for i in where])
-    readings, more = _typed(lines, cells)
+            texts.append(text)
+    readings, more = _typed(lines, cells, texts)
     rejected = sorted([*rejected, *more], key=lambda r: r.line)
     return RawReadings(readings=readings, rejected=rejected)
 
 
-def _typed(lines: list[int], cells: list[list[str]]) -> tuple[pd.DataFrame, list[RejectedLine]]:
+def _typed(lines: list[int], cells: list[list[str]], texts: list[str]) -> tuple[pd.DataFrame, list[RejectedLine]]:
     """Each line's cells as a reading, by one rule per column (no coercion), or the first reason it fails."""
     rejected: list[RejectedLine] = []
     stamps = pd.to_datetime(
@@ -116,8 +118,7 @@ def _typed(lines: list[int], cells: list[list[str]]) -> tuple[pd.DataFrame, list
     )
     lowest, highest = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
     keep, values = [], []
-    for position, (number, (ts, device, tag, value)) in enumerate(zip(lines, cells)):
-        text = ",".join((ts, device, tag, value))
+    for position, (number, (ts, device, tag, value), text) in enumerate(zip(lines, cells, texts)):
         stamp = stamps.iloc[position]
         if pd.isna(stamp) or not lowest <= stamp <= highest:
             rejected.append(RejectedLine(number, "bad_timestamp", f"TS {ts!r}", text))
@@ -168,11 +169,13 @@ def ingest_readings_csv(
 ) -> dict[str, object]:
     """Aggregate a raw CSV into windows exactly as the Stream Analytics job would, and land them.
 
-    Rejected lines are written to ``report`` (default :func:`default_report_path`) when there are any. ``strict``:
-    any rejected line lands nothing and raises ``IngestRejected`` naming the counts and the report."""
+    Rejected lines are written to ``report`` (default :func:`default_report_path`) when there are any; with none,
+    a report already there (of an earlier import of the file) is emptied to its header, never left stale, and no
+    new file is made. ``strict``: any rejected line lands nothing and raises ``IngestRejected`` naming the counts
+    and the report."""
     raw = read_raw_readings(path)
     report_path = Path(report) if report is not None else default_report_path(path)
-    if raw.rejected:
+    if raw.rejected or report_path.exists():
         write_report(raw.rejected, report_path)
     facts: dict[str, object] = {
         "lines": raw.lines,
