@@ -516,6 +516,13 @@ def test_columnar_json_reader_and_row_wise_reader_agree():
     slow = formats.typed(formats._json_columns(text), "x.json")
     pd.testing.assert_frame_equal(fast.windows, slow.windows)
     assert formats._json_lines_columnar(text.replace('"reading_count": 60', '"reading_count": "60"'), "x") is None
+    # integer ids stay columnar, read as their decimal text exactly as row by row; a float id leaves it to the rows
+    numbered = "\n".join(json.dumps({**r, "device_id": -i * 10**12, "tag": i}) for i, r in enumerate(rows))
+    fast = formats._json_lines_columnar(numbered, "n.json")
+    assert fast is not None and fast.rejected.empty and fast.windows["device_id"].iloc[1] == "-1000000000000"
+    pd.testing.assert_frame_equal(fast.windows, formats.typed(formats._json_columns(numbered), "n.json").windows)
+    assert formats._json_lines_columnar(numbered.replace('"tag": 3,', '"tag": 3.0,'), "n.json") is None
+    assert formats._json_lines_columnar(numbered.replace('"tag": 3,', '"tag": "3",'), "n.json") is None
 
 
 def test_many_small_json_lines_files_are_read_together_exactly_as_each_alone(tmp_path):
@@ -534,6 +541,11 @@ def test_many_small_json_lines_files_are_read_together_exactly_as_each_alone(tmp
     pd.testing.assert_frame_equal(
         together.windows.sort_values(key).reset_index(drop=True), alone.sort_values(key).reset_index(drop=True)
     )
+    numeric = _asa_row(device_id=42, window_end="2026-11-25T16:30:00Z")  # an integer id, read with the others
+    storage.write_bytes("windows", "2026/11/25/16/0_42_1.json", (json.dumps(numeric) + "\n").encode())
+    mixed = read_landed_files(storage, "windows", ["2026/11/25/16"])
+    assert len(mixed.windows) == 13 and "42" in set(mixed.windows["device_id"]) and mixed.rejected.empty
+    storage.delete_prefix("windows", "2026/11/25/16/0_42_1.json")
     storage.write_bytes("windows", "2026/11/25/16/0_99_1.json", (json.dumps(_asa_row(value_avg="3")) + "\n").encode())
     dirty = read_landed_files(storage, "windows", ["2026/11/25/16"])
     assert len(dirty.windows) == 12 and list(dirty.rejected["reason"]) == ["wrong_type"]

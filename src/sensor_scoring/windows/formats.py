@@ -244,10 +244,10 @@ def _json_lines_columnar(data: bytes | str, name: str | list[str]) -> ParsedFile
 def _json_lines_table(data: bytes) -> pa.Table | None:
     """JSON lines through pyarrow's reader with the contract's types: columnar, about twice as fast as
     ``json.loads`` per line, and exact (Arrow parses floats correctly rounded). It refuses a value of another
-    JSON type (a number for a key, a string or boolean for a value, ``3.0`` for a count), so then, and when a
+    JSON type (a float, boolean or mixed type for a key, a string or boolean for a value, ``3.0`` for a count;
+    integer keys are taken, :func:`_read_json_lines`), so then, and when a
     column is absent, a line holds other than one object, or the text is not JSON lines, None: the row-wise
     reader decides, row by row. Reads the bytes in place (no decoded copy, no Python string per line)."""
-    import pyarrow.json as pj
 
     body = data[len(_BOM) :] if data.startswith(_BOM) else data
     start = _LEADING_SPACE.match(body).end()  # type: ignore[union-attr]  # \s* matches anywhere
@@ -255,10 +255,8 @@ def _json_lines_table(data: bytes) -> pa.Table | None:
         return None  # an array, or not JSON
     if not all(quoted in body for quoted in _QUOTED_COLUMNS):
         return None  # a file that may lack a column: read alone, so that the error names it
-    options = pj.ParseOptions(explicit_schema=_ARROW_JSON_SCHEMA, unexpected_field_behavior="ignore")
-    try:
-        table = pj.read_json(pa.BufferReader(body), parse_options=options)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    table = _read_json_lines(body)
+    if table is None:
         return None
     rows = table.num_rows
     if not rows or rows != _object_lines(body) or any(table.column(c).null_count == rows for c in WINDOW_COLUMNS):
@@ -266,6 +264,35 @@ def _json_lines_table(data: bytes) -> pa.Table | None:
     counts = table.column("reading_count").to_numpy(zero_copy_only=False).astype("float64")
     if (np.abs(counts[~np.isnan(counts)]) > 2**53).any():
         return None  # not exact as a float: the row-wise reader rejects the row
+    return table
+
+
+def _read_json_lines(body: bytes) -> pa.Table | None:
+    """pyarrow's read of JSON lines with the contract's types, or None where it refuses a value. A key column whose
+    every value is a JSON integer (the ids of devices that send numbers) is read as integers and cast to their
+    decimal text, the module's rule, so such files stay on the columnar path; a file mixing texts and numbers in a
+    key, or with a float or boolean key, is left to the row-wise reader."""
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    schema = _ARROW_JSON_SCHEMA
+    while True:
+        options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+        try:
+            table = pj.read_json(pa.BufferReader(body), parse_options=options)
+            break
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            numeric = [
+                key
+                for key in _KEYS
+                if f"Column(/{key}) changed from string to number" in str(exc) and schema.field(key).type == pa.string()
+            ]
+            if not numeric:
+                return None
+            schema = schema.set(schema.get_field_index(numeric[0]), pa.field(numeric[0], pa.int64()))
+    for key in _KEYS:
+        if table.schema.field(key).type != pa.string():
+            table = table.set_column(table.schema.get_field_index(key), key, pc.cast(table.column(key), pa.string()))
     return table
 
 
