@@ -81,7 +81,22 @@ def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> dict[str,
     from sensor_scoring.storage import open_storage
     from sensor_scoring.tools.ingest import ingest_readings_csv
 
-    return ingest_readings_csv(open_storage(settings.storage), settings.containers.windows, args.file)
+    storage = open_storage(settings.storage)
+    try:
+        facts = ingest_readings_csv(
+            storage, settings.containers.windows, args.file, strict=args.strict, report=args.rejected
+        )
+    except (OSError, ValueError) as exc:  # a missing file, another layout, strict with rejected lines
+        raise SystemExit(f"ingest-readings: {exc}") from None
+    if facts["rejected"]:
+        logging.getLogger("sensor_scoring.ingest").warning(
+            "%s of %s line(s) rejected %s, not landed; each with its line and reason in %s",
+            facts["rejected"],
+            facts["lines"],
+            facts["rejected_by_reason"],
+            facts["rejected_report"],
+        )
+    return facts
 
 
 def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
@@ -259,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ing = sub.add_parser("ingest-readings", help="aggregate a TS,Device,Tag,Value CSV into windows and land them")
     ing.add_argument("file")
+    ing.add_argument(
+        "--strict",
+        action="store_true",
+        help="land nothing and exit 1 if any line is rejected (default: land the readings taken, report the rest)",
+    )
+    ing.add_argument(
+        "--rejected",
+        default=None,
+        metavar="PATH",
+        help="CSV of the rejected lines (line, reason, error, text); default: beside FILE, <name>.rejected.csv",
+    )
     ing.set_defaults(func=cmd_ingest)
 
     train = sub.add_parser("train", help="train one model per sensor on landed windows and register a version")

@@ -149,7 +149,7 @@ def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_
         scored = st_read(storage, containers.staging, f"runs/{hour.run_key}/valid.parquet")
         [trained_on] = seen
         assert len(trained_on) == summary.valid == valid
-        assert summary.quarantine_reasons == {"window_outside_interval": outside}
+        assert summary.quarantine_reasons == {"window_outside_interval": outside - 1, "window_landed_early": 1}
         assert "dev-ahead" not in set(trained_on["device_id"])
         pd.testing.assert_frame_equal(
             trained_on[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True),
