@@ -1,0 +1,158 @@
+"""Storage with Entra ID on a real Azurite in its OAuth mode (HTTPS, ``--oauth basic``): no key anywhere.
+
+A whole hour (land, register, load, plan, score shards, commit, model health, the fleet page's data) runs with a
+token credential and an account URL as ``SCORING_STORAGE``; Azurite's debug log, which records every request of
+every process with its headers, must show only bearer tokens: no ``SharedKey`` header, no key-signed SAS.
+
+User-delegation SAS: the key is obtained from Azurite for real (with the bearer token), and the SAS it signs is
+checked at the SDK boundary, field by field. It is not sent: azure-storage-blob 12.31 signs in SAS format
+2026-10-06, whose string-to-sign for a user delegation key has two fields more than the newest format this Azurite
+validates (2025-07-05), so Azurite refuses every user-delegation SAS of this SDK (403) whatever its content.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from dev.azurite import Azurite, TokenCredential
+from sensor_scoring import fleet, models, settings as config, storage as st
+from sensor_scoring.backends.local import LocalBackend
+from sensor_scoring.contracts import ShardResult
+from sensor_scoring.steps import health
+from sensor_scoring.steps.commit import commit
+from sensor_scoring.steps.interval import Hour
+from sensor_scoring.steps.load import load_and_validate
+from sensor_scoring.steps.plan import plan_shards
+from sensor_scoring.storage import blob as blob_module
+from sensor_scoring.windows import land_windows
+from tests.support.helpers import START, fleet_windows
+
+pytestmark = [pytest.mark.azurite]
+H = timedelta(hours=1)
+
+
+@pytest.fixture(scope="module")
+def oauth_azurite(tmp_path_factory: pytest.TempPathFactory):
+    """Azurite in its OAuth mode with its debug log, for this module; stopped by its process group at the end."""
+    server = Azurite(tmp_path_factory.mktemp("azurite-oauth"), oauth=True, debug_log=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def entra(oauth_azurite: Azurite, containers, monkeypatch) -> TokenCredential:
+    """``SCORING_STORAGE`` is the account URL; its credential is a token credential registered for the account
+    (as the Airflow adapter registers its connection's), and the generated CA is the clients' bundle (passed to
+    every client explicitly by ``http_options``; verification stays on)."""
+    assert oauth_azurite.ca_bundle is not None
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(oauth_azurite.ca_bundle))
+    monkeypatch.setenv(config.STORAGE_ENV, oauth_azurite.account_url)
+    credential = TokenCredential()
+    monkeypatch.setattr(blob_module, "_CREDENTIALS", {})
+    st.use_credential(oauth_azurite.account_url, credential)
+    return credential
+
+
+def key_use(requests: list[dict]) -> list[str]:
+    """Every request of ``requests`` that used the account key: a SharedKey header or a key-signed SAS."""
+    found = []
+    for request in requests:
+        auth = str(request["headers"].get("authorization", ""))
+        query = parse_qs(urlsplit(request["url"]).query)
+        if auth.lower().startswith("sharedkey"):
+            found.append(f"SharedKey: {request['method']} {request['url']}")
+        elif "sig" in query and "skoid" not in query:
+            found.append(f"key-signed SAS: {request['method']} {request['url'].split('?')[0]}")
+    return found
+
+
+def test_an_hour_runs_with_entra_id_and_never_the_key(oauth_azurite, entra, containers, caplog):
+    caplog.set_level(logging.DEBUG)
+    first = len(oauth_azurite.requests())
+    storage = st.open_storage()  # SCORING_STORAGE = https://127.0.0.1:<port>/devstoreaccount1
+    assert isinstance(storage, st.BlobStorage) and storage.token_credential is entra
+
+    windows = fleet_windows(devices=2, tags=2, hours=3)
+    land_windows(storage, containers.windows, windows)
+    models.register(storage, containers.models, models.train_models(windows), version="v1", params={}, promote=True)
+    start = START + 2 * H
+    hour = Hour(storage, containers, "entra-run", start, start + H)
+    summary = load_and_validate(hour)
+    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    assert len(shards) == 2
+    # each shard as the local backend runs it for a task: handed only the setting, authenticated by the
+    # credential registered for the account
+    results = [
+        ShardResult.from_dict(
+            LocalBackend(mode="task").run_shard(s.spec_uri, storage_setting=oauth_azurite.account_url), source="shard"
+        )
+        for s in shards
+    ]
+    [manifest] = commit(hour, summary, results)
+    assert manifest.counts.scored == len(windows) // 3 and manifest.counts.quarantined == 0
+    [healthy] = health.model_health(hour)
+    assert healthy.sensors == 4
+    view = fleet.fleet_view(storage, containers, start, start + H)
+    assert view.missing_hours == [] and view.totals["windows"] == manifest.counts.scored
+    sensor = fleet.sensor_view(storage, containers, "dev-0000", windows["tag"].iloc[0], start, start + H)
+    assert len(sensor.windows) == 60
+
+    requests = oauth_azurite.requests()[first:]
+    assert len(requests) > 50, "the debug log must have seen the run's requests"
+    assert key_use(requests) == []
+    assert all(str(r["headers"].get("authorization", "")).startswith("Bearer ") for r in requests)
+    # no token in what the storage shows, nor in any log line of the run
+    token = entra.get_token("https://storage.azure.com/.default").token
+    signature_free = token.rsplit(".", 1)[0]
+    for shown in (repr(storage), storage.describe(), storage.child_setting(), caplog.text):
+        assert signature_free not in shown
+    assert storage.child_setting() == oauth_azurite.account_url  # a child process authenticates as itself
+
+    # the check is not blind: a request with the key is seen as one
+    st.BlobStorage(oauth_azurite.connection_string).exists(containers.models, "anything")
+    assert len(key_use(oauth_azurite.requests()[first + len(requests) :])) == 1
+
+
+def test_batch_sas_is_signed_with_a_user_delegation_key_from_azurite(oauth_azurite, entra, containers):
+    storage = st.open_storage()
+    storage.write_bytes(containers.models, "m.txt", b"model")
+    first = len(oauth_azurite.requests())
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    setting = st.make_sas_setting(
+        oauth_azurite.account_url, read=[containers.models], read_write=[containers.staging], hours=2, now=now
+    )
+    [asked] = oauth_azurite.requests()[first:]  # one key for the call, from Azurite, with the bearer token
+    assert "comp=userdelegationkey" in asked["url"] and asked["headers"]["authorization"].startswith("Bearer ")
+
+    urls = json.loads(setting)[st.SAS_SETTING_KEY]
+    assert set(urls) == {containers.models, containers.staging}
+    expected_permissions = {containers.models: "rl", containers.staging: "racwl"}
+    for container, url in urls.items():
+        parts = urlsplit(url)
+        assert parts.path == f"/{oauth_azurite.account_url.rsplit('/', 1)[1]}/{container}"
+        fields = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        assert fields["skoid"] == entra.object_id and fields["sktid"] == entra.tenant_id  # the token's identity
+        assert fields["sks"] == "b" and fields["sr"] == "c" and fields["skv"] and fields["sv"] and fields["sig"]
+        assert fields["sp"] == expected_permissions[container]
+        st_, se = (datetime.fromisoformat(fields[k].replace("Z", "+00:00")) for k in ("st", "se"))
+        skt, ske = (datetime.fromisoformat(fields[k].replace("Z", "+00:00")) for k in ("skt", "ske"))
+        assert (st_, se) == (now - timedelta(minutes=5), now + 2 * H)  # lifetime as with the key
+        assert skt <= st_ and ske >= se  # the key covers the SAS's lifetime, and no more
+        assert ske - skt == se - st_
+        assert "AccountKey" not in url and "sig" in fields
+    assert isinstance(st.open_storage(setting), st.SasStorage)
+
+
+def test_the_dfs_endpoint_is_the_same_account(oauth_azurite, entra, containers):
+    """An account URL names the blob endpoint or the Data Lake one; both reach the same blobs."""
+    assert st.account_url("https://acct.dfs.core.windows.net/") == "https://acct.blob.core.windows.net"
+    storage = st.open_storage(oauth_azurite.account_url + "/")
+    storage.write_bytes(containers.staging, "x.txt", b"1")
+    assert [b.name for b in st.open_storage(oauth_azurite.account_url).list(containers.staging)] == ["x.txt"]
