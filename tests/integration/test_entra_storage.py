@@ -156,3 +156,153 @@ def test_the_dfs_endpoint_is_the_same_account(oauth_azurite, entra, containers):
     storage = st.open_storage(oauth_azurite.account_url + "/")
     storage.write_bytes(containers.staging, "x.txt", b"1")
     assert [b.name for b in st.open_storage(oauth_azurite.account_url).list(containers.staging)] == ["x.txt"]
+
+
+# --- Airflow's scoring_storage connection, through the provider's WasbHook, in each of its modes. ---
+
+
+@pytest.fixture
+def connection(monkeypatch):
+    """Define ``scoring_storage`` as Airflow defines connections from the environment (a secrets backend)."""
+    monkeypatch.delenv(config.STORAGE_CONN_ID_ENV, raising=False)
+    monkeypatch.setattr(blob_module, "_CREDENTIALS", {})
+    monkeypatch.setattr(blob_module, "_DEFAULT_CREDENTIAL", [])
+
+    def define(**fields: object) -> None:
+        monkeypatch.setenv("AIRFLOW_CONN_SCORING_STORAGE", json.dumps({"conn_type": "wasb", **fields}))
+
+    return define
+
+
+def _account_sas(expiry_hours: float = 1) -> str:
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    from dev.azurite import ACCOUNT, KEY
+
+    return generate_account_sas(
+        ACCOUNT,
+        KEY,
+        ResourceTypes(service=True, container=True, object=True),
+        AccountSasPermissions(read=True, write=True, list=True, create=True, add=True, delete=True),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=expiry_hours),
+    )
+
+
+SECRET_MODES = {
+    "connection_string": lambda az: {"extra": {"connection_string": az.connection_string}},
+    "login_and_key": lambda az: {"host": az.account_url, "login": "devstoreaccount1", "password": _key()},
+    "shared_access_key": lambda az: {"host": az.account_url, "extra": {"shared_access_key": _key()}},
+    "sas_token": lambda az: {"host": az.account_url, "extra": {"sas_token": _account_sas()}},
+    "sas_url": lambda az: {"extra": {"sas_token": f"{az.account_url}?{_account_sas()}"}},
+}
+
+
+def _key() -> str:
+    from dev.azurite import KEY
+
+    return KEY
+
+
+@pytest.mark.parametrize("mode", sorted(SECRET_MODES))
+def test_wasb_connections_with_a_key_or_sas_keep_working(mode, oauth_azurite, connection, containers, monkeypatch):
+    from sensor_scoring_airflow.connections import open_storage, storage_setting
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(oauth_azurite.ca_bundle))
+    connection(**SECRET_MODES[mode](oauth_azurite))
+    storage = open_storage()
+    assert isinstance(storage, st.BlobStorage) and storage.token_credential is None
+    storage.write_bytes(containers.staging, "a/b.txt", b"by " + mode.encode())
+    child = st.open_storage(storage_setting())  # what a shard's child process is handed: the same account
+    assert [b.name for b in child.list(containers.staging)] == ["a/b.txt"]
+    assert child.read_bytes(containers.staging, "a/b.txt") == b"by " + mode.encode()
+    assert "sig=" not in repr(storage) and _key() not in repr(storage)
+    if mode.startswith("sas"):
+        with pytest.raises(ValueError, match="has neither"):  # a SAS cannot sign the shards' SAS
+            st.make_sas_setting(storage, read=[containers.models], read_write=[], hours=1)
+
+
+@pytest.mark.parametrize(
+    "extra, client_id",
+    [
+        (
+            {"managed_identity_client_id": "c1d-user-assigned", "workload_identity_tenant_id": "t3nant"},
+            "c1d-user-assigned",
+        ),
+        ({}, None),  # no authentication field at all: DefaultAzureCredential, the system-assigned identity here
+    ],
+)
+def test_a_managed_identity_connection_needs_no_secret(
+    extra, client_id, oauth_azurite, connection, managed_identity, containers, monkeypatch
+):
+    """Through a real managed-identity endpoint on loopback (App Service's protocol): the connection holds the
+    account URL and, for a user-assigned identity, its client id; nothing secret."""
+    from sensor_scoring_airflow.connections import open_storage, storage_setting
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(oauth_azurite.ca_bundle))
+    connection(host=oauth_azurite.account_url, extra=extra)
+    first = len(oauth_azurite.requests())
+    storage = open_storage()
+    assert storage.token_credential is not None
+    storage.write_bytes(containers.models, "m.txt", b"model")
+    setting = storage_setting()
+    assert setting == oauth_azurite.account_url  # no secret travels to a shard
+    assert st.open_storage(setting).read_bytes(containers.models, "m.txt") == b"model"  # the connection's identity
+    sas = json.loads(st.make_sas_setting(setting, read=[containers.models], read_write=[], hours=1))
+    fields = parse_qs(urlsplit(sas[st.SAS_SETTING_KEY][containers.models]).query)
+    assert fields["skoid"] == [managed_identity.credential.object_id]  # delegated by the managed identity
+    assert managed_identity.asked and all(a.get("client_id") == client_id for a in managed_identity.asked)
+    requests = oauth_azurite.requests()[first:]
+    assert requests and key_use(requests) == []
+
+
+def test_outside_airflow_an_account_url_authenticates_as_the_process_identity(
+    oauth_azurite, managed_identity, containers, monkeypatch
+):
+    """The CLI and a shard's child process: ``SCORING_STORAGE`` is the account URL and DefaultAzureCredential
+    finds the machine's managed identity; the shard command runs in a fresh interpreter, as on Batch."""
+    from tests.support.helpers import planned_hour
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(oauth_azurite.ca_bundle))
+    monkeypatch.setattr(blob_module, "_CREDENTIALS", {})
+    monkeypatch.setattr(blob_module, "_DEFAULT_CREDENTIAL", [])
+    monkeypatch.setenv(config.STORAGE_ENV, oauth_azurite.account_url)
+    first = len(oauth_azurite.requests())
+    storage = st.open_storage()
+    _, [shard] = planned_hour(storage, containers, "mi-run", devices=1, tags=1, sensors_per_shard=5)
+    result = LocalBackend(mode="process").run_shard(shard["spec_uri"], storage_setting=oauth_azurite.account_url)
+    assert result["scored"] == 60
+    requests = oauth_azurite.requests()[first:]
+    assert len(managed_identity.asked) >= 2  # this process and the shard's own
+    assert requests and key_use(requests) == []
+
+
+def test_service_principal_and_workload_identity_connections_at_the_sdk_boundary(
+    oauth_azurite, connection, tmp_path, monkeypatch
+):
+    """Modes that need Entra ID itself to issue the token (not run here): the hook's credential is the right one,
+    it is what the account authenticates with in this process, and no secret is shown or handed to a shard."""
+    from azure.identity import ClientSecretCredential, DefaultAzureCredential
+
+    from sensor_scoring_airflow.connections import open_storage, storage_setting
+
+    url = oauth_azurite.account_url
+    connection(host=url, login="app-id", password="app-s3cret", extra={"tenant_id": "tenant-x"})
+    storage = open_storage()
+    credential = storage.token_credential
+    assert isinstance(credential, ClientSecretCredential)
+    assert blob_module.credential_for(url) is credential  # shards in this process authenticate as the app
+    assert storage_setting() == url
+    assert all("app-s3cret" not in shown for shown in (repr(storage), storage.describe(), storage_setting()))
+
+    # AKS workload identity: the webhook injects the federated token file, client and tenant ids
+    token_file = tmp_path / "azure-identity-token"
+    token_file.write_text("federated-token")
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("AZURE_CLIENT_ID", "wi-client")
+    monkeypatch.setenv("AZURE_TENANT_ID", "wi-tenant")
+    connection(host=url, extra={"managed_identity_client_id": "wi-client", "workload_identity_tenant_id": "wi-tenant"})
+    storage = open_storage()
+    assert isinstance(storage.token_credential, DefaultAzureCredential)
+    chain = [type(c).__name__ for c in storage.token_credential.credentials]
+    assert chain.index("WorkloadIdentityCredential") < chain.index("ManagedIdentityCredential")
+    assert blob_module.credential_for(url) is storage.token_credential and storage_setting() == url
