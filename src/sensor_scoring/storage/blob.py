@@ -96,8 +96,9 @@ def account_url(url: str) -> str:
     """The blob endpoint of a storage account URL: ``https://<account>.blob.core.windows.net``, from that or from
     the Data Lake (``dfs``) endpoint of the same account, which serves the same data to other APIs.
 
-    Only https (Entra ID tokens are never sent in clear), nothing but the account (an IP-style endpoint such as
-    Azurite's names it as the one path segment), no query: a SAS goes in a connection string or a SAS setting.
+    Only https (Entra ID tokens are never sent in clear), nothing but the account (an endpoint by IP address or a
+    one-label host, such as Azurite's, names it as the one path segment), no query: a SAS goes in a connection
+    string or a SAS setting.
     """
     parts = urlsplit(url.strip())
     if parts.scheme != "https":
@@ -114,10 +115,20 @@ def account_url(url: str) -> str:
     if len(labels) > 2 and labels[1] == "dfs":  # <account>.dfs.core.windows.net (and the other clouds)
         labels[1] = "blob"
     segments = [seg for seg in parts.path.split("/") if seg]
-    if len(segments) > 1:
+    if len(segments) > 1 or (segments and "." in host and not _is_ip(host)):  # <account>.<domain>/x: x is a container
         raise AccountUrlError("an account URL names the account only, not a container or a blob")
     port = f":{parts.port}" if parts.port else ""
     return f"https://{'.'.join(labels)}{port}" + (f"/{segments[0]}" if segments else "")
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 #: Token credentials an adapter registered per account URL, for code that only has the storage setting.
