@@ -113,7 +113,7 @@ def test_account_urls_open_blob_storage_with_entra_id(setting, url, monkeypatch)
     assert (parsed.kind, parsed.value) == ("account_url", url)
     storage = st.open_storage(setting)  # nothing is asked of Entra ID until a request is made
     assert isinstance(storage, st.BlobStorage) and isinstance(storage.token_credential, DefaultAzureCredential)
-    assert storage.child_setting() == url and "(Entra ID)" in storage.describe()
+    assert storage.child_setting() == url and storage.describe().startswith("blob account ")
     registered = object.__new__(DefaultAzureCredential)
     st.use_credential(setting, registered)  # keyed by the normalised URL: the dfs form is the blob account
     assert st.open_storage(url).token_credential is registered

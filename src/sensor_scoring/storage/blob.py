@@ -336,9 +336,8 @@ class BlobStorage:
             client.delete_blobs(*names[start : start + 256])
         return len(names)
 
-    def describe(self) -> str:  # the URL without a SAS it may carry; how it authenticates, never with what
-        how = "Entra ID" if self.token_credential else "key or SAS"
-        return f"blob account {self.account_name} at {self._client.url.partition('?')[0]} ({how})"
+    def describe(self) -> str:  # the URL without a SAS it may carry
+        return f"blob account {self.account_name} at {self._client.url.partition('?')[0]}"
 
     def generation(self, container: str, path: str) -> str | None:
         safe_path(container, path)
