@@ -306,3 +306,34 @@ def test_service_principal_and_workload_identity_connections_at_the_sdk_boundary
     chain = [type(c).__name__ for c in storage.token_credential.credentials]
     assert chain.index("WorkloadIdentityCredential") < chain.index("ManagedIdentityCredential")
     assert blob_module.credential_for(url) is storage.token_credential and storage_setting() == url
+
+
+@pytest.mark.airflow
+def test_the_dag_scores_an_hour_through_a_managed_identity_connection(
+    sensor_dag, oauth_azurite, connection, managed_identity, containers, tmp_path, monkeypatch
+):
+    """The DAG as a deployment runs it (``dag.test``): ``scoring_storage`` holds the account URL and a
+    user-assigned identity's client id, nothing secret; every task's request carries a bearer token."""
+    from tests.support.partitions import read_partition
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(oauth_azurite.ca_bundle))
+    monkeypatch.setenv(config.STORAGE_ENV, str(tmp_path / "not-used"))
+    extra = {"managed_identity_client_id": "c1d-airflow", "workload_identity_tenant_id": "t3nant"}
+    connection(host=oauth_azurite.account_url, extra=extra)
+    from sensor_scoring_airflow.connections import open_storage
+
+    storage = open_storage()
+    windows = fleet_windows(devices=2, tags=2, hours=3)
+    land_windows(storage, containers.windows, windows)
+    models.register(storage, containers.models, models.train_models(windows), version="v1", params={}, promote=True)
+    first = len(oauth_azurite.requests())
+    run = sensor_dag.test(logical_date=START + 3 * H, run_conf={"settle_minutes": 0, "sensors_per_shard": 2})
+    assert str(run.state) == "success"
+    predictions, manifest = read_partition(storage, containers.predictions, START + 2 * H)
+    assert manifest["counts"]["scored"] == len(predictions) == 240
+    healthy, _ = read_partition(storage, containers.health, START + 2 * H)
+    assert len(healthy) == 4
+    requests = oauth_azurite.requests()[first:]
+    assert len(requests) > 30 and key_use(requests) == []
+    assert all(str(r["headers"].get("authorization", "")).startswith("Bearer ") for r in requests)
+    assert {a.get("client_id") for a in managed_identity.asked} == {"c1d-airflow"}
