@@ -147,3 +147,12 @@ def test_an_unusable_account_url_is_refused_without_showing_it(setting, problem)
 )
 def test_folder_markers_are_told_from_blobs(name, size, metadata, resource_type, folder):
     assert st.is_folder_marker(name, size, metadata, resource_type) is folder
+
+
+def test_a_user_delegation_sas_beyond_seven_days_is_refused_before_asking_for_a_key(monkeypatch):
+    from sensor_scoring.storage import blob as blob_module
+
+    monkeypatch.setattr(blob_module, "_DEFAULT_CREDENTIAL", [])
+    storage = st.open_storage("https://acct.blob.core.windows.net")
+    with pytest.raises(ValueError, match="at most 7 days; 200 hours asked"):
+        st.make_sas_setting(storage, read=["models"], read_write=[], hours=200)

@@ -29,6 +29,8 @@ from sensor_scoring.storage.blob import (
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
 
+#: The longest a user delegation key (and so a SAS it signs) may live, from now: the service's limit.
+USER_DELEGATION_MAX = timedelta(days=7)
 #: The one key of a SAS storage setting: ``{"sas_containers": {container: url}}``.
 SAS_SETTING_KEY = "sas_containers"
 
@@ -169,7 +171,12 @@ def make_sas_setting(
     if key:
         signing = {"account_key": key}
     elif blob.token_credential is not None:
-        # one key for the call, valid exactly as long as the SAS it signs (the service allows up to 7 days)
+        if expiry > now + USER_DELEGATION_MAX:
+            raise ValueError(
+                f"a SAS signed with a user delegation key lives at most {USER_DELEGATION_MAX.days} days; "
+                f"{hours} hours asked"
+            )
+        # one key for the call, valid exactly as long as the SAS it signs
         signing = {"user_delegation_key": client.get_user_delegation_key(start, expiry)}
     else:
         raise ValueError(
