@@ -307,6 +307,11 @@ def test_service_principal_and_workload_identity_connections_at_the_sdk_boundary
     assert chain.index("WorkloadIdentityCredential") < chain.index("ManagedIdentityCredential")
     assert blob_module.credential_for(url) is storage.token_credential and storage_setting() == url
 
+    # a Data Lake Gen2 account named by its dfs endpoint: the Blob API goes to its blob endpoint
+    connection(host="https://lake.dfs.core.windows.net/", extra={})
+    assert open_storage().service_client.url.startswith("https://lake.blob.core.windows.net")
+    assert storage_setting() == "https://lake.blob.core.windows.net"
+
 
 @pytest.mark.airflow
 def test_the_dag_scores_an_hour_through_a_managed_identity_connection(

@@ -221,10 +221,15 @@ class BlobStorage:
         every mode of Airflow's wasb connections), on a client with this module's retry budget and options."""
         from azure.storage.blob import BlobServiceClient
 
+        base, sep, query = client.url.partition("?")
+        try:  # a Data Lake (dfs) endpoint in the connection's host: its blob endpoint serves the Blob API
+            base = account_url(base)
+        except AccountUrlError:  # http (Azurite with a key) or a form of its own: as the hook built it
+            pass
         storage = cls.__new__(cls)
         storage.retry_total, backoff = retry_settings(retry_total, initial_backoff)
         storage._client = BlobServiceClient(
-            client.url, credential=client.credential, **_client_options(storage.retry_total, backoff)
+            base + sep + query, credential=client.credential, **_client_options(storage.retry_total, backoff)
         )
         storage._created, storage._containers = set(), {}
         return storage
