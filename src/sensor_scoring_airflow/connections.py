@@ -28,6 +28,9 @@ def connection_storage(conn_id: str) -> BlobStorage:
     from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
 
     storage = BlobStorage.from_service_client(WasbHook(wasb_conn_id=conn_id).get_conn())
+    client = storage.service_client
+    if client.credential is None and "?" not in client.url:  # e.g. a misspelt AccountKey in a connection string
+        raise ValueError("it authenticates with nothing (no key, SAS or Entra ID credential): check its fields")
     credential = storage.token_credential
     if credential is not None:
         st.use_credential(storage.service_client.url, credential)

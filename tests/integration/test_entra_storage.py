@@ -342,3 +342,15 @@ def test_the_dag_scores_an_hour_through_a_managed_identity_connection(
     assert len(requests) > 30 and key_use(requests) == []
     assert all(str(r["headers"].get("authorization", "")).startswith("Bearer ") for r in requests)
     assert {a.get("client_id") for a in managed_identity.asked} == {"c1d-airflow"}
+
+
+def test_an_unusable_connection_is_an_error_naming_it_not_its_secret(connection):
+    from sensor_scoring_airflow.connections import open_storage
+
+    secret = "c2VjcmV0LWtleS1vZi10aGUtYWNjb3VudA=="
+    connection(extra={"connection_string": f"AccountName=acct;AcountKey={secret}"})
+    with pytest.raises(
+        st.StorageSettingError, match="^Airflow connection 'scoring_storage' gives no usable"
+    ) as refused:
+        open_storage()
+    assert secret not in str(refused.value)
