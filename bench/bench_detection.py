@@ -8,7 +8,7 @@ hours scored with anomalies injected into a share of the sensor-hours.
 - ``shapes``: an independent generator (below) with other shapes: level shift, variance burst, flatline, slow
   drift, spike, irregular sampling, on baselines with a daily and a 20-minute cycle.
 
-Models: ``models.train_models`` (the registry's pipeline: StandardScaler + OneClassSVM, nu=0.02, gamma="scale"),
+Models: ``fitting.train_models`` (the registry's pipeline: StandardScaler + OneClassSVM, nu=0.02, gamma="scale"),
 on each feature set of ``sensor_scoring.features`` (``window-v1``: the window's own aggregates; ``context-v1``: with
 the deviation from the trailing level), flagging at scikit-learn's ``predict`` (threshold 0) and at a threshold
 calibrated on the training decision values (``threshold_mads=5``: median minus 5 robust deviations of the training
@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 from bench_scoring import machine
 
-from sensor_scoring import features, models
+from sensor_scoring import features
+from sensor_scoring.models import fitting
 from sensor_scoring.scorer import score
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_hour
 from sensor_scoring.windows import aggregate_readings
@@ -45,7 +46,7 @@ START = datetime(2026, 11, 24, tzinfo=timezone.utc)
 H = timedelta(hours=1)
 TRAIN_HOURS, SCORED_HOURS = 24, 6
 #: variant -> (threshold_mads, adaptive nu): ``predict`` = threshold 0 (the default); ``calibrated`` =
-#: ``threshold_mads`` 5; ``calibrated+adaptive-nu``: and each sensor's nu from its own windows (``models.adaptive_nu``)
+#: ``threshold_mads`` 5; ``calibrated+adaptive-nu``: and each sensor's nu from its own windows (``fitting.adaptive_nu``)
 VARIANTS = {"predict": (None, False), "calibrated": (5.0, False), "calibrated+adaptive-nu": (5.0, True)}
 SHAPES = ("level_shift", "variance_burst", "flatline", "slow_drift", "spike", "irregular_sampling")
 
@@ -178,7 +179,7 @@ def judge(
     adaptive_nu: bool = False,
 ) -> dict[str, dict[str, float]]:
     train, scored = features.add_features(train), features.add_features(scored, context=train)
-    trained = models.train_models(train, threshold_mads=threshold_mads, features=feature_set, adaptive=adaptive_nu)
+    trained = fitting.train_models(train, threshold_mads=threshold_mads, features=feature_set, adaptive=adaptive_nu)
     flagged = score(scored, {(m.device_id, m.tag): m.arrays for m in trained})
     judged = flagged.merge(labels, on=["device_id", "tag", "window_end"], how="left")
     judged["anomaly"] = judged["anomaly"].fillna("")

@@ -135,39 +135,67 @@ def cmd_rollback(args: argparse.Namespace, settings: config.Settings) -> dict[st
 
 
 def cmd_lineage(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
-    from sensor_scoring import models
-    from sensor_scoring.models import promotion
+    from sensor_scoring.models import promotion, registry
     from sensor_scoring.storage import open_storage
 
     storage = open_storage(settings.storage)
-    version = models.resolve_version(storage, settings.containers.models, args.version)
+    version = registry.resolve_version(storage, settings.containers.models, args.version)
     return promotion.lineage(storage, settings.containers.models, version)
 
 
 def cmd_report(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
-    """Write the self-contained HTML report (the fleet page's charts and the most drifting sensors) to ``--out``."""
+    """Write the self-contained HTML report (the fleet page's charts and the most drifting sensors) to ``--out``.
+
+    Every argument is checked before storage is read, with the pages' own rules (``fleet.parse_bound``,
+    ``check_range``): a bad time, a range over ``fleet.MAX_FLEET_HOURS`` or a missing output folder is one line
+    on stderr and exit status 1, never a traceback."""
     from pathlib import Path
 
-    from sensor_scoring.fleet import RangeError
+    from sensor_scoring.fleet import MAX_FLEET_HOURS, TOP_DRIFTING, RangeError, check_range, parse_bound
     from sensor_scoring.report import build_report
     from sensor_scoring.storage import open_storage
 
+    out = Path(args.out)
+    try:
+        start, end = parse_bound(args.start, "--start"), parse_bound(args.end, "--end")
+        check_range(start, end, MAX_FLEET_HOURS)
+    except RangeError as exc:
+        raise SystemExit(f"report: {exc}") from None
+    if not 0 <= args.sensors <= TOP_DRIFTING:
+        raise SystemExit(
+            f"report: --sensors must be 0 to {TOP_DRIFTING} (the drifting sensors listed), got {args.sensors}"
+        )
+    if out.is_dir():
+        raise SystemExit(f"report: --out {out} is a folder; name the HTML file to write")
+    if not out.parent.is_dir():
+        raise SystemExit(f"report: the folder of --out ({out.parent}) does not exist; create it first")
     try:
         text, facts = build_report(
-            open_storage(settings.storage), settings.containers, _utc(args.start), _utc(args.end), sensors=args.sensors
+            open_storage(settings.storage), settings.containers, start, end, sensors=args.sensors
         )
     except RangeError as exc:
         raise SystemExit(f"report: {exc}") from None
-    Path(args.out).write_text(text, encoding="utf-8")
-    return {"out": str(args.out), "bytes": len(text.encode()), **facts}
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise SystemExit(f"report: cannot write --out {out}: {exc.strerror or exc}") from None
+    return {"out": str(out), "bytes": len(text.encode()), **facts}
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser("report", help="write a self-contained HTML report of anomalies, drift and quarantine")
-    report.add_argument("--start", required=True, help="ISO time of the first hour (whole hour, UTC if no offset)")
-    report.add_argument("--end", required=True, help="ISO time, exclusive (at most a week after --start)")
+    report.add_argument(
+        "--start",
+        required=True,
+        help="ISO time of the first hour: a whole UTC hour (UTC if no offset; offsets converted)",
+    )
+    report.add_argument(
+        "--end", required=True, help="ISO time, exclusive (a whole UTC hour, at most a week after --start)"
+    )
     report.add_argument("--out", required=True, help="the HTML file to write")
-    report.add_argument("--sensors", type=int, default=3, help="most drifting sensors given a section of their own")
+    report.add_argument(
+        "--sensors", type=int, default=3, help="most drifting sensors given a section of their own (0-20)"
+    )
     report.set_defaults(func=cmd_report)
 
 
@@ -246,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--adaptive-nu",
         action="store_true",
         help="each sensor's nu from its own training windows (at least --nu): more where its history holds more "
-        "far-out windows (models.adaptive_nu)",
+        "far-out windows (fitting.adaptive_nu)",
     )
     train.set_defaults(func=cmd_train)
 

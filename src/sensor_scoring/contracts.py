@@ -414,12 +414,12 @@ class TrainingShardSpec(Record):
     nu: float
     min_rows: int
     #: calibrate each model's threshold this many robust deviations below its training decision values' median
-    #: (``models.calibrated_threshold``; None: threshold 0)
+    #: (``models.fitting.calibrated_threshold``; None: threshold 0)
     threshold_mads: float | None = None
     #: the feature set of the models (``sensor_scoring.features``); the input holds its derived columns. Specs
     #: written before feature sets had names trained on the window's own columns
     features: str = "window-v1"
-    #: each sensor's nu from its own windows, at least ``nu`` (``models.adaptive_nu``)
+    #: each sensor's nu from its own windows, at least ``nu`` (``models.fitting.adaptive_nu``)
     adaptive_nu: bool = False
 
 

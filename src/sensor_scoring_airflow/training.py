@@ -51,9 +51,9 @@ def training_run(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
 
 def version_name(params: Mapping[str, Any], run: Hour) -> str:
     """The ``version`` param, else ``v<UTC now>``; a name must be usable as a blob folder."""
-    from sensor_scoring import models
+    from sensor_scoring.models import registry
 
-    name = params.get("version") or models.new_version_name()
+    name = params.get("version") or registry.new_version_name()
     if "/" in name or name.startswith("."):
         raise ValueError(f"model version {name!r}: no '/' and no leading '.'")
     return str(name)

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sensor_scoring import models
 from sensor_scoring.contracts import SensorDuplicates, Subset
+from sensor_scoring.features import feature_matrix
 from sensor_scoring.models.training import train_and_register
 from sensor_scoring.steps.rescoring import duplicates_by_sensor, select_sensors, subset_of
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
@@ -212,7 +212,7 @@ def test_subset_rescoring_replaces_only_the_chosen_sensors(sensor_dag, blob, con
         assert (rows["scored_at"] > old["scored_at"].max()).all()
         pipeline = two_versions[SUBSET]
         np.testing.assert_allclose(
-            rows["score"], pipeline.decision_function(models.feature_matrix(rows)), rtol=1e-9, atol=1e-12
+            rows["score"], pipeline.decision_function(feature_matrix(rows)), rtol=1e-9, atol=1e-12
         )
         assert not new.duplicated(KEY).any() and len(new) == len(old)
         # counts still mean the whole partition, and still close

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dev.azurite import Azurite
-from sensor_scoring import layout, models, settings as config, storage as st
+from sensor_scoring import layout, settings as config, storage as st
 from sensor_scoring.backends import ShardFailed, shard_command
 from sensor_scoring.backends.local import LocalBackend
 from sensor_scoring.contracts import (
@@ -45,6 +45,7 @@ from sensor_scoring.contracts import (
     SupersededError,
     ValidationThresholdError,
 )
+from sensor_scoring.models import fitting, pack, registry
 from sensor_scoring.steps.commit import commit
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
@@ -78,9 +79,9 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def trained() -> list[models.TrainedModel]:
+def trained() -> list[fitting.TrainedModel]:
     # a third device has models but lands no windows in the fixture: the spare keys extra windows take
-    return models.train_models(fleet_windows(devices=3, tags=2, hours=3))
+    return fitting.train_models(fleet_windows(devices=3, tags=2, hours=3))
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +92,8 @@ def hour_windows() -> pd.DataFrame:
 @pytest.fixture
 def env(blob, containers, trained, hour_windows, monkeypatch) -> Env:
     """Models for the 4 sensors (in 2 packs of 2, so a pack's fault spares the other pack), one landed hour."""
-    monkeypatch.setattr(models, "PACK_SIZE", 2)
-    models.register(blob, containers.models, trained, version="v1", params={}, promote=True)
+    monkeypatch.setattr(pack, "PACK_SIZE", 2)
+    registry.register(blob, containers.models, trained, version="v1", params={}, promote=True)
     land_windows(blob, containers.windows, hour_windows, LandingPlan(late_share=0.0))
     return Env(blob, containers, hour_windows)
 
@@ -755,10 +756,10 @@ def own_azurite(tmp_path, containers, monkeypatch, trained, hour_windows):
     """A dedicated Azurite (own port and data folder) that a test may stop and restart; stopped at the end."""
     server = Azurite(tmp_path / "azurite-own").start()
     monkeypatch.setenv(config.STORAGE_ENV, server.connection_string)
-    monkeypatch.setattr(models, "PACK_SIZE", 2)
+    monkeypatch.setattr(pack, "PACK_SIZE", 2)
     try:
         blob = BlobStorage(server.connection_string)
-        models.register(blob, containers.models, trained, version="v1", params={}, promote=True)
+        registry.register(blob, containers.models, trained, version="v1", params={}, promote=True)
         land_windows(blob, containers.windows, hour_windows, LandingPlan(late_share=0.0))
         yield server
     finally:
@@ -811,7 +812,7 @@ def _pack_path(env: Env, number: int) -> str:
 
 
 def _sensors_of_pack(env: Env, number: int) -> set[tuple[str, str]]:
-    index = models.read_index(env.blob, env.containers.models, "v1")
+    index = registry.read_index(env.blob, env.containers.models, "v1")
     rows = index[index["pack"] == f"pack-{number:05d}.npz"]
     return set(zip(rows["device_id"], rows["tag"]))
 
@@ -834,7 +835,7 @@ def _version_without_index(env: Env) -> str:
 
 
 def _index_not_matching_manifest(env: Env) -> str:
-    frame = models.read_index(env.blob, env.containers.models, "v1")
+    frame = registry.read_index(env.blob, env.containers.models, "v1")
     frame.loc[0, "sha256"] = "f" * 64
     env.blob.write_bytes(env.containers.models, "versions/v1/models.parquet", st.parquet_bytes(frame))
     return "production"
@@ -913,7 +914,7 @@ def test_tampered_model_quarantines_only_its_sensor(env):
     manifest = run_hour(env)
     _, quarantine = assert_accounting(env, manifest, landed=BASE)
     assert manifest["quarantine_reasons"] == {"model_hash_mismatch": 60} and manifest["counts"]["scored"] == 180
-    index = models.read_index(env.blob, env.containers.models, "v1")
+    index = registry.read_index(env.blob, env.containers.models, "v1")
     first = index[(index["pack"] == "pack-00001.npz") & (index["row"] == 0)].iloc[0]
     assert set(zip(quarantine["device_id"], quarantine["tag"])) == {(first["device_id"], first["tag"])}
 
@@ -1022,8 +1023,8 @@ def test_account_key_is_in_no_log_xcom_rendered_field_or_manifest(
         blob = BlobStorage(
             f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};BlobEndpoint={endpoint};"
         )
-        monkeypatch.setattr(models, "PACK_SIZE", 2)
-        models.register(blob, containers.models, trained, version="v1", params={}, promote=True)
+        monkeypatch.setattr(pack, "PACK_SIZE", 2)
+        registry.register(blob, containers.models, trained, version="v1", params={}, promote=True)
         land_windows(blob, containers.windows, hour_windows, LandingPlan(late_share=0.0))
         monkeypatch.setenv(config.STORAGE_ENV, str(tmp_path / "not-used"))
         monkeypatch.setenv(config.LOCAL_SHARDS_ENV, mode)

@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from sensor_scoring import features as feature_sets, layout, models, storage as st
+from sensor_scoring import features as feature_sets, layout, storage as st
 from sensor_scoring.contracts import (
     REASON_COLUMN,
     PlannedShard,
@@ -28,8 +28,9 @@ from sensor_scoring.contracts import (
     TrainingShardSpec,
 )
 from sensor_scoring.layout import HOUR
-from sensor_scoring.models import evaluation, promotion, stats
+from sensor_scoring.models import evaluation, fitting, pack, promotion, registry, stats
 from sensor_scoring.names import check_sensor_names
+from sensor_scoring.scorer import ModelArrays
 from sensor_scoring.steps.common import names_storage_outages
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.rescoring import select_sensors
@@ -176,7 +177,7 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
     container, path = st.parse_uri(spec_uri)
     spec = TrainingShardSpec.from_json(storage.read_bytes(container, path), source=spec_uri)
     windows = st.read_parquet(storage, *st.parse_uri(spec.input))
-    trained = models.train_models(
+    trained = fitting.train_models(
         windows,
         nu=spec.nu,
         min_rows=spec.min_rows,
@@ -187,7 +188,7 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
     out_container, prefix = st.parse_uri(spec.output_prefix)
     shard = layout.TrainingShard(prefix)
     if trained:
-        storage.write_bytes(out_container, shard.pack, models._pack_bytes([m.arrays for m in trained]))
+        storage.write_bytes(out_container, shard.pack, pack.pack_bytes([m.arrays for m in trained]))
     index = pd.DataFrame(
         [
             {
@@ -239,22 +240,22 @@ def read_training_result(storage: Storage, output_prefix: str) -> dict[str, obje
     ).to_dict()
 
 
-def load_trained(storage: Storage, results: list[TrainingShardResult]) -> list[models.TrainedModel]:
-    """The fitted models of every shard, in key order, as ``models.register`` takes them."""
-    trained: list[models.TrainedModel] = []
+def load_trained(storage: Storage, results: list[TrainingShardResult]) -> list[fitting.TrainedModel]:
+    """The fitted models of every shard, in key order, as ``registry.register`` takes them."""
+    trained: list[fitting.TrainedModel] = []
     for result in sorted(results, key=lambda r: r.shard):
         if not result.models:
             continue
         container, prefix = st.parse_uri(result.output_prefix)
         shard = layout.TrainingShard(prefix)
-        arrays = models.unpack(storage.read_bytes(container, shard.pack))
+        arrays = pack.unpack(storage.read_bytes(container, shard.pack))
         index = st.read_parquet(storage, container, shard.index)
         if len(index) != len(arrays) or len(arrays) != result.models:
-            raise models.ModelIntegrityError(f"training shard {result.shard}: pack and index disagree on the models")
+            raise pack.ModelIntegrityError(f"training shard {result.shard}: pack and index disagree on the models")
         for row, fitted in zip(index.itertuples(index=False), arrays, strict=True):
             fitted.features = str(row.features)
             trained.append(
-                models.TrainedModel(
+                fitting.TrainedModel(
                     device_id=str(row.device_id),
                     tag=str(row.tag),
                     pipeline=None,
@@ -271,16 +272,16 @@ def load_trained(storage: Storage, results: list[TrainingShardResult]) -> list[m
 
 def _production_models(
     run: Hour, windows: pd.DataFrame, baseline: str
-) -> tuple[str | None, dict[tuple[str, str], models.ModelArrays] | None]:
+) -> tuple[str | None, dict[tuple[str, str], ModelArrays] | None]:
     """The baseline version's models of the held-back sensors; (None, None) before any version is promoted."""
     try:
-        version = models.resolve_version(run.storage, run.containers.models, baseline)
+        version = registry.resolve_version(run.storage, run.containers.models, baseline)
     except LookupError:
         log.info("No %r version yet: the candidate is judged on its own", baseline)
         return None, None
-    index = models.read_index(run.storage, run.containers.models, version)
+    index = registry.read_index(run.storage, run.containers.models, version)
     wanted = index.merge(windows[KEY].drop_duplicates(), on=KEY)
-    loaded, refused = models.load_models(run.storage, run.containers.models, version, wanted)
+    loaded, refused = registry.load_models(run.storage, run.containers.models, version, wanted)
     if refused:
         log.warning(
             "Production %s: %d model(s) unusable, not compared: %s",
@@ -293,7 +294,11 @@ def _production_models(
 
 @names_storage_outages
 def evaluate(
-    run: Hour, results: list[TrainingShardResult], policy: promotion.Policy, *, baseline: str = models.PRODUCTION_ALIAS
+    run: Hour,
+    results: list[TrainingShardResult],
+    policy: promotion.Policy,
+    *,
+    baseline: str = registry.PRODUCTION_ALIAS,
 ) -> dict[str, object]:
     """Judge the candidate against the baseline on the held-back windows and labels; stage the verdict.
 
@@ -346,7 +351,7 @@ def register(
         "shards": len(results),
         "skipped_sensors": sum(len(r.skipped) for r in results),
     }
-    manifest = models.register(
+    manifest = registry.register(
         run.storage,
         run.containers.models,
         load_trained(run.storage, results),
@@ -379,7 +384,7 @@ def promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, objec
 
 
 def _promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, object]:
-    verdict = dict(models.read_manifest(run.storage, run.containers.models, version)["lineage"])["evaluation"]  # type: ignore[call-overload]
+    verdict = dict(registry.read_manifest(run.storage, run.containers.models, version)["lineage"])["evaluation"]  # type: ignore[call-overload]
     if not verdict["promotable"]:
         reason = "not promoted because " + "; ".join(verdict["reasons"])
     elif not promote:
