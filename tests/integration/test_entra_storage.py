@@ -20,9 +20,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from dev.azurite import Azurite, TokenCredential
-from sensor_scoring import fleet, models, settings as config, storage as st
+from sensor_scoring import fleet, settings as config, storage as st
 from sensor_scoring.backends.local import LocalBackend
 from sensor_scoring.contracts import ShardResult
+from sensor_scoring.models import fitting, registry
 from sensor_scoring.steps import health
 from sensor_scoring.steps.commit import commit
 from sensor_scoring.steps.interval import Hour
@@ -81,7 +82,7 @@ def test_an_hour_runs_with_entra_id_and_never_the_key(oauth_azurite, entra, cont
 
     windows = fleet_windows(devices=2, tags=2, hours=3)
     land_windows(storage, containers.windows, windows)
-    models.register(storage, containers.models, models.train_models(windows), version="v1", params={}, promote=True)
+    registry.register(storage, containers.models, fitting.train_models(windows), version="v1", params={}, promote=True)
     start = START + 2 * H
     hour = Hour(storage, containers, "entra-run", start, start + H)
     summary = load_and_validate(hour)
@@ -330,7 +331,7 @@ def test_the_dag_scores_an_hour_through_a_managed_identity_connection(
     storage = open_storage()
     windows = fleet_windows(devices=2, tags=2, hours=3)
     land_windows(storage, containers.windows, windows)
-    models.register(storage, containers.models, models.train_models(windows), version="v1", params={}, promote=True)
+    registry.register(storage, containers.models, fitting.train_models(windows), version="v1", params={}, promote=True)
     first = len(oauth_azurite.requests())
     run = sensor_dag.test(logical_date=START + 3 * H, run_conf={"settle_minutes": 0, "sensors_per_shard": 2})
     assert str(run.state) == "success"

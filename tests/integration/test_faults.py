@@ -1093,7 +1093,7 @@ def test_folder_markers_in_the_landed_folders_are_not_files(env):
 def test_folder_markers_in_the_registry_are_not_models_or_versions(env):
     planted = plant_folder_markers(env.blob, env.containers.models)
     assert "versions/v1/" in planted and "versions/v1" in planted
-    assert models.list_versions(env.blob, env.containers.models) == ["v1"]
+    assert registry.list_versions(env.blob, env.containers.models) == ["v1"]
     manifest = run_hour(env)
     assert_accounting(env, manifest, landed=BASE)
     assert manifest["model_version"] == "v1"
@@ -1131,7 +1131,7 @@ def test_blobs_named_like_temporary_files_are_read_on_a_local_directory(tmp_path
     """A ``.tmp-`` or dot-named landed file is data on every storage; the directory storage keeps its own
     temporary files and locks outside the containers, so it neither hides such a file nor leaves its own."""
     local = st.LocalStorage(tmp_path / "store")
-    models.register(local, containers.models, trained, version="v1", params={}, promote=True)
+    registry.register(local, containers.models, trained, version="v1", params={}, promote=True)
     land_windows(local, containers.windows, hour_windows, LandingPlan(late_share=0.0))
     env = Env(local, containers, hour_windows)  # any Storage runs the steps
     rows = [window_row(env, minute=m) for m in range(4)]
