@@ -156,3 +156,13 @@ def test_a_user_delegation_sas_beyond_seven_days_is_refused_before_asking_for_a_
     storage = st.open_storage("https://acct.blob.core.windows.net")
     with pytest.raises(ValueError, match="at most 7 days; 200 hours asked"):
         st.make_sas_setting(storage, read=["models"], read_write=[], hours=200)
+
+
+def test_the_shard_outputs_link_of_an_account_url_and_of_a_sas_connection_string_carries_no_secret():
+    from sensor_scoring_airflow.operators import outputs_url
+
+    assert outputs_url("https://acct.dfs.core.windows.net", "predictions", "date=2026-01-01/hour=03/") == (
+        "https://acct.blob.core.windows.net/predictions?restype=container&comp=list&prefix=date%3D2026-01-01/hour%3D03/"
+    )
+    sas = "BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=sv=2020-08-04&sig=" + KEY
+    assert KEY not in outputs_url(sas, "predictions", "")
