@@ -23,6 +23,7 @@ pytest_plugins = [
     "tests.support.alerting",
     "tests.support.batch_hour",
     "tests.support.fake_batch",
+    "tests.support.managed_identity",
 ]
 
 REPO = Path(__file__).resolve().parent.parent

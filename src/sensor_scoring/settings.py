@@ -244,7 +244,8 @@ class Settings:
     storage: str = setting(
         STORAGE_ENV,
         DEFAULT_STORAGE,
-        "an Azure Storage connection string, or a local directory (absolute path or file://...)",
+        "an Azure Storage connection string, an account URL (https, blob or dfs endpoint; Entra ID), "
+        "or a local directory (absolute path or file://...)",
         secret=True,
         shown_default="`UseDevelopmentStorage=true` (Azurite)",
     )

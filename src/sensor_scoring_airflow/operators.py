@@ -185,14 +185,18 @@ def _deadline(ti: Any, timeout: timedelta | None) -> float | None:
 
 
 def outputs_url(storage_setting: str, container: str, prefix: str) -> str:
-    """A browsable listing of ``container/prefix`` (Azure or Azurite); '' for local-directory storage."""
+    """A browsable listing of ``container/prefix`` (Azure or Azurite); '' for local-directory or SAS storage."""
     from urllib.parse import quote
 
     from sensor_scoring import storage as st
 
-    if st.parse_setting(storage_setting).kind != "connection_string":
-        return ""
-    from azure.storage.blob import BlobServiceClient
+    parsed = st.parse_setting(storage_setting)
+    if parsed.kind == "account_url":  # Entra ID: the account's URL, opened with the viewer's own sign-in
+        account = parsed.value
+    elif parsed.kind == "connection_string":
+        from azure.storage.blob import BlobServiceClient
 
-    account = BlobServiceClient.from_connection_string(storage_setting).url.rstrip("/")
+        account = BlobServiceClient.from_connection_string(storage_setting).url.partition("?")[0].rstrip("/")
+    else:
+        return ""
     return f"{account}/{container}?restype=container&comp=list&prefix={quote(prefix)}"

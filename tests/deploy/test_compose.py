@@ -181,12 +181,12 @@ def test_connections_are_created_at_startup_with_the_right_types(settings):
         }
     parsed = {conn_id: Connection.from_json(json.dumps(body), conn_id=conn_id) for conn_id, body in connections.items()}
 
-    # storage: what sensor_scoring_airflow.connections makes of it is a connection string to the azurite service
-    from azure.storage.blob import BlobServiceClient
+    # storage: what the provider's WasbHook makes of it (sensor_scoring_airflow.connections) is the azurite service
+    from sensor_scoring_airflow.connections import connection_storage
 
-    from sensor_scoring_airflow.connections import connection_to_setting
-
-    client = BlobServiceClient.from_connection_string(connection_to_setting(parsed["scoring_storage"]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW_CONN_SCORING_STORAGE", json.dumps(connections["scoring_storage"]))
+        client = connection_storage("scoring_storage").service_client
     assert client.account_name == "devstoreaccount1" and client.url.startswith("http://azurite:10000/")
     # Batch: the provider's default connection id, with the fields its hook reads
     assert (

@@ -1138,3 +1138,87 @@ def test_account_key_is_in_no_log_xcom_rendered_field_or_manifest(
         assert leaks == []
     finally:
         server.stop()
+
+
+# --- Data Lake Gen2 (hierarchical namespace) folder markers, and blobs named like temporary files. ---
+
+
+def plant_folder_markers(storage: BlobStorage, container: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """Folder markers for every folder of every blob in ``container`` (and for ``extra`` folders), in both forms:
+    ``<folder>/`` (Storage Explorer, azcopy) and ``<folder>`` (a Data Lake Gen2 directory as the Blob API lists
+    it), each a zero-byte blob with ``hdi_isfolder=true``. Written with the SDK: the project never writes them."""
+    client = storage.service_client.get_container_client(container)
+    folders = set(extra)
+    for info in storage.list(container):
+        parts = info.name.split("/")[:-1]
+        folders |= {"/".join(parts[: n + 1]) for n in range(len(parts))}
+    names = sorted({name for folder in folders for name in (folder + "/", folder)})
+    for name in names:
+        client.upload_blob(name, b"", overwrite=True, metadata={"hdi_isfolder": "true"})
+    return names
+
+
+def test_folder_markers_in_the_landed_folders_are_not_files(env):
+    """The held-out case: ``<hour>/`` (and the directory blobs of a hierarchical-namespace account) in the landed
+    folders; before, the hour failed with UnsafePathError and nothing was committed."""
+    planted = plant_folder_markers(env.blob, env.containers.windows, extra=(FOLDER + "sub", NEXT_FOLDER[:-1]))
+    assert FOLDER in planted and FOLDER + "sub/" in planted
+    manifest = run_hour(env)
+    assert_accounting(env, manifest, landed=BASE)
+    assert manifest["source_files"] == {"seen": 3, "read": 3, "empty": 0, "quarantined": 0}
+    assert manifest["empty_files"] == [] and manifest["quarantined_files"] == []
+
+
+def test_folder_markers_in_the_registry_are_not_models_or_versions(env):
+    planted = plant_folder_markers(env.blob, env.containers.models)
+    assert "versions/v1/" in planted and "versions/v1" in planted
+    assert registry.list_versions(env.blob, env.containers.models) == ["v1"]
+    manifest = run_hour(env)
+    assert_accounting(env, manifest, landed=BASE)
+    assert manifest["model_version"] == "v1"
+
+
+def test_folder_markers_in_staging_are_not_shard_outputs(env):
+    hour = env.hour()
+    summary = load_and_validate(hour)
+    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    plant_folder_markers(env.blob, env.containers.staging)
+    results = [score_shard(env.blob, s.spec_uri) for s in shards]
+    plant_folder_markers(env.blob, env.containers.staging)  # between the shards' outputs too
+    [manifest] = commit(hour, summary, results)
+    assert_accounting(env, manifest.to_dict(), landed=BASE)
+
+
+def test_folder_markers_beside_committed_hours_are_not_partitions(env):
+    """The views and a re-commit list the committed containers: markers there are neither hours nor files."""
+    from sensor_scoring import fleet
+    from sensor_scoring.steps import health
+
+    run_hour(env)
+    health.model_health(env.hour())
+    for container in (env.containers.predictions, env.containers.quarantine, env.containers.health):
+        plant_folder_markers(env.blob, container)
+    view = fleet.fleet_view(env.blob, env.containers, HOUR, HOUR + H)
+    assert view.missing_hours == [] and view.totals["windows"] == BASE
+    sensor = fleet.sensor_view(env.blob, env.containers, "dev-0000", env.windows["tag"].iloc[0], HOUR, HOUR + H)
+    assert len(sensor.windows) == 60
+    manifest = run_hour(env, "run-2")  # the re-commit replaces the partition; the markers are left alone
+    assert_accounting(env, manifest, landed=BASE)
+
+
+def test_blobs_named_like_temporary_files_are_read_on_a_local_directory(tmp_path, containers, trained, hour_windows):
+    """A ``.tmp-`` or dot-named landed file is data on every storage; the directory storage keeps its own
+    temporary files and locks outside the containers, so it neither hides such a file nor leaves its own."""
+    local = st.LocalStorage(tmp_path / "store")
+    registry.register(local, containers.models, trained, version="v1", params={}, promote=True)
+    land_windows(local, containers.windows, hour_windows, LandingPlan(late_share=0.0))
+    env = Env(local, containers, hour_windows)  # any Storage runs the steps
+    rows = [window_row(env, minute=m) for m in range(4)]
+    env.land(".tmp-0_x_1.json", jsonl(*rows[0:2]))
+    env.land(".0_y_1", jsonl(*rows[2:4]))
+    manifest = run_hour(env)
+    assert (manifest["counts"]["landed"], manifest["counts"]["scored"]) == (BASE + 4, BASE + 4)
+    assert manifest["source_files"] == {"seen": 5, "read": 5, "empty": 0, "quarantined": 0}
+    store = tmp_path / "store"
+    in_containers = [p for p in store.rglob(".*") if p.is_file() and not p.relative_to(store).parts[0].startswith(".")]
+    assert sorted(p.name for p in in_containers) == [".0_y_1", ".tmp-0_x_1.json"]  # none of the storage's own

@@ -8,7 +8,6 @@ import pytest
 
 from dev.azurite import KEY
 from sensor_scoring import storage as st
-from sensor_scoring_airflow.connections import connection_to_setting
 
 
 @pytest.fixture(params=["local", "azurite"])
@@ -67,32 +66,6 @@ def test_uris_round_trip_and_reject_other_schemes():
     for bad in ("https://acct.blob.core.windows.net/c/p", "az://only-container", "staging/x"):
         with pytest.raises(ValueError):
             st.parse_uri(bad)
-
-
-class FakeConn:
-    def __init__(self, conn_id="scoring_storage", host=None, login=None, password=None, extra=None):
-        self.conn_id, self.host, self.login, self.password = conn_id, host, login, password
-        self.extra_dejson = extra or {}
-
-
-def test_airflow_connection_forms_become_connection_strings():
-    dev = "UseDevelopmentStorage=true"
-    assert connection_to_setting(FakeConn(extra={"connection_string": dev})) == dev
-    by_key = connection_to_setting(
-        FakeConn(host="http://127.0.0.1:10000/devstoreaccount1", login="devstoreaccount1", password="k")
-    )
-    assert by_key == (
-        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=k;"
-        "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
-    )
-    by_sas = FakeConn(host="https://a.blob.core.windows.net", extra={"sas_token": "?sv=1&sig=x"})
-    assert (
-        connection_to_setting(by_sas) == "BlobEndpoint=https://a.blob.core.windows.net;SharedAccessSignature=sv=1&sig=x"
-    )
-    for setting in (dev, by_key, connection_to_setting(by_sas)):  # every form is one open_storage accepts
-        assert st.parse_setting(setting, source="Airflow connection 'scoring_storage'").kind == "connection_string"
-    with pytest.raises(ValueError, match="managed identity"):
-        connection_to_setting(FakeConn())
 
 
 ESCAPES = [

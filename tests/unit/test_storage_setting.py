@@ -90,3 +90,79 @@ def test_the_caller_names_where_the_setting_came_from():
 
 def test_a_parsed_setting_never_shows_its_value():
     assert KEY not in repr(st.parse_setting(f"AccountName=acct;AccountKey={KEY}"))
+
+
+@pytest.mark.parametrize(
+    "setting, url",
+    [
+        ("https://acct.blob.core.windows.net", "https://acct.blob.core.windows.net"),
+        ("https://acct.blob.core.windows.net/", "https://acct.blob.core.windows.net"),
+        ("https://acct.dfs.core.windows.net/", "https://acct.blob.core.windows.net"),  # Data Lake endpoint
+        ("https://Acct.DFS.core.chinacloudapi.cn", "https://acct.blob.core.chinacloudapi.cn"),
+        ("https://127.0.0.1:10000/devstoreaccount1", "https://127.0.0.1:10000/devstoreaccount1"),  # IP style
+    ],
+)
+def test_account_urls_open_blob_storage_with_entra_id(setting, url, monkeypatch):
+    from azure.identity import DefaultAzureCredential
+
+    from sensor_scoring.storage import blob as blob_module
+
+    monkeypatch.setattr(blob_module, "_CREDENTIALS", {})
+    monkeypatch.setattr(blob_module, "_DEFAULT_CREDENTIAL", [])
+    parsed = st.parse_setting(setting)
+    assert (parsed.kind, parsed.value) == ("account_url", url)
+    storage = st.open_storage(setting)  # nothing is asked of Entra ID until a request is made
+    assert isinstance(storage, st.BlobStorage) and isinstance(storage.token_credential, DefaultAzureCredential)
+    assert storage.child_setting() == url and storage.describe().startswith("blob account ")
+    registered = object.__new__(DefaultAzureCredential)
+    st.use_credential(setting, registered)  # keyed by the normalised URL: the dfs form is the blob account
+    assert st.open_storage(url).token_credential is registered
+
+
+@pytest.mark.parametrize(
+    "setting, problem",
+    [
+        ("http://acct.blob.core.windows.net", "must be https"),
+        ("https://acct.blob.core.windows.net/?sv=2024-01-01&sig=" + KEY, "carries no query"),
+        ("https://acct.blob.core.windows.net/models", "not a container"),
+        ("https://user:pw@acct.blob.core.windows.net", "carries no query, fragment or credentials"),
+    ],
+)
+def test_an_unusable_account_url_is_refused_without_showing_it(setting, problem):
+    with pytest.raises(st.StorageSettingError) as refused:
+        st.open_storage(setting)
+    assert problem in str(refused.value) and KEY not in str(refused.value) and "acct" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "name, size, metadata, resource_type, folder",
+    [
+        ("2026/11/24/03/", 0, {}, "", True),  # Storage Explorer, azcopy
+        ("2026/11/24/03", 0, {"hdi_isfolder": "true"}, "", True),  # a Data Lake Gen2 directory
+        ("2026/11/24/03", 0, {"Hdi_IsFolder": "True"}, "", True),
+        ("2026/11/24/03", 0, {}, "directory", True),
+        ("2026/11/24/03/a.json", 0, {}, "", False),  # an empty file is a file (the hour says it was empty)
+        ("2026/11/24/03/", 12, {"hdi_isfolder": "true"}, "", False),  # bytes are data, whatever the name
+    ],
+)
+def test_folder_markers_are_told_from_blobs(name, size, metadata, resource_type, folder):
+    assert st.is_folder_marker(name, size, metadata, resource_type) is folder
+
+
+def test_a_user_delegation_sas_beyond_seven_days_is_refused_before_asking_for_a_key(monkeypatch):
+    from sensor_scoring.storage import blob as blob_module
+
+    monkeypatch.setattr(blob_module, "_DEFAULT_CREDENTIAL", [])
+    storage = st.open_storage("https://acct.blob.core.windows.net")
+    with pytest.raises(ValueError, match="at most 7 days; 200 hours asked"):
+        st.make_sas_setting(storage, read=["models"], read_write=[], hours=200)
+
+
+def test_the_shard_outputs_link_of_an_account_url_and_of_a_sas_connection_string_carries_no_secret():
+    from sensor_scoring_airflow.operators import outputs_url
+
+    assert outputs_url("https://acct.dfs.core.windows.net", "predictions", "date=2026-01-01/hour=03/") == (
+        "https://acct.blob.core.windows.net/predictions?restype=container&comp=list&prefix=date%3D2026-01-01/hour%3D03/"
+    )
+    sas = "BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=sv=2020-08-04&sig=" + KEY
+    assert KEY not in outputs_url(sas, "predictions", "")

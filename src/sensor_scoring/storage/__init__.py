@@ -6,7 +6,11 @@ its block list is committed, and a local file is written beside its target and r
 property commit relies on to replace an hour without readers seeing half of it.
 
 Which implementation a process gets is decided by :func:`open_storage` from one setting of a few strict forms;
-anything else is an error naming where the setting came from, so a typo never becomes a local folder.
+anything else is an error naming where the setting came from, so a typo never becomes a local folder. An account
+URL (blob or ``dfs`` endpoint) authenticates with Entra ID: the credential an adapter registered for that account
+in this process (:func:`use_credential`, how Airflow's connection reaches code that only has the setting), else
+azure-identity's ``DefaultAzureCredential`` (managed identity, workload identity, an environment service principal,
+the Azure CLI).
 """
 
 from __future__ import annotations
@@ -30,13 +34,24 @@ from sensor_scoring.storage.base import (
     read_parquet,
     safe_path,
 )
-from sensor_scoring.storage.blob import RETRIES_ENV, RETRY_BACKOFF_ENV, BlobStorage, retry_policy, retry_settings
+from sensor_scoring.storage.blob import (
+    RETRIES_ENV,
+    RETRY_BACKOFF_ENV,
+    AccountUrlError,
+    BlobStorage,
+    account_url,
+    is_folder_marker,
+    retry_policy,
+    retry_settings,
+    use_credential,
+)
 from sensor_scoring.storage.local import LocalStorage
 from sensor_scoring.storage.sas import SAS_SETTING_KEY, SasStorage, make_sas_setting, sas_container_urls
 
 #: The names of the submodules re-exported here, and the setting parser (the blob paths below are public too).
 __all__ = [
     "READ_CONCURRENCY",
+    "AccountUrlError",
     "RETRIES_ENV",
     "RETRY_BACKOFF_ENV",
     "SAS_SETTING_KEY",
@@ -50,6 +65,8 @@ __all__ = [
     "StorageSetting",
     "StorageSettingError",
     "UnsafePathError",
+    "account_url",
+    "is_folder_marker",
     "make_sas_setting",
     "make_uri",
     "open_storage",
@@ -62,16 +79,18 @@ __all__ = [
     "retry_settings",
     "safe_path",
     "sas_container_urls",
+    "use_credential",
 ]
 
 #: What :func:`parse_setting` accepts, for its error messages.
 ACCEPTED_FORMS = (
     "a connection string (key=value;... with AccountName and AccountKey, or with BlobEndpoint; or "
-    'UseDevelopmentStorage=true), a SAS setting (JSON {"sas_containers": ...}), file://<path> or an '
+    "UseDevelopmentStorage=true), an account URL (https://<account>.blob.core.windows.net or its dfs endpoint, "
+    'authenticated with Entra ID), a SAS setting (JSON {"sas_containers": ...}), file://<path> or an '
     "absolute directory path"
 )
 FILE_SCHEME = "file://"
-StorageKind = Literal["connection_string", "sas", "directory"]
+StorageKind = Literal["connection_string", "account_url", "sas", "directory"]
 
 
 class StorageSettingError(ValueError):
@@ -87,7 +106,7 @@ class StorageSetting:
 
 
 def parse_setting(setting: str, *, source: str = config.STORAGE_ENV) -> StorageSetting:
-    """Which form ``setting`` has: a connection string, a SAS setting, or a local directory.
+    """Which form ``setting`` has: a connection string, an account URL, a SAS setting, or a local directory.
 
     ``source`` names where the setting came from (``SCORING_STORAGE``, or an Airflow connection) in the error
     raised for anything else; the value itself may hold a key and is never part of the message.
@@ -101,6 +120,13 @@ def parse_setting(setting: str, *, source: str = config.STORAGE_ENV) -> StorageS
         except ValueError as exc:
             raise StorageSettingError(f"{source} is not a usable SAS setting: {exc}") from None
         return StorageSetting("sas", text)
+    if "://" in text.split("=", 1)[0] and not text.startswith(FILE_SCHEME):  # a URL, not a key=value connection string
+        try:
+            return StorageSetting("account_url", account_url(text))
+        except AccountUrlError as exc:
+            raise StorageSettingError(
+                f"{source} is not a usable account URL: {exc}; expected {ACCEPTED_FORMS}"
+            ) from None
     if text.startswith(FILE_SCHEME):
         path = text[len(FILE_SCHEME) :]
         if not path:
@@ -146,6 +172,6 @@ def open_storage(setting: str | None = None, *, source: str = config.STORAGE_ENV
     parsed = parse_setting(config.storage_setting() if setting is None else setting, source=source)
     if parsed.kind == "sas":
         return SasStorage(sas_container_urls(parsed.value))
-    if parsed.kind == "connection_string":
+    if parsed.kind in ("connection_string", "account_url"):
         return BlobStorage(parsed.value)
     return LocalStorage(parsed.value)

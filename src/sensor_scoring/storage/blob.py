@@ -1,23 +1,31 @@
-"""Azure Blob Storage (or Azurite) through a connection string, and the retry budget of every blob call.
+"""Azure Blob Storage (or Azurite) by a connection string or by an account URL with Entra ID, and the retry budget
+of every blob call.
 
 Writes are atomic per blob: a block blob becomes visible only when its block list is committed. That is the
 property commit relies on to replace an hour without readers seeing half of it.
+
+An account URL authenticates with a token credential: the one registered for that account in this process
+(:func:`use_credential`: Airflow's ``scoring_storage`` connection, through the provider's ``WasbHook``), else
+azure-identity's ``DefaultAzureCredential``. The credential object lives in the SDK's pipeline; no token is kept,
+shown or logged here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from sensor_scoring import settings as config
 from sensor_scoring.storage.base import READ_CONCURRENCY, BlobInfo, GenerationMismatch, make_uri, safe_path
 
 if TYPE_CHECKING:
-    from azure.storage.blob import ContainerClient, ExponentialRetry
+    from azure.core.credentials import TokenCredential
+    from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
 
 #: Retry budget of blob calls (environment, so shard processes and Batch nodes get the same): how many
 #: retries, and the first backoff in seconds (later ones add 2**n seconds).
@@ -80,28 +88,185 @@ def http_options() -> dict[str, Any]:
     return {"use_env_settings": False} | ({"connection_verify": bundle} if bundle else {})
 
 
+class AccountUrlError(ValueError):
+    """An account URL of no usable form; the message never shows the URL (it might carry a SAS)."""
+
+
+def account_url(url: str) -> str:
+    """The blob endpoint of a storage account URL: ``https://<account>.blob.core.windows.net``, from that or from
+    the Data Lake (``dfs``) endpoint of the same account, which serves the same data to other APIs.
+
+    Only https (Entra ID tokens are never sent in clear), nothing but the account (an endpoint by IP address or a
+    one-label host, such as Azurite's, names it as the one path segment), no query: a SAS goes in a connection
+    string or a SAS setting.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme != "https":
+        raise AccountUrlError(f"an account URL must be https (tokens are not sent over {parts.scheme or 'no scheme'})")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise AccountUrlError(
+            "an account URL carries no query, fragment or credentials (a SAS goes in a connection string "
+            "BlobEndpoint=...;SharedAccessSignature=...)"
+        )
+    host = (parts.hostname or "").lower()
+    labels = host.split(".")
+    if not host or not all(labels):
+        raise AccountUrlError("an account URL needs a host name")
+    if len(labels) > 2 and labels[1] == "dfs":  # <account>.dfs.core.windows.net (and the other clouds)
+        labels[1] = "blob"
+    segments = [seg for seg in parts.path.split("/") if seg]
+    if len(segments) > 1 or (segments and "." in host and not _is_ip(host)):  # <account>.<domain>/x: x is a container
+        raise AccountUrlError("an account URL names the account only, not a container or a blob")
+    port = f":{parts.port}" if parts.port else ""
+    return f"https://{'.'.join(labels)}{port}" + (f"/{segments[0]}" if segments else "")
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+#: Token credentials an adapter registered per account URL, for code that only has the storage setting.
+_CREDENTIALS: dict[str, TokenCredential] = {}
+_DEFAULT_CREDENTIAL: list[TokenCredential] = []
+_CREDENTIALS_LOCK = threading.Lock()
+
+
+def use_credential(url: str, credential: TokenCredential) -> None:
+    """Authenticate the account at ``url`` with ``credential`` in this process (see :func:`credential_for`).
+
+    How a credential that is not ``DefaultAzureCredential``'s (an Airflow connection's service principal, a
+    managed identity's client id) reaches code that is handed only the setting, such as a backend's shard.
+    """
+    with _CREDENTIALS_LOCK:
+        _CREDENTIALS[account_url(url)] = credential
+
+
+def credential_for(url: str) -> TokenCredential:
+    """The credential registered for the account at ``url``, else one ``DefaultAzureCredential`` per process
+    (it caches its tokens: one per process, not one per storage object)."""
+    with _CREDENTIALS_LOCK:
+        registered = _CREDENTIALS.get(account_url(url))
+        if registered is not None:
+            return registered
+        if not _DEFAULT_CREDENTIAL:
+            from azure.identity import DefaultAzureCredential
+
+            _DEFAULT_CREDENTIAL.append(DefaultAzureCredential())
+        return _DEFAULT_CREDENTIAL[0]
+
+
+def is_folder_marker(name: str, size: int, metadata: Mapping[str, str] | None = None, resource_type: str = "") -> bool:
+    """Whether a listed blob is a directory, not data: an empty blob named like a folder (``.../``), marked
+    ``hdi_isfolder=true`` (what Data Lake Gen2 accounts, Storage Explorer and azcopy make for a directory), or
+    listed as a directory by a hierarchical-namespace account. A blob with bytes is data whatever it is called."""
+    if size:
+        return False
+    folder = any(
+        key.lower() == "hdi_isfolder" and str(value).lower() == "true" for key, value in (metadata or {}).items()
+    )
+    return name.endswith("/") or folder or resource_type.lower() == "directory"
+
+
+def _client_options(retry_total: int, initial_backoff: float) -> dict[str, Any]:
+    """The options of every client of this module: the retry budget, the timeouts and the transport's."""
+    return {
+        "retry_policy": retry_policy(retry_total, initial_backoff),
+        "connection_timeout": 10,
+        "read_timeout": 120,
+        **http_options(),
+    }
+
+
 class BlobStorage:
-    """Azure Blob Storage through a connection string; Azurite is the same code on loopback.
+    """Azure Blob Storage through a connection string (key or SAS) or an account URL with a token credential;
+    Azurite is the same code on loopback.
 
     Transient faults (connection refused, 5xx, timeouts) are retried by the SDK's exponential retry policy,
     so a storage blip during a run costs time, not the run.
     """
 
     def __init__(
-        self, connection_string: str, *, retry_total: int | None = None, initial_backoff: float | None = None
+        self,
+        setting: str,
+        *,
+        credential: TokenCredential | None = None,
+        retry_total: int | None = None,
+        initial_backoff: float | None = None,
     ) -> None:
+        """``setting``: a connection string, or an account URL (:func:`account_url`) authenticated with
+        ``credential``, else with :func:`credential_for` of it."""
         from azure.storage.blob import BlobServiceClient
 
         self.retry_total, backoff = retry_settings(retry_total, initial_backoff)
-        self._client = BlobServiceClient.from_connection_string(
-            connection_string,
-            retry_policy=retry_policy(self.retry_total, backoff),
-            connection_timeout=10,
-            read_timeout=120,
-            **http_options(),
-        )
+        options = _client_options(self.retry_total, backoff)
+        if "=" not in setting.split("://", 1)[0] and "://" in setting:
+            url = account_url(setting)
+            self._client = BlobServiceClient(url, credential=credential or credential_for(url), **options)
+        else:
+            self._client = BlobServiceClient.from_connection_string(setting, **options)
         self._created: set[str] = set()
         self._containers: dict[str, ContainerClient] = {}
+
+    @classmethod
+    def from_service_client(
+        cls, client: BlobServiceClient, *, retry_total: int | None = None, initial_backoff: float | None = None
+    ) -> BlobStorage:
+        """The account and credential of a client someone else built (the provider's ``WasbHook``, which knows
+        every mode of Airflow's wasb connections), on a client with this module's retry budget and options."""
+        from azure.storage.blob import BlobServiceClient
+
+        base, sep, query = client.url.partition("?")
+        try:  # a Data Lake (dfs) endpoint in the connection's host: its blob endpoint serves the Blob API
+            base = account_url(base)
+        except AccountUrlError:  # http (Azurite with a key) or a form of its own: as the hook built it
+            pass
+        storage = cls.__new__(cls)
+        storage.retry_total, backoff = retry_settings(retry_total, initial_backoff)
+        storage._client = BlobServiceClient(
+            base + sep + query, credential=client.credential, **_client_options(storage.retry_total, backoff)
+        )
+        storage._created, storage._containers = set(), {}
+        return storage
+
+    @property
+    def service_client(self) -> BlobServiceClient:
+        """The SDK's service client (what signs SAS URLs); its credential is the SDK's, never copied here."""
+        return self._client
+
+    @property
+    def token_credential(self) -> TokenCredential | None:
+        """The Entra ID credential this storage authenticates with; None with a key, a SAS or anonymously."""
+        credential = self._client.credential
+        return credential if hasattr(credential, "get_token") else None
+
+    def child_setting(self) -> str:
+        """The setting that opens this account in another process (a shard's child, ``SCORING_STORAGE``).
+
+        A key or a SAS travels as a connection string, as it always did; a token credential does not travel at
+        all: the other process gets the account URL and authenticates as itself (``DefaultAzureCredential``:
+        the same managed or workload identity on the same machine).
+        """
+        base, _, query = self._client.url.partition("?")
+        base = base.rstrip("/")
+        credential = self._client.credential
+        key = getattr(credential, "account_key", None)
+        if key:
+            protocol = urlsplit(base).scheme
+            account = f"AccountName={self.account_name};AccountKey={key}"
+            return f"DefaultEndpointsProtocol={protocol};{account};BlobEndpoint={base};"
+        signature = getattr(credential, "signature", None) or query
+        if signature:
+            return f"BlobEndpoint={base};SharedAccessSignature={signature.lstrip('?')}"
+        return account_url(base)
+
+    def __repr__(self) -> str:
+        return f"BlobStorage({self.describe()})"
 
     def _container(self, container: str) -> ContainerClient:
         """One client per container, on the service client's pipeline: building a client per blob costs more
@@ -159,8 +324,7 @@ class BlobStorage:
 
         def sdk_listing() -> list[BlobInfo]:
             try:
-                blobs = self._container(container).list_blobs(name_starts_with=prefix or None)
-                return [BlobInfo(b.name, b.size, b.last_modified) for b in blobs]
+                return sdk_blobs(self._container(container), prefix)
             except ResourceNotFoundError:  # a container nobody wrote to yet holds nothing
                 return []
 
@@ -177,8 +341,8 @@ class BlobStorage:
             client.delete_blobs(*names[start : start + 256])
         return len(names)
 
-    def describe(self) -> str:
-        return f"blob account {self.account_name} at {self._client.url}"
+    def describe(self) -> str:  # the URL without a SAS it may carry
+        return f"blob account {self.account_name} at {self._client.url.partition('?')[0]}"
 
     def generation(self, container: str, path: str) -> str | None:
         safe_path(container, path)
@@ -190,8 +354,19 @@ class BlobStorage:
         conditional_upload(self._client.get_blob_client(container, path), data, generation, make_uri(container, path))
 
 
+def sdk_blobs(client: ContainerClient, prefix: str) -> list[BlobInfo]:
+    """The blobs under ``prefix`` by the SDK's listing, without folder markers (:func:`is_folder_marker`)."""
+    blobs = client.list_blobs(name_starts_with=prefix or None, include=["metadata"])
+    return [
+        BlobInfo(b.name, b.size, b.last_modified) for b in blobs if not is_folder_marker(b.name, b.size, b.metadata)
+    ]
+
+
 def list_blobs(client: ContainerClient, prefix: str, sdk_listing: Callable[[], list[BlobInfo]]) -> list[BlobInfo]:
     """The blobs under ``prefix`` by the service's List Blobs pages, parsed for the three fields a listing gives.
+
+    Folder markers are not blobs of data and are left out (:func:`is_folder_marker`): a directory of a Data Lake
+    Gen2 account, or one Storage Explorer or azcopy made, is never read as a file nor counted as one.
 
     The SDK turns every listed blob into a properties object of some forty fields, which costs more than the
     service's answer for a folder of thousands of small files. The pages are fetched on the client's pipeline
@@ -208,7 +383,7 @@ def list_blobs(client: ContainerClient, prefix: str, sdk_listing: Callable[[], l
     found: list[BlobInfo] = []
     marker = ""
     while True:
-        query = {"restype": "container", "comp": "list", "maxresults": str(LIST_PAGE_SIZE)}
+        query = {"restype": "container", "comp": "list", "maxresults": str(LIST_PAGE_SIZE), "include": "metadata"}
         query |= {"prefix": prefix} if prefix else {}
         query |= {"marker": marker} if marker else {}
         url = f"{base}?{urlencode(query, quote_via=quote, safe='/~')}" + (f"&{sas}" if sas else "")
@@ -228,13 +403,13 @@ def list_blobs(client: ContainerClient, prefix: str, sdk_listing: Callable[[], l
         for blob in root.iter("Blob"):
             name = blob.find("Name")
             text = "" if name is None or name.text is None else name.text
-            found.append(
-                BlobInfo(
-                    unquote(text) if name is not None and name.get("Encoded") == "true" else text,
-                    int(blob.findtext("Properties/Content-Length") or 0),
-                    parsedate_to_datetime(blob.findtext("Properties/Last-Modified") or ""),
-                )
-            )
+            text = unquote(text) if name is not None and name.get("Encoded") == "true" else text
+            size = int(blob.findtext("Properties/Content-Length") or 0)
+            listed = blob.find("Metadata")
+            metadata = {} if listed is None else {item.tag: item.text or "" for item in listed}
+            if is_folder_marker(text, size, metadata, blob.findtext("Properties/ResourceType") or ""):
+                continue
+            found.append(BlobInfo(text, size, parsedate_to_datetime(blob.findtext("Properties/Last-Modified") or "")))
         marker = root.findtext("NextMarker") or ""
         if not marker:
             return found

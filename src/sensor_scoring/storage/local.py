@@ -1,6 +1,9 @@
 """Storage in a local directory: one folder per container, for laptops without Node and for unit tests.
 
-Writes are atomic per file, as a committed block blob is: a file is written beside its target and renamed over it.
+Writes are atomic per file, as a committed block blob is: a file is written in the root's own ``.tmp`` folder and
+renamed over its target. The temporary files and the locks of conditional writes live outside every container
+(``.tmp`` and ``.locks`` cannot be container names), so every file in a container is a blob, whatever its name:
+a landed ``.tmp-...`` or dot-named file is listed and read like any other.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sensor_scoring.storage.base import READ_CONCURRENCY, BlobInfo, GenerationMismatch, UnsafePathError, safe_path
+
+#: The root's folders of temporary files and of lock files: dot names, so never a container's.
+TMP_DIR = ".tmp"
+LOCK_DIR = ".locks"
 
 
 class LocalStorage:
@@ -38,10 +45,16 @@ class LocalStorage:
         """One after the other: a local file costs a few microseconds, so threads would only add their own."""
         return [self.read_bytes(container, path) for path in paths]
 
+    def _tmp(self) -> tuple[int, str]:
+        """A new temporary file outside every container, on the root's filesystem (renamed into place)."""
+        folder = self.root / TMP_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=folder, prefix="write-")
+
     def write_bytes(self, container: str, path: str, data: bytes) -> None:
         target = self._path(container, path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        fd, tmp = self._tmp()
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -53,7 +66,7 @@ class LocalStorage:
     def upload_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None:
         target = self._path(container, path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        fd, tmp = self._tmp()
         os.close(fd)
         try:
             shutil.copyfile(local_path, tmp)
@@ -70,7 +83,7 @@ class LocalStorage:
             return []
         found = []
         for file in start.rglob("*"):
-            if not file.is_file() or file.name.startswith(".tmp-"):
+            if not file.is_file():
                 continue
             name = file.relative_to(base).as_posix()
             if name.startswith(prefix):
@@ -99,11 +112,12 @@ class LocalStorage:
             return None
 
     def write_bytes_if(self, container: str, path: str, data: bytes, generation: str | None) -> None:
-        """Check and write under an exclusive lock on a lock file beside the target (``flock``: every writer of
-        this directory through this method takes it), so the check and the rename are one step."""
-        target = self._path(container, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target.parent / f".tmp-lock-{target.name}", "a+b") as lock:
+        """Check and write under an exclusive lock on the blob's lock file (``flock``: every writer of this
+        directory through this method takes it), so the check and the rename are one step."""
+        self._path(container, path)
+        locks = self.root / LOCK_DIR / container
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / hashlib.sha256(path.encode()).hexdigest(), "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 current = self.generation(container, path)

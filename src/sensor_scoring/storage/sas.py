@@ -1,4 +1,9 @@
-"""Storage through container SAS URLs only: what an Azure Batch task gets instead of the account key."""
+"""Storage through container SAS URLs only: what an Azure Batch task gets instead of the account key or a token.
+
+The URLs are signed with a user delegation key (Entra ID) when the storage authenticates with a token, so an
+account that forbids shared-key access (``allowSharedKeyAccess=false``) serves them; with the account key only
+when a key is what the storage has.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sensor_scoring.storage.base import READ_CONCURRENCY, BlobInfo, make_uri, safe_path
 from sensor_scoring.storage.blob import (
+    BlobStorage,
     blob_generation,
     conditional_upload,
     http_options,
@@ -17,11 +23,14 @@ from sensor_scoring.storage.blob import (
     read_blobs,
     retry_policy,
     retry_settings,
+    sdk_blobs,
 )
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
 
+#: The longest a user delegation key (and so a SAS it signs) may live, from now: the service's limit.
+USER_DELEGATION_MAX = timedelta(days=7)
 #: The one key of a SAS storage setting: ``{"sas_containers": {container: url}}``.
 SAS_SETTING_KEY = "sas_containers"
 
@@ -104,10 +113,7 @@ class SasStorage:
 
         def sdk_listing() -> list[BlobInfo]:
             try:
-                return [
-                    BlobInfo(b.name, b.size, b.last_modified)
-                    for b in client.list_blobs(name_starts_with=prefix or None)
-                ]
+                return sdk_blobs(client, prefix)
             except ResourceNotFoundError:  # as BlobStorage: a container nobody wrote to yet holds nothing
                 return []
 
@@ -136,36 +142,58 @@ class SasStorage:
 
 
 def make_sas_setting(
-    connection_string: str, *, read: list[str], read_write: list[str], hours: float, now: datetime | None = None
+    storage: str | BlobStorage,
+    *,
+    read: list[str],
+    read_write: list[str],
+    hours: float,
+    now: datetime | None = None,
 ) -> str:
-    """A SAS storage setting for some containers, signed with the account key of ``connection_string``.
+    """A SAS storage setting for some containers of the account of ``storage`` (a connection string, an account
+    URL, or a :class:`BlobStorage` such as the one of Airflow's connection).
 
-    ``read`` containers get read+list, ``read_write`` ones read+list+create+write+add. A container SAS covers
-    the whole container: on a flat-namespace account it cannot be narrowed to a folder (a directory-scoped
-    SAS needs hierarchical namespace), so shards get the staging container, not only their own prefix.
+    Signed with a user delegation key, obtained with the storage's Entra ID credential for the SAS's lifetime,
+    when the storage authenticates with a token; with the account key when it has one. A SAS-only storage cannot
+    sign (ValueError). ``read`` containers get read+list, ``read_write`` ones read+list+create+write+add, each
+    its own SAS. A container SAS covers the whole container: on a flat-namespace account it cannot be narrowed
+    to a folder (a directory-scoped SAS needs hierarchical namespace), so shards get the staging container, not
+    only their own prefix.
     """
-    from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
-    client = BlobServiceClient.from_connection_string(connection_string)
-    credential = client.credential
-    key = getattr(credential, "account_key", None)
-    if not key:
-        raise ValueError(
-            "SAS tokens for Batch tasks are signed with the storage account key; the storage "
-            "setting has none (a SAS-only or token connection cannot mint them)"
-        )
+    blob = storage if isinstance(storage, BlobStorage) else BlobStorage(storage)
+    client = blob.service_client
+    key = getattr(client.credential, "account_key", None)
     now = now or datetime.now(timezone.utc)
+    start = now - timedelta(minutes=5)  # tolerate clock skew between Airflow and the Batch node
+    expiry = now + timedelta(hours=hours)
+    signing: dict[str, Any]
+    if key:
+        signing = {"account_key": key}
+    elif blob.token_credential is not None:
+        if expiry > now + USER_DELEGATION_MAX:
+            raise ValueError(
+                f"a SAS signed with a user delegation key lives at most {USER_DELEGATION_MAX.days} days; "
+                f"{hours} hours asked"
+            )
+        # one key for the call, valid exactly as long as the SAS it signs
+        signing = {"user_delegation_key": client.get_user_delegation_key(start, expiry)}
+    else:
+        raise ValueError(
+            "SAS tokens for Batch tasks are signed with a user delegation key (Entra ID) or the account key; "
+            "this storage has neither (a SAS-only connection cannot mint them)"
+        )
     urls = {}
     for container in [*read, *read_write]:
         writable = container in read_write
         permission = ContainerSasPermissions(read=True, list=True, write=writable, create=writable, add=writable)
         token = generate_container_sas(
-            credential.account_name,
+            client.account_name or blob.account_name,
             container,
-            account_key=key,
             permission=permission,
-            start=now - timedelta(minutes=5),  # tolerate clock skew between Airflow and the Batch node
-            expiry=now + timedelta(hours=hours),
+            start=start,
+            expiry=expiry,
+            **signing,
         )
-        urls[container] = f"{client.get_container_client(container).url}?{token}"
+        urls[container] = f"{client.get_container_client(container).url.partition('?')[0]}?{token}"
     return json.dumps({SAS_SETTING_KEY: urls})
