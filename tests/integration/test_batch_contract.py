@@ -27,8 +27,8 @@ from dev.azurite import KEY as STORAGE_KEY
 from sensor_scoring import backends
 from sensor_scoring.backends import azure_batch as batch
 from tests.support.fake_batch import ACCOUNT, AIRFLOW_IDENTITY, KEY, POOL_IDENTITY, FakeBatch
-from tests.support.managed_identity import BATCH_RESOURCE
 from tests.support.helpers import planned_hour
+from tests.support.managed_identity import BATCH_RESOURCE
 
 pytestmark = [pytest.mark.azurite]
 IMAGE = "registry.example/sensor-scoring-scorer:1.0"
@@ -309,6 +309,7 @@ def pid_alive(pid: int) -> bool:
 
 
 # --- without the account key: Entra ID for Batch, the pool's identity or user-delegation SAS for storage -----
+
 
 @pytest.fixture
 def keyless_shards(keyless_azure, containers):
