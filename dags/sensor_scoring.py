@@ -337,6 +337,7 @@ with ScoringDAG(
         context = get_current_context()
         manifests = health(airflow_context.hour_for(context, params or {}))
         alerts.check_drift(context, manifests)
+        alerts.check_models_lost(context, manifests)
         return {"hours": [m.hour.isoformat() for m in manifests], "alerting": [m.alerting for m in manifests]}
 
     model_health(committed)

@@ -2,19 +2,24 @@
 
 The ``production`` alias moves only through :func:`move_alias`, which records each move (to which version, from
 which, why, and by what: a training DAG run, a rollback command or form) in ``aliases/production-history.json``.
-That history is the rollback path: :func:`rollback` points the alias back at the version before the current one,
-or at any registered version named.
+That history is the rollback path: :func:`rollback` walks the alias back one promotion at a time
+(:func:`production_stack`; never forward to a version rolled back from), or points it at any registered version named.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from sensor_scoring.models import registry
 from sensor_scoring.names import check_version
 from sensor_scoring.storage import Storage
+
+
+#: Sensors named in a refusal (the verdict counts them all).
+MAX_NAMED = 20
 
 
 @dataclass(frozen=True)
@@ -35,12 +40,20 @@ class Policy:
 
 
 def decide(summary: dict[str, object], policy: Policy) -> tuple[bool, list[str]]:
-    """Does the evaluation ``summary`` (``evaluation.compare``) satisfy ``policy``? And the reasons when not."""
+    """Does the evaluation ``summary`` (``evaluation.compare``, with ``coverage``) satisfy ``policy``? And the
+    reasons when not.
+
+    Coverage first: every sensor production scores must be scored by the version promoted (its own model, or
+    production's carried into it: ``coverage``); a version that would drop sensors is refused whatever it scores.
+    """
     reasons: list[str] = []
+    coverage = summary.get("coverage")
+    if isinstance(coverage, dict) and coverage.get("uncovered"):
+        reasons.append(str(coverage["why"]))
     cand = summary["candidate_all"]
     assert isinstance(cand, dict)
     if not cand["windows"]:
-        return False, ["no held-back window of a sensor with a new model: nothing to evaluate the version on"]
+        return False, [*reasons, "no held-back window of a sensor with a new model: nothing to evaluate the version on"]
     share = float(cand["flagged_share"])
     if share > policy.max_flagged_share:
         reasons.append(
@@ -60,6 +73,43 @@ def decide(summary: dict[str, object], policy: Policy) -> tuple[bool, list[str]]
                 f"{prod['f1']:.3f} by more than max_f1_drop {policy.max_f1_drop}"
             )
     return not reasons, reasons
+
+
+def coverage(
+    candidate: Collection[tuple[str, str]],
+    candidate_features: str,
+    production: Collection[tuple[str, str]],
+    production_version: str | None,
+    production_features: str | None,
+) -> dict[str, object]:
+    """Which of production's sensors the candidate leaves without a model, and whether production's models can be
+    carried into the new version for them (only within one feature set: a version is scored with one).
+
+    ``carried``: sensors whose production model the registered version takes over (a subset run, or a sensor with
+    too few windows this time); ``uncovered``: sensors it would drop (the gate refuses it then, saying ``why``).
+    """
+    missing = sorted(set(production) - set(candidate))
+    names = [f"{d}/{t}" for d, t in missing]
+    carry = bool(missing) and production_features == candidate_features
+    out: dict[str, object] = {
+        "production_version": production_version,
+        "production_sensors": len(production),
+        "candidate_models": len(candidate),
+        "carried": len(missing) if carry else 0,
+        "carried_from": production_version if carry else None,
+        "uncovered": 0 if carry else len(missing),
+        "uncovered_sensors": [] if carry else names[:MAX_NAMED],
+        "why": None,
+    }
+    if missing and not carry:
+        listed = ", ".join(names[:MAX_NAMED]) + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
+        out["why"] = (
+            f"it has no model for {len(missing)} of the {len(production)} sensors production ({production_version}) "
+            f"scores ({listed}) and cannot carry production's models for them: production's are of feature set "
+            f"{production_features}, the new models of {candidate_features} (a version is scored with one set); "
+            "train those sensors too, with the same feature set"
+        )
+    return out
 
 
 def history_path(alias: str) -> str:
@@ -107,18 +157,41 @@ def move_alias(
     return record
 
 
+def production_stack(storage: Storage, container: str, alias: str = registry.PRODUCTION_ALIAS) -> list[str]:
+    """The versions ``alias`` was promoted through and not rolled back from, oldest first: the rollback path.
+
+    Replays the history: a promotion (or a move to a version not on the path) pushes its version; a rollback to a
+    version on the path drops everything after it. So rolling back twice goes two promotions back, never forward
+    to the version just left. An alias set without a recorded move (``register(promote=True)``) is its last step.
+    """
+    stack: list[str] = []
+    for move in history(storage, container, alias):
+        version = str(move["version"])
+        if move.get("action") == "rollback" and version in stack:
+            del stack[len(stack) - stack[::-1].index(version) :]
+        else:
+            stack.append(version)
+    now = current(storage, container, alias)
+    if now is not None and (not stack or stack[-1] != now):
+        stack.append(now)
+    return stack
+
+
 def rollback(
     storage: Storage, container: str, to: str | None = None, *, by: str, alias: str = registry.PRODUCTION_ALIAS
 ) -> dict[str, object]:
-    """Point ``alias`` at ``to``, or (None) at the version it pointed at before the current one."""
+    """Point ``alias`` at ``to``, or (None) one step back along its promotion path (``production_stack``).
+
+    A second rollback goes one more step back; at the first version of the path it refuses (``LookupError``)."""
     now = current(storage, container, alias)
     if to is None:
-        earlier = [m["previous"] for m in reversed(history(storage, container, alias)) if m["version"] == now]
-        if not earlier or not earlier[0]:
+        path = production_stack(storage, container, alias)
+        if len(path) < 2:
             raise LookupError(
-                f"alias {alias!r} (now {now}) has no earlier version in its history; name one: rollback --to <version>"
+                f"alias {alias!r} (now {now}) has no earlier version on its promotion path "
+                f"({' -> '.join(path) or 'empty'}); name one: rollback --to <version>"
             )
-        to = str(earlier[0])
+        to = path[-2]
     check_version(to, "rollback version")
     if to == now:
         raise ValueError(f"alias {alias!r} already points at {to}")

@@ -72,12 +72,15 @@ def register(
     promote: bool,
     lineage: dict[str, object] | None = None,
     evaluation: pd.DataFrame | None = None,
+    carried: dict[tuple[str, str], str] | None = None,
 ) -> dict[str, object]:
     """Write a version (packs, index, manifest), then move the alias if asked. Returns the manifest.
 
     ``lineage`` (the training run, data range, evaluation) goes into the manifest; ``evaluation`` (per-sensor
-    metrics) is stored beside it as ``evaluation.parquet``.
+    metrics) is stored beside it as ``evaluation.parquet``. ``carried``: the models taken over unchanged from
+    another version (sensor -> that version), named in the index's ``carried_from`` column.
     """
+    carried = carried or {}
     check_version(version)
     if not trained:
         raise ValueError("no models to register: no sensor had enough training windows")
@@ -110,6 +113,7 @@ def register(
                     "support_vectors": len(model.arrays.dual_coef),
                     "train_flagged_share": model.flagged_share,
                     "nu": model.nu,
+                    "carried_from": carried.get((model.device_id, model.tag)),
                 }
             )
     index = pd.DataFrame(index_rows)
@@ -240,6 +244,18 @@ def read_index(storage: Storage, container: str, version: str) -> pd.DataFrame:
     return parquet_frame(data)
 
 
+def fits(arrays: ModelArrays, width: int) -> bool:
+    """Whether a model's arrays take ``width`` features: its scaler and support vectors agree on that width."""
+    sv = np.asarray(arrays.support_vectors)
+    return (
+        np.shape(arrays.mean) == (width,)
+        and np.shape(arrays.scale) == (width,)
+        and sv.ndim == 2
+        and sv.shape[1] == width
+        and np.shape(arrays.dual_coef) == (sv.shape[0],)
+    )
+
+
 def load_models(
     storage: Storage, container: str, version: str, wanted: pd.DataFrame
 ) -> tuple[dict[tuple[str, str], ModelArrays], dict[tuple[str, str], str]]:
@@ -247,9 +263,11 @@ def load_models(
 
     Each pack is read once however many of its models are wanted, so a shard of thousands of sensors costs
     a few storage reads. Returns the verified models, each carrying its version's feature set, and, for the rest,
-    the reason they cannot be used.
+    the reason they cannot be used: ``model_unreadable`` too for a model whose input width is not its version's
+    feature set's (it could not be scored with the others).
     """
     feature_set = version_features(read_manifest(storage, container, version))
+    width = len(feature_sets.columns(feature_set))
     models: dict[tuple[str, str], ModelArrays] = {}
     refused: dict[tuple[str, str], str] = {}
     for pack_file, rows in wanted.groupby("pack", sort=True):
@@ -267,6 +285,8 @@ def load_models(
                 refused[key] = "model_missing"
             elif unpacked[row].digest() != sha:
                 refused[key] = "model_hash_mismatch"
+            elif not fits(unpacked[row], width):
+                refused[key] = "model_unreadable"  # cannot be fed its version's features: scored, it would fail all
             else:
                 models[key] = unpacked[row]
                 models[key].features = feature_set
