@@ -24,6 +24,8 @@ the model versions the hour used (``models.stats``). Per sensor and hour:
 A sensor whose version was registered without statistics gets ``status = "no training statistics"`` and no PSI:
 health never fails for it. Written as ``health/date=YYYY-MM-DD/hour=HH/part-00000.parquet`` (``layout.Partition``)
 with ``_manifest.json`` (:class:`HealthManifest`), the pre-aggregated source of the fleet page and the report.
+"""
+
 from __future__ import annotations
 
 import dataclasses
