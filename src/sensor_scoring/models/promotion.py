@@ -17,7 +17,6 @@ from sensor_scoring.models import registry
 from sensor_scoring.names import check_version
 from sensor_scoring.storage import Storage
 
-
 #: Sensors named in a refusal (the verdict counts them all).
 MAX_NAMED = 20
 
@@ -102,7 +101,9 @@ def coverage(
         "why": None,
     }
     if missing and not carry:
-        listed = ", ".join(names[:MAX_NAMED]) + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
+        listed = ", ".join(names[:MAX_NAMED]) + (
+            f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else ""
+        )
         out["why"] = (
             f"it has no model for {len(missing)} of the {len(production)} sensors production ({production_version}) "
             f"scores ({listed}) and cannot carry production's models for them: production's are of feature set "

@@ -200,10 +200,10 @@ def drift_hours(rows: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray
     return np.where(rows["drifting"], np.asarray(before) + 1, 0).astype("int64")
 
 
-def _reference(table: pd.DataFrame, hour_of_day: int | None) -> tuple[list[object], np.ndarray]:
+def _reference(table: pd.DataFrame, hour_of_day: int | None) -> tuple[list[np.ndarray], np.ndarray]:
     """Each model's reference histogram and flagged share: its training windows of ``hour_of_day`` where it had at
     least ``stats.MIN_HOURLY_WINDOWS`` of them, else its whole range (and always for statistics without hours)."""
-    counts = list(table["counts"])
+    counts = [np.asarray(c, dtype=float) for c in table["counts"]]
     shares = table["train_flagged_share"].to_numpy(dtype=float).copy()
     if hour_of_day is None or "hourly_counts" not in table:
         return counts, shares

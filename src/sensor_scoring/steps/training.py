@@ -333,18 +333,20 @@ def evaluate(
     first = windows["window_end"].min().floor("h").to_pydatetime() if len(windows) else run.end
     labels, labelled = evaluation.read_labels(run.storage, run.containers.labels, first, run.end)
     production = _production_models(run, windows, baseline)
-    summary, table = evaluation.compare(windows, candidate, production and production.models, labels, labelled)
+    summary, table = evaluation.compare(
+        windows, candidate, None if production is None else production.models, labels, labelled
+    )
     summary["coverage"] = promotion.coverage(
         candidate,
         _one_feature_set(candidate),
         [] if production is None else list(production.index[KEY].itertuples(index=False, name=None)),
-        production and production.version,
-        production and production.features,
+        None if production is None else production.version,
+        None if production is None else production.features,
     )
     ok, reasons = promotion.decide(summary, policy)
     verdict: dict[str, object] = {
         **summary,
-        "production_version": production and production.version,
+        "production_version": None if production is None else production.version,
         "policy": policy.to_dict(),
         "promotable": ok,
         "reasons": reasons,
@@ -420,7 +422,9 @@ def _carry(
     keep = keep.loc[keep["_merge"] == "left_only"].drop(columns="_merge").reset_index(drop=True)
     loaded, refused = registry.load_models(run.storage, run.containers.models, version, keep)
     if refused:
-        log.warning("Not carrying %d unusable model(s) of %s: %s", len(refused), version, dict(list(refused.items())[:5]))
+        log.warning(
+            "Not carrying %d unusable model(s) of %s: %s", len(refused), version, dict(list(refused.items())[:5])
+        )
     carried = []
     for row in keep.itertuples(index=False):
         key = (str(row.device_id), str(row.tag))
@@ -442,7 +446,9 @@ def _carry(
     table = stats.read(run.storage, run.containers.models, version)
     if table is not None:
         table = table.merge(pd.DataFrame(list(loaded), columns=KEY), on=KEY).reset_index(drop=True)
-    log.info("Carrying %d model(s) of %s into the new version (sensors the run trained no model for)", len(carried), version)
+    log.info(
+        "Carrying %d model(s) of %s into the new version (sensors the run trained no model for)", len(carried), version
+    )
     return carried, table
 
 
