@@ -10,7 +10,7 @@ import pytest
 
 from sensor_scoring import layout
 from sensor_scoring.models import stats
-from sensor_scoring.models.training import train_and_register
+from tests.support.training import train_and_register
 from sensor_scoring.steps import health
 from sensor_scoring.windows import land_windows
 from tests.support.helpers import START, fleet_windows

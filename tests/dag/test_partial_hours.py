@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from sensor_scoring import layout, settings as config, storage as st
-from sensor_scoring.models.training import train_and_register
+from tests.support.training import train_and_register
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from tests.conftest import REPO
 from tests.support.helpers import START

@@ -15,7 +15,7 @@ import pytest
 
 from sensor_scoring.contracts import SensorDuplicates, Subset
 from sensor_scoring.features import feature_matrix
-from sensor_scoring.models.training import train_and_register
+from tests.support.training import train_and_register
 from sensor_scoring.steps.rescoring import duplicates_by_sensor, select_sensors, subset_of
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from sensor_scoring.validation import check_windows

@@ -18,7 +18,7 @@ import pytest
 
 from sensor_scoring import features, features as feature_sets, layout
 from sensor_scoring.models import fitting, registry
-from sensor_scoring.models.training import train_and_register
+from tests.support.training import train_and_register
 from sensor_scoring.scorer import score
 from sensor_scoring.steps.commit import commit
 from sensor_scoring.steps.interval import Hour
