@@ -468,7 +468,7 @@ def _run(
             version = str(trained["version"])
             story.step("Models", describe_training(trained, first, latest))
             if not trained["promoted"]:
-                raise DemoFailed(f"model version {version} {trained['reason']}")
+                raise DemoFailed(f"model version {version} {trained['reason']}") from None
 
         story.transient("Airflow", "migrating the metadata DB, loading the DAG ...", force=True)
         started = time.monotonic()
@@ -577,16 +577,24 @@ DEMO_TRAINING = {
 }
 
 
-def train_models(storage, containers: config.Containers, first: datetime, latest: datetime) -> dict[str, object]:
+def train_models(
+    storage,
+    containers: config.Containers,
+    first: datetime,
+    latest: datetime,
+    params: dict[str, object] | None = None,
+    version: str | None = None,
+) -> dict[str, object]:
     """A version trained, evaluated and promoted by policy through the training DAG's own steps
-    (``steps.training.train_locally``, as ``python -m sensor_scoring train`` runs them)."""
+    (``steps.training.train_locally``, as ``python -m sensor_scoring train`` runs them), with the training DAG's
+    params (``DEMO_TRAINING`` unless given)."""
     from sensor_scoring.models import promotion, registry
     from sensor_scoring.steps.interval import Hour
     from sensor_scoring.steps.training import train_locally
 
-    version = registry.new_version_name()
+    version = version or registry.new_version_name()
     run = Hour(storage, containers, f"demo training {version}", first, latest)
-    return train_locally(run, DEMO_TRAINING, promotion.Policy(), version=version)
+    return train_locally(run, params or DEMO_TRAINING, promotion.Policy(), version=version)
 
 
 def describe_training(trained: dict[str, object], first: datetime, latest: datetime) -> str:

@@ -581,8 +581,7 @@ def seed(
     storage_setting: str, *, devices: int, tags: int, hours: int, now: datetime | None = None
 ) -> dict[str, object]:
     """Simulated windows for the last ``hours`` hours up to now, and a promoted model version if none exists."""
-    from dev.demo import ensure_data
-    from dev.demo import train_models
+    from dev.demo import ensure_data, train_models
     from sensor_scoring.models import registry
     from sensor_scoring.storage import open_storage
 
@@ -596,7 +595,7 @@ def seed(
     except LookupError:
         trained = train_models(storage, containers, first, latest)  # the training DAG's steps, promoted by policy
         if not trained["promoted"]:
-            raise RuntimeError(f"model version {trained['version']} {trained['reason']}")
+            raise RuntimeError(f"model version {trained['version']} {trained['reason']}") from None
         version = str(trained["version"])
     return {"hours": landed["hours"], "windows": landed["windows"], "model_version": version}
 

@@ -22,12 +22,12 @@ import pandas as pd
 import pytest
 
 from sensor_scoring import settings as config
-from tests.support.training import train_and_register
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from sensor_scoring.windows import parse_window_file
 from tests.conftest import REPO
 from tests.support.helpers import START
 from tests.support.partitions import read_partition
+from tests.support.training import train_and_register
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 H = timedelta(hours=1)

@@ -10,11 +10,11 @@ import pytest
 
 from sensor_scoring import layout
 from sensor_scoring.models import stats
-from tests.support.training import train_and_register
 from sensor_scoring.steps import health
 from sensor_scoring.windows import land_windows
 from tests.support.helpers import START, fleet_windows
 from tests.support.partitions import read_partition
+from tests.support.training import train_and_register
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 H = timedelta(hours=1)

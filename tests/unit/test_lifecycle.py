@@ -183,3 +183,61 @@ def test_a_model_of_another_width_is_refused_at_load(tmp_path, trained, monkeypa
     loaded, refused = registry.load_models(storage, "models", "v1", registry.read_index(storage, "models", "v1"))
     assert refused == {(trained[0].device_id, trained[0].tag): "model_unreadable"}
     assert sorted(loaded) == [(m.device_id, m.tag) for m in trained[1:]]
+
+
+def test_manifests_and_verdicts_are_typed_records_and_old_ones_still_read(tmp_path, trained):
+    import json
+
+    from sensor_scoring.contracts import RegistryError
+
+    storage = LocalStorage(str(tmp_path))
+    written = registry.register(storage, "models", trained, version="v1", params={"nu": 0.02}, promote=False)
+    record = registry.read_version_manifest(storage, "models", "v1")
+    assert written["schema_version"] == 1 and record.models == len(trained) and record.index.file == "models.parquet"
+    assert record.packs[0].models == len(trained) and record.lineage is None
+
+    # a manifest from before manifests were versioned, without feature set columns or lineage: read as it was
+    old = json.loads(storage.read_bytes("models", "versions/v1/manifest.json"))
+    for key in ("schema_version", "feature_columns", "lineage"):
+        old.pop(key)
+    old["features"] = ["value_avg", "value_min", "value_max", "value_std", "reading_count"]
+    storage.write_bytes("models", "versions/v1/manifest.json", json.dumps(old).encode())
+    assert registry.read_version_manifest(storage, "models", "v1").features == old["features"]
+    assert registry.version_features(registry.read_manifest(storage, "models", "v1")) == "window-v1"
+
+    storage.write_bytes("models", "versions/v1/manifest.json", json.dumps({**old, "modles": 3}).encode())
+    with pytest.raises(RegistryError, match="unknown field.*'modles'"):
+        registry.read_manifest(storage, "models", "v1")
+    storage.write_bytes("models", "versions/v1/manifest.json", json.dumps({**old, "models": "two"}).encode())
+    with pytest.raises(RegistryError, match="field 'models' should be an integer"):
+        registry.read_manifest(storage, "models", "v1")
+
+    metrics = {
+        "windows": 10,
+        "flagged": 1,
+        "flagged_share": 0.1,
+        "labelled": 0,
+        "anomalous": 0,
+        "precision": None,
+        "recall": None,
+        "f1": None,
+    }
+    before_coverage = {
+        "held_back_windows": 10,
+        "labelled_hours": [],
+        "candidate_all": metrics,
+        "candidate": metrics,
+        "production": None,
+        "production_version": None,
+        "policy": {"max_f1_drop": 0.0, "min_flagged_share": 0.0, "max_flagged_share": 0.1},
+        "promotable": True,
+        "reasons": [],
+    }
+    verdict = promotion.GateVerdict.from_dict(before_coverage, source="an old manifest")
+    assert verdict.coverage is None and verdict.policy == promotion.Policy()
+    from sensor_scoring.contracts import ContractError
+
+    with pytest.raises(ContractError, match="field 'candidate.flagged' is missing"):
+        promotion.GateVerdict.from_dict(
+            {**before_coverage, "candidate": {k: v for k, v in metrics.items() if k != "flagged"}}, source="x"
+        )

@@ -111,12 +111,11 @@ def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_
     """One ownership rule: the training DAG's gather and load_and_validate read the same windows of [start, end)."""
     from datetime import timedelta
 
-    from sensor_scoring import settings as config
+    from sensor_scoring import layout, settings as config
     from sensor_scoring.contracts import WINDOW_COLUMNS, WINDOW_KEY
-    from sensor_scoring import layout
     from sensor_scoring.steps.interval import Hour
-    from sensor_scoring.steps.training import gather
     from sensor_scoring.steps.load import load_and_validate
+    from sensor_scoring.steps.training import gather
     from sensor_scoring.windows import LandingPlan, land_windows, to_asa_json_lines
     from tests.support.helpers import START
 

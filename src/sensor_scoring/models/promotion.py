@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import ClassVar
 
 from sensor_scoring.models import registry
 from sensor_scoring.names import check_version
+from sensor_scoring.records import Record
 from sensor_scoring.storage import Storage
 
 #: Sensors named in a refusal (the verdict counts them all).
@@ -22,7 +24,7 @@ MAX_NAMED = 20
 
 
 @dataclass(frozen=True)
-class Policy:
+class Policy(Record):
     """When a candidate may replace production (the training DAG's form sets each field).
 
     ``max_f1_drop``: on labelled held-back windows, the candidate's F1 may be at most this much below
@@ -30,12 +32,61 @@ class Policy:
     windows the candidate flags (labelled or not): a model flagging half the fleet, or nothing, is refused.
     """
 
+    KIND: ClassVar[str] = "promotion policy"
     max_f1_drop: float = 0.0
     min_flagged_share: float = 0.0
     max_flagged_share: float = 0.1
 
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+
+@dataclass(frozen=True)
+class Metrics(Record):
+    """How a set of models did on held-back windows (``evaluation.metrics``): precision, recall and F1 only over
+    labelled windows (None without)."""
+
+    KIND: ClassVar[str] = "evaluation metrics"
+    windows: int
+    flagged: int
+    flagged_share: float
+    labelled: int
+    anomalous: int
+    precision: float | None
+    recall: float | None
+    f1: float | None
+
+
+@dataclass(frozen=True)
+class Coverage(Record):
+    """Which of production's sensors the candidate leaves without a model (:func:`coverage`)."""
+
+    KIND: ClassVar[str] = "coverage"
+    production_version: str | None
+    production_sensors: int
+    candidate_models: int
+    carried: int
+    carried_from: str | None
+    uncovered: int
+    uncovered_sensors: tuple[str, ...]
+    why: str | None
+
+
+@dataclass(frozen=True)
+class GateVerdict(Record):
+    """The gate's verdict on a candidate version: staged as the training run's ``evaluation.json`` and kept in the
+    version's manifest (``lineage.evaluation``). ``candidate`` and ``production`` are measured on the held-back
+    windows of the sensors both cover; ``candidate_all`` on every held-back window of the candidate's sensors.
+    ``coverage`` is absent from verdicts written before the gate judged it."""
+
+    KIND: ClassVar[str] = "gate verdict"
+    held_back_windows: int
+    labelled_hours: tuple[str, ...]
+    candidate_all: Metrics
+    candidate: Metrics
+    production: Metrics | None
+    production_version: str | None
+    policy: Policy
+    promotable: bool
+    reasons: tuple[str, ...]
+    coverage: Coverage | None = None
 
 
 def decide(summary: dict[str, object], policy: Policy) -> tuple[bool, list[str]]:

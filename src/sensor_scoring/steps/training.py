@@ -344,15 +344,19 @@ def evaluate(
         None if production is None else production.features,
     )
     ok, reasons = promotion.decide(summary, policy)
-    verdict: dict[str, object] = {
-        **summary,
-        "production_version": None if production is None else production.version,
-        "policy": policy.to_dict(),
-        "promotable": ok,
-        "reasons": reasons,
-    }
-    run.storage.write_bytes(staging, plan.evaluation, json.dumps(verdict, indent=2, default=str).encode())
+    record = promotion.GateVerdict.from_dict(
+        {
+            **summary,
+            "production_version": None if production is None else production.version,
+            "policy": policy.to_dict(),
+            "promotable": ok,
+            "reasons": reasons,
+        },
+        source="the gate's evaluation",
+    )
+    run.storage.write_bytes(staging, plan.evaluation, record.to_json(indent=2))
     run.storage.write_bytes(staging, plan.evaluation_table, st.parquet_bytes(table))
+    verdict = record.to_dict()
     log.info(
         "Evaluation: %s", json.dumps({k: verdict[k] for k in ("candidate", "production", "promotable", "reasons")})
     )
@@ -370,7 +374,9 @@ def register(
 ) -> dict[str, object]:
     """Register the candidate as ``version`` (not promoted) with its lineage and the staged evaluation."""
     plan, staging = layout.TrainingRun(run.run_key), run.containers.staging
-    verdict = json.loads(run.storage.read_bytes(staging, plan.evaluation))
+    verdict = promotion.GateVerdict.from_json(
+        run.storage.read_bytes(staging, plan.evaluation), source=st.make_uri(staging, plan.evaluation)
+    ).to_dict()
     table = st.read_parquet(run.storage, staging, plan.evaluation_table)
     lineage = {
         "training_run": run.run_id,
@@ -465,7 +471,9 @@ def promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, objec
 
 
 def _promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, object]:
-    verdict = dict(registry.read_manifest(run.storage, run.containers.models, version)["lineage"])["evaluation"]  # type: ignore[call-overload]
+    lineage = registry.read_version_manifest(run.storage, run.containers.models, version).lineage or {}
+    where = f"the manifest of model version {version} (lineage.evaluation)"
+    verdict = promotion.GateVerdict.from_dict(lineage.get("evaluation"), source=where).to_dict()
     carried_from = (verdict.get("coverage") or {}).get("carried_from")
     now = promotion.current(run.storage, run.containers.models)
     if not verdict["promotable"]:
