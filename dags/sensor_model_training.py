@@ -239,6 +239,7 @@ with DAG(
             max_f1_drop=params["max_f1_drop"],
             min_flagged_share=params["min_flagged_share"],
             max_flagged_share=params["max_flagged_share"],
+            false_alarm_rate=params.get("false_alarm_rate"),  # the calibration target, where training takes one
         )
         with airflow_context.no_retry_on(ValueError):
             verdict = judge(run, shards, policy)

@@ -9,6 +9,7 @@ That history is the rollback path: :func:`rollback` walks the alias back one pro
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +22,9 @@ from sensor_scoring.storage import Storage
 
 #: Sensors named in a refusal (the verdict counts them all).
 MAX_NAMED = 20
+#: Binomial standard errors the measured false-alarm rate may exceed the calibrated one by (3: a version calibrated
+#: right is refused about once in 700 evaluations by chance).
+FALSE_ALARM_SIGMAS = 3.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,9 @@ class Policy(Record):
     max_f1_drop: float = 0.0
     min_flagged_share: float = 0.0
     max_flagged_share: float = 0.1
+    #: the false-alarm rate the version was calibrated to (the training run's ``false_alarm_rate``), if any: the
+    #: share of held-back normal windows it flags may exceed it by at most ``FALSE_ALARM_SIGMAS`` binomial errors
+    false_alarm_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class Metrics(Record):
     precision: float | None
     recall: float | None
     f1: float | None
+    normal_flagged_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,8 @@ def decide(summary: dict[str, object], policy: Policy) -> tuple[bool, list[str]]
         reasons.append(
             f"it flags {share:.1%} of the held-back windows, below min_flagged_share {policy.min_flagged_share:.1%}"
         )
+    if policy.false_alarm_rate is not None:
+        reasons += _false_alarms(cand, policy.false_alarm_rate)
     if cand.get("anomalous") and not cand.get("recall"):
         reasons.append(f"it finds none of the {cand['anomalous']} labelled anomalous held-back windows")
     common, prod = summary.get("candidate"), summary.get("production")
@@ -123,6 +133,22 @@ def decide(summary: dict[str, object], policy: Policy) -> tuple[bool, list[str]]
                 f"{prod['f1']:.3f} by more than max_f1_drop {policy.max_f1_drop}"
             )
     return not reasons, reasons
+
+
+def _false_alarms(cand: dict[str, object], target: float) -> list[str]:
+    """The calibrated false-alarm rate judged: the share of labelled normal held-back windows flagged (of every
+    held-back window where none is labelled) against ``target`` plus ``FALSE_ALARM_SIGMAS`` binomial errors."""
+    labelled = cand.get("normal_flagged_share")
+    measured = float(labelled if labelled is not None else cand["flagged_share"])  # type: ignore[arg-type]
+    n = int(cand["labelled"]) - int(cand["anomalous"]) if labelled is not None else int(cand["windows"])  # type: ignore[call-overload]
+    bound = target + FALSE_ALARM_SIGMAS * math.sqrt(target * (1 - target) / max(n, 1))
+    if measured <= bound:
+        return []
+    what = "labelled normal" if labelled is not None else ""
+    return [
+        f"it flags {measured:.1%} of {n} held-back {what + ' ' if what else ''}windows, above its calibrated "
+        f"false-alarm rate {target:.1%} by more than {FALSE_ALARM_SIGMAS:g} binomial errors (bound {bound:.1%})"
+    ]
 
 
 def coverage(

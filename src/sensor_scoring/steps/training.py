@@ -16,6 +16,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -554,6 +555,8 @@ def train_locally(
         adaptive_nu=bool(params.get("adaptive_nu", False)),
     )
     results = [train_shard(run.storage, shard.spec_uri) for shard in shards]
+    if params.get("false_alarm_rate") is not None and policy.false_alarm_rate is None:
+        policy = dataclasses.replace(policy, false_alarm_rate=float(params["false_alarm_rate"]))
     verdict = evaluate(run, results, policy)
     registered = register(
         run,
