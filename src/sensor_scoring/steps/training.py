@@ -12,11 +12,11 @@ same values an hourly run would give them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
 from collections.abc import Mapping
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
