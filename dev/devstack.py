@@ -593,7 +593,8 @@ def seed(
     try:
         version = registry.resolve_version(storage, containers.models, registry.PRODUCTION_ALIAS)
     except LookupError:
-        trained = train_models(storage, containers, first, latest)  # the training DAG's steps, promoted by policy
+        # the training DAG's steps, promoted by the demo's policy; the range's last hour held back
+        trained = train_models(storage, containers, first, latest)
         if not trained["promoted"]:
             raise RuntimeError(f"model version {trained['version']} {trained['reason']}") from None
         version = str(trained["version"])
