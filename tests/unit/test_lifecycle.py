@@ -158,6 +158,15 @@ def test_rollback_walks_back_the_promotion_path_never_forward(tmp_path, trained)
     assert promotion.rollback(storage, "models", by="test")["version"] == "v1"
 
 
+def test_a_version_promoted_without_a_recorded_move_is_on_the_path(tmp_path, trained):
+    storage = LocalStorage(str(tmp_path))
+    registry.register(storage, "models", trained, version="v0", params={}, promote=True)  # no history written
+    registry.register(storage, "models", trained, version="v1", params={}, promote=False)
+    promotion.move_alias(storage, "models", "v1", action="promote", reason="test", by="test")
+    assert promotion.production_stack(storage, "models") == ["v0", "v1"]
+    assert promotion.rollback(storage, "models", by="test")["version"] == "v0"
+
+
 def test_two_versions_rolled_back_twice_refuse_instead_of_going_forward(tmp_path, trained):
     storage = LocalStorage(str(tmp_path))
     for name in ("v1", "v2"):

@@ -244,11 +244,13 @@ def production_stack(storage: Storage, container: str, alias: str = registry.PRO
     """
     stack: list[str] = []
     for move in history(storage, container, alias):
-        version = str(move["version"])
+        version, before = str(move["version"]), move.get("previous")
         if move.get("action") == "rollback" and version in stack:
             del stack[len(stack) - stack[::-1].index(version) :]
-        else:
-            stack.append(version)
+            continue
+        if before and (not stack or stack[-1] != before):
+            stack.append(str(before))  # production then, set without a recorded move (register(promote=True))
+        stack.append(version)
     now = current(storage, container, alias)
     if now is not None and (not stack or stack[-1] != now):
         stack.append(now)
