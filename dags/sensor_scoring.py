@@ -329,7 +329,7 @@ with ScoringDAG(
     def model_health(committed: dict, params: dict | None = None) -> dict:
         """Per sensor of each committed hour: anomaly rate vs training, PSI of scores vs training, quarantine share,
         written to container `health`; a `model_drift` alert lists the sensors drifting `SCORING_DRIFT_HOURS` hours
-        in a row.
+        in a row, a `models_lost` alert the sensors that had a model and were quarantined `no_model`.
         **Triage:** "no training statistics" in the log = the model version was registered without them (retrain)."""
         from sensor_scoring.steps.health import model_health as health
         from sensor_scoring_airflow import alerts, context as airflow_context
