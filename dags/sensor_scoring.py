@@ -329,7 +329,7 @@ with ScoringDAG(
     def model_health(committed: dict, params: dict | None = None) -> dict:
         """Per sensor of each committed hour: anomaly rate vs training, PSI of scores vs training, quarantine share,
         written to container `health`; a `model_drift` alert lists the sensors drifting `SCORING_DRIFT_HOURS` hours
-        in a row.
+        in a row, a `models_lost` alert the sensors that had a model and were quarantined `no_model`.
         **Triage:** "no training statistics" in the log = the model version was registered without them (retrain)."""
         from sensor_scoring.steps.health import model_health as health
         from sensor_scoring_airflow import alerts, context as airflow_context
@@ -337,6 +337,7 @@ with ScoringDAG(
         context = get_current_context()
         manifests = health(airflow_context.hour_for(context, params or {}))
         alerts.check_drift(context, manifests)
+        alerts.check_models_lost(context, manifests)
         return {"hours": [m.hour.isoformat() for m in manifests], "alerting": [m.alerting for m in manifests]}
 
     model_health(committed)

@@ -10,11 +10,11 @@ from datetime import timedelta
 import pytest
 
 from sensor_scoring import layout, settings as config, storage as st
-from sensor_scoring.models.training import train_and_register
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from tests.conftest import REPO
 from tests.support.helpers import START
 from tests.support.partitions import read_partition
+from tests.support.training import train_and_register
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 H = timedelta(hours=1)

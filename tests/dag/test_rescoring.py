@@ -15,13 +15,13 @@ import pytest
 
 from sensor_scoring.contracts import SensorDuplicates, Subset
 from sensor_scoring.features import feature_matrix
-from sensor_scoring.models.training import train_and_register
 from sensor_scoring.steps.rescoring import duplicates_by_sensor, select_sensors, subset_of
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from sensor_scoring.validation import check_windows
 from sensor_scoring.windows import parse_window_file, to_asa_json_lines
 from tests.support.helpers import START, fleet_windows
 from tests.support.partitions import read_partition
+from tests.support.training import train_and_register
 
 H = timedelta(hours=1)
 FIRST = START + 5 * H  # the two rescored hours: FIRST and FIRST + 1h

@@ -73,7 +73,7 @@ class CountingStorage(LocalStorage):
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[CountingStorage, config.Containers]:
     """Two hours scored and their health written by the pipeline's steps on a directory storage; one device is
     named ``HOSTILE`` and one of its windows is quarantined (a negative spread)."""
-    from sensor_scoring.models.training import train_and_register
+    from tests.support.training import train_and_register
     from sensor_scoring.steps.commit import commit
     from sensor_scoring.steps.health import model_health
     from sensor_scoring.steps.interval import Hour

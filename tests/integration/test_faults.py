@@ -998,6 +998,21 @@ def test_tampered_model_quarantines_only_its_sensor(env):
     assert set(zip(quarantine["device_id"], quarantine["tag"])) == {(first["device_id"], first["tag"])}
 
 
+def test_model_of_another_input_width_quarantines_only_its_sensor(env, trained, monkeypatch):
+    """A version holding one model of another input width (one feature fewer than its set's): that sensor is
+    quarantined model_unreadable at load, the others are scored (scored together, the hour would fail)."""
+    monkeypatch.setattr(pack, "PACK_SIZE", 1)  # a pack's models share a width: the narrow one has a pack of its own
+    narrow = dataclasses.replace(trained[0].arrays)
+    narrow.mean, narrow.scale = narrow.mean[:-1].copy(), narrow.scale[:-1].copy()
+    narrow.support_vectors = narrow.support_vectors[:, :-1].copy()
+    models = [dataclasses.replace(trained[0], arrays=narrow), *trained[1:]]
+    registry.register(env.blob, env.containers.models, models, version="v-narrow", params={}, promote=True)
+    manifest = run_hour(env)
+    _, quarantine = assert_accounting(env, manifest, landed=BASE)
+    assert manifest["quarantine_reasons"] == {"model_unreadable": 60} and manifest["counts"]["scored"] == 180
+    assert set(zip(quarantine["device_id"], quarantine["tag"])) == {(trained[0].device_id, trained[0].tag)}
+
+
 def test_missing_model_quarantines_its_sensors_and_scores_the_others(env):
     env.blob.delete_prefix(env.containers.models, _pack_path(env, 1))
     manifest = run_hour(env)
