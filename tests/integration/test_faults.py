@@ -1180,7 +1180,7 @@ def test_folder_markers_in_the_landed_folders_are_not_files(env):
     assert FOLDER in planted and FOLDER + "sub/" in planted
     manifest = run_hour(env)
     assert_accounting(env, manifest, landed=BASE)
-    assert manifest["source_files"] == {"seen": 3, "read": 3, "empty": 0, "quarantined": 0}
+    assert manifest["source_files"] == {"seen": 3, "read": 3, "empty": 0, "quarantined": 0, "other_hours": 0}
     assert manifest["empty_files"] == [] and manifest["quarantined_files"] == []
 
 
