@@ -7,6 +7,7 @@ subset rescorings with another model version, checked row by row against the par
 from __future__ import annotations
 
 import copy
+import re
 from datetime import timedelta
 
 import numpy as np
@@ -266,6 +267,71 @@ def test_subset_rescoring_replaces_only_the_chosen_sensors(sensor_dag, blob, con
     pd.testing.assert_frame_equal(pressure_old, pressure_new)
     [event] = asset_events(third.run_id)
     assert event["extra"]["subset"] == {"devices": [], "tags": ["temperature"]}
+
+
+@pytest.mark.azurite
+@pytest.mark.airflow
+def test_rescoring_a_purged_hour_keeps_its_predictions_and_a_subset_matching_nothing_fails(
+    sensor_dag, blob, containers, two_versions, capfd, caplog
+):
+    """Through the DAG: a rescoring with names that match no landed sensor fails in load_and_validate (no retry)
+    naming the closest names; after a lifecycle rule purged the hour's windows, a rescoring with another model
+    version and purged_windows=fail fails in commit naming the hour and counts, and by default keeps every
+    committed row (the manifest's purged says how many)."""
+    window = {"window_start": FIRST.isoformat(), "window_end": (FIRST + H).isoformat()}
+    assert str(sensor_dag.test(logical_date=FIRST + H, run_conf=window).state) == "success"
+    before, committed = read_partition(blob, containers.predictions, FIRST)
+    q_before, _ = read_partition(blob, containers.quarantine, FIRST)
+
+    nothing = reload(sensor_dag).test(logical_date=FIRST + H, run_conf={**window, "tags": ["Temperature"]})
+    assert str(nothing.state) == "failed"
+    states = {ti.task_id: (str(ti.state), ti.try_number) for ti in nothing.get_task_instances()}
+    assert states["load_and_validate"] == ("failed", 1)
+    out = capfd.readouterr()
+    assert "'Temperature' is no landed tag (closest: temperature)" in out.out + out.err + caplog.text
+    assert read_partition(blob, containers.predictions, FIRST)[1] == committed
+
+    for name in [b.name for b in blob.list(containers.windows, f"{FIRST:%Y/%m/%d/%H}/")]:
+        blob.delete_prefix(containers.windows, name)  # the lifecycle rule
+    conf = {**window, "model_version": "v-two"}
+    refused = reload(sensor_dag).test(logical_date=FIRST + H, run_conf={**conf, "purged_windows": "fail"})
+    assert str(refused.state) == "failed"
+    states = {ti.task_id: (str(ti.state), ti.try_number) for ti in refused.get_task_instances()}
+    assert states["commit"] == ("failed", 1)  # no retry: the windows will not come back
+    out = capfd.readouterr()
+    text = out.out + out.err + caplog.text
+    # the windows that landed late in the next (younger) folder are still there: those few are found again
+    found = re.search(rf"hour {re.escape(FIRST.isoformat())}: (\d+) committed prediction\(s\) and 2 quarantined", text)
+    assert found and 300 < int(found.group(1)) < 360
+    gone = int(found.group(1))
+    assert read_partition(blob, containers.predictions, FIRST)[1] == committed
+
+    kept = reload(sensor_dag).test(logical_date=FIRST + H, run_conf=conf)
+    assert str(kept.state) == "success"
+    after, manifest = read_partition(blob, containers.predictions, FIRST)
+    assert len(after) == 360 and not after.duplicated(KEY).any()
+    old_rows = after[after["run_id"] == committed["run_id"]]
+    assert len(old_rows) == gone  # kept exactly as committed, the found ones rescored with v-two
+    pd.testing.assert_frame_equal(
+        before.merge(old_rows[KEY], on=KEY).sort_values(KEY).reset_index(drop=True),
+        old_rows.sort_values(KEY).reset_index(drop=True),
+    )
+    assert manifest["model_versions"] == {"v-one": gone, "v-two": 360 - gone}
+    q_after, _ = read_partition(blob, containers.quarantine, FIRST)
+    assert len(q_after) == len(q_before) == 2
+    counts = manifest["counts"]
+    assert (counts["scored"], counts["quarantined"], counts["duplicates"]) == (360, 2, 0)  # copies are not rows
+    assert counts["landed"] == counts["scored"] + counts["quarantined"] + counts["duplicates"]
+    assert manifest["purged"]["action"] == "kept" and manifest["purged"]["scored"] == gone
+    assert manifest["purged"]["quarantined"] == 2 and manifest["purged"]["runs"] == [committed["run_id"]]
+    assert manifest["status"] == "scored"
+
+
+def test_purged_windows_param_offers_exactly_the_policies(sensor_dag):
+    from sensor_scoring.steps.rescoring import DEFAULT_PURGED_POLICY, PURGED_POLICIES
+
+    param = sensor_dag.params.get_param("purged_windows")
+    assert tuple(param.schema["enum"]) == PURGED_POLICIES and param.value == DEFAULT_PURGED_POLICY
 
 
 def reload(dag):

@@ -231,7 +231,7 @@ def _write_hour(
 ) -> Manifest:
     """The hour's writes, once its commit is claimed and fenced; the manifest last, conditional on ``generation``."""
     hour, storage, containers, part = run.hour, run.hour.storage, run.hour.containers, layout.Partition(h)
-    if kept is not None:
+    if kept is not None and len(kept.quarantine):  # an empty frame would turn the columns' dtypes to object
         q_rows = pd.concat([kept.quarantine, q_rows], ignore_index=True)
     validation = run.report.hour(h)
     counts = hour_counts(h, validation, written, len(q_rows), kept)
