@@ -17,7 +17,15 @@ import pytest
 from sensor_scoring import models
 from sensor_scoring.contracts import SensorDuplicates, Subset
 from sensor_scoring.models.training import train_and_register
-from sensor_scoring.steps.rescoring import duplicates_by_sensor, select_sensors, subset_of
+from sensor_scoring.steps.rescoring import (
+    SubsetMatchesNothing,
+    check_purged_policy,
+    check_subset_matches,
+    duplicates_by_sensor,
+    select_sensors,
+    subset_of,
+    window_keys,
+)
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from sensor_scoring.validation import check_windows
 from sensor_scoring.windows import parse_window_file, to_asa_json_lines
@@ -66,6 +74,42 @@ def test_subset_and_duplicates_per_sensor_and_hour():
     checked = check_windows(keyless)
     assert len(checked.quarantined) == 1
     assert duplicates_by_sensor(keyless, checked.valid, checked.quarantined) == {}
+
+
+def test_subset_matches_fail_on_nothing_and_warn_on_names_not_found():
+    windows = fleet_windows(devices=2, tags=2, hours=1)
+    where = "[h, h+1)"
+    assert check_subset_matches((windows,), None, None, interval=where) is None  # a full run: nothing to check
+    assert check_subset_matches((windows,), ["dev-0001"], ["pressure"], interval=where) is None
+    missing = check_subset_matches((windows, windows.iloc[0:0]), ["dev-0001", "dev-0009"], [], interval=where)
+    assert missing == Subset(devices=("dev-0009",), tags=())
+    with pytest.raises(SubsetMatchesNothing, match=r"'PRESSURE' is no landed tag \(closest: pressure\)"):
+        check_subset_matches((windows,), [], ["PRESSURE"], interval=where)
+    one = windows[~((windows["device_id"] == "dev-0000") & (windows["tag"] == "pressure"))]
+    with pytest.raises(SubsetMatchesNothing, match="no landed sensor has both a named device and tag"):
+        check_subset_matches((one,), ["dev-0000"], ["pressure"], interval=where)  # each name landed, not together
+    with pytest.raises(SubsetMatchesNothing, match=r"no window landed in \[h, h\+1\) at all"):
+        check_subset_matches((windows.iloc[0:0],), ["dev-0000"], [], interval=where)
+    rejected = pd.DataFrame({"device_id": ["dev-0042"], "tag": ["pressure"]})  # a row the reader rejected landed too
+    assert check_subset_matches((windows, rejected), ["dev-0042"], [], interval=where) is None
+
+
+def test_window_keys_match_across_tables_with_missing_parts():
+    frame = pd.DataFrame(
+        {
+            "device_id": ["d", None, "d"],
+            "tag": ["t", "t", "t"],
+            "window_end": pd.to_datetime(["2026-11-24T00:01Z", "2026-11-24T00:02Z", None], utc=True),
+        }
+    )
+    again = frame.iloc[::-1].astype({"device_id": "string"}).reset_index(drop=True)
+    assert window_keys(frame).isin(window_keys(again)).all()  # keyless rows match their copies
+    other = frame.assign(window_end=frame["window_end"] + pd.Timedelta(minutes=1))
+    assert list(window_keys(frame).isin(window_keys(other))) == [False, False, True]  # NaT + 1 min is NaT
+    assert len(window_keys(frame.iloc[0:0])) == 0
+    assert check_purged_policy("keep") == "keep"
+    with pytest.raises(ValueError, match="keep, fail, drop"):
+        check_purged_policy("shrink")
 
 
 def test_params_reject_bad_subsets_and_partial_hours(sensor_dag):
