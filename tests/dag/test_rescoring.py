@@ -22,9 +22,9 @@ from sensor_scoring.steps.rescoring import (
     check_purged_policy,
     check_subset_matches,
     duplicates_by_sensor,
+    key_codes,
     select_sensors,
     subset_of,
-    window_keys,
 )
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from sensor_scoring.validation import check_windows
@@ -94,7 +94,7 @@ def test_subset_matches_fail_on_nothing_and_warn_on_names_not_found():
     assert check_subset_matches((windows, rejected), ["dev-0042"], [], interval=where) is None
 
 
-def test_window_keys_match_across_tables_with_missing_parts():
+def test_key_codes_match_across_tables_with_missing_parts():
     frame = pd.DataFrame(
         {
             "device_id": ["d", None, "d"],
@@ -102,11 +102,12 @@ def test_window_keys_match_across_tables_with_missing_parts():
             "window_end": pd.to_datetime(["2026-11-24T00:01Z", "2026-11-24T00:02Z", None], utc=True),
         }
     )
-    again = frame.iloc[::-1].astype({"device_id": "string"}).reset_index(drop=True)
-    assert window_keys(frame).isin(window_keys(again)).all()  # keyless rows match their copies
-    other = frame.assign(window_end=frame["window_end"] + pd.Timedelta(minutes=1))
-    assert list(window_keys(frame).isin(window_keys(other))) == [False, False, True]  # NaT + 1 min is NaT
-    assert len(window_keys(frame.iloc[0:0])) == 0
+    again = frame.iloc[::-1].astype({"device_id": "object"}).reset_index(drop=True)
+    other = frame.assign(window_end=frame["window_end"] + pd.Timedelta(minutes=1), tag="t")
+    mine, same, moved, empty = key_codes([frame, again, other, frame.iloc[0:0]])
+    assert np.isin(mine, same).all() and len(set(mine)) == 3  # keyless rows match their copies, and only them
+    assert list(np.isin(mine, moved)) == [False, False, True]  # NaT + 1 min is NaT
+    assert len(empty) == 0
     assert check_purged_policy("keep") == "keep"
     with pytest.raises(ValueError, match="keep, fail, drop"):
         check_purged_policy("shrink")

@@ -59,7 +59,6 @@ from sensor_scoring.steps.rescoring import (
     keep_committed,
     model_versions,
     rescoring_history,
-    window_keys,
 )
 from sensor_scoring.storage import Storage
 from sensor_scoring.windows import partition_hours
@@ -128,7 +127,7 @@ def commit(
     q_hour = partition_hours(quarantine, hour.start, hour.end)
     q_by_hour = {h: quarantine.loc[(q_hour == pd.Timestamp(h)).to_numpy(dtype=bool)] for h in hours}
 
-    def keep(found: dict[datetime, pd.MultiIndex]) -> dict[datetime, Kept]:
+    def keep(found: dict[datetime, pd.DataFrame]) -> dict[datetime, Kept]:
         # the rows outside a subset, and the committed rows whose windows this run did not find (purged_windows)
         return keep_committed(hour, hours, summary.subset, found, policy)
 
@@ -182,7 +181,7 @@ def _write_predictions(
     folder: Path,
     shard_results: Sequence[ShardResult],
     quarantined: dict[datetime, pd.DataFrame],
-    keep: Callable[[dict[datetime, pd.MultiIndex]], dict[datetime, Kept]],
+    keep: Callable[[dict[datetime, pd.DataFrame]], dict[datetime, Kept]],
 ) -> tuple[dict[datetime, _Written], dict[datetime, Kept]]:
     """Stream every shard's predictions into one local Parquet file per hour, noting each window's key; then the
     committed rows ``keep`` leaves as they were, given the keys the run scored or quarantined per hour."""
@@ -200,7 +199,7 @@ def _write_predictions(
                 written[h].scored += len(rows)
                 written[h].anomalies += int(rows["is_anomaly"].sum())
                 keys[h].append(rows[_KEY])
-        kept = keep({h: window_keys(pd.concat(frames, ignore_index=True)) for h, frames in keys.items()})
+        kept = keep({h: pd.concat(frames, ignore_index=True) for h, frames in keys.items()})
         for h, rest in kept.items():
             writers[h].write_table(rest.predictions)
             written[h].scored += rest.scored

@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -240,27 +241,33 @@ class Kept:
         return self.previous.rescored if self.previous is not None else ()
 
 
-def window_keys(frame: pd.DataFrame) -> pd.MultiIndex:
-    """Each row's (device_id, tag, window_end), exact and comparable across tables: a missing key part is a value
-    of its own (so a keyless quarantined row matches its copy in a re-run), times are UTC nanoseconds."""
-    if not len(frame):
-        return pd.MultiIndex.from_arrays([[], [], []], names=_KEY)
-    ends = pd.to_datetime(frame["window_end"], utc=True, errors="coerce")
-    return pd.MultiIndex.from_arrays(
-        [
-            frame["device_id"].astype("string").fillna(_NO_KEY).to_numpy(dtype=object),
-            frame["tag"].astype("string").fillna(_NO_KEY).to_numpy(dtype=object),
-            ends.to_numpy(dtype="datetime64[ns]").view("int64"),
-        ],
-        names=_KEY,
-    )
+def key_codes(frames: Sequence[pd.DataFrame]) -> list[np.ndarray]:
+    """One int64 per row of each frame, equal exactly when (device_id, tag, window_end) are equal across all the
+    frames: a missing key part is a value of its own (a keyless quarantined row matches its copy in a re-run).
+
+    Why codes: an hour can hold millions of windows; factorising each column once and comparing integers took 4.3 s
+    and 363 MiB for 6M committed windows, where a MultiIndex of the strings took 19.5 s and 959 MiB."""
+    parts = []
+    for column in ("device_id", "tag"):
+        joined = pd.concat([f[column].astype("string").fillna(_NO_KEY) for f in frames], ignore_index=True)
+        parts.append(pd.factorize(joined)[0].astype("int64"))
+    ends = pd.concat([pd.to_datetime(f["window_end"], utc=True, errors="coerce") for f in frames], ignore_index=True)
+    parts.append(pd.factorize(ends.to_numpy(dtype="datetime64[ns]").view("int64"))[0].astype("int64"))
+    sizes = [int(p.max()) + 1 if len(p) else 1 for p in parts]
+    if sizes[0] * sizes[1] * sizes[2] >= 2**62:  # cannot happen below 2**20 rows of each part; one code per key then
+        parts = [pd.factorize(pd.MultiIndex.from_arrays(parts))[0].astype("int64")]
+    code = parts[0]
+    for part, size in zip(parts[1:], sizes[1:]):
+        code = code * size + part
+    bounds = np.cumsum([0, *(len(f) for f in frames)])
+    return [code[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def keep_committed(
     hour: Hour,
     hours: Sequence[datetime],
     subset: Subset | None,
-    found: Mapping[datetime, pd.MultiIndex],
+    found: Mapping[datetime, pd.DataFrame],
     policy: PurgedPolicy = DEFAULT_PURGED_POLICY,
 ) -> dict[datetime, Kept]:
     """Each hour's committed rows that this run leaves as they were: outside the subset (a subset rescoring), and
@@ -270,7 +277,8 @@ def keep_committed(
     Predictions stay Arrow tables read straight from the committed file, so kept rows are rewritten with
     identical values; an hour never committed before keeps nothing.
     """
-    kept = {h: _keep_hour(hour, h, subset, found.get(h, window_keys(pd.DataFrame())), policy) for h in hours}
+    none = pd.DataFrame(columns=_KEY)
+    kept = {h: _keep_hour(hour, h, subset, found.get(h, none), policy) for h in hours}
     if policy == "fail":
         short = {h: k.purged for h, k in kept.items() if k.purged is not None}
         if short:
@@ -310,7 +318,7 @@ def _empty_kept() -> Kept:
     return Kept(PREDICTION_SCHEMA.empty_table(), pd.DataFrame(columns=QUARANTINE_SCHEMA.names), (), None)
 
 
-def _keep_hour(hour: Hour, h: datetime, subset: Subset | None, found: pd.MultiIndex, policy: PurgedPolicy) -> Kept:
+def _keep_hour(hour: Hour, h: datetime, subset: Subset | None, found: pd.DataFrame, policy: PurgedPolicy) -> Kept:
     part, storage, containers = layout.Partition(h), hour.storage, hour.containers
     try:
         data = storage.read_bytes(containers.predictions, part.manifest)
@@ -323,11 +331,11 @@ def _keep_hour(hour: Hour, h: datetime, subset: Subset | None, found: pd.MultiIn
     previous = Manifest.from_json(data, source=st.make_uri(containers.predictions, part.manifest))
     raw = storage.read_bytes(containers.predictions, part.data)
     keys = pq.read_table(io.BytesIO(raw), columns=[*_KEY, "run_id"]).to_pandas()  # most re-runs keep nothing
-    in_scope = _in_scope(keys, subset)
-    p_purged = in_scope & ~window_keys(keys).isin(found)
     quarantine = st.read_parquet(storage, containers.quarantine, part.data)
-    q_scope = _in_scope(quarantine, subset)
-    q_purged = q_scope & ~window_keys(quarantine).isin(found) if len(quarantine) else q_scope
+    p_codes, q_codes, found_codes = key_codes([keys, quarantine.reindex(columns=_KEY), found])
+    in_scope, q_scope = _in_scope(keys, subset), _in_scope(quarantine, subset)
+    p_purged = in_scope & ~np.isin(p_codes, found_codes)
+    q_purged = q_scope & ~np.isin(q_codes, found_codes)
     purged = _purged_record(keys, quarantine, p_purged, q_purged, policy, found)
     keep_p = ~in_scope | (p_purged if policy == "keep" else False)
     keep_q = ~q_scope | (q_purged if policy == "keep" else False)
@@ -356,7 +364,7 @@ def _purged_record(
     p_purged: pd.Series,
     q_purged: pd.Series,
     policy: PurgedPolicy,
-    found: pd.MultiIndex,
+    found: pd.DataFrame,
 ) -> PurgedRows | None:
     scored, quarantined = int(p_purged.sum()), int(q_purged.sum())
     if not scored and not quarantined:
