@@ -146,3 +146,34 @@ def test_rerunning_one_hour_of_a_partial_two_hour_run_keeps_the_other_hours_spec
     _, second = read_partition(blob, containers.predictions, SCORED_HOUR)
     assert second["status"] == "scored" and second["failed_shards"] == []
     assert not [b for b in blob.list(containers.staging) if b.name.startswith("runs/")]  # nothing names it now
+
+
+def test_subset_rescorings_keep_a_partial_hours_failed_shard_named_until_they_fill_it_in(failing_dag, blob, containers):
+    """A partial hour (shard 1: dev-0001's two sensors), then a rescoring of dev-0000 through the form: the hour
+    stays partial naming shard 1 and its spec; a rescoring of dev-0001 (the fault mended) fills it in."""
+    from dev.demo import load_dag
+
+    dag, flag = failing_dag
+    conf = {"sensors_per_shard": 2, "max_failed_shard_share": 0.34}
+    run = dag.test(logical_date=SCORED_HOUR + H, run_conf=conf)
+    assert str(run.state) == "success"
+    _, manifest = read_partition(blob, containers.predictions, SCORED_HOUR)
+    [failed] = manifest["failed_shards"]
+
+    other = load_dag(REPO / "dags" / "sensor_scoring.py").test(
+        logical_date=SCORED_HOUR + H, run_conf={**conf, "devices": ["dev-0000"]}
+    )
+    assert str(other.state) == "success"
+    quarantine, manifest = read_partition(blob, containers.quarantine, SCORED_HOUR)
+    assert manifest["status"] == "partial" and manifest["failed_shards"] == [failed]
+    assert set(quarantine["reason"]) == {"shard_failed"} and len(quarantine) == 120
+    assert blob.exists(*st.parse_uri(failed["spec"]))
+
+    flag.unlink()
+    filled = load_dag(REPO / "dags" / "sensor_scoring.py").test(
+        logical_date=SCORED_HOUR + H, run_conf={**conf, "devices": ["dev-0001"]}
+    )
+    assert str(filled.state) == "success"
+    predictions, manifest = read_partition(blob, containers.predictions, SCORED_HOUR)
+    assert manifest["status"] == "scored" and manifest["failed_shards"] == [] and len(predictions) == 360
+    assert not [b for b in blob.list(containers.staging) if b.name.startswith("runs/")]
