@@ -52,7 +52,9 @@ from bench_memory import HOUR, base_models, register_for, synthetic_windows
 from bench_scoring import machine
 
 from dev.devstack import DAG_ID, DevStack, stop_on_signals
-from sensor_scoring import models, settings as config
+from sensor_scoring import settings as config
+from sensor_scoring.features import feature_matrix
+from sensor_scoring.models import fitting
 from sensor_scoring.scorer import decision_function, score, sensor_codes
 from sensor_scoring.storage import BlobStorage
 from sensor_scoring.windows import LandingPlan, land_windows
@@ -109,7 +111,7 @@ def land_hour(storage: BlobStorage, containers: config.Containers, windows: pd.D
 
 
 def register_hour(
-    storage: BlobStorage, containers: config.Containers, windows: pd.DataFrame, base: list[models.TrainedModel]
+    storage: BlobStorage, containers: config.Containers, windows: pd.DataFrame, base: list[fitting.TrainedModel]
 ) -> float:
     """Every sensor gets one of the real base models under its own name; the version is promoted to production."""
     began = time.perf_counter()
@@ -217,14 +219,14 @@ def run_hour(stack: DevStack, mode: str, sample_s: float, timeout_s: float) -> d
     }
 
 
-def kernel_at(sensors: int, base: list[models.TrainedModel], sample: int, repeats: int) -> dict[str, Any]:
+def kernel_at(sensors: int, base: list[fitting.TrainedModel], sample: int, repeats: int) -> dict[str, Any]:
     """The bare kernel, the scikit-learn loop (on a sample, scaled) and the numba reference on the hour's data."""
     windows = synthetic_windows(sensors, HOUR)
     order = {k: i for i, k in enumerate(windows[["device_id", "tag"]].drop_duplicates().itertuples(index=False))}
     codes, keys = sensor_codes(windows)
     picked = [base[order[k] % len(base)] for k in keys]
     arrays = [m.arrays for m in picked]
-    features = models.feature_matrix(windows)
+    features = feature_matrix(windows)
     by_key = dict(zip(keys, arrays, strict=True))
     score_s, _, _ = timed(lambda: score(windows, by_key), repeats)
     project_s, _, project = timed(lambda: decision_function(features, codes, arrays), repeats)
@@ -249,7 +251,7 @@ def kernel_at(sensors: int, base: list[models.TrainedModel], sample: int, repeat
 
 
 def measure_size(
-    home: Path, sensors: int, base: list[models.TrainedModel], args: argparse.Namespace
+    home: Path, sensors: int, base: list[fitting.TrainedModel], args: argparse.Namespace
 ) -> tuple[dict, list[dict]]:
     stack = DevStack(home, durable=False, airflow_env=dict(AIRFLOW_ENV))
     try:

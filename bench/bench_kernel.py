@@ -4,7 +4,7 @@ Claim under test: ``sensor_scoring.scorer.decision_function`` is at least 50x a 
 ``pipeline.decision_function`` per sensor, within 1.5x of a plain fused loop compiled with numba on one thread,
 and equal to scikit-learn within 1e-9 on every window.
 
-Models are fitted the way the project fits them: ``models.train_models`` (``fit_pipeline`` per sensor) on three
+Models are fitted the way the project fits them: ``fitting.train_models`` (``fit_pipeline`` per sensor) on three
 simulated hours of windows (``tools.simulate``: daily cycle, noise, injected spikes, stuck values, drift and
 dropouts), once with the default nu (0.02) and once with nu=0.05 (more support vectors). The next simulated hour,
 60 windows per sensor, is scored. All three contenders get the same input: the feature matrix, each row's model
@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 from bench_scoring import machine
 
-from sensor_scoring import models
-from sensor_scoring.scorer import decision_function, sensor_codes
+from sensor_scoring.features import feature_matrix
+from sensor_scoring.models import fitting
+from sensor_scoring.scorer import ModelArrays, decision_function, sensor_codes
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_hour
 from sensor_scoring.windows import aggregate_readings
 
@@ -59,7 +60,7 @@ def _fused(features, model_index, mean, scale, gamma, intercept, sv_start, sv, d
         out[r] = acc + intercept[m]
 
 
-def reference(features: np.ndarray, model_index: np.ndarray, arrays: list[models.ModelArrays]) -> np.ndarray:
+def reference(features: np.ndarray, model_index: np.ndarray, arrays: list[ModelArrays]) -> np.ndarray:
     """The fused reference kernel, from the same inputs as the project's ``decision_function``."""
     widths = np.array([len(m.dual_coef) for m in arrays])
     sv_start = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
@@ -110,12 +111,12 @@ def simulated(devices: int, tags: int, hours: int, start: datetime) -> pd.DataFr
 
 
 def measure(train: pd.DataFrame, hour: pd.DataFrame, nu: float, repeats: int) -> dict:
-    trained = models.train_models(train, nu=nu)
+    trained = fitting.train_models(train, nu=nu)
     by_key = {(m.device_id, m.tag): m for m in trained}
     codes, keys = sensor_codes(hour)
     picked = [by_key[k] for k in keys]
     arrays = [m.arrays for m in picked]
-    features = models.feature_matrix(hour)
+    features = feature_matrix(hour)
     project_s, project_samples, project = timed(lambda: decision_function(features, codes, arrays), repeats)
     reference_s, reference_samples, ref = timed(lambda: reference(features, codes, arrays), repeats)
     loop_s, loop_samples, loop = timed(lambda: sklearn_loop(features, codes, [m.pipeline for m in picked]), 3)

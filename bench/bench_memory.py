@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sensor_scoring import layout, models, settings as config, storage as st
+from sensor_scoring import layout, settings as config, storage as st
 from sensor_scoring.backends import shard_command
 from sensor_scoring.contracts import ValidationReport
+from sensor_scoring.models import fitting, registry
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
@@ -79,23 +80,23 @@ def synthetic_windows(sensors: int, start: datetime, hours: int = 1, seed: int =
     return frame
 
 
-def base_models(count: int) -> list[models.TrainedModel]:
+def base_models(count: int) -> list[fitting.TrainedModel]:
     history = synthetic_windows(count, HOUR - timedelta(hours=3), hours=3, seed=1)
-    return models.train_models(history)
+    return fitting.train_models(history)
 
 
 def register_for(
     storage: st.Storage,
     container: str,
     sensors: pd.DataFrame,
-    base: list[models.TrainedModel],
+    base: list[fitting.TrainedModel],
     version: str,
     *,
     promote: bool = False,
 ) -> None:
     """Every sensor of the hour gets one of the real base models, under its own name."""
     clones = [
-        models.TrainedModel(
+        fitting.TrainedModel(
             device_id=d,
             tag=t,
             pipeline=None,
@@ -107,7 +108,7 @@ def register_for(
         )
         for i, (d, t) in enumerate(sensors.itertuples(index=False, name=None))
     ]
-    models.register(storage, container, clones, version=version, params={"bench": "clones"}, promote=promote)
+    registry.register(storage, container, clones, version=version, params={"bench": "clones"}, promote=promote)
 
 
 #: A small launcher runs each measured command and reports its child's peak RSS. Why not measure from here:
@@ -132,7 +133,7 @@ def child_peak_rss(command: list[str], env: dict[str, str]) -> tuple[float, floa
     return int(kib) / 1024, float(wall)  # Linux reports KiB
 
 
-def measure_hour(root: Path, sensors: int, shard_size: int, repeats: int, base: list[models.TrainedModel]) -> dict:
+def measure_hour(root: Path, sensors: int, shard_size: int, repeats: int, base: list[fitting.TrainedModel]) -> dict:
     storage = LocalStorage(root)
     containers = config.Containers()
     hour = Hour(storage, containers, f"bench-{sensors}-{shard_size}", HOUR, HOUR + timedelta(hours=1))

@@ -46,7 +46,9 @@ import pandas as pd
 import sklearn
 
 from sensor_scoring import models as model_store
-from sensor_scoring.models import PACK_SIZE, feature_matrix, train_models
+from sensor_scoring.features import feature_matrix
+from sensor_scoring.models.fitting import train_models
+from sensor_scoring.models.pack import PACK_SIZE
 from sensor_scoring.scorer import score
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_hour
 from sensor_scoring.windows import aggregate_readings

@@ -30,9 +30,11 @@ windows are not trained on) -> `train_shard` (mapped, one per `sensors_per_shard
 `python -m sensor_scoring train-shard --spec <uri>`, on the `backend` param's backend: local or Azure Batch)
 -> `evaluate` -> `register` -> `promote`.
 
-**Models:** one StandardScaler + OneClassSVM per sensor (`nu`, `min_rows`); with `threshold_mads` set, each flags only
-windows scoring that many robust deviations below its training windows' median score (a calibrated threshold,
-`docs/models.md`); empty: scikit-learn's `predict`.
+**Models:** one StandardScaler + OneClassSVM per sensor (`nu`, `min_rows`), each flagging at most
+`false_alarm_rate` of normal windows: fitted on the earlier 75% of its training windows, its threshold calibrated on
+the latest 25% (split conformal, `docs/models.md`). A sensor with too few windows or a constant history gets no model
+(the version's `skipped.parquet` says why). With `false_alarm_rate` empty and `threshold_mads` set, each flags
+windows scoring that many robust deviations below its training windows' median score; both empty: `predict`.
 
 **Evaluation:** flagged share of the held-back windows; where the `labels` container has a file for a held-back hour
 (`YYYY/MM/DD/HH/labels.parquet`, columns device_id, tag, window_end, anomaly: see `docs/models.md`), precision,
@@ -117,13 +119,24 @@ with DAG(
             title="nu",
             description="OneClassSVM nu: upper bound on the share of training windows flagged.",
         ),
+        "false_alarm_rate": Param(
+            0.02,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            exclusiveMaximum=1,
+            title="False-alarm rate",
+            description="The share of normal windows each model may flag: its threshold is calibrated on its latest "
+            "training windows, held back from its fit (split conformal; docs/models.md). Empty: use Threshold "
+            "(robust deviations) instead.",
+        ),
         "threshold_mads": Param(
             None,
             type=["null", "number"],
             exclusiveMinimum=0,
             title="Threshold (robust deviations)",
             description="Each model flags only windows scoring this many robust deviations (1.4826 MAD) below "
-            "the median score of its own training windows (at most scikit-learn's 0). Empty: predict's 0.",
+            "the median score of its own training windows (at most scikit-learn's 0). Only with an empty "
+            "False-alarm rate; both empty: predict's 0.",
         ),
         "adaptive_nu": Param(
             False,
@@ -133,12 +146,13 @@ with DAG(
             "more far-out windows.",
         ),
         "features": Param(
-            "context-v1",
+            "window-v1",
             type="string",
             enum=["context-v1", "window-v1"],
             title="Feature set",
-            description="The new version's model input (sensor_scoring.features): context-v1 adds the deviation "
-            "from the sensor's trailing level; window-v1 is the window's own five aggregates.",
+            description="The new version's model input (sensor_scoring.features): window-v1 is the window's own "
+            "five aggregates (the default, chosen by leave-one-source-out); context-v1 adds the deviation from the "
+            "sensor's trailing level.",
         ),
         "min_rows": Param(
             30, type="integer", minimum=2, title="Minimum windows", description="Sensors with fewer get no model."
@@ -211,6 +225,7 @@ with DAG(
                 nu=params["nu"],
                 min_rows=params["min_rows"],
                 threshold_mads=params.get("threshold_mads"),
+                false_alarm_rate=params.get("false_alarm_rate"),
                 features=params["features"],
                 adaptive_nu=params["adaptive_nu"],
                 devices=params.get("devices"),

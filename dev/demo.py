@@ -433,8 +433,9 @@ def _run(
     sensors_per_shard: int,
     log: TextIO | None = None,
 ) -> dict[str, object]:
-    from sensor_scoring import layout, models
+    from sensor_scoring import layout
     from sensor_scoring.contracts import Manifest
+    from sensor_scoring.models import registry
     from sensor_scoring.storage import make_uri, open_storage
 
     azurite = None
@@ -459,8 +460,8 @@ def _run(
             f"{devices} devices x {tags} sensors"
         )
         try:
-            version = models.resolve_version(storage, containers.models, models.PRODUCTION_ALIAS)
-            story.step("Models", f"version {version} reused (alias {models.PRODUCTION_ALIAS})")
+            version = registry.resolve_version(storage, containers.models, registry.PRODUCTION_ALIAS)
+            story.step("Models", f"version {version} reused (alias {registry.PRODUCTION_ALIAS})")
         except LookupError:
             from sensor_scoring.models.training import train_and_register
 

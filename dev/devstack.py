@@ -582,7 +582,7 @@ def seed(
 ) -> dict[str, object]:
     """Simulated windows for the last ``hours`` hours up to now, and a promoted model version if none exists."""
     from dev.demo import ensure_data
-    from sensor_scoring import models
+    from sensor_scoring.models import registry
     from sensor_scoring.models.training import train_and_register
     from sensor_scoring.storage import open_storage
 
@@ -592,7 +592,7 @@ def seed(
     first = latest - timedelta(hours=hours)
     landed = ensure_data(storage, containers, devices, tags, first, now)
     try:
-        version = models.resolve_version(storage, containers.models, models.PRODUCTION_ALIAS)
+        version = registry.resolve_version(storage, containers.models, registry.PRODUCTION_ALIAS)
     except LookupError:
         manifest, _ = train_and_register(storage, containers, first, latest, promote=True)
         version = str(manifest["version"])

@@ -81,7 +81,22 @@ def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> dict[str,
     from sensor_scoring.storage import open_storage
     from sensor_scoring.tools.ingest import ingest_readings_csv
 
-    return ingest_readings_csv(open_storage(settings.storage), settings.containers.windows, args.file)
+    storage = open_storage(settings.storage)
+    try:
+        facts = ingest_readings_csv(
+            storage, settings.containers.windows, args.file, strict=args.strict, report=args.rejected
+        )
+    except (OSError, ValueError) as exc:  # a missing file, another layout, strict with rejected lines
+        raise SystemExit(f"ingest-readings: {exc}") from None
+    if facts["rejected"]:
+        logging.getLogger("sensor_scoring.ingest").warning(
+            "%s of %s line(s) rejected %s, not landed; each with its line and reason in %s",
+            facts["rejected"],
+            facts["lines"],
+            facts["rejected_by_reason"],
+            facts["rejected_report"],
+        )
+    return facts
 
 
 def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
@@ -100,9 +115,21 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
         threshold_mads=args.threshold_mads,
         features=args.features,
         adaptive_nu=args.adaptive_nu,
+        false_alarm_rate=_false_alarm_rate(args),
     )
     facts = {key: manifest[key] for key in ("version", "models", "train_start", "train_end", "features")}
     return facts | {"promoted": args.promote}
+
+
+def _false_alarm_rate(args: argparse.Namespace) -> float | None:
+    """``--false-alarm-rate``, its default unless ``--threshold-mads`` asks for the older threshold instead."""
+    from sensor_scoring.models.fitting import DEFAULT_FALSE_ALARM_RATE
+
+    if args.false_alarm_rate is not None and args.threshold_mads is not None:
+        raise ValueError("give --false-alarm-rate or --threshold-mads, not both")
+    if args.threshold_mads is not None:
+        return None
+    return DEFAULT_FALSE_ALARM_RATE if args.false_alarm_rate is None else float(args.false_alarm_rate)
 
 
 def cmd_score_shard(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
@@ -135,39 +162,67 @@ def cmd_rollback(args: argparse.Namespace, settings: config.Settings) -> dict[st
 
 
 def cmd_lineage(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
-    from sensor_scoring import models
-    from sensor_scoring.models import promotion
+    from sensor_scoring.models import promotion, registry
     from sensor_scoring.storage import open_storage
 
     storage = open_storage(settings.storage)
-    version = models.resolve_version(storage, settings.containers.models, args.version)
+    version = registry.resolve_version(storage, settings.containers.models, args.version)
     return promotion.lineage(storage, settings.containers.models, version)
 
 
 def cmd_report(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
-    """Write the self-contained HTML report (the fleet page's charts and the most drifting sensors) to ``--out``."""
+    """Write the self-contained HTML report (the fleet page's charts and the most drifting sensors) to ``--out``.
+
+    Every argument is checked before storage is read, with the pages' own rules (``fleet.parse_bound``,
+    ``check_range``): a bad time, a range over ``fleet.MAX_FLEET_HOURS`` or a missing output folder is one line
+    on stderr and exit status 1, never a traceback."""
     from pathlib import Path
 
-    from sensor_scoring.fleet import RangeError
+    from sensor_scoring.fleet import MAX_FLEET_HOURS, TOP_DRIFTING, RangeError, check_range, parse_bound
     from sensor_scoring.report import build_report
     from sensor_scoring.storage import open_storage
 
+    out = Path(args.out)
+    try:
+        start, end = parse_bound(args.start, "--start"), parse_bound(args.end, "--end")
+        check_range(start, end, MAX_FLEET_HOURS)
+    except RangeError as exc:
+        raise SystemExit(f"report: {exc}") from None
+    if not 0 <= args.sensors <= TOP_DRIFTING:
+        raise SystemExit(
+            f"report: --sensors must be 0 to {TOP_DRIFTING} (the drifting sensors listed), got {args.sensors}"
+        )
+    if out.is_dir():
+        raise SystemExit(f"report: --out {out} is a folder; name the HTML file to write")
+    if not out.parent.is_dir():
+        raise SystemExit(f"report: the folder of --out ({out.parent}) does not exist; create it first")
     try:
         text, facts = build_report(
-            open_storage(settings.storage), settings.containers, _utc(args.start), _utc(args.end), sensors=args.sensors
+            open_storage(settings.storage), settings.containers, start, end, sensors=args.sensors
         )
     except RangeError as exc:
         raise SystemExit(f"report: {exc}") from None
-    Path(args.out).write_text(text, encoding="utf-8")
-    return {"out": str(args.out), "bytes": len(text.encode()), **facts}
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise SystemExit(f"report: cannot write --out {out}: {exc.strerror or exc}") from None
+    return {"out": str(out), "bytes": len(text.encode()), **facts}
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser("report", help="write a self-contained HTML report of anomalies, drift and quarantine")
-    report.add_argument("--start", required=True, help="ISO time of the first hour (whole hour, UTC if no offset)")
-    report.add_argument("--end", required=True, help="ISO time, exclusive (at most a week after --start)")
+    report.add_argument(
+        "--start",
+        required=True,
+        help="ISO time of the first hour: a whole UTC hour (UTC if no offset; offsets converted)",
+    )
+    report.add_argument(
+        "--end", required=True, help="ISO time, exclusive (a whole UTC hour, at most a week after --start)"
+    )
     report.add_argument("--out", required=True, help="the HTML file to write")
-    report.add_argument("--sensors", type=int, default=3, help="most drifting sensors given a section of their own")
+    report.add_argument(
+        "--sensors", type=int, default=3, help="most drifting sensors given a section of their own (0-20)"
+    )
     report.set_defaults(func=cmd_report)
 
 
@@ -219,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ing = sub.add_parser("ingest-readings", help="aggregate a TS,Device,Tag,Value CSV into windows and land them")
     ing.add_argument("file")
+    ing.add_argument(
+        "--strict",
+        action="store_true",
+        help="land nothing and exit 1 if any line is rejected (default: land the readings taken, report the rest)",
+    )
+    ing.add_argument(
+        "--rejected",
+        default=None,
+        metavar="PATH",
+        help="CSV of the rejected lines (line, reason, error, text); default: beside FILE, <name>.rejected.csv",
+    )
     ing.set_defaults(func=cmd_ingest)
 
     train = sub.add_parser("train", help="train one model per sensor on landed windows and register a version")
@@ -229,24 +295,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nu", type=float, default=0.02, help="OneClassSVM nu: bound on the share flagged in training")
     train.add_argument("--min-rows", type=int, default=30, help="sensors with fewer training windows get no model")
     train.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        default=None,
+        help="the share of normal windows each model may flag: its threshold calibrated on its latest training "
+        "windows, held back from its fit (split conformal; default 0.02, chosen by leave-one-source-out)",
+    )
+    train.add_argument(
         "--threshold-mads",
         type=float,
         default=None,
-        help="calibrate each model's anomaly threshold this many robust deviations below the median of its "
-        "training decision values (e.g. 5; default: scikit-learn's predict)",
+        help="instead of --false-alarm-rate: each model's anomaly threshold this many robust deviations below the "
+        "median of its training decision values (e.g. 5)",
     )
     train.add_argument(
         "--features",
         default=feature_sets.DEFAULT_FEATURE_SET,
         choices=tuple(feature_sets.FEATURE_SETS),
-        help="the new version's feature set (sensor_scoring.features; default context-v1: level, log spread, "
-        "log count, deviation from the trailing level; window-v1: the window's own five aggregates)",
+        help="the new version's feature set (sensor_scoring.features; default window-v1: the window's own five "
+        "aggregates; context-v1: level, log spread, log count, deviation from the trailing level)",
     )
     train.add_argument(
         "--adaptive-nu",
         action="store_true",
         help="each sensor's nu from its own training windows (at least --nu): more where its history holds more "
-        "far-out windows (models.adaptive_nu)",
+        "far-out windows (fitting.adaptive_nu)",
     )
     train.set_defaults(func=cmd_train)
 

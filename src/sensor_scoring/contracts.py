@@ -100,6 +100,13 @@ ROW_REASONS: dict[str, str] = {
     "negative_std": "value_std is below 0",
     "value_out_of_bounds": "value_min, value_avg or value_max is outside the tag's physical bounds",
     "conflicting_duplicate": "another window with the same (device_id, tag, window_end) has different values",
+    "window_landed_early": "window_end is in an hour after the folder it landed in (written before its hour had "
+    "begun: a producer's clock or path ahead); the folder's hour owns it, as no run of its own hour reads there",
+    "single_reading_spread": "reading_count is 1 but value_min < value_max or value_std > 0: one reading has no spread",
+    "std_exceeds_range": "value_std is larger than any n readings within [value_min, value_max] allow: the sample "
+    "standard deviation is at most (value_max - value_min) / 2 * sqrt(n / (n - 1))",
+    "reading_count_implausible": "reading_count is above what one minute of one sensor can hold at the deployment's "
+    "maximum reading rate (max_readings_per_minute of the physical bounds)",
 }
 #: Reasons of plan_shards and score_shard: the window is fine, its model is not there or not usable.
 MODEL_REASONS: dict[str, str] = {
@@ -111,7 +118,8 @@ MODEL_REASONS: dict[str, str] = {
 #: Row-level reasons of the window reader (``windows.formats``): the value cannot be taken as its contract type.
 #: A row rejected by the reader is quarantined with these reasons only (it never reaches the suite).
 READER_REASONS: dict[str, str] = {
-    "wrong_type": "a value is not of its contract type: a key that is not a string, a value or count that is "
+    "wrong_type": "a value is not of its contract type: a key that is neither a string nor an integer (an "
+    "integer is taken as its decimal text), a value or count that is "
     "a string or a boolean, a count beyond 2**53, a window_end that is neither text nor a timestamp",
     "bad_timestamp": "window_end is not ISO 8601 with Z or an offset, not a real date, or outside 1677-2262",
     "window_not_on_minute": "window_end has seconds or a fraction: a 1-minute window ends on the minute",
@@ -125,6 +133,14 @@ FILE_REASONS: dict[str, str] = {
     CORRUPT_FILE: "the file is not valid in its serialisation (truncated, garbage)",
     NOT_UTF8: "a text file (no Parquet or Avro magic bytes) that is not UTF-8",
     UNSUPPORTED_FORMAT: "UTF-8 text that is neither JSON (lines or an array) nor CSV with the contract's header",
+}
+#: Why a file of the hour before, read only as the lookback of an hour's first windows, was left out of it: its
+#: windows are not looked back at (listed in the hour's manifest, ``validation.lookback_skipped_files``), and the
+#: hour is scored. Its own hour's run fails on it or quarantines it as ever.
+MISSING_COLUMN = "missing_column"
+LOOKBACK_FILE_REASONS: dict[str, str] = {
+    MISSING_COLUMN: "the file parses but lacks a contract column (it fails its own hour, naming the column)",
+    **FILE_REASONS,
 }
 #: The reason of a window whose shard failed after its last retry, in an hour committed as ``partial``
 #: (DAG param ``max_failed_shard_share``); clearing the shard or re-running the hour scores it.
@@ -212,13 +228,28 @@ class CorruptFile(Record):
 
 @dataclasses.dataclass(frozen=True)
 class SourceFiles(Record):
-    """Every blob of the folders a run read: ``seen = read + empty + quarantined`` (nothing is skipped by name)."""
+    """Every blob of the folders a run read: ``seen = read + empty + quarantined + other_hours`` (nothing is skipped
+    by name)."""
 
     KIND = "source files"
     seen: int
     read: int
     empty: int
     quarantined: int
+    #: Corrupt files of a folder after the run's interval (read for its late windows): owned, listed and copied by
+    #: that folder's hour (``windows.ownership``), so counted here but quarantined there.
+    other_hours: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedContextFile(Record):
+    """A file of the hour before that the lookback could not read: its windows are left out of the context."""
+
+    KIND = "skipped context file"
+    file: str
+    #: A key of ``LOOKBACK_FILE_REASONS``.
+    reason: str
+    error: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +284,8 @@ class HourValidation(Record):
     failing_rows_by_reason: dict[str, int]
     quarantined_files: tuple[CorruptFile, ...]
     empty_files: tuple[str, ...]
+    #: Files of the hour before that the lookback of this hour's first windows left out (the interval's first hour).
+    lookback_skipped_files: tuple[SkippedContextFile, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,13 +450,26 @@ class TrainingShardSpec(Record):
     nu: float
     min_rows: int
     #: calibrate each model's threshold this many robust deviations below its training decision values' median
-    #: (``models.calibrated_threshold``; None: threshold 0)
+    #: (``models.fitting.calibrated_threshold``; None: threshold 0)
     threshold_mads: float | None = None
     #: the feature set of the models (``sensor_scoring.features``); the input holds its derived columns. Specs
     #: written before feature sets had names trained on the window's own columns
     features: str = "window-v1"
-    #: each sensor's nu from its own windows, at least ``nu`` (``models.adaptive_nu``)
+    #: each sensor's nu from its own windows, at least ``nu`` (``models.fitting.adaptive_nu``)
     adaptive_nu: bool = False
+    #: the share of normal windows each model may flag: its threshold calibrated on the latest windows, held back
+    #: from its fit (``models.fitting.conformal_threshold``). Specs written before it: None (``threshold_mads``)
+    false_alarm_rate: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedSensor(Record):
+    """A sensor of a training shard without a model, and why (``models.fitting.SKIP_REASONS``)."""
+
+    KIND = "skipped sensor"
+    device_id: str
+    tag: str
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -437,8 +483,10 @@ class TrainingShardResult(Record):
     models: int
     sensors: int
     windows: int
-    #: sensors without a model for too few valid windows, as ``device_id/tag``
+    #: sensors without a model, as ``device_id/tag``
     skipped: tuple[str, ...]
+    #: the same sensors with their reason; results written before reasons: empty (their reason: too few windows)
+    skipped_sensors: tuple[SkippedSensor, ...] = ()
 
 
 # --- commit ------------------------------------------------------------------------------------------------------
@@ -480,6 +528,8 @@ class ValidationSummary(Record):
     failing_share: float
     failing_rows_by_reason: dict[str, int]
     max_quarantine_share: float
+    #: Files of the hour before whose windows the lookback left out (``HourValidation.lookback_skipped_files``).
+    lookback_skipped_files: tuple[SkippedContextFile, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

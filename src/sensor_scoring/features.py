@@ -21,6 +21,7 @@ the windows' values and keys: not on the frame's order, nor on how the windows w
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -36,11 +37,15 @@ if TYPE_CHECKING:
     from sensor_scoring.validation.expectations import Bounds
     from sensor_scoring.windows import LandedFiles
 
+log = logging.getLogger(__name__)
+
 WINDOW_V1 = "window-v1"
 CONTEXT_V1 = "context-v1"
 #: What new versions are trained with unless a parameter says otherwise (the CLI's --features, the training DAG's
-#: ``features`` param). Versions keep the set they were trained with.
-DEFAULT_FEATURE_SET = CONTEXT_V1
+#: ``features`` param): chosen by leave-one-source-out (bench/bench_detection.py, docs/models.md), where context-v1
+#: flagged more normal windows than its calibrated rate allows on a source with a wandering baseline. Versions keep
+#: the set they were trained with.
+DEFAULT_FEATURE_SET = WINDOW_V1
 #: Minutes of earlier windows the trailing level looks back over; a scoring run needs this much of the previous hour.
 LOOKBACK_MINUTES = 30
 #: Added to ``value_std`` before its logarithm: an exactly constant window (std 0) stays finite and far out.
@@ -172,9 +177,12 @@ def read_context(
 
     They are context only: never scored, quarantined or counted by the run that reads them; a window the suite
     rejects is simply not looked back at (that hour's own run quarantines it). So a window's features depend only on
-    what landed, never on which hours were scored, or in which order. A file with a broken structure fails the run
-    (``WindowSchemaError`` naming it, as it fails its own hour's): a lookback without it would change once it is
-    repaired. ``read``: what the hour before owns, when the caller read it with its own folders.
+    what landed, never on which hours were scored, or in which order. A file the hour before cannot read (a broken
+    structure, which fails that hour, or a corrupt file, which that hour quarantines) is left out of the lookback
+    with a warning, never failing this run: a failure stays the size of its cause. Its windows are then not looked
+    back at, as after a gap; the scoring run names such files in its manifest (``validation.lookback_skipped_files``),
+    and a re-run once the file is repaired computes the features with it. ``read``: what the hour before owns,
+    when the caller read it with its own folders (``windows.read_owned_with_lookback``).
     """
     from sensor_scoring.validation import check_windows
     from sensor_scoring.validation.expectations import SchemaViolation
@@ -183,10 +191,9 @@ def read_context(
     before = start - HOUR
     lookback = f"(read as the lookback of the windows from {start.isoformat()} on)"
     if read is None:  # not read with the run's own windows (``windows.read_owned_with_lookback``): read here
-        try:
-            read = read_owned(storage, container, before, start, late_folders)
-        except WindowSchemaError as exc:  # a broken file fails its own hour and every hour that looks back at it
-            raise WindowSchemaError(f"{exc} {lookback}") from exc
+        read = read_owned(storage, container, before, start, late_folders, keep_broken=True)
+    for broken in read.broken:
+        log.warning("Lookback left out %s: %s %s", broken.file, broken.error, lookback)
     ends = read.windows["window_end"]
     recent = read.windows.loc[(ends >= pd.Timestamp(start - timedelta(minutes=LOOKBACK_MINUTES))).to_numpy()]
     if recent.empty:  # nothing landed before (a new fleet, a gap): no suite run on nothing

@@ -9,16 +9,20 @@ range. Airflow-free: the views in ``sensor_scoring_airflow.views`` and ``python 
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sensor_scoring import layout, models, settings as config
+from sensor_scoring import layout, settings as config
 from sensor_scoring.contracts import REASON_COLUMN
+from sensor_scoring.layout import HOUR
+from sensor_scoring.models import registry
+from sensor_scoring.names import check_version
 from sensor_scoring.steps import health
 from sensor_scoring.steps.interval import hours_of
 from sensor_scoring.storage import Storage
@@ -26,30 +30,105 @@ from sensor_scoring.storage import Storage
 #: Longest range of the fleet page (a week of hours) and of the sensor page (a day: it reads whole partitions).
 MAX_FLEET_HOURS = 7 * 24
 MAX_SENSOR_HOURS = 24
+#: The range a page shows when it is given no ``start`` (ending at ``end``, or at the end of the current hour).
+DEFAULT_HOURS = 24
 #: Devices in one page of the heatmap, and drifting sensors listed.
 DEVICES_PER_PAGE = 50
 TOP_DRIFTING = 20
+#: Highest device page a request may ask for (50 devices a page: five million devices).
+MAX_DEVICE_PAGE = 100_000
 #: Windows of one sensor drawn at most (a day has 1440).
 MAX_SENSOR_WINDOWS = 5000
+#: Model versions of one sensor whose training range is looked up (the newest that scored it in the range).
+MAX_MODEL_VERSIONS = 5
+#: A device id or tag asked for: at most this many characters, none of them a control character. Names are only
+#: compared with the partitions' values (a filter), never put into a path.
+MAX_NAME_LENGTH = 256
 #: A window is an anomaly where its decision value is not above this (``scorer.score``).
 THRESHOLD = 0.0
 HEALTH_COLUMNS = ["device_id", "tag", "windows", "anomalies", "psi", "drifting", "drift_hours", "quarantined"]
+#: The most storage calls one request makes, whatever it asks (the range limits times the blobs of an hour):
+#: the fleet view reads an hour's health manifest and partition; the sensor view reads an hour's predictions,
+#: quarantine and health partitions, and per model version its manifest and index (after two existence checks).
+#: Neither lists a container.
+FLEET_MAX_READS = 2 * MAX_FLEET_HOURS
+SENSOR_MAX_READS = 3 * MAX_SENSOR_HOURS + 4 * MAX_MODEL_VERSIONS
+
+_ISO_EXAMPLE = "2026-11-24T05:00Z"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class RangeError(ValueError):
-    """A range the pages refuse: reversed, not on whole hours, or longer than they read."""
+    """A request the pages refuse before reading anything: a time that is not an ISO time, a range reversed, off
+    whole UTC hours or longer than they read, a device page or name out of bounds. The message states the rule."""
+
+
+def parse_bound(text: str, name: str) -> datetime:
+    """An ISO 8601 time given as ``start``/``end``, in UTC: no offset means UTC, any other offset is converted
+    (``19:00+02:00`` is ``17:00Z``), so every hour shown and labelled is a UTC hour, as partitions are."""
+    rule = f"{name} must be an ISO 8601 time on a whole UTC hour, like {_ISO_EXAMPLE} (no offset means UTC)"
+    if len(text) > 64:
+        raise RangeError(f"{name} is {len(text)} characters long: {rule}")
+    try:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        utc = moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError) as exc:
+        raise RangeError(f"{name} {text!r} is not a valid time ({exc}): {rule}") from None
+    if utc.minute or utc.second or utc.microsecond:
+        shown = f" ({utc:%Y-%m-%dT%H:%M}Z in UTC)" if moment.utcoffset() else ""
+        raise RangeError(f"{name} {text!r}{shown} is not on a whole UTC hour: {rule}")
+    return utc.replace(tzinfo=timezone.utc)
 
 
 def check_range(start: datetime, end: datetime, limit: int) -> list[datetime]:
-    """The whole hours of [start, end); a clear error beyond ``limit`` hours or off whole hours."""
+    """The whole UTC hours of [start, end); a clear error beyond ``limit`` hours or off whole hours. The span is
+    computed before any hour is listed, so an absurd range is refused at once."""
+    start, end = start.astimezone(timezone.utc), end.astimezone(timezone.utc)
     if end <= start:
         raise RangeError(f"end {end.isoformat()} is not after start {start.isoformat()}")
     if any(t.minute or t.second or t.microsecond for t in (start, end)):
-        raise RangeError("start and end must be whole hours")
-    hours = hours_of(start, end)
-    if len(hours) > limit:
-        raise RangeError(f"{len(hours)} hours asked, at most {limit} are shown at once; narrow the range")
-    return hours
+        raise RangeError("start and end must be whole UTC hours")
+    span = (end - start) // HOUR
+    if span > limit:
+        raise RangeError(f"{span} hours asked, at most {limit} are shown at once; narrow the range")
+    return hours_of(start, end)
+
+
+def request_range(
+    start: str | None, end: str | None, limit: int, *, default_hours: int = DEFAULT_HOURS, now: datetime | None = None
+) -> list[datetime]:
+    """The hours a request's ``start``/``end`` texts name (each optional), checked before anything is read: no
+    ``end`` is the end of the current UTC hour, no ``start`` is ``default_hours`` (at most ``limit``) before it."""
+    given = parse_bound(start, "start") if start else None
+    if end:
+        stop = parse_bound(end, "end")
+    else:
+        moment = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        stop = moment.replace(minute=0, second=0, microsecond=0) + HOUR
+    try:
+        first = given or stop - min(default_hours, limit) * HOUR
+    except OverflowError:
+        raise RangeError(f"the range before end {end!r} leaves the calendar; give a start") from None
+    return check_range(first, stop, limit)
+
+
+def check_name(value: str, what: str) -> str:
+    """A device id or tag as a request gives it: refused when empty, longer than ``MAX_NAME_LENGTH`` or holding a
+    control character (no landed name can be matched by such a text that the pages could show)."""
+    if not value or len(value) > MAX_NAME_LENGTH or _CONTROL.search(value):
+        raise RangeError(
+            f"{what} must be 1 to {MAX_NAME_LENGTH} characters without control characters "
+            f"(got {len(value)} characters{', with a control character' if _CONTROL.search(value) else ''})"
+        )
+    return value
+
+
+def check_page(page: int) -> int:
+    if not 0 <= page <= MAX_DEVICE_PAGE:
+        raise RangeError(f"page must be a whole number from 0 to {MAX_DEVICE_PAGE}, got {page}")
+    return page
 
 
 @dataclass
@@ -89,8 +168,10 @@ def fleet_view(
     devices_per_page: int = DEVICES_PER_PAGE,
     top: int = TOP_DRIFTING,
 ) -> FleetView:
-    """The fleet page's data over [start, end), from the health partitions and manifests only."""
+    """The fleet page's data over [start, end), from the health partitions and manifests only (at most
+    ``FLEET_MAX_READS`` reads: the range and page are checked first)."""
     hours = check_range(start, end, MAX_FLEET_HOURS)
+    check_page(device_page)
     per_device, drifting_tables, runs, missing, reasons = [], [], {}, [], {}
     totals = {"windows": 0, "anomalies": 0, "quarantined": 0, "sensors_drifting": 0}
     for number, h in enumerate(hours):
@@ -186,8 +267,11 @@ class SensorView:
 def sensor_view(
     storage: Storage, containers: config.Containers, device_id: str, tag: str, start: datetime, end: datetime
 ) -> SensorView:
-    """The sensor page's data over [start, end): its windows and quarantined rows, its health, its models."""
+    """The sensor page's data over [start, end): its windows and quarantined rows, its health, its models (at most
+    ``SENSOR_MAX_READS`` reads: the range and names are checked first)."""
     hours = check_range(start, end, MAX_SENSOR_HOURS)
+    check_name(device_id, "device_id")
+    check_name(tag, "tag")
     only = [("device_id", "==", device_id), ("tag", "==", tag)]
     scored, rejected, healthy = [], [], []
     for h in hours:
@@ -210,7 +294,8 @@ def sensor_view(
     truncated = len(windows) > MAX_SENSOR_WINDOWS
     windows = windows.tail(MAX_SENSOR_WINDOWS).reset_index(drop=True)
     quarantined = _concat(rejected, ["window_end", REASON_COLUMN, "source_file", "run_id"])
-    found = [str(v) for v in windows["model_version"].dropna().unique()]
+    # the newest versions that scored the sensor in the range (a day normally has one or two)
+    found = [str(v) for v in reversed(windows["model_version"].dropna().unique())][:MAX_MODEL_VERSIONS]
     return SensorView(
         device_id=device_id,
         tag=tag,
@@ -230,10 +315,18 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 def _training_of(
     storage: Storage, containers: config.Containers, version: str, device_id: str, tag: str
 ) -> dict[str, object]:
-    """The sensor's row of a version's index: its training range; empty when the registry lacks it."""
+    """The sensor's row of a version's index: its training range; empty when the registry lacks it. Existence is
+    checked first: the registry's own errors for a missing version list every version (a listing per request)."""
+    base = f"versions/{version}/"
     try:
-        index = models.read_index(storage, containers.models, version)
-    except (FileNotFoundError, models.ModelIntegrityError):
+        check_version(version)
+        if not (
+            storage.exists(containers.models, base + "manifest.json")
+            and storage.exists(containers.models, base + "models.parquet")
+        ):
+            return {}
+        index = registry.read_index(storage, containers.models, version)
+    except (FileNotFoundError, ValueError, LookupError):  # not a version name, a registry fault, a tampered index
         return {}
     row = index[(index["device_id"] == device_id) & (index["tag"] == tag)]
     if row.empty:

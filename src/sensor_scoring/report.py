@@ -255,19 +255,26 @@ def report_html(fleet: FleetView, sensors: list[SensorView]) -> str:
 def build_report(storage, containers, start: datetime, end: datetime, *, sensors: int = 3) -> tuple[str, dict]:
     """The report's HTML over [start, end) and what it holds: the fleet, and the ``sensors`` most drifting sensors
     over the last ``fleet.MAX_SENSOR_HOURS`` hours of the range (the sensor view reads whole partitions)."""
-    from sensor_scoring.fleet import MAX_SENSOR_HOURS, fleet_view, sensor_view
+    from sensor_scoring.fleet import MAX_SENSOR_HOURS, RangeError, check_name, fleet_view, sensor_view
 
     fleet = fleet_view(storage, containers, start, end)
     recent = max(start, end - timedelta(hours=MAX_SENSOR_HOURS))
-    views = [
-        sensor_view(storage, containers, str(row.device_id), str(row.tag), recent, end)
-        for row in fleet.drifting.head(sensors).itertuples()
-    ]
+    views, skipped = [], []
+    for row in fleet.drifting.head(sensors).itertuples():
+        device_id, tag = str(row.device_id), str(row.tag)
+        try:  # a landed name the sensor pages refuse (over 256 characters, a control character) gets no section
+            check_name(device_id, "device_id")
+            check_name(tag, "tag")
+        except RangeError:
+            skipped.append(f"{device_id!r}/{tag!r}")
+            continue
+        views.append(sensor_view(storage, containers, device_id, tag, recent, end))
     facts = {
         "hours": len(fleet.hours),
         "hours_without_health": len(fleet.missing_hours),
         "devices": fleet.devices_total,
         "anomalies": fleet.totals.get("anomalies", 0),
         "sensors": [f"{v.device_id}/{v.tag}" for v in views],
+        **({"sensors_without_section": skipped} if skipped else {}),
     }
     return report_html(fleet, views), facts

@@ -3,7 +3,8 @@
 Pure compute, no I/O. The decision function is the one libsvm evaluates for an RBF OneClassSVM after a
 StandardScaler: ``sum_i dual_i * exp(-gamma * |x_scaled - sv_i|^2) + intercept``, and a window is an
 anomaly where scikit-learn's ``predict`` says -1, i.e. where that sum is not above zero (not above the model's
-threshold, for a model whose threshold was calibrated at training: ``models.calibrated_threshold``).
+threshold, for a model whose threshold was calibrated at training: ``models.fitting.conformal_threshold``, which
+places it just below the calibration value it must stay under, so windows tied with that value are not flagged).
 
 The exponent is expanded as ``-gamma * (|x|^2 + |sv|^2 - 2 x.sv)`` (the rounding this adds is ~1e-15 on
 the scores, far inside the 1e-9 parity with scikit-learn the tests hold) and folded into one small matrix
@@ -20,15 +21,54 @@ shares: a call scores one model version's models.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from sensor_scoring.models import ModelArrays, feature_matrix
+from sensor_scoring import features as feature_sets
 
 #: Elements (float64) of the largest temporary a batch may allocate: 128k elements is 1 MB, about a core's cache.
 ELEMENT_BUDGET = 131_072
 #: Rows of one model scored together; a sensor's hour (60 windows) is one block.
 BLOCK_ROWS = 64
+
+
+@dataclass
+class ModelArrays:
+    """The fitted numbers of one pipeline: everything ``decision_function`` needs."""
+
+    mean: np.ndarray  # (F,)
+    scale: np.ndarray  # (F,)
+    support_vectors: np.ndarray  # (S, F), in scaled space
+    dual_coef: np.ndarray  # (S,)
+    intercept: float
+    gamma: float
+    #: a window is an anomaly where its decision value is <= threshold: 0 is scikit-learn's ``predict``; a model
+    #: trained with ``false_alarm_rate`` has one calibrated on held-back windows (``fitting.conformal_threshold``),
+    #: one trained with ``threshold_mads`` on its training decision values (<= 0)
+    threshold: float = 0.0
+    #: the feature set (``sensor_scoring.features``) the model was trained on: what the scorer feeds it. Not hashed:
+    #: it is the version's (manifest and index, the index hashed in the manifest), not the pack's
+    features: str = feature_sets.WINDOW_V1
+
+    def digest(self) -> str:
+        """SHA-256 over a canonical byte layout, so the same model always hashes the same (a model without a
+        calibrated threshold hashes as before thresholds existed)."""
+        h = hashlib.sha256()
+        scalars = [self.intercept, self.gamma] + ([self.threshold] if self.threshold != 0.0 else [])
+        for part in (
+            self.mean,
+            self.scale,
+            self.support_vectors,
+            self.dual_coef,
+            np.array(scalars),
+        ):
+            arr = np.ascontiguousarray(part, dtype="<f8")
+            h.update(str(arr.shape).encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
 
 
 def decision_function(features: np.ndarray, model_index: np.ndarray, models: list[ModelArrays]) -> np.ndarray:
@@ -150,7 +190,7 @@ def score(windows: pd.DataFrame, models: dict[tuple[str, str], ModelArrays]) -> 
     sets = sorted({models[k].features for k in keys})
     if len(sets) > 1:
         raise ValueError(f"models of several feature sets {sets} cannot be scored together: score each version alone")
-    matrix = feature_matrix(windows, sets[0]) if sets else np.empty((0, 0))
+    matrix = feature_sets.feature_matrix(windows, sets[0]) if sets else np.empty((0, 0))
     values = decision_function(matrix, codes, [models[k] for k in keys])
     out = windows.copy()
     out["score"] = values

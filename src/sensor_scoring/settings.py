@@ -172,7 +172,9 @@ class BatchSettings:
     conn_id: str = setting(
         "SCORING_BATCH_CONN_ID", "azure_batch_default", "Airflow connection (type azure_batch) of the Batch account"
     )
-    pool_id: str = setting("SCORING_BATCH_POOL_ID", "scoring-pool", "the shared pool, created when missing")
+    pool_id: str = setting(
+        "SCORING_BATCH_POOL_ID", "scoring-pool", "the shared pool, created when missing (unless it has an identity)"
+    )
     vm_size: str = setting("SCORING_BATCH_VM_SIZE", "standard_d2s_v3", "VM size of the pool's nodes")
     max_nodes: int = setting("SCORING_BATCH_MAX_NODES", 4, "cap on dedicated nodes in the autoscale formula", minimum=0)
     max_low_priority_nodes: int = setting(
@@ -191,6 +193,12 @@ class BatchSettings:
         6.0,
         "lifetime of the container SAS URLs a Batch task gets instead of the account key",
         minimum=0.1,
+    )
+    pool_identity_client_id: str = setting(
+        "SCORING_BATCH_POOL_IDENTITY_CLIENT_ID",
+        "",
+        "client id of the pool's user-assigned managed identity: set, tasks reach storage as it and get no SAS",
+        shown_default="unset",
     )
     node_image: str = setting(
         "SCORING_BATCH_NODE_IMAGE",

@@ -45,6 +45,23 @@ EVENTS = (
     "model_drift",
 )
 PAYLOAD_KEYS = ("text", "event", "dag_id", "run_id", "task_id", "map_index", "try_number", "error", "log_url")
+#: The longest email subject sent (a run id is chosen by whoever triggers the run).
+MAX_SUBJECT = 200
+
+
+def chat_text(text: str) -> str:
+    """``text`` as chat webhooks (Slack's and Teams' ``text``) must receive it: ``&``, ``<`` and ``>`` escaped,
+    the escaping Slack documents, so a name such as ``<!channel>`` or ``<https://evil.example|runbook>`` is shown
+    as typed instead of pinging a channel or disguising a link. The other JSON fields stay raw, for programs."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def email_subject(payload: Mapping[str, Any]) -> str:
+    """One header line: control characters (a newline would start another header) become spaces, and long
+    names are cut, so a run id or task id cannot add headers or push the event out of the subject."""
+    subject = f"[{payload['dag_id']}] {payload['event']}: {payload.get('task_id') or payload['run_id']}"
+    subject = "".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in subject)
+    return subject if len(subject) <= MAX_SUBJECT else subject[: MAX_SUBJECT - 3] + "..."
 
 
 def _text_of(error: Any) -> str | None:
@@ -169,7 +186,13 @@ def send_email(payload: Mapping[str, Any], conn_id: str = EMAIL_CONN_ID) -> str:
         return "skipped"
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
-    subject = f"[{payload['dag_id']}] {payload['event']}: {payload.get('task_id') or payload['run_id']}"
+    with SmtpHook(smtp_conn_id=conn_id) as hook:
+        hook.send_email_smtp(to=recipients, subject=email_subject(payload), html_content=email_html(payload))
+    return "sent"
+
+
+def email_html(payload: Mapping[str, Any]) -> str:
+    """The email's HTML part: the summary and every field, each value HTML-escaped (names are data, not markup)."""
     rows = "".join(
         f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(str(payload.get(k)))}</td></tr>"
         for k in PAYLOAD_KEYS[1:] + tuple(k for k in payload if k not in PAYLOAD_KEYS)
@@ -177,14 +200,12 @@ def send_email(payload: Mapping[str, Any], conn_id: str = EMAIL_CONN_ID) -> str:
     link = (
         f"<p><a href='{html.escape(str(payload['log_url']))}'>Open in Airflow</a></p>" if payload.get("log_url") else ""
     )
-    body = f"<p>{html.escape(str(payload['text'])).replace(chr(10), '<br>')}</p><table>{rows}</table>{link}"
-    with SmtpHook(smtp_conn_id=conn_id) as hook:
-        hook.send_email_smtp(to=recipients, subject=subject, html_content=body)
-    return "sent"
+    return f"<p>{html.escape(str(payload['text'])).replace(chr(10), '<br>')}</p><table>{rows}</table>{link}"
 
 
 def send_webhook(payload: Mapping[str, Any], conn_id: str = WEBHOOK_CONN_ID) -> str:
-    """POST the payload as JSON through the http provider's hook; the path is the connection's extra ``endpoint``."""
+    """POST the payload as JSON through the http provider's hook; the path is the connection's extra ``endpoint``.
+    Its ``text`` is escaped for chat (``chat_text``)."""
     conn = _connection(conn_id)
     if conn is None:
         return "skipped"
@@ -193,7 +214,7 @@ def send_webhook(payload: Mapping[str, Any], conn_id: str = WEBHOOK_CONN_ID) -> 
     endpoint = (conn.extra_dejson or {}).get("endpoint")
     HttpHook(method="POST", http_conn_id=conn_id).run(
         endpoint=endpoint,
-        data=json.dumps(payload, default=str),
+        data=json.dumps({**payload, "text": chat_text(str(payload["text"]))}, default=str),
         headers={"Content-Type": "application/json"},
         extra_options={"timeout": 10},
     )

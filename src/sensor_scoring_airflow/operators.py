@@ -20,8 +20,9 @@ class ScoreShardOperator(BaseOperator):
     the shard's task to the run's Batch job (pool and job created when missing), then defers to
     :class:`BatchTaskTrigger`, so a shard waiting on Batch holds no worker slot and all shards of an hour run on
     Batch at once. It resumes in ``execute_complete`` and succeeds or fails on its own task's exit code. The Batch
-    task reaches storage only through SAS URLs (read ``models``, read+write ``staging``) that expire after
-    ``SCORING_BATCH_SAS_HOURS``.
+    task reaches storage as the pool's managed identity (``SCORING_BATCH_POOL_IDENTITY_CLIENT_ID``), or through
+    SAS URLs (read ``models``, read+write ``staging``) that expire after ``SCORING_BATCH_SAS_HOURS``; never with
+    a key. The Batch account is reached through the provider's ``AzureBatchHook`` (shared key or Entra ID).
     """
 
     template_fields: Sequence[str] = ("backend",)
@@ -88,13 +89,15 @@ class ScoreShardOperator(BaseOperator):
 
     # --- azure_batch ---
     def _submit_to_batch(self, context: Context, setting: str) -> dict[str, Any]:
+        """:func:`~sensor_scoring.backends.azure_batch.submit_shard` (the one submission path) to the run's job,
+        with the client of the ``azure_batch`` connection (``AzureBatchHook``), then defer to the trigger."""
         from sensor_scoring import settings as config
         from sensor_scoring.backends import azure_batch as batch
+        from sensor_scoring_airflow.batch import batch_account_url, batch_client
         from sensor_scoring_airflow.triggers import BatchTaskTrigger
 
         settings = config.current().batch
-        conn = self._connection(settings.conn_id)
-        client = batch.client_from_connection(conn)
+        client = batch_client(settings.conn_id)
         ti = context["ti"]
         timeout = self.batch_timeout or self.execution_timeout
         submission = batch.submit_shard(
@@ -102,15 +105,15 @@ class ScoreShardOperator(BaseOperator):
             settings,
             setting,
             self.shard["spec_uri"],
-            job=batch.job_id(ti.dag_id, ti.run_id),
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
             try_number=ti.try_number,
             max_wall_clock=timeout * 1.1 if timeout else None,
             label=self.shard["label"],
-            sweep_prefix=batch.job_prefix(ti.dag_id),
             command=self.command,
         )
         self._batch = {"job_id": submission.job_id, "task_id": submission.task_id, "conn_id": settings.conn_id}
-        urls = batch.output_file_urls(batch.account_url_of(conn), submission.job_id, submission.task_id)
+        urls = batch.output_file_urls(batch_account_url(settings.conn_id), submission.job_id, submission.task_id)
         self.log.info(
             "Batch job %s, task %s (try %d%s). Output files: stdout %s stderr %s",
             submission.job_id,
@@ -151,15 +154,12 @@ class ScoreShardOperator(BaseOperator):
     def _finish(self, event: dict[str, Any], setting: str) -> dict[str, Any]:
         """The verdict of :func:`~sensor_scoring.backends.azure_batch.check_outcome`, then the shard's result."""
         from sensor_scoring.backends import azure_batch as batch, read_result
+        from sensor_scoring_airflow.batch import batch_account_url, batch_client
 
         assert self._batch is not None
-        conn = self._connection(self._batch["conn_id"])
+        conn_id = self._batch["conn_id"]
         batch.check_outcome(
-            batch.client_from_connection(conn),
-            self._batch["job_id"],
-            event,
-            account_url=batch.account_url_of(conn),
-            log=self.log,
+            batch_client(conn_id), self._batch["job_id"], event, account_url=batch_account_url(conn_id), log=self.log
         )
         return read_result(self.shard["spec_uri"], setting, self.command)
 
@@ -168,15 +168,10 @@ class ScoreShardOperator(BaseOperator):
         if not self._batch:
             return
         from sensor_scoring.backends import azure_batch as batch
+        from sensor_scoring_airflow.batch import batch_client
 
         self.log.info("Terminating Batch task %s/%s", self._batch["job_id"], self._batch["task_id"])
-        client = batch.client_from_connection(self._connection(self._batch["conn_id"]))
-        batch.terminate_task(client, self._batch["job_id"], self._batch["task_id"])
-
-    def _connection(self, conn_id: str) -> Any:
-        from airflow.sdk import BaseHook
-
-        return BaseHook.get_connection(conn_id)
+        batch.terminate_task(batch_client(self._batch["conn_id"]), self._batch["job_id"], self._batch["task_id"])
 
 
 def _deadline(ti: Any, timeout: timedelta | None) -> float | None:

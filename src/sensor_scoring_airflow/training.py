@@ -51,9 +51,9 @@ def training_run(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
 
 def version_name(params: Mapping[str, Any], run: Hour) -> str:
     """The ``version`` param, else ``v<UTC now>``; a name must be usable as a blob folder."""
-    from sensor_scoring import models
+    from sensor_scoring.models import registry
 
-    name = params.get("version") or models.new_version_name()
+    name = params.get("version") or registry.new_version_name()
     if "/" in name or name.startswith("."):
         raise ValueError(f"model version {name!r}: no '/' and no leading '.'")
     return str(name)
@@ -61,12 +61,13 @@ def version_name(params: Mapping[str, Any], run: Hour) -> str:
 
 def model_params(params: Mapping[str, Any]) -> dict[str, object]:
     """The parameters recorded in the version's manifest (as the CLI's ``train`` records them)."""
-    mads = params.get("threshold_mads")
+    mads, rate = params.get("threshold_mads"), params.get("false_alarm_rate")
     return {
+        "false_alarm_rate": None if rate is None else float(rate),
         "threshold_mads": None if mads is None else float(mads),
         "nu": float(params["nu"]),
         "adaptive_nu": bool(params.get("adaptive_nu", False)),
-        "features": str(params.get("features", "context-v1")),
+        "features": str(params.get("features", "window-v1")),
         "gamma": "scale",
         "kernel": "rbf",
         "min_rows": int(params["min_rows"]),

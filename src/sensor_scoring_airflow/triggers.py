@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 if TYPE_CHECKING:
-    from azure.batch.aio import BatchClient
+    from azure.batch import BatchClient
 
 CLASSPATH = "sensor_scoring_airflow.triggers.BatchTaskTrigger"
 
@@ -22,7 +22,8 @@ class BatchTaskTrigger(BaseTrigger):
     and termination of a task that outlives ``deadline`` (epoch seconds).
 
     Fires one event, the finished wait's: ``{"status": "completed" | "timeout", ...task summary}``; the operator
-    judges it. ``on_kill`` (a user cleared or marked the deferred task) terminates the task.
+    judges it. ``on_kill`` (a user cleared or marked the deferred task) terminates the task. The Batch account is
+    reached through the provider's ``AzureBatchHook``, as the operator reaches it.
     """
 
     def __init__(
@@ -49,38 +50,41 @@ class BatchTaskTrigger(BaseTrigger):
             "max_poll_interval": self.max_poll_interval,
         }
 
-    async def _client(self) -> BatchClient:
-        from airflow.sdk import BaseHook
-
-        # imported in a thread: the first import loads the SDK, which would block the triggerer's event loop
-        batch = await asyncio.to_thread(importlib.import_module, "sensor_scoring.backends.azure_batch")
-        conn = await BaseHook.aget_connection(self.conn_id)
-        client: BatchClient = await asyncio.to_thread(batch.async_client_from_connection, conn)
-        return client
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # the client is closed before the event is yielded: a single-event trigger is not resumed afterwards
-        async with await self._client() as client:
+        client = await self._client()
+        try:
             payload = await self._wait(client)
+        finally:
+            await asyncio.to_thread(client.close)
         yield TriggerEvent(payload)
 
-    async def _wait(self, client: BatchClient) -> dict[str, Any]:
-        from sensor_scoring.backends import azure_batch as batch
+    async def _client(self) -> BatchClient:
+        """The client of the connection, as ``AzureBatchHook`` builds it (shared key or Entra ID). The hook's client
+        is synchronous: it is made, and every call of it runs, in a thread, so the event loop never blocks."""
+        from sensor_scoring_airflow.batch import batch_client
 
+        return await asyncio.to_thread(batch_client, self.conn_id)
+
+    async def _wait(self, client: BatchClient) -> dict[str, Any]:
+        # imported in a thread: the first import loads the SDK, which would block the triggerer's event loop
+        batch = await asyncio.to_thread(importlib.import_module, "sensor_scoring.backends.azure_batch")
         poll = batch.Poll(self.job_id, self.batch_task_id, self.poll_interval, self.max_poll_interval, self.deadline)
         while True:
-            summary = batch.task_summary(await client.get_task(self.job_id, self.batch_task_id))
-            step = batch.poll_step(poll, summary, now=time.time(), log=self.log)
+            task = await asyncio.to_thread(client.get_task, self.job_id, self.batch_task_id)
+            step = batch.poll_step(poll, batch.task_summary(task), now=time.time(), log=self.log)
             if step.terminate:
-                await batch.aterminate_task(client, self.job_id, self.batch_task_id, log=self.log)
+                await asyncio.to_thread(batch.terminate_task, client, self.job_id, self.batch_task_id)
             if step.event is not None:
-                return step.event
+                return dict(step.event)
             await asyncio.sleep(step.sleep_s)
 
     async def on_kill(self) -> None:
         """A user cleared or marked the deferred shard: stop its Batch task too (not on triggerer restarts)."""
         self.log.info("Terminating Batch task %s/%s (task killed by a user)", self.job_id, self.batch_task_id)
-        async with await self._client() as client:
-            from sensor_scoring.backends import azure_batch as batch  # loaded by _client
-
-            await batch.aterminate_task(client, self.job_id, self.batch_task_id, log=self.log)
+        client = await self._client()
+        try:
+            batch = await asyncio.to_thread(importlib.import_module, "sensor_scoring.backends.azure_batch")
+            await asyncio.to_thread(batch.terminate_task, client, self.job_id, self.batch_task_id)
+        finally:
+            await asyncio.to_thread(client.close)

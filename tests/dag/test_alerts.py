@@ -253,3 +253,59 @@ def test_a_bad_conf_fails_the_first_task_at_once_despite_retries(sensor_dag, ale
     task = next(p["json"] for p in http_sink.received if p["json"]["event"] == "task_failed")
     assert task["task_id"] == "wait_for_windows" and task["try_number"] == 1
     assert task["error"] == ("AirflowFailException: ValueError: give both window_start and window_end, or neither")
+
+
+HOSTILE = "<!channel> <https://evil.example/login|Open the runbook>"
+
+
+def test_names_reach_chat_and_email_as_text_not_markup(alert_connections, airflow_db):
+    """A drifting sensor on a device named like a chat command: the webhook's ``text`` has ``&``, ``<``, ``>``
+    escaped (no channel ping, no disguised link), the email's HTML part shows it escaped, the JSON fields keep the
+    raw name for programs, and a run id with a line break stays in one subject line (no added header)."""
+    from sensor_scoring.steps.health import HealthManifest, Thresholds
+
+    smtp_sink, http_sink = alert_connections
+    hour = START + 5 * H
+    manifest = HealthManifest(
+        hour=hour,
+        run_id="run-1",
+        computed_at=hour + H,
+        model_versions=("v1",),
+        thresholds=Thresholds(psi=0.0, anomaly_excess=0.2, hours=3),
+        sensors=2,
+        windows=120,
+        anomalies=40,
+        quarantined=0,
+        unattributed_quarantined=0,
+        no_statistics=0,
+        drifting=1,
+        alerting=1,
+        alerting_sensors=(f"{HOSTILE}/temperature & <b>humidity</b>",),
+        quarantine_reasons={},
+    )
+    context = {"run_id": "manual__1\r\nBcc: thief@example.com", "dag": None}
+    [sent] = alerts.check_drift(context, [manifest])
+    assert sent["outcome"] == {"email": "sent", "webhook": "sent"}
+
+    [post] = [p["json"] for p in http_sink.received]
+    assert (
+        "&lt;!channel&gt; &lt;https://evil.example/login|Open the runbook&gt;/temperature &amp; &lt;b&gt;"
+        in post["text"]
+    )
+    assert "<" not in post["text"] and ">" not in post["text"]
+    assert post["sensors"] == [f"{HOSTILE}/temperature & <b>humidity</b>"]  # the raw name, for programs
+
+    [(recipients, message)] = smtp_sink.messages
+    assert sorted(recipients) == sorted(RECIPIENTS) and message["Bcc"] is None
+    assert message["Subject"] == "[None] model_drift: manual__1  Bcc: thief@example.com"
+    body = html_of(message)
+    assert HOSTILE not in body and "<b>humidity" not in body
+    assert "&lt;!channel&gt; &lt;https://evil.example/login|Open the runbook&gt;/temperature &amp; &lt;b&gt;" in body
+
+
+def test_chat_and_subject_escaping_rules():
+    assert alerts.chat_text("a & <b> > c") == "a &amp; &lt;b&gt; &gt; c"
+    assert alerts.chat_text(alerts.chat_text("<")) == "&amp;lt;"  # escaped once per send, shown as typed
+    payload = {"dag_id": "d", "event": "task_failed", "task_id": "t\x00\n" + "x" * 300, "run_id": "r"}
+    subject = alerts.email_subject(payload)
+    assert len(subject) == alerts.MAX_SUBJECT and subject.endswith("...") and "\n" not in subject

@@ -15,6 +15,7 @@ import airflow  # noqa: F401  (configures Airflow before the tests import its mo
 import pytest
 
 from dev.azurite import KEY as STORAGE_KEY
+from sensor_scoring.backends import azure_batch as batch
 from tests.support.batch_hour import HOUR, H
 from tests.support.fake_batch import KEY as BATCH_KEY
 from tests.support.partitions import read_partition, run_records
@@ -24,6 +25,7 @@ pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 
 def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, batch_landed, fake_batch, monkeypatch):
     fake_batch.exec_delay_s = 0.5  # shards that take half a second
+    fake_batch.allow_key_signed_sas = True  # Azurite here is key-authenticated: its SAS URLs are key-signed
     for name, value in {
         "SCORING_BATCH_POOL_ID": "scoring-test-pool",
         "SCORING_SCORER_IMAGE": "sensor-scoring-scorer:test",
@@ -38,8 +40,10 @@ def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, ba
     assert len(predictions) == 6 * 60 and manifest["counts"]["scored"] == 360
     assert set(predictions["run_id"]) == {run.run_id}
 
-    # one job for the run, one task per shard, each run as the shard command with SAS-only storage
+    # one job for the run, named as every submitter names it, one task per shard, each run as the shard command
+    # with SAS-only storage
     [job] = fake_batch.jobs
+    assert job == batch.job_id(sensor_dag.dag_id, run.run_id)
     tasks = {t.id: t for (j, t_id), t in fake_batch.tasks.items() for t in [t] if j == job}
     assert len(tasks) == 3 and all(t.exit_code == 0 and len(t.runs) == 1 for t in tasks.values())
     assert sorted(t.body["commandLine"].rsplit("/", 2)[1] for t in tasks.values()) == [
@@ -68,6 +72,32 @@ def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, ba
     # dag.test ran the shards' triggers inline, one after another (see the module docstring)
     runs = sorted(t.runs[0] for t in tasks.values())
     assert all(prev[1] <= nxt[0] for prev, nxt in zip(runs, runs[1:], strict=False))
+
+
+def test_an_hour_on_azure_batch_with_entra_id(sensor_dag, blob, containers, batch_landed, entra_batch, monkeypatch):
+    """The same hour with an azure_batch connection holding no key: the operator and the trigger reach Batch through
+    AzureBatchHook with DefaultAzureCredential (here a user-assigned managed identity), every request a Bearer
+    token over HTTPS. Storage is this Azurite's shared-key mode, so the tasks' SAS URLs are key-signed here."""
+    airflow_identity = "11111111-2222-3333-4444-555555555555"
+    entra_batch.allow_key_signed_sas = True
+    for name, value in {
+        "AZURE_CLIENT_ID": airflow_identity,
+        "SCORING_BATCH_POOL_ID": "scoring-test-pool",
+        "SCORING_BATCH_POLL_SECONDS": "0.3",
+        "SCORING_BATCH_MAX_POLL_SECONDS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    run = sensor_dag.test(logical_date=HOUR + H, run_conf={"backend": "azure_batch", "sensors_per_shard": 2})
+    assert str(run.state) == "success"
+    predictions, manifest = read_partition(blob, containers.predictions, HOUR)
+    assert len(predictions) == 6 * 60 and manifest["counts"]["scored"] == 360
+
+    [job] = entra_batch.jobs
+    assert job == batch.job_id(sensor_dag.dag_id, run.run_id)
+    assert len(entra_batch.tasks) == 3 and all(t.exit_code == 0 for t in entra_batch.tasks.values())
+    assert entra_batch.requests and {r["principal"] for r in entra_batch.requests} == {airflow_identity}
+    assert not [r for r in entra_batch.requests if "SharedKey" in r["headers"].get("Authorization", "")]
+    assert BATCH_KEY not in json.dumps([r["body"] for r in entra_batch.requests])
 
 
 def test_scoring_backend_sets_the_default_of_the_backend_param(airflow_db, monkeypatch):

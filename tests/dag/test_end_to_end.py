@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 from dev.azurite import KEY
-from sensor_scoring import features, models
+from sensor_scoring import features
+from sensor_scoring.features import feature_matrix
+from sensor_scoring.models import fitting, registry
 from sensor_scoring.models.training import train_and_register
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_hour, simulate_to_storage
 from sensor_scoring.windows import aggregate_readings, parse_window_file, to_asa_json_lines
@@ -33,8 +35,10 @@ def landed(blob, containers):
         windows_container=containers.windows,
         labels_container=containers.labels,
     )
-    manifest, trained = train_and_register(blob, containers, START, SCORED_HOUR, version="v-e2e", promote=True)
-    assert manifest["features"] == features.DEFAULT_FEATURE_SET == "context-v1"
+    manifest, trained = train_and_register(
+        blob, containers, START, SCORED_HOUR, version="v-e2e", promote=True, features=features.CONTEXT_V1
+    )
+    assert manifest["features"] == "context-v1"  # the set that looks back into the previous hour
     existing = blob.list(containers.windows, f"{SCORED_HOUR:%Y/%m/%d/%H}/")
     found = pd.concat([parse_window_file(b.name, blob.read_bytes(containers.windows, b.name)) for b in existing])
     one = found[found["window_end"] == pd.Timestamp(SCORED_HOUR + timedelta(minutes=10))].head(1)
@@ -69,7 +73,7 @@ def test_hour_scored_by_the_dag_equals_scikit_learn(sensor_dag, blob, containers
     with_input = predictions.merge(derived, on=window_key, how="left", validate="one_to_one")
     for (device_id, tag), rows in with_input.groupby(["device_id", "tag"]):
         pipeline = pipelines[(device_id, tag)]
-        matrix = models.feature_matrix(rows, features.CONTEXT_V1)
+        matrix = feature_matrix(rows, features.CONTEXT_V1)
         np.testing.assert_allclose(rows["score"], pipeline.decision_function(matrix), rtol=1e-9, atol=1e-12)
         np.testing.assert_array_equal(rows["is_anomaly"], pipeline.predict(matrix) == -1)
 
@@ -106,9 +110,9 @@ def test_rerunning_an_hour_replaces_it_with_one_row_per_window(sensor_dag, blob,
 
 def test_hour_with_no_modelled_sensor_still_commits_its_quarantine(sensor_dag, blob, containers, landed):
     """No shard to map: the mapped task is skipped, yet commit runs and nothing landed is lost."""
-    [other] = models.train_models(fleet_windows(devices=1, tags=1, hours=1))
+    [other] = fitting.train_models(fleet_windows(devices=1, tags=1, hours=1))
     other.device_id = "dev-elsewhere"
-    models.register(blob, containers.models, [other], version="v-other", params={}, promote=False)
+    registry.register(blob, containers.models, [other], version="v-other", params={}, promote=False)
     run = sensor_dag.test(logical_date=SCORED_HOUR + H, run_conf={"model_version": "v-other"})
     assert str(run.state) == "success"
     predictions, manifest = read_partition(blob, containers.predictions, SCORED_HOUR)

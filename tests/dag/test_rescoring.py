@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sensor_scoring import models
 from sensor_scoring.contracts import SensorDuplicates, Subset
+from sensor_scoring.features import feature_matrix
 from sensor_scoring.models.training import train_and_register
 from sensor_scoring.steps.rescoring import (
     SubsetMatchesNothing,
@@ -166,7 +166,7 @@ def two_versions(blob, containers):
         windows_container=containers.windows,
         labels_container=containers.labels,
     )
-    train_and_register(blob, containers, START, FIRST, version="v-one", promote=True)
+    train_and_register(blob, containers, START, FIRST, version="v-one", promote=True, features="context-v1")
     # the window's own aggregates (window-v1), so the parity below can be computed from the partition's columns;
     # a version of the older set rescoring beside a context-v1 production version, as after an upgrade
     _, trained = train_and_register(
@@ -258,7 +258,7 @@ def test_subset_rescoring_replaces_only_the_chosen_sensors(sensor_dag, blob, con
         assert (rows["scored_at"] > old["scored_at"].max()).all()
         pipeline = two_versions[SUBSET]
         np.testing.assert_allclose(
-            rows["score"], pipeline.decision_function(models.feature_matrix(rows)), rtol=1e-9, atol=1e-12
+            rows["score"], pipeline.decision_function(feature_matrix(rows)), rtol=1e-9, atol=1e-12
         )
         assert not new.duplicated(KEY).any() and len(new) == len(old)
         # counts still mean the whole partition, and still close

@@ -13,8 +13,8 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from sensor_scoring import cli, models
-from sensor_scoring.models import promotion, stats as model_stats
+from sensor_scoring import cli
+from sensor_scoring.models import fitting, promotion, registry, stats as model_stats
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from tests.conftest import REPO
 from tests.support.helpers import START
@@ -66,7 +66,7 @@ def test_promoted_then_refused_with_lineage_and_alert(airflow_db, landed, contai
     body = alias_body(landed, containers)
     assert body["version"] == "v-first" and body["action"] == "promote" and body["previous"] is None
     assert body["by"] == f"training run {run.run_id}"
-    manifest = models.read_manifest(landed, containers.models, "v-first")
+    manifest = registry.read_manifest(landed, containers.models, "v-first")
     assert manifest["models"] == 6 and manifest["params"]["nu"] == 0.02
     lineage = manifest["lineage"]
     assert lineage["training_run"] == run.run_id
@@ -92,7 +92,7 @@ def test_promoted_then_refused_with_lineage_and_alert(airflow_db, landed, contai
     refused = training.test(run_conf={**BASE_CONF, "version": "v-second", "max_flagged_share": 0.0})
     assert str(refused.state) == "success"
     assert alias_body(landed, containers)["version"] == "v-first"
-    second = models.read_manifest(landed, containers.models, "v-second")["lineage"]["evaluation"]
+    second = registry.read_manifest(landed, containers.models, "v-second")["lineage"]["evaluation"]
     assert not second["promotable"] and second["production_version"] == "v-first"
     assert second["production"]["windows"] == second["candidate"]["windows"] == 720  # compared on the same windows
     [alert] = [p["json"] for p in http_sink.received if p["json"]["event"] == "model_not_promoted"]
@@ -120,7 +120,9 @@ def test_rollback_form_and_command(airflow_db, landed, containers, capsys):
 
     windows = read_owned(landed, containers.windows, START, START + 4 * H, 0).windows
     for name in ("v-a", "v-b"):
-        models.register(landed, containers.models, models.train_models(windows), version=name, params={}, promote=False)
+        registry.register(
+            landed, containers.models, fitting.train_models(windows), version=name, params={}, promote=False
+        )
         promotion.move_alias(landed, containers.models, name, action="promote", reason="test", by="test")
     _, rollback = load_dags()
     run = rollback.test(run_conf={})
@@ -131,7 +133,7 @@ def test_rollback_form_and_command(airflow_db, landed, containers, capsys):
 
     assert cli.main(["rollback", "--to", "v-b"]) == 0
     assert last_json_line(capsys)["version"] == "v-b"
-    assert models.resolve_version(landed, containers.models, "production") == "v-b"
+    assert registry.resolve_version(landed, containers.models, "production") == "v-b"
     with pytest.raises(SystemExit, match="'v-none' is not registered"):
         cli.main(["rollback", "--to", "v-none"])
     assert cli.main(["lineage", "v-a"]) == 0
@@ -146,7 +148,7 @@ def test_rollback_form_and_command(airflow_db, landed, containers, capsys):
     _, rollback = load_dags()
     bad = rollback.test(run_conf={"to_version": "v-none"})
     assert str(bad.state) == "failed"
-    assert models.resolve_version(landed, containers.models, "production") == "v-b"
+    assert registry.resolve_version(landed, containers.models, "production") == "v-b"
 
 
 def test_training_shards_on_azure_batch(airflow_db, landed, containers, fake_batch, monkeypatch):
@@ -154,6 +156,7 @@ def test_training_shards_on_azure_batch(airflow_db, landed, containers, fake_bat
     with only the task's SAS environment), judged and read back like a scoring shard."""
     from dev.azurite import KEY as STORAGE_KEY
 
+    fake_batch.allow_key_signed_sas = True  # Azurite here is key-authenticated: its SAS URLs are key-signed
     for name, value in {
         "SCORING_BATCH_POOL_ID": "training-test-pool",
         "SCORING_SCORER_IMAGE": "sensor-scoring-scorer:test",
@@ -169,5 +172,5 @@ def test_training_shards_on_azure_batch(airflow_db, landed, containers, fake_bat
     assert len(tasks) == 2 and all(t.exit_code == 0 for t in tasks)
     assert all(" train-shard --spec az://" in t.body["commandLine"] for t in tasks)
     assert STORAGE_KEY not in json.dumps([r["body"] for r in fake_batch.requests])
-    assert models.read_manifest(landed, containers.models, "v-batch")["models"] == 6
-    assert models.resolve_version(landed, containers.models, "production") == "v-batch"
+    assert registry.read_manifest(landed, containers.models, "v-batch")["models"] == 6
+    assert registry.resolve_version(landed, containers.models, "production") == "v-batch"

@@ -164,3 +164,137 @@ def test_pool_json_is_the_backends_pool_with_the_registry_added():
 def test_readme_links_the_deploy_guide(link):
     readme = (REPO / "README.md").read_text()
     assert "## Deploy to Azure" in readme and f"]({link})" in readme
+
+
+# --- key-free: the guide's commands set, read and pass no account key ---------------------------------------
+
+
+def bash_blocks(text: str = DOC) -> str:
+    """The guide's shell commands: every ```bash block, continuation lines joined."""
+    return "\n".join(re.findall(r"```bash\n(.*?)```", text, re.S)).replace("\\\n", " ")
+
+
+def section_of(title: str) -> str:
+    return DOC.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_guides_commands_set_no_account_key():
+    commands = bash_blocks()
+    for forbidden in (
+        "AccountKey",  # a connection string with the storage key
+        "show-connection-string",
+        "az storage account keys",
+        "--account-key",
+        "--connection-string",
+        "az batch account keys",
+        "--shared-key-auth",
+        "BATCH_ACCOUNT_KEY",
+        "ACR_PASSWORD",
+        "--registry-username",
+        "--admin-enabled true",
+        "SharedAccessSignature",
+        "generate-sas",
+    ):
+        assert forbidden not in commands, f"docs/deploy-azure.md runs something with {forbidden!r}"
+    # the storage account refuses keys, and the Batch account accepts Entra ID only
+    [create] = [line for line in commands.splitlines() if line.startswith("az storage account create")]
+    assert "--allow-shared-key-access false" in create
+    assert "allowedAuthenticationModes='[\"AAD\"]'" in commands
+    assert all("--auth-mode login" in line for line in commands.splitlines() if "az storage container" in line)
+    # the one key still made is the simulator's Event Hubs send policy, and the guide lists it with why
+    keys = [line for line in commands.splitlines() if "keys list" in line]
+    assert keys and all("eventhubs eventhub authorization-rule keys list" in line for line in keys)
+    assert "SCORING_EVENTHUB_CONNECTION" in section_of("What still needs a key")
+
+
+def documented_exports() -> dict[str, str]:
+    """``export NAME="..."`` lines of the guide, shell quoting undone and variables given sample values."""
+    sample = {
+        **SAMPLE_VARS,
+        "AIRFLOW_CLIENT_ID": "11111111-2222-3333-4444-555555555555",
+        "TENANT_ID": "72f988bf-0000-0000-0000-2d7cd011db47",
+        "BATCH_URL": "https://sensorscoring1.westeurope.batch.azure.com",
+        "KEYVAULT": "sensor-scoring-1",
+        "ACR": "sensorscoring1",
+    }
+    found = {}
+    for name, value in re.findall(r'^export ([A-Z_]+)="(.*)"$', bash_blocks(), re.M):
+        found[name] = re.sub(r"\$([A-Z_]+)", lambda m: sample[m.group(1)], value.replace('\\"', '"'))
+    return found
+
+
+def test_the_guides_connections_hold_no_secret_and_the_providers_hooks_take_entra_id(monkeypatch):
+    """The documented connections, read by the installed provider's hooks: both end up with azure-identity's
+    DefaultAzureCredential (nothing is sent: building a client makes no request)."""
+    from airflow.providers.microsoft.azure.hooks.batch import AzureBatchHook
+    from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+    from azure.identity import DefaultAzureCredential
+
+    exports = documented_exports()
+    storage, batch_conn = (json.loads(exports[f"AIRFLOW_CONN_{n}"]) for n in ("SCORING_STORAGE", "AZURE_BATCH_DEFAULT"))
+    for conn in (storage, batch_conn):
+        assert "password" not in conn and not any("key" in k or "secret" in k for k in conn.get("extra", {}))
+    assert storage["conn_type"] == "wasb" and batch_conn == {
+        "conn_type": "azure_batch",
+        "extra": {"account_url": "https://sensorscoring1.westeurope.batch.azure.com"},
+    }
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_SCORING_STORAGE", exports["AIRFLOW_CONN_SCORING_STORAGE"])
+    monkeypatch.setenv("AIRFLOW_CONN_AZURE_BATCH_DEFAULT", exports["AIRFLOW_CONN_AZURE_BATCH_DEFAULT"])
+    blob_client = WasbHook(wasb_conn_id="scoring_storage").get_conn()
+    assert blob_client.url.startswith("https://sensorscoring1.blob.core.windows.net")
+    assert isinstance(blob_client.credential, DefaultAzureCredential)
+    batch_client = AzureBatchHook(azure_batch_conn_id="azure_batch_default").get_conn()
+    assert isinstance(batch_client._config.credential, DefaultAzureCredential)
+
+
+def test_the_guides_key_vault_backend_is_the_providers_and_finds_the_smtp_secret():
+    from airflow.providers.microsoft.azure.secrets.key_vault import AzureKeyVaultBackend
+
+    from sensor_scoring_airflow.alerts import EMAIL_CONN_ID
+
+    exports = documented_exports()
+    module, _, cls = exports["AIRFLOW__SECRETS__BACKEND"].rpartition(".")
+    assert f"{module}.{cls}" == f"{AzureKeyVaultBackend.__module__}.{AzureKeyVaultBackend.__name__}"
+    kwargs = json.loads(exports["AIRFLOW__SECRETS__BACKEND_KWARGS"])
+    backend = AzureKeyVaultBackend(**kwargs)  # no request is made until a secret is asked for
+    assert backend.vault_url == "https://sensor-scoring-1.vault.azure.net/"
+    secret = AzureKeyVaultBackend.build_path(kwargs["connections_prefix"], EMAIL_CONN_ID)
+    assert f"--name {secret} " in bash_blocks()
+
+
+def test_pool_json_with_an_identity_is_a_resource_manager_pool_without_secrets():
+    from sensor_scoring.backends.azure_batch import BatchSettings, autoscale_formula
+
+    identity = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-pool"
+    env = dict(os.environ, SCORING_SCORER_IMAGE="myacr.azurecr.io/scorer:0.1.0", PYTHONPATH=str(REPO))
+    env.pop("ACR_PASSWORD", None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "infra" / "batch" / "pool_json.py"),
+            "--identity",
+            identity,
+            "--registry-server",
+            "myacr.azurecr.io",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    pool = json.loads(done.stdout)
+    assert pool["identity"] == {"type": "UserAssigned", "userAssignedIdentities": {identity: {}}}
+    vm = pool["properties"]["deploymentConfiguration"]["virtualMachineConfiguration"]
+    assert vm["containerConfiguration"]["containerImageNames"] == ["myacr.azurecr.io/scorer:0.1.0"]
+    assert vm["containerConfiguration"]["containerRegistries"] == [
+        {"registryServer": "myacr.azurecr.io", "identityReference": {"resourceId": identity}}
+    ]
+    assert pool["properties"]["scaleSettings"]["autoScale"]["formula"] == autoscale_formula(BatchSettings())
+    assert "password" not in done.stdout.lower()
+    # the guide creates the pool from exactly this, through Resource Manager
+    assert "infra/batch/pool_json.py --identity $POOL_IDENTITY_ID --registry-server" in bash_blocks()
+    assert "az rest --method put --body @pool-arm.json" in bash_blocks()

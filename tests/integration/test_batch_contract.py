@@ -3,7 +3,10 @@
 The real azure-batch SDK sends real HTTP; the fake server runs each task's command line as a process with
 only the task's environment, so shards really score, with SAS-only storage access. Asserted: what the SDK
 sends (pool autoscale formula and container settings, ids, command line, environment), and how the backend,
-its trigger and the operator behave on success, failure, retry, preemption, timeout and kill.
+its trigger and the operator behave on success, failure, retry, preemption, timeout and kill. Without keys:
+the Batch account reached with Entra ID (the provider's hook and azure-identity, real tokens from a loopback
+managed-identity endpoint, HTTPS), the pool-identity task environment, and user-delegation SAS accepted where a
+key-signed one is refused. Nothing here ran against a real Batch account.
 """
 
 from __future__ import annotations
@@ -55,10 +58,21 @@ def shards(blob, containers):
     return planned_hour(blob, containers, "batch-run", devices=3, tags=2, sensors_per_shard=2)[1]
 
 
+#: The run of the planned hour, named as the operator names it: the job is job_id(dag_id, run_id) for both.
+DAG_ID, RUN_ID = "sensor_scoring", "batch-run"
+JOB = batch.job_id(DAG_ID, RUN_ID)
+
+
 def backend(client, settings, **kwargs) -> batch.AzureBatchBackend:
-    return batch.AzureBatchBackend(
-        client, settings, job=kwargs.pop("job", "job-1"), poll_s=0.2, max_poll_s=0.5, **kwargs
-    )
+    return batch.AzureBatchBackend(client, settings, dag_id=DAG_ID, run_id=RUN_ID, poll_s=0.2, max_poll_s=0.5, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _key_signed_sas_allowed(request):
+    """These tests' Azurite is key-authenticated (the shared-key mode, which keeps working), so its SAS URLs are
+    key-signed; the fake still refuses any AccountKey=. The key-free tests below switch the allowance off."""
+    if "fake_batch" in request.fixturenames:
+        request.getfixturevalue("fake_batch").allow_key_signed_sas = True
 
 
 def no_secret_sent(fake_batch: FakeBatch) -> bool:
@@ -83,8 +97,8 @@ def test_success_and_what_the_sdk_sends(fake_batch, client, settings, shards, az
         "containerImageNames": [IMAGE],
     }
     [job] = fake_batch.bodies("POST", "/jobs")
-    assert job["id"] == "job-1" and job["poolInfo"] == {"poolId": "pool-x"} and job["onAllTasksComplete"] == "noaction"
-    [task] = fake_batch.bodies("POST", "/jobs/job-1/tasks")
+    assert job["id"] == JOB and job["poolInfo"] == {"poolId": "pool-x"} and job["onAllTasksComplete"] == "noaction"
+    [task] = fake_batch.bodies("POST", f"/jobs/{JOB}/tasks")
     assert task["id"].startswith("shard-00000-") and task["id"].endswith("-t1")
     assert task["commandLine"] == f"python -m sensor_scoring score-shard --spec {shard['spec_uri']}"
     assert task["containerSettings"] == {"imageName": IMAGE, "containerRunOptions": "--rm"}
@@ -96,8 +110,8 @@ def test_success_and_what_the_sdk_sends(fake_batch, client, settings, shards, az
     assert all("sig=" in url and "se=" in url for url in sas.values())
     assert no_secret_sent(fake_batch)
     assert all(r["headers"]["Authorization"].startswith(f"SharedKey {ACCOUNT}:") for r in fake_batch.requests)
-    ran = fake_batch.tasks[("job-1", task["id"])]
-    assert ran.exit_code == 0 and [t.id for t in client.list_tasks("job-1")] == [task["id"]]
+    ran = fake_batch.tasks[(JOB, task["id"])]
+    assert ran.exit_code == 0 and [t.id for t in client.list_tasks(JOB)] == [task["id"]]
     # the process got the node's basics and its task's settings, nothing of the test's environment
     assert set(ran.env) == {
         "PATH",
@@ -135,15 +149,15 @@ def test_failure_exit_code_then_retry_replaces_then_reuses(fake_batch, client, s
         shard["spec_uri"], storage_setting=azurite.connection_string
     )
     assert result["scored"] == 120
-    assert [r["path"] for r in fake_batch.requests if r["method"] == "DELETE"] == [f"/jobs/job-1/tasks/{first}"]
+    assert [r["path"] for r in fake_batch.requests if r["method"] == "DELETE"] == [f"/jobs/{JOB}/tasks/{first}"]
     [second] = [t for (j, t) in fake_batch.tasks]
     assert second == first[:-2] + "t2"
 
-    added = len(fake_batch.bodies("POST", "/jobs/job-1/tasks"))
+    added = len(fake_batch.bodies("POST", f"/jobs/{JOB}/tasks"))
     again = backend(client, settings, try_number=3).run_shard(
         shard["spec_uri"], storage_setting=azurite.connection_string
     )
-    assert again == result and len(fake_batch.bodies("POST", "/jobs/job-1/tasks")) == added  # reused, nothing added
+    assert again == result and len(fake_batch.bodies("POST", f"/jobs/{JOB}/tasks")) == added  # reused, nothing added
     assert len(fake_batch.bodies("POST", "/jobs")) == 3  # create-if-missing on every try: 409 JobExists is fine
 
 
@@ -256,7 +270,13 @@ def test_old_idle_jobs_are_terminated_and_a_completed_job_is_recreated_for_a_rer
 
     new_run = batch.job_id("sensor_scoring", "new-run")
     batch.submit_shard(
-        client, settings, azurite.connection_string, shards[0]["spec_uri"], job=new_run, try_number=1, sweep_prefix=mine
+        client,
+        settings,
+        azurite.connection_string,
+        shards[0]["spec_uri"],
+        dag_id="sensor_scoring",
+        run_id="new-run",
+        try_number=1,
     )
     states = {job: fake_batch.jobs[job]["state"] for job in (old_idle, old_busy, recent, foreign, new_run)}
     assert states == {old_idle: "completed", old_busy: "active", recent: "active", foreign: "active", new_run: "active"}
@@ -285,3 +305,203 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# --- without the account key: Entra ID for Batch, the pool's identity or user-delegation SAS for storage -----
+
+AIRFLOW_IDENTITY = "11111111-2222-3333-4444-555555555555"  # the client id of Airflow's user-assigned identity
+POOL_IDENTITY = "99999999-8888-7777-6666-555555555555"  # the client id of the pool's user-assigned identity
+
+
+def test_entra_id_reaches_batch_from_the_hook_and_from_azure_identity(
+    entra_batch, fake_identity, settings, shards, azurite, monkeypatch
+):
+    """No Batch key anywhere: the airflow connection has none (AzureBatchHook -> DefaultAzureCredential), scripts use
+    azure-identity; both fetch real tokens from the managed-identity endpoint and send them as Bearer over HTTPS."""
+    from sensor_scoring_airflow.batch import batch_account_url, batch_client
+    from sensor_scoring_airflow.operators import ScoreShardOperator
+    from sensor_scoring_airflow.triggers import BatchTaskTrigger
+
+    monkeypatch.setenv("AZURE_CLIENT_ID", AIRFLOW_IDENTITY)  # a user-assigned identity, as on an AKS node or VM
+    monkeypatch.setenv("SCORING_BATCH_POOL_IDENTITY_CLIENT_ID", POOL_IDENTITY)
+    pool_settings = batch.BatchSettings.from_env()
+    entra_batch.add_pool_with_identity(pool_settings.pool_id, POOL_IDENTITY)
+
+    # outside Airflow: azure-identity's DefaultAzureCredential (batch_client's default), the same submission path
+    sub = backend(batch.batch_client(entra_batch.url), pool_settings).submit(
+        shards[0]["spec_uri"], storage_setting=azurite.connection_string
+    )
+    assert sub.job_id == JOB
+    # inside Airflow: the operator's client and the trigger's, both AzureBatchHook's
+    assert batch_account_url("azure_batch_default") == entra_batch.url
+    probe = batch.task_options(pool_settings, "probe", shards[1]["spec_uri"], {})
+    probe["commandLine"] = "python -c \"print('probe ran')\""
+    batch_client("azure_batch_default").create_task(JOB, probe)
+    trigger = BatchTaskTrigger("azure_batch_default", JOB, "probe", poll_interval=0.2, max_poll_interval=0.5)
+    event = asyncio.run(anext(trigger.run()))
+    assert event.payload["status"] == "completed" and event.payload["exit_code"] == 0
+
+    op = ScoreShardOperator(task_id="score_shard", shard=shards[0], backend="azure_batch")
+    op._batch = {"job_id": sub.job_id, "task_id": sub.task_id, "conn_id": "azure_batch_default"}
+    op.on_kill()
+    assert entra_batch.tasks[(JOB, sub.task_id)].state == "completed"
+
+    assert entra_batch.requests and all(r["principal"] == AIRFLOW_IDENTITY for r in entra_batch.requests)
+    assert not [r for r in entra_batch.requests if not r["headers"]["Authorization"].startswith("Bearer ")]
+    asked = {(q["resource"], q.get("client_id")) for q in fake_identity.requests}
+    assert asked == {("https://batch.core.windows.net/", AIRFLOW_IDENTITY)}
+    assert no_secret_sent(entra_batch) and not entra_batch.refused_tasks
+
+
+def test_a_bearer_token_for_another_resource_or_over_http_is_refused(entra_batch, fake_identity):
+    from azure.identity import ManagedIdentityCredential
+
+    storage_token = ManagedIdentityCredential().get_token("https://storage.azure.com/.default").token
+    import requests
+
+    refused = requests.get(
+        f"{entra_batch.url}/jobs/x",
+        headers={"Authorization": f"Bearer {storage_token}"},
+        verify=str(entra_batch.ca_file),
+        timeout=10,
+    )
+    assert refused.status_code == 403 and "AuthenticationFailed" in refused.text
+    expired = fake_identity.token("https://batch.core.windows.net/", AIRFLOW_IDENTITY, lifetime_s=-10)
+    for token in (expired, "not-a-jwt", fake_identity.token("https://batch.core.windows.net/", AIRFLOW_IDENTITY)):
+        answer = requests.get(
+            f"{entra_batch.url}/jobs/x",
+            headers={"Authorization": f"Bearer {token}"},
+            verify=str(entra_batch.ca_file),
+            timeout=10,
+        )
+        assert answer.status_code == (404 if token.count(".") == 2 and token != expired else 403), token[:12]
+    plain = FakeBatch(entra_batch.root / "plain", identity=fake_identity).start()  # no TLS: Bearer never accepted
+    try:
+        batch_token = ManagedIdentityCredential().get_token(batch.BATCH_SCOPE).token
+        answer = requests.get(f"{plain.url}/jobs/x", headers={"Authorization": f"Bearer {batch_token}"}, timeout=10)
+        assert answer.status_code == 403
+    finally:
+        plain.stop()
+
+
+def test_pool_identity_mode_gives_tasks_the_account_url_and_client_id_and_no_secret(
+    fake_batch, fake_identity, client, settings, shards, azurite, monkeypatch
+):
+    fake_batch.allow_key_signed_sas = False  # nothing key-signed may reach a task here
+    fake_batch.identity = fake_identity  # the pool's nodes answer token requests for its identity
+    monkeypatch.setenv("SCORING_BATCH_POOL_IDENTITY_CLIENT_ID", POOL_IDENTITY)
+    pool_settings = batch.BatchSettings.from_env()
+    fake_batch.add_pool_with_identity(pool_settings.pool_id, POOL_IDENTITY)
+
+    # the shard's task is the subject, not its run: the scorer's storage access as the identity is the storage
+    # package's (tested against Azurite there), so it is ended before a node takes it
+    fake_batch.start_delay_s = 1.0
+    sub = backend(client, pool_settings).submit(shards[0]["spec_uri"], storage_setting=azurite.connection_string)
+    batch.terminate_task(client, sub.job_id, sub.task_id)
+    fake_batch.start_delay_s = 0.0
+    [task] = fake_batch.bodies("POST", f"/jobs/{JOB}/tasks")
+    env = {e["name"]: e["value"] for e in task["environmentSettings"]}
+    assert env == {
+        "SCORING_STORAGE": f"http://127.0.0.1:{azurite.port}/devstoreaccount1",
+        "AZURE_CLIENT_ID": POOL_IDENTITY,
+    }
+    assert sub.task_id == task["id"] and not fake_batch.bodies("POST", "/pools")  # the ARM pool is used as it is
+    assert no_secret_sent(fake_batch) and "sig=" not in json.dumps(task)
+
+    # what the task authenticates as: with exactly this environment on a node of the pool, azure-identity's
+    # DefaultAzureCredential gets a storage token of the pool's identity from the node, and nothing else
+    probe = batch.task_options(pool_settings, "probe", shards[0]["spec_uri"], env)
+    probe["commandLine"] = (
+        'python -c "from azure.identity import DefaultAzureCredential as C; '
+        "C().get_token('https://storage.azure.com/.default'); print('token')\""
+    )
+    client.create_task(JOB, probe)
+    fake_batch.wait_for(lambda: fake_batch.tasks[(JOB, "probe")].state == "completed")
+    ran = fake_batch.tasks[(JOB, "probe")]
+    assert ran.exit_code == 0, (ran.dir / "stderr.txt").read_text()
+    assert [(q["resource"], q.get("client_id")) for q in fake_identity.requests] == [
+        ("https://storage.azure.com", POOL_IDENTITY)
+    ]
+    assert not fake_batch.tasks[(JOB, sub.task_id)].pids  # the shard's own task never ran
+
+    # an account URL setting (blob or dfs endpoint) is handed on as it is; nothing with a secret is
+    for url in ("https://acct.blob.core.windows.net", "https://acct.dfs.core.windows.net/"):
+        assert batch.storage_account_url(url) == url.rstrip("/")
+    for bad in ("https://acct.blob.core.windows.net/?sv=2024&sig=x", '{"sas_containers": {"a": "https://x/a?sig=y"}}'):
+        with pytest.raises(ValueError) as refused:
+            batch.storage_account_url(bad)
+        assert "sig=" not in str(refused.value)
+
+
+def test_pool_identity_mode_refuses_a_pool_without_that_identity(fake_batch, client, shards, azurite, monkeypatch):
+    """The Batch service API cannot attach an identity, so the backend never creates such a pool: a missing pool or
+    one with another identity is a clear error before any job or task is made."""
+    monkeypatch.setenv("SCORING_BATCH_POOL_ID", "pool-x")
+    monkeypatch.setenv("SCORING_BATCH_POOL_IDENTITY_CLIENT_ID", POOL_IDENTITY)
+    pool_settings = batch.BatchSettings.from_env()
+    with pytest.raises(RuntimeError, match="does not exist; .*Azure Resource Manager"):
+        backend(client, pool_settings).submit(shards[0]["spec_uri"], storage_setting=azurite.connection_string)
+    fake_batch.add_pool_with_identity("pool-x", "someone-else")
+    with pytest.raises(RuntimeError, match=f"does not carry the user-assigned identity {POOL_IDENTITY}.*someone-else"):
+        backend(client, pool_settings).submit(shards[0]["spec_uri"], storage_setting=azurite.connection_string)
+    assert not fake_batch.bodies("POST", "/pools") and not fake_batch.jobs and not fake_batch.tasks
+
+
+def user_delegation_sas_setting(account_url: str, containers: list[str]) -> str:
+    """A SAS setting as a token-authenticated storage signs it: azure-storage-blob's generate_container_sas with a
+    user delegation key (its fields as Azure returns them from get_user_delegation_key; the key value is made up,
+    so no service could verify it: this is the SDK boundary, not a storage account)."""
+    import base64
+    from datetime import datetime, timezone
+
+    from azure.storage.blob import ContainerSasPermissions, UserDelegationKey, generate_container_sas
+
+    now = datetime.now(timezone.utc)
+    key = UserDelegationKey()
+    key.signed_oid, key.signed_tid = POOL_IDENTITY, "72f988bf-0000-0000-0000-2d7cd011db47"
+    key.signed_start, key.signed_expiry = (
+        now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        (now + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    key.signed_service, key.signed_version = "b", "2025-01-05"
+    key.value = base64.b64encode(b"user-delegation-key-bytes-32-byt").decode()
+    urls = {
+        c: f"{account_url}/{c}?"
+        + generate_container_sas(
+            "acct",
+            c,
+            user_delegation_key=key,
+            permission=ContainerSasPermissions(read=True, list=True),
+            expiry=now + timedelta(hours=2),
+        )
+        for c in containers
+    }
+    return json.dumps({"sas_containers": urls})
+
+
+def test_user_delegation_sas_is_accepted_and_a_key_signed_one_refused(fake_batch, client, settings, shards, azurite):
+    """The fake's key check on task definitions, at the SDK boundary: what the SDK sends for a task holding a
+    user-delegation SAS, a key-signed SAS (make_sas_setting with Azurite's account key) and a connection string."""
+    from azure.core.exceptions import HttpResponseError
+
+    fake_batch.allow_key_signed_sas = False
+    batch.ensure_job(client, settings, JOB)
+    spec = shards[0]["spec_uri"]
+    delegated = user_delegation_sas_setting("https://acct.blob.core.windows.net", ["models", "staging"])
+    for url in json.loads(delegated)["sas_containers"].values():
+        assert all(f"{field}=" in url for field in ("skoid", "sktid", "skt", "ske", "sks", "skv", "sig"))
+    client.create_task(JOB, batch.task_options(settings, "delegated", spec, {"SCORING_STORAGE": delegated}))
+    assert (JOB, "delegated") in fake_batch.tasks
+
+    key_signed = batch.batch_task_env(azurite.connection_string, {"models": "models", "staging": "staging"}, 1)
+    for name, env in (
+        ("key-signed", key_signed),
+        ("connection-string", {"SCORING_STORAGE": azurite.connection_string}),
+    ):
+        with pytest.raises(HttpResponseError, match="TaskCarriesAccountKey") as refused:
+            client.create_task(JOB, batch.task_options(settings, name, spec, env))
+        assert STORAGE_KEY not in str(refused.value)
+    reasons = {r["id"]: r["reasons"] for r in fake_batch.refused_tasks}
+    assert reasons["key-signed"] == ["a SAS signed with an account key (no skoid, sktid, skt, ske, sks, skv)"] * 2
+    assert "an AccountKey= (a storage account key)" in reasons["connection-string"]
+    assert set(t for _, t in fake_batch.tasks) == {"delegated"}

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dev.azurite import Azurite
-from sensor_scoring import layout, models, settings as config, storage as st
+from sensor_scoring import layout, settings as config, storage as st
 from sensor_scoring.backends import ShardFailed, shard_command
 from sensor_scoring.backends.local import LocalBackend
 from sensor_scoring.contracts import (
@@ -48,6 +48,7 @@ from sensor_scoring.contracts import (
     SupersededError,
     ValidationThresholdError,
 )
+from sensor_scoring.models import fitting, pack, registry
 from sensor_scoring.steps.commit import commit
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
@@ -89,9 +90,9 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def trained() -> list[models.TrainedModel]:
+def trained() -> list[fitting.TrainedModel]:
     # a third device has models but lands no windows in the fixture: the spare keys extra windows take
-    return models.train_models(fleet_windows(devices=3, tags=2, hours=3))
+    return fitting.train_models(fleet_windows(devices=3, tags=2, hours=3))
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +103,8 @@ def hour_windows() -> pd.DataFrame:
 @pytest.fixture
 def env(blob, containers, trained, hour_windows, monkeypatch) -> Env:
     """Models for the 4 sensors (in 2 packs of 2, so a pack's fault spares the other pack), one landed hour."""
-    monkeypatch.setattr(models, "PACK_SIZE", 2)
-    models.register(blob, containers.models, trained, version="v1", params={}, promote=True)
+    monkeypatch.setattr(pack, "PACK_SIZE", 2)
+    registry.register(blob, containers.models, trained, version="v1", params={}, promote=True)
     land_windows(blob, containers.windows, hour_windows, LandingPlan(late_share=0.0))
     return Env(blob, containers, hour_windows)
 
@@ -178,14 +179,21 @@ BAD_ROWS = [
     pytest.param({"value_min": -300.0}, "value_out_of_bounds", id="below-absolute-zero"),
     pytest.param({"window_end": None}, "null_key", id="missing-window-end"),
     pytest.param({"window_end": at(HOUR - 48 * H)}, "window_outside_interval", id="stray-from-two-days-ago"),
-    pytest.param({"window_end": at(HOUR + H)}, "window_outside_interval", id="next-hour-window-in-this-folder"),
+    # the window ending exactly at the next hour, written into this hour's folder: it came early (windows.ownership)
+    pytest.param({"window_end": at(HOUR + H)}, "window_landed_early", id="next-hour-window-in-this-folder"),
+    # aggregates no readings can have
+    pytest.param({"reading_count": 1}, "single_reading_spread", id="one-reading-with-a-spread"),
+    pytest.param({"value_std": 1e3}, "std_exceeds_range", id="spread-beyond-max-minus-min"),
+    pytest.param({"reading_count": 1e18}, "reading_count_implausible", id="count-1e18"),
     pytest.param({"device_id": "dev-9999"}, "no_model", id="unknown-sensor"),
     # values the reader cannot take as their contract type (windows.formats): the row, not the hour, fails
     pytest.param({"value_avg": "abc"}, "wrong_type", id="text-value"),
     pytest.param({"value_std": "NaN"}, "wrong_type", id="nan-string"),
     pytest.param({"value_min": "3"}, "wrong_type", id="number-in-a-string"),
     pytest.param({"reading_count": True}, "wrong_type", id="boolean-count"),
-    pytest.param({"device_id": 123}, "wrong_type", id="numeric-device-id"),
+    pytest.param({"device_id": 123.0}, "wrong_type", id="float-device-id"),
+    pytest.param({"device_id": True}, "wrong_type", id="boolean-device-id"),
+    pytest.param({"tag": {"name": "temperature"}}, "wrong_type", id="object-tag"),
     pytest.param({"window_end": "2500-01-01T00:00:00.0000000Z"}, "bad_timestamp", id="year-2500"),
     pytest.param({"window_end": "2026-01-01T03:10:00"}, "bad_timestamp", id="timestamp-without-zone"),
     pytest.param({"window_end": at(HOUR + timedelta(minutes=5, seconds=30))}, "window_not_on_minute", id="off-minute"),
@@ -208,6 +216,20 @@ def test_bad_row_is_quarantined_with_its_reason(env, changes, reason):
     if reason != "no_model":
         assert manifest["validation"]["failing_rows"] == 1
         assert manifest["validation"]["failing_rows_by_reason"] == {r: 1 for r in reason.split(";")}
+
+
+def test_integer_device_ids_are_read_as_their_decimal_text(env):
+    """``"device_id": 123`` is the id "123" (a JSON integer's text is one unambiguous id): the row is read and
+    reaches the model lookup (no model for "123" here), never ``wrong_type``; a float id (123.0) still is."""
+    name = env.land("0_int_1.json", jsonl(window_row(env, device_id=123), window_row(env, minute=11, device_id=-7)))
+    env.land("0_float_1.json", jsonl(window_row(env, minute=12, device_id=123.0)))
+    manifest = run_hour(env)
+    _, quarantine = assert_accounting(env, manifest, landed=BASE + 3)
+    assert manifest["counts"]["scored"] == BASE and manifest["validation"]["failing_rows_by_reason"] == {
+        "wrong_type": 1
+    }
+    read = quarantine[quarantine["source_file"] == name].sort_values("device_id")
+    assert list(read["device_id"]) == ["-7", "123"] and set(read["reason"]) == {"no_model"}
 
 
 def test_exact_duplicate_is_collapsed_and_counted(env):
@@ -278,6 +300,48 @@ def test_structurally_wrong_file_fails_naming_file_and_column(env, name, make, m
     assert not env.blob.list(env.containers.predictions) and not env.blob.list(env.containers.quarantine)
 
 
+def test_broken_file_of_the_hour_before_read_only_as_lookback_never_fails_this_hour(env):
+    """A CSV without value_std in the previous hour's folder fails that hour, and only that hour: this hour reads the
+    folder for its lookback, leaves the file out of it, scores all its windows and names the file in its manifest
+    (so do a corrupt file there)."""
+    before = f"{HOUR - H:%Y/%m/%d/%H}/"
+    early = window_row(env, minute=10, window_end=at(HOUR - H + timedelta(minutes=5)))  # not even in the lookback
+    broken = env.land("0_x_1.csv", _csv([early], drop="value_std"), folder=before)
+    corrupt = env.land("0_t_1.json", b'{"device_id": "dev', folder=before)
+    manifest = run_hour(env)
+    assert_accounting(env, manifest, landed=BASE)
+    assert manifest["counts"]["scored"] == BASE and manifest["quarantined_files"] == []
+    skipped = {f["file"]: (f["reason"], f["error"]) for f in manifest["validation"]["lookback_skipped_files"]}
+    assert skipped[broken] == ("missing_column", f"{broken}: missing required column(s) value_std")
+    assert skipped[corrupt][0] == "corrupt_file" and len(skipped) == 2
+    with pytest.raises(WindowSchemaError, match=r"0_x_1\.csv: missing required column\(s\) value_std"):
+        run_hour(env, "run-before", start=HOUR - H)  # its own hour still fails on it, naming file and column
+    # a broken file in a folder this hour reads as its own still fails it (the input of this hour is wrong)
+    env.land("0_x_1.csv", _csv([window_row(env)], drop="value_std"))
+    with pytest.raises(WindowSchemaError, match=r"0_x_1\.csv: missing required column"):
+        run_hour(env, "run-2")
+
+
+def test_ingest_reports_every_unparseable_reading_and_strict_lands_nothing(env, tmp_path):
+    """ingest-readings on a file with 4 unparseable readings of 18: each is in the report with its line and reason,
+    counted apart from the readings; strict lands nothing; the default lands the windows of the readings taken."""
+    from sensor_scoring.tools.ingest import IngestRejected, ingest_readings_csv
+    from tests.unit.test_ingest import EXPECTED, RAW
+
+    path = tmp_path / "readings.csv"
+    path.write_text(RAW)
+    before = {b.name for b in env.blob.list(env.containers.windows)}
+    with pytest.raises(IngestRejected, match=r"4 of 18 line\(s\) rejected"):
+        ingest_readings_csv(env.blob, env.containers.windows, path, strict=True)
+    assert {b.name for b in env.blob.list(env.containers.windows)} == before
+    facts = ingest_readings_csv(env.blob, env.containers.windows, path)
+    assert (facts["lines"], facts["readings"], facts["rejected"], facts["windows"]) == (18, 14, 4, 3)
+    report = pd.read_csv(facts["rejected_report"])
+    assert list(zip(report["line"], report["reason"])) == EXPECTED
+    landed = {b.name for b in env.blob.list(env.containers.windows)} - before
+    assert landed and all(name.startswith("2018/08/28/23/") for name in landed)
+
+
 # --- 3. Corrupt, truncated and empty files of each serialisation. ---
 
 
@@ -334,7 +398,23 @@ def test_corrupt_file_is_quarantined_whole_and_the_rest_scored(env, name, make, 
     assert entry["error"].startswith(f"{path}: {ERRORS[reason]}")
     container, copy = st.parse_uri(entry["copy"])
     assert env.blob.read_bytes(container, copy) == data  # kept byte for byte beside the quarantine partition
-    assert manifest["source_files"] == {"seen": 4, "read": 3, "empty": 0, "quarantined": 1}
+    assert manifest["source_files"] == {"seen": 4, "read": 3, "empty": 0, "quarantined": 1, "other_hours": 0}
+
+
+def test_corrupt_file_in_the_next_hours_folder_is_owned_by_that_hour_alone(env):
+    """The hour reads the next folder for its late windows, but a corrupt file there cannot be placed: its
+    folder's hour owns it (windows.ownership), so exactly one manifest lists it and one copy is kept."""
+    data = jsonl(*_extra_rows(env))[:-40]
+    path = env.land("0_t_1.json", data, folder=NEXT_FOLDER)
+    first = run_hour(env)
+    assert_accounting(env, first, landed=BASE)
+    assert first["quarantined_files"] == [] and first["validation"]["lookback_skipped_files"] == []
+    assert first["source_files"] == {"seen": 4, "read": 3, "empty": 0, "quarantined": 0, "other_hours": 1}
+    second = run_hour(env, "run-2", start=HOUR + H, max_share=1.0)
+    [entry] = second["quarantined_files"]
+    assert entry["file"] == path and entry["reason"] == "corrupt_file" and second["status"] == "empty"
+    assert second["source_files"]["quarantined"] == 1
+    assert env.blob.list(env.containers.quarantine, layout.Partition(HOUR).quarantined_files) == []
 
 
 def test_every_blob_in_the_folders_is_read_empty_or_quarantined(env):
@@ -359,7 +439,7 @@ def test_every_blob_in_the_folders_is_read_empty_or_quarantined(env):
     assert_accounting(env, manifest, landed=BASE + 12)
     assert manifest["counts"]["scored"] == BASE + 12
     seen = manifest["source_files"]
-    assert seen == {"seen": 3 + 10, "read": 3 + 6, "empty": 1, "quarantined": 3}
+    assert seen == {"seen": 3 + 10, "read": 3 + 6, "empty": 1, "quarantined": 3, "other_hours": 0}
     assert seen["seen"] == seen["read"] + seen["empty"] + seen["quarantined"]
     assert manifest["empty_files"] == [FOLDER + "0_g_1.avro"]
     assert {f["file"]: f["reason"] for f in manifest["quarantined_files"]} == {
@@ -980,10 +1060,10 @@ def own_azurite(tmp_path, containers, monkeypatch, trained, hour_windows):
     """A dedicated Azurite (own port and data folder) that a test may stop and restart; stopped at the end."""
     server = Azurite(tmp_path / "azurite-own").start()
     monkeypatch.setenv(config.STORAGE_ENV, server.connection_string)
-    monkeypatch.setattr(models, "PACK_SIZE", 2)
+    monkeypatch.setattr(pack, "PACK_SIZE", 2)
     try:
         blob = BlobStorage(server.connection_string)
-        models.register(blob, containers.models, trained, version="v1", params={}, promote=True)
+        registry.register(blob, containers.models, trained, version="v1", params={}, promote=True)
         land_windows(blob, containers.windows, hour_windows, LandingPlan(late_share=0.0))
         yield server
     finally:
@@ -1036,7 +1116,7 @@ def _pack_path(env: Env, number: int) -> str:
 
 
 def _sensors_of_pack(env: Env, number: int) -> set[tuple[str, str]]:
-    index = models.read_index(env.blob, env.containers.models, "v1")
+    index = registry.read_index(env.blob, env.containers.models, "v1")
     rows = index[index["pack"] == f"pack-{number:05d}.npz"]
     return set(zip(rows["device_id"], rows["tag"]))
 
@@ -1059,7 +1139,7 @@ def _version_without_index(env: Env) -> str:
 
 
 def _index_not_matching_manifest(env: Env) -> str:
-    frame = models.read_index(env.blob, env.containers.models, "v1")
+    frame = registry.read_index(env.blob, env.containers.models, "v1")
     frame.loc[0, "sha256"] = "f" * 64
     env.blob.write_bytes(env.containers.models, "versions/v1/models.parquet", st.parquet_bytes(frame))
     return "production"
@@ -1138,7 +1218,7 @@ def test_tampered_model_quarantines_only_its_sensor(env):
     manifest = run_hour(env)
     _, quarantine = assert_accounting(env, manifest, landed=BASE)
     assert manifest["quarantine_reasons"] == {"model_hash_mismatch": 60} and manifest["counts"]["scored"] == 180
-    index = models.read_index(env.blob, env.containers.models, "v1")
+    index = registry.read_index(env.blob, env.containers.models, "v1")
     first = index[(index["pack"] == "pack-00001.npz") & (index["row"] == 0)].iloc[0]
     assert set(zip(quarantine["device_id"], quarantine["tag"])) == {(first["device_id"], first["tag"])}
 
@@ -1247,8 +1327,8 @@ def test_account_key_is_in_no_log_xcom_rendered_field_or_manifest(
         blob = BlobStorage(
             f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};BlobEndpoint={endpoint};"
         )
-        monkeypatch.setattr(models, "PACK_SIZE", 2)
-        models.register(blob, containers.models, trained, version="v1", params={}, promote=True)
+        monkeypatch.setattr(pack, "PACK_SIZE", 2)
+        registry.register(blob, containers.models, trained, version="v1", params={}, promote=True)
         land_windows(blob, containers.windows, hour_windows, LandingPlan(late_share=0.0))
         monkeypatch.setenv(config.STORAGE_ENV, str(tmp_path / "not-used"))
         monkeypatch.setenv(config.LOCAL_SHARDS_ENV, mode)

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sensor_scoring import features, layout, models
+from sensor_scoring import features, features as feature_sets, layout
+from sensor_scoring.models import fitting, registry
 from sensor_scoring.models.training import train_and_register
 from sensor_scoring.scorer import score
 from sensor_scoring.steps.commit import commit
@@ -49,7 +50,9 @@ def landed(blob, containers):
     assert bad.sum() == 2  # dev-0000's two sensors
     windows.loc[bad.to_numpy(), "value_std"] = -1.0  # negative_std: quarantined by hour 3, never looked back at
     land_windows(blob, containers.windows, windows, LandingPlan(late_share=0.5, late_minutes=3))
-    manifest, _ = train_and_register(blob, containers, START, START + 3 * H, version="v1", promote=True)
+    manifest, _ = train_and_register(
+        blob, containers, START, START + 3 * H, version="v1", promote=True, features=features.CONTEXT_V1
+    )
     assert manifest["features"] == "context-v1"
     assert manifest["feature_columns"] == list(features.FEATURE_SETS["context-v1"])
     return windows
@@ -79,8 +82,8 @@ def test_predictions_do_not_depend_on_the_order_hours_are_scored_in(blob, contai
     pd.testing.assert_frame_equal(forward.loc[in_middle].reset_index(drop=True), middle)
     # and equal to the features of the whole range at once, the valid windows only: context is used, and only that
     valid = check_windows(landed, START, START + 6 * H).valid
-    version = models.read_index(blob, containers.models, "v1")
-    loaded, _ = models.load_models(blob, containers.models, "v1", version)
+    version = registry.read_index(blob, containers.models, "v1")
+    loaded, _ = registry.load_models(blob, containers.models, "v1", version)
     whole = score(features.add_features(valid), loaded)
     expected = whole.loc[whole["window_end"] >= pd.Timestamp(SCORED[0])].sort_values(KEY).reset_index(drop=True)
     assert len(expected) == len(forward)
@@ -94,13 +97,13 @@ def test_predictions_do_not_depend_on_the_order_hours_are_scored_in(blob, contai
 def test_a_version_registered_before_feature_sets_had_names_scores_as_before(blob, containers, landed):
     """Its manifest lists the window's columns, its index joins them: it is window-v1 and scores on those."""
     train = check_windows(landed, START, START + 3 * H).valid
-    trained = models.train_models(train)  # window-v1
-    models.register(blob, containers.models, trained, version="v0", params={}, promote=True)
+    trained = fitting.train_models(train)  # window-v1
+    registry.register(blob, containers.models, trained, version="v0", params={}, promote=True)
     prefix = "versions/v0/"
-    index = models.read_index(blob, containers.models, "v0").assign(features=",".join(models.feature_sets.FEATURES))
+    index = registry.read_index(blob, containers.models, "v0").assign(features=",".join(feature_sets.FEATURES))
     index_bytes = parquet_bytes(index)
-    manifest = models.read_manifest(blob, containers.models, "v0")
-    manifest["features"] = list(models.feature_sets.FEATURES)
+    manifest = registry.read_manifest(blob, containers.models, "v0")
+    manifest["features"] = list(feature_sets.FEATURES)
     del manifest["feature_columns"]
     manifest["index"] = {"file": "models.parquet", "sha256": hashlib.sha256(index_bytes).hexdigest()}
     blob.write_bytes(containers.models, prefix + "models.parquet", index_bytes)
@@ -109,5 +112,5 @@ def test_a_version_registered_before_feature_sets_had_names_scores_as_before(blo
     assert set(out["model_version"]) == {"v0"} and len(out) == 198  # hour 3 lacks dev-0001's gap and 2 bad windows
     for m in trained:
         rows = out[(out["device_id"] == m.device_id) & (out["tag"] == m.tag)]
-        matrix = rows[list(models.feature_sets.FEATURES)].to_numpy(dtype=float)
+        matrix = rows[list(feature_sets.FEATURES)].to_numpy(dtype=float)
         np.testing.assert_allclose(rows["score"], m.pipeline.decision_function(matrix), rtol=1e-9, atol=1e-12)

@@ -45,7 +45,7 @@ def test_raw_readings_in_the_reference_layout(tmp_path):
         "TS,Device,Tag,Value\n2018-08-28 23:00:05.000,Machine1,Pressure,1.5\n"
         "2018-08-28 23:00:35.000,Machine1,Pressure,2.5\n2018-08-28 23:01:05.000,Machine1,Pressure,\n"
     )
-    windows = aggregate_readings(read_raw_readings(path))
+    windows = aggregate_readings(read_raw_readings(path).readings)
     assert len(windows) == 1
     assert windows.iloc[0]["window_end"] == pd.Timestamp("2018-08-28T23:01:00Z")
     assert windows.iloc[0]["value_avg"] == 2.0 and windows.iloc[0]["reading_count"] == 2
@@ -117,7 +117,7 @@ def test_cli_simulate_ingest_train_and_score_a_shard(blob, containers, azurite, 
         "train_start": trained["train_start"],
         "train_end": trained["train_end"],
         "promoted": True,
-        "features": "context-v1",  # the default feature set of new versions
+        "features": "window-v1",  # the default feature set of new versions
     }
     hour = Hour(blob, config.Containers.from_env(), "cli-run", START + timedelta(hours=2), START + timedelta(hours=3))
     load_and_validate(hour)

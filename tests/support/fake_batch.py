@@ -6,9 +6,23 @@ command line as a local process, with the task's environment settings and nothin
 environment (as on a Batch node). The container image is recorded, not run: the scorer image is checked by
 the image tests. Requests are recorded so tests can assert what the SDK sent.
 
-Authentication: the SDK signs every request with Batch shared-key (HMAC-SHA256 over the verb, standard
-headers, ``ocp-*`` headers, account and path). The server recomputes that signature with the fake account
-key and answers 403 when it differs, so a client with a wrong key fails here as it would on Azure.
+Authentication, both ways Batch accepts: shared key (the SDK signs every request with HMAC-SHA256 over the verb,
+standard headers, ``ocp-*`` headers, account and path; the server recomputes that signature with the fake account
+key and answers 403 when it differs, so a client with a wrong key fails here as it would on Azure), and Entra ID
+(``Authorization: Bearer``, accepted only over HTTPS as azure-core sends it: start with ``tls=True``; the token must
+be an Entra access token for the Batch resource, its claims checked as Azurite's OAuth mode checks them, without
+the signature: :func:`token_claims`). :class:`FakeIdentity` is a managed-identity endpoint
+on loopback speaking the App Service protocol (``IDENTITY_ENDPOINT`` / ``IDENTITY_HEADER``), so the real
+azure-identity ``ManagedIdentityCredential`` / ``DefaultAzureCredential`` fetch real (opaque) tokens from it.
+Each recorded request names its ``principal``: ``SharedKey`` or the client id of the identity whose token it bore.
+The tasks of a pool that has an identity (:meth:`FakeBatch.add_pool_with_identity`) see the identity endpoint, as
+a node's processes see Azure's instance metadata endpoint.
+
+Task definitions are checked as a key-free deployment needs them (:func:`key_material`): a task whose environment
+or command line holds ``AccountKey=``, the Batch account key, or a SAS signed with an account key (a ``sig``
+without the user-delegation fields ``skoid``, ``sktid``, ...) is refused with 400 ``TaskCarriesAccountKey``.
+Tests whose storage is key-authenticated (the shared-key mode, which keeps working) allow key-signed SAS URLs
+with ``allow_key_signed_sas = True``; an ``AccountKey=`` is refused always.
 
 Simulations the tests switch on: ``start_delay_s`` (a task waits in ``active`` as on a pool scaling up from
 zero), ``exec_delay_s`` (the process sleeps before exec'ing the command, so it can be killed mid-run),
@@ -24,8 +38,11 @@ import hashlib
 import hmac
 import json
 import os
+import re
+import secrets
 import shlex
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -116,13 +133,192 @@ class FakeTask:
         return out
 
 
+#: The tenant of the identities :class:`FakeIdentity` issues tokens for.
+TENANT = "72f988bf-0000-0000-0000-2d7cd011db47"
+#: The Entra ID resource of Azure Batch (azure-batch asks for the scope ``<resource>/.default``).
+BATCH_RESOURCE = "https://batch.core.windows.net/"
+#: The signed fields only a user delegation SAS carries (the delegating principal and its key's validity).
+USER_DELEGATION_FIELDS = ("skoid", "sktid", "skt", "ske", "sks", "skv")
+_SAS_QUERY = re.compile(r"(?:[A-Za-z0-9_-]+=[^&\s\"'?;]*&)*sig=[^&\s\"'?;]*(?:&[A-Za-z0-9_-]+=[^&\s\"'?;]*)*")
+
+
+def key_material(text: str, *, batch_key: str = KEY, allow_key_signed_sas: bool = False) -> list[str]:
+    """Why ``text`` (an environment value or a command line of a task) would hand a task an account key: ``[]``
+    when it holds none. A SAS is key-signed unless it carries every user-delegation field."""
+    found = []
+    if "accountkey=" in text.lower():
+        found.append("an AccountKey= (a storage account key)")
+    if batch_key in text:
+        found.append("the Batch account key")
+    if not allow_key_signed_sas:
+        for match in _SAS_QUERY.finditer(text):
+            fields = parse_qs(match.group(0))
+            missing = [f for f in USER_DELEGATION_FIELDS if not fields.get(f)]
+            if missing:
+                found.append(f"a SAS signed with an account key (no {', '.join(missing)})")
+    return found
+
+
+def token_claims(token: str, resource: str = BATCH_RESOURCE) -> dict[str, Any] | None:
+    """The claims of an Entra access token for ``resource``, checked as a service checks them except for the
+    signature (as Azurite's ``--oauth basic`` does): a JWT, audience, Entra issuer, validity window; else None."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    now = time.time()
+    issuers = ("https://sts.windows.net/", "https://login.microsoftonline.com/")
+    if not isinstance(claims, dict) or str(claims.get("aud", "")).rstrip("/") != resource.rstrip("/"):
+        return None
+    if not str(claims.get("iss", "")).startswith(issuers):
+        return None
+    if not float(claims.get("nbf", 0)) <= now < float(claims.get("exp", 0)):
+        return None
+    return claims
+
+
+class FakeIdentity:
+    """A managed-identity token endpoint on loopback (App Service protocol): what azure-identity's
+    ``ManagedIdentityCredential`` finds through ``IDENTITY_ENDPOINT`` and ``IDENTITY_HEADER``. Issues opaque tokens
+    per (resource, client id), JWT-shaped (:meth:`token`); ``issued`` records each token's resource and client id."""
+
+    def __init__(self, default_client_id: str = "00000000-0000-0000-0000-0000000000a1") -> None:
+        self.default_client_id = default_client_id
+        self.header = secrets.token_hex(8)
+        self.issued: dict[str, dict[str, str]] = {}
+        self.requests: list[dict[str, str]] = []
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> FakeIdentity:
+        handler = type("IdentityHandler", (_IdentityHandler,), {"identity": self})
+        self._server = _Server(("127.0.0.1", 0), handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-identity").start()
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/msi/token"
+
+    def token(self, resource: str, client_id: str, *, lifetime_s: int = 3600) -> str:
+        """A JWT-shaped access token as Entra ID issues them (audience, issuer, tenant, the identity's ids, validity),
+        signed with a random key nobody checks (the fake Batch service, like Azurite's ``--oauth basic``, checks
+        the claims only)."""
+        now = int(time.time())
+        claims = {
+            "aud": resource.rstrip("/"),
+            "iss": f"https://sts.windows.net/{TENANT}/",
+            "tid": TENANT,
+            "appid": client_id,
+            "oid": client_id,
+            "sub": client_id,
+            "iat": now - 60,
+            "nbf": now - 60,
+            "exp": now + lifetime_s,
+        }
+        parts = [{"alg": "HS256", "typ": "JWT"}, claims]
+        text = ".".join(base64.urlsafe_b64encode(json.dumps(p).encode()).rstrip(b"=").decode() for p in parts)
+        return text + "." + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+
+    def env(self) -> dict[str, str]:
+        """The environment that makes azure-identity's managed identity credential use this endpoint."""
+        return {"IDENTITY_ENDPOINT": self.endpoint, "IDENTITY_HEADER": self.header}
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class _IdentityHandler(BaseHTTPRequestHandler):
+    identity: FakeIdentity
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        url = urlparse(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        self.identity.requests.append(query)
+        if url.path != "/msi/token" or self.headers.get("X-IDENTITY-HEADER") != self.identity.header:
+            status, body = 400, {"error": "invalid_request", "error_description": "bad path or identity header"}
+        elif not query.get("resource"):
+            status, body = 400, {"error": "invalid_resource", "error_description": "no resource"}
+        else:
+            client_id = query.get("client_id") or self.identity.default_client_id
+            token = self.identity.token(query["resource"], client_id)
+            self.identity.issued[token] = {"resource": query["resource"], "client_id": client_id}
+            status = 200
+            body = {
+                "access_token": token,
+                "expires_on": str(int(time.time()) + 3600),
+                "resource": query["resource"],
+                "token_type": "Bearer",
+                "client_id": client_id,
+            }
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made here (no network): ``(cert.pem, key.pem)``. It is its own CA,
+    so clients trust it with ``REQUESTS_CA_BUNDLE`` (or ``connection_verify``) pointing at ``cert.pem``."""
+    import ipaddress
+    from datetime import timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-batch.localhost")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - timedelta(minutes=5))
+        .not_valid_after(_now() + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
 class FakeBatch:
-    """The server: start() on a free loopback port, stop() ends every task process and the server."""
+    """The server: start() on a free loopback port, stop() ends every task process and the server. With ``tls``
+    it serves HTTPS (a certificate of its own, :attr:`ca_file`), which Entra ID (Bearer) clients require; its
+    ``identity`` endpoint is what the nodes of a pool with an identity ask for tokens."""
 
     def __init__(
-        self, root: Path, *, start_delay_s: float = 0.0, exec_delay_s: float = 0.0, python_dir: str | None = None
+        self,
+        root: Path,
+        *,
+        start_delay_s: float = 0.0,
+        exec_delay_s: float = 0.0,
+        python_dir: str | None = None,
+        tls: bool = False,
+        identity: FakeIdentity | None = None,
     ) -> None:
         self.root = Path(root)
+        self.tls, self.identity = tls, identity
+        self.ca_file: Path | None = None
+        self.allow_key_signed_sas = False
+        self.refused_tasks: list[dict[str, Any]] = []
         self.pools: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.tasks: dict[tuple[str, str], FakeTask] = {}
@@ -137,19 +333,42 @@ class FakeBatch:
     def start(self) -> FakeBatch:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = _Server(("127.0.0.1", 0), handler)
+        if self.tls:
+            self.ca_file, key_file = self_signed_certificate(self.root / "tls")
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.ca_file, key_file)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-batch").start()
         return self
 
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._server.server_address[1]}"
 
-    def connection_json(self) -> str:
-        """An Airflow ``azure_batch`` connection (for AIRFLOW_CONN_AZURE_BATCH_DEFAULT) to this server."""
-        return json.dumps(
-            {"conn_type": "azure_batch", "login": ACCOUNT, "password": KEY, "extra": {"account_url": self.url}}
+    def connection_json(self, *, entra: bool = False, **extra: str) -> str:
+        """An Airflow ``azure_batch`` connection (for AIRFLOW_CONN_AZURE_BATCH_DEFAULT) to this server: with the
+        account's shared key, or with ``entra`` none (the provider's hook then uses ``DefaultAzureCredential``)."""
+        secret = {} if entra else {"login": ACCOUNT, "password": KEY}
+        return json.dumps({"conn_type": "azure_batch", **secret, "extra": {"account_url": self.url, **extra}})
+
+    def add_pool_with_identity(self, pool_id: str, client_id: str, *, name: str = "scoring-pool-identity") -> None:
+        """A pool as Azure Resource Manager creates it with a user-assigned identity (the Batch service API cannot):
+        its GET shows the identity's resource id and client id."""
+        resource = (
+            f"/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
         )
+        self.pools[pool_id] = {
+            "id": pool_id,
+            "url": f"{self.url}/pools/{pool_id}",
+            "state": "active",
+            "allocationState": "steady",
+            "vmSize": "standard_d2s_v3",
+            "identity": {
+                "type": "UserAssigned",
+                "userAssignedIdentities": [{"resourceId": resource, "clientId": client_id, "principalId": "p-1"}],
+            },
+        }
 
     def stop(self) -> None:
         with self.lock:
@@ -186,6 +405,10 @@ class FakeBatch:
                     "AZ_BATCH_NODE_ID": "node-1",
                     "AZ_BATCH_TASK_WORKING_DIR": str(task.dir / "wd"),
                 }
+                pool = self.pools.get(self.jobs.get(task.job, {}).get("poolInfo", {}).get("poolId", ""), {})
+                if pool.get("identity") and self.identity is not None:
+                    # a node of a pool with an identity answers token requests for it (IMDS on Azure)
+                    env |= self.identity.env()
                 env |= {s["name"]: s.get("value", "") for s in task.body.get("environmentSettings") or []}
                 task.env = env
                 (task.dir / "wd").mkdir(exist_ok=True)
@@ -294,6 +517,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:  # quiet: requests are recorded instead
         pass
 
+    def _principal(self, url) -> str | None:
+        """Who sent the request: ``SharedKey``, the client id of a valid Entra token, or None (refused)."""
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            claims = token_claims(auth[len("Bearer ") :])
+            if not self.fake.tls or claims is None:
+                return None
+            return str(claims.get("appid") or claims.get("oid") or claims.get("sub") or "?")
+        return "SharedKey" if self._signature_ok(url) else None
+
     def _signature_ok(self, url) -> bool:
         auth = self.headers.get("Authorization", "")
         if not auth.startswith(f"SharedKey {ACCOUNT}:"):
@@ -334,6 +567,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else None
         fake = self.fake
+        principal = self._principal(url)
         fake.requests.append(
             {
                 "method": self.command,
@@ -341,9 +575,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "query": url.query,
                 "body": body,
                 "headers": dict(self.headers.items()),
+                "principal": principal,
             }
         )
-        if not self._signature_ok(url):
+        if principal is None:
             return self._send(403, _error("AuthenticationFailed", "Server failed to authenticate the request."))
         parts = [unquote(p) for p in url.path.strip("/").split("/")]
         base = fake.url
@@ -411,6 +646,19 @@ class _Handler(BaseHTTPRequestHandler):
                         )
                     if (job, body["id"]) in fake.tasks:
                         return self._send(409, _error("TaskExists", "The specified task already exists."))
+                    texts = [body.get("commandLine") or ""]
+                    texts += [e.get("value") or "" for e in body.get("environmentSettings") or []]
+                    found = [
+                        reason
+                        for text in texts
+                        for reason in key_material(text, allow_key_signed_sas=fake.allow_key_signed_sas)
+                    ]
+                    if found:
+                        fake.refused_tasks.append({"job": job, "id": body["id"], "reasons": found})
+                        return self._send(
+                            400,
+                            _error("TaskCarriesAccountKey", f"the task definition hands the task {'; '.join(found)}"),
+                        )
                     task = fake.tasks[(job, body["id"])] = FakeTask(job, body, fake.root)
                     fake._launch(task)
                     return self._send(201)
@@ -444,6 +692,34 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     do_GET = do_POST = do_DELETE = do_HEAD = do_PUT = do_PATCH = _handle
+
+
+@pytest.fixture
+def fake_identity() -> Iterator[FakeIdentity]:
+    """A started managed-identity endpoint; the test puts :meth:`FakeIdentity.env` where a credential looks."""
+    identity = FakeIdentity().start()
+    try:
+        yield identity
+    finally:
+        identity.stop()
+
+
+@pytest.fixture
+def entra_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_identity: FakeIdentity) -> Iterator[FakeBatch]:
+    """A fake Batch account on HTTPS reached with Entra ID only: the ``azure_batch_default`` connection has no key,
+    so the provider's hook uses ``DefaultAzureCredential``, which finds the fake managed identity in this process's
+    environment (and trusts the server's certificate through ``REQUESTS_CA_BUNDLE``)."""
+    server = FakeBatch(tmp_path / "batch", tls=True, identity=fake_identity).start()
+    assert server.ca_file is not None
+    for name, value in {**fake_identity.env(), "REQUESTS_CA_BUNDLE": str(server.ca_file)}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_AZURE_BATCH_DEFAULT", server.connection_json(entra=True))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ def own_stack(tmp_path, fake_batch, blob, azurite):
     with the fake Batch account as its azure_batch_default connection."""
     # shards that take 45 s: long enough for all six to be submitted, four slots at a time, while the first runs
     fake_batch.exec_delay_s = 45.0
+    fake_batch.allow_key_signed_sas = True  # Azurite here is key-authenticated: its SAS URLs are key-signed
     stack = DevStack(
         tmp_path / "stack",
         storage=azurite.connection_string,

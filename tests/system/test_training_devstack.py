@@ -17,8 +17,8 @@ from urllib.parse import quote
 
 import pytest
 
-from sensor_scoring import models, settings as config
-from sensor_scoring.models import promotion
+from sensor_scoring import settings as config
+from sensor_scoring.models import promotion, registry
 from tests.support.standalone_stack import SENSORS, H, Standalone
 
 pytestmark = [pytest.mark.standalone, pytest.mark.azurite]
@@ -75,7 +75,7 @@ def test_training_promotes_in_the_scheduler_and_the_form_rolls_back(standalone: 
         assert sorted(k for k in states if k[0] == "train_shard") == [("train_shard", 0), ("train_shard", 1)]
 
         assert promotion.current(storage, containers.models) == VERSION
-        manifest = models.read_manifest(storage, containers.models, VERSION)
+        manifest = registry.read_manifest(storage, containers.models, VERSION)
         assert manifest["models"] == SENSORS
         lineage = manifest["lineage"]
         assert lineage["training_run"] == run_id

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from sensor_scoring import backends, models, settings as config
+from sensor_scoring import backends, settings as config
+from sensor_scoring.models import fitting, registry
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
@@ -24,7 +25,7 @@ def planned_shard(tmp_path):
     storage = LocalStorage(tmp_path)
     windows = fleet_windows(devices=1, tags=2, hours=3)
     land_windows(storage, "windows", windows)
-    models.register(storage, "models", models.train_models(windows), version="v1", params={}, promote=True)
+    registry.register(storage, "models", fitting.train_models(windows), version="v1", params={}, promote=True)
     hour = Hour(storage, config.Containers(), "r1", START + timedelta(hours=2), START + timedelta(hours=3))
     load_and_validate(hour)
     [shard] = plan_shards(hour, model_version="production", sensors_per_shard=5)
@@ -124,3 +125,45 @@ def test_a_wait_sleeps_no_later_than_its_deadline_then_terminates_the_task():
     assert batch.poll_step(poll, summary("active"), now=97.0).sleep_s == pytest.approx(3.01)
     over = batch.poll_step(poll, summary("active"), now=100.5)
     assert over.terminate and over.event == {"status": "timeout", **summary("active")}
+
+
+# --- Batch without the account key ---------------------------------------------------------------------------
+
+
+def test_a_pool_identity_task_gets_the_account_url_and_client_id_and_nothing_secret():
+    from dev.azurite import KEY, connection_string
+    from sensor_scoring.backends import azure_batch as batch
+
+    containers = {"models": "models", "staging": "staging"}
+    env = batch.batch_task_env(connection_string("127.0.0.1", 10000), containers, 1, pool_identity_client_id="cid-1")
+    assert env == {"SCORING_STORAGE": "http://127.0.0.1:10000/devstoreaccount1", "AZURE_CLIENT_ID": "cid-1"}
+    production = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={KEY};EndpointSuffix=core.windows.net"
+    assert batch.storage_account_url(production) == "https://acct.blob.core.windows.net"
+    assert batch.storage_account_url("https://acct.dfs.core.windows.net/") == "https://acct.dfs.core.windows.net"
+    for unusable in ("/srv/scoring-data", "https://user:pw@acct.blob.core.windows.net", "https://a/?sig=s3cret"):
+        with pytest.raises(ValueError) as refused:
+            batch.storage_account_url(unusable)
+        assert "s3cret" not in str(refused.value) and "pw@" not in str(refused.value)
+
+
+def test_one_job_naming_for_the_operator_and_the_backend():
+    from sensor_scoring.backends import azure_batch as batch
+
+    spec = "az://staging/runs/scheduled__2026-01-01T00_00_00_00_00-1a2b3c4d/shard-00000/spec.json"
+    backend = batch.AzureBatchBackend(dag_id="sensor_scoring", run_id="scheduled__2026-01-01T00:00:00+00:00")
+    assert backend.job_for(spec) == batch.job_id("sensor_scoring", "scheduled__2026-01-01T00:00:00+00:00")
+    assert backend.job_for(spec).startswith(batch.job_prefix("sensor_scoring"))
+    with pytest.raises(RuntimeError, match="neither a Batch client nor an account_url"):
+        _ = batch.AzureBatchBackend().client
+
+
+def test_batch_client_outside_airflow_defaults_to_default_azure_credential(monkeypatch):
+    from azure.core.credentials import AzureNamedKeyCredential
+    from azure.identity import DefaultAzureCredential
+
+    from sensor_scoring.backends import azure_batch as batch
+
+    url = "https://acct.westeurope.batch.azure.com"
+    assert isinstance(batch.batch_client(url)._config.credential, DefaultAzureCredential)  # no request is made
+    shared = AzureNamedKeyCredential("acct", "a2V5")
+    assert batch.batch_client(url, shared)._config.credential is shared

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sensor_scoring import models
-from sensor_scoring.models import stats
+from sensor_scoring.features import feature_matrix
+from sensor_scoring.models import fitting, registry, stats
 from sensor_scoring.storage import LocalStorage
 from tests.support.helpers import fleet_windows
 
@@ -18,13 +18,13 @@ def windows():
 
 
 @pytest.fixture(scope="module")
-def trained(windows) -> list[models.TrainedModel]:
-    return models.train_models(windows)
+def trained(windows) -> list[fitting.TrainedModel]:
+    return fitting.train_models(windows)
 
 
 def _features(windows, model):
     rows = windows[(windows["device_id"] == model.device_id) & (windows["tag"] == model.tag)]
-    return models.feature_matrix(rows)
+    return feature_matrix(rows)
 
 
 def test_statistics_match_the_pipeline(windows, trained):
@@ -55,7 +55,7 @@ def test_psi_is_zero_for_training_and_large_for_a_shift(windows, trained):
 
 def test_store_writes_one_row_per_model_and_read_says_none_without(tmp_path, windows, trained):
     storage = LocalStorage(tmp_path)
-    models.register(storage, "models", trained, version="v1", params={}, promote=False)
+    registry.register(storage, "models", trained, version="v1", params={}, promote=False)
     assert stats.read(storage, "models", "v1") is None  # registered without statistics: no error
     assert stats.store(storage, "models", "v1", trained, windows) == len(trained)
     table = stats.read(storage, "models", "v1")

@@ -8,25 +8,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sensor_scoring import models
+from sensor_scoring.features import feature_matrix
+from sensor_scoring.models import fitting, pack, registry
+from sensor_scoring.scorer import ModelArrays
 from sensor_scoring.storage import LocalStorage, parquet_bytes, read_parquet as st_read
 from tests.support.helpers import fleet_windows
 
 
 @pytest.fixture(scope="module")
-def trained() -> list[models.TrainedModel]:
-    return models.train_models(fleet_windows(devices=2, tags=2, hours=3))
+def trained() -> list[fitting.TrainedModel]:
+    return fitting.train_models(fleet_windows(devices=2, tags=2, hours=3))
 
 
 def test_pack_round_trip_keeps_every_number(trained):
-    back = models.unpack(models._pack_bytes([m.arrays for m in trained]))
+    back = pack.unpack(pack.pack_bytes([m.arrays for m in trained]))
     assert [b.digest() for b in back] == [m.arrays.digest() for m in trained]
     np.testing.assert_array_equal(back[1].support_vectors, trained[1].arrays.support_vectors)
 
 
 def test_digest_changes_with_any_number(trained):
     arrays = trained[0].arrays
-    changed = models.ModelArrays(
+    changed = ModelArrays(
         arrays.mean, arrays.scale, arrays.support_vectors, arrays.dual_coef, arrays.intercept + 1e-12, arrays.gamma
     )
     assert changed.digest() != arrays.digest()
@@ -42,67 +44,67 @@ def test_pickled_payload_is_refused_not_executed(tmp_path):
 
     sink = io.BytesIO()
     np.savez(sink, mean=np.array([Exploit()], dtype=object))
-    with pytest.raises(models.ModelIntegrityError):
-        models.unpack(sink.getvalue())
+    with pytest.raises(pack.ModelIntegrityError):
+        pack.unpack(sink.getvalue())
     assert not marker.exists()
 
 
 def test_register_writes_manifest_index_and_alias(tmp_path, trained):
     storage = LocalStorage(tmp_path)
-    manifest = models.register(storage, "models", trained, version="v1", params={"nu": 0.02}, promote=True)
+    manifest = registry.register(storage, "models", trained, version="v1", params={"nu": 0.02}, promote=True)
     assert manifest["models"] == len(trained)
     assert set(manifest["libraries"]) >= {"numpy", "scikit-learn"}
-    assert models.resolve_version(storage, "models", "production") == "v1"
-    index = models.read_index(storage, "models", "v1")
+    assert registry.resolve_version(storage, "models", "production") == "v1"
+    index = registry.read_index(storage, "models", "v1")
     assert list(index.columns[:5]) == ["device_id", "tag", "pack", "row", "sha256"]
     assert (index["train_rows"] > 0).all() and (index["features"] == "window-v1").all()
     assert manifest["features"] == "window-v1"
     assert manifest["feature_columns"] == ["value_avg", "value_min", "value_max", "value_std", "reading_count"]
     with pytest.raises(FileExistsError):
-        models.register(storage, "models", trained, version="v1", params={}, promote=False)
+        registry.register(storage, "models", trained, version="v1", params={}, promote=False)
     with pytest.raises(LookupError, match="train and promote"):
-        models.resolve_version(storage, "models", "staging-alias")
+        registry.resolve_version(storage, "models", "staging-alias")
 
 
 def test_load_models_reads_each_pack_once_and_refuses_tampering(tmp_path, trained, monkeypatch):
     storage = LocalStorage(tmp_path)
-    monkeypatch.setattr(models, "PACK_SIZE", 2)
-    models.register(storage, "models", trained, version="v1", params={}, promote=False)
-    index = models.read_index(storage, "models", "v1")
+    monkeypatch.setattr(pack, "PACK_SIZE", 2)
+    registry.register(storage, "models", trained, version="v1", params={}, promote=False)
+    index = registry.read_index(storage, "models", "v1")
     reads = []
     original = storage.read_bytes
     monkeypatch.setattr(storage, "read_bytes", lambda c, p: reads.append(p) or original(c, p))
-    loaded, refused = models.load_models(storage, "models", "v1", index)
+    loaded, refused = registry.load_models(storage, "models", "v1", index)
     assert len(loaded) == len(trained) and not refused
     # each pack once, and the manifest once: the version's feature set, which the loaded models carry
     assert sorted(reads) == ["versions/v1/manifest.json", "versions/v1/pack-00000.npz", "versions/v1/pack-00001.npz"]
     assert {m.features for m in loaded.values()} == {"window-v1"}
     tampered = index.copy()
     tampered.loc[0, "sha256"] = "0" * 64
-    loaded, refused = models.load_models(storage, "models", "v1", tampered)
+    loaded, refused = registry.load_models(storage, "models", "v1", tampered)
     assert refused == {(tampered.loc[0, "device_id"], tampered.loc[0, "tag"]): "model_hash_mismatch"}
     storage.write_bytes("models", "versions/v1/pack-00001.npz", b"not an npz")
-    _, refused = models.load_models(storage, "models", "v1", index)
+    _, refused = registry.load_models(storage, "models", "v1", index)
     assert sorted(refused.values()) == ["model_unreadable", "model_unreadable"]
 
 
 def test_index_tampering_is_detected(tmp_path, trained):
     storage = LocalStorage(tmp_path)
-    models.register(storage, "models", trained, version="v1", params={}, promote=False)
-    frame = models.read_index(storage, "models", "v1")
+    registry.register(storage, "models", trained, version="v1", params={}, promote=False)
+    frame = registry.read_index(storage, "models", "v1")
     frame.loc[0, "sha256"] = "f" * 64
     storage.write_bytes("models", "versions/v1/models.parquet", parquet_bytes(frame))
-    with pytest.raises(models.ModelIntegrityError, match="does not match"):
-        models.read_index(storage, "models", "v1")
+    with pytest.raises(pack.ModelIntegrityError, match="does not match"):
+        registry.read_index(storage, "models", "v1")
 
 
 def test_sensors_with_too_few_windows_get_no_model():
     windows = fleet_windows(devices=1, tags=2, hours=1)
     sparse = pd.concat([windows[windows["tag"] == "temperature"], windows[windows["tag"] == "pressure"].head(5)])
-    trained = models.train_models(sparse, min_rows=30)
+    trained = fitting.train_models(sparse, min_rows=30)
     assert [(m.device_id, m.tag) for m in trained] == [("dev-0000", "temperature")]
     with pytest.raises(ValueError, match="no models"):
-        models.register(LocalStorage("/nonexistent"), "models", [], version="v", params={}, promote=False)
+        registry.register(LocalStorage("/nonexistent"), "models", [], version="v", params={}, promote=False)
 
 
 def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_owns(tmp_path, monkeypatch):
@@ -136,7 +138,7 @@ def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_
     storage.write_bytes(containers.windows, f"{START + 2 * H:%Y/%m/%d/%H}/0_late_1.json", to_asa_json_lines(late))
     seen = []
     monkeypatch.setattr(
-        training, "_train", lambda w, **kw: seen.append(w) or models.train_models(w, min_rows=kw["min_rows"])
+        training, "_train", lambda w, **kw: seen.append(w) or fitting.train_models(w, min_rows=kw["min_rows"])
     )
     key = list(WINDOW_KEY)
     for hours, valid, outside in ((2, 2 * 120 + 1, 2), (3, 3 * 120 + 2, 2)):
@@ -147,7 +149,7 @@ def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_
         scored = st_read(storage, containers.staging, f"runs/{hour.run_key}/valid.parquet")
         [trained_on] = seen
         assert len(trained_on) == summary.valid == valid
-        assert summary.quarantine_reasons == {"window_outside_interval": outside}
+        assert summary.quarantine_reasons == {"window_outside_interval": outside - 1, "window_landed_early": 1}
         assert "dev-ahead" not in set(trained_on["device_id"])
         pd.testing.assert_frame_equal(
             trained_on[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True),
@@ -161,36 +163,36 @@ def test_calibrated_threshold_round_trips_and_keeps_sklearn_parity():
     from sensor_scoring.scorer import score
 
     windows = fleet_windows(devices=2, tags=2, hours=3)
-    calibrated = models.train_models(windows, threshold_mads=5.0)
-    plain = models.train_models(windows)
+    calibrated = fitting.train_models(windows, threshold_mads=5.0)
+    plain = fitting.train_models(windows)
     for c, p in zip(calibrated, plain, strict=True):
-        features = models.feature_matrix(windows[(windows["device_id"] == c.device_id) & (windows["tag"] == c.tag)])
+        features = feature_matrix(windows[(windows["device_id"] == c.device_id) & (windows["tag"] == c.tag)])
         decision = c.pipeline.decision_function(features)
         spread = 1.4826 * np.median(np.abs(decision - np.median(decision)))
         assert c.arrays.threshold == min(0.0, float(np.median(decision) - 5.0 * spread)) < 0.0
         assert c.flagged_share == float((decision <= c.arrays.threshold).mean()) < p.flagged_share
         assert p.arrays.threshold == 0.0 and c.arrays.digest() != p.arrays.digest()
-    back = models.unpack(models._pack_bytes([m.arrays for m in calibrated]))
+    back = pack.unpack(pack.pack_bytes([m.arrays for m in calibrated]))
     assert [b.threshold for b in back] == [m.arrays.threshold for m in calibrated]
     assert [b.digest() for b in back] == [m.arrays.digest() for m in calibrated]
     scored = score(windows, {(m.device_id, m.tag): b for m, b in zip(calibrated, back, strict=True)})
     for m in calibrated:
         rows = scored[(scored["device_id"] == m.device_id) & (scored["tag"] == m.tag)]
-        decision = m.pipeline.decision_function(models.feature_matrix(rows))
+        decision = m.pipeline.decision_function(feature_matrix(rows))
         np.testing.assert_allclose(rows["score"], decision, rtol=0, atol=1e-9)
         np.testing.assert_array_equal(rows["is_anomaly"], decision <= m.arrays.threshold)
     with pytest.raises(ValueError, match="threshold_mads"):
-        models.train_models(windows, threshold_mads=0.0)
+        fitting.train_models(windows, threshold_mads=0.0)
 
 
 def test_a_pack_written_before_thresholds_reads_with_threshold_zero(trained):
     """Older packs have no threshold array: their models flag as scikit-learn's predict, and hash as before."""
-    data = models._pack_bytes([m.arrays for m in trained])
+    data = pack.pack_bytes([m.arrays for m in trained])
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        old = {name: npz[name] for name in models.ARRAY_FIELDS}  # every array but threshold
+        old = {name: npz[name] for name in pack.ARRAY_FIELDS}  # every array but threshold
     sink = io.BytesIO()
     np.savez(sink, allow_pickle=False, **old)
-    back = models.unpack(sink.getvalue())
+    back = pack.unpack(sink.getvalue())
     assert [b.threshold for b in back] == [0.0] * len(trained)
     assert [b.digest() for b in back] == [m.arrays.digest() for m in trained]
 
@@ -198,20 +200,20 @@ def test_a_pack_written_before_thresholds_reads_with_threshold_zero(trained):
 def test_adaptive_nu_keeps_the_floor_on_clean_windows_and_rises_with_far_out_ones():
     rng = np.random.default_rng(0)
     clean = rng.normal(0, 1, (1000, 4))
-    assert models.adaptive_nu(clean, 0.02) == 0.02
+    assert fitting.adaptive_nu(clean, 0.02) == 0.02
     dirty = clean.copy()
     dirty[:40, 1] = 50.0  # 4% of windows far out in one feature
-    assert models.adaptive_nu(dirty, 0.02) == pytest.approx(2 * 0.04 + models.NU_MARGIN)
+    assert fitting.adaptive_nu(dirty, 0.02) == pytest.approx(2 * 0.04 + fitting.NU_MARGIN)
     dirty[:, 2] = 1.0  # a constant feature (MAD 0) marks nothing far out by itself
-    assert models.adaptive_nu(dirty, 0.02) == pytest.approx(2 * 0.04 + models.NU_MARGIN)
+    assert fitting.adaptive_nu(dirty, 0.02) == pytest.approx(2 * 0.04 + fitting.NU_MARGIN)
     dirty[:600, 1] = 50.0
-    assert models.adaptive_nu(dirty, 0.02) <= models.NU_MAX
-    assert models.adaptive_nu(clean, 0.3) == 0.3  # never below the run's nu
+    assert fitting.adaptive_nu(dirty, 0.02) <= fitting.NU_MAX
+    assert fitting.adaptive_nu(clean, 0.3) == 0.3  # never below the run's nu
 
 
 def test_train_models_records_each_sensors_nu():
     windows = fleet_windows(devices=1, tags=2, hours=2)
-    fixed = models.train_models(windows, nu=0.05)
+    fixed = fitting.train_models(windows, nu=0.05)
     assert {m.nu for m in fixed} == {0.05}
-    adaptive = models.train_models(windows, nu=0.02, adaptive=True)
-    assert all(m.nu is not None and 0.02 <= m.nu <= models.NU_MAX for m in adaptive)
+    adaptive = fitting.train_models(windows, nu=0.02, adaptive=True)
+    assert all(m.nu is not None and 0.02 <= m.nu <= fitting.NU_MAX for m in adaptive)

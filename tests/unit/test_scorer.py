@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sensor_scoring import features, models
+from sensor_scoring import features
+from sensor_scoring.features import feature_matrix
+from sensor_scoring.models import fitting
 from sensor_scoring.scorer import ELEMENT_BUDGET, decision_function, score
 from tests.support.helpers import START, fleet_windows
 
@@ -16,7 +18,7 @@ def setup():
     windows = fleet_windows(devices=3, tags=3, hours=4)
     train = windows[windows["window_end"] < START.replace(hour=3)]
     test = windows[windows["window_end"] >= START.replace(hour=3)]
-    return models.train_models(train), test
+    return fitting.train_models(train), test
 
 
 def test_scores_equal_sklearn_decision_function_and_predict(setup):
@@ -25,7 +27,7 @@ def test_scores_equal_sklearn_decision_function_and_predict(setup):
     assert len(out) == len(test)
     for m in trained:
         rows = out[(out["device_id"] == m.device_id) & (out["tag"] == m.tag)]
-        features = models.feature_matrix(rows)
+        features = feature_matrix(rows)
         np.testing.assert_allclose(rows["score"], m.pipeline.decision_function(features), rtol=1e-9, atol=1e-12)
         np.testing.assert_array_equal(rows["is_anomaly"], m.pipeline.predict(features) == -1)
 
@@ -75,16 +77,16 @@ def mixed():
     pipelines = {}
     for key, nu in zip(keys, [0.01, 0.05, 0.2, 0.5, 0.9, 0.02], strict=True):
         rows = history[(history["device_id"] == key[0]) & (history["tag"] == key[1])]
-        pipelines[key] = models.fit_pipeline(models.feature_matrix(rows), nu=nu)
+        pipelines[key] = fitting.fit_pipeline(feature_matrix(rows), nu=nu)
     return pipelines, windows
 
 
 def assert_equals_sklearn(pipelines, rows):
-    out = score(rows, {key: models.arrays_of(p) for key, p in pipelines.items()})
+    out = score(rows, {key: fitting.arrays_of(p) for key, p in pipelines.items()})
     for key, pipeline in pipelines.items():
         mine = out[(out["device_id"] == key[0]) & (out["tag"] == key[1])]
         if len(mine):
-            features = models.feature_matrix(mine)
+            features = feature_matrix(mine)
             np.testing.assert_allclose(mine["score"], pipeline.decision_function(features), rtol=0, atol=1e-9)
             np.testing.assert_array_equal(mine["is_anomaly"], pipeline.predict(features) == -1)
 
@@ -121,7 +123,7 @@ def context_setup():
     windows = fleet_windows(devices=3, tags=3, hours=4, seed=3)
     train = windows[windows["window_end"] <= START.replace(hour=3)]
     test = windows[windows["window_end"] > START.replace(hour=3)]
-    trained = models.train_models(features.add_features(train), features=features.CONTEXT_V1, threshold_mads=5.0)
+    trained = fitting.train_models(features.add_features(train), features=features.CONTEXT_V1, threshold_mads=5.0)
     return trained, features.add_features(test, context=train)
 
 
@@ -131,7 +133,7 @@ def test_context_features_score_equal_to_sklearn(context_setup):
     assert len(out) == len(test) and {m.arrays.features for m in trained} == {"context-v1"}
     for m in trained:
         rows = out[(out["device_id"] == m.device_id) & (out["tag"] == m.tag)]
-        matrix = models.feature_matrix(rows, features.CONTEXT_V1)
+        matrix = feature_matrix(rows, features.CONTEXT_V1)
         assert matrix.shape[1] == len(features.FEATURE_SETS["context-v1"])
         np.testing.assert_allclose(rows["score"], m.pipeline.decision_function(matrix), rtol=1e-9, atol=1e-12)
         np.testing.assert_array_equal(rows["is_anomaly"], rows["score"] <= m.arrays.threshold)

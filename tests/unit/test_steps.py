@@ -10,8 +10,9 @@ import pandas as pd
 import pendulum
 import pytest
 
-from sensor_scoring import layout, models, settings as config, storage as st
+from sensor_scoring import layout, settings as config, storage as st
 from sensor_scoring.contracts import PREDICTION_SCHEMA, AccountingError, ShardSpec
+from sensor_scoring.models import fitting, registry
 from sensor_scoring.steps.commit import commit
 from sensor_scoring.steps.interval import Hour, resolve_interval, run_key
 from sensor_scoring.steps.landed import windows_landed
@@ -93,8 +94,8 @@ def staged(tmp_path):
         (windows["window_end"] < START + 3 * H)
         & ~((windows["device_id"] == "dev-0001") & (windows["tag"] == "pressure"))
     ]
-    trained = models.train_models(train)
-    models.register(storage, "models", trained, version="v1", params={}, promote=True)
+    trained = fitting.train_models(train)
+    registry.register(storage, "models", trained, version="v1", params={}, promote=True)
     hour = _hour(storage)
     summary = load_and_validate(hour)
     return storage, hour, summary, trained

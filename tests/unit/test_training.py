@@ -73,12 +73,12 @@ def test_labels_layout_marks_hours_labelled_and_refuses_bad_files(tmp_path):
 
 @pytest.mark.parametrize("name", ["../versions/v1", "v1/", "..", "v1\n"])
 def test_registering_or_rolling_back_to_a_path_is_refused(tmp_path, name):
-    from sensor_scoring import models
     from sensor_scoring.contracts import InvalidName
+    from sensor_scoring.models import registry
 
     storage = LocalStorage(str(tmp_path))
     with pytest.raises(InvalidName, match="is not a name"):
-        models.register(storage, "models", [], version=name, params={}, promote=False)
+        registry.register(storage, "models", [], version=name, params={}, promote=False)
     with pytest.raises(InvalidName, match="is not a name"):
         promotion.rollback(storage, "models", name, by="test")
     assert not list(tmp_path.rglob("*"))  # nothing written

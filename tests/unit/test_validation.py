@@ -50,13 +50,27 @@ def test_each_rule_names_its_reason():
 
 
 def test_average_of_equal_readings_may_differ_by_an_ulp():
-    value = 0.1 + 0.2
+    value = 0.1 + 0.2  # equal readings: no spread either (std 0)
     assert (
-        row_reasons(frame(value_min=[value, 1.0], value_avg=[value * (1 + 1e-15), 2.0], value_max=[value, 3.0])).iloc[0]
+        row_reasons(
+            frame(
+                value_min=[value, 1.0],
+                value_avg=[value * (1 + 1e-15), 2.0],
+                value_max=[value, 3.0],
+                value_std=[0.0, 0.2],
+            )
+        ).iloc[0]
         == ""
     )
     assert (
-        row_reasons(frame(value_min=[value, 1.0], value_avg=[value * (1 + 1e-6), 2.0], value_max=[value, 3.0])).iloc[0]
+        row_reasons(
+            frame(
+                value_min=[value, 1.0],
+                value_avg=[value * (1 + 1e-6), 2.0],
+                value_max=[value, 3.0],
+                value_std=[0.0, 0.2],
+            )
+        ).iloc[0]
         == "avg_outside_min_max"
     )
 
@@ -73,6 +87,99 @@ def test_physical_bounds_per_tag_from_the_packaged_file_and_the_environment(monk
     assert list(row_reasons(cold)) == ["", "value_out_of_bounds"]
     with pytest.raises(ValueError, match="min 5.0 above max 1.0"):
         load_bounds(json.dumps({"default": {"min": 5, "max": 1}}))
+
+
+IMPOSSIBLE = [
+    pytest.param(
+        {"reading_count": [1, 6], "value_std": [0.0, 0.2]}, "single_reading_spread", id="one-reading-min-below-max"
+    ),
+    pytest.param(
+        {"reading_count": [1, 6], "value_min": [1.0, 1.0], "value_max": [1.0, 3.0], "value_std": [1e-12, 0.2]},
+        "single_reading_spread",
+        id="one-reading-with-a-std",
+    ),
+    pytest.param({"value_std": [0.6, 0.2]}, "std_exceeds_range", id="std-above-half-the-range-for-6"),
+    pytest.param(
+        {"reading_count": [2, 6], "value_std": [np.sqrt(0.5) + 1e-5, 0.2]},
+        "std_exceeds_range",
+        id="two-readings-above-range-over-sqrt-2",
+    ),
+    pytest.param(
+        {"value_min": [1.0, 1.0], "value_max": [1.0, 3.0], "value_avg": [1.0, 2.0], "value_std": [0.01, 0.2]},
+        "std_exceeds_range",
+        id="equal-readings-with-a-spread",
+    ),
+    pytest.param({"reading_count": [1e18, 6]}, "reading_count_implausible", id="count-1e18"),
+    pytest.param({"reading_count": [1_200_001, 6]}, "reading_count_implausible", id="one-above-the-standard-maximum"),
+]
+
+
+@pytest.mark.parametrize("changes,reason", IMPOSSIBLE)
+def test_impossible_aggregates_are_quarantined_with_their_reason(changes, reason):
+    assert list(row_reasons(frame(**changes))) == [reason, ""]
+
+
+POSSIBLE = [
+    pytest.param(
+        {"reading_count": [1, 6], "value_min": [1.0, 1.0], "value_max": [1.0, 3.0], "value_std": [0.0, 0.2]},
+        id="one-reading",
+    ),
+    pytest.param({"reading_count": [2, 6], "value_std": [np.sqrt(0.5), 0.2]}, id="two-readings-at-the-bound"),
+    pytest.param({"reading_count": [1_200_000, 6]}, id="the-standard-maximum"),
+    pytest.param(
+        {"value_min": [1e3, 1.0], "value_max": [1e3, 3.0], "value_avg": [1e3, 2.0], "value_std": [3e-5, 0.2]},
+        id="equal-readings-with-one-pass-rounding",
+    ),
+]
+
+
+@pytest.mark.parametrize("changes", POSSIBLE)
+def test_possible_aggregates_pass(changes):
+    assert list(row_reasons(frame(**changes))) == ["", ""]
+
+
+def test_max_sample_std_is_the_sample_std_of_half_the_readings_at_each_end_and_bounds_any_readings():
+    """The bound of std_exceeds_range is exact (reached) and holds for aggregate_readings' windows (STDEV, n - 1)."""
+    from sensor_scoring.validation.expectations import max_sample_std
+    from sensor_scoring.windows import aggregate_readings
+
+    for n in (2, 3, 4, 7, 60):
+        extreme = np.array([0.0] * (n // 2) + [5.0] * (n - n // 2))
+        bound = max_sample_std(np.array([n]), np.array([0.0]), np.array([5.0]))[0]
+        assert extreme.std(ddof=1) <= bound * (1 + 1e-12)
+        if n % 2 == 0:
+            assert extreme.std(ddof=1) == pytest.approx(bound, rel=1e-12)  # reached: the bound is the least one
+    rng = np.random.default_rng(3)
+    draws = []
+    for draw in range(300):  # spreads of 1e-3 to 1e3, and two-valued readings (the extreme case), n of 1 to 40
+        n = int(rng.integers(1, 40))
+        values = rng.normal(size=n) * 10.0 ** rng.integers(-3, 4) if draw % 2 else rng.integers(0, 2, n) * 7.3 + 100
+        draws.append(
+            pd.DataFrame(
+                {
+                    "ts": pd.Timestamp("2026-11-25T16:00:01Z") + pd.to_timedelta(np.arange(n), unit="s"),
+                    "device_id": f"d{draw}",
+                    "tag": "t",
+                    "value": values,
+                }
+            )
+        )
+    windows = aggregate_readings(pd.concat(draws, ignore_index=True))
+    assert len(windows) == 300 and (row_reasons(windows) == "").all()
+
+
+def test_max_readings_per_minute_comes_from_the_bounds(monkeypatch):
+    from sensor_scoring.validation.expectations import load_bounds
+
+    huge = frame(reading_count=[5_000_000, 6])
+    assert list(row_reasons(huge)) == ["reading_count_implausible", ""]
+    monkeypatch.setenv("SCORING_PHYSICAL_BOUNDS", json.dumps({"max_readings_per_minute": 6_000_000}))
+    assert list(row_reasons(huge)) == ["", ""]
+    monkeypatch.setenv("SCORING_PHYSICAL_BOUNDS", json.dumps({"max_readings_per_minute": None}))
+    assert list(row_reasons(frame(reading_count=[1e15, 6]))) == ["", ""]
+    for wrong in (0, "many", True):
+        with pytest.raises(ValueError, match="max_readings_per_minute"):
+            load_bounds(json.dumps({"max_readings_per_minute": wrong}))
 
 
 def test_exact_duplicates_collapse_and_conflicts_are_quarantined():

@@ -27,7 +27,9 @@ from sensor_scoring.windows import (
     read_landed,
     read_landed_files,
     read_owned,
+    read_owned_with_lookback,
     read_window_file,
+    set_aside_strays,
     sniff,
     to_asa_json_lines,
 )
@@ -214,6 +216,41 @@ def test_every_landed_window_has_one_owner_whatever_late_folders_and_run_order()
         assert len(owners) == n
 
 
+def test_a_stray_ahead_of_its_folder_landed_early_and_one_far_behind_is_outside_the_interval():
+    """The window ending exactly at 17:00 found in folder 16 came early (its hour's runs never read folder 16 as
+    their own): quarantined by 16:00 as ``window_landed_early``; a window two folders late is
+    ``window_outside_interval``; both are owned by their folder's hour."""
+    from sensor_scoring.windows import empty_rejected, owner_hours
+
+    frame = _hour_of_windows(sensors=1).head(3).copy()
+    frame["window_end"] = pd.to_datetime(["2026-11-25T17:00Z", "2026-11-25T14:30Z", "2026-11-25T16:30Z"], utc=True)
+    frame[SOURCE_COLUMN] = pd.array(["2026/11/25/16/a.json"] * 3, dtype="string")
+    assert list(owner_hours(frame)) == [pd.Timestamp("2026-11-25T16:00Z")] * 3
+    kept, moved = set_aside_strays(frame, empty_rejected())
+    assert list(kept["window_end"]) == [pd.Timestamp("2026-11-25T16:30Z")]
+    assert list(moved["reason"]) == ["window_landed_early", "window_outside_interval"]
+
+
+def test_a_broken_file_read_only_for_the_lookback_is_kept_aside_and_one_of_the_interval_fails(tmp_path):
+    """read_owned_with_lookback: a file without a contract column in the hour before's own folder is in the
+    lookback's ``broken`` (its windows left out); the same file in a folder the interval reads fails it."""
+    storage = LocalStorage(tmp_path)
+    start = datetime(2026, 11, 25, 16, tzinfo=UTC)
+    land_windows(storage, "windows", _hour_of_windows(sensors=1), LandingPlan(late_share=0.0))
+    broken = b'{"device_id": "d", "tag": "t", "window_end": "2026-11-25T15:10:00Z"}\n'
+    storage.write_bytes("windows", "2026/11/25/15/0_x_1.json", broken)
+    storage.write_bytes("windows", "2026/11/25/15/0_t_1.json", b'{"device_id": "d')
+    own, before = read_owned_with_lookback(storage, "windows", start, start + timedelta(hours=1))
+    assert len(own.windows) == 60 and not own.broken and not own.corrupt
+    [skipped] = before.broken
+    assert skipped.file == "2026/11/25/15/0_x_1.json" and "missing required column(s) value_avg" in skipped.error
+    assert [c.file for c in before.corrupt] == ["2026/11/25/15/0_t_1.json"]
+    assert skipped.file not in before.read
+    storage.write_bytes("windows", "2026/11/25/17/0_x_1.json", broken)  # the interval's late folder
+    with pytest.raises(WindowFileError, match=r"17/0_x_1\.json: missing required column"):
+        read_owned_with_lookback(storage, "windows", start, start + timedelta(hours=1))
+
+
 def _serialised(windows: pd.DataFrame) -> dict[str, bytes]:
     lines = to_asa_json_lines(windows)
     array = json.dumps([json.loads(line) for line in lines.decode().splitlines()]).encode()
@@ -280,8 +317,11 @@ STRICT = [
     pytest.param({"reading_count": 60.0}, None, id="whole-float-count-is-that-integer"),
     pytest.param({"window_end": "2026-11-25T17:10:00+01:00"}, None, id="offset-is-converted-to-utc"),
     pytest.param({"window_end": "2026-11-25 16:10:00Z"}, None, id="space-separator"),
-    pytest.param({"device_id": 123}, "wrong_type", id="numeric-device-id"),
+    pytest.param({"device_id": 123}, None, id="integer-device-id-is-its-decimal-text"),
     pytest.param({"device_id": 123.0}, "wrong_type", id="float-device-id"),
+    pytest.param({"device_id": 1e3}, "wrong_type", id="exponent-device-id"),
+    pytest.param({"device_id": {"id": 1}}, "wrong_type", id="object-device-id"),
+    pytest.param({"tag": [1]}, "wrong_type", id="array-tag"),
     pytest.param({"tag": True}, "wrong_type", id="boolean-tag"),
     pytest.param({"value_avg": "NaN"}, "wrong_type", id="nan-string"),
     pytest.param({"value_min": "3"}, "wrong_type", id="number-in-a-string"),
@@ -296,7 +336,7 @@ STRICT = [
     pytest.param({"window_end": "yesterday"}, "bad_timestamp", id="not-a-timestamp"),
     pytest.param({"window_end": "2026-11-25T16:10:00.0000001Z"}, "window_not_on_minute", id="seventh-digit"),
     pytest.param({"window_end": "2026-11-25T16:05:30.0000000Z"}, "window_not_on_minute", id="off-the-minute"),
-    pytest.param({"device_id": 7, "window_end": "2500-01-01T00:00:00Z"}, "wrong_type;bad_timestamp", id="two"),
+    pytest.param({"device_id": 7.5, "window_end": "2500-01-01T00:00:00Z"}, "wrong_type;bad_timestamp", id="two"),
 ]
 
 
@@ -311,6 +351,43 @@ def test_each_value_is_taken_by_its_stated_rule_or_rejected_with_a_reason(change
         assert parsed.windows["reading_count"].dtype == "int64"
     else:
         assert list(parsed.rejected["reason"]) == [reason] and list(parsed.rejected[SOURCE_COLUMN]) == ["w.json"]
+
+
+INTEGER_KEYS = [
+    pytest.param(123, "123", id="integer"),
+    pytest.param(-7, "-7", id="negative"),
+    pytest.param(0, "0", id="zero"),
+    pytest.param(2**70, str(2**70), id="beyond-int64"),
+]
+
+
+@pytest.mark.parametrize("value,text", INTEGER_KEYS)
+def test_integer_keys_are_their_decimal_text_in_every_serialisation(value, text):
+    """One rule for every format: an integer key is its decimal text; a float or boolean key is ``wrong_type``."""
+    rows = [_asa_row(device_id=value, tag=value), _asa_row(device_id=1.0, window_end="2026-11-25T16:11:00Z")]
+    as_array = read_window_file("a.json", json.dumps(rows).encode())
+    as_lines = read_window_file("l.json", "\n".join(json.dumps(r) for r in rows).encode())
+    for parsed in (as_array, as_lines):
+        assert list(parsed.windows["device_id"]) == [text] and list(parsed.windows["tag"]) == [text]
+        assert list(parsed.rejected["reason"]) == ["wrong_type"]  # the float id
+    if abs(value) < 2**63:  # Parquet and Avro integer columns hold int64
+        frame = pd.DataFrame([_asa_row(device_id=value)]).assign(window_end=pd.Timestamp("2026-11-25T16:10Z"))
+        frame["device_id"] = frame["device_id"].astype("int64")
+        sink = io.BytesIO()
+        frame.to_parquet(sink, index=False)
+        assert list(read_window_file("p.parquet", sink.getvalue()).windows["device_id"]) == [text]
+        import fastavro
+
+        fields = [{"name": "device_id", "type": "long"}, {"name": "tag", "type": "string"}]
+        fields += [{"name": "window_end", "type": "string"}]
+        fields += [{"name": c, "type": "double"} for c in ("value_avg", "value_min", "value_max", "value_std")]
+        fields += [{"name": "reading_count", "type": "long"}]
+        avro = io.BytesIO()
+        schema = fastavro.parse_schema({"type": "record", "name": "w", "fields": fields})
+        fastavro.writer(avro, schema, [_asa_row(device_id=value)])
+        assert list(read_window_file("v.avro", avro.getvalue()).windows["device_id"]) == [text]
+    csv_text = pd.DataFrame([_asa_row(device_id=f"{value}.0")]).to_csv(index=False).encode()
+    assert list(read_window_file("c.csv", csv_text).windows["device_id"]) == [f"{value}.0"]  # CSV text, as written
 
 
 def _avro(rows: list[dict[str, object]], timestamp: bool) -> bytes:
@@ -439,6 +516,13 @@ def test_columnar_json_reader_and_row_wise_reader_agree():
     slow = formats.typed(formats._json_columns(text), "x.json")
     pd.testing.assert_frame_equal(fast.windows, slow.windows)
     assert formats._json_lines_columnar(text.replace('"reading_count": 60', '"reading_count": "60"'), "x") is None
+    # integer ids stay columnar, read as their decimal text exactly as row by row; a float id leaves it to the rows
+    numbered = "\n".join(json.dumps({**r, "device_id": -i * 10**12, "tag": i}) for i, r in enumerate(rows))
+    fast = formats._json_lines_columnar(numbered, "n.json")
+    assert fast is not None and fast.rejected.empty and fast.windows["device_id"].iloc[1] == "-1000000000000"
+    pd.testing.assert_frame_equal(fast.windows, formats.typed(formats._json_columns(numbered), "n.json").windows)
+    assert formats._json_lines_columnar(numbered.replace('"tag": 3,', '"tag": 3.0,'), "n.json") is None
+    assert formats._json_lines_columnar(numbered.replace('"tag": 3,', '"tag": "3",'), "n.json") is None
 
 
 def test_many_small_json_lines_files_are_read_together_exactly_as_each_alone(tmp_path):
@@ -457,6 +541,11 @@ def test_many_small_json_lines_files_are_read_together_exactly_as_each_alone(tmp
     pd.testing.assert_frame_equal(
         together.windows.sort_values(key).reset_index(drop=True), alone.sort_values(key).reset_index(drop=True)
     )
+    numeric = _asa_row(device_id=42, window_end="2026-11-25T16:30:00Z")  # an integer id, read with the others
+    storage.write_bytes("windows", "2026/11/25/16/0_42_1.json", (json.dumps(numeric) + "\n").encode())
+    mixed = read_landed_files(storage, "windows", ["2026/11/25/16"])
+    assert len(mixed.windows) == 13 and "42" in set(mixed.windows["device_id"]) and mixed.rejected.empty
+    storage.delete_prefix("windows", "2026/11/25/16/0_42_1.json")
     storage.write_bytes("windows", "2026/11/25/16/0_99_1.json", (json.dumps(_asa_row(value_avg="3")) + "\n").encode())
     dirty = read_landed_files(storage, "windows", ["2026/11/25/16"])
     assert len(dirty.windows) == 12 and list(dirty.rejected["reason"]) == ["wrong_type"]

@@ -1,12 +1,18 @@
 """Azure Batch for shards: ids, the shared autoscaling pool, one job per DAG run, one task per shard, and the
-one way of waiting for a task and judging it.
+one way of submitting a shard's task, waiting for it and judging it.
 
 Airflow-free on purpose: the deferrable ``ScoreShardOperator`` and its ``BatchTaskTrigger``
 (``sensor_scoring_airflow``) and :class:`AzureBatchBackend` (scripts, the contract tests) call the same
-:func:`submit_shard`, :func:`poll_step` and :func:`check_outcome`; the trigger awaits between polls in the
-triggerer's event loop, the backend sleeps. Every call goes through the azure-batch 15 SDK
-(``azure.batch.BatchClient``), built from an Airflow ``azure_batch`` connection, and the contract tests drive
-it against a fake Batch REST server.
+:func:`submit_shard`, :func:`poll_step` and :func:`check_outcome`, and name jobs by the same :func:`job_id`;
+the trigger awaits between polls in the triggerer's event loop, the backend sleeps. Every call goes through the
+azure-batch 15 SDK (``azure.batch.BatchClient``). Inside Airflow the client comes from the provider's
+``AzureBatchHook`` (``sensor_scoring_airflow.batch``: shared key, or Entra ID through ``DefaultAzureCredential``);
+outside Airflow from :func:`batch_client` with an ``azure-identity`` credential or the account's shared key. The
+contract tests drive it against a fake Batch REST server.
+
+A shard's task never gets the storage account key: with a pool identity
+(``SCORING_BATCH_POOL_IDENTITY_CLIENT_ID``) it gets only the account URL and authenticates as that identity;
+otherwise container SAS URLs (signed with a user delegation key when Airflow's storage is token-authenticated).
 
 What the stock ``AzureBatchOperator`` gets wrong for mapped tasks, and this module does not: it never waits for
 the pool (or its nodes) to be idle, it adds one task to a job shared by the run instead of a job per call, and it
@@ -33,7 +39,7 @@ from sensor_scoring.settings import DEFAULT_FORMULA, FORMULA_ENV, BatchSettings
 
 if TYPE_CHECKING:
     from azure.batch import BatchClient, models as bm
-    from azure.batch.aio import BatchClient as AsyncBatchClient
+    from azure.core.credentials import AzureNamedKeyCredential, TokenCredential
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,8 @@ def job_prefix(dag_id: str) -> str:
 
 
 def job_id(dag_id: str, run_id: str) -> str:
-    """One job per DAG run; the same run always maps to the same job, so a retry finds it again."""
+    """The one naming of jobs: one job per DAG run; the same run always maps to the same job, so a retry (and
+    the resumed operator) finds it again. Outside Airflow the caller names its run the same way."""
     prefix = job_prefix(dag_id)
     return prefix + _bounded_id(run_id, f"{dag_id}\n{run_id}", MAX_ID - len(prefix))
 
@@ -128,9 +135,17 @@ def pool_options(settings: BatchSettings) -> bm.BatchPoolCreateOptions:
 
 def ensure_pool(client: BatchClient, settings: BatchSettings) -> bool:
     """Create the shared pool if it does not exist; True if this call created it. Never waits for nodes:
-    the autoscale formula grows the pool once tasks are queued."""
+    the autoscale formula grows the pool once tasks are queued.
+
+    A pool with a managed identity (``settings.pool_identity_client_id``) is never created here: the Batch service
+    API cannot attach an identity (only Azure Resource Manager can), so a pool made here would leave every task
+    without storage access. It must exist and carry that identity, else a ``RuntimeError`` says what to do.
+    """
     from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
+    if settings.pool_identity_client_id:
+        check_pool_identity(client, settings)
+        return False
     try:
         # azure-batch 15.1's error policy raises on the 404 of a missing pool before pool_exists can say False
         if client.pool_exists(settings.pool_id):
@@ -149,6 +164,28 @@ def ensure_pool(client: BatchClient, settings: BatchSettings) -> bool:
         settings.max_low_priority_nodes,
     )
     return True
+
+
+def check_pool_identity(client: BatchClient, settings: BatchSettings) -> None:
+    """The pool exists and has the user-assigned identity ``pool_identity_client_id`` (tasks reach storage as it)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    wanted = settings.pool_identity_client_id
+    try:
+        pool = client.get_pool(settings.pool_id)
+    except ResourceNotFoundError:
+        raise RuntimeError(
+            f"Batch pool {settings.pool_id} does not exist; with SCORING_BATCH_POOL_IDENTITY_CLIENT_ID set the pool "
+            "must be created through Azure Resource Manager with that user-assigned identity (docs/deploy-azure.md), "
+            "since the Batch service API cannot attach one"
+        ) from None
+    identities = getattr(pool.identity, "user_assigned_identities", None) or []
+    if not any((i.client_id or "").lower() == wanted.lower() for i in identities):
+        found = ", ".join(i.client_id or i.resource_id for i in identities) or "none"
+        raise RuntimeError(
+            f"Batch pool {settings.pool_id} does not carry the user-assigned identity {wanted} "
+            f"(SCORING_BATCH_POOL_IDENTITY_CLIENT_ID); its identities: {found}. Its tasks could not reach storage"
+        )
 
 
 def ensure_job(client: BatchClient, settings: BatchSettings, job: str, *, display_name: str = "") -> bool:
@@ -241,22 +278,58 @@ def shard_facts(storage: st.Storage, spec_uri: str) -> ShardFacts:
 
 
 def batch_task_env(
-    storage_setting: str, containers: Mapping[str, str], sas_hours: float, settings: config.Settings | None = None
+    storage_setting: str,
+    containers: Mapping[str, str],
+    sas_hours: float,
+    settings: config.Settings | None = None,
+    *,
+    pool_identity_client_id: str = "",
 ) -> dict[str, str]:
-    """The whole storage access of a Batch task: SAS URLs to read ``models`` and read+write ``staging``,
-    expiring after ``sas_hours``. The account key stays in Airflow. A storage retry budget other than the
-    default is forwarded, so a node rides out an outage as the worker would (the default is the node's too)."""
+    """The whole storage access of a Batch task, never a key.
+
+    With ``pool_identity_client_id`` (the pool's user-assigned managed identity): the storage account URL and the
+    identity's client id (``AZURE_CLIENT_ID``, which ``DefaultAzureCredential`` and ``ManagedIdentityCredential``
+    read), no secret at all. Otherwise SAS URLs to read ``models`` and read+write ``staging``, expiring after
+    ``sas_hours``, made by :func:`sensor_scoring.storage.make_sas_setting` (signed with a user delegation key when
+    the storage is token-authenticated). A storage retry budget other than the default is forwarded, so a node
+    rides out an outage as the worker would (the default is the node's too)."""
     settings = settings or config.current()
-    sas = st.make_sas_setting(
-        storage_setting, read=[containers["models"]], read_write=[containers["staging"]], hours=sas_hours
-    )
-    env = {config.STORAGE_ENV: sas}
+    if pool_identity_client_id:
+        env = {config.STORAGE_ENV: storage_account_url(storage_setting), AZURE_CLIENT_ID_ENV: pool_identity_client_id}
+    else:
+        sas = st.make_sas_setting(
+            storage_setting, read=[containers["models"]], read_write=[containers["staging"]], hours=sas_hours
+        )
+        env = {config.STORAGE_ENV: sas}
     defaults = config.Settings()
     if settings.storage_retries != defaults.storage_retries:
         env[config.STORAGE_RETRIES_ENV] = str(settings.storage_retries)
     if settings.storage_retry_backoff_s != defaults.storage_retry_backoff_s:
         env[config.STORAGE_RETRY_BACKOFF_ENV] = str(settings.storage_retry_backoff_s)
     return env
+
+
+#: What azure-identity's credentials read as the client id of a user-assigned managed identity.
+AZURE_CLIENT_ID_ENV = "AZURE_CLIENT_ID"
+
+
+def storage_account_url(storage_setting: str) -> str:
+    """The storage account's URL behind a storage setting, for a task that authenticates as the pool's identity:
+    an account URL as it is (the blob or dfs endpoint), the blob endpoint of a connection string. Never the key, a
+    SAS or a local folder: a ``ValueError`` that does not echo the setting."""
+    text = storage_setting.strip()
+    if text.lower().startswith(("https://", "http://")):
+        if "?" in text or "@" in text.split("/", 3)[2]:
+            raise ValueError("the storage account URL for a pool identity must carry no SAS and no credentials")
+        return text.rstrip("/")
+    if st.parse_setting(text).kind != "connection_string":
+        raise ValueError(
+            "a pool identity needs an Azure storage account (an account URL or a connection string); "
+            "the storage setting is a SAS setting or a local folder"
+        )
+    from azure.storage.blob import BlobServiceClient
+
+    return str(BlobServiceClient.from_connection_string(text).url).rstrip("/")
 
 
 def shard_command_line(spec_uri: str, command: str = "score-shard") -> str:
@@ -274,7 +347,8 @@ def task_options(
     display_name: str = "",
     command: str = "score-shard",
 ) -> bm.BatchTaskCreateOptions:
-    """The Batch task of one shard. Storage reaches it only through ``task_env`` (SAS URLs, never a key)."""
+    """The Batch task of one shard. Storage reaches it only through ``task_env`` (:func:`batch_task_env`: the pool
+    identity's account URL, or SAS URLs; never a key)."""
     from azure.batch import models as bm
 
     return bm.BatchTaskCreateOptions(
@@ -314,30 +388,33 @@ def submit_shard(
     storage_setting: str,
     spec_uri: str,
     *,
-    job: str,
+    dag_id: str,
+    run_id: str,
     try_number: int,
     max_wall_clock: timedelta | None = None,
     label: str = "",
-    sweep_prefix: str | None = None,
     command: str = "score-shard",
 ) -> Submission:
-    """Add this try's task for the shard of ``spec_uri``, after looking at what earlier tries left in the job.
+    """The one submission of a shard's Batch task (the operator's and :class:`AzureBatchBackend`'s): adds this
+    try's task for the shard of ``spec_uri`` to the run's job :func:`job_id` ``(dag_id, run_id)``, after looking at
+    what earlier tries left in it.
 
     - an earlier try's task that completed with exit code 0: reused, nothing is added (its outputs are there);
     - an earlier try's task that failed, or is still running (the try was cleared or its worker died):
       terminated, deleted and replaced by this try's task;
     - this try's own task already present (the worker died right after adding it): adopted.
 
-    The task reaches storage through SAS URLs signed with the key of ``storage_setting`` (:func:`batch_task_env`).
-    The call that creates the run's job also terminates idle jobs of ``sweep_prefix`` older than
+    The task reaches storage as :func:`batch_task_env` says (pool identity or SAS URLs, never a key). The call
+    that creates the run's job also terminates the DAG's idle jobs (:func:`job_prefix`) older than
     ``settings.job_ttl_hours``.
     """
     from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
     facts = shard_facts(st.open_storage(storage_setting), spec_uri)
     ensure_pool(client, settings)
-    if ensure_job(client, settings, job, display_name=f"scoring run {job}") and sweep_prefix:
-        finish_idle_jobs(client, sweep_prefix, timedelta(hours=settings.job_ttl_hours))
+    job = job_id(dag_id, run_id)
+    if ensure_job(client, settings, job, display_name=f"{dag_id} run {run_id}"):
+        finish_idle_jobs(client, job_prefix(dag_id), timedelta(hours=settings.job_ttl_hours))
     replaced: list[str] = []
     for earlier in previous_task_ids(facts.shard, facts.version, try_number):
         try:
@@ -358,7 +435,9 @@ def submit_shard(
             pass
         replaced.append(earlier)
     this = task_id(facts.shard, facts.version, try_number)
-    task_env = batch_task_env(storage_setting, facts.containers, settings.sas_hours)
+    task_env = batch_task_env(
+        storage_setting, facts.containers, settings.sas_hours, pool_identity_client_id=settings.pool_identity_client_id
+    )
     try:
         client.create_task(
             job,
@@ -497,18 +576,6 @@ def terminate_task(client: BatchClient, job: str, task: str) -> bool:
         return False
 
 
-async def aterminate_task(client: AsyncBatchClient, job: str, task: str, *, log: Log = log) -> bool:
-    """:func:`terminate_task` for the asyncio client of the trigger."""
-    from azure.core.exceptions import HttpResponseError
-
-    try:
-        await client.terminate_task(job, task)
-        return True
-    except HttpResponseError as exc:
-        log.info("Terminate of Batch task %s/%s refused: %s", job, task, exc.message)
-        return False
-
-
 def output_file_urls(account_url: str, job: str, task: str) -> dict[str, str]:
     """The Batch REST URLs of a task's stdout and stderr (readable with the Batch account's credentials,
     ``az batch task file download``, or the portal; they stay until the task's retention time ends)."""
@@ -526,37 +593,24 @@ def read_task_file_tail(client: BatchClient, job: str, task: str, name: str, lin
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
-# --- clients -----------------------------------------------------------------------------------------------
+# --- clients ---------------------------------------------------------------------------------------------
+
+#: The Entra ID scope of the Batch service (what azure-batch asks a token credential for).
+BATCH_SCOPE = "https://batch.core.windows.net//.default"
 
 
-def client_from_connection(conn: Any) -> BatchClient:
-    """A sync BatchClient from an Airflow ``azure_batch`` connection (login, key, ``extra.account_url``)."""
+def batch_client(account_url: str, credential: TokenCredential | AzureNamedKeyCredential | None = None) -> BatchClient:
+    """A BatchClient outside Airflow: Entra ID with ``credential`` (default azure-identity's
+    ``DefaultAzureCredential``: managed identity, workload identity, an environment service principal, the Azure
+    CLI), or the account's shared key as ``AzureNamedKeyCredential(account, key)``. Inside Airflow the provider's
+    ``AzureBatchHook`` builds it from the connection (``sensor_scoring_airflow.batch``)."""
     from azure.batch import BatchClient
-    from azure.core.credentials import AzureNamedKeyCredential
 
-    return BatchClient(endpoint=account_url_of(conn), credential=AzureNamedKeyCredential(conn.login, conn.password))
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
 
-
-def async_client_from_connection(conn: Any) -> AsyncBatchClient:
-    """The same client for asyncio (the trigger polls without blocking the triggerer's event loop)."""
-    from azure.batch.aio import BatchClient
-    from azure.core.credentials import AzureNamedKeyCredential
-
-    return BatchClient(endpoint=account_url_of(conn), credential=AzureNamedKeyCredential(conn.login, conn.password))
-
-
-def account_url_of(conn: Any) -> str:
-    """The Batch account URL of an Airflow connection, in either spelling the provider accepts."""
-    extra = conn.extra_dejson or {}
-    url = extra.get("account_url") or extra.get("extra__azure_batch__account_url")
-    if not url:
-        raise ValueError(f"Airflow connection {conn.conn_id!r} has no extra.account_url (the Batch account URL)")
-    if not (conn.login and conn.password):
-        raise ValueError(
-            f"Airflow connection {conn.conn_id!r} needs the Batch account name (login) and key "
-            "(password); managed identity is not supported by the scoring backend yet"
-        )
-    return str(url)
+        credential = DefaultAzureCredential()
+    return BatchClient(endpoint=account_url, credential=credential)
 
 
 # --- outside Airflow ---------------------------------------------------------------------------------------
@@ -566,8 +620,9 @@ class AzureBatchBackend:
     """Runs the shard command as an Azure Batch task and waits for it here, sleeping between polls.
 
     For use outside Airflow (scripts, the contract tests). Inside Airflow the deferrable ``ScoreShardOperator``
-    runs the same steps but waits in the triggerer, holding no worker slot. The ``client`` is the caller's
-    (:func:`client_from_connection` of an Airflow connection, or an SDK client of its own).
+    makes the same :func:`submit_shard` call but waits in the triggerer, holding no worker slot. The job is
+    :func:`job_id` ``(dag_id, run_id)``, as the operator names it. The ``client`` is the caller's
+    (:func:`batch_client`), or one is made for ``account_url`` with ``DefaultAzureCredential``.
     """
 
     name = "azure_batch"
@@ -578,7 +633,8 @@ class AzureBatchBackend:
         settings: BatchSettings | None = None,
         *,
         account_url: str | None = None,
-        job: str | None = None,
+        dag_id: str = "scoring",
+        run_id: str | None = None,
         try_number: int = 1,
         poll_s: float | None = None,
         max_poll_s: float | None = None,
@@ -586,7 +642,7 @@ class AzureBatchBackend:
     ) -> None:
         self.settings = settings or config.current().batch
         self._client, self.account_url = client, account_url
-        self.job = job
+        self.dag_id, self.run_id = dag_id, run_id
         self.try_number = try_number
         self.poll_s = self.settings.poll_s if poll_s is None else poll_s
         self.max_poll_s = self.settings.max_poll_s if max_poll_s is None else max_poll_s
@@ -594,28 +650,37 @@ class AzureBatchBackend:
 
     @property
     def client(self) -> BatchClient:
-        if self._client is None:  # this package stays Airflow-free: the connection is the caller's to resolve
-            raise RuntimeError(
-                f"AzureBatchBackend has no Batch client: build one with client_from_connection(conn) from the "
-                f"connection {self.settings.conn_id!r} (inside Airflow the ScoreShardOperator does this)"
-            )
+        if self._client is None:
+            if not self.account_url:  # this package stays Airflow-free: a connection is the caller's to resolve
+                raise RuntimeError(
+                    "AzureBatchBackend has neither a Batch client nor an account_url: pass batch_client(url, "
+                    f"credential), or run inside Airflow, where the connection {self.settings.conn_id!r} is used"
+                )
+            self._client = batch_client(self.account_url)
         return self._client
+
+    def job_for(self, spec_uri: str) -> str:
+        """The job of the shard's run: :func:`job_id` of ``dag_id`` and ``run_id`` (default: the run's staging
+        folder, which names one run)."""
+        return job_id(self.dag_id, self._run_id(spec_uri))
+
+    def _run_id(self, spec_uri: str) -> str:
+        return self.run_id or spec_uri.rsplit("/", 2)[0]
 
     def submit(
         self, spec_uri: str, *, storage_setting: str, label: str = "", command: str = "score-shard"
     ) -> Submission:
-        """Add the shard's task (see :func:`submit_shard`), to ``job`` or to one job per run folder."""
-        job = self.job or job_id("scoring", spec_uri.rsplit("/", 2)[0])
+        """Add the shard's task (see :func:`submit_shard`) to the run's job."""
         return submit_shard(
             self.client,
             self.settings,
             storage_setting,
             spec_uri,
-            job=job,
+            dag_id=self.dag_id,
+            run_id=self._run_id(spec_uri),
             try_number=self.try_number,
             max_wall_clock=timedelta(seconds=self.timeout_s * 1.1) if self.timeout_s else None,
             label=label,
-            sweep_prefix=job_prefix("scoring") if self.job is None else None,
             command=command,
         )
 

@@ -14,7 +14,7 @@ from datetime import datetime
 import pandas as pd
 
 from sensor_scoring.layout import HOUR
-from sensor_scoring.models import ModelArrays
+from sensor_scoring.scorer import ModelArrays
 from sensor_scoring.storage import Storage, parquet_frame
 
 KEY = ["device_id", "tag"]

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from sensor_scoring import models
+from sensor_scoring.models import registry
 from sensor_scoring.names import check_version
 from sensor_scoring.storage import Storage
 
@@ -66,7 +66,7 @@ def history_path(alias: str) -> str:
     return f"aliases/{alias}-history.json"
 
 
-def history(storage: Storage, container: str, alias: str = models.PRODUCTION_ALIAS) -> list[dict[str, object]]:
+def history(storage: Storage, container: str, alias: str = registry.PRODUCTION_ALIAS) -> list[dict[str, object]]:
     """Every recorded move of ``alias``, oldest first (empty before the first)."""
     try:
         return list(json.loads(storage.read_bytes(container, history_path(alias))))
@@ -74,7 +74,7 @@ def history(storage: Storage, container: str, alias: str = models.PRODUCTION_ALI
         return []
 
 
-def current(storage: Storage, container: str, alias: str = models.PRODUCTION_ALIAS) -> str | None:
+def current(storage: Storage, container: str, alias: str = registry.PRODUCTION_ALIAS) -> str | None:
     """The version ``alias`` points at, or None when it is not set."""
     try:
         return str(json.loads(storage.read_bytes(container, f"aliases/{alias}.json"))["version"])
@@ -90,7 +90,7 @@ def move_alias(
     action: str,
     reason: str,
     by: str,
-    alias: str = models.PRODUCTION_ALIAS,
+    alias: str = registry.PRODUCTION_ALIAS,
 ) -> dict[str, object]:
     """Point ``alias`` at ``version`` and record the move (``action``: promote or rollback). Returns the record."""
     record: dict[str, object] = {
@@ -101,14 +101,14 @@ def move_alias(
         "by": by,
         "at": datetime.now(timezone.utc).isoformat(),
     }
-    models.set_alias(storage, container, alias, version, note={k: v for k, v in record.items() if k != "version"})
+    registry.set_alias(storage, container, alias, version, note={k: v for k, v in record.items() if k != "version"})
     moves = history(storage, container, alias) + [record]
     storage.write_bytes(container, history_path(alias), json.dumps(moves, indent=2).encode())
     return record
 
 
 def rollback(
-    storage: Storage, container: str, to: str | None = None, *, by: str, alias: str = models.PRODUCTION_ALIAS
+    storage: Storage, container: str, to: str | None = None, *, by: str, alias: str = registry.PRODUCTION_ALIAS
 ) -> dict[str, object]:
     """Point ``alias`` at ``to``, or (None) at the version it pointed at before the current one."""
     now = current(storage, container, alias)
@@ -127,9 +127,11 @@ def rollback(
     return move_alias(storage, container, to, action="rollback", reason=f"rolled back from {now}", by=by, alias=alias)
 
 
-def lineage(storage: Storage, container: str, version: str, alias: str = models.PRODUCTION_ALIAS) -> dict[str, object]:
+def lineage(
+    storage: Storage, container: str, version: str, alias: str = registry.PRODUCTION_ALIAS
+) -> dict[str, object]:
     """Where a version came from (its manifest's lineage) and every move of ``alias`` to or from it."""
-    manifest = models.read_manifest(storage, container, version)
+    manifest = registry.read_manifest(storage, container, version)
     moves = [m for m in history(storage, container, alias) if version in (m["version"], m["previous"])]
     return {
         "version": version,

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from sensor_scoring.models import ModelArrays, TrainedModel, feature_matrix
-from sensor_scoring.scorer import decision_function
+from sensor_scoring.features import feature_matrix
+from sensor_scoring.models.fitting import TrainedModel
+from sensor_scoring.scorer import ModelArrays, decision_function
 from sensor_scoring.storage import Storage, parquet_bytes, parquet_frame
 
 #: Bins of the reference histogram: ten deciles of the training decision values.
@@ -98,8 +99,8 @@ def store(
     storage: Storage, container: str, version: str, trained: Sequence[TrainedModel], windows: pd.DataFrame
 ) -> int:
     """Write a registered version's statistics table (``windows``: what it was trained on); returns the models
-    it covers. Called by training right after ``models.register`` (models cannot import this module: the scorer,
-    whose decision function it uses, imports models)."""
+    it covers. Called by training right after ``registry.register`` (the registry does not import this module: it stores
+    models, this module judges them with the scorer's decision function)."""
     return store_table(storage, container, version, statistics_table(trained, windows))
 
 

@@ -16,8 +16,8 @@ from datetime import datetime
 
 import pandas as pd
 
-from sensor_scoring import features as feature_sets, models, settings as config
-from sensor_scoring.models import stats
+from sensor_scoring import features as feature_sets, settings as config
+from sensor_scoring.models import fitting, registry, stats
 from sensor_scoring.storage import Storage
 from sensor_scoring.validation import check_windows
 from sensor_scoring.windows import read_owned_with_lookback, set_aside_strays
@@ -40,13 +40,14 @@ def train_and_register(
     progress: Callable[[int, int], None] | None = None,
     features: str = feature_sets.DEFAULT_FEATURE_SET,
     adaptive_nu: bool = False,
-) -> tuple[dict[str, object], list[models.TrainedModel]]:
+    false_alarm_rate: float | None = None,
+) -> tuple[dict[str, object], list[fitting.TrainedModel]]:
     """Train on the valid windows [start, end) owns and register them as a new version.
 
     Returns the manifest and the fitted models (the pipelines themselves, for tests to compare against).
     ``progress(done, total)`` hears of each sensor fitted (or skipped for too few windows), if given.
     ``features``: the feature set of the new version (``sensor_scoring.features``); ``adaptive_nu``: each sensor's
-    nu from its own windows, at least ``nu`` (``models.adaptive_nu``).
+    nu from its own windows, at least ``nu`` (``fitting.adaptive_nu``).
     """
     feature_sets.columns(features)  # an unknown set fails before anything is read
     landed, before = read_owned_with_lookback(storage, containers.windows, start, end, late_folders)
@@ -65,12 +66,13 @@ def train_and_register(
         progress=progress,
         features=features,
         adaptive_nu=adaptive_nu,
+        false_alarm_rate=false_alarm_rate,
     )
-    manifest = models.register(
+    manifest = registry.register(
         storage,
         containers.models,
         trained,
-        version=version or models.new_version_name(),
+        version=version or registry.new_version_name(),
         params={
             "nu": nu,
             "gamma": "scale",
@@ -79,6 +81,7 @@ def train_and_register(
             "scaler": "StandardScaler",
             "threshold_mads": threshold_mads,
             "adaptive_nu": adaptive_nu,
+            "false_alarm_rate": false_alarm_rate,
         },
         promote=promote,
     )
@@ -95,18 +98,31 @@ def _train(
     progress: Callable[[int, int], None] | None,
     features: str,
     adaptive_nu: bool,
-) -> list[models.TrainedModel]:
-    """``models.train_models``, one sensor at a time when someone is watching (the same models, in key order)."""
+    false_alarm_rate: float | None = None,
+) -> list[fitting.TrainedModel]:
+    """``fitting.train_models``, one sensor at a time when someone is watching (the same models, in key order)."""
     if progress is None:
-        return models.train_models(
-            windows, nu=nu, min_rows=min_rows, threshold_mads=threshold_mads, features=features, adaptive=adaptive_nu
+        return fitting.train_models(
+            windows,
+            nu=nu,
+            min_rows=min_rows,
+            threshold_mads=threshold_mads,
+            features=features,
+            adaptive=adaptive_nu,
+            false_alarm_rate=false_alarm_rate,
         )
     sensors = [rows for _, rows in windows.groupby(["device_id", "tag"], sort=True, observed=True)]
-    trained: list[models.TrainedModel] = []
+    trained: list[fitting.TrainedModel] = []
     progress(0, len(sensors))
     for done, rows in enumerate(sensors, 1):
-        trained += models.train_models(
-            rows, nu=nu, min_rows=min_rows, threshold_mads=threshold_mads, features=features, adaptive=adaptive_nu
+        trained += fitting.train_models(
+            rows,
+            nu=nu,
+            min_rows=min_rows,
+            threshold_mads=threshold_mads,
+            features=features,
+            adaptive=adaptive_nu,
+            false_alarm_rate=false_alarm_rate,
         )
         progress(done, len(sensors))
     return trained

@@ -276,6 +276,7 @@ def _write_hour(
             failing_share=validation.failing_share,
             failing_rows_by_reason=validation.failing_rows_by_reason,
             max_quarantine_share=validation.max_quarantine_share,
+            lookback_skipped_files=validation.lookback_skipped_files,
         ),
         subset=run.summary.subset,
         rescored=rescoring_history(

@@ -12,6 +12,7 @@ import pandas as pd
 
 from sensor_scoring import layout, storage as st
 from sensor_scoring.contracts import (
+    MISSING_COLUMN,
     QUARANTINE_SCHEMA,
     READER_REASONS,
     REASON_COLUMN,
@@ -21,6 +22,7 @@ from sensor_scoring.contracts import (
     HourSummary,
     HourValidation,
     Interval,
+    SkippedContextFile,
     SourceFiles,
     Subset,
     ValidationReport,
@@ -36,8 +38,8 @@ from sensor_scoring.steps.rescoring import check_subset_matches, duplicates_by_s
 from sensor_scoring.validation import Checked, check_windows
 from sensor_scoring.windows import (
     LandedFiles,
-    UnreadableFile,
     WindowSchemaError,
+    corrupt_owner,
     folder_hour,
     partition_hours,
     read_owned_with_lookback,
@@ -96,7 +98,7 @@ def load_and_validate(
         st.parquet_bytes(quarantine_frame(checked.quarantined, hour.run_id), QUARANTINE_SCHEMA),
     )
     share = float(max_quarantine_share)
-    report = validation_report(hour, landed, checked, read, bounds.as_dict(), share)
+    report = validation_report(hour, landed, checked, read, bounds.as_dict(), share, lookback_skipped(read, before))
     hour.storage.write_bytes(staging, run.validation_report, report.to_json(indent=2))
     summary = hour_summary(hour, landed, checked, read, report, share, subset_of(devices, tags))
     summary = dataclasses.replace(summary, generations=generations, subset_not_found=not_found)
@@ -149,32 +151,48 @@ def with_rejected(checked: Checked, rejected: pd.DataFrame) -> Checked:
     return checked
 
 
-def source_files(read: LandedFiles) -> SourceFiles:
-    """Every blob of the folders read, accounted for: read, empty or quarantined whole."""
-    return SourceFiles(seen=len(read.files), read=len(read.read), empty=len(read.empty), quarantined=len(read.corrupt))
+def source_files(read: LandedFiles, hour: Hour) -> SourceFiles:
+    """Every blob of the folders read, accounted for: read, empty, quarantined whole by this run, or a corrupt
+    file of a late folder, which that folder's hour quarantines (``corrupt_file_hour``)."""
+    mine = len(_corrupt_files(read, hour))
+    return SourceFiles(
+        seen=len(read.files),
+        read=len(read.read),
+        empty=len(read.empty),
+        quarantined=mine,
+        other_hours=len(read.corrupt) - mine,
+    )
 
 
-def corrupt_file_hour(name: str, hour: Hour) -> datetime:
-    """A corrupt file is listed under its folder's hour if the run owns it, else under the run's last hour
-    (a late folder: the file may hold this interval's late windows)."""
-    found = folder_hour(name)
-    if found is not None and hour.start <= found < hour.end:
-        return found
-    return hour.end - HOUR
+def corrupt_file_hour(name: str, hour: Hour) -> datetime | None:
+    """The hour of the run that lists, copies and quarantines a corrupt file: its owner
+    (``windows.corrupt_owner``, its folder's hour) if the run's interval holds it, else None (a late folder's file:
+    its own hour's run lists it, so that it is in exactly one manifest). A file in no hour folder: the run's last
+    hour."""
+    found = corrupt_owner(name)
+    if found is None:
+        return hour.end - HOUR
+    return found if hour.start <= found < hour.end else None
 
 
 def _corrupt_files(read: LandedFiles, hour: Hour) -> tuple[CorruptFile, ...]:
-    def listed(c: UnreadableFile) -> CorruptFile:
-        return CorruptFile(
-            file=c.file,
-            bytes=c.bytes,
-            sha256=c.sha256,
-            error=c.error,
-            hour=corrupt_file_hour(c.file, hour),
-            reason=c.reason,
-        )
+    """The corrupt files this run owns (``corrupt_file_hour``), each under its hour."""
+    listed = []
+    for c in read.corrupt:
+        owner = corrupt_file_hour(c.file, hour)
+        if owner is not None:
+            listed.append(CorruptFile(c.file, c.bytes, c.sha256, c.error, owner, c.reason))
+    return tuple(listed)
 
-    return tuple(listed(c) for c in read.corrupt)
+
+def lookback_skipped(read: LandedFiles, before: LandedFiles) -> tuple[SkippedContextFile, ...]:
+    """The files of the hour before that the lookback leaves out (``features.read_context``): broken or corrupt
+    files of folders only the lookback reads (a file of a folder the run reads as its own is this run's: it
+    fails the run, or is quarantined by it)."""
+    own = tuple(f.rstrip("/") + "/" for f in read.folders)
+    broken = [SkippedContextFile(b.file, MISSING_COLUMN, b.error) for b in before.broken]
+    corrupt = [SkippedContextFile(c.file, c.reason, c.error) for c in before.corrupt]
+    return tuple(f for f in (*broken, *corrupt) if not f.file.startswith(own))
 
 
 def validation_report(
@@ -184,8 +202,10 @@ def validation_report(
     read: LandedFiles,
     bounds: dict[str, object],
     max_quarantine_share: float,
+    skipped: tuple[SkippedContextFile, ...] = (),
 ) -> ValidationReport:
-    """The run's report: the suite's expectations and, per hour of the interval, what failed and why."""
+    """The run's report: the suite's expectations and, per hour of the interval, what failed and why (and, for
+    its first hour, the files of the hour before that the lookback left out: ``skipped``)."""
     from sensor_scoring.validation.expectations import SUITE_NAME
 
     landed_hours = partition_hours(landed, hour.start, hour.end)
@@ -217,6 +237,7 @@ def validation_report(
             failing_rows_by_reason={r: reasons[r] for r in (*READER_REASONS, *ROW_REASONS) if reasons[r]},
             quarantined_files=tuple(c for c in corrupt if c.hour == h),
             empty_files=tuple(f for f in read.empty if (folder_hour(f) or hour.start) == h),
+            lookback_skipped_files=skipped if h == hour.start else (),
         )
     return ValidationReport(
         suite=SUITE_NAME,
@@ -261,7 +282,7 @@ def hour_summary(
         validation_report=st.make_uri(hour.containers.staging, layout.Run(hour.run_key).validation_report),
         subset=subset,
         duplicates_by_sensor=duplicates_by_sensor(landed, checked.valid, quarantined),
-        source_files=source_files(read),
+        source_files=source_files(read, hour),
     )
 
 
@@ -290,6 +311,14 @@ def _log_loaded(summary: HourSummary, report: ValidationReport, checked: Checked
     )
     for c in summary.quarantined_files:
         log.warning("Quarantined file %s (%d bytes, %s): %s", c.file, c.bytes, c.reason, c.error)
+    for skipped in report.hours[summary.start.isoformat()].lookback_skipped_files:
+        log.warning(
+            "Lookback of %s left out %s (%s): its windows are not looked back at; it is its own hour's to fix (%s)",
+            summary.start.isoformat(),
+            skipped.file,
+            skipped.reason,
+            skipped.error,
+        )
     for h, r in report.hours.items():
         if not r.landed:
             log.warning(

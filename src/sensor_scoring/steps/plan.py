@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from sensor_scoring import layout, models, storage as st
+from sensor_scoring import layout, storage as st
 from sensor_scoring.contracts import (
     QUARANTINE_SCHEMA,
     REASON_COLUMN,
@@ -17,6 +17,7 @@ from sensor_scoring.contracts import (
     ShardPlan,
     ShardSpec,
 )
+from sensor_scoring.models import registry
 from sensor_scoring.steps.common import names_storage_outages, quarantine_frame
 from sensor_scoring.steps.interval import Hour
 
@@ -49,8 +50,8 @@ def plan_shards(hour: Hour, *, model_version: str, sensors_per_shard: int | None
         raise ValueError("sensors_per_shard must be at least 1 (or None: sized to the work)")
     run, staging = layout.Run(hour.run_key), hour.containers.staging
     valid = st.read_parquet(hour.storage, staging, run.valid)
-    version = models.resolve_version(hour.storage, hour.containers.models, model_version)
-    index = models.read_index(hour.storage, hour.containers.models, version)
+    version = registry.resolve_version(hour.storage, hour.containers.models, model_version)
+    index = registry.read_index(hour.storage, hour.containers.models, version)
     sensors = valid[["device_id", "tag"]].drop_duplicates().sort_values(["device_id", "tag"])
     extra = ["support_vectors"] if "support_vectors" in index else []
     joined = sensors.merge(index[_MODEL_COLUMNS + extra], on=["device_id", "tag"], how="left")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sensor_scoring import layout, models, storage as st
+from sensor_scoring import layout, storage as st
 from sensor_scoring.contracts import (
     PREDICTION_SCHEMA,
     QUARANTINE_SCHEMA,
@@ -12,6 +12,7 @@ from sensor_scoring.contracts import (
     ShardResult,
     ShardSpec,
 )
+from sensor_scoring.models import registry
 from sensor_scoring.scorer import score
 from sensor_scoring.steps.common import names_storage_outages, quarantine_frame
 from sensor_scoring.storage import Storage
@@ -28,7 +29,7 @@ def score_shard(storage: Storage, spec_uri: str) -> ShardResult:
     spec = ShardSpec.from_json(storage.read_bytes(container, spec_path), source=spec_uri)
     windows = st.read_parquet(storage, *st.parse_uri(spec.input))
     wanted = pd.DataFrame([m.to_dict() for m in spec.models], columns=["device_id", "tag", "pack", "row", "sha256"])
-    loaded, refused = models.load_models(storage, spec.containers.models, spec.model_version, wanted)
+    loaded, refused = registry.load_models(storage, spec.containers.models, spec.model_version, wanted)
     sensors = pd.MultiIndex.from_frame(windows[["device_id", "tag"]])
     usable = sensors.isin(list(loaded))
     scored = score(windows.loc[usable], loaded) if usable.any() else windows.iloc[:0].assign(score=[], is_anomaly=[])

@@ -19,17 +19,19 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from sensor_scoring import features as feature_sets, layout, models, storage as st
+from sensor_scoring import features as feature_sets, layout, storage as st
 from sensor_scoring.contracts import (
     REASON_COLUMN,
     PlannedShard,
     ShardContainers,
+    SkippedSensor,
     TrainingShardResult,
     TrainingShardSpec,
 )
 from sensor_scoring.layout import HOUR
-from sensor_scoring.models import evaluation, promotion, stats
+from sensor_scoring.models import evaluation, fitting, pack, promotion, registry, stats
 from sensor_scoring.names import check_sensor_names
+from sensor_scoring.scorer import ModelArrays
 from sensor_scoring.steps.common import names_storage_outages
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.rescoring import select_sensors
@@ -58,9 +60,11 @@ def gather(
     late_folders: int = 1,
     features: str = feature_sets.DEFAULT_FEATURE_SET,
     adaptive_nu: bool = False,
+    false_alarm_rate: float | None = None,
 ) -> list[PlannedShard]:
     """Valid windows of [start, end): the last ``holdout_hours`` staged for evaluation, the rest in training shards
-    (for models of feature set ``features``, with each sensor's own nu if ``adaptive_nu``)."""
+    (for models of feature set ``features``, with each sensor's own nu if ``adaptive_nu``, each threshold
+    calibrated for ``false_alarm_rate``)."""
     from sensor_scoring.steps.load import with_rejected
     from sensor_scoring.validation import check_windows
     from sensor_scoring.validation.expectations import load_bounds
@@ -69,6 +73,8 @@ def gather(
     if sensors_per_shard < 1:
         raise ValueError("sensors_per_shard must be at least 1")
     feature_sets.columns(features)  # an unknown set fails before anything is read
+    if false_alarm_rate is not None and threshold_mads is not None:
+        raise ValueError("give false_alarm_rate or threshold_mads, not both (empty the other)")
     devices, tags = check_sensor_names(devices, "devices"), check_sensor_names(tags, "tags")
     cut = run.end - holdout_hours * HOUR
     if cut <= run.start:
@@ -127,6 +133,7 @@ def gather(
                 threshold_mads,
                 features,
                 adaptive_nu,
+                false_alarm_rate,
             )
         )
     return shards
@@ -143,6 +150,7 @@ def _stage(
     threshold_mads: float | None,
     features: str,
     adaptive_nu: bool,
+    false_alarm_rate: float | None = None,
 ) -> PlannedShard:
     from sensor_scoring.steps.plan import shard_label
 
@@ -159,6 +167,7 @@ def _stage(
         threshold_mads=threshold_mads,
         features=features,
         adaptive_nu=adaptive_nu,
+        false_alarm_rate=false_alarm_rate,
     )
     run.storage.write_bytes(staging, shard.spec, spec.to_json())
     return PlannedShard(
@@ -176,18 +185,19 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
     container, path = st.parse_uri(spec_uri)
     spec = TrainingShardSpec.from_json(storage.read_bytes(container, path), source=spec_uri)
     windows = st.read_parquet(storage, *st.parse_uri(spec.input))
-    trained = models.train_models(
+    trained, skipped = fitting.fit_sensors(
         windows,
         nu=spec.nu,
         min_rows=spec.min_rows,
         threshold_mads=spec.threshold_mads,
         features=spec.features,
         adaptive=spec.adaptive_nu,
+        false_alarm_rate=spec.false_alarm_rate,
     )
     out_container, prefix = st.parse_uri(spec.output_prefix)
     shard = layout.TrainingShard(prefix)
     if trained:
-        storage.write_bytes(out_container, shard.pack, models._pack_bytes([m.arrays for m in trained]))
+        storage.write_bytes(out_container, shard.pack, pack.pack_bytes([m.arrays for m in trained]))
     index = pd.DataFrame(
         [
             {
@@ -199,6 +209,8 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
                 "train_flagged_share": m.flagged_share,
                 "features": m.arrays.features,
                 "nu": m.nu,
+                "false_alarm_rate": m.false_alarm_rate,
+                "calibration_windows": m.calibration_windows,
             }
             for m in trained
         ],
@@ -211,20 +223,21 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
             "train_flagged_share",
             "features",
             "nu",
+            "false_alarm_rate",
+            "calibration_windows",
         ],
     )
     storage.write_bytes(out_container, shard.index, st.parquet_bytes(index))
     # model health compares each hour with these: computed here, where the shard's windows are in memory
     storage.write_bytes(out_container, shard.stats, st.parquet_bytes(stats.statistics_table(trained, windows)))
-    fitted = {(m.device_id, m.tag) for m in trained}
-    keys = windows[KEY].drop_duplicates().sort_values(KEY).itertuples(index=False)
     result = TrainingShardResult(
         shard=spec.shard,
         output_prefix=spec.output_prefix,
         models=len(trained),
         sensors=int(windows[KEY].drop_duplicates().shape[0]),
         windows=len(windows),
-        skipped=tuple(f"{d}/{t}" for d, t in keys if (d, t) not in fitted),
+        skipped=tuple(f"{s.device_id}/{s.tag}" for s in skipped),
+        skipped_sensors=tuple(SkippedSensor(s.device_id, s.tag, s.reason) for s in skipped),
     )
     storage.write_bytes(out_container, shard.result, result.to_json())
     return result
@@ -239,22 +252,22 @@ def read_training_result(storage: Storage, output_prefix: str) -> dict[str, obje
     ).to_dict()
 
 
-def load_trained(storage: Storage, results: list[TrainingShardResult]) -> list[models.TrainedModel]:
-    """The fitted models of every shard, in key order, as ``models.register`` takes them."""
-    trained: list[models.TrainedModel] = []
+def load_trained(storage: Storage, results: list[TrainingShardResult]) -> list[fitting.TrainedModel]:
+    """The fitted models of every shard, in key order, as ``registry.register`` takes them."""
+    trained: list[fitting.TrainedModel] = []
     for result in sorted(results, key=lambda r: r.shard):
         if not result.models:
             continue
         container, prefix = st.parse_uri(result.output_prefix)
         shard = layout.TrainingShard(prefix)
-        arrays = models.unpack(storage.read_bytes(container, shard.pack))
+        arrays = pack.unpack(storage.read_bytes(container, shard.pack))
         index = st.read_parquet(storage, container, shard.index)
         if len(index) != len(arrays) or len(arrays) != result.models:
-            raise models.ModelIntegrityError(f"training shard {result.shard}: pack and index disagree on the models")
+            raise pack.ModelIntegrityError(f"training shard {result.shard}: pack and index disagree on the models")
         for row, fitted in zip(index.itertuples(index=False), arrays, strict=True):
             fitted.features = str(row.features)
             trained.append(
-                models.TrainedModel(
+                fitting.TrainedModel(
                     device_id=str(row.device_id),
                     tag=str(row.tag),
                     pipeline=None,
@@ -264,23 +277,41 @@ def load_trained(storage: Storage, results: list[TrainingShardResult]) -> list[m
                     train_end=str(row.train_end),
                     flagged_share=float(row.train_flagged_share),
                     nu=float(row.nu),
+                    false_alarm_rate=_optional(getattr(row, "false_alarm_rate", None)),
+                    calibration_windows=int(getattr(row, "calibration_windows", 0)),
                 )
             )
     return sorted(trained, key=lambda m: (m.device_id, m.tag))
 
 
+def _optional(value: object) -> float | None:
+    """A float column's value, None where it is null (a model without a calibrated rate)."""
+    return None if value is None or pd.isna(value) else float(value)  # type: ignore[arg-type]
+
+
+def skipped_table(results: list[TrainingShardResult]) -> pd.DataFrame:
+    """The sensors of the training data without a model and why (``device_id, tag, reason``), in key order."""
+    rows = []
+    for r in results:
+        if r.skipped_sensors or not r.skipped:
+            rows += [{"device_id": s.device_id, "tag": s.tag, "reason": s.reason} for s in r.skipped_sensors]
+        else:  # written before reasons were recorded: skipped for too few windows, keyed ``device_id/tag``
+            rows += [dict(zip(KEY, key.split("/", 1), strict=True), reason="too_few_windows") for key in r.skipped]
+    return pd.DataFrame(rows, columns=["device_id", "tag", "reason"]).sort_values(KEY, ignore_index=True)
+
+
 def _production_models(
     run: Hour, windows: pd.DataFrame, baseline: str
-) -> tuple[str | None, dict[tuple[str, str], models.ModelArrays] | None]:
+) -> tuple[str | None, dict[tuple[str, str], ModelArrays] | None]:
     """The baseline version's models of the held-back sensors; (None, None) before any version is promoted."""
     try:
-        version = models.resolve_version(run.storage, run.containers.models, baseline)
+        version = registry.resolve_version(run.storage, run.containers.models, baseline)
     except LookupError:
         log.info("No %r version yet: the candidate is judged on its own", baseline)
         return None, None
-    index = models.read_index(run.storage, run.containers.models, version)
+    index = registry.read_index(run.storage, run.containers.models, version)
     wanted = index.merge(windows[KEY].drop_duplicates(), on=KEY)
-    loaded, refused = models.load_models(run.storage, run.containers.models, version, wanted)
+    loaded, refused = registry.load_models(run.storage, run.containers.models, version, wanted)
     if refused:
         log.warning(
             "Production %s: %d model(s) unusable, not compared: %s",
@@ -293,7 +324,11 @@ def _production_models(
 
 @names_storage_outages
 def evaluate(
-    run: Hour, results: list[TrainingShardResult], policy: promotion.Policy, *, baseline: str = models.PRODUCTION_ALIAS
+    run: Hour,
+    results: list[TrainingShardResult],
+    policy: promotion.Policy,
+    *,
+    baseline: str = registry.PRODUCTION_ALIAS,
 ) -> dict[str, object]:
     """Judge the candidate against the baseline on the held-back windows and labels; stage the verdict.
 
@@ -346,7 +381,7 @@ def register(
         "shards": len(results),
         "skipped_sensors": sum(len(r.skipped) for r in results),
     }
-    manifest = models.register(
+    manifest = registry.register(
         run.storage,
         run.containers.models,
         load_trained(run.storage, results),
@@ -355,6 +390,7 @@ def register(
         promote=False,
         lineage=lineage,
         evaluation=table,
+        skipped=skipped_table(results),
     )
     tables = []
     for result in results:
@@ -379,7 +415,7 @@ def promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, objec
 
 
 def _promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, object]:
-    verdict = dict(models.read_manifest(run.storage, run.containers.models, version)["lineage"])["evaluation"]  # type: ignore[call-overload]
+    verdict = dict(registry.read_manifest(run.storage, run.containers.models, version)["lineage"])["evaluation"]  # type: ignore[call-overload]
     if not verdict["promotable"]:
         reason = "not promoted because " + "; ".join(verdict["reasons"])
     elif not promote:

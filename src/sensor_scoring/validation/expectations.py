@@ -138,7 +138,67 @@ class ExpectColumnValuesMiddleBetweenOuter(MulticolumnMapExpectation):
     ignore_row_if: Literal["all_values_are_missing", "any_value_is_missing", "never"] = "never"  # the base's type
 
 
+# --- Aggregates no set of readings can have (contracts.ROW_REASONS single_reading_spread, std_exceeds_range). ---
+
+#: Slack of ``std_exceeds_range``, relative to the larger of |value_min| and |value_max|: a producer computing the
+#: variance in one pass (sum of squares minus square of sum) loses about sqrt(machine epsilon) = 1.5e-8 of the
+#: values' magnitude to cancellation, so readings that are all equal may come with a std of that size; 1e-6 of the
+#: magnitude stays far below any real spread the bound is meant to catch. Zero for values of 0.
+STD_SLACK = 1e-6
+
+
+def max_sample_std(count: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The largest sample standard deviation (``n - 1`` in the denominator: Stream Analytics' STDEV; STDEVP is the
+    population's) that ``count`` readings within [low, high] can have: ``(high - low) / 2 * sqrt(n / (n - 1))``.
+
+    Why: the population variance of values in an interval of width R is at most R**2 / 4 (Popoviciu's inequality),
+    reached with half the readings at each end when n is even; the sample variance is the population's times
+    n / (n - 1). For odd n the maximum is smaller, (R**2 / 4) * (n + 1) / n (one reading fewer at one end), so the
+    even-n bound holds for every n >= 2 (Shiffler and Harsha, "Upper and lower bounds for the sample standard
+    deviation", Teaching Statistics 2(3), 1980). Two readings: exactly R / sqrt(2). NaN for n < 2."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = np.where(count >= 2, count, np.nan)
+        return (high - low) / 2 * np.sqrt(n / (n - 1))
+
+
+class MulticolumnSpreadPossible(MulticolumnMapMetricProvider):
+    """For [reading_count, value_min, value_max, value_std]: the spread is one that ``reading_count`` readings
+    can have. ``single`` judges the windows of one reading (min == max and std == 0, exactly: one value is its own
+    minimum, maximum and mean, and STDEV of one value is null, written as 0); otherwise the windows of two or more
+    readings (std <= max_sample_std + slack). A missing or non-finite value passes: other rules judge it."""
+
+    condition_metric_name = "multicolumn_values.scoring_spread_possible"
+    condition_domain_keys = ("batch_id", "table", "column_list", "row_condition", "condition_parser", "ignore_row_if")
+    condition_value_keys = ("single",)
+
+    @multicolumn_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column_list: pd.DataFrame, **kwargs: Any) -> pd.Series:
+        count, low, high, std = (column_list.iloc[:, i].to_numpy(dtype=float, na_value=np.nan) for i in range(4))
+        unknown = ~(np.isfinite(count) & np.isfinite(low) & np.isfinite(high) & np.isfinite(std))
+        with np.errstate(invalid="ignore"):
+            if kwargs.get("single"):
+                ok = (count != 1) | ((low == high) & (std == 0))
+            else:
+                bound = max_sample_std(count, low, high)
+                slack = STD_SLACK * np.maximum(np.abs(low), np.abs(high)) + 1e-9 * bound
+                ok = ~(count >= 2) | (count % 1 != 0) | (std <= bound + slack)
+        return pd.Series(ok | unknown, index=column_list.index)
+
+
+class ExpectSpreadToBePossible(MulticolumnMapExpectation):
+    """For column_list [reading_count, value_min, value_max, value_std]: no impossible spread (``single``: the
+    windows of one reading; else those of two or more)."""
+
+    map_metric = "multicolumn_values.scoring_spread_possible"
+    success_keys = ("mostly", "single")
+    single: bool = False
+    ignore_row_if: Literal["all_values_are_missing", "any_value_is_missing", "never"] = "never"
+
+
 # --- Physical bounds: a packaged default per tag, overridable by the environment. ---
+
+#: ``Bounds.max_readings_per_minute`` when the bounds do not say: 20 throughput units x 1,000 events/s x 60 s.
+DEFAULT_MAX_READINGS_PER_MINUTE = 1_200_000.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +207,11 @@ class Bounds:
 
     default: tuple[float | None, float | None]
     tags: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    #: The most readings one sensor's 1-minute window can hold (None: unbounded): above it ``reading_count`` is
+    #: ``reading_count_implausible``. Default 1,200,000: Event Hubs admits at most 1,000 events a second per
+    #: throughput unit and 20 units per Standard namespace (its documented limits), so no sensor of a Standard
+    #: namespace sends more than 20,000 readings a second; raise it for Premium or Dedicated namespaces.
+    max_readings_per_minute: float | None = DEFAULT_MAX_READINGS_PER_MINUTE
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> Bounds:
@@ -162,15 +227,20 @@ class Bounds:
         tags = data.get("tags") or {}
         if not isinstance(tags, dict):
             raise ValueError(f"physical bounds {source}: 'tags' must be an object")
+        most = data.get("max_readings_per_minute", DEFAULT_MAX_READINGS_PER_MINUTE)
+        if most is not None and (isinstance(most, bool) or not isinstance(most, (int, float)) or not most >= 1):
+            raise ValueError(f"physical bounds {source}: 'max_readings_per_minute' must be a number >= 1 or null")
         return cls(
             default=pair(data.get("default", {}), "default"),
             tags={str(tag): pair(entry, f"tag {tag!r}") for tag, entry in tags.items()},
+            max_readings_per_minute=None if most is None else float(most),
         )
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "default": {"min": self.default[0], "max": self.default[1]},
             "tags": {t: {"min": lo, "max": hi} for t, (lo, hi) in sorted(self.tags.items())},
+            "max_readings_per_minute": self.max_readings_per_minute,
         }
 
 
@@ -221,6 +291,14 @@ def build_suite(start: datetime | None, end: datetime | None, bounds: Bounds) ->
         "avg_outside_min_max",
     )
     add(E.ExpectColumnValuesToBeBetween(column="value_std", min_value=0), "negative_std")
+    spread = ["reading_count", "value_min", "value_max", "value_std"]
+    add(ExpectSpreadToBePossible(column_list=spread, single=True), "single_reading_spread")
+    add(ExpectSpreadToBePossible(column_list=spread, single=False), "std_exceeds_range")
+    if bounds.max_readings_per_minute is not None:
+        add(
+            E.ExpectColumnValuesToBeBetween(column="reading_count", max_value=bounds.max_readings_per_minute),
+            "reading_count_implausible",
+        )
     for tag, (lo, hi) in sorted(bounds.tags.items()):
         if lo is None and hi is None:
             continue

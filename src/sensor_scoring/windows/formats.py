@@ -10,7 +10,11 @@ Three levels of fault, each kept at its own level (docs/faults.md):
 
 The strict types (the contract of docs/architecture.md, "Landed windows"):
 
-- ``device_id``, ``tag``: strings (a JSON number or boolean is ``wrong_type``; CSV cells are text);
+- ``device_id``, ``tag``: strings; an integer (a JSON integer such as ``123``, a Parquet or Avro integer column) is
+  taken as its decimal text (``"123"``, ``"-7"``): an integer's decimal text is one unambiguous id, and Stream
+  Analytics writes a key the devices sent as a JSON integer as a ``bigint``. A float (``123.0``, ``1e3``: which
+  text would it be?), a boolean, an object or an array is ``wrong_type``; CSV cells are text and stay as they are
+  (``123.0`` in a CSV is the id ``"123.0"``, as written);
 - ``window_end``: an ISO 8601 text with ``Z`` or an offset, to 9 fractional digits, or a timestamp of the
   serialisation (Parquet, Avro; a time zone-less one is UTC); outside pandas' nanosecond range (1677-2262) or
   not a real date it is ``bad_timestamp``; a window must end on the minute exactly (any second or fraction
@@ -240,10 +244,10 @@ def _json_lines_columnar(data: bytes | str, name: str | list[str]) -> ParsedFile
 def _json_lines_table(data: bytes) -> pa.Table | None:
     """JSON lines through pyarrow's reader with the contract's types: columnar, about twice as fast as
     ``json.loads`` per line, and exact (Arrow parses floats correctly rounded). It refuses a value of another
-    JSON type (a number for a key, a string or boolean for a value, ``3.0`` for a count), so then, and when a
+    JSON type (a float, boolean or mixed type for a key, a string or boolean for a value, ``3.0`` for a count;
+    integer keys are taken, :func:`_read_json_lines`), so then, and when a
     column is absent, a line holds other than one object, or the text is not JSON lines, None: the row-wise
     reader decides, row by row. Reads the bytes in place (no decoded copy, no Python string per line)."""
-    import pyarrow.json as pj
 
     body = data[len(_BOM) :] if data.startswith(_BOM) else data
     start = _LEADING_SPACE.match(body).end()  # type: ignore[union-attr]  # \s* matches anywhere
@@ -251,10 +255,8 @@ def _json_lines_table(data: bytes) -> pa.Table | None:
         return None  # an array, or not JSON
     if not all(quoted in body for quoted in _QUOTED_COLUMNS):
         return None  # a file that may lack a column: read alone, so that the error names it
-    options = pj.ParseOptions(explicit_schema=_ARROW_JSON_SCHEMA, unexpected_field_behavior="ignore")
-    try:
-        table = pj.read_json(pa.BufferReader(body), parse_options=options)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    table = _read_json_lines(body)
+    if table is None:
         return None
     rows = table.num_rows
     if not rows or rows != _object_lines(body) or any(table.column(c).null_count == rows for c in WINDOW_COLUMNS):
@@ -262,6 +264,35 @@ def _json_lines_table(data: bytes) -> pa.Table | None:
     counts = table.column("reading_count").to_numpy(zero_copy_only=False).astype("float64")
     if (np.abs(counts[~np.isnan(counts)]) > 2**53).any():
         return None  # not exact as a float: the row-wise reader rejects the row
+    return table
+
+
+def _read_json_lines(body: bytes) -> pa.Table | None:
+    """pyarrow's read of JSON lines with the contract's types, or None where it refuses a value. A key column whose
+    every value is a JSON integer (the ids of devices that send numbers) is read as integers and cast to their
+    decimal text, the module's rule, so such files stay on the columnar path; a file mixing texts and numbers in a
+    key, or with a float or boolean key, is left to the row-wise reader."""
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    schema = _ARROW_JSON_SCHEMA
+    while True:
+        options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+        try:
+            table = pj.read_json(pa.BufferReader(body), parse_options=options)
+            break
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            numeric = [
+                key
+                for key in _KEYS
+                if f"Column(/{key}) changed from string to number" in str(exc) and schema.field(key).type == pa.string()
+            ]
+            if not numeric:
+                return None
+            schema = schema.set(schema.get_field_index(numeric[0]), pa.field(numeric[0], pa.int64()))
+    for key in _KEYS:
+        if table.schema.field(key).type != pa.string():
+            table = table.set_column(table.schema.get_field_index(key), key, pc.cast(table.column(key), pa.string()))
     return table
 
 
@@ -459,10 +490,13 @@ READER_ORDER = ("wrong_type", "bad_timestamp", "window_not_on_minute")
 
 
 def _strings(values: Sequence[object], reasons: list[set[str]]) -> list[object]:
+    """Keys as text: a string as it is, an integer (never a boolean) as its decimal text (the module's rule)."""
     out: list[object] = []
     for row, value in enumerate(values):
         if value is None or isinstance(value, str):
             out.append(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out.append(str(value))
         else:
             reasons[row].add("wrong_type")
             out.append(None)
@@ -555,11 +589,20 @@ class UnreadableFile:
     reason: str = CORRUPT_FILE
 
 
+@dataclass(frozen=True)
+class BrokenFile:
+    """A landed file whose structure breaks the contract (``WindowSchemaError``): its message names file and column."""
+
+    file: str
+    error: str
+
+
 @dataclass
 class LandedFiles:
     """What folders hold: the windows read, the rows rejected by the reader, and every file seen.
 
-    ``files`` is every blob of the folders; each one is read (it held rows), ``empty`` or ``corrupt``.
+    ``files`` is every blob of the folders; each one is read (it held rows), ``empty``, ``corrupt`` or (only when
+    the caller asked to keep them, ``read_landed_files(keep_broken=True)``) ``broken``.
     """
 
     folders: list[str]
@@ -568,12 +611,18 @@ class LandedFiles:
     corrupt: list[UnreadableFile]
     empty: list[str]
     rejected: pd.DataFrame = field(default_factory=lambda: empty_rejected())
+    broken: list[BrokenFile] = field(default_factory=list)
 
     @property
     def read(self) -> list[str]:
         """The files that held rows."""
-        skipped = set(self.empty) | {c.file for c in self.corrupt}
+        skipped = set(self.empty) | {c.file for c in self.corrupt} | {b.file for b in self.broken}
         return [f for f in self.files if f not in skipped]
+
+    def raise_broken(self, context: str = "") -> None:
+        """``WindowSchemaError`` for the first broken file, as reading it alone raises."""
+        if self.broken:
+            raise WindowSchemaError(self.broken[0].error + context)
 
 
 def list_folders(storage: Storage, container: str, folders: Sequence[str]) -> list[BlobInfo]:
@@ -586,12 +635,15 @@ def list_folders(storage: Storage, container: str, folders: Sequence[str]) -> li
     return [info for listing in listings for info in listing]
 
 
-def read_landed_files(storage: Storage, container: str, folders: Iterable[str]) -> LandedFiles:
+def read_landed_files(
+    storage: Storage, container: str, folders: Iterable[str], *, keep_broken: bool = False
+) -> LandedFiles:
     """Every blob in the folders, downloaded concurrently (bounded): read, listed as empty, or set aside whole
-    with a reason. A file whose structure breaks the contract (``WindowSchemaError``) still raises."""
+    with a reason. A file whose structure breaks the contract (``WindowSchemaError``) raises, or with
+    ``keep_broken`` is listed in ``broken`` (its windows left out) for the caller to decide whose fault it is."""
     folders = list(folders)
     blobs = list_folders(storage, container, folders)
-    frames, rejected, corrupt, empty = [], [], [], []
+    frames, rejected, corrupt, empty, broken = [], [], [], [], []
     contents = storage.read_many(container, [info.name for info in blobs], concurrency=DOWNLOAD_CONCURRENCY)
     files = [info.name for info in blobs]
     tables: list[pa.Table] = []
@@ -608,6 +660,11 @@ def read_landed_files(storage: Storage, container: str, folders: Iterable[str]) 
         except CorruptFileError as exc:
             digest = hashlib.sha256(data).hexdigest()
             corrupt.append(UnreadableFile(info.name, len(data), digest, str(exc), exc.reason))
+            continue
+        except WindowSchemaError as exc:
+            if not keep_broken:
+                raise
+            broken.append(BrokenFile(info.name, str(exc)))
             continue
         if not parsed.rows:
             empty.append(info.name)
@@ -630,6 +687,7 @@ def read_landed_files(storage: Storage, container: str, folders: Iterable[str]) 
         corrupt=corrupt,
         empty=empty,
         rejected=_concat(rejected, empty_rejected()),
+        broken=broken,
     )
 
 

@@ -8,7 +8,14 @@ an hour's windows may land a folder or so later. The owner of a window is decide
   its ``window_end``;
 - any other window (``window_end`` missing or unreadable, later than its folder's hour, or landed more than
   ``LATE_HORIZON`` folders late) is a **stray** of the folder it landed in: that folder's hour owns it and
-  quarantines it (``window_outside_interval``, or the reader's reason), so nothing landed is skipped.
+  quarantines it (``window_landed_early`` if its window_end is in an hour after its folder's,
+  ``window_outside_interval`` otherwise, or the reader's reason), so nothing landed is skipped. An early window (the
+  one ending exactly at the next hour's start, found in the folder before) stays the folder's: the runs of its own
+  hour read their folder and later ones, never an earlier folder as their own, so owning it there would need every
+  reader of an hour (scoring, training, the lookback) to read one folder more, and a producer writing ahead of its
+  hour is a fault to see, not a batching delay to absorb.
+- a corrupt file, whose windows cannot be placed, is owned by its folder's hour (``corrupt_owner``): only that
+  hour's run lists and copies it, though the run of the hour before reads the folder for its late windows.
 
 Every run reads its interval's folders and at least ``LATE_HORIZON`` more (a larger ``late_folders`` reads more
 folders but changes no owner), so whatever ``late_folders`` each run used and in whatever order hours are run,
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pandas as pd
 
 from sensor_scoring import layout
@@ -100,12 +108,19 @@ def partition_hours(frame: pd.DataFrame, start: datetime, end: datetime) -> pd.S
 
 
 def read_owned(
-    storage: Storage, container: str, start: datetime, end: datetime, late_folders: int = LATE_HORIZON
+    storage: Storage,
+    container: str,
+    start: datetime,
+    end: datetime,
+    late_folders: int = LATE_HORIZON,
+    *,
+    keep_broken: bool = False,
 ) -> LandedFiles:
     """Read the folders of [start, end) and ``max(late_folders, LATE_HORIZON)`` more (fewer would miss windows
-    the interval owns), keeping the windows the interval owns."""
+    the interval owns), keeping the windows the interval owns. ``keep_broken``: see ``read_landed_files``."""
     later = max(late_folders, LATE_HORIZON)
-    read = read_landed_files(storage, container, folders_for_interval(start, end, late_folders=later))
+    folders = folders_for_interval(start, end, late_folders=later)
+    read = read_landed_files(storage, container, folders, keep_broken=keep_broken)
     read.windows = owned_windows(read.windows, start, end, late_folders)
     read.rejected = owned_windows(read.rejected, start, end, late_folders)
     return read
@@ -116,12 +131,18 @@ def read_owned_with_lookback(
 ) -> tuple[LandedFiles, LandedFiles]:
     """``read_owned`` of [start, end) and of the hour before it (what a lookback reads), from one read: the folder
     they share (``start``'s, where the hour before's late windows land) is listed, downloaded and parsed once. Each
-    result names only its own folders' files, so the interval's file accounting is what ``read_owned`` gives."""
+    result names only its own folders' files, so the interval's file accounting is what ``read_owned`` gives.
+
+    A file whose structure breaks the contract fails the interval only if it is in the interval's folders (as
+    ``read_owned`` fails); one in the hour before's own folder, read only for the lookback, is in the second
+    result's ``broken``, its windows left out: the hour before fails on it, this interval does not."""
     before = start - HOUR
     own = folders_for_interval(start, end, late_folders=max(late_folders, LATE_HORIZON))
     previous = folders_for_interval(before, start, late_folders=LATE_HORIZON)
-    read = read_landed_files(storage, container, list(dict.fromkeys(previous + own)))
-    return _restricted(read, own, start, end), _restricted(read, previous, before, start)
+    read = read_landed_files(storage, container, list(dict.fromkeys(previous + own)), keep_broken=True)
+    mine = _restricted(read, own, start, end)
+    mine.raise_broken()
+    return mine, _restricted(read, previous, before, start)
 
 
 def _restricted(read: LandedFiles, folders: list[str], start: datetime, end: datetime) -> LandedFiles:
@@ -134,17 +155,27 @@ def _restricted(read: LandedFiles, folders: list[str], start: datetime, end: dat
         corrupt=[c for c in read.corrupt if c.file.startswith(prefixes)],
         empty=[f for f in read.empty if f.startswith(prefixes)],
         rejected=owned_windows(read.rejected, start, end),
+        broken=[b for b in read.broken if b.file.startswith(prefixes)],
     )
+
+
+def corrupt_owner(name: str) -> datetime | None:
+    """The hour that owns a corrupt file (its windows cannot be placed): its folder's, like any window the folder's
+    hour cannot place elsewhere (see the module); None for a file in no hour folder."""
+    return folder_hour(name)
 
 
 def set_aside_strays(landed: pd.DataFrame, rejected: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Strays (owned by the folder they landed in, not by their window_end's hour: see the module) are
-    quarantined ``window_outside_interval`` whatever else they are, also when their window_end lies inside a
-    multi-hour interval; a missing window_end is left to the suite (``null_key``)."""
+    quarantined whatever else they are, also when their window_end lies inside a multi-hour interval:
+    ``window_landed_early`` when their window_end's hour is after their folder's, else ``window_outside_interval``;
+    a missing window_end is left to the suite (``null_key``)."""
     stray = (strays(landed) & landed["window_end"].notna()).to_numpy()
     if not stray.any():
         return landed, rejected
-    moved = landed.loc[stray].assign(**{REASON_COLUMN: "window_outside_interval"})
+    moved = landed.loc[stray]
+    early = (moved["window_end"].dt.floor("h") > _folder_hours(moved[SOURCE_COLUMN])).fillna(False).to_numpy(bool)
+    moved = moved.assign(**{REASON_COLUMN: np.where(early, "window_landed_early", "window_outside_interval")})
     moved["reading_count"] = moved["reading_count"].astype("float64")
     kept = landed.loc[~stray].reset_index(drop=True)
     return kept, pd.concat([rejected, moved], ignore_index=True)

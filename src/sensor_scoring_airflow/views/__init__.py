@@ -11,16 +11,23 @@ none of the core API's dependencies, so it is open unless it asks. Every route h
 ``airflow.api_fastapi.core_api.security.get_user``: the same check as the core API (a ``Bearer`` token, else the
 UI's ``_token`` cookie, refreshed by the root app's ``JWTRefreshMiddleware``, which wraps mounted apps too). Without
 a login the JSON routes answer 401 and the pages redirect to the auth manager's login URL.
+
+Limits: every parameter is checked (``sensor_scoring.fleet.request_range``, ``check_page``, ``check_name``) before
+storage is opened, so a refused request reads nothing and answers 400 with the rule (422 for FastAPI's own type
+checks); times are whole UTC hours (offsets converted), and a request reads at most ``fleet.FLEET_MAX_READS`` or
+``fleet.SENSOR_MAX_READS`` blobs (docs/operating.md).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 log = logging.getLogger(__name__)
@@ -37,17 +44,9 @@ async def _user(request: Request) -> Any:
 
 
 User = Annotated[Any, Depends(_user)]
-
-
-def _range(start: str | None, end: str | None, default_hours: int) -> tuple[datetime, datetime]:
-    from sensor_scoring.steps.interval import parse_utc
-
-    if end:
-        stop = parse_utc(end)
-    else:
-        stop = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    first = parse_utc(start) if start else stop - timedelta(hours=default_hours)
-    return first, stop
+#: The heatmap's page of devices (``fleet.DEVICES_PER_PAGE`` a page), 0 to ``fleet.MAX_DEVICE_PAGE`` (repeated
+#: here: ``fleet`` is imported when a page is asked for, not when the API server loads the plugin); else 422.
+Page = Annotated[int, Query(ge=0, le=100_000)]
 
 
 def _sources() -> tuple[Any, Any]:
@@ -59,19 +58,23 @@ def _sources() -> tuple[Any, Any]:
 
 
 def _fleet(start: str | None, end: str | None, page: int):
-    from sensor_scoring.fleet import fleet_view
+    """Every parameter is checked (``fleet.request_range``, ``check_page``) before storage is even opened."""
+    from sensor_scoring.fleet import MAX_FLEET_HOURS, check_page, fleet_view, request_range
 
-    first, stop = _range(start, end, 24)
+    hours = request_range(start, end, MAX_FLEET_HOURS)
+    check_page(page)
     storage, containers = _sources()
-    return fleet_view(storage, containers, first, stop, device_page=page)
+    return fleet_view(storage, containers, hours[0], hours[-1] + timedelta(hours=1), device_page=page)
 
 
 def _sensor(device_id: str, tag: str, start: str | None, end: str | None):
-    from sensor_scoring.fleet import sensor_view
+    from sensor_scoring.fleet import MAX_SENSOR_HOURS, check_name, request_range, sensor_view
 
-    first, stop = _range(start, end, 24)
+    hours = request_range(start, end, MAX_SENSOR_HOURS)
+    check_name(device_id, "device_id")
+    check_name(tag, "tag")
     storage, containers = _sources()
-    return sensor_view(storage, containers, device_id, tag, first, stop)
+    return sensor_view(storage, containers, device_id, tag, hours[0], hours[-1] + timedelta(hours=1))
 
 
 def create_app() -> FastAPI:
@@ -82,7 +85,17 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(RangeError)
     async def bad_range(request: Request, exc: RangeError) -> Response:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        """A parameter refused before any read: 400 with the rule it broke (FastAPI's own type checks answer 422)."""
+        return _refused(request, str(exc), 400)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's own checks (a page that is no whole number, a missing device_id): 422, FastAPI's JSON for the
+        JSON routes, the same rules as a page for the pages."""
+        if "/api/" in request.url.path:
+            return await request_validation_exception_handler(request, exc)
+        rules = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+        return _refused(request, rules, 422)
 
     @app.exception_handler(HTTPException)
     async def login_first(request: Request, exc: HTTPException) -> Response:
@@ -94,7 +107,7 @@ def create_app() -> FastAPI:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
     @app.get("/api/fleet")
-    def fleet_data(user: User, start: str | None = None, end: str | None = None, page: int = Query(0, ge=0)) -> dict:
+    def fleet_data(user: User, start: str | None = None, end: str | None = None, page: Page = 0) -> dict:
         view = _fleet(start, end, page)
         return {
             "hours": [h.isoformat() for h in view.hours],
@@ -129,7 +142,7 @@ def create_app() -> FastAPI:
         }
 
     @app.get("/fleet", response_class=HTMLResponse)
-    def fleet_page(user: User, start: str | None = None, end: str | None = None, page: int = Query(0, ge=0)) -> str:
+    def fleet_page(user: User, start: str | None = None, end: str | None = None, page: Page = 0) -> str:
         from sensor_scoring import report
 
         view = _fleet(start, end, page)
@@ -155,6 +168,17 @@ def create_app() -> FastAPI:
         return report.page(f"Sensor {view.device_id} / {view.tag}", report.sensor_body(view))
 
     return app
+
+
+def _refused(request: Request, rule: str, status: int) -> Response:
+    """A refused request: ``{"detail": rule}`` for the JSON routes, a short HTML page saying it for the pages."""
+    if "/api/" in request.url.path:
+        return JSONResponse({"detail": rule}, status_code=status)
+    from sensor_scoring import report
+
+    return HTMLResponse(
+        report.page("Request refused", f"<p class='refused'>{report.esc(rule)}</p>"), status_code=status
+    )
 
 
 def pd_iso(moment: Any) -> str:
