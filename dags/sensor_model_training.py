@@ -41,8 +41,14 @@ windows scoring that many robust deviations below its training windows' median s
 recall and F1, per sensor and for the fleet, of the candidate and of production on the same windows. Stored in the
 version's manifest (`lineage.evaluation`) and `evaluation.parquet`.
 
-**Promotion:** the alias moves when the candidate flags between `min_flagged_share` and `max_flagged_share` of the
-held-back windows and its F1 is at most `max_f1_drop` below production's. Otherwise `promote` logs "not promoted
+**Coverage:** a version never drops a sensor production scores. A run for a subset (`devices`/`tags`), or one in
+which some sensors got no model, registers production's models for the other sensors beside the new ones (the
+index's `carried_from`), so promoting it replaces only that subset; where production's models are of another
+feature set they cannot be carried and the gate refuses the version, naming the sensors it would drop.
+
+**Promotion:** the alias moves when every sensor production scores is still covered, the candidate flags between
+`min_flagged_share` and `max_flagged_share` of the held-back windows and its F1 is at most `max_f1_drop` below
+production's. Otherwise `promote` logs "not promoted
 because ..." and sends a `model_not_promoted` alert (the run still succeeds: the version is registered, unpromoted).
 
 **Triage:** `gather` failed with "no valid window to train on": the range, subset or `holdout_hours` selects nothing.
@@ -248,10 +254,12 @@ with DAG(
             max_f1_drop=params["max_f1_drop"],
             min_flagged_share=params["min_flagged_share"],
             max_flagged_share=params["max_flagged_share"],
+            false_alarm_rate=params.get("false_alarm_rate"),  # the calibration target, where training takes one
         )
         with airflow_context.no_retry_on(ValueError):
             verdict = judge(run, shards, policy)
-        return {k: verdict[k] for k in ("candidate", "production", "production_version", "promotable", "reasons")}
+        keys = ("candidate", "production", "production_version", "coverage", "promotable", "reasons")
+        return {k: verdict[k] for k in keys}
 
     @task
     def register(results: list[dict], verdict: dict, params: dict | None = None) -> dict:
@@ -320,12 +328,14 @@ with DAG(
             type=["null", "string"],
             pattern=VERSION_PATTERN,
             title="Roll back to",
-            description="A registered version. Empty: the version production pointed at before the current one.",
+            description="A registered version. Empty: one promotion back along the history (again: further back).",
         ),
     },
     tags=["training", "anomaly-detection"],
-    doc_md="### sensor_model_rollback\n\nOne task: points `production` at `to_version` (or the previous version) "
-    "and records the move in `aliases/production-history.json`. Same as `python -m sensor_scoring rollback`.",
+    doc_md="### sensor_model_rollback\n\nOne task: points `production` at `to_version`, or one promotion back along "
+    "its history (a second rollback goes further back, never forward to the version just left; at the first "
+    "promotion it refuses), and records the move in `aliases/production-history.json`. Same as "
+    "`python -m sensor_scoring rollback`.",
 ) as rollback_dag:
 
     @task

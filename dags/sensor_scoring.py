@@ -80,7 +80,9 @@ With `max_failed_shard_share` above 0, `commit` also runs when shards failed: th
 
 **Rescoring:** *Trigger*, then the run parameters: set `window_start`/`window_end` (whole hours), optionally `devices`
 and/or `tags` and a `model_version`. Only those sensors' rows of each hour are replaced; the partition's
-`_manifest.json` lists every rescoring under `rescored`. **Backfill:** *Backfill* in the DAG's menu, or
+`_manifest.json` lists every rescoring under `rescored`. Names that match no landed sensor fail the run (naming
+the closest); some names not found only warn. Committed rows whose windows are gone (purged) are kept unless
+`purged_windows` says `fail` or `drop`. **Backfill:** *Backfill* in the DAG's menu, or
 `airflow backfill create --dag-id sensor_scoring --from-date ... --to-date ...` (see `docs/operating.md`).
 
 **Downstream:** the asset `predictions` gets an event per committed run (extra: hours, run, model version,
@@ -209,6 +211,17 @@ with ScoringDAG(
             "validation; above it the run fails (no retries) and nothing is "
             "committed. 1 never fails.",
         ),
+        # the values of sensor_scoring.steps.rescoring.PURGED_POLICIES (not imported here: the DAG parses light)
+        "purged_windows": Param(
+            "keep",
+            type="string",
+            enum=["keep", "fail", "drop"],
+            title="Committed rows whose windows are gone",
+            description="For a re-run or rescoring that no longer finds windows an hour has committed (a blob "
+            "lifecycle rule purged them): keep carries those predictions and quarantined rows over as committed "
+            "and counts them in the manifest's purged; fail commits nothing and names each hour and its counts; "
+            "drop removes them, shrinking the hour (the explicit request).",
+        ),
         "max_failed_shard_share": Param(
             0,
             type="number",
@@ -290,10 +303,13 @@ with ScoringDAG(
         asset `predictions` and, above `SCORING_ANOMALY_ALERT_THRESHOLD`, an `anomalies_high` alert.
         **Triage:** "refusing to commit" = a shard output is missing or stale: clear the run to redo the hour.
         "shard(s) failed ... nothing committed": more shards failed than `max_failed_shard_share`; a `partial` hour:
-        clear the failed `score_shard` (with downstream) or re-run the hour.
+        clear the failed `score_shard` (with downstream) or re-run the hour. "have no landed window in this run
+        (purged_windows=fail)": the hour's windows are gone (a lifecycle rule); re-run with `purged_windows` keep or
+        drop. Committed rows whose windows are gone are kept by default: the manifest's `purged` counts them.
         """
         from sensor_scoring.contracts import HourSummary, ShardResult
         from sensor_scoring.steps.commit import commit as commit_hours
+        from sensor_scoring.steps.rescoring import CommittedRowsMissing
         from sensor_scoring_airflow import alerts, context as airflow_context, partial
 
         context = get_current_context()
@@ -302,7 +318,9 @@ with ScoringDAG(
         # one slice read of the mapped results (iterating would probe past the end, logging a 404)
         shards = [ShardResult.from_dict(r, source="XCom of score_shard") for r in (results[:] if results else [])]
         summary_record = HourSummary.from_dict(summary, source="XCom of load_and_validate")
-        manifests = commit_hours(hour, summary_record, shards, failed_shards=failed)
+        policy = airflow_context.purged_policy(params or {})
+        with airflow_context.no_retry_on(CommittedRowsMissing):  # purged_windows=fail: retrying finds no more
+            manifests = commit_hours(hour, summary_record, shards, failed_shards=failed, purged_windows=policy)
         context["outlet_events"][PREDICTIONS].extra = airflow_context.asset_extra(manifests)
         alerts.check_anomalies(context, manifests)
         partial.alert_partial(context, manifests, failed)
@@ -329,7 +347,7 @@ with ScoringDAG(
     def model_health(committed: dict, params: dict | None = None) -> dict:
         """Per sensor of each committed hour: anomaly rate vs training, PSI of scores vs training, quarantine share,
         written to container `health`; a `model_drift` alert lists the sensors drifting `SCORING_DRIFT_HOURS` hours
-        in a row.
+        in a row, a `models_lost` alert the sensors that had a model and were quarantined `no_model`.
         **Triage:** "no training statistics" in the log = the model version was registered without them (retrain)."""
         from sensor_scoring.steps.health import model_health as health
         from sensor_scoring_airflow import alerts, context as airflow_context
@@ -337,6 +355,7 @@ with ScoringDAG(
         context = get_current_context()
         manifests = health(airflow_context.hour_for(context, params or {}))
         alerts.check_drift(context, manifests)
+        alerts.check_models_lost(context, manifests)
         return {"hours": [m.hour.isoformat() for m in manifests], "alerting": [m.alerting for m in manifests]}
 
     model_health(committed)

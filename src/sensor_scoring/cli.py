@@ -100,25 +100,48 @@ def cmd_ingest(args: argparse.Namespace, settings: config.Settings) -> dict[str,
 
 
 def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
-    from sensor_scoring.models.training import train_and_register
+    """The training DAG's steps on the local backend (``steps.training.train_locally``): the same version from the
+    same windows and params."""
+    import getpass
+
+    from sensor_scoring.models import promotion, registry
+    from sensor_scoring.steps.interval import Hour
+    from sensor_scoring.steps.training import NoTrainingData, train_locally
     from sensor_scoring.storage import open_storage
 
-    manifest, _ = train_and_register(
-        open_storage(settings.storage),
-        settings.containers,
-        _utc(args.start),
-        _utc(args.end),
-        version=args.version,
-        promote=args.promote,
-        nu=args.nu,
-        min_rows=args.min_rows,
-        threshold_mads=args.threshold_mads,
-        features=args.features,
-        adaptive_nu=args.adaptive_nu,
-        false_alarm_rate=_false_alarm_rate(args),
+    version = args.version or registry.new_version_name()
+    run = Hour(
+        storage=open_storage(settings.storage),
+        containers=settings.containers,
+        run_id=f"cli train {version} ({getpass.getuser()})",
+        start=_utc(args.start),
+        end=_utc(args.end),
     )
-    facts = {key: manifest[key] for key in ("version", "models", "train_start", "train_end", "features")}
-    return facts | {"promoted": args.promote}
+    params = {
+        "holdout_hours": args.holdout_hours,
+        "sensors_per_shard": args.sensors_per_shard,
+        "nu": args.nu,
+        "min_rows": args.min_rows,
+        "threshold_mads": args.threshold_mads,
+        "features": args.features,
+        "adaptive_nu": args.adaptive_nu,
+        "devices": args.devices,
+        "tags": args.tags,
+        "late_folders": args.late_folders,
+        "promote": args.promote,
+        "false_alarm_rate": _false_alarm_rate(args),
+    }
+    policy = promotion.Policy(
+        max_f1_drop=args.max_f1_drop,
+        min_flagged_share=args.min_flagged_share,
+        max_flagged_share=args.max_flagged_share,
+    )
+    try:
+        outcome = train_locally(run, params, policy, version=version)
+    except (NoTrainingData, FileExistsError) as exc:
+        raise SystemExit(f"train: {exc}") from None
+    features = registry.version_features(registry.read_manifest(run.storage, run.containers.models, version))
+    return {**outcome, "features": features}
 
 
 def _false_alarm_rate(args: argparse.Namespace) -> float | None:
@@ -287,11 +310,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ing.set_defaults(func=cmd_ingest)
 
-    train = sub.add_parser("train", help="train one model per sensor on landed windows and register a version")
+    train = sub.add_parser(
+        "train",
+        help="the training DAG's steps here: gather, train shards, evaluate on held-back hours, register, "
+        "promote by policy",
+    )
     train.add_argument("--start", required=True)
-    train.add_argument("--end", required=True)
+    train.add_argument("--end", required=True, help="exclusive; the last --holdout-hours are evaluated on")
     train.add_argument("--version", default=None, help="default: v<UTC timestamp>")
-    train.add_argument("--promote", action="store_true", help="point the production alias at the new version")
+    train.add_argument(
+        "--promote", action="store_true", help="point the production alias at the new version if the policy holds"
+    )
+    train.add_argument("--holdout-hours", type=int, default=6, help="the range's last hours, held back for evaluation")
+    train.add_argument("--sensors-per-shard", type=int, default=100, help="sensors trained together in one shard")
+    train.add_argument("--devices", nargs="*", default=None, help="train only these device_ids (a subset run)")
+    train.add_argument("--tags", nargs="*", default=None, help="train only these tags (a subset run)")
+    train.add_argument("--late-folders", type=int, default=1)
     train.add_argument("--nu", type=float, default=0.02, help="OneClassSVM nu: bound on the share flagged in training")
     train.add_argument("--min-rows", type=int, default=30, help="sensors with fewer training windows get no model")
     train.add_argument(
@@ -321,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="each sensor's nu from its own training windows (at least --nu): more where its history holds more "
         "far-out windows (fitting.adaptive_nu)",
     )
+    train.add_argument("--max-f1-drop", type=float, default=0.0, help="policy: largest F1 loss against production")
+    train.add_argument("--min-flagged-share", type=float, default=0.0, help="policy: least share of held-back flagged")
+    train.add_argument("--max-flagged-share", type=float, default=0.1, help="policy: most share of held-back flagged")
     train.set_defaults(func=cmd_train)
 
     shard = sub.add_parser("score-shard", help="score one shard (what every backend runs)")

@@ -349,6 +349,9 @@ class HourSummary(Record):
     #: Per ISO hour, the generation of the hour's committed manifest when the run began reading ("" when none):
     #: commit is conditional on it (``steps.fence``), so a run that read an older state never overwrites a newer one.
     generations: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: The subset's devices and tags that matched no sensor landed in the interval (the run warns, and the manifest's
+    #: ``rescored`` entry names them); None when every name matched or for a full run.
+    subset_not_found: Subset | None = None
 
 
 # --- plan_shards and score_shard ---------------------------------------------------------------------------------
@@ -540,6 +543,29 @@ class RescoringRecord(Record):
     tags: tuple[str, ...]
     committed_at: datetime
     counts: Counts
+    #: The run's devices and tags that matched no sensor landed in its interval (a warning, not an error: the
+    #: rest of the subset was rescored); None when every name matched, and in records written before.
+    not_found: Subset | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PurgedRows(Record):
+    """Committed rows of an hour whose windows the run that wrote the manifest did not find any more (a blob
+    lifecycle rule purged them, or they were deleted), and what it did with them (DAG param ``purged_windows``):
+    ``kept`` (carried over as committed, included in ``counts``) or ``dropped`` (not in the partition any more)."""
+
+    KIND = "purged rows"
+    action: Literal["kept", "dropped"]
+    scored: int
+    quarantined: int
+    sensors: int
+    #: The runs that wrote those rows, as committed (at most ``PURGED_RUNS_LISTED``).
+    runs: tuple[str, ...]
+    reason: str
+
+
+#: How many runs a ``PurgedRows`` record names at most.
+PURGED_RUNS_LISTED = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -585,3 +611,5 @@ class Manifest(Record):
     failed_shards: tuple[FailedShard, ...] = ()
     #: What became of every blob in the folders the run that wrote it read (None in manifests written before).
     source_files: SourceFiles | None = None
+    #: Committed rows whose windows this run no longer found, kept or dropped (None when it found them all).
+    purged: PurgedRows | None = None

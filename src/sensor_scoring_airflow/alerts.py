@@ -43,6 +43,7 @@ EVENTS = (
     "partial_hour",
     "model_not_promoted",
     "model_drift",
+    "models_lost",
 )
 PAYLOAD_KEYS = ("text", "event", "dag_id", "run_id", "task_id", "map_index", "try_number", "error", "log_url")
 #: The longest email subject sent (a run id is chosen by whoever triggers the run).
@@ -148,6 +149,7 @@ def _summary(p: Mapping[str, Any]) -> str:
         "partial_hour": "hour committed as partial: shard(s) failed",
         "model_not_promoted": "new model version not promoted",
         "model_drift": "sensor models drifting",
+        "models_lost": "sensors that had a model were not scored (no_model)",
     }[str(p["event"])]
     where = f"{p['dag_id']} / {p['run_id']}"
     if p.get("task_id"):
@@ -406,6 +408,32 @@ def check_drift(context: Mapping[str, Any], manifests: Sequence[HealthManifest])
             sensors=list(manifest.alerting_sensors),
             alerting=manifest.alerting,
             thresholds=t.to_dict(),
+        )
+        payload["outcome"] = send_alert(payload)
+        sent.append(payload)
+    return sent
+
+
+def check_models_lost(context: Mapping[str, Any], manifests: Sequence[HealthManifest]) -> list[dict[str, Any]]:
+    """After model_health: one ``models_lost`` alert per hour in which sensors that had a model (the hour before,
+    the day before, or in the production version before this one) were quarantined ``no_model``."""
+    sent = []
+    for manifest in manifests:
+        if not manifest.models_lost:
+            continue
+        hour = manifest.hour.isoformat()
+        more = manifest.models_lost - len(manifest.models_lost_sensors)
+        listed = ", ".join(manifest.models_lost_sensors) + (f" and {more} more" if more > 0 else "")
+        payload = build_payload(
+            "models_lost",
+            context,
+            error=(
+                f"hour {hour}: {manifest.models_lost} sensor(s) that had a model have none in the version scoring "
+                f"the hour; their windows are quarantined no_model: {listed}. Roll back or retrain them"
+            ),
+            hour=hour,
+            sensors=list(manifest.models_lost_sensors),
+            models_lost=manifest.models_lost,
         )
         payload["outcome"] = send_alert(payload)
         sent.append(payload)

@@ -17,6 +17,7 @@ from sensor_scoring_airflow.connections import open_storage
 
 if TYPE_CHECKING:
     from sensor_scoring.contracts import Manifest
+    from sensor_scoring.steps.rescoring import PurgedPolicy
 
 
 def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
@@ -52,6 +53,15 @@ def no_retry_on(*errors: type[BaseException]) -> Iterator[None]:
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def purged_policy(params: Mapping[str, Any]) -> PurgedPolicy:
+    """The ``purged_windows`` param for commit (``steps.rescoring``): keep, fail or drop committed rows whose
+    windows a run no longer finds; a bad value fails at once (configuration, not chance)."""
+    from sensor_scoring.steps.rescoring import DEFAULT_PURGED_POLICY, check_purged_policy
+
+    with no_retry_on(ValueError):
+        return check_purged_policy(str(params.get("purged_windows") or DEFAULT_PURGED_POLICY))
 
 
 def refuse_hours_before_start(start: datetime, first_hour: datetime | None) -> None:

@@ -60,33 +60,17 @@ def version_name(params: Mapping[str, Any], run: Hour) -> str:
 
 
 def model_params(params: Mapping[str, Any]) -> dict[str, object]:
-    """The parameters recorded in the version's manifest (as the CLI's ``train`` records them)."""
-    mads, rate = params.get("threshold_mads"), params.get("false_alarm_rate")
-    return {
-        "false_alarm_rate": None if rate is None else float(rate),
-        "threshold_mads": None if mads is None else float(mads),
-        "nu": float(params["nu"]),
-        "adaptive_nu": bool(params.get("adaptive_nu", False)),
-        "features": str(params.get("features", "window-v1")),
-        "gamma": "scale",
-        "kernel": "rbf",
-        "min_rows": int(params["min_rows"]),
-        "scaler": "StandardScaler",
-    }
+    """The parameters recorded in the version's manifest (``steps.training.model_params``: the CLI's too)."""
+    from sensor_scoring.steps import training
+
+    return training.model_params(params)
 
 
 def data_range(run: Hour, params: Mapping[str, Any]) -> dict[str, object]:
-    """The lineage's data range: the whole range, the held-back hours, the subset."""
-    holdout = int(params["holdout_hours"])
-    return {
-        "start": run.start.isoformat(),
-        "end": run.end.isoformat(),
-        "held_back_from": (run.end - timedelta(hours=holdout)).isoformat(),
-        "devices": list(params.get("devices") or []),
-        "tags": list(params.get("tags") or []),
-        "late_folders": int(params["late_folders"]),
-        "windows_container": run.containers.windows,
-    }
+    """The lineage's data range (``steps.training.data_range``)."""
+    from sensor_scoring.steps import training
+
+    return training.data_range(run, params)
 
 
 @contextmanager

@@ -22,12 +22,12 @@ import pandas as pd
 import pytest
 
 from sensor_scoring import settings as config
-from sensor_scoring.models.training import train_and_register
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from sensor_scoring.windows import parse_window_file
 from tests.conftest import REPO
 from tests.support.helpers import START
 from tests.support.partitions import read_partition
+from tests.support.training import train_and_register
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 H = timedelta(hours=1)
@@ -254,7 +254,18 @@ def test_readings_from_2018_replayed_end_to_end(blob, containers, airflow_home, 
     assert ingested["first_window_end"].startswith("2018-08-28 23:01") and ingested["last_window_end"].startswith(
         "2018-08-29 03:13"
     )
-    trained = scoring_cli("train", "--start", "2018-08-28T23:00Z", "--end", "2018-08-29T02:00Z", "--promote")
+    trained = scoring_cli(
+        "train",
+        "--start",
+        "2018-08-28T23:00Z",
+        "--end",
+        "2018-08-29T02:00Z",
+        "--promote",
+        "--holdout-hours",
+        "1",
+        "--max-flagged-share",
+        "1",
+    )
     assert trained["models"] == 6 and trained["promoted"] is True
 
     done = airflow(airflow_home, "dags", "test", "sensor_scoring", "2018-08-29T03:00:00+00:00")

@@ -13,11 +13,11 @@ from dev.azurite import KEY
 from sensor_scoring import features
 from sensor_scoring.features import feature_matrix
 from sensor_scoring.models import fitting, registry
-from sensor_scoring.models.training import train_and_register
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_hour, simulate_to_storage
 from sensor_scoring.windows import aggregate_readings, parse_window_file, to_asa_json_lines
 from tests.support.helpers import START, fleet_windows
 from tests.support.partitions import read_partition, run_records
+from tests.support.training import train_and_register
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 H = timedelta(hours=1)

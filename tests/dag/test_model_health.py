@@ -10,11 +10,11 @@ import pytest
 
 from sensor_scoring import layout
 from sensor_scoring.models import stats
-from sensor_scoring.models.training import train_and_register
 from sensor_scoring.steps import health
 from sensor_scoring.windows import land_windows
 from tests.support.helpers import START, fleet_windows
 from tests.support.partitions import read_partition
+from tests.support.training import train_and_register
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 H = timedelta(hours=1)
@@ -91,3 +91,32 @@ def test_a_version_without_statistics_is_reported_not_failed(blob, containers):
     assert by.loc["d2", "status"] == health.STATUS_NOT_SCORED and by.loc["d2", "windows"] == 0
     assert not rows["drifting"].any()
     assert layout.Partition(START).data == "date=2026-11-24/hour=00/part-00000.parquet"
+
+
+def test_sensors_that_lost_their_model_are_alerted(sensor_dag, blob, containers, drifted, alert_connections):
+    """A version without dev-0000's models promoted over the one that had them: the hours it scores commit (every
+    window accounted for, dev-0000's quarantined no_model) and model_health sends a models_lost alert per hour."""
+    from sensor_scoring.models import fitting, promotion, registry
+
+    _, http_sink = alert_connections
+    index = registry.read_index(blob, containers.models, "v-health")
+    loaded, _ = registry.load_models(blob, containers.models, "v-health", index)
+    kept = [fitting.TrainedModel(d, t, None, loaded[(d, t)], 60, "a", "b", 0.02) for d, t in loaded if d != "dev-0000"]
+    registry.register(
+        blob,
+        containers.models,
+        sorted(kept, key=lambda m: (m.device_id, m.tag)),
+        version="v-less",
+        params={},
+        promote=False,
+    )
+    promotion.move_alias(blob, containers.models, "v-less", action="promote", reason="test", by="test")
+    conf = {"window_start": FIRST.isoformat(), "window_end": (FIRST + 2 * H).isoformat()}
+    run = sensor_dag.test(logical_date=FIRST + 2 * H, run_conf=conf)
+    assert str(run.state) == "success"
+    posts = [p["json"] for p in http_sink.received if p["json"]["event"] == "models_lost"]
+    assert [p["hour"] for p in posts] == [FIRST.isoformat(), (FIRST + H).isoformat()]
+    assert all(p["sensors"] == ["dev-0000/pressure", "dev-0000/temperature"] for p in posts)
+    assert "quarantined no_model" in posts[0]["error"] and posts[0]["models_lost"] == 2
+    _, manifest = read_partition(blob, containers.health, FIRST)
+    assert manifest["models_lost"] == 2

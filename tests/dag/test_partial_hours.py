@@ -10,11 +10,11 @@ from datetime import timedelta
 import pytest
 
 from sensor_scoring import layout, settings as config, storage as st
-from sensor_scoring.models.training import train_and_register
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from tests.conftest import REPO
 from tests.support.helpers import START
 from tests.support.partitions import read_partition
+from tests.support.training import train_and_register
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 H = timedelta(hours=1)
@@ -113,3 +113,67 @@ def test_partial_hour_commits_alerts_and_a_rerun_fills_it_in(
     assert manifest["status"] == "scored" and manifest["failed_shards"] == []
     assert len(predictions) == 360 and manifest["counts"]["quarantined"] == 0
     assert not blob.list(containers.staging)  # a whole commit leaves no scratch behind
+
+
+def test_rerunning_one_hour_of_a_partial_two_hour_run_keeps_the_other_hours_spec(failing_dag, blob, containers):
+    """A two-hour run commits both hours partial; the fault is mended and only the first hour is re-run: the second
+    hour still names the partial run's failed shard and its spec is still there to retry; re-running the second
+    hour fills it in and leaves no staging behind."""
+    from dev.demo import load_dag
+
+    dag, flag = failing_dag
+    first = SCORED_HOUR - H
+    conf = {"sensors_per_shard": 2, "max_failed_shard_share": 0.34}
+    window = {"window_start": first.isoformat(), "window_end": (SCORED_HOUR + H).isoformat()}
+    run = dag.test(logical_date=SCORED_HOUR + H, run_conf={**conf, **window})
+    assert str(run.state) == "success"
+    assert [read_partition(blob, containers.predictions, h)[1]["status"] for h in (first, SCORED_HOUR)] == [
+        "partial",
+        "partial",
+    ]
+
+    flag.unlink()
+    one = load_dag(REPO / "dags" / "sensor_scoring.py").test(logical_date=first + H, run_conf=conf)
+    assert str(one.state) == "success"
+    assert read_partition(blob, containers.predictions, first)[1]["status"] == "scored"
+    _, second = read_partition(blob, containers.predictions, SCORED_HOUR)
+    [failed] = second["failed_shards"]
+    assert second["run_id"] == run.run_id and second["status"] == "partial"
+    assert blob.exists(*st.parse_uri(failed["spec"]))  # the way back: still retrievable
+
+    other = load_dag(REPO / "dags" / "sensor_scoring.py").test(logical_date=SCORED_HOUR + H, run_conf=conf)
+    assert str(other.state) == "success"
+    _, second = read_partition(blob, containers.predictions, SCORED_HOUR)
+    assert second["status"] == "scored" and second["failed_shards"] == []
+    assert not [b for b in blob.list(containers.staging) if b.name.startswith("runs/")]  # nothing names it now
+
+
+def test_subset_rescorings_keep_a_partial_hours_failed_shard_named_until_they_fill_it_in(failing_dag, blob, containers):
+    """A partial hour (shard 1: dev-0001's two sensors), then a rescoring of dev-0000 through the form: the hour
+    stays partial naming shard 1 and its spec; a rescoring of dev-0001 (the fault mended) fills it in."""
+    from dev.demo import load_dag
+
+    dag, flag = failing_dag
+    conf = {"sensors_per_shard": 2, "max_failed_shard_share": 0.34}
+    run = dag.test(logical_date=SCORED_HOUR + H, run_conf=conf)
+    assert str(run.state) == "success"
+    _, manifest = read_partition(blob, containers.predictions, SCORED_HOUR)
+    [failed] = manifest["failed_shards"]
+
+    other = load_dag(REPO / "dags" / "sensor_scoring.py").test(
+        logical_date=SCORED_HOUR + H, run_conf={**conf, "devices": ["dev-0000"]}
+    )
+    assert str(other.state) == "success"
+    quarantine, manifest = read_partition(blob, containers.quarantine, SCORED_HOUR)
+    assert manifest["status"] == "partial" and manifest["failed_shards"] == [failed]
+    assert set(quarantine["reason"]) == {"shard_failed"} and len(quarantine) == 120
+    assert blob.exists(*st.parse_uri(failed["spec"]))
+
+    flag.unlink()
+    filled = load_dag(REPO / "dags" / "sensor_scoring.py").test(
+        logical_date=SCORED_HOUR + H, run_conf={**conf, "devices": ["dev-0001"]}
+    )
+    assert str(filled.state) == "success"
+    predictions, manifest = read_partition(blob, containers.predictions, SCORED_HOUR)
+    assert manifest["status"] == "scored" and manifest["failed_shards"] == [] and len(predictions) == 360
+    assert not [b for b in blob.list(containers.staging) if b.name.startswith("runs/")]

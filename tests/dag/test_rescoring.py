@@ -7,6 +7,7 @@ subset rescorings with another model version, checked row by row against the par
 from __future__ import annotations
 
 import copy
+import re
 from datetime import timedelta
 
 import numpy as np
@@ -15,13 +16,21 @@ import pytest
 
 from sensor_scoring.contracts import SensorDuplicates, Subset
 from sensor_scoring.features import feature_matrix
-from sensor_scoring.models.training import train_and_register
-from sensor_scoring.steps.rescoring import duplicates_by_sensor, select_sensors, subset_of
+from sensor_scoring.steps.rescoring import (
+    SubsetMatchesNothing,
+    check_purged_policy,
+    check_subset_matches,
+    duplicates_by_sensor,
+    key_codes,
+    select_sensors,
+    subset_of,
+)
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from sensor_scoring.validation import check_windows
 from sensor_scoring.windows import parse_window_file, to_asa_json_lines
 from tests.support.helpers import START, fleet_windows
 from tests.support.partitions import read_partition
+from tests.support.training import train_and_register
 
 H = timedelta(hours=1)
 FIRST = START + 5 * H  # the two rescored hours: FIRST and FIRST + 1h
@@ -65,6 +74,43 @@ def test_subset_and_duplicates_per_sensor_and_hour():
     checked = check_windows(keyless)
     assert len(checked.quarantined) == 1
     assert duplicates_by_sensor(keyless, checked.valid, checked.quarantined) == {}
+
+
+def test_subset_matches_fail_on_nothing_and_warn_on_names_not_found():
+    windows = fleet_windows(devices=2, tags=2, hours=1)
+    where = "[h, h+1)"
+    assert check_subset_matches((windows,), None, None, interval=where) is None  # a full run: nothing to check
+    assert check_subset_matches((windows,), ["dev-0001"], ["pressure"], interval=where) is None
+    missing = check_subset_matches((windows, windows.iloc[0:0]), ["dev-0001", "dev-0009"], [], interval=where)
+    assert missing == Subset(devices=("dev-0009",), tags=())
+    with pytest.raises(SubsetMatchesNothing, match=r"'PRESSURE' is no landed tag \(closest: pressure\)"):
+        check_subset_matches((windows,), [], ["PRESSURE"], interval=where)
+    one = windows[~((windows["device_id"] == "dev-0000") & (windows["tag"] == "pressure"))]
+    with pytest.raises(SubsetMatchesNothing, match="no landed sensor has both a named device and tag"):
+        check_subset_matches((one,), ["dev-0000"], ["pressure"], interval=where)  # each name landed, not together
+    with pytest.raises(SubsetMatchesNothing, match=r"no window landed in \[h, h\+1\) at all"):
+        check_subset_matches((windows.iloc[0:0],), ["dev-0000"], [], interval=where)
+    rejected = pd.DataFrame({"device_id": ["dev-0042"], "tag": ["pressure"]})  # a row the reader rejected landed too
+    assert check_subset_matches((windows, rejected), ["dev-0042"], [], interval=where) is None
+
+
+def test_key_codes_match_across_tables_with_missing_parts():
+    frame = pd.DataFrame(
+        {
+            "device_id": ["d", None, "d"],
+            "tag": ["t", "t", "t"],
+            "window_end": pd.to_datetime(["2026-11-24T00:01Z", "2026-11-24T00:02Z", None], utc=True),
+        }
+    )
+    again = frame.iloc[::-1].astype({"device_id": "object"}).reset_index(drop=True)
+    other = frame.assign(window_end=frame["window_end"] + pd.Timedelta(minutes=1), tag="t")
+    mine, same, moved, empty = key_codes([frame, again, other, frame.iloc[0:0]])
+    assert np.isin(mine, same).all() and len(set(mine)) == 3  # keyless rows match their copies, and only them
+    assert list(np.isin(mine, moved)) == [False, False, True]  # NaT + 1 min is NaT
+    assert len(empty) == 0
+    assert check_purged_policy("keep") == "keep"
+    with pytest.raises(ValueError, match="keep, fail, drop"):
+        check_purged_policy("shrink")
 
 
 def test_params_reject_bad_subsets_and_partial_hours(sensor_dag):
@@ -266,6 +312,71 @@ def test_subset_rescoring_replaces_only_the_chosen_sensors(sensor_dag, blob, con
     pd.testing.assert_frame_equal(pressure_old, pressure_new)
     [event] = asset_events(third.run_id)
     assert event["extra"]["subset"] == {"devices": [], "tags": ["temperature"]}
+
+
+@pytest.mark.azurite
+@pytest.mark.airflow
+def test_rescoring_a_purged_hour_keeps_its_predictions_and_a_subset_matching_nothing_fails(
+    sensor_dag, blob, containers, two_versions, capfd, caplog
+):
+    """Through the DAG: a rescoring with names that match no landed sensor fails in load_and_validate (no retry)
+    naming the closest names; after a lifecycle rule purged the hour's windows, a rescoring with another model
+    version and purged_windows=fail fails in commit naming the hour and counts, and by default keeps every
+    committed row (the manifest's purged says how many)."""
+    window = {"window_start": FIRST.isoformat(), "window_end": (FIRST + H).isoformat()}
+    assert str(sensor_dag.test(logical_date=FIRST + H, run_conf=window).state) == "success"
+    before, committed = read_partition(blob, containers.predictions, FIRST)
+    q_before, _ = read_partition(blob, containers.quarantine, FIRST)
+
+    nothing = reload(sensor_dag).test(logical_date=FIRST + H, run_conf={**window, "tags": ["Temperature"]})
+    assert str(nothing.state) == "failed"
+    states = {ti.task_id: (str(ti.state), ti.try_number) for ti in nothing.get_task_instances()}
+    assert states["load_and_validate"] == ("failed", 1)
+    out = capfd.readouterr()
+    assert "'Temperature' is no landed tag (closest: temperature)" in out.out + out.err + caplog.text
+    assert read_partition(blob, containers.predictions, FIRST)[1] == committed
+
+    for name in [b.name for b in blob.list(containers.windows, f"{FIRST:%Y/%m/%d/%H}/")]:
+        blob.delete_prefix(containers.windows, name)  # the lifecycle rule
+    conf = {**window, "model_version": "v-two"}
+    refused = reload(sensor_dag).test(logical_date=FIRST + H, run_conf={**conf, "purged_windows": "fail"})
+    assert str(refused.state) == "failed"
+    states = {ti.task_id: (str(ti.state), ti.try_number) for ti in refused.get_task_instances()}
+    assert states["commit"] == ("failed", 1)  # no retry: the windows will not come back
+    out = capfd.readouterr()
+    text = out.out + out.err + caplog.text
+    # the windows that landed late in the next (younger) folder are still there: those few are found again
+    found = re.search(rf"hour {re.escape(FIRST.isoformat())}: (\d+) committed prediction\(s\) and 2 quarantined", text)
+    assert found and 300 < int(found.group(1)) < 360
+    gone = int(found.group(1))
+    assert read_partition(blob, containers.predictions, FIRST)[1] == committed
+
+    kept = reload(sensor_dag).test(logical_date=FIRST + H, run_conf=conf)
+    assert str(kept.state) == "success"
+    after, manifest = read_partition(blob, containers.predictions, FIRST)
+    assert len(after) == 360 and not after.duplicated(KEY).any()
+    old_rows = after[after["run_id"] == committed["run_id"]]
+    assert len(old_rows) == gone  # kept exactly as committed, the found ones rescored with v-two
+    pd.testing.assert_frame_equal(
+        before.merge(old_rows[KEY], on=KEY).sort_values(KEY).reset_index(drop=True),
+        old_rows.sort_values(KEY).reset_index(drop=True),
+    )
+    assert manifest["model_versions"] == {"v-one": gone, "v-two": 360 - gone}
+    q_after, _ = read_partition(blob, containers.quarantine, FIRST)
+    assert len(q_after) == len(q_before) == 2
+    counts = manifest["counts"]
+    assert (counts["scored"], counts["quarantined"], counts["duplicates"]) == (360, 2, 0)  # copies are not rows
+    assert counts["landed"] == counts["scored"] + counts["quarantined"] + counts["duplicates"]
+    assert manifest["purged"]["action"] == "kept" and manifest["purged"]["scored"] == gone
+    assert manifest["purged"]["quarantined"] == 2 and manifest["purged"]["runs"] == [committed["run_id"]]
+    assert manifest["status"] == "scored"
+
+
+def test_purged_windows_param_offers_exactly_the_policies(sensor_dag):
+    from sensor_scoring.steps.rescoring import DEFAULT_PURGED_POLICY, PURGED_POLICIES
+
+    param = sensor_dag.params.get_param("purged_windows")
+    assert tuple(param.schema["enum"]) == PURGED_POLICIES and param.value == DEFAULT_PURGED_POLICY
 
 
 def reload(dag):

@@ -106,6 +106,32 @@ def test_promoted_then_refused_with_lineage_and_alert(airflow_db, landed, contai
     assert [m["version"] for m in promotion.history(landed, containers.models)] == ["v-first"]
 
 
+def test_the_command_the_demo_and_the_dag_make_the_same_version(airflow_db, landed, containers, capsys):
+    """One training path: the DAG, ``python -m sensor_scoring train`` and the demo's training, on the same windows
+    with the same params, register the same models (the same hashes) judged the same way."""
+    from dev.demo import DEMO_TRAINING, train_models
+
+    training, _ = load_dags()
+    run = training.test(run_conf={**BASE_CONF, "version": "v-dag", "promote": False})
+    assert str(run.state) == "success"
+    argv = ["train", "--start", RANGE["train_start"], "--end", RANGE["train_end"], "--version", "v-cli"]
+    assert cli.main([*argv, "--holdout-hours", "2", "--sensors-per-shard", "4"]) == 0
+    assert last_json_line(capsys)["promoted"] is False  # no --promote: registered only
+    params = {**DEMO_TRAINING, "holdout_hours": 2, "sensors_per_shard": 4, "promote": False}
+    demo = train_models(landed, containers, START, START + 26 * H, params=params, version="v-demo")
+    assert demo["promoted"] is False and demo["models"] == 6
+
+    columns = ["device_id", "tag", "sha256", "train_rows", "train_start", "train_end", "nu"]
+    indexes = {v: registry.read_index(landed, containers.models, v)[columns] for v in ("v-dag", "v-cli", "v-demo")}
+    pd.testing.assert_frame_equal(indexes["v-dag"], indexes["v-cli"])
+    pd.testing.assert_frame_equal(indexes["v-dag"], indexes["v-demo"])
+    manifests = {v: registry.read_manifest(landed, containers.models, v) for v in indexes}
+    assert manifests["v-dag"]["params"] == manifests["v-cli"]["params"] == manifests["v-demo"]["params"]
+    verdicts = [manifests[v]["lineage"]["evaluation"] for v in indexes]
+    assert all(v["candidate_all"] == verdicts[0]["candidate_all"] for v in verdicts)
+    assert promotion.current(landed, containers.models) is None  # nothing promoted: every run said so
+
+
 def test_bad_range_fails_at_once_naming_it(airflow_db, landed, containers):
     training, _ = load_dags()
     run = training.test(run_conf={**RANGE, "holdout_hours": 26})

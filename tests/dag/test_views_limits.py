@@ -73,7 +73,6 @@ class CountingStorage(LocalStorage):
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[CountingStorage, config.Containers]:
     """Two hours scored and their health written by the pipeline's steps on a directory storage; one device is
     named ``HOSTILE`` and one of its windows is quarantined (a negative spread)."""
-    from sensor_scoring.models.training import train_and_register
     from sensor_scoring.steps.commit import commit
     from sensor_scoring.steps.health import model_health
     from sensor_scoring.steps.interval import Hour
@@ -81,6 +80,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[CountingStorage, co
     from sensor_scoring.steps.plan import plan_shards
     from sensor_scoring.steps.score import score_shard
     from sensor_scoring.windows import land_windows
+    from tests.support.training import train_and_register
 
     storage, containers = CountingStorage(tmp_path_factory.mktemp("store")), config.Containers()
     windows = fleet_windows(devices=2, tags=1, hours=5, seed=3)

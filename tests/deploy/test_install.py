@@ -273,6 +273,10 @@ def test_airflow_dags_test_scores_an_hour_on_local_storage(newcomer: Newcomer) -
         "--version",
         "v-newcomer",
         "--promote",
+        "--holdout-hours",
+        "1",
+        "--max-flagged-share",
+        "1",
     )
     assert trained["models"] == DEVICES * TAGS and trained["promoted"] is True
 

@@ -36,11 +36,14 @@ from sensor_scoring import layout, settings as config, storage as st
 from sensor_scoring.backends import ShardFailed, shard_command
 from sensor_scoring.backends.local import LocalBackend
 from sensor_scoring.contracts import (
+    SHARD_FAILED,
+    SOURCE_COLUMN as SOURCE,
     AccountingError,
     DataError,
     InvalidName,
     RegistryError,
     ShardResult,
+    ShardSpec,
     StorageUnavailable,
     SupersededError,
     ValidationThresholdError,
@@ -50,9 +53,17 @@ from sensor_scoring.steps.commit import commit
 from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
+from sensor_scoring.steps.rescoring import CommittedRowsMissing, SubsetMatchesNothing
 from sensor_scoring.steps.score import score_shard
 from sensor_scoring.storage import BlobStorage
-from sensor_scoring.windows import WINDOW_COLUMNS, LandingPlan, WindowSchemaError, land_windows
+from sensor_scoring.windows import (
+    WINDOW_COLUMNS,
+    LandingPlan,
+    WindowSchemaError,
+    land_windows,
+    parse_window_file,
+    to_asa_json_lines,
+)
 from tests.support.helpers import START, fleet_windows
 
 pytestmark = [pytest.mark.azurite]
@@ -534,6 +545,220 @@ def test_rerun_replaces_the_partition_with_one_row_per_window(env):
     assert first["counts"] == second["counts"] and set(predictions["run_id"]) == {"run-2"}
 
 
+# --- 5b. Committed rows are never replaced by nothing; partial hours keep their way back; subsets that miss. ---
+# Windows are commonly deleted by a blob lifecycle rule after some days: a re-run or rescoring of such an hour
+# finds fewer windows than the hour committed. Every case checks the accounting and the rows kept, row by row.
+
+
+def _rescore(
+    env: Env, run_id: str, *, devices=None, tags=None, policy: str = "keep", start=HOUR, hours: int = 1
+) -> list[dict]:
+    """A rescoring (or full re-run) through the steps, with ``purged_windows`` = ``policy``."""
+    hour = env.hour(run_id, start, hours)
+    summary = load_and_validate(hour, max_quarantine_share=0.5, devices=devices, tags=tags)
+    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    results = [score_shard(env.blob, s.spec_uri) for s in shards]
+    return [m.to_dict() for m in commit(hour, summary, results, purged_windows=policy)]
+
+
+def _purge(env: Env, keep=lambda frame: frame.iloc[0:0], folder: str = FOLDER) -> pd.DataFrame:
+    """What a lifecycle rule (or a producer's deletion) does to the hour's window files: each file is rewritten
+    holding only ``keep(rows)`` (deleted when nothing is left). Returns the windows purged."""
+    purged = []
+    for blob in env.blob.list(env.containers.windows, folder):
+        frame = parse_window_file(blob.name, env.blob.read_bytes(env.containers.windows, blob.name))
+        kept = keep(frame)
+        purged.append(frame.drop(kept.index))
+        env.blob.delete_prefix(env.containers.windows, blob.name)
+        if len(kept):
+            env.blob.write_bytes(env.containers.windows, blob.name, to_asa_json_lines(kept))
+    return pd.concat(purged, ignore_index=True)
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(KEY).reset_index(drop=True)
+
+
+def test_purged_hour_rerun_keeps_every_committed_prediction(env, caplog):
+    """The hour's windows were all purged, then the hour is re-run: the 240 predictions stay as committed (not an
+    empty partition), the manifest's ``purged`` says how many and why, the accounting closes."""
+    run_hour(env, "run-1")
+    before, _ = partition(env, env.containers.predictions)
+    _purge(env)
+    with caplog.at_level("WARNING"):
+        [manifest] = _rescore(env, "run-2")
+    predictions, _ = assert_accounting(env, manifest, landed=BASE)
+    pd.testing.assert_frame_equal(_sorted(before), _sorted(predictions))  # identical rows, run-1's
+    assert manifest["status"] == "scored" and manifest["run_id"] == "run-2"
+    assert {k: manifest["purged"][k] for k in ("action", "scored", "quarantined", "sensors", "runs")} == {
+        "action": "kept",
+        "scored": BASE,
+        "quarantined": 0,
+        "sensors": 4,
+        "runs": ["run-1"],
+    }
+    assert "240 committed prediction(s)" in caplog.text and "purged_windows=keep" in caplog.text
+
+
+def test_partly_purged_hour_rerun_rescores_what_landed_and_keeps_the_rest(env):
+    """One of the hour's three files purged: its windows' rows stay run-1's, the rest are re-scored by run-2."""
+    run_hour(env, "run-1")
+    first = env.blob.list(env.containers.windows, FOLDER)[0].name
+    gone = _purge(env, keep=lambda f: f if f[SOURCE].iloc[0] != first else f.iloc[0:0])
+    assert 0 < len(gone) < BASE
+    [manifest] = _rescore(env, "run-2")
+    predictions, _ = assert_accounting(env, manifest, landed=BASE)
+    by_run = predictions["run_id"].value_counts().to_dict()
+    assert by_run == {"run-1": len(gone), "run-2": BASE - len(gone)}
+    kept = predictions[predictions["run_id"] == "run-1"]
+    assert set(map(tuple, kept[KEY].astype(str).values)) == set(map(tuple, gone[KEY].astype(str).values))
+    assert manifest["purged"]["action"] == "kept" and manifest["purged"]["scored"] == len(gone)
+
+
+def test_purged_sensor_subset_rescoring_keeps_its_committed_rows(env):
+    """A subset rescoring of one device whose windows were purged but for 3: its 120 rows are not cut to 3."""
+    run_hour(env, "run-1")
+    before, _ = partition(env, env.containers.predictions)
+    device = "dev-0000"
+    mine = env.windows[(env.windows["device_id"] == device) & (env.windows["tag"] == "temperature")]
+    ends = set(mine.sort_values("window_end").head(3)["window_end"])
+    _purge(
+        env, keep=lambda f: f[(f["device_id"] != device) | ((f["tag"] == "temperature") & f["window_end"].isin(ends))]
+    )
+    [manifest] = _rescore(env, "run-2", devices=[device])
+    predictions, _ = assert_accounting(env, manifest, landed=BASE)
+    mine = predictions[predictions["device_id"] == device]
+    assert len(mine) == 120 and (mine["run_id"] == "run-2").sum() == 3  # 3 rescored, 117 kept
+    others = predictions[predictions["device_id"] != device]
+    pd.testing.assert_frame_equal(_sorted(before[before["device_id"] != device]), _sorted(others))
+    assert manifest["purged"]["scored"] == 117 and manifest["purged"]["sensors"] == 2
+    [entry] = manifest["rescored"]  # this run's own rows only; the kept ones are counted in purged
+    assert entry["counts"]["scored"] == 3 and entry["not_found"] is None
+
+
+def test_purged_windows_fail_commits_nothing_and_names_the_hour_and_counts(env):
+    run_hour(env, "run-1")
+    _, committed = partition(env, env.containers.predictions)
+    _purge(env)
+    with pytest.raises(CommittedRowsMissing, match=rf"hour {re.escape(HOUR.isoformat())}: 240 committed .* 4 sensor"):
+        _rescore(env, "run-2", policy="fail")
+    predictions, manifest = partition(env, env.containers.predictions)
+    assert manifest == committed and len(predictions) == BASE  # as it was
+
+
+def test_purged_windows_drop_shrinks_the_hour_only_on_request(env):
+    run_hour(env, "run-1")
+    first = env.blob.list(env.containers.windows, FOLDER)[0].name
+    gone = _purge(env, keep=lambda f: f if f[SOURCE].iloc[0] != first else f.iloc[0:0])
+    [manifest] = _rescore(env, "run-2", policy="drop")
+    predictions, _ = assert_accounting(env, manifest, landed=BASE - len(gone))
+    assert set(predictions["run_id"]) == {"run-2"}
+    assert manifest["purged"]["action"] == "dropped" and manifest["purged"]["scored"] == len(gone)
+
+
+def test_purged_quarantined_rows_are_kept_too(env):
+    """A committed quarantine row whose window is purged stays in the quarantine partition (with its reason)."""
+    env.land("0_bad_1.json", jsonl(window_row(env, minute=20, value_std=-1.0)))
+    run_hour(env, "run-1")
+    env.blob.delete_prefix(env.containers.windows, FOLDER + "0_bad_1.json")
+    [manifest] = _rescore(env, "run-2")
+    _, quarantine = assert_accounting(env, manifest, landed=BASE + 1)
+    assert list(quarantine["reason"]) == ["negative_std"] and list(quarantine["run_id"]) == ["run-1"]
+    assert manifest["purged"]["quarantined"] == 1 and manifest["purged"]["scored"] == 0
+
+
+@pytest.mark.parametrize(
+    ("devices", "tags", "message"),
+    [
+        pytest.param(
+            ["dev-9999"],
+            None,
+            r"'dev-9999' is no landed device \(nothing close; landed: dev-0000, dev-0001\)",
+            id="unknown-device",
+        ),
+        pytest.param(None, ["Temperature"], r"'Temperature' is no landed tag \(closest: temperature", id="tag-case"),
+        pytest.param(["dev-0001"], ["temperatur"], r"'temperatur' is no landed tag \(closest: temperature", id="typo"),
+    ],
+)
+def test_subset_matching_no_landed_sensor_fails_naming_the_closest(env, devices, tags, message):
+    run_hour(env, "run-1")
+    _, committed = partition(env, env.containers.predictions)
+    with pytest.raises(SubsetMatchesNothing, match=message):
+        _rescore(env, "run-2", devices=devices, tags=tags)
+    assert partition(env, env.containers.predictions)[1] == committed  # nothing committed
+
+
+def test_subset_partly_not_found_warns_and_names_it_in_the_manifest(env, caplog):
+    run_hour(env, "run-1")
+    with caplog.at_level("WARNING"):
+        [manifest] = _rescore(env, "run-2", devices=["dev-0000", "dev-9999"])
+    assert_accounting(env, manifest, landed=BASE)
+    [entry] = manifest["rescored"]
+    assert entry["not_found"] == {"devices": ["dev-9999"], "tags": []} and entry["counts"]["scored"] == 120
+    assert "'dev-9999' is no landed device" in caplog.text and manifest["purged"] is None
+
+
+def _partial_run(env: Env, run_id: str, *, hours: int, size: int, victim: int):
+    """A run whose shard ``victim`` fails after its last retry, committed partial. Returns what a retry needs."""
+    hour = env.hour(run_id, HOUR, hours)
+    summary = load_and_validate(hour, max_quarantine_share=0.5)
+    shards = plan_shards(hour, model_version="production", sensors_per_shard=size)
+    failed = shards[victim]
+    results = [score_shard(env.blob, s.spec_uri) for s in shards if s is not failed]
+    manifests = commit(hour, summary, results, failed_shards=[failed])
+    assert {m.status for m in manifests} == {"partial"}
+    return hour, summary, results, failed
+
+
+def test_rerunning_one_hour_of_a_partial_two_hour_run_keeps_the_other_hours_way_back(env):
+    """Run R commits two hours partial; the first hour alone is re-run (S): R's staging stays (the second hour's
+    manifest names its spec), and retrying R's failed shard fills the second hour in, leaving S's first hour."""
+    land_windows(
+        env.blob,
+        env.containers.windows,
+        fleet_windows(devices=2, tags=2, hours=1, start=HOUR + H),
+        LandingPlan(late_share=0.0),
+    )
+    hour_r, summary_r, results_r, failed = _partial_run(env, "run-R", hours=2, size=2, victim=1)
+    [by_s] = _rescore(env, "run-S")
+    assert by_s["status"] == "scored" and by_s["failed_shards"] == []
+    _, second = partition(env, env.containers.predictions, HOUR + H)
+    assert second["run_id"] == "run-R" and [f["spec"] for f in second["failed_shards"]] == [failed.spec_uri]
+    assert env.blob.exists(*st.parse_uri(failed.spec_uri))  # still retrievable
+
+    retried = score_shard(env.blob, failed.spec_uri)  # what clearing the failed score_shard runs
+    [filled] = commit(hour_r, summary_r, [*results_r, retried])
+    assert filled.hour == HOUR + H and filled.status == "scored"
+    assert_accounting(env, filled.to_dict(), landed=BASE, hour=HOUR + H)
+    _, first = partition(env, env.containers.predictions, HOUR)
+    assert first == by_s  # left as run-S committed it
+    assert not env.blob.list(env.containers.staging, layout.Run(hour_r.run_key).prefix)  # nothing points at it
+
+
+def test_subset_rescoring_of_another_sensor_keeps_a_partial_hours_failed_shard_named(env):
+    """A partial hour (shard 1 of 4 failed), then a subset rescoring of a sensor in another shard: the manifest
+    still names shard 1 and its spec; a rescoring of shard 1's sensor fills it in and frees the staging."""
+    hour_r, _, _, failed = _partial_run(env, "run-R", hours=1, size=1, victim=1)
+    spec = ShardSpec.from_json(env.blob.read_bytes(*st.parse_uri(failed.spec_uri)), source="test")
+    [(device, tag)] = [(m.device_id, m.tag) for m in spec.models]
+    other = next(
+        m
+        for m in env.windows[["device_id", "tag"]].drop_duplicates().itertuples()
+        if (m.device_id, m.tag) != (device, tag)
+    )
+    [manifest] = _rescore(env, "run-T", devices=[other.device_id], tags=[other.tag])
+    _, quarantine = assert_accounting(env, manifest, landed=BASE)
+    assert manifest["status"] == "partial" and list(quarantine["reason"]) == [SHARD_FAILED] * 60
+    assert [f["spec"] for f in manifest["failed_shards"]] == [failed.spec_uri]
+    assert env.blob.exists(*st.parse_uri(failed.spec_uri))
+
+    [filled] = _rescore(env, "run-U", devices=[device], tags=[tag])
+    predictions, quarantine = assert_accounting(env, filled, landed=BASE)
+    assert filled["status"] == "scored" and filled["failed_shards"] == [] and quarantine.empty
+    assert len(predictions) == BASE
+    assert not env.blob.list(env.containers.staging, layout.Run(hour_r.run_key).prefix)
+
+
 def test_late_windows_are_picked_up_by_a_rerun(env):
     first = run_hour(env, "run-1")
     assert first["counts"]["landed"] == BASE
@@ -998,6 +1223,21 @@ def test_tampered_model_quarantines_only_its_sensor(env):
     assert set(zip(quarantine["device_id"], quarantine["tag"])) == {(first["device_id"], first["tag"])}
 
 
+def test_model_of_another_input_width_quarantines_only_its_sensor(env, trained, monkeypatch):
+    """A version holding one model of another input width (one feature fewer than its set's): that sensor is
+    quarantined model_unreadable at load, the others are scored (scored together, the hour would fail)."""
+    monkeypatch.setattr(pack, "PACK_SIZE", 1)  # a pack's models share a width: the narrow one has a pack of its own
+    narrow = dataclasses.replace(trained[0].arrays)
+    narrow.mean, narrow.scale = narrow.mean[:-1].copy(), narrow.scale[:-1].copy()
+    narrow.support_vectors = narrow.support_vectors[:, :-1].copy()
+    models = [dataclasses.replace(trained[0], arrays=narrow), *trained[1:]]
+    registry.register(env.blob, env.containers.models, models, version="v-narrow", params={}, promote=True)
+    manifest = run_hour(env)
+    _, quarantine = assert_accounting(env, manifest, landed=BASE)
+    assert manifest["quarantine_reasons"] == {"model_unreadable": 60} and manifest["counts"]["scored"] == 180
+    assert set(zip(quarantine["device_id"], quarantine["tag"])) == {(trained[0].device_id, trained[0].tag)}
+
+
 def test_missing_model_quarantines_its_sensors_and_scores_the_others(env):
     env.blob.delete_prefix(env.containers.models, _pack_path(env, 1))
     manifest = run_hour(env)
@@ -1165,7 +1405,7 @@ def test_folder_markers_in_the_landed_folders_are_not_files(env):
     assert FOLDER in planted and FOLDER + "sub/" in planted
     manifest = run_hour(env)
     assert_accounting(env, manifest, landed=BASE)
-    assert manifest["source_files"] == {"seen": 3, "read": 3, "empty": 0, "quarantined": 0}
+    assert manifest["source_files"] == {"seen": 3, "read": 3, "empty": 0, "quarantined": 0, "other_hours": 0}
     assert manifest["empty_files"] == [] and manifest["quarantined_files"] == []
 
 

@@ -18,7 +18,6 @@ import pytest
 
 from sensor_scoring import features, features as feature_sets, layout
 from sensor_scoring.models import fitting, registry
-from sensor_scoring.models.training import train_and_register
 from sensor_scoring.scorer import score
 from sensor_scoring.steps.commit import commit
 from sensor_scoring.steps.interval import Hour
@@ -29,6 +28,7 @@ from sensor_scoring.storage import parquet_bytes
 from sensor_scoring.validation import check_windows
 from sensor_scoring.windows import LandingPlan, land_windows
 from tests.support.helpers import START, fleet_windows
+from tests.support.training import train_and_register
 
 pytestmark = [pytest.mark.azurite]
 H = timedelta(hours=1)

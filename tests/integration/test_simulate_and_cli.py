@@ -109,16 +109,19 @@ def test_cli_simulate_ingest_train_and_score_a_shard(blob, containers, azurite, 
         "--version",
         "v-cli",
         "--promote",
+        "--holdout-hours",
+        "1",  # the training DAG's steps: the last hour is held back and judged, the gate told to take any share
+        "--max-flagged-share",
+        "1",
         env=env,
     )
-    assert trained == {
+    assert {k: trained[k] for k in ("version", "models", "promoted", "features")} == {
         "version": "v-cli",
         "models": 4,
-        "train_start": trained["train_start"],
-        "train_end": trained["train_end"],
         "promoted": True,
         "features": "window-v1",  # the default feature set of new versions
     }
+    assert trained["evaluation"]["coverage"]["uncovered"] == 0 and trained["reason"].startswith("policy held")
     hour = Hour(blob, config.Containers.from_env(), "cli-run", START + timedelta(hours=2), START + timedelta(hours=3))
     load_and_validate(hour)
     [shard] = plan_shards(hour, model_version="production", sensors_per_shard=10)

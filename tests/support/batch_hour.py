@@ -10,10 +10,10 @@ from datetime import timedelta
 import pytest
 
 from sensor_scoring import settings as config
-from sensor_scoring.models.training import train_and_register
 from sensor_scoring.storage import BlobStorage, Storage
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from tests.support.helpers import START
+from tests.support.training import train_and_register
 
 H = timedelta(hours=1)
 HOUR = START + 5 * H

@@ -230,8 +230,8 @@ def seed_data(stack: DevStack, now: datetime) -> datetime:
     """``SEED_HOURS`` whole simulated hours ending ``UNLANDED_HOURS`` before this hour, ``v-e2e`` promoted, ``v-alt``
     not. The last hour's late windows land in the next folder; the folders after it stay empty."""
     from dev.demo import ensure_data
-    from sensor_scoring.models.training import train_and_register
     from sensor_scoring.storage import BlobStorage
+    from tests.support.training import train_and_register
 
     now_hour = now.replace(minute=0, second=0, microsecond=0)
     storage, containers = BlobStorage(stack.storage_setting), config.Containers()

@@ -125,7 +125,7 @@ def test_an_error_before_the_dag_run_is_named_and_its_traceback_logged(tmp_path,
 def test_python_m_scoring_demo_prints_only_its_story(blob, containers, airflow_db):
     """The command itself, its stdout and stderr read from the file descriptors: nothing else gets through."""
     from dev.demo import ensure_data
-    from sensor_scoring.models.training import train_and_register
+    from tests.support.training import train_and_register
 
     # what a first run leaves (windows and a promoted model), so that the command's run is the warm one
     now = datetime.now(UTC)

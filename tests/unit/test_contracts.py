@@ -155,6 +155,7 @@ def test_blob_field_names_stay_what_the_docs_describe():
         "duplicates_by_sensor",
         "failed_shards",
         "source_files",
+        "purged",
     ]
     assert body["hour"] == "2026-11-24T00:00:00+00:00" and body["interval"]["end"] == "2026-11-24T01:00:00+00:00"
     assert body["rescored"][0]["counts"] == {

@@ -107,15 +107,15 @@ def test_sensors_with_too_few_windows_get_no_model():
         registry.register(LocalStorage("/nonexistent"), "models", [], version="v", params={}, promote=False)
 
 
-def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_owns(tmp_path, monkeypatch):
-    """One ownership rule: train_and_register and load_and_validate read the same windows of [start, end)."""
+def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_owns(tmp_path):
+    """One ownership rule: the training DAG's gather and load_and_validate read the same windows of [start, end)."""
     from datetime import timedelta
 
-    from sensor_scoring import settings as config
+    from sensor_scoring import layout, settings as config
     from sensor_scoring.contracts import WINDOW_COLUMNS, WINDOW_KEY
-    from sensor_scoring.models import training
     from sensor_scoring.steps.interval import Hour
     from sensor_scoring.steps.load import load_and_validate
+    from sensor_scoring.steps.training import gather
     from sensor_scoring.windows import LandingPlan, land_windows, to_asa_json_lines
     from tests.support.helpers import START
 
@@ -136,18 +136,17 @@ def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_
     stray = pd.concat([stray, ahead])
     storage.write_bytes(containers.windows, f"{START + H:%Y/%m/%d/%H}/0_stray_1.json", to_asa_json_lines(stray))
     storage.write_bytes(containers.windows, f"{START + 2 * H:%Y/%m/%d/%H}/0_late_1.json", to_asa_json_lines(late))
-    seen = []
-    monkeypatch.setattr(
-        training, "_train", lambda w, **kw: seen.append(w) or fitting.train_models(w, min_rows=kw["min_rows"])
-    )
     key = list(WINDOW_KEY)
     for hours, valid, outside in ((2, 2 * 120 + 1, 2), (3, 3 * 120 + 2, 2)):
-        seen.clear()
-        training.train_and_register(storage, containers, START, START + hours * H, version=f"v{hours}")
+        training = Hour(storage, containers, f"training-{hours}", START, START + hours * H)
+        shards = gather(training, holdout_hours=0, sensors_per_shard=100, nu=0.02, min_rows=30)
+        [trained_on] = [
+            st_read(storage, containers.staging, layout.TrainingRun(training.run_key).shard(s.shard).input)
+            for s in shards
+        ]
         hour = Hour(storage, containers, f"same-rule-{hours}", START, START + hours * H)
         summary = load_and_validate(hour)
         scored = st_read(storage, containers.staging, f"runs/{hour.run_key}/valid.parquet")
-        [trained_on] = seen
         assert len(trained_on) == summary.valid == valid
         assert summary.quarantine_reasons == {"window_outside_interval": outside - 1, "window_landed_early": 1}
         assert "dev-ahead" not in set(trained_on["device_id"])

@@ -102,3 +102,29 @@ def test_only_a_scheduled_week_without_data_skips(run_type):
         pass
     with pytest.raises(ValueError, match="other"), scheduled_runs_skip_when_nothing_landed(context):
         raise ValueError("other")
+
+
+def test_the_gate_judges_the_calibrated_false_alarm_rate_and_coverage():
+    """Measured on labelled normal held-back windows (else all of them) against the rate the version was calibrated
+    to, within three binomial errors; and a version that drops production's sensors is refused whatever it scores."""
+    policy = promotion.Policy(false_alarm_rate=0.02, max_flagged_share=0.5)
+    fine = summary(0.03, None, None)
+    fine["candidate_all"] |= {"labelled": 1000, "anomalous": 0, "normal_flagged_share": 0.03}
+    assert promotion.decide(fine, policy) == (True, [])  # 3% on 1000 normal windows: within 2% + 3 x 0.44%
+    noisy = summary(0.05, None, None)
+    noisy["candidate_all"] |= {"labelled": 1000, "anomalous": 0, "normal_flagged_share": 0.05}
+    ok, why = promotion.decide(noisy, policy)
+    assert (
+        not ok and "above its calibrated false-alarm rate 2.0%" in why[0] and "1000 held-back labelled normal" in why[0]
+    )
+    unlabelled = summary(0.05, None, None)
+    unlabelled["candidate_all"] |= {"windows": 100}
+    assert promotion.decide(unlabelled, policy)[0] is True  # 5% of 100 is within 2% + 3 x 1.4%
+
+    dropped = promotion.coverage([("d1", "t")], "context-v1", [("d1", "t"), ("d2", "t")], "v1", "window-v1")
+    assert dropped["uncovered"] == 1 and dropped["uncovered_sensors"] == ["d2/t"]
+    ok, why = promotion.decide({**summary(0.05, None, None), "coverage": dropped}, promotion.Policy())
+    assert not ok and why[0].startswith("it has no model for 1 of the 2 sensors production (v1) scores (d2/t)")
+    carried = promotion.coverage([("d1", "t")], "context-v1", [("d1", "t"), ("d2", "t")], "v1", "context-v1")
+    assert carried["carried"] == 1 and carried["carried_from"] == "v1" and carried["uncovered"] == 0
+    assert promotion.decide({**summary(0.05, None, None), "coverage": carried}, promotion.Policy()) == (True, [])

@@ -76,6 +76,7 @@ def metrics(frame: pd.DataFrame) -> dict[str, float | int | None]:
 
     Precision, recall and F1 are over the labelled windows only, ``None`` when none is labelled; a ratio with a zero
     denominator is 0 (nothing flagged: precision 0, so a model that flags nothing never looks perfect).
+    ``normal_flagged_share``: the share of labelled normal windows flagged, the false-alarm rate measured.
     """
     n = len(frame)
     flagged = int(frame["is_anomaly"].sum()) if n else 0
@@ -88,6 +89,7 @@ def metrics(frame: pd.DataFrame) -> dict[str, float | int | None]:
         "precision": None,
         "recall": None,
         "f1": None,
+        "normal_flagged_share": None,
     }
     lab = frame.loc[frame["labelled"]] if n else frame
     if len(lab):
@@ -103,6 +105,7 @@ def metrics(frame: pd.DataFrame) -> dict[str, float | int | None]:
             precision=round(precision, 6),
             recall=round(recall, 6),
             f1=round(f1, 6),
+            normal_flagged_share=round(fp / normal, 6) if (normal := len(lab) - tp - fn) else None,
         )
     return out
 

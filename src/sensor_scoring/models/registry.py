@@ -24,10 +24,12 @@ data range, parameters and evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
 from datetime import datetime, timezone
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -37,11 +39,67 @@ from sensor_scoring.contracts import InvalidName, RegistryError
 from sensor_scoring.models import pack
 from sensor_scoring.models.fitting import TrainedModel
 from sensor_scoring.names import check_version
+from sensor_scoring.records import ContractError, Record
 from sensor_scoring.scorer import ModelArrays
 from sensor_scoring.storage import Storage, parquet_bytes, parquet_frame
 
 #: The alias the hourly DAG scores with unless told otherwise.
 PRODUCTION_ALIAS = "production"
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexFile(Record):
+    """The version's per-model index and the SHA-256 of its bytes."""
+
+    KIND: ClassVar[str] = "index entry"
+    file: str
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PackFile(Record):
+    """One pack of the version: its file, how many models it holds, the SHA-256 of its bytes."""
+
+    KIND: ClassVar[str] = "pack entry"
+    file: str
+    models: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionManifest(Record):
+    """``versions/<version>/manifest.json``: what a version holds and where it came from.
+
+    ``features`` is a set's name (``sensor_scoring.features``), or, in versions from before sets had names, the
+    list of ``window-v1``'s columns. ``lineage`` (versions of the training DAG: run, data range, params, the gate's
+    verdict ``models.promotion.GateVerdict`` under ``evaluation``) is absent from versions registered otherwise.
+    Manifests written before they carried ``schema_version`` read as version 1: the fields were the same.
+    """
+
+    KIND: ClassVar[str] = "model version manifest"
+    SCHEMA_VERSION: ClassVar[int | None] = 1
+    version: str
+    created_at: str
+    format: str
+    features: Any
+    params: dict[str, Any]
+    libraries: dict[str, str]
+    models: int
+    train_start: str
+    train_end: str
+    index: IndexFile
+    packs: tuple[PackFile, ...]
+    feature_columns: tuple[str, ...] = ()
+    lineage: dict[str, Any] | None = None
+    #: sensors of the training data without a model, counted by reason (``fitting.SKIP_REASONS``); the sensors are
+    #: in ``skipped.parquet``. Absent from versions registered before skip rules
+    skipped: dict[str, int] | None = None
+
+    @classmethod
+    def from_dict(cls, data: object, source: str) -> VersionManifest:
+        if isinstance(data, dict) and "schema_version" not in data:
+            data = {**data, "schema_version": 1}  # written before manifests were versioned: the same fields
+        return super().from_dict(data, source)
 
 
 class IndexMismatchError(RegistryError, pack.ModelIntegrityError):
@@ -74,14 +132,17 @@ def register(
     lineage: dict[str, object] | None = None,
     evaluation: pd.DataFrame | None = None,
     skipped: pd.DataFrame | None = None,
+    carried: dict[tuple[str, str], str] | None = None,
 ) -> dict[str, object]:
     """Write a version (packs, index, manifest), then move the alias if asked. Returns the manifest.
 
     ``lineage`` (the training run, data range, evaluation) goes into the manifest; ``evaluation`` (per-sensor
     metrics) is stored beside it as ``evaluation.parquet``; ``skipped`` (device_id, tag, reason: the sensors of the
     training data without a model, ``fitting.SKIP_REASONS``) as ``skipped.parquet``, counted by reason in the
-    manifest's ``skipped``.
+    manifest's ``skipped``. ``carried``: the models taken over unchanged from another version (sensor -> that
+    version), named in the index's ``carried_from`` column.
     """
+    carried = carried or {}
     check_version(version)
     if not trained:
         raise ValueError("no models to register: no sensor had enough training windows")
@@ -116,6 +177,7 @@ def register(
                     "nu": model.nu,
                     "false_alarm_rate": model.false_alarm_rate,
                     "calibration_windows": model.calibration_windows,
+                    "carried_from": carried.get((model.device_id, model.tag)),
                 }
             )
     index = pd.DataFrame(index_rows)
@@ -142,11 +204,12 @@ def register(
     if skipped is not None:
         manifest["skipped"] = {str(k): int(v) for k, v in skipped["reason"].value_counts(sort=False).items()}
     if lineage is not None:
-        manifest["lineage"] = lineage
-    storage.write_bytes(container, prefix + "manifest.json", json.dumps(manifest, indent=2).encode())
+        manifest["lineage"] = json.loads(json.dumps(lineage, default=str))  # plain JSON, as it will be read
+    record = VersionManifest.from_dict(manifest, source=f"the registration of {version}")
+    storage.write_bytes(container, prefix + "manifest.json", record.to_json(indent=2))
     if promote:
         set_alias(storage, container, PRODUCTION_ALIAS, version)
-    return manifest
+    return record.to_dict()
 
 
 def set_alias(
@@ -205,19 +268,27 @@ def resolve_version(storage: Storage, container: str, name: str) -> str:
     )
 
 
-def read_manifest(storage: Storage, container: str, version: str) -> dict[str, object]:
-    """A version's manifest; ``RegistryError`` if it has none or it is not JSON."""
+def read_version_manifest(storage: Storage, container: str, version: str) -> VersionManifest:
+    """A version's manifest, checked field by field; ``RegistryError`` if it has none, or it is not JSON or not
+    a manifest (naming the field)."""
     check_version(version)
+    path = f"versions/{version}/manifest.json"
     try:
-        manifest: dict[str, object] = json.loads(storage.read_bytes(container, f"versions/{version}/manifest.json"))
+        data = storage.read_bytes(container, path)
     except FileNotFoundError:
         raise RegistryError(
             f"model version {version!r} has no manifest.json in container {container!r}; "
             f"{_existing(storage, container)}"
         ) from None
-    except ValueError as exc:
-        raise RegistryError(f"manifest of model version {version!r} is not JSON: {exc}") from None
-    return manifest
+    try:
+        return VersionManifest.from_json(data, source=f"{container}/{path}")
+    except ContractError as exc:
+        raise RegistryError(f"manifest of model version {version!r} is unreadable: {exc}") from None
+
+
+def read_manifest(storage: Storage, container: str, version: str) -> dict[str, object]:
+    """A version's manifest (:func:`read_version_manifest`) as plain JSON values."""
+    return read_version_manifest(storage, container, version).to_dict()
 
 
 def version_features(manifest: dict[str, object]) -> str:
@@ -239,15 +310,24 @@ def read_index(storage: Storage, container: str, version: str) -> pd.DataFrame:
             f"model version {version!r} has a manifest but no index (models.parquet) in container {container!r}; "
             f"{_existing(storage, container)}"
         ) from None
-    try:
-        expected = manifest["index"]["sha256"]  # type: ignore[index]
-    except (KeyError, TypeError):
-        raise RegistryError(f"manifest of model version {version!r} names no index hash") from None
+    expected = manifest["index"]["sha256"]  # type: ignore[index]
     if hashlib.sha256(data).hexdigest() != expected:
         raise IndexMismatchError(
             f"model index of version {version!r} does not match its manifest hash; {_existing(storage, container)}"
         )
     return parquet_frame(data)
+
+
+def fits(arrays: ModelArrays, width: int) -> bool:
+    """Whether a model's arrays take ``width`` features: its scaler and support vectors agree on that width."""
+    sv = np.asarray(arrays.support_vectors)
+    return (
+        np.shape(arrays.mean) == (width,)
+        and np.shape(arrays.scale) == (width,)
+        and sv.ndim == 2
+        and sv.shape[1] == width
+        and np.shape(arrays.dual_coef) == (sv.shape[0],)
+    )
 
 
 def load_models(
@@ -257,9 +337,11 @@ def load_models(
 
     Each pack is read once however many of its models are wanted, so a shard of thousands of sensors costs
     a few storage reads. Returns the verified models, each carrying its version's feature set, and, for the rest,
-    the reason they cannot be used.
+    the reason they cannot be used: ``model_unreadable`` too for a model whose input width is not its version's
+    feature set's (it could not be scored with the others).
     """
     feature_set = version_features(read_manifest(storage, container, version))
+    width = len(feature_sets.columns(feature_set))
     models: dict[tuple[str, str], ModelArrays] = {}
     refused: dict[tuple[str, str], str] = {}
     for pack_file, rows in wanted.groupby("pack", sort=True):
@@ -277,6 +359,8 @@ def load_models(
                 refused[key] = "model_missing"
             elif unpacked[row].digest() != sha:
                 refused[key] = "model_hash_mismatch"
+            elif not fits(unpacked[row], width):
+                refused[key] = "model_unreadable"  # cannot be fed its version's features: scored, it would fail all
             else:
                 models[key] = unpacked[row]
                 models[key].features = feature_set

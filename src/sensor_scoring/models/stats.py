@@ -7,6 +7,12 @@ decision values over quantile edges, the reference distribution of the populatio
 
 Quantile edges put about the same share of training windows in each bin, so PSI weighs every part of the
 distribution; the outermost edges are open (an hour scoring beyond the training range lands in the end bins).
+
+A daily cycle makes one hour unlike a whole day: a sensor at its daily trough scores differently, and is flagged
+more or less often, than over its whole training range. So the statistics are also kept per hour of day (UTC):
+``hourly_counts`` (the histogram of the training windows of that hour of day, over the same edges) and
+``hourly_flagged_share``; health compares an hour with the same hour of day in training where training had at
+least ``MIN_HOURLY_WINDOWS`` windows then (a range of a day or more), else with the whole range.
 """
 
 from __future__ import annotations
@@ -27,7 +33,20 @@ BINS = 10
 STATS_FILE = "training_stats.parquet"
 #: Smoothing of empty bins in PSI (a bin with no window would make the logarithm infinite).
 PSI_EPSILON = 1e-4
-COLUMNS = ("device_id", "tag", "train_rows", "train_flagged_share", "score_mean", "score_std", "edges", "counts")
+#: Training windows of one hour of day below which health compares with the whole range instead.
+MIN_HOURLY_WINDOWS = 30
+COLUMNS = (
+    "device_id",
+    "tag",
+    "train_rows",
+    "train_flagged_share",
+    "score_mean",
+    "score_std",
+    "edges",
+    "counts",
+    "hourly_counts",
+    "hourly_flagged_share",
+)
 
 
 def stats_path(version: str) -> str:
@@ -35,25 +54,39 @@ def stats_path(version: str) -> str:
     return f"versions/{version}/{STATS_FILE}"
 
 
-def training_statistics(arrays: ModelArrays, features: np.ndarray, *, bins: int = BINS) -> dict[str, object]:
+def training_statistics(
+    arrays: ModelArrays, features: np.ndarray, *, bins: int = BINS, hours: np.ndarray | None = None
+) -> dict[str, object]:
     """The statistics health needs of one fitted model, from its arrays and its training features.
 
     Decision values are computed with the scorer's own function (``scorer.decision_function``), so training and
-    hourly scores are the same numbers; a window is flagged where the value is not above zero, as in scoring.
-    ``edges`` are the ``bins - 1`` inner quantile edges (deduplicated: a model with few distinct values gets fewer
-    bins) and ``counts`` the training windows in each of the ``len(edges) + 1`` bins.
+    hourly scores are the same numbers; a window is flagged where the value is not above the model's threshold,
+    as in scoring. ``edges`` are the ``bins - 1`` inner quantile edges (deduplicated: a model with few distinct
+    values gets fewer bins) and ``counts`` the training windows in each of the ``len(edges) + 1`` bins.
+    ``hours`` (the hour of day, 0-23, of each training window) adds the per-hour-of-day histograms and flagged
+    shares (an hour of day without training windows: zero counts and NaN).
     """
     if len(features) == 0:
         raise ValueError("no training features: statistics need at least one window")
     values = decision_function(features, np.zeros(len(features), dtype=np.int64), [arrays])
     edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+    flagged = values <= arrays.threshold
+    hourly_counts: list[list[int]] = []
+    hourly_flagged: list[float] = []
+    if hours is not None:
+        for h in range(24):
+            at = np.asarray(hours) == h
+            hourly_counts.append([int(c) for c in bin_counts(values[at], edges)])
+            hourly_flagged.append(float(flagged[at].mean()) if at.any() else float("nan"))
     return {
         "train_rows": int(len(values)),
-        "train_flagged_share": float((values <= 0.0).mean()),
+        "train_flagged_share": float(flagged.mean()),
         "score_mean": float(values.mean()),
         "score_std": float(values.std()),
         "edges": [float(e) for e in edges],
         "counts": [int(c) for c in bin_counts(values, edges)],
+        "hourly_counts": hourly_counts,
+        "hourly_flagged_share": hourly_flagged,
     }
 
 
@@ -87,12 +120,22 @@ def statistics_table(trained: Sequence[TrainedModel], windows: pd.DataFrame) -> 
         {
             "device_id": m.device_id,
             "tag": m.tag,
-            **training_statistics(m.arrays, feature_matrix(by_sensor[key], m.arrays.features)),
+            **training_statistics(
+                m.arrays, feature_matrix(by_sensor[key], m.arrays.features), hours=_hour_of_day(by_sensor[key])
+            ),
         }
         for m in trained
         if (key := (m.device_id, m.tag)) in by_sensor
     ]
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _hour_of_day(windows: pd.DataFrame) -> np.ndarray | None:
+    """The UTC hour of day of each window's ``window_end`` (the hour whose partition it is scored in), None without
+    ``window_end``."""
+    if "window_end" not in windows:
+        return None
+    return pd.to_datetime(windows["window_end"], utc=True).dt.hour.to_numpy()
 
 
 def store(

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,13 +43,29 @@ from sensor_scoring.contracts import (
 )
 from sensor_scoring.steps import partial
 from sensor_scoring.steps.common import names_storage_outages
-from sensor_scoring.steps.fence import check_fence, claim_commit, release_claims, write_fenced_manifest
+from sensor_scoring.steps.fence import (
+    check_fence,
+    claim_commit,
+    hours_to_commit,
+    release_claims,
+    write_fenced_manifest,
+)
 from sensor_scoring.steps.interval import Hour
-from sensor_scoring.steps.rescoring import Kept, keep_unrescored, model_versions, rescoring_history
+from sensor_scoring.steps.rescoring import (
+    DEFAULT_PURGED_POLICY,
+    Kept,
+    PurgedPolicy,
+    check_purged_policy,
+    keep_committed,
+    model_versions,
+    rescoring_history,
+)
 from sensor_scoring.storage import Storage
 from sensor_scoring.windows import partition_hours
 
 log = logging.getLogger(__name__)
+
+_KEY = ["device_id", "tag", "window_end"]
 
 
 @dataclass
@@ -80,12 +96,15 @@ def commit(
     shard_results: Sequence[ShardResult],
     *,
     failed_shards: Sequence[PlannedShard] = (),
+    purged_windows: PurgedPolicy = DEFAULT_PURGED_POLICY,
 ) -> list[Manifest]:
     """Check landed = scored + quarantined + duplicates for the run, then commit each of its hours in turn.
 
     ``failed_shards`` (a partial hour, see :mod:`sensor_scoring.steps.partial`): their windows are quarantined as
     ``shard_failed``, the hours they touch are ``partial``, and the run's staging is kept for the retry.
+    ``purged_windows``: what becomes of committed rows whose windows the run did not find (``steps.rescoring``).
     """
+    policy = check_purged_policy(purged_windows)
     storage, staging, run = hour.storage, hour.containers.staging, layout.Run(hour.run_key)
     plan = ShardPlan.from_json(storage.read_bytes(staging, run.plan), source=st.make_uri(staging, run.plan))
     report = ValidationReport.from_json(
@@ -96,6 +115,7 @@ def commit(
         quarantine = pd.concat([quarantine, partial.failed_shard_quarantine(hour, failed_shards)], ignore_index=True)
     check_run_accounting(summary, shard_results, len(quarantine))
     superseded = partial.superseded_staging(hour)
+    hours = hours_to_commit(hour, summary)
     context = _Commit(
         hour,
         summary,
@@ -104,19 +124,20 @@ def commit(
         datetime.now(timezone.utc),
         failed_shards=partial.failed_shard_records(failed_shards),
     )
+    q_hour = partition_hours(quarantine, hour.start, hour.end)
+    q_by_hour = {h: quarantine.loc[(q_hour == pd.Timestamp(h)).to_numpy(dtype=bool)] for h in hours}
+
+    def keep(found: dict[datetime, pd.DataFrame]) -> dict[datetime, Kept]:
+        # the rows outside a subset, and the committed rows whose windows this run did not find (purged_windows)
+        return keep_committed(hour, hours, summary.subset, found, policy)
+
     with tempfile.TemporaryDirectory(prefix="commit-") as tmp:
-        kept = keep_unrescored(hour, summary.subset)  # a subset rescoring keeps the other rows
-        written = _write_predictions(hour, Path(tmp), kept, shard_results)
-        q_hour = partition_hours(quarantine, hour.start, hour.end)
-        manifests = [
-            _commit_hour(context, h, written[h], quarantine.loc[q_hour == pd.Timestamp(h)], kept.get(h))
-            for h in hour.hours
-        ]
+        written, kept = _write_predictions(hour, hours, Path(tmp), shard_results, q_by_hour, keep)
+        manifests = [_commit_hour(context, h, written[h], q_by_hour[h], kept[h]) for h in hours]
     if failed_shards:
         partial.log_partial(hour, failed_shards)  # staging kept: the failed shards' specs and inputs are retried
-    else:
-        storage.delete_prefix(staging, run.prefix)
-    partial.delete_superseded(hour, superseded)
+    # a staging folder goes once no hour names its specs: not this run's while a failed shard is named anywhere
+    partial.release_staging(hour, [run.prefix, *superseded])
     return manifests
 
 
@@ -155,27 +176,38 @@ def check_run_accounting(summary: HourSummary, shard_results: Sequence[ShardResu
 
 
 def _write_predictions(
-    hour: Hour, folder: Path, kept: dict[datetime, Kept], shard_results: Sequence[ShardResult]
-) -> dict[datetime, _Written]:
-    """Stream the kept rows and every shard's predictions into one local Parquet file per hour."""
-    written = {h: _Written(folder / f"{h:%Y%m%d%H}.parquet") for h in hour.hours}
+    hour: Hour,
+    hours: Sequence[datetime],
+    folder: Path,
+    shard_results: Sequence[ShardResult],
+    quarantined: dict[datetime, pd.DataFrame],
+    keep: Callable[[dict[datetime, pd.DataFrame]], dict[datetime, Kept]],
+) -> tuple[dict[datetime, _Written], dict[datetime, Kept]]:
+    """Stream every shard's predictions into one local Parquet file per hour, noting each window's key; then the
+    committed rows ``keep`` leaves as they were, given the keys the run scored or quarantined per hour."""
+    written = {h: _Written(folder / f"{h:%Y%m%d%H}.parquet") for h in hours}
     writers = {h: pq.ParquetWriter(w.path, PREDICTION_SCHEMA) for h, w in written.items()}
+    keys: dict[datetime, list[pd.DataFrame]] = {h: [quarantined[h][_KEY]] for h in hours}
     try:
-        for h, rest in kept.items():
-            writers[h].write_table(rest.predictions)
-            written[h].scored += rest.scored
-            written[h].anomalies += rest.anomalies
         for result in sorted(shard_results, key=lambda r: r.shard):
             frame = _shard_predictions(hour.storage, result)
             for moment, rows in frame.groupby(frame["window_end"].dt.floor("h"), sort=True):
                 h = pd.Timestamp(moment).to_pydatetime()
+                if h not in writers:
+                    continue  # an hour this commit leaves as another run committed it (fence.hours_to_commit)
                 writers[h].write_table(pa.Table.from_pandas(rows, schema=PREDICTION_SCHEMA, preserve_index=False))
                 written[h].scored += len(rows)
                 written[h].anomalies += int(rows["is_anomaly"].sum())
+                keys[h].append(rows[_KEY])
+        kept = keep({h: pd.concat(frames, ignore_index=True) for h, frames in keys.items()})
+        for h, rest in kept.items():
+            writers[h].write_table(rest.predictions)
+            written[h].scored += rest.scored
+            written[h].anomalies += rest.anomalies
     finally:
         for writer in writers.values():
             writer.close()
-    return written
+    return written, kept
 
 
 def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFrame, kept: Kept | None) -> Manifest:
@@ -198,7 +230,7 @@ def _write_hour(
 ) -> Manifest:
     """The hour's writes, once its commit is claimed and fenced; the manifest last, conditional on ``generation``."""
     hour, storage, containers, part = run.hour, run.hour.storage, run.hour.containers, layout.Partition(h)
-    if kept is not None:
+    if kept is not None and len(kept.quarantine):  # an empty frame would turn the columns' dtypes to object
         q_rows = pd.concat([kept.quarantine, q_rows], ignore_index=True)
     validation = run.report.hour(h)
     counts = hour_counts(h, validation, written, len(q_rows), kept)
@@ -254,13 +286,19 @@ def _write_hour(
             run_id=hour.run_id,
             model_version=run.model_version,
             committed_at=run.committed_at,
+            not_found=run.summary.subset_not_found,
         ),
         model_versions=model_versions(written.path),
         duplicates_by_sensor=(
             *(kept.duplicates_by_sensor if kept else ()),
             *run.summary.duplicates_by_sensor.get(h.isoformat(), ()),
         ),
-        failed_shards=run.failed_shards if status == "partial" else (),
+        failed_shards=(
+            partial.named_failed_shards(hour, run.failed_shards, kept.previous if kept else None, q_rows)
+            if status == "partial"
+            else ()
+        ),
+        purged=kept.purged if kept else None,
     )
     body = manifest.to_json(indent=2)
     write_fenced_manifest(hour, h, body, generation)

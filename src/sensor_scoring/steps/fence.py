@@ -22,6 +22,7 @@ once.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timedelta, timezone
 
 from sensor_scoring import layout
@@ -31,6 +32,8 @@ from sensor_scoring.storage import GenerationMismatch
 
 #: How long a claim whose run never wrote its manifest (a commit that died) keeps other runs from the hour.
 CLAIM_TTL = timedelta(hours=1)
+
+log = logging.getLogger(__name__)
 
 
 def read_generations(hour: Hour) -> dict[str, str]:
@@ -54,6 +57,34 @@ def _own(hour: Hour, h: datetime) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     return isinstance(body, dict) and body.get("run_id") == hour.run_id
+
+
+def hours_to_commit(hour: Hour, summary: HourSummary) -> list[datetime]:
+    """The run's hours its commit writes: all of them, unless the run committed some already (a partial run whose
+    failed shard is being retried) and another run has committed others since (a re-run of one hour, a subset
+    rescoring). Those hours keep their newer partition and this commit fills in the hours the run still owns, so
+    clearing a failed shard works whatever was re-run beside it. Any other run gets every hour, and a superseded
+    one is refused by ``check_fence`` as before."""
+    own, superseded = [], []
+    for h in hour.hours:
+        read = summary.generations.get(h.isoformat())
+        if _own(hour, h):
+            own.append(h)
+        elif (
+            read is not None
+            and (hour.storage.generation(hour.containers.predictions, layout.Partition(h).manifest) or "") != read
+        ):
+            superseded.append(h)
+    if not own or not superseded:
+        return list(hour.hours)
+    for h in superseded:
+        log.warning(
+            "Hour %s: committed by run %s since run %s committed it; left as it is (re-run the hour to rescore it)",
+            h.isoformat(),
+            _committed_by(hour, h),
+            hour.run_id,
+        )
+    return [h for h in hour.hours if h not in superseded]
 
 
 def check_fence(hour: Hour, summary: HourSummary, h: datetime) -> str | None:

@@ -1,20 +1,25 @@
 """model_health: after commit, how each sensor's model did in each committed hour, against its training.
 
 Cheap by construction: it reads only the hour's two committed partitions (predictions and quarantine, a few
-columns), the previous hour's health partition (for consecutive drifting hours) and the training statistics of
+columns), the neighbouring hours' health partitions (for consecutive drifting hours) and the training statistics of
 the model versions the hour used (``models.stats``). Per sensor and hour:
 
 - ``anomaly_rate`` (anomalies / windows scored) against ``train_flagged_share``, the share its model flagged on
-  its own training windows;
-- ``psi``, the population stability index of the hour's decision values over the training deciles;
+  its own training windows of the same hour of day (of the whole range where training saw too few windows at that
+  hour of day: ``stats.MIN_HOURLY_WINDOWS``): a daily cycle makes one hour unlike a whole day;
+- ``psi``, the population stability index of the hour's decision values over the training deciles (the same hour
+  of day's histogram where there is one, as above);
 - ``quarantine_share``, quarantined / (scored + quarantined) of the sensor's windows;
-- ``drifting``: anomaly rate >= training share + ``SCORING_DRIFT_ANOMALY_EXCESS``, or (when ``SCORING_DRIFT_PSI`` is
-  above 0) PSI >= it; judged only with at least ``MIN_WINDOWS`` scored windows (fewer say too little).
-  ``drift_hours`` counts the consecutive drifting hours, carried from the previous hour's health partition.
-
-PSI is always computed but judged only when configured: one hour of a signal with a daily cycle covers a slice of
-what a model trained on days saw, so its PSI against the whole training distribution is large for a healthy sensor
-(measured: 3 to 6 on the simulator's sensors). It separates drift where models are trained on stationary signals.
+- ``drifting``: anomaly rate >= training share + ``SCORING_DRIFT_ANOMALY_EXCESS``, or (only when
+  ``SCORING_DRIFT_PSI`` is above 0: 0 is off) PSI >= it; judged only with at least ``MIN_WINDOWS`` scored windows.
+- ``drift_hours``: the consecutive drifting hours ending at this one, over the stored health partitions: the
+  previous hour's count plus one, and after writing an hour the following hours' counts are recomputed while they
+  change (:func:`_carry_forward`), so the counts, and the alerts, do not depend on the order hours are scored or
+  re-scored in. An hour without a health partition breaks a run.
+- ``status`` ``model lost``: the sensor's windows were quarantined ``no_model`` although it had a model the hour
+  before, the same hour the day before, or in the production version before the one scoring the hour (a promotion
+  that dropped it). Such an hour is not a quiet success: the manifest counts them (``models_lost``) and the DAG
+  sends a ``models_lost`` alert. A sensor that never had a model stays ``not scored``, unalerted.
 
 A sensor whose version was registered without statistics gets ``status = "no training statistics"`` and no PSI:
 health never fails for it. Written as ``health/date=YYYY-MM-DD/hour=HH/part-00000.parquet`` (``layout.Partition``)
@@ -51,6 +56,9 @@ MAX_LISTED = 100
 STATUS_OK = "ok"
 STATUS_NO_STATS = "no training statistics"
 STATUS_NOT_SCORED = "not scored"
+STATUS_MODEL_LOST = "model lost"
+#: Hours after a re-scored hour whose drift counts are recomputed at most (a run longer than this is cut there).
+MAX_CARRY_HOURS = 24 * 7
 
 HEALTH_SCHEMA = pa.schema(
     [
@@ -109,14 +117,25 @@ class HealthManifest(Record):
     alerting: int
     alerting_sensors: tuple[str, ...]
     quarantine_reasons: dict[str, int]
+    #: sensors quarantined ``no_model`` that had a model before (``STATUS_MODEL_LOST``); the first MAX_LISTED named
+    models_lost: int = 0
+    models_lost_sensors: tuple[str, ...] = ()
 
 
 @names_storage_outages
 def model_health(hour: Hour, thresholds: Thresholds | None = None) -> list[HealthManifest]:
-    """Compute and write the health partition of every hour of the run, in order (so drift hours carry)."""
+    """Compute and write the health partition of every hour of the run, in order, and recompute the drift counts
+    of the hours after each that were written before it. Returns the run's hours' manifests, then those of later
+    hours that now have sensors alerting that they had not (so their alert is sent now)."""
     thresholds = thresholds or Thresholds.from_settings()
     stats_cache: dict[str, pd.DataFrame | None] = {}
-    return [_hour_health(hour, h, thresholds, stats_cache) for h in hour.hours]
+    ours, later = [], {}
+    for h in hour.hours:
+        manifest, changed = _hour_health(hour, h, thresholds, stats_cache)
+        ours.append(manifest)
+        later.update({m.hour: m for m in changed})
+    mine = set(hour.hours)
+    return ours + [m for h, m in sorted(later.items()) if h not in mine]
 
 
 def _read_columns(storage: Storage, container: str, path: str, columns: list[str]) -> pd.DataFrame | None:
@@ -135,10 +154,13 @@ def sensor_health(
     training: dict[str, pd.DataFrame | None],
     previous: pd.DataFrame | None,
     thresholds: Thresholds,
+    *,
+    hour_of_day: int | None = None,
 ) -> pd.DataFrame:
     """The health rows of one hour (``HEALTH_SCHEMA``), from its predictions (device_id, tag, score, is_anomaly,
     model_version), its attributed quarantine rows (device_id, tag), the statistics table of each model version
-    (None: registered without) and the previous hour's health rows (None: no previous hour)."""
+    (None: registered without) and the previous hour's health rows (None: no previous hour). ``hour_of_day``: the
+    hour's UTC hour, to compare with training at the same time of day where the statistics have it."""
     keys = ["device_id", "tag"]
     scored = predictions.groupby(keys, sort=True, observed=True).agg(
         windows=("score", "size"),
@@ -159,20 +181,45 @@ def sensor_health(
     for version, table in training.items():
         if table is None or table.empty:
             continue
-        _add_psi(out, predictions[predictions["model_version"] == version], version, table)
+        _add_psi(out, predictions[predictions["model_version"] == version], version, table, hour_of_day)
     judged = (out["status"] == STATUS_OK) & (out["windows"] >= MIN_WINDOWS)
-    out["drifting"] = judged & (
-        (out["psi"] >= thresholds.psi) | (out["anomaly_rate"] >= out["train_flagged_share"] + thresholds.anomaly_excess)
-    )
-    before = 0
-    if previous is not None and not previous.empty:
-        carried = previous.set_index(keys)["drift_hours"]
-        before = pd.MultiIndex.from_frame(out[keys]).map(carried.to_dict()).fillna(0).astype("int64")
-    out["drift_hours"] = np.where(out["drifting"], np.asarray(before) + 1, 0).astype("int64")
+    excess = out["anomaly_rate"] >= out["train_flagged_share"] + thresholds.anomaly_excess
+    shifted = (out["psi"] >= thresholds.psi) if thresholds.psi > 0 else False  # 0: PSI reported, not judged
+    out["drifting"] = (judged & (excess | shifted)).astype(bool)
+    out["drift_hours"] = drift_hours(out, previous)
     return out[HEALTH_SCHEMA.names]
 
 
-def _add_psi(out: pd.DataFrame, predictions: pd.DataFrame, version: str, table: pd.DataFrame) -> None:
+def drift_hours(rows: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray:
+    """Consecutive drifting hours ending at ``rows``' hour: the previous hour's count plus one where drifting."""
+    keys = ["device_id", "tag"]
+    before: object = 0
+    if previous is not None and not previous.empty:
+        carried = previous.set_index(keys)["drift_hours"]
+        before = pd.MultiIndex.from_frame(rows[keys]).map(carried.to_dict()).fillna(0).astype("int64")
+    return np.where(rows["drifting"], np.asarray(before) + 1, 0).astype("int64")
+
+
+def _reference(table: pd.DataFrame, hour_of_day: int | None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each model's reference histogram and flagged share: its training windows of ``hour_of_day`` where it had at
+    least ``stats.MIN_HOURLY_WINDOWS`` of them, else its whole range (and always for statistics without hours)."""
+    counts = [np.asarray(c, dtype=float) for c in table["counts"]]
+    shares = table["train_flagged_share"].to_numpy(dtype=float).copy()
+    if hour_of_day is None or "hourly_counts" not in table:
+        return counts, shares
+    for i, (hourly, hourly_share) in enumerate(zip(table["hourly_counts"], table["hourly_flagged_share"])):
+        if hourly is None or len(hourly) != 24:
+            continue
+        at = np.asarray(hourly[hour_of_day], dtype=float)
+        if at.sum() >= model_stats.MIN_HOURLY_WINDOWS:
+            counts[i] = at
+            shares[i] = float(hourly_share[hour_of_day])
+    return counts, shares
+
+
+def _add_psi(
+    out: pd.DataFrame, predictions: pd.DataFrame, version: str, table: pd.DataFrame, hour_of_day: int | None = None
+) -> None:
     """PSI of each sensor scored with ``version``, vectorised: every sensor's edges padded to ``BINS - 1`` with
     +inf (empty padded bins count zero on both sides, so they add nothing), one bincount over all rows."""
     keys = ["device_id", "tag"]
@@ -183,7 +230,8 @@ def _add_psi(out: pd.DataFrame, predictions: pd.DataFrame, version: str, table: 
     width = model_stats.BINS - 1
     edges = np.full((len(ref), width), np.inf)
     counts = np.zeros((len(ref), width + 1))
-    for i, (e, c) in enumerate(zip(ref["edges"], ref["counts"])):
+    reference, expected = _reference(ref, hour_of_day)
+    for i, (e, c) in enumerate(zip(ref["edges"], reference)):
         edges[i, : len(e)] = e
         counts[i, : len(c)] = c
     values = predictions["score"].to_numpy(dtype=float)[known]
@@ -202,13 +250,14 @@ def _add_psi(out: pd.DataFrame, predictions: pd.DataFrame, version: str, table: 
     hit = (at >= 0) & have
     rows = at[hit]
     out.loc[rows, "psi"] = value[hit]
-    out.loc[rows, "train_flagged_share"] = ref["train_flagged_share"].to_numpy(dtype=float)[hit]
+    out.loc[rows, "train_flagged_share"] = expected[hit]
     out.loc[rows, "status"] = STATUS_OK
 
 
 def _hour_health(
     hour: Hour, h: datetime, thresholds: Thresholds, stats_cache: dict[str, pd.DataFrame | None]
-) -> HealthManifest:
+) -> tuple[HealthManifest, list[HealthManifest]]:
+    """Write hour ``h``'s health; returns its manifest and those of later hours whose alerting grew by it."""
     storage, containers, part = hour.storage, hour.containers, layout.Partition(h)
     columns = ["device_id", "tag", "score", "is_anomaly", "model_version"]
     predictions = _read_columns(storage, containers.predictions, part.data, columns)
@@ -227,21 +276,116 @@ def _hour_health(
     previous = _read_columns(
         storage, containers.health, layout.Partition(h - layout.HOUR).data, ["device_id", "tag", "drift_hours"]
     )
-    rows = sensor_health(predictions, attributed, {v: stats_cache[v] for v in versions}, previous, thresholds)
+    rows = sensor_health(
+        predictions,
+        attributed,
+        {v: stats_cache[v] for v in versions},
+        previous,
+        thresholds,
+        hour_of_day=h.astimezone(timezone.utc).hour,
+    )
+    lost = _models_lost(hour, h, attributed)
+    if lost:
+        at = pd.MultiIndex.from_frame(rows[["device_id", "tag"]]).isin(lost)
+        rows.loc[at, "status"] = STATUS_MODEL_LOST
     reasons = {str(k): int(v) for k, v in quarantine[REASON_COLUMN].value_counts().items()}
     manifest = write_health(
         storage, containers, h, rows, hour.run_id, thresholds, len(quarantine) - len(attributed), reasons
     )
     log.info(
-        "Model health of %s: %d sensor(s), %d drifting, %d drifting %d+ hours, %d without training statistics",
+        "Model health of %s: %d sensor(s), %d drifting, %d drifting %d+ hours, %d without training statistics, "
+        "%d that lost their model",
         part.prefix,
         manifest.sensors,
         manifest.drifting,
         manifest.alerting,
         thresholds.hours,
         manifest.no_statistics,
+        manifest.models_lost,
     )
-    return manifest
+    return manifest, _carry_forward(hour, h, rows, thresholds)
+
+
+def _carry_forward(hour: Hour, h: datetime, rows: pd.DataFrame, thresholds: Thresholds) -> list[HealthManifest]:
+    """Recompute ``drift_hours`` of the hours after ``h`` that have health, while their counts change (an hour
+    scored before the one before it counted a run from nothing). Returns the rewritten manifests whose alerting
+    sensors grew: those alerts are due now."""
+    storage, containers = hour.storage, hour.containers
+    previous, grew = rows[["device_id", "tag", "drift_hours"]], []
+    for step in range(1, MAX_CARRY_HOURS + 1):
+        later = h + step * layout.HOUR
+        if later in hour.hours:
+            break  # computed by this run, in order, after this hour
+        stored = _read_columns(storage, containers.health, layout.Partition(later).data, list(HEALTH_SCHEMA.names))
+        old = read_manifest(storage, containers, later)
+        if stored is None or old is None:
+            break
+        counts = drift_hours(stored, previous)
+        if np.array_equal(counts, stored["drift_hours"].to_numpy(dtype="int64")):
+            break
+        stored["drift_hours"] = counts
+        manifest = write_health(
+            storage,
+            containers,
+            later,
+            stored,
+            old.run_id,
+            thresholds,
+            old.unattributed_quarantined,
+            old.quarantine_reasons,
+            models_lost=(old.models_lost, old.models_lost_sensors),
+        )
+        log.info("Drift hours of %s recomputed after %s was (re)scored", later.isoformat(), h.isoformat())
+        if manifest.alerting and set(manifest.alerting_sensors) - set(old.alerting_sensors):
+            grew.append(manifest)
+        previous = stored[["device_id", "tag", "drift_hours"]]
+    return grew
+
+
+def _models_lost(hour: Hour, h: datetime, quarantine: pd.DataFrame) -> list[tuple[str, str]]:
+    """Sensors of the hour quarantined ``no_model`` that had a model before: scored the hour before or the same
+    hour the day before (their health partitions), or listed in the production version the one scoring this hour
+    replaced (the alias history). A sensor that never had a model is not among them."""
+    orphans = quarantine.loc[quarantine[REASON_COLUMN] == "no_model", ["device_id", "tag"]].drop_duplicates()
+    if orphans.empty:
+        return []
+    wanted = set(orphans.itertuples(index=False, name=None))
+    had: set[tuple[str, str]] = set()
+    for earlier in (h - layout.HOUR, h - 24 * layout.HOUR):
+        seen = _read_columns(
+            hour.storage, hour.containers.health, layout.Partition(earlier).data, ["device_id", "tag", "windows"]
+        )
+        if seen is not None:
+            scored = seen.loc[seen["windows"] > 0, ["device_id", "tag"]]
+            had |= wanted & set(scored.itertuples(index=False, name=None))
+    replaced = _replaced_version(hour, h)
+    if replaced is not None and wanted - had:
+        from sensor_scoring.models import registry
+
+        try:
+            index = registry.read_index(hour.storage, hour.containers.models, replaced)
+        except LookupError as exc:
+            log.warning("Cannot read version %s to tell lost models: %s", replaced, exc)
+        else:
+            had |= wanted & set(index[["device_id", "tag"]].itertuples(index=False, name=None))
+    return sorted(had)
+
+
+def _replaced_version(hour: Hour, h: datetime) -> str | None:
+    """The production version that the one scoring hour ``h`` (its predictions manifest's) replaced, if any."""
+    import json
+
+    from sensor_scoring.models import promotion
+
+    try:
+        scored_with = json.loads(
+            hour.storage.read_bytes(hour.containers.predictions, layout.Partition(h).manifest)
+        ).get("model_version")
+    except (FileNotFoundError, ValueError, AttributeError):
+        return None
+    moves = [m for m in promotion.history(hour.storage, hour.containers.models) if m.get("version") == scored_with]
+    previous = moves[-1].get("previous") if moves else None
+    return str(previous) if previous else None
 
 
 def write_health(
@@ -253,9 +397,14 @@ def write_health(
     thresholds: Thresholds,
     unattributed_quarantined: int,
     quarantine_reasons: dict[str, int],
+    models_lost: tuple[int, tuple[str, ...]] | None = None,
 ) -> HealthManifest:
-    """Write an hour's health rows (``sensor_health``) and then its manifest, whose totals are the rows' sums."""
+    """Write an hour's health rows (``sensor_health``) and then its manifest, whose totals are the rows' sums.
+    ``models_lost``: the count and names to keep (a rewrite of drift hours), else counted from the rows' status."""
     part = layout.Partition(h)
+    if models_lost is None:
+        lost = rows.loc[rows["status"] == STATUS_MODEL_LOST, ["device_id", "tag"]]
+        models_lost = (len(lost), tuple(f"{d}/{t}" for d, t in lost.head(MAX_LISTED).itertuples(index=False)))
     storage.write_bytes(containers.health, part.data, st.parquet_bytes(rows, HEALTH_SCHEMA))
     alerting = rows[rows["drift_hours"] >= thresholds.hours].sort_values(
         ["drift_hours", "psi"], ascending=False, na_position="last"
@@ -278,6 +427,8 @@ def write_health(
             f"{d}/{t}" for d, t in alerting[["device_id", "tag"]].head(MAX_LISTED).itertuples(index=False)
         ),
         quarantine_reasons=quarantine_reasons,
+        models_lost=models_lost[0],
+        models_lost_sensors=models_lost[1],
     )
     storage.write_bytes(containers.health, part.manifest, manifest.to_json(indent=2))
     return manifest

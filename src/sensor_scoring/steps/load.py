@@ -34,7 +34,7 @@ from sensor_scoring.names import check_sensor_names
 from sensor_scoring.steps.common import count_by_hour, hour_key, names_storage_outages, quarantine_frame
 from sensor_scoring.steps.fence import read_generations
 from sensor_scoring.steps.interval import Hour
-from sensor_scoring.steps.rescoring import duplicates_by_sensor, select_sensors, subset_of
+from sensor_scoring.steps.rescoring import check_subset_matches, duplicates_by_sensor, select_sensors, subset_of
 from sensor_scoring.validation import Checked, check_windows
 from sensor_scoring.windows import (
     LandedFiles,
@@ -81,6 +81,8 @@ def load_and_validate(
     generations = read_generations(hour)  # before any window is read: what commit is fenced on
     # the interval's windows and the lookback's (the hour before), the folder they share read once
     read, before = read_owned_with_lookback(hour.storage, hour.containers.windows, hour.start, hour.end, late_folders)
+    interval = f"[{hour.start.isoformat()}, {hour.end.isoformat()})"  # a subset matching nothing fails here
+    not_found = check_subset_matches((read.windows, read.rejected), devices, tags, interval=interval)
     landed, rejected = set_aside_strays(
         select_sensors(read.windows, devices, tags), select_sensors(read.rejected, devices, tags)
     )
@@ -99,7 +101,7 @@ def load_and_validate(
     report = validation_report(hour, landed, checked, read, bounds.as_dict(), share, lookback_skipped(read, before))
     hour.storage.write_bytes(staging, run.validation_report, report.to_json(indent=2))
     summary = hour_summary(hour, landed, checked, read, report, share, subset_of(devices, tags))
-    summary = dataclasses.replace(summary, generations=generations)
+    summary = dataclasses.replace(summary, generations=generations, subset_not_found=not_found)
     _log_loaded(summary, report, checked)
     refuse_above_threshold(
         report, share, report_uri=summary.validation_report, failing_uri=st.make_uri(staging, run.validation_quarantine)

@@ -5,20 +5,37 @@ Why: one node that keeps failing should not hold back the whole fleet's predicti
 ``shard_failed`` (so landed = scored + quarantined + duplicates still holds), marks the hour ``partial`` with the
 failed shards named, and keeps the run's staging, so clearing the failed shard (and commit after it) or re-running
 the hour fills the partition in to ``scored``. Airflow-free: the DAG's commit task says which shards failed.
+
+A partial hour keeps its way back whatever runs beside it: a later run that leaves the failed shard's windows as
+they were (a subset rescoring of other sensors, a re-run that did not find them) names the earlier run's failed
+shards in its manifest too (``named_failed_shards``), and a run's staging is deleted only when no hour's manifest
+names a spec in it any more (``release_staging``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Literal
 
 import pandas as pd
 
 from sensor_scoring import layout, storage as st
-from sensor_scoring.contracts import REASON_COLUMN, SHARD_FAILED, Counts, FailedShard, Manifest, PlannedShard
+from sensor_scoring.contracts import (
+    REASON_COLUMN,
+    SHARD_FAILED,
+    ContractError,
+    Counts,
+    FailedShard,
+    Manifest,
+    PlannedShard,
+    ShardSpec,
+    ValidationReport,
+)
 from sensor_scoring.steps.common import quarantine_frame
-from sensor_scoring.steps.interval import Hour
+from sensor_scoring.steps.interval import Hour, hours_of, run_key
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +94,50 @@ def log_partial(hour: Hour, failed: Sequence[PlannedShard]) -> None:
     )
 
 
+def named_failed_shards(
+    hour: Hour, own: Sequence[FailedShard], previous: Manifest | None, q_rows: pd.DataFrame
+) -> tuple[FailedShard, ...]:
+    """The failed shards a partial hour's manifest names: this run's, and those of earlier runs whose
+    ``shard_failed`` rows this run kept as they were (outside its subset, or not found again), so they stay named
+    until each is filled in. A shard whose spec is gone is named while any row of its run is pending."""
+    if previous is None or not previous.failed_shards:
+        return tuple(own)
+    pending = q_rows.loc[q_rows[REASON_COLUMN] == SHARD_FAILED, ["device_id", "tag", "run_id"]]
+    folders = {r: layout.staging_prefix(run_key(str(r))) for r in pending["run_id"].dropna().unique()}
+    pending_folder = pending["run_id"].map(folders)
+    own_folder = layout.Run(hour.run_key).prefix
+    carried = []
+    for failed in previous.failed_shards:
+        folder = _run_folder(failed.spec)
+        if folder == own_folder or failed in own:
+            continue
+        rows = pending.loc[(pending_folder == folder).to_numpy(dtype=bool)]
+        sensors = _spec_sensors(hour, failed.spec)
+        if sensors is not None:
+            rows = rows.loc[[(d, t) in sensors for d, t in zip(rows["device_id"], rows["tag"])]]
+        if len(rows):
+            carried.append(failed)
+    return (*own, *carried)
+
+
+def _run_folder(spec_uri: str) -> str:
+    """``runs/<run key>/`` of a shard's spec URI."""
+    _, spec = st.parse_uri(spec_uri)
+    return layout.Shard.of_spec(spec).folder.rstrip("/").rsplit("/", 1)[0] + "/"
+
+
+def _spec_sensors(hour: Hour, spec_uri: str) -> set[tuple[str, str]] | None:
+    """The sensors a failed shard scores, from its kept spec; None if the spec is gone or unreadable."""
+    try:
+        spec = ShardSpec.from_json(hour.storage.read_bytes(*st.parse_uri(spec_uri)), source=spec_uri)
+    except (FileNotFoundError, ContractError, ValueError):
+        return None
+    return {(m.device_id, m.tag) for m in spec.models}
+
+
 def superseded_staging(hour: Hour) -> list[str]:
-    """The staging folders of earlier runs that committed one of these hours as partial (read before this run's
-    manifests replace theirs): once this run commits, nobody will retry those runs' failed shards."""
+    """The staging folders of earlier runs named by a failed shard in one of these hours' manifests (read before
+    this run's manifests replace theirs): candidates for deletion once this run has committed."""
     storage, containers, own = hour.storage, hour.containers, layout.Run(hour.run_key).prefix
     folders: set[str] = set()
     for h in hour.hours:
@@ -90,14 +148,56 @@ def superseded_staging(hour: Hour) -> list[str]:
             storage.read_bytes(containers.predictions, path), source=st.make_uri(containers.predictions, path)
         )
         for failed in manifest.failed_shards:
-            container, spec = st.parse_uri(failed.spec)
-            run_folder = layout.Shard.of_spec(spec).folder.rstrip("/").rsplit("/", 1)[0] + "/"
+            container, _ = st.parse_uri(failed.spec)
+            run_folder = _run_folder(failed.spec)
             if container == containers.staging and run_folder != own:
                 folders.add(run_folder)
     return sorted(folders)
 
 
-def delete_superseded(hour: Hour, folders: Sequence[str]) -> None:
+def release_staging(hour: Hour, folders: Sequence[str]) -> None:
+    """Delete each run's staging folder unless a committed manifest still names one of its failed shards' specs:
+    the hours of the folder's run (from its staged validation report) and this run's are checked."""
     for folder in folders:
-        log.info("Deleting the staging of a superseded partial run: %s", folder)
+        pointing = _hours_naming(hour, folder)
+        if pointing:
+            log.info(
+                "Keeping the staging %s: hour(s) %s still name its failed shard(s); clear them or re-run the hour(s)",
+                st.make_uri(hour.containers.staging, folder),
+                ", ".join(h.isoformat() for h in pointing),
+            )
+            continue
+        log.info("Deleting the staging %s: no committed hour names it any more", folder)
         hour.storage.delete_prefix(hour.containers.staging, folder)
+
+
+def _hours_naming(hour: Hour, folder: str) -> list[datetime]:
+    storage, containers = hour.storage, hour.containers
+    hours = set(hour.hours)
+    report = folder + "validation.json"
+    try:
+        interval = ValidationReport.from_json(storage.read_bytes(containers.staging, report), source=report).interval
+        hours |= set(hours_of(interval.start, interval.end))
+    except (FileNotFoundError, ContractError, ValueError):
+        pass  # without the run's report only this run's hours are known
+    naming = []
+    for h in sorted(hours):
+        try:
+            body = json.loads(storage.read_bytes(containers.predictions, layout.Partition(h).manifest))
+        except FileNotFoundError:
+            continue
+        except ValueError:
+            naming.append(h)  # an unreadable manifest might name it: keep the staging
+            continue
+        shards = body.get("failed_shards") if isinstance(body, dict) else None
+        if any(_names_folder(f, folder) for f in shards or ()):
+            naming.append(h)
+    return naming
+
+
+def _names_folder(failed: object, folder: str) -> bool:
+    """Whether a manifest's failed-shard entry points into ``folder`` (an unreadable entry might: True)."""
+    try:
+        return _run_folder(str(failed["spec"])) == folder  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return True

@@ -12,9 +12,13 @@ same values an hourly run would give them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -300,15 +304,25 @@ def skipped_table(results: list[TrainingShardResult]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["device_id", "tag", "reason"]).sort_values(KEY, ignore_index=True)
 
 
-def _production_models(
-    run: Hour, windows: pd.DataFrame, baseline: str
-) -> tuple[str | None, dict[tuple[str, str], ModelArrays] | None]:
-    """The baseline version's models of the held-back sensors; (None, None) before any version is promoted."""
+@dataclass(frozen=True)
+class _Production:
+    """The baseline version a candidate is judged against: its name, feature set, index and loaded models of
+    the held-back sensors."""
+
+    version: str
+    features: str
+    index: pd.DataFrame
+    models: dict[tuple[str, str], ModelArrays]
+
+
+def _production_models(run: Hour, windows: pd.DataFrame, baseline: str) -> _Production | None:
+    """The baseline version's models of the held-back sensors; None before any version is promoted."""
     try:
         version = registry.resolve_version(run.storage, run.containers.models, baseline)
     except LookupError:
         log.info("No %r version yet: the candidate is judged on its own", baseline)
-        return None, None
+        return None
+    features = registry.version_features(registry.read_manifest(run.storage, run.containers.models, version))
     index = registry.read_index(run.storage, run.containers.models, version)
     wanted = index.merge(windows[KEY].drop_duplicates(), on=KEY)
     loaded, refused = registry.load_models(run.storage, run.containers.models, version, wanted)
@@ -319,7 +333,14 @@ def _production_models(
             len(refused),
             dict(list(refused.items())[:5]),
         )
-    return version, loaded
+    return _Production(version, features, index, loaded)
+
+
+def _one_feature_set(models: dict[tuple[str, str], ModelArrays]) -> str:
+    sets = sorted({m.features for m in models.values()})
+    if len(sets) != 1:
+        raise ValueError(f"a version has one feature set; these models were trained on {sets}")
+    return sets[0]
 
 
 @names_storage_outages
@@ -342,18 +363,31 @@ def evaluate(
         raise ValueError("no sensor had enough valid training windows for a model (see min_rows): nothing to evaluate")
     first = windows["window_end"].min().floor("h").to_pydatetime() if len(windows) else run.end
     labels, labelled = evaluation.read_labels(run.storage, run.containers.labels, first, run.end)
-    production_version, production = _production_models(run, windows, baseline)
-    summary, table = evaluation.compare(windows, candidate, production, labels, labelled)
+    production = _production_models(run, windows, baseline)
+    summary, table = evaluation.compare(
+        windows, candidate, None if production is None else production.models, labels, labelled
+    )
+    summary["coverage"] = promotion.coverage(
+        candidate,
+        _one_feature_set(candidate),
+        [] if production is None else list(production.index[KEY].itertuples(index=False, name=None)),
+        None if production is None else production.version,
+        None if production is None else production.features,
+    )
     ok, reasons = promotion.decide(summary, policy)
-    verdict: dict[str, object] = {
-        **summary,
-        "production_version": production_version,
-        "policy": policy.to_dict(),
-        "promotable": ok,
-        "reasons": reasons,
-    }
-    run.storage.write_bytes(staging, plan.evaluation, json.dumps(verdict, indent=2, default=str).encode())
+    record = promotion.GateVerdict.from_dict(
+        {
+            **summary,
+            "production_version": None if production is None else production.version,
+            "policy": policy.to_dict(),
+            "promotable": ok,
+            "reasons": reasons,
+        },
+        source="the gate's evaluation",
+    )
+    run.storage.write_bytes(staging, plan.evaluation, record.to_json(indent=2))
     run.storage.write_bytes(staging, plan.evaluation_table, st.parquet_bytes(table))
+    verdict = record.to_dict()
     log.info(
         "Evaluation: %s", json.dumps({k: verdict[k] for k in ("candidate", "production", "promotable", "reasons")})
     )
@@ -371,7 +405,9 @@ def register(
 ) -> dict[str, object]:
     """Register the candidate as ``version`` (not promoted) with its lineage and the staged evaluation."""
     plan, staging = layout.TrainingRun(run.run_key), run.containers.staging
-    verdict = json.loads(run.storage.read_bytes(staging, plan.evaluation))
+    verdict = promotion.GateVerdict.from_json(
+        run.storage.read_bytes(staging, plan.evaluation), source=st.make_uri(staging, plan.evaluation)
+    ).to_dict()
     table = st.read_parquet(run.storage, staging, plan.evaluation_table)
     lineage = {
         "training_run": run.run_id,
@@ -381,18 +417,24 @@ def register(
         "shards": len(results),
         "skipped_sensors": sum(len(r.skipped) for r in results),
     }
+    trained = load_trained(run.storage, results)
+    coverage = verdict.get("coverage") or {}
+    carried, carried_stats = _carry(run, coverage, trained)
+    if carried:
+        lineage["carried"] = {"from": coverage["carried_from"], "models": len(carried)}
     manifest = registry.register(
         run.storage,
         run.containers.models,
-        load_trained(run.storage, results),
+        sorted(trained + carried, key=lambda m: (m.device_id, m.tag)),
         version=version,
         params=params,
         promote=False,
         lineage=lineage,
         evaluation=table,
         skipped=skipped_table(results),
+        carried={(m.device_id, m.tag): str(coverage["carried_from"]) for m in carried},
     )
-    tables = []
+    tables = [] if carried_stats is None else [carried_stats]
     for result in results:
         if result.models:
             container, prefix = st.parse_uri(result.output_prefix)
@@ -400,6 +442,52 @@ def register(
     if tables:
         stats.store_table(run.storage, run.containers.models, version, pd.concat(tables, ignore_index=True))
     return {k: manifest[k] for k in ("version", "models", "train_start", "train_end")}
+
+
+def _carry(
+    run: Hour, coverage: dict[str, object], trained: list[fitting.TrainedModel]
+) -> tuple[list[fitting.TrainedModel], pd.DataFrame | None]:
+    """Production's models (and training statistics) of the sensors the candidate has none for, when the gate
+    said they can be carried (``promotion.coverage``): the registered version is production with the candidate's
+    sensors replaced, so promoting it drops no sensor. Each carried model is hash-checked as scoring checks it."""
+    source = coverage.get("carried_from")
+    if not source or not coverage.get("carried"):
+        return [], None
+    version = str(source)
+    index = registry.read_index(run.storage, run.containers.models, version)
+    new = pd.DataFrame([(m.device_id, m.tag) for m in trained], columns=KEY)
+    keep = index.merge(new, on=KEY, how="left", indicator=True)
+    keep = keep.loc[keep["_merge"] == "left_only"].drop(columns="_merge").reset_index(drop=True)
+    loaded, refused = registry.load_models(run.storage, run.containers.models, version, keep)
+    if refused:
+        log.warning(
+            "Not carrying %d unusable model(s) of %s: %s", len(refused), version, dict(list(refused.items())[:5])
+        )
+    carried = []
+    for row in keep.itertuples(index=False):
+        key = (str(row.device_id), str(row.tag))
+        if key not in loaded:
+            continue
+        carried.append(
+            fitting.TrainedModel(
+                device_id=key[0],
+                tag=key[1],
+                pipeline=None,
+                arrays=loaded[key],
+                rows=int(getattr(row, "train_rows", 0) or 0),
+                train_start=str(getattr(row, "train_start", "")),
+                train_end=str(getattr(row, "train_end", "")),
+                flagged_share=float(getattr(row, "train_flagged_share", float("nan"))),
+                nu=None if pd.isna(getattr(row, "nu", None)) else float(row.nu),
+            )
+        )
+    table = stats.read(run.storage, run.containers.models, version)
+    if table is not None:
+        table = table.merge(pd.DataFrame(list(loaded), columns=KEY), on=KEY).reset_index(drop=True)
+    log.info(
+        "Carrying %d model(s) of %s into the new version (sensors the run trained no model for)", len(carried), version
+    )
+    return carried, table
 
 
 @names_storage_outages
@@ -415,9 +503,18 @@ def promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, objec
 
 
 def _promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, object]:
-    verdict = dict(registry.read_manifest(run.storage, run.containers.models, version)["lineage"])["evaluation"]  # type: ignore[call-overload]
+    lineage = registry.read_version_manifest(run.storage, run.containers.models, version).lineage or {}
+    where = f"the manifest of model version {version} (lineage.evaluation)"
+    verdict = promotion.GateVerdict.from_dict(lineage.get("evaluation"), source=where).to_dict()
+    carried_from = (verdict.get("coverage") or {}).get("carried_from")
+    now = promotion.current(run.storage, run.containers.models)
     if not verdict["promotable"]:
         reason = "not promoted because " + "; ".join(verdict["reasons"])
+    elif carried_from and now != carried_from:
+        reason = (
+            f"not promoted because production moved from {carried_from} to {now} since the evaluation, and the "
+            f"version carries {carried_from}'s models for the sensors it did not train: train again"
+        )
     elif not promote:
         reason = "not promoted because the run's promote param is off (the policy held)"
     else:
@@ -427,6 +524,8 @@ def _promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, obje
             if prod and cand["f1"] is not None and prod["f1"] is not None
             else ""
         )
+        if carried_from:
+            why += f"; {verdict['coverage']['carried']} sensor(s) keep {carried_from}'s models"
         record = promotion.move_alias(
             run.storage, run.containers.models, version, action="promote", reason=why, by=f"training run {run.run_id}"
         )
@@ -434,3 +533,76 @@ def _promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, obje
         return {"version": version, "promoted": True, "reason": why, "previous": record["previous"]}
     log.warning("Version %s %s", version, reason)
     return {"version": version, "promoted": False, "reason": reason, "previous": None}
+
+
+def model_params(params: Mapping[str, Any]) -> dict[str, object]:
+    """The parameters a version's manifest records, from the training DAG's params (or the CLI's same names)."""
+    mads, rate = params.get("threshold_mads"), params.get("false_alarm_rate")
+    return {
+        "false_alarm_rate": None if rate is None else float(rate),
+        "threshold_mads": None if mads is None else float(mads),
+        "nu": float(params["nu"]),
+        "adaptive_nu": bool(params.get("adaptive_nu", False)),
+        "features": str(params.get("features", feature_sets.DEFAULT_FEATURE_SET)),
+        "gamma": "scale",
+        "kernel": "rbf",
+        "min_rows": int(params["min_rows"]),
+        "scaler": "StandardScaler",
+    }
+
+
+def data_range(run: Hour, params: Mapping[str, Any]) -> dict[str, object]:
+    """The lineage's data range: the whole range, the held-back hours, the subset."""
+    holdout = int(params["holdout_hours"])
+    return {
+        "start": run.start.isoformat(),
+        "end": run.end.isoformat(),
+        "held_back_from": (run.end - holdout * HOUR).isoformat(),
+        "devices": list(params.get("devices") or []),
+        "tags": list(params.get("tags") or []),
+        "late_folders": int(params["late_folders"]),
+        "windows_container": run.containers.windows,
+    }
+
+
+def train_locally(
+    run: Hour, params: Mapping[str, Any], policy: promotion.Policy, *, version: str | None = None
+) -> dict[str, object]:
+    """The training DAG's own steps, in order, in this process: gather, train each shard (as the local backend
+    runs ``train-shard``), evaluate, register, promote by policy. What ``python -m sensor_scoring train`` and the
+    demo run, so they make the version the DAG would make from the same windows and params (the DAG's names:
+    holdout_hours, sensors_per_shard, nu, min_rows, false_alarm_rate, threshold_mads, features, adaptive_nu,
+    devices, tags, late_folders, promote). Returns the registered version's facts and the promotion outcome."""
+    shards = gather(
+        run,
+        holdout_hours=int(params["holdout_hours"]),
+        sensors_per_shard=int(params["sensors_per_shard"]),
+        nu=float(params["nu"]),
+        min_rows=int(params["min_rows"]),
+        threshold_mads=params.get("threshold_mads"),
+        false_alarm_rate=params.get("false_alarm_rate"),
+        devices=params.get("devices") or None,
+        tags=params.get("tags") or None,
+        late_folders=int(params["late_folders"]),
+        features=str(params.get("features", feature_sets.DEFAULT_FEATURE_SET)),
+        adaptive_nu=bool(params.get("adaptive_nu", False)),
+    )
+    results = [train_shard(run.storage, shard.spec_uri) for shard in shards]
+    if params.get("false_alarm_rate") is not None and policy.false_alarm_rate is None:
+        policy = dataclasses.replace(policy, false_alarm_rate=float(params["false_alarm_rate"]))
+    verdict = evaluate(run, results, policy)
+    registered = register(
+        run,
+        results,
+        version=version or registry.new_version_name(),
+        params=model_params(params),
+        data_range=data_range(run, params),
+    )
+    outcome = promote_or_not(run, str(registered["version"]), promote=bool(params.get("promote", True)))
+    return {
+        **registered,
+        "promoted": outcome["promoted"],
+        "reason": outcome["reason"],
+        "previous": outcome["previous"],
+        "evaluation": {k: verdict.get(k) for k in ("candidate_all", "candidate", "production", "coverage")},
+    }
