@@ -5,8 +5,9 @@ only the task's environment, so shards really score, with SAS-only storage acces
 sends (pool autoscale formula and container settings, ids, command line, environment), and how the backend,
 its trigger and the operator behave on success, failure, retry, preemption, timeout and kill. Without keys:
 the Batch account reached with Entra ID (the provider's hook and azure-identity, real tokens from a loopback
-managed-identity endpoint, HTTPS), the pool-identity task environment, and user-delegation SAS accepted where a
-key-signed one is refused. Nothing here ran against a real Batch account.
+managed-identity endpoint, HTTPS), a shard run as the pool's identity on Azurite's OAuth mode with only the
+account URL and the identity's client id, and user-delegation SAS accepted where a key-signed one is refused.
+Nothing here ran against a real Batch account.
 """
 
 from __future__ import annotations
