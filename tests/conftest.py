@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 # Fixtures shared across tiers, by name: the `airflow standalone` stack and its SMTP/webhook receivers (e2e and
-# browser tests), the alert receivers of the DAG and live-alert tests, the landed hour of the Azure Batch tests and
-# the fake Azure Batch account they run against.
+# browser tests), the alert receivers of the DAG and live-alert tests, the landed hour of the Azure Batch tests,
+# the managed-identity endpoint of the Entra ID tests and the fake Azure Batch account they run against.
 pytest_plugins = [
     "tests.support.standalone_stack",
     "tests.support.alerting",
     "tests.support.batch_hour",
-    "tests.support.fake_batch",
     "tests.support.managed_identity",
+    "tests.support.fake_batch",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +44,17 @@ from sensor_scoring.storage import BlobStorage  # noqa: E402
 def azurite(tmp_path_factory: pytest.TempPathFactory):
     """One real Azurite blob server for the session, stopped by its process group at the end (or on failure)."""
     server = Azurite(tmp_path_factory.mktemp("azurite")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def oauth_azurite(tmp_path_factory: pytest.TempPathFactory):
+    """Azurite in its OAuth mode (HTTPS, ``--oauth basic``) with its debug log, for the session: how the tests
+    prove a run used bearer tokens and never the key (:meth:`Azurite.requests`). Stopped by its process group."""
+    server = Azurite(tmp_path_factory.mktemp("azurite-oauth"), oauth=True, debug_log=True).start()
     try:
         yield server
     finally:

@@ -17,7 +17,7 @@ import pytest
 from dev.azurite import KEY as STORAGE_KEY
 from sensor_scoring.backends import azure_batch as batch
 from tests.support.batch_hour import HOUR, H
-from tests.support.fake_batch import KEY as BATCH_KEY
+from tests.support.fake_batch import IDENTITY_POOL, KEY as BATCH_KEY
 from tests.support.partitions import read_partition, run_records
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
@@ -74,30 +74,90 @@ def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, ba
     assert all(prev[1] <= nxt[0] for prev, nxt in zip(runs, runs[1:], strict=False))
 
 
-def test_an_hour_on_azure_batch_with_entra_id(sensor_dag, blob, containers, batch_landed, entra_batch, monkeypatch):
-    """The same hour with an azure_batch connection holding no key: the operator and the trigger reach Batch through
-    AzureBatchHook with DefaultAzureCredential (here a user-assigned managed identity), every request a Bearer
-    token over HTTPS. Storage is this Azurite's shared-key mode, so the tasks' SAS URLs are key-signed here."""
-    airflow_identity = "11111111-2222-3333-4444-555555555555"
-    entra_batch.allow_key_signed_sas = True
-    for name, value in {
-        "AZURE_CLIENT_ID": airflow_identity,
-        "SCORING_BATCH_POOL_ID": "scoring-test-pool",
-        "SCORING_BATCH_POLL_SECONDS": "0.3",
-        "SCORING_BATCH_MAX_POLL_SECONDS": "1",
-    }.items():
+def test_an_hour_on_azure_batch_with_no_key_anywhere(sensor_dag, containers, keyless_azure, monkeypatch):
+    """A whole hour as a deployment without keys runs it: Airflow runs as its user-assigned identity, the
+    ``scoring_storage`` connection holds Azurite's account URL (OAuth mode) and that identity's client id, the
+    ``azure_batch`` connection no key (AzureBatchHook -> DefaultAzureCredential, Bearer over HTTPS), and the pool has
+    an identity of its own (SCORING_BATCH_POOL_IDENTITY_CLIENT_ID): the fake service runs each shard command with
+    the account URL and AZURE_CLIENT_ID only, and the shard authenticates to Azurite as the pool's identity through
+    the node's managed-identity endpoint. No request of the run, to storage or to Batch, carries a key."""
+    from sensor_scoring import storage as st
+    from tests.support.batch_hour import land_batch_hour
+    from tests.support.fake_batch import AIRFLOW_IDENTITY, POOL_IDENTITY
+    from tests.support.helpers import key_use
+    from tests.support.managed_identity import BATCH_RESOURCE, STORAGE_RESOURCE, TENANT
+
+    fake, azurite, identity = keyless_azure.batch, keyless_azure.azurite, keyless_azure.identity
+    extra = {"managed_identity_client_id": AIRFLOW_IDENTITY, "workload_identity_tenant_id": TENANT}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SCORING_STORAGE", json.dumps({"conn_type": "wasb", "host": azurite.account_url, "extra": extra})
+    )
+    for name, value in {"SCORING_BATCH_POLL_SECONDS": "0.3", "SCORING_BATCH_MAX_POLL_SECONDS": "1"}.items():
         monkeypatch.setenv(name, value)
+    storage = st.open_storage(azurite.account_url)
+    land_batch_hour(storage, containers)
+    trouble_file = f"{HOUR:%Y/%m/%d/%H}/0_trouble.json"
+    storage.write_bytes(containers.windows, trouble_file, trouble(storage, containers.windows))
+    first = len(azurite.requests())
+
     run = sensor_dag.test(logical_date=HOUR + H, run_conf={"backend": "azure_batch", "sensors_per_shard": 2})
     assert str(run.state) == "success"
-    predictions, manifest = read_partition(blob, containers.predictions, HOUR)
-    assert len(predictions) == 6 * 60 and manifest["counts"]["scored"] == 360
+    predictions, manifest = read_partition(storage, containers.predictions, HOUR)
+    counts = manifest["counts"]
+    assert counts["landed"] == counts["scored"] + counts["quarantined"] + counts["duplicates"]
+    assert (counts["scored"], counts["quarantined"], counts["duplicates"]) == (360, 2, 1)
+    assert len(predictions) == 360 and set(predictions["run_id"]) == {run.run_id}
+    quarantine, _ = read_partition(storage, containers.quarantine, HOUR)
+    assert sorted(quarantine["reason"]) == ["negative_std", "no_model"]
+    healthy, _ = read_partition(storage, containers.health, HOUR)
+    assert len(healthy) == 8 and (healthy["status"] != "not scored").sum() == 6  # the two of trouble not scored
 
-    [job] = entra_batch.jobs
-    assert job == batch.job_id(sensor_dag.dag_id, run.run_id)
-    assert len(entra_batch.tasks) == 3 and all(t.exit_code == 0 for t in entra_batch.tasks.values())
-    assert entra_batch.requests and {r["principal"] for r in entra_batch.requests} == {airflow_identity}
-    assert not [r for r in entra_batch.requests if "SharedKey" in r["headers"].get("Authorization", "")]
-    assert BATCH_KEY not in json.dumps([r["body"] for r in entra_batch.requests])
+    # Batch: one job, three shard tasks, each handed the account URL and the pool identity's client id only
+    [job] = fake.jobs
+    assert job == batch.job_id(sensor_dag.dag_id, run.run_id) and fake.jobs[job]["poolInfo"]["poolId"] == IDENTITY_POOL
+    assert len(fake.tasks) == 3 and all(t.exit_code == 0 for t in fake.tasks.values())
+    for task in fake.tasks.values():
+        settings = {e["name"]: e["value"] for e in task.body["environmentSettings"]}
+        assert settings == {"SCORING_STORAGE": azurite.account_url, "AZURE_CLIENT_ID": POOL_IDENTITY}
+    assert not fake.refused_tasks and not fake.bodies("POST", "/pools")
+    assert fake.requests and {r["principal"] for r in fake.requests} == {AIRFLOW_IDENTITY}
+    assert all(r["headers"]["Authorization"].startswith("Bearer ") for r in fake.requests)
+    sent = json.dumps([r["body"] for r in fake.requests])
+    assert STORAGE_KEY not in sent and "AccountKey" not in sent and BATCH_KEY not in sent and "sig=" not in sent
+
+    # storage: every request of the run a bearer token, from Airflow's identity or (the shards) the pool's
+    requests = azurite.requests()[first:]
+    assert len(requests) > 50 and key_use(requests) == []
+    assert all(r["headers"].get("authorization", "").startswith("Bearer ") for r in requests)
+    assert {bearer_client_id(r["headers"]["authorization"]) for r in requests} == {AIRFLOW_IDENTITY, POOL_IDENTITY}
+    assert identity.asked_for() == {
+        (STORAGE_RESOURCE, AIRFLOW_IDENTITY),
+        (BATCH_RESOURCE, AIRFLOW_IDENTITY),
+        (STORAGE_RESOURCE, POOL_IDENTITY),
+    }
+    assert not [text for text in run_records(run.run_id) if STORAGE_KEY in text or "sig=" in text]
+
+
+def trouble(storage, container: str) -> bytes:
+    """One file of trouble for HOUR: an exact duplicate of a landed window, an invalid one (negative std) and one
+    of a sensor nobody trained."""
+    import pandas as pd
+
+    from sensor_scoring.windows import parse_window_file, to_asa_json_lines
+
+    landed = storage.list(container, f"{HOUR:%Y/%m/%d/%H}/")
+    found = pd.concat([parse_window_file(b.name, storage.read_bytes(container, b.name)) for b in landed])
+    one = found.head(1)
+    rows = [one, one.assign(device_id="dev-invalid", value_std=-1.0), one.assign(device_id="dev-unknown")]
+    return to_asa_json_lines(pd.concat(rows))
+
+
+def bearer_client_id(authorization: str) -> str:
+    """The client id (``appid``) of the Entra token in an ``Authorization: Bearer`` header."""
+    import base64
+
+    payload = authorization.split(" ", 1)[1].split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["appid"])
 
 
 def test_scoring_backend_sets_the_default_of_the_backend_param(airflow_db, monkeypatch):

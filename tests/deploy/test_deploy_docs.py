@@ -120,6 +120,20 @@ def test_the_guides_containers_are_the_codes():
     assert containers == list(config.Containers().__dict__.values())
 
 
+def pool_json(env: dict[str, str], *args: str) -> str:
+    """What ``infra/batch/pool_json.py`` prints with ``args``, run as the guide runs it."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "infra" / "batch" / "pool_json.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_pool_json_is_the_backends_pool_with_the_registry_added():
     from sensor_scoring.backends.azure_batch import BatchSettings, autoscale_formula
 
@@ -131,16 +145,7 @@ def test_pool_json_is_the_backends_pool_with_the_registry_added():
         PYTHONPATH=str(REPO),
     )
     args = ["--registry-server", "myacr.azurecr.io", "--registry-username", "myacr"]
-    done = subprocess.run(
-        [sys.executable, str(REPO / "infra" / "batch" / "pool_json.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr
-    pool = json.loads(done.stdout)
+    pool = json.loads(pool_json(env, *args))
     containers = pool["virtualMachineConfiguration"]["containerConfiguration"]
     assert containers["containerImageNames"] == ["myacr.azurecr.io/scorer:0.1.0"]
     assert containers["containerRegistries"] == [
@@ -270,23 +275,8 @@ def test_pool_json_with_an_identity_is_a_resource_manager_pool_without_secrets()
     identity = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-pool"
     env = dict(os.environ, SCORING_SCORER_IMAGE="myacr.azurecr.io/scorer:0.1.0", PYTHONPATH=str(REPO))
     env.pop("ACR_PASSWORD", None)
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "infra" / "batch" / "pool_json.py"),
-            "--identity",
-            identity,
-            "--registry-server",
-            "myacr.azurecr.io",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr
-    pool = json.loads(done.stdout)
+    printed = pool_json(env, "--identity", identity, "--registry-server", "myacr.azurecr.io")
+    pool = json.loads(printed)
     assert pool["identity"] == {"type": "UserAssigned", "userAssignedIdentities": {identity: {}}}
     vm = pool["properties"]["deploymentConfiguration"]["virtualMachineConfiguration"]
     assert vm["containerConfiguration"]["containerImageNames"] == ["myacr.azurecr.io/scorer:0.1.0"]
@@ -294,7 +284,7 @@ def test_pool_json_with_an_identity_is_a_resource_manager_pool_without_secrets()
         {"registryServer": "myacr.azurecr.io", "identityReference": {"resourceId": identity}}
     ]
     assert pool["properties"]["scaleSettings"]["autoScale"]["formula"] == autoscale_formula(BatchSettings())
-    assert "password" not in done.stdout.lower()
+    assert "password" not in printed.lower()
     # the guide creates the pool from exactly this, through Resource Manager
     assert "infra/batch/pool_json.py --identity $POOL_IDENTITY_ID --registry-server" in bash_blocks()
     assert "az rest --method put --body @pool-arm.json" in bash_blocks()

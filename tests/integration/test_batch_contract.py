@@ -5,8 +5,9 @@ only the task's environment, so shards really score, with SAS-only storage acces
 sends (pool autoscale formula and container settings, ids, command line, environment), and how the backend,
 its trigger and the operator behave on success, failure, retry, preemption, timeout and kill. Without keys:
 the Batch account reached with Entra ID (the provider's hook and azure-identity, real tokens from a loopback
-managed-identity endpoint, HTTPS), the pool-identity task environment, and user-delegation SAS accepted where a
-key-signed one is refused. Nothing here ran against a real Batch account.
+managed-identity endpoint, HTTPS), a shard run as the pool's identity on Azurite's OAuth mode with only the
+account URL and the identity's client id, and user-delegation SAS accepted where a key-signed one is refused.
+Nothing here ran against a real Batch account.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from azure.core.exceptions import HttpResponseError
 from dev.azurite import KEY as STORAGE_KEY
 from sensor_scoring import backends
 from sensor_scoring.backends import azure_batch as batch
-from tests.support.fake_batch import ACCOUNT, KEY, FakeBatch
+from tests.support.fake_batch import ACCOUNT, AIRFLOW_IDENTITY, KEY, POOL_IDENTITY, FakeBatch
 from tests.support.helpers import planned_hour
+from tests.support.managed_identity import BATCH_RESOURCE
 
 pytestmark = [pytest.mark.azurite]
 IMAGE = "registry.example/sensor-scoring-scorer:1.0"
@@ -309,31 +311,38 @@ def pid_alive(pid: int) -> bool:
 
 # --- without the account key: Entra ID for Batch, the pool's identity or user-delegation SAS for storage -----
 
-AIRFLOW_IDENTITY = "11111111-2222-3333-4444-555555555555"  # the client id of Airflow's user-assigned identity
-POOL_IDENTITY = "99999999-8888-7777-6666-555555555555"  # the client id of the pool's user-assigned identity
+
+@pytest.fixture
+def keyless_shards(keyless_azure, containers):
+    """The three shards of ``shards``, planned on Azurite's OAuth mode by this process's managed identity."""
+    from sensor_scoring import storage as st
+
+    return planned_hour(st.open_storage(), containers, RUN_ID, devices=3, tags=2, sensors_per_shard=2)[1]
 
 
-def test_entra_id_reaches_batch_from_the_hook_and_from_azure_identity(
-    entra_batch, fake_identity, settings, shards, azurite, monkeypatch
-):
+def test_entra_id_reaches_batch_from_the_hook_and_from_azure_identity(keyless_azure, keyless_shards):
     """No Batch key anywhere: the airflow connection has none (AzureBatchHook -> DefaultAzureCredential), scripts use
     azure-identity; both fetch real tokens from the managed-identity endpoint and send them as Bearer over HTTPS."""
     from sensor_scoring_airflow.batch import batch_account_url, batch_client
     from sensor_scoring_airflow.operators import ScoreShardOperator
     from sensor_scoring_airflow.triggers import BatchTaskTrigger
 
-    monkeypatch.setenv("AZURE_CLIENT_ID", AIRFLOW_IDENTITY)  # a user-assigned identity, as on an AKS node or VM
-    monkeypatch.setenv("SCORING_BATCH_POOL_IDENTITY_CLIENT_ID", POOL_IDENTITY)
+    fake, identity, shards = keyless_azure.batch, keyless_azure.identity, keyless_shards
     pool_settings = batch.BatchSettings.from_env()
-    entra_batch.add_pool_with_identity(pool_settings.pool_id, POOL_IDENTITY)
+    fake.start_delay_s = 1.0  # the shard's task is ended by on_kill below, before a node takes it
 
     # outside Airflow: azure-identity's DefaultAzureCredential (batch_client's default), the same submission path
-    sub = backend(batch.batch_client(entra_batch.url), pool_settings).submit(
-        shards[0]["spec_uri"], storage_setting=azurite.connection_string
+    sub = backend(batch.batch_client(fake.url), pool_settings).submit(
+        shards[0]["spec_uri"], storage_setting=keyless_azure.storage_url
     )
     assert sub.job_id == JOB
     # inside Airflow: the operator's client and the trigger's, both AzureBatchHook's
-    assert batch_account_url("azure_batch_default") == entra_batch.url
+    assert batch_account_url("azure_batch_default") == fake.url
+    op = ScoreShardOperator(task_id="score_shard", shard=shards[0], backend="azure_batch")
+    op._batch = {"job_id": sub.job_id, "task_id": sub.task_id, "conn_id": "azure_batch_default"}
+    op.on_kill()
+    assert fake.tasks[(JOB, sub.task_id)].state == "completed" and not fake.tasks[(JOB, sub.task_id)].pids
+    fake.start_delay_s = 0.0
     probe = batch.task_options(pool_settings, "probe", shards[1]["spec_uri"], {})
     probe["commandLine"] = "python -c \"print('probe ran')\""
     batch_client("azure_batch_default").create_task(JOB, probe)
@@ -341,19 +350,13 @@ def test_entra_id_reaches_batch_from_the_hook_and_from_azure_identity(
     event = asyncio.run(anext(trigger.run()))
     assert event.payload["status"] == "completed" and event.payload["exit_code"] == 0
 
-    op = ScoreShardOperator(task_id="score_shard", shard=shards[0], backend="azure_batch")
-    op._batch = {"job_id": sub.job_id, "task_id": sub.task_id, "conn_id": "azure_batch_default"}
-    op.on_kill()
-    assert entra_batch.tasks[(JOB, sub.task_id)].state == "completed"
-
-    assert entra_batch.requests and all(r["principal"] == AIRFLOW_IDENTITY for r in entra_batch.requests)
-    assert not [r for r in entra_batch.requests if not r["headers"]["Authorization"].startswith("Bearer ")]
-    asked = {(q["resource"], q.get("client_id")) for q in fake_identity.requests}
-    assert asked == {("https://batch.core.windows.net/", AIRFLOW_IDENTITY)}
-    assert no_secret_sent(entra_batch) and not entra_batch.refused_tasks
+    assert fake.requests and all(r["principal"] == AIRFLOW_IDENTITY for r in fake.requests)
+    assert not [r for r in fake.requests if not r["headers"]["Authorization"].startswith("Bearer ")]
+    assert {a for a in identity.asked_for() if a[0] == BATCH_RESOURCE} == {(BATCH_RESOURCE, AIRFLOW_IDENTITY)}
+    assert no_secret_sent(fake) and not fake.refused_tasks
 
 
-def test_a_bearer_token_for_another_resource_or_over_http_is_refused(entra_batch, fake_identity):
+def test_a_bearer_token_for_another_resource_or_over_http_is_refused(entra_batch, managed_identity):
     from azure.identity import ManagedIdentityCredential
 
     storage_token = ManagedIdentityCredential().get_token("https://storage.azure.com/.default").token
@@ -366,8 +369,8 @@ def test_a_bearer_token_for_another_resource_or_over_http_is_refused(entra_batch
         timeout=10,
     )
     assert refused.status_code == 403 and "AuthenticationFailed" in refused.text
-    expired = fake_identity.token("https://batch.core.windows.net/", AIRFLOW_IDENTITY, lifetime_s=-10)
-    for token in (expired, "not-a-jwt", fake_identity.token("https://batch.core.windows.net/", AIRFLOW_IDENTITY)):
+    expired = managed_identity.token(BATCH_RESOURCE, AIRFLOW_IDENTITY, lifetime_s=-10)
+    for token in (expired, "not-a-jwt", managed_identity.token(BATCH_RESOURCE, AIRFLOW_IDENTITY)):
         answer = requests.get(
             f"{entra_batch.url}/jobs/x",
             headers={"Authorization": f"Bearer {token}"},
@@ -375,7 +378,7 @@ def test_a_bearer_token_for_another_resource_or_over_http_is_refused(entra_batch
             timeout=10,
         )
         assert answer.status_code == (404 if token.count(".") == 2 and token != expired else 403), token[:12]
-    plain = FakeBatch(entra_batch.root / "plain", identity=fake_identity).start()  # no TLS: Bearer never accepted
+    plain = FakeBatch(entra_batch.root / "plain", identity=managed_identity).start()  # no TLS: Bearer never accepted
     try:
         batch_token = ManagedIdentityCredential().get_token(batch.BATCH_SCOPE).token
         answer = requests.get(f"{plain.url}/jobs/x", headers={"Authorization": f"Bearer {batch_token}"}, timeout=10)
@@ -384,53 +387,44 @@ def test_a_bearer_token_for_another_resource_or_over_http_is_refused(entra_batch
         plain.stop()
 
 
-def test_pool_identity_mode_gives_tasks_the_account_url_and_client_id_and_no_secret(
-    fake_batch, fake_identity, client, settings, shards, azurite, monkeypatch
-):
-    fake_batch.allow_key_signed_sas = False  # nothing key-signed may reach a task here
-    fake_batch.identity = fake_identity  # the pool's nodes answer token requests for its identity
-    monkeypatch.setenv("SCORING_BATCH_POOL_IDENTITY_CLIENT_ID", POOL_IDENTITY)
+def test_a_shard_runs_as_the_pool_identity_with_the_account_url_and_no_secret(keyless_azure, keyless_shards):
+    """The pool-identity mode end to end for one shard: the task gets the account URL and the pool identity's
+    client id, nothing else of storage; on a node of the pool it gets a storage token of that identity from the
+    node's identity endpoint and scores against Azurite's OAuth mode. No request of it used a key."""
+    from tests.support.helpers import key_use
+
+    fake, identity, azurite = keyless_azure.batch, keyless_azure.identity, keyless_azure.azurite
     pool_settings = batch.BatchSettings.from_env()
-    fake_batch.add_pool_with_identity(pool_settings.pool_id, POOL_IDENTITY)
-
-    # the shard's task is the subject, not its run: the scorer's storage access as the identity is the storage
-    # package's (tested against Azurite there), so it is ended before a node takes it
-    fake_batch.start_delay_s = 1.0
-    sub = backend(client, pool_settings).submit(shards[0]["spec_uri"], storage_setting=azurite.connection_string)
-    batch.terminate_task(client, sub.job_id, sub.task_id)
-    fake_batch.start_delay_s = 0.0
-    [task] = fake_batch.bodies("POST", f"/jobs/{JOB}/tasks")
-    env = {e["name"]: e["value"] for e in task["environmentSettings"]}
-    assert env == {
-        "SCORING_STORAGE": f"http://127.0.0.1:{azurite.port}/devstoreaccount1",
-        "AZURE_CLIENT_ID": POOL_IDENTITY,
-    }
-    assert sub.task_id == task["id"] and not fake_batch.bodies("POST", "/pools")  # the ARM pool is used as it is
-    assert no_secret_sent(fake_batch) and "sig=" not in json.dumps(task)
-
-    # what the task authenticates as: with exactly this environment on a node of the pool, azure-identity's
-    # DefaultAzureCredential gets a storage token of the pool's identity from the node, and nothing else
-    probe = batch.task_options(pool_settings, "probe", shards[0]["spec_uri"], env)
-    probe["commandLine"] = (
-        'python -c "from azure.identity import DefaultAzureCredential as C; '
-        "C().get_token('https://storage.azure.com/.default'); print('token')\""
+    first = len(azurite.requests())
+    result = backend(batch.batch_client(fake.url), pool_settings).run_shard(
+        keyless_shards[0]["spec_uri"], storage_setting=keyless_azure.storage_url
     )
-    client.create_task(JOB, probe)
-    fake_batch.wait_for(lambda: fake_batch.tasks[(JOB, "probe")].state == "completed")
-    ran = fake_batch.tasks[(JOB, "probe")]
-    assert ran.exit_code == 0, (ran.dir / "stderr.txt").read_text()
-    assert [(q["resource"], q.get("client_id")) for q in fake_identity.requests] == [
-        ("https://storage.azure.com", POOL_IDENTITY)
-    ]
-    assert not fake_batch.tasks[(JOB, sub.task_id)].pids  # the shard's own task never ran
+    assert result["shard"] == 0 and result["scored"] == 120
+    [task] = fake.bodies("POST", f"/jobs/{JOB}/tasks")
+    env = {e["name"]: e["value"] for e in task["environmentSettings"]}
+    assert env == {"SCORING_STORAGE": azurite.account_url, "AZURE_CLIENT_ID": POOL_IDENTITY}
+    assert not fake.bodies("POST", "/pools")  # the ARM pool is used as it is
+    assert no_secret_sent(fake) and "sig=" not in json.dumps(task) and not fake.refused_tasks
+    assert {a for a in identity.asked_for() if a[1] == POOL_IDENTITY} == {("https://storage.azure.com", POOL_IDENTITY)}
+    requests = azurite.requests()[first:]
+    assert requests and key_use(requests) == []
+    assert all(r["headers"].get("authorization", "").startswith("Bearer ") for r in requests)
 
-    # an account URL setting (blob or dfs endpoint) is handed on as it is; nothing with a secret is
+
+def test_the_pool_identity_gets_the_storage_account_of_the_setting_and_no_secret():
+    """Through the storage package's one normaliser: the dfs endpoint is the account's blob endpoint; a SAS, a
+    local folder or plain http are refused without echoing the setting."""
     for url in ("https://acct.blob.core.windows.net", "https://acct.dfs.core.windows.net/"):
-        assert batch.storage_account_url(url) == url.rstrip("/")
-    for bad in ("https://acct.blob.core.windows.net/?sv=2024&sig=x", '{"sas_containers": {"a": "https://x/a?sig=y"}}'):
-        with pytest.raises(ValueError) as refused:
+        assert batch.storage_account_url(url) == "https://acct.blob.core.windows.net"
+    for bad, reason in (
+        ("https://acct.blob.core.windows.net/?sv=2024&sig=s3cret", "no query"),
+        ('{"sas_containers": {"a": "https://x/a?sig=s3cret"}}', "a SAS setting"),
+        ("/srv/scoring-data", "a local folder"),
+        ("DefaultEndpointsProtocol=http;AccountName=a;AccountKey=s3cret;BlobEndpoint=http://127.0.0.1:1/a;", "https"),
+    ):
+        with pytest.raises(ValueError, match=reason) as refused:
             batch.storage_account_url(bad)
-        assert "sig=" not in str(refused.value)
+        assert "s3cret" not in str(refused.value)
 
 
 def test_pool_identity_mode_refuses_a_pool_without_that_identity(fake_batch, client, shards, azurite, monkeypatch):

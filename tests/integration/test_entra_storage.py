@@ -31,20 +31,10 @@ from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.storage import blob as blob_module
 from sensor_scoring.windows import land_windows
-from tests.support.helpers import START, fleet_windows
+from tests.support.helpers import START, fleet_windows, key_use
 
 pytestmark = [pytest.mark.azurite]
 H = timedelta(hours=1)
-
-
-@pytest.fixture(scope="module")
-def oauth_azurite(tmp_path_factory: pytest.TempPathFactory):
-    """Azurite in its OAuth mode with its debug log, for this module; stopped by its process group at the end."""
-    server = Azurite(tmp_path_factory.mktemp("azurite-oauth"), oauth=True, debug_log=True).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -59,19 +49,6 @@ def entra(oauth_azurite: Azurite, containers, monkeypatch) -> TokenCredential:
     monkeypatch.setattr(blob_module, "_CREDENTIALS", {})
     st.use_credential(oauth_azurite.account_url, credential)
     return credential
-
-
-def key_use(requests: list[dict]) -> list[str]:
-    """Every request of ``requests`` that used the account key: a SharedKey header or a key-signed SAS."""
-    found = []
-    for request in requests:
-        auth = str(request["headers"].get("authorization", ""))
-        query = parse_qs(urlsplit(request["url"]).query)
-        if auth.lower().startswith("sharedkey"):
-            found.append(f"SharedKey: {request['method']} {request['url']}")
-        elif "sig" in query and "skoid" not in query:
-            found.append(f"key-signed SAS: {request['method']} {request['url'].split('?')[0]}")
-    return found
 
 
 def test_an_hour_runs_with_entra_id_and_never_the_key(oauth_azurite, entra, containers, caplog):
@@ -250,7 +227,7 @@ def test_a_managed_identity_connection_needs_no_secret(
     assert st.open_storage(setting).read_bytes(containers.models, "m.txt") == b"model"  # the connection's identity
     sas = json.loads(st.make_sas_setting(setting, read=[containers.models], read_write=[], hours=1))
     fields = parse_qs(urlsplit(sas[st.SAS_SETTING_KEY][containers.models]).query)
-    assert fields["skoid"] == [managed_identity.credential.object_id]  # delegated by the managed identity
+    assert fields["skoid"] == [managed_identity.object_id(client_id)]  # delegated by the managed identity
     assert managed_identity.asked and all(a.get("client_id") == client_id for a in managed_identity.asked)
     requests = oauth_azurite.requests()[first:]
     assert requests and key_use(requests) == []

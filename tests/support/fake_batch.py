@@ -11,12 +11,13 @@ standard headers, ``ocp-*`` headers, account and path; the server recomputes tha
 key and answers 403 when it differs, so a client with a wrong key fails here as it would on Azure), and Entra ID
 (``Authorization: Bearer``, accepted only over HTTPS as azure-core sends it: start with ``tls=True``; the token must
 be an Entra access token for the Batch resource, its claims checked as Azurite's OAuth mode checks them, without
-the signature: :func:`token_claims`). :class:`FakeIdentity` is a managed-identity endpoint
-on loopback speaking the App Service protocol (``IDENTITY_ENDPOINT`` / ``IDENTITY_HEADER``), so the real
-azure-identity ``ManagedIdentityCredential`` / ``DefaultAzureCredential`` fetch real (opaque) tokens from it.
+the signature: :func:`token_claims`). The tokens come from the tests' one managed-identity endpoint
+(``tests/support/managed_identity.py``), from which the real azure-identity ``ManagedIdentityCredential`` /
+``DefaultAzureCredential`` fetch them.
 Each recorded request names its ``principal``: ``SharedKey`` or the client id of the identity whose token it bore.
 The tasks of a pool that has an identity (:meth:`FakeBatch.add_pool_with_identity`) see the identity endpoint, as
-a node's processes see Azure's instance metadata endpoint.
+a node's processes see Azure's instance metadata endpoint; :attr:`FakeBatch.node_ca_bundle` is the CA a node trusts
+(a loopback storage server's own, as a node trusts the public CAs of Azure's endpoints).
 
 Task definitions are checked as a key-free deployment needs them (:func:`key_material`): a task whose environment
 or command line holds ``AccountKey=``, the Batch account key, or a SAS signed with an account key (a ``sig``
@@ -39,7 +40,6 @@ import hmac
 import json
 import os
 import re
-import secrets
 import shlex
 import signal
 import ssl
@@ -49,6 +49,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,6 +58,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
+
+from tests.support.managed_identity import BATCH_RESOURCE, ManagedIdentity
 
 ACCOUNT = "fakebatch"
 KEY = base64.b64encode(b"fake-batch-account-key-for-tests").decode()
@@ -133,10 +136,6 @@ class FakeTask:
         return out
 
 
-#: The tenant of the identities :class:`FakeIdentity` issues tokens for.
-TENANT = "72f988bf-0000-0000-0000-2d7cd011db47"
-#: The Entra ID resource of Azure Batch (azure-batch asks for the scope ``<resource>/.default``).
-BATCH_RESOURCE = "https://batch.core.windows.net/"
 #: The signed fields only a user delegation SAS carries (the delegating principal and its key's validity).
 USER_DELEGATION_FIELDS = ("skoid", "sktid", "skt", "ske", "sks", "skv")
 _SAS_QUERY = re.compile(r"(?:[A-Za-z0-9_-]+=[^&\s\"'?;]*&)*sig=[^&\s\"'?;]*(?:&[A-Za-z0-9_-]+=[^&\s\"'?;]*)*")
@@ -176,93 +175,6 @@ def token_claims(token: str, resource: str = BATCH_RESOURCE) -> dict[str, Any] |
     if not float(claims.get("nbf", 0)) <= now < float(claims.get("exp", 0)):
         return None
     return claims
-
-
-class FakeIdentity:
-    """A managed-identity token endpoint on loopback (App Service protocol): what azure-identity's
-    ``ManagedIdentityCredential`` finds through ``IDENTITY_ENDPOINT`` and ``IDENTITY_HEADER``. Issues opaque tokens
-    per (resource, client id), JWT-shaped (:meth:`token`); ``issued`` records each token's resource and client id."""
-
-    def __init__(self, default_client_id: str = "00000000-0000-0000-0000-0000000000a1") -> None:
-        self.default_client_id = default_client_id
-        self.header = secrets.token_hex(8)
-        self.issued: dict[str, dict[str, str]] = {}
-        self.requests: list[dict[str, str]] = []
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> FakeIdentity:
-        handler = type("IdentityHandler", (_IdentityHandler,), {"identity": self})
-        self._server = _Server(("127.0.0.1", 0), handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-identity").start()
-        return self
-
-    @property
-    def endpoint(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}/msi/token"
-
-    def token(self, resource: str, client_id: str, *, lifetime_s: int = 3600) -> str:
-        """A JWT-shaped access token as Entra ID issues them (audience, issuer, tenant, the identity's ids, validity),
-        signed with a random key nobody checks (the fake Batch service, like Azurite's ``--oauth basic``, checks
-        the claims only)."""
-        now = int(time.time())
-        claims = {
-            "aud": resource.rstrip("/"),
-            "iss": f"https://sts.windows.net/{TENANT}/",
-            "tid": TENANT,
-            "appid": client_id,
-            "oid": client_id,
-            "sub": client_id,
-            "iat": now - 60,
-            "nbf": now - 60,
-            "exp": now + lifetime_s,
-        }
-        parts = [{"alg": "HS256", "typ": "JWT"}, claims]
-        text = ".".join(base64.urlsafe_b64encode(json.dumps(p).encode()).rstrip(b"=").decode() for p in parts)
-        return text + "." + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
-
-    def env(self) -> dict[str, str]:
-        """The environment that makes azure-identity's managed identity credential use this endpoint."""
-        return {"IDENTITY_ENDPOINT": self.endpoint, "IDENTITY_HEADER": self.header}
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-
-class _IdentityHandler(BaseHTTPRequestHandler):
-    identity: FakeIdentity
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        url = urlparse(self.path)
-        query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        self.identity.requests.append(query)
-        if url.path != "/msi/token" or self.headers.get("X-IDENTITY-HEADER") != self.identity.header:
-            status, body = 400, {"error": "invalid_request", "error_description": "bad path or identity header"}
-        elif not query.get("resource"):
-            status, body = 400, {"error": "invalid_resource", "error_description": "no resource"}
-        else:
-            client_id = query.get("client_id") or self.identity.default_client_id
-            token = self.identity.token(query["resource"], client_id)
-            self.identity.issued[token] = {"resource": query["resource"], "client_id": client_id}
-            status = 200
-            body = {
-                "access_token": token,
-                "expires_on": str(int(time.time()) + 3600),
-                "resource": query["resource"],
-                "token_type": "Bearer",
-                "client_id": client_id,
-            }
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
@@ -312,11 +224,12 @@ class FakeBatch:
         exec_delay_s: float = 0.0,
         python_dir: str | None = None,
         tls: bool = False,
-        identity: FakeIdentity | None = None,
+        identity: ManagedIdentity | None = None,
     ) -> None:
         self.root = Path(root)
         self.tls, self.identity = tls, identity
         self.ca_file: Path | None = None
+        self.node_ca_bundle: Path | None = None
         self.allow_key_signed_sas = False
         self.refused_tasks: list[dict[str, Any]] = []
         self.pools: dict[str, dict[str, Any]] = {}
@@ -409,6 +322,8 @@ class FakeBatch:
                 if pool.get("identity") and self.identity is not None:
                     # a node of a pool with an identity answers token requests for it (IMDS on Azure)
                     env |= self.identity.env()
+                if self.node_ca_bundle is not None:
+                    env["REQUESTS_CA_BUNDLE"] = str(self.node_ca_bundle)
                 env |= {s["name"]: s.get("value", "") for s in task.body.get("environmentSettings") or []}
                 task.env = env
                 (task.dir / "wd").mkdir(exist_ok=True)
@@ -695,26 +610,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def fake_identity() -> Iterator[FakeIdentity]:
-    """A started managed-identity endpoint; the test puts :meth:`FakeIdentity.env` where a credential looks."""
-    identity = FakeIdentity().start()
-    try:
-        yield identity
-    finally:
-        identity.stop()
-
-
-@pytest.fixture
-def entra_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_identity: FakeIdentity) -> Iterator[FakeBatch]:
+def entra_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, managed_identity: ManagedIdentity
+) -> Iterator[FakeBatch]:
     """A fake Batch account on HTTPS reached with Entra ID only: the ``azure_batch_default`` connection has no key,
     so the provider's hook uses ``DefaultAzureCredential``, which finds the fake managed identity in this process's
     environment (and trusts the server's certificate through ``REQUESTS_CA_BUNDLE``)."""
-    server = FakeBatch(tmp_path / "batch", tls=True, identity=fake_identity).start()
+    server = FakeBatch(tmp_path / "batch", tls=True, identity=managed_identity).start()
     assert server.ca_file is not None
-    for name, value in {**fake_identity.env(), "REQUESTS_CA_BUNDLE": str(server.ca_file)}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_file))
     monkeypatch.setenv("AIRFLOW_CONN_AZURE_BATCH_DEFAULT", server.connection_json(entra=True))
     try:
         yield server
@@ -732,3 +636,60 @@ def fake_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake
         yield server
     finally:
         server.stop()
+
+
+#: The client id of Airflow's user-assigned identity (the workers', the triggerer's) in the key-free tests.
+AIRFLOW_IDENTITY = "11111111-2222-3333-4444-555555555555"
+#: The client id of the Batch pool's user-assigned identity in the key-free tests.
+POOL_IDENTITY = "99999999-8888-7777-6666-555555555555"
+#: The pool the key-free tests' tasks run on: made with the pool identity, as Azure Resource Manager makes it.
+IDENTITY_POOL = "scoring-identity-pool"
+
+
+@dataclass
+class KeylessAzure:
+    """Azure as a deployment without keys has it: the Batch account reached with Entra ID, storage on Azurite's
+    OAuth mode, one managed-identity endpoint issuing both kinds of token, a pool with its own identity."""
+
+    batch: FakeBatch
+    azurite: Any  # dev.azurite.Azurite, in its OAuth mode with its debug log
+    identity: ManagedIdentity
+
+    @property
+    def storage_url(self) -> str:
+        return str(self.azurite.account_url)
+
+
+@pytest.fixture
+def keyless_azure(
+    entra_batch: FakeBatch,
+    oauth_azurite: Any,
+    managed_identity: ManagedIdentity,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> KeylessAzure:
+    """No key anywhere: this process runs as :data:`AIRFLOW_IDENTITY` (``AZURE_CLIENT_ID``, as on an AKS node or
+    VM with a user-assigned identity), ``SCORING_STORAGE`` is Azurite's account URL, the Batch connection has no
+    key, and ``SCORING_BATCH_POOL_IDENTITY_CLIENT_ID`` names the identity of the pool :data:`IDENTITY_POOL`, whose
+    nodes reach the same endpoint and trust Azurite's CA. This process trusts both servers' CAs (one bundle)."""
+    from sensor_scoring import settings as config
+    from sensor_scoring.storage import blob as blob_module
+
+    assert entra_batch.ca_file is not None and oauth_azurite.ca_bundle is not None
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_bytes(entra_batch.ca_file.read_bytes() + oauth_azurite.ca_bundle.read_bytes())
+    for name, value in {
+        "REQUESTS_CA_BUNDLE": str(bundle),
+        "AZURE_CLIENT_ID": AIRFLOW_IDENTITY,
+        config.STORAGE_ENV: oauth_azurite.account_url,
+        "SCORING_BATCH_POOL_ID": IDENTITY_POOL,
+        "SCORING_BATCH_POOL_IDENTITY_CLIENT_ID": POOL_IDENTITY,
+    }.items():
+        monkeypatch.setenv(name, value)
+    # credentials are cached per process: this test's identity, not an earlier test's
+    monkeypatch.setattr(blob_module, "_CREDENTIALS", {})
+    monkeypatch.setattr(blob_module, "_DEFAULT_CREDENTIAL", [])
+    entra_batch.add_pool_with_identity(IDENTITY_POOL, POOL_IDENTITY)
+    entra_batch.node_ca_bundle = oauth_azurite.ca_bundle
+    entra_batch.allow_key_signed_sas = False
+    return KeylessAzure(entra_batch, oauth_azurite, managed_identity)

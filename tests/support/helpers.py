@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 
@@ -71,3 +72,17 @@ def sample_manifest(hour: datetime = START, *, anomalies: int = 0, run_id: str =
         model_versions={"v1": 60},
         duplicates_by_sensor=(),
     )
+
+
+def key_use(requests: list[dict]) -> list[str]:
+    """Every request of ``requests`` (Azurite's debug log: :meth:`dev.azurite.Azurite.requests`) that used the
+    account key: a SharedKey header or a key-signed SAS (a ``sig`` without the user-delegation ``skoid``)."""
+    found = []
+    for request in requests:
+        auth = str(request["headers"].get("authorization", ""))
+        query = parse_qs(urlsplit(request["url"]).query)
+        if auth.lower().startswith("sharedkey"):
+            found.append(f"SharedKey: {request['method']} {request['url']}")
+        elif "sig" in query and "skoid" not in query:
+            found.append(f"key-signed SAS: {request['method']} {request['url'].split('?')[0]}")
+    return found

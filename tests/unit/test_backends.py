@@ -135,15 +135,21 @@ def test_a_pool_identity_task_gets_the_account_url_and_client_id_and_nothing_sec
     from sensor_scoring.backends import azure_batch as batch
 
     containers = {"models": "models", "staging": "staging"}
-    env = batch.batch_task_env(connection_string("127.0.0.1", 10000), containers, 1, pool_identity_client_id="cid-1")
-    assert env == {"SCORING_STORAGE": "http://127.0.0.1:10000/devstoreaccount1", "AZURE_CLIENT_ID": "cid-1"}
+    https = connection_string("127.0.0.1", 10000).replace("http", "https")
+    env = batch.batch_task_env(https, containers, 1, pool_identity_client_id="cid-1")
+    assert env == {"SCORING_STORAGE": "https://127.0.0.1:10000/devstoreaccount1", "AZURE_CLIENT_ID": "cid-1"}
     production = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={KEY};EndpointSuffix=core.windows.net"
     assert batch.storage_account_url(production) == "https://acct.blob.core.windows.net"
-    assert batch.storage_account_url("https://acct.dfs.core.windows.net/") == "https://acct.dfs.core.windows.net"
-    for unusable in ("/srv/scoring-data", "https://user:pw@acct.blob.core.windows.net", "https://a/?sig=s3cret"):
+    assert batch.storage_account_url("https://acct.dfs.core.windows.net/") == "https://acct.blob.core.windows.net"
+    for unusable in (
+        "/srv/scoring-data",
+        "https://user:pw@acct.blob.core.windows.net",
+        "https://a/?sig=s3cret",
+        connection_string("127.0.0.1", 10000),  # http: a token is never sent in clear
+    ):
         with pytest.raises(ValueError) as refused:
             batch.storage_account_url(unusable)
-        assert "s3cret" not in str(refused.value) and "pw@" not in str(refused.value)
+        assert "s3cret" not in str(refused.value) and "pw@" not in str(refused.value) and KEY not in str(refused.value)
 
 
 def test_one_job_naming_for_the_operator_and_the_backend():

@@ -311,25 +311,36 @@ def batch_task_env(
 
 #: What azure-identity's credentials read as the client id of a user-assigned managed identity.
 AZURE_CLIENT_ID_ENV = "AZURE_CLIENT_ID"
+#: The setting naming the pool's user-assigned identity (:attr:`BatchSettings.pool_identity_client_id`).
+POOL_IDENTITY_ENV = "SCORING_BATCH_POOL_IDENTITY_CLIENT_ID"
 
 
 def storage_account_url(storage_setting: str) -> str:
-    """The storage account's URL behind a storage setting, for a task that authenticates as the pool's identity:
-    an account URL as it is (the blob or dfs endpoint), the blob endpoint of a connection string. Never the key, a
-    SAS or a local folder: a ``ValueError`` that does not echo the setting."""
-    text = storage_setting.strip()
-    if text.lower().startswith(("https://", "http://")):
-        if "?" in text or "@" in text.split("/", 3)[2]:
-            raise ValueError("the storage account URL for a pool identity must carry no SAS and no credentials")
-        return text.rstrip("/")
-    if st.parse_setting(text).kind != "connection_string":
+    """The storage account's blob endpoint behind a storage setting, for a task that authenticates as the pool's
+    identity: the storage package's :func:`sensor_scoring.storage.account_url` of an account URL (the dfs endpoint
+    gives the blob one) or of a connection string's blob endpoint, with its refusals (https only, the account and
+    nothing else). A SAS setting or a local folder names no account the identity could reach. Every refusal is a
+    ``ValueError`` that names the setting's form, never its value (it may hold a key or a SAS)."""
+    setting = st.parse_setting(storage_setting)
+    if setting.kind == "account_url":
+        return setting.value
+    if setting.kind != "connection_string":
+        form = "a SAS setting" if setting.kind == "sas" else "a local folder"
         raise ValueError(
-            "a pool identity needs an Azure storage account (an account URL or a connection string); "
-            "the storage setting is a SAS setting or a local folder"
+            f"{POOL_IDENTITY_ENV} is set, so Batch tasks authenticate to the storage account as the pool's identity, "
+            f"but the storage setting is {form}, which names no storage account: give Airflow's storage as the "
+            "account URL (https://<account>.blob.core.windows.net) or a connection string"
         )
     from azure.storage.blob import BlobServiceClient
 
-    return str(BlobServiceClient.from_connection_string(text).url).rstrip("/")
+    endpoint = str(BlobServiceClient.from_connection_string(setting.value).url).partition("?")[0]
+    try:
+        return st.account_url(endpoint)
+    except st.AccountUrlError as exc:
+        raise ValueError(
+            f"{POOL_IDENTITY_ENV} is set, but the blob endpoint of the storage connection string is no account "
+            f"URL a pool identity can use: {exc}"
+        ) from None
 
 
 def shard_command_line(spec_uri: str, command: str = "score-shard") -> str:
