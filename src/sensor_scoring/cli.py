@@ -135,6 +135,7 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
         max_f1_drop=args.max_f1_drop,
         min_flagged_share=args.min_flagged_share,
         max_flagged_share=args.max_flagged_share,
+        false_alarm_rate=args.gate_false_alarm_rate,
     )
     try:
         outcome = train_locally(run, params, policy, version=version)
@@ -358,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-f1-drop", type=float, default=0.0, help="policy: largest F1 loss against production")
     train.add_argument("--min-flagged-share", type=float, default=0.0, help="policy: least share of held-back flagged")
     train.add_argument("--max-flagged-share", type=float, default=0.1, help="policy: most share of held-back flagged")
+    train.add_argument(
+        "--gate-false-alarm-rate",
+        type=float,
+        default=None,
+        help="policy: the share of held-back normal windows the version may flag, plus 3 binomial errors "
+        "(default: the version's --false-alarm-rate, as the training DAG judges it)",
+    )
     train.set_defaults(func=cmd_train)
 
     shard = sub.add_parser("score-shard", help="score one shard (what every backend runs)")

@@ -265,6 +265,8 @@ def test_readings_from_2018_replayed_end_to_end(blob, containers, airflow_home, 
         "1",
         "--max-flagged-share",
         "1",
+        "--gate-false-alarm-rate",
+        "1",
     )
     assert trained["models"] == 6 and trained["promoted"] is True
 

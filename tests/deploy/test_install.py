@@ -277,6 +277,8 @@ def test_airflow_dags_test_scores_an_hour_on_local_storage(newcomer: Newcomer) -
         "1",
         "--max-flagged-share",
         "1",
+        "--gate-false-alarm-rate",
+        "1",
     )
     assert trained["models"] == DEVICES * TAGS and trained["promoted"] is True
 

@@ -1458,7 +1458,7 @@ def test_blobs_named_like_temporary_files_are_read_on_a_local_directory(tmp_path
     env.land(".0_y_1", jsonl(*rows[2:4]))
     manifest = run_hour(env)
     assert (manifest["counts"]["landed"], manifest["counts"]["scored"]) == (BASE + 4, BASE + 4)
-    assert manifest["source_files"] == {"seen": 5, "read": 5, "empty": 0, "quarantined": 0}
+    assert manifest["source_files"] == {"seen": 5, "read": 5, "empty": 0, "quarantined": 0, "other_hours": 0}
     store = tmp_path / "store"
     in_containers = [p for p in store.rglob(".*") if p.is_file() and not p.relative_to(store).parts[0].startswith(".")]
     assert sorted(p.name for p in in_containers) == [".0_y_1", ".tmp-0_x_1.json"]  # none of the storage's own

@@ -110,8 +110,10 @@ def test_cli_simulate_ingest_train_and_score_a_shard(blob, containers, azurite, 
         "v-cli",
         "--promote",
         "--holdout-hours",
-        "1",  # the training DAG's steps: the last hour is held back and judged, the gate told to take any share
+        "1",  # the training DAG's steps, the last hour held back and judged; the gate takes any share and rate
         "--max-flagged-share",
+        "1",
+        "--gate-false-alarm-rate",
         "1",
         env=env,
     )
