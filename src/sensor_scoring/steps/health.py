@@ -4,14 +4,20 @@ Cheap by construction: it reads only the hour's two committed partitions (predic
 columns), the neighbouring hours' health partitions (for consecutive drifting hours) and the training statistics of
 the model versions the hour used (``models.stats``). Per sensor and hour:
 
-- ``anomaly_rate`` (anomalies / windows scored) against ``train_flagged_share``, the share its model flagged on
-  its own training windows of the same hour of day (of the whole range where training saw too few windows at that
-  hour of day: ``stats.MIN_HOURLY_WINDOWS``): a daily cycle makes one hour unlike a whole day;
+- ``anomaly_rate`` (anomalies / windows scored) against ``expected_rate``: the larger of the model's calibrated
+  false-alarm rate (the share of normal windows held back from its fit that it may flag) and
+  ``train_flagged_share``, the share its model flagged on its own training windows of the same hour of day (of the
+  whole range where training saw too few windows at that hour of day: ``stats.MIN_HOURLY_WINDOWS``): a daily cycle
+  makes one hour unlike a whole day;
 - ``psi``, the population stability index of the hour's decision values over the training deciles (the same hour
   of day's histogram where there is one, as above);
 - ``quarantine_share``, quarantined / (scored + quarantined) of the sensor's windows;
-- ``drifting``: anomaly rate >= training share + ``SCORING_DRIFT_ANOMALY_EXCESS``, or (only when
-  ``SCORING_DRIFT_PSI`` is above 0: 0 is off) PSI >= it; judged only with at least ``MIN_WINDOWS`` scored windows.
+- ``drifting``: the hour's anomalies are both improbable and many for a healthy sensor: ``p_value``, the chance of
+  at least as many among its windows at the expected rate (binomial), is at most ``SIGNIFICANCE``, and the anomaly
+  rate is at least the expected rate + ``SCORING_DRIFT_ANOMALY_EXCESS`` (flags of a healthy sensor come in runs, so
+  significance alone marks a wandering baseline's busy hour); or (only when ``SCORING_DRIFT_PSI`` is above 0: 0 is
+  off) PSI >= it with at least ``MIN_WINDOWS`` windows. The test replaces a minimum count of windows: a sensor
+  reporting every 20 minutes is judged on its three windows, one reporting hourly never on its one.
 - ``drift_hours``: the consecutive drifting hours ending at this one, over the stored health partitions: the
   previous hour's count plus one, and after writing an hour the following hours' counts are recomputed while they
   change (:func:`_carry_forward`), so the counts, and the alerts, do not depend on the order hours are scored or
@@ -31,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 from datetime import datetime, timezone
 from typing import ClassVar
 
@@ -49,8 +56,11 @@ from sensor_scoring.storage import Storage
 
 log = logging.getLogger(__name__)
 
-#: Fewer scored windows than this in an hour say too little to call a sensor drifting.
+#: Fewer scored windows than this in an hour say too little to judge their PSI.
 MIN_WINDOWS = 10
+#: The chance, for a healthy sensor whose windows are flagged independently at its expected rate, that an hour is
+#: marked drifting: one sensor-hour in a thousand, stated before any source was measured (docs/operating.md).
+SIGNIFICANCE = 0.001
 #: Sensors named in a manifest (and so in an alert); the partition lists them all.
 MAX_LISTED = 100
 STATUS_OK = "ok"
@@ -69,6 +79,8 @@ HEALTH_SCHEMA = pa.schema(
         ("anomalies", pa.int64()),
         ("anomaly_rate", pa.float64()),
         ("train_flagged_share", pa.float64()),
+        ("expected_rate", pa.float64()),
+        ("p_value", pa.float64()),
         ("psi", pa.float64()),
         ("score_mean", pa.float64()),
         ("quarantined", pa.int64()),
@@ -176,18 +188,47 @@ def sensor_health(
     out["anomaly_rate"] = np.where(out["windows"] > 0, out["anomalies"] / out["windows"].clip(lower=1), np.nan)
     out["quarantine_share"] = out["quarantined"] / (out["windows"] + out["quarantined"])
     out["train_flagged_share"] = np.nan
+    out["expected_rate"] = np.nan
     out["psi"] = np.nan
     out["status"] = np.where(out["windows"] > 0, STATUS_NO_STATS, STATUS_NOT_SCORED)
     for version, table in training.items():
         if table is None or table.empty:
             continue
         _add_psi(out, predictions[predictions["model_version"] == version], version, table, hour_of_day)
-    judged = (out["status"] == STATUS_OK) & (out["windows"] >= MIN_WINDOWS)
-    excess = out["anomaly_rate"] >= out["train_flagged_share"] + thresholds.anomaly_excess
-    shifted = (out["psi"] >= thresholds.psi) if thresholds.psi > 0 else False  # 0: PSI reported, not judged
-    out["drifting"] = (judged & (excess | shifted)).astype(bool)
+    judged = out["status"] == STATUS_OK
+    expected = out["expected_rate"].to_numpy(dtype=float)
+    out["p_value"] = np.where(
+        judged, binomial_tail(out["anomalies"].to_numpy(), out["windows"].to_numpy(), np.nan_to_num(expected)), np.nan
+    )
+    excess = (out["p_value"] <= SIGNIFICANCE) & (out["anomaly_rate"] >= expected + thresholds.anomaly_excess)
+    shifted = (out["psi"] >= thresholds.psi) & (out["windows"] >= MIN_WINDOWS) if thresholds.psi > 0 else False
+    out["drifting"] = (judged & (excess | shifted)).astype(bool)  # PSI 0: reported, not judged
     out["drift_hours"] = drift_hours(out, previous)
     return out[HEALTH_SCHEMA.names]
+
+
+def binomial_tail(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """P(X >= k) for X ~ Binomial(n, p), row by row: the chance of at least ``k`` flags among ``n`` windows each
+    flagged with probability ``p``. Summed over the upper tail in log space (exact for the few hundred windows of
+    an hour; no dependency beyond the standard library)."""
+    out = np.empty(len(k))
+    for i, (ki, ni, pi) in enumerate(zip(np.asarray(k, dtype=int), np.asarray(n, dtype=int), np.asarray(p, float))):
+        if ki <= 0:
+            out[i] = 1.0
+        elif ki > ni or pi <= 0.0:
+            out[i] = 0.0
+        elif pi >= 1.0:
+            out[i] = 1.0
+        else:
+            log_p, log_q, head = math.log(pi), math.log1p(-pi), math.lgamma(ni + 1)
+            out[i] = min(
+                1.0,
+                sum(
+                    math.exp(head - math.lgamma(j + 1) - math.lgamma(ni - j + 1) + j * log_p + (ni - j) * log_q)
+                    for j in range(ki, ni + 1)
+                ),
+            )
+    return out
 
 
 def drift_hours(rows: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray:
@@ -198,6 +239,15 @@ def drift_hours(rows: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray
         carried = previous.set_index(keys)["drift_hours"]
         before = pd.MultiIndex.from_frame(rows[keys]).map(carried.to_dict()).fillna(0).astype("int64")
     return np.where(rows["drifting"], np.asarray(before) + 1, 0).astype("int64")
+
+
+def expected_rates(table: pd.DataFrame, shares: np.ndarray) -> np.ndarray:
+    """The anomaly rate a healthy hour of each model has: the larger of its calibrated false-alarm rate (statistics
+    from before it was recorded: none), its training flagged share ``shares`` and 1 / (training windows + 1), the
+    least a model's training can vouch for (a share of 0 would make a single flag improbable)."""
+    calibrated = table["false_alarm_rate"] if "false_alarm_rate" in table else pd.Series(np.nan, index=table.index)
+    floor = 1.0 / (table["train_rows"].to_numpy(dtype=float) + 1.0)
+    return np.fmax(np.fmax(shares, calibrated.to_numpy(dtype=float)), floor)
 
 
 def _reference(table: pd.DataFrame, hour_of_day: int | None) -> tuple[list[np.ndarray], np.ndarray]:
@@ -251,6 +301,7 @@ def _add_psi(
     rows = at[hit]
     out.loc[rows, "psi"] = value[hit]
     out.loc[rows, "train_flagged_share"] = expected[hit]
+    out.loc[rows, "expected_rate"] = expected_rates(ref, expected)[hit]
     out.loc[rows, "status"] = STATUS_OK
 
 
