@@ -221,3 +221,20 @@ def test_the_drift_rule_judges_few_windows_by_their_improbability_and_many_by_th
     # statistics from before the calibrated rate was recorded: the training share, at least 1 / (windows + 1)
     old = _one_sensor(3, 1, expected=float("nan"))
     assert old["expected_rate"] == pytest.approx(0.005) and not old["drifting"]
+
+
+def test_drift_hours_carry_into_an_hour_written_before_the_expected_rate_was(root):
+    """A later hour whose health was written without ``expected_rate`` and ``p_value`` (by the release before), before
+    the hour before it: that hour's health recomputes the later one's drift hours and keeps its rows, the new columns
+    null."""
+    hour, manifests = fleet("simulator", True, str(root / "simulator-shifted"))
+    first, later = manifests[0].hour, manifests[1].hour
+    path = layout.Partition(later).data
+    kept = read_parquet(hour.storage, hour.containers.health, path)
+    written = kept.drop(columns=["expected_rate", "p_value"]).assign(drift_hours=kept["drift_hours"].clip(upper=1))
+    assert not written["drift_hours"].equals(kept["drift_hours"])  # as if scored before the hour before it
+    hour.storage.write_bytes(hour.containers.health, path, written.to_parquet(index=False))
+    health.model_health(Hour(hour.storage, hour.containers, "again", first, first + H), THRESHOLDS)
+    after = read_parquet(hour.storage, hour.containers.health, path)
+    assert list(after.columns) == list(health.HEALTH_SCHEMA.names) and after["expected_rate"].isna().all()
+    assert after["drift_hours"].tolist() == kept["drift_hours"].tolist()

@@ -149,8 +149,8 @@ def model_health(hour: Hour, thresholds: Thresholds | None = None) -> list[Healt
     return ours + [m for h, m in sorted(later.items()) if h not in mine]
 
 
-def _read_columns(storage: Storage, container: str, path: str, columns: list[str]) -> pd.DataFrame | None:
-    """Only ``columns`` of a committed Parquet blob; None when the hour has no such partition."""
+def _read_columns(storage: Storage, container: str, path: str, columns: list[str] | None) -> pd.DataFrame | None:
+    """Only ``columns`` of a committed Parquet blob (None: all it has); None when the hour has no such partition."""
     try:
         data = storage.read_bytes(container, path)
     except FileNotFoundError:
@@ -364,10 +364,11 @@ def _carry_forward(hour: Hour, h: datetime, rows: pd.DataFrame, thresholds: Thre
         later = h + step * layout.HOUR
         if later in hour.hours:
             break  # computed by this run, in order, after this hour
-        stored = _read_columns(storage, containers.health, layout.Partition(later).data, list(HEALTH_SCHEMA.names))
+        stored = _read_columns(storage, containers.health, layout.Partition(later).data, None)
         old = read_manifest(storage, containers, later)
         if stored is None or old is None:
             break
+        stored = stored.reindex(columns=HEALTH_SCHEMA.names)  # written before a column existed: null there
         counts = drift_hours(stored, previous)
         if np.array_equal(counts, stored["drift_hours"].to_numpy(dtype="int64")):
             break
