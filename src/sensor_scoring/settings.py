@@ -314,7 +314,9 @@ class Settings:
     drift_anomaly_excess: float = setting(
         DRIFT_ANOMALY_EXCESS_ENV,
         0.2,
-        "model health: a sensor drifts in an hour when its anomaly rate exceeds its training flagged share by this",
+        "model health: a sensor drifts in an hour when its anomaly rate exceeds its expected rate (calibrated "
+        "false-alarm rate, or training flagged share at that hour of day) by this and that many anomalies are "
+        "improbable at the expected rate (binomial p <= 0.001)",
         minimum=0,
     )
     drift_hours: int = setting(

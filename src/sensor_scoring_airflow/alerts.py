@@ -401,7 +401,7 @@ def check_drift(context: Mapping[str, Any], manifests: Sequence[HealthManifest])
             context,
             error=(
                 f"hour {hour}: {manifest.alerting} sensor(s) drifting for {t.hours}+ consecutive hours "
-                f"(anomaly rate >= training share + {t.anomaly_excess:g}"
+                f"(anomaly rate >= expected rate + {t.anomaly_excess:g} and improbable at it"
                 f"{f' or PSI >= {t.psi:g}' if t.psi > 0 else ''}): {listed}"
             ),
             hour=hour,

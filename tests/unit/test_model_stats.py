@@ -62,3 +62,6 @@ def test_store_writes_one_row_per_model_and_read_says_none_without(tmp_path, win
     assert table is not None and list(table.columns) == list(stats.COLUMNS)
     assert sorted(zip(table["device_id"], table["tag"])) == sorted((m.device_id, m.tag) for m in trained)
     assert (table["train_rows"] == [m.rows for m in trained]).all()
+    # the calibrated false-alarm rate health expects of a healthy hour (NaN for a model not calibrated)
+    rates = [float("nan") if m.false_alarm_rate is None else m.false_alarm_rate for m in trained]
+    assert table["false_alarm_rate"].tolist() == pytest.approx(rates, nan_ok=True)

@@ -13,6 +13,10 @@ more or less often, than over its whole training range. So the statistics are al
 ``hourly_counts`` (the histogram of the training windows of that hour of day, over the same edges) and
 ``hourly_flagged_share``; health compares an hour with the same hour of day in training where training had at
 least ``MIN_HOURLY_WINDOWS`` windows then (a range of a day or more), else with the whole range.
+
+``false_alarm_rate`` is the model's calibrated rate (NaN: not calibrated), the share of normal windows it may flag
+that was held back from its fit; its own fit windows are flagged less often (``train_flagged_share``), so health
+expects at least the calibrated rate of a healthy hour.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ COLUMNS = (
     "counts",
     "hourly_counts",
     "hourly_flagged_share",
+    "false_alarm_rate",
 )
 
 
@@ -123,6 +128,7 @@ def statistics_table(trained: Sequence[TrainedModel], windows: pd.DataFrame) -> 
             **training_statistics(
                 m.arrays, feature_matrix(by_sensor[key], m.arrays.features), hours=_hour_of_day(by_sensor[key])
             ),
+            "false_alarm_rate": float("nan") if m.false_alarm_rate is None else float(m.false_alarm_rate),
         }
         for m in trained
         if (key := (m.device_id, m.tag)) in by_sensor

@@ -4,14 +4,20 @@ Cheap by construction: it reads only the hour's two committed partitions (predic
 columns), the neighbouring hours' health partitions (for consecutive drifting hours) and the training statistics of
 the model versions the hour used (``models.stats``). Per sensor and hour:
 
-- ``anomaly_rate`` (anomalies / windows scored) against ``train_flagged_share``, the share its model flagged on
-  its own training windows of the same hour of day (of the whole range where training saw too few windows at that
-  hour of day: ``stats.MIN_HOURLY_WINDOWS``): a daily cycle makes one hour unlike a whole day;
+- ``anomaly_rate`` (anomalies / windows scored) against ``expected_rate``: the larger of the model's calibrated
+  false-alarm rate (the share of normal windows held back from its fit that it may flag) and
+  ``train_flagged_share``, the share its model flagged on its own training windows of the same hour of day (of the
+  whole range where training saw too few windows at that hour of day: ``stats.MIN_HOURLY_WINDOWS``): a daily cycle
+  makes one hour unlike a whole day;
 - ``psi``, the population stability index of the hour's decision values over the training deciles (the same hour
   of day's histogram where there is one, as above);
 - ``quarantine_share``, quarantined / (scored + quarantined) of the sensor's windows;
-- ``drifting``: anomaly rate >= training share + ``SCORING_DRIFT_ANOMALY_EXCESS``, or (only when
-  ``SCORING_DRIFT_PSI`` is above 0: 0 is off) PSI >= it; judged only with at least ``MIN_WINDOWS`` scored windows.
+- ``drifting``: the hour's anomalies are both improbable and many for a healthy sensor: ``p_value``, the chance of
+  at least as many among its windows at the expected rate (binomial), is at most ``SIGNIFICANCE``, and the anomaly
+  rate is at least the expected rate + ``SCORING_DRIFT_ANOMALY_EXCESS`` (flags of a healthy sensor come in runs, so
+  significance alone marks a wandering baseline's busy hour); or (only when ``SCORING_DRIFT_PSI`` is above 0: 0 is
+  off) PSI >= it with at least ``MIN_WINDOWS`` windows. The test replaces a minimum count of windows: a sensor
+  reporting every 20 minutes is judged on its three windows, one reporting hourly never on its one.
 - ``drift_hours``: the consecutive drifting hours ending at this one, over the stored health partitions: the
   previous hour's count plus one, and after writing an hour the following hours' counts are recomputed while they
   change (:func:`_carry_forward`), so the counts, and the alerts, do not depend on the order hours are scored or
@@ -49,8 +55,11 @@ from sensor_scoring.storage import Storage
 
 log = logging.getLogger(__name__)
 
-#: Fewer scored windows than this in an hour say too little to call a sensor drifting.
+#: Fewer scored windows than this in an hour say too little to judge their PSI.
 MIN_WINDOWS = 10
+#: The chance, for a healthy sensor whose windows are flagged independently at its expected rate, that an hour is
+#: marked drifting: one sensor-hour in a thousand, stated before any source was measured (docs/operating.md).
+SIGNIFICANCE = 0.001
 #: Sensors named in a manifest (and so in an alert); the partition lists them all.
 MAX_LISTED = 100
 STATUS_OK = "ok"
@@ -69,6 +78,8 @@ HEALTH_SCHEMA = pa.schema(
         ("anomalies", pa.int64()),
         ("anomaly_rate", pa.float64()),
         ("train_flagged_share", pa.float64()),
+        ("expected_rate", pa.float64()),
+        ("p_value", pa.float64()),
         ("psi", pa.float64()),
         ("score_mean", pa.float64()),
         ("quarantined", pa.int64()),
@@ -138,8 +149,8 @@ def model_health(hour: Hour, thresholds: Thresholds | None = None) -> list[Healt
     return ours + [m for h, m in sorted(later.items()) if h not in mine]
 
 
-def _read_columns(storage: Storage, container: str, path: str, columns: list[str]) -> pd.DataFrame | None:
-    """Only ``columns`` of a committed Parquet blob; None when the hour has no such partition."""
+def _read_columns(storage: Storage, container: str, path: str, columns: list[str] | None) -> pd.DataFrame | None:
+    """Only ``columns`` of a committed Parquet blob (None: all it has); None when the hour has no such partition."""
     try:
         data = storage.read_bytes(container, path)
     except FileNotFoundError:
@@ -176,18 +187,45 @@ def sensor_health(
     out["anomaly_rate"] = np.where(out["windows"] > 0, out["anomalies"] / out["windows"].clip(lower=1), np.nan)
     out["quarantine_share"] = out["quarantined"] / (out["windows"] + out["quarantined"])
     out["train_flagged_share"] = np.nan
+    out["expected_rate"] = np.nan
     out["psi"] = np.nan
     out["status"] = np.where(out["windows"] > 0, STATUS_NO_STATS, STATUS_NOT_SCORED)
     for version, table in training.items():
         if table is None or table.empty:
             continue
         _add_psi(out, predictions[predictions["model_version"] == version], version, table, hour_of_day)
-    judged = (out["status"] == STATUS_OK) & (out["windows"] >= MIN_WINDOWS)
-    excess = out["anomaly_rate"] >= out["train_flagged_share"] + thresholds.anomaly_excess
-    shifted = (out["psi"] >= thresholds.psi) if thresholds.psi > 0 else False  # 0: PSI reported, not judged
-    out["drifting"] = (judged & (excess | shifted)).astype(bool)
+    judged = out["status"] == STATUS_OK
+    expected = out["expected_rate"].to_numpy(dtype=float)
+    out["p_value"] = np.where(
+        judged, binomial_tail(out["anomalies"].to_numpy(), out["windows"].to_numpy(), np.nan_to_num(expected)), np.nan
+    )
+    excess = (out["p_value"] <= SIGNIFICANCE) & (out["anomaly_rate"] >= expected + thresholds.anomaly_excess)
+    shifted = (out["psi"] >= thresholds.psi) & (out["windows"] >= MIN_WINDOWS) if thresholds.psi > 0 else False
+    out["drifting"] = (judged & (excess | shifted)).astype(bool)  # PSI 0: reported, not judged
     out["drift_hours"] = drift_hours(out, previous)
     return out[HEALTH_SCHEMA.names]
+
+
+def binomial_tail(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """P(X >= k) for X ~ Binomial(n, p), row by row: the chance of at least ``k`` flags among ``n`` windows each
+    flagged with probability ``p``. The upper tail's terms summed in log space, vectorised over sensors (an hour has
+    a few dozen windows a sensor; no dependency beyond numpy)."""
+    k, n = np.asarray(k, dtype=np.int64), np.asarray(n, dtype=np.int64)
+    p = np.asarray(p, dtype=float)
+    out = np.where(k <= 0, 1.0, np.where((p >= 1.0) & (k <= n), 1.0, 0.0))
+    todo = np.flatnonzero((k > 0) & (k <= n) & (p > 0.0) & (p < 1.0))
+    if len(todo) == 0:
+        return out
+    top = int(n[todo].max())
+    log_factorial = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, top + 1)))])
+    j = np.arange(top + 1)
+    for start in range(0, len(todo), 10_000):  # (sensors x windows) terms, ten thousand sensors at a time
+        rows = todo[start : start + 10_000]
+        kk, nn, pp = k[rows, None], n[rows, None], p[rows, None]
+        rest = np.clip(nn - j, 0, None)
+        terms = log_factorial[nn] - log_factorial[j] - log_factorial[rest] + j * np.log(pp) + rest * np.log1p(-pp)
+        out[rows] = np.minimum(1.0, np.where((j >= kk) & (j <= nn), np.exp(terms), 0.0).sum(axis=1))
+    return out
 
 
 def drift_hours(rows: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray:
@@ -198,6 +236,15 @@ def drift_hours(rows: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray
         carried = previous.set_index(keys)["drift_hours"]
         before = pd.MultiIndex.from_frame(rows[keys]).map(carried.to_dict()).fillna(0).astype("int64")
     return np.where(rows["drifting"], np.asarray(before) + 1, 0).astype("int64")
+
+
+def expected_rates(table: pd.DataFrame, shares: np.ndarray) -> np.ndarray:
+    """The anomaly rate a healthy hour of each model has: the larger of its calibrated false-alarm rate (statistics
+    from before it was recorded: none), its training flagged share ``shares`` and 1 / (training windows + 1), the
+    least a model's training can vouch for (a share of 0 would make a single flag improbable)."""
+    calibrated = table["false_alarm_rate"] if "false_alarm_rate" in table else pd.Series(np.nan, index=table.index)
+    floor = 1.0 / (table["train_rows"].to_numpy(dtype=float) + 1.0)
+    return np.fmax(np.fmax(shares, calibrated.to_numpy(dtype=float)), floor)
 
 
 def _reference(table: pd.DataFrame, hour_of_day: int | None) -> tuple[list[np.ndarray], np.ndarray]:
@@ -251,6 +298,7 @@ def _add_psi(
     rows = at[hit]
     out.loc[rows, "psi"] = value[hit]
     out.loc[rows, "train_flagged_share"] = expected[hit]
+    out.loc[rows, "expected_rate"] = expected_rates(ref, expected)[hit]
     out.loc[rows, "status"] = STATUS_OK
 
 
@@ -316,10 +364,11 @@ def _carry_forward(hour: Hour, h: datetime, rows: pd.DataFrame, thresholds: Thre
         later = h + step * layout.HOUR
         if later in hour.hours:
             break  # computed by this run, in order, after this hour
-        stored = _read_columns(storage, containers.health, layout.Partition(later).data, list(HEALTH_SCHEMA.names))
+        stored = _read_columns(storage, containers.health, layout.Partition(later).data, None)
         old = read_manifest(storage, containers, later)
         if stored is None or old is None:
             break
+        stored = stored.reindex(columns=HEALTH_SCHEMA.names)  # written before a column existed: null there
         counts = drift_hours(stored, previous)
         if np.array_equal(counts, stored["drift_hours"].to_numpy(dtype="int64")):
             break
