@@ -210,6 +210,16 @@ with DAG(
             title="Max flagged share",
             description="Largest share of held-back windows the new version may flag.",
         ),
+        "gate_false_alarm_rate": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+            title="Gate: false-alarm rate",
+            description="Share of held-back normal windows the new version may flag (plus 3 binomial errors). "
+            "Empty: the false-alarm rate it was calibrated to. A short training range cannot hold that rate on "
+            "hours at another time of day: raise it there, or train on whole days.",
+        ),
     },
     tags=["training", "anomaly-detection"],
     doc_md=DOC,
@@ -244,18 +254,12 @@ with DAG(
     def evaluate(results: list[dict], params: dict | None = None) -> dict:
         """Judges the candidate and production on the held-back windows (and labels); decides the policy."""
         from sensor_scoring.contracts import TrainingShardResult
-        from sensor_scoring.models.promotion import Policy
-        from sensor_scoring.steps.training import evaluate as judge
+        from sensor_scoring.steps.training import evaluate as judge, policy_of
         from sensor_scoring_airflow import context as airflow_context, training
 
         run = training.training_run(get_current_context(), params or {})
         shards = [TrainingShardResult.from_dict(r, source="XCom of train_shard") for r in results[:]]
-        policy = Policy(
-            max_f1_drop=params["max_f1_drop"],
-            min_flagged_share=params["min_flagged_share"],
-            max_flagged_share=params["max_flagged_share"],
-            false_alarm_rate=params.get("false_alarm_rate"),  # the calibration target, where training takes one
-        )
+        policy = policy_of(params)
         with airflow_context.no_retry_on(ValueError):
             verdict = judge(run, shards, policy)
         keys = ("candidate", "production", "production_version", "coverage", "promotable", "reasons")

@@ -104,9 +104,9 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
     same windows and params."""
     import getpass
 
-    from sensor_scoring.models import promotion, registry
+    from sensor_scoring.models import registry
     from sensor_scoring.steps.interval import Hour
-    from sensor_scoring.steps.training import NoTrainingData, train_locally
+    from sensor_scoring.steps.training import NoTrainingData, policy_of, train_locally
     from sensor_scoring.storage import open_storage
 
     version = args.version or registry.new_version_name()
@@ -131,11 +131,14 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
         "promote": args.promote,
         "false_alarm_rate": _false_alarm_rate(args),
     }
-    policy = promotion.Policy(
-        max_f1_drop=args.max_f1_drop,
-        min_flagged_share=args.min_flagged_share,
-        max_flagged_share=args.max_flagged_share,
-        false_alarm_rate=args.gate_false_alarm_rate,
+    policy = policy_of(
+        params
+        | {
+            "max_f1_drop": args.max_f1_drop,
+            "min_flagged_share": args.min_flagged_share,
+            "max_flagged_share": args.max_flagged_share,
+            "gate_false_alarm_rate": args.gate_false_alarm_rate,
+        }
     )
     try:
         outcome = train_locally(run, params, policy, version=version)

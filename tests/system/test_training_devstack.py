@@ -67,6 +67,7 @@ def test_training_promotes_in_the_scheduler_and_the_form_rolls_back(standalone: 
             "version": VERSION,
             "max_flagged_share": 1.0,
             "max_f1_drop": 1.0,
+            "gate_false_alarm_rate": 1.0,  # a few hours of training: the gate takes any rate, as any share
         }
         run_id = standalone.api.trigger(conf, dag_id=TRAINING)["dag_run_id"]
         run = standalone.api.wait_for_runs([run_id], timeout_s=RUN_TIMEOUT_S, dag_id=TRAINING)[run_id]

@@ -12,7 +12,6 @@ same values an hourly run would give them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections import Counter
@@ -565,6 +564,21 @@ def data_range(run: Hour, params: Mapping[str, Any]) -> dict[str, object]:
     }
 
 
+def policy_of(params: Mapping[str, Any]) -> promotion.Policy:
+    """The promotion policy of a training run's params (the training DAG's form, the CLI's same names).
+
+    The gate judges the version's false-alarm rate against ``gate_false_alarm_rate`` where given, else against the
+    ``false_alarm_rate`` the version was calibrated to (none for a version trained without one)."""
+    gate = params.get("gate_false_alarm_rate")
+    rate = gate if gate is not None else params.get("false_alarm_rate")
+    return promotion.Policy(
+        max_f1_drop=float(params.get("max_f1_drop", 0.0)),
+        min_flagged_share=float(params.get("min_flagged_share", 0.0)),
+        max_flagged_share=float(params.get("max_flagged_share", 0.1)),
+        false_alarm_rate=None if rate is None else float(rate),
+    )
+
+
 def train_locally(
     run: Hour, params: Mapping[str, Any], policy: promotion.Policy, *, version: str | None = None
 ) -> dict[str, object]:
@@ -588,8 +602,6 @@ def train_locally(
         adaptive_nu=bool(params.get("adaptive_nu", False)),
     )
     results = [train_shard(run.storage, shard.spec_uri) for shard in shards]
-    if params.get("false_alarm_rate") is not None and policy.false_alarm_rate is None:
-        policy = dataclasses.replace(policy, false_alarm_rate=float(params["false_alarm_rate"]))
     verdict = evaluate(run, results, policy)
     registered = register(
         run,
