@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 from dev.azurite import REPO, Azurite, free_port
 from dev.postgres import Postgres
-from sensor_scoring import settings as config
+from sensor_scoring import settings as config, storage as st
 
 DAG_ID = "sensor_scoring"
 TERMINAL_STATES = frozenset({"success", "failed"})
@@ -366,12 +366,15 @@ class DevStack:
                 "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
                 "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-                "AIRFLOW_CONN_SCORING_STORAGE": json.dumps(
-                    {"conn_type": "wasb", "extra": {"connection_string": self.storage_setting}}
-                ),
                 config.STORAGE_ENV: self.storage_setting,
             }
         )
+        if st.parse_setting(self.storage_setting).kind == "connection_string":
+            # blob storage as a deployment has it: the wasb connection, read by the provider's WasbHook; a local
+            # directory is no wasb connection, so the tasks take SCORING_STORAGE
+            env["AIRFLOW_CONN_SCORING_STORAGE"] = json.dumps(
+                {"conn_type": "wasb", "extra": {"connection_string": self.storage_setting}}
+            )
         env.update(self.airflow_env)
         self._env = env
         return dict(env)
