@@ -92,7 +92,8 @@ def _land_late(standalone: Standalone, hour) -> None:
 
 
 def test_a_stale_run_committing_last_is_superseded_and_loses_nothing(standalone: Standalone):
-    hour = standalone.now_hour - 30 * H  # an hour of this test's own, far from the seeded ones
+    # an hour of this test's own, far from the seeded ones and outside the week the training DAG's scheduled run reads
+    hour = standalone.now_hour - 30 * 24 * H
     containers = config.Containers()
     ensure_data(standalone.storage, containers, FLEET["devices"], FLEET["tags"], hour, hour + H)
     conf = {"window_start": hour.isoformat(), "window_end": (hour + H).isoformat(), "sensors_per_shard": SENSORS}
