@@ -38,8 +38,8 @@ def main() -> None:
     from bench_scoring import machine
 
     from sensor_scoring import features, settings as config
+    from sensor_scoring.runs.scope import Scope
     from sensor_scoring.steps import load
-    from sensor_scoring.steps.interval import Hour
     from sensor_scoring.storage import LocalStorage
     from sensor_scoring.windows import LandingPlan, land_windows, read_owned
 
@@ -53,7 +53,7 @@ def main() -> None:
 
         def run(name: str) -> float:
             began = time.perf_counter()
-            load.load_and_validate(Hour(storage, containers, name, HOUR, HOUR + timedelta(hours=1)), late_folders=0)
+            load.load_and_validate(Scope(storage, containers, name, HOUR, HOUR + timedelta(hours=1)), late_folders=0)
             return time.perf_counter() - began
 
         real, real_read = load.with_features, load.read_owned_with_lookback

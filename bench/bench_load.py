@@ -43,8 +43,8 @@ def child(root: Path, sensors: int) -> None:
     began = time.perf_counter()
     from sensor_scoring import settings as config, storage as st
     from sensor_scoring.contracts import ValidationReport
+    from sensor_scoring.runs.scope import Scope
     from sensor_scoring.steps import load
-    from sensor_scoring.steps.interval import Hour
     from sensor_scoring.storage import LocalStorage
 
     imports_s = time.perf_counter() - began
@@ -75,7 +75,7 @@ def child(root: Path, sensors: int) -> None:
     containers = config.Containers()
     from bench_memory import HOUR
 
-    hour = Hour(storage, containers, f"load-{sensors}", HOUR, HOUR + timedelta(hours=1))
+    hour = Scope(storage, containers, f"load-{sensors}", HOUR, HOUR + timedelta(hours=1))
     step_began = time.perf_counter()
     summary = load.load_and_validate(hour, late_folders=0)
     step_s = time.perf_counter() - step_began

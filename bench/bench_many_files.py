@@ -43,7 +43,7 @@ from bench_scoring import machine
 
 from dev.azurite import Azurite
 from sensor_scoring import settings as config
-from sensor_scoring.steps.interval import Hour
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.storage import BlobStorage, make_sas_setting, sas_container_urls
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_hour
@@ -209,7 +209,7 @@ def main() -> None:
                         lambda c=cont: read_owned(storage, c.windows, HOUR, HOUR + timedelta(hours=1), 1),
                     )
                     if concurrency == c8:
-                        hour = Hour(storage, cont, f"bench-{repeat}", HOUR, HOUR + timedelta(hours=1))
+                        hour = Scope(storage, cont, f"bench-{repeat}", HOUR, HOUR + timedelta(hours=1))
                         record(f"load {label} c{c8}", lambda h=hour: load_and_validate(h, max_quarantine_share=1.0))
             formats.DOWNLOAD_CONCURRENCY = c8
             record("list many", lambda: storage.list(many.windows, FOLDER))

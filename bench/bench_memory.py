@@ -43,7 +43,7 @@ from sensor_scoring import layout, settings as config, storage as st
 from sensor_scoring.backends import shard_command
 from sensor_scoring.contracts import ValidationReport
 from sensor_scoring.models import fitting, registry
-from sensor_scoring.steps.interval import Hour
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.storage import LocalStorage
@@ -136,7 +136,7 @@ def child_peak_rss(command: list[str], env: dict[str, str]) -> tuple[float, floa
 def measure_hour(root: Path, sensors: int, shard_size: int, repeats: int, base: list[fitting.TrainedModel]) -> dict:
     storage = LocalStorage(root)
     containers = config.Containers()
-    hour = Hour(storage, containers, f"bench-{sensors}-{shard_size}", HOUR, HOUR + timedelta(hours=1))
+    hour = Scope(storage, containers, f"bench-{sensors}-{shard_size}", HOUR, HOUR + timedelta(hours=1))
     windows = synthetic_windows(sensors, HOUR)
     version = f"v{sensors}"
     if not storage.list(containers.models, f"versions/{version}/"):
@@ -190,7 +190,7 @@ def measure_validation(root: Path, sensors: int, repeats: int) -> dict:
     land_windows(storage, containers.windows, synthetic_windows(sensors, HOUR), LandingPlan(late_share=0.0))
     totals, suite = [], []
     for r in range(repeats):
-        hour = Hour(storage, containers, f"validate-{sensors}-{r}", HOUR, HOUR + timedelta(hours=1))
+        hour = Scope(storage, containers, f"validate-{sensors}-{r}", HOUR, HOUR + timedelta(hours=1))
         began = time.perf_counter()
         summary = load_and_validate(hour, late_folders=0)
         totals.append(time.perf_counter() - began)

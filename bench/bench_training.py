@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_memory import child_peak_rss  # noqa: E402
 
 from sensor_scoring import settings as config  # noqa: E402
-from sensor_scoring.steps.interval import Hour  # noqa: E402
+from sensor_scoring.runs.scope import Scope  # noqa: E402
 from sensor_scoring.steps.training import gather  # noqa: E402
 from sensor_scoring.storage import LocalStorage  # noqa: E402
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage  # noqa: E402
@@ -48,7 +48,7 @@ def measure(size: int, hours: int, repeats: int) -> dict[str, object]:
         windows_container=containers.windows,
         labels_container=containers.labels,
     )
-    run = Hour(storage, containers, f"bench-{size}", START, START + timedelta(hours=hours))
+    run = Scope(storage, containers, f"bench-{size}", START, START + timedelta(hours=hours))
     [shard] = gather(run, holdout_hours=1, sensors_per_shard=10**9, nu=0.02, min_rows=30, threshold_mads=5.0)
     env = {**os.environ, config.STORAGE_ENV: root}
     command = [sys.executable, "-m", "sensor_scoring", "train-shard", "--spec", shard.spec_uri]

@@ -12,7 +12,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param, get_current_conte
 from sensor_scoring import settings as config
 from sensor_scoring.names import HOUR_PATTERN, SENSOR_NAME_PATTERN, VERSION_PATTERN
 from sensor_scoring_airflow.alerts import ScoringAlertNotifier
-from sensor_scoring_airflow.operators import ScoreShardOperator
+from sensor_scoring_airflow.operators import ShardOperator
 
 SETTINGS = config.current()
 SUBSET_ITEMS = {"type": "string", "minLength": 1, "pattern": SENSOR_NAME_PATTERN}
@@ -303,7 +303,7 @@ with DAG(
 
     # the scoring DAG's operator and backends, running the training command: local, or one Azure Batch task per shard
     results = (
-        ScoreShardOperator.partial(
+        ShardOperator.partial(
             task_id="train_shard",
             backend="{{ params.backend }}",
             command="train-shard",

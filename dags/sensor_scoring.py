@@ -20,7 +20,7 @@ from sensor_scoring import settings as config
 from sensor_scoring.names import HOUR_PATTERN, SENSOR_NAME_PATTERN, VERSION_PATTERN
 from sensor_scoring_airflow.alerts import EmptyRunNotifier, ScoringAlertNotifier
 from sensor_scoring_airflow.dag import ScoringDAG
-from sensor_scoring_airflow.operators import ScoreShardOperator
+from sensor_scoring_airflow.operators import ShardOperator
 
 #: Updated once per committed run; the event's extra names the hours, run, model version and counts.
 PREDICTIONS = Asset(
@@ -211,7 +211,7 @@ with ScoringDAG(
             "validation; above it the run fails (no retries) and nothing is "
             "committed. 1 never fails.",
         ),
-        # the values of sensor_scoring.steps.rescoring.PURGED_POLICIES (not imported here: the DAG parses light)
+        # the values of sensor_scoring.runs.rescoring.PURGED_POLICIES (not imported here: the DAG parses light)
         "purged_windows": Param(
             "keep",
             type="string",
@@ -308,8 +308,8 @@ with ScoringDAG(
         drop. Committed rows whose windows are gone are kept by default: the manifest's `purged` counts them.
         """
         from sensor_scoring.contracts import HourSummary, ShardResult
+        from sensor_scoring.runs.rescoring import CommittedRowsMissing
         from sensor_scoring.steps.commit import commit as commit_hours
-        from sensor_scoring.steps.rescoring import CommittedRowsMissing
         from sensor_scoring_airflow import alerts, context as airflow_context, partial
 
         context = get_current_context()
@@ -329,7 +329,7 @@ with ScoringDAG(
     summary = load_and_validate()
     # One mapped instance per shard, named by its sensors; on azure_batch it defers while its Batch task runs.
     results = (
-        ScoreShardOperator.partial(
+        ShardOperator.partial(
             task_id="score_shard",
             backend="{{ params.backend }}",
             map_index_template="{{ shard_label }}",

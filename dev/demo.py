@@ -602,11 +602,11 @@ def train_models(
     (``steps.training.train_locally``, as ``python -m sensor_scoring train`` runs them), with the training DAG's
     params (``DEMO_TRAINING`` unless given)."""
     from sensor_scoring.models import promotion, registry
-    from sensor_scoring.steps.interval import Hour
+    from sensor_scoring.runs.scope import Scope
     from sensor_scoring.steps.training import train_locally
 
     version = version or registry.new_version_name()
-    run = Hour(storage, containers, f"demo training {version}", first, latest)
+    run = Scope(storage, containers, f"demo training {version}", first, latest)
     # The policy's defaults but any flagged share and any false-alarm rate: a demo of a few hours trains on a slice of
     # the simulator's daily cycle, and its held-back hour, at another time of day, is flagged far more than after a
     # week's training; the demo shows that measurement (the summary's "model quality") rather than refusing to score.

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def _utc(text: str) -> datetime:
-    from sensor_scoring.steps.interval import parse_utc
+    from sensor_scoring.runs.scope import parse_utc
 
     return parse_utc(text)
 
@@ -105,12 +105,12 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
     import getpass
 
     from sensor_scoring.models import registry
-    from sensor_scoring.steps.interval import Hour
+    from sensor_scoring.runs.scope import Scope
     from sensor_scoring.steps.training import NoTrainingData, policy_of, train_locally
     from sensor_scoring.storage import open_storage
 
     version = args.version or registry.new_version_name()
-    run = Hour(
+    run = Scope(
         storage=open_storage(settings.storage),
         containers=settings.containers,
         run_id=f"cli train {version} ({getpass.getuser()})",

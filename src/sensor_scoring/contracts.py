@@ -347,7 +347,7 @@ class HourSummary(Record):
     #: What became of every blob in the folders read.
     source_files: SourceFiles | None = None
     #: Per ISO hour, the generation of the hour's committed manifest when the run began reading ("" when none):
-    #: commit is conditional on it (``steps.fence``), so a run that read an older state never overwrites a newer one.
+    #: commit is conditional on it (``runs.fence``), so a run that read an older state never overwrites a newer one.
     generations: dict[str, str] = dataclasses.field(default_factory=dict)
     #: The subset's devices and tags that matched no sensor landed in the interval (the run warns, and the manifest's
     #: ``rescored`` entry names them); None when every name matched or for a full run.

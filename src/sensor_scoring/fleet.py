@@ -23,8 +23,8 @@ from sensor_scoring.contracts import REASON_COLUMN
 from sensor_scoring.layout import HOUR
 from sensor_scoring.models import registry
 from sensor_scoring.names import check_version
+from sensor_scoring.runs.scope import hours_of
 from sensor_scoring.steps import health
-from sensor_scoring.steps.interval import hours_of
 from sensor_scoring.storage import Storage
 
 #: Longest range of the fleet page (a week of hours) and of the sensor page (a day: it reads whole partitions).

@@ -16,7 +16,7 @@ VERSION_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 #: A device id or tag: the same, plus ``:`` and ``@`` (IoT Hub device ids use them).
 SENSOR_NAME_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 
-#: A whole UTC hour as the trigger forms take it (``2026-11-25T16:00:00Z``); ``steps.interval`` parses it.
+#: A whole UTC hour as the trigger forms take it (``2026-11-25T16:00:00Z``); ``runs.scope`` parses it.
 HOUR_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:00(:00(\.0+)?)?(Z|[+-]\d{2}:?00)?$"
 
 _VERSION = re.compile(VERSION_PATTERN)

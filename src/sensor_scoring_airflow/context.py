@@ -12,15 +12,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sensor_scoring import layout, settings as config
-from sensor_scoring.steps.interval import Hour, resolve_interval
+from sensor_scoring.runs.scope import Scope, resolve_interval
 from sensor_scoring_airflow.connections import open_storage
 
 if TYPE_CHECKING:
     from sensor_scoring.contracts import Manifest
-    from sensor_scoring.steps.rescoring import PurgedPolicy
+    from sensor_scoring.runs.rescoring import PurgedPolicy
 
 
-def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
+def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Scope:
     """The run's storage, containers, id and interval, from the task context and params."""
     with no_retry_on(ValueError):  # window params the schema cannot check alone (both or neither, end > start)
         start, end = resolve_interval(
@@ -31,7 +31,7 @@ def hour_for(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
             _run_after(context),
         )
         refuse_hours_before_start(start, _start_date(context))
-    return Hour(
+    return Scope(
         storage=open_storage(),
         containers=config.current().containers,
         run_id=str(context["run_id"]),
@@ -56,9 +56,9 @@ def no_retry_on(*errors: type[BaseException]) -> Iterator[None]:
 
 
 def purged_policy(params: Mapping[str, Any]) -> PurgedPolicy:
-    """The ``purged_windows`` param for commit (``steps.rescoring``): keep, fail or drop committed rows whose
+    """The ``purged_windows`` param for commit (``runs.rescoring``): keep, fail or drop committed rows whose
     windows a run no longer finds; a bad value fails at once (configuration, not chance)."""
-    from sensor_scoring.steps.rescoring import DEFAULT_PURGED_POLICY, check_purged_policy
+    from sensor_scoring.runs.rescoring import DEFAULT_PURGED_POLICY, check_purged_policy
 
     with no_retry_on(ValueError):
         return check_purged_policy(str(params.get("purged_windows") or DEFAULT_PURGED_POLICY))

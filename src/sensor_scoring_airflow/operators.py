@@ -1,4 +1,4 @@
-"""``ScoreShardOperator``: one mapped instance per shard, on the local or the Azure Batch backend."""
+"""``ShardOperator``: one mapped instance per shard, on the local or the Azure Batch backend."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from airflow.sdk import BaseOperator, Context
 from sensor_scoring_airflow.links import XCOM_KEY, ShardOutputsLink
 
 
-class ScoreShardOperator(BaseOperator):
-    """Scores one shard: ``python -m sensor_scoring score-shard --spec <uri>``, where ``backend`` says.
+class ShardOperator(BaseOperator):
+    """Runs one shard of a run's work, ``python -m sensor_scoring <command> --spec <uri>``, where ``backend`` says:
+    the hour's reading, scoring, or the training DAG's fits (``command``), all through the same backends.
 
     ``local``: in the task's own process (the step the command calls), or the command as a child process with
     ``SCORING_LOCAL_SHARDS=process`` (:class:`~sensor_scoring.backends.local.LocalBackend`). ``azure_batch``: adds

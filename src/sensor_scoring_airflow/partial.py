@@ -46,7 +46,7 @@ def task_states(context: Mapping[str, Any]) -> dict[str, str]:
 def shards_to_give_up(context: Mapping[str, Any], max_share: float) -> list[PlannedShard]:
     """The planned shards that failed, once checked that the hour may commit without them; raises otherwise."""
     from sensor_scoring.contracts import PlannedShard
-    from sensor_scoring.steps.partial import TooManyFailedShards, check_failed_share
+    from sensor_scoring.runs.partial import TooManyFailedShards, check_failed_share
 
     states = task_states(context)
     for task_id in REQUIRED:

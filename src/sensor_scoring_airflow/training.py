@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sensor_scoring import settings as config
-from sensor_scoring.steps.interval import Hour
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring_airflow.connections import open_storage
 
 #: A manual run without a range or data interval trains on the week before its last whole hour.
@@ -18,7 +18,7 @@ DEFAULT_RANGE = timedelta(days=7)
 def training_range(context: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[datetime, datetime]:
     """[start, end) to train on: the ``train_start``/``train_end`` params, else the run's data interval (a week
     for scheduled runs), else the week up to the last whole hour. Bounds sit on whole hours, as scoring's do."""
-    from sensor_scoring.steps.interval import resolve_interval
+    from sensor_scoring.runs.scope import resolve_interval
 
     start, end = params.get("train_start"), params.get("train_end")
     if bool(start) != bool(end):
@@ -34,13 +34,13 @@ def training_range(context: Mapping[str, Any], params: Mapping[str, Any]) -> tup
     return resolve_interval((last - DEFAULT_RANGE).isoformat(), last.isoformat(), None, None)
 
 
-def training_run(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
-    """The run's storage, containers, id and training range (the ``Hour`` record every step takes)."""
+def training_run(context: Mapping[str, Any], params: Mapping[str, Any]) -> Scope:
+    """The run's storage, containers, id and training range (the ``Scope`` record every step takes)."""
     from sensor_scoring_airflow.context import no_retry_on
 
     with no_retry_on(ValueError):
         start, end = training_range(context, params)
-    return Hour(
+    return Scope(
         storage=open_storage(),
         containers=config.current().containers,
         run_id=str(context["run_id"]),
@@ -49,7 +49,7 @@ def training_run(context: Mapping[str, Any], params: Mapping[str, Any]) -> Hour:
     )
 
 
-def version_name(params: Mapping[str, Any], run: Hour) -> str:
+def version_name(params: Mapping[str, Any], run: Scope) -> str:
     """The ``version`` param, else ``v<UTC now>``; a name must be usable as a blob folder."""
     from sensor_scoring.models import registry
 
@@ -66,7 +66,7 @@ def model_params(params: Mapping[str, Any]) -> dict[str, object]:
     return training.model_params(params)
 
 
-def data_range(run: Hour, params: Mapping[str, Any]) -> dict[str, object]:
+def data_range(run: Scope, params: Mapping[str, Any]) -> dict[str, object]:
     """The lineage's data range (``steps.training.data_range``)."""
     from sensor_scoring.steps import training
 

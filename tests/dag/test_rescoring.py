@@ -16,7 +16,7 @@ import pytest
 
 from sensor_scoring.contracts import SensorDuplicates, Subset
 from sensor_scoring.features import feature_matrix
-from sensor_scoring.steps.rescoring import (
+from sensor_scoring.runs.rescoring import (
     SubsetMatchesNothing,
     check_purged_policy,
     check_subset_matches,
@@ -373,7 +373,7 @@ def test_rescoring_a_purged_hour_keeps_its_predictions_and_a_subset_matching_not
 
 
 def test_purged_windows_param_offers_exactly_the_policies(sensor_dag):
-    from sensor_scoring.steps.rescoring import DEFAULT_PURGED_POLICY, PURGED_POLICIES
+    from sensor_scoring.runs.rescoring import DEFAULT_PURGED_POLICY, PURGED_POLICIES
 
     param = sensor_dag.params.get_param("purged_windows")
     assert tuple(param.schema["enum"]) == PURGED_POLICIES and param.value == DEFAULT_PURGED_POLICY

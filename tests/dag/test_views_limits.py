@@ -73,9 +73,9 @@ class CountingStorage(LocalStorage):
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[CountingStorage, config.Containers]:
     """Two hours scored and their health written by the pipeline's steps on a directory storage; one device is
     named ``HOSTILE`` and one of its windows is quarantined (a negative spread)."""
+    from sensor_scoring.runs.scope import Scope
     from sensor_scoring.steps.commit import commit
     from sensor_scoring.steps.health import model_health
-    from sensor_scoring.steps.interval import Hour
     from sensor_scoring.steps.load import load_and_validate
     from sensor_scoring.steps.plan import plan_shards
     from sensor_scoring.steps.score import score_shard
@@ -89,7 +89,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[CountingStorage, co
     windows.loc[late[5], "value_std"] = -1.0
     land_windows(storage, containers.windows, windows)
     train_and_register(storage, containers, START, TRAIN_END, version="v1", promote=True)
-    hour = Hour(storage, containers, "run-1", FIRST, END)
+    hour = Scope(storage, containers, "run-1", FIRST, END)
     summary = load_and_validate(hour)
     shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
     commit(hour, summary, [score_shard(storage, shard.spec_uri) for shard in shards])

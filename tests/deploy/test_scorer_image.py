@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name
 from dev import scorer_requirements
 from sensor_scoring.backends import azure_batch
 from sensor_scoring.models import fitting, registry
-from sensor_scoring.steps.interval import Hour
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.windows import land_windows
@@ -109,7 +109,7 @@ def test_score_shard_runs_with_only_the_scorer_packages(blob, containers, azurit
     windows = fleet_windows(devices=2, tags=2, hours=3)
     land_windows(blob, containers.windows, windows)
     registry.register(blob, containers.models, fitting.train_models(windows), version="v1", params={}, promote=True)
-    hour = Hour(blob, containers, "image-run", START + timedelta(hours=2), START + timedelta(hours=3))
+    hour = Scope(blob, containers, "image-run", START + timedelta(hours=2), START + timedelta(hours=3))
     load_and_validate(hour)
     [shard] = plan_shards(hour, model_version="production", sensors_per_shard=10)
 

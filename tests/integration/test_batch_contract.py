@@ -207,7 +207,7 @@ def test_timeout_terminates_the_task(fake_batch, client, settings, shards, azuri
 
 def test_kill_terminates_the_batch_task_and_its_process(fake_batch, client, settings, shards, azurite):
     """operator.on_kill (worker side) and trigger.on_kill (a user cleared the deferred task) both stop the task."""
-    from sensor_scoring_airflow.operators import ScoreShardOperator
+    from sensor_scoring_airflow.operators import ShardOperator
     from sensor_scoring_airflow.triggers import BatchTaskTrigger
 
     fake_batch.exec_delay_s = 60
@@ -217,7 +217,7 @@ def test_kill_terminates_the_batch_task_and_its_process(fake_batch, client, sett
     fake_batch.wait_for(lambda: all(t.state == "running" for t in tasks))
     pids = [t.proc.pid for t in tasks]
 
-    op = ScoreShardOperator(task_id="score_shard", shard=shards[0], backend="azure_batch")
+    op = ShardOperator(task_id="score_shard", shard=shards[0], backend="azure_batch")
     op._batch = {"job_id": subs[0].job_id, "task_id": subs[0].task_id, "conn_id": "azure_batch_default"}
     op.on_kill()
     trigger = BatchTaskTrigger("azure_batch_default", subs[1].job_id, subs[1].task_id)
@@ -324,7 +324,7 @@ def test_entra_id_reaches_batch_from_the_hook_and_from_azure_identity(keyless_az
     """No Batch key anywhere: the airflow connection has none (AzureBatchHook -> DefaultAzureCredential), scripts use
     azure-identity; both fetch real tokens from the managed-identity endpoint and send them as Bearer over HTTPS."""
     from sensor_scoring_airflow.batch import batch_account_url, batch_client
-    from sensor_scoring_airflow.operators import ScoreShardOperator
+    from sensor_scoring_airflow.operators import ShardOperator
     from sensor_scoring_airflow.triggers import BatchTaskTrigger
 
     fake, identity, shards = keyless_azure.batch, keyless_azure.identity, keyless_shards
@@ -338,7 +338,7 @@ def test_entra_id_reaches_batch_from_the_hook_and_from_azure_identity(keyless_az
     assert sub.job_id == JOB
     # inside Airflow: the operator's client and the trigger's, both AzureBatchHook's
     assert batch_account_url("azure_batch_default") == fake.url
-    op = ScoreShardOperator(task_id="score_shard", shard=shards[0], backend="azure_batch")
+    op = ShardOperator(task_id="score_shard", shard=shards[0], backend="azure_batch")
     op._batch = {"job_id": sub.job_id, "task_id": sub.task_id, "conn_id": "azure_batch_default"}
     op.on_kill()
     assert fake.tasks[(JOB, sub.task_id)].state == "completed" and not fake.tasks[(JOB, sub.task_id)].pids

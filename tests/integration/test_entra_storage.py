@@ -24,9 +24,9 @@ from sensor_scoring import fleet, settings as config, storage as st
 from sensor_scoring.backends.local import LocalBackend
 from sensor_scoring.contracts import ShardResult
 from sensor_scoring.models import fitting, registry
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps import health
 from sensor_scoring.steps.commit import commit
-from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.storage import blob as blob_module
@@ -61,7 +61,7 @@ def test_an_hour_runs_with_entra_id_and_never_the_key(oauth_azurite, entra, cont
     land_windows(storage, containers.windows, windows)
     registry.register(storage, containers.models, fitting.train_models(windows), version="v1", params={}, promote=True)
     start = START + 2 * H
-    hour = Hour(storage, containers, "entra-run", start, start + H)
+    hour = Scope(storage, containers, "entra-run", start, start + H)
     summary = load_and_validate(hour)
     shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
     assert len(shards) == 2

@@ -49,11 +49,11 @@ from sensor_scoring.contracts import (
     ValidationThresholdError,
 )
 from sensor_scoring.models import fitting, pack, registry
+from sensor_scoring.runs.rescoring import CommittedRowsMissing, SubsetMatchesNothing
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps.commit import commit
-from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
-from sensor_scoring.steps.rescoring import CommittedRowsMissing, SubsetMatchesNothing
 from sensor_scoring.steps.score import score_shard
 from sensor_scoring.storage import BlobStorage
 from sensor_scoring.windows import (
@@ -81,8 +81,8 @@ class Env:
     containers: config.Containers
     windows: pd.DataFrame  # what the fixture landed for HOUR
 
-    def hour(self, run_id: str = "run-1", start=HOUR, hours: int = 1) -> Hour:
-        return Hour(self.blob, self.containers, run_id, start, start + hours * H)
+    def hour(self, run_id: str = "run-1", start=HOUR, hours: int = 1) -> Scope:
+        return Scope(self.blob, self.containers, run_id, start, start + hours * H)
 
     def land(self, name: str, data: bytes, folder: str = FOLDER) -> str:
         self.blob.write_bytes(self.containers.windows, folder + name, data)
@@ -865,7 +865,7 @@ def test_two_runs_racing_on_one_hour_leave_the_winner_whole(env):
     assert_accounting(env, manifest, landed=BASE)
 
 
-def _staged_runs(env: Env, *run_ids: str) -> list[tuple[Hour, object, list]]:
+def _staged_runs(env: Env, *run_ids: str) -> list[tuple[Scope, object, list]]:
     """Each run loaded, planned and scored, ready to commit (all read the same manifest generation)."""
     staged = []
     for run_id in run_ids:

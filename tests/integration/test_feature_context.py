@@ -18,9 +18,9 @@ import pytest
 
 from sensor_scoring import features, features as feature_sets, layout
 from sensor_scoring.models import fitting, registry
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.scorer import score
 from sensor_scoring.steps.commit import commit
-from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.steps.score import score_shard
@@ -59,7 +59,7 @@ def landed(blob, containers):
 
 
 def run_hour(blob, containers, start, run_id: str) -> pd.DataFrame:
-    hour = Hour(blob, containers, run_id, start, start + H)
+    hour = Scope(blob, containers, run_id, start, start + H)
     summary = load_and_validate(hour, max_quarantine_share=0.5)
     results = [score_shard(blob, s.spec_uri) for s in plan_shards(hour, model_version="production")]
     commit(hour, summary, results)

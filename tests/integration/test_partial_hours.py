@@ -11,9 +11,9 @@ import pytest
 
 from sensor_scoring import layout
 from sensor_scoring.contracts import SHARD_FAILED
+from sensor_scoring.runs.partial import TooManyFailedShards, check_failed_share
 from sensor_scoring.steps.commit import commit
 from sensor_scoring.steps.load import load_and_validate
-from sensor_scoring.steps.partial import TooManyFailedShards, check_failed_share
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.steps.score import score_shard
 from tests.integration.test_faults import BASE, assert_accounting, env, hour_windows, trained  # noqa: F401

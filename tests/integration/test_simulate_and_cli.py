@@ -68,7 +68,7 @@ def test_cli_simulate_ingest_train_and_score_a_shard(blob, containers, azurite, 
     import os
 
     from sensor_scoring import settings as config
-    from sensor_scoring.steps.interval import Hour
+    from sensor_scoring.runs.scope import Scope
     from sensor_scoring.steps.load import load_and_validate
     from sensor_scoring.steps.plan import plan_shards
 
@@ -124,7 +124,7 @@ def test_cli_simulate_ingest_train_and_score_a_shard(blob, containers, azurite, 
         "features": "window-v1",  # the default feature set of new versions
     }
     assert trained["evaluation"]["coverage"]["uncovered"] == 0 and trained["reason"].startswith("policy held")
-    hour = Hour(blob, config.Containers.from_env(), "cli-run", START + timedelta(hours=2), START + timedelta(hours=3))
+    hour = Scope(blob, config.Containers.from_env(), "cli-run", START + timedelta(hours=2), START + timedelta(hours=3))
     load_and_validate(hour)
     [shard] = plan_shards(hour, model_version="production", sensors_per_shard=10)
     result = run_cli("score-shard", "--spec", shard.spec_uri, env=env)

@@ -26,9 +26,9 @@ def fleet_windows(
 
 def planned_hour(storage, containers, run_id: str, *, devices: int, tags: int, sensors_per_shard: int):
     """A real hour made ready to score: three hours landed, models ``v1`` trained and promoted, and the third
-    hour validated and planned. Returns the ``Hour`` and its shards, as the DAG's mapped task would get them."""
+    hour validated and planned. Returns the ``Scope`` and its shards, as the DAG's mapped task would get them."""
     from sensor_scoring.models import fitting, registry
-    from sensor_scoring.steps.interval import Hour
+    from sensor_scoring.runs.scope import Scope
     from sensor_scoring.steps.load import load_and_validate
     from sensor_scoring.steps.plan import plan_shards
     from sensor_scoring.windows import land_windows
@@ -36,10 +36,10 @@ def planned_hour(storage, containers, run_id: str, *, devices: int, tags: int, s
     windows = fleet_windows(devices=devices, tags=tags, hours=3)
     land_windows(storage, containers.windows, windows)
     registry.register(storage, containers.models, fitting.train_models(windows), version="v1", params={}, promote=True)
-    hour = Hour(storage, containers, run_id, START + timedelta(hours=2), START + timedelta(hours=3))
+    hour = Scope(storage, containers, run_id, START + timedelta(hours=2), START + timedelta(hours=3))
     load_and_validate(hour)
     shards = plan_shards(hour, model_version="production", sensors_per_shard=sensors_per_shard)
-    return hour, [shard.to_dict() for shard in shards]  # the XCom form, what ScoreShardOperator is given
+    return hour, [shard.to_dict() for shard in shards]  # the XCom form, what ShardOperator is given
 
 
 def sample_manifest(hour: datetime = START, *, anomalies: int = 0, run_id: str = "run-1"):

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from sensor_scoring import features as feature_sets, layout, settings as config, storage as st
 from sensor_scoring.models import fitting, registry, stats
-from sensor_scoring.steps.interval import Hour
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps.training import gather
 from sensor_scoring.storage import Storage
 
@@ -35,7 +35,7 @@ def train_and_register(
     """Train on the valid windows [start, end) owns, register them as ``version`` (and point production at it when
     ``promote``). Returns the manifest and the fitted models, pipelines included."""
     version = version or registry.new_version_name()
-    run = Hour(storage, containers, f"test training {version}", start, end)
+    run = Scope(storage, containers, f"test training {version}", start, end)
     shards = gather(
         run,
         holdout_hours=0,

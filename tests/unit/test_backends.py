@@ -11,7 +11,7 @@ import pytest
 
 from sensor_scoring import backends, settings as config
 from sensor_scoring.models import fitting, registry
-from sensor_scoring.steps.interval import Hour
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.storage import LocalStorage
@@ -26,7 +26,7 @@ def planned_shard(tmp_path):
     windows = fleet_windows(devices=1, tags=2, hours=3)
     land_windows(storage, "windows", windows)
     registry.register(storage, "models", fitting.train_models(windows), version="v1", params={}, promote=True)
-    hour = Hour(storage, config.Containers(), "r1", START + timedelta(hours=2), START + timedelta(hours=3))
+    hour = Scope(storage, config.Containers(), "r1", START + timedelta(hours=2), START + timedelta(hours=3))
     load_and_validate(hour)
     [shard] = plan_shards(hour, model_version="production", sensors_per_shard=5)
     return storage, hour, shard

@@ -16,9 +16,9 @@ import pytest
 
 from sensor_scoring import settings as config
 from sensor_scoring.models import promotion, registry
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps import health
 from sensor_scoring.steps.commit import commit
-from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.steps.score import score_shard
@@ -61,51 +61,51 @@ def _windows(shift: bool) -> pd.DataFrame:
     return windows
 
 
-def _fleet(root, shift: bool) -> Hour:
+def _fleet(root, shift: bool) -> Scope:
     """Windows landed, a version trained on the first day and promoted, the scored hours committed."""
     storage, containers = LocalStorage(str(root)), config.Containers()
     land_windows(storage, containers.windows, _windows(shift), LandingPlan(late_share=0.0))
     trained = train_locally(
-        Hour(storage, containers, "training", START, FIRST), TRAINING, promotion.Policy(), version="v1"
+        Scope(storage, containers, "training", START, FIRST), TRAINING, promotion.Policy(), version="v1"
     )
     assert trained["promoted"], trained["reason"]
     for h in SCORED:
-        score_hour(Hour(storage, containers, f"run-{h:%H}", h, h + H))
-    return Hour(storage, containers, "health", FIRST, FIRST + len(SCORED) * H)
+        score_hour(Scope(storage, containers, f"run-{h:%H}", h, h + H))
+    return Scope(storage, containers, "health", FIRST, FIRST + len(SCORED) * H)
 
 
-def score_hour(hour: Hour, model_version: str = "production") -> None:
+def score_hour(hour: Scope, model_version: str = "production") -> None:
     summary = load_and_validate(hour)
     shards = plan_shards(hour, model_version=model_version)
     commit(hour, summary, [score_shard(hour.storage, s.spec_uri) for s in shards])
 
 
 @pytest.fixture(scope="module")
-def healthy(tmp_path_factory) -> Hour:
+def healthy(tmp_path_factory) -> Scope:
     return _fleet(tmp_path_factory.mktemp("healthy"), shift=False)
 
 
 @pytest.fixture(scope="module")
-def shifted(tmp_path_factory) -> Hour:
+def shifted(tmp_path_factory) -> Scope:
     return _fleet(tmp_path_factory.mktemp("shifted"), shift=True)
 
 
-def _rows(hour: Hour, h) -> pd.DataFrame:
+def _rows(hour: Scope, h) -> pd.DataFrame:
     from sensor_scoring import layout
     from sensor_scoring.storage import read_parquet
 
     return read_parquet(hour.storage, hour.containers.health, layout.Partition(h).data).set_index(["device_id", "tag"])
 
 
-def _health_in(hour: Hour, order: list) -> list[health.HealthManifest]:
+def _health_in(hour: Scope, order: list) -> list[health.HealthManifest]:
     """Health of the scored hours, one run per hour in ``order`` (as separate DAG runs would); all manifests."""
     out = []
     for h in order:
-        out += health.model_health(Hour(hour.storage, hour.containers, f"health-{h:%H}", h, h + H), THRESHOLDS)
+        out += health.model_health(Scope(hour.storage, hour.containers, f"health-{h:%H}", h, h + H), THRESHOLDS)
     return out
 
 
-def _drift_hours(hour: Hour) -> dict:
+def _drift_hours(hour: Scope) -> dict:
     return {h: _rows(hour, h)["drift_hours"].to_dict() for h in SCORED}
 
 
@@ -125,7 +125,7 @@ def test_psi_zero_is_off_and_a_positive_psi_is_judged(healthy):
     health.model_health(healthy, THRESHOLDS)
     assert not _rows(healthy, FIRST)["drifting"].any()
     tight = health.Thresholds(psi=1e-9, anomaly_excess=0.2, hours=3)
-    health.model_health(Hour(healthy.storage, healthy.containers, "tight", FIRST, FIRST + H), tight)
+    health.model_health(Scope(healthy.storage, healthy.containers, "tight", FIRST, FIRST + H), tight)
     rows = _rows(healthy, FIRST)
     assert rows.loc[rows["psi"] > 1e-9, "drifting"].all() and rows["drifting"].any()
     health.model_health(healthy, THRESHOLDS)  # back as the other tests expect
@@ -156,7 +156,7 @@ def test_drift_hours_do_not_depend_on_the_order_hours_are_scored_in(shifted):
 
     # a re-scored hour in the middle (its health recomputed) leaves every count as it was
     middle = SCORED[2]
-    score_hour(Hour(shifted.storage, shifted.containers, "rerun", middle, middle + H))
+    score_hour(Scope(shifted.storage, shifted.containers, "rerun", middle, middle + H))
     again = _health_in(shifted, [middle])
     assert _drift_hours(shifted) == expected and [m.hour for m in again] == [middle]  # nothing newly alerting
 
@@ -178,17 +178,17 @@ def test_an_hour_whose_sensors_lost_their_model_is_alerted(healthy, tmp_path):
     promotion.move_alias(storage, containers.models, "v-less", action="promote", reason="test", by="test")
     try:
         h = FIRST + len(SCORED) * H  # the hour after the scored ones, with windows landed
-        health.model_health(Hour(storage, containers, "h-before", h - H, h), THRESHOLDS)
-        score_hour(Hour(storage, containers, "lost", h, h + H))
-        [manifest] = health.model_health(Hour(storage, containers, "h-lost", h, h + H), THRESHOLDS)
+        health.model_health(Scope(storage, containers, "h-before", h - H, h), THRESHOLDS)
+        score_hour(Scope(storage, containers, "lost", h, h + H))
+        [manifest] = health.model_health(Scope(storage, containers, "h-lost", h, h + H), THRESHOLDS)
         assert manifest.models_lost == 2
         assert manifest.models_lost_sensors == ("dev-0000/pressure", "dev-0000/temperature")
         rows = _rows(healthy, h)
         assert (rows.loc["dev-0000", "status"] == health.STATUS_MODEL_LOST).all()
 
         # the next hour still says so (the hour before scored nothing for them, but the version before had them)
-        score_hour(Hour(storage, containers, "lost-2", h + H, h + 2 * H))
-        [later] = health.model_health(Hour(storage, containers, "h-lost-2", h + H, h + 2 * H), THRESHOLDS)
+        score_hour(Scope(storage, containers, "lost-2", h + H, h + 2 * H))
+        [later] = health.model_health(Scope(storage, containers, "h-lost-2", h + H, h + 2 * H), THRESHOLDS)
         assert later.models_lost == 2
     finally:
         promotion.rollback(storage, containers.models, by="test")

@@ -25,9 +25,9 @@ import pytest
 
 from sensor_scoring import layout, settings as config
 from sensor_scoring.models import promotion, stats as model_stats
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps import health
 from sensor_scoring.steps.commit import commit
-from sensor_scoring.steps.interval import Hour
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.steps.score import score_shard
@@ -119,31 +119,31 @@ def _windows(source: str, shift: bool) -> pd.DataFrame:
     return windows
 
 
-def score_hour(hour: Hour) -> None:
+def score_hour(hour: Scope) -> None:
     summary = load_and_validate(hour)
     shards = plan_shards(hour, model_version="production")
     commit(hour, summary, [score_shard(hour.storage, s.spec_uri) for s in shards])
 
 
 @functools.cache
-def fleet(source: str, shift: bool, root: str) -> tuple[Hour, list]:
+def fleet(source: str, shift: bool, root: str) -> tuple[Scope, list]:
     """Windows landed, a version trained with the defaults on the training range and promoted, the scored hours
     committed and their health computed; the health run and its manifests."""
     storage, containers = LocalStorage(root), config.Containers()
     land_windows(storage, containers.windows, _windows(source, shift), LandingPlan(late_share=0.0))
     windows, cut = clean(source)
     first = windows["window_end"].min().floor("h").to_pydatetime()
-    run = Hour(storage, containers, "training", first, cut.to_pydatetime())
+    run = Scope(storage, containers, "training", first, cut.to_pydatetime())
     trained = train_locally(run, DEFAULTS, promotion.Policy(), version="v1")
     assert trained["promoted"], trained["reason"]
     hours = scored_hours(source)
     for h in hours:
-        score_hour(Hour(storage, containers, f"run-{h:%d%H}", h, h + H))
-    whole = Hour(storage, containers, "health", hours[0], hours[-1] + H)
+        score_hour(Scope(storage, containers, f"run-{h:%d%H}", h, h + H))
+    whole = Scope(storage, containers, "health", hours[0], hours[-1] + H)
     return whole, health.model_health(whole, THRESHOLDS)
 
 
-def rows(hour: Hour, h) -> pd.DataFrame:
+def rows(hour: Scope, h) -> pd.DataFrame:
     return read_parquet(hour.storage, hour.containers.health, layout.Partition(h).data).set_index(KEY)
 
 
@@ -234,7 +234,7 @@ def test_drift_hours_carry_into_an_hour_written_before_the_expected_rate_was(roo
     written = kept.drop(columns=["expected_rate", "p_value"]).assign(drift_hours=kept["drift_hours"].clip(upper=1))
     assert not written["drift_hours"].equals(kept["drift_hours"])  # as if scored before the hour before it
     hour.storage.write_bytes(hour.containers.health, path, written.to_parquet(index=False))
-    health.model_health(Hour(hour.storage, hour.containers, "again", first, first + H), THRESHOLDS)
+    health.model_health(Scope(hour.storage, hour.containers, "again", first, first + H), THRESHOLDS)
     after = read_parquet(hour.storage, hour.containers.health, path)
     assert list(after.columns) == list(health.HEALTH_SCHEMA.names) and after["expected_rate"].isna().all()
     assert after["drift_hours"].tolist() == kept["drift_hours"].tolist()

@@ -17,7 +17,7 @@ import pytest
 
 from sensor_scoring import settings as config
 from sensor_scoring.models import fitting, promotion, registry
-from sensor_scoring.steps.interval import Hour
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps.training import train_locally
 from sensor_scoring.storage import LocalStorage
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
@@ -54,17 +54,17 @@ def landed(tmp_path_factory) -> tuple[LocalStorage, config.Containers]:
     return storage, containers
 
 
-def _fresh(landed, tmp_path) -> Hour:
+def _fresh(landed, tmp_path) -> Scope:
     """The landed windows in a storage of this test's own (a copy: versions and aliases start empty)."""
     import shutil
 
     storage, containers = landed
     shutil.copytree(storage.root / containers.windows, tmp_path / containers.windows)
     shutil.copytree(storage.root / containers.labels, tmp_path / containers.labels)
-    return Hour(LocalStorage(str(tmp_path)), containers, "training-run", START, START + 26 * H)
+    return Scope(LocalStorage(str(tmp_path)), containers, "training-run", START, START + 26 * H)
 
 
-def _index(run: Hour, version: str) -> pd.DataFrame:
+def _index(run: Scope, version: str) -> pd.DataFrame:
     return registry.read_index(run.storage, run.containers.models, version).set_index(KEY).sort_index()
 
 
@@ -97,7 +97,7 @@ def test_a_subset_version_is_promoted_as_production_with_that_subset_replaced(la
     from sensor_scoring.steps.load import load_and_validate
     from sensor_scoring.steps.plan import plan_shards
 
-    hour = Hour(run.storage, run.containers, "score-run", START + 25 * H, START + 26 * H)
+    hour = Scope(run.storage, run.containers, "score-run", START + 25 * H, START + 26 * H)
     load_and_validate(hour)
     shards = plan_shards(hour, model_version="production")
     assert sum(s.sensors for s in shards) == 6

@@ -113,7 +113,7 @@ def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_
 
     from sensor_scoring import layout, settings as config
     from sensor_scoring.contracts import WINDOW_COLUMNS, WINDOW_KEY
-    from sensor_scoring.steps.interval import Hour
+    from sensor_scoring.runs.scope import Scope
     from sensor_scoring.steps.load import load_and_validate
     from sensor_scoring.steps.training import gather
     from sensor_scoring.windows import LandingPlan, land_windows, to_asa_json_lines
@@ -138,13 +138,13 @@ def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_
     storage.write_bytes(containers.windows, f"{START + 2 * H:%Y/%m/%d/%H}/0_late_1.json", to_asa_json_lines(late))
     key = list(WINDOW_KEY)
     for hours, valid, outside in ((2, 2 * 120 + 1, 2), (3, 3 * 120 + 2, 2)):
-        training = Hour(storage, containers, f"training-{hours}", START, START + hours * H)
+        training = Scope(storage, containers, f"training-{hours}", START, START + hours * H)
         shards = gather(training, holdout_hours=0, sensors_per_shard=100, nu=0.02, min_rows=30)
         [trained_on] = [
             st_read(storage, containers.staging, layout.TrainingRun(training.run_key).shard(s.shard).input)
             for s in shards
         ]
-        hour = Hour(storage, containers, f"same-rule-{hours}", START, START + hours * H)
+        hour = Scope(storage, containers, f"same-rule-{hours}", START, START + hours * H)
         summary = load_and_validate(hour)
         scored = st_read(storage, containers.staging, f"runs/{hour.run_key}/valid.parquet")
         assert len(trained_on) == summary.valid == valid

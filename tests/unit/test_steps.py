@@ -13,8 +13,8 @@ import pytest
 from sensor_scoring import layout, settings as config, storage as st
 from sensor_scoring.contracts import PREDICTION_SCHEMA, AccountingError, ShardSpec
 from sensor_scoring.models import fitting, registry
+from sensor_scoring.runs.scope import Scope, resolve_interval, run_key
 from sensor_scoring.steps.commit import commit
-from sensor_scoring.steps.interval import Hour, resolve_interval, run_key
 from sensor_scoring.steps.landed import windows_landed
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
@@ -64,8 +64,8 @@ def test_run_key_is_blob_safe_and_distinct():
     assert a != b and ":" not in a and "+" not in a
 
 
-def _hour(storage, run_id="run-1", start=START + 3 * H, hours=1) -> Hour:
-    return Hour(storage, config.Containers(), run_id, start, start + hours * H)
+def _hour(storage, run_id="run-1", start=START + 3 * H, hours=1) -> Scope:
+    return Scope(storage, config.Containers(), run_id, start, start + hours * H)
 
 
 def test_windows_landed_rules(tmp_path):

@@ -1,7 +1,7 @@
 """Azure Batch for shards: ids, the shared autoscaling pool, one job per DAG run, one task per shard, and the
 one way of submitting a shard's task, waiting for it and judging it.
 
-Airflow-free on purpose: the deferrable ``ScoreShardOperator`` and its ``BatchTaskTrigger``
+Airflow-free on purpose: the deferrable ``ShardOperator`` and its ``BatchTaskTrigger``
 (``sensor_scoring_airflow``) and :class:`AzureBatchBackend` (scripts, the contract tests) call the same
 :func:`submit_shard`, :func:`poll_step` and :func:`check_outcome`, and name jobs by the same :func:`job_id`;
 the trigger awaits between polls in the triggerer's event loop, the backend sleeps. Every call goes through the
@@ -630,7 +630,7 @@ def batch_client(account_url: str, credential: TokenCredential | AzureNamedKeyCr
 class AzureBatchBackend:
     """Runs the shard command as an Azure Batch task and waits for it here, sleeping between polls.
 
-    For use outside Airflow (scripts, the contract tests). Inside Airflow the deferrable ``ScoreShardOperator``
+    For use outside Airflow (scripts, the contract tests). Inside Airflow the deferrable ``ShardOperator``
     makes the same :func:`submit_shard` call but waits in the triggerer, holding no worker slot. The job is
     :func:`job_id` ``(dag_id, run_id)``, as the operator names it. The ``client`` is the caller's
     (:func:`batch_client`), or one is made for ``account_url`` with ``DefaultAzureCredential``.

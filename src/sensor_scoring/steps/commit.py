@@ -41,17 +41,16 @@ from sensor_scoring.contracts import (
     ValidationReport,
     ValidationSummary,
 )
-from sensor_scoring.steps import partial
-from sensor_scoring.steps.common import names_storage_outages
-from sensor_scoring.steps.fence import (
+from sensor_scoring.runs import partial
+from sensor_scoring.runs.common import names_storage_outages
+from sensor_scoring.runs.fence import (
     check_fence,
     claim_commit,
     hours_to_commit,
     release_claims,
     write_fenced_manifest,
 )
-from sensor_scoring.steps.interval import Hour
-from sensor_scoring.steps.rescoring import (
+from sensor_scoring.runs.rescoring import (
     DEFAULT_PURGED_POLICY,
     Kept,
     PurgedPolicy,
@@ -60,6 +59,7 @@ from sensor_scoring.steps.rescoring import (
     model_versions,
     rescoring_history,
 )
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.storage import Storage
 from sensor_scoring.windows import partition_hours
 
@@ -81,7 +81,7 @@ class _Written:
 class _Commit:
     """What every hour's commit needs of the run."""
 
-    hour: Hour
+    hour: Scope
     summary: HourSummary
     report: ValidationReport
     model_version: str
@@ -91,7 +91,7 @@ class _Commit:
 
 @names_storage_outages
 def commit(
-    hour: Hour,
+    hour: Scope,
     summary: HourSummary,
     shard_results: Sequence[ShardResult],
     *,
@@ -100,9 +100,9 @@ def commit(
 ) -> list[Manifest]:
     """Check landed = scored + quarantined + duplicates for the run, then commit each of its hours in turn.
 
-    ``failed_shards`` (a partial hour, see :mod:`sensor_scoring.steps.partial`): their windows are quarantined as
+    ``failed_shards`` (a partial hour, see :mod:`sensor_scoring.runs.partial`): their windows are quarantined as
     ``shard_failed``, the hours they touch are ``partial``, and the run's staging is kept for the retry.
-    ``purged_windows``: what becomes of committed rows whose windows the run did not find (``steps.rescoring``).
+    ``purged_windows``: what becomes of committed rows whose windows the run did not find (``runs.rescoring``).
     """
     policy = check_purged_policy(purged_windows)
     storage, staging, run = hour.storage, hour.containers.staging, layout.Run(hour.run_key)
@@ -157,7 +157,7 @@ def _shard_predictions(storage: Storage, result: ShardResult) -> pd.DataFrame:
     return st.read_parquet(storage, container, outputs.predictions)
 
 
-def _run_quarantine(hour: Hour, shard_results: Sequence[ShardResult]) -> pd.DataFrame:
+def _run_quarantine(hour: Scope, shard_results: Sequence[ShardResult]) -> pd.DataFrame:
     """Every row the run rejected: in validation, for want of a model, and in the shards."""
     storage, staging, run = hour.storage, hour.containers.staging, layout.Run(hour.run_key)
     staged = [st.read_parquet(storage, staging, path) for path in (run.validation_quarantine, run.plan_quarantine)]
@@ -176,7 +176,7 @@ def check_run_accounting(summary: HourSummary, shard_results: Sequence[ShardResu
 
 
 def _write_predictions(
-    hour: Hour,
+    hour: Scope,
     hours: Sequence[datetime],
     folder: Path,
     shard_results: Sequence[ShardResult],
@@ -330,7 +330,7 @@ def hour_counts(
 
 
 def _quarantine_files(
-    hour: Hour, part: layout.Partition, corrupt: Sequence[CorruptFile]
+    hour: Scope, part: layout.Partition, corrupt: Sequence[CorruptFile]
 ) -> tuple[QuarantinedFile, ...]:
     """Copy each corrupt file of the hour beside its quarantine partition (under ``files/``), kept byte for byte."""
     storage, containers = hour.storage, hour.containers

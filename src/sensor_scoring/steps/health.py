@@ -49,8 +49,8 @@ from sensor_scoring import layout, settings as config, storage as st
 from sensor_scoring.contracts import REASON_COLUMN
 from sensor_scoring.models import stats as model_stats
 from sensor_scoring.records import Record
-from sensor_scoring.steps.common import names_storage_outages
-from sensor_scoring.steps.interval import Hour
+from sensor_scoring.runs.common import names_storage_outages
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class HealthManifest(Record):
 
 
 @names_storage_outages
-def model_health(hour: Hour, thresholds: Thresholds | None = None) -> list[HealthManifest]:
+def model_health(hour: Scope, thresholds: Thresholds | None = None) -> list[HealthManifest]:
     """Compute and write the health partition of every hour of the run, in order, and recompute the drift counts
     of the hours after each that were written before it. Returns the run's hours' manifests, then those of later
     hours that now have sensors alerting that they had not (so their alert is sent now)."""
@@ -303,7 +303,7 @@ def _add_psi(
 
 
 def _hour_health(
-    hour: Hour, h: datetime, thresholds: Thresholds, stats_cache: dict[str, pd.DataFrame | None]
+    hour: Scope, h: datetime, thresholds: Thresholds, stats_cache: dict[str, pd.DataFrame | None]
 ) -> tuple[HealthManifest, list[HealthManifest]]:
     """Write hour ``h``'s health; returns its manifest and those of later hours whose alerting grew by it."""
     storage, containers, part = hour.storage, hour.containers, layout.Partition(h)
@@ -354,7 +354,7 @@ def _hour_health(
     return manifest, _carry_forward(hour, h, rows, thresholds)
 
 
-def _carry_forward(hour: Hour, h: datetime, rows: pd.DataFrame, thresholds: Thresholds) -> list[HealthManifest]:
+def _carry_forward(hour: Scope, h: datetime, rows: pd.DataFrame, thresholds: Thresholds) -> list[HealthManifest]:
     """Recompute ``drift_hours`` of the hours after ``h`` that have health, while their counts change (an hour
     scored before the one before it counted a run from nothing). Returns the rewritten manifests whose alerting
     sensors grew: those alerts are due now."""
@@ -391,7 +391,7 @@ def _carry_forward(hour: Hour, h: datetime, rows: pd.DataFrame, thresholds: Thre
     return grew
 
 
-def _models_lost(hour: Hour, h: datetime, quarantine: pd.DataFrame) -> list[tuple[str, str]]:
+def _models_lost(hour: Scope, h: datetime, quarantine: pd.DataFrame) -> list[tuple[str, str]]:
     """Sensors of the hour quarantined ``no_model`` that had a model before: scored the hour before or the same
     hour the day before (their health partitions), or listed in the production version the one scoring this hour
     replaced (the alias history). A sensor that never had a model is not among them."""
@@ -420,7 +420,7 @@ def _models_lost(hour: Hour, h: datetime, quarantine: pd.DataFrame) -> list[tupl
     return sorted(had)
 
 
-def _replaced_version(hour: Hour, h: datetime) -> str | None:
+def _replaced_version(hour: Scope, h: datetime) -> str | None:
     """The production version that the one scoring hour ``h`` (its predictions manifest's) replaced, if any."""
     import json
 

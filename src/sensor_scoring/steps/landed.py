@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from sensor_scoring.layout import HOUR
-from sensor_scoring.steps.common import names_storage_outages
-from sensor_scoring.steps.interval import Hour
+from sensor_scoring.runs.common import names_storage_outages
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.windows import folders_for_interval
 
 
 @names_storage_outages
 def windows_landed(
-    hour: Hour, *, late_folders: int, settle_minutes: float, now: datetime | None = None
+    hour: Scope, *, late_folders: int, settle_minutes: float, now: datetime | None = None
 ) -> tuple[bool, str]:
     """Has the interval's output landed? Stream Analytics gives no end-of-hour marker, so:
 

@@ -31,10 +31,10 @@ from sensor_scoring.contracts import (
 from sensor_scoring.features import add_features, read_context
 from sensor_scoring.layout import HOUR
 from sensor_scoring.names import check_sensor_names
-from sensor_scoring.steps.common import count_by_hour, hour_key, names_storage_outages, quarantine_frame
-from sensor_scoring.steps.fence import read_generations
-from sensor_scoring.steps.interval import Hour
-from sensor_scoring.steps.rescoring import check_subset_matches, duplicates_by_sensor, select_sensors, subset_of
+from sensor_scoring.runs.common import count_by_hour, hour_key, names_storage_outages, quarantine_frame
+from sensor_scoring.runs.fence import read_generations
+from sensor_scoring.runs.rescoring import check_subset_matches, duplicates_by_sensor, select_sensors, subset_of
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.validation import Checked, check_windows
 from sensor_scoring.windows import (
     LandedFiles,
@@ -58,7 +58,7 @@ DEFAULT_MAX_QUARANTINE_SHARE = 0.1
 
 @names_storage_outages
 def load_and_validate(
-    hour: Hour,
+    hour: Scope,
     *,
     late_folders: int = 1,
     max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE,
@@ -73,7 +73,7 @@ def load_and_validate(
     validation report and the failing rows are staged, so that the failed run shows why.
 
     With ``devices``/``tags`` (a rescoring subset) only those sensors' windows are taken: the rest of the
-    hour stays as committed before (see ``steps.rescoring``).
+    hour stays as committed before (see ``runs.rescoring``).
     """
     from sensor_scoring.validation.expectations import load_bounds
 
@@ -109,7 +109,7 @@ def load_and_validate(
     return summary
 
 
-def _validate(landed: pd.DataFrame, hour: Hour, bounds: Bounds) -> Checked:
+def _validate(landed: pd.DataFrame, hour: Scope, bounds: Bounds) -> Checked:
     """The suite's split of the owned windows; a broken structure fails naming the files it came from."""
     from sensor_scoring.validation.expectations import SchemaViolation
 
@@ -122,7 +122,7 @@ def _validate(landed: pd.DataFrame, hour: Hour, bounds: Bounds) -> Checked:
 
 
 def with_features(
-    hour: Hour,
+    hour: Scope,
     valid: pd.DataFrame,
     before: LandedFiles | None,
     *,
@@ -151,7 +151,7 @@ def with_rejected(checked: Checked, rejected: pd.DataFrame) -> Checked:
     return checked
 
 
-def source_files(read: LandedFiles, hour: Hour) -> SourceFiles:
+def source_files(read: LandedFiles, hour: Scope) -> SourceFiles:
     """Every blob of the folders read, accounted for: read, empty, quarantined whole by this run, or a corrupt
     file of a late folder, which that folder's hour quarantines (``corrupt_file_hour``)."""
     mine = len(_corrupt_files(read, hour))
@@ -164,7 +164,7 @@ def source_files(read: LandedFiles, hour: Hour) -> SourceFiles:
     )
 
 
-def corrupt_file_hour(name: str, hour: Hour) -> datetime | None:
+def corrupt_file_hour(name: str, hour: Scope) -> datetime | None:
     """The hour of the run that lists, copies and quarantines a corrupt file: its owner
     (``windows.corrupt_owner``, its folder's hour) if the run's interval holds it, else None (a late folder's file:
     its own hour's run lists it, so that it is in exactly one manifest). A file in no hour folder: the run's last
@@ -175,7 +175,7 @@ def corrupt_file_hour(name: str, hour: Hour) -> datetime | None:
     return found if hour.start <= found < hour.end else None
 
 
-def _corrupt_files(read: LandedFiles, hour: Hour) -> tuple[CorruptFile, ...]:
+def _corrupt_files(read: LandedFiles, hour: Scope) -> tuple[CorruptFile, ...]:
     """The corrupt files this run owns (``corrupt_file_hour``), each under its hour."""
     listed = []
     for c in read.corrupt:
@@ -196,7 +196,7 @@ def lookback_skipped(read: LandedFiles, before: LandedFiles) -> tuple[SkippedCon
 
 
 def validation_report(
-    hour: Hour,
+    hour: Scope,
     landed: pd.DataFrame,
     checked: Checked,
     read: LandedFiles,
@@ -252,7 +252,7 @@ def validation_report(
 
 
 def hour_summary(
-    hour: Hour,
+    hour: Scope,
     landed: pd.DataFrame,
     checked: Checked,
     read: LandedFiles,

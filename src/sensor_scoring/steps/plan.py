@@ -18,8 +18,8 @@ from sensor_scoring.contracts import (
     ShardSpec,
 )
 from sensor_scoring.models import registry
-from sensor_scoring.steps.common import names_storage_outages, quarantine_frame
-from sensor_scoring.steps.interval import Hour
+from sensor_scoring.runs.common import names_storage_outages, quarantine_frame
+from sensor_scoring.runs.scope import Scope
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ MAX_SHARD_WINDOWS = 250_000
 
 
 @names_storage_outages
-def plan_shards(hour: Hour, *, model_version: str, sensors_per_shard: int | None = None) -> list[PlannedShard]:
+def plan_shards(hour: Scope, *, model_version: str, sensors_per_shard: int | None = None) -> list[PlannedShard]:
     """Group sensors with a model into shards, one input blob and spec per shard: of ``sensors_per_shard``
     sensors each, or by default (None) sized to the work (:func:`shard_numbers`).
 
@@ -87,7 +87,7 @@ def plan_shards(hour: Hour, *, model_version: str, sensors_per_shard: int | None
 
 
 def _stage_shard(
-    hour: Hour, run: layout.Run, number: int, members: pd.DataFrame, rows: pd.DataFrame, version: str
+    hour: Scope, run: layout.Run, number: int, members: pd.DataFrame, rows: pd.DataFrame, version: str
 ) -> PlannedShard:
     """Write one shard's input and spec; the spec names everything the shard process needs."""
     staging, shard = hour.containers.staging, run.shard(number)

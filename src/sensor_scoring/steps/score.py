@@ -13,8 +13,8 @@ from sensor_scoring.contracts import (
     ShardSpec,
 )
 from sensor_scoring.models import registry
+from sensor_scoring.runs.common import names_storage_outages, quarantine_frame
 from sensor_scoring.scorer import score
-from sensor_scoring.steps.common import names_storage_outages, quarantine_frame
 from sensor_scoring.storage import Storage
 from sensor_scoring.windows import WINDOW
 

@@ -34,10 +34,10 @@ from sensor_scoring.contracts import (
 from sensor_scoring.layout import HOUR
 from sensor_scoring.models import evaluation, fitting, pack, promotion, registry, stats
 from sensor_scoring.names import check_sensor_names
+from sensor_scoring.runs.common import names_storage_outages
+from sensor_scoring.runs.rescoring import select_sensors
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.scorer import ModelArrays
-from sensor_scoring.steps.common import names_storage_outages
-from sensor_scoring.steps.interval import Hour
-from sensor_scoring.steps.rescoring import select_sensors
 from sensor_scoring.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class NoTrainingData(ValueError):
 
 @names_storage_outages
 def gather(
-    run: Hour,
+    run: Scope,
     *,
     holdout_hours: int,
     sensors_per_shard: int,
@@ -143,7 +143,7 @@ def gather(
 
 
 def _stage(
-    run: Hour,
+    run: Scope,
     plan: layout.TrainingRun,
     number: int,
     rows: pd.DataFrame,
@@ -314,7 +314,7 @@ class _Production:
     models: dict[tuple[str, str], ModelArrays]
 
 
-def _production_models(run: Hour, windows: pd.DataFrame, baseline: str) -> _Production | None:
+def _production_models(run: Scope, windows: pd.DataFrame, baseline: str) -> _Production | None:
     """The baseline version's models of the held-back sensors; None before any version is promoted."""
     try:
         version = registry.resolve_version(run.storage, run.containers.models, baseline)
@@ -344,7 +344,7 @@ def _one_feature_set(models: dict[tuple[str, str], ModelArrays]) -> str:
 
 @names_storage_outages
 def evaluate(
-    run: Hour,
+    run: Scope,
     results: list[TrainingShardResult],
     policy: promotion.Policy,
     *,
@@ -395,7 +395,7 @@ def evaluate(
 
 @names_storage_outages
 def register(
-    run: Hour,
+    run: Scope,
     results: list[TrainingShardResult],
     *,
     version: str,
@@ -444,7 +444,7 @@ def register(
 
 
 def _carry(
-    run: Hour, coverage: dict[str, object], trained: list[fitting.TrainedModel]
+    run: Scope, coverage: dict[str, object], trained: list[fitting.TrainedModel]
 ) -> tuple[list[fitting.TrainedModel], pd.DataFrame | None]:
     """Production's models (and training statistics) of the sensors the candidate has none for, when the gate
     said they can be carried (``promotion.coverage``): the registered version is production with the candidate's
@@ -490,7 +490,7 @@ def _carry(
 
 
 @names_storage_outages
-def promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, object]:
+def promote_or_not(run: Scope, version: str, *, promote: bool) -> dict[str, object]:
     """Move the production alias to ``version`` if its evaluation allows it (and ``promote`` is on).
 
     Returns ``promoted`` and, when not, ``reason``: "not promoted because ...", for the log and the alert.
@@ -501,7 +501,7 @@ def promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, objec
     return outcome
 
 
-def _promote_or_not(run: Hour, version: str, *, promote: bool) -> dict[str, object]:
+def _promote_or_not(run: Scope, version: str, *, promote: bool) -> dict[str, object]:
     lineage = registry.read_version_manifest(run.storage, run.containers.models, version).lineage or {}
     where = f"the manifest of model version {version} (lineage.evaluation)"
     verdict = promotion.GateVerdict.from_dict(lineage.get("evaluation"), source=where).to_dict()
@@ -550,7 +550,7 @@ def model_params(params: Mapping[str, Any]) -> dict[str, object]:
     }
 
 
-def data_range(run: Hour, params: Mapping[str, Any]) -> dict[str, object]:
+def data_range(run: Scope, params: Mapping[str, Any]) -> dict[str, object]:
     """The lineage's data range: the whole range, the held-back hours, the subset."""
     holdout = int(params["holdout_hours"])
     return {
@@ -580,7 +580,7 @@ def policy_of(params: Mapping[str, Any]) -> promotion.Policy:
 
 
 def train_locally(
-    run: Hour, params: Mapping[str, Any], policy: promotion.Policy, *, version: str | None = None
+    run: Scope, params: Mapping[str, Any], policy: promotion.Policy, *, version: str | None = None
 ) -> dict[str, object]:
     """The training DAG's own steps, in order, in this process: gather, train each shard (as the local backend
     runs ``train-shard``), evaluate, register, promote by policy. What ``python -m sensor_scoring train`` and the

@@ -1,4 +1,5 @@
-"""Which hours a run scores, and the ``Hour`` every step is given: storage, containers, run id and interval."""
+"""Which hours a run covers, and the ``Scope`` every step is given: storage, containers, run id and interval
+(one hour or many)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from sensor_scoring.storage import Storage
 
 
 @dataclass(frozen=True)
-class Hour:
-    """Where one run reads and writes: its storage, containers, id and interval [start, end)."""
+class Scope:
+    """Where one run reads and writes: its storage, containers, id and interval [start, end), one hour or many
+    (a backfill, a rescoring, a training range)."""
 
     storage: Storage
     containers: config.Containers

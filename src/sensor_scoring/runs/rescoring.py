@@ -43,7 +43,7 @@ from sensor_scoring.contracts import (
     SensorDuplicates,
     Subset,
 )
-from sensor_scoring.steps.interval import Hour
+from sensor_scoring.runs.scope import Scope
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def key_codes(frames: Sequence[pd.DataFrame]) -> list[np.ndarray]:
 
 
 def keep_committed(
-    hour: Hour,
+    hour: Scope,
     hours: Sequence[datetime],
     subset: Subset | None,
     found: Mapping[datetime, pd.DataFrame],
@@ -318,7 +318,7 @@ def _empty_kept() -> Kept:
     return Kept(PREDICTION_SCHEMA.empty_table(), pd.DataFrame(columns=QUARANTINE_SCHEMA.names), (), None)
 
 
-def _keep_hour(hour: Hour, h: datetime, subset: Subset | None, found: pd.DataFrame, policy: PurgedPolicy) -> Kept:
+def _keep_hour(hour: Scope, h: datetime, subset: Subset | None, found: pd.DataFrame, policy: PurgedPolicy) -> Kept:
     part, storage, containers = layout.Partition(h), hour.storage, hour.containers
     try:
         data = storage.read_bytes(containers.predictions, part.manifest)

@@ -34,8 +34,8 @@ from sensor_scoring.contracts import (
     ShardSpec,
     ValidationReport,
 )
-from sensor_scoring.steps.common import quarantine_frame
-from sensor_scoring.steps.interval import Hour, hours_of, run_key
+from sensor_scoring.runs.common import quarantine_frame
+from sensor_scoring.runs.scope import Scope, hours_of, run_key
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def check_failed_share(planned: int, failed: Sequence[PlannedShard], max_share: 
         )
 
 
-def failed_shard_quarantine(hour: Hour, failed: Sequence[PlannedShard]) -> pd.DataFrame:
+def failed_shard_quarantine(hour: Scope, failed: Sequence[PlannedShard]) -> pd.DataFrame:
     """The staged windows of every failed shard, as quarantine rows with reason ``shard_failed``."""
     storage, staging, run = hour.storage, hour.containers.staging, layout.Run(hour.run_key)
     frames = [st.read_parquet(storage, staging, run.shard(s.shard).input) for s in failed]
@@ -83,7 +83,7 @@ def hour_status(counts: Counts, q_rows: pd.DataFrame) -> Literal["scored", "empt
     return "partial" if bool((q_rows[REASON_COLUMN] == SHARD_FAILED).any()) else "scored"
 
 
-def log_partial(hour: Hour, failed: Sequence[PlannedShard]) -> None:
+def log_partial(hour: Scope, failed: Sequence[PlannedShard]) -> None:
     log.warning(
         "Committed a PARTIAL run: %d shard(s) failed (%s); their windows are quarantined as %s and the run's "
         "staging %s is kept: clear the failed shard(s) and commit, or re-run the hour, to score them",
@@ -95,7 +95,7 @@ def log_partial(hour: Hour, failed: Sequence[PlannedShard]) -> None:
 
 
 def named_failed_shards(
-    hour: Hour, own: Sequence[FailedShard], previous: Manifest | None, q_rows: pd.DataFrame
+    hour: Scope, own: Sequence[FailedShard], previous: Manifest | None, q_rows: pd.DataFrame
 ) -> tuple[FailedShard, ...]:
     """The failed shards a partial hour's manifest names: this run's, and those of earlier runs whose
     ``shard_failed`` rows this run kept as they were (outside its subset, or not found again), so they stay named
@@ -126,7 +126,7 @@ def _run_folder(spec_uri: str) -> str:
     return layout.Shard.of_spec(spec).folder.rstrip("/").rsplit("/", 1)[0] + "/"
 
 
-def _spec_sensors(hour: Hour, spec_uri: str) -> set[tuple[str, str]] | None:
+def _spec_sensors(hour: Scope, spec_uri: str) -> set[tuple[str, str]] | None:
     """The sensors a failed shard scores, from its kept spec; None if the spec is gone or unreadable."""
     try:
         spec = ShardSpec.from_json(hour.storage.read_bytes(*st.parse_uri(spec_uri)), source=spec_uri)
@@ -135,7 +135,7 @@ def _spec_sensors(hour: Hour, spec_uri: str) -> set[tuple[str, str]] | None:
     return {(m.device_id, m.tag) for m in spec.models}
 
 
-def superseded_staging(hour: Hour) -> list[str]:
+def superseded_staging(hour: Scope) -> list[str]:
     """The staging folders of earlier runs named by a failed shard in one of these hours' manifests (read before
     this run's manifests replace theirs): candidates for deletion once this run has committed."""
     storage, containers, own = hour.storage, hour.containers, layout.Run(hour.run_key).prefix
@@ -155,7 +155,7 @@ def superseded_staging(hour: Hour) -> list[str]:
     return sorted(folders)
 
 
-def release_staging(hour: Hour, folders: Sequence[str]) -> None:
+def release_staging(hour: Scope, folders: Sequence[str]) -> None:
     """Delete each run's staging folder unless a committed manifest still names one of its failed shards' specs:
     the hours of the folder's run (from its staged validation report) and this run's are checked."""
     for folder in folders:
@@ -171,7 +171,7 @@ def release_staging(hour: Hour, folders: Sequence[str]) -> None:
         hour.storage.delete_prefix(hour.containers.staging, folder)
 
 
-def _hours_naming(hour: Hour, folder: str) -> list[datetime]:
+def _hours_naming(hour: Scope, folder: str) -> list[datetime]:
     storage, containers = hour.storage, hour.containers
     hours = set(hour.hours)
     report = folder + "validation.json"

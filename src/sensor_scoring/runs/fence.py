@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 
 from sensor_scoring import layout
 from sensor_scoring.contracts import HourSummary, SupersededError
-from sensor_scoring.steps.interval import Hour
+from sensor_scoring.runs.scope import Scope
 from sensor_scoring.storage import GenerationMismatch
 
 #: How long a claim whose run never wrote its manifest (a commit that died) keeps other runs from the hour.
@@ -36,13 +36,13 @@ CLAIM_TTL = timedelta(hours=1)
 log = logging.getLogger(__name__)
 
 
-def read_generations(hour: Hour) -> dict[str, str]:
+def read_generations(hour: Scope) -> dict[str, str]:
     """The generation of each hour's committed manifest now ("" for an hour never committed)."""
     container = hour.containers.predictions
     return {h.isoformat(): hour.storage.generation(container, layout.Partition(h).manifest) or "" for h in hour.hours}
 
 
-def _committed_by(hour: Hour, h: datetime) -> str:
+def _committed_by(hour: Scope, h: datetime) -> str:
     """The run that wrote the hour's manifest as it is now (``?`` if unreadable)."""
     try:
         body = json.loads(hour.storage.read_bytes(hour.containers.predictions, layout.Partition(h).manifest))
@@ -51,7 +51,7 @@ def _committed_by(hour: Hour, h: datetime) -> str:
         return "? (its manifest is gone or unreadable)"
 
 
-def _own(hour: Hour, h: datetime) -> bool:
+def _own(hour: Scope, h: datetime) -> bool:
     try:
         body = json.loads(hour.storage.read_bytes(hour.containers.predictions, layout.Partition(h).manifest))
     except (FileNotFoundError, ValueError):
@@ -59,7 +59,7 @@ def _own(hour: Hour, h: datetime) -> bool:
     return isinstance(body, dict) and body.get("run_id") == hour.run_id
 
 
-def hours_to_commit(hour: Hour, summary: HourSummary) -> list[datetime]:
+def hours_to_commit(hour: Scope, summary: HourSummary) -> list[datetime]:
     """The run's hours its commit writes: all of them, unless the run committed some already (a partial run whose
     failed shard is being retried) and another run has committed others since (a re-run of one hour, a subset
     rescoring). Those hours keep their newer partition and this commit fills in the hours the run still owns, so
@@ -87,7 +87,7 @@ def hours_to_commit(hour: Hour, summary: HourSummary) -> list[datetime]:
     return [h for h in hour.hours if h not in superseded]
 
 
-def check_fence(hour: Hour, summary: HourSummary, h: datetime) -> str | None:
+def check_fence(hour: Scope, summary: HourSummary, h: datetime) -> str | None:
     """The generation the hour's manifest must still have when commit writes it; ``SupersededError`` if another
     run committed the hour after this run read it. A summary without generations (an older XCom) is fenced from
     here on only."""
@@ -102,7 +102,7 @@ def check_fence(hour: Hour, summary: HourSummary, h: datetime) -> str | None:
     )
 
 
-def write_fenced_manifest(hour: Hour, h: datetime, body: bytes, generation: str | None) -> None:
+def write_fenced_manifest(hour: Scope, h: datetime, body: bytes, generation: str | None) -> None:
     """Write the predictions manifest only if it is still at ``generation``: the check and the write are one
     step on the storage, so a run committing in between is caught even inside ``commit``."""
     try:
@@ -114,13 +114,13 @@ def write_fenced_manifest(hour: Hour, h: datetime, body: bytes, generation: str 
         ) from exc
 
 
-def release_claims(hour: Hour, paths: list[str]) -> None:
+def release_claims(hour: Scope, paths: list[str]) -> None:
     """Delete the claims a commit made, when it ends (committed or not)."""
     for path in paths:
         hour.storage.delete_prefix(hour.containers.staging, path)
 
 
-def claim_commit(hour: Hour, h: datetime, generation: str | None, now: datetime | None = None) -> str:
+def claim_commit(hour: Scope, h: datetime, generation: str | None, now: datetime | None = None) -> str:
     """Claim the commit of hour ``h`` from manifest ``generation`` before any of the hour is written, and return
     the claim's path (for ``release_claims``); ``SupersededError`` if another run holds that generation's claim."""
     storage, container = hour.storage, hour.containers.staging
