@@ -4,7 +4,8 @@
 the shard process), ``commit``, ``health`` (model_health) and ``training`` (the training DAG's steps). What a run is
 and keeps (its ``Scope``, the fence, partial hours, rescoring) is ``sensor_scoring.runs``.
 Each step is idempotent: it writes to paths derived from the run (``layout``) and overwrites what a failed try
-left, so Airflow retries and re-runs never double a row. Only small records cross XCom; the data itself stays in the staging container.
+left, so Airflow retries and re-runs never double a row. Only small records cross XCom; the data itself stays in
+the staging container.
 
 Nothing is imported here, so ``from sensor_scoring.steps.landed import windows_landed`` stays cheap for the DAG glue.
 """
