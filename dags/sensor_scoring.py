@@ -48,25 +48,27 @@ score each (device, sensor) with its own OneClassSVM, and replace the hour's Par
 **Owner:** sensor-analytics team. **Interval:** one hour, `[data_interval_start, data_interval_end)`,
 windows selected by `window_end`.
 
-**Tasks:** `wait_for_windows` (reschedules, holds no slot) -> `load_and_validate` -> `plan_shards` ->
-`score_shard` (mapped, one per shard: sized to the work, or of `sensors_per_shard` sensors; named by its sensors)
--> `commit` -> `model_health` (per sensor: anomaly rate and score shift against training; the *Sensor fleet* page
-in the navigation).
+**Tasks:** `wait_for_windows` (reschedules, holds no slot) -> `plan_shards` (lists and groups the files, groups the
+sensors into shards) -> `read_windows` (mapped, one per group of about 64 MiB of files: keeps the windows the hour
+owns and routes each to its sensor's shard) -> `score_shard` (mapped, one per shard: sized to the work, or of
+`sensors_per_shard` sensors; named by its sensors: validates, adds features, scores) -> `commit` ->
+`model_health` (per sensor: anomaly rate and score shift against training; the *Sensor fleet* page in the
+navigation). No task holds the whole hour: each works on a group of files or a shard of sensors.
 With `max_failed_shard_share` above 0, `commit` also runs when shards failed: the hour is committed `partial`.
 
 **Triage**
 - `wait_for_windows` timed out: Stream Analytics stopped writing. Check the job and the `windows` folders.
 - `plan_shards` says no model alias: train and promote (`python -m sensor_scoring train ... --promote`).
 - a `score_shard` failed: its log shows the shard command and output; clearing it re-runs only that shard.
-- `load_and_validate` failed without retries: the input is wrong. "above max_quarantine_share": too many
-  windows failed validation; the message names the counts per reason, the report
-  (`az://staging/runs/<run>/validation.json`) and the failing rows; fix the input or re-run with a higher
-  `max_quarantine_share`. "missing required column" / "column X cannot be read": the named file breaks the
-  window contract. Rules and reasons: `docs/faults.md`.
+- `commit` failed without retries, "above max_quarantine_share": too many windows failed validation; the
+  message names the counts per reason, the report (`az://staging/runs/<run>/validation.json`) and the failing
+  rows; fix the input or re-run with a higher `max_quarantine_share`.
+- `read_windows` failed without retries, "missing required column" / "column X cannot be read": the named file
+  breaks the window contract. Rules and reasons: `docs/faults.md`.
 - Corrupt or truncated files do not fail the run: each is quarantined whole and listed in the manifest's
   `quarantined_files` (copy under `quarantine/.../files/`); the rest of the hour is scored.
 - An hour with no windows commits an empty partition with manifest `status: "empty"` and a warning in the
-  `load_and_validate` and `commit` logs; it does not fail (the sensor already waits for landed files).
+  `commit` log; it does not fail (the sensor already waits for landed files).
 - Late windows (after the hour was committed): re-run or backfill the hour; its partition is replaced.
 - `commit` refused the accounting: a shard output is missing or stale; clear the run to redo the hour.
 - Re-running or backfilling an hour is safe: its partition is replaced, one row per window.
@@ -252,51 +254,39 @@ with ScoringDAG(
         print(why)
         return PokeReturnValue(is_done=done)
 
-    @task
-    def load_and_validate(params: dict | None = None) -> dict:
-        """Reads the hour's folders, keeps windows ending in the interval, quarantines bad rows.
-
-        With `devices`/`tags` set (a rescoring), only those sensors' windows are taken. **Triage:** an error names
-        the file and column that could not be read; bad rows are not errors, they go to `quarantine` with a reason.
-        """
-        from sensor_scoring.steps.load import load_and_validate
-        from sensor_scoring_airflow import context as airflow_context
-
-        hour = airflow_context.hour_for(get_current_context(), params or {})
-        with airflow_context.fail_without_retry_on_bad_data():
-            return load_and_validate(
-                hour,
-                late_folders=params["late_folders"],
-                max_quarantine_share=params["max_quarantine_share"],
-                devices=params.get("devices"),
-                tags=params.get("tags"),
-            ).to_dict()
-
-    @task
-    def plan_shards(summary: dict, params: dict | None = None) -> list[dict]:
-        """Groups the hour's sensors into shards and stages one input per shard.
+    @task(multiple_outputs=True)
+    def plan_shards(params: dict | None = None) -> dict:
+        """Lists the hour's files and groups them for `read_windows`, and groups the model version's sensors into
+        shards for `score_shard`: nothing is read yet.
 
         **Triage:** "no model alias or version named ..." = the `model_version` param names nothing in container
         `models`: fix the conf, or train and promote (`python -m sensor_scoring train ... --promote`). Sensors without
         a model are quarantined as `no_model`, not failed.
         """
-        from sensor_scoring.contracts import HourSummary
         from sensor_scoring.steps.plan import plan_shards as plan
         from sensor_scoring_airflow import context as airflow_context
 
         hour = airflow_context.hour_for(get_current_context(), params or {})
-        # the summary only orders this task after load_and_validate, whose staged windows it reads: checked, not used
-        HourSummary.from_dict(summary, source="XCom of load_and_validate")
-        with airflow_context.no_retry_on(LookupError):  # an unknown model version does not appear by retrying
-            shards = plan(hour, model_version=params["model_version"], sensors_per_shard=params["sensors_per_shard"])
-        return [shard.to_dict() for shard in shards]
+        with airflow_context.no_retry_on(
+            LookupError, ValueError
+        ):  # a wrong version or name does not appear by retrying
+            planned = plan(
+                hour,
+                model_version=params["model_version"],
+                sensors_per_shard=params["sensors_per_shard"],
+                late_folders=params["late_folders"],
+                devices=params.get("devices"),
+                tags=params.get("tags"),
+            )
+        return planned.to_dict()
 
     # also when no shard was mapped: quarantined rows are committed too; all_done, because a partial hour commits
     # with failed shards: the task itself refuses a failed upstream (sensor_scoring_airflow.partial)
     # one commit at a time across runs: a backfill and a rescoring of the same hour never interleave
     @task(trigger_rule="all_done", outlets=[PREDICTIONS], max_active_tis_per_dag=1)
-    def commit(summary: dict, results: list[dict] | None = None, params: dict | None = None) -> dict:
-        """Checks landed = scored + quarantined + duplicates, then swaps in the hour's partition.
+    def commit(reads: list[dict] | None = None, results: list[dict] | None = None, params: dict | None = None) -> dict:
+        """Sums the read tasks and shards into the hour's validation report, refuses the hour above
+        `max_quarantine_share`, checks landed = scored + quarantined + duplicates, then swaps in the hour's partition.
 
         One blob upload per partition, then `_manifest.json` (counts for the whole partition; `rescored` lists
         subset rescorings). A subset rescoring keeps every other row of the hour as it was. Emits an event on the
@@ -306,8 +296,9 @@ with ScoringDAG(
         clear the failed `score_shard` (with downstream) or re-run the hour. "have no landed window in this run
         (purged_windows=fail)": the hour's windows are gone (a lifecycle rule); re-run with `purged_windows` keep or
         drop. Committed rows whose windows are gone are kept by default: the manifest's `purged` counts them.
+        "above max_quarantine_share": too many windows failed validation (see the DAG's triage).
         """
-        from sensor_scoring.contracts import HourSummary, ShardResult
+        from sensor_scoring.contracts import ReadResult, ShardResult
         from sensor_scoring.runs.rescoring import CommittedRowsMissing
         from sensor_scoring.steps.commit import commit as commit_hours
         from sensor_scoring_airflow import alerts, context as airflow_context, partial
@@ -316,32 +307,49 @@ with ScoringDAG(
         failed = partial.shards_to_give_up(context, (params or {}).get("max_failed_shard_share", 0))
         hour = airflow_context.hour_for(context, params or {})
         # one slice read of the mapped results (iterating would probe past the end, logging a 404)
+        read_results = [ReadResult.from_dict(r, source="XCom of read_windows") for r in (reads[:] if reads else [])]
         shards = [ShardResult.from_dict(r, source="XCom of score_shard") for r in (results[:] if results else [])]
-        summary_record = HourSummary.from_dict(summary, source="XCom of load_and_validate")
         policy = airflow_context.purged_policy(params or {})
-        with airflow_context.no_retry_on(CommittedRowsMissing):  # purged_windows=fail: retrying finds no more
-            manifests = commit_hours(hour, summary_record, shards, failed_shards=failed, purged_windows=policy)
+        # purged_windows=fail, too many failing windows, a subset matching nothing: retrying finds no more
+        with airflow_context.no_retry_on(CommittedRowsMissing), airflow_context.fail_without_retry_on_bad_data():
+            manifests = commit_hours(
+                hour,
+                read_results,
+                shards,
+                failed_shards=failed,
+                purged_windows=policy,
+                max_quarantine_share=(params or {}).get("max_quarantine_share", 0.1),
+            )
         context["outlet_events"][PREDICTIONS].extra = airflow_context.asset_extra(manifests)
         alerts.check_anomalies(context, manifests)
         partial.alert_partial(context, manifests, failed)
         return {"hours": [m.hour.isoformat() for m in manifests], "counts": [m.counts.to_dict() for m in manifests]}
 
-    summary = load_and_validate()
-    # One mapped instance per shard, named by its sensors; on azure_batch it defers while its Batch task runs.
-    results = (
-        ShardOperator.partial(
-            task_id="score_shard",
-            backend="{{ params.backend }}",
-            map_index_template="{{ shard_label }}",
-            retries=RETRIES + 1,  # one more than the other tasks: a lost or preempted node is worth a try
-            doc_md="Scores one shard (`python -m sensor_scoring score-shard --spec <uri>`) in the worker or as an "
-            "Azure Batch task.",
-        )
-        .expand(shard=plan_shards(summary))
-        .output
-    )
-    wait_for_windows() >> summary
-    committed = commit(summary, results)
+    plan = plan_shards()
+    # Both mapped kinds run where the backend says (in the worker, or as Azure Batch tasks, deferring meanwhile);
+    # each instance is named by what it holds.
+    reading = ShardOperator.partial(
+        task_id="read_windows",
+        command="read-windows",
+        backend="{{ params.backend }}",
+        map_index_template="{{ shard_label }}",
+        retries=RETRIES + 1,  # one more than the other tasks: a lost or preempted node is worth a try
+        doc_md="Reads one group of the hour's landed files and routes each window to its shard by sensor "
+        "(`python -m sensor_scoring read-windows --spec <uri>`). **Triage:** an error names the file and column "
+        "that could not be read (no retries: the input is wrong); corrupt files do not fail it, they are "
+        "quarantined whole at commit.",
+    ).expand(shard=plan["reads"])
+    scoring = ShardOperator.partial(
+        task_id="score_shard",
+        backend="{{ params.backend }}",
+        map_index_template="{{ shard_label }}",
+        retries=RETRIES + 1,
+        doc_md="Checks one shard's windows with the great-expectations suite, adds their features and scores them "
+        "(`python -m sensor_scoring score-shard --spec <uri>`) in the worker or as an Azure Batch task.",
+    ).expand(shard=plan["shards"])
+    wait_for_windows() >> plan
+    reading >> scoring
+    committed = commit(reading.output, scoring.output)
 
     @task
     def model_health(committed: dict, params: dict | None = None) -> dict:

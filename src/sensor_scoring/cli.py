@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sensor_scoring import settings as config
 
@@ -159,18 +159,12 @@ def _false_alarm_rate(args: argparse.Namespace) -> float | None:
     return DEFAULT_FALSE_ALARM_RATE if args.false_alarm_rate is None else float(args.false_alarm_rate)
 
 
-def cmd_score_shard(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
-    from sensor_scoring.steps.score import score_shard
+def cmd_shard(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
+    """A shard command (``backends.SHARD_STEPS``: read-windows, score-shard, train-shard): what every backend runs."""
+    from sensor_scoring.backends import shard_step
     from sensor_scoring.storage import open_storage
 
-    return score_shard(open_storage(settings.storage), args.spec).to_dict()
-
-
-def cmd_train_shard(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
-    from sensor_scoring.steps.training import train_shard
-    from sensor_scoring.storage import open_storage
-
-    return train_shard(open_storage(settings.storage), args.spec).to_dict()
+    return cast(dict[str, object], shard_step(args.command)(open_storage(settings.storage), args.spec).to_dict())
 
 
 def cmd_rollback(args: argparse.Namespace, settings: config.Settings) -> dict[str, object]:
@@ -371,14 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train)
 
-    shard = sub.add_parser("score-shard", help="score one shard (what every backend runs)")
-    shard.add_argument("--spec", required=True, help="az://container/path of the shard spec")
-    shard.set_defaults(func=cmd_score_shard)
+    for name, what in (
+        ("read-windows", "read one group of landed files and route its windows to their shards"),
+        ("score-shard", "check and score one shard"),
+        ("train-shard", "train one training shard (the training DAG's)"),
+    ):
+        shard = sub.add_parser(name, help=f"{what} (what every backend runs)")
+        shard.add_argument("--spec", required=True, help="az://container/path of the spec")
+        shard.set_defaults(func=cmd_shard)
     add_report_parser(sub)
-
-    tshard = sub.add_parser("train-shard", help="train one training shard (what the training DAG's backends run)")
-    tshard.add_argument("--spec", required=True, help="az://container/path of the training shard spec")
-    tshard.set_defaults(func=cmd_train_shard)
 
     back = sub.add_parser("rollback", help="point the production alias back at an earlier model version")
     back.add_argument("--to", default=None, help="a registered version; default: the one before the current one")

@@ -372,11 +372,117 @@ class PlannedShard(Record):
 
 @dataclasses.dataclass(frozen=True)
 class ShardPlan(Record):
-    """What plan_shards decided for the whole run, staged for commit (which runs even when no shard does)."""
+    """What plan_shards decided for the whole run, staged for commit (which runs even when no shard does): the model
+    version, the folders read, the generations the commit is fenced on, and how many read groups and shards."""
 
     KIND = "shard plan"
-    SCHEMA_VERSION = 1
+    SCHEMA_VERSION = 2
     model_version: str
+    #: The run's own folders (the lookback's folder of the hour before is read for context only).
+    folders: tuple[str, ...] = ()
+    #: Per ISO hour, the generation of the hour's committed manifest before any window was read (``runs.fence``).
+    generations: dict[str, str] = dataclasses.field(default_factory=dict)
+    subset: Subset | None = None
+    reads: int = 0
+    shards: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan(Record):
+    """The XCom of plan_shards: the read groups and the shards the DAG maps over, in that order."""
+
+    KIND = "run plan"
+    SCHEMA_VERSION = 1
+    reads: tuple[PlannedShard, ...]
+    shards: tuple[PlannedShard, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadContainers(Record):
+    """The containers a read task touches: read ``windows``, read and write ``staging``."""
+
+    KIND = "read containers"
+    windows: str
+    staging: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadSpec(Record):
+    """Everything a read task needs (``spec.json``): a group of landed files, and where each of its rows goes.
+
+    Rows are routed by sensor, so every copy of a window meets its duplicates in one shard: a sensor of the
+    ``routing`` table (the model version's, staged by plan_shards) goes to its shard, any other to
+    ``sensor_slot(device_id, tag) % shards``."""
+
+    KIND = "read spec"
+    SCHEMA_VERSION = 1
+    run_id: str
+    run_key: str
+    group: int
+    start: datetime
+    end: datetime
+    containers: ReadContainers
+    files: tuple[str, ...]
+    #: The run's own folders; files of the other folders (the hour before's) are read as lookback context only.
+    folders: tuple[str, ...]
+    shards: int
+    #: URI of the routing table (device_id, tag, shard); None: every sensor by its slot.
+    routing: str | None
+    subset: Subset | None
+    output_prefix: str
+
+
+@dataclasses.dataclass(frozen=True)
+class UnreadableRecord(Record):
+    """A corrupt file as a read task found it; ``hour``: the hour that lists and copies it (None: a later one)."""
+
+    KIND = "unreadable file"
+    file: str
+    bytes: int
+    sha256: str
+    error: str
+    reason: str
+    hour: datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadResult(Record):
+    """What a read task found in its files (``result.json``, written last): the files, and the windows it routed."""
+
+    KIND = "read result"
+    SCHEMA_VERSION = 1
+    group: int
+    output_prefix: str
+    #: The run's own files of this group, each read, empty or corrupt (the hour before's files are context only).
+    files: int
+    read: int
+    empty_files: tuple[str, ...]
+    #: Corrupt own files: ``hour`` is the hour that lists them, or None when a later folder's hour owns them.
+    corrupt_files: tuple[UnreadableRecord, ...]
+    #: Landed windows the run owns (rows the reader rejected included), per ISO hour.
+    landed_by_hour: dict[str, int]
+    #: Files of the hour before that the lookback leaves out.
+    lookback_skipped: tuple[SkippedContextFile, ...]
+    #: With a subset: where the sensors this group's files hold (before the subset is applied) are staged, for
+    #: commit to tell a subset matching nothing from a typo.
+    names: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardValidation(Record):
+    """The suite's split of one shard's windows: what failed, why, and what collapsed, per ISO hour."""
+
+    KIND = "shard validation"
+    landed_by_hour: dict[str, int]
+    duplicates_by_hour: dict[str, int]
+    #: Rows that failed (the suite, the reader, strays) per ISO hour, and their reasons (a row may have several).
+    failing_rows_by_hour: dict[str, int]
+    failing_by_hour: dict[str, dict[str, int]]
+    duplicates_by_sensor: dict[str, tuple[SensorDuplicates, ...]]
+    valid: int
+    sensors: int
+    expectations: tuple[dict[str, Any], ...]
+    seconds: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,15 +511,19 @@ class ShardSpec(Record):
     """Everything a shard process needs, wherever it runs (``spec.json``): its input, models and output folder."""
 
     KIND = "shard spec"
-    SCHEMA_VERSION = 1
+    SCHEMA_VERSION = 2
     run_id: str
     run_key: str
     shard: int
     model_version: str
     containers: ShardContainers
+    #: URI of the folder the read tasks route the shard's windows into (one part per read group and kind)
     input: str
     output_prefix: str
     models: tuple[ModelRef, ...]
+    #: the run's interval, which the suite checks window_end against
+    start: datetime
+    end: datetime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,6 +540,8 @@ class ShardResult(Record):
     sensors: int
     #: ``device_id/tag`` -> reason, for the models the shard would not use.
     refused_models: dict[str, str]
+    #: The suite's split of the shard's windows (``quarantined`` counts its failing rows too).
+    validation: ShardValidation | None = None
 
 
 # --- training ----------------------------------------------------------------------------------------------------

@@ -132,7 +132,12 @@ class Shard:
 
     @property
     def input(self) -> str:
-        return self.folder + "input.parquet"
+        """The folder of the shard's input parts: the read tasks route its windows there."""
+        return self.folder + "in/"
+
+    def part(self, group: int, kind: str) -> str:
+        """One read group's rows of one kind (``landed``, ``rejected`` or ``context``) for this shard."""
+        return f"{self.input}{group:05d}-{kind}.parquet"
 
     @property
     def spec(self) -> str:
@@ -168,27 +173,29 @@ class Run:
         return staging_prefix(self.run_key)
 
     @property
-    def valid(self) -> str:
-        return self.prefix + "valid.parquet"
-
-    @property
-    def validation_quarantine(self) -> str:
-        return self.prefix + "quarantine-validate.parquet"
-
-    @property
     def validation_report(self) -> str:
         return self.prefix + "validation.json"
 
     @property
-    def plan_quarantine(self) -> str:
-        return self.prefix + "quarantine-plan.parquet"
+    def validation_quarantine(self) -> str:
+        """The rows that failed validation, gathered from the shards when commit refuses the run for them."""
+        return self.prefix + "quarantine-validate.parquet"
 
     @property
     def plan(self) -> str:
         return self.prefix + "plan.json"
 
+    @property
+    def routing(self) -> str:
+        """Which shard each modelled sensor's windows go to (device_id, tag, shard): what the read tasks route by."""
+        return self.prefix + "routing.parquet"
+
     def shard(self, number: int) -> Shard:
         return Shard(shard_prefix(self.run_key, number))
+
+    def read(self, group: int) -> Shard:
+        """A read task's folder (spec, result, and with a subset the names it found): laid out as a shard's."""
+        return Shard(f"{self.prefix}read-{group:05d}/")
 
 
 # --- training: a training run's scratch space in staging ---

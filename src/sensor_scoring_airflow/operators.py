@@ -63,11 +63,20 @@ class ShardOperator(BaseOperator):
         self._push_link(context, setting)
         if self.backend == "azure_batch":
             return self._submit_to_batch(context, setting)
-        from sensor_scoring.backends import get_backend
+        from sensor_scoring.backends import ShardFailed, get_backend
+        from sensor_scoring.contracts import DataError
+        from sensor_scoring.windows import WindowSchemaError
 
-        return get_backend(self.backend).run_shard(
-            self.shard["spec_uri"], storage_setting=setting, command=self.command
-        )
+        try:
+            return get_backend(self.backend).run_shard(
+                self.shard["spec_uri"], storage_setting=setting, command=self.command
+            )
+        except ShardFailed as exc:  # bad input (a file breaking the window contract) does not change by retrying
+            if isinstance(exc.__cause__, (DataError, WindowSchemaError)):
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(str(exc)) from exc
+            raise
 
     def _push_link(self, context: Context, setting: str) -> None:
         from sensor_scoring import layout, settings as config, storage as st

@@ -52,7 +52,6 @@ from sensor_scoring.models import fitting, pack, registry
 from sensor_scoring.runs.rescoring import CommittedRowsMissing, SubsetMatchesNothing
 from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps.commit import commit
-from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.steps.score import score_shard
 from sensor_scoring.storage import BlobStorage
@@ -64,7 +63,7 @@ from sensor_scoring.windows import (
     parse_window_file,
     to_asa_json_lines,
 )
-from tests.support.helpers import START, fleet_windows
+from tests.support.helpers import START, fleet_windows, read_and_plan, run_steps
 
 pytestmark = [pytest.mark.azurite]
 H = timedelta(hours=1)
@@ -112,13 +111,12 @@ def env(blob, containers, trained, hour_windows, monkeypatch) -> Env:
 def run_hour(
     env: Env, run_id: str = "run-1", *, late_folders: int = 1, max_share: float = 0.5, shard_size: int = 2, start=HOUR
 ) -> dict:
-    """The DAG's steps for one hour, in-process: load_and_validate -> plan_shards -> score_shard* -> commit.
-    Returns the manifest as its blob holds it."""
+    """The DAG's steps for one hour, in-process (``run_steps``): plan_shards -> read_windows* -> score_shard* ->
+    commit. Returns the manifest as its blob holds it."""
     hour = env.hour(run_id, start)
-    summary = load_and_validate(hour, late_folders=late_folders, max_quarantine_share=max_share)
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=shard_size)
-    results = [score_shard(env.blob, s.spec_uri) for s in shards]
-    [manifest] = commit(hour, summary, results)
+    [manifest] = run_steps(
+        hour, sensors_per_shard=shard_size, late_folders=late_folders, commit_params={"max_quarantine_share": max_share}
+    )
     return manifest.to_dict()
 
 

@@ -29,17 +29,35 @@ def planned_hour(storage, containers, run_id: str, *, devices: int, tags: int, s
     hour validated and planned. Returns the ``Scope`` and its shards, as the DAG's mapped task would get them."""
     from sensor_scoring.models import fitting, registry
     from sensor_scoring.runs.scope import Scope
-    from sensor_scoring.steps.load import load_and_validate
-    from sensor_scoring.steps.plan import plan_shards
     from sensor_scoring.windows import land_windows
 
     windows = fleet_windows(devices=devices, tags=tags, hours=3)
     land_windows(storage, containers.windows, windows)
     registry.register(storage, containers.models, fitting.train_models(windows), version="v1", params={}, promote=True)
     hour = Scope(storage, containers, run_id, START + timedelta(hours=2), START + timedelta(hours=3))
-    load_and_validate(hour)
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=sensors_per_shard)
+    _, shards = read_and_plan(hour, sensors_per_shard=sensors_per_shard)
     return hour, [shard.to_dict() for shard in shards]  # the XCom form, what ShardOperator is given
+
+
+def read_and_plan(hour, *, model_version: str = "production", **params):
+    """The DAG's steps before scoring, in-process: plan_shards, then every read_windows. Returns the read results
+    and the planned shards (``params``: plan_shards' sensors_per_shard, late_folders, devices, tags)."""
+    from sensor_scoring.steps.load import read_windows
+    from sensor_scoring.steps.plan import plan_shards
+
+    plan = plan_shards(hour, model_version=model_version, **params)
+    return [read_windows(hour.storage, r.spec_uri) for r in plan.reads], list(plan.shards)
+
+
+def run_steps(hour, *, model_version: str = "production", commit_params: dict | None = None, **params):
+    """The DAG's steps for a run, in-process: plan_shards -> read_windows* -> score_shard* -> commit; the
+    manifests. ``commit_params``: commit's max_quarantine_share, purged_windows."""
+    from sensor_scoring.steps.commit import commit
+    from sensor_scoring.steps.score import score_shard
+
+    reads, shards = read_and_plan(hour, model_version=model_version, **params)
+    results = [score_shard(hour.storage, s.spec_uri) for s in shards]
+    return commit(hour, reads, results, **(commit_params or {}))
 
 
 def sample_manifest(hour: datetime = START, *, anomalies: int = 0, run_id: str = "run-1"):

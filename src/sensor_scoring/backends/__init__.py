@@ -1,6 +1,7 @@
 """Where a shard runs. One interface, chosen by name: ``local`` (in the worker) or ``azure_batch``.
 
-Every backend runs the same command, ``python -m sensor_scoring score-shard --spec <uri>``, so a shard behaves the
+Every backend runs the same command, ``python -m sensor_scoring <command> --spec <uri>`` (``read-windows``,
+``score-shard`` or ``train-shard``), so a shard behaves the
 same on a laptop and on a Batch node, and the shard's result is read back from storage, not from the
 process: that is all a remote backend can offer too.
 
@@ -12,8 +13,8 @@ package has no import cycle and loading it never loads the Batch code.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
-from typing import Protocol, cast
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast
 
 from sensor_scoring import layout, storage as st
 
@@ -30,11 +31,27 @@ class Backend(Protocol):
         ...
 
 
+#: Shard command -> ``module:function(storage, spec_uri)``: the step the command runs (the CLI, a child process, a
+#: Batch task, or the local backend in the task's own process).
+SHARD_STEPS: Mapping[str, str] = {
+    "read-windows": "sensor_scoring.steps.load:read_windows",
+    "score-shard": "sensor_scoring.steps.score:score_shard",
+    "train-shard": "sensor_scoring.steps.training:train_shard",
+}
 #: Shard command -> ``module:function(storage, output_prefix)`` reading the result.json that command writes last.
 RESULT_READERS: Mapping[str, str] = {
+    "read-windows": "sensor_scoring.steps.load:read_result",
     "score-shard": "sensor_scoring.steps.score:read_shard_result",
     "train-shard": "sensor_scoring.steps.training:read_training_result",
 }
+
+
+def shard_step(command: str) -> Callable[..., Any]:
+    """The step function of a shard command (``SHARD_STEPS``); a clear error for an unknown command."""
+    if command not in SHARD_STEPS:
+        raise ValueError(f"unknown shard command {command!r}; one of {sorted(SHARD_STEPS)}")
+    module, _, function = SHARD_STEPS[command].partition(":")
+    return cast(Callable[..., Any], getattr(importlib.import_module(module), function))
 
 
 def shard_command(spec_uri: str, python: str = "python", command: str = "score-shard") -> list[str]:

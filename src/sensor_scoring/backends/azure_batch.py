@@ -274,7 +274,8 @@ def shard_facts(storage: st.Storage, spec_uri: str) -> ShardFacts:
     container, path = st.parse_uri(spec_uri)
     spec = json.loads(storage.read_bytes(container, path))
     [info] = [b for b in storage.list(container, path) if b.name == path]
-    return ShardFacts(int(spec["shard"]), dict(spec["containers"]), f"{spec_uri}@{info.last_modified.isoformat()}")
+    number = spec["shard"] if "shard" in spec else spec["group"]  # a read task's spec numbers its group
+    return ShardFacts(int(number), dict(spec["containers"]), f"{spec_uri}@{info.last_modified.isoformat()}")
 
 
 def batch_task_env(
@@ -289,16 +290,20 @@ def batch_task_env(
 
     With ``pool_identity_client_id`` (the pool's user-assigned managed identity): the storage account URL and the
     identity's client id (``AZURE_CLIENT_ID``, which ``DefaultAzureCredential`` and ``ManagedIdentityCredential``
-    read), no secret at all. Otherwise SAS URLs to read ``models`` and read+write ``staging``, expiring after
-    ``sas_hours``, made by :func:`sensor_scoring.storage.make_sas_setting` (signed with a user delegation key when
-    the storage is token-authenticated). A storage retry budget other than the default is forwarded, so a node
+    read), no secret at all. Otherwise SAS URLs to read ``models`` (a read task: ``windows``) and read+write
+    ``staging``, expiring after ``sas_hours``, made by :func:`sensor_scoring.storage.make_sas_setting` (signed
+    with a user delegation key when the storage is token-authenticated). A storage retry budget other than the
+    default is forwarded, so a node
     rides out an outage as the worker would (the default is the node's too)."""
     settings = settings or config.current()
     if pool_identity_client_id:
         env = {config.STORAGE_ENV: storage_account_url(storage_setting), AZURE_CLIENT_ID_ENV: pool_identity_client_id}
     else:
         sas = st.make_sas_setting(
-            storage_setting, read=[containers["models"]], read_write=[containers["staging"]], hours=sas_hours
+            storage_setting,
+            read=[c for k, c in containers.items() if k != "staging"],
+            read_write=[containers["staging"]],
+            hours=sas_hours,
         )
         env = {config.STORAGE_ENV: sas}
     defaults = config.Settings()

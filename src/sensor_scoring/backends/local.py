@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, cast
 
 from sensor_scoring import settings as config, storage as st
-from sensor_scoring.backends import ShardFailed, read_result, shard_command
+from sensor_scoring.backends import ShardFailed, read_result, shard_command, shard_step
 
 log = logging.getLogger(__name__)
-
-#: Shard command -> ``module:function(storage, spec_uri)``: the step the CLI's command calls, called in-process.
-SHARD_STEPS: Mapping[str, str] = {
-    "score-shard": "sensor_scoring.steps.score:score_shard",
-    "train-shard": "sensor_scoring.steps.training:train_shard",
-}
 
 
 class LocalBackend:
@@ -62,10 +53,7 @@ class LocalBackend:
 
     def run_step(self, spec_uri: str, *, storage_setting: str, command: str) -> None:
         """The command's step in this process; any error is ``ShardFailed`` (with its cause), as a failed child is."""
-        if command not in SHARD_STEPS:
-            raise ValueError(f"unknown shard command {command!r}; one of {sorted(SHARD_STEPS)}")
-        module, _, function = SHARD_STEPS[command].partition(":")
-        step = cast(Callable[[st.Storage, str], Any], getattr(importlib.import_module(module), function))
+        step = shard_step(command)
         log.info("Running %s --spec %s in the task's process", command, spec_uri)
         try:
             step(st.open_storage(storage_setting), spec_uri)

@@ -1,10 +1,10 @@
-"""What several steps share: naming storage outages, the quarantine frame, and per-hour counting."""
+"""What several steps share: naming storage outages, the quarantine frame, per-hour counting and a shard's input."""
 
 from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -12,6 +12,8 @@ import pandas as pd
 
 from sensor_scoring import storage as st
 from sensor_scoring.contracts import QUARANTINE_SCHEMA, StorageUnavailable
+from sensor_scoring.storage import Storage
+from sensor_scoring.windows import empty_rejected, empty_windows
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,3 +60,20 @@ def hour_key(moment: pd.Timestamp | datetime) -> str:
 def count_by_hour(hours: pd.Series) -> Counter[str]:
     """Rows per partition hour, keyed by ISO hour (counted first, converted once per hour)."""
     return Counter({hour_key(h): int(n) for h, n in hours.value_counts(dropna=False).items() if not pd.isna(h)})
+
+
+#: The kinds of rows a read task routes into a shard's input folder (``layout.Shard.part``).
+PART_KINDS = ("landed", "rejected", "context")
+
+
+def read_parts(
+    storage: Storage, staging: str, folder: str, kinds: Sequence[str] = PART_KINDS
+) -> dict[str, pd.DataFrame]:
+    """The rows the read tasks routed into a shard's input folder, one frame per kind."""
+    parts: dict[str, list[pd.DataFrame]] = {kind: [] for kind in kinds}
+    for info in storage.list(staging, folder):
+        kind = info.name.rsplit("-", 1)[-1].removesuffix(".parquet")
+        if kind in parts:
+            parts[kind].append(st.read_parquet(storage, staging, info.name))
+    empty = {"landed": empty_windows, "rejected": empty_rejected, "context": empty_windows}
+    return {kind: pd.concat(frames, ignore_index=True) if frames else empty[kind]() for kind, frames in parts.items()}

@@ -34,7 +34,7 @@ from sensor_scoring.contracts import (
     ShardSpec,
     ValidationReport,
 )
-from sensor_scoring.runs.common import quarantine_frame
+from sensor_scoring.runs.common import quarantine_frame, read_parts
 from sensor_scoring.runs.scope import Scope, hours_of, run_key
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,10 @@ def check_failed_share(planned: int, failed: Sequence[PlannedShard], max_share: 
 def failed_shard_quarantine(hour: Scope, failed: Sequence[PlannedShard]) -> pd.DataFrame:
     """The staged windows of every failed shard, as quarantine rows with reason ``shard_failed``."""
     storage, staging, run = hour.storage, hour.containers.staging, layout.Run(hour.run_key)
-    frames = [st.read_parquet(storage, staging, run.shard(s.shard).input) for s in failed]
+    frames = []
+    for s in failed:  # every landed row routed to the shard (the reader's rejected rows too), never checked
+        parts = read_parts(storage, staging, run.shard(s.shard).input, ("landed", "rejected"))
+        frames += [f.drop(columns=[REASON_COLUMN], errors="ignore") for f in parts.values() if len(f)]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return quarantine_frame(rows.assign(**{REASON_COLUMN: SHARD_FAILED}), hour.run_id)
 

@@ -24,7 +24,9 @@ from sensor_scoring import layout, storage as st
 from sensor_scoring.contracts import (
     PREDICTION_SCHEMA,
     QUARANTINE_SCHEMA,
+    READER_REASONS,
     REASON_COLUMN,
+    ROW_REASONS,
     AccountingError,
     CorruptFile,
     Counts,
@@ -36,13 +38,15 @@ from sensor_scoring.contracts import (
     PartitionFile,
     PlannedShard,
     QuarantinedFile,
+    ReadResult,
     ShardPlan,
     ShardResult,
+    Subset,
     ValidationReport,
     ValidationSummary,
 )
 from sensor_scoring.runs import partial
-from sensor_scoring.runs.common import names_storage_outages
+from sensor_scoring.runs.common import names_storage_outages, quarantine_frame
 from sensor_scoring.runs.fence import (
     check_fence,
     claim_commit,
@@ -55,17 +59,21 @@ from sensor_scoring.runs.rescoring import (
     Kept,
     PurgedPolicy,
     check_purged_policy,
+    check_subset_matches,
     keep_committed,
     model_versions,
     rescoring_history,
 )
 from sensor_scoring.runs.scope import Scope
+from sensor_scoring.steps.load import DEFAULT_MAX_QUARANTINE_SHARE, refuse_above_threshold, summarize
 from sensor_scoring.storage import Storage
 from sensor_scoring.windows import partition_hours
 
 log = logging.getLogger(__name__)
 
 _KEY = ["device_id", "tag", "window_end"]
+#: The reasons of rows that failed validation (what max_quarantine_share counts).
+VALIDATION_REASONS = frozenset((*READER_REASONS, *ROW_REASONS))
 
 
 @dataclass
@@ -92,25 +100,52 @@ class _Commit:
 @names_storage_outages
 def commit(
     hour: Scope,
-    summary: HourSummary,
+    reads: Sequence[ReadResult],
     shard_results: Sequence[ShardResult],
     *,
     failed_shards: Sequence[PlannedShard] = (),
     purged_windows: PurgedPolicy = DEFAULT_PURGED_POLICY,
+    max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE,
 ) -> list[Manifest]:
-    """Check landed = scored + quarantined + duplicates for the run, then commit each of its hours in turn.
+    """Sum the run's read tasks and shards into its summary and validation report, refuse the run if an hour's
+    failing share is above ``max_quarantine_share`` (nothing committed), check landed = scored + quarantined +
+    duplicates, then commit each of its hours in turn.
 
     ``failed_shards`` (a partial hour, see :mod:`sensor_scoring.runs.partial`): their windows are quarantined as
     ``shard_failed``, the hours they touch are ``partial``, and the run's staging is kept for the retry.
     ``purged_windows``: what becomes of committed rows whose windows the run did not find (``runs.rescoring``).
     """
+    from sensor_scoring.validation.expectations import load_bounds
+
     policy = check_purged_policy(purged_windows)
     storage, staging, run = hour.storage, hour.containers.staging, layout.Run(hour.run_key)
     plan = ShardPlan.from_json(storage.read_bytes(staging, run.plan), source=st.make_uri(staging, run.plan))
-    report = ValidationReport.from_json(
-        storage.read_bytes(staging, run.validation_report), source=st.make_uri(staging, run.validation_report)
+    if len(reads) != plan.reads:
+        raise AccountingError(
+            f"{plan.reads} read task(s) were planned but {len(reads)} result(s) arrived: a read task failed; "
+            "refusing to commit (clear the run to redo the hour)"
+        )
+    not_found = _check_subset(hour, plan, reads)
+    summary, report = summarize(
+        hour,
+        plan,
+        reads,
+        shard_results,
+        max_quarantine_share=float(max_quarantine_share),
+        bounds=load_bounds().as_dict(),
+        subset_not_found=not_found,
     )
+    storage.write_bytes(staging, run.validation_report, report.to_json(indent=2))
     quarantine = _run_quarantine(hour, shard_results)
+    if any(h.threshold_exceeded for h in report.hours.values()):  # the failing rows in one file, for the operator
+        failing = quarantine.loc[quarantine[REASON_COLUMN].map(_failed_validation).to_numpy(dtype=bool)]
+        storage.write_bytes(staging, run.validation_quarantine, st.parquet_bytes(failing, QUARANTINE_SCHEMA))
+    refuse_above_threshold(
+        report,
+        float(max_quarantine_share),
+        report_uri=summary.validation_report,
+        failing_uri=st.make_uri(staging, run.validation_quarantine),
+    )
     if failed_shards:
         quarantine = pd.concat([quarantine, partial.failed_shard_quarantine(hour, failed_shards)], ignore_index=True)
     check_run_accounting(summary, shard_results, len(quarantine))
@@ -158,10 +193,26 @@ def _shard_predictions(storage: Storage, result: ShardResult) -> pd.DataFrame:
 
 
 def _run_quarantine(hour: Scope, shard_results: Sequence[ShardResult]) -> pd.DataFrame:
-    """Every row the run rejected: in validation, for want of a model, and in the shards."""
-    storage, staging, run = hour.storage, hour.containers.staging, layout.Run(hour.run_key)
-    staged = [st.read_parquet(storage, staging, path) for path in (run.validation_quarantine, run.plan_quarantine)]
-    return pd.concat(staged + [_shard_quarantine(storage, r) for r in shard_results], ignore_index=True)
+    """Every row the run's shards set aside: in validation, for want of a model, or of a usable one."""
+    frames = [_shard_quarantine(hour.storage, r) for r in shard_results]
+    if not frames:
+        return quarantine_frame(pd.DataFrame(), hour.run_id)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _failed_validation(reasons: object) -> bool:
+    """Whether a quarantine row failed validation (the reader, the suite, a stray) rather than a model."""
+    return any(r in VALIDATION_REASONS for r in str(reasons).split(";"))
+
+
+def _check_subset(hour: Scope, plan: ShardPlan, reads: Sequence[ReadResult]) -> Subset | None:
+    """A subset rescoring must match something landed (``runs.rescoring.check_subset_matches``, on the sensors the
+    read tasks found); the names that matched nothing while others did."""
+    if plan.subset is None:
+        return None
+    names = [st.read_parquet(hour.storage, *st.parse_uri(r.names)) for r in reads if r.names]
+    interval = f"[{hour.start.isoformat()}, {hour.end.isoformat()})"
+    return check_subset_matches(names, list(plan.subset.devices), list(plan.subset.tags), interval=interval)
 
 
 def check_run_accounting(summary: HourSummary, shard_results: Sequence[ShardResult], quarantined: int) -> None:

@@ -35,7 +35,7 @@ from sensor_scoring.layout import HOUR
 from sensor_scoring.models import evaluation, fitting, pack, promotion, registry, stats
 from sensor_scoring.names import check_sensor_names
 from sensor_scoring.runs.common import names_storage_outages
-from sensor_scoring.runs.rescoring import select_sensors
+from sensor_scoring.runs.rescoring import subset_of
 from sensor_scoring.runs.scope import Scope
 from sensor_scoring.scorer import ModelArrays
 from sensor_scoring.storage import Storage
@@ -68,10 +68,7 @@ def gather(
     """Valid windows of [start, end): the last ``holdout_hours`` staged for evaluation, the rest in training shards
     (for models of feature set ``features``, with each sensor's own nu if ``adaptive_nu``, each threshold
     calibrated for ``false_alarm_rate``)."""
-    from sensor_scoring.steps.load import with_rejected
-    from sensor_scoring.validation import check_windows
-    from sensor_scoring.validation.expectations import load_bounds
-    from sensor_scoring.windows import read_owned_with_lookback, set_aside_strays
+    from sensor_scoring.steps.load import read_range
 
     if sensors_per_shard < 1:
         raise ValueError("sensors_per_shard must be at least 1")
@@ -84,18 +81,15 @@ def gather(
         raise ValueError(
             f"holdout_hours {holdout_hours} leaves no training hour in [{run.start.isoformat()}, {run.end.isoformat()})"
         )
-    # the range's windows and its lookback's (the hour before), the folder they share read once
-    read, before = read_owned_with_lookback(run.storage, run.containers.windows, run.start, run.end, late_folders)
-    for corrupt in read.corrupt:
-        log.warning("Not training on corrupt file %s (%d bytes): %s", corrupt.file, corrupt.bytes, corrupt.error)
-    # strays are quarantined by the hour they landed in, even inside the range: never trained on, as never scored
-    landed, rejected = set_aside_strays(
-        select_sensors(read.windows, devices, tags), select_sensors(read.rejected, devices, tags)
-    )
-    checked = with_rejected(check_windows(landed, run.start, run.end, load_bounds()), rejected)
-    reasons = Counter(str(r) for r in checked.quarantined[REASON_COLUMN]) if len(checked.quarantined) else Counter()
-    context = feature_sets.read_context(run.storage, run.containers.windows, run.start, read=before)
-    valid = feature_sets.add_features(checked.valid, select_sensors(context, devices, tags))
+    # the hourly run's own reading (ownership, strays, rejected rows, subset, suite, features), in this process;
+    # strays and quarantined rows are never trained on, as never scored
+    read = read_range(run, late_folders=late_folders, subset=subset_of(devices, tags))
+    for r in read.reads:
+        for corrupt in r.corrupt_files:
+            log.warning("Not training on corrupt file %s (%d bytes): %s", corrupt.file, corrupt.bytes, corrupt.error)
+    quarantined = read.quarantined
+    reasons = Counter(str(r) for r in quarantined[REASON_COLUMN]) if len(quarantined) else Counter()
+    valid = read.valid
     held = valid["window_end"] >= pd.Timestamp(cut)
     train, holdout = valid.loc[~held], valid.loc[held]
     log.info(
@@ -104,8 +98,8 @@ def gather(
         run.start.isoformat(),
         run.end.isoformat(),
         len(valid),
-        len(read.files),
-        len(checked.quarantined),
+        read.files,
+        len(quarantined),
         dict(reasons),
         len(train),
         cut.isoformat(),

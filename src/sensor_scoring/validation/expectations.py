@@ -88,6 +88,10 @@ class ColumnValuesFinite(ColumnMapMetricProvider):
         )
 
 
+#: The expectations whose metrics judge missing values themselves (``filter_column_isnull = False``).
+_NULLS_FAIL = ("expect_column_values_to_be_finite", "expect_column_values_to_be_whole_numbers")
+
+
 class ExpectColumnValuesToBeFinite(ColumnMapExpectation):
     """Every value is a finite number: no null, NaN or infinity."""
 
@@ -407,17 +411,24 @@ def run_suite(
                 f"{item.exception_info.get('exception_message')}"
             )
         indexes = info.get("unexpected_index_list") or []
+        success, unexpected = bool(item.success), info.get("unexpected_count", 0 if item.success else None)
+        column = config.kwargs.get("column")
+        if success and config.type in _NULLS_FAIL and len(frame) and column in frame and frame[column].isna().all():
+            # great-expectations passes a column map expectation vacuously when no value is non-null, even with
+            # filter_column_isnull False: here every row fails, as it does beside one non-null value (a shard of
+            # one window, or an hour whose producer sent no value, would otherwise score NaN)
+            success, unexpected, indexes = False, len(frame), list(range(len(frame)))
         summaries.append(
             {
                 "expectation": config.type,
                 "kwargs": {k: str(v) for k, v in config.kwargs.items() if k not in ("batch_id",)},
                 "reason": reason,
-                "success": bool(item.success),
+                "success": success,
                 "element_count": info.get("element_count"),
-                "unexpected_count": info.get("unexpected_count", 0 if item.success else None),
+                "unexpected_count": unexpected,
             }
         )
-        if item.success:
+        if success:
             continue
         if reason == "schema":
             column = config.kwargs.get("column")

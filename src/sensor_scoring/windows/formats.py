@@ -642,32 +642,44 @@ def read_landed_files(
     with a reason. A file whose structure breaks the contract (``WindowSchemaError``) raises, or with
     ``keep_broken`` is listed in ``broken`` (its windows left out) for the caller to decide whose fault it is."""
     folders = list(folders)
-    blobs = list_folders(storage, container, folders)
+    names = [info.name for info in list_folders(storage, container, folders)]
+    return read_files(storage, container, names, folders=folders, keep_broken=keep_broken)
+
+
+def read_files(
+    storage: Storage,
+    container: str,
+    names: Sequence[str],
+    *,
+    folders: Sequence[str] = (),
+    keep_broken: bool = False,
+) -> LandedFiles:
+    """``read_landed_files`` of the named blobs (listed already, e.g. a read task's group of an hour's files)."""
     frames, rejected, corrupt, empty, broken = [], [], [], [], []
-    contents = storage.read_many(container, [info.name for info in blobs], concurrency=DOWNLOAD_CONCURRENCY)
-    files = [info.name for info in blobs]
+    contents = storage.read_many(container, list(names), concurrency=DOWNLOAD_CONCURRENCY)
+    files = list(names)
     tables: list[pa.Table] = []
     table_files: list[str] = []
-    for index, info in enumerate(blobs):
+    for index, name in enumerate(files):
         data, contents[index] = contents[index], b""  # a file's bytes are let go once it is read
         table = _clean_json_lines(data)
         if table is not None:  # the usual file: parsed columnar, framed with the others below
             tables.append(table)
-            table_files.append(info.name)
+            table_files.append(name)
             continue
         try:
-            parsed = read_window_file(info.name, data)
+            parsed = read_window_file(name, data)
         except CorruptFileError as exc:
             digest = hashlib.sha256(data).hexdigest()
-            corrupt.append(UnreadableFile(info.name, len(data), digest, str(exc), exc.reason))
+            corrupt.append(UnreadableFile(name, len(data), digest, str(exc), exc.reason))
             continue
         except WindowSchemaError as exc:
             if not keep_broken:
                 raise
-            broken.append(BrokenFile(info.name, str(exc)))
+            broken.append(BrokenFile(name, str(exc)))
             continue
         if not parsed.rows:
-            empty.append(info.name)
+            empty.append(name)
             continue
         frames.append(parsed.windows)
         if len(parsed.rejected):
@@ -681,7 +693,7 @@ def read_landed_files(
         rejected.append(together.rejected)
     windows = _concat(frames, empty_windows())
     return LandedFiles(
-        folders=folders,
+        folders=list(folders),
         windows=windows,
         files=files,
         corrupt=corrupt,

@@ -140,12 +140,12 @@ def read_owned_with_lookback(
     own = folders_for_interval(start, end, late_folders=max(late_folders, LATE_HORIZON))
     previous = folders_for_interval(before, start, late_folders=LATE_HORIZON)
     read = read_landed_files(storage, container, list(dict.fromkeys(previous + own)), keep_broken=True)
-    mine = _restricted(read, own, start, end)
+    mine = restricted(read, own, start, end)
     mine.raise_broken()
-    return mine, _restricted(read, previous, before, start)
+    return mine, restricted(read, previous, before, start)
 
 
-def _restricted(read: LandedFiles, folders: list[str], start: datetime, end: datetime) -> LandedFiles:
+def restricted(read: LandedFiles, folders: list[str], start: datetime, end: datetime) -> LandedFiles:
     """What reading only ``folders`` would have given, keeping the windows [start, end) owns."""
     prefixes = tuple(f.rstrip("/") + "/" for f in folders)
     return LandedFiles(
