@@ -49,9 +49,9 @@ score each (device, sensor) with its own OneClassSVM, and replace the hour's Par
 windows selected by `window_end`.
 
 **Tasks:** `wait_for_windows` (reschedules, holds no slot) -> `plan_shards` (lists and groups the files, groups the
-sensors into shards) -> `read_windows` (mapped, one per group of about 64 MiB of files: keeps the windows the hour
-owns and routes each to its sensor's shard) -> `score_shard` (mapped, one per shard: sized to the work, or of
-`sensors_per_shard` sensors; named by its sensors: validates, adds features, scores) -> `commit` ->
+sensors into shards) -> `plan_reads` -> `read_windows` (mapped, one per group of about 64 MiB of files: keeps the
+windows the hour owns and routes each to its sensor's shard) -> `score_shard` (mapped, one per shard: sized to the
+work, or of `sensors_per_shard` sensors; named by its sensors: validates, adds features, scores) -> `commit` ->
 `model_health` (per sensor: anomaly rate and score shift against training; the *Sensor fleet* page in the
 navigation). No task holds the whole hour: each works on a group of files or a shard of sensors.
 With `max_failed_shard_share` above 0, `commit` also runs when shards failed: the hour is committed `partial`.
@@ -254,8 +254,8 @@ with ScoringDAG(
         print(why)
         return PokeReturnValue(is_done=done)
 
-    @task(multiple_outputs=True)
-    def plan_shards(params: dict | None = None) -> dict:
+    @task
+    def plan_shards(params: dict | None = None) -> list[dict]:
         """Lists the hour's files and groups them for `read_windows`, and groups the model version's sensors into
         shards for `score_shard`: nothing is read yet.
 
@@ -278,7 +278,16 @@ with ScoringDAG(
                 devices=params.get("devices"),
                 tags=params.get("tags"),
             )
-        return planned.to_dict()
+        return [shard.to_dict() for shard in planned.shards]
+
+    @task
+    def plan_reads(shards: list[dict], params: dict | None = None) -> list[dict]:
+        """Hands on the groups of files plan_shards staged, for `read_windows` to map over (Airflow maps over a
+        task's return value only)."""
+        from sensor_scoring.steps.plan import planned_reads
+        from sensor_scoring_airflow import context as airflow_context
+
+        return [r.to_dict() for r in planned_reads(airflow_context.hour_for(get_current_context(), params or {}))]
 
     # also when no shard was mapped: quarantined rows are committed too; all_done, because a partial hour commits
     # with failed shards: the task itself refuses a failed upstream (sensor_scoring_airflow.partial)
@@ -325,7 +334,7 @@ with ScoringDAG(
         partial.alert_partial(context, manifests, failed)
         return {"hours": [m.hour.isoformat() for m in manifests], "counts": [m.counts.to_dict() for m in manifests]}
 
-    plan = plan_shards()
+    shards = plan_shards()
     # Both mapped kinds run where the backend says (in the worker, or as Azure Batch tasks, deferring meanwhile);
     # each instance is named by what it holds.
     reading = ShardOperator.partial(
@@ -338,7 +347,7 @@ with ScoringDAG(
         "(`python -m sensor_scoring read-windows --spec <uri>`). **Triage:** an error names the file and column "
         "that could not be read (no retries: the input is wrong); corrupt files do not fail it, they are "
         "quarantined whole at commit.",
-    ).expand(shard=plan["reads"])
+    ).expand(shard=plan_reads(shards))
     scoring = ShardOperator.partial(
         task_id="score_shard",
         backend="{{ params.backend }}",
@@ -346,8 +355,8 @@ with ScoringDAG(
         retries=RETRIES + 1,
         doc_md="Checks one shard's windows with the great-expectations suite, adds their features and scores them "
         "(`python -m sensor_scoring score-shard --spec <uri>`) in the worker or as an Azure Batch task.",
-    ).expand(shard=plan["shards"])
-    wait_for_windows() >> plan
+    ).expand(shard=shards)
+    wait_for_windows() >> shards
     reading >> scoring
     committed = commit(reading.output, scoring.output)
 

@@ -383,7 +383,8 @@ class ShardPlan(Record):
     #: Per ISO hour, the generation of the hour's committed manifest before any window was read (``runs.fence``).
     generations: dict[str, str] = dataclasses.field(default_factory=dict)
     subset: Subset | None = None
-    reads: int = 0
+    #: The read tasks (what read_windows maps over: the DAG's plan_reads task hands them on from here).
+    reads: tuple[PlannedShard, ...] = ()
     shards: int = 0
 
 

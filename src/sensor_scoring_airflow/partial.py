@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 #: A mapped shard in one of these states after the run's other tasks finished did not score.
 FAILED_STATES = ("failed", "upstream_failed")
 #: Tasks that must have succeeded for commit to have anything to commit.
-REQUIRED = ("plan_shards",)
+REQUIRED = ("plan_shards", "plan_reads")
 #: Every instance of it must have succeeded too: a shard of an unread group would miss windows.
 READ_TASK = "read_windows"
 SHARD_TASK = "score_shard"
@@ -54,15 +54,17 @@ def shards_to_give_up(context: Mapping[str, Any], max_share: float) -> list[Plan
     for task_id in REQUIRED:
         if states.get(task_id) != "success":
             raise UpstreamNotCommitted(f"{task_id} is {states.get(task_id)}: nothing to commit")
-    plan = context["ti"].xcom_pull(task_ids="plan_shards") or {}
-    reads = len(plan.get("reads") or [])
+    reads = len(context["ti"].xcom_pull(task_ids="plan_reads") or [])
     unread = [i for i in range(reads) if states.get(f"{READ_TASK}_{i}", states.get(READ_TASK)) != "success"]
     if unread:
         named = ", ".join(str(i) for i in unread[:10]) + (" ..." if len(unread) > 10 else "")
         raise UpstreamNotCommitted(
             f"read_windows {named} did not succeed: the hour was not read whole, nothing to commit"
         )
-    planned = [PlannedShard.from_dict(s, source="XCom of plan_shards") for s in (plan.get("shards") or [])]
+    planned = [
+        PlannedShard.from_dict(s, source="XCom of plan_shards")
+        for s in (context["ti"].xcom_pull(task_ids="plan_shards") or [])
+    ]
     failed = [s for i, s in enumerate(planned) if states.get(f"{SHARD_TASK}_{i}") in FAILED_STATES]
     try:
         check_failed_share(len(planned), failed, max_share)

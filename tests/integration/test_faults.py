@@ -42,6 +42,7 @@ from sensor_scoring.contracts import (
     DataError,
     InvalidName,
     RegistryError,
+    ShardPlan,
     ShardResult,
     ShardSpec,
     StorageUnavailable,
@@ -553,10 +554,9 @@ def _rescore(
 ) -> list[dict]:
     """A rescoring (or full re-run) through the steps, with ``purged_windows`` = ``policy``."""
     hour = env.hour(run_id, start, hours)
-    summary = load_and_validate(hour, max_quarantine_share=0.5, devices=devices, tags=tags)
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    reads, shards = read_and_plan(hour, sensors_per_shard=2, devices=devices, tags=tags)
     results = [score_shard(env.blob, s.spec_uri) for s in shards]
-    return [m.to_dict() for m in commit(hour, summary, results, purged_windows=policy)]
+    return [m.to_dict() for m in commit(hour, reads, results, purged_windows=policy, max_quarantine_share=0.5)]
 
 
 def _purge(env: Env, keep=lambda frame: frame.iloc[0:0], folder: str = FOLDER) -> pd.DataFrame:
@@ -699,11 +699,10 @@ def test_subset_partly_not_found_warns_and_names_it_in_the_manifest(env, caplog)
 def _partial_run(env: Env, run_id: str, *, hours: int, size: int, victim: int):
     """A run whose shard ``victim`` fails after its last retry, committed partial. Returns what a retry needs."""
     hour = env.hour(run_id, HOUR, hours)
-    summary = load_and_validate(hour, max_quarantine_share=0.5)
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=size)
+    summary, shards = read_and_plan(hour, sensors_per_shard=size)  # the read results, as commit takes them
     failed = shards[victim]
     results = [score_shard(env.blob, s.spec_uri) for s in shards if s is not failed]
-    manifests = commit(hour, summary, results, failed_shards=[failed])
+    manifests = commit(hour, summary, results, failed_shards=[failed], max_quarantine_share=0.5)
     assert {m.status for m in manifests} == {"partial"}
     return hour, summary, results, failed
 
@@ -794,8 +793,7 @@ def test_stale_run_cannot_overwrite_a_newer_commit_superseded_by_the_other_run(e
     """Run A reads the hour; late windows land; run B reads, scores and commits; then A commits: A fails with
     "superseded by run run-B" and B's partition, with the late windows, stays."""
     hour_a = env.hour("run-A")
-    summary_a = load_and_validate(hour_a)
-    shards_a = plan_shards(hour_a, model_version="production", sensors_per_shard=2)
+    summary_a, shards_a = read_and_plan(hour_a, sensors_per_shard=2)
     results_a = [score_shard(env.blob, s.spec_uri) for s in shards_a]
     env.land("0_late_1.json", jsonl(*(window_row(env, minute=m) for m in (57, 58))), folder=NEXT_FOLDER)
     manifest_b = run_hour(env, "run-B")
@@ -810,17 +808,16 @@ def test_stale_run_cannot_overwrite_a_newer_commit_superseded_by_the_other_run(e
 
 def test_retried_commit_of_the_same_run_is_not_a_conflict(env):
     hour = env.hour("run-1")
-    summary = load_and_validate(hour)
-    results = [
-        score_shard(env.blob, s.spec_uri) for s in plan_shards(hour, model_version="production", sensors_per_shard=2)
-    ]
+    summary, shards = read_and_plan(hour, sensors_per_shard=2)
+    results = [score_shard(env.blob, s.spec_uri) for s in shards]
     first = commit(hour, summary, results)
     # a retry after the first try committed (the staging is gone, so re-stage the same run's outputs)
-    summary = load_and_validate(hour)
-    results = [
-        score_shard(env.blob, s.spec_uri) for s in plan_shards(hour, model_version="production", sensors_per_shard=2)
-    ]
-    assert commit(hour, dataclasses.replace(summary, generations={}), results)[0].counts == first[0].counts
+    summary, shards = read_and_plan(hour, sensors_per_shard=2)
+    results = [score_shard(env.blob, s.spec_uri) for s in shards]
+    run = layout.Run(hour.run_key)  # as the first try planned it: before any manifest of the hour
+    plan = ShardPlan.from_json(env.blob.read_bytes(env.containers.staging, run.plan), source="plan")
+    env.blob.write_bytes(env.containers.staging, run.plan, dataclasses.replace(plan, generations={}).to_json())
+    assert commit(hour, summary, results)[0].counts == first[0].counts
 
 
 def test_two_runs_racing_on_one_hour_leave_the_winner_whole(env):
@@ -829,17 +826,8 @@ def test_two_runs_racing_on_one_hour_leave_the_winner_whole(env):
     staged = []
     for run_id in ("run-X", "run-Y"):
         hour = env.hour(run_id)
-        summary = load_and_validate(hour)
-        staged.append(
-            (
-                hour,
-                summary,
-                [
-                    score_shard(env.blob, s.spec_uri)
-                    for s in plan_shards(hour, model_version="production", sensors_per_shard=2)
-                ],
-            )
-        )
+        summary, shards = read_and_plan(hour, sensors_per_shard=2)
+        staged.append((hour, summary, [score_shard(env.blob, s.spec_uri) for s in shards]))
     outcomes: dict[str, str] = {}
     barrier = threading.Barrier(2)
 
@@ -868,9 +856,8 @@ def _staged_runs(env: Env, *run_ids: str) -> list[tuple[Scope, object, list]]:
     staged = []
     for run_id in run_ids:
         hour = env.hour(run_id)
-        summary = load_and_validate(hour)
-        plan = plan_shards(hour, model_version="production", sensors_per_shard=2)
-        staged.append((hour, summary, [score_shard(env.blob, s.spec_uri) for s in plan]))
+        summary, shards = read_and_plan(hour, sensors_per_shard=2)
+        staged.append((hour, summary, [score_shard(env.blob, s.spec_uri) for s in shards]))
     return staged
 
 
@@ -920,7 +907,7 @@ def test_a_claim_left_by_a_dead_commit_blocks_other_runs_until_it_expires(env):
     expires; once expired, the next run takes it over and commits. The claiming run's own retry never waits."""
     from datetime import datetime, timezone
 
-    from sensor_scoring.steps import fence
+    from sensor_scoring.runs import fence
 
     [(hour, summary, results)] = _staged_runs(env, "run-2")
     path = layout.commit_claim(HOUR, "")  # the hour was never committed: generation ""
@@ -980,8 +967,7 @@ sys.exit(cli.main(["score-shard", "--spec", sys.argv[1]]))
 )
 def test_shard_killed_mid_write_and_retried_leaves_one_copy_of_each_row(env, azurite, script, partial_output):
     hour = env.hour()
-    summary = load_and_validate(hour)
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    summary, shards = read_and_plan(hour, sensors_per_shard=2)
     victim = shards[0].spec_uri
     killed = subprocess.run([sys.executable, "-c", script, victim], capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL
@@ -999,8 +985,7 @@ def test_shard_killed_mid_write_and_retried_leaves_one_copy_of_each_row(env, azu
 
 def test_local_backend_reports_a_killed_shard(env, azurite, tmp_path):
     hour = env.hour()
-    load_and_validate(hour)
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=4)
+    _, shards = read_and_plan(hour, sensors_per_shard=4)
     wrapper = tmp_path / "python"
     wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -c '{KILL_AFTER_PREDICTIONS}' \"$5\"\n")
     wrapper.chmod(0o755)
@@ -1016,8 +1001,7 @@ def test_local_backend_reports_a_killed_shard(env, azurite, tmp_path):
 
 def test_commit_refuses_when_a_shard_result_is_missing(env):
     hour = env.hour()
-    summary = load_and_validate(hour)
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    summary, shards = read_and_plan(hour, sensors_per_shard=2)
     results = [score_shard(env.blob, s.spec_uri) for s in shards]
     with pytest.raises(
         AccountingError,
@@ -1076,8 +1060,7 @@ def test_storage_outage_is_retried_with_backoff_and_the_run_completes(
     blob = BlobStorage(own_azurite.connection_string)
     env = Env(blob, containers, hour_windows)
     hour = env.hour()
-    summary = load_and_validate(hour)
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    summary, shards = read_and_plan(hour, sensors_per_shard=2)
     own_azurite.stop()  # storage goes away mid-run ...
     restarter = threading.Timer(3.0, own_azurite.start)  # ... and comes back on the same port and data folder
     restarter.start()
@@ -1097,9 +1080,9 @@ def test_storage_that_stays_away_fails_with_a_clear_error(own_azurite, container
     env = Env(BlobStorage(own_azurite.connection_string), containers, hour_windows)
     own_azurite.stop()
     with pytest.raises(StorageUnavailable) as caught:
-        load_and_validate(env.hour())
+        plan_shards(env.hour(), model_version="production")
     assert re.match(
-        f"load_and_validate: blob account devstoreaccount1 at http://127.0.0.1:{own_azurite.port}/devstoreaccount1/? "
+        f"plan_shards: blob account devstoreaccount1 at http://127.0.0.1:{own_azurite.port}/devstoreaccount1/? "
         "is unreachable after 2 retries with exponential backoff \\(ServiceRequestError: .*Connection refused",
         str(caught.value),
     ), str(caught.value)
@@ -1175,7 +1158,6 @@ def test_registry_fault_fails_at_once_naming_alias_version_and_existing_versions
     """A configuration error, not a transient one: one attempt, a DataError (no task retries), a clear message."""
     name = make(env)
     hour = env.hour()
-    load_and_validate(hour)
     reads: list[str] = []
     original = env.blob.read_bytes
     monkeypatch.setattr(env.blob, "read_bytes", lambda c, p: reads.append(p) or original(c, p))
@@ -1184,13 +1166,14 @@ def test_registry_fault_fails_at_once_naming_alias_version_and_existing_versions
     assert isinstance(caught.value, DataError) and isinstance(caught.value, LookupError)
     assert len(reads) == len(set(reads))  # nothing read twice: no retry loop
     assert not env.blob.list(env.containers.predictions)
+    assert not env.blob.list(env.containers.staging)  # refused before anything was staged
 
 
 @pytest.mark.parametrize("field", ["devices", "tags"])
 @pytest.mark.parametrize("value", ["../dev-0000", "dev/0000", "dev\x00", ".."])
 def test_path_like_device_or_tag_is_refused_before_reading(env, field, value):
     with pytest.raises(InvalidName, match=f"{field} .* is not a name"):
-        load_and_validate(env.hour(), **{field: [value]})
+        plan_shards(env.hour(), model_version="production", **{field: [value]})
     assert not env.blob.list(env.containers.staging)
 
 
@@ -1285,7 +1268,7 @@ def test_model_file_that_would_run_code_is_refused_and_nothing_runs(env, tmp_pat
     assert live.exists()
 
 
-# --- 8. Through the DAG: a threshold breach fails the run at once, without retries. ---
+# --- 8. Through the DAG: a threshold breach or a broken file fails the run at once, without retries. ---
 
 
 @pytest.mark.airflow
@@ -1310,8 +1293,10 @@ def test_dag_run_fails_without_retries_on_bad_data(env, sensor_dag, capfd, caplo
     elapsed = time.monotonic() - began
     assert str(run.state) == "failed"
     states = {ti.task_id: (str(ti.state), ti.try_number) for ti in run.get_task_instances()}
-    assert states["load_and_validate"] == ("failed", 1)  # AirflowFailException: no retry wait
-    # commit runs on all_done (partial hours) and refuses at once: "load_and_validate is failed: nothing to commit"
+    # AirflowFailException: no retry wait. A file breaking the contract fails its read_windows instance (and commit
+    # refuses at once: "read_windows 0 did not succeed"); too many failing windows fail commit, which sums them
+    if fault == "structure":
+        assert states["read_windows"] == ("failed", 1)
     assert states["commit"] == ("failed", 1)
     assert elapsed < 60  # a retry would have waited at least retry_delay (1 min)
     out = capfd.readouterr()
@@ -1418,8 +1403,7 @@ def test_folder_markers_in_the_registry_are_not_models_or_versions(env):
 
 def test_folder_markers_in_staging_are_not_shard_outputs(env):
     hour = env.hour()
-    summary = load_and_validate(hour)
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    summary, shards = read_and_plan(hour, sensors_per_shard=2)
     plant_folder_markers(env.blob, env.containers.staging)
     results = [score_shard(env.blob, s.spec_uri) for s in shards]
     plant_folder_markers(env.blob, env.containers.staging)  # between the shards' outputs too

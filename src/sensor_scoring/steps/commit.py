@@ -120,9 +120,9 @@ def commit(
     policy = check_purged_policy(purged_windows)
     storage, staging, run = hour.storage, hour.containers.staging, layout.Run(hour.run_key)
     plan = ShardPlan.from_json(storage.read_bytes(staging, run.plan), source=st.make_uri(staging, run.plan))
-    if len(reads) != plan.reads:
+    if len(reads) != len(plan.reads):
         raise AccountingError(
-            f"{plan.reads} read task(s) were planned but {len(reads)} result(s) arrived: a read task failed; "
+            f"{len(plan.reads)} read task(s) were planned but {len(reads)} result(s) arrived: a read task failed; "
             "refusing to commit (clear the run to redo the hour)"
         )
     not_found = _check_subset(hour, plan, reads)

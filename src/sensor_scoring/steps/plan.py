@@ -88,15 +88,6 @@ def plan_shards(
     planned = [
         _stage_shard(scope, run, number, members.get(number, modelled.iloc[:0]), version) for number in range(shards)
     ]
-    plan = ShardPlan(
-        model_version=version,
-        folders=listing.folders,
-        generations=generations,
-        subset=subset,
-        reads=len(reads),
-        shards=shards,
-    )
-    storage.write_bytes(staging, run.plan, plan.to_json())
     read_tasks = tuple(
         PlannedShard(
             spec_uri=st.make_uri(staging, run.read(spec.group).spec),
@@ -107,6 +98,15 @@ def plan_shards(
         )
         for spec in reads
     )
+    plan = ShardPlan(
+        model_version=version,
+        folders=listing.folders,
+        generations=generations,
+        subset=subset,
+        reads=read_tasks,
+        shards=shards,
+    )
+    storage.write_bytes(staging, run.plan, plan.to_json())
     log.info(
         "Model version %s: %d sensor(s) with a model in %d shard(s) (%s); %d file(s) in %s, read in %d group(s)",
         version,
@@ -118,6 +118,14 @@ def plan_shards(
         len(reads),
     )
     return RunPlan(reads=read_tasks, shards=tuple(planned))
+
+
+def planned_reads(scope: Scope) -> list[PlannedShard]:
+    """The read tasks plan_shards staged for the run (the DAG maps read_windows over them: Airflow maps over a
+    task's return value only, so they reach the DAG through a task of their own)."""
+    staging, run = scope.containers.staging, layout.Run(scope.run_key)
+    plan = ShardPlan.from_json(scope.storage.read_bytes(staging, run.plan), source=st.make_uri(staging, run.plan))
+    return list(plan.reads)
 
 
 def _stage_shard(scope: Scope, run: layout.Run, number: int, members: pd.DataFrame, version: str) -> PlannedShard:
