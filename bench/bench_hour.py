@@ -11,9 +11,11 @@ each task instance's start and end from the REST API, summed per stage, the mapp
 process's peak RSS. The peak RSS is sampled from /proc (``VmHWM``, the kernel's high-water mark of the process,
 so a sample taken any time before the process ends has seen its peak up to then) of every descendant of the
 scheduler every ``--sample-s``; a task process is recognised by the title Airflow's task runner gives it (``airflow
-worker -- <task instance id>``) and a shard child (``SCORING_LOCAL_SHARDS=process``) by its ``score-shard``
-command line. Each score_shard's own time comes from its task log (``Shard done in ... s``, the local backend's
-line), so a task's overhead is its duration minus that.
+worker -- <task instance id>``) and a shard child (``SCORING_LOCAL_SHARDS=process``) by its command line
+(``read-windows`` or ``score-shard``). Each mapped instance's own time (``read_windows`` and ``score_shard``) comes
+from its task log (``Shard done in ... s``, the local backend's line), so its overhead is its duration minus that.
+The slice sizes are recorded with the run: the read groups' bytes (``steps.load.READ_GROUP_BYTES``) and the
+shards' windows (``steps.plan.MAX_SHARD_WINDOWS``), and how many of each the hour was cut into.
 
 At the sizes in ``--compare-at`` the hour is run a second time with ``SCORING_LOCAL_SHARDS=process`` (the
 scheduler restarted with it), to see what scoring in the task's own process saves per shard.
@@ -56,6 +58,8 @@ from sensor_scoring import settings as config
 from sensor_scoring.features import feature_matrix
 from sensor_scoring.models import fitting
 from sensor_scoring.scorer import decision_function, score, sensor_codes
+from sensor_scoring.steps.load import READ_GROUP_BYTES
+from sensor_scoring.steps.plan import MAX_SHARD_WINDOWS
 from sensor_scoring.storage import BlobStorage
 from sensor_scoring.windows import LandingPlan, land_windows
 
@@ -161,14 +165,15 @@ def peaks_of(seen: dict[int, dict[str, Any]], tis: list[dict]) -> tuple[dict[str
             task_of_pid[pid] = kind
             per_kind.setdefault(kind, []).append(round(entry["hwm_kib"] / 1024, 1))
     for _pid, entry in seen.items():
-        if "score-shard" in entry["title"] and entry["ppid"] in task_of_pid:
-            per_kind.setdefault("score_shard child", []).append(round(entry["hwm_kib"] / 1024, 1))
+        for command, kind in CHILDREN.items():
+            if command in entry["title"] and entry["ppid"] in task_of_pid:
+                per_kind.setdefault(f"{kind} child", []).append(round(entry["hwm_kib"] / 1024, 1))
     return {k: max(v) for k, v in per_kind.items()}, {k: sorted(v) for k, v in per_kind.items()}
 
 
-def shard_seconds(stack: DevStack, run_id: str) -> dict[int, float]:
-    """Each score_shard's own time by map index, from the backend's line in its task log."""
-    folder = stack.airflow_home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / "task_id=score_shard"
+def shard_seconds(stack: DevStack, run_id: str, task_id: str) -> dict[int, float]:
+    """Each mapped instance's own time by map index, from the backend's line in its task log."""
+    folder = stack.airflow_home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={task_id}"
     found = {}
     for log in sorted(folder.rglob("*.log")):
         hits = SHARD_DONE.findall(log.read_text(errors="replace"))
@@ -196,8 +201,8 @@ def run_hour(stack: DevStack, mode: str, sample_s: float, timeout_s: float) -> d
         raise RuntimeError(f"run {run_id} {run['state']}: {[(t['task_id'], t['map_index'], t['state']) for t in tis]}")
     stages = stages_of(run, tis)
     peaks, instances = peaks_of(seen, tis)
-    own = shard_seconds(stack, run_id)
-    shards = {t["map_index"]: t["duration"] for t in tis if t["task_id"] == "score_shard" and t["duration"]}
+    mapped = {kind: mapped_times(stack, run_id, tis, kind) for kind in MAPPED}
+    own, shards = mapped["score_shard"]["own"], mapped["score_shard"]["task"]
     pairs = [(shards[i], own[i]) for i in sorted(own) if i in shards]
     overhead = [d - s for d, s in pairs]
     shares = [(d - s) / d for d, s in pairs]
@@ -206,7 +211,7 @@ def run_hour(stack: DevStack, mode: str, sample_s: float, timeout_s: float) -> d
         "run_id": run_id,
         "e2e_wall_s": round(e2e, 2),
         "run_wall_s": round(seconds(run["start_date"], run["end_date"]) or 0, 2),
-        "mapped_tasks": stages.get("score_shard", {}).get("tasks", 0),
+        "mapped_tasks": sum(stages.get(kind, {}).get("tasks", 0) for kind in MAPPED),
         "stages": stages,
         "peak_rss_mib": peaks,
         "peak_rss_mib_instances": instances,
@@ -215,7 +220,30 @@ def run_hour(stack: DevStack, mode: str, sample_s: float, timeout_s: float) -> d
         "shard_task_s_median": round(statistics.median(shards.values()), 2) if shards else None,
         "shard_overhead_s_median": round(statistics.median(overhead), 2) if overhead else None,
         "shard_overhead_share_median": round(statistics.median(shares), 3) if shares else None,
+        "mapped": {kind: {k: v for k, v in m.items() if k not in ("own", "task")} for kind, m in mapped.items()},
+        "slices": {
+            "read_group_bytes": READ_GROUP_BYTES,
+            "read_groups": stages.get("read_windows", {}).get("tasks", 0),
+            "max_shard_windows": MAX_SHARD_WINDOWS,
+            "shards": stages.get("score_shard", {}).get("tasks", 0),
+        },
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def mapped_times(stack: DevStack, run_id: str, tis: list[dict], task_id: str) -> dict[str, Any]:
+    """A mapped task kind's instances: their own work (the backend's line) against their task time, as medians and
+    as the share of the summed task time that was the work itself (the target: at least 0.9)."""
+    own = shard_seconds(stack, run_id, task_id)
+    task = {t["map_index"]: t["duration"] for t in tis if t["task_id"] == task_id and t["duration"]}
+    pairs = [(task[i], own[i]) for i in sorted(own) if i in task]
+    return {
+        "own": own,
+        "task": task,
+        "instances": len(task),
+        "own_s_median": round(statistics.median(own.values()), 2) if own else None,
+        "task_s_median": round(statistics.median(task.values()), 2) if task else None,
+        "own_share_of_task_time": round(sum(s for _, s in pairs) / sum(d for d, _ in pairs), 3) if pairs else None,
     }
 
 
@@ -279,7 +307,10 @@ def measure_size(
             print(f"processes still running after stop: {survivors}", file=sys.stderr)
 
 
-STAGES = ("wait_for_windows", "load_and_validate", "plan_shards", "score_shard", "commit", "model_health")
+STAGES = ("wait_for_windows", "plan_shards", "plan_reads", "read_windows", "score_shard", "commit", "model_health")
+#: The mapped task kinds, and the commands their children run with ``SCORING_LOCAL_SHARDS=process``.
+MAPPED = ("read_windows", "score_shard")
+CHILDREN = {"read-windows": "read_windows", "score-shard": "score_shard"}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -293,11 +324,30 @@ def markdown(results: dict[str, Any]) -> str:
         cells += [f"{gaps:.1f}", str(run["mapped_tasks"]), f"{run['kernel_s']:.2f}"]
         cells.append(f"{run['e2e_wall_s'] / run['kernel_s']:.0f}x")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| sensors | mode | " + " | ".join(f"{s} MiB" for s in (*STAGES, "score_shard child")) + " |"]
-    lines.append("|" + "---|" * (len(STAGES) + 3))
+    kinds = (*STAGES, *(f"{k} child" for k in MAPPED))
+    lines += ["", "| sensors | mode | " + " | ".join(f"{s} MiB" for s in kinds) + " |"]
+    lines.append("|" + "---|" * (len(kinds) + 2))
     for run in results["runs"]:
-        peaks = [run["peak_rss_mib"].get(s) for s in (*STAGES, "score_shard child")]
+        peaks = [run["peak_rss_mib"].get(s) for s in kinds]
         row = [f"{run['sensors']:,}", run["mode"], *("" if p is None else f"{p:.0f}" for p in peaks)]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "| sensors | mode | read groups | shards | "
+        + " | ".join(f"{k} own s (median) | {k} task s (median) | {k} own share" for k in MAPPED)
+        + " |",
+    ]
+    lines.append("|" + "---|" * (4 + 3 * len(MAPPED)))
+    for run in results["runs"]:
+        slices, mapped = run.get("slices", {}), run.get("mapped", {})
+        row = [f"{run['sensors']:,}", run["mode"], str(slices.get("read_groups", "")), str(slices.get("shards", ""))]
+        for kind in MAPPED:
+            m = mapped.get(kind, {})
+            row += [
+                str(m.get("own_s_median", "")),
+                str(m.get("task_s_median", "")),
+                str(m.get("own_share_of_task_time", "")),
+            ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -231,7 +231,12 @@ class TrainingRun:
 
 @dataclass(frozen=True)
 class TrainingShard(Shard):
-    """A training shard's folder: input windows and spec as a scoring shard, and the fitted models it wrote."""
+    """A training shard's folder: its input windows (one file, gathered for it), its spec, and the fitted models it
+    wrote."""
+
+    @property
+    def input(self) -> str:
+        return self.folder + "input.parquet"
 
     @property
     def pack(self) -> str:
