@@ -23,7 +23,8 @@ own time is reported apart (from the validation report).
 Model health (``--cases health``): an hour of S sensors x 60 windows committed as ``commit`` leaves it, built
 directly with pyarrow (predictions written by a ``ParquetWriter``, one row group per ``--health-row-group``
 sensors, as commit writes a shard's rows; a quarantine partition of one sensor in a hundred quarantined
-``no_model`` plus rows without a key; the version's training statistics, per hour of day too), then
+``no_model`` plus rows without a key; the version's training statistics, per hour of day too; the hour before's
+health, where those sensors were scored: lost models), then
 ``steps.health.model_health`` of that hour run in a fresh child (the launcher above); its peak RSS, wall time and
 a floor (a child that only imports the step) go to ``--health-out``.
 
@@ -55,6 +56,7 @@ from sensor_scoring.backends import shard_command
 from sensor_scoring.contracts import PREDICTION_SCHEMA, QUARANTINE_SCHEMA, ValidationReport
 from sensor_scoring.models import fitting, registry, stats as model_stats
 from sensor_scoring.runs.scope import Scope
+from sensor_scoring.steps import health
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.storage import LocalStorage
@@ -296,6 +298,41 @@ def write_committed_hour(root: Path, sensors: int, version: str, row_group: int,
     )
     storage.write_bytes(containers.quarantine, part.data, st.parquet_bytes(quarantine, QUARANTINE_SCHEMA))
     storage.write_bytes(containers.predictions, part.manifest, json.dumps({"model_version": version}).encode())
+    # the hour before's health: every sensor scored (those now without a model too: lost models), a few drifting
+    before = pa.concat_arrays(
+        [
+            devices.take(pa.array(np.arange(sensors) // TAGS)),
+            pa.array(quarantine["device_id"][:-60:60].tolist(), pa.string()),
+        ]
+    )
+    tags_before = pa.concat_arrays(
+        [tags.take(pa.array(np.arange(sensors) % TAGS)), pa.array(quarantine["tag"][:-60:60].tolist(), pa.string())]
+    )
+    rows = len(before)
+    drifting = rng.random(rows) < 0.001
+    previous = {
+        "device_id": before,
+        "tag": tags_before,
+        "model_version": pa.array([version] * rows, pa.string()),
+        "windows": np.full(rows, 60, dtype="int64"),
+        "anomalies": np.where(drifting, 30, 1).astype("int64"),
+        "anomaly_rate": np.where(drifting, 0.5, 1 / 60),
+        "train_flagged_share": np.full(rows, 0.02),
+        "expected_rate": np.full(rows, 0.02),
+        "p_value": np.where(drifting, 1e-9, 0.7),
+        "psi": np.full(rows, 0.01),
+        "score_mean": np.full(rows, 0.3),
+        "quarantined": np.zeros(rows, dtype="int64"),
+        "quarantine_share": np.zeros(rows),
+        "drifting": drifting,
+        "drift_hours": drifting.astype("int64"),
+        "status": pa.array(["ok"] * rows, pa.string()),
+    }
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(previous, schema=health.HEALTH_SCHEMA), sink)
+    storage.write_bytes(
+        containers.health, layout.Partition(HOUR - timedelta(hours=1)).data, sink.getvalue().to_pybytes()
+    )
     bins = model_stats.BINS
     edges = np.quantile(rng.normal(0.3, 0.2, 10_000), np.linspace(0, 1, bins + 1)[1:-1])
 
@@ -332,8 +369,6 @@ def measure_health(root: Path, sensors: int, row_group: int, repeats: int) -> di
     command = [sys.executable, "-c", HEALTH_CHILD, str(root), HOUR.isoformat()]
     floor = statistics.median(child_peak_rss([*command, "import"], env)[0] for _ in range(repeats))
     runs = [child_peak_rss([*command, "run"], env) for _ in range(repeats)]
-    from sensor_scoring.steps import health
-
     manifest = health.read_manifest(LocalStorage(root), config.Containers(), HOUR)
     assert manifest is not None and manifest.windows == sensors * 60, manifest
     return {
@@ -347,7 +382,12 @@ def measure_health(root: Path, sensors: int, row_group: int, repeats: int) -> di
         "wall_s_median": round(statistics.median(w for _, w in runs), 1),
         "samples_mib": [round(r, 1) for r, _ in runs],
         "samples_s": [round(w, 1) for _, w in runs],
-        "health": {"sensors": manifest.sensors, "quarantined": manifest.quarantined, "drifting": manifest.drifting},
+        "health": {
+            "sensors": manifest.sensors,
+            "quarantined": manifest.quarantined,
+            "drifting": manifest.drifting,
+            "models_lost": manifest.models_lost,
+        },
     }
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import ClassVar
@@ -201,15 +202,15 @@ class _VersionBins:
     def __init__(self, reference: model_stats.Reference) -> None:
         self.reference = reference
         self.observed = np.zeros(reference.counts.shape, dtype=np.int64)
-        self._row_of_slot = np.zeros(0, dtype=np.int64)  # the reference's row of each tally slot, -1: none
+        self.row_of_slot = np.zeros(0, dtype=np.int64)  # the reference's row of each tally slot, -1: none
 
     def add(self, tally: HourTally, slots: np.ndarray, scores: np.ndarray) -> None:
         """Count rows (their sensors' ``slots`` in ``tally``, decision values ``scores``) into their bins."""
-        known_slots = len(self._row_of_slot)
+        known_slots = len(self.row_of_slot)
         if known_slots < len(tally.devices):  # sensors new to the tally: looked up once each
             new = pd.MultiIndex.from_arrays([tally.devices[known_slots:], tally.tags[known_slots:]])
-            self._row_of_slot = np.concatenate([self._row_of_slot, self.reference.keys.get_indexer(new)])
-        row_sensor = self._row_of_slot[slots]
+            self.row_of_slot = np.concatenate([self.row_of_slot, self.reference.keys.get_indexer(new)])
+        row_sensor = self.row_of_slot[slots]
         known = row_sensor >= 0
         values, sensor = scores[known], row_sensor[known]
         for start in range(0, len(values), 1_000_000):  # (rows x edges) booleans, a million rows at a time
@@ -259,7 +260,10 @@ class HourTally:
         tag_codes, tag_names = pd.factorize(tags)
         codes, pairs = pd.factorize(device_codes.astype(np.int64) * len(tag_names) + tag_codes)
         found = np.empty(len(pairs), dtype=np.int64)
-        for i, (d, t) in enumerate(zip(device_names[pairs // len(tag_names)], tag_names[pairs % len(tag_names)])):
+        # one string object a device of the batch and one a tag name for the run: a sensor costs its key tuple
+        device_list, tag_list = device_names.tolist(), [sys.intern(t) if isinstance(t, str) else t for t in tag_names]
+        for i, pair in enumerate(pairs.tolist()):
+            d, t = device_list[pair // len(tag_list)], tag_list[pair % len(tag_list)]
             slot = self._slots.get((d, t))
             if slot is None:
                 slot = self._slots[(d, t)] = len(self.devices)
@@ -364,49 +368,43 @@ class HourTally:
         counts = pd.Series(self.reasons, dtype="int64")
         return {str(k): int(v) for k, v in counts.sort_values(ascending=False).items()}
 
-    def _keys(self, at: np.ndarray) -> pd.MultiIndex:
-        dtypes = self._key_dtypes or (str, str)
-        devices = pd.Series(self.devices, dtype=object)[at]
-        tags = pd.Series(self.tags, dtype=object)[at]
-        return pd.MultiIndex.from_arrays(
-            [devices.astype(dtypes[0]).to_numpy(), tags.astype(dtypes[1]).to_numpy()], names=KEYS
-        )
-
     def rows(self, previous: pd.DataFrame | None, thresholds: Thresholds) -> pd.DataFrame:
         """The hour's health rows (``HEALTH_SCHEMA``), one per sensor scored or quarantined, sorted by sensor."""
         size = len(self.devices)
-        windows = self._windows[:size]
-        scored_at = np.flatnonzero(windows > 0)
-        counted = self._counted[scored_at]
-        scored = pd.DataFrame(
+        windows, quarantined = self._windows[:size], self._quarantined[:size]
+        slots = np.flatnonzero((windows > 0) | (quarantined > 0))
+        dtypes = self._key_dtypes or (str, str)
+        out = pd.DataFrame(
             {
-                "windows": windows[scored_at],
-                "anomalies": self._anomalies[scored_at],
-                "score_mean": np.where(counted > 0, self._sum[scored_at] / np.maximum(counted, 1), np.nan),
-                "model_version": pd.Series(self._version[scored_at], dtype=object)
-                .astype(self._version_dtype or str)
-                .array,
-            },
-            index=self._keys(scored_at),
-        ).sort_index()
-        quarantined_at = np.flatnonzero(self._quarantined[:size] > 0)
-        q = pd.Series(self._quarantined[quarantined_at], index=self._keys(quarantined_at), name="quarantined")
+                "device_id": pd.Series(self.devices, dtype=object)[slots].astype(dtypes[0]).array,
+                "tag": pd.Series(self.tags, dtype=object)[slots].astype(dtypes[1]).array,
+                "slot": slots,
+            }
+        )
+        out = out.sort_values(KEYS, kind="stable", ignore_index=True)  # the order of a grouping by sensor
+        slots = out.pop("slot").to_numpy()
+        counted = self._counted[slots]
+        out["windows"] = windows[slots]
+        out["anomalies"] = self._anomalies[slots]
+        out["score_mean"] = np.where(counted > 0, self._sum[slots] / np.maximum(counted, 1), np.nan)
+        out["model_version"] = pd.Series(self._version[slots], dtype=object).astype(self._version_dtype or str).array
+        out["quarantined"] = quarantined[slots]
+        row_of_slot = np.full(size, -1, dtype=np.int64)
+        row_of_slot[slots] = np.arange(len(slots))
         versions = [self.versions[v] for v in sorted(self.versions)]
-        return _judge(scored, q.sort_index(), versions, previous, thresholds)
+        return _judge(out, row_of_slot, versions, previous, thresholds)
 
 
 def _judge(
-    scored: pd.DataFrame,
-    q: pd.Series,
+    out: pd.DataFrame,
+    row_of_slot: np.ndarray,
     versions: Iterable[_VersionBins],
     previous: pd.DataFrame | None,
     thresholds: Thresholds,
 ) -> pd.DataFrame:
-    """The health rows from the per-sensor sums: rates, PSI and expected rates by version, drift and its hours."""
-    out = scored.join(q, how="outer").reset_index()
-    out["windows"] = out["windows"].fillna(0).astype("int64")
-    out["anomalies"] = out["anomalies"].fillna(0).astype("int64")
-    out["quarantined"] = out["quarantined"].fillna(0).astype("int64")
+    """The health rows from the per-sensor sums (``out``: keys, windows, anomalies, score_mean, model_version,
+    quarantined; ``row_of_slot``: each tally slot's row, -1: none): rates, PSI and expected rates by version,
+    drift and its hours."""
     out["anomaly_rate"] = np.where(out["windows"] > 0, out["anomalies"] / out["windows"].clip(lower=1), np.nan)
     out["quarantine_share"] = out["quarantined"] / (out["windows"] + out["quarantined"])
     out["train_flagged_share"] = np.nan
@@ -414,7 +412,7 @@ def _judge(
     out["psi"] = np.nan
     out["status"] = np.where(out["windows"] > 0, STATUS_NO_STATS, STATUS_NOT_SCORED)
     for bins in versions:
-        _add_psi(out, bins)
+        _add_psi(out, bins, row_of_slot)
     judged = out["status"] == STATUS_OK
     expected = out["expected_rate"].to_numpy(dtype=float)
     out["p_value"] = np.where(
@@ -451,11 +449,11 @@ def binomial_tail(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 def drift_hours(rows: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray:
     """Consecutive drifting hours ending at ``rows``' hour: the previous hour's count plus one where drifting."""
-    keys = ["device_id", "tag"]
     before: object = 0
     if previous is not None and not previous.empty:
-        carried = previous.set_index(keys)["drift_hours"]
-        before = pd.MultiIndex.from_frame(rows[keys]).map(carried.to_dict()).fillna(0).astype("int64")
+        carried = previous[[*KEYS, "drift_hours"]].drop_duplicates(KEYS, keep="last")  # a sensor's last row
+        matched = rows[KEYS].merge(carried, how="left", on=KEYS)  # a join on the keys' columns: no key tuples
+        before = matched["drift_hours"].fillna(0).astype("int64")
     return np.where(rows["drifting"], np.asarray(before) + 1, 0).astype("int64")
 
 
@@ -467,7 +465,7 @@ def expected_rates(reference: model_stats.Reference, shares: np.ndarray) -> np.n
     return np.fmax(np.fmax(shares, reference.false_alarm_rate), floor)
 
 
-def _add_psi(out: pd.DataFrame, bins: _VersionBins) -> None:
+def _add_psi(out: pd.DataFrame, bins: _VersionBins, row_of_slot: np.ndarray) -> None:
     """PSI of each sensor scored with ``bins``' version, vectorised over its sensors: the hour's histogram against
     the reference one (``models.stats.Reference``: of the hour of day where training had enough windows then)."""
     reference, observed = bins.reference, bins.observed
@@ -476,8 +474,11 @@ def _add_psi(out: pd.DataFrame, bins: _VersionBins) -> None:
     r = np.clip(counts / counts.sum(axis=1, keepdims=True).clip(min=1), model_stats.PSI_EPSILON, None)
     o = np.clip(observed / observed.sum(axis=1, keepdims=True).clip(min=1), model_stats.PSI_EPSILON, None)
     value = np.where(have, ((o - r) * np.log(o / r)).sum(axis=1), np.nan)
-    # a sensor whose rows this hour were scored by this version takes its numbers
-    at = pd.MultiIndex.from_frame(out[KEYS]).get_indexer(reference.keys)
+    # a sensor whose rows this hour were scored by this version takes its numbers (only such a sensor has a count,
+    # and its tally slot was mapped to the reference when its rows were counted)
+    at = np.full(len(reference), -1, dtype=np.int64)
+    mapped = np.flatnonzero(bins.row_of_slot >= 0)
+    at[bins.row_of_slot[mapped]] = row_of_slot[mapped]
     hit = (at >= 0) & have
     rows = at[hit]
     out.loc[rows, "psi"] = value[hit]
@@ -583,13 +584,18 @@ def _models_lost(hour: Scope, h: datetime, wanted: set[tuple[str, str]]) -> list
     if not wanted:
         return []
     had: set[tuple[str, str]] = set()
+
+    def among_wanted(sensors: pd.DataFrame) -> set[tuple[str, str]]:
+        """The wanted sensors among ``sensors`` (a fleet's keys), joined on the key columns: no tuple a sensor."""
+        frame = pd.DataFrame(sorted(wanted), columns=KEYS)
+        return set(sensors[KEYS].merge(frame, on=KEYS).itertuples(index=False, name=None))
+
     for earlier in (h - layout.HOUR, h - 24 * layout.HOUR):
         seen = _read_columns(
             hour.storage, hour.containers.health, layout.Partition(earlier).data, ["device_id", "tag", "windows"]
         )
         if seen is not None:
-            scored = seen.loc[seen["windows"] > 0, ["device_id", "tag"]]
-            had |= wanted & set(scored.itertuples(index=False, name=None))
+            had |= among_wanted(seen.loc[seen["windows"] > 0])
     replaced = _replaced_version(hour, h)
     if replaced is not None and wanted - had:
         from sensor_scoring.models import registry
@@ -599,7 +605,7 @@ def _models_lost(hour: Scope, h: datetime, wanted: set[tuple[str, str]]) -> list
         except LookupError as exc:
             log.warning("Cannot read version %s to tell lost models: %s", replaced, exc)
         else:
-            had |= wanted & set(index[["device_id", "tag"]].itertuples(index=False, name=None))
+            had |= among_wanted(index)
     return sorted(had)
 
 

@@ -172,5 +172,6 @@ def iter_parquet(
             storage.download_file(container, path, local)
         except FileNotFoundError:
             return
-        with pq.ParquetFile(local) as file:
+        # pre_buffer (pyarrow's default) reads ahead the column chunks of every row group: the file again
+        with pq.ParquetFile(local, pre_buffer=False) as file:
             yield from file.iter_batches(batch_size=batch_rows, columns=None if columns is None else list(columns))
