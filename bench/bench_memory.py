@@ -1,4 +1,5 @@
-"""Peak memory of a shard process at 1k, 10k and 100k sensors in the hour, and the validation time of an hour.
+"""Peak memory of a shard process at 1k, 10k and 100k sensors in the hour, the validation time of an hour, and the
+peak memory of ``model_health`` at 100k and 300k sensors.
 
 Claim under test: a shard's peak memory depends on the shard's size (``sensors_per_shard``), not on how many
 sensors the hour holds. For each hour size S the hour is staged as ``load_and_validate`` leaves it
@@ -19,7 +20,16 @@ Validation time: S sensors x 60 windows landed as Stream Analytics line-separate
 parsed, validated by the great-expectations suite and staged by ``steps.load.load_and_validate``; the suite's
 own time is reported apart (from the validation report).
 
+Model health (``--cases health``): an hour of S sensors x 60 windows committed as ``commit`` leaves it, built
+directly with pyarrow (predictions written by a ``ParquetWriter``, one row group per ``--health-row-group``
+sensors, as commit writes a shard's rows; a quarantine partition of one sensor in a hundred quarantined
+``no_model`` plus rows without a key; the version's training statistics, per hour of day too; the hour before's
+health, where those sensors were scored: lost models), then
+``steps.health.model_health`` of that hour run in a fresh child (the launcher above); its peak RSS, wall time and
+a floor (a child that only imports the step) go to ``--health-out``.
+
     .venv/bin/python bench/bench_memory.py [--sizes 1000 10000 100000] [--shard-size 250] [--repeats 3]
+    .venv/bin/python bench/bench_memory.py --cases health [--health-sizes 100000 300000]
 """
 
 from __future__ import annotations
@@ -38,12 +48,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from sensor_scoring import layout, settings as config, storage as st
 from sensor_scoring.backends import shard_command
-from sensor_scoring.contracts import ValidationReport
-from sensor_scoring.models import fitting, registry
+from sensor_scoring.contracts import PREDICTION_SCHEMA, QUARANTINE_SCHEMA, ValidationReport
+from sensor_scoring.models import fitting, registry, stats as model_stats
 from sensor_scoring.runs.scope import Scope
+from sensor_scoring.steps import health
 from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.storage import LocalStorage
@@ -211,6 +224,173 @@ def measure_validation(root: Path, sensors: int, repeats: int) -> dict:
     }
 
 
+#: What the child runs: the step, on the hour given, with the settings' default thresholds.
+HEALTH_CHILD = """
+import sys
+from datetime import datetime, timedelta
+from sensor_scoring import settings as config
+from sensor_scoring.runs.scope import Scope
+from sensor_scoring.steps import health
+from sensor_scoring.storage import LocalStorage
+h = datetime.fromisoformat(sys.argv[2])
+scope = Scope(LocalStorage(sys.argv[1]), config.Containers(), "bench-health", h, h + timedelta(hours=1))
+if sys.argv[3] == "run":
+    health.model_health(scope, health.Thresholds.from_settings(config.Settings.from_env({})))
+"""
+
+
+def _names(count: int, pattern: str) -> pa.Array:
+    return pa.array([pattern.format(n) for n in range(count)], pa.string())
+
+
+def write_committed_hour(root: Path, sensors: int, version: str, row_group: int, seed: int = 0) -> int:
+    """An hour of ``sensors`` x 60 windows committed (predictions, quarantine, the predictions manifest) and the
+    version's training statistics, written directly (vectorised); returns the predictions file's bytes."""
+    storage, containers, part = LocalStorage(root), config.Containers(), layout.Partition(HOUR)
+    rng = np.random.default_rng(seed)
+    devices, tags = _names(sensors // TAGS + 1, "dev-{:06d}"), pa.array(TAG_NAMES[:TAGS], pa.string())
+    local = root / f"predictions-{sensors}.parquet"
+    minute = np.arange(60)
+    ends = (np.datetime64(HOUR.replace(tzinfo=None), "us") + minute.astype("timedelta64[m]")).astype("datetime64[us]")
+    with pq.ParquetWriter(local, PREDICTION_SCHEMA) as writer:
+        for first in range(0, sensors, row_group):
+            sensor = np.repeat(np.arange(first, min(first + row_group, sensors)), 60)
+            rows = len(sensor)
+            avg = rng.uniform(10, 100, rows)
+            score = rng.normal(0.3, 0.2, rows)
+            end = np.tile(ends, rows // 60)
+            columns = {
+                "device_id": devices.take(pa.array(sensor // TAGS)),
+                "tag": tags.take(pa.array(sensor % TAGS)),
+                "window_start": end - np.timedelta64(1, "m"),
+                "window_end": end,
+                "value_avg": avg,
+                "value_min": avg - 1,
+                "value_max": avg + 1,
+                "value_std": np.full(rows, 0.5),
+                "reading_count": np.full(rows, 6, dtype="int64"),
+                "score": score,
+                "is_anomaly": score <= 0,
+                "model_version": pa.array([version] * rows, pa.string()),
+                "run_id": pa.array(["bench"] * rows, pa.string()),
+                "scored_at": end,
+            }
+            writer.write_table(pa.table(columns, schema=PREDICTION_SCHEMA))
+    storage.upload_file(containers.predictions, part.data, local)
+    size = local.stat().st_size
+    local.unlink()
+    lost = max(1, sensors // 100)  # sensors without a model: every window quarantined no_model
+    sensor = np.repeat(np.arange(sensors, sensors + lost), 60)
+    quarantine = pd.DataFrame(
+        {
+            "device_id": [f"dev-{n // TAGS:06d}-x" for n in sensor] + [None] * 60,
+            "tag": [TAG_NAMES[n % TAGS] for n in sensor] + [None] * 60,
+            "window_end": pd.Timestamp(HOUR) + pd.to_timedelta(np.tile(minute, lost + 1), unit="min"),
+            "value_avg": 1.0,
+            "value_min": 0.0,
+            "value_max": 2.0,
+            "value_std": 0.5,
+            "reading_count": 6.0,
+            "source_file": "bench.json",
+            "reason": ["no_model"] * len(sensor) + ["null_key"] * 60,
+            "run_id": "bench",
+        }
+    )
+    storage.write_bytes(containers.quarantine, part.data, st.parquet_bytes(quarantine, QUARANTINE_SCHEMA))
+    storage.write_bytes(containers.predictions, part.manifest, json.dumps({"model_version": version}).encode())
+    # the hour before's health: every sensor scored (those now without a model too: lost models), a few drifting
+    before = pa.concat_arrays(
+        [
+            devices.take(pa.array(np.arange(sensors) // TAGS)),
+            pa.array(quarantine["device_id"][:-60:60].tolist(), pa.string()),
+        ]
+    )
+    tags_before = pa.concat_arrays(
+        [tags.take(pa.array(np.arange(sensors) % TAGS)), pa.array(quarantine["tag"][:-60:60].tolist(), pa.string())]
+    )
+    rows = len(before)
+    drifting = rng.random(rows) < 0.001
+    previous = {
+        "device_id": before,
+        "tag": tags_before,
+        "model_version": pa.array([version] * rows, pa.string()),
+        "windows": np.full(rows, 60, dtype="int64"),
+        "anomalies": np.where(drifting, 30, 1).astype("int64"),
+        "anomaly_rate": np.where(drifting, 0.5, 1 / 60),
+        "train_flagged_share": np.full(rows, 0.02),
+        "expected_rate": np.full(rows, 0.02),
+        "p_value": np.where(drifting, 1e-9, 0.7),
+        "psi": np.full(rows, 0.01),
+        "score_mean": np.full(rows, 0.3),
+        "quarantined": np.zeros(rows, dtype="int64"),
+        "quarantine_share": np.zeros(rows),
+        "drifting": drifting,
+        "drift_hours": drifting.astype("int64"),
+        "status": pa.array(["ok"] * rows, pa.string()),
+    }
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(previous, schema=health.HEALTH_SCHEMA), sink)
+    storage.write_bytes(
+        containers.health, layout.Partition(HOUR - timedelta(hours=1)).data, sink.getvalue().to_pybytes()
+    )
+    bins = model_stats.BINS
+    edges = np.quantile(rng.normal(0.3, 0.2, 10_000), np.linspace(0, 1, bins + 1)[1:-1])
+
+    def lists(values: np.ndarray, width: int) -> pa.Array:
+        return pa.ListArray.from_arrays(pa.array(np.arange(0, len(values) + 1, width, dtype="int32")), values)
+
+    stats = pa.table(
+        {
+            "device_id": devices.take(pa.array(np.arange(sensors) // TAGS)),
+            "tag": tags.take(pa.array(np.arange(sensors) % TAGS)),
+            "train_rows": np.full(sensors, 24 * 60 * 7, dtype="int64"),
+            "train_flagged_share": np.full(sensors, 0.02),
+            "score_mean": np.full(sensors, 0.3),
+            "score_std": np.full(sensors, 0.2),
+            "edges": lists(np.tile(edges, sensors), bins - 1),
+            "counts": lists(np.full(sensors * bins, 1008, dtype="int64"), bins),
+            "hourly_counts": lists(lists(np.full(sensors * 24 * bins, 42, dtype="int64"), bins), 24),
+            "hourly_flagged_share": lists(np.full(sensors * 24, 0.02), 24),
+            "false_alarm_rate": np.full(sensors, 0.02),
+        }
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(stats, sink)
+    storage.write_bytes(containers.models, model_stats.stats_path(version), sink.getvalue().to_pybytes())
+    return size
+
+
+def measure_health(root: Path, sensors: int, row_group: int, repeats: int) -> dict:
+    """Peak RSS and wall time of ``model_health`` of a committed hour of ``sensors`` sensors, in a fresh child."""
+    began = time.perf_counter()
+    size = write_committed_hour(root, sensors, f"v{sensors}", row_group)
+    build_s = time.perf_counter() - began
+    env = {**os.environ, config.STORAGE_ENV: str(root)}
+    command = [sys.executable, "-c", HEALTH_CHILD, str(root), HOUR.isoformat()]
+    floor = statistics.median(child_peak_rss([*command, "import"], env)[0] for _ in range(repeats))
+    runs = [child_peak_rss([*command, "run"], env) for _ in range(repeats)]
+    manifest = health.read_manifest(LocalStorage(root), config.Containers(), HOUR)
+    assert manifest is not None and manifest.windows == sensors * 60, manifest
+    return {
+        "hour_sensors": sensors,
+        "hour_windows": sensors * 60,
+        "predictions_bytes": size,
+        "row_group_sensors": row_group,
+        "build_s": round(build_s, 1),
+        "floor_mib": round(floor, 1),
+        "peak_rss_mib_median": round(statistics.median(r for r, _ in runs), 1),
+        "wall_s_median": round(statistics.median(w for _, w in runs), 1),
+        "samples_mib": [round(r, 1) for r, _ in runs],
+        "samples_s": [round(w, 1) for _, w in runs],
+        "health": {
+            "sensors": manifest.sensors,
+            "quarantined": manifest.quarantined,
+            "drifting": manifest.drifting,
+            "models_lost": manifest.models_lost,
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
@@ -221,7 +401,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--base-models", type=int, default=100)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "memory.json")
+    parser.add_argument("--cases", nargs="+", choices=["shards", "health"], default=["shards", "health"])
+    parser.add_argument("--health-sizes", type=int, nargs="*", default=[100_000, 300_000])
+    parser.add_argument("--health-row-group", type=int, default=4000, help="sensors per row group of predictions")
+    parser.add_argument("--health-repeats", type=int, default=2)
+    parser.add_argument("--health-out", type=Path, default=HERE / "results" / "health_memory.json")
     args = parser.parse_args()
+    if "health" in args.cases:
+        health_memory(args)
+    if "shards" not in args.cases:
+        return
     began = time.perf_counter()
     base = base_models(args.base_models)
     results = {
@@ -257,6 +446,22 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"floor {results['floor_mib']} MiB; wrote {args.out} in {results['total_s']} s")
+
+
+def health_memory(args: argparse.Namespace) -> None:
+    results: dict[str, object] = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "by_hour_size": [],
+    }
+    for sensors in args.health_sizes:
+        with tempfile.TemporaryDirectory(prefix="bench-health-") as tmp:
+            row = measure_health(Path(tmp), sensors, args.health_row_group, args.health_repeats)
+        results["by_hour_size"].append(row)  # type: ignore[attr-defined]
+        print(json.dumps(row), flush=True)
+    args.health_out.parent.mkdir(parents=True, exist_ok=True)
+    args.health_out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.health_out}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def planned_shard(blob, containers):
     return hour, shard
 
 
-def test_sas_setting_reads_models_writes_staging_and_nothing_else(blob, containers, azurite):
+def test_sas_setting_reads_models_writes_staging_and_nothing_else(blob, containers, azurite, tmp_path):
     blob.write_bytes(containers.models, "m.txt", b"model")
     blob.write_bytes(containers.staging, "keep.txt", b"x")
     blob.write_bytes(containers.predictions, "p.txt", b"p")
@@ -40,6 +40,8 @@ def test_sas_setting_reads_models_writes_staging_and_nothing_else(blob, containe
     assert isinstance(sas, st.SasStorage) and "sig=" not in sas.describe()
 
     assert sas.read_bytes(containers.models, "m.txt") == b"model"
+    sas.download_file(containers.models, "m.txt", tmp_path / "m.txt")
+    assert (tmp_path / "m.txt").read_bytes() == b"model"
     assert [b.name for b in sas.list(containers.models)] == ["m.txt"]
     sas.write_bytes(containers.staging, "runs/x/out.json", b"{}")
     assert blob.read_bytes(containers.staging, "runs/x/out.json") == b"{}"

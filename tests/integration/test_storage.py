@@ -35,10 +35,23 @@ def test_round_trip_list_overwrite_delete(any_storage, tmp_path):
     assert [b.name for b in s.list("box")] == ["b/3.json", "c/big.bin"]
 
 
-def test_missing_blob_and_container_are_plain_answers(any_storage):
+def test_missing_blob_and_container_are_plain_answers(any_storage, tmp_path):
     with pytest.raises(FileNotFoundError):
         any_storage.read_bytes("nothing-here", "x.json")
-    assert any_storage.list("nothing-here") == []
+    with pytest.raises(FileNotFoundError):
+        any_storage.download_file("nothing-here", "x.json", tmp_path / "x.json")
+    assert any_storage.list("nothing-here") == [] and not (tmp_path / "x.json").exists()
+
+
+def test_download_file_copies_a_blob_in_chunks_to_a_local_file(any_storage, tmp_path):
+    """A blob larger than the SDK's first request and its chunks (32 MiB, then 4 MiB) arrives whole and exact:
+    what a reader of a large partition (``iter_parquet``) opens instead of holding the blob's bytes."""
+    data = uuid.uuid4().bytes * (40 * 2**20 // 16 + 3)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    any_storage.upload_file("box", "d/big.bin", source)
+    any_storage.download_file("box", "d/big.bin", tmp_path / "copy.bin")
+    assert (tmp_path / "copy.bin").read_bytes() == data
 
 
 def test_descriptions_never_show_a_key(blob, azurite):
@@ -91,6 +104,7 @@ def test_no_name_resolves_outside_its_container(any_storage, tmp_path, path):
         lambda: any_storage.write_bytes("box", path, b"x"),
         lambda: any_storage.exists("box", path),
         lambda: any_storage.upload_file("box", path, __file__),
+        lambda: any_storage.download_file("box", path, tmp_path / "out"),
     ]
     for call in calls:
         with pytest.raises(st.UnsafePathError, match="not a plain relative name"):

@@ -2,7 +2,9 @@
 
 Cheap by construction: it reads only the hour's two committed partitions (predictions and quarantine, a few
 columns), the neighbouring hours' health partitions (for consecutive drifting hours) and the training statistics of
-the model versions the hour used (``models.stats``). Per sensor and hour:
+the model versions the hour used (``models.stats``). Its memory does not grow with the hour: the partitions are
+read ``BATCH_ROWS`` rows at a time into per-sensor sums (:class:`HourTally`), so it holds tables of one row per
+sensor and one batch of windows, never the hour's windows. Per sensor and hour:
 
 - ``anomaly_rate`` (anomalies / windows scored) against ``expected_rate``: the larger of the model's calibrated
   false-alarm rate (the share of normal windows held back from its fit that it may flag) and
@@ -37,6 +39,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import sys
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import ClassVar
 
@@ -68,6 +72,12 @@ STATUS_NOT_SCORED = "not scored"
 STATUS_MODEL_LOST = "model lost"
 #: Hours after a re-scored hour whose drift counts are recomputed at most (a run longer than this is cut there).
 MAX_CARRY_HOURS = 24 * 7
+#: Rows of a committed partition read at a time: with the per-sensor tables, what sets the step's memory (a
+#: batch of the five columns read is a few MiB), whatever the hour holds.
+BATCH_ROWS = 65_536
+KEYS = ["device_id", "tag"]
+PREDICTION_COLUMNS = ["device_id", "tag", "score", "is_anomaly", "model_version"]
+QUARANTINE_COLUMNS = ["device_id", "tag", REASON_COLUMN]
 
 HEALTH_SCHEMA = pa.schema(
     [
@@ -139,9 +149,11 @@ def model_health(hour: Scope, thresholds: Thresholds | None = None) -> list[Heal
     of the hours after each that were written before it. Returns the run's hours' manifests, then those of later
     hours that now have sensors alerting that they had not (so their alert is sent now)."""
     thresholds = thresholds or Thresholds.from_settings()
-    stats_cache: dict[str, pd.DataFrame | None] = {}
+    stats_cache: dict[tuple[str, int], model_stats.Reference | None] = {}
     ours, later = [], {}
     for h in hour.hours:
+        # one hour of day's references at a time (a version without statistics is remembered as such)
+        stats_cache = {k: v for k, v in stats_cache.items() if v is None or k[1] == h.astimezone(timezone.utc).hour}
         manifest, changed = _hour_health(hour, h, thresholds, stats_cache)
         ours.append(manifest)
         later.update({m.hour: m for m in changed})
@@ -171,29 +183,236 @@ def sensor_health(
     """The health rows of one hour (``HEALTH_SCHEMA``), from its predictions (device_id, tag, score, is_anomaly,
     model_version), its attributed quarantine rows (device_id, tag), the statistics table of each model version
     (None: registered without) and the previous hour's health rows (None: no previous hour). ``hour_of_day``: the
-    hour's UTC hour, to compare with training at the same time of day where the statistics have it."""
-    keys = ["device_id", "tag"]
-    scored = predictions.groupby(keys, sort=True, observed=True).agg(
-        windows=("score", "size"),
-        anomalies=("is_anomaly", "sum"),
-        score_mean=("score", "mean"),
-        model_version=("model_version", "max"),
-    )
-    q = quarantine.groupby(keys, sort=True, observed=True).size().rename("quarantined")
-    out = scored.join(q, how="outer").reset_index()
-    out["windows"] = out["windows"].fillna(0).astype("int64")
-    out["anomalies"] = out["anomalies"].fillna(0).astype("int64")
-    out["quarantined"] = out["quarantined"].fillna(0).astype("int64")
+    hour's UTC hour, to compare with training at the same time of day where the statistics have it. The frames
+    whole, as one batch of :class:`HourTally`: the step itself feeds the tally the partitions batch by batch."""
+
+    def statistics(version: str) -> model_stats.Reference | None:
+        table = training.get(version)
+        return None if table is None or table.empty else model_stats.Reference.from_frame(table, hour_of_day)
+
+    tally = HourTally(statistics)
+    tally.add_predictions(predictions)
+    tally.add_quarantine(quarantine)
+    return tally.rows(previous, thresholds)
+
+
+class _VersionBins:
+    """One model version's training reference and the hour's decision values counted over its sensors' edges."""
+
+    def __init__(self, reference: model_stats.Reference) -> None:
+        self.reference = reference
+        self.observed = np.zeros(reference.counts.shape, dtype=np.int64)
+        self.row_of_slot = np.zeros(0, dtype=np.int64)  # the reference's row of each tally slot, -1: none
+
+    def add(self, tally: HourTally, slots: np.ndarray, scores: np.ndarray) -> None:
+        """Count rows (their sensors' ``slots`` in ``tally``, decision values ``scores``) into their bins."""
+        known_slots = len(self.row_of_slot)
+        if known_slots < len(tally.devices):  # sensors new to the tally: looked up once each
+            new = pd.MultiIndex.from_arrays([tally.devices[known_slots:], tally.tags[known_slots:]])
+            self.row_of_slot = np.concatenate([self.row_of_slot, self.reference.keys.get_indexer(new)])
+        row_sensor = self.row_of_slot[slots]
+        known = row_sensor >= 0
+        values, sensor = scores[known], row_sensor[known]
+        for start in range(0, len(values), 1_000_000):  # (rows x edges) booleans, a million rows at a time
+            part = slice(start, start + 1_000_000)
+            bins = (values[part, None] >= self.reference.edges[sensor[part]]).sum(axis=1)
+            np.add.at(self.observed, (sensor[part], bins), 1)
+
+
+class HourTally:
+    """Per-sensor sums of one hour's predictions and quarantine rows, added batch by batch in the order they are
+    read; what :func:`sensor_health` judges. It holds one row per sensor (and per sensor of each version's
+    statistics), never a window: windows scored, anomalies, the scores' mean, the highest model version, each
+    version's histogram of decision values over its training edges, rows quarantined, the quarantine reasons
+    and the sensors quarantined ``no_model``. ``statistics`` gives a version's training statistics (None:
+    registered without) when its first row is met; versions are judged in name order (a sensor with rows of two
+    versions in an hour takes the numbers of the later name).
+
+    The mean is summed as pandas' grouped mean sums, Kahan-compensated in row order, so the rows are the same
+    bit for bit however the partition is cut into batches (tests/unit/test_health_batches.py)."""
+
+    def __init__(self, statistics: Callable[[str], model_stats.Reference | None]) -> None:
+        self._statistics = statistics
+        self.seen: set[str] = set()  # every model version of a prediction row
+        self.versions: dict[str, _VersionBins] = {}  # those with statistics
+        self._version_dtype: object = None
+        self._slots: dict[tuple[str, str], int] = {}
+        self.devices: list[str] = []  # of each slot
+        self.tags: list[str] = []
+        self._windows = np.zeros(0, dtype=np.int64)
+        self._anomalies = np.zeros(0, dtype=np.int64)
+        self._sum = np.zeros(0)
+        self._compensation = np.zeros(0)
+        self._counted = np.zeros(0, dtype=np.int64)  # scores that are not NaN: the mean's denominator
+        self._version = np.full(0, None, dtype=object)
+        self._quarantined = np.zeros(0, dtype=np.int64)
+        self._key_dtypes: tuple[object, object] | None = None
+        self.unattributed = 0
+        self.reasons: dict[str, int] = {}
+        self.no_model: set[tuple[str, str]] = set()
+
+    def _slots_of(self, devices: pd.Series, tags: pd.Series) -> np.ndarray:
+        """Each row's sensor slot; sensors not met before get the next ones (one dictionary lookup a sensor of
+        the batch: the rows' keys are factorised as integer pairs first)."""
+        if self._key_dtypes is None:
+            self._key_dtypes = (devices.dtype, tags.dtype)
+        device_codes, device_names = pd.factorize(devices)
+        tag_codes, tag_names = pd.factorize(tags)
+        codes, pairs = pd.factorize(device_codes.astype(np.int64) * len(tag_names) + tag_codes)
+        found = np.empty(len(pairs), dtype=np.int64)
+        # one string object a device of the batch and one a tag name for the run: a sensor costs its key tuple
+        device_list, tag_list = device_names.tolist(), [sys.intern(t) if isinstance(t, str) else t for t in tag_names]
+        for i, pair in enumerate(pairs.tolist()):
+            d, t = device_list[pair // len(tag_list)], tag_list[pair % len(tag_list)]
+            slot = self._slots.get((d, t))
+            if slot is None:
+                slot = self._slots[(d, t)] = len(self.devices)
+                self.devices.append(d)
+                self.tags.append(t)
+            found[i] = slot
+        self._grow(len(self.devices))
+        return found[codes]
+
+    def _grow(self, size: int) -> None:
+        if size <= len(self._windows):
+            return
+        more = max(size, 2 * len(self._windows)) - len(self._windows)
+        self._windows = np.concatenate([self._windows, np.zeros(more, dtype=np.int64)])
+        self._anomalies = np.concatenate([self._anomalies, np.zeros(more, dtype=np.int64)])
+        self._sum = np.concatenate([self._sum, np.zeros(more)])
+        self._compensation = np.concatenate([self._compensation, np.zeros(more)])
+        self._counted = np.concatenate([self._counted, np.zeros(more, dtype=np.int64)])
+        self._version = np.concatenate([self._version, np.full(more, None, dtype=object)])
+        self._quarantined = np.concatenate([self._quarantined, np.zeros(more, dtype=np.int64)])
+
+    def add_predictions(self, rows: pd.DataFrame) -> None:
+        """Prediction rows (device_id, tag, score, is_anomaly, model_version); rows without a key count nowhere."""
+        if self._version_dtype is None:
+            self._version_dtype = rows["model_version"].dtype
+        for version in sorted(str(v) for v in rows["model_version"].dropna().unique()):
+            if version not in self.seen:
+                self.seen.add(version)
+                reference = self._statistics(version)
+                if reference is not None and len(reference):
+                    self.versions[version] = _VersionBins(reference)
+        keyed = (rows["device_id"].notna() & rows["tag"].notna()).to_numpy()
+        if not keyed.all():
+            rows = rows[keyed]
+        if rows.empty:
+            return
+        slots = self._slots_of(rows["device_id"], rows["tag"])
+        scores = rows["score"].to_numpy(dtype=float)
+        np.add.at(self._windows, slots, 1)
+        np.add.at(self._anomalies, slots[rows["is_anomaly"].to_numpy(dtype=bool, na_value=False)], 1)
+        self._add_scores(slots, scores)
+        version_codes, names = pd.factorize(rows["model_version"])  # a null version: -1, no version
+        for code, version in enumerate(names):
+            mine = version_codes == code
+            at = np.unique(slots[mine])
+            current = self._version[at]
+            later = np.array([c is None or version > c for c in current], dtype=bool)  # the highest name, as max
+            self._version[at[later]] = version
+            if version in self.versions:
+                self.versions[version].add(self, slots[mine], scores[mine])
+
+    def _add_scores(self, slots: np.ndarray, scores: np.ndarray) -> None:
+        """Kahan-sum each sensor's scores in row order, as pandas' grouped mean does (NaN skipped; a compensation
+        made NaN by an infinite score reset to 0): one vectorised step per row rank within a sensor, so each step
+        touches a sensor once."""
+        order = np.argsort(slots, kind="stable")
+        slots, scores = slots[order], scores[order]
+        starts = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]])
+        rank = np.arange(len(slots)) - np.repeat(starts, np.diff(np.r_[starts, len(slots)]))
+        by_rank = np.argsort(rank, kind="stable")
+        done = 0
+        with np.errstate(invalid="ignore"):
+            for count in np.bincount(rank):
+                step = by_rank[done : done + count]
+                done += count
+                value = scores[step]
+                kept = value == value
+                at, value = slots[step][kept], value[kept]
+                self._counted[at] += 1
+                y = value - self._compensation[at]
+                t = self._sum[at] + y
+                compensation = t - self._sum[at] - y
+                compensation[compensation != compensation] = 0.0
+                self._compensation[at] = compensation
+                self._sum[at] = t
+
+    def add_quarantine(self, rows: pd.DataFrame) -> None:
+        """Quarantine rows (device_id, tag, and ``reason`` where known): rows without a sensor are counted as
+        unattributed; reasons are counted over all rows."""
+        if REASON_COLUMN in rows:
+            for reason, count in rows[REASON_COLUMN].dropna().value_counts(sort=False).items():
+                self.reasons[str(reason)] = self.reasons.get(str(reason), 0) + int(count)
+        attributed = rows[rows["device_id"].notna() & rows["tag"].notna()]
+        self.unattributed += len(rows) - len(attributed)
+        if attributed.empty:
+            return
+        slots = self._slots_of(attributed["device_id"], attributed["tag"])
+        np.add.at(self._quarantined, slots, 1)
+        if REASON_COLUMN in attributed:
+            orphans = attributed.loc[attributed[REASON_COLUMN] == "no_model", KEYS]
+            self.no_model.update(orphans.itertuples(index=False, name=None))
+
+    def add(self, predictions: Iterable[pd.DataFrame], quarantine: Iterable[pd.DataFrame]) -> HourTally:
+        for batch in predictions:
+            self.add_predictions(batch)
+        for batch in quarantine:
+            self.add_quarantine(batch)
+        return self
+
+    def quarantine_reasons(self) -> dict[str, int]:
+        """Rows per quarantine reason, most first (ties in the order first met): ``value_counts`` of the rows."""
+        counts = pd.Series(self.reasons, dtype="int64")
+        return {str(k): int(v) for k, v in counts.sort_values(ascending=False).items()}
+
+    def rows(self, previous: pd.DataFrame | None, thresholds: Thresholds) -> pd.DataFrame:
+        """The hour's health rows (``HEALTH_SCHEMA``), one per sensor scored or quarantined, sorted by sensor."""
+        size = len(self.devices)
+        windows, quarantined = self._windows[:size], self._quarantined[:size]
+        slots = np.flatnonzero((windows > 0) | (quarantined > 0))
+        dtypes = self._key_dtypes or (str, str)
+        out = pd.DataFrame(
+            {
+                "device_id": pd.Series(self.devices, dtype=object)[slots].astype(dtypes[0]).array,
+                "tag": pd.Series(self.tags, dtype=object)[slots].astype(dtypes[1]).array,
+                "slot": slots,
+            }
+        )
+        out = out.sort_values(KEYS, kind="stable", ignore_index=True)  # the order of a grouping by sensor
+        slots = out.pop("slot").to_numpy()
+        counted = self._counted[slots]
+        out["windows"] = windows[slots]
+        out["anomalies"] = self._anomalies[slots]
+        out["score_mean"] = np.where(counted > 0, self._sum[slots] / np.maximum(counted, 1), np.nan)
+        out["model_version"] = pd.Series(self._version[slots], dtype=object).astype(self._version_dtype or str).array
+        out["quarantined"] = quarantined[slots]
+        row_of_slot = np.full(size, -1, dtype=np.int64)
+        row_of_slot[slots] = np.arange(len(slots))
+        versions = [self.versions[v] for v in sorted(self.versions)]
+        return _judge(out, row_of_slot, versions, previous, thresholds)
+
+
+def _judge(
+    out: pd.DataFrame,
+    row_of_slot: np.ndarray,
+    versions: Iterable[_VersionBins],
+    previous: pd.DataFrame | None,
+    thresholds: Thresholds,
+) -> pd.DataFrame:
+    """The health rows from the per-sensor sums (``out``: keys, windows, anomalies, score_mean, model_version,
+    quarantined; ``row_of_slot``: each tally slot's row, -1: none): rates, PSI and expected rates by version,
+    drift and its hours."""
     out["anomaly_rate"] = np.where(out["windows"] > 0, out["anomalies"] / out["windows"].clip(lower=1), np.nan)
     out["quarantine_share"] = out["quarantined"] / (out["windows"] + out["quarantined"])
     out["train_flagged_share"] = np.nan
     out["expected_rate"] = np.nan
     out["psi"] = np.nan
     out["status"] = np.where(out["windows"] > 0, STATUS_NO_STATS, STATUS_NOT_SCORED)
-    for version, table in training.items():
-        if table is None or table.empty:
-            continue
-        _add_psi(out, predictions[predictions["model_version"] == version], version, table, hour_of_day)
+    for bins in versions:
+        _add_psi(out, bins, row_of_slot)
     judged = out["status"] == STATUS_OK
     expected = out["expected_rate"].to_numpy(dtype=float)
     out["p_value"] = np.where(
@@ -230,115 +449,82 @@ def binomial_tail(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 def drift_hours(rows: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray:
     """Consecutive drifting hours ending at ``rows``' hour: the previous hour's count plus one where drifting."""
-    keys = ["device_id", "tag"]
     before: object = 0
     if previous is not None and not previous.empty:
-        carried = previous.set_index(keys)["drift_hours"]
-        before = pd.MultiIndex.from_frame(rows[keys]).map(carried.to_dict()).fillna(0).astype("int64")
+        carried = previous[[*KEYS, "drift_hours"]].drop_duplicates(KEYS, keep="last")  # a sensor's last row
+        matched = rows[KEYS].merge(carried, how="left", on=KEYS)  # a join on the keys' columns: no key tuples
+        before = matched["drift_hours"].fillna(0).astype("int64")
     return np.where(rows["drifting"], np.asarray(before) + 1, 0).astype("int64")
 
 
-def expected_rates(table: pd.DataFrame, shares: np.ndarray) -> np.ndarray:
+def expected_rates(reference: model_stats.Reference, shares: np.ndarray) -> np.ndarray:
     """The anomaly rate a healthy hour of each model has: the larger of its calibrated false-alarm rate (statistics
     from before it was recorded: none), its training flagged share ``shares`` and 1 / (training windows + 1), the
     least a model's training can vouch for (a share of 0 would make a single flag improbable)."""
-    calibrated = table["false_alarm_rate"] if "false_alarm_rate" in table else pd.Series(np.nan, index=table.index)
-    floor = 1.0 / (table["train_rows"].to_numpy(dtype=float) + 1.0)
-    return np.fmax(np.fmax(shares, calibrated.to_numpy(dtype=float)), floor)
+    floor = 1.0 / (reference.train_rows + 1.0)
+    return np.fmax(np.fmax(shares, reference.false_alarm_rate), floor)
 
 
-def _reference(table: pd.DataFrame, hour_of_day: int | None) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each model's reference histogram and flagged share: its training windows of ``hour_of_day`` where it had at
-    least ``stats.MIN_HOURLY_WINDOWS`` of them, else its whole range (and always for statistics without hours)."""
-    counts = [np.asarray(c, dtype=float) for c in table["counts"]]
-    shares = table["train_flagged_share"].to_numpy(dtype=float).copy()
-    if hour_of_day is None or "hourly_counts" not in table:
-        return counts, shares
-    for i, (hourly, hourly_share) in enumerate(zip(table["hourly_counts"], table["hourly_flagged_share"])):
-        if hourly is None or len(hourly) != 24:
-            continue
-        at = np.asarray(hourly[hour_of_day], dtype=float)
-        if at.sum() >= model_stats.MIN_HOURLY_WINDOWS:
-            counts[i] = at
-            shares[i] = float(hourly_share[hour_of_day])
-    return counts, shares
-
-
-def _add_psi(
-    out: pd.DataFrame, predictions: pd.DataFrame, version: str, table: pd.DataFrame, hour_of_day: int | None = None
-) -> None:
-    """PSI of each sensor scored with ``version``, vectorised: every sensor's edges padded to ``BINS - 1`` with
-    +inf (empty padded bins count zero on both sides, so they add nothing), one bincount over all rows."""
-    keys = ["device_id", "tag"]
-    ref = table.reset_index(drop=True)
-    ref_index = pd.MultiIndex.from_frame(ref[keys])
-    row_sensor = ref_index.get_indexer(pd.MultiIndex.from_frame(predictions[keys]))
-    known = row_sensor >= 0
-    width = model_stats.BINS - 1
-    edges = np.full((len(ref), width), np.inf)
-    counts = np.zeros((len(ref), width + 1))
-    reference, expected = _reference(ref, hour_of_day)
-    for i, (e, c) in enumerate(zip(ref["edges"], reference)):
-        edges[i, : len(e)] = e
-        counts[i, : len(c)] = c
-    values = predictions["score"].to_numpy(dtype=float)[known]
-    sensor = row_sensor[known]
-    bins = np.zeros(len(values), dtype=np.int64)
-    for start in range(0, len(values), 1_000_000):  # (rows x edges) booleans, a million rows at a time
-        part = slice(start, start + 1_000_000)
-        bins[part] = (values[part, None] >= edges[sensor[part]]).sum(axis=1)
-    observed = np.bincount(sensor * (width + 1) + bins, minlength=len(ref) * (width + 1)).reshape(len(ref), -1)
+def _add_psi(out: pd.DataFrame, bins: _VersionBins, row_of_slot: np.ndarray) -> None:
+    """PSI of each sensor scored with ``bins``' version, vectorised over its sensors: the hour's histogram against
+    the reference one (``models.stats.Reference``: of the hour of day where training had enough windows then)."""
+    reference, observed = bins.reference, bins.observed
+    counts, expected = reference.counts, reference.shares
     have = observed.sum(axis=1) > 0
     r = np.clip(counts / counts.sum(axis=1, keepdims=True).clip(min=1), model_stats.PSI_EPSILON, None)
     o = np.clip(observed / observed.sum(axis=1, keepdims=True).clip(min=1), model_stats.PSI_EPSILON, None)
     value = np.where(have, ((o - r) * np.log(o / r)).sum(axis=1), np.nan)
-    # a sensor whose rows this hour were scored by this version takes its numbers
-    at = pd.MultiIndex.from_frame(out[keys]).get_indexer(ref_index)
+    # a sensor whose rows this hour were scored by this version takes its numbers (only such a sensor has a count,
+    # and its tally slot was mapped to the reference when its rows were counted)
+    at = np.full(len(reference), -1, dtype=np.int64)
+    mapped = np.flatnonzero(bins.row_of_slot >= 0)
+    at[bins.row_of_slot[mapped]] = row_of_slot[mapped]
     hit = (at >= 0) & have
     rows = at[hit]
     out.loc[rows, "psi"] = value[hit]
     out.loc[rows, "train_flagged_share"] = expected[hit]
-    out.loc[rows, "expected_rate"] = expected_rates(ref, expected)[hit]
+    out.loc[rows, "expected_rate"] = expected_rates(reference, expected)[hit]
     out.loc[rows, "status"] = STATUS_OK
 
 
 def _hour_health(
-    hour: Scope, h: datetime, thresholds: Thresholds, stats_cache: dict[str, pd.DataFrame | None]
+    hour: Scope, h: datetime, thresholds: Thresholds, stats_cache: dict[tuple[str, int], model_stats.Reference | None]
 ) -> tuple[HealthManifest, list[HealthManifest]]:
     """Write hour ``h``'s health; returns its manifest and those of later hours whose alerting grew by it."""
     storage, containers, part = hour.storage, hour.containers, layout.Partition(h)
-    columns = ["device_id", "tag", "score", "is_anomaly", "model_version"]
-    predictions = _read_columns(storage, containers.predictions, part.data, columns)
-    if predictions is None:
-        predictions = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(columns, [str, str, float, bool, str])})
-    quarantine = _read_columns(storage, containers.quarantine, part.data, ["device_id", "tag", REASON_COLUMN])
-    if quarantine is None:
-        quarantine = pd.DataFrame({c: pd.Series(dtype=str) for c in ["device_id", "tag", REASON_COLUMN]})
-    attributed = quarantine.dropna(subset=["device_id", "tag"])
-    versions = sorted(str(v) for v in predictions["model_version"].dropna().unique())
-    for version in versions:
-        if version not in stats_cache:
-            stats_cache[version] = model_stats.read(storage, containers.models, version)
-            if stats_cache[version] is None:
+    hour_of_day = h.astimezone(timezone.utc).hour
+
+    def statistics(version: str) -> model_stats.Reference | None:
+        missing = [k for k in stats_cache if k[0] == version and stats_cache[k] is None]
+        if missing:
+            return None
+        key = (version, hour_of_day)
+        if key not in stats_cache:
+            stats_cache[key] = model_stats.read_reference(storage, containers.models, version, hour_of_day)
+            if stats_cache[key] is None:
                 log.warning("Model version %s has no training statistics: its sensors get no PSI", version)
+        return stats_cache[key]
+
+    tally = HourTally(statistics).add(
+        (
+            b.to_pandas()
+            for b in st.iter_parquet(storage, containers.predictions, part.data, PREDICTION_COLUMNS, BATCH_ROWS)
+        ),
+        (
+            b.to_pandas()
+            for b in st.iter_parquet(storage, containers.quarantine, part.data, QUARANTINE_COLUMNS, BATCH_ROWS)
+        ),
+    )
     previous = _read_columns(
         storage, containers.health, layout.Partition(h - layout.HOUR).data, ["device_id", "tag", "drift_hours"]
     )
-    rows = sensor_health(
-        predictions,
-        attributed,
-        {v: stats_cache[v] for v in versions},
-        previous,
-        thresholds,
-        hour_of_day=h.astimezone(timezone.utc).hour,
-    )
-    lost = _models_lost(hour, h, attributed)
+    rows = tally.rows(previous, thresholds)
+    lost = _models_lost(hour, h, tally.no_model)
     if lost:
         at = pd.MultiIndex.from_frame(rows[["device_id", "tag"]]).isin(lost)
         rows.loc[at, "status"] = STATUS_MODEL_LOST
-    reasons = {str(k): int(v) for k, v in quarantine[REASON_COLUMN].value_counts().items()}
     manifest = write_health(
-        storage, containers, h, rows, hour.run_id, thresholds, len(quarantine) - len(attributed), reasons
+        storage, containers, h, rows, hour.run_id, thresholds, tally.unattributed, tally.quarantine_reasons()
     )
     log.info(
         "Model health of %s: %d sensor(s), %d drifting, %d drifting %d+ hours, %d without training statistics, "
@@ -391,22 +577,25 @@ def _carry_forward(hour: Scope, h: datetime, rows: pd.DataFrame, thresholds: Thr
     return grew
 
 
-def _models_lost(hour: Scope, h: datetime, quarantine: pd.DataFrame) -> list[tuple[str, str]]:
-    """Sensors of the hour quarantined ``no_model`` that had a model before: scored the hour before or the same
-    hour the day before (their health partitions), or listed in the production version the one scoring this hour
-    replaced (the alias history). A sensor that never had a model is not among them."""
-    orphans = quarantine.loc[quarantine[REASON_COLUMN] == "no_model", ["device_id", "tag"]].drop_duplicates()
-    if orphans.empty:
+def _models_lost(hour: Scope, h: datetime, wanted: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Of the sensors of the hour quarantined ``no_model`` (``wanted``), those that had a model before: scored the
+    hour before or the same hour the day before (their health partitions), or listed in the production version
+    the one scoring this hour replaced (the alias history). A sensor that never had a model is not among them."""
+    if not wanted:
         return []
-    wanted = set(orphans.itertuples(index=False, name=None))
     had: set[tuple[str, str]] = set()
+
+    def among_wanted(sensors: pd.DataFrame) -> set[tuple[str, str]]:
+        """The wanted sensors among ``sensors`` (a fleet's keys), joined on the key columns: no tuple a sensor."""
+        frame = pd.DataFrame(sorted(wanted), columns=KEYS)
+        return set(sensors[KEYS].merge(frame, on=KEYS).itertuples(index=False, name=None))
+
     for earlier in (h - layout.HOUR, h - 24 * layout.HOUR):
         seen = _read_columns(
             hour.storage, hour.containers.health, layout.Partition(earlier).data, ["device_id", "tag", "windows"]
         )
         if seen is not None:
-            scored = seen.loc[seen["windows"] > 0, ["device_id", "tag"]]
-            had |= wanted & set(scored.itertuples(index=False, name=None))
+            had |= among_wanted(seen.loc[seen["windows"] > 0])
     replaced = _replaced_version(hour, h)
     if replaced is not None and wanted - had:
         from sensor_scoring.models import registry
@@ -416,7 +605,7 @@ def _models_lost(hour: Scope, h: datetime, quarantine: pd.DataFrame) -> list[tup
         except LookupError as exc:
             log.warning("Cannot read version %s to tell lost models: %s", replaced, exc)
         else:
-            had |= wanted & set(index[["device_id", "tag"]].itertuples(index=False, name=None))
+            had |= among_wanted(index)
     return sorted(had)
 
 

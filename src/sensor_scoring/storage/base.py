@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -46,6 +46,12 @@ class Storage(Protocol):
     def write_bytes(self, container: str, path: str, data: bytes) -> None: ...
 
     def upload_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None: ...
+
+    def download_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None:
+        """Copy a blob into a local file chunk by chunk, never whole in memory; a missing one raises
+        ``FileNotFoundError`` as :meth:`read_bytes` does. What a reader of a large partition opens and reads
+        in pieces (``iter_parquet``)."""
+        ...
 
     def list(self, container: str, prefix: str = "") -> list[BlobInfo]: ...
 
@@ -146,3 +152,26 @@ def parquet_frame(data: bytes) -> pd.DataFrame:
 def read_parquet(storage: Storage, container: str, path: str) -> pd.DataFrame:
     """The frame of one Parquet blob."""
     return parquet_frame(storage.read_bytes(container, path))
+
+
+def iter_parquet(
+    storage: Storage, container: str, path: str, columns: Sequence[str] | None, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """The rows of one Parquet blob, ``columns`` only (None: all), at most ``batch_rows`` at a time; nothing when
+    the blob does not exist. The blob is first copied to a local temporary file (:meth:`Storage.download_file`),
+    so neither its bytes nor its rows are ever whole in memory: a reader's peak is set by ``batch_rows`` and the
+    file's row groups' compressed column chunks, not by the file."""
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="parquet-") as folder:
+        local = Path(folder) / "blob.parquet"
+        try:
+            storage.download_file(container, path, local)
+        except FileNotFoundError:
+            return
+        # pre_buffer (pyarrow's default) reads ahead the column chunks of every row group: the file again
+        with pq.ParquetFile(local, pre_buffer=False) as file:
+            yield from file.iter_batches(batch_size=batch_rows, columns=None if columns is None else list(columns))

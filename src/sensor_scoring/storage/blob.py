@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
@@ -318,6 +319,10 @@ class BlobStorage:
             # block list is committed, so readers see the old or the new file, never a mix.
             self._client.get_blob_client(container, path).upload_blob(handle, overwrite=True, max_concurrency=2)
 
+    def download_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None:
+        safe_path(container, path)
+        download_blob_to(self._container(container), path, local_path, make_uri(container, path))
+
     def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
         safe_path(container, prefix, prefix=True)
         from azure.core.exceptions import ResourceNotFoundError
@@ -455,6 +460,24 @@ def _get_blob(client: ContainerClient, path: str, read_one: Callable[[str], byte
     finally:
         response.close()
     return read_one(path)
+
+
+def download_blob_to(client: ContainerClient, path: str, local_path: str | os.PathLike[str], where: str) -> None:
+    """Stream a blob into a local file by the SDK's downloader (ranged GETs of a few MiB, two in flight, each
+    retried by the client's policy), so memory holds a few chunks, never the blob; ``FileNotFoundError`` when
+    it does not exist, and no partial file left behind when the download fails."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        downloader = client.download_blob(path, max_concurrency=2)
+    except ResourceNotFoundError as exc:
+        raise FileNotFoundError(where) from exc
+    try:
+        with open(local_path, "wb") as handle:
+            downloader.readinto(handle)
+    except BaseException:
+        Path(local_path).unlink(missing_ok=True)
+        raise
 
 
 def blob_generation(client: Any) -> str | None:

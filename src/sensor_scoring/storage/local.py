@@ -75,6 +75,9 @@ class LocalStorage:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def download_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None:
+        shutil.copyfile(self._path(container, path), local_path)
+
     def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
         safe_path(container, prefix, prefix=True)
         base = self.root / container

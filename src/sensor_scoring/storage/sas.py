@@ -18,6 +18,7 @@ from sensor_scoring.storage.blob import (
     BlobStorage,
     blob_generation,
     conditional_upload,
+    download_blob_to,
     http_options,
     list_blobs,
     read_blobs,
@@ -104,6 +105,10 @@ class SasStorage:
         safe_path(container, path)
         with open(local_path, "rb") as handle:
             self._client(container).upload_blob(path, handle, overwrite=True, max_concurrency=2)
+
+    def download_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None:
+        safe_path(container, path)
+        download_blob_to(self._client(container), path, local_path, make_uri(container, path))
 
     def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
         safe_path(container, prefix, prefix=True)
