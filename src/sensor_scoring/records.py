@@ -142,6 +142,11 @@ def _load(hint: Any, value: Any, where: str, path: str) -> Any:
     if isinstance(hint, type) and issubclass(hint, Record):
         if not isinstance(value, dict):
             raise _wrong(where, path, f"an object ({hint.KIND})", value)
+        if hint.SCHEMA_VERSION is not None and "schema_version" in value:  # a versioned record held in another
+            value = dict(value)
+            version = value.pop("schema_version")
+            if version != hint.SCHEMA_VERSION:
+                raise ContractError(f"{where}: {path} has schema_version {version!r}, not {hint.SCHEMA_VERSION}")
         return hint._build(value, where, path + ".")
     return _load_scalar(hint, value, where, path)
 
