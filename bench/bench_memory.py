@@ -1,35 +1,21 @@
-"""Peak memory of a shard process at 1k, 10k and 100k sensors in the hour, the validation time of an hour, and the
-peak memory of ``model_health`` at 100k and 300k sensors.
-
-Claim under test: a shard's peak memory depends on the shard's size (``sensors_per_shard``), not on how many
-sensors the hour holds. For each hour size S the hour is staged as ``load_and_validate`` leaves it
-(``valid.parquet`` in the run's staging folder), models are registered for all S sensors, the real
-``steps.plan.plan_shards`` cuts the hour into shards of a fixed size, and the first, middle and last shard are
-each run as the real shard command, ``python -m sensor_scoring score-shard --spec <uri>``, in a fresh child process.
-The child's peak resident set (``ru_maxrss`` from ``os.wait4``, taken by a small launcher: see LAUNCHER) is
-recorded; each shard is run ``--repeats`` times and the median is reported. A second series keeps the hour at 10k
-sensors and varies the shard size. A floor is measured too: a child that only imports what the shard command imports.
+"""The synthetic hours, cloned models and child-process launcher the memory benchmarks share, and the peak memory
+of ``model_health`` at 100k and 300k sensors (every other task kind of the hour: ``bench_tasks.py``).
 
 The hour's windows are synthetic (vectorised; value, spread, count per sensor-minute), because simulating
 100k sensors' raw readings would dominate the run; the models are ``--base-models`` real OneClassSVM
-pipelines trained by ``sensor_scoring.models.train_models`` and registered under every sensor's name (the shard
-cannot tell, and a model's size is what it is). Storage is a local directory (``SCORING_STORAGE=<dir>``), so
-no blob server's memory or latency is mixed in.
+pipelines trained by ``sensor_scoring.models.train_models`` and registered under every sensor's name (a model's
+size is what it is). A measured command runs in a fresh child of a small launcher (LAUNCHER), which reports the
+child's own peak resident set.
 
-Validation time: S sensors x 60 windows landed as Stream Analytics line-separated JSON (3 files) and read,
-parsed, validated by the great-expectations suite and staged by ``steps.load.load_and_validate``; the suite's
-own time is reported apart (from the validation report).
-
-Model health (``--cases health``): an hour of S sensors x 60 windows committed as ``commit`` leaves it, built
+Model health: an hour of S sensors x 60 windows committed as ``commit`` leaves it, built
 directly with pyarrow (predictions written by a ``ParquetWriter``, one row group per ``--health-row-group``
 sensors, as commit writes a shard's rows; a quarantine partition of one sensor in a hundred quarantined
 ``no_model`` plus rows without a key; the version's training statistics, per hour of day too; the hour before's
 health, where those sensors were scored: lost models), then
-``steps.health.model_health`` of that hour run in a fresh child (the launcher above); its peak RSS, wall time and
+``steps.health.model_health`` of that hour run in a fresh child (the launcher); its peak RSS, wall time and
 a floor (a child that only imports the step) go to ``--health-out``.
 
-    .venv/bin/python bench/bench_memory.py [--sizes 1000 10000 100000] [--shard-size 250] [--repeats 3]
-    .venv/bin/python bench/bench_memory.py --cases health [--health-sizes 100000 300000]
+    .venv/bin/python bench/bench_memory.py [--health-sizes 100000 300000]
 """
 
 from __future__ import annotations
@@ -52,16 +38,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sensor_scoring import layout, settings as config, storage as st
-from sensor_scoring.backends import shard_command
-from sensor_scoring.contracts import PREDICTION_SCHEMA, QUARANTINE_SCHEMA, ValidationReport
+from sensor_scoring.contracts import PREDICTION_SCHEMA, QUARANTINE_SCHEMA
 from sensor_scoring.models import fitting, registry, stats as model_stats
-from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps import health
-from sensor_scoring.steps.load import load_and_validate
-from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.storage import LocalStorage
 from sensor_scoring.tools.simulate import TAG_NAMES
-from sensor_scoring.windows import LandingPlan, land_windows
 
 HERE = Path(__file__).resolve().parent
 HOUR = datetime(2026, 1, 5, 12, tzinfo=timezone.utc)
@@ -144,84 +125,6 @@ def child_peak_rss(command: list[str], env: dict[str, str]) -> tuple[float, floa
     if done.returncode != 0 or int(code) != 0:
         raise RuntimeError(f"{command} exited {code}: {done.stderr[-2000:]}")
     return int(kib) / 1024, float(wall)  # Linux reports KiB
-
-
-def measure_hour(root: Path, sensors: int, shard_size: int, repeats: int, base: list[fitting.TrainedModel]) -> dict:
-    storage = LocalStorage(root)
-    containers = config.Containers()
-    hour = Scope(storage, containers, f"bench-{sensors}-{shard_size}", HOUR, HOUR + timedelta(hours=1))
-    windows = synthetic_windows(sensors, HOUR)
-    version = f"v{sensors}"
-    if not storage.list(containers.models, f"versions/{version}/"):
-        register_for(storage, containers.models, windows[["device_id", "tag"]].drop_duplicates(), base, version)
-    run = layout.Run(hour.run_key)
-    storage.write_bytes(containers.staging, run.valid, st.parquet_bytes(windows))
-    began = time.perf_counter()
-    shards = plan_shards(hour, model_version=version, sensors_per_shard=shard_size)
-    plan_s = time.perf_counter() - began
-    picks = sorted({0, len(shards) // 2, len(shards) - 1})
-    env = {**os.environ, config.STORAGE_ENV: str(root)}
-    samples: dict[int, list[float]] = {}
-    seconds: list[float] = []
-    for _ in range(repeats):
-        for number in picks:
-            rss, wall = child_peak_rss(shard_command(shards[number].spec_uri, python=sys.executable), env)
-            samples.setdefault(number, []).append(rss)
-            seconds.append(wall)
-    input_bytes = [(root / containers.staging / run.shard(n).input).stat().st_size for n in picks]
-    storage.delete_prefix(containers.staging, run.prefix)
-    medians = [statistics.median(v) for v in samples.values()]
-    return {
-        "hour_sensors": sensors,
-        "hour_windows": len(windows),
-        "shard_size": shard_size,
-        "shards": len(shards),
-        "measured_shards": picks,
-        "windows_per_shard": [shards[n].windows for n in picks],
-        "shard_input_bytes": input_bytes,
-        "plan_shards_s": round(plan_s, 2),
-        "peak_rss_mib_median": round(statistics.median(medians), 1),
-        "peak_rss_mib_min": round(min(min(v) for v in samples.values()), 1),
-        "peak_rss_mib_max": round(max(max(v) for v in samples.values()), 1),
-        "shard_wall_s_median": round(statistics.median(seconds), 2),
-        "samples_mib": {str(k): [round(x, 1) for x in v] for k, v in samples.items()},
-    }
-
-
-def measure_floor(repeats: int) -> float:
-    probe = [
-        sys.executable,
-        "-c",
-        "import sensor_scoring.cli, sensor_scoring.steps.score, sensor_scoring.storage",
-    ]  # the shard's imports
-    return round(statistics.median(child_peak_rss(probe, dict(os.environ))[0] for _ in range(repeats)), 1)
-
-
-def measure_validation(root: Path, sensors: int, repeats: int) -> dict:
-    storage = LocalStorage(root)
-    containers = config.Containers()
-    land_windows(storage, containers.windows, synthetic_windows(sensors, HOUR), LandingPlan(late_share=0.0))
-    totals, suite = [], []
-    for r in range(repeats):
-        hour = Scope(storage, containers, f"validate-{sensors}-{r}", HOUR, HOUR + timedelta(hours=1))
-        began = time.perf_counter()
-        summary = load_and_validate(hour, late_folders=0)
-        totals.append(time.perf_counter() - began)
-        report = ValidationReport.from_json(
-            storage.read_bytes(*st.parse_uri(summary.validation_report)), source=summary.validation_report
-        )
-        suite.append(report.seconds)
-        assert summary.valid == sensors * 60, summary
-        storage.delete_prefix(containers.staging, layout.staging_prefix(hour.run_key))
-    return {
-        "hour_sensors": sensors,
-        "windows": sensors * 60,
-        "expectations": len(report.expectations),
-        "load_and_validate_s_median": round(statistics.median(totals), 2),
-        "suite_s_median": round(statistics.median(suite), 2),
-        "samples_load_and_validate_s": [round(x, 2) for x in totals],
-        "samples_suite_s": suite,
-    }
 
 
 #: What the child runs: the step, on the hour given, with the settings' default thresholds.
@@ -393,59 +296,13 @@ def measure_health(root: Path, sensors: int, row_group: int, repeats: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
-    parser.add_argument("--shard-size", type=int, default=250)
-    parser.add_argument("--shard-sizes-at", type=int, default=10_000, help="hour size of the shard-size series")
-    parser.add_argument("--shard-sizes", type=int, nargs="*", default=[50, 250, 1000, 2500])
-    parser.add_argument("--validate-sizes", type=int, nargs="*", default=[1000, 10_000])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--base-models", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "memory.json")
-    parser.add_argument("--cases", nargs="+", choices=["shards", "health"], default=["shards", "health"])
+    parser.add_argument("--cases", nargs="+", choices=["health"], default=["health"])
     parser.add_argument("--health-sizes", type=int, nargs="*", default=[100_000, 300_000])
     parser.add_argument("--health-row-group", type=int, default=4000, help="sensors per row group of predictions")
     parser.add_argument("--health-repeats", type=int, default=2)
     parser.add_argument("--health-out", type=Path, default=HERE / "results" / "health_memory.json")
     args = parser.parse_args()
-    if "health" in args.cases:
-        health_memory(args)
-    if "shards" not in args.cases:
-        return
-    began = time.perf_counter()
-    base = base_models(args.base_models)
-    results = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "pandas": pd.__version__,
-        },
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "support_vectors_median": statistics.median(len(m.arrays.dual_coef) for m in base),
-        "floor_mib": measure_floor(args.repeats),
-        "by_hour_size": [],
-        "by_shard_size": [],
-        "validation": [],
-    }
-    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        for sensors in args.sizes:
-            row = measure_hour(Path(tmp), sensors, args.shard_size, args.repeats, base)
-            results["by_hour_size"].append(row)
-            print(json.dumps(row), flush=True)
-        for size in args.shard_sizes:
-            row = measure_hour(Path(tmp), args.shard_sizes_at, size, args.repeats, base)
-            results["by_shard_size"].append(row)
-            print(json.dumps(row), flush=True)
-    for sensors in args.validate_sizes:
-        with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
-            row = measure_validation(Path(tmp), sensors, args.repeats)
-            results["validation"].append(row)
-            print(json.dumps(row), flush=True)
-    results["total_s"] = round(time.perf_counter() - began, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"floor {results['floor_mib']} MiB; wrote {args.out} in {results['total_s']} s")
+    health_memory(args)
 
 
 def health_memory(args: argparse.Namespace) -> None:

@@ -239,6 +239,9 @@ def _write_predictions(
     written = {h: _Written(folder / f"{h:%Y%m%d%H}.parquet") for h in hours}
     writers = {h: pq.ParquetWriter(w.path, PREDICTION_SCHEMA) for h, w in written.items()}
     keys: dict[datetime, list[pd.DataFrame]] = {h: [quarantined[h][_KEY]] for h in hours}
+    # the keys found matter only where committed rows may be kept (a re-run, a rescoring): a first commit of an
+    # hour holds none of them, so its memory stays one shard's whatever the hour's size
+    committed = {h: hour.storage.exists(hour.containers.predictions, layout.Partition(h).manifest) for h in hours}
     try:
         for result in sorted(shard_results, key=lambda r: r.shard):
             frame = _shard_predictions(hour.storage, result)
@@ -249,7 +252,8 @@ def _write_predictions(
                 writers[h].write_table(pa.Table.from_pandas(rows, schema=PREDICTION_SCHEMA, preserve_index=False))
                 written[h].scored += len(rows)
                 written[h].anomalies += int(rows["is_anomaly"].sum())
-                keys[h].append(rows[_KEY])
+                if committed[h]:
+                    keys[h].append(rows[_KEY])
         kept = keep({h: pd.concat(frames, ignore_index=True) for h, frames in keys.items()})
         for h, rest in kept.items():
             writers[h].write_table(rest.predictions)
