@@ -14,16 +14,17 @@ Layout::
                  date=YYYY-MM-DD/hour=HH/files/<window blob>      corrupt window files, byte for byte
     health/      date=YYYY-MM-DD/hour=HH/part-00000.parquet       model health per sensor (steps.health)
                  date=YYYY-MM-DD/hour=HH/_manifest.json           its totals and the sensors alerted as drifting
-    staging/     runs/<run key>/valid.parquet                     load_and_validate: the windows to score
-                 runs/<run key>/quarantine-validate.parquet       load_and_validate: rows failing validation
-                 runs/<run key>/validation.json                   load_and_validate: the run's validation report
-                 runs/<run key>/quarantine-plan.parquet           plan_shards: rows of sensors without a model
-                 runs/<run key>/plan.json                         plan_shards: the model version resolved
-                 runs/<run key>/shard-NNNNN/input.parquet         plan_shards: the shard's windows
+    staging/     runs/<run key>/plan.json                         plan_shards: version, folders, fence, read groups
+                 runs/<run key>/routing.parquet                   plan_shards: the shard of each modelled sensor
+                 runs/<run key>/read-NNNNN/spec.json              plan_shards: one group of files (ReadSpec)
+                 runs/<run key>/read-NNNNN/result.json            read_windows, written last (ReadResult)
                  runs/<run key>/shard-NNNNN/spec.json             plan_shards: what the shard does (ShardSpec)
+                 runs/<run key>/shard-NNNNN/in/GGGGG-<kind>.parquet  read_windows: the shard's rows from group G
                  runs/<run key>/shard-NNNNN/predictions.parquet   score_shard
-                 runs/<run key>/shard-NNNNN/quarantine.parquet    score_shard: rows whose model was refused
+                 runs/<run key>/shard-NNNNN/quarantine.parquet    score_shard: failing, no_model, refused rows
                  runs/<run key>/shard-NNNNN/result.json           score_shard, written last (ShardResult)
+                 runs/<run key>/validation.json                   commit: the run's validation report
+                 runs/<run key>/quarantine-validate.parquet       commit, refusing the run: the failing rows
 """
 
 from __future__ import annotations
