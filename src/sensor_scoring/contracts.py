@@ -6,10 +6,11 @@ each crossing is a frozen dataclass here with a ``SCHEMA_VERSION``: ``to_dict()`
 mistyped field, or another schema version, raises ``ContractError`` naming the field and where the data came
 from: a reader never fills in a default for data it does not understand.
 
-Records: ``HourSummary`` (XCom of load_and_validate), ``ValidationReport`` (staged by load_and_validate, read
-by commit, kept beside each quarantine partition), ``PlannedShard`` (XCom of plan_shards, one per mapped
-score_shard), ``ShardPlan`` (staged by plan_shards for commit), ``ShardSpec`` (blob written by plan_shards, read
-by the shard process), ``ShardResult`` (blob written last by the shard, read back by the backends) and
+Records: ``PlannedShard`` (XCom of plan_shards and plan_reads, one per mapped score_shard or read_windows),
+``ShardPlan`` (staged by plan_shards for plan_reads and commit), ``ReadSpec``/``ReadResult`` (a read task's spec
+and what it found), ``ShardSpec`` (blob written by plan_shards, read by the shard process), ``HourSummary`` and
+``ValidationReport`` (summed by commit from the read results and shards; the report is kept beside each
+quarantine partition), ``ShardResult`` (blob written last by the shard, read back by the backends) and
 ``Manifest`` (``_manifest.json`` of each committed hour). Nested records carry no version of their own: they
 are checked as part of the record holding them. The conversion itself is ``sensor_scoring.records``.
 """
@@ -264,7 +265,7 @@ class Counts(Record):
     anomalies: int
 
 
-# --- load_and_validate -----------------------------------------------------------------------------------------
+# --- the run's validation: summed by commit ---------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +320,8 @@ class ValidationReport(Record):
 
 @dataclasses.dataclass(frozen=True)
 class HourSummary(Record):
-    """What load_and_validate staged for the run (its XCom): counts, files and where the report is."""
+    """The run's reading and validation, summed by commit from its read tasks and shards: counts, files and where
+    the report is."""
 
     KIND = "hour summary"
     SCHEMA_VERSION = 1

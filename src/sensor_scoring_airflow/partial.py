@@ -3,8 +3,8 @@
 commit runs with ``trigger_rule="all_done"`` so that a partial hour can commit (DAG param ``max_failed_shard_share``).
 Airflow has no rule "run when at most X% of a mapped task failed", so the task decides at its start:
 
-- ``load_and_validate`` or ``plan_shards`` did not succeed: nothing to commit, fail at once (no retries), and no
-  alert of its own: the failed task alerted already (:class:`UpstreamNotCommitted`).
+- ``plan_shards``, ``plan_reads`` or any ``read_windows`` did not succeed: nothing to commit, fail at once (no
+  retries), and no alert of its own: the failed task alerted already (:class:`UpstreamNotCommitted`).
 - some ``score_shard`` instances failed after their last retry: their share against ``max_failed_shard_share``
   (0, the default, refuses any, as ``none_failed`` did); within it, the hour commits as ``partial``.
 

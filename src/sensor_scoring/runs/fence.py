@@ -1,7 +1,7 @@
 """Fenced commits: a run commits an hour only if nobody committed it since the run read it.
 
-``load_and_validate`` records, before it reads any window, the generation (ETag on blob storage, the content's
-hash on a directory) of each hour's committed predictions manifest (``HourSummary.generations``). ``commit``
+``plan_shards`` records, before any window is read, the generation (ETag on blob storage, the content's
+hash on a directory) of each hour's committed predictions manifest (``ShardPlan.generations``). ``commit``
 checks it before it writes the hour's partition (``check_fence``) and writes the manifest conditionally on it
 (``write_fenced_manifest``: If-Match on blob storage, a lock on a directory), so two runs of one hour
 (scheduled, manual, backfill, rescoring) can never leave a partition older than one already committed: the

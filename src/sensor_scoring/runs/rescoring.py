@@ -1,6 +1,6 @@
 """Subset rescoring: replace some sensors' rows of committed hours, keep every other row as it was.
 
-A rescoring names devices and/or tags. load_and_validate takes only their windows; commit then reads each
+A rescoring names devices and/or tags. The read tasks take only their windows; commit then reads each
 hour's committed partition, keeps the rows outside the subset (``keep_committed``) and writes them back beside
 the new ones, so the partition's counts still describe the whole hour. Duplicates leave no row behind, so they
 are recorded per sensor: a later subset rescoring must know which sensors they belonged to.

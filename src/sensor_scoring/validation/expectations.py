@@ -3,8 +3,8 @@
 Every row-level quarantine reason of validation comes from this suite's results (each expectation carries its
 reason in ``meta``), so there is no second set of rules to drift apart from it. Importing this module imports
 great-expectations (seconds, hundreds of MB): only ``sensor_scoring.validation`` does so, inside the function that
-validates, which runs in the ``load_and_validate`` task alone. DAG parsing, the other tasks and the shard
-processes never load it.
+validates, which runs in the ``score_shard`` task alone (and training's read). DAG parsing and the other tasks
+never load it.
 
 Reason names are a contract (quarantine rows, manifests, alerts, docs/faults.md): add new ones, never rename.
 
