@@ -325,6 +325,18 @@ with ScoringDAG(
         partial.alert_partial(context, manifests, failed)
         return {"hours": [m.hour.isoformat() for m in manifests], "counts": [m.counts.to_dict() for m in manifests]}
 
+    # Airflow maps only over a task's return value, never over one key of multiple_outputs ("cannot map over XCom
+    # with custom key"): these two hand each list of plan_shards on as a return value, and hold nothing else.
+    @task
+    def list_reads(plan: dict) -> list[dict]:
+        """The read groups of `plan_shards`, as the list `read_windows` is mapped over."""
+        return plan["reads"]
+
+    @task
+    def list_shards(plan: dict) -> list[dict]:
+        """The shards of `plan_shards`, as the list `score_shard` is mapped over."""
+        return plan["shards"]
+
     plan = plan_shards()
     # Both mapped kinds run where the backend says (in the worker, or as Azure Batch tasks, deferring meanwhile);
     # each instance is named by what it holds.
@@ -338,7 +350,7 @@ with ScoringDAG(
         "(`python -m sensor_scoring read-windows --spec <uri>`). **Triage:** an error names the file and column "
         "that could not be read (no retries: the input is wrong); corrupt files do not fail it, they are "
         "quarantined whole at commit.",
-    ).expand(shard=plan["reads"])
+    ).expand(shard=list_reads(plan))
     scoring = ShardOperator.partial(
         task_id="score_shard",
         backend="{{ params.backend }}",
@@ -346,7 +358,7 @@ with ScoringDAG(
         retries=RETRIES + 1,
         doc_md="Checks one shard's windows with the great-expectations suite, adds their features and scores them "
         "(`python -m sensor_scoring score-shard --spec <uri>`) in the worker or as an Azure Batch task.",
-    ).expand(shard=plan["shards"])
+    ).expand(shard=list_shards(plan))
     wait_for_windows() >> plan
     reading >> scoring
     committed = commit(reading.output, scoring.output)
