@@ -234,6 +234,11 @@ class TrainingShard(Shard):
     """A training shard's folder: input windows and spec as a scoring shard, and the fitted models it wrote."""
 
     @property
+    def input(self) -> str:
+        """The shard's training windows, one file written by gather (no read tasks route into a training shard)."""
+        return self.folder + "input.parquet"
+
+    @property
     def pack(self) -> str:
         """The shard's fitted models, in the registry's pack format."""
         return self.folder + "models.npz"
