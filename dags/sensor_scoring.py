@@ -49,11 +49,12 @@ score each (device, sensor) with its own OneClassSVM, and replace the hour's Par
 windows selected by `window_end`.
 
 **Tasks:** `wait_for_windows` (reschedules, holds no slot) -> `plan_shards` (lists and groups the files, groups the
-sensors into shards) -> `read_windows` (mapped, one per group of about 64 MiB of files: keeps the windows the hour
-owns and routes each to its sensor's shard) -> `score_shard` (mapped, one per shard: sized to the work, or of
-`sensors_per_shard` sensors; named by its sensors: validates, adds features, scores) -> `commit` ->
-`model_health` (per sensor: anomaly rate and score shift against training; the *Sensor fleet* page in the
-navigation). No task holds the whole hour: each works on a group of files or a shard of sensors.
+sensors into shards; `list_reads` and `list_shards` hand on its two lists) -> `read_windows` (mapped, one per group
+of about 64 MiB of files: keeps the windows the hour owns and routes each to its sensor's shard) -> `score_shard`
+(mapped, one per shard: sized to the work, or of `sensors_per_shard` sensors; named by its sensors: validates, adds
+features, scores) -> `commit` -> `model_health` (per sensor: anomaly rate and score shift against training; the
+*Sensor fleet* page in the navigation).
+No task holds the whole hour: each works on a group of files or a shard of sensors.
 With `max_failed_shard_share` above 0, `commit` also runs when shards failed: the hour is committed `partial`.
 
 **Triage**
