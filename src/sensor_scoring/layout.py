@@ -237,6 +237,7 @@ class TrainingShard(Shard):
 
     @property
     def input(self) -> str:
+        """The shard's training windows, one file written by gather (no read tasks route into a training shard)."""
         return self.folder + "input.parquet"
 
     @property

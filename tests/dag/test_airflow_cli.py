@@ -8,7 +8,6 @@ Each ``airflow`` start costs seconds, so the tests ask for few of them.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sqlite3
@@ -122,7 +121,13 @@ def test_dags_test_scores_the_hour_exits_0_and_keeps_the_deadline(blob, containe
 
 
 def test_tasks_test_runs_one_task_alone(blob, containers, airflow_home):
-    """``airflow tasks test ... load_and_validate <T>`` validates and stages the hour before T, and commits nothing."""
+    """``airflow tasks test ... plan_shards <T>`` plans the hour before T alone: it stages a read spec per group of
+    the hour's files and a spec per shard, and reads, scores and commits nothing. Its read groups, read here as the
+    mapped ``read_windows`` would read them, hold every window that landed for the hour."""
+    from sensor_scoring import storage as st
+    from sensor_scoring.contracts import ReadSpec, ShardPlan
+    from sensor_scoring.steps.load import read_windows
+
     simulate_to_storage(
         blob,
         SimulationConfig(devices=2, tags=2, seed=6),
@@ -132,22 +137,39 @@ def test_tasks_test_runs_one_task_alone(blob, containers, airflow_home):
         labels_container=containers.labels,
     )
     logical = START + 2 * H
+    train_and_register(blob, containers, START, logical - H, version="v-plan", promote=True)
 
-    done = airflow(airflow_home, "tasks", "test", "sensor_scoring", "load_and_validate", logical.isoformat())
+    done = airflow(airflow_home, "tasks", "test", "sensor_scoring", "plan_shards", logical.isoformat())
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
-    assert "Returned value was: {" in out and "new_state=success" in out
+    assert "Returned value was: {" in out and "'reads': [{" in out and "'shards': [{" in out
+    assert "new_state=success" in out
+
+    staged = [b.name for b in blob.list(containers.staging)]
+    [plan_name] = [name for name in staged if name.endswith("/plan.json")]
+    plan = ShardPlan.from_json(blob.read_bytes(containers.staging, plan_name), source=plan_name)
+    assert plan.model_version == "v-plan" and plan.folders[0] == f"{logical - H:%Y/%m/%d/%H}"
+    assert plan.reads >= 1 and plan.shards >= 1
+    assert not [name for name in staged if name.endswith(".parquet") and "/in/" in name]  # nothing read yet
+    specs = [
+        ReadSpec.from_json(blob.read_bytes(containers.staging, name), source=name)
+        for name in staged
+        if "/read-" in name and name.endswith("/spec.json")
+    ]
+    assert len(specs) == plan.reads
+    assert (specs[0].start, specs[0].end) == (logical - H, logical)
+    hour_files = {b.name for b in blob.list(containers.windows, f"{logical - H:%Y/%m/%d/%H}/")}
+    assert hour_files <= {name for spec in specs for name in spec.files}
+    assert not blob.list(containers.predictions)  # one task only: nothing scored, nothing committed
 
     expected = landed_windows(blob, containers, logical - H, logical)
-    [report_name] = [b.name for b in blob.list(containers.staging) if b.name.endswith("/validation.json")]
-    report = json.loads(blob.read_bytes(containers.staging, report_name))
-    assert report["interval"] == {"start": (logical - H).isoformat(), "end": logical.isoformat()}
-    assert report["hours"][(logical - H).isoformat()]["landed"] == len(expected) > 0
-    valid = pd.read_parquet(
-        io.BytesIO(blob.read_bytes(containers.staging, report_name.replace("validation.json", "valid.parquet")))
-    )
-    assert len(valid) == len(expected)
-    assert not blob.list(containers.predictions)  # one task only: nothing scored, nothing committed
+    reads = [
+        read_windows(blob, st.make_uri(containers.staging, name))
+        for name in staged
+        if "/read-" in name and name.endswith("/spec.json")
+    ]
+    landed = sum(n for read in reads for n in read.landed_by_hour.values())
+    assert landed == len(expected) > 0
 
 
 def runs_of_day(home: Path) -> list[tuple]:
@@ -196,7 +218,15 @@ def test_an_hour_before_the_start_date_never_succeeds_empty(blob, containers, ai
     [(run_id, run_type)] = runs_of_day(airflow_home)
     assert run_type == "backfill"
     tasks = {task for (task,) in query(airflow_home, "select task_id from task_instance where run_id = ?", run_id)}
-    assert tasks == {"wait_for_windows", "load_and_validate", "plan_shards", "score_shard", "commit", "model_health"}
+    assert tasks == {
+        "wait_for_windows",
+        "plan_shards",
+        "plan_reads",
+        "read_windows",
+        "score_shard",
+        "commit",
+        "model_health",
+    }
     # what the scheduler would run first, run here by hand: it fails at once, without retries, naming the setting
     done = airflow(airflow_home, "tasks", "test", "sensor_scoring", "wait_for_windows", run_id, **late_start)
     out = done.stdout + done.stderr

@@ -40,17 +40,21 @@ def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, ba
     assert len(predictions) == 6 * 60 and manifest["counts"]["scored"] == 360
     assert set(predictions["run_id"]) == {run.run_id}
 
-    # one job for the run, named as every submitter names it, one task per shard, each run as the shard command
-    # with SAS-only storage
+    # one job for the run, named as every submitter names it, one task per group of files (read-windows) and one
+    # per shard (score-shard), each run as its command with SAS-only storage
     [job] = fake_batch.jobs
     assert job == batch.job_id(sensor_dag.dag_id, run.run_id)
     tasks = {t.id: t for (j, t_id), t in fake_batch.tasks.items() for t in [t] if j == job}
-    assert len(tasks) == 3 and all(t.exit_code == 0 and len(t.runs) == 1 for t in tasks.values())
+    assert len(tasks) == 4 and all(t.exit_code == 0 and len(t.runs) == 1 for t in tasks.values())
     assert sorted(t.body["commandLine"].rsplit("/", 2)[1] for t in tasks.values()) == [
+        "read-00000",
         "shard-00000",
         "shard-00001",
         "shard-00002",
     ]
+    for task in tasks.values():
+        command = "read-windows" if "/read-" in task.body["commandLine"] else "score-shard"
+        assert f" -m sensor_scoring {command} --spec az://" in task.body["commandLine"], task.body["commandLine"]
     assert {t.body["containerSettings"]["imageName"] for t in tasks.values()} == {"sensor-scoring-scorer:test"}
     assert list(fake_batch.pools) == ["scoring-test-pool"]
     sent = json.dumps([r["body"] for r in fake_batch.requests])
@@ -112,10 +116,11 @@ def test_an_hour_on_azure_batch_with_no_key_anywhere(sensor_dag, containers, key
     healthy, _ = read_partition(storage, containers.health, HOUR)
     assert len(healthy) == 8 and (healthy["status"] != "not scored").sum() == 6  # the two of trouble not scored
 
-    # Batch: one job, three shard tasks, each handed the account URL and the pool identity's client id only
+    # Batch: one job, a read task and three shard tasks, each handed the account URL and the pool identity's client
+    # id only
     [job] = fake.jobs
     assert job == batch.job_id(sensor_dag.dag_id, run.run_id) and fake.jobs[job]["poolInfo"]["poolId"] == IDENTITY_POOL
-    assert len(fake.tasks) == 3 and all(t.exit_code == 0 for t in fake.tasks.values())
+    assert len(fake.tasks) == 4 and all(t.exit_code == 0 for t in fake.tasks.values())
     for task in fake.tasks.values():
         settings = {e["name"]: e["value"] for e in task.body["environmentSettings"]}
         assert settings == {"SCORING_STORAGE": azurite.account_url, "AZURE_CLIENT_ID": POOL_IDENTITY}

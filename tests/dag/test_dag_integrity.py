@@ -62,16 +62,24 @@ def test_shape_retries_and_docs(sensor_dag):
     assert sensor_dag.doc_md and "Triage" in sensor_dag.doc_md
     assert set(sensor_dag.task_dict) == {
         "wait_for_windows",
-        "load_and_validate",
         "plan_shards",
+        "plan_reads",
+        "read_windows",
         "score_shard",
         "commit",
         "model_health",
     }
     assert sensor_dag.task_dict["model_health"].upstream_task_ids == {"commit"}
-    assert sensor_dag.task_dict["load_and_validate"].upstream_task_ids == {"wait_for_windows"}
-    assert sensor_dag.task_dict["commit"].upstream_task_ids == {"load_and_validate", "score_shard"}
-    assert sensor_dag.task_dict["score_shard"].map_index_template == "{{ shard_label }}"
+    assert sensor_dag.task_dict["plan_shards"].upstream_task_ids == {"wait_for_windows"}
+    # Airflow maps only over a return value: plan_shards returns the shards, plan_reads hands on the read groups
+    assert sensor_dag.task_dict["plan_reads"].upstream_task_ids == {"plan_shards"}
+    assert sensor_dag.task_dict["read_windows"].upstream_task_ids == {"plan_reads"}
+    assert sensor_dag.task_dict["score_shard"].upstream_task_ids == {"plan_shards", "read_windows"}
+    assert sensor_dag.task_dict["commit"].upstream_task_ids == {"read_windows", "score_shard"}
+    for mapped in ("read_windows", "score_shard"):  # one instance per group of files / shard, named by what it holds
+        assert sensor_dag.task_dict[mapped].map_index_template == "{{ shard_label }}"
+    assert sensor_dag.task_dict["read_windows"].partial_kwargs["command"] == "read-windows"
+    assert "command" not in sensor_dag.task_dict["score_shard"].partial_kwargs  # the operator's own, score-shard
     sensor = sensor_dag.task_dict["wait_for_windows"]
     assert sensor.mode == "reschedule" and sensor.timeout > 0
     assert all(task.retries >= 1 for task in sensor_dag.tasks)

@@ -319,10 +319,11 @@ def test_subset_rescoring_replaces_only_the_chosen_sensors(sensor_dag, blob, con
 def test_rescoring_a_purged_hour_keeps_its_predictions_and_a_subset_matching_nothing_fails(
     sensor_dag, blob, containers, two_versions, capfd, caplog
 ):
-    """Through the DAG: a rescoring with names that match no landed sensor fails in load_and_validate (no retry)
-    naming the closest names; after a lifecycle rule purged the hour's windows, a rescoring with another model
-    version and purged_windows=fail fails in commit naming the hour and counts, and by default keeps every
-    committed row (the manifest's purged says how many)."""
+    """Through the DAG: a rescoring with names that match no landed sensor fails in commit (no retry: the read
+    tasks only route the windows, commit sums what they found) naming the closest names, committing nothing; after
+    a lifecycle rule purged the hour's windows, a rescoring with another model version and purged_windows=fail
+    fails in commit naming the hour and counts, and by default keeps every committed row (the manifest's purged
+    says how many)."""
     window = {"window_start": FIRST.isoformat(), "window_end": (FIRST + H).isoformat()}
     assert str(sensor_dag.test(logical_date=FIRST + H, run_conf=window).state) == "success"
     before, committed = read_partition(blob, containers.predictions, FIRST)
@@ -331,7 +332,7 @@ def test_rescoring_a_purged_hour_keeps_its_predictions_and_a_subset_matching_not
     nothing = reload(sensor_dag).test(logical_date=FIRST + H, run_conf={**window, "tags": ["Temperature"]})
     assert str(nothing.state) == "failed"
     states = {ti.task_id: (str(ti.state), ti.try_number) for ti in nothing.get_task_instances()}
-    assert states["load_and_validate"] == ("failed", 1)
+    assert states["commit"] == ("failed", 1)
     out = capfd.readouterr()
     assert "'Temperature' is no landed tag (closest: temperature)" in out.out + out.err + caplog.text
     assert read_partition(blob, containers.predictions, FIRST)[1] == committed
@@ -393,7 +394,7 @@ def test_ui_explains_itself(sensor_dag):
     for words in ("Owner", "Triage", "Rescoring", "Backfill", "scoring_smtp", "scoring_alert_webhook", "predictions"):
         assert words in doc, words
     assert sensor_dag.owner == "sensor-analytics" and "scoring" in sensor_dag.tags
-    for name in ("wait_for_windows", "load_and_validate", "plan_shards", "commit"):
+    for name in ("wait_for_windows", "plan_shards", "read_windows", "commit"):
         assert "Triage" in sensor_dag.task_dict[name].doc_md, name
     [asset] = sensor_dag.task_dict["commit"].outlets
     assert (asset.name, asset.uri) == ("predictions", "x-scoring://predictions")

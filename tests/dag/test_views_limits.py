@@ -30,7 +30,7 @@ from sensor_scoring.cli import main as cli
 from sensor_scoring.storage import LocalStorage
 from sensor_scoring_airflow import views
 from tests.conftest import REPO
-from tests.support.helpers import START, fleet_windows
+from tests.support.helpers import START, fleet_windows, run_steps
 
 H = timedelta(hours=1)
 TRAIN_END = START + 3 * H
@@ -74,11 +74,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[CountingStorage, co
     """Two hours scored and their health written by the pipeline's steps on a directory storage; one device is
     named ``HOSTILE`` and one of its windows is quarantined (a negative spread)."""
     from sensor_scoring.runs.scope import Scope
-    from sensor_scoring.steps.commit import commit
     from sensor_scoring.steps.health import model_health
-    from sensor_scoring.steps.load import load_and_validate
-    from sensor_scoring.steps.plan import plan_shards
-    from sensor_scoring.steps.score import score_shard
     from sensor_scoring.windows import land_windows
     from tests.support.training import train_and_register
 
@@ -90,9 +86,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[CountingStorage, co
     land_windows(storage, containers.windows, windows)
     train_and_register(storage, containers, START, TRAIN_END, version="v1", promote=True)
     hour = Scope(storage, containers, "run-1", FIRST, END)
-    summary = load_and_validate(hour)
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
-    commit(hour, summary, [score_shard(storage, shard.spec_uri) for shard in shards])
+    run_steps(hour, sensors_per_shard=2)
     model_health(hour)
     return storage, containers
 

@@ -74,8 +74,11 @@ def test_shards_run_concurrently_on_batch_under_the_triggerer(
 
     predictions, manifest = read_partition(blob, containers.predictions, HOUR)
     assert len(predictions) == 360 and manifest["run_id"] == run_id
-    tasks = list(fake_batch.tasks.values())
-    assert len(tasks) == SHARDS and all(t.exit_code == 0 for t in tasks)
+    # the hour's one group of files is read by a Batch task too, before the shards
+    reads = [t for t in fake_batch.tasks.values() if " read-windows " in t.body["commandLine"]]
+    tasks = [t for t in fake_batch.tasks.values() if " score-shard " in t.body["commandLine"]]
+    assert len(reads) == 1 and len(fake_batch.tasks) == SHARDS + 1
+    assert len(tasks) == SHARDS and all(t.exit_code == 0 for t in [*reads, *tasks])
     runs = [t.runs[-1] for t in tasks]
     # all six Batch tasks ran at once although the executor has only four slots: deferred shards hold none
     assert max(start for start, _ in runs) < min(end for _, end in runs), runs

@@ -17,7 +17,7 @@ from dev.demo import DemoFailed, Progress, Story, default_log_path, run_demo
 from tests.conftest import REPO
 
 STEPS = ("Storage", "Windows", "Models", "Airflow", "DAG run", "Partition", "Log")
-TASKS = ("wait_for_windows", "load_and_validate", "plan_shards", "score_shard", "commit", "model_health")
+TASKS = ("wait_for_windows", "plan_shards", "read_windows", "score_shard", "commit", "model_health")
 AIRFLOW_LINES = ("[DAG TEST]", "Task started", "[info", "Pushing xcom")  # what Airflow's own logs look like
 MAX_LINES = 40  # a warm `make demo`, make's echo of its command included
 

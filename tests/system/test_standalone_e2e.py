@@ -195,7 +195,7 @@ def test_failing_run_alerts_by_email_and_webhook(standalone: Standalone, smtp_se
     done = standalone.api.wait_for_runs([run_id], timeout_s=RUN_TIMEOUT_S)[run_id]
     assert done["state"] == "failed"
     states = {t["task_id"]: t["state"] for t in standalone.api.task_instances(run_id)}
-    assert states["plan_shards"] == "failed" and states["load_and_validate"] == "success"
+    assert states["plan_shards"] == "failed" and states["wait_for_windows"] == "success"
     _, manifest_after, _ = read_hour(standalone, hour)
     assert manifest_after == manifest_before  # a failed run leaves the committed hour alone
 
