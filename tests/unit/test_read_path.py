@@ -107,3 +107,29 @@ def test_the_hourly_run_training_and_the_train_command_read_the_same_windows(lan
     pd.testing.assert_frame_equal(_sorted(by_dag.valid), _sorted(hourly), check_dtype=False)
     if subset:
         assert set(zip(hourly["device_id"], hourly["tag"])) == {("dev-0001", "temperature")}
+
+
+def test_file_groups_are_bounded_and_cover_every_file_once_in_order():
+    sizes = [10, 50, 30, 200, 5, 5, 60, 0, 40]
+    groups = load_step.file_groups(sizes, group_bytes=100)
+    assert [i for g in groups for i in g] == list(range(len(sizes)))  # every file once, listing order kept
+    for g in groups:
+        assert sum(sizes[i] for i in g) <= 100 or len(g) == 1  # only a file larger than a group stands alone
+    assert load_step.file_groups([], group_bytes=100) == []
+
+
+def test_rows_are_routed_by_sensor_alone_so_every_copy_of_a_window_meets_the_others():
+    frame = pd.DataFrame(
+        {
+            "device_id": pd.array(["a", "b", "a", None, "c", "a"], dtype="string"),
+            "tag": pd.array(["t", "t", "t", "t", None, "u"], dtype="string"),
+        }
+    )
+    shards = load_step.route(frame, 7, None)
+    assert shards[0] == shards[2]  # the same sensor, wherever its rows are
+    again = load_step.route(frame.iloc[::-1].astype(object), 7, None)[::-1]
+    assert list(again) == list(shards)  # the order of rows and the dtype of the names change nothing
+    routing = pd.DataFrame({"device_id": ["a"], "tag": ["t"], "shard": [5]})
+    routed = load_step.route(frame, 7, routing)
+    assert routed[0] == routed[2] == 5 and list(routed[[1, 3, 4, 5]]) == list(shards[[1, 3, 4, 5]])
+    assert ((shards >= 0) & (shards < 7)).all()
