@@ -80,9 +80,11 @@ def spec() -> c.ShardSpec:
         shard=3,
         model_version="v1",
         containers=c.ShardContainers(models="models", staging="staging"),
-        input="az://staging/runs/r-1/shard-00003/input.parquet",
+        input="az://staging/runs/r-1/shard-00003/in/",
         output_prefix="az://staging/runs/r-1/shard-00003/",
         models=(c.ModelRef(device_id="d", tag="t", pack="pack-00000.npz", row=7, sha256="0" * 64),),
+        start=START,
+        end=START + H,
     )
 
 
@@ -95,6 +97,56 @@ def result() -> c.ShardResult:
         quarantined=2,
         sensors=2,
         refused_models={"d/t": "model_hash_mismatch"},
+    )
+
+
+def validated_result() -> c.ShardResult:
+    """A shard's result with the suite's split of its windows, as score_shard writes it."""
+    validation = c.ShardValidation(
+        landed_by_hour={START.isoformat(): 121},
+        duplicates_by_hour={START.isoformat(): 1},
+        failing_rows_by_hour={START.isoformat(): 1},
+        failing_by_hour={START.isoformat(): {"negative_std": 1}},
+        duplicates_by_sensor={START.isoformat(): (c.SensorDuplicates(device_id="d", tag="t", duplicates=1),)},
+        valid=119,
+        sensors=2,
+        expectations=({"expectation": "expect_column_to_exist", "success": True, "unexpected_count": None},),
+        seconds=0.12,
+    )
+    return dataclasses.replace(result(), validation=validation)
+
+
+def read_spec() -> c.ReadSpec:
+    return c.ReadSpec(
+        run_id="r",
+        run_key="r-1",
+        group=2,
+        start=START,
+        end=START + H,
+        containers=c.ReadContainers(windows="windows", staging="staging"),
+        files=("2026/11/24/00/0_a_1.json", "2026/11/24/01/0_b_1.json"),
+        folders=("2026/11/24/00", "2026/11/24/01"),
+        shards=4,
+        routing="az://staging/runs/r-1/routing.parquet",
+        subset=c.Subset(devices=("d",), tags=()),
+        output_prefix="az://staging/runs/r-1/read-00002/",
+    )
+
+
+def read_result() -> c.ReadResult:
+    return c.ReadResult(
+        group=2,
+        output_prefix="az://staging/runs/r-1/read-00002/",
+        files=2,
+        read=1,
+        empty_files=(),
+        corrupt_files=(
+            c.UnreadableRecord("2026/11/24/00/0_a_1.json", 12, "ab" * 32, "cannot be parsed", "corrupt_file", START),
+            c.UnreadableRecord("2026/11/24/01/0_b_1.json", 3, "cd" * 32, "cannot be parsed", "corrupt_file", None),
+        ),
+        landed_by_hour={START.isoformat(): 60},
+        lookback_skipped=(c.SkippedContextFile("2026/11/23/23/0_c_1.json", "missing_column", "no value_avg"),),
+        names="az://staging/runs/r-1/read-00002/names.parquet",
     )
 
 
@@ -120,6 +172,21 @@ RECORDS = [
     manifest,
     lambda: c.PlannedShard(spec_uri=SOURCE, shard=0, sensors=2, windows=120, label="shard 0: a .. b"),
     lambda: c.ShardPlan(model_version="v1"),
+    lambda: c.ShardPlan(
+        model_version="v1",
+        folders=("2026/11/24/00", "2026/11/24/01"),
+        generations={START.isoformat(): "7"},
+        subset=c.Subset(devices=(), tags=("t",)),
+        reads=2,
+        shards=3,
+    ),
+    lambda: c.RunPlan(
+        reads=(c.PlannedShard(spec_uri=SOURCE, shard=0, sensors=0, windows=0, label="files 0: 2 file(s)"),),
+        shards=(c.PlannedShard(spec_uri=SOURCE, shard=0, sensors=2, windows=120, label="shard 0: a .. b"),),
+    ),
+    read_spec,
+    read_result,
+    validated_result,
 ]
 
 
@@ -127,7 +194,7 @@ RECORDS = [
 def test_every_record_round_trips_through_xcom_and_json(make):
     record = make()
     as_xcom = json.loads(json.dumps(record.to_dict()))  # what XCom stores: plain JSON
-    assert as_xcom["schema_version"] == type(record).SCHEMA_VERSION == 1
+    assert as_xcom["schema_version"] == type(record).SCHEMA_VERSION >= 1
     assert type(record).from_dict(as_xcom, source="XCom of a task") == record
     assert type(record).from_json(record.to_json(indent=2), source=SOURCE) == record
 
@@ -176,6 +243,8 @@ def test_blob_field_names_stay_what_the_docs_describe():
         "input",
         "output_prefix",
         "models",
+        "start",
+        "end",
     ]
 
 

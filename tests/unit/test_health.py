@@ -1,4 +1,4 @@
-"""Model health on a directory storage, through the DAG's own steps (load, plan, score, commit, model_health):
+"""Model health on a directory storage, through the DAG's own steps (plan, read, score, commit, model_health):
 a healthy fleet is silent, a shifted sensor is caught within SCORING_DRIFT_HOURS hours, drift hours do not depend on
 the order hours are scored or re-scored in, a sensor that lost its model is told apart from one that never had one.
 
@@ -18,15 +18,11 @@ from sensor_scoring import settings as config
 from sensor_scoring.models import promotion, registry
 from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps import health
-from sensor_scoring.steps.commit import commit
-from sensor_scoring.steps.load import load_and_validate
-from sensor_scoring.steps.plan import plan_shards
-from sensor_scoring.steps.score import score_shard
 from sensor_scoring.steps.training import train_locally
 from sensor_scoring.storage import LocalStorage
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_hour
 from sensor_scoring.windows import LandingPlan, aggregate_readings, land_windows
-from tests.support.helpers import START
+from tests.support.helpers import START, run_steps
 
 H = timedelta(hours=1)
 FIRST = START + 24 * H  # the first scored hour
@@ -75,9 +71,7 @@ def _fleet(root, shift: bool) -> Scope:
 
 
 def score_hour(hour: Scope, model_version: str = "production") -> None:
-    summary = load_and_validate(hour)
-    shards = plan_shards(hour, model_version=model_version)
-    commit(hour, summary, [score_shard(hour.storage, s.spec_uri) for s in shards])
+    run_steps(hour, model_version=model_version)
 
 
 @pytest.fixture(scope="module")

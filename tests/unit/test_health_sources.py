@@ -5,7 +5,7 @@ Each source of ``bench/detection_sources.py`` without injected anomalies (the sp
 as in test_false_alarm_rate.py: a setpoint moved to a value its history never held is a change, not noise), a few of
 its sensors, through the product's own path on a directory storage: the windows landed, a version trained with
 the training DAG's default params (``train_locally``: held-back hours, calibrated false-alarm rate, feature set,
-statistics per hour of day), then later hours scored (load_and_validate, plan_shards, score_shard, commit) and
+statistics per hour of day), then later hours scored (plan_shards, read_windows, score_shard, commit) and
 judged by model_health with the settings' default thresholds. The scored hours sit away from the training's end (at
 a time of day with its own training statistics), so the per-hour-of-day comparison is what judges them. The shifted
 case adds a level shift of ``SHIFT_SDS`` training standard deviations of the sensor's window average to one sensor
@@ -27,13 +27,10 @@ from sensor_scoring import layout, settings as config
 from sensor_scoring.models import promotion, stats as model_stats
 from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps import health
-from sensor_scoring.steps.commit import commit
-from sensor_scoring.steps.load import load_and_validate
-from sensor_scoring.steps.plan import plan_shards
-from sensor_scoring.steps.score import score_shard
 from sensor_scoring.steps.training import train_locally
 from sensor_scoring.storage import LocalStorage, read_parquet
 from sensor_scoring.windows import LandingPlan, aggregate_readings, land_windows
+from tests.support.helpers import run_steps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import detection_sources as sources  # noqa: E402  (the benchmark's evaluation sources)
@@ -120,9 +117,7 @@ def _windows(source: str, shift: bool) -> pd.DataFrame:
 
 
 def score_hour(hour: Scope) -> None:
-    summary = load_and_validate(hour)
-    shards = plan_shards(hour, model_version="production")
-    commit(hour, summary, [score_shard(hour.storage, s.spec_uri) for s in shards])
+    run_steps(hour)
 
 
 @functools.cache

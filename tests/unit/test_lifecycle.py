@@ -94,13 +94,18 @@ def test_a_subset_version_is_promoted_as_production_with_that_subset_replaced(la
     assert manifest["models"] == 6 and manifest["lineage"]["carried"] == {"from": "v-full", "models": 4}
 
     # every sensor production scored is still scored: the next hour plans no no_model window
-    from sensor_scoring.steps.load import load_and_validate
-    from sensor_scoring.steps.plan import plan_shards
+    from sensor_scoring.steps.score import score_shard
+    from tests.support.helpers import read_and_plan
 
     hour = Scope(run.storage, run.containers, "score-run", START + 25 * H, START + 26 * H)
-    load_and_validate(hour)
-    shards = plan_shards(hour, model_version="production")
+    _, shards = read_and_plan(hour)
     assert sum(s.sensors for s in shards) == 6
+    results = [score_shard(run.storage, s.spec_uri) for s in shards]
+    assert sum(r.scored for r in results) > 0 and not any(r.refused_models for r in results)
+    assert sum(r.scored for r in results) + sum(r.quarantined for r in results) == 6 * 60
+    assert sum(r.validation.failing_rows_by_hour.get(hour.start.isoformat(), 0) for r in results) == sum(
+        r.quarantined for r in results
+    )  # every quarantined window failed validation: none is no_model
 
     # the statistics health compares hours with cover the carried models too
     from sensor_scoring.models import stats

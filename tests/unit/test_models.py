@@ -108,20 +108,25 @@ def test_sensors_with_too_few_windows_get_no_model():
 
 
 def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_owns(tmp_path):
-    """One ownership rule: the training DAG's gather and load_and_validate read the same windows of [start, end)."""
+    """One ownership rule: the training DAG's gather and a scoring run of the same interval (plan_shards, its
+    read_windows tasks, the shards' suite: ``check_shard``, what score_shard runs before scoring) take the same valid
+    windows of [start, end) and quarantine the same strays."""
+    from collections import Counter
     from datetime import timedelta
 
     from sensor_scoring import layout, settings as config
     from sensor_scoring.contracts import WINDOW_COLUMNS, WINDOW_KEY
     from sensor_scoring.runs.scope import Scope
-    from sensor_scoring.steps.load import load_and_validate
+    from sensor_scoring.steps.load import check_shard
     from sensor_scoring.steps.training import gather
     from sensor_scoring.windows import LandingPlan, land_windows, to_asa_json_lines
-    from tests.support.helpers import START
+    from tests.support.helpers import START, read_and_plan
 
     storage, containers, H = LocalStorage(tmp_path), config.Containers(), timedelta(hours=1)
     windows = fleet_windows(devices=1, tags=2, hours=4)
     land_windows(storage, containers.windows, windows, LandingPlan(late_share=1.0))  # late windows in the next folder
+    # a version to plan the scoring runs with (its sensors are routed by it; the others by their slot)
+    registry.register(storage, containers.models, fitting.train_models(windows), version="v1", params={}, promote=True)
     one = windows.head(1)
     stray = one.assign(window_end=START - 24 * H)  # in an own folder, its own hour's run never reads it: quarantined
     late = pd.concat(
@@ -145,10 +150,18 @@ def test_training_takes_exactly_the_valid_windows_a_scoring_run_of_its_interval_
             for s in shards
         ]
         hour = Scope(storage, containers, f"same-rule-{hours}", START, START + hours * H)
-        summary = load_and_validate(hour)
-        scored = st_read(storage, containers.staging, f"runs/{hour.run_key}/valid.parquet")
-        assert len(trained_on) == summary.valid == valid
-        assert summary.quarantine_reasons == {"window_outside_interval": outside - 1, "window_landed_early": 1}
+        _, shards = read_and_plan(hour)
+        run = layout.Run(hour.run_key)
+        checks = [
+            check_shard(storage, containers.staging, run.shard(s.shard).input, hour.start, hour.end) for s in shards
+        ]
+        scored = pd.concat([c.checked.valid for c in checks], ignore_index=True)
+        reasons: Counter[str] = Counter()
+        for c in checks:
+            for by_reason in c.validation.failing_by_hour.values():
+                reasons.update(by_reason)
+        assert len(trained_on) == len(scored) == sum(c.validation.valid for c in checks) == valid
+        assert reasons == {"window_outside_interval": outside - 1, "window_landed_early": 1}
         assert "dev-ahead" not in set(trained_on["device_id"])
         pd.testing.assert_frame_equal(
             trained_on[WINDOW_COLUMNS].sort_values(key).reset_index(drop=True),

@@ -1,5 +1,5 @@
-"""The hour's steps (sensor_scoring.steps) on a local directory: intervals, landing detection, sharding, shard scoring,
-commit."""
+"""The hour's steps (sensor_scoring.steps) on a local directory: intervals, landing detection, planning, reading
+by groups of files, shard scoring, commit."""
 
 from __future__ import annotations
 
@@ -16,12 +16,11 @@ from sensor_scoring.models import fitting, registry
 from sensor_scoring.runs.scope import Scope, resolve_interval, run_key
 from sensor_scoring.steps.commit import commit
 from sensor_scoring.steps.landed import windows_landed
-from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.steps.score import score_shard
 from sensor_scoring.storage import LocalStorage
 from sensor_scoring.windows import LandingPlan, land_windows
-from tests.support.helpers import START, fleet_windows
+from tests.support.helpers import START, fleet_windows, read_and_plan
 
 UTC = timezone.utc
 H = timedelta(hours=1)
@@ -86,7 +85,7 @@ def test_windows_landed_rules(tmp_path):
 
 @pytest.fixture
 def staged(tmp_path):
-    """Four hours of two devices x two tags landed, models for all but one sensor, hour 3 validated."""
+    """Four hours of two devices x two tags landed, models for all but one sensor; hour 3 is the run's."""
     storage = LocalStorage(tmp_path)
     windows = fleet_windows(devices=2, tags=2, hours=4)
     land_windows(storage, "windows", windows)
@@ -96,32 +95,42 @@ def staged(tmp_path):
     ]
     trained = fitting.train_models(train)
     registry.register(storage, "models", trained, version="v1", params={}, promote=True)
-    hour = _hour(storage)
-    summary = load_and_validate(hour)
-    return storage, hour, summary, trained
+    return storage, _hour(storage), trained
+
+
+def _quarantine(storage, result) -> pd.DataFrame:
+    """The rows a shard set aside, as its quarantine.parquet holds them."""
+    container, prefix = st.parse_uri(result.output_prefix)
+    return st.read_parquet(storage, container, layout.Shard(prefix).quarantine)
 
 
 def test_plan_shards_groups_sensors_and_quarantines_those_without_model(staged):
-    storage, hour, summary, _ = staged
-    assert summary.landed == 240 and summary.valid == 240
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    """plan_shards groups the sensors with a model; the sensor without one is routed by the read tasks to a shard,
+    which quarantines its windows as ``no_model`` (it was plan_shards' own quarantine before the hour was read by
+    groups of files)."""
+    storage, hour, _ = staged
+    reads, shards = read_and_plan(hour, sensors_per_shard=2)
+    assert sum(sum(r.landed_by_hour.values()) for r in reads) == 240
     assert [s.sensors for s in shards] == [2, 1]
     assert shards[0].label == "shard 0: dev-0000/pressure .. dev-0000/temperature (2 sensors)"
     assert shards[1].label == "dev-0001/temperature"
-    orphans = st.read_parquet(storage, "staging", f"runs/{hour.run_key}/quarantine-plan.parquet")
+    results = [score_shard(storage, s.spec_uri) for s in shards]
+    assert sum(r.validation.valid for r in results) == 240  # every landed window passed the suite
+    orphans = pd.concat([_quarantine(storage, r) for r in results], ignore_index=True)
     assert set(orphans["reason"]) == {"no_model"} and len(orphans) == 60
+    assert set(zip(orphans["device_id"], orphans["tag"])) == {("dev-0001", "pressure")}
     one_each = plan_shards(hour, model_version="v1", sensors_per_shard=1)
-    assert len(one_each) == 3
+    assert len(one_each.shards) == 3
     with pytest.raises(ValueError):
         plan_shards(hour, model_version="v1", sensors_per_shard=0)
 
 
 def test_score_and_commit_close_the_accounting_and_replace_the_hour(staged):
-    storage, hour, summary, trained = staged
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    storage, hour, trained = staged
+    reads, shards = read_and_plan(hour, sensors_per_shard=2)
     results = [score_shard(storage, s.spec_uri) for s in shards]
     assert sum(r.scored for r in results) == 180
-    [manifest] = commit(hour, summary, results)
+    [manifest] = commit(hour, reads, results)
     assert manifest.counts.to_dict() == {
         "landed": 240,
         "scored": 180,
@@ -143,29 +152,36 @@ def tmp_file(storage: LocalStorage, container: str, path: str):
 
 
 def test_commit_refuses_when_a_shard_is_missing(staged):
-    storage, hour, summary, _ = staged
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    storage, hour, _ = staged
+    reads, shards = read_and_plan(hour, sensors_per_shard=2)
     results = [score_shard(storage, s.spec_uri) for s in shards]
     with pytest.raises(AccountingError, match="landed 240"):
-        commit(hour, summary, results[:1])
+        commit(hour, reads, results[:1])
     assert not storage.exists("predictions", "date=2026-11-24/hour=03/part-00000.parquet")
 
 
 def test_tampered_model_quarantines_only_its_sensor(staged):
-    storage, hour, summary, _ = staged
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=10)
+    """One shard holds every sensor: the tampered model's sensor is quarantined as model_hash_mismatch, the
+    sensor without a model as no_model, and the other two are scored."""
+    storage, hour, _ = staged
+    _, shards = read_and_plan(hour, sensors_per_shard=10)
     spec_path = shards[0].spec_uri.split("/", 3)[3]
     spec = json.loads(storage.read_bytes("staging", spec_path))
     spec["models"][0]["sha256"] = "0" * 64
     storage.write_bytes("staging", spec_path, json.dumps(spec).encode())
     result = score_shard(storage, shards[0].spec_uri)
-    assert result.quarantined == 60 and result.scored == 120
+    assert result.quarantined == 120 and result.scored == 120
     assert list(result.refused_models.values()) == ["model_hash_mismatch"]
+    refused = _quarantine(storage, result).groupby(["device_id", "tag", "reason"]).size().to_dict()
+    assert refused == {
+        (spec["models"][0]["device_id"], spec["models"][0]["tag"], "model_hash_mismatch"): 60,
+        ("dev-0001", "pressure", "no_model"): 60,
+    }
 
 
 def test_a_spec_without_its_schema_version_is_refused_naming_the_blob(staged):
-    storage, hour, _, _ = staged
-    [shard] = plan_shards(hour, model_version="production", sensors_per_shard=10)
+    storage, hour, _ = staged
+    [shard] = plan_shards(hour, model_version="production", sensors_per_shard=10).shards
     spec_path = shard.spec_uri.split("/", 3)[3]
     spec = json.loads(storage.read_bytes("staging", spec_path))
     assert ShardSpec.from_dict(spec, source=shard.spec_uri).shard == 0

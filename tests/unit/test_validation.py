@@ -200,7 +200,8 @@ def test_a_wrong_column_type_is_a_schema_violation_naming_the_column():
 
 
 def test_great_expectations_is_loaded_only_by_validation():
-    """Tasks other than load_and_validate, and shard processes, import the steps without it."""
+    """Every task and shard process imports the steps without it: only running the suite loads it (a shard's
+    ``check_shard`` in score_shard, training's ``read_range``), never plan_shards, read_windows or commit."""
     steps = ", ".join(f"sensor_scoring.steps.{name}" for name in ("landed", "load", "plan", "score", "commit"))
     probe = (
         f"import sys, {steps}, sensor_scoring.cli, sensor_scoring_airflow.context; "
