@@ -200,8 +200,8 @@ def test_a_wrong_column_type_is_a_schema_violation_naming_the_column():
 
 
 def test_great_expectations_is_loaded_only_by_validation():
-    """Every task and shard process imports the steps without it: only running the suite loads it (a shard's
-    ``check_shard`` in score_shard, training's ``read_range``), never plan_shards, read_windows or commit."""
+    """Every task and shard process imports the steps without it: it loads where the suite runs (a shard's
+    ``check_shard`` in score_shard, training's ``read_range``) or its bounds are read (commit's report)."""
     steps = ", ".join(f"sensor_scoring.steps.{name}" for name in ("landed", "load", "plan", "score", "commit"))
     probe = (
         f"import sys, {steps}, sensor_scoring.cli, sensor_scoring_airflow.context; "
