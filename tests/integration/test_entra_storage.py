@@ -1,6 +1,6 @@
 """Storage with Entra ID on a real Azurite in its OAuth mode (HTTPS, ``--oauth basic``): no key anywhere.
 
-A whole hour (land, register, load, plan, score shards, commit, model health, the fleet page's data) runs with a
+A whole hour (land, register, plan, read, score shards, commit, model health, the fleet page's data) runs with a
 token credential and an account URL as ``SCORING_STORAGE``; Azurite's debug log, which records every request of
 every process with its headers, must show only bearer tokens: no ``SharedKey`` header, no key-signed SAS.
 
@@ -22,12 +22,11 @@ import pytest
 from dev.azurite import Azurite, TokenCredential
 from sensor_scoring import fleet, settings as config, storage as st
 from sensor_scoring.backends.local import LocalBackend
-from sensor_scoring.contracts import ShardResult
+from sensor_scoring.contracts import ReadResult, ShardResult
 from sensor_scoring.models import fitting, registry
 from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps import health
 from sensor_scoring.steps.commit import commit
-from sensor_scoring.steps.load import load_and_validate
 from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.storage import blob as blob_module
 from sensor_scoring.windows import land_windows
@@ -62,18 +61,20 @@ def test_an_hour_runs_with_entra_id_and_never_the_key(oauth_azurite, entra, cont
     registry.register(storage, containers.models, fitting.train_models(windows), version="v1", params={}, promote=True)
     start = START + 2 * H
     hour = Scope(storage, containers, "entra-run", start, start + H)
-    summary = load_and_validate(hour)
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=2)
-    assert len(shards) == 2
-    # each shard as the local backend runs it for a task: handed only the setting, authenticated by the
-    # credential registered for the account
-    results = [
-        ShardResult.from_dict(
-            LocalBackend(mode="task").run_shard(s.spec_uri, storage_setting=oauth_azurite.account_url), source="shard"
-        )
-        for s in shards
+    plan = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    assert len(plan.shards) == 2
+    # each read group and shard as the local backend runs it for a task: handed only the setting, authenticated by
+    # the credential registered for the account
+    backend, setting = LocalBackend(mode="task"), oauth_azurite.account_url
+    reads = [
+        ReadResult.from_dict(backend.run_shard(r.spec_uri, storage_setting=setting, command="read-windows"), "read")
+        for r in plan.reads
     ]
-    [manifest] = commit(hour, summary, results)
+    results = [
+        ShardResult.from_dict(backend.run_shard(s.spec_uri, storage_setting=setting), source="shard")
+        for s in plan.shards
+    ]
+    [manifest] = commit(hour, reads, results)
     assert manifest.counts.scored == len(windows) // 3 and manifest.counts.quarantined == 0
     [healthy] = health.model_health(hour)
     assert healthy.sensors == 4

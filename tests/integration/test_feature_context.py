@@ -20,14 +20,10 @@ from sensor_scoring import features, features as feature_sets, layout
 from sensor_scoring.models import fitting, registry
 from sensor_scoring.runs.scope import Scope
 from sensor_scoring.scorer import score
-from sensor_scoring.steps.commit import commit
-from sensor_scoring.steps.load import load_and_validate
-from sensor_scoring.steps.plan import plan_shards
-from sensor_scoring.steps.score import score_shard
 from sensor_scoring.storage import parquet_bytes
 from sensor_scoring.validation import check_windows
 from sensor_scoring.windows import LandingPlan, land_windows
-from tests.support.helpers import START, fleet_windows
+from tests.support.helpers import START, fleet_windows, run_steps
 from tests.support.training import train_and_register
 
 pytestmark = [pytest.mark.azurite]
@@ -60,9 +56,7 @@ def landed(blob, containers):
 
 def run_hour(blob, containers, start, run_id: str) -> pd.DataFrame:
     hour = Scope(blob, containers, run_id, start, start + H)
-    summary = load_and_validate(hour, max_quarantine_share=0.5)
-    results = [score_shard(blob, s.spec_uri) for s in plan_shards(hour, model_version="production")]
-    commit(hour, summary, results)
+    run_steps(hour, commit_params={"max_quarantine_share": 0.5})
     data = blob.read_bytes(containers.predictions, layout.Partition(start).data)
     return pd.read_parquet(io.BytesIO(data))
 

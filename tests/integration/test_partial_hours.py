@@ -2,7 +2,8 @@
 ``partial`` and names the shard, the staging survives, and scoring the shard again and committing fills it in.
 
 These are the steps the DAG runs (``sensor_scoring.steps``); clearing the failed ``score_shard`` instance in Airflow
-re-runs exactly this: the shard's command on its kept spec, then commit over every shard's result.
+re-runs exactly this: the shard's command on its kept spec (its input, routed there by the read tasks, kept too),
+then commit over every read task's and shard's result.
 """
 
 from __future__ import annotations
@@ -13,23 +14,23 @@ from sensor_scoring import layout
 from sensor_scoring.contracts import SHARD_FAILED
 from sensor_scoring.runs.partial import TooManyFailedShards, check_failed_share
 from sensor_scoring.steps.commit import commit
-from sensor_scoring.steps.load import load_and_validate
-from sensor_scoring.steps.plan import plan_shards
 from sensor_scoring.steps.score import score_shard
 from tests.integration.test_faults import BASE, assert_accounting, env, hour_windows, trained  # noqa: F401
+from tests.support.helpers import read_and_plan
 
 pytestmark = [pytest.mark.azurite]
 
 
 def test_partial_hour_quarantines_the_failed_shard_and_retrying_it_fills_the_hour(env):  # noqa: F811
     hour = env.hour("run-partial")
-    summary = load_and_validate(hour, max_quarantine_share=0.5)
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=1)
-    assert len(shards) == 4
+    reads, shards = read_and_plan(hour, sensors_per_shard=1)
+    # planned from the version's index before anything is read: a shard per modelled sensor, the third device's
+    # two landing nothing
+    assert len(shards) == 6 and [s.sensors for s in shards] == [1] * 6
     failed, scored = shards[1], [s for s in shards if s is not shards[1]]
     results = [score_shard(env.blob, s.spec_uri) for s in scored]  # shard 1 never produced a result
 
-    [manifest] = commit(hour, summary, results, failed_shards=[failed])
+    [manifest] = commit(hour, reads, results, failed_shards=[failed], max_quarantine_share=0.5)
     record = manifest.to_dict()
     predictions, quarantine = assert_accounting(env, record, landed=BASE)  # the accounting closes
     assert record["status"] == "partial"
@@ -45,7 +46,7 @@ def test_partial_hour_quarantines_the_failed_shard_and_retrying_it_fills_the_hou
 
     # the retry of just that shard (what clearing it does), then commit over every shard's result
     retried = score_shard(env.blob, failed.spec_uri)
-    [filled] = commit(hour, summary, [*results, retried])
+    [filled] = commit(hour, reads, [*results, retried], max_quarantine_share=0.5)
     record = filled.to_dict()
     predictions, quarantine = assert_accounting(env, record, landed=BASE)
     assert record["status"] == "scored" and record["failed_shards"] == [] and quarantine.empty
@@ -55,13 +56,13 @@ def test_partial_hour_quarantines_the_failed_shard_and_retrying_it_fills_the_hou
 
 def test_too_many_failed_shards_commit_nothing(env):  # noqa: F811
     hour = env.hour("run-refused")
-    load_and_validate(hour, max_quarantine_share=0.5)
-    shards = plan_shards(hour, model_version="production", sensors_per_shard=1)
-    with pytest.raises(TooManyFailedShards, match=r"2 of 4 shard\(s\) failed .* > max_failed_shard_share 0.25"):
+    _, shards = read_and_plan(hour, sensors_per_shard=1)
+    assert len(shards) == 6  # one per modelled sensor (see above)
+    with pytest.raises(TooManyFailedShards, match=r"2 of 6 shard\(s\) failed .* > max_failed_shard_share 0.25"):
         check_failed_share(len(shards), shards[:2], 0.25)
     with pytest.raises(TooManyFailedShards, match="max_failed_shard_share 0"):
         check_failed_share(len(shards), shards[:1], 0)  # the default: any failed shard fails the hour
-    check_failed_share(len(shards), shards[:1], 0.25)  # 1 of 4 is within 0.25
+    check_failed_share(len(shards), shards[:1], 0.25)  # 1 of 6 is within 0.25
     check_failed_share(len(shards), [], 0)
     with pytest.raises(ValueError, match="between 0 and 1"):
         check_failed_share(len(shards), [], 1.5)

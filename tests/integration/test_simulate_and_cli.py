@@ -69,7 +69,6 @@ def test_cli_simulate_ingest_train_and_score_a_shard(blob, containers, azurite, 
 
     from sensor_scoring import settings as config
     from sensor_scoring.runs.scope import Scope
-    from sensor_scoring.steps.load import load_and_validate
     from sensor_scoring.steps.plan import plan_shards
 
     env = dict(os.environ)
@@ -125,8 +124,10 @@ def test_cli_simulate_ingest_train_and_score_a_shard(blob, containers, azurite, 
     }
     assert trained["evaluation"]["coverage"]["uncovered"] == 0 and trained["reason"].startswith("policy held")
     hour = Scope(blob, config.Containers.from_env(), "cli-run", START + timedelta(hours=2), START + timedelta(hours=3))
-    load_and_validate(hour)
-    [shard] = plan_shards(hour, model_version="production", sensors_per_shard=10)
+    plan = plan_shards(hour, model_version="production", sensors_per_shard=10)
+    [read_group], [shard] = plan.reads, plan.shards
+    read = run_cli("read-windows", "--spec", read_group.spec_uri, env=env)  # the read task's command
+    assert read["landed_by_hour"] == {hour.start.isoformat(): 240} and read["schema_version"] == 1
     result = run_cli("score-shard", "--spec", shard.spec_uri, env=env)
     assert result["scored"] == 240 and result["quarantined"] == 0 and result["schema_version"] == 1
 
