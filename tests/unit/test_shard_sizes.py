@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sensor_scoring.steps.plan import MAX_SHARD_WINDOWS, MAX_SHARDS, shard_numbers
+from sensor_scoring.steps.plan import MAX_SHARD_COST, MAX_SHARD_WINDOWS, MAX_SHARDS, shard_numbers
 
 
 # 60 windows per sensor (an hour, as plan_shards sizes from the model index): 1M sensors' 60M windows need 240 shards
@@ -21,8 +21,20 @@ def test_auto_sizing_bounds_the_mapped_tasks_and_balances_cost(sensors, expected
     assert np.all(np.diff(numbers) >= 0)  # contiguous runs of sensors, in plan order
     per_shard = np.bincount(numbers, weights=cost)
     assert per_shard.max() / per_shard.min() < 1.1  # about equal cost
-    # the windows bound holds whatever the shard count (balanced by cost, not windows: within 10%)
-    assert np.bincount(numbers, weights=windows).max() <= 1.1 * MAX_SHARD_WINDOWS
+    # the windows bound holds whatever the shard count (past it by less than one sensor's windows)
+    assert np.bincount(numbers, weights=windows).max() <= MAX_SHARD_WINDOWS + windows.max()
+
+
+def test_cheap_sensors_never_pile_their_windows_into_one_shard():
+    """Half the fleet's models 1000 times costlier than the other half's: a split by cost alone put the cheap half's
+    windows in one shard, 1.6 times the windows bound. Both bounds hold."""
+    windows = np.full(10_000, 60)
+    cost = windows * np.r_[np.full(5_000, 1_000), np.full(5_000, 1)]
+    numbers = shard_numbers(windows, cost, None)
+    assert np.all(np.diff(numbers) >= 0)
+    assert np.bincount(numbers, weights=windows).max() <= MAX_SHARD_WINDOWS
+    assert np.bincount(numbers, weights=cost).max() <= MAX_SHARD_COST
+    assert numbers.max() + 1 == 4  # 2 by cost for the costly half, 1.2 by windows for the cheap one
 
 
 def test_fixed_size_and_edge_cases():

@@ -169,16 +169,21 @@ def shard_label(number: int, members: pd.DataFrame) -> str:
 
 def shard_numbers(windows: np.ndarray, cost: np.ndarray, sensors_per_shard: int | None) -> np.ndarray:
     """The shard of each sensor (in plan order): every ``sensors_per_shard`` sensors, or, with None, contiguous runs
-    of sensors of about equal cost, as many as the bounds above ask for."""
+    of sensors of about equal weight, as many as the bounds above ask for.
+
+    A sensor's weight is the larger of its share of a shard's cost (the run's cost over the shards the cost asks
+    for, at most MAX_SHARDS) and its share of MAX_SHARD_WINDOWS: a run of weight at most 1 keeps both bounds, so
+    cheap sensors never pile their windows into one shard past the windows bound, whatever the models' costs."""
     count = len(cost)
     if sensors_per_shard is not None:
         return np.arange(count) // sensors_per_shard
     if count == 0:
         return np.zeros(0, dtype="int64")
     total = float(cost.sum())
-    by_cost = min(math.ceil(total / MAX_SHARD_COST), MAX_SHARDS)
-    by_windows = math.ceil(windows.sum() / MAX_SHARD_WINDOWS)
-    shards = int(min(max(by_cost, by_windows, 1), count))
-    before = np.cumsum(cost) - cost  # cost of the sensors ahead of each one
-    numbers = np.minimum((before / max(total, 1.0) * shards).astype("int64"), shards - 1)
+    by_cost = max(min(math.ceil(total / MAX_SHARD_COST), MAX_SHARDS), 1)
+    weight = np.maximum(cost / max(total / by_cost, 1.0), windows / MAX_SHARD_WINDOWS)
+    whole = float(weight.sum())
+    shards = int(min(max(math.ceil(whole - 1e-9), 1), count))
+    before = np.cumsum(weight) - weight  # weight of the sensors ahead of each one
+    numbers = np.minimum((before / max(whole, 1e-12) * shards).astype("int64"), shards - 1)
     return np.unique(numbers, return_inverse=True)[1].astype("int64")  # no gaps when one sensor spans shards
