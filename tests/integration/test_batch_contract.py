@@ -25,7 +25,7 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError
 
 from dev.azurite import KEY as STORAGE_KEY
-from sensor_scoring import backends
+from sensor_scoring import backends, layout, storage as st
 from sensor_scoring.backends import azure_batch as batch
 from tests.support.fake_batch import ACCOUNT, AIRFLOW_IDENTITY, KEY, POOL_IDENTITY, FakeBatch
 from tests.support.helpers import planned_hour
@@ -128,6 +128,43 @@ def test_success_and_what_the_sdk_sends(fake_batch, client, settings, shards, az
     assert STORAGE_KEY not in json.dumps(ran.env)
 
 
+def test_a_read_task_runs_on_batch_reading_windows_and_writing_staging(
+    fake_batch, client, settings, blob, containers, azurite
+):
+    """read_windows on azure_batch: the read task's command, SAS URLs to read ``windows`` and read+write
+    ``staging`` (no models: a read task loads none), its rows routed into the shards' input folders on storage, its
+    result read back from result.json."""
+    from datetime import timedelta
+    from urllib.parse import parse_qs, urlsplit
+
+    from sensor_scoring.models import fitting, registry
+    from sensor_scoring.runs.scope import Scope
+    from sensor_scoring.steps.plan import plan_shards
+    from sensor_scoring.windows import land_windows
+    from tests.support.helpers import START, fleet_windows
+
+    windows = fleet_windows(devices=3, tags=2, hours=3)
+    land_windows(blob, containers.windows, windows)
+    registry.register(blob, containers.models, fitting.train_models(windows), version="v1", params={}, promote=True)
+    hour = Scope(blob, containers, RUN_ID, START + timedelta(hours=2), START + timedelta(hours=3))
+    plan = plan_shards(hour, model_version="production", sensors_per_shard=2)
+    [read] = plan.reads
+    result = backend(client, settings).run_shard(
+        read.spec_uri, storage_setting=azurite.connection_string, command="read-windows"
+    )
+    assert result["group"] == 0 and result["landed_by_hour"] == {hour.start.isoformat(): 6 * 60}
+    [task] = fake_batch.bodies("POST", f"/jobs/{JOB}/tasks")
+    assert task["commandLine"] == f"python -m sensor_scoring read-windows --spec {read.spec_uri}"
+    [env] = task["environmentSettings"]
+    sas = json.loads(env["value"])["sas_containers"]
+    permissions = {c: parse_qs(urlsplit(url).query)["sp"][0] for c, url in sas.items()}
+    assert permissions == {containers.windows: "rl", containers.staging: "racwl"}
+    assert no_secret_sent(fake_batch)
+    for shard in plan.shards:  # each shard's two sensors, routed by the node into the shard's input folder
+        part = layout.Shard.of_spec(st.parse_uri(shard.spec_uri)[1]).part(0, "landed")
+        assert len(st.read_parquet(blob, containers.staging, part)) == 2 * 60
+
+
 def test_a_wrong_account_key_is_refused_by_the_shared_key_check(fake_batch):
     wrong = BatchClient(endpoint=fake_batch.url, credential=AzureNamedKeyCredential(ACCOUNT, "d3Jvbmcta2V5"))
     with pytest.raises(HttpResponseError, match="AuthenticationFailed"):
@@ -137,7 +174,7 @@ def test_a_wrong_account_key_is_refused_by_the_shared_key_check(fake_batch):
 def test_failure_exit_code_then_retry_replaces_then_reuses(fake_batch, client, settings, shards, blob, azurite):
     shard = shards[1]
     container, path = shard["spec_uri"][len("az://") :].split("/", 1)
-    input_path = path.replace("spec.json", "input.parquet")
+    input_path = layout.Shard.of_spec(path).part(0, "landed")  # the windows read group 0 routed to this shard
     good_input = blob.read_bytes(container, input_path)
     blob.write_bytes(container, input_path, b"not parquet")  # the shard command will fail on it
 
