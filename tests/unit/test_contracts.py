@@ -177,7 +177,7 @@ RECORDS = [
         folders=("2026/11/24/00", "2026/11/24/01"),
         generations={START.isoformat(): "7"},
         subset=c.Subset(devices=(), tags=("t",)),
-        reads=2,
+        reads=(c.PlannedShard(spec_uri=SOURCE, shard=0, sensors=0, windows=0, label="files 0: 2 file(s)"),),
         shards=3,
     ),
     lambda: c.RunPlan(
