@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import io
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -435,6 +436,13 @@ def rescoring_history(
 
 
 def model_versions(local: Path) -> dict[str, int]:
-    """Prediction rows per model version in a partition file (several after a subset rescoring)."""
-    versions = pq.read_table(local, columns=["model_version"]).column("model_version").to_pandas().value_counts()
-    return {str(v): int(n) for v, n in sorted(versions.items())}
+    """Prediction rows per model version in a partition file (several after a subset rescoring), counted batch by
+    batch: the file holds the whole hour, so reading the column at once would grow with it."""
+    import pyarrow.compute as pc
+
+    counts: Counter[str] = Counter()
+    with pq.ParquetFile(local) as handle:
+        for batch in handle.iter_batches(batch_size=65_536, columns=["model_version"]):
+            for item in pc.value_counts(batch.column(0)).to_pylist():
+                counts[str(item["values"])] += int(item["counts"])
+    return dict(sorted(counts.items()))
