@@ -5,7 +5,8 @@ twice, in two containers: as 5,040 one-window JSON-lines files, and as 3 files (
 repeat times, for both landings and interleaved so that machine noise hits them alike:
 
 - ``read``: ``windows.read_owned`` (list the folders, download every blob, parse, keep the owned windows);
-- ``load``: ``steps.load.load_and_validate`` (the whole task: read, validate with great-expectations, stage);
+- ``load``: ``steps.load.read_range`` (what the hour's read and score tasks do before scoring, one after the other in
+  one process: read, route, validate with great-expectations, features);
 
 with the reader's downloads concurrent (``formats.DOWNLOAD_CONCURRENCY``, the default 8) and, for ``read``, one at
 a time. Beside them, on the 5,040 files and in the same process, the floors and the old path:
@@ -44,7 +45,7 @@ from bench_scoring import machine
 from dev.azurite import Azurite
 from sensor_scoring import settings as config
 from sensor_scoring.runs.scope import Scope
-from sensor_scoring.steps.load import load_and_validate
+from sensor_scoring.steps.load import read_range
 from sensor_scoring.storage import BlobStorage, make_sas_setting, sas_container_urls
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_hour
 from sensor_scoring.windows import LandingPlan, aggregate_readings, formats, land_windows, read_owned, to_asa_json_lines
@@ -210,7 +211,7 @@ def main() -> None:
                     )
                     if concurrency == c8:
                         hour = Scope(storage, cont, f"bench-{repeat}", HOUR, HOUR + timedelta(hours=1))
-                        record(f"load {label} c{c8}", lambda h=hour: load_and_validate(h, max_quarantine_share=1.0))
+                        record(f"load {label} c{c8}", lambda h=hour: read_range(h))
             formats.DOWNLOAD_CONCURRENCY = c8
             record("list many", lambda: storage.list(many.windows, FOLDER))
             record("raw list many", lambda: raw_list(sas_url))
