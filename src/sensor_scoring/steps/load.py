@@ -55,6 +55,7 @@ from sensor_scoring.storage import Storage
 from sensor_scoring.validation import Checked, check_windows
 from sensor_scoring.windows import (
     LATE_HORIZON,
+    LandedFiles,
     WindowSchemaError,
     corrupt_owner,
     folder_hour,
@@ -209,11 +210,10 @@ def read_windows(storage: Storage, spec_uri: str) -> ReadResult:
             path = run.shard(int(number)).part(spec.group, kind)
             storage.write_bytes(staging, path, st.parquet_bytes(rows.reset_index(drop=True)))
     all_landed = pd.concat([landed, rejected], ignore_index=True) if len(rejected) else landed
-    own_files = own.files
     result = ReadResult(
         group=spec.group,
         output_prefix=spec.output_prefix,
-        files=len(own_files),
+        files=len(own.files),
         read=len(own.read),
         empty_files=tuple(own.empty),
         corrupt_files=tuple(
@@ -241,7 +241,9 @@ def _folders_of(files: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(f.rsplit("/", 1)[0] for f in files if "/" in f))
 
 
-def _stage_names(storage: Storage, staging: str, folder: layout.Shard, own: Any, subset: Subset | None) -> str | None:
+def _stage_names(
+    storage: Storage, staging: str, folder: layout.Shard, own: LandedFiles, subset: Subset | None
+) -> str | None:
     """With a subset: the sensors the group's own files hold, staged for commit's check that the subset matches
     something landed (``runs.rescoring.check_subset_matches``); None for a full run."""
     if subset is None:
@@ -272,7 +274,7 @@ def corrupt_file_hour(name: str, scope: Scope | ReadSpec) -> datetime | None:
     return found if scope.start <= found < scope.end else None
 
 
-def _lookback_skipped(read: Any, own_folders: Sequence[str], start: datetime) -> tuple[SkippedContextFile, ...]:
+def _lookback_skipped(read: LandedFiles, own_folders: Sequence[str], start: datetime) -> tuple[SkippedContextFile, ...]:
     """The files of the hour before that the lookback leaves out: broken or corrupt files of folders only the
     lookback reads (a file of a folder the run reads as its own is this run's: it fails the run, or is quarantined
     by it)."""
