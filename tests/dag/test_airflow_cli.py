@@ -47,7 +47,13 @@ def airflow(home: Path, *args: str, timeout: float = 600, **settings: str) -> su
     """``airflow <args>`` in a subprocess on ``home``, with the test's storage settings from the environment."""
     env = {key: value for key, value in os.environ.items() if key != config.START_DATE_ENV}
     env.update(
-        AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"), AIRFLOW__CORE__LOAD_EXAMPLES="False"
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        # `dags reserialize` skips a DAG stored less than this many seconds ago (default 30): the write_dag call in
+        # airflow/dag_processing/collection.py passes min_update_interval. A test that reserializes with another
+        # setting right after an earlier test stored the DAG would otherwise keep the earlier parse.
+        AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL="0",
     )
     env.update(settings)
     return subprocess.run([str(AIRFLOW), *args], env=env, capture_output=True, text=True, timeout=timeout)
