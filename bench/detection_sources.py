@@ -281,5 +281,8 @@ def real(path: str | None, train_hours: int = 3) -> Source | None:
             f"get it from {SENSOR_DATA_SOURCE})"
         )
         return None
-    readings = read_raw_readings(path)
+    raw = read_raw_readings(path)
+    if raw.rejected:
+        print(f"real: {len(raw.rejected)} of {raw.lines} lines rejected by the reader: {raw.by_reason()}")
+    readings = raw.readings
     return Source("real", readings, readings["ts"].min().ceil("min") + pd.Timedelta(hours=train_hours), None)

@@ -56,6 +56,16 @@ def alias_body(storage, containers) -> dict:
     return json.loads(storage.read_bytes(containers.models, "aliases/production.json"))
 
 
+def test_the_form_offers_the_feature_sets_the_command_knows():
+    """The DAG file lists the sets itself (it imports nothing heavy at parse time): the same list as the package."""
+    from sensor_scoring import features
+
+    dag, _ = load_dags()
+    param = dag.params.get_param("features")
+    assert sorted(param.schema["enum"]) == sorted(features.FEATURE_SETS)
+    assert param.value == features.DEFAULT_FEATURE_SET
+
+
 def test_promoted_then_refused_with_lineage_and_alert(airflow_db, landed, containers, alert_connections):
     _, http_sink = alert_connections
     training, _ = load_dags()
