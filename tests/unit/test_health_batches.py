@@ -56,18 +56,9 @@ def reference_rows(predictions, quarantine, training, previous, thresholds, hour
         if table is None or table.empty:
             continue
         _reference_psi(out, predictions[predictions["model_version"] == version], table, hour_of_day)
-    judged = out["status"] == health.STATUS_OK
-    expected = out["expected_rate"].to_numpy(dtype=float)
-    out["p_value"] = np.where(
-        judged,
-        health.binomial_tail(out["anomalies"].to_numpy(), out["windows"].to_numpy(), np.nan_to_num(expected)),
-        np.nan,
-    )
-    excess = (out["p_value"] <= health.SIGNIFICANCE) & (out["anomaly_rate"] >= expected + thresholds.anomaly_excess)
-    shifted = (out["psi"] >= thresholds.psi) & (out["windows"] >= health.MIN_WINDOWS) if thresholds.psi > 0 else False
-    out["drifting"] = (judged & (excess | shifted)).astype(bool)
-    out["drift_hours"] = health.drift_hours(out, previous)
-    return out[health.HEALTH_SCHEMA.names]
+    # the judgement from the sums is the product's own (decide): what is compared here is how the sums are made
+    out["drifting"] = False
+    return health.decide(out, lambda back: previous if back == 1 else None, thresholds)
 
 
 def _reference_psi(out, predictions, table, hour_of_day):
@@ -230,7 +221,7 @@ def hour(tmp_path) -> tuple[Scope, dict]:
         "predictions": predictions[["device_id", "tag", "score", "is_anomaly", "model_version"]],
         "quarantine": quarantine[["device_id", "tag", REASON_COLUMN]].reset_index(drop=True),
         "training": {"v-old": None, "v2": model_stats.read(storage, containers.models, "v2")},
-        "previous": previous[["device_id", "tag", "drift_hours"]],
+        "previous": previous[health.EARLIER_COLUMNS],
     }
     return scope, frames
 

@@ -19,11 +19,17 @@ sensor and one batch of windows, never the hour's windows. Per sensor and hour:
   rate is at least the expected rate + ``SCORING_DRIFT_ANOMALY_EXCESS`` (flags of a healthy sensor come in runs, so
   significance alone marks a wandering baseline's busy hour); or (only when ``SCORING_DRIFT_PSI`` is above 0: 0 is
   off) PSI >= it with at least ``MIN_WINDOWS`` windows. The test replaces a minimum count of windows: a sensor
-  reporting every 20 minutes is judged on its three windows, one reporting hourly never on its one.
-- ``drift_hours``: the consecutive drifting hours ending at this one, over the stored health partitions: the
-  previous hour's count plus one, and after writing an hour the following hours' counts are recomputed while they
-  change (:func:`_carry_forward`), so the counts, and the alerts, do not depend on the order hours are scored or
-  re-scored in. An hour without a health partition breaks a run.
+  reporting every 20 minutes is judged on its three windows. An hour with too few of a sensor's windows to be
+  improbable even if all were flagged (one window, at a rate above ``SIGNIFICANCE``: a sensor reporting hourly or
+  less often) is judged together with the sensor's windows of the hours before it, of the same model version,
+  back to ``POOL_HOURS`` hours in all, as soon as the pooled windows can be improbable; only an hour with an
+  anomaly of its own is marked. ``judged_windows`` says how many windows the test judged.
+- ``drift_hours``: the consecutive drifting hours ending at this one, over the stored health partitions: the count
+  of the sensor's last earlier hour with a scored window plus one. An hour in which the sensor had no scored window
+  (it reports every few hours) neither extends nor breaks its run, back to ``POOL_HOURS`` hours; an hour without a
+  health partition breaks it. After writing an hour the following hours are judged again while they change, at
+  least ``POOL_HOURS`` - 1 of them (:func:`_carry_forward`), so the counts, and the alerts, do not depend on the
+  order hours are scored or re-scored in.
 - ``status`` ``model lost``: the sensor's windows were quarantined ``no_model`` although it had a model the hour
   before, the same hour the day before, or in the production version before the one scoring the hour (a promotion
   that dropped it). Such an hour is not a quiet success: the manifest counts them (``models_lost``) and the DAG
@@ -40,7 +46,7 @@ import dataclasses
 import io
 import logging
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import ClassVar
 
@@ -64,6 +70,12 @@ MIN_WINDOWS = 10
 #: The chance, for a healthy sensor whose windows are flagged independently at its expected rate, that an hour is
 #: marked drifting: one sensor-hour in a thousand, stated before any source was measured (docs/operating.md).
 SIGNIFICANCE = 0.001
+#: Hours, this one included, whose windows a thin hour (one window a sensor) is judged with; also how far back a
+#: run of drifting hours looks for the sensor's last hour with a window. Six: a sensor reporting every two hours
+#: has three windows in them, enough for the test at the calibrated rates (0.02**2 <= SIGNIFICANCE).
+POOL_HOURS = 6
+#: The columns of an earlier hour's health rows that judging an hour reads.
+EARLIER_COLUMNS = ["device_id", "tag", "model_version", "windows", "anomalies", "drift_hours"]
 #: Sensors named in a manifest (and so in an alert); the partition lists them all.
 MAX_LISTED = 100
 STATUS_OK = "ok"
@@ -79,6 +91,9 @@ KEYS = ["device_id", "tag"]
 PREDICTION_COLUMNS = ["device_id", "tag", "score", "is_anomaly", "model_version"]
 QUARANTINE_COLUMNS = ["device_id", "tag", REASON_COLUMN]
 
+#: An hour's earlier health rows: ``earlier(1)`` the hour before's, None where an hour has no health partition.
+Earlier = Callable[[int], "pd.DataFrame | None"]
+
 HEALTH_SCHEMA = pa.schema(
     [
         ("device_id", pa.string()),
@@ -90,6 +105,7 @@ HEALTH_SCHEMA = pa.schema(
         ("train_flagged_share", pa.float64()),
         ("expected_rate", pa.float64()),
         ("p_value", pa.float64()),
+        ("judged_windows", pa.int64()),
         ("psi", pa.float64()),
         ("score_mean", pa.float64()),
         ("quarantined", pa.int64()),
@@ -150,15 +166,40 @@ def model_health(hour: Scope, thresholds: Thresholds | None = None) -> list[Heal
     hours that now have sensors alerting that they had not (so their alert is sent now)."""
     thresholds = thresholds or Thresholds.from_settings()
     stats_cache: dict[tuple[str, int], model_stats.Reference | None] = {}
+    stored = _HealthRows(hour.storage, hour.containers.health)
     ours, later = [], {}
     for h in hour.hours:
         # one hour of day's references at a time (a version without statistics is remembered as such)
         stats_cache = {k: v for k, v in stats_cache.items() if v is None or k[1] == h.astimezone(timezone.utc).hour}
-        manifest, changed = _hour_health(hour, h, thresholds, stats_cache)
+        manifest, changed = _hour_health(hour, h, thresholds, stats_cache, stored)
         ours.append(manifest)
         later.update({m.hour: m for m in changed})
     mine = set(hour.hours)
     return ours + [m for h, m in sorted(later.items()) if h not in mine]
+
+
+class _HealthRows:
+    """Hours' health rows as judging an hour looks back at them (``EARLIER_COLUMNS``): read from the health
+    partitions once each, or just written. Holds POOL_HOURS hours before the latest asked for, at most."""
+
+    def __init__(self, storage: Storage, container: str) -> None:
+        self._storage, self._container = storage, container
+        self._rows: dict[datetime, pd.DataFrame | None] = {}
+
+    def get(self, h: datetime) -> pd.DataFrame | None:
+        if h not in self._rows:
+            path = layout.Partition(h).data
+            self._rows[h] = _read_columns(self._storage, self._container, path, EARLIER_COLUMNS)
+        return self._rows[h]
+
+    def put(self, h: datetime, rows: pd.DataFrame) -> None:
+        """``rows``, just written for hour ``h``; hours more than POOL_HOURS before it are let go."""
+        self._rows = {k: v for k, v in self._rows.items() if k >= h - POOL_HOURS * layout.HOUR}
+        self._rows[h] = rows[EARLIER_COLUMNS]
+
+    def before(self, h: datetime) -> Earlier:
+        """The rows of the hours before ``h``: ``(1)`` the hour before."""
+        return lambda back: self.get(h - back * layout.HOUR)
 
 
 def _read_columns(storage: Storage, container: str, path: str, columns: list[str] | None) -> pd.DataFrame | None:
@@ -175,14 +216,15 @@ def sensor_health(
     predictions: pd.DataFrame,
     quarantine: pd.DataFrame,
     training: dict[str, pd.DataFrame | None],
-    previous: pd.DataFrame | None,
+    previous: pd.DataFrame | Sequence[pd.DataFrame | None] | None,
     thresholds: Thresholds,
     *,
     hour_of_day: int | None = None,
 ) -> pd.DataFrame:
     """The health rows of one hour (``HEALTH_SCHEMA``), from its predictions (device_id, tag, score, is_anomaly,
     model_version), its attributed quarantine rows (device_id, tag), the statistics table of each model version
-    (None: registered without) and the previous hour's health rows (None: no previous hour). ``hour_of_day``: the
+    (None: registered without) and the earlier hours' health rows: the previous hour's (None: no previous hour), or
+    a sequence of them, the hour before first (None where an hour has none). ``hour_of_day``: the
     hour's UTC hour, to compare with training at the same time of day where the statistics have it. The frames
     whole, as one batch of :class:`HourTally`: the step itself feeds the tally the partitions batch by batch."""
 
@@ -190,10 +232,11 @@ def sensor_health(
         table = training.get(version)
         return None if table is None or table.empty else model_stats.Reference.from_frame(table, hour_of_day)
 
+    frames = [previous] if previous is None or isinstance(previous, pd.DataFrame) else list(previous)
     tally = HourTally(statistics)
     tally.add_predictions(predictions)
     tally.add_quarantine(quarantine)
-    return tally.rows(previous, thresholds)
+    return tally.rows(lambda back: frames[back - 1] if back <= len(frames) else None, thresholds)
 
 
 class _VersionBins:
@@ -368,7 +411,7 @@ class HourTally:
         counts = pd.Series(self.reasons, dtype="int64")
         return {str(k): int(v) for k, v in counts.sort_values(ascending=False).items()}
 
-    def rows(self, previous: pd.DataFrame | None, thresholds: Thresholds) -> pd.DataFrame:
+    def rows(self, earlier: Earlier, thresholds: Thresholds) -> pd.DataFrame:
         """The hour's health rows (``HEALTH_SCHEMA``), one per sensor scored or quarantined, sorted by sensor."""
         size = len(self.devices)
         windows, quarantined = self._windows[:size], self._quarantined[:size]
@@ -392,19 +435,19 @@ class HourTally:
         row_of_slot = np.full(size, -1, dtype=np.int64)
         row_of_slot[slots] = np.arange(len(slots))
         versions = [self.versions[v] for v in sorted(self.versions)]
-        return _judge(out, row_of_slot, versions, previous, thresholds)
+        return _judge(out, row_of_slot, versions, earlier, thresholds)
 
 
 def _judge(
     out: pd.DataFrame,
     row_of_slot: np.ndarray,
     versions: Iterable[_VersionBins],
-    previous: pd.DataFrame | None,
+    earlier: Earlier,
     thresholds: Thresholds,
 ) -> pd.DataFrame:
     """The health rows from the per-sensor sums (``out``: keys, windows, anomalies, score_mean, model_version,
     quarantined; ``row_of_slot``: each tally slot's row, -1: none): rates, PSI and expected rates by version,
-    drift and its hours."""
+    then drift and its hours (:func:`decide`)."""
     out["anomaly_rate"] = np.where(out["windows"] > 0, out["anomalies"] / out["windows"].clip(lower=1), np.nan)
     out["quarantine_share"] = out["quarantined"] / (out["windows"] + out["quarantined"])
     out["train_flagged_share"] = np.nan
@@ -413,16 +456,64 @@ def _judge(
     out["status"] = np.where(out["windows"] > 0, STATUS_NO_STATS, STATUS_NOT_SCORED)
     for bins in versions:
         _add_psi(out, bins, row_of_slot)
-    judged = out["status"] == STATUS_OK
-    expected = out["expected_rate"].to_numpy(dtype=float)
-    out["p_value"] = np.where(
-        judged, binomial_tail(out["anomalies"].to_numpy(), out["windows"].to_numpy(), np.nan_to_num(expected)), np.nan
-    )
-    excess = (out["p_value"] <= SIGNIFICANCE) & (out["anomaly_rate"] >= expected + thresholds.anomaly_excess)
-    shifted = (out["psi"] >= thresholds.psi) & (out["windows"] >= MIN_WINDOWS) if thresholds.psi > 0 else False
-    out["drifting"] = (judged & (excess | shifted)).astype(bool)  # PSI 0: reported, not judged
-    out["drift_hours"] = drift_hours(out, previous)
+    out["drifting"] = False
+    return decide(out, earlier, thresholds)
+
+
+def decide(rows: pd.DataFrame, earlier: Earlier, thresholds: Thresholds) -> pd.DataFrame:
+    """``p_value``, ``judged_windows``, ``drifting`` and ``drift_hours`` of an hour's health rows, from their
+    counts, expected rates, PSI and status and the earlier hours' rows (``earlier(1)``: the hour before; None: no
+    health partition there, which ends the look back). One rule for an hour written now and for a later hour judged
+    again (:func:`_carry_forward`). A row whose expected rate is unknown (written before it was stored) keeps its
+    ``drifting``."""
+    out = rows.copy()
+    status_ok = (out["status"] == STATUS_OK).to_numpy()
+    known = out["expected_rate"].notna().to_numpy()
+    judged = status_ok & known
+    expected = np.nan_to_num(out["expected_rate"].to_numpy(dtype=float))
+    windows = out["windows"].to_numpy(dtype=np.int64)
+    anomalies = out["anomalies"].to_numpy(dtype=np.int64)
+    n, k = _pooled(out, windows, anomalies, expected, judged, earlier)
+    p_value = binomial_tail(k, n, expected)
+    excess = (p_value <= SIGNIFICANCE) & (k / np.maximum(n, 1) >= expected + thresholds.anomaly_excess)
+    excess &= anomalies > 0  # a pooled hour is marked only with an anomaly of its own
+    shifted = (out["psi"] >= thresholds.psi).to_numpy() & (windows >= MIN_WINDOWS) if thresholds.psi > 0 else False
+    drifting = judged & (excess | shifted)  # PSI 0: reported, not judged
+    kept = status_ok & ~known
+    out["drifting"] = np.where(kept, out["drifting"].fillna(False).to_numpy(dtype=bool), drifting).astype(bool)
+    stored_p = out["p_value"].to_numpy(dtype=float) if "p_value" in out else np.full(len(out), np.nan)
+    out["p_value"] = np.where(kept, stored_p, np.where(judged, p_value, np.nan))
+    out["judged_windows"] = np.where(judged, n, windows).astype(np.int64)
+    out["drift_hours"] = drift_hours(out, earlier)
     return out[HEALTH_SCHEMA.names]
+
+
+def _pooled(
+    rows: pd.DataFrame,
+    windows: np.ndarray,
+    anomalies: np.ndarray,
+    expected: np.ndarray,
+    judged: np.ndarray,
+    earlier: Earlier,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The windows and anomalies each judged row is tested on: its hour's, and for a thin row (too few windows to
+    be improbable were all flagged: ``expected ** windows > SIGNIFICANCE``) those of its sensor's earlier hours of
+    the same model version, an hour at a time, until they can be or POOL_HOURS hours are in."""
+    n, k = windows.copy(), anomalies.copy()
+    thin = judged & (windows > 0) & (expected**windows > SIGNIFICANCE)
+    keys = [*KEYS, "model_version"]
+    for back in range(1, POOL_HOURS):
+        if not thin.any():
+            break
+        frame = earlier(back)
+        if frame is None:
+            break
+        before = frame[[*keys, "windows", "anomalies"]].drop_duplicates(KEYS, keep="last")
+        matched = rows[keys].merge(before, how="left", on=keys)
+        n = n + np.where(thin, matched["windows"].fillna(0).to_numpy(dtype=np.int64), 0)
+        k = k + np.where(thin, matched["anomalies"].fillna(0).to_numpy(dtype=np.int64), 0)
+        thin &= expected**n > SIGNIFICANCE
+    return n, k
 
 
 def binomial_tail(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -447,14 +538,24 @@ def binomial_tail(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
     return out
 
 
-def drift_hours(rows: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray:
-    """Consecutive drifting hours ending at ``rows``' hour: the previous hour's count plus one where drifting."""
-    before: object = 0
-    if previous is not None and not previous.empty:
-        carried = previous[[*KEYS, "drift_hours"]].drop_duplicates(KEYS, keep="last")  # a sensor's last row
-        matched = rows[KEYS].merge(carried, how="left", on=KEYS)  # a join on the keys' columns: no key tuples
-        before = matched["drift_hours"].fillna(0).astype("int64")
-    return np.where(rows["drifting"], np.asarray(before) + 1, 0).astype("int64")
+def drift_hours(rows: pd.DataFrame, earlier: Earlier) -> np.ndarray:
+    """Consecutive drifting hours ending at ``rows``' hour: where drifting, one more than the count of the sensor's
+    last earlier hour with a scored window (an hour without one is passed over, back to POOL_HOURS hours; an hour
+    without a health partition ends the look back)."""
+    before = np.zeros(len(rows), dtype=np.int64)
+    found = np.zeros(len(rows), dtype=bool)
+    for back in range(1, POOL_HOURS):
+        if found.all():
+            break
+        frame = earlier(back)
+        if frame is None:
+            break
+        seen = frame.loc[frame["windows"] > 0, [*KEYS, "drift_hours"]].drop_duplicates(KEYS, keep="last")
+        matched = rows[KEYS].merge(seen, how="left", on=KEYS)["drift_hours"]  # a join on the key columns
+        take = ~found & matched.notna().to_numpy()
+        before[take] = matched.to_numpy()[take].astype(np.int64)
+        found |= take
+    return np.where(rows["drifting"].to_numpy(dtype=bool), before + 1, 0).astype("int64")
 
 
 def expected_rates(reference: model_stats.Reference, shares: np.ndarray) -> np.ndarray:
@@ -488,7 +589,11 @@ def _add_psi(out: pd.DataFrame, bins: _VersionBins, row_of_slot: np.ndarray) -> 
 
 
 def _hour_health(
-    hour: Scope, h: datetime, thresholds: Thresholds, stats_cache: dict[tuple[str, int], model_stats.Reference | None]
+    hour: Scope,
+    h: datetime,
+    thresholds: Thresholds,
+    stats_cache: dict[tuple[str, int], model_stats.Reference | None],
+    stored: _HealthRows,
 ) -> tuple[HealthManifest, list[HealthManifest]]:
     """Write hour ``h``'s health; returns its manifest and those of later hours whose alerting grew by it."""
     storage, containers, part = hour.storage, hour.containers, layout.Partition(h)
@@ -515,10 +620,7 @@ def _hour_health(
             for b in st.iter_parquet(storage, containers.quarantine, part.data, QUARANTINE_COLUMNS, BATCH_ROWS)
         ),
     )
-    previous = _read_columns(
-        storage, containers.health, layout.Partition(h - layout.HOUR).data, ["device_id", "tag", "drift_hours"]
-    )
-    rows = tally.rows(previous, thresholds)
+    rows = tally.rows(stored.before(h), thresholds)
     lost = _models_lost(hour, h, tally.no_model)
     if lost:
         at = pd.MultiIndex.from_frame(rows[["device_id", "tag"]]).isin(lost)
@@ -537,43 +639,51 @@ def _hour_health(
         manifest.no_statistics,
         manifest.models_lost,
     )
-    return manifest, _carry_forward(hour, h, rows, thresholds)
+    stored.put(h, rows)
+    return manifest, _carry_forward(hour, h, thresholds, stored)
 
 
-def _carry_forward(hour: Scope, h: datetime, rows: pd.DataFrame, thresholds: Thresholds) -> list[HealthManifest]:
-    """Recompute ``drift_hours`` of the hours after ``h`` that have health, while their counts change (an hour
-    scored before the one before it counted a run from nothing). Returns the rewritten manifests whose alerting
+#: What judging an hour again may change.
+_DECIDED = ["p_value", "judged_windows", "drifting", "drift_hours"]
+
+
+def _carry_forward(hour: Scope, h: datetime, thresholds: Thresholds, stored: _HealthRows) -> list[HealthManifest]:
+    """Judge the hours after ``h`` that have health again (:func:`decide`), while they change and for at least
+    the POOL_HOURS - 1 hours whose pooled windows and runs may reach back to ``h``: an hour scored before the one
+    before it counted a run from nothing, or pooled without it. Returns the rewritten manifests whose alerting
     sensors grew: those alerts are due now."""
     storage, containers = hour.storage, hour.containers
-    previous, grew = rows[["device_id", "tag", "drift_hours"]], []
+    grew = []
     for step in range(1, MAX_CARRY_HOURS + 1):
         later = h + step * layout.HOUR
         if later in hour.hours:
             break  # computed by this run, in order, after this hour
-        stored = _read_columns(storage, containers.health, layout.Partition(later).data, None)
+        rows = _read_columns(storage, containers.health, layout.Partition(later).data, None)
         old = read_manifest(storage, containers, later)
-        if stored is None or old is None:
+        if rows is None or old is None:
             break
-        stored = stored.reindex(columns=HEALTH_SCHEMA.names)  # written before a column existed: null there
-        counts = drift_hours(stored, previous)
-        if np.array_equal(counts, stored["drift_hours"].to_numpy(dtype="int64")):
-            break
-        stored["drift_hours"] = counts
+        rows = rows.reindex(columns=HEALTH_SCHEMA.names)  # written before a column existed: null there
+        judged = decide(rows, stored.before(later), thresholds)
+        if judged[_DECIDED].astype("float64").equals(rows[_DECIDED].astype("float64")):
+            stored.put(later, rows)
+            if step >= POOL_HOURS - 1:
+                break
+            continue
         manifest = write_health(
             storage,
             containers,
             later,
-            stored,
+            judged,
             old.run_id,
             thresholds,
             old.unattributed_quarantined,
             old.quarantine_reasons,
             models_lost=(old.models_lost, old.models_lost_sensors),
         )
-        log.info("Drift hours of %s recomputed after %s was (re)scored", later.isoformat(), h.isoformat())
+        log.info("Drift of %s judged again after %s was (re)scored", later.isoformat(), h.isoformat())
         if manifest.alerting and set(manifest.alerting_sensors) - set(old.alerting_sensors):
             grew.append(manifest)
-        previous = stored[["device_id", "tag", "drift_hours"]]
+        stored.put(later, judged)
     return grew
 
 
