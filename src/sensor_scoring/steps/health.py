@@ -542,8 +542,9 @@ def drift_hours(rows: pd.DataFrame, earlier: Earlier) -> np.ndarray:
     """Consecutive drifting hours ending at ``rows``' hour: where drifting, one more than the count of the sensor's
     last earlier hour with a scored window (an hour without one is passed over, back to POOL_HOURS hours; an hour
     without a health partition ends the look back)."""
+    drifting = rows["drifting"].to_numpy(dtype=bool)
     before = np.zeros(len(rows), dtype=np.int64)
-    found = np.zeros(len(rows), dtype=bool)
+    found = ~drifting  # only a drifting row's run is looked up: the hour before is read only if one is
     for back in range(1, POOL_HOURS):
         if found.all():
             break
@@ -555,7 +556,7 @@ def drift_hours(rows: pd.DataFrame, earlier: Earlier) -> np.ndarray:
         take = ~found & matched.notna().to_numpy()
         before[take] = matched.to_numpy()[take].astype(np.int64)
         found |= take
-    return np.where(rows["drifting"].to_numpy(dtype=bool), before + 1, 0).astype("int64")
+    return np.where(drifting, before + 1, 0).astype("int64")
 
 
 def expected_rates(reference: model_stats.Reference, shares: np.ndarray) -> np.ndarray:
