@@ -154,12 +154,11 @@ with DAG(
         "features": Param(
             "window-v1",
             type="string",
-            enum=["context-v1", "window-v1", "context-v2", "window-v2"],
+            enum=["context-v1", "window-v1"],
             title="Feature set",
             description="The new version's model input (sensor_scoring.features): window-v1 is the window's own "
             "five aggregates (the default, chosen by leave-one-source-out); context-v1 adds the deviation from the "
-            "sensor's trailing level; the v2 sets add the spread of the last 30 minutes' levels, which flags the "
-            "half hour after an anomaly too (docs/models.md).",
+            "sensor's trailing level.",
         ),
         "min_rows": Param(
             30, type="integer", minimum=2, title="Minimum windows", description="Sensors with fewer get no model."

@@ -11,17 +11,12 @@ was trained on, whatever the default is today.
   cannot: a drift or level shift that stays inside the range the sensor's daily cycle covers anyway. Logarithms,
   because a spread of 0 (a stuck sensor) and a count of a sixth of the usual (a dropout) are ratios, and a raw count
   makes ordinary windows of a sparse sensor look far out.
-- ``window-v2`` and ``context-v2``: those sets plus ``level_spread``, the population standard deviation of
-  ``value_avg`` over the sensor's windows ending 0 to ``LOOKBACK_MINUTES`` minutes before the window, itself
-  included: how much the level has moved lately. A cycle that stops, or a level that starts swinging, keeps every
-  window ordinary on its own; the spread of the recent levels changes.
 
 :func:`add_features` computes every derived column, in one place for training, scoring and the benchmark, from the
 windows given and ``context``: earlier windows used only to look back, never returned. The rule for a window
 without an earlier window of its sensor in the lookback (a gap, the first hour of a new sensor, the start of a
-training range): the trailing level is the window's own value, so its deviation is 0, and its spread is 0. The
-result depends only on the windows' values and keys: not on the frame's order, nor on how the windows were split
-between hours.
+training range): the trailing level is the window's own value, so its deviation is 0. The result depends only on
+the windows' values and keys: not on the frame's order, nor on how the windows were split between hours.
 """
 
 from __future__ import annotations
@@ -46,8 +41,6 @@ log = logging.getLogger(__name__)
 
 WINDOW_V1 = "window-v1"
 CONTEXT_V1 = "context-v1"
-WINDOW_V2 = "window-v2"
-CONTEXT_V2 = "context-v2"
 #: What new versions are trained with unless a parameter says otherwise (the CLI's --features, the training DAG's
 #: ``features`` param): chosen by leave-one-source-out (bench/bench_detection.py, docs/models.md), where context-v1
 #: flagged more normal windows than its calibrated rate allows on a source with a wandering baseline. Versions keep
@@ -59,13 +52,11 @@ LOOKBACK_MINUTES = 30
 STD_FLOOR = 1e-9
 
 #: The columns :func:`add_features` derives, beside the window's own.
-DERIVED: tuple[str, ...] = ("log_value_std", "log_reading_count", "level_deviation", "level_spread")
+DERIVED: tuple[str, ...] = ("log_value_std", "log_reading_count", "level_deviation")
 #: Every known set and its model input columns, in order.
 FEATURE_SETS: Mapping[str, tuple[str, ...]] = {
     WINDOW_V1: FEATURES,
     CONTEXT_V1: ("value_avg", "log_value_std", "log_reading_count", "level_deviation"),
-    WINDOW_V2: (*FEATURES, "level_spread"),
-    CONTEXT_V2: ("value_avg", "log_value_std", "log_reading_count", "level_deviation", "level_spread"),
 }
 
 _KEY = ["device_id", "tag"]
@@ -117,29 +108,26 @@ def add_features(windows: pd.DataFrame, context: pd.DataFrame | None = None) -> 
     if (repeated & (order < n)).any():
         raise ValueError("add_features needs windows unique per (device_id, tag, window_end)")
     kept = order[~repeated]  # a context window with a window's key is dropped
-    level, spread = _trailing(key[kept], both["value_avg"].to_numpy(dtype=float)[kept])
-    own_level, own_spread = np.empty(n), np.empty(n)
+    level = _trailing_median(key[kept], both["value_avg"].to_numpy(dtype=float)[kept])
+    own_level = np.empty(n)
     own = kept < n
     own_level[kept[own]] = level[own]
-    own_spread[kept[own]] = spread[own]
     avg = windows["value_avg"].to_numpy(dtype=float)
     out = windows.copy()
     out["log_value_std"] = np.log(windows["value_std"].to_numpy(dtype=float) + STD_FLOOR)
     out["log_reading_count"] = np.log(windows["reading_count"].to_numpy(dtype=float))
     out["level_deviation"] = avg - own_level
-    out["level_spread"] = own_spread
     return out
 
 
-def _trailing(sorted_key: np.ndarray, sorted_avg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _trailing_median(sorted_key: np.ndarray, sorted_avg: np.ndarray) -> np.ndarray:
     """Per row in key order, the median ``value_avg`` of its sensor's windows ending 1 to LOOKBACK_MINUTES minutes
-    before it (its own value where there is none), and the population standard deviation of those values and its
-    own (0 where there is none).
+    before it; its own value where there is none.
 
     Keys are unique and sorted, so those windows are among the LOOKBACK_MINUTES rows before it: the ones whose key is
     at most LOOKBACK_MINUTES smaller (another sensor's key is ``1 << 32`` away). Rows go in chunks of _CHUNK_ROWS.
     """
-    out, spread = np.empty(len(sorted_key)), np.empty(len(sorted_key))
+    out = np.empty(len(sorted_key))
     lagged = np.empty((LOOKBACK_MINUTES, min(_CHUNK_ROWS, len(sorted_key))))  # one lag per (contiguous) row
     for start in range(0, len(sorted_key), _CHUNK_ROWS):
         stop = min(start + _CHUNK_ROWS, len(sorted_key))
@@ -156,12 +144,8 @@ def _trailing(sorted_key: np.ndarray, sorted_avg: np.ndarray) -> tuple[np.ndarra
         rows = np.arange(stop - start)
         low, high = np.maximum(present - 1, 0) // 2, np.minimum(present // 2, LOOKBACK_MINUTES - 1)
         median = (ranked[rows, low] + ranked[rows, high]) / 2
-        own = sorted_avg[start:stop]
-        out[start:stop] = np.where(present > 0, median, own)
-        mean = (own + np.nansum(chunk, axis=0)) / (present + 1)
-        squares = (own - mean) ** 2 + np.nansum((chunk - mean) ** 2, axis=0)
-        spread[start:stop] = np.sqrt(squares / (present + 1))
-    return out, spread
+        out[start:stop] = np.where(present > 0, median, sorted_avg[start:stop])
+    return out
 
 
 def feature_matrix(windows: pd.DataFrame, feature_set: str = WINDOW_V1) -> np.ndarray:

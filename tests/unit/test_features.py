@@ -28,28 +28,20 @@ def windows() -> pd.DataFrame:
 
 
 def plain_rolling(windows: pd.DataFrame) -> pd.DataFrame:
-    """The trailing level and spread the plain pandas way, sensor by sensor: a time-based rolling median over the
-    previous LOOKBACK_MINUTES (closed on the left: the window itself is not in it), the window's own value where
-    empty; the population std over those minutes and the window itself (closed on both ends)."""
+    """The trailing level the plain pandas way, sensor by sensor: a time-based rolling median over the previous
+    LOOKBACK_MINUTES (closed on the left: the window itself is not in it), the window's own value where empty."""
     parts = []
-    span = f"{features.LOOKBACK_MINUTES + 1}min"  # (end - 31 min, end]: ends 0 to 30 minutes before
     for _, rows in windows.groupby(["device_id", "tag"]):
         series = rows.set_index("window_end")["value_avg"].sort_index()
         level = series.rolling(f"{features.LOOKBACK_MINUTES}min", closed="left").median().fillna(series)
-        spread = series.rolling(span).std(ddof=0)
-        parts.append(
-            rows.sort_values("window_end").assign(
-                expected=(series - level).to_numpy(), expected_spread=spread.to_numpy()
-            )
-        )
+        parts.append(rows.sort_values("window_end").assign(expected=(series - level).to_numpy()))
     return pd.concat(parts)
 
 
 def test_trailing_level_equals_a_plain_per_sensor_rolling_median(windows):
-    out = features.add_features(windows).merge(plain_rolling(windows)[[*KEY, "expected", "expected_spread"]], on=KEY)
+    out = features.add_features(windows).merge(plain_rolling(windows)[[*KEY, "expected"]], on=KEY)
     assert len(out) == len(windows)
     np.testing.assert_allclose(out["level_deviation"], out["expected"], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(out["level_spread"], out["expected_spread"], rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(out["log_value_std"], np.log(out["value_std"] + features.STD_FLOOR))
     np.testing.assert_array_equal(out["log_reading_count"], np.log(out["reading_count"]))
 
@@ -66,13 +58,11 @@ def test_gap_rule_no_earlier_window_in_the_lookback_means_deviation_zero(windows
     out = features.add_features(windows)
     first = out.sort_values("window_end").groupby(["device_id", "tag"]).head(1)
     assert (first["level_deviation"] == 0.0).all()  # the first window of every sensor (and the late starter)
-    assert (first["level_spread"] == 0.0).all()
     sensor = out[(out["device_id"] == "dev-0001") & (out["tag"] == "pressure")].sort_values("window_end")
     after_gap = sensor[sensor["window_end"] > pd.Timestamp(START + timedelta(minutes=70))].iloc[0]
     before = sensor[sensor["window_end"] < after_gap["window_end"]]["window_end"].max()
     assert after_gap["window_end"] - before > timedelta(minutes=features.LOOKBACK_MINUTES)
     assert after_gap["level_deviation"] == 0.0
-    assert after_gap["level_spread"] == 0.0
 
 
 def test_context_is_lookback_only_and_gives_what_the_whole_range_gives(windows):
@@ -100,9 +90,7 @@ def test_feature_sets_and_what_old_versions_recorded():
     for bad in (["value_avg"], "context-v9", None):
         with pytest.raises(ValueError, match="unknown feature set"):
             features.recorded_set(bad)
-    assert features.columns("window-v2") == (*FEATURES, "level_spread")
-    assert features.columns("context-v2")[-1] == "level_spread"
-    with pytest.raises(ValueError, match="known: window-v1, context-v1, window-v2, context-v2"):
+    with pytest.raises(ValueError, match="known: window-v1, context-v1"):
         features.columns("nope")
 
 
