@@ -55,6 +55,13 @@ def test_an_hour_on_azure_batch_through_the_dag(sensor_dag, blob, containers, ba
     for task in tasks.values():
         command = "read-windows" if "/read-" in task.body["commandLine"] else "score-shard"
         assert f" -m sensor_scoring {command} --spec az://" in task.body["commandLine"], task.body["commandLine"]
+        assert task.id.startswith(f"{command}-"), task.id  # read group 0 and score shard 0 are told apart
+    assert sorted(t_id.rsplit("-", 2)[0] for t_id in tasks) == [
+        "read-windows-00000",
+        "score-shard-00000",
+        "score-shard-00001",
+        "score-shard-00002",
+    ]
     assert {t.body["containerSettings"]["imageName"] for t in tasks.values()} == {"sensor-scoring-scorer:test"}
     assert list(fake_batch.pools) == ["scoring-test-pool"]
     sent = json.dumps([r["body"] for r in fake_batch.requests])

@@ -207,6 +207,7 @@ def test_training_shards_on_azure_batch(airflow_db, landed, containers, fake_bat
     tasks = [t for (j, _), t in fake_batch.tasks.items() if j == job]
     assert len(tasks) == 2 and all(t.exit_code == 0 for t in tasks)
     assert all(" train-shard --spec az://" in t.body["commandLine"] for t in tasks)
+    assert sorted(t.id.rsplit("-", 2)[0] for t in tasks) == ["train-shard-00000", "train-shard-00001"]
     assert STORAGE_KEY not in json.dumps([r["body"] for r in fake_batch.requests])
     assert registry.read_manifest(landed, containers.models, "v-batch")["models"] == 6
     assert registry.resolve_version(landed, containers.models, "production") == "v-batch"

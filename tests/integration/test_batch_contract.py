@@ -101,7 +101,7 @@ def test_success_and_what_the_sdk_sends(fake_batch, client, settings, shards, az
     [job] = fake_batch.bodies("POST", "/jobs")
     assert job["id"] == JOB and job["poolInfo"] == {"poolId": "pool-x"} and job["onAllTasksComplete"] == "noaction"
     [task] = fake_batch.bodies("POST", f"/jobs/{JOB}/tasks")
-    assert task["id"].startswith("shard-00000-") and task["id"].endswith("-t1")
+    assert task["id"].startswith("score-shard-00000-") and task["id"].endswith("-t1")
     assert task["commandLine"] == f"python -m sensor_scoring score-shard --spec {shard['spec_uri']}"
     assert task["containerSettings"] == {"imageName": IMAGE, "containerRunOptions": "--rm"}
     assert task["constraints"]["maxTaskRetryCount"] == 0
@@ -155,6 +155,7 @@ def test_a_read_task_runs_on_batch_reading_windows_and_writing_staging(
     assert result["group"] == 0 and result["landed_by_hour"] == {hour.start.isoformat(): 6 * 60}
     [task] = fake_batch.bodies("POST", f"/jobs/{JOB}/tasks")
     assert task["commandLine"] == f"python -m sensor_scoring read-windows --spec {read.spec_uri}"
+    assert task["id"].startswith("read-windows-00000-") and task["id"].endswith("-t1")  # not score shard 0's name
     [env] = task["environmentSettings"]
     sas = json.loads(env["value"])["sas_containers"]
     permissions = {c: parse_qs(urlsplit(url).query)["sp"][0] for c, url in sas.items()}
@@ -334,8 +335,15 @@ def test_ids_are_valid_batch_ids_and_stable():
     assert len(job) <= 64 and job == batch.job_id("sensor_scoring", long_run)
     assert batch.job_id("sensor_scoring", long_run + "y") != job
     assert all(ch.isalnum() or ch in "-_" for ch in job)
-    assert batch.task_id(7, "v", 2) == batch.previous_task_ids(7, "v", 3)[0]
-    assert batch.previous_task_ids(7, "v", 1) == []
+    facts = {command: batch.ShardFacts(command, 7, {}, "v") for command in backends.SHARD_STEPS}
+    ids = {command: batch.task_id(f, 2) for command, f in facts.items()}
+    assert ids["score-shard"].startswith("score-shard-00007-") and ids["score-shard"].endswith("-t2")
+    assert ids["read-windows"].startswith("read-windows-00007-") and ids["train-shard"].startswith("train-shard-00007-")
+    for command, task in ids.items():  # the same number and spec version, told apart by the step
+        assert len(task) <= batch.MAX_ID and all(ch.isalnum() or ch in "-_" for ch in task)
+        assert task == batch.previous_task_ids(facts[command], 3)[0]
+        assert batch.previous_task_ids(facts[command], 1) == []
+    assert batch.task_id(batch.ShardFacts("score-shard", 10**9, {}, "v" * 500), 10**6).endswith("-t1000000")
 
 
 def pid_alive(pid: int) -> bool:

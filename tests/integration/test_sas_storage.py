@@ -116,11 +116,9 @@ def test_a_batch_task_gets_the_storage_retry_budget_but_nothing_else(azurite, mo
 
 def test_the_exact_batch_command_line_scores_a_shard_with_sas_only(planned_shard, blob, containers, azurite, tmp_path):
     hour, shard = planned_shard
-    facts = batch.shard_facts(blob, shard["spec_uri"])
+    facts = batch.shard_facts(blob, shard["spec_uri"], "score-shard")
     task_env = batch.batch_task_env(azurite.connection_string, facts.containers, sas_hours=1)
-    options = batch.task_options(
-        batch.BatchSettings(), batch.task_id(facts.shard, facts.version, 1), shard["spec_uri"], task_env
-    )
+    options = batch.task_options(batch.BatchSettings(), batch.task_id(facts, 1), shard["spec_uri"], task_env)
     assert options.command_line == f"python -m sensor_scoring score-shard --spec {shard['spec_uri']}"
     assert [s.name for s in options.environment_settings] == [config.STORAGE_ENV]
     assert KEY not in json.dumps(options.as_dict()) and "AccountKey" not in json.dumps(options.as_dict())

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sensor_scoring import settings as config, storage as st
-from sensor_scoring.backends import ShardFailed, read_result, shard_command
+from sensor_scoring.backends import SHARD_STEPS, ShardFailed, read_result, shard_command
 from sensor_scoring.settings import DEFAULT_FORMULA, FORMULA_ENV, BatchSettings
 
 if TYPE_CHECKING:
@@ -81,17 +81,22 @@ def job_id(dag_id: str, run_id: str) -> str:
     return prefix + _bounded_id(run_id, f"{dag_id}\n{run_id}", MAX_ID - len(prefix))
 
 
-def task_id(shard: int, spec_version: str, try_number: int) -> str:
-    """One task per shard and try. ``spec_version`` changes whenever plan_shards rewrites the shard, so a
-    re-planned run never reuses the output of an older plan; the try suffix lets a retry add a fresh task
-    while the failed one is still being deleted (Batch refuses a second task with the same id)."""
-    version = hashlib.sha256(spec_version.encode()).hexdigest()[:8]
-    return f"shard-{int(shard):05d}-{version}-t{int(try_number)}"
+def task_id(facts: ShardFacts, try_number: int) -> str:
+    """One task per shard and try, named by its command first (``read-windows-00003-…``, ``score-shard-00003-…``,
+    ``train-shard-00003-…``): a run's read groups and shards share one job and their numbers overlap, so the
+    portal must tell read group 3 from score shard 3. ``facts.version`` changes whenever plan_shards rewrites the
+    spec, so a re-planned run never reuses the output of an older plan; the try suffix lets a retry add a fresh
+    task while the failed one is still being deleted (Batch refuses a second task with the same id)."""
+    version = hashlib.sha256(facts.version.encode()).hexdigest()[:8]
+    task = f"{facts.command}-{int(facts.shard):05d}-{version}-t{int(try_number)}"
+    if len(task) > MAX_ID or _NOT_ID.search(task):
+        raise ValueError(f"Batch task id {task!r} breaks Batch's id rules (letters, digits, - and _, at most {MAX_ID})")
+    return task
 
 
-def previous_task_ids(shard: int, spec_version: str, try_number: int) -> list[str]:
+def previous_task_ids(facts: ShardFacts, try_number: int) -> list[str]:
     """Ids earlier tries of this shard used, newest first."""
-    return [task_id(shard, spec_version, t) for t in range(int(try_number) - 1, 0, -1)]
+    return [task_id(facts, t) for t in range(int(try_number) - 1, 0, -1)]
 
 
 # --- pool, job, task --------------------------------------------------------------------------------------
@@ -261,21 +266,25 @@ def finish_idle_jobs(
 
 @dataclass(frozen=True)
 class ShardFacts:
-    """What submitting a shard needs from its spec: its number, the containers it touches, and a version of the
-    spec that changes whenever plan_shards rewrites it (its URI and last-modified time): task ids derive from it."""
+    """What submitting a shard needs: the ``command`` it runs (a key of ``backends.SHARD_STEPS``), and from its
+    spec its number (a read task's: its group's), the containers it touches, and a version of the spec that
+    changes whenever plan_shards rewrites it (its URI and last-modified time). :func:`task_id` derives from them."""
 
+    command: str
     shard: int
     containers: dict[str, str]
     version: str
 
 
-def shard_facts(storage: st.Storage, spec_uri: str) -> ShardFacts:
-    """The :class:`ShardFacts` of the spec at ``spec_uri``."""
+def shard_facts(storage: st.Storage, spec_uri: str, command: str) -> ShardFacts:
+    """The :class:`ShardFacts` of the spec at ``spec_uri``, run as ``command``."""
+    if command not in SHARD_STEPS:
+        raise ValueError(f"unknown shard command {command!r}; one of {sorted(SHARD_STEPS)}")
     container, path = st.parse_uri(spec_uri)
     spec = json.loads(storage.read_bytes(container, path))
     [info] = [b for b in storage.list(container, path) if b.name == path]
     number = spec["shard"] if "shard" in spec else spec["group"]  # a read task's spec numbers its group
-    return ShardFacts(int(number), dict(spec["containers"]), f"{spec_uri}@{info.last_modified.isoformat()}")
+    return ShardFacts(command, int(number), dict(spec["containers"]), f"{spec_uri}@{info.last_modified.isoformat()}")
 
 
 def batch_task_env(
@@ -426,13 +435,13 @@ def submit_shard(
     """
     from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
-    facts = shard_facts(st.open_storage(storage_setting), spec_uri)
+    facts = shard_facts(st.open_storage(storage_setting), spec_uri, command)
     ensure_pool(client, settings)
     job = job_id(dag_id, run_id)
     if ensure_job(client, settings, job, display_name=f"{dag_id} run {run_id}"):
         finish_idle_jobs(client, job_prefix(dag_id), timedelta(hours=settings.job_ttl_hours))
     replaced: list[str] = []
-    for earlier in previous_task_ids(facts.shard, facts.version, try_number):
+    for earlier in previous_task_ids(facts, try_number):
         try:
             found = client.get_task(job, earlier)
         except ResourceNotFoundError:
@@ -450,7 +459,7 @@ def submit_shard(
         except ResourceNotFoundError:
             pass
         replaced.append(earlier)
-    this = task_id(facts.shard, facts.version, try_number)
+    this = task_id(facts, try_number)
     task_env = batch_task_env(
         storage_setting, facts.containers, settings.sas_hours, pool_identity_client_id=settings.pool_identity_client_id
     )
