@@ -215,14 +215,17 @@ class SensorDuplicates(Record):
 
 @dataclasses.dataclass(frozen=True)
 class CorruptFile(Record):
-    """A landed file that could not be parsed, set aside whole; ``hour`` is the partition that lists it."""
+    """A landed file that could not be parsed, set aside whole: what a read task found (``ReadResult``) and what
+    the hour's validation lists (``HourValidation``, ``HourSummary``). ``hour`` is the hour that lists, copies and
+    quarantines it; None only in a read task's result, for a file of a folder after the run's interval that a later
+    hour owns (``windows.ownership``): commit lists only files with an hour of the run."""
 
     KIND = "corrupt file"
     file: str
     bytes: int
     sha256: str
     error: str
-    hour: datetime
+    hour: datetime | None
     #: Why it was set aside: a key of ``FILE_REASONS``.
     reason: str = CORRUPT_FILE
 
@@ -436,19 +439,6 @@ class ReadSpec(Record):
 
 
 @dataclasses.dataclass(frozen=True)
-class UnreadableRecord(Record):
-    """A corrupt file as a read task found it; ``hour``: the hour that lists and copies it (None: a later one)."""
-
-    KIND = "unreadable file"
-    file: str
-    bytes: int
-    sha256: str
-    error: str
-    reason: str
-    hour: datetime | None
-
-
-@dataclasses.dataclass(frozen=True)
 class ReadResult(Record):
     """What a read task found in its files (``result.json``, written last): the files, and the windows it routed."""
 
@@ -461,7 +451,7 @@ class ReadResult(Record):
     read: int
     empty_files: tuple[str, ...]
     #: Corrupt own files: ``hour`` is the hour that lists them, or None when a later folder's hour owns them.
-    corrupt_files: tuple[UnreadableRecord, ...]
+    corrupt_files: tuple[CorruptFile, ...]
     #: Landed windows the run owns (rows the reader rejected included), per ISO hour.
     landed_by_hour: dict[str, int]
     #: Files of the hour before that the lookback leaves out.

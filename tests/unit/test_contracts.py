@@ -141,8 +141,8 @@ def read_result() -> c.ReadResult:
         read=1,
         empty_files=(),
         corrupt_files=(
-            c.UnreadableRecord("2026/11/24/00/0_a_1.json", 12, "ab" * 32, "cannot be parsed", "corrupt_file", START),
-            c.UnreadableRecord("2026/11/24/01/0_b_1.json", 3, "cd" * 32, "cannot be parsed", "corrupt_file", None),
+            c.CorruptFile("2026/11/24/00/0_a_1.json", 12, "ab" * 32, "cannot be parsed", START),
+            c.CorruptFile("2026/11/24/01/0_b_1.json", 3, "cd" * 32, "cannot be parsed", None, "corrupt_file"),
         ),
         landed_by_hour={START.isoformat(): 60},
         lookback_skipped=(c.SkippedContextFile("2026/11/23/23/0_c_1.json", "missing_column", "no value_avg"),),
@@ -246,6 +246,18 @@ def test_blob_field_names_stay_what_the_docs_describe():
         "start",
         "end",
     ]
+
+
+def test_a_corrupt_file_reads_the_same_in_a_read_result_and_in_an_hours_validation():
+    """One record for both: the stored ``_validation.json`` keeps its shape, and a read task's result.json written
+    when the read task had its own record (fields in another order, ``hour`` null for a later hour's file) reads."""
+    assert list(corrupt().to_dict()) == ["file", "bytes", "sha256", "error", "hour", "reason"]
+    old_entry = {"file": "2026/11/24/01/0_b_1.json", "bytes": 3, "sha256": "cd" * 32, "error": "cannot be parsed"}
+    body = {**read_result().to_dict(), "corrupt_files": [{**old_entry, "reason": "corrupt_file", "hour": None}]}
+    [entry] = c.ReadResult.from_json(json.dumps(body), source=SOURCE).corrupt_files
+    assert entry == c.CorruptFile(**old_entry, hour=None, reason="corrupt_file")
+    with pytest.raises(c.ContractError, match="field 'corrupt_files\\[0\\]\\.hour' is missing"):
+        c.ReadResult.from_dict({**body, "corrupt_files": [{**old_entry, "reason": "corrupt_file"}]}, source=SOURCE)
 
 
 def _broken(make, change) -> dict:

@@ -42,7 +42,6 @@ from sensor_scoring.contracts import (
     SkippedContextFile,
     SourceFiles,
     Subset,
-    UnreadableRecord,
     ValidationReport,
     ValidationThresholdError,
 )
@@ -217,7 +216,7 @@ def read_windows(storage: Storage, spec_uri: str) -> ReadResult:
         read=len(own.read),
         empty_files=tuple(own.empty),
         corrupt_files=tuple(
-            UnreadableRecord(c.file, c.bytes, c.sha256, c.error, c.reason, corrupt_file_hour(c.file, spec))
+            CorruptFile(c.file, c.bytes, c.sha256, c.error, corrupt_file_hour(c.file, spec), c.reason)
             for c in own.corrupt
         ),
         landed_by_hour=dict(count_by_hour(partition_hours(all_landed, spec.start, spec.end))),
@@ -461,12 +460,7 @@ def summarize(
             failing.setdefault(key, Counter()).update(reasons)
         for key, entries in v.duplicates_by_sensor.items():
             by_sensor.setdefault(key, []).extend(entries)
-    corrupt = [
-        CorruptFile(c.file, c.bytes, c.sha256, c.error, c.hour, c.reason)
-        for r in reads
-        for c in r.corrupt_files
-        if c.hour is not None
-    ]
+    corrupt = [c for r in reads for c in r.corrupt_files if c.hour is not None]  # None: a later hour lists it
     empty = [f for r in reads for f in r.empty_files]
     skipped = tuple(f for r in reads for f in r.lookback_skipped)
     hours = {}
