@@ -94,3 +94,15 @@ def test_default_params_validate_and_bad_values_are_rejected(sensor_dag):
             params = copy.deepcopy(sensor_dag.params)
             params.update(bad)
             params.validate()
+
+
+def test_the_tests_training_params_are_the_training_forms_defaults(airflow_db):
+    """tests.support.training's defaults stand for the form's: a changed default changes them too, or fails here."""
+    from dev.demo import load_dag
+    from tests.support.training import FORM_DEFAULTS, training_params
+
+    form = load_dag(REPO / "dags" / "sensor_model_training.py").params
+    assert {name: form[name] for name in FORM_DEFAULTS} == dict(FORM_DEFAULTS)
+    assert training_params(nu=0.05)["nu"] == 0.05 and training_params()["devices"] is not FORM_DEFAULTS["devices"]
+    with pytest.raises(TypeError, match="no training param holdout"):
+        training_params(holdout=2)

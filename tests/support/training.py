@@ -10,13 +10,44 @@ gate, as a test's setup wants.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from types import MappingProxyType
+from typing import Any
 
 from sensor_scoring import features as feature_sets, layout, settings as config, storage as st
 from sensor_scoring.models import fitting, registry, stats
 from sensor_scoring.runs.scope import Scope
 from sensor_scoring.steps.training import gather
 from sensor_scoring.storage import Storage
+
+#: The training DAG form's defaults (dags/sensor_model_training.py) of the params ``steps.training.train_locally``
+#: reads, as ``train`` and the demo pass them (tests/dag/test_dag_integrity.py checks they are the form's).
+FORM_DEFAULTS: Mapping[str, object] = MappingProxyType(
+    {
+        "holdout_hours": 6,
+        "sensors_per_shard": 100,
+        "nu": 0.02,
+        "min_rows": 30,
+        "false_alarm_rate": 0.02,
+        "threshold_mads": None,
+        "features": "window-v1",
+        "adaptive_nu": False,
+        "devices": [],
+        "tags": [],
+        "late_folders": 1,
+        "promote": True,
+    }
+)
+
+
+def training_params(**overrides: Any) -> dict[str, Any]:
+    """The params of a training run for ``train_locally``: the form's defaults with ``overrides``. A name the form
+    does not have is refused, so a typo never trains on a default unnoticed."""
+    unknown = sorted(set(overrides) - set(FORM_DEFAULTS))
+    if unknown:
+        raise TypeError(f"no training param {', '.join(unknown)}; the form's: {', '.join(FORM_DEFAULTS)}")
+    return {**FORM_DEFAULTS, "devices": [], "tags": [], **overrides}
 
 
 def train_and_register(

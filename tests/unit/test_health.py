@@ -23,25 +23,14 @@ from sensor_scoring.storage import LocalStorage
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_hour
 from sensor_scoring.windows import LandingPlan, aggregate_readings, land_windows
 from tests.support.helpers import START, run_steps
+from tests.support.training import training_params
 
 H = timedelta(hours=1)
 FIRST = START + 24 * H  # the first scored hour
 SCORED = [FIRST + n * H for n in range(4)]  # 30 hours landed: two more for the lost-model test
 SHIFTED = ("dev-0001", "temperature")
 THRESHOLDS = health.Thresholds(psi=0.0, anomaly_excess=0.2, hours=3)  # the settings' defaults
-TRAINING = {
-    "holdout_hours": 2,
-    "sensors_per_shard": 10,
-    "nu": 0.02,
-    "min_rows": 30,
-    "threshold_mads": None,
-    "features": "context-v1",
-    "adaptive_nu": False,
-    "devices": [],
-    "tags": [],
-    "late_folders": 1,
-    "promote": True,
-}
+TRAINING = training_params(holdout_hours=2, sensors_per_shard=10, features="context-v1", false_alarm_rate=None)
 
 
 def _windows(shift: bool) -> pd.DataFrame:

@@ -32,6 +32,7 @@ from sensor_scoring.steps.training import train_locally
 from sensor_scoring.storage import LocalStorage, read_parquet
 from sensor_scoring.windows import LandingPlan, aggregate_readings, land_windows
 from tests.support.helpers import run_steps
+from tests.support.training import training_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import detection_sources as sources  # noqa: E402  (the benchmark's evaluation sources)
@@ -41,20 +42,7 @@ KEY = ["device_id", "tag"]
 #: The settings' defaults, as a deployment that sets nothing runs them.
 THRESHOLDS = health.Thresholds.from_settings(config.Settings.from_env({}))
 #: The training DAG's form defaults (dags/sensor_model_training.py), as ``train`` and the demo pass them.
-DEFAULTS = {
-    "holdout_hours": 6,
-    "sensors_per_shard": 100,
-    "nu": 0.02,
-    "min_rows": 30,
-    "false_alarm_rate": 0.02,
-    "threshold_mads": None,
-    "features": "window-v1",
-    "adaptive_nu": False,
-    "devices": [],
-    "tags": [],
-    "late_folders": 1,
-    "promote": True,
-}
+DEFAULTS = training_params()
 #: The level shift of the shifted case, in training standard deviations of the sensor's window average.
 SHIFT_SDS = 4.0
 #: Hours scored after the training's end (a gap first: the scored hours are at another time of day).

@@ -22,22 +22,11 @@ from sensor_scoring.steps.training import train_locally
 from sensor_scoring.storage import LocalStorage
 from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage
 from tests.support.helpers import START, fleet_windows
+from tests.support.training import training_params
 
 H = timedelta(hours=1)
 KEY = ["device_id", "tag"]
-PARAMS = {
-    "holdout_hours": 2,
-    "sensors_per_shard": 4,
-    "nu": 0.02,
-    "min_rows": 30,
-    "threshold_mads": None,
-    "features": "context-v1",
-    "adaptive_nu": False,
-    "devices": [],
-    "tags": [],
-    "late_folders": 1,
-    "promote": True,
-}
+PARAMS = training_params(holdout_hours=2, sensors_per_shard=4, features="context-v1", false_alarm_rate=None)
 
 
 @pytest.fixture(scope="module")
