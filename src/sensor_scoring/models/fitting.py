@@ -13,6 +13,7 @@ neither does the registry, which stores what this module fits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -175,27 +176,10 @@ def adaptive_nu(matrix: np.ndarray, floor: float) -> float:
     return float(min(max(2 * share + NU_MARGIN, floor), max(NU_MAX, floor)))
 
 
-def train_models(
-    windows: pd.DataFrame,
-    *,
-    nu: float = 0.02,
-    min_rows: int = 30,
-    threshold_mads: float | None = None,
-    features: str = feature_sets.WINDOW_V1,
-    adaptive: bool = False,
-    false_alarm_rate: float | None = None,
-) -> list[TrainedModel]:
-    """One pipeline per (device_id, tag) that can carry one, sorted by key (:func:`fit_sensors` without the
-    sensors it skips)."""
-    return fit_sensors(
-        windows,
-        nu=nu,
-        min_rows=min_rows,
-        threshold_mads=threshold_mads,
-        features=features,
-        adaptive=adaptive,
-        false_alarm_rate=false_alarm_rate,
-    )[0]
+def train_models(windows: pd.DataFrame, **options: Any) -> list[TrainedModel]:
+    """One pipeline per (device_id, tag) that can carry one, sorted by key: :func:`fit_sensors` with the same
+    keyword options (an unknown one is its TypeError), without the sensors it skips."""
+    return fit_sensors(windows, **options)[0]
 
 
 def fit_sensors(
