@@ -26,7 +26,7 @@ from sensor_scoring import settings as config
 
 if TYPE_CHECKING:
     from sensor_scoring.contracts import Manifest
-    from sensor_scoring.steps.health import HealthManifest
+    from sensor_scoring.steps.health import HealthManifest, Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -389,52 +389,75 @@ def check_drift(context: Mapping[str, Any], manifests: Sequence[HealthManifest])
     """After model_health: one ``model_drift`` alert per hour with sensors drifting for the configured number of
     consecutive hours, listing them (one message per hour, however many sensors: the manifest names the first
     ``steps.health.MAX_LISTED``; the hour's health partition has them all)."""
-    sent = []
-    for manifest in manifests:
-        if not manifest.alerting:
-            continue
-        hour, t = manifest.hour.isoformat(), manifest.thresholds
-        more = manifest.alerting - len(manifest.alerting_sensors)
-        listed = ", ".join(manifest.alerting_sensors) + (f" and {more} more" if more > 0 else "")
-        payload = build_payload(
+    return [
+        _sensors_alert(
             "model_drift",
             context,
-            error=(
-                f"hour {hour}: {manifest.alerting} sensor(s) drifting for {t.hours}+ consecutive hours "
-                f"(anomaly rate >= expected rate + {t.anomaly_excess:g} and improbable at it"
-                f"{f' or PSI >= {t.psi:g}' if t.psi > 0 else ''}): {listed}"
-            ),
-            hour=hour,
-            sensors=list(manifest.alerting_sensors),
+            manifest,
+            manifest.alerting_sensors,
+            manifest.alerting,
+            _drifting(manifest.thresholds),
             alerting=manifest.alerting,
-            thresholds=t.to_dict(),
+            thresholds=manifest.thresholds.to_dict(),
         )
-        payload["outcome"] = send_alert(payload)
-        sent.append(payload)
-    return sent
+        for manifest in manifests
+        if manifest.alerting
+    ]
+
+
+def _drifting(t: Thresholds) -> str:
+    """What the drifting sensors did for ``t.hours`` hours in a row, in the drift rule's terms."""
+    psi = f" or PSI >= {t.psi:g}" if t.psi > 0 else ""
+    return (
+        f"drifting for {t.hours}+ consecutive hours (anomaly rate >= expected rate + {t.anomaly_excess:g} "
+        f"and improbable at it{psi})"
+    )
 
 
 def check_models_lost(context: Mapping[str, Any], manifests: Sequence[HealthManifest]) -> list[dict[str, Any]]:
     """After model_health: one ``models_lost`` alert per hour in which sensors that had a model (the hour before,
     the day before, or in the production version before this one) were quarantined ``no_model``."""
-    sent = []
-    for manifest in manifests:
-        if not manifest.models_lost:
-            continue
-        hour = manifest.hour.isoformat()
-        more = manifest.models_lost - len(manifest.models_lost_sensors)
-        listed = ", ".join(manifest.models_lost_sensors) + (f" and {more} more" if more > 0 else "")
-        payload = build_payload(
+    what = "that had a model have none in the version scoring the hour; their windows are quarantined no_model"
+    return [
+        _sensors_alert(
             "models_lost",
             context,
-            error=(
-                f"hour {hour}: {manifest.models_lost} sensor(s) that had a model have none in the version scoring "
-                f"the hour; their windows are quarantined no_model: {listed}. Roll back or retrain them"
-            ),
-            hour=hour,
-            sensors=list(manifest.models_lost_sensors),
+            manifest,
+            manifest.models_lost_sensors,
+            manifest.models_lost,
+            what,
+            then=". Roll back or retrain them",
             models_lost=manifest.models_lost,
         )
-        payload["outcome"] = send_alert(payload)
-        sent.append(payload)
-    return sent
+        for manifest in manifests
+        if manifest.models_lost
+    ]
+
+
+def _sensors_alert(
+    event: str,
+    context: Mapping[str, Any],
+    manifest: HealthManifest,
+    listed: Sequence[str],
+    count: int,
+    what: str,
+    *,
+    then: str = "",
+    **extra: Any,
+) -> dict[str, Any]:
+    """The one shape of an hour's alert about some of its sensors, sent: ``hour H: N sensor(s) <what>: a, b and M
+    more<then>`` (the health manifest lists the first ``steps.health.MAX_LISTED`` of the ``count``), with the
+    hour, the listed sensors and ``extra`` as fields."""
+    hour = manifest.hour.isoformat()
+    more = count - len(listed)
+    names = ", ".join(listed) + (f" and {more} more" if more > 0 else "")
+    payload = build_payload(
+        event,
+        context,
+        error=f"hour {hour}: {count} sensor(s) {what}: {names}{then}",
+        hour=hour,
+        sensors=list(listed),
+        **extra,
+    )
+    payload["outcome"] = send_alert(payload)
+    return payload

@@ -9,6 +9,7 @@ anomaly-count alert.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from datetime import datetime, timedelta, timezone
@@ -311,3 +312,52 @@ def test_chat_and_subject_escaping_rules():
     payload = {"dag_id": "d", "event": "task_failed", "task_id": "t\x00\n" + "x" * 300, "run_id": "r"}
     subject = alerts.email_subject(payload)
     assert len(subject) == alerts.MAX_SUBJECT and subject.endswith("...") and "\n" not in subject
+
+
+def test_health_alerts_name_the_first_sensors_and_count_the_rest(alert_connections, airflow_db):
+    """model_drift and models_lost: one message per hour, the sensors the manifest lists and how many more, the
+    counts as fields; an hour with none sends nothing."""
+    from sensor_scoring.steps.health import HealthManifest, Thresholds
+
+    _, http_sink = alert_connections
+    hour = START + 5 * H
+    quiet = HealthManifest(
+        hour=hour + H,
+        run_id="run-1",
+        computed_at=hour + 2 * H,
+        model_versions=("v1",),
+        thresholds=Thresholds(psi=0.25, anomaly_excess=0.2, hours=3),
+        sensors=30,
+        windows=1800,
+        anomalies=0,
+        quarantined=0,
+        unattributed_quarantined=0,
+        no_statistics=0,
+        drifting=0,
+        alerting=0,
+        alerting_sensors=(),
+        quarantine_reasons={},
+    )
+    busy = dataclasses.replace(
+        quiet,
+        hour=hour,
+        alerting=5,
+        alerting_sensors=("dev-1/t", "dev-2/t"),
+        models_lost=2,
+        models_lost_sensors=("dev-3/p", "dev-4/p"),
+    )
+    context = {"run_id": "r", "dag": None}
+    assert [p["event"] for p in alerts.check_drift(context, [busy, quiet])] == ["model_drift"]
+    assert [p["event"] for p in alerts.check_models_lost(context, [quiet, busy])] == ["models_lost"]
+
+    drift, lost = [p["json"] for p in http_sink.received]
+    assert drift["error"] == (
+        f"hour {hour.isoformat()}: 5 sensor(s) drifting for 3+ consecutive hours (anomaly rate >= expected rate + "
+        "0.2 and improbable at it or PSI >= 0.25): dev-1/t, dev-2/t and 3 more"
+    )
+    assert drift["sensors"] == ["dev-1/t", "dev-2/t"] and drift["alerting"] == 5 and drift["thresholds"]["hours"] == 3
+    assert lost["error"] == (
+        f"hour {hour.isoformat()}: 2 sensor(s) that had a model have none in the version scoring the hour; their "
+        "windows are quarantined no_model: dev-3/p, dev-4/p. Roll back or retrain them"
+    )
+    assert lost["sensors"] == ["dev-3/p", "dev-4/p"] and lost["models_lost"] == 2 and lost["hour"] == hour.isoformat()
