@@ -26,7 +26,7 @@ from sensor_scoring.windows import parse_window_file
 from tests.conftest import REPO
 from tests.support.helpers import START
 from tests.support.partitions import read_partition
-from tests.support.training import train_and_register
+from tests.support.training import GATE_TAKES_ANY, train_and_register
 
 pytestmark = [pytest.mark.azurite, pytest.mark.airflow]
 H = timedelta(hours=1)
@@ -299,10 +299,7 @@ def test_readings_from_2018_replayed_end_to_end(blob, containers, airflow_home, 
         "--promote",
         "--holdout-hours",
         "1",
-        "--max-flagged-share",
-        "1",
-        "--gate-false-alarm-rate",
-        "1",
+        *GATE_TAKES_ANY,
     )
     assert trained["models"] == 6 and trained["promoted"] is True
 

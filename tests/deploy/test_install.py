@@ -39,6 +39,7 @@ from packaging.utils import canonicalize_name
 from sensor_scoring.storage import LocalStorage
 from tests.conftest import REPO
 from tests.support.partitions import read_partition
+from tests.support.training import GATE_TAKES_ANY
 
 pytestmark = pytest.mark.deploy
 H = timedelta(hours=1)
@@ -275,10 +276,7 @@ def test_airflow_dags_test_scores_an_hour_on_local_storage(newcomer: Newcomer) -
         "--promote",
         "--holdout-hours",
         "1",
-        "--max-flagged-share",
-        "1",
-        "--gate-false-alarm-rate",
-        "1",
+        *GATE_TAKES_ANY,
     )
     assert trained["models"] == DEVICES * TAGS and trained["promoted"] is True
 

@@ -16,6 +16,7 @@ from sensor_scoring.tools.simulate import ANOMALY_KINDS, SimulationConfig, simul
 from sensor_scoring.windows import aggregate_readings
 from tests.conftest import REPO
 from tests.support.helpers import START
+from tests.support.training import GATE_TAKES_ANY
 
 
 def test_simulated_hours_are_deterministic_whole_and_labelled():
@@ -110,10 +111,7 @@ def test_cli_simulate_ingest_train_and_score_a_shard(blob, containers, azurite, 
         "--promote",
         "--holdout-hours",
         "1",  # the training DAG's steps, the last hour held back and judged; the gate takes any share and rate
-        "--max-flagged-share",
-        "1",
-        "--gate-false-alarm-rate",
-        "1",
+        *GATE_TAKES_ANY,
         env=env,
     )
     assert {k: trained[k] for k in ("version", "models", "promoted", "features")} == {
