@@ -14,6 +14,7 @@ import json
 import logging
 from datetime import datetime, timedelta, timezone
 from email.message import Message
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -24,6 +25,9 @@ from sensor_scoring_airflow import alerts
 from tests.conftest import REPO
 from tests.support.alerting import RECIPIENTS, smtp_conn, webhook_conn
 from tests.support.helpers import START, sample_manifest
+
+if TYPE_CHECKING:
+    from sensor_scoring.steps.health import HealthManifest
 
 H = timedelta(hours=1)
 
@@ -261,15 +265,11 @@ def test_a_bad_conf_fails_the_first_task_at_once_despite_retries(sensor_dag, ale
 HOSTILE = "<!channel> <https://evil.example/login|Open the runbook>"
 
 
-def test_names_reach_chat_and_email_as_text_not_markup(alert_connections, airflow_db):
-    """A drifting sensor on a device named like a chat command: the webhook's ``text`` has ``&``, ``<``, ``>``
-    escaped (no channel ping, no disguised link), the email's HTML part shows it escaped, the JSON fields keep the
-    raw name for programs, and a run id with a line break stays in one subject line (no added header)."""
+def health_manifest(hour: datetime, **changes: Any) -> HealthManifest:
+    """The health of an hour of two sensors, quiet unless ``changes`` say otherwise."""
     from sensor_scoring.steps.health import HealthManifest, Thresholds
 
-    smtp_sink, http_sink = alert_connections
-    hour = START + 5 * H
-    manifest = HealthManifest(
+    quiet = HealthManifest(
         hour=hour,
         run_id="run-1",
         computed_at=hour + H,
@@ -277,14 +277,26 @@ def test_names_reach_chat_and_email_as_text_not_markup(alert_connections, airflo
         thresholds=Thresholds(psi=0.0, anomaly_excess=0.2, hours=3),
         sensors=2,
         windows=120,
-        anomalies=40,
+        anomalies=0,
         quarantined=0,
         unattributed_quarantined=0,
         no_statistics=0,
-        drifting=1,
-        alerting=1,
-        alerting_sensors=(f"{HOSTILE}/temperature & <b>humidity</b>",),
+        drifting=0,
+        alerting=0,
+        alerting_sensors=(),
         quarantine_reasons={},
+    )
+    return dataclasses.replace(quiet, **changes)
+
+
+def test_names_reach_chat_and_email_as_text_not_markup(alert_connections, airflow_db):
+    """A drifting sensor on a device named like a chat command: the webhook's ``text`` has ``&``, ``<``, ``>``
+    escaped (no channel ping, no disguised link), the email's HTML part shows it escaped, the JSON fields keep the
+    raw name for programs, and a run id with a line break stays in one subject line (no added header)."""
+    smtp_sink, http_sink = alert_connections
+    hour = START + 5 * H
+    manifest = health_manifest(
+        hour, anomalies=40, drifting=1, alerting=1, alerting_sensors=(f"{HOSTILE}/temperature & <b>humidity</b>",)
     )
     context = {"run_id": "manual__1\r\nBcc: thief@example.com", "dag": None}
     [sent] = alerts.check_drift(context, [manifest])
@@ -317,30 +329,17 @@ def test_chat_and_subject_escaping_rules():
 def test_health_alerts_name_the_first_sensors_and_count_the_rest(alert_connections, airflow_db):
     """model_drift and models_lost: one message per hour, the sensors the manifest lists and how many more, the
     counts as fields; an hour with none sends nothing."""
-    from sensor_scoring.steps.health import HealthManifest, Thresholds
+    from sensor_scoring.steps.health import Thresholds
 
     _, http_sink = alert_connections
     hour = START + 5 * H
-    quiet = HealthManifest(
-        hour=hour + H,
-        run_id="run-1",
-        computed_at=hour + 2 * H,
-        model_versions=("v1",),
-        thresholds=Thresholds(psi=0.25, anomaly_excess=0.2, hours=3),
+    psi = Thresholds(psi=0.25, anomaly_excess=0.2, hours=3)
+    quiet = health_manifest(hour + H, thresholds=psi, sensors=30)
+    busy = health_manifest(
+        hour,
+        thresholds=psi,
         sensors=30,
-        windows=1800,
-        anomalies=0,
-        quarantined=0,
-        unattributed_quarantined=0,
-        no_statistics=0,
-        drifting=0,
-        alerting=0,
-        alerting_sensors=(),
-        quarantine_reasons={},
-    )
-    busy = dataclasses.replace(
-        quiet,
-        hour=hour,
+        drifting=5,
         alerting=5,
         alerting_sensors=("dev-1/t", "dev-2/t"),
         models_lost=2,
