@@ -35,25 +35,13 @@ from sensor_scoring.steps.training import train_locally
 from sensor_scoring.storage import LocalStorage, read_parquet
 from sensor_scoring.windows import LandingPlan, aggregate_readings, land_windows
 from tests.support.helpers import run_steps
+from tests.support.training import training_params
 
 H = timedelta(hours=1)
 KEY = ["device_id", "tag"]
 THRESHOLDS = health.Thresholds.from_settings(config.Settings.from_env({}))
-#: The training DAG's form defaults (dags/sensor_model_training.py).
-DEFAULTS = {
-    "holdout_hours": 6,
-    "sensors_per_shard": 100,
-    "nu": 0.02,
-    "min_rows": 30,
-    "false_alarm_rate": 0.02,
-    "threshold_mads": None,
-    "features": "window-v1",
-    "adaptive_nu": False,
-    "devices": [],
-    "tags": [],
-    "late_folders": 1,
-    "promote": True,
-}
+#: The training DAG's form defaults (dags/sensor_model_training.py), as ``train`` and the demo pass them.
+DEFAULTS = training_params()
 SHIFT_SDS = 4.0
 GAP_HOURS = 6
 SOURCES = ("simulator", "shapes", "plant", "sparse")
