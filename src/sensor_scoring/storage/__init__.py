@@ -22,8 +22,10 @@ from typing import Literal
 from sensor_scoring import settings as config
 from sensor_scoring.storage.base import (
     READ_CONCURRENCY,
+    ROW_GROUP_ROWS,
     URI_SCHEME,
     BlobInfo,
+    BlobStat,
     GenerationMismatch,
     Storage,
     UnsafePathError,
@@ -47,17 +49,21 @@ from sensor_scoring.storage.blob import (
     use_credential,
 )
 from sensor_scoring.storage.local import LocalStorage
+from sensor_scoring.storage.ranged import BlobFile, read_parquet_rows
 from sensor_scoring.storage.sas import SAS_SETTING_KEY, SasStorage, make_sas_setting, sas_container_urls
 
 #: The names of the submodules re-exported here, and the setting parser (the blob paths below are public too).
 __all__ = [
     "READ_CONCURRENCY",
+    "ROW_GROUP_ROWS",
     "AccountUrlError",
     "RETRIES_ENV",
     "RETRY_BACKOFF_ENV",
     "SAS_SETTING_KEY",
     "URI_SCHEME",
+    "BlobFile",
     "BlobInfo",
+    "BlobStat",
     "BlobStorage",
     "GenerationMismatch",
     "LocalStorage",
@@ -77,6 +83,7 @@ __all__ = [
     "parse_setting",
     "parse_uri",
     "read_parquet",
+    "read_parquet_rows",
     "retry_policy",
     "retry_settings",
     "safe_path",

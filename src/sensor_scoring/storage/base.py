@@ -21,6 +21,11 @@ URI_SCHEME = "az://"
 #: Requests in flight of one :meth:`Storage.read_many`: small blobs are latency-bound, so a few overlap the
 #: service's and our own work; bounded, so an hour of 5,000 files never opens 5,000 connections.
 READ_CONCURRENCY = 8
+#: Rows of one Parquet row group, at most, in every file the pipeline writes (pyarrow's default is 1Mi). A reader
+#: of a few rows (the sensor page) fetches only the row groups whose min/max statistics can hold them: with rows
+#: in key order, 64Ki rows of an hour's predictions are ~1,100 sensors, about 0.8 MB of the columns the page reads,
+#: while the footer of 6M rows stays ~160 kB (docs/benchmarks.md, the sensor page).
+ROW_GROUP_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,17 @@ class BlobInfo:
     last_modified: datetime
 
 
+@dataclass(frozen=True)
+class BlobStat:
+    """A blob's length and a token of its content, taken together: ranged reads pinned to ``version`` never mix
+    the bytes of two writes (a commit replacing the hour while a page reads it)."""
+
+    size: int
+    #: The ETag on blob storage (what :meth:`Storage.generation` gives); a directory's file identity (inode,
+    #: modification time, size: every write renames a new file into place).
+    version: str
+
+
 class Storage(Protocol):
     """The operations the pipeline needs; nothing else is used, so a new backend stays small."""
 
@@ -41,6 +57,18 @@ class Storage(Protocol):
         """The bytes of many blobs, in the order of ``paths``, at most ``concurrency`` requests in flight; a
         missing one raises ``FileNotFoundError`` as :meth:`read_bytes` does. What a folder of many small
         landed files is read through: per blob it costs one request and little else."""
+        ...
+
+    def stat(self, container: str, path: str) -> BlobStat:
+        """The blob's size and version, by one request that reads none of its bytes; a missing one raises
+        ``FileNotFoundError`` as :meth:`read_bytes` does."""
+        ...
+
+    def read_range(self, container: str, path: str, offset: int, length: int, version: str | None = None) -> bytes:
+        """``length`` bytes of the blob from ``offset``, fewer where it ends first (none from its end on), by one
+        request. With ``version`` (of :meth:`stat`), only from the blob still at that version, else
+        ``GenerationMismatch``: a reader of a few ranges of a large blob (``storage.ranged.BlobFile``, the
+        sensor page's footer and row groups) never mixes two writes. A missing blob raises ``FileNotFoundError``."""
         ...
 
     def write_bytes(self, container: str, path: str, data: bytes) -> None: ...
@@ -73,6 +101,12 @@ class Storage(Protocol):
 
 class GenerationMismatch(RuntimeError):
     """A conditional write found the blob at another generation than the one the writer read."""
+
+
+def check_range(offset: int, length: int) -> None:
+    """A byte range every implementation refuses alike: no negative offset or length."""
+    if offset < 0 or length < 0:
+        raise ValueError(f"a byte range needs a non-negative offset and length, got offset={offset}, length={length}")
 
 
 class UnsafePathError(ValueError):
@@ -129,12 +163,14 @@ def parse_uri(uri: str) -> tuple[str, str]:
 
 
 def parquet_bytes(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
-    """A frame as one Parquet file's bytes (cast to ``schema`` when given), without the pandas index."""
+    """A frame as one Parquet file's bytes (cast to ``schema`` when given), without the pandas index; row groups
+    of at most ``ROW_GROUP_ROWS`` rows, so a reader of some rows can skip the others' (``storage.ranged``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), sink)
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS)
     data: bytes = sink.getvalue().to_pybytes()
     return data
 

@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from sensor_scoring import settings as config
-from sensor_scoring.storage.base import READ_CONCURRENCY, BlobInfo, GenerationMismatch, make_uri, safe_path
+from sensor_scoring.storage.base import (
+    READ_CONCURRENCY,
+    BlobInfo,
+    BlobStat,
+    GenerationMismatch,
+    check_range,
+    make_uri,
+    safe_path,
+)
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -306,6 +314,15 @@ class BlobStorage:
             safe_path(container, path)
         return read_blobs(self._container(container), paths, concurrency, lambda path: self.read_bytes(container, path))
 
+    def stat(self, container: str, path: str) -> BlobStat:
+        safe_path(container, path)
+        return blob_stat(self._container(container).get_blob_client(path), make_uri(container, path))
+
+    def read_range(self, container: str, path: str, offset: int, length: int, version: str | None = None) -> bytes:
+        safe_path(container, path)
+        client = self._container(container).get_blob_client(path)
+        return read_blob_range(client, offset, length, version, make_uri(container, path))
+
     def write_bytes(self, container: str, path: str, data: bytes) -> None:
         safe_path(container, path)
         self._ensure_container(container)
@@ -478,6 +495,42 @@ def download_blob_to(client: ContainerClient, path: str, local_path: str | os.Pa
     except BaseException:
         Path(local_path).unlink(missing_ok=True)
         raise
+
+
+def blob_stat(client: Any, where: str) -> BlobStat:
+    """The blob's size and ETag by one Get Blob Properties (no body); ``FileNotFoundError`` when missing."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        properties = client.get_blob_properties()
+    except ResourceNotFoundError as exc:
+        raise FileNotFoundError(where) from exc
+    return BlobStat(size=int(properties.size), version=str(properties.etag))
+
+
+def read_blob_range(client: Any, offset: int, length: int, version: str | None, where: str) -> bytes:
+    """One ranged Get Blob (``x-ms-range``), If-Match ``version`` when given (``GenerationMismatch`` once the blob
+    was written since); fewer bytes where the blob ends, none from its end on (the service's 416)."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import HttpResponseError, ResourceModifiedError, ResourceNotFoundError
+
+    check_range(offset, length)
+    if length == 0:
+        return b""
+    condition: dict[str, Any] = {}
+    if version is not None:
+        condition = {"etag": version, "match_condition": MatchConditions.IfNotModified}
+    try:
+        data: bytes = client.download_blob(offset=offset, length=length, max_concurrency=1, **condition).readall()
+    except ResourceNotFoundError as exc:
+        raise FileNotFoundError(where) from exc
+    except ResourceModifiedError as exc:
+        raise GenerationMismatch(f"{where} was written since version {version}: read it again") from exc
+    except HttpResponseError as exc:
+        if exc.status_code == 416:  # the range starts at or after the blob's end
+            return b""
+        raise
+    return data
 
 
 def blob_generation(client: Any) -> str | None:

@@ -16,8 +16,17 @@ import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from stat import S_ISREG
 
-from sensor_scoring.storage.base import READ_CONCURRENCY, BlobInfo, GenerationMismatch, UnsafePathError, safe_path
+from sensor_scoring.storage.base import (
+    READ_CONCURRENCY,
+    BlobInfo,
+    BlobStat,
+    GenerationMismatch,
+    UnsafePathError,
+    check_range,
+    safe_path,
+)
 
 #: The root's folders of temporary files and of lock files: dot names, so never a container's.
 TMP_DIR = ".tmp"
@@ -44,6 +53,29 @@ class LocalStorage:
     def read_many(self, container: str, paths: Sequence[str], concurrency: int = READ_CONCURRENCY) -> list[bytes]:
         """One after the other: a local file costs a few microseconds, so threads would only add their own."""
         return [self.read_bytes(container, path) for path in paths]
+
+    def stat(self, container: str, path: str) -> BlobStat:
+        info = self._path(container, path).stat()
+        if not S_ISREG(info.st_mode):
+            raise FileNotFoundError(f"{container}/{path} is a folder, not a blob")
+        return BlobStat(size=info.st_size, version=_file_version(info))
+
+    def read_range(self, container: str, path: str, offset: int, length: int, version: str | None = None) -> bytes:
+        """By ``pread`` on a descriptor whose file is the one checked against ``version``: a write renames a new
+        file into place, so the open file is the version read whatever happens meanwhile."""
+        check_range(offset, length)
+        with open(self._path(container, path), "rb") as handle:
+            current = _file_version(os.fstat(handle.fileno()))
+            if version is not None and current != version:
+                raise GenerationMismatch(f"{container}/{path} was written since version {version}: read it again")
+            chunks, end = [], offset + length
+            while offset < end:
+                chunk = os.pread(handle.fileno(), end - offset, offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                offset += len(chunk)
+            return b"".join(chunks)
 
     def _tmp(self) -> tuple[int, str]:
         """A new temporary file outside every container, on the root's filesystem (renamed into place)."""
@@ -132,3 +164,9 @@ class LocalStorage:
                 self.write_bytes(container, path, data)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _file_version(info: os.stat_result) -> str:
+    """A file's identity: every write renames a new file (a new inode) into place, so this changes with it. Not the
+    content hash of :meth:`LocalStorage.generation`: a version is taken per ranged read and must cost no read."""
+    return f"{info.st_dev}:{info.st_ino}:{info.st_mtime_ns}:{info.st_size}"

@@ -13,14 +13,16 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from sensor_scoring.storage.base import READ_CONCURRENCY, BlobInfo, make_uri, safe_path
+from sensor_scoring.storage.base import READ_CONCURRENCY, BlobInfo, BlobStat, make_uri, safe_path
 from sensor_scoring.storage.blob import (
     BlobStorage,
     blob_generation,
+    blob_stat,
     conditional_upload,
     download_blob_to,
     http_options,
     list_blobs,
+    read_blob_range,
     read_blobs,
     retry_policy,
     retry_settings,
@@ -96,6 +98,15 @@ class SasStorage:
         for path in paths:
             safe_path(container, path)
         return read_blobs(self._client(container), paths, concurrency, lambda path: self.read_bytes(container, path))
+
+    def stat(self, container: str, path: str) -> BlobStat:
+        safe_path(container, path)
+        return blob_stat(self._client(container).get_blob_client(path), make_uri(container, path))
+
+    def read_range(self, container: str, path: str, offset: int, length: int, version: str | None = None) -> bytes:
+        safe_path(container, path)
+        client = self._client(container).get_blob_client(path)
+        return read_blob_range(client, offset, length, version, make_uri(container, path))
 
     def write_bytes(self, container: str, path: str, data: bytes) -> None:
         safe_path(container, path)
