@@ -235,9 +235,15 @@ def _write_predictions(
     keep: Callable[[dict[datetime, pd.DataFrame]], dict[datetime, Kept]],
 ) -> tuple[dict[datetime, _Written], dict[datetime, Kept]]:
     """Stream every shard's predictions into one local Parquet file per hour, noting each window's key; then the
-    committed rows ``keep`` leaves as they were, given the keys the run scored or quarantined per hour."""
+    committed rows ``keep`` leaves as they were, given the keys the run scored or quarantined per hour.
+
+    Shards are ranges of sensors in (device_id, tag) order (``steps.plan.shard_numbers``) taken in shard order, and
+    each shard's rows are sorted by key: an hour's rows are in key order, in row groups of ``ROW_GROUP_ROWS`` whose
+    min/max statistics name a narrow range of sensors, which is what lets the sensor page read one sensor's row
+    groups only (``storage.read_parquet_rows``). The kept rows keep the committed file's order (runs in key order).
+    """
     written = {h: _Written(folder / f"{h:%Y%m%d%H}.parquet") for h in hours}
-    writers = {h: pq.ParquetWriter(w.path, PREDICTION_SCHEMA) for h, w in written.items()}
+    writers = {h: _RowGroups(pq.ParquetWriter(w.path, PREDICTION_SCHEMA)) for h, w in written.items()}
     keys: dict[datetime, list[pd.DataFrame]] = {h: [quarantined[h][_KEY]] for h in hours}
     # the keys found matter only where committed rows may be kept (a re-run, a rescoring): a first commit of an
     # hour holds none of them, so its memory stays one shard's whatever the hour's size
@@ -249,20 +255,54 @@ def _write_predictions(
                 h = pd.Timestamp(moment).to_pydatetime()
                 if h not in writers:
                     continue  # an hour this commit leaves as another run committed it (fence.hours_to_commit)
-                writers[h].write_table(pa.Table.from_pandas(rows, schema=PREDICTION_SCHEMA, preserve_index=False))
+                table = pa.Table.from_pandas(rows, schema=PREDICTION_SCHEMA, preserve_index=False)
+                writers[h].add(table.sort_by([(k, "ascending") for k in _KEY]))
                 written[h].scored += len(rows)
                 written[h].anomalies += int(rows["is_anomaly"].sum())
                 if committed[h]:
                     keys[h].append(rows[_KEY])
         kept = keep({h: pd.concat(frames, ignore_index=True) for h, frames in keys.items()})
         for h, rest in kept.items():
-            writers[h].write_table(rest.predictions)
+            writers[h].add(rest.predictions)
             written[h].scored += rest.scored
             written[h].anomalies += rest.anomalies
+        for writer in writers.values():
+            writer.flush()
     finally:
         for writer in writers.values():
             writer.close()
     return written, kept
+
+
+class _RowGroups:
+    """Tables written to one Parquet file in row groups of ``ROW_GROUP_ROWS`` rows (the last one shorter), however
+    small the tables (a shard of one sensor is 60 rows): rows wait here until a whole row group has come, so an
+    hour of 100k one-sensor shards is ~90 row groups, not 100k, and its footer stays small."""
+
+    def __init__(self, writer: pq.ParquetWriter) -> None:
+        self.writer = writer
+        self.waiting: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        self.waiting.append(table)
+        self.rows += table.num_rows
+        if self.rows >= st.ROW_GROUP_ROWS:
+            rows = pa.concat_tables(self.waiting)
+            whole = rows.num_rows - rows.num_rows % st.ROW_GROUP_ROWS
+            self.writer.write_table(rows.slice(0, whole), row_group_size=st.ROW_GROUP_ROWS)
+            rest = rows.slice(whole)
+            self.waiting, self.rows = [rest], rest.num_rows
+
+    def flush(self) -> None:
+        """Write the rows that wait (the file's last, shorter row group)."""
+        if self.rows:
+            self.writer.write_table(pa.concat_tables(self.waiting), row_group_size=st.ROW_GROUP_ROWS)
+        self.waiting, self.rows = [], 0
+
+    def close(self) -> None:
+        """Close the file (a file of no rows still gets its schema); rows not flushed are not written."""
+        self.writer.close()
 
 
 def _commit_hour(run: _Commit, h: datetime, written: _Written, q_rows: pd.DataFrame, kept: Kept | None) -> Manifest:
