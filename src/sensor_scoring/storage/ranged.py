@@ -35,7 +35,7 @@ class BlobFile(io.RawIOBase):
     written since; open it again). What pyarrow reads through ``pa.PythonFile(BlobFile(...), mode="r")``.
 
     Bytes are fetched by :meth:`Storage.read_range` and few are kept: the tail (the footer) and the last
-    read-ahead. ``requests`` and ``bytes_fetched`` say what it cost.
+    read-ahead (``READ_AHEAD`` and ``TAIL`` unless given). ``requests`` and ``bytes_fetched`` say what it cost.
     """
 
     def __init__(
@@ -44,14 +44,15 @@ class BlobFile(io.RawIOBase):
         container: str,
         path: str,
         *,
-        read_ahead: int = READ_AHEAD,
-        tail: int = TAIL,
+        read_ahead: int | None = None,
+        tail: int | None = None,
         stat: BlobStat | None = None,
     ) -> None:
         super().__init__()
         self._storage, self._container, self._path = storage, container, path
         self._stat = stat or storage.stat(container, path)
-        self._read_ahead, self._tail_length = max(read_ahead, 0), max(tail, 0)
+        self._read_ahead = max(READ_AHEAD if read_ahead is None else read_ahead, 0)
+        self._tail_length = max(TAIL if tail is None else tail, 0)
         self._position = 0
         self._tail: tuple[int, bytes] | None = None
         self._ahead: tuple[int, bytes] | None = None
