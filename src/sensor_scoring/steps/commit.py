@@ -243,7 +243,7 @@ def _write_predictions(
     groups only (``storage.read_parquet_rows``). The kept rows keep the committed file's order (runs in key order).
     """
     written = {h: _Written(folder / f"{h:%Y%m%d%H}.parquet") for h in hours}
-    writers = {h: _RowGroups(pq.ParquetWriter(w.path, PREDICTION_SCHEMA)) for h, w in written.items()}
+    writers = {h: RowGroups(pq.ParquetWriter(w.path, PREDICTION_SCHEMA)) for h, w in written.items()}
     keys: dict[datetime, list[pd.DataFrame]] = {h: [quarantined[h][_KEY]] for h in hours}
     # the keys found matter only where committed rows may be kept (a re-run, a rescoring): a first commit of an
     # hour holds none of them, so its memory stays one shard's whatever the hour's size
@@ -255,8 +255,7 @@ def _write_predictions(
                 h = pd.Timestamp(moment).to_pydatetime()
                 if h not in writers:
                     continue  # an hour this commit leaves as another run committed it (fence.hours_to_commit)
-                table = pa.Table.from_pandas(rows, schema=PREDICTION_SCHEMA, preserve_index=False)
-                writers[h].add(table.sort_by([(k, "ascending") for k in _KEY]))
+                writers[h].add(in_key_order(rows))
                 written[h].scored += len(rows)
                 written[h].anomalies += int(rows["is_anomaly"].sum())
                 if committed[h]:
@@ -274,7 +273,13 @@ def _write_predictions(
     return written, kept
 
 
-class _RowGroups:
+def in_key_order(rows: pd.DataFrame) -> pa.Table:
+    """A shard's predictions of one hour as the partition holds them: sorted by (device_id, tag, window_end)."""
+    table = pa.Table.from_pandas(rows, schema=PREDICTION_SCHEMA, preserve_index=False)
+    return table.sort_by([(k, "ascending") for k in _KEY])
+
+
+class RowGroups:
     """Tables written to one Parquet file in row groups of ``ROW_GROUP_ROWS`` rows (the last one shorter), however
     small the tables (a shard of one sensor is 60 rows): rows wait here until a whole row group has come, so an
     hour of 100k one-sensor shards is ~90 row groups, not 100k, and its footer stays small."""
