@@ -114,6 +114,10 @@ class BlobFile(io.RawIOBase):
         view[: len(data)] = data
         return len(data)
 
+    def close(self) -> None:
+        self._tail = self._ahead = None  # the bytes kept go with the file
+        super().close()
+
     def _check_open(self) -> None:
         if self.closed:
             raise ValueError("I/O operation on a closed BlobFile")
@@ -162,7 +166,7 @@ def read_parquet_rows(
     """The rows of one Parquet blob that match ``filters`` (pyarrow's filter forms), ``columns`` only; None when
     the blob does not exist. Read through a :class:`BlobFile`: the footer, then only the column chunks of the row
     groups whose statistics can match, so the cost follows the rows asked for, not the blob. A blob replaced
-    while it is read (a commit of the hour) is read again, whole from its new version, up to ``attempts`` times.
+    while it is read (a commit of the hour) is read again from its new version, up to ``attempts`` times.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
