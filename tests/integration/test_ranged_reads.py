@@ -28,14 +28,20 @@ DATA = os.urandom(3 * 2**20 + 12_345)  # longer than the tail and several read-a
 @pytest.fixture(
     params=["local", pytest.param("azurite", marks=pytest.mark.azurite), pytest.param("sas", marks=pytest.mark.azurite)]
 )
-def any_storage(request, tmp_path) -> st.Storage:
+def any_storage(request, tmp_path, box) -> st.Storage:
     if request.param == "local":
         return st.LocalStorage(tmp_path)
     blob, containers, azurite = (request.getfixturevalue(name) for name in ("blob", "containers", "azurite"))
     if request.param == "azurite":
         return blob
-    blob.write_bytes("box", "created.txt", b"")  # the container exists before a SAS is signed for it
-    return st.open_storage(st.make_sas_setting(azurite.connection_string, read=[], read_write=["box"], hours=1))
+    blob.write_bytes(box, "created.txt", b"")  # the container exists before a SAS is signed for it
+    return st.open_storage(st.make_sas_setting(azurite.connection_string, read=[], read_write=[box], hours=1))
+
+
+@pytest.fixture
+def box(containers) -> str:
+    """A container of the test's own: tests sharing the session's Azurite never see each other's blobs."""
+    return containers.staging
 
 
 class Counting:
@@ -68,41 +74,41 @@ class Counting:
         return self.inner.read_bytes(container, path)
 
 
-def test_read_range_at_offsets_past_the_end_and_of_a_missing_blob(any_storage):
+def test_read_range_at_offsets_past_the_end_and_of_a_missing_blob(any_storage, box):
     s = any_storage
-    s.write_bytes("box", "r/blob.bin", DATA)
-    stat = s.stat("box", "r/blob.bin")
+    s.write_bytes(box, "r/blob.bin", DATA)
+    stat = s.stat(box, "r/blob.bin")
     assert stat.size == len(DATA) and stat.version
     for offset, length in [(0, 1), (1, 100), (2**20 - 7, 70_000), (len(DATA) - 10, 10), (len(DATA) - 10, 1000)]:
-        assert s.read_range("box", "r/blob.bin", offset, length) == DATA[offset : offset + length]
-    assert s.read_range("box", "r/blob.bin", len(DATA), 10) == b""  # from the end on: nothing
-    assert s.read_range("box", "r/blob.bin", len(DATA) + 5, 10) == b""
-    assert s.read_range("box", "r/blob.bin", 3, 0) == b""
-    assert s.read_range("box", "r/blob.bin", 5, 5, stat.version) == DATA[5:10]
+        assert s.read_range(box, "r/blob.bin", offset, length) == DATA[offset : offset + length]
+    assert s.read_range(box, "r/blob.bin", len(DATA), 10) == b""  # from the end on: nothing
+    assert s.read_range(box, "r/blob.bin", len(DATA) + 5, 10) == b""
+    assert s.read_range(box, "r/blob.bin", 3, 0) == b""
+    assert s.read_range(box, "r/blob.bin", 5, 5, stat.version) == DATA[5:10]
     with pytest.raises(ValueError, match="non-negative"):
-        s.read_range("box", "r/blob.bin", -1, 5)
+        s.read_range(box, "r/blob.bin", -1, 5)
     with pytest.raises(FileNotFoundError):
-        s.stat("box", "r/missing.bin")
+        s.stat(box, "r/missing.bin")
     with pytest.raises(FileNotFoundError):
-        s.read_range("box", "r/missing.bin", 0, 5)
+        s.read_range(box, "r/missing.bin", 0, 5)
     with pytest.raises(ValueError, match="not a plain relative name"):
-        s.read_range("box", "../r/blob.bin", 0, 5)
+        s.read_range(box, "../r/blob.bin", 0, 5)
 
 
-def test_a_version_read_after_the_blob_was_written_again_is_refused(any_storage):
+def test_a_version_read_after_the_blob_was_written_again_is_refused(any_storage, box):
     s = any_storage
-    s.write_bytes("box", "r/blob.bin", DATA)
-    before = s.stat("box", "r/blob.bin").version
-    s.write_bytes("box", "r/blob.bin", DATA[::-1])
-    assert s.stat("box", "r/blob.bin").version != before
+    s.write_bytes(box, "r/blob.bin", DATA)
+    before = s.stat(box, "r/blob.bin").version
+    s.write_bytes(box, "r/blob.bin", DATA[::-1])
+    assert s.stat(box, "r/blob.bin").version != before
     with pytest.raises(st.GenerationMismatch):
-        s.read_range("box", "r/blob.bin", 0, 10, before)
+        s.read_range(box, "r/blob.bin", 0, 10, before)
 
 
-def test_blob_file_reads_seeks_and_ends_like_a_file(any_storage):
+def test_blob_file_reads_seeks_and_ends_like_a_file(any_storage, box):
     s = Counting(any_storage)
-    any_storage.write_bytes("box", "f/blob.bin", DATA)
-    with BlobFile(s, "box", "f/blob.bin") as file:
+    any_storage.write_bytes(box, "f/blob.bin", DATA)
+    with BlobFile(s, box, "f/blob.bin") as file:
         assert file.size() == len(DATA) and file.seekable() and file.readable() and file.tell() == 0
         assert file.read(10) == DATA[:10] and file.tell() == 10
         assert file.read(100) == DATA[10:110]  # within the first read-ahead: no request
@@ -132,11 +138,11 @@ def test_blob_file_reads_seeks_and_ends_like_a_file(any_storage):
     assert s.calls["stat"] == 1 and s.calls["read_range"] == 3 and s.calls["read_bytes"] == 0
 
 
-def test_blob_file_of_a_blob_written_meanwhile_fails_rather_than_mixing_versions(any_storage):
-    any_storage.write_bytes("box", "f/blob.bin", DATA)
-    with BlobFile(any_storage, "box", "f/blob.bin") as file:
+def test_blob_file_of_a_blob_written_meanwhile_fails_rather_than_mixing_versions(any_storage, box):
+    any_storage.write_bytes(box, "f/blob.bin", DATA)
+    with BlobFile(any_storage, box, "f/blob.bin") as file:
         assert file.read(10) == DATA[:10]
-        any_storage.write_bytes("box", "f/blob.bin", DATA[::-1])
+        any_storage.write_bytes(box, "f/blob.bin", DATA[::-1])
         file.seek(2 * 2**20)
         with pytest.raises(st.GenerationMismatch):
             file.read(10)
@@ -156,44 +162,44 @@ def _key_ordered(sensors: int, windows: int = 60) -> pa.Table:
     )
 
 
-def test_a_parquet_read_through_blob_file_fetches_only_the_row_groups_that_can_hold_the_rows(any_storage):
+def test_a_parquet_read_through_blob_file_fetches_only_the_row_groups_that_can_hold_the_rows(any_storage, box):
     """pyarrow reads the footer, prunes row groups by their statistics and fetches the chunks of the rest."""
     table = _key_ordered(20_000)  # 1.2M rows in 150 row groups of 8,000 (~11 MB)
     sink = io.BytesIO()
     pq.write_table(table, sink, row_group_size=8000)
-    any_storage.write_bytes("box", "p/part.parquet", sink.getvalue())
+    any_storage.write_bytes(box, "p/part.parquet", sink.getvalue())
     s = Counting(any_storage)
     only = [("device_id", "==", "dev-00123"), ("tag", "==", "tag-2")]
-    rows = read_parquet_rows(s, "box", "p/part.parquet", ["window_end", "score"], only)
+    rows = read_parquet_rows(s, box, "p/part.parquet", ["window_end", "score"], only)
     whole = pq.read_table(io.BytesIO(sink.getvalue()), columns=["window_end", "score"], filters=only)
     assert rows is not None and rows.num_rows == 60 and rows.equals(whole)
     assert s.calls["stat"] == 1 and s.calls["read_range"] <= 4 and s.calls["read_bytes"] == 0
     # the footer's tail, then the two columns' chunks of the one row group holding the sensor (at least a read-ahead)
     assert s.bytes_read <= TAIL + READ_AHEAD + 8000 * 8 * 2 < len(sink.getvalue()) / 10
-    assert read_parquet_rows(s, "box", "p/nothing.parquet", ["score"], only) is None
+    assert read_parquet_rows(s, box, "p/nothing.parquet", ["score"], only) is None
 
 
-def test_a_partition_replaced_while_it_is_read_is_read_again_from_its_new_version(any_storage):
+def test_a_partition_replaced_while_it_is_read_is_read_again_from_its_new_version(any_storage, box):
     old = _key_ordered(2000)  # ~1 MB: more than the tail, so the row groups are a request of their own
     new = old.set_column(3, "score", pa.array([-1.0] * old.num_rows))
     for name, table in (("old", old), ("new", new)):
         sink = io.BytesIO()
         pq.write_table(table, sink, row_group_size=6000)
-        any_storage.write_bytes("box", f"p/{name}.parquet", sink.getvalue())
-    replacement = any_storage.read_bytes("box", "p/new.parquet")
-    any_storage.write_bytes("box", "p/part.parquet", any_storage.read_bytes("box", "p/old.parquet"))
+        any_storage.write_bytes(box, f"p/{name}.parquet", sink.getvalue())
+    replacement = any_storage.read_bytes(box, "p/new.parquet")
+    any_storage.write_bytes(box, "p/part.parquet", any_storage.read_bytes(box, "p/old.parquet"))
 
     class ReplacedAfterTheFooter(Counting):
         def read_range(self, container, path, offset, length, version=None):
             data = super().read_range(container, path, offset, length, version)
             if self.calls["read_range"] == 1:  # a commit lands between the footer and the row groups
-                self.inner.write_bytes("box", "p/part.parquet", replacement)
+                self.inner.write_bytes(box, "p/part.parquet", replacement)
             return data
 
     s = ReplacedAfterTheFooter(any_storage)
-    rows = read_parquet_rows(s, "box", "p/part.parquet", ["score"], [("device_id", "==", "dev-00003")])
+    rows = read_parquet_rows(s, box, "p/part.parquet", ["score"], [("device_id", "==", "dev-00003")])
     assert rows is not None and rows.column("score").to_pylist() == [-1.0] * 240 and s.calls["stat"] == 2
-    assert any_storage.stat("box", "p/old.parquet").size > TAIL
+    assert any_storage.stat(box, "p/old.parquet").size > TAIL
 
 
 # --- the sensor page on an hour the pipeline committed on Azurite ---
