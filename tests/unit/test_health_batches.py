@@ -57,7 +57,6 @@ def reference_rows(predictions, quarantine, training, previous, thresholds, hour
             continue
         _reference_psi(out, predictions[predictions["model_version"] == version], table, hour_of_day)
     # the judgement from the sums is the product's own (decide): what is compared here is how the sums are made
-    out["drifting"] = False
     return health.decide(out, lambda back: previous if back == 1 else None, thresholds)
 
 

@@ -456,7 +456,6 @@ def _judge(
     out["status"] = np.where(out["windows"] > 0, STATUS_NO_STATS, STATUS_NOT_SCORED)
     for bins in versions:
         _add_psi(out, bins, row_of_slot)
-    out["drifting"] = False
     return decide(out, earlier, thresholds)
 
 
@@ -480,7 +479,8 @@ def decide(rows: pd.DataFrame, earlier: Earlier, thresholds: Thresholds) -> pd.D
     shifted = (out["psi"] >= thresholds.psi).to_numpy() & (windows >= MIN_WINDOWS) if thresholds.psi > 0 else False
     drifting = judged & (excess | shifted)  # PSI 0: reported, not judged
     kept = status_ok & ~known
-    out["drifting"] = np.where(kept, out["drifting"].fillna(False).to_numpy(dtype=bool), drifting).astype(bool)
+    stored_drifting = out["drifting"].fillna(False).to_numpy(dtype=bool) if "drifting" in out else False
+    out["drifting"] = np.where(kept, stored_drifting, drifting).astype(bool)
     stored_p = out["p_value"].to_numpy(dtype=float) if "p_value" in out else np.full(len(out), np.nan)
     out["p_value"] = np.where(kept, stored_p, np.where(judged, p_value, np.nan))
     out["judged_windows"] = np.where(judged, n, windows).astype(np.int64)
