@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
+import itertools
 import json
 import os
 import sys
@@ -41,13 +42,16 @@ from sensor_scoring.windows import aggregate_readings
 FEATURE_SETS = (features.WINDOW_V1, features.CONTEXT_V1)
 NUS = (0.02, 0.05)
 RATES = (0.005, 0.01, 0.02)
+#: the third round (bench/README.md): each candidate without and with each sensor's own nu (the candidate's nu
+#: its floor, ``fitting.adaptive_nu``)
+ADAPTIVE = (False, True)
 #: the reference anchor's training readings per sensor, subsampled (bench/README.md)
 REFERENCE_MAX_READINGS = 2000
 KEY = ["device_id", "tag"]
 
 
-def candidate(feature_set: str, nu: float, rate: float) -> str:
-    return f"{feature_set}/nu={nu}/far={rate}"
+def candidate(feature_set: str, nu: float, rate: float, adaptive: bool = False) -> str:
+    return f"{feature_set}/nu={nu}{'+adaptive' if adaptive else ''}/far={rate}"
 
 
 def measures(flag: np.ndarray, truth: np.ndarray) -> dict[str, float | int | None]:
@@ -102,34 +106,39 @@ def flags_of(scored: pd.DataFrame, trained: list[fitting.TrainedModel], threshol
 
 
 def candidates(train: pd.DataFrame, scored: pd.DataFrame, truth: np.ndarray, out: dict) -> None:
-    """Every candidate: one fit per (feature set, nu), the conformal threshold for each rate on its calibration."""
-    for feature_set in FEATURE_SETS:
-        for nu in NUS:
-            trained, skipped = fitting.fit_sensors(train, nu=nu, features=feature_set, false_alarm_rate=RATES[0])
-            by_key = {k: rows.sort_values("window_end", kind="stable") for k, rows in train.groupby(KEY, sort=True)}
-            calibration = {}
-            for m in trained:
-                rows = by_key[(m.device_id, m.tag)]
-                matrix = features.feature_matrix(rows.iloc[len(rows) - m.calibration_windows :], feature_set)
-                calibration[(m.device_id, m.tag)] = (m.pipeline.decision_function(matrix), m.arrays)
-            for rate in RATES:
-                thresholds, bounds = {}, []
-                for key, (values, arrays) in calibration.items():
-                    thresholds[key], bound = fitting.conformal_threshold(values, rate, arrays)
-                    bounds.append(bound)
-                out[candidate(feature_set, nu, rate)] = {
-                    **measures(flags_of(scored, trained, thresholds), truth),
-                    "false_alarm_rate": rate,
-                    "models": len(trained),
-                    "skipped": {r: sum(s.reason == r for s in skipped) for r in fitting.SKIP_REASONS},
-                    "mean_guaranteed_rate": round(float(np.mean(bounds)), 4) if bounds else None,
-                }
+    """Every candidate: one fit per (feature set, nu, adaptive), the conformal threshold for each rate on its
+    calibration."""
+    for feature_set, nu, adaptive in itertools.product(FEATURE_SETS, NUS, ADAPTIVE):
+        trained, skipped = fitting.fit_sensors(
+            train, nu=nu, features=feature_set, false_alarm_rate=RATES[0], adaptive=adaptive
+        )
+        by_key = {k: rows.sort_values("window_end", kind="stable") for k, rows in train.groupby(KEY, sort=True)}
+        calibration = {}
+        for m in trained:
+            rows = by_key[(m.device_id, m.tag)]
+            matrix = features.feature_matrix(rows.iloc[len(rows) - m.calibration_windows :], feature_set)
+            calibration[(m.device_id, m.tag)] = (m.pipeline.decision_function(matrix), m.arrays)
+        for rate in RATES:
+            thresholds, bounds = {}, []
+            for key, (values, arrays) in calibration.items():
+                thresholds[key], bound = fitting.conformal_threshold(values, rate, arrays)
+                bounds.append(bound)
+            out[candidate(feature_set, nu, rate, adaptive)] = {
+                **measures(flags_of(scored, trained, thresholds), truth),
+                "false_alarm_rate": rate,
+                "models": len(trained),
+                "skipped": {r: sum(s.reason == r for s in skipped) for r in fitting.SKIP_REASONS},
+                "mean_guaranteed_rate": round(float(np.mean(bounds)), 4) if bounds else None,
+                "mean_nu": round(float(np.mean([m.nu for m in trained])), 4) if trained else None,
+            }
 
 
 def earlier_rules(train: pd.DataFrame, scored: pd.DataFrame, truth: np.ndarray, out: dict) -> None:
     """The earlier thresholds, measured, not candidates: context-v1, nu 0.02, ``predict`` and ``threshold_mads`` 5."""
     for name, mads in (("context-v1/predict", None), ("context-v1/threshold_mads=5", 5.0)):
-        trained = fitting.train_models(train, nu=0.02, features=features.CONTEXT_V1, threshold_mads=mads)
+        trained = fitting.train_models(
+            train, nu=0.02, features=features.CONTEXT_V1, threshold_mads=mads, adaptive=False
+        )
         out[name] = measures(flags_of(scored, trained), truth)
 
 
@@ -187,18 +196,16 @@ def choose(results: dict[str, dict], among: list[str]) -> str | None:
     """The candidate eligible on every source of ``among`` with the highest mean F1 over its labelled ones."""
     labelled = [s for s in among if results[s]["labelled"]]
     best, best_key = None, None
-    for feature_set in FEATURE_SETS:
-        for nu in NUS:
-            for rate in RATES:
-                name = candidate(feature_set, nu, rate)
-                if not all(eligible(results[s]["variants"][name]) for s in among):
-                    continue
-                f1 = float(np.mean([results[s]["variants"][name]["f1"] for s in labelled])) if labelled else 0.0
-                # ties: the lower rate, the lower nu, the set with fewer columns (context-v1 before window-v1,
-                # as the first run's rule had it), then the name
-                key = (-round(f1, 6), rate, nu, len(features.columns(feature_set)), feature_set)
-                if best_key is None or key < best_key:
-                    best, best_key = name, key
+    for feature_set, nu, rate, adaptive in itertools.product(FEATURE_SETS, NUS, RATES, ADAPTIVE):
+        name = candidate(feature_set, nu, rate, adaptive)
+        if not all(eligible(results[s]["variants"][name]) for s in among):
+            continue
+        f1 = float(np.mean([results[s]["variants"][name]["f1"] for s in labelled])) if labelled else 0.0
+        # ties: the lower rate, the lower nu, without adaptive before with it, the set with fewer columns
+        # (context-v1 before window-v1, as the first run's rule had it), then the name
+        key = (-round(f1, 6), rate, nu, adaptive, len(features.columns(feature_set)), feature_set)
+        if best_key is None or key < best_key:
+            best, best_key = name, key
     return best
 
 
@@ -281,10 +288,9 @@ def main() -> None:
     report["leave_one_source_out"] = leave_one_out(results)
     report["default"] = choose(results, list(results))
     if args.draws > 1:
-        report["draws"] = [{"seed_offset": 0, "leave_one_source_out": report["leave_one_source_out"]}]
+        report["draws"] = [drawn_report(0, results)]
         for draw in range(1, args.draws):
-            drawn = evaluate(makers(100 * draw), real)
-            report["draws"].append({"seed_offset": 100 * draw, "leave_one_source_out": leave_one_out(drawn)})
+            report["draws"].append(drawn_report(100 * draw, evaluate(makers(100 * draw), real)))
         print(spread(report["draws"]))
     report["seconds"] = round(time.perf_counter() - began, 1)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -322,6 +328,22 @@ def evaluate(generated: list[Callable[[], sources.Source]], real: sources.Source
         }
         print(f"{src.name}: {len(train)} training, {len(scored)} scored windows, {time.perf_counter() - t0:.0f} s")
     return results
+
+
+def drawn_report(seed_offset: int, results: dict[str, dict]) -> dict[str, object]:
+    """One draw: its leave-one-source-out, and every variant's F1 and flagged share of normal windows per source
+    (how a setting does on each draw of a source, left out or not)."""
+    return {
+        "seed_offset": seed_offset,
+        "leave_one_source_out": leave_one_out(results),
+        "cells": {
+            name: {
+                v: {"f1": c["f1"], "flagged_share_normal": c["flagged_share_normal"]}
+                for v, c in result["variants"].items()
+            }
+            for name, result in results.items()
+        },
+    }
 
 
 def spread(draws: list[dict]) -> str:
