@@ -145,11 +145,12 @@ with DAG(
             "False-alarm rate; both empty: predict's 0.",
         ),
         "adaptive_nu": Param(
-            False,
+            True,
             type="boolean",
             title="Adaptive nu",
             description="Each sensor's nu from its own training windows (at least nu): more where its history holds "
-            "more far-out windows.",
+            "more far-out windows (the default, chosen by leave-one-source-out). The false-alarm rate is "
+            "calibrated afterwards either way.",
         ),
         "features": Param(
             "window-v1",

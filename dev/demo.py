@@ -582,7 +582,7 @@ DEMO_TRAINING = {
     "false_alarm_rate": fitting.DEFAULT_FALSE_ALARM_RATE,
     "threshold_mads": None,
     "features": feature_sets.DEFAULT_FEATURE_SET,
-    "adaptive_nu": False,
+    "adaptive_nu": fitting.DEFAULT_ADAPTIVE_NU,
     "devices": [],
     "tags": [],
     "late_folders": 1,

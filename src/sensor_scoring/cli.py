@@ -124,7 +124,7 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
         "min_rows": args.min_rows,
         "threshold_mads": args.threshold_mads,
         "features": args.features,
-        "adaptive_nu": args.adaptive_nu,
+        "adaptive_nu": _adaptive_nu(args),
         "devices": args.devices,
         "tags": args.tags,
         "late_folders": args.late_folders,
@@ -146,6 +146,13 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
         raise SystemExit(f"train: {exc}") from None
     features = registry.version_features(registry.read_manifest(run.storage, run.containers.models, version))
     return {**outcome, "features": features}
+
+
+def _adaptive_nu(args: argparse.Namespace) -> bool:
+    """``--adaptive-nu`` / ``--no-adaptive-nu``, else the package's default (imported here: fitting is heavy)."""
+    from sensor_scoring.models.fitting import DEFAULT_ADAPTIVE_NU
+
+    return DEFAULT_ADAPTIVE_NU if args.adaptive_nu is None else bool(args.adaptive_nu)
 
 
 def _false_alarm_rate(args: argparse.Namespace) -> float | None:
@@ -349,9 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--adaptive-nu",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="each sensor's nu from its own training windows (at least --nu): more where its history holds more "
-        "far-out windows (fitting.adaptive_nu)",
+        "far-out windows (fitting.adaptive_nu; on by default, --no-adaptive-nu for --nu on every sensor)",
     )
     train.add_argument("--max-f1-drop", type=float, default=0.0, help="policy: largest F1 loss against production")
     train.add_argument("--min-flagged-share", type=float, default=0.0, help="policy: least share of held-back flagged")

@@ -137,6 +137,7 @@ def test_the_command_the_demo_and_the_dag_make_the_same_version(airflow_db, land
     pd.testing.assert_frame_equal(indexes["v-dag"], indexes["v-demo"])
     manifests = {v: registry.read_manifest(landed, containers.models, v) for v in indexes}
     assert manifests["v-dag"]["params"] == manifests["v-cli"]["params"] == manifests["v-demo"]["params"]
+    assert manifests["v-dag"]["params"]["adaptive_nu"] is fitting.DEFAULT_ADAPTIVE_NU  # the default, everywhere
     verdicts = [manifests[v]["lineage"]["evaluation"] for v in indexes]
     assert all(v["candidate_all"] == verdicts[0]["candidate_all"] for v in verdicts)
     assert promotion.current(landed, containers.models) is None  # nothing promoted: every run said so

@@ -32,7 +32,7 @@ FORM_DEFAULTS: Mapping[str, object] = MappingProxyType(
         "false_alarm_rate": 0.02,
         "threshold_mads": None,
         "features": "window-v1",
-        "adaptive_nu": False,
+        "adaptive_nu": True,
         "devices": [],
         "tags": [],
         "late_folders": 1,

@@ -63,10 +63,12 @@ def test_a_subset_version_is_promoted_as_production_with_that_subset_replaced(la
     full = train_locally(run, PARAMS, policy, version="v-full")
     assert full["promoted"] and full["models"] == 6
 
-    # a subset retrained with another nu (the same params would give the same models: training is deterministic);
+    # a subset retrained with one fixed nu (the same params would give the same models: training is deterministic);
     # the policy here judges coverage, not F1 on these few labelled windows
     lenient = promotion.Policy(max_f1_drop=1.0)
-    subset = train_locally(run, {**PARAMS, "devices": ["dev-0000"], "nu": 0.03}, lenient, version="v-sub")
+    subset = train_locally(
+        run, {**PARAMS, "devices": ["dev-0000"], "nu": 0.03, "adaptive_nu": False}, lenient, version="v-sub"
+    )
     assert subset["promoted"], subset["reason"]
     assert "4 sensor(s) keep v-full's models" in str(subset["reason"])
     coverage = subset["evaluation"]["coverage"]

@@ -128,3 +128,17 @@ def test_the_gate_judges_the_calibrated_false_alarm_rate_and_coverage():
     carried = promotion.coverage([("d1", "t")], "context-v1", [("d1", "t"), ("d2", "t")], "v1", "context-v1")
     assert carried["carried"] == 1 and carried["carried_from"] == "v1" and carried["uncovered"] == 0
     assert promotion.decide({**summary(0.05, None, None), "coverage": carried}, promotion.Policy()) == (True, [])
+
+
+def test_train_takes_each_sensors_own_nu_unless_told_not_to():
+    """``train`` follows the package's default (chosen by leave-one-source-out, docs/models.md) unless
+    ``--no-adaptive-nu`` or ``--adaptive-nu`` says otherwise."""
+    from sensor_scoring import cli
+    from sensor_scoring.models import fitting
+
+    argv = ["train", "--start", "2026-11-24T00:00Z", "--end", "2026-11-25T00:00Z"]
+    parser = cli.build_parser()
+    assert fitting.DEFAULT_ADAPTIVE_NU is True
+    assert cli._adaptive_nu(parser.parse_args(argv)) is True
+    assert cli._adaptive_nu(parser.parse_args([*argv, "--no-adaptive-nu"])) is False
+    assert cli._adaptive_nu(parser.parse_args([*argv, "--adaptive-nu"])) is True

@@ -91,6 +91,10 @@ class Skipped:
 DEFAULT_FALSE_ALARM_RATE = 0.02
 #: The OneClassSVM's nu, unless the run states another (chosen with the rate above).
 DEFAULT_NU = 0.02
+#: Each sensor's nu from its own training windows (:func:`adaptive_nu`, the run's nu its floor), unless the run
+#: says otherwise: chosen with the two above (docs/models.md, "Detection quality": the third round). With the
+#: conformal threshold nu shapes the boundary only, so the rate holds either way; clean histories keep the floor.
+DEFAULT_ADAPTIVE_NU = True
 #: The latest share of each sensor's training windows held back from its fit to calibrate its threshold.
 CALIBRATION_SHARE = 0.25
 #: Decision values this close (relative to the size of the kernel sum) count as tied: the scorer's values agree
@@ -189,7 +193,7 @@ def fit_sensors(
     min_rows: int = 30,
     threshold_mads: float | None = None,
     features: str = feature_sets.WINDOW_V1,
-    adaptive: bool = False,
+    adaptive: bool = DEFAULT_ADAPTIVE_NU,
     false_alarm_rate: float | None = None,
 ) -> tuple[list[TrainedModel], list[Skipped]]:
     """One pipeline per (device_id, tag), sorted by key, and the sensors skipped with their reason.
@@ -198,7 +202,7 @@ def fit_sensors(
     (:func:`conformal_threshold`). Else ``threshold_mads``: threshold from the training decision values
     (:func:`calibrated_threshold`); neither: scikit-learn's ``predict`` (threshold 0). ``features``: the feature
     set (a set with derived columns needs them in ``windows``: ``features.add_features``). ``adaptive``: each
-    sensor's nu from its own windows (:func:`adaptive_nu`, at least ``nu``), else ``nu`` for all.
+    sensor's nu from its own windows (:func:`adaptive_nu`, at least ``nu``; the default), else ``nu`` for all.
     A sensor with fewer than ``min_rows`` windows (``too_few_windows``; with a calibration, the fit part needs
     ``min_rows`` too) or an input that does not vary (``constant_history``) is skipped.
     """

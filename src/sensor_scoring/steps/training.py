@@ -62,7 +62,7 @@ def gather(
     tags: list[str] | None = None,
     late_folders: int = 1,
     features: str = feature_sets.DEFAULT_FEATURE_SET,
-    adaptive_nu: bool = False,
+    adaptive_nu: bool = fitting.DEFAULT_ADAPTIVE_NU,
     false_alarm_rate: float | None = None,
 ) -> list[PlannedShard]:
     """Valid windows of [start, end): the last ``holdout_hours`` staged for evaluation, the rest in training shards
@@ -535,7 +535,7 @@ def model_params(params: Mapping[str, Any]) -> dict[str, object]:
         "false_alarm_rate": None if rate is None else float(rate),
         "threshold_mads": None if mads is None else float(mads),
         "nu": float(params["nu"]),
-        "adaptive_nu": bool(params.get("adaptive_nu", False)),
+        "adaptive_nu": bool(params.get("adaptive_nu", fitting.DEFAULT_ADAPTIVE_NU)),
         "features": str(params.get("features", feature_sets.DEFAULT_FEATURE_SET)),
         "gamma": "scale",
         "kernel": "rbf",
@@ -593,7 +593,7 @@ def train_locally(
         tags=params.get("tags") or None,
         late_folders=int(params["late_folders"]),
         features=str(params.get("features", feature_sets.DEFAULT_FEATURE_SET)),
-        adaptive_nu=bool(params.get("adaptive_nu", False)),
+        adaptive_nu=bool(params.get("adaptive_nu", fitting.DEFAULT_ADAPTIVE_NU)),
     )
     results = [train_shard(run.storage, shard.spec_uri) for shard in shards]
     verdict = evaluate(run, results, policy)
