@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 
 WINDOW_V1 = "window-v1"
 CONTEXT_V1 = "context-v1"
-#: window-v1's columns and context-v1's trailing level: the window's own shape and where it sits against its past
-WINDOW_CONTEXT_V1 = "window-context-v1"
 #: What new versions are trained with unless a parameter says otherwise (the CLI's --features, the training DAG's
 #: ``features`` param): chosen by leave-one-source-out (bench/bench_detection.py, docs/models.md), where context-v1
 #: flagged more normal windows than its calibrated rate allows on a source with a wandering baseline. Versions keep
@@ -59,7 +57,6 @@ DERIVED: tuple[str, ...] = ("log_value_std", "log_reading_count", "level_deviati
 FEATURE_SETS: Mapping[str, tuple[str, ...]] = {
     WINDOW_V1: FEATURES,
     CONTEXT_V1: ("value_avg", "log_value_std", "log_reading_count", "level_deviation"),
-    WINDOW_CONTEXT_V1: (*FEATURES, "level_deviation"),
 }
 
 _KEY = ["device_id", "tag"]
