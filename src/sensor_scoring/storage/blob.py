@@ -192,7 +192,38 @@ def _client_options(retry_total: int, initial_backoff: float) -> dict[str, Any]:
     }
 
 
-class BlobStorage:
+class ContainerReads:
+    """The reads every blob storage makes the same way once it has a container's client: one code path for
+    :class:`BlobStorage` (a service client) and ``SasStorage`` (per-container SAS URLs)."""
+
+    def _container(self, container: str) -> ContainerClient:
+        raise NotImplementedError
+
+    def read_bytes(self, container: str, path: str) -> bytes:
+        safe_path(container, path)
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self._container(container).download_blob(path, max_concurrency=2).readall()
+        except ResourceNotFoundError as exc:
+            raise FileNotFoundError(make_uri(container, path)) from exc
+
+    def read_many(self, container: str, paths: Sequence[str], concurrency: int = READ_CONCURRENCY) -> list[bytes]:
+        for path in paths:
+            safe_path(container, path)
+        return read_blobs(self._container(container), paths, concurrency, lambda path: self.read_bytes(container, path))
+
+    def stat(self, container: str, path: str) -> BlobStat:
+        safe_path(container, path)
+        return blob_stat(self._container(container).get_blob_client(path), make_uri(container, path))
+
+    def read_range(self, container: str, path: str, offset: int, length: int, version: str | None = None) -> bytes:
+        safe_path(container, path)
+        client = self._container(container).get_blob_client(path)
+        return read_blob_range(client, offset, length, version, make_uri(container, path))
+
+
+class BlobStorage(ContainerReads):
     """Azure Blob Storage through a connection string (key or SAS) or an account URL with a token credential;
     Azurite is the same code on loopback.
 
@@ -299,29 +330,6 @@ class BlobStorage:
         except ResourceExistsError:
             pass
         self._created.add(container)
-
-    def read_bytes(self, container: str, path: str) -> bytes:
-        safe_path(container, path)
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            return self._container(container).download_blob(path, max_concurrency=2).readall()
-        except ResourceNotFoundError as exc:
-            raise FileNotFoundError(make_uri(container, path)) from exc
-
-    def read_many(self, container: str, paths: Sequence[str], concurrency: int = READ_CONCURRENCY) -> list[bytes]:
-        for path in paths:
-            safe_path(container, path)
-        return read_blobs(self._container(container), paths, concurrency, lambda path: self.read_bytes(container, path))
-
-    def stat(self, container: str, path: str) -> BlobStat:
-        safe_path(container, path)
-        return blob_stat(self._container(container).get_blob_client(path), make_uri(container, path))
-
-    def read_range(self, container: str, path: str, offset: int, length: int, version: str | None = None) -> bytes:
-        safe_path(container, path)
-        client = self._container(container).get_blob_client(path)
-        return read_blob_range(client, offset, length, version, make_uri(container, path))
 
     def write_bytes(self, container: str, path: str, data: bytes) -> None:
         safe_path(container, path)

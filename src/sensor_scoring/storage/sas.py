@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from sensor_scoring.storage.base import READ_CONCURRENCY, BlobInfo, BlobStat, make_uri, safe_path
+from sensor_scoring.storage.base import BlobInfo, make_uri, safe_path
 from sensor_scoring.storage.blob import (
     BlobStorage,
+    ContainerReads,
     blob_generation,
-    blob_stat,
     conditional_upload,
     download_blob_to,
     http_options,
     list_blobs,
-    read_blob_range,
-    read_blobs,
     retry_policy,
     retry_settings,
     sdk_blobs,
@@ -51,7 +48,7 @@ def sas_container_urls(setting: str) -> dict[str, str]:
     return {str(name): url for name, url in urls.items()}
 
 
-class SasStorage:
+class SasStorage(ContainerReads):
     """Blob storage reached only through per-container SAS URLs.
 
     Holds no key: what it can do is what each SAS grants, until it expires. A container without a SAS is
@@ -77,7 +74,7 @@ class SasStorage:
             for name, url in container_urls.items()
         }
 
-    def _client(self, container: str) -> ContainerClient:
+    def _container(self, container: str) -> ContainerClient:
         try:
             return self._clients[container]
         except KeyError:
@@ -85,47 +82,24 @@ class SasStorage:
                 f"no SAS for container {container!r}: this storage only reaches {sorted(self._clients)}"
             ) from None
 
-    def read_bytes(self, container: str, path: str) -> bytes:
-        safe_path(container, path)
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            return self._client(container).download_blob(path, max_concurrency=2).readall()
-        except ResourceNotFoundError as exc:
-            raise FileNotFoundError(make_uri(container, path)) from exc
-
-    def read_many(self, container: str, paths: Sequence[str], concurrency: int = READ_CONCURRENCY) -> list[bytes]:
-        for path in paths:
-            safe_path(container, path)
-        return read_blobs(self._client(container), paths, concurrency, lambda path: self.read_bytes(container, path))
-
-    def stat(self, container: str, path: str) -> BlobStat:
-        safe_path(container, path)
-        return blob_stat(self._client(container).get_blob_client(path), make_uri(container, path))
-
-    def read_range(self, container: str, path: str, offset: int, length: int, version: str | None = None) -> bytes:
-        safe_path(container, path)
-        client = self._client(container).get_blob_client(path)
-        return read_blob_range(client, offset, length, version, make_uri(container, path))
-
     def write_bytes(self, container: str, path: str, data: bytes) -> None:
         safe_path(container, path)
-        self._client(container).upload_blob(path, data, overwrite=True, max_concurrency=2)
+        self._container(container).upload_blob(path, data, overwrite=True, max_concurrency=2)
 
     def upload_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None:
         safe_path(container, path)
         with open(local_path, "rb") as handle:
-            self._client(container).upload_blob(path, handle, overwrite=True, max_concurrency=2)
+            self._container(container).upload_blob(path, handle, overwrite=True, max_concurrency=2)
 
     def download_file(self, container: str, path: str, local_path: str | os.PathLike[str]) -> None:
         safe_path(container, path)
-        download_blob_to(self._client(container), path, local_path, make_uri(container, path))
+        download_blob_to(self._container(container), path, local_path, make_uri(container, path))
 
     def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
         safe_path(container, prefix, prefix=True)
         from azure.core.exceptions import ResourceNotFoundError
 
-        client = self._client(container)
+        client = self._container(container)
 
         def sdk_listing() -> list[BlobInfo]:
             try:
@@ -137,21 +111,22 @@ class SasStorage:
 
     def exists(self, container: str, path: str) -> bool:
         safe_path(container, path)
-        return bool(self._client(container).get_blob_client(path).exists())
+        return bool(self._container(container).get_blob_client(path).exists())
 
     def delete_prefix(self, container: str, prefix: str) -> int:
         names = [info.name for info in self.list(container, prefix)]
         for start in range(0, len(names), 256):
-            self._client(container).delete_blobs(*names[start : start + 256])
+            self._container(container).delete_blobs(*names[start : start + 256])
         return len(names)
 
     def generation(self, container: str, path: str) -> str | None:
         safe_path(container, path)
-        return blob_generation(self._client(container).get_blob_client(path))
+        return blob_generation(self._container(container).get_blob_client(path))
 
     def write_bytes_if(self, container: str, path: str, data: bytes, generation: str | None) -> None:
         safe_path(container, path)
-        conditional_upload(self._client(container).get_blob_client(path), data, generation, make_uri(container, path))
+        client = self._container(container).get_blob_client(path)
+        conditional_upload(client, data, generation, make_uri(container, path))
 
     def describe(self) -> str:  # the URLs without their signatures
         return "SAS access to " + ", ".join(f"{c.url.split('?', 1)[0]}" for c in self._clients.values())
