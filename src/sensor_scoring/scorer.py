@@ -33,6 +33,11 @@ from sensor_scoring import features as feature_sets
 ELEMENT_BUDGET = 131_072
 #: Rows of one model scored together; a sensor's hour (60 windows) is one block.
 BLOCK_ROWS = 64
+#: Where g (|x|^2 + |sv|^2) exceeds this, a row's kernel exponents come from differences: the expansion's rounding
+#: error is about 1e-16 of it, so below this bound scores stay within 1e-10 of scikit-learn's.
+EXPANSION_LIMIT = 1e5
+#: The exponent of a padding lane: exp of it is 0, and it stays finite (no inf x 0).
+NO_KERNEL = -1e300
 
 
 @dataclass
@@ -128,10 +133,18 @@ class _Stacked:
         self.sv = np.concatenate([m.support_vectors for m in models]).reshape(-1, n_feat)
         self.dual = np.concatenate([m.dual_coef for m in models])
         # Each support vector as [sv, -g |sv|^2, 1], the partner of a row's [2g x, 1, -g |x|^2] (see _score_batch).
-        self.sv_aug = np.empty((len(self.sv), n_feat + 2))
-        self.sv_aug[:, :n_feat] = self.sv
-        self.sv_aug[:, n_feat] = -np.repeat(self.gamma, self.widths) * np.einsum("sf,sf->s", self.sv, self.sv)
-        self.sv_aug[:, n_feat + 1] = 1.0
+        # The last row is the padding lanes' partner: its exponent is NO_KERNEL whatever the row, so a padding lane
+        # contributes exp(NO_KERNEL) x 0 = 0. Pointing padding at a real support vector instead gives an exponent
+        # that is no squared distance (another model's gamma and norm) and can overflow: inf x 0 is NaN.
+        norms = np.einsum("sf,sf->s", self.sv, self.sv)
+        self.sv_aug = np.zeros((len(self.sv) + 1, n_feat + 2))
+        self.sv_aug[:-1, :n_feat] = self.sv
+        self.sv_aug[:-1, n_feat] = -np.repeat(self.gamma, self.widths) * norms
+        self.sv_aug[:-1, n_feat + 1] = 1.0
+        self.sv_aug[-1, n_feat] = NO_KERNEL
+        self.padding = len(self.sv)
+        #: each model's largest squared support-vector norm: bounds the expansion's rounding error (_score_batch)
+        self.sv_norm_max = np.maximum.reduceat(norms, self.sv_start) if len(norms) else np.zeros(len(models))
 
 
 def _score_batch(
@@ -151,8 +164,8 @@ def _score_batch(
     rows = row_order[block_start[:, None] + np.where(real_row, lane, 0)]  # padding repeats the block's first row
     col = np.arange(width)
     real_sv = col < stacked.widths[block_model][:, None]
-    sv_index = np.where(real_sv, stacked.sv_start[block_model][:, None] + col, 0)
-    dual = np.where(real_sv, stacked.dual[sv_index], 0.0)  # padding carries zero weight
+    sv_index = np.where(real_sv, stacked.sv_start[block_model][:, None] + col, stacked.padding)
+    dual = np.where(real_sv, stacked.dual[np.minimum(sv_index, stacked.padding - 1)], 0.0)  # padding weighs 0
     n_feat = features.shape[1]
     x = features[rows]  # (blocks, block_rows, F), scaled as StandardScaler.transform does: subtract, then divide
     x -= stacked.mean[block_model][:, None, :]
@@ -163,11 +176,35 @@ def _score_batch(
     aug = np.empty((len(block_model), block_rows, n_feat + 2))
     np.multiply(x, 2.0 * gamma[:, :, None], out=aug[:, :, :n_feat])
     aug[:, :, n_feat] = 1.0
-    aug[:, :, n_feat + 1] = -gamma * np.einsum("brf,brf->br", x, x)
+    squared = np.einsum("brf,brf->br", x, x)
+    aug[:, :, n_feat + 1] = -gamma * squared
     work = np.matmul(aug, stacked.sv_aug[sv_index].transpose(0, 2, 1))  # (blocks, block_rows, width)
+    # The expansion's rounding error grows with g (|x|^2 + |sv|^2): where that is large (a far-out window, an
+    # extreme gamma) the exponent is taken from the differences instead, as libsvm computes it, so it never
+    # turns positive and overflows.
+    far = (gamma * (squared + stacked.sv_norm_max[block_model][:, None]) > EXPANSION_LIMIT) & real_row
+    if far.any():
+        _exact_exponents(x, far, sv_index, gamma, stacked, work)
     np.exp(work, out=work)
     values = np.matmul(work, dual[:, :, None])[:, :, 0] + stacked.intercept[block_model][:, None]
     out[rows[real_row]] = values[real_row]
+
+
+def _exact_exponents(
+    x: np.ndarray, far: np.ndarray, sv_index: np.ndarray, gamma: np.ndarray, stacked: _Stacked, work: np.ndarray
+) -> None:
+    """``work``'s exponents -g |x - sv|^2 of the ``far`` rows, from the differences (padding lanes: NO_KERNEL), a
+    few rows at a time within the element budget."""
+    blocks, rows = np.nonzero(far)
+    width, n_feat = sv_index.shape[1], x.shape[2]
+    step = max(1, ELEMENT_BUDGET // (width * n_feat))
+    for at in range(0, len(blocks), step):
+        b, r = blocks[at : at + step], rows[at : at + step]
+        index = sv_index[b]
+        sv = stacked.sv[np.minimum(index, stacked.padding - 1)]  # (k, width, F)
+        diff = x[b, r][:, None, :] - sv
+        exponent = -gamma[b] * np.einsum("kwf,kwf->kw", diff, diff)
+        work[b, r] = np.where(index == stacked.padding, NO_KERNEL, exponent)
 
 
 def sensor_codes(windows: pd.DataFrame) -> tuple[np.ndarray, list[tuple[str, str]]]:

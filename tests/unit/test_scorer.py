@@ -116,6 +116,32 @@ def test_small_budgets_still_equal_sklearn(mixed, monkeypatch, budget):
     assert_equals_sklearn(pipelines, windows)
 
 
+def test_a_model_of_extreme_gamma_beside_a_wider_one_scores_finite_and_exact():
+    """A model whose gamma is astronomically large (a history constant up to rounding once gave one) scored in one
+    batch with a wider model: its padding lanes meet the other model's support vectors, whose exponents are no
+    squared distance of its own and overflowed to inf, so inf x 0 made its windows' scores NaN (never flagged).
+    Every score is finite and equals the kernel sum computed from differences, as libsvm computes it."""
+    from sensor_scoring.scorer import ModelArrays
+
+    rng = np.random.default_rng(4)
+    p = np.full(5, 3.0)
+    wide_sv = np.vstack([p, rng.normal(size=(49, 5))])
+    wide = ModelArrays(np.zeros(5), np.ones(5), wide_sv, np.full(50, 0.02), -0.1, 0.2)
+    narrow = ModelArrays(np.zeros(5), np.ones(5), -np.abs(rng.normal(size=(3, 5))), np.full(3, 1 / 3), -0.5, 1e28)
+    rows = np.vstack([p + rng.normal(scale=1e-3, size=(20, 5)), narrow.support_vectors, rng.normal(size=(10, 5))])
+    index = np.array([1] * 23 + [0] * 10)
+    values = decision_function(rows, index, [wide, narrow])
+
+    def by_differences(x: np.ndarray, m: ModelArrays) -> float:
+        d2 = (((x - m.mean) / m.scale - m.support_vectors) ** 2).sum(axis=1)
+        return float(m.dual_coef @ np.exp(-m.gamma * d2) + m.intercept)
+
+    expected = [by_differences(x, [wide, narrow][i]) for x, i in zip(rows, index, strict=True)]
+    assert np.isfinite(values).all()
+    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-9)
+    assert (values[:20] == -0.5).all() and np.allclose(values[20:23], 1 / 3 - 0.5)
+
+
 @pytest.fixture(scope="module")
 def context_setup():
     """Models of feature set context-v1: features derived as training and scoring derive them, the scored hour with
