@@ -145,6 +145,9 @@ def test_constant_and_short_histories_are_skipped_with_their_reason():
             windows_of(7.25 + rng.normal(0, 1e-13, 200), tag="near-constant"),
             windows_of(rng.normal(0, 1, 20), tag="short"),
             windows_of(rng.normal(0, 1, 200), tag="ordinary"),
+            # a setpoint that held for the part fit on and moved in the calibration part: the fit would see one
+            # value (its scaled spread rounding noise, its gamma ~1e28)
+            windows_of(np.r_[np.full(150, 48.83), np.full(50, 48.86)], tag="moved-late"),
         ],
         ignore_index=True,
     )
@@ -154,6 +157,7 @@ def test_constant_and_short_histories_are_skipped_with_their_reason():
         ("constant", "constant_history"),
         ("near-constant", "constant_history"),
         ("short", "too_few_windows"),
+        ("moved-late", "constant_history"),
     }
     # the fit part needs min_rows too: 35 windows leave 27 to fit on
     assert fitting.fit_sensors(windows_of(rng.normal(0, 1, 35)), min_rows=30, false_alarm_rate=0.02)[1][0].reason == (

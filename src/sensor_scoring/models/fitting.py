@@ -204,7 +204,8 @@ def fit_sensors(
     set (a set with derived columns needs them in ``windows``: ``features.add_features``). ``adaptive``: each
     sensor's nu from its own windows (:func:`adaptive_nu`, at least ``nu``; the default), else ``nu`` for all.
     A sensor with fewer than ``min_rows`` windows (``too_few_windows``; with a calibration, the fit part needs
-    ``min_rows`` too) or an input that does not vary (``constant_history``) is skipped.
+    ``min_rows`` too) or an input that does not vary over the windows it would be fit on (``constant_history``) is
+    skipped.
     """
     feature_sets.columns(features)  # an unknown set fails before any fit
     if false_alarm_rate is not None and threshold_mads is not None:
@@ -220,7 +221,7 @@ def fit_sensors(
         reason = None
         if len(rows) - held < min_rows or (false_alarm_rate is not None and held < 1):
             reason = "too_few_windows"
-        elif is_constant(matrix):
+        elif is_constant(matrix[: len(rows) - held]):  # what the model is fit on, without the calibration part
             reason = "constant_history"
         if reason is not None:
             skipped.append(Skipped(str(device_id), str(tag), reason, len(rows)))
