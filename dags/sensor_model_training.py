@@ -99,7 +99,8 @@ with DAG(
             minimum=1,
             maximum=168,
             title="Held-back hours",
-            description="Evaluated on, not trained on.",
+            description="The gate judges the new models on them, fit before them (with Refit, the version then "
+            "registers the same parameters fit on the whole range).",
         ),
         "devices": Param(
             [],
@@ -151,6 +152,14 @@ with DAG(
             description="Each sensor's nu from its own training windows (at least nu): more where its history holds "
             "more far-out windows (the default, chosen by leave-one-source-out). The false-alarm rate is "
             "calibrated afterwards either way.",
+        ),
+        "refit": Param(
+            True,
+            type="boolean",
+            title="Refit on the whole range",
+            description="Register models fit again on every window of the range, held-back hours included, with the "
+            "same parameters: the gate judges them fit before the held-back hours. Off: the version registers the "
+            "judged models themselves, which never saw the range's last hours.",
         ),
         "features": Param(
             "window-v1",
@@ -245,6 +254,7 @@ with DAG(
                 false_alarm_rate=params.get("false_alarm_rate"),
                 features=params["features"],
                 adaptive_nu=params["adaptive_nu"],
+                refit=params["refit"],
                 devices=params.get("devices"),
                 tags=params.get("tags"),
                 late_folders=params["late_folders"],

@@ -573,7 +573,8 @@ def _tasks_line(run) -> str:
     return f"{len(tis)} task(s), " + " > ".join(parts)
 
 
-#: The demo's training run: the training DAG's defaults, with one held-back hour (the hour the demo scores).
+#: The demo's training run: the training DAG's defaults, with one held-back hour (the hour the demo scores) and
+#: no refit: the version scores that hour, so its models must not have been fit on it.
 DEMO_TRAINING = {
     "holdout_hours": 1,
     "sensors_per_shard": 100,
@@ -583,6 +584,7 @@ DEMO_TRAINING = {
     "threshold_mads": None,
     "features": feature_sets.DEFAULT_FEATURE_SET,
     "adaptive_nu": fitting.DEFAULT_ADAPTIVE_NU,
+    "refit": False,
     "devices": [],
     "tags": [],
     "late_folders": 1,

@@ -125,6 +125,7 @@ def cmd_train(args: argparse.Namespace, settings: config.Settings) -> dict[str, 
         "threshold_mads": args.threshold_mads,
         "features": args.features,
         "adaptive_nu": _adaptive_nu(args),
+        "refit": args.refit,
         "devices": args.devices,
         "tags": args.tags,
         "late_folders": args.late_folders,
@@ -360,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="each sensor's nu from its own training windows (at least --nu): more where its history holds more "
         "far-out windows (fitting.adaptive_nu; on by default, --no-adaptive-nu for --nu on every sensor)",
+    )
+    train.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="register the models fit again on the whole range, held-back hours included (the gate judges the same "
+        "parameters fit before them); --no-refit registers the judged models themselves",
     )
     train.add_argument("--max-f1-drop", type=float, default=0.0, help="policy: largest F1 loss against production")
     train.add_argument("--min-flagged-share", type=float, default=0.0, help="policy: least share of held-back flagged")

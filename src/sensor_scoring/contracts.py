@@ -565,6 +565,11 @@ class TrainingShardSpec(Record):
     #: the share of normal windows each model may flag: its threshold calibrated on the latest windows, held back
     #: from its fit (``models.fitting.conformal_threshold``). Specs written before it: None (``threshold_mads``)
     false_alarm_rate: float | None = None
+    #: refit: the input holds the shard's sensors' whole range, this (ISO) the first held-back window end. The models
+    #: the gate judges are fit on the windows before it, the models the version registers on every window with
+    #: the same parameters. None (specs written before refitting, or refit off): the input is the training part and
+    #: the judged models are the registered ones
+    held_back_from: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -592,6 +597,9 @@ class TrainingShardResult(Record):
     skipped: tuple[str, ...]
     #: the same sensors with their reason; results written before reasons: empty (their reason: too few windows)
     skipped_sensors: tuple[SkippedSensor, ...] = ()
+    #: with a refit (the spec's ``held_back_from``): how many models the gate judges, fit before the held-back hours
+    #: (``TrainingShard.judged_pack``); None: the registered models are the judged ones
+    judged_models: int | None = None
 
 
 # --- commit ------------------------------------------------------------------------------------------------------

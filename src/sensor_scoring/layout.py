@@ -254,3 +254,13 @@ class TrainingShard(Shard):
     def stats(self) -> str:
         """The training statistics of the shard's models (``models.stats``), gathered into the version's."""
         return self.folder + "training_stats.parquet"
+
+    @property
+    def judged_pack(self) -> str:
+        """With a refit: the models the gate judges, fit before the held-back hours (``pack`` holds the refit)."""
+        return self.folder + "judged_models.npz"
+
+    @property
+    def judged_index(self) -> str:
+        """With a refit: one row per judged model, in ``judged_pack``'s order."""
+        return self.folder + "judged_models.parquet"

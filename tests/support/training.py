@@ -33,6 +33,7 @@ FORM_DEFAULTS: Mapping[str, object] = MappingProxyType(
         "threshold_mads": None,
         "features": "window-v1",
         "adaptive_nu": True,
+        "refit": True,
         "devices": [],
         "tags": [],
         "late_folders": 1,

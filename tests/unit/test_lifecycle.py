@@ -105,6 +105,66 @@ def test_a_subset_version_is_promoted_as_production_with_that_subset_replaced(la
     assert table is not None and len(table) == 6
 
 
+def test_judged_models_never_saw_the_held_back_hours_and_the_registered_are_refit_on_them(landed, tmp_path):
+    """The judged models never saw the held-back hours; the registered ones are the same parameters fit on the
+    whole range (their calibration windows the latest of it); without refit the judged ones are registered. Refit
+    changes what is registered, not what the gate saw."""
+    from sensor_scoring import layout, storage as st
+    from sensor_scoring.steps.training import gather, load_trained, train_shard
+
+    run = _fresh(landed, tmp_path)
+    cut, last = pd.Timestamp(run.end - 2 * H), pd.Timestamp(run.end - timedelta(minutes=1))
+    rate = {**PARAMS, "false_alarm_rate": 0.02, "features": "window-v1"}
+    shards = gather(
+        run,
+        holdout_hours=2,
+        sensors_per_shard=4,
+        nu=0.02,
+        min_rows=30,
+        false_alarm_rate=0.02,
+        features="window-v1",
+    )
+    assert {s.sensors for s in shards} == {4, 2}
+    for s in shards:  # each shard's input holds its sensors' held-back windows too
+        staged = layout.TrainingRun(run.run_key).shard(s.shard).input
+        rows = st.read_parquet(run.storage, run.containers.staging, staged)
+        assert rows["window_end"].max() == last and (rows["window_end"] >= cut).sum() == s.sensors * 2 * 60
+    results = [train_shard(run.storage, s.spec_uri) for s in shards]
+    assert [r.judged_models for r in results] == [r.models for r in results] == [4, 2]
+    judged, registered = load_trained(run.storage, results, judged=True), load_trained(run.storage, results)
+    assert [(m.device_id, m.tag) for m in judged] == [(m.device_id, m.tag) for m in registered]
+    for j, r in zip(judged, registered, strict=True):
+        assert pd.Timestamp(j.train_end) < cut <= pd.Timestamp(r.train_end) == last
+        assert r.rows == j.rows + 2 * 60 and r.calibration_windows == int(0.25 * r.rows)
+        assert r.false_alarm_rate == j.false_alarm_rate == 0.02
+    run.storage.delete_prefix(run.containers.staging, layout.TrainingRun(run.run_key).prefix)
+
+    lenient = promotion.Policy(max_f1_drop=1.0, max_flagged_share=1.0, false_alarm_rate=1.0)
+    refit = train_locally(run, rate, lenient, version="v-refit")
+    plain = train_locally(run, {**rate, "refit": False, "promote": False}, lenient, version="v-plain")
+    assert refit["evaluation"]["candidate"] == plain["evaluation"]["candidate"]  # the gate judged the same models
+    assert pd.Timestamp(refit["train_end"]) == last and pd.Timestamp(plain["train_end"]) < cut
+    manifest = registry.read_manifest(run.storage, run.containers.models, "v-refit")
+    assert manifest["params"]["refit"] is True
+    assert registry.read_manifest(run.storage, run.containers.models, "v-plain")["params"]["refit"] is False
+
+
+def test_production_fit_on_the_held_back_hours_is_not_compared_on_them(landed, tmp_path):
+    """A second run over a range production was refit on: production saw its held-back windows, so the gate leaves
+    it out of the F1 comparison (and says how many) instead of letting it win on windows it was fit on."""
+    run = _fresh(landed, tmp_path)
+    policy = promotion.Policy(max_f1_drop=1.0)
+    first = train_locally(run, {**PARAMS, "refit": False}, policy, version="v1")
+    assert first["promoted"]
+    again = train_locally(run, PARAMS, policy, version="v2")  # production v1 was fit before the held-back hours
+    verdict = registry.read_manifest(run.storage, run.containers.models, "v2")["lineage"]["evaluation"]
+    assert verdict["production_fit_on_held_back"] == 0 and again["evaluation"]["production"]["windows"] == 6 * 120
+    third = train_locally(run, PARAMS, policy, version="v3")  # production v2 was refit on them
+    verdict = registry.read_manifest(run.storage, run.containers.models, "v3")["lineage"]["evaluation"]
+    assert verdict["production_fit_on_held_back"] == 6 and verdict["production_version"] == "v2"
+    assert third["evaluation"]["production"] is None and third["evaluation"]["coverage"]["uncovered"] == 0
+
+
 def test_a_subset_of_another_feature_set_is_refused_naming_why(landed, tmp_path):
     run = _fresh(landed, tmp_path)
     policy = promotion.Policy()

@@ -95,6 +95,9 @@ class GateVerdict(Record):
     promotable: bool
     reasons: tuple[str, ...]
     coverage: Coverage | None = None
+    #: production's models left out of the comparison because they were fit on held-back windows of their sensor
+    #: (0 in verdicts written before the gate checked it)
+    production_fit_on_held_back: int = 0
 
 
 def decide(summary: dict[str, object], policy: Policy) -> tuple[bool, list[str]]:

@@ -3,7 +3,10 @@
 Gathering reads the range by the scoring runs' own rules: ``windows.read_owned`` (ownership, late folders, corrupt
 files set aside), the rescoring subset selection, and the great-expectations suite (``validation.check_windows``);
 quarantined windows are not trained on. The last ``holdout_hours`` of the range are held back: the candidate and
-production are evaluated on them (``models.evaluation``), never trained on. Training runs in shards of
+production are evaluated on them (``models.evaluation``). The candidate the gate judges is fit on the hours before
+them; with ``refit`` (the default) the version registers the same procedure fit again on the whole range, held-back
+hours included, so its models have seen the newest hours of their range, as the detection benchmark's models and the
+leave-one-source-out choice of the defaults have (docs/models.md). Training runs in shards of
 ``sensors_per_shard`` sensors, each in its own process (``python -m sensor_scoring train-shard --spec <uri>``), so a
 shard's memory is its own sensors' windows and models. Features (``sensor_scoring.features``) are derived once, in
 gather, over the whole range with the hour before it as lookback, as scoring derives them: held-back windows get the
@@ -64,10 +67,12 @@ def gather(
     features: str = feature_sets.DEFAULT_FEATURE_SET,
     adaptive_nu: bool = fitting.DEFAULT_ADAPTIVE_NU,
     false_alarm_rate: float | None = None,
+    refit: bool = True,
 ) -> list[PlannedShard]:
     """Valid windows of [start, end): the last ``holdout_hours`` staged for evaluation, the rest in training shards
     (for models of feature set ``features``, with each sensor's own nu if ``adaptive_nu``, each threshold
-    calibrated for ``false_alarm_rate``)."""
+    calibrated for ``false_alarm_rate``). With ``refit``, each shard's input also holds its sensors' held-back
+    windows, for the models the version registers (``train_shard``)."""
     from sensor_scoring.steps.load import read_range
 
     if sensors_per_shard < 1:
@@ -114,7 +119,9 @@ def gather(
     run.storage.write_bytes(run.containers.staging, plan.holdout, st.parquet_bytes(holdout.reset_index(drop=True)))
     sensors = train[KEY].drop_duplicates().sort_values(KEY).reset_index(drop=True)
     sensors["shard"] = np.arange(len(sensors)) // sensors_per_shard
-    with_shard = train.merge(sensors, on=KEY)
+    # a refit trains the sensors the gate judges (those with training windows) on their whole range
+    refitting = refit and not holdout.empty
+    with_shard = (valid if refitting else train).merge(sensors, on=KEY)
     shards = []
     for number, rows in with_shard.groupby("shard", sort=True):
         members = sensors.loc[sensors["shard"] == number]
@@ -131,6 +138,7 @@ def gather(
                 features,
                 adaptive_nu,
                 false_alarm_rate,
+                cut.isoformat() if refitting else None,
             )
         )
     return shards
@@ -148,6 +156,7 @@ def _stage(
     features: str,
     adaptive_nu: bool,
     false_alarm_rate: float | None = None,
+    held_back_from: str | None = None,
 ) -> PlannedShard:
     from sensor_scoring.steps.plan import shard_label
 
@@ -165,6 +174,7 @@ def _stage(
         features=features,
         adaptive_nu=adaptive_nu,
         false_alarm_rate=false_alarm_rate,
+        held_back_from=held_back_from,
     )
     run.storage.write_bytes(staging, shard.spec, spec.to_json())
     return PlannedShard(
@@ -178,23 +188,76 @@ def _stage(
 
 @names_storage_outages
 def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
-    """Fit one model per sensor of the shard and write them (pack + index) beside the spec; result.json last."""
+    """Fit one model per sensor of the shard and write them (pack + index) beside the spec; result.json last.
+
+    With a refit (the spec's ``held_back_from``): first the models the gate judges, on the windows before the
+    held-back hours (``judged_pack``), then, for the sensors that got one, the models the version registers, on
+    every window of the input with the same parameters (``pack``)."""
     container, path = st.parse_uri(spec_uri)
     spec = TrainingShardSpec.from_json(storage.read_bytes(container, path), source=spec_uri)
     windows = st.read_parquet(storage, *st.parse_uri(spec.input))
-    trained, skipped = fitting.fit_sensors(
-        windows,
-        nu=spec.nu,
-        min_rows=spec.min_rows,
-        threshold_mads=spec.threshold_mads,
-        features=spec.features,
-        adaptive=spec.adaptive_nu,
-        false_alarm_rate=spec.false_alarm_rate,
-    )
+    input_windows = len(windows)
+    options: dict[str, Any] = {
+        "nu": spec.nu,
+        "min_rows": spec.min_rows,
+        "threshold_mads": spec.threshold_mads,
+        "features": spec.features,
+        "adaptive": spec.adaptive_nu,
+        "false_alarm_rate": spec.false_alarm_rate,
+    }
     out_container, prefix = st.parse_uri(spec.output_prefix)
     shard = layout.TrainingShard(prefix)
+    judged_models = None
+    if spec.held_back_from is None:
+        trained, skipped = fitting.fit_sensors(windows, **options)
+    else:
+        before = windows["window_end"] < pd.Timestamp(spec.held_back_from)
+        judged, skipped = fitting.fit_sensors(windows.loc[before], **options)
+        _write_models(storage, out_container, shard.judged_pack, shard.judged_index, judged)
+        judged_models = len(judged)
+        # only the sensors the gate judges are registered: a sensor too short before the held-back hours stays
+        # skipped with its reason rather than getting a model nobody evaluated
+        keys = pd.DataFrame([(m.device_id, m.tag) for m in judged], columns=KEY)
+        windows = windows.merge(keys, on=KEY)
+        trained, refit_skipped = fitting.fit_sensors(windows, **options)
+        skipped = sorted(skipped + refit_skipped, key=lambda s: (s.device_id, s.tag))
+    _write_models(storage, out_container, shard.pack, shard.index, trained)
+    # model health compares each hour with these: computed here, where the shard's windows are in memory
+    storage.write_bytes(out_container, shard.stats, st.parquet_bytes(stats.statistics_table(trained, windows)))
+    result = TrainingShardResult(
+        shard=spec.shard,
+        output_prefix=spec.output_prefix,
+        models=len(trained),
+        sensors=len(trained) + len(skipped),
+        windows=input_windows,
+        skipped=tuple(f"{s.device_id}/{s.tag}" for s in skipped),
+        skipped_sensors=tuple(SkippedSensor(s.device_id, s.tag, s.reason) for s in skipped),
+        judged_models=judged_models,
+    )
+    storage.write_bytes(out_container, shard.result, result.to_json())
+    return result
+
+
+_INDEX_COLUMNS = [
+    "device_id",
+    "tag",
+    "train_start",
+    "train_end",
+    "train_rows",
+    "train_flagged_share",
+    "features",
+    "nu",
+    "false_alarm_rate",
+    "calibration_windows",
+]
+
+
+def _write_models(
+    storage: Storage, container: str, pack_path: str, index_path: str, trained: list[fitting.TrainedModel]
+) -> None:
+    """Fitted models as a pack (none without a model) and their index, one row per model in the pack's order."""
     if trained:
-        storage.write_bytes(out_container, shard.pack, pack.pack_bytes([m.arrays for m in trained]))
+        storage.write_bytes(container, pack_path, pack.pack_bytes([m.arrays for m in trained]))
     index = pd.DataFrame(
         [
             {
@@ -211,33 +274,9 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
             }
             for m in trained
         ],
-        columns=[
-            "device_id",
-            "tag",
-            "train_start",
-            "train_end",
-            "train_rows",
-            "train_flagged_share",
-            "features",
-            "nu",
-            "false_alarm_rate",
-            "calibration_windows",
-        ],
+        columns=_INDEX_COLUMNS,
     )
-    storage.write_bytes(out_container, shard.index, st.parquet_bytes(index))
-    # model health compares each hour with these: computed here, where the shard's windows are in memory
-    storage.write_bytes(out_container, shard.stats, st.parquet_bytes(stats.statistics_table(trained, windows)))
-    result = TrainingShardResult(
-        shard=spec.shard,
-        output_prefix=spec.output_prefix,
-        models=len(trained),
-        sensors=int(windows[KEY].drop_duplicates().shape[0]),
-        windows=len(windows),
-        skipped=tuple(f"{s.device_id}/{s.tag}" for s in skipped),
-        skipped_sensors=tuple(SkippedSensor(s.device_id, s.tag, s.reason) for s in skipped),
-    )
-    storage.write_bytes(out_container, shard.result, result.to_json())
-    return result
+    storage.write_bytes(container, index_path, st.parquet_bytes(index))
 
 
 def read_training_result(storage: Storage, output_prefix: str) -> dict[str, object]:
@@ -249,17 +288,23 @@ def read_training_result(storage: Storage, output_prefix: str) -> dict[str, obje
     ).to_dict()
 
 
-def load_trained(storage: Storage, results: list[TrainingShardResult]) -> list[fitting.TrainedModel]:
-    """The fitted models of every shard, in key order, as ``registry.register`` takes them."""
+def load_trained(
+    storage: Storage, results: list[TrainingShardResult], *, judged: bool = False
+) -> list[fitting.TrainedModel]:
+    """The fitted models of every shard, in key order, as ``registry.register`` takes them; ``judged``: the models
+    the gate judges (the same as the registered ones where a shard did not refit)."""
     trained: list[fitting.TrainedModel] = []
     for result in sorted(results, key=lambda r: r.shard):
-        if not result.models:
-            continue
         container, prefix = st.parse_uri(result.output_prefix)
         shard = layout.TrainingShard(prefix)
-        arrays = pack.unpack(storage.read_bytes(container, shard.pack))
-        index = st.read_parquet(storage, container, shard.index)
-        if len(index) != len(arrays) or len(arrays) != result.models:
+        refit = judged and result.judged_models is not None
+        models = result.judged_models if refit else result.models
+        if not models:
+            continue
+        pack_path, index_path = (shard.judged_pack, shard.judged_index) if refit else (shard.pack, shard.index)
+        arrays = pack.unpack(storage.read_bytes(container, pack_path))
+        index = st.read_parquet(storage, container, index_path)
+        if len(index) != len(arrays) or len(arrays) != models:
             raise pack.ModelIntegrityError(f"training shard {result.shard}: pack and index disagree on the models")
         for row, fitted in zip(index.itertuples(index=False), arrays, strict=True):
             fitted.features = str(row.features)
@@ -329,6 +374,28 @@ def _production_models(run: Scope, windows: pd.DataFrame, baseline: str) -> _Pro
     return _Production(version, features, index, loaded)
 
 
+def _not_fit_on(production: _Production, windows: pd.DataFrame) -> tuple[_Production, int]:
+    """``production`` without the models that were fit on held-back windows of their sensor (a version trained on
+    an overlapping range, refit on its whole range): judged on windows it saw, production would win the F1
+    comparison unfairly. Those sensors are left out of the comparison (coverage still counts them); also how many."""
+    if not production.models or windows.empty or "train_end" not in production.index.columns:
+        return production, 0
+    first = windows.groupby(KEY, sort=False)["window_end"].min().rename("first_held_back").reset_index()
+    ends = production.index[[*KEY, "train_end"]].merge(first, on=KEY)
+    trained_until = pd.to_datetime(ends["train_end"], utc=True, errors="coerce")
+    seen = ends.loc[(trained_until >= pd.to_datetime(ends["first_held_back"], utc=True)).to_numpy(), KEY]
+    keys = set(seen.itertuples(index=False, name=None)) & set(production.models)
+    if not keys:
+        return production, 0
+    log.warning(
+        "Production %s: %d model(s) were fit on held-back windows of their sensor; not compared on them",
+        production.version,
+        len(keys),
+    )
+    models = {k: m for k, m in production.models.items() if k not in keys}
+    return _Production(production.version, production.features, production.index, models), len(keys)
+
+
 def _one_feature_set(models: dict[tuple[str, str], ModelArrays]) -> str:
     sets = sorted({m.features for m in models.values()})
     if len(sets) != 1:
@@ -351,12 +418,14 @@ def evaluate(
     """
     plan, staging = layout.TrainingRun(run.run_key), run.containers.staging
     windows = st.read_parquet(run.storage, staging, plan.holdout)
-    candidate = {(m.device_id, m.tag): m.arrays for m in load_trained(run.storage, results)}
+    candidate = {(m.device_id, m.tag): m.arrays for m in load_trained(run.storage, results, judged=True)}
     if not candidate:
         raise ValueError("no sensor had enough valid training windows for a model (see min_rows): nothing to evaluate")
     first = windows["window_end"].min().floor("h").to_pydatetime() if len(windows) else run.end
     labels, labelled = evaluation.read_labels(run.storage, run.containers.labels, first, run.end)
-    production = _production_models(run, windows, baseline)
+    production, seen = _production_models(run, windows, baseline), 0
+    if production is not None:
+        production, seen = _not_fit_on(production, windows)
     summary, table = evaluation.compare(
         windows, candidate, None if production is None else production.models, labels, labelled
     )
@@ -372,6 +441,7 @@ def evaluate(
         {
             **summary,
             "production_version": None if production is None else production.version,
+            "production_fit_on_held_back": seen,
             "policy": policy.to_dict(),
             "promotable": ok,
             "reasons": reasons,
@@ -537,6 +607,7 @@ def model_params(params: Mapping[str, Any]) -> dict[str, object]:
         "nu": float(params["nu"]),
         "adaptive_nu": bool(params.get("adaptive_nu", fitting.DEFAULT_ADAPTIVE_NU)),
         "features": str(params.get("features", feature_sets.DEFAULT_FEATURE_SET)),
+        "refit": bool(params.get("refit", True)),
         "gamma": "scale",
         "kernel": "rbf",
         "min_rows": int(params["min_rows"]),
@@ -580,7 +651,7 @@ def train_locally(
     runs ``train-shard``), evaluate, register, promote by policy. What ``python -m sensor_scoring train`` and the
     demo run, so they make the version the DAG would make from the same windows and params (the DAG's names:
     holdout_hours, sensors_per_shard, nu, min_rows, false_alarm_rate, threshold_mads, features, adaptive_nu,
-    devices, tags, late_folders, promote). Returns the registered version's facts and the promotion outcome."""
+    refit, devices, tags, late_folders, promote). Returns the registered version's facts and the promotion outcome."""
     shards = gather(
         run,
         holdout_hours=int(params["holdout_hours"]),
@@ -594,6 +665,7 @@ def train_locally(
         late_folders=int(params["late_folders"]),
         features=str(params.get("features", feature_sets.DEFAULT_FEATURE_SET)),
         adaptive_nu=bool(params.get("adaptive_nu", fitting.DEFAULT_ADAPTIVE_NU)),
+        refit=bool(params.get("refit", True)),
     )
     results = [train_shard(run.storage, shard.spec_uri) for shard in shards]
     verdict = evaluate(run, results, policy)
