@@ -1,7 +1,9 @@
 """Time and peak memory of one training shard: the real ``train-shard`` command on a shard cut by the real ``gather``.
 
 For each shard size S (sensors): S sensors x ``--hours`` simulated hours are landed in a local-directory storage,
-``steps.training.gather`` validates them and stages one shard of S sensors (holding back the last hour), then
+``steps.training.gather`` validates them and stages one shard of S sensors (holding back the last hour; with
+``refit``, the default, the shard fits twice: the judged models before the held-back hour, then the registered
+ones on the whole range; each size is measured both ways in the same run), then
 ``python -m sensor_scoring train-shard --spec <uri>`` runs in a fresh process, ``--repeats`` times, started by
 ``bench_memory``'s launcher (so its peak RSS is its own). Reports the median wall time, seconds per sensor and the
 median peak RSS; a fleet's training time is its shard count times the per-shard figure, divided by the shards run
@@ -36,7 +38,7 @@ from sensor_scoring.tools.simulate import SimulationConfig, simulate_to_storage 
 START = datetime(2026, 11, 24, tzinfo=timezone.utc)
 
 
-def measure(size: int, hours: int, repeats: int) -> dict[str, object]:
+def measure(size: int, hours: int, repeats: int, refit: bool) -> dict[str, object]:
     root = tempfile.mkdtemp(prefix="bench-training-")
     storage, containers = LocalStorage(root), config.Containers()
     cfg = SimulationConfig(devices=-(-size // 4), tags=4, seed=1, anomaly_rate=0.0)
@@ -49,12 +51,15 @@ def measure(size: int, hours: int, repeats: int) -> dict[str, object]:
         labels_container=containers.labels,
     )
     run = Scope(storage, containers, f"bench-{size}", START, START + timedelta(hours=hours))
-    [shard] = gather(run, holdout_hours=1, sensors_per_shard=10**9, nu=0.02, min_rows=30, threshold_mads=5.0)
+    [shard] = gather(
+        run, holdout_hours=1, sensors_per_shard=10**9, nu=0.02, min_rows=30, threshold_mads=5.0, refit=refit
+    )
     env = {**os.environ, config.STORAGE_ENV: root}
     command = [sys.executable, "-m", "sensor_scoring", "train-shard", "--spec", shard.spec_uri]
     runs = [child_peak_rss(command, env) for _ in range(repeats)]
     wall = statistics.median(w for _, w in runs)
     return {
+        "refit": refit,
         "sensors": shard.sensors,
         "windows": shard.windows,
         "seconds": round(wall, 2),
@@ -72,8 +77,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for size in args.sizes:
-        rows.append(measure(size, args.hours, args.repeats))
-        print(json.dumps(rows[-1]), flush=True)
+        for refit in (False, True):
+            rows.append(measure(size, args.hours, args.repeats, refit))
+            print(json.dumps(rows[-1]), flush=True)
     result = {"machine": platform.platform(), "cpus": os.cpu_count(), "hours": args.hours, "shards": rows}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

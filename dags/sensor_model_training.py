@@ -21,8 +21,9 @@ DOC = """
 ### sensor_model_training
 
 Every Monday 03:00 UTC (or from the *Trigger* form): train one OneClassSVM per (device, sensor) on the landed windows
-of the range, evaluate the new version against `production` on the last `holdout_hours` of the range (never trained
-on), register it in container `models` with its lineage, and move the `production` alias only if the promotion
+of the range, evaluate the new version against `production` on the last `holdout_hours` of the range (the models
+judged are fit before them), register it in container `models` with its lineage (its models refit on the whole
+range, held-back hours included, unless `refit` is off), and move the `production` alias only if the promotion
 policy holds.
 
 **Tasks:** `gather` (reads the range as scoring does: same ownership, the great-expectations suite; quarantined

@@ -214,7 +214,7 @@ class TrainingRun:
 
     @property
     def holdout(self) -> str:
-        """Valid windows of the held-back hours: evaluated on, never trained on."""
+        """Valid windows of the held-back hours: the gate evaluates on them models never fit on them."""
         return self.prefix + "holdout.parquet"
 
     @property

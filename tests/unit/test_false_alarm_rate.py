@@ -215,6 +215,43 @@ def test_a_training_shard_calibrates_records_and_the_version_keeps_skipped_senso
     assert pack.unpack(storage.read_bytes("staging", "shard/out/models.npz"))[0].digest() == trained[0].arrays.digest()
 
 
+def test_a_refitting_shard_registers_only_the_sensors_the_gate_judges(tmp_path):
+    """With ``held_back_from``: judged models from the windows before it, registered ones refit on all; a sensor
+    with too few windows before the held-back hours (but enough with them) is skipped with that reason, not given
+    a model nobody judged; one whose part before them is constant likewise."""
+    from sensor_scoring.steps.training import load_trained, train_shard
+
+    storage = LocalStorage(tmp_path)
+    rng = np.random.default_rng(6)
+    ordinary = windows_of(rng.normal(0, 1, 400), tag="a")
+    late = windows_of(rng.normal(0, 1, 400), tag="late").iloc[340:]  # 20 windows before the cut, 40 after
+    moved = windows_of(np.r_[np.zeros(300), rng.normal(0, 1, 100)], tag="moved")  # constant before the cut
+    cut = ordinary["window_end"].iloc[360]
+    storage.write_bytes("staging", "s/input.parquet", parquet_bytes(pd.concat([ordinary, late, moved])))
+    spec = TrainingShardSpec(
+        run_id="r",
+        shard=0,
+        containers=ShardContainers(models="models", staging="staging"),
+        input=make_uri("staging", "s/input.parquet"),
+        output_prefix=make_uri("staging", "s/out/"),
+        nu=0.02,
+        min_rows=30,
+        false_alarm_rate=0.02,
+        held_back_from=cut.isoformat(),
+    )
+    storage.write_bytes("staging", "s/spec.json", spec.to_json())
+    result = train_shard(storage, make_uri("staging", "s/spec.json"))
+    assert (result.models, result.judged_models, result.sensors, result.windows) == (1, 1, 3, 860)
+    assert {(s.tag, s.reason) for s in result.skipped_sensors} == {
+        ("late", "too_few_windows"),
+        ("moved", "constant_history"),
+    }
+    [judged], [registered] = load_trained(storage, [result], judged=True), load_trained(storage, [result])
+    assert (judged.rows, registered.rows) == (360, 400) and pd.Timestamp(judged.train_end) < cut
+    assert (judged.calibration_windows, registered.calibration_windows) == (90, 100)
+    assert judged.arrays.digest() != registered.arrays.digest()
+
+
 def test_specs_and_results_written_before_the_rate_still_read():
     from sensor_scoring.steps.training import skipped_table
 

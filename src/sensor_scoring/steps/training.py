@@ -215,10 +215,12 @@ def train_shard(storage: Storage, spec_uri: str) -> TrainingShardResult:
         judged, skipped = fitting.fit_sensors(windows.loc[before], **options)
         _write_models(storage, out_container, shard.judged_pack, shard.judged_index, judged)
         judged_models = len(judged)
+        del judged
         # only the sensors the gate judges are registered: a sensor too short before the held-back hours stays
         # skipped with its reason rather than getting a model nobody evaluated
-        keys = pd.DataFrame([(m.device_id, m.tag) for m in judged], columns=KEY)
-        windows = windows.merge(keys, on=KEY)
+        if skipped:
+            unjudged = pd.MultiIndex.from_tuples([(s.device_id, s.tag) for s in skipped])
+            windows = windows.loc[~pd.MultiIndex.from_frame(windows[KEY]).isin(unjudged)]
         trained, refit_skipped = fitting.fit_sensors(windows, **options)
         skipped = sorted(skipped + refit_skipped, key=lambda s: (s.device_id, s.tag))
     _write_models(storage, out_container, shard.pack, shard.index, trained)
