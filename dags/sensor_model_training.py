@@ -181,7 +181,8 @@ with DAG(
             maximum=100_000,
             title="Sensors per shard",
             description="Sensors trained together in one mapped task (one process). Its memory grows with its "
-            "windows: about 840 MiB for 1.4M (1000 sensors x 24 h; 100 sensors x a week is 1M).",
+            "windows: about 1.2 GiB for 1.4M (1000 sensors x 24 h, with Refit; 1 GiB without; 100 sensors x a week is "
+            "1M).",
         ),
         "late_folders": Param(1, type="integer", minimum=0, maximum=24, title="Late folders"),
         "backend": Param(
