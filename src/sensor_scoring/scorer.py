@@ -167,27 +167,30 @@ def _score_batch(
     sv_index = np.where(real_sv, stacked.sv_start[block_model][:, None] + col, stacked.padding)
     dual = np.where(real_sv, stacked.dual[np.minimum(sv_index, stacked.padding - 1)], 0.0)  # padding weighs 0
     n_feat = features.shape[1]
-    x = features[rows]  # (blocks, block_rows, F), scaled as StandardScaler.transform does: subtract, then divide
-    x -= stacked.mean[block_model][:, None, :]
-    x /= stacked.scale[block_model][:, None, :]
-    gamma = stacked.gamma[block_model][:, None]
-    # [2g x, 1, -g |x|^2] . [sv, -g |sv|^2, 1] = -g (|x|^2 + |sv|^2 - 2 x.sv) = -g |x - sv|^2, the exponent of
-    # every (row, support vector) pair from one small matrix product per block, no other pass over the block.
-    aug = np.empty((len(block_model), block_rows, n_feat + 2))
-    np.multiply(x, 2.0 * gamma[:, :, None], out=aug[:, :, :n_feat])
-    aug[:, :, n_feat] = 1.0
-    squared = np.einsum("brf,brf->br", x, x)
-    aug[:, :, n_feat + 1] = -gamma * squared
-    work = np.matmul(aug, stacked.sv_aug[sv_index].transpose(0, 2, 1))  # (blocks, block_rows, width)
-    # The expansion's rounding error grows with g (|x|^2 + |sv|^2): where that is large (a far-out window, an
-    # extreme gamma) the exponent is taken from the differences instead, as libsvm computes it, so it never
-    # turns positive and overflows.
-    far = (gamma * (squared + stacked.sv_norm_max[block_model][:, None]) > EXPANSION_LIMIT) & real_row
-    if far.any():
-        _exact_exponents(x, far, sv_index, gamma, stacked, work)
-    np.exp(work, out=work)
-    values = np.matmul(work, dual[:, :, None])[:, :, 0] + stacked.intercept[block_model][:, None]
-    out[rows[real_row]] = values[real_row]
+    # A window of astronomically large values overflows the expansion (inf, then inf - inf): such a row is a far
+    # one, its exponents recomputed from differences below, so the intermediate steps' warnings say nothing.
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = features[rows]  # (blocks, block_rows, F), scaled as StandardScaler.transform does: subtract, then divide
+        x -= stacked.mean[block_model][:, None, :]
+        x /= stacked.scale[block_model][:, None, :]
+        gamma = stacked.gamma[block_model][:, None]
+        # [2g x, 1, -g |x|^2] . [sv, -g |sv|^2, 1] = -g (|x|^2 + |sv|^2 - 2 x.sv) = -g |x - sv|^2, the exponent of
+        # every (row, support vector) pair from one small matrix product per block, no other pass over the block.
+        aug = np.empty((len(block_model), block_rows, n_feat + 2))
+        np.multiply(x, 2.0 * gamma[:, :, None], out=aug[:, :, :n_feat])
+        aug[:, :, n_feat] = 1.0
+        squared = np.einsum("brf,brf->br", x, x)
+        aug[:, :, n_feat + 1] = -gamma * squared
+        work = np.matmul(aug, stacked.sv_aug[sv_index].transpose(0, 2, 1))  # (blocks, block_rows, width)
+        # The expansion's rounding error grows with g (|x|^2 + |sv|^2): where that is large (a far-out window, an
+        # extreme gamma) the exponent is taken from the differences instead, as libsvm computes it, so it never
+        # turns positive and overflows.
+        far = (gamma * (squared + stacked.sv_norm_max[block_model][:, None]) > EXPANSION_LIMIT) & real_row
+        if far.any():
+            _exact_exponents(x, far, sv_index, gamma, stacked, work)
+        np.exp(work, out=work)
+        values = np.matmul(work, dual[:, :, None])[:, :, 0] + stacked.intercept[block_model][:, None]
+    out[rows[real_row]] = values[real_row]  # a padding row repeating a far-out one may be NaN: never written
 
 
 def _exact_exponents(

@@ -142,6 +142,30 @@ def test_a_model_of_extreme_gamma_beside_a_wider_one_scores_finite_and_exact():
     assert (values[:20] == -0.5).all() and np.allclose(values[20:23], 1 / 3 - 0.5)
 
 
+@pytest.mark.parametrize("value", [1e6, 1e150, 1e300, -1e300])
+def test_windows_of_astronomical_values_are_flagged_with_finite_scores(setup, value):
+    """A window whose level is far beyond anything in training: its squared norm overflows the expansion, so its
+    exponents come from differences; it scores as scikit-learn scores it (every kernel 0: the intercept), is
+    flagged, and raises no numpy warning."""
+    import warnings
+
+    trained, test = setup
+    rows = test.copy()
+    rows.loc[rows.index[:3], ["value_avg", "value_min", "value_max"]] = value
+    models = {(m.device_id, m.tag): m.arrays for m in trained}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = score(rows, models)
+    assert np.isfinite(out["score"]).all() and out["is_anomaly"].iloc[:3].all()
+    first = out.iloc[:3]
+    for (device, tag), score_value in zip(first[["device_id", "tag"]].itertuples(index=False), first["score"]):
+        assert score_value == pytest.approx(models[(device, tag)].intercept)
+    rest = out.iloc[3:]
+    for (device, tag), group in rest.groupby(["device_id", "tag"]):
+        pipeline = next(m.pipeline for m in trained if (m.device_id, m.tag) == (device, tag))
+        np.testing.assert_allclose(group["score"], pipeline.decision_function(feature_matrix(group)), atol=1e-9)
+
+
 @pytest.fixture(scope="module")
 def context_setup():
     """Models of feature set context-v1: features derived as training and scoring derive them, the scored hour with
