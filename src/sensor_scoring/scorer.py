@@ -130,21 +130,22 @@ class _Stacked:
         self.intercept = np.array([m.intercept for m in models])
         self.widths = np.array([len(m.dual_coef) for m in models])
         self.sv_start = np.concatenate([[0], np.cumsum(self.widths)[:-1]])
-        self.sv = np.concatenate([m.support_vectors for m in models]).reshape(-1, n_feat)
-        self.dual = np.concatenate([m.dual_coef for m in models])
+        # each ends with the padding lanes' entry (index ``padding``): a zero support vector of zero weight
+        self.sv = np.concatenate([*(np.ravel(m.support_vectors) for m in models), np.zeros(n_feat)]).reshape(-1, n_feat)
+        self.dual = np.concatenate([*(m.dual_coef for m in models), [0.0]])
         # Each support vector as [sv, -g |sv|^2, 1], the partner of a row's [2g x, 1, -g |x|^2] (see _score_batch).
         # The last row is the padding lanes' partner: its exponent is NO_KERNEL whatever the row, so a padding lane
         # contributes exp(NO_KERNEL) x 0 = 0. Pointing padding at a real support vector instead gives an exponent
         # that is no squared distance (another model's gamma and norm) and can overflow: inf x 0 is NaN.
-        norms = np.einsum("sf,sf->s", self.sv, self.sv)
-        self.sv_aug = np.zeros((len(self.sv) + 1, n_feat + 2))
-        self.sv_aug[:-1, :n_feat] = self.sv
+        self.padding = len(self.sv) - 1
+        norms = np.einsum("sf,sf->s", self.sv[:-1], self.sv[:-1])
+        self.sv_aug = np.zeros((len(self.sv), n_feat + 2))
+        self.sv_aug[:-1, :n_feat] = self.sv[:-1]
         self.sv_aug[:-1, n_feat] = -np.repeat(self.gamma, self.widths) * norms
         self.sv_aug[:-1, n_feat + 1] = 1.0
         self.sv_aug[-1, n_feat] = NO_KERNEL
-        self.padding = len(self.sv)
         #: each model's largest squared support-vector norm: bounds the expansion's rounding error (_score_batch)
-        self.sv_norm_max = np.maximum.reduceat(norms, self.sv_start) if len(norms) else np.zeros(len(models))
+        self.sv_norm_max = np.maximum.reduceat(norms, self.sv_start)
 
 
 def _score_batch(
@@ -165,7 +166,7 @@ def _score_batch(
     col = np.arange(width)
     real_sv = col < stacked.widths[block_model][:, None]
     sv_index = np.where(real_sv, stacked.sv_start[block_model][:, None] + col, stacked.padding)
-    dual = np.where(real_sv, stacked.dual[np.minimum(sv_index, stacked.padding - 1)], 0.0)  # padding weighs 0
+    dual = stacked.dual[sv_index]  # padding weighs 0
     n_feat = features.shape[1]
     # A window of astronomically large values overflows the expansion (inf, then inf - inf): such a row is a far
     # one, its exponents recomputed from differences below, so the intermediate steps' warnings say nothing.
@@ -204,8 +205,7 @@ def _exact_exponents(
     for at in range(0, len(blocks), step):
         b, r = blocks[at : at + step], rows[at : at + step]
         index = sv_index[b]
-        sv = stacked.sv[np.minimum(index, stacked.padding - 1)]  # (k, width, F)
-        diff = x[b, r][:, None, :] - sv
+        diff = x[b, r][:, None, :] - stacked.sv[index]  # (k, width, F)
         exponent = -gamma[b] * np.einsum("kwf,kwf->kw", diff, diff)
         work[b, r] = np.where(index == stacked.padding, NO_KERNEL, exponent)
 

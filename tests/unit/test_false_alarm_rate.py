@@ -165,6 +165,25 @@ def test_constant_and_short_histories_are_skipped_with_their_reason():
     )
 
 
+def staged_shard(storage: LocalStorage, folder: str, windows: pd.DataFrame, **options: object) -> str:
+    """A training shard's input and spec (nu 0.02, min_rows 30, false_alarm_rate 0.02, ``options``) written under
+    ``folder`` in staging; the spec's URI."""
+    storage.write_bytes("staging", f"{folder}/input.parquet", parquet_bytes(windows))
+    spec = TrainingShardSpec(
+        run_id="r",
+        shard=0,
+        containers=ShardContainers(models="models", staging="staging"),
+        input=make_uri("staging", f"{folder}/input.parquet"),
+        output_prefix=make_uri("staging", f"{folder}/out/"),
+        nu=0.02,
+        min_rows=30,
+        false_alarm_rate=0.02,
+        **options,  # type: ignore[arg-type]
+    )
+    storage.write_bytes("staging", f"{folder}/spec.json", spec.to_json())
+    return make_uri("staging", f"{folder}/spec.json")
+
+
 def test_a_training_shard_calibrates_records_and_the_version_keeps_skipped_sensors(tmp_path):
     """The spec's false_alarm_rate reaches the fit; the shard's index and the version's index record each model's
     rate and calibration windows; skipped sensors and their reasons reach ``skipped.parquet`` and the manifest."""
@@ -175,20 +194,7 @@ def test_a_training_shard_calibrates_records_and_the_version_keeps_skipped_senso
     windows = pd.concat(
         [windows_of(rng.normal(0, 1, 400), tag="a"), windows_of(np.zeros(400), tag="flat")], ignore_index=True
     )
-    storage.write_bytes("staging", "shard/input.parquet", parquet_bytes(windows))
-    spec = TrainingShardSpec(
-        run_id="r",
-        shard=0,
-        containers=ShardContainers(models="models", staging="staging"),
-        input=make_uri("staging", "shard/input.parquet"),
-        output_prefix=make_uri("staging", "shard/out/"),
-        nu=0.02,
-        min_rows=30,
-        features=features.WINDOW_V1,
-        false_alarm_rate=0.02,
-    )
-    storage.write_bytes("staging", "shard/spec.json", spec.to_json())
-    result = train_shard(storage, make_uri("staging", "shard/spec.json"))
+    result = train_shard(storage, staged_shard(storage, "shard", windows, features=features.WINDOW_V1))
     assert (result.models, result.skipped) == (1, ("dev-0000/flat",))
     assert result.skipped_sensors == (SkippedSensor("dev-0000", "flat", "constant_history"),)
     trained = load_trained(storage, [result])
@@ -227,20 +233,8 @@ def test_a_refitting_shard_registers_only_the_sensors_the_gate_judges(tmp_path):
     late = windows_of(rng.normal(0, 1, 400), tag="late").iloc[340:]  # 20 windows before the cut, 40 after
     moved = windows_of(np.r_[np.zeros(300), rng.normal(0, 1, 100)], tag="moved")  # constant before the cut
     cut = ordinary["window_end"].iloc[360]
-    storage.write_bytes("staging", "s/input.parquet", parquet_bytes(pd.concat([ordinary, late, moved])))
-    spec = TrainingShardSpec(
-        run_id="r",
-        shard=0,
-        containers=ShardContainers(models="models", staging="staging"),
-        input=make_uri("staging", "s/input.parquet"),
-        output_prefix=make_uri("staging", "s/out/"),
-        nu=0.02,
-        min_rows=30,
-        false_alarm_rate=0.02,
-        held_back_from=cut.isoformat(),
-    )
-    storage.write_bytes("staging", "s/spec.json", spec.to_json())
-    result = train_shard(storage, make_uri("staging", "s/spec.json"))
+    windows = pd.concat([ordinary, late, moved])
+    result = train_shard(storage, staged_shard(storage, "s", windows, held_back_from=cut.isoformat()))
     assert (result.models, result.judged_models, result.sensors, result.windows) == (1, 1, 3, 860)
     assert {(s.tag, s.reason) for s in result.skipped_sensors} == {
         ("late", "too_few_windows"),

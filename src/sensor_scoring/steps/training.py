@@ -347,16 +347,19 @@ def skipped_table(results: list[TrainingShardResult]) -> pd.DataFrame:
 @dataclass(frozen=True)
 class _Production:
     """The baseline version a candidate is judged against: its name, feature set, index and loaded models of
-    the held-back sensors."""
+    the held-back sensors, and how many of those sensors' models it leaves out because they were fit on their
+    held-back windows."""
 
     version: str
     features: str
     index: pd.DataFrame
     models: dict[tuple[str, str], ModelArrays]
+    fit_on_held_back: int = 0
 
 
 def _production_models(run: Scope, windows: pd.DataFrame, baseline: str) -> _Production | None:
-    """The baseline version's models of the held-back sensors; None before any version is promoted."""
+    """The baseline version's models of the held-back sensors that never saw their held-back windows; None before
+    any version is promoted."""
     try:
         version = registry.resolve_version(run.storage, run.containers.models, baseline)
     except LookupError:
@@ -365,6 +368,13 @@ def _production_models(run: Scope, windows: pd.DataFrame, baseline: str) -> _Pro
     features = registry.version_features(registry.read_manifest(run.storage, run.containers.models, version))
     index = registry.read_index(run.storage, run.containers.models, version)
     wanted = index.merge(windows[KEY].drop_duplicates(), on=KEY)
+    wanted, seen = _not_fit_on(wanted, windows)
+    if seen:
+        log.warning(
+            "Production %s: %d model(s) were fit on held-back windows of their sensor; not compared on them",
+            version,
+            seen,
+        )
     loaded, refused = registry.load_models(run.storage, run.containers.models, version, wanted)
     if refused:
         log.warning(
@@ -373,29 +383,20 @@ def _production_models(run: Scope, windows: pd.DataFrame, baseline: str) -> _Pro
             len(refused),
             dict(list(refused.items())[:5]),
         )
-    return _Production(version, features, index, loaded)
+    return _Production(version, features, index, loaded, seen)
 
 
-def _not_fit_on(production: _Production, windows: pd.DataFrame) -> tuple[_Production, int]:
-    """``production`` without the models that were fit on held-back windows of their sensor (a version trained on
-    an overlapping range, refit on its whole range): judged on windows it saw, production would win the F1
-    comparison unfairly. Those sensors are left out of the comparison (coverage still counts them); also how many."""
-    if not production.models or windows.empty or "train_end" not in production.index.columns:
-        return production, 0
+def _not_fit_on(wanted: pd.DataFrame, windows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The index rows ``wanted`` without the models whose training ended at or after their sensor's first held-back
+    window (a version trained on an overlapping range, refit on its whole range): judged on windows it saw,
+    production would win the F1 comparison unfairly. Coverage still counts those sensors. Also how many."""
+    if wanted.empty or "train_end" not in wanted.columns:
+        return wanted, 0
     first = windows.groupby(KEY, sort=False)["window_end"].min().rename("first_held_back").reset_index()
-    ends = production.index[[*KEY, "train_end"]].merge(first, on=KEY)
-    trained_until = pd.to_datetime(ends["train_end"], utc=True, errors="coerce")
-    seen = ends.loc[(trained_until >= pd.to_datetime(ends["first_held_back"], utc=True)).to_numpy(), KEY]
-    keys = set(seen.itertuples(index=False, name=None)) & set(production.models)
-    if not keys:
-        return production, 0
-    log.warning(
-        "Production %s: %d model(s) were fit on held-back windows of their sensor; not compared on them",
-        production.version,
-        len(keys),
-    )
-    models = {k: m for k, m in production.models.items() if k not in keys}
-    return _Production(production.version, production.features, production.index, models), len(keys)
+    wanted = wanted.reset_index(drop=True)
+    held = wanted[KEY].merge(first, on=KEY, how="left")["first_held_back"]
+    seen = (pd.to_datetime(wanted["train_end"], utc=True, errors="coerce") >= held).to_numpy()
+    return wanted.loc[~seen].reset_index(drop=True), int(seen.sum())
 
 
 def _one_feature_set(models: dict[tuple[str, str], ModelArrays]) -> str:
@@ -425,9 +426,7 @@ def evaluate(
         raise ValueError("no sensor had enough valid training windows for a model (see min_rows): nothing to evaluate")
     first = windows["window_end"].min().floor("h").to_pydatetime() if len(windows) else run.end
     labels, labelled = evaluation.read_labels(run.storage, run.containers.labels, first, run.end)
-    production, seen = _production_models(run, windows, baseline), 0
-    if production is not None:
-        production, seen = _not_fit_on(production, windows)
+    production = _production_models(run, windows, baseline)
     summary, table = evaluation.compare(
         windows, candidate, None if production is None else production.models, labels, labelled
     )
@@ -443,7 +442,7 @@ def evaluate(
         {
             **summary,
             "production_version": None if production is None else production.version,
-            "production_fit_on_held_back": seen,
+            "production_fit_on_held_back": 0 if production is None else production.fit_on_held_back,
             "policy": policy.to_dict(),
             "promotable": ok,
             "reasons": reasons,
